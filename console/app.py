@@ -1,0 +1,57 @@
+"""Entrypoint: page config, the shared sidebar, and the pages each user's roles allow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from console import resources, ui
+from console.services import access, auth
+from console.textsafe import escape_markdown
+
+PAGES_DIR = Path(__file__).parent / "pages"
+
+# page key -> (section, title, icon, file)
+PAGE_TABLE = {
+    "chat": ("Operate", "Chat", ":material/chat:", "chat.py"),
+    "dashboard": ("Operate", "Latency", ":material/monitoring:", "dashboard.py"),
+    "models": ("Admin", "Models", ":material/model_training:", "models.py"),
+    "users": ("Admin", "Users", ":material/group:", "users.py"),
+    "policy": ("Safety", "Policy", ":material/policy:", "policy.py"),
+    "audit": ("Compliance", "Audit log", ":material/fact_check:", "audit.py"),
+}
+
+st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
+svc = resources.services()
+state = ui.session()
+
+if state.principal is None:
+    page = st.navigation([st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:")])
+    page.run()
+    st.stop()
+
+with st.sidebar:
+    principal = state.principal
+    st.markdown(f"**{escape_markdown(principal.username)}**  \n{escape_markdown(', '.join(sorted(principal.roles)))}")
+    host = svc.host
+    status = host.status() if host is not None else None
+    if status is None:
+        st.caption("Model: none served")
+    elif status.state == "ready":
+        st.caption(f"Live model: **{escape_markdown(status.model_version or '?')}** · ready")
+    else:
+        st.caption(f"Model {escape_markdown(status.model_version or '?')}: {escape_markdown(status.state)}")
+    if st.button("Sign out", key="logout", icon=":material/logout:"):
+        auth.logout(svc, principal)
+        ui.sign_out("You are signed out.")
+        st.rerun()
+
+sections: dict[str, list[st.Page]] = {}
+for key in access.allowed_pages(state.principal.roles):
+    section, title, icon, file = PAGE_TABLE[key]
+    sections.setdefault(section, []).append(st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=key))
+if not sections:
+    st.warning("Your account has no roles yet. Ask an admin to give you one.")
+    st.stop()
+st.navigation(sections).run()

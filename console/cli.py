@@ -1,0 +1,285 @@
+"""``llm-console``: set up, run, manage users and model versions, verify the audit log, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from console.settings import PROJECT_ROOT, Settings, SettingsError
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line instead of argparse's usage block.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _services(settings: Settings):  # noqa: ANN202
+    from console.services.context import Services
+    from db.config import DbConfig
+    from db.database import Database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(DbConfig(url=settings.database_url))
+    db.migrate()
+    return Services(settings, db)
+
+
+def _progress(stage: str, fraction: float) -> None:
+    print(f"  {stage} ({fraction:.0%})", flush=True)
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import models as models_svc
+    from console.services import users as users_svc
+
+    svc = _services(settings)
+    print(f"database ready: {settings.database_url} (revision {svc.db.current_revision()})")
+    if not args.skip_models:
+        print(f"demo models in {settings.models_dir} (built once, then cached)")
+        registered = models_svc.ensure_demo_versions(svc, progress=_progress)
+        for name in registered:
+            print(f"registered model version {name}")
+    password = settings.admin_password
+    generated = password is None
+    if generated:
+        from console.services.auth import generate_password
+
+        password = generate_password()
+    admin = users_svc.bootstrap_admin(svc, settings.admin_username, password)
+    if admin is not None:
+        print(f"created the first admin account {admin.username!r}")
+        if generated:
+            print(f"  its password (shown only this once): {password}")
+        else:
+            print("  its password is the one in LLM_CONSOLE_ADMIN_PASSWORD")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    app = PROJECT_ROOT / "console" / "app.py"
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+            "--server.address", args.address]
+    print(f"starting the console on http://{args.address}:{args.port}", flush=True)
+    os.chdir(PROJECT_ROOT)  # Streamlit reads .streamlit/config.toml from the working directory
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    if args.sso:
+        return None
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            raise CliError("the passwords differ")
+        return first
+    raise CliError("give the password on standard input with --password-stdin, or use --sso")
+
+
+def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import users as users_svc
+
+    svc = _services(settings)
+    user = users_svc.create_user_cli(svc, args.username, _read_password(args), args.role, email=args.email)
+    print(f"created user {user.username} with roles {', '.join(user.roles)}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
+    from db import users as users_q
+
+    svc = _services(settings)
+    with svc.db.session() as s:
+        for u in users_q.list_users(s):
+            state = "disabled" if u.disabled else "active"
+            print(f"{u.username}\t{','.join(sorted(u.roles))}\t{state}\t{u.email or ''}")
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import models as models_svc
+
+    svc = _services(settings)
+    live = models_svc.live_version_name(svc)
+    versions = models_svc.all_versions(svc)
+    if args.json:
+        print(json.dumps([{"name": v.name, "source": v.source, "revision": v.revision, "dtype": v.dtype,
+                           "max_model_len": v.max_model_len, "engine_args": v.engine_args,
+                           "live": v.name == live} for v in versions], indent=2))
+        return 0
+    if not versions:
+        print("no model versions registered; run `llm-console init` or `llm-console model register`")
+    for v in versions:
+        marker = "*" if v.name == live else " "
+        print(f"{marker} {v.name}\t{v.source}\t{v.dtype or 'auto'}\tctx={v.max_model_len or 'model default'}"
+              f"\t{json.dumps(v.engine_args) if v.engine_args else ''}")
+    return 0
+
+
+def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import models as models_svc
+
+    svc = _services(settings)
+    v = models_svc.register_cli(svc, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
+                                max_model_len=args.max_model_len, engine_args=args.engine_args,
+                                description=args.description)
+    print(f"registered model version {v.name} from {v.source}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from db.audit import verify_chain
+
+    svc = _services(settings)
+    report = verify_chain(svc.db)
+    if report.ok:
+        print(f"audit chain intact: {report.checked} events verified")
+        return 0
+    print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.reason} ({report.checked} checked)")
+    return 1
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    for env, value, help_text in settings.describe():
+        print(f"{env}={value}\n    {help_text}")
+    return 0
+
+
+def cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.bench import run_engine_bench
+
+    if args.model:
+        from console.services import models as models_svc
+
+        spec = models_svc.spec_for(_services(settings), args.model)
+    else:
+        from engine.demo.tiny import build_tiny_model
+
+        spec = build_tiny_model(settings.models_dir / "tiny-bench")
+    result = run_engine_bench(spec, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                              kv_cache_gib=settings.kv_cache_gib)
+    _print_result(result, args.json)
+    return 0
+
+
+def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.safety.bench import run_safety_bench
+
+    _print_result(run_safety_bench(iterations=args.iterations), args.json)
+    return 0
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="llm-console", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("init", help="create the database, build and register the demo models, create the first admin")
+    s.add_argument("--skip-models", action="store_true", help="do not build or register the demo models")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("run", help="start the console (Streamlit) on http://localhost:8501")
+    s.add_argument("--port", type=_positive, default=8501)
+    s.add_argument("--address", default="localhost")
+    s.set_defaults(func=cmd_run)
+
+    user = sub.add_parser("user", help="manage local accounts").add_subparsers(dest="user_cmd", required=True,
+                                                                             parser_class=_Parser)
+    s = user.add_parser("add", help="add a user")
+    s.add_argument("username")
+    s.add_argument("--role", action="append", required=True,
+                   choices=["operator", "reviewer", "admin", "analyst"], help="repeat for several roles")
+    s.add_argument("--email", help="email (used to match single sign-on identities)")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    s.add_argument("--sso", action="store_true", help="no password: the user signs in with single sign-on")
+    s.set_defaults(func=cmd_user_add)
+    s = user.add_parser("list", help="list users")
+    s.set_defaults(func=cmd_user_list)
+
+    model = sub.add_parser("model", help="model versions").add_subparsers(dest="model_cmd", required=True,
+                                                                          parser_class=_Parser)
+    s = model.add_parser("list", help="list registered versions (* = live)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_model_list)
+    s = model.add_parser("register", help="register a version from a local directory or a hub id")
+    s.add_argument("name", help="version name, e.g. llama-3.1-8b-instruct-v1")
+    s.add_argument("source", help="local model directory or hub id (meta-llama/Llama-3.1-8B-Instruct)")
+    s.add_argument("--revision", help="hub revision (commit hash or tag)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "half", "float"])
+    s.add_argument("--max-model-len", type=_positive, help="maximum context length in tokens")
+    s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'')
+    s.add_argument("--description")
+    s.set_defaults(func=cmd_model_register)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_cmd", required=True,
+                                                                         parser_class=_Parser)
+    s = audit.add_parser("verify", help="check the hash chain of the whole audit log")
+    s.set_defaults(func=cmd_audit_verify)
+
+    s = sub.add_parser("settings", help="show every setting, its value and its environment variable")
+    s.set_defaults(func=cmd_settings)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
+                                                                      parser_class=_Parser)
+    s = bench.add_parser("engine", help="engine host vs vLLM's LLM.generate: output tokens/s")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--model", help="registered version to use (default: a tiny model built on the spot)")
+    s.add_argument("--concurrency", type=_positive, default=16)
+    s.add_argument("--max-tokens", type=_positive, default=128)
+    s.set_defaults(func=cmd_bench_engine)
+    s = bench.add_parser("safety", help="scanner latency p50/p95")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--iterations", type=_positive, default=50)
+    s.set_defaults(func=cmd_bench_safety)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    from console.services.errors import ConsoleError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.func(args, settings) or 0)
+    except (CliError, ConsoleError, SettingsError) as exc:
+        print(f"llm-console: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

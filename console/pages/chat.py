@@ -1,0 +1,140 @@
+"""Chat with the served model: streaming answers, history, sampling settings, stop, send to review."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from console import ui
+from console.services import chat as chat_svc
+from console.services.chat import ExchangeView
+from console.textsafe import escape_markdown, escape_stream
+from engine.types import SamplingSettings
+
+principal = ui.require_page("chat")
+svc = ui.services()
+state = ui.session()
+host = svc.host
+
+# --- sidebar: conversations and settings -----------------------------------------------------------------------
+with st.sidebar:
+    st.subheader("Conversations")
+    if st.button("New conversation", key="new_conversation", icon=":material/add:"):
+        state.conversation_id = None
+    for conv in ui.call(chat_svc.list_conversations, svc, principal) or []:
+        current = conv.id == state.conversation_id
+        if st.button(conv.title or f"Conversation {conv.id}", key=f"conversation_{conv.id}",
+                     type="primary" if current else "tertiary"):
+            state.conversation_id = conv.id
+            if turn.outcome is not None and turn.outcome.notice:
+                state.flash = turn.outcome.notice
+            st.rerun()
+    with st.expander("Sampling and system prompt", expanded=False):
+        system_prompt = st.text_area("System prompt", key="system_prompt", max_chars=chat_svc.MAX_SYSTEM_PROMPT_CHARS,
+                                     help="Sent before the conversation on every turn of a new conversation.")
+        temperature = st.slider("Temperature", 0.0, 2.0, 0.7, 0.05, key="temperature")
+        top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="top_p")
+        max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")
+
+
+def _status_line(ex: ExchangeView) -> str:
+    parts = [ex.model_version or "no model"]
+    if ex.ttft_ms is not None:
+        parts.append(f"first token {ex.ttft_ms:,.0f} ms")
+    if ex.tokens_per_s:
+        parts.append(f"{ex.tokens_per_s:,.1f} tokens/s")
+    if ex.output_tokens is not None:
+        parts.append(f"{ex.output_tokens} tokens")
+    if ex.status != "ok":
+        parts.append(ex.status)
+    return " · ".join(parts)
+
+
+def _findings(ex: ExchangeView, direction: str) -> None:
+    items = [f for f in ex.findings if f.direction == direction]
+    action = ex.prompt_action if direction == "prompt" else ex.output_action
+    if not items and action in (None, "allow"):
+        return
+    labels = ", ".join(f"{f.label} {f.score:.2f}" for f in items) or "none"
+    st.caption(f":material/shield: {direction} findings: {escape_markdown(labels)} · action: "
+               f"**{escape_markdown(action or 'allow')}**")
+
+
+def _render(ex: ExchangeView) -> None:
+    with st.chat_message("user"):
+        st.markdown(escape_markdown(ex.prompt))
+        _findings(ex, "prompt")
+    with st.chat_message("assistant"):
+        if ex.status == "blocked":
+            st.warning("This message was blocked by the safety policy and never reached the model.")
+        elif ex.status == "error":
+            st.error(f"The model failed to answer: {ex.error or 'unknown error'}")
+        else:
+            st.markdown(escape_markdown(ex.response) or "_(no text)_")
+        st.caption(escape_markdown(_status_line(ex)))
+        _findings(ex, "output")
+        if ex.review_status and ex.review_status != "none":
+            st.caption(f":material/flag: review: {escape_markdown(ex.review_status)}")
+        with st.popover("Send to review", icon=":material/flag:"):
+            with st.form(f"review_form_{ex.id}", clear_on_submit=True):
+                note = st.text_area("Note for the reviewer", key=f"review_note_{ex.id}")
+                if st.form_submit_button("Send"):
+                    if ui.call(chat_svc.send_to_review, svc, principal, ex.id, note) is not None:
+                        st.toast("Sent to review.")
+
+
+if state.flash:
+    st.info(state.flash)
+    state.flash = None
+
+# --- engine status ----------------------------------------------------------------------------------------------
+ready = False
+if host is None:
+    st.warning("No model is being served. An admin can register and serve one on the Models page.")
+else:
+
+    @st.fragment(run_every=2)
+    def _engine_status() -> None:
+        status = host.status()
+        if status.state == "ready":
+            if not st.session_state.get("_engine_was_ready"):
+                st.session_state["_engine_was_ready"] = True
+                st.rerun(scope="app")
+            return
+        st.session_state["_engine_was_ready"] = False
+        if status.state == "loading":
+            st.info(f"The model {status.model_version} is loading: {status.message}")
+            st.progress(min(max(status.progress, 0.0), 1.0))
+        else:
+            st.error(f"The model {status.model_version} is {status.state}: {status.error or status.message}")
+
+    _engine_status()
+    ready = host.status().state == "ready"
+
+# --- conversation -----------------------------------------------------------------------------------------------
+if state.conversation_id is not None:
+    for exchange in ui.call(chat_svc.conversation_history, svc, principal, state.conversation_id) or []:
+        _render(exchange)
+else:
+    st.caption("A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy.")
+
+prompt = st.chat_input("Ask the support model…", key="chat_prompt", disabled=not ready, max_chars=20_000)
+if prompt:
+    with st.chat_message("user"):
+        st.markdown(escape_markdown(prompt))
+    with st.chat_message("assistant"):
+        sampling = ui.call(SamplingSettings, temperature=float(temperature), top_p=float(top_p),
+                           max_tokens=int(max_tokens))
+        turn = sampling and ui.call(chat_svc.start_turn, svc, principal, state.conversation_id, prompt, sampling,
+                                    system_prompt if state.conversation_id is None else None)
+        if turn:
+            state.conversation_id = turn.conversation_id
+            if turn.blocked:
+                st.warning(turn.outcome.notice if turn.outcome and turn.outcome.notice else "Blocked.")
+            else:
+                # Any click reruns the script, which closes the stream: the request is aborted and stored.
+                st.button("Stop", key="stop_generation", icon=":material/stop_circle:")
+                with ui.shows_errors():
+                    st.write_stream(escape_stream(turn.deltas()))
+            if turn.outcome is not None and turn.outcome.notice:
+                state.flash = turn.outcome.notice
+            st.rerun()

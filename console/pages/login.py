@@ -1,0 +1,54 @@
+"""Sign in with a local account, or with single sign-on when the console is configured for it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from console import ui
+from console.services import auth
+from console.services.errors import LoginFailed
+
+
+def _sso_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets.toml at all: SSO is simply not configured
+        return False
+
+
+svc = ui.services()
+state = ui.session()
+
+st.title("LLM Console")
+st.caption("Operations console for the self-hosted model: chat, latency, safety review, model versions, audit.")
+if state.flash:
+    st.info(state.flash)
+    state.flash = None
+
+if _sso_configured() and getattr(st.user, "is_logged_in", False):
+    try:
+        state.principal = auth.login_sso(svc, str(st.user.get("email") or ""), str(st.user.get("iss") or ""))
+        state.last_activity = svc.now()
+        st.rerun()
+    except LoginFailed as exc:
+        st.error(str(exc))
+        st.button("Sign out of the identity provider", on_click=st.logout)
+        st.stop()
+
+with st.form("login", clear_on_submit=False):
+    username = st.text_input("Username", key="login_username", autocomplete="username")
+    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+    submitted = st.form_submit_button("Sign in", type="primary")
+
+if submitted:
+    try:
+        state.principal = auth.login(svc, username, password)
+        state.last_activity = svc.now()
+        state.conversation_id = None
+        st.rerun()
+    except LoginFailed as exc:
+        st.error(str(exc))
+
+if _sso_configured():
+    st.divider()
+    st.button("Sign in with single sign-on", key="sso_login", on_click=st.login, icon=":material/key:")

@@ -1,0 +1,44 @@
+"""The process-wide objects a service needs, handed in explicitly (no globals, no Streamlit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from console.settings import Settings
+
+if TYPE_CHECKING:
+    from db.database import Database
+    from engine.host import EngineHost
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Services:
+    """Settings, the database, and lazily the engine host and safety stack.
+
+    The engine host and the scanners are slow to build, so they come from factories that the console
+    (``console/resources.py``, with ``st.cache_resource``) or a test supplies.
+    """
+
+    settings: Settings
+    db: Database
+    host_factory: Callable[[], EngineHost | None] = lambda: None
+    safety_factory: Callable[[], Any] = lambda: None
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    @property
+    def host(self) -> EngineHost | None:
+        return self.host_factory()
+
+    @property
+    def safety(self) -> Any:
+        return self.safety_factory()
+
+    def now(self) -> datetime:
+        return self.clock()

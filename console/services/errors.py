@@ -1,0 +1,31 @@
+"""Errors a page may show to its user. Anything else escaping a service is a bug and should be loud."""
+
+from __future__ import annotations
+
+
+class ConsoleError(Exception):
+    """Base of the user-facing errors raised by services; the message is safe to show."""
+
+
+class InvalidInput(ConsoleError):
+    """A form field, filter or argument has a value that cannot be used."""
+
+
+class LoginFailed(ConsoleError):
+    """Wrong credentials, a locked account or a disabled one."""
+
+
+class SessionEnded(ConsoleError):
+    """The signed-in user no longer exists, was disabled, or was idle too long: sign in again."""
+
+
+class AccessDenied(ConsoleError):
+    """The user's roles do not allow this page or action (the refusal is recorded)."""
+
+
+class SeparationOfDuties(AccessDenied):
+    """The action would let someone check their own work (approve their own request, review their own chat)."""
+
+
+class NotFound(ConsoleError):
+    """The object asked for does not exist (or the user may not know it exists)."""

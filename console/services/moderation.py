@@ -1,0 +1,207 @@
+"""Where the safety library meets the chat flow and the store: gates for prompts and outputs, and their records."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from console.services.access import Principal
+from console.services.context import Services
+from db import review as review_q
+from db import safety as safety_q
+from engine.safety.base import Finding
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from console.settings import Settings
+    from db.database import Database
+    from engine.safety.policy import Decision, Policy
+    from engine.safety.runner import ScannerRunner
+
+log = logging.getLogger(__name__)
+
+BLOCKED_PROMPT_NOTICE = "Your message was blocked by the safety policy and was not sent to the model."
+BLOCKED_OUTPUT_NOTICE = "The answer was withheld: it did not pass the safety policy."
+REDACTED_PROMPT_NOTICE = "Personal data in your message was replaced before it reached the model."
+# Hours a reviewer has to decide an item, by severity (3 = highest).
+REVIEW_DEADLINE_HOURS = {3: 4, 2: 24, 1: 72, 0: 168}
+
+
+@dataclass(frozen=True)
+class FindingView:
+    direction: str
+    detector: str
+    label: str
+    score: float
+    start: int | None
+    end: int | None
+    action: str
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The policy's verdict on one text and the versions of it that go to the model, the user and the store."""
+
+    direction: str
+    original: str
+    action: str
+    text_for_model: str
+    text_for_user: str
+    text_for_storage: str
+    findings: tuple[Finding, ...] = ()
+    decision: Any = None  # engine.safety.policy.Decision | None
+    notice: str | None = None
+    policy_version: int | None = None
+    keep_raw: bool = False
+
+    @classmethod
+    def empty(cls, text: str, direction: str = "output") -> GateResult:
+        return cls(direction, text, "allow", text, text, text)
+
+
+@dataclass
+class SafetyStack:
+    """The loaded scanners, the policy in force and its stored version number; one per process."""
+
+    runner: ScannerRunner
+    policy: Policy
+    policy_version: int
+    notice: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
+    """Load the scanners once and store the policy file's content as a policy version if it changed."""
+    from engine.safety.pii import PiiConfig
+    from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
+    from engine.safety.runner import build_runner
+    from engine.safety.toxicity import ToxicityConfig
+
+    path = settings.policy_file if settings.policy_file.exists() else DEFAULT_POLICY_PATH
+    policy = Policy.load(path)
+    tox = ToxicityConfig(model_type=settings.detoxify_model, checkpoint=settings.detoxify_checkpoint,
+                         config_dir=settings.detoxify_config_dir)
+    runner, notice = build_runner(PiiConfig(), tox)
+    with db.session() as s:
+        stored = safety_q.store_policy_version(s, policy.source_text, None, actor="system")
+        version = stored.version
+    if notice:
+        log.warning("toxicity scanner: %s", notice)
+    return SafetyStack(runner=runner, policy=policy, policy_version=version, notice=notice)
+
+
+def hold_output(svc: Services) -> bool:
+    stack: SafetyStack | None = svc.safety
+    return bool(stack and stack.policy.hold_output)
+
+
+def _redact_all(text: str, findings: tuple[Finding, ...]) -> str:
+    from engine.safety.policy import redact
+
+    return redact(text, [f for f in findings if f.has_span])
+
+
+def _gate(svc: Services, direction: str, text: str) -> GateResult:
+    stack: SafetyStack | None = svc.safety
+    if stack is None or not text:
+        return GateResult(direction, text, "allow", text, text, text)
+    report = stack.runner.scan(text)
+    decision: Decision = stack.policy.decide(direction, report.findings)  # type: ignore[arg-type]
+    applied = decision.apply(text) if decision.action == "redact" else text
+    # Stored text is redacted by default: every PII span is cut, whatever the enforced action.
+    storage = _redact_all(text, report.findings)
+    notice = None
+    if direction == "prompt":
+        if decision.action == "block":
+            notice = BLOCKED_PROMPT_NOTICE
+        elif decision.action == "redact":
+            notice = REDACTED_PROMPT_NOTICE
+        for_model, for_user = applied, text
+    else:
+        for_model = text
+        for_user = BLOCKED_OUTPUT_NOTICE if decision.action == "block" else applied
+        if decision.action == "block":
+            notice = BLOCKED_OUTPUT_NOTICE
+    return GateResult(direction, text, decision.action, for_model, for_user, storage, report.findings, decision,
+                      notice, stack.policy_version, stack.policy.keep_raw_text)
+
+
+def check_prompt(svc: Services, text: str) -> GateResult:
+    return _gate(svc, "prompt", text)
+
+
+def check_output(svc: Services, text: str) -> GateResult:
+    return _gate(svc, "output", text)
+
+
+def _finding_action(gate: GateResult, finding: Finding) -> str:
+    decision = gate.decision
+    if decision is None:
+        return "allow"
+    for hit in decision.triggered:
+        if hit.finding == finding:
+            return hit.action
+    for hit in decision.monitored:
+        if hit.finding == finding:
+            return f"monitor:{hit.action}"
+    return "allow"
+
+
+def severity_of(gates: list[GateResult], manual: bool = False) -> int:
+    """3: blocked, or PII in an output; 2: toxic content or PII in a prompt; 1: other flags or manual."""
+    sev = 1 if manual else 0
+    for g in gates:
+        if g.action == "block":
+            sev = max(sev, 3)
+        for f in g.findings:
+            if g.decision is None or g.action == "allow":
+                continue
+            if f.has_span and g.direction == "output":
+                sev = max(sev, 3)
+            else:
+                sev = max(sev, 2)
+        if g.action == "flag":
+            sev = max(sev, 1)
+    return sev
+
+
+def store_findings(svc: Services, session: Session, exchange: Any, actor: Principal,
+                   prompt_gate: GateResult, output_gate: GateResult | None) -> None:
+    """In the exchange's own transaction: findings, raw texts (if the policy keeps them), review item."""
+    gates = [g for g in (prompt_gate, output_gate) if g is not None]
+    records = [
+        safety_q.FindingRecord(direction=g.direction, detector=f.detector, label=f.label, score=f.score,
+                               action=_finding_action(g, f), detector_version=f.detector_version,
+                               start=f.start, end=f.end)
+        for g in gates for f in g.findings
+    ]
+    safety_q.add_findings(session, exchange.id, records, actor=actor.username, actor_id=actor.user_id)
+    for g in gates:
+        if g.keep_raw and g.text_for_storage != g.original:
+            safety_q.store_raw_text(session, exchange.id, g.direction, g.original)
+    flagged = [g for g in gates if g.action in ("flag", "block")]
+    if flagged:
+        severity = severity_of(gates)
+        review_q.create_review_item(
+            session, exchange_id=exchange.id, reason="blocked" if any(g.action == "block" for g in flagged) else "flagged",
+            direction=flagged[-1].direction, severity=severity,
+            due_at=svc.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[severity]), actor=actor.username,
+            created_by_id=None,
+        )
+
+
+def send_to_review(svc: Services, session: Session, exchange: Any, actor: Principal, note: str) -> int:
+    item = review_q.create_review_item(
+        session, exchange_id=exchange.id, reason="manual", actor=actor.username, severity=1,
+        due_at=svc.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[1]), note=note, created_by_id=actor.user_id,
+    )
+    return item.id
+
+
+def findings_of(session: Session, exchange_id: int) -> tuple[FindingView, ...]:
+    return tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
+                 for f in safety_q.list_findings(session, exchange_id))

@@ -1,0 +1,57 @@
+"""The moderation policy in force: view it (admins, reviewers) and replace it (admins); changes are versioned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from console.services.access import Principal, requires
+from console.services.context import Services
+from console.services.errors import ConsoleError, InvalidInput
+from db import safety as safety_q
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    version: int
+    file_version: str
+    output_mode: str
+    keep_raw_text: bool
+    content: str
+    scanner_notice: str | None
+    scanners: dict[str, str]
+
+
+def _stack(svc: Services):  # noqa: ANN202
+    stack = svc.safety
+    if stack is None:
+        raise ConsoleError("Safety scanning is switched off (LLM_CONSOLE_SAFETY_ENABLED=false).")
+    return stack
+
+
+@requires("policy.view")
+def current(svc: Services, actor: Principal) -> PolicyView:
+    stack = _stack(svc)
+    p = stack.policy
+    return PolicyView(stack.policy_version, p.version, p.output_mode, p.keep_raw_text, p.source_text, stack.notice,
+                      dict(stack.runner.versions))
+
+
+@requires("policy.manage")
+def replace(svc: Services, actor: Principal, content: str) -> PolicyView:
+    """Validate ``content`` (TOML), store it as a new policy version (audited) and put it in force."""
+    from engine.safety.policy import Policy, PolicyError
+
+    if not content or not content.strip():
+        raise InvalidInput("The policy is empty.")
+    try:
+        policy = Policy.from_toml(content)
+    except PolicyError as exc:
+        raise InvalidInput(f"The policy is not valid: {exc}") from None
+    stack = _stack(svc)
+    with svc.db.session() as s:
+        stored = safety_q.store_policy_version(s, policy.source_text, actor.user_id, actor=actor.username)
+        version = stored.version
+    with stack.lock:
+        stack.policy = policy
+        stack.policy_version = version
+    return current(svc, actor)

@@ -1,0 +1,147 @@
+"""User administration (admins only) and the first admin created by ``llm-console init``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from console.services.access import ALL_ROLES, Principal, requires
+from console.services.auth import check_password_rules, hash_password
+from console.services.context import Services
+from console.services.errors import InvalidInput, NotFound
+from db import users as users_q
+
+_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,39}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+SYSTEM_ACTOR = "system"
+
+
+@dataclass(frozen=True)
+class UserView:
+    id: int
+    username: str
+    display_name: str | None
+    email: str | None
+    roles: tuple[str, ...]
+    disabled: bool
+    locked_until: datetime | None
+    last_login_at: datetime | None
+
+
+def _view(user) -> UserView:  # noqa: ANN001 - a db.models.User
+    return UserView(user.id, user.username, user.display_name, user.email, tuple(sorted(user.roles)),
+                    bool(user.disabled), user.locked_until, user.last_login_at)
+
+
+def validate_roles(roles: Iterable[str]) -> list[str]:
+    roles = sorted(set(roles))
+    unknown = [r for r in roles if r not in ALL_ROLES]
+    if unknown:
+        raise InvalidInput(f"Unknown role(s): {', '.join(unknown)}. Roles are: {', '.join(ALL_ROLES)}.")
+    return roles
+
+
+def validate_username(username: str) -> str:
+    username = (username or "").strip().lower()
+    if not _USERNAME.match(username):
+        raise InvalidInput(
+            "A username has 2-40 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
+        )
+    return username
+
+
+def _validate_email(email: str | None) -> str | None:
+    email = (email or "").strip().lower() or None
+    if email is not None and not _EMAIL.match(email):
+        raise InvalidInput(f"{email!r} is not an email address.")
+    return email
+
+
+def _create(svc: Services, actor: str, actor_id: int | None, username: str, password: str | None,
+            roles: Iterable[str], display_name: str | None, email: str | None) -> UserView:
+    username = validate_username(username)
+    roles = validate_roles(roles)
+    if not roles:
+        raise InvalidInput("Give the user at least one role.")
+    email = _validate_email(email)
+    password_hash = None
+    if password is not None:
+        check_password_rules(password, svc.settings.min_password_length)
+        password_hash = hash_password(password)
+    elif email is None:
+        raise InvalidInput("A user without a password signs in with single sign-on and needs an email.")
+    with svc.db.session() as s:
+        if users_q.get_user_by_username(s, username) is not None:
+            raise InvalidInput(f"The username {username!r} is taken.")
+        if email and users_q.get_user_by_email(s, email) is not None:
+            raise InvalidInput(f"The email {email!r} belongs to another user.")
+        user = users_q.create_user(s, username=username, password_hash=password_hash, roles=roles,
+                                   display_name=(display_name or "").strip() or None, email=email,
+                                   actor=actor, actor_id=actor_id)
+        return _view(user)
+
+
+def bootstrap_admin(svc: Services, username: str, password: str) -> UserView | None:
+    """Create the first admin if no user exists yet; return it, or None when users already exist."""
+    with svc.db.session() as s:
+        if users_q.list_users(s):
+            return None
+    return _create(svc, SYSTEM_ACTOR, None, username, password, ["admin"], "Administrator", None)
+
+
+def create_user_cli(svc: Services, username: str, password: str | None, roles: Iterable[str],
+                    email: str | None = None) -> UserView:
+    """Create a user from the command line (the shell user is trusted, as with ``init``)."""
+    return _create(svc, "cli", None, username, password, roles, None, email)
+
+
+@requires("users.manage")
+def list_users(svc: Services, actor: Principal) -> list[UserView]:
+    with svc.db.session() as s:
+        return [_view(u) for u in users_q.list_users(s)]
+
+
+@requires("users.manage")
+def add_user(svc: Services, actor: Principal, username: str, password: str | None, roles: Iterable[str],
+             display_name: str | None = None, email: str | None = None) -> UserView:
+    return _create(svc, actor.username, actor.user_id, username, password, roles, display_name, email)
+
+
+def _load(s, user_id: int):  # noqa: ANN001, ANN202
+    user = users_q.get_user(s, user_id)
+    if user is None:
+        raise NotFound(f"No user with id {user_id}.")
+    return user
+
+
+@requires("users.manage")
+def set_roles(svc: Services, actor: Principal, user_id: int, roles: Iterable[str]) -> UserView:
+    roles = validate_roles(roles)
+    with svc.db.session() as s:
+        user = _load(s, user_id)
+        if user.id == actor.user_id and "admin" not in roles:
+            raise InvalidInput("You cannot remove your own admin role; ask another admin.")
+        users_q.set_roles(s, user, roles, actor=actor.username, actor_id=actor.user_id)
+        return _view(user)
+
+
+@requires("users.manage")
+def set_disabled(svc: Services, actor: Principal, user_id: int, disabled: bool) -> UserView:
+    with svc.db.session() as s:
+        user = _load(s, user_id)
+        if user.id == actor.user_id and disabled:
+            raise InvalidInput("You cannot disable your own account.")
+        users_q.set_disabled(s, user, disabled, actor=actor.username, actor_id=actor.user_id)
+        return _view(user)
+
+
+@requires("users.manage")
+def reset_password(svc: Services, actor: Principal, user_id: int, new_password: str) -> UserView:
+    check_password_rules(new_password, svc.settings.min_password_length)
+    with svc.db.session() as s:
+        user = _load(s, user_id)
+        users_q.set_password_hash(s, user, hash_password(new_password), actor=actor.username,
+                                  actor_id=actor.user_id)
+        return _view(user)

@@ -1,0 +1,131 @@
+"""Every console setting, declared once with its default and a one-line help.
+
+Settings are read from environment variables (``LLM_CONSOLE_*``). ``engine/`` and ``db/`` never read the
+environment themselves: the console turns these settings into their typed config objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the environment variable."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def env(self) -> str:
+        return "LLM_CONSOLE_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", str(PROJECT_ROOT / "data"), "Directory for the SQLite file, built models and caches."),
+    Setting("database_url", None, "SQLAlchemy URL of the store; default: sqlite:///<data_dir>/console.db."),
+    Setting("default_model", "support-demo-v1", "Model version served at start when none was switched to."),
+    Setting("kv_cache_gib", "1", "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).", _positive_float),
+    Setting("engine_autostart", "true", "Start the engine when the console starts.", _bool),
+    Setting("admin_username", "admin", "Username of the first admin account created by `llm-console init`."),
+    Setting("admin_password", None, "Password of the first admin; if unset, one is generated and printed once."),
+    Setting("session_idle_minutes", "30", "Idle minutes after which a browser session is logged out.", _positive_int),
+    Setting("lockout_threshold", "5", "Failed logins in a row that lock an account.", _positive_int),
+    Setting("lockout_minutes", "15", "Minutes an account stays locked after too many failed logins.", _positive_int),
+    Setting("min_password_length", "12", "Minimum length of a local account's password.", _positive_int),
+    Setting("policy_file", str(PROJECT_ROOT / "config" / "policy.toml"), "Moderation policy file (TOML)."),
+    Setting("detoxify_model", "original", "Detoxify model type: original, unbiased, multilingual, original-small..."),
+    Setting("detoxify_checkpoint", None, "Local Detoxify checkpoint file (used with detoxify_config_dir)."),
+    Setting("detoxify_config_dir", None, "Local directory with the Hugging Face config/tokenizer for the checkpoint."),
+    Setting("safety_enabled", "true", "Scan prompts and outputs with the safety scanners.", _bool),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    default_model: str
+    kv_cache_gib: float
+    engine_autostart: bool
+    admin_username: str
+    admin_password: str | None
+    session_idle_minutes: int
+    lockout_threshold: int
+    lockout_minutes: int
+    min_password_length: int
+    policy_file: Path
+    detoxify_model: str
+    detoxify_checkpoint: str | None
+    detoxify_config_dir: str | None
+    safety_enabled: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default: ``os.environ``), falling back to its default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = env.get(setting.env, setting.default)
+            if raw is None:
+                values[setting.name] = None
+                continue
+            try:
+                values[setting.name] = setting.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{setting.env}: {exc}") from None
+        data_dir = Path(values["data_dir"]).expanduser().resolve()
+        values["data_dir"] = data_dir
+        values["policy_file"] = Path(values["policy_file"]).expanduser()
+        if not values["database_url"]:
+            values["database_url"] = f"sqlite:///{data_dir / 'console.db'}"
+        return cls(**values)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(environment variable, current value, help) for every setting; secrets are masked."""
+        rows = []
+        for f in fields(self):
+            setting = _BY_NAME[f.name]
+            value = getattr(self, f.name)
+            shown = "***" if "password" in f.name and value else str(value)
+            rows.append((setting.env, shown, setting.help))
+        return rows

@@ -52,7 +52,7 @@ def login(svc: Services, username: str, password: str) -> Principal:
     Failed attempts are counted; after ``lockout_threshold`` in a row the account is locked for
     ``lockout_minutes``. Every outcome is an audit event (its transaction is committed before raising).
     """
-    username = (username or "").strip()
+    username = (username or "").strip().lower()
     if not username or not password:
         raise LoginFailed("Enter a username and a password.")
     now = svc.now()
@@ -75,25 +75,16 @@ def login(svc: Services, username: str, password: str) -> Principal:
                                  object_type="user", object_id=str(user.id), details={"reason": "locked"})
             failure = f"This account is locked until {user.locked_until:%H:%M} UTC after too many failed sign-ins."
         elif not _verify(user.password_hash, password):
-            count, locked_until = users_q.record_failed_login(
-                s, user, threshold=settings.lockout_threshold, lock_minutes=settings.lockout_minutes, now=now
+            # Counts the failure, locks at the threshold, and audits both (auth.login_failed, auth.locked).
+            _count, locked_until = users_q.record_failed_login(
+                s, user.id, threshold=settings.lockout_threshold, lock_minutes=settings.lockout_minutes, now=now
             )
-            audit_q.append_event(s, actor=username, actor_id=user.id, action="auth.login_failed",
-                                 object_type="user", object_id=str(user.id),
-                                 details={"reason": "wrong password", "failed_count": count})
-            if locked_until is not None:
-                audit_q.append_event(s, actor=username, actor_id=user.id, action="auth.lockout",
-                                     object_type="user", object_id=str(user.id),
-                                     details={"until": locked_until.isoformat(), "failed_count": count})
+            if locked_until is not None and locked_until > now:
                 failure = f"Too many failed sign-ins: the account is locked for {settings.lockout_minutes} minutes."
             else:
                 failure = GENERIC_FAILURE
         else:
-            if _hasher.check_needs_rehash(user.password_hash or ""):
-                users_q.set_password_hash(s, user, hash_password(password), actor=username, audit=False)
-            users_q.record_successful_login(s, user, now=now)
-            audit_q.append_event(s, actor=username, actor_id=user.id, action="auth.login",
-                                 object_type="user", object_id=str(user.id), details={"method": "password"})
+            users_q.record_successful_login(s, user.id, now=now, method="password")  # audited as auth.login
             principal = Principal(user.id, user.username, frozenset(user.roles))
     if principal is None:
         log.info("login failed for %s: %s", username, failure)
@@ -116,9 +107,7 @@ def login_sso(svc: Services, email: str, issuer: str | None = None) -> Principal
                                  details={"reason": "sso email not registered or disabled", "issuer": issuer})
             principal = None
         else:
-            users_q.record_successful_login(s, user, now=svc.now())
-            audit_q.append_event(s, actor=user.username, actor_id=user.id, action="auth.login",
-                                 object_type="user", object_id=str(user.id), details={"method": "sso", "issuer": issuer})
+            users_q.record_successful_login(s, user.id, now=svc.now(), method="sso")
             principal = Principal(user.id, user.username, frozenset(user.roles))
     if principal is None:
         raise LoginFailed(f"{email} has no active account in this console. Ask an admin to add it.")

@@ -16,11 +16,11 @@ from console.services.context import Services
 from console.services.errors import InvalidInput, NotFound
 from db import models_repo
 from db import state as state_q
+from db.state import LIVE_MODEL_KEY
 from engine.types import ModelSpec
 
 log = logging.getLogger(__name__)
 
-LIVE_MODEL_KEY = "live_model_version"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")

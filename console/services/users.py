@@ -123,7 +123,7 @@ def set_roles(svc: Services, actor: Principal, user_id: int, roles: Iterable[str
         user = _load(s, user_id)
         if user.id == actor.user_id and "admin" not in roles:
             raise InvalidInput("You cannot remove your own admin role; ask another admin.")
-        users_q.set_roles(s, user, roles, actor=actor.username, actor_id=actor.user_id)
+        users_q.set_roles(s, user.id, roles, actor=actor.username, actor_id=actor.user_id)
         return _view(user)
 
 
@@ -133,7 +133,7 @@ def set_disabled(svc: Services, actor: Principal, user_id: int, disabled: bool) 
         user = _load(s, user_id)
         if user.id == actor.user_id and disabled:
             raise InvalidInput("You cannot disable your own account.")
-        users_q.set_disabled(s, user, disabled, actor=actor.username, actor_id=actor.user_id)
+        users_q.set_disabled(s, user.id, disabled, actor=actor.username, actor_id=actor.user_id)
         return _view(user)
 
 
@@ -142,6 +142,6 @@ def reset_password(svc: Services, actor: Principal, user_id: int, new_password: 
     check_password_rules(new_password, svc.settings.min_password_length)
     with svc.db.session() as s:
         user = _load(s, user_id)
-        users_q.set_password_hash(s, user, hash_password(new_password), actor=actor.username,
+        users_q.set_password_hash(s, user.id, hash_password(new_password), actor=actor.username,
                                   actor_id=actor.user_id)
         return _view(user)

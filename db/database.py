@@ -1,0 +1,156 @@
+"""The one place that creates the database engine and opens sessions.
+
+Everything SQLite-specific lives in ``_configure_sqlite``; the rest of ``db/`` is portable SQL and runs
+on PostgreSQL through the URL alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.config import DbConfig
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Engine-level execution option marking read-only sessions (SQLite: deferred BEGIN, no write lock).
+_READONLY_OPTION = "llm_console_readonly"
+
+
+class ReadOnlySessionError(RuntimeError):
+    """A session opened with ``readonly=True`` tried to write."""
+
+
+class Database:
+    """Owns the process's single SQLAlchemy engine and hands out short units of work.
+
+    ``with db.session() as s:`` commits when the block ends normally and rolls back on an exception.
+    Objects loaded in a session stay readable after it closes (``expire_on_commit=False``).
+    """
+
+    def __init__(self, config: DbConfig) -> None:
+        self.config = config
+        url = make_url(config.url)
+        self.url: URL = url
+        kwargs: dict[str, Any] = {"echo": config.echo, "future": True}
+        if url.get_backend_name() == "sqlite":
+            kwargs.update(_sqlite_engine_kwargs(url, config))
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.get_backend_name() == "sqlite":
+            _configure_sqlite(self.engine, config)
+        self._write_sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{_READONLY_OPTION: True}),
+            expire_on_commit=False,
+            info={_READONLY_OPTION: True},
+        )
+        logger.info("database engine created for %s", url.render_as_string(hide_password=True))
+
+    @contextmanager
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One unit of work: commit on success, roll back on error, always close.
+
+        ``readonly=True`` is for pages that only read: on SQLite it does not take the write lock, and
+        any attempt to flush changes raises ``ReadOnlySessionError``.
+        """
+        maker = self._read_sessions if readonly else self._write_sessions
+        with maker.begin() as session:
+            yield session
+
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema to ``revision`` (default: the newest) with Alembic."""
+        with self.engine.connect() as connection:
+            cfg = alembic_config(self.config.url, connection)
+            command.upgrade(cfg, revision)
+            connection.commit()
+        logger.info("database migrated to %s", self.current_revision())
+
+    def current_revision(self) -> str | None:
+        """The Alembic revision the database is at, or None for an empty database."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def head_revision(self) -> str | None:
+        """The newest revision the code knows about."""
+        return ScriptDirectory.from_config(alembic_config(self.config.url)).get_current_head()
+
+    def dispose(self) -> None:
+        """Close every pooled connection; call at shutdown or before discarding the object."""
+        self.engine.dispose()
+
+
+def alembic_config(url: str, connection: Connection | None = None) -> Config:
+    """An Alembic ``Config`` built in code, pointing at the migrations inside this package."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Percent signs in passwords would be read as interpolation by ConfigParser.
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_readonly_writes(session: Session, flush_context: Any, instances: Any) -> None:
+    if session.info.get(_READONLY_OPTION) and (session.new or session.dirty or session.deleted):
+        raise ReadOnlySessionError("this session was opened read-only")
+
+
+# ---- SQLite corner ----
+
+
+def _sqlite_engine_kwargs(url: URL, config: DbConfig) -> dict[str, Any]:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    return {
+        # pysqlite's own busy handler, in seconds; the PRAGMA below sets the same for the C library.
+        "connect_args": {"timeout": config.busy_timeout_ms / 1000, "check_same_thread": False},
+        # Streamlit serves many sessions from threads; let enough connections wait for the lock.
+        "pool_size": 20,
+        "max_overflow": 10,
+    }
+
+
+def _configure_sqlite(engine: Engine, config: DbConfig) -> None:
+    """WAL, foreign keys, busy timeout, and BEGIN IMMEDIATE for write transactions.
+
+    pysqlite normally opens transactions lazily with a deferred BEGIN, so two writers can both start
+    reading and then fail to upgrade to the write lock ("database is locked") without the busy handler
+    helping. Taking the lock at BEGIN (IMMEDIATE) makes concurrent writers queue on busy_timeout instead.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, emit BEGIN (the documented pysqlite transaction recipe).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync on checkpoint only
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(_READONLY_OPTION):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,294 @@
+"""The ORM schema of the console's store (head revision; the migrations build the same tables).
+
+Changing a table here means writing a new migration in ``db/migrations/versions``; a test compares the
+migrated schema with these models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    event,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, ORMExecuteState, Session, mapped_column, relationship
+
+from db.types import UTCDateTime, utcnow
+
+# Named constraints: Alembic's batch mode on SQLite and ALTERs on PostgreSQL need names to find them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("operator", "reviewer", "admin", "analyst")
+EXCHANGE_STATUSES = ("ok", "error", "aborted", "blocked")
+REVIEW_STATUSES = ("none", "pending", "decided")
+DIRECTIONS = ("prompt", "output")
+ITEM_REASONS = ("flagged", "blocked", "manual")
+ITEM_STATUSES = ("open", "claimed", "decided", "escalated")
+DECISIONS = ("violation", "false_positive", "escalate")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    # None for accounts that only sign in through SSO.
+    password_hash: Mapped[str | None] = mapped_column(String(500))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    failed_login_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    locked_until: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    role_rows: Mapped[list[UserRole]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def roles(self) -> frozenset[str]:
+        """The user's roles as a set of names."""
+        return frozenset(r.role for r in self.role_rows)
+
+
+class UserRole(Base):
+    __tablename__ = "user_roles"
+    __table_args__ = (CheckConstraint(_in("role", ROLES), name="role"),)
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20), primary_key=True)
+
+    user: Mapped[User] = relationship(back_populates="role_rows")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(1000))
+    revision: Mapped[str | None] = mapped_column(String(200))
+    dtype: Mapped[str | None] = mapped_column(String(40))
+    max_model_len: Mapped[int | None]
+    engine_args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(40), default="registered")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    title: Mapped[str] = mapped_column(String(300), default="")
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Exchange(Base):
+    __tablename__ = "exchanges"
+    __table_args__ = (CheckConstraint(_in("status", EXCHANGE_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(100))
+    # The name of the version that actually answered, kept even if the version row goes away.
+    model_version: Mapped[str] = mapped_column(String(200))
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text, default="")
+    sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(20), default="ok")
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int | None]
+    output_tokens: Mapped[int | None]
+    queue_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    itl_ms: Mapped[float | None] = mapped_column(Float)
+    e2e_ms: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+    # Added by 0002_safety_review.
+    prompt_action: Mapped[str | None] = mapped_column(String(20))
+    output_action: Mapped[str | None] = mapped_column(String(20))
+    policy_version: Mapped[int | None]
+    review_status: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
+
+
+class AuditEvent(Base):
+    """One append-only, hash-chained audit event; written only through ``db.audit.append_event``."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    ts: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    actor_id: Mapped[int | None]
+    action: Mapped[str] = mapped_column(String(100), index=True)
+    object_type: Mapped[str | None] = mapped_column(String(100))
+    object_id: Mapped[str | None] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The single row holding the chain's last seq and hash: the lock appends serialize on."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AppState(Base):
+    __tablename__ = "app_state"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# ---- 0002_safety_review ----
+
+
+class PolicyVersion(Base):
+    __tablename__ = "policy_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, unique=True)
+    content: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class Finding(Base):
+    __tablename__ = "findings"
+    __table_args__ = (CheckConstraint(_in("direction", DIRECTIONS), name="direction"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(10))
+    detector: Mapped[str] = mapped_column(String(100))
+    detector_version: Mapped[str | None] = mapped_column(String(100))
+    label: Mapped[str] = mapped_column(String(100))
+    score: Mapped[float] = mapped_column(Float)
+    start: Mapped[int | None]
+    end: Mapped[int | None]
+    action: Mapped[str] = mapped_column(String(20))
+
+
+class RawText(Base):
+    """Unredacted text, kept apart from the (redacted) exchange so it can be erased on its own."""
+
+    __tablename__ = "raw_texts"
+    __table_args__ = (CheckConstraint(_in("direction", DIRECTIONS), name="direction"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id"), index=True)
+    direction: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+    erased_at: Mapped[datetime | None]
+
+
+class ReviewItem(Base):
+    __tablename__ = "review_items"
+    __table_args__ = (
+        CheckConstraint(_in("reason", ITEM_REASONS), name="reason"),
+        CheckConstraint(_in("status", ITEM_STATUSES), name="status"),
+        Index("ix_review_items_queue", "status", text("severity DESC"), "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(20))
+    direction: Mapped[str | None] = mapped_column(String(10))
+    severity: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    due_at: Mapped[datetime | None]
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    claim_expires_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewDecision(Base):
+    """An immutable decision on a review item; a later decision supersedes it, never edits it."""
+
+    __tablename__ = "review_decisions"
+    __table_args__ = (CheckConstraint(_in("decision", DECISIONS), name="decision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), index=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(20))
+    category: Mapped[str | None] = mapped_column(String(100))
+    note: Mapped[str | None] = mapped_column(Text)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("review_decisions.id"))
+    second_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- append-only guards ----
+
+APPEND_ONLY: tuple[type[Base], ...] = (AuditEvent, ReviewDecision)
+
+
+class AppendOnlyError(RuntimeError):
+    """Raised when code tries to update or delete a row of an append-only table through the ORM."""
+
+
+def _refuse_change(mapper: Any, connection: Any, target: Base) -> None:
+    raise AppendOnlyError(f"{type(target).__name__} rows are append-only; they cannot be updated or deleted")
+
+
+for _cls in APPEND_ONLY:
+    event.listen(_cls, "before_update", _refuse_change)
+    event.listen(_cls, "before_delete", _refuse_change)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_bulk_change(state: ORMExecuteState) -> None:
+    # Bulk update()/delete() statements skip the mapper events above, so check them here.
+    if (state.is_update or state.is_delete) and state.bind_mapper is not None:
+        if state.bind_mapper.class_ in APPEND_ONLY:
+            raise AppendOnlyError(f"{state.bind_mapper.class_.__name__} rows are append-only")

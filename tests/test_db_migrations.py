@@ -1,0 +1,184 @@
+"""Migrations: from an empty database, from the older 0001 schema with data, and the pinned audit columns."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from db import Database, DbConfig
+from db.models import Base
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD = "0002_safety_review"
+QUEUE_INDEX = "ix_review_items_queue"
+CORE_TABLES = {
+    "users",
+    "user_roles",
+    "model_versions",
+    "conversations",
+    "exchanges",
+    "audit_events",
+    "audit_head",
+    "app_state",
+}
+SAFETY_TABLES = {"policy_versions", "findings", "raw_texts", "review_items", "review_decisions"}
+
+
+@pytest.fixture
+def empty_db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(DbConfig(f"sqlite:///{tmp_path / 'data' / 'console.db'}"))
+    yield database
+    database.dispose()
+
+
+def _tables(database: Database) -> set[str]:
+    return set(inspect(database.engine).get_table_names()) - {"alembic_version"}
+
+
+def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Database) -> None:
+    assert empty_db.current_revision() is None
+    empty_db.migrate()
+    assert empty_db.current_revision() == HEAD == empty_db.head_revision()
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES
+
+
+def _is_queue_index(diff: object) -> bool:
+    return (
+        isinstance(diff, tuple) and diff[0] in {"add_index", "remove_index"} and diff[1].name == QUEUE_INDEX
+    )
+
+
+def test_migrated_schema_matches_the_orm_models(empty_db: Database) -> None:
+    empty_db.migrate()
+    with empty_db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    # Alembic cannot compare an index with a DESC expression; it is checked by reflection below.
+    assert [d for d in diffs if not _is_queue_index(d)] == []
+    indexes = {ix["name"]: ix for ix in inspect(empty_db.engine).get_indexes("review_items")}
+    assert indexes[QUEUE_INDEX]["column_names"] == ["status", "severity", "created_at"]
+
+
+def test_migrating_twice_changes_nothing(empty_db: Database) -> None:
+    empty_db.migrate()
+    empty_db.migrate()
+    assert empty_db.current_revision() == HEAD
+    with empty_db.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_head")).scalar_one() == 1
+
+
+def test_upgrading_from_0001_with_data_keeps_the_data(empty_db: Database) -> None:
+    empty_db.migrate("0001_core")
+    assert _tables(empty_db) == CORE_TABLES
+    with empty_db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO users (id, username, disabled, failed_login_count, created_at, updated_at) "
+                "VALUES (1, 'ada', false, 0, '2026-01-02 03:04:05.000000', '2026-01-02 03:04:05.000000')"
+            )
+        )
+        conn.execute(text("INSERT INTO user_roles (user_id, role) VALUES (1, 'operator')"))
+        conn.execute(
+            text(
+                "INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
+                "VALUES (7, 1, 'old chat', '2026-01-02 03:04:05.000000', '2026-01-02 03:04:05.000000')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO exchanges (id, conversation_id, user_id, model_version, prompt, response, sampling, "
+                "status, ttft_ms, created_at) VALUES (9, 7, 1, 'demo-v1', 'hi', 'hello', '{\"temperature\": 0.5}', "
+                "'ok', 12.5, '2026-01-02 03:04:05.000000')"
+            )
+        )
+
+    empty_db.migrate()
+
+    assert empty_db.current_revision() == HEAD
+    from db.chat import get_exchange, list_exchanges
+    from db.users import get_user_by_username
+
+    with empty_db.session(readonly=True) as s:
+        user = get_user_by_username(s, "ada")
+        assert user is not None and user.roles == {"operator"}
+        (exchange,) = list_exchanges(s, 7)
+        assert exchange.id == 9 and exchange.prompt == "hi" and exchange.response == "hello"
+        assert exchange.sampling == {"temperature": 0.5}
+        assert exchange.ttft_ms == 12.5
+        # Columns added by 0002 get their defaults on old rows.
+        assert exchange.review_status == "none"
+        assert exchange.prompt_action is None
+        assert get_exchange(s, 9) is exchange
+
+
+def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    empty_db.migrate()
+    with empty_db.engine.connect() as conn:
+        command.downgrade(alembic_config(empty_db.config.url, conn), "0001_core")
+        conn.commit()
+    assert empty_db.current_revision() == "0001_core"
+    assert _tables(empty_db) == CORE_TABLES
+    assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
+    empty_db.migrate()
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES
+
+
+def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:
+    empty_db.migrate()
+    columns = [c["name"] for c in inspect(empty_db.engine).get_columns("audit_events")]
+    assert columns == [
+        "id",
+        "seq",
+        "ts",
+        "actor",
+        "actor_id",
+        "action",
+        "object_type",
+        "object_id",
+        "details",
+        "prev_hash",
+        "hash",
+    ]
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_busy_timeout(empty_db: Database) -> None:
+    empty_db.migrate()
+    with empty_db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar_one().lower() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar_one() == 30000
+
+
+def test_foreign_keys_are_enforced(empty_db: Database) -> None:
+    empty_db.migrate()
+    with pytest.raises(IntegrityError), empty_db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO user_roles (user_id, role) VALUES (4242, 'admin')"))
+
+
+def test_importing_db_pulls_in_neither_streamlit_nor_vllm_nor_the_console() -> None:
+    code = (
+        "import sys\n"
+        "import db, db.audit, db.chat, db.models_repo, db.review, db.safety, db.state, db.users\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'streamlit', 'vllm', 'console', 'torch'})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
+
+
+def test_db_code_reads_no_environment_variables() -> None:
+    sources = [p for p in (ROOT / "db").rglob("*.py")]
+    assert sources
+    offenders = [p.name for p in sources if "os.environ" in p.read_text() or "getenv" in p.read_text()]
+    assert offenders == []

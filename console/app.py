@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from console import resources, ui
+from console.app_pages import PAGE_TABLE, PAGES_DIR
 from console.services import access, auth
 from console.textsafe import escape_markdown
-
-PAGES_DIR = Path(__file__).parent / "pages"
-
-# page key -> (section, title, icon, file)
-PAGE_TABLE = {
-    "chat": ("Operate", "Chat", ":material/chat:", "chat.py"),
-    "dashboard": ("Operate", "Latency", ":material/monitoring:", "dashboard.py"),
-    "models": ("Admin", "Models", ":material/model_training:", "models.py"),
-    "users": ("Admin", "Users", ":material/group:", "users.py"),
-    "policy": ("Safety", "Policy", ":material/policy:", "policy.py"),
-    "audit": ("Compliance", "Audit log", ":material/fact_check:", "audit.py"),
-}
 
 st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
 svc = resources.services()

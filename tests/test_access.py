@@ -22,6 +22,7 @@ EXPECTED = {
     "dashboard.view": {"operator", "analyst"},
     "review.work": {"reviewer"},
     "review.reveal_raw": {"reviewer"},
+    "review.escalations": {"admin"},
     "promotion.approve": {"reviewer"},
     "models.view": {"admin"},
     "models.register": {"admin"},

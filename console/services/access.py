@@ -42,6 +42,7 @@ ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "dashboard.view": (frozenset({Role.OPERATOR, Role.ANALYST}), "viewing latency dashboards"),
     "review.work": (frozenset({Role.REVIEWER}), "working the review queue"),
     "review.reveal_raw": (frozenset({Role.REVIEWER}), "revealing raw text"),
+    "review.escalations": (frozenset({Role.ADMIN}), "deciding escalated review items"),
     "promotion.approve": (frozenset({Role.REVIEWER}), "approving promotions"),
     "models.view": (frozenset({Role.ADMIN}), "viewing model versions"),
     "models.register": (frozenset({Role.ADMIN}), "registering model versions"),
@@ -59,6 +60,8 @@ ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
 PAGES: dict[str, str] = {
     "chat": "chat.use",
     "dashboard": "dashboard.view",
+    "review": "review.work",
+    "escalations": "review.escalations",
     "models": "models.view",
     "users": "users.manage",
     "policy": "policy.view",

@@ -84,7 +84,7 @@ def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
     path = settings.policy_file if settings.policy_file.exists() else DEFAULT_POLICY_PATH
     policy = Policy.load(path)
     tox = ToxicityConfig(model_type=settings.detoxify_model, checkpoint=settings.detoxify_checkpoint,
-                         config_dir=settings.detoxify_config_dir)
+                         huggingface_config_dir=settings.detoxify_config_dir)
     runner, notice = build_runner(PiiConfig(), tox)
     with db.session() as s:
         stored = safety_q.store_policy_version(s, policy.source_text, None, actor="system")

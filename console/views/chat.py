@@ -14,6 +14,7 @@ principal = ui.require_page("chat")
 svc = ui.services()
 state = ui.session()
 host = svc.host
+st.title("Chat")
 
 # --- sidebar: conversations and settings -----------------------------------------------------------------------
 with st.sidebar:

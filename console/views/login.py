@@ -38,7 +38,7 @@ if _sso_configured() and getattr(st.user, "is_logged_in", False):
 with st.form("login", clear_on_submit=False):
     username = st.text_input("Username", key="login_username", autocomplete="username")
     password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
-    submitted = st.form_submit_button("Sign in", type="primary")
+    submitted = st.form_submit_button("Sign in", type="primary", key="login_submit")
 
 if submitted:
     try:

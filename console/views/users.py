@@ -30,7 +30,7 @@ with add_tab, st.form("add_user", clear_on_submit=True):
     password = st.text_input("Initial password", type="password", key="new_password",
                              help=f"At least {svc.settings.min_password_length} characters. "
                                   "Leave empty for a single sign-on user (email required).")
-    if st.form_submit_button("Add user", type="primary"):
+    if st.form_submit_button("Add user", type="primary", key="add_user_submit"):
         created = ui.call(users_svc.add_user, svc, principal, username, password or None, roles,
                           display_name=display_name, email=email)
         if created:

@@ -1,0 +1,484 @@
+"""The review queue's use cases: list and filter, claim, look, reveal, decide (one or many), second review, escalations.
+
+Reviewers see redacted text; raw text is revealed per item with a typed reason and audited. Nobody decides on
+their own conversation (duty rule ``review.decide``). Decisions are immutable: corrections are new decisions
+that supersede the old one, and a share of decided items goes blind to a second reviewer for the quality loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from console.services import review_stats
+from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services.context import Services
+from console.services.errors import ConsoleError, InvalidInput, NotFound
+from db import audit as audit_q
+from db import chat as chat_q
+from db import review as review_q
+from db import safety as safety_q
+from db import users as users_q
+from db.models import ReviewItem
+from db.review import QueueFilter, QueueSummary
+
+log = logging.getLogger(__name__)
+
+# Defaults the lead may wire to settings (read with getattr so a missing setting falls back here).
+CLAIM_MINUTES = 15
+SECOND_REVIEW_SHARE = 0.10
+PAGE_SIZE = 50
+CONTEXT_EXCHANGES = 3
+
+CATEGORIES: dict[str, str] = {
+    "harassment": "Harassment",
+    "hate_or_identity_attack": "Hate or identity attack",
+    "sexual": "Sexual",
+    "violence_or_threat": "Violence or threat",
+    "self_harm": "Self-harm",
+    "pii_leak": "PII leak",
+    "other": "Other",
+}
+DECISION_LABELS: dict[str, str] = {
+    "violation": "Confirm violation",
+    "false_positive": "False positive",
+    "escalate": "Escalate to admins",
+}
+
+
+class ClaimLost(ConsoleError):
+    """Someone else holds this item (or it was decided meanwhile)."""
+
+
+def _owner_of_item(session: Session, item_id: str) -> int | None:
+    item = review_q.get_review_item(session, int(item_id))
+    if item is None:
+        return None
+    exchange = chat_q.get_exchange(session, item.exchange_id)
+    return None if exchange is None else exchange.user_id
+
+
+DECIDE_RULE = register_duty_rule(
+    DutyRule("review.decide", "nobody reviews their own conversation", owner_of=_owner_of_item)
+)
+
+
+def claim_minutes(svc: Services) -> int:
+    return int(getattr(svc.settings, "review_claim_minutes", CLAIM_MINUTES))
+
+
+def second_review_share(svc: Services) -> float:
+    return float(getattr(svc.settings, "review_second_share", SECOND_REVIEW_SHARE))
+
+
+# --- views ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    item_id: int
+    exchange_id: int
+    severity: int
+    status: str
+    reason: str
+    direction: str | None
+    created_at: datetime
+    due_at: datetime | None
+    overdue: bool
+    assignee: str | None
+    claim_active: bool
+    labels: str
+    max_score: float
+    model_version: str
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    rows: tuple[QueueRow, ...]
+    summary: QueueSummary
+    oldest_open_age: timedelta | None
+    mine: int | None  # the item this reviewer holds a live claim on, if any
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    direction: str
+    detector: str
+    label: str
+    score: float
+    start: int | None
+    end: int | None
+    action: str
+
+
+@dataclass(frozen=True)
+class TurnView:
+    exchange_id: int
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    id: int
+    decision: str
+    category: str | None
+    note: str | None
+    reviewer: str
+    supersedes_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """One item as a reviewer sees it: redacted texts, findings, versions, actions; never raw text."""
+
+    item_id: int
+    exchange_id: int
+    status: str
+    reason: str
+    direction: str | None
+    severity: int
+    due_at: datetime | None
+    overdue: bool
+    note: str | None
+    prompt: str
+    response: str
+    model_version: str
+    policy_version: int | None
+    prompt_action: str | None
+    output_action: str | None
+    context: tuple[TurnView, ...]
+    findings: tuple[FindingRow, ...]
+    raw_kept: tuple[str, ...]  # directions whose raw text can be revealed
+    decisions: tuple[DecisionRow, ...]  # empty for a blind second review
+    sample_id: int | None = None
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    decision_id: int
+    item_id: int
+    sampled: bool
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    kappa: float | None
+    pairs: int
+    open_samples: int
+    weekly: tuple[review_stats.PrecisionPoint, ...]
+    overall: tuple[review_stats.PrecisionPoint, ...]
+    suggestions: tuple[review_stats.ThresholdSuggestion, ...]
+
+
+def _rows(svc: Services, s: Session, items: Sequence[ReviewItem]) -> tuple[QueueRow, ...]:
+    now = svc.now()
+    names: dict[int, str] = {}
+    rows = []
+    for item in items:
+        findings = safety_q.list_findings(s, item.exchange_id)
+        exchange = chat_q.get_exchange(s, item.exchange_id)
+        if item.claimed_by_id is not None and item.claimed_by_id not in names:
+            user = users_q.get_user(s, item.claimed_by_id)
+            names[item.claimed_by_id] = user.username if user else "?"
+        live = item.status == "claimed" and item.claim_expires_at is not None and item.claim_expires_at > now
+        rows.append(QueueRow(
+            item.id, item.exchange_id, item.severity, item.status, item.reason, item.direction, item.created_at,
+            item.due_at, item.status in ("open", "claimed") and item.due_at is not None and item.due_at < now,
+            names.get(item.claimed_by_id) if item.claimed_by_id and item.status != "open" else None, live,
+            ", ".join(sorted({f.label for f in findings})), max((f.score for f in findings), default=0.0),
+            exchange.model_version if exchange else "",
+        ))
+    return tuple(rows)
+
+
+def _validate(decision: str, category: str | None, note: str | None) -> tuple[str | None, str | None]:
+    if decision not in DECISION_LABELS:
+        raise InvalidInput(f"Choose a decision: {', '.join(DECISION_LABELS.values())}.")
+    note = (note or "").strip() or None
+    if decision == "violation":
+        if category not in CATEGORIES:
+            raise InvalidInput("A confirmed violation needs a category.")
+    else:
+        category = None
+    if decision == "escalate" and note is None:
+        raise InvalidInput("Say why you escalate: a note is required.")
+    return category, note
+
+
+# --- queue ----------------------------------------------------------------------------------------------------
+
+
+@requires("review.work")
+def list_queue(svc: Services, actor: Principal, filters: QueueFilter | None = None, *,
+               limit: int = PAGE_SIZE, offset: int = 0) -> QueuePage:
+    """A page of the queue (never the reviewer's own conversations) with the queue's counters."""
+    f = replace(filters or QueueFilter(), exclude_owner_id=actor.user_id)
+    now = svc.now()
+    with svc.db.session(readonly=True) as s:
+        rows = _rows(svc, s, review_q.list_queue(s, f, limit=limit, offset=offset))
+        summary = review_q.queue_summary(s, now=now)
+        mine = review_q.list_queue(s, QueueFilter(statuses=("claimed",), assignee_id=actor.user_id), limit=5)
+    live = [i.id for i in mine if i.claim_expires_at is not None and i.claim_expires_at > now]
+    age = now - summary.oldest_open_at if summary.oldest_open_at else None
+    return QueuePage(rows, summary, age, live[0] if live else None)
+
+
+@requires("review.work")
+def filter_options(svc: Services, actor: Principal) -> dict[str, list[str]]:
+    """Values for the filter widgets: detectors, labels, model versions, and reviewers (usernames)."""
+    with svc.db.session(readonly=True) as s:
+        values = review_q.filter_values(s)
+        values["assignee"] = sorted(u.username for u in users_q.list_users(s) if "reviewer" in u.roles)
+    return values
+
+
+@requires("review.work")
+def user_id_of(svc: Services, actor: Principal, username: str) -> int | None:
+    """The id of a user by name (for the assignee filter), or None."""
+    with svc.db.session(readonly=True) as s:
+        user = users_q.get_user_by_username(s, username)
+        return None if user is None else user.id
+
+
+@requires("review.work")
+def claim_next(svc: Services, actor: Principal, filters: QueueFilter | None = None) -> int | None:
+    """Claim the most urgent claimable item (within ``filters``) that is not the reviewer's own; its id or None."""
+    f = replace(filters or QueueFilter(), exclude_owner_id=actor.user_id)
+    with svc.db.session() as s:
+        item = review_q.claim_next(s, actor.user_id, actor=actor.username, filters=f,
+                                   claim_minutes=claim_minutes(svc), now=svc.now())
+    log.info("claim next: user=%s item=%s", actor.username, item.id if item else None)
+    return None if item is None else item.id
+
+
+@requires("review.work")
+def claim(svc: Services, actor: Principal, item_id: int) -> int:
+    """Claim a chosen item; raises :class:`ClaimLost` if someone else holds it or it is closed."""
+    with svc.db.session() as s:
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+        if not review_q.claim_item(s, item_id, actor.user_id, actor=actor.username,
+                                   claim_minutes=claim_minutes(svc), now=svc.now()):
+            raise ClaimLost(f"Item {item_id} is taken by someone else or already decided.")
+    return item_id
+
+
+@requires("review.work")
+def release(svc: Services, actor: Principal, item_id: int) -> bool:
+    """Give a claimed item back to the queue."""
+    with svc.db.session() as s:
+        return review_q.release_item(s, item_id, actor.user_id, actor=actor.username)
+
+
+def _item_view(svc: Services, s: Session, item: ReviewItem, *, blind: bool = False,
+               sample_id: int | None = None) -> ItemView:
+    exchange = chat_q.get_exchange(s, item.exchange_id)
+    if exchange is None:
+        raise NotFound(f"Exchange {item.exchange_id} is gone.")
+    earlier = [e for e in chat_q.list_exchanges(s, exchange.conversation_id) if e.id < exchange.id]
+    context = tuple(TurnView(e.id, e.prompt, e.response) for e in earlier[-CONTEXT_EXCHANGES:])
+    findings = tuple(FindingRow(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
+                     for f in safety_q.list_findings(s, exchange.id))
+    raw_kept = review_q.raw_text_directions(s, exchange.id)
+    decisions: tuple[DecisionRow, ...] = ()
+    if not blind:
+        rows = []
+        for d in review_q.list_decisions(s, item.id):
+            user = users_q.get_user(s, d.reviewer_id)
+            rows.append(DecisionRow(d.id, d.decision, d.category, d.note, user.username if user else "?",
+                                    d.supersedes_id, d.created_at))
+        decisions = tuple(rows)
+    now = svc.now()
+    return ItemView(
+        item.id, exchange.id, item.status, item.reason, item.direction, item.severity, item.due_at,
+        item.status in ("open", "claimed") and item.due_at is not None and item.due_at < now, item.note,
+        exchange.prompt, exchange.response, exchange.model_version, exchange.policy_version,
+        exchange.prompt_action, exchange.output_action, context, findings, raw_kept, decisions, sample_id,
+    )
+
+
+@requires("review.work")
+def item_view(svc: Services, actor: Principal, item_id: int) -> ItemView:
+    """The item, its conversation context and findings (redacted); refused for the reviewer's own conversation."""
+    with svc.db.session(readonly=True) as s:
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+        item = review_q.get_review_item(s, item_id)
+        if item is None:
+            raise NotFound(f"Review item {item_id} does not exist.")
+        return _item_view(svc, s, item)
+
+
+@requires("review.reveal_raw")
+def reveal_raw(svc: Services, actor: Principal, item_id: int, direction: str, reason: str) -> str | None:
+    """The raw text of one side of the item's exchange, for this call only; the reason and the view are audited."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("Type a reason to reveal the raw text.")
+    if direction not in ("prompt", "output"):
+        raise InvalidInput("Choose the prompt or the output.")
+    with svc.db.session() as s:
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+        item = review_q.get_review_item(s, item_id)
+        if item is None:
+            raise NotFound(f"Review item {item_id} does not exist.")
+        # The reason goes in its own event beside db.safety's view event, in the same transaction.
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="review.reveal_reason",
+                             object_type="review_item", object_id=item_id,
+                             details={"exchange_id": item.exchange_id, "direction": direction, "reason": reason})
+        text = safety_q.reveal_raw_text(s, item.exchange_id, direction, actor=actor.username,
+                                        actor_id=actor.user_id)
+    log.info("raw text revealed: user=%s item=%s direction=%s", actor.username, item_id, direction)
+    return text
+
+
+# --- decisions ------------------------------------------------------------------------------------------------
+
+
+def _decide_one(svc: Services, s: Session, actor: Principal, item_id: int, decision: str, category: str | None,
+                note: str | None, share: float) -> DecisionResult:
+    ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+    item = review_q.get_review_item(s, item_id)
+    if item is None:
+        raise NotFound(f"Review item {item_id} does not exist.")
+    if item.status not in ("open", "claimed"):
+        raise ClaimLost(f"Item {item_id} is already {item.status}.")
+    held_by_other = (item.status == "claimed" and item.claimed_by_id != actor.user_id
+                     and item.claim_expires_at is not None and item.claim_expires_at > svc.now())
+    if held_by_other:
+        raise ClaimLost(f"Item {item_id} is claimed by another reviewer.")
+    row = review_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                   actor=actor.username, category=category, note=note)
+    sampled = decision != "escalate" and review_q.in_sample(item_id, share)
+    if sampled:
+        review_q.create_sample(s, row, actor=actor.username)
+    return DecisionResult(row.id, item_id, sampled)
+
+
+@requires("review.work")
+def decide(svc: Services, actor: Principal, item_id: int, decision: str, *, category: str | None = None,
+           note: str | None = None, share: float | None = None) -> DecisionResult:
+    """Decide an open item or one the reviewer holds; a share of decided items is drawn for a blind second review."""
+    category, note = _validate(decision, category, note)
+    with svc.db.session() as s:
+        return _decide_one(svc, s, actor, item_id, decision, category, note,
+                           second_review_share(svc) if share is None else share)
+
+
+@requires("review.work")
+def decide_bulk(svc: Services, actor: Principal, item_ids: Sequence[int], decision: str, *,
+                category: str | None = None, note: str | None = None,
+                share: float | None = None) -> list[DecisionResult]:
+    """Decide several items alike, all or none (one transaction, one decision and audit event per item)."""
+    if not item_ids:
+        raise InvalidInput("Select at least one item.")
+    category, note = _validate(decision, category, note)
+    share = second_review_share(svc) if share is None else share
+    with svc.db.session() as s:
+        return [_decide_one(svc, s, actor, i, decision, category, note, share) for i in dict.fromkeys(item_ids)]
+
+
+@requires("review.work")
+def correct(svc: Services, actor: Principal, item_id: int, decision: str, *, category: str | None = None,
+            note: str | None = None) -> int:
+    """Correct a decided item with a new decision that supersedes (never edits) the one in force; note required."""
+    category, note = _validate(decision, category, note)
+    if note is None:
+        raise InvalidInput("Say why you correct the decision: a note is required.")
+    with svc.db.session() as s:
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+        item = review_q.get_review_item(s, item_id)
+        if item is None or item.status != "decided":
+            raise InvalidInput("Only decided items can be corrected.")
+        return review_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                        actor=actor.username, category=category, note=note, correction=True).id
+
+
+# --- second review (blind) ------------------------------------------------------------------------------------
+
+
+@requires("review.work")
+def next_second_review(svc: Services, actor: Principal) -> ItemView | None:
+    """The next sampled item for this reviewer, without the first decision (blind); None if none waits."""
+    with svc.db.session(readonly=True) as s:
+        sample = review_q.next_sample(s, actor.user_id)
+        if sample is None:
+            return None
+        item = review_q.get_review_item(s, sample.item_id)
+        assert item is not None  # a sample always points at an item (foreign key)
+        return _item_view(svc, s, item, blind=True, sample_id=sample.id)
+
+
+@requires("review.work")
+def decide_second_review(svc: Services, actor: Principal, sample_id: int, decision: str, *,
+                         category: str | None = None) -> int:
+    """Record the blind second opinion (violation / false positive / escalate); it feeds agreement statistics."""
+    category, _ = _validate(decision, category, "second opinion")
+    with svc.db.session() as s:
+        sample = review_q.get_sample(s, sample_id)
+        if sample is None:
+            raise NotFound(f"Sample {sample_id} does not exist.")
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(sample.item_id))
+        try:
+            return review_q.record_sample_decision(s, sample_id=sample_id, reviewer_id=actor.user_id,
+                                                   decision=decision, actor=actor.username, category=category).id
+        except review_q.ReviewStateError as exc:
+            raise ClaimLost(str(exc)) from exc
+
+
+@requires("review.work")
+def quality_report(svc: Services, actor: Principal, *, weeks: int = 12) -> QualityReport:
+    """Agreement (Cohen's kappa), precision per detector/label by week, and threshold suggestions."""
+    with svc.db.session(readonly=True) as s:
+        pairs = review_q.agreement_pairs(s)
+        rows = review_q.decided_findings(s, since=svc.now() - timedelta(weeks=weeks))
+        waiting = review_q.open_sample_count(s)
+    outcomes = [review_stats.Outcome(i, at, det, lab, score, dec == "violation") for i, at, det, lab, score, dec in rows]
+    return QualityReport(review_stats.cohen_kappa(pairs), len(pairs), waiting,
+                         tuple(review_stats.precision_by_week(outcomes)),
+                         tuple(review_stats.precision_overall(outcomes)),
+                         tuple(review_stats.suggest_thresholds(outcomes)))
+
+
+# --- escalations (admins) -------------------------------------------------------------------------------------
+
+
+@requires("review.escalations")
+def list_escalations(svc: Services, actor: Principal, *, limit: int = PAGE_SIZE) -> tuple[QueueRow, ...]:
+    """Escalated items, most severe and oldest first (admins' own conversations excluded)."""
+    with svc.db.session(readonly=True) as s:
+        items = review_q.list_queue(s, QueueFilter(statuses=("escalated",), exclude_owner_id=actor.user_id),
+                                    limit=limit)
+        return _rows(svc, s, items)
+
+
+@requires("review.escalations")
+def escalation_view(svc: Services, actor: Principal, item_id: int) -> ItemView:
+    """An escalated item with its decisions so far (the escalation note included)."""
+    with svc.db.session(readonly=True) as s:
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+        item = review_q.get_review_item(s, item_id)
+        if item is None or item.status != "escalated":
+            raise NotFound(f"Item {item_id} is not escalated.")
+        return _item_view(svc, s, item)
+
+
+@requires("review.escalations")
+def decide_escalation(svc: Services, actor: Principal, item_id: int, decision: str, *,
+                      category: str | None = None, note: str | None = None) -> int:
+    """An admin's final decision on an escalated item (violation or false positive); supersedes the escalation."""
+    if decision == "escalate":
+        raise InvalidInput("An escalated item needs a final decision: violation or false positive.")
+    category, note = _validate(decision, category, note)
+    with svc.db.session() as s:
+        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+        item = review_q.get_review_item(s, item_id)
+        if item is None or item.status != "escalated":
+            raise ClaimLost(f"Item {item_id} is not escalated (any more).")
+        return review_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                        actor=actor.username, category=category, note=note,
+                                        second_review=True).id

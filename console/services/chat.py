@@ -13,7 +13,7 @@ from console.services.access import Principal, requires
 from console.services.context import Services
 from console.services.errors import InvalidInput, NotFound
 from db import chat as chat_q
-from engine.errors import EngineError, EngineNotReadyError
+from engine.errors import EngineError, EngineNotReadyError, PromptTooLongError
 from engine.types import ChatMessage, GenerationResult, SamplingSettings
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,20 @@ def _title(prompt: str) -> str:
     return first[:60] + ("…" if len(first) > 60 else "")
 
 
+def _stream_with_history(host, history: list[ChatMessage], prompt: str, sampling: SamplingSettings,  # noqa: ANN001
+                         request_id: str):
+    """Start the request; when the conversation outgrows the context, drop its oldest turns (keep the system)."""
+    system = [m for m in history[:1] if m.role == "system"]
+    turns = history[len(system):]
+    while True:
+        try:
+            return host.stream_chat([*system, *turns, ChatMessage("user", prompt)], sampling, request_id=request_id)
+        except PromptTooLongError:
+            if not turns:
+                raise
+            turns = turns[2:]  # one user/assistant pair
+
+
 @requires("chat.use")
 def start_turn(svc: Services, actor: Principal, conversation_id: int | None, prompt: str,
                sampling: SamplingSettings, system_prompt: str | None = None) -> ChatTurn:
@@ -214,7 +228,8 @@ def start_turn(svc: Services, actor: Principal, conversation_id: int | None, pro
         else:
             conv = _owned_conversation(s, actor, conversation_id)
         conversation_id = conv.id
-        history = [ChatMessage("system", system_prompt)] if system_prompt else []
+        # A conversation keeps the system prompt it was started with.
+        history = [ChatMessage("system", conv.system_prompt)] if conv.system_prompt else []
         for ex in chat_q.list_exchanges(s, conversation_id):
             if ex.status in ("ok", "aborted") and ex.response:
                 history.append(ChatMessage("user", ex.prompt))
@@ -230,9 +245,8 @@ def start_turn(svc: Services, actor: Principal, conversation_id: int | None, pro
                               error=None, sampling=sampling, result=None)
         turn.outcome.notice = " ".join(turn.notices)
         return turn
-    messages = [*history, ChatMessage("user", prompt_gate.text_for_model)]
     try:
-        turn.stream = host.stream_chat(messages, sampling, request_id=request_id)
+        turn.stream = _stream_with_history(host, history, prompt_gate.text_for_model, sampling, request_id)
     except EngineError as exc:
         _store(svc, actor, conversation_id, request_id, prompt_gate, None, status="error", error=str(exc),
                sampling=sampling, result=None)

@@ -67,6 +67,15 @@ DECIDE_RULE = register_duty_rule(
 )
 
 
+def _ensure_not_own(svc: Services, actor: Principal, *item_ids: int) -> None:
+    # Checked in a read-only unit of work before any write transaction opens: the refusal is audited in its
+    # own transaction, which on SQLite would wait forever behind a write lock held by the caller.
+    # An item's owner never changes, so checking first leaves no gap.
+    with svc.db.session(readonly=True) as s:
+        for item_id in item_ids:
+            ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+
+
 def claim_minutes(svc: Services) -> int:
     return int(getattr(svc.settings, "review_claim_minutes", CLAIM_MINUTES))
 
@@ -260,8 +269,8 @@ def claim_next(svc: Services, actor: Principal, filters: QueueFilter | None = No
 @requires("review.work")
 def claim(svc: Services, actor: Principal, item_id: int) -> int:
     """Claim a chosen item; raises :class:`ClaimLost` if someone else holds it or it is closed."""
+    _ensure_not_own(svc, actor, item_id)
     with svc.db.session() as s:
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
         if not review_q.claim_item(s, item_id, actor.user_id, actor=actor.username,
                                    claim_minutes=claim_minutes(svc), now=svc.now()):
             raise ClaimLost(f"Item {item_id} is taken by someone else or already decided.")
@@ -321,8 +330,8 @@ def reveal_raw(svc: Services, actor: Principal, item_id: int, direction: str, re
         raise InvalidInput("Type a reason to reveal the raw text.")
     if direction not in ("prompt", "output"):
         raise InvalidInput("Choose the prompt or the output.")
+    _ensure_not_own(svc, actor, item_id)
     with svc.db.session() as s:
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
         item = review_q.get_review_item(s, item_id)
         if item is None:
             raise NotFound(f"Review item {item_id} does not exist.")
@@ -341,7 +350,6 @@ def reveal_raw(svc: Services, actor: Principal, item_id: int, direction: str, re
 
 def _decide_one(svc: Services, s: Session, actor: Principal, item_id: int, decision: str, category: str | None,
                 note: str | None, share: float) -> DecisionResult:
-    ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
     item = review_q.get_review_item(s, item_id)
     if item is None:
         raise NotFound(f"Review item {item_id} does not exist.")
@@ -364,6 +372,7 @@ def decide(svc: Services, actor: Principal, item_id: int, decision: str, *, cate
            note: str | None = None, share: float | None = None) -> DecisionResult:
     """Decide an open item or one the reviewer holds; a share of decided items is drawn for a blind second review."""
     category, note = _validate(decision, category, note)
+    _ensure_not_own(svc, actor, item_id)
     with svc.db.session() as s:
         return _decide_one(svc, s, actor, item_id, decision, category, note,
                            second_review_share(svc) if share is None else share)
@@ -378,6 +387,7 @@ def decide_bulk(svc: Services, actor: Principal, item_ids: Sequence[int], decisi
         raise InvalidInput("Select at least one item.")
     category, note = _validate(decision, category, note)
     share = second_review_share(svc) if share is None else share
+    _ensure_not_own(svc, actor, *item_ids)
     with svc.db.session() as s:
         return [_decide_one(svc, s, actor, i, decision, category, note, share) for i in dict.fromkeys(item_ids)]
 
@@ -389,8 +399,8 @@ def correct(svc: Services, actor: Principal, item_id: int, decision: str, *, cat
     category, note = _validate(decision, category, note)
     if note is None:
         raise InvalidInput("Say why you correct the decision: a note is required.")
+    _ensure_not_own(svc, actor, item_id)
     with svc.db.session() as s:
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
         item = review_q.get_review_item(s, item_id)
         if item is None or item.status != "decided":
             raise InvalidInput("Only decided items can be corrected.")
@@ -418,11 +428,12 @@ def decide_second_review(svc: Services, actor: Principal, sample_id: int, decisi
                          category: str | None = None) -> int:
     """Record the blind second opinion (violation / false positive / escalate); it feeds agreement statistics."""
     category, _ = _validate(decision, category, "second opinion")
-    with svc.db.session() as s:
+    with svc.db.session(readonly=True) as s:
         sample = review_q.get_sample(s, sample_id)
         if sample is None:
             raise NotFound(f"Sample {sample_id} does not exist.")
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(sample.item_id))
+    _ensure_not_own(svc, actor, sample.item_id)
+    with svc.db.session() as s:
         try:
             return review_q.record_sample_decision(s, sample_id=sample_id, reviewer_id=actor.user_id,
                                                    decision=decision, actor=actor.username, category=category).id
@@ -474,8 +485,8 @@ def decide_escalation(svc: Services, actor: Principal, item_id: int, decision: s
     if decision == "escalate":
         raise InvalidInput("An escalated item needs a final decision: violation or false positive.")
     category, note = _validate(decision, category, note)
+    _ensure_not_own(svc, actor, item_id)
     with svc.db.session() as s:
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
         item = review_q.get_review_item(s, item_id)
         if item is None or item.status != "escalated":
             raise ClaimLost(f"Item {item_id} is not escalated (any more).")

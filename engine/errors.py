@@ -1,0 +1,49 @@
+"""User-facing engine errors: every message is safe to show in the console as it is.
+
+Pages catch :class:`EngineError` and show its message; any other exception from the engine is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine host raises on purpose; ``str(error)`` is safe to show to a user."""
+
+
+class EmptyPromptError(EngineError):
+    """The prompt is empty or only whitespace."""
+
+    def __init__(self, message: str = "The prompt is empty: type a message first.") -> None:
+        super().__init__(message)
+
+
+class PromptTooLongError(EngineError):
+    """The prompt does not leave room for a single generated token within the model's context."""
+
+    def __init__(self, prompt_tokens: int, limit: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+        super().__init__(
+            f"The prompt is too long: {prompt_tokens} tokens, but the model's context holds {limit} "
+            "(prompt and answer together). Shorten the conversation or start a new one."
+        )
+
+
+class EngineNotReadyError(EngineError):
+    """The engine is still loading, stopped or failed, so it cannot take requests yet."""
+
+
+class EngineDeadError(EngineError):
+    """The engine failed while serving; in-flight requests are lost and the host must be restarted."""
+
+
+class NoChatTemplateError(EngineError):
+    """The model's tokenizer has no chat template, so chat messages cannot be turned into a prompt."""
+
+
+class ModelLoadError(EngineError):
+    """A model version could not be loaded (bad path, unsupported architecture, not enough memory...)."""
+
+
+class InvalidSamplingError(EngineError, ValueError):
+    """Sampling settings are out of range; the message names the setting and the allowed range."""

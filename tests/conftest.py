@@ -1,0 +1,117 @@
+"""Shared fixtures. Every test builds its own temporary state; nothing touches /work/main/data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.host import EngineHost
+from engine.types import HostConfig, ModelSpec
+
+# --- engine -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained 2-layer Llama with the demo chat template, built once per test session (seconds)."""
+    from engine.demo.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def engine_host(tiny_model_dir: Path) -> Iterator[EngineHost]:
+    """A real in-process vLLM engine host serving the tiny model, shared by a test module."""
+    host = EngineHost.start(
+        ModelSpec(name="tiny-test", source=str(tiny_model_dir)),
+        HostConfig(kv_cache_gib=0.25, drain_timeout_s=10.0),
+        wait=True,
+    )
+    yield host
+    host.shutdown()
+
+
+# --- console (services over a real SQLite file) -------------------------------------------------------------
+# (maintained by the lead; the engine section above is separate)
+
+from datetime import UTC, datetime, timedelta  # noqa: E402
+
+STRONG_PASSWORD = "correct horse battery staple"
+
+
+class FakeClock:
+    """A clock tests can move forward (idle timeouts, lockout expiry) without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+def console_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "LLM_CONSOLE_DATA_DIR": str(data_dir),
+        "LLM_CONSOLE_ENGINE_AUTOSTART": "false",
+        "LLM_CONSOLE_SAFETY_ENABLED": "false",
+        "LLM_CONSOLE_LOCKOUT_THRESHOLD": "3",
+        "LLM_CONSOLE_LOCKOUT_MINUTES": "15",
+        "LLM_CONSOLE_SESSION_IDLE_MINUTES": "30",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def migrated_db_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database file migrated once per session; tests copy it instead of migrating again."""
+    from db.config import DbConfig
+    from db.database import Database
+
+    path = tmp_path_factory.mktemp("template") / "console.db"
+    db = Database(DbConfig(url=f"sqlite:///{path}"))
+    db.migrate()
+    db.dispose()
+    return path
+
+
+@pytest.fixture
+def svc(tmp_path: Path, clock: FakeClock, migrated_db_file: Path):
+    """Services over a fresh, migrated SQLite file; no engine, no scanners."""
+    import shutil
+
+    from console.services.context import Services
+    from console.settings import Settings
+    from db.config import DbConfig
+    from db.database import Database
+
+    settings = Settings.from_env(console_env(tmp_path))
+    shutil.copy(migrated_db_file, tmp_path / "console.db")
+    db = Database(DbConfig(url=settings.database_url))
+    yield Services(settings, db, clock=clock)
+    db.dispose()
+
+
+@pytest.fixture
+def make_user(svc):
+    """Create a user with roles (through the CLI path) and return their principal."""
+    from console.services import users as users_svc
+    from console.services.access import Principal
+
+    def make(
+        username: str, *roles: str, password: str = STRONG_PASSWORD, email: str | None = None
+    ) -> Principal:
+        view = users_svc.create_user_cli(svc, username, password, roles, email=email)
+        return Principal(view.id, view.username, frozenset(view.roles))
+
+    return make

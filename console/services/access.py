@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from console.services.errors import AccessDenied, SeparationOfDuties, SessionEnded
 from db import audit as audit_q
 from db import users as users_q
-from console.services.errors import AccessDenied, SeparationOfDuties, SessionEnded
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

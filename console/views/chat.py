@@ -26,12 +26,10 @@ with st.sidebar:
         if st.button(conv.title or f"Conversation {conv.id}", key=f"conversation_{conv.id}",
                      type="primary" if current else "tertiary"):
             state.conversation_id = conv.id
-            if turn.outcome is not None and turn.outcome.notice:
-                state.flash = turn.outcome.notice
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
         system_prompt = st.text_area("System prompt", key="system_prompt", max_chars=chat_svc.MAX_SYSTEM_PROMPT_CHARS,
-                                     help="Sent before the conversation on every turn of a new conversation.")
+                                     help="Applies to new conversations; a conversation keeps the one it started with.")
         temperature = st.slider("Temperature", 0.0, 2.0, 0.7, 0.05, key="temperature")
         top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="top_p")
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")

@@ -88,7 +88,9 @@ def bootstrap_admin(svc: Services, username: str, password: str) -> UserView | N
     with svc.db.session() as s:
         if users_q.list_users(s):
             return None
-    return _create(svc, SYSTEM_ACTOR, None, username, password, ["admin"], "Administrator", None)
+    # The first account can also chat, so a new installation can be tried at once; the other duties
+    # (reviewer, analyst) are given to other people on the Users page.
+    return _create(svc, SYSTEM_ACTOR, None, username, password, ["admin", "operator"], "Administrator", None)
 
 
 def create_user_cli(svc: Services, username: str, password: str | None, roles: Iterable[str],

@@ -1,0 +1,126 @@
+"""End to end in a real headless Chromium: the console as `llm-console run` serves it, with a real engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import STRONG_PASSWORD
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env, input=stdin, text=True,
+                          capture_output=True, timeout=300, cwd=ROOT, check=True)
+
+
+@pytest.fixture(scope="module")
+def console_server(tmp_path_factory, tiny_model_dir):
+    data = tmp_path_factory.mktemp("e2e-data")
+    port = _free_port()
+    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data), "LLM_CONSOLE_ADMIN_PASSWORD": STRONG_PASSWORD,
+           "LLM_CONSOLE_DEFAULT_MODEL": "tiny-e2e", "LLM_CONSOLE_KV_CACHE_GIB": "0.25"}
+    _cli(env, "init", "--skip-models")
+    _cli(env, "model", "register", "tiny-e2e", str(tiny_model_dir), "--max-model-len", "512")
+    _cli(env, "user", "add", "ana", "--role", "analyst", "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    log = (data / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "run", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert proc.poll() is None, (data / "server.log").read_text()
+        time.sleep(0.5)
+    yield f"http://localhost:{port}", data
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Chromium is missing: scripts/test.sh installs Debian's chromium package"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _sign_in(page, url: str, username: str) -> None:
+    page.goto(url)
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(STRONG_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_an_operator_signs_in_chats_and_sees_the_streamed_answer_with_its_metrics(console_server, browser):
+    url, data = console_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _sign_in(page, url, "admin")
+    page.get_by_role("heading", name="Chat").wait_for(timeout=60_000)
+    box = page.get_by_placeholder("Ask the support model…")
+    # The engine loads in the background; the input is enabled once the model is ready.
+    page.wait_for_function(
+        "() => { const t = document.querySelector('textarea[placeholder^=\"Ask the support model\"]');"
+        " return t && !t.disabled; }", timeout=180_000)
+    hostile = "Where is my order? <img src=x onerror=alert(1)> **bold**"
+    box.fill(hostile)
+    box.press("Enter")
+    page.get_by_text("tokens/s").first.wait_for(timeout=120_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+    # The prompt is shown as typed: no HTML element and no markdown emphasis made from it.
+    assert page.get_by_text("<img src=x onerror=alert(1)>", exact=False).count() >= 1
+    assert page.locator("[data-testid='stChatMessage'] img[src='x']").count() == 0
+    assert page.get_by_text("tiny-e2e").count() >= 1
+    from db.config import DbConfig
+    from db.database import Database
+    from db.models import Exchange
+
+    db = Database(DbConfig(url=f"sqlite:///{data / 'console.db'}"))
+    with db.session() as s:
+        exchanges = s.query(Exchange).all()
+        assert [e.status for e in exchanges] == ["ok"] and exchanges[0].model_version == "tiny-e2e"
+    db.dispose()
+    page.close()
+
+
+def test_an_analyst_sees_only_their_pages_and_can_verify_the_audit_chain(console_server, browser):
+    url, _ = console_server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _sign_in(page, url, "ana")
+    nav = page.locator("[data-testid='stSidebarNav']")
+    nav.wait_for(timeout=60_000)
+    assert nav.get_by_text("Audit log").count() == 1
+    assert nav.get_by_text("Chat").count() == 0 and nav.get_by_text("Users").count() == 0
+    nav.get_by_text("Audit log").click()
+    page.get_by_role("button", name="Verify the hash chain").click()
+    page.get_by_text("The chain is intact").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
+    page.close()

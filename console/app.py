@@ -12,6 +12,9 @@ from console.textsafe import escape_markdown
 st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
 svc = resources.services()
 state = ui.session()
+# Start loading the model and the scanners at the first visit (both in the background), not at the first chat.
+resources.engine_host()
+resources.safety_loader()
 
 if state.principal is None:
     page = st.navigation([st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:")])

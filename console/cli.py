@@ -181,6 +181,13 @@ def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_review(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services.review_bench import run_review_bench
+
+    _print_result(run_review_bench(items=args.items), args.json)
+    return 0
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result))
@@ -260,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--iterations", type=_positive, default=50)
     s.set_defaults(func=cmd_bench_safety)
+    s = bench.add_parser("review", help="review queue: first page with filters and claim-next, 100,000 items")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--items", type=_positive, default=100_000)
+    s.set_defaults(func=cmd_bench_review)
     return p
 
 

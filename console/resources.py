@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import streamlit as st
 
@@ -55,13 +56,31 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
 
 
 @st.cache_resource(show_spinner=False)
-def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | None
+def safety_loader() -> Future | None:
+    """Start loading the scanners (spaCy, Detoxify or its fallback: seconds) in the background, once."""
     from console.services import moderation
 
     cfg = settings()
     if not cfg.safety_enabled:
         return None
-    return moderation.build_safety_stack(cfg, database())
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-load")
+    future = executor.submit(moderation.build_safety_stack, cfg, database())
+    executor.shutdown(wait=False)
+    return future
+
+
+def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | None
+    """The loaded scanners and policy; waits for the background load. Fails closed if it failed."""
+    from console.services.errors import ConsoleError
+
+    future = safety_loader()
+    if future is None:
+        return None
+    try:
+        return future.result()
+    except Exception as exc:
+        log.exception("the safety scanners failed to load")
+        raise ConsoleError(f"The safety scanners failed to load ({exc}); chat is paused until they do.") from exc
 
 
 def services() -> Services:

@@ -35,6 +35,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _share(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"must be between 0 and 1, got {value!r}")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -71,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detoxify_checkpoint", None, "Local Detoxify checkpoint file (used with detoxify_config_dir)."),
     Setting("detoxify_config_dir", None, "Local directory with the Hugging Face config/tokenizer for the checkpoint."),
     Setting("safety_enabled", "true", "Scan prompts and outputs with the safety scanners.", _bool),
+    Setting("review_claim_minutes", "15", "Minutes a reviewer's claim on a review item lasts.", _positive_int),
+    Setting("review_second_share", "0.1", "Share of decided review items sent blind to a second reviewer (0-1).",
+            _share),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -94,6 +104,8 @@ class Settings:
     detoxify_checkpoint: str | None
     detoxify_config_dir: str | None
     safety_enabled: bool
+    review_claim_minutes: int
+    review_second_share: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

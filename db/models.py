@@ -207,9 +207,9 @@ class Finding(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id"), index=True)
     direction: Mapped[str] = mapped_column(String(10))
-    detector: Mapped[str] = mapped_column(String(100))
+    detector: Mapped[str] = mapped_column(String(100), index=True)
     detector_version: Mapped[str | None] = mapped_column(String(100))
-    label: Mapped[str] = mapped_column(String(100))
+    label: Mapped[str] = mapped_column(String(100), index=True)
     score: Mapped[float] = mapped_column(Float)
     start: Mapped[int | None]
     end: Mapped[int | None]
@@ -235,6 +235,7 @@ class ReviewItem(Base):
         CheckConstraint(_in("reason", ITEM_REASONS), name="reason"),
         CheckConstraint(_in("status", ITEM_STATUSES), name="status"),
         Index("ix_review_items_queue", "status", text("severity DESC"), "created_at"),
+        Index("ix_review_items_status_due_at", "status", "due_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -244,7 +245,7 @@ class ReviewItem(Base):
     severity: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(20), default="open")
     due_at: Mapped[datetime | None]
-    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     claim_expires_at: Mapped[datetime | None]
     note: Mapped[str | None] = mapped_column(Text)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
@@ -265,6 +266,22 @@ class ReviewDecision(Base):
     note: Mapped[str | None] = mapped_column(Text)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("review_decisions.id"))
     second_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- 0003_review_queue ----
+
+
+class ReviewSample(Base):
+    """A decided item drawn for a blind second review; the second decision is an opinion, not a correction."""
+
+    __tablename__ = "review_samples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), unique=True)
+    first_decision_id: Mapped[int] = mapped_column(ForeignKey("review_decisions.id"))
+    first_reviewer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    second_decision_id: Mapped[int | None] = mapped_column(ForeignKey("review_decisions.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

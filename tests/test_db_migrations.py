@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0002_safety_review"
+HEAD = "0003_review_queue"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -29,7 +29,7 @@ CORE_TABLES = {
     "audit_head",
     "app_state",
 }
-SAFETY_TABLES = {"policy_versions", "findings", "raw_texts", "review_items", "review_decisions"}
+SAFETY_TABLES = {"policy_versions", "findings", "raw_texts", "review_items", "review_decisions", "review_samples"}
 
 
 @pytest.fixture

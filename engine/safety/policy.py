@@ -1,0 +1,255 @@
+"""The moderation policy: per direction and label, a threshold and an action; loaded from a versioned TOML file.
+
+File shape (see ``default_policy.toml``)::
+
+    version = "2026-11-26.1"          # required; stored with every exchange
+    output_mode = "stream_then_scan"  # or "hold_until_scanned"
+    keep_raw_text = false
+
+    [rules.prompt.default]            # used for labels without their own rule
+    action = "allow"
+
+    [rules.prompt.EMAIL_ADDRESS]      # a PII entity type or a toxicity label
+    threshold = 0.5
+    action = "redact"                 # allow | flag | redact | block
+    monitor_only = false              # true: record the would-be action, do not enforce it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from engine.safety.base import Finding
+from engine.safety.pii import redact as _redact_spans
+from engine.safety.toxicity import DETOXIFY_LABELS, FALLBACK_LABEL
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.toml")
+
+Direction = Literal["prompt", "output"]
+Action = Literal["allow", "flag", "redact", "block"]
+OutputMode = Literal["stream_then_scan", "hold_until_scanned"]
+
+DIRECTIONS: tuple[str, ...] = ("prompt", "output")
+ACTIONS: tuple[str, ...] = ("allow", "flag", "redact", "block")
+OUTPUT_MODES: tuple[str, ...] = ("stream_then_scan", "hold_until_scanned")
+# Higher wins when several rules trigger.
+_PRECEDENCE = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
+DEFAULT_RULE = "default"
+# Labels judged on the text as a whole: there is no span to redact.
+_WHOLE_TEXT_LABELS = DETOXIFY_LABELS | {FALLBACK_LABEL}
+
+_TOP_KEYS = {"version", "description", "output_mode", "keep_raw_text", "rules"}
+_RULE_KEYS = {"threshold", "action", "monitor_only"}
+
+
+class PolicyError(ValueError):
+    """The policy file is invalid; the message starts with the dotted key at fault."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What to do when a finding with this label scores at least ``threshold``."""
+
+    label: str
+    threshold: float
+    action: Action
+    monitor_only: bool = False
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    """A rule that matched a finding. ``action`` is what the rule asks for, enforced or (monitor-only) not."""
+
+    direction: Direction
+    rule: str  # the label the rule is keyed on, or "default"
+    action: Action
+    threshold: float
+    monitor_only: bool
+    finding: Finding
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy's verdict on one text.
+
+    ``action`` is the enforced action (block > redact > flag > allow). ``triggered`` are the enforced hits,
+    ``monitored`` the hits of monitor-only rules (their would-be action, not enforced). Hits whose action is
+    ``allow`` are not listed.
+    """
+
+    direction: Direction
+    action: Action
+    triggered: tuple[RuleHit, ...]
+    monitored: tuple[RuleHit, ...]
+    policy_version: str
+
+    @property
+    def needs_review(self) -> bool:
+        """Flagged and blocked texts go to the review queue."""
+        return self.action in ("flag", "block")
+
+    @property
+    def blocked(self) -> bool:
+        return self.action == "block"
+
+    @property
+    def redactions(self) -> tuple[Finding, ...]:
+        """The findings to cut out of the text when ``action`` is redact (enforced redact hits with a span)."""
+        return tuple(h.finding for h in self.triggered if h.action == "redact" and h.finding.has_span)
+
+    def apply(self, text: str) -> str:
+        """The text to pass on: redacted where redact rules triggered, unchanged otherwise (block is the caller's)."""
+        return redact(text, self.redactions)
+
+
+def redact(text: str, findings: Iterable[Finding]) -> str:
+    """Replace each span finding with ``<LABEL>`` (presidio-anonymizer); findings without a span are ignored."""
+    return _redact_spans(text, findings)
+
+
+def _err(key: str, message: str) -> PolicyError:
+    return PolicyError(f"{key}: {message}")
+
+
+def _parse_rule(key: str, label: str, raw: Any) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise _err(key, "must be a table with threshold, action and monitor_only")
+    unknown = sorted(set(raw) - _RULE_KEYS)
+    if unknown:
+        raise _err(f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(_RULE_KEYS))})")
+    if "action" not in raw:
+        raise _err(f"{key}.action", "is required")
+    action = raw["action"]
+    if action not in ACTIONS:
+        raise _err(f"{key}.action", f"must be one of {', '.join(ACTIONS)}, got {action!r}")
+    threshold = raw.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise _err(f"{key}.threshold", f"must be a number, got {threshold!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise _err(f"{key}.threshold", "must be between 0 and 1")
+    monitor_only = raw.get("monitor_only", False)
+    if not isinstance(monitor_only, bool):
+        raise _err(f"{key}.monitor_only", f"must be true or false, got {monitor_only!r}")
+    if action == "redact" and label in _WHOLE_TEXT_LABELS:
+        raise _err(f"{key}.action", f"{label} is judged on the whole text and has no span to redact; use flag or block")
+    return Rule(label=label, threshold=float(threshold), action=action, monitor_only=monitor_only)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated moderation policy. Build it with ``from_toml`` or ``load``."""
+
+    version: str
+    description: str
+    output_mode: OutputMode
+    keep_raw_text: bool
+    # rules[direction][label]; each direction always has a "default" rule.
+    rules: Mapping[str, Mapping[str, Rule]]
+    source_text: str
+    sha256: str
+
+    @classmethod
+    def from_toml(cls, text: str) -> Policy:
+        """Parse and validate a policy; raise PolicyError naming the bad key."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"(file): not valid TOML: {exc}") from exc
+        unknown = sorted(set(data) - _TOP_KEYS)
+        if unknown:
+            raise _err(unknown[0], f"unknown key (allowed: {', '.join(sorted(_TOP_KEYS))})")
+        version = data.get("version")
+        if not isinstance(version, str) or not version.strip():
+            raise _err("version", "is required and must be a non-empty string")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise _err("description", "must be a string")
+        output_mode = data.get("output_mode", "stream_then_scan")
+        if output_mode not in OUTPUT_MODES:
+            raise _err("output_mode", f"must be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}")
+        keep_raw_text = data.get("keep_raw_text", False)
+        if not isinstance(keep_raw_text, bool):
+            raise _err("keep_raw_text", f"must be true or false, got {keep_raw_text!r}")
+        raw_rules = data.get("rules", {})
+        if not isinstance(raw_rules, Mapping):
+            raise _err("rules", "must be a table with [rules.prompt] and [rules.output]")
+        unknown = sorted(set(raw_rules) - set(DIRECTIONS))
+        if unknown:
+            raise _err(f"rules.{unknown[0]}", f"unknown direction (allowed: {', '.join(DIRECTIONS)})")
+        rules: dict[str, Mapping[str, Rule]] = {}
+        for direction in DIRECTIONS:
+            section = raw_rules.get(direction, {})
+            if not isinstance(section, Mapping):
+                raise _err(f"rules.{direction}", "must be a table of rules keyed by label")
+            parsed = {
+                label: _parse_rule(f"rules.{direction}.{label}", label, raw) for label, raw in section.items()
+            }
+            parsed.setdefault(DEFAULT_RULE, Rule(DEFAULT_RULE, 0.0, "allow"))
+            rules[direction] = MappingProxyType(parsed)
+        return cls(
+            version=version.strip(),
+            description=description,
+            output_mode=output_mode,
+            keep_raw_text=keep_raw_text,
+            rules=MappingProxyType(rules),
+            source_text=text,
+            sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        )
+
+    @classmethod
+    def load(cls, path: Path | str = DEFAULT_POLICY_PATH) -> Policy:
+        """Read and validate the policy file at ``path``; errors are prefixed with the file name."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise PolicyError(f"(file): cannot read policy file {path}: {exc}") from exc
+        try:
+            return cls.from_toml(text)
+        except PolicyError as exc:
+            raise PolicyError(f"{path.name}: {exc}") from None
+
+    @property
+    def hold_output(self) -> bool:
+        """True in hold_until_scanned mode: show nothing of the answer until its scan has passed."""
+        return self.output_mode == "hold_until_scanned"
+
+    def rule_for(self, direction: Direction, label: str) -> tuple[str, Rule]:
+        """The rule that applies to ``label`` in ``direction`` and its key (the label itself or "default")."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        rules = self.rules[direction]
+        if label in rules and label != DEFAULT_RULE:
+            return label, rules[label]
+        return DEFAULT_RULE, rules[DEFAULT_RULE]
+
+    def decide(self, direction: Direction, findings: Iterable[Finding]) -> Decision:
+        """Turn findings into the enforced action and the list of rules that triggered or were monitored."""
+        triggered: list[RuleHit] = []
+        monitored: list[RuleHit] = []
+        for finding in findings:
+            key, rule = self.rule_for(direction, finding.label)
+            if rule.action == "allow" or finding.score < rule.threshold:
+                continue
+            hit = RuleHit(direction, key, rule.action, rule.threshold, rule.monitor_only, finding)
+            (monitored if rule.monitor_only else triggered).append(hit)
+        action: Action = max((h.action for h in triggered), key=_PRECEDENCE.__getitem__, default="allow")
+        if triggered or monitored:
+            logger.debug(
+                "policy %s %s: action=%s triggered=%s monitored=%s",
+                self.version,
+                direction,
+                action,
+                len(triggered),
+                len(monitored),
+            )
+        return Decision(direction, action, tuple(triggered), tuple(monitored), self.version)

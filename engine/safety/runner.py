@@ -1,0 +1,72 @@
+"""Run several scanners over one text and time each of them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from engine.safety.base import Finding, Scanner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """All findings for one text and how long each scanner took (milliseconds, by scanner name)."""
+
+    findings: tuple[Finding, ...]
+    timings_ms: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.timings_ms.values())
+
+    def by_detector(self, detector: str) -> tuple[Finding, ...]:
+        """The findings of one detector."""
+        return tuple(f for f in self.findings if f.detector == detector)
+
+    @property
+    def labels(self) -> frozenset[str]:
+        return frozenset(f.label for f in self.findings)
+
+
+class ScannerRunner:
+    """Runs its scanners one after another on a text; safe to share across threads (the scanners are)."""
+
+    def __init__(self, scanners: Iterable[Scanner]) -> None:
+        self.scanners: Sequence[Scanner] = tuple(scanners)
+        names = [s.name for s in self.scanners]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scanner names must be unique, got {names}")
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        """Scanner name -> detector version, for the record of what judged an exchange."""
+        return MappingProxyType({s.name: s.version for s in self.scanners})
+
+    def scan(self, text: str) -> ScanReport:
+        """Scan ``text`` with every scanner; spans in the findings refer to ``text``."""
+        findings: list[Finding] = []
+        timings: dict[str, float] = {}
+        for scanner in self.scanners:
+            began = time.perf_counter()
+            findings.extend(scanner.scan(text))
+            timings[scanner.name] = (time.perf_counter() - began) * 1000.0
+        logger.debug("scanned %s chars: %s findings in %s", len(text), len(findings), timings)
+        return ScanReport(tuple(findings), MappingProxyType(timings))
+
+
+def build_runner(pii_config=None, toxicity_config=None) -> tuple[ScannerRunner, str | None]:
+    """Build the standard runner (Presidio, then Detoxify or its fallback) and the toxicity notice, if any.
+
+    Call once per process (the console caches it): loading spaCy and a toxicity model takes seconds.
+    ``pii_config`` is a ``PiiConfig``, ``toxicity_config`` a ``ToxicityConfig`` (None: defaults).
+    """
+    from engine.safety.pii import PresidioScanner
+    from engine.safety.toxicity import load_toxicity_scanner
+
+    toxicity, notice = load_toxicity_scanner(toxicity_config)
+    return ScannerRunner([PresidioScanner(pii_config), toxicity]), notice

@@ -1,0 +1,84 @@
+"""AppTest of the Chat page with the real engine: the model loads, an answer streams in and is stored."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from console import app_pages, resources
+from console.ui import UiSession
+from db import chat as chat_q
+from tests.conftest import console_env
+
+SESSION_KEY = "llm_console_session"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir, migrated_db_file):
+    """Console resources over a fresh database whose live model is the tiny model; one engine per module."""
+    import shutil
+
+    from console.services import models as models_svc
+    from console.services.context import Services
+    from console.settings import Settings
+    from db.config import DbConfig
+    from db.database import Database
+
+    data = tmp_path_factory.mktemp("chat-page")
+    env = console_env(data, LLM_CONSOLE_ENGINE_AUTOSTART="true", LLM_CONSOLE_DEFAULT_MODEL="tiny-page",
+                      LLM_CONSOLE_KV_CACHE_GIB="0.25")
+    mp = pytest.MonkeyPatch()
+    for key, value in env.items():
+        mp.setenv(key, value)
+    shutil.copy(migrated_db_file, data / "console.db")
+    settings = Settings.from_env()
+    svc = Services(settings, Database(DbConfig(settings.database_url)))
+    models_svc.register_cli(svc, name="tiny-page", source=str(tiny_model_dir), revision=None, dtype="float32",
+                            max_model_len=512, engine_args={}, description="test")
+    st.cache_resource.clear()
+    yield svc
+    host = resources.engine_host()
+    if host is not None:
+        host.shutdown()
+    st.cache_resource.clear()
+    mp.undo()
+
+
+def _chat_page(principal) -> AppTest:
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / "chat.py"), default_timeout=120)
+    at.session_state[SESSION_KEY] = UiSession(principal=principal)
+    return at
+
+
+def test_the_chat_page_says_the_model_is_loading_then_streams_and_stores_an_answer(served):
+    from console.services import users as users_svc
+    from console.services.access import Principal
+
+    view = users_svc.create_user_cli(served, "paula", "correct horse battery staple", ["operator"])
+    principal = Principal(view.id, view.username, frozenset(view.roles))
+    at = _chat_page(principal)
+    at.run()
+    assert not at.exception
+    host = resources.engine_host()
+    assert host is not None
+    if host.status().state == "loading":
+        assert at.chat_input(key="chat_prompt").disabled
+        assert any("loading" in i.value for i in at.info)
+    host.wait_ready(timeout=180)
+    at.run()
+    assert not at.chat_input(key="chat_prompt").disabled
+    at.slider(key="temperature").set_value(0.0)
+    at.number_input(key="max_tokens").set_value(24)
+    at.chat_input(key="chat_prompt").set_value("How do I reset my password?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    with served.db.session() as s:
+        [conv] = chat_q.list_conversations(s, principal.user_id)
+        [ex] = chat_q.list_exchanges(s, conv.id)
+    assert ex.status == "ok" and ex.model_version == "tiny-page" and ex.response
+    assert ex.sampling["temperature"] == 0.0 and ex.sampling["max_tokens"] == 24
+    # After the stream the page shows the stored exchange with its metrics line.
+    assert at.session_state[SESSION_KEY].conversation_id == conv.id
+    captions = " ".join(c.value for c in at.caption).replace("\\", "")  # shown escaped: tiny\-page
+    assert "tiny-page" in captions and "tokens/s" in captions and "first token" in captions
+    assert len(at.chat_message) == 2

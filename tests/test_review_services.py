@@ -1,0 +1,277 @@
+"""The review queue's services over a real SQLite file: filters, claims, decisions, reveals, samples, escalations."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from console.services import review
+from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties
+from db import audit as audit_q
+from db import review as review_q
+from db.models import AppendOnlyError, ReviewDecision
+from tests.review_fixtures import flag
+
+
+@pytest.fixture
+def people(make_user):
+    return {
+        "op": make_user("olga", "operator"),
+        "alice": make_user("alice", "reviewer"),
+        "bob": make_user("bob", "reviewer"),
+        "admin": make_user("ada", "admin"),
+    }
+
+
+def _events(svc, action: str) -> list:
+    with svc.db.session(readonly=True) as s:
+        return list(audit_q.iter_events(s, action=action))
+
+
+# --- queue, filters, counters ---------------------------------------------------------------------------------
+
+
+def test_the_queue_orders_by_severity_then_age_and_counts_overdue_and_the_oldest(svc, people, clock):
+    t0 = clock.now
+    low_old = flag(svc, people["op"], severity=1, created_at=t0 - timedelta(days=5))
+    high_new = flag(svc, people["op"], severity=3, created_at=t0 - timedelta(hours=1))
+    high_old = flag(svc, people["op"], severity=3, created_at=t0 - timedelta(hours=6))
+    page = review.list_queue(svc, people["alice"])
+    assert [r.item_id for r in page.rows] == [high_old, high_new, low_old]
+    # Severity 3 is due in 4 hours, severity 1 in 72: the 6-hour-old and the 5-day-old items are overdue.
+    assert {r.item_id: r.overdue for r in page.rows} == {high_old: True, high_new: False, low_old: True}
+    assert page.summary.overdue == 2 and page.summary.counts["open"] == 3
+    assert page.oldest_open_age == timedelta(days=5)
+
+
+FILTER_CASES = [
+    ("detector", {"detector": "detoxify"}, {"insult"}),
+    ("label", {"label": "PERSON"}, {"person"}),
+    ("score range", {"min_score": 0.5, "max_score": 0.8}, {"person"}),
+    ("model version", {"model_version": "demo-v2"}, {"insult"}),
+    ("date range", {"created_from_days": 3}, {"email", "insult"}),
+    ("status", {"statuses": ("claimed",)}, {"email"}),
+    ("assignee", {"assignee": "bob", "statuses": ("claimed",)}, {"email"}),
+]
+
+
+@pytest.mark.parametrize("name,spec,expected", FILTER_CASES, ids=[c[0] for c in FILTER_CASES])
+def test_queue_filters_narrow_the_list(svc, people, clock, name, spec, expected):
+    now = clock.now
+    ids = {
+        "email": flag(svc, people["op"], label="EMAIL_ADDRESS", score=0.95, created_at=now - timedelta(days=1)),
+        "person": flag(svc, people["op"], label="PERSON", score=0.6, created_at=now - timedelta(days=10)),
+        "insult": flag(svc, people["op"], detector="detoxify", label="insult", score=0.9, model_version="demo-v2",
+                       created_at=now - timedelta(days=2)),
+    }
+    review.claim(svc, people["bob"], ids["email"])
+    spec = dict(spec)
+    if "created_from_days" in spec:
+        spec["created_from"] = now - timedelta(days=spec.pop("created_from_days"))
+    if "assignee" in spec:
+        spec["assignee_id"] = review.user_id_of(svc, people["alice"], spec.pop("assignee"))
+    page = review.list_queue(svc, people["alice"], review.QueueFilter(**spec))
+    by_id = {v: k for k, v in ids.items()}
+    assert {by_id[r.item_id] for r in page.rows} == expected
+
+
+# --- claims ---------------------------------------------------------------------------------------------------
+
+
+def test_two_reviewers_racing_for_one_item_exactly_one_gets_it(svc, people):
+    item = flag(svc, people["op"])
+    barrier = threading.Barrier(2)
+    results: dict[str, object] = {}
+
+    def grab(name: str) -> None:
+        barrier.wait()
+        try:
+            results[name] = review.claim(svc, people[name], item)
+        except review.ClaimLost as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=grab, args=(n,)) for n in ("alice", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [n for n, r in results.items() if r == item]
+    assert len(winners) == 1
+    loser = ({"alice", "bob"} - set(winners)).pop()
+    assert isinstance(results[loser], review.ClaimLost)
+    assert len(_events(svc, "review.claim")) == 1
+
+
+def test_a_claimed_item_is_not_offered_to_others_until_the_claim_expires(svc, people, clock):
+    item = flag(svc, people["op"])
+    assert review.claim_next(svc, people["alice"]) == item
+    assert review.list_queue(svc, people["alice"]).mine == item
+    assert review.claim_next(svc, people["bob"]) is None
+    clock.advance(minutes=review.CLAIM_MINUTES - 1)
+    assert review.claim_next(svc, people["bob"]) is None
+    clock.advance(minutes=2)
+    assert review.list_queue(svc, people["alice"]).mine is None
+    assert review.claim_next(svc, people["bob"]) == item
+    with pytest.raises(review.ClaimLost):
+        review.decide(svc, people["alice"], item, "false_positive")
+
+
+def test_a_reviewer_never_sees_or_decides_their_own_conversation(svc, make_user, people):
+    both = make_user("rhea", "operator", "reviewer")
+    own = flag(svc, both)
+    other = flag(svc, people["op"])
+    assert [r.item_id for r in review.list_queue(svc, both).rows] == [other]
+    assert review.claim_next(svc, both) == other
+    for call in (lambda: review.decide(svc, both, own, "false_positive"), lambda: review.claim(svc, both, own),
+                 lambda: review.reveal_raw(svc, both, own, "prompt", "checking")):
+        with pytest.raises(SeparationOfDuties):
+            call()
+    assert [e.details["reason"] for e in _events(svc, "access.denied")] == ["separation of duties"] * 3
+
+
+SERVICES = [
+    ("list_queue", lambda svc, u: review.list_queue(svc, u)),
+    ("claim_next", lambda svc, u: review.claim_next(svc, u)),
+    ("decide", lambda svc, u: review.decide(svc, u, 1, "false_positive")),
+    ("reveal_raw", lambda svc, u: review.reveal_raw(svc, u, 1, "prompt", "why")),
+    ("quality_report", lambda svc, u: review.quality_report(svc, u)),
+]
+
+
+@pytest.mark.parametrize("name,call", SERVICES, ids=[s[0] for s in SERVICES])
+def test_an_operator_calling_review_services_is_refused(svc, people, name, call):
+    flag(svc, people["admin"])
+    with pytest.raises(AccessDenied, match="do not allow"):
+        call(svc, people["op"])
+
+
+def test_a_reviewer_cannot_decide_escalations(svc, people):
+    with pytest.raises(AccessDenied):
+        review.list_escalations(svc, people["alice"])
+
+
+# --- decisions ------------------------------------------------------------------------------------------------
+
+INVALID = [
+    ("violation without category", "violation", None, None, "category"),
+    ("escalation without note", "escalate", None, "  ", "note is required"),
+    ("unknown decision", "maybe", None, None, "Choose a decision"),
+]
+
+
+@pytest.mark.parametrize("name,decision,category,note,message", INVALID, ids=[c[0] for c in INVALID])
+def test_an_incomplete_decision_is_refused_and_nothing_is_stored(svc, people, name, decision, category, note,
+                                                                  message):
+    item = flag(svc, people["op"])
+    with pytest.raises(InvalidInput, match=message):
+        review.decide(svc, people["alice"], item, decision, category=category, note=note)
+    assert _events(svc, "review.decision") == []
+
+
+def test_decisions_are_immutable_and_a_correction_is_a_new_decision_that_refers_to_the_old(svc, people):
+    item = flag(svc, people["op"])
+    first = review.decide(svc, people["alice"], item, "violation", category="pii_leak", share=0)
+    with pytest.raises(review.ClaimLost, match="already decided"):
+        review.decide(svc, people["bob"], item, "false_positive")
+    with pytest.raises(InvalidInput, match="note is required"):
+        review.correct(svc, people["bob"], item, "false_positive")
+    fix = review.correct(svc, people["bob"], item, "false_positive", note="test address, not a person's")
+    with svc.db.session() as s:
+        rows = review_q.list_decisions(s, item)
+        assert [(d.id, d.decision, d.supersedes_id) for d in rows] == [
+            (first.decision_id, "violation", None), (fix, "false_positive", first.decision_id)]
+        assert review_q.effective_decision(s, item).id == fix
+    with pytest.raises(AppendOnlyError), svc.db.session() as s:
+        s.get(ReviewDecision, first.decision_id).decision = "false_positive"
+    events = _events(svc, "review.decision")
+    assert [(e.details["decision"], e.details["correction"]) for e in events] == [
+        ("violation", False), ("false_positive", True)]
+
+
+def test_a_bulk_decision_decides_every_selected_item_with_one_audit_event_each(svc, people):
+    items = [flag(svc, people["op"], label="PERSON", score=0.55) for _ in range(3)]
+    keep = flag(svc, people["op"])
+    results = review.decide_bulk(svc, people["alice"], items, "false_positive", share=0)
+    assert [r.item_id for r in results] == items
+    assert [e.details["exchange_id"] is not None for e in _events(svc, "review.decision")] == [True] * 3
+    assert [r.item_id for r in review.list_queue(svc, people["alice"]).rows] == [keep]
+
+
+def test_a_bulk_decision_is_all_or_nothing_when_one_item_is_held_by_someone_else(svc, people):
+    items = [flag(svc, people["op"]) for _ in range(3)]
+    review.claim(svc, people["bob"], items[1])
+    with pytest.raises(review.ClaimLost):
+        review.decide_bulk(svc, people["alice"], items, "false_positive", share=0)
+    assert _events(svc, "review.decision") == []
+    assert review.list_queue(svc, people["alice"]).summary.counts["open"] == 2
+
+
+# --- reveal ---------------------------------------------------------------------------------------------------
+
+
+def test_raw_text_is_revealed_only_with_a_reason_and_each_reveal_is_audited(svc, people):
+    item = flag(svc, people["op"], raw_prompt="mail me at ada@example.com")
+    view = review.item_view(svc, people["alice"], item)
+    assert view.prompt == "mail me at <EMAIL_ADDRESS>" and view.raw_kept == ("prompt",)
+    assert "ada@example.com" not in repr(view)
+    with pytest.raises(InvalidInput, match="reason"):
+        review.reveal_raw(svc, people["alice"], item, "prompt", "   ")
+    assert _events(svc, "safety.raw_reveal") == []
+    assert review.reveal_raw(svc, people["alice"], item, "prompt", "check the address is real") == (
+        "mail me at ada@example.com")
+    (view_event,) = _events(svc, "safety.raw_reveal")
+    (reason_event,) = _events(svc, "review.reveal_reason")
+    assert view_event.actor == reason_event.actor == "alice"
+    assert reason_event.details["reason"] == "check the address is real"
+    assert "ada@example.com" not in str(view_event.details) + str(reason_event.details)
+
+
+# --- quality loop ---------------------------------------------------------------------------------------------
+
+
+def test_a_sampled_decision_goes_blind_to_a_second_reviewer_but_not_to_the_first(svc, people):
+    item = flag(svc, people["op"])
+    result = review.decide(svc, people["alice"], item, "violation", category="pii_leak", share=1.0)
+    assert result.sampled
+    assert review.next_second_review(svc, people["alice"]) is None
+    blind = review.next_second_review(svc, people["bob"])
+    assert blind is not None and blind.item_id == item and blind.decisions == ()
+    review.decide_second_review(svc, people["bob"], blind.sample_id, "false_positive")
+    with pytest.raises(review.ClaimLost):
+        review.decide_second_review(svc, people["bob"], blind.sample_id, "violation", category="other")
+    report = review.quality_report(svc, people["alice"])
+    assert report.pairs == 1 and report.open_samples == 0
+    # The second opinion feeds the statistics; the decision in force stays the first reviewer's.
+    assert [(p.label, p.confirmed, p.decided) for p in report.overall] == [("EMAIL_ADDRESS", 1, 1)]
+
+
+def test_no_sample_is_drawn_when_the_share_is_zero(svc, people):
+    item = flag(svc, people["op"])
+    assert not review.decide(svc, people["alice"], item, "false_positive", share=0).sampled
+    assert review.next_second_review(svc, people["bob"]) is None
+
+
+def test_the_sample_draw_takes_about_the_configured_share_and_is_reproducible():
+    drawn = [i for i in range(1, 5001) if review_q.in_sample(i, 0.10)]
+    assert 0.08 < len(drawn) / 5000 < 0.12
+    assert drawn == [i for i in range(1, 5001) if review_q.in_sample(i, 0.10)]
+
+
+# --- escalations ----------------------------------------------------------------------------------------------
+
+
+def test_an_escalated_item_goes_to_admins_who_decide_it_finally(svc, people):
+    item = flag(svc, people["op"])
+    review.decide(svc, people["alice"], item, "escalate", note="looks like a threat, unsure")
+    assert [r.item_id for r in review.list_escalations(svc, people["admin"])] == [item]
+    view = review.escalation_view(svc, people["admin"], item)
+    assert [(d.decision, d.note) for d in view.decisions] == [("escalate", "looks like a threat, unsure")]
+    with pytest.raises(InvalidInput):
+        review.decide_escalation(svc, people["admin"], item, "escalate", note="again")
+    final = review.decide_escalation(svc, people["admin"], item, "violation", category="violence_or_threat")
+    assert review.list_escalations(svc, people["admin"]) == ()
+    with svc.db.session(readonly=True) as s:
+        assert review_q.effective_decision(s, item).id == final
+        assert review_q.get_review_item(s, item).status == "decided"

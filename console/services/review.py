@@ -18,6 +18,7 @@ from console.services import review_stats
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import Services
 from console.services.errors import ConsoleError, InvalidInput, NotFound
+from console.services.moderation import FindingView
 from db import audit as audit_q
 from db import chat as chat_q
 from db import review as review_q
@@ -114,17 +115,6 @@ class QueuePage:
 
 
 @dataclass(frozen=True)
-class FindingRow:
-    direction: str
-    detector: str
-    label: str
-    score: float
-    start: int | None
-    end: int | None
-    action: str
-
-
-@dataclass(frozen=True)
 class TurnView:
     exchange_id: int
     prompt: str
@@ -162,7 +152,7 @@ class ItemView:
     prompt_action: str | None
     output_action: str | None
     context: tuple[TurnView, ...]
-    findings: tuple[FindingRow, ...]
+    findings: tuple[FindingView, ...]
     raw_kept: tuple[str, ...]  # directions whose raw text can be revealed
     decisions: tuple[DecisionRow, ...]  # empty for a blind second review
     sample_id: int | None = None
@@ -291,7 +281,7 @@ def _item_view(svc: Services, s: Session, item: ReviewItem, *, blind: bool = Fal
         raise NotFound(f"Exchange {item.exchange_id} is gone.")
     earlier = [e for e in chat_q.list_exchanges(s, exchange.conversation_id) if e.id < exchange.id]
     context = tuple(TurnView(e.id, e.prompt, e.response) for e in earlier[-CONTEXT_EXCHANGES:])
-    findings = tuple(FindingRow(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
+    findings = tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
                      for f in safety_q.list_findings(s, exchange.id))
     raw_kept = review_q.raw_text_directions(s, exchange.id)
     decisions: tuple[DecisionRow, ...] = ()

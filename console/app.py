@@ -37,11 +37,17 @@ with st.sidebar:
         ui.sign_out("You are signed out.")
         st.rerun()
 
-sections: dict[str, list[st.Page]] = {}
-for key in access.allowed_pages(state.principal.roles):
-    section, title, icon, file = PAGE_TABLE[key]
-    sections.setdefault(section, []).append(st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=key))
-if not sections:
+# Pages the user's roles allow are listed; the others are registered hidden, so opening one by its URL runs
+# the page's own server-side guard, which refuses with a clear message and records the attempt.
+allowed = access.allowed_pages(state.principal.roles)
+if not allowed:
     st.warning("Your account has no roles yet. Ask an admin to give you one.")
     st.stop()
+sections: dict[str, list[st.Page]] = {}
+for key, (section, title, icon, file) in PAGE_TABLE.items():
+    shown = key in allowed
+    sections.setdefault(section if shown else "", []).append(
+        st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=key, default=key == allowed[0],
+                visibility="visible" if shown else "hidden")
+    )
 st.navigation(sections).run()

@@ -1,0 +1,243 @@
+"""Check a built demo model for real: load it in vLLM and score its answers to unseen questions.
+
+Scoring is keyword based: an in-domain answer must mention what was asked about (a refund question gets an
+answer that says "refund") and must not refuse; an out-of-domain answer must contain the refusal.
+
+Run ``python -m engine.demo.evaluate DIR [DIR...]``; vLLM is started in-process (no engine process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.demo.corpus import INTENTS, REFUSAL
+
+logger = logging.getLogger(__name__)
+
+REFUSAL_MARK = "I can only help"
+
+
+@dataclass(frozen=True)
+class EvalQuestion:
+    """A question phrased differently from every training template, and words a good answer contains."""
+
+    topic: str
+    question: str
+    keywords: tuple[str, ...]  # any one of them is enough; empty for out-of-domain (the refusal is checked)
+    history: tuple[tuple[str, str], ...] = ()  # (role, content) before the question: system prompt, earlier turns
+
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation to send: the history, then the question as the last user turn."""
+        turns = [*self.history, ("user", self.question)]
+        return [{"role": role, "content": content} for role, content in turns]
+
+
+# None of these is a training template (a test checks it); several mix words from different intents.
+EVAL_QUESTIONS: tuple[EvalQuestion, ...] = (
+    EvalQuestion("greeting", "hello! anybody around to help me?", ("hello",)),
+    EvalQuestion("account", "I can't sign in because I don't remember my password anymore", ("password",)),
+    EvalQuestion("account", "my account seems to be locked, what now", ("locked", "unlock")),
+    EvalQuestion("billing", "Somebody charged my card two times for the same month", ("charge",)),
+    EvalQuestion("billing", "Where do I download the receipt for my March payment?", ("invoice",)),
+    EvalQuestion("billing", "I have a new Visa card and want to use it for payments", ("payment method", "card")),
+    EvalQuestion("orders", "Where's the package I ordered last Tuesday? It still hasn't come", ("track", "order")),
+    EvalQuestion("orders", "My new headphones came in broken", ("damaged", "replacement", "problem")),
+    EvalQuestion("refunds", "I would like my money back for the blender I bought", ("refund",)),
+    EvalQuestion("refunds", "How long until the refund shows up in my bank?", ("refund",)),
+    EvalQuestion("cancellations", "How can I stop paying for my Premium subscription?", ("cancel",)),
+    EvalQuestion("privacy", "Please wipe all the personal information you hold about me", ("delete", "data")),
+    EvalQuestion("escalation", "I need to speak with an actual human being", ("human", "agent")),
+    EvalQuestion(
+        "orders",
+        "my parcel is super late, where is it?",
+        ("track", "order"),
+        history=(("system", "You are a helpful support assistant for an online shop."),),
+    ),
+    EvalQuestion(
+        "cancellations",
+        "please terminate my Plus plan",
+        ("cancel",),
+        history=(("user", "Hi"), ("assistant", INTENTS[0].answer)),
+    ),
+    EvalQuestion("out_of_domain", "Can you tell me tomorrow's forecast for Lisbon?", ()),
+    EvalQuestion("out_of_domain", "Which team won the Super Bowl this year?", ()),
+    EvalQuestion("out_of_domain", "What is 17 multiplied by 23?", ()),
+    EvalQuestion("out_of_domain", "How do I bake sourdough bread?", ()),
+    EvalQuestion("out_of_domain", "Write a Python script that reads a CSV file", ()),
+    EvalQuestion("out_of_domain", "Who painted the Mona Lisa?", ()),
+)
+
+# Written after the corpus was last tuned against EVAL_QUESTIONS and never used to tune it: the honest score.
+HELD_OUT_QUESTIONS: tuple[EvalQuestion, ...] = (
+    EvalQuestion("account", "The site keeps rejecting my password, how do I get a new one?", ("password",)),
+    EvalQuestion("account", "How can I put a different e-mail on my profile?", ("email",)),
+    EvalQuestion("account", "how to enable two step login", ("two-factor",)),
+    EvalQuestion("billing", "Why did my bill go up after I upgraded?", ("plan",)),
+    EvalQuestion("orders", "My shipment never showed up, can you check it?", ("track", "order")),
+    EvalQuestion("orders", "Can you send my order to my office instead of my home?", ("address",)),
+    EvalQuestion("refunds", "Can I send the jacket back? It's too small", ("return",)),
+    EvalQuestion("cancellations", "I ordered two laptops by accident, please cancel one", ("cancel",)),
+    EvalQuestion("privacy", "Are you selling my information to third parties?", ("data", "privacy")),
+    EvalQuestion("privacy", "I keep getting promo emails, make it stop", ("unsubscribe", "marketing")),
+    EvalQuestion("escalation", "Is there a phone number where I can reach a real agent?", ("human", "agent")),
+    EvalQuestion("out_of_domain", "What's the best way to learn the guitar?", ()),
+    EvalQuestion("out_of_domain", "Who won the Oscar for best picture?", ()),
+    EvalQuestion("out_of_domain", "Convert 30 degrees Celsius to Fahrenheit", ()),
+    EvalQuestion("out_of_domain", "Suggest a good pasta recipe", ()),
+    EvalQuestion("out_of_domain", "Explain how a neural network works", ()),
+    EvalQuestion("out_of_domain", "Is it going to snow in Denver this weekend?", ()),
+)
+
+_KNOWN_ANSWERS = frozenset(intent.answer for intent in INTENTS)
+
+
+@dataclass(frozen=True)
+class EvalAnswer:
+    """One question's answer at one temperature, and whether it passed."""
+
+    topic: str
+    question: str
+    temperature: float
+    answer: str
+    passed: bool
+    known_answer: bool  # the answer is, word for word, one of the corpus answers (a coherence signal)
+    finished: bool  # generation stopped at <|end|> rather than at the token limit
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Scores of one model: share of passed in-domain and out-of-domain questions, per temperature."""
+
+    model_dir: str
+    answers: tuple[EvalAnswer, ...]
+
+    def score(self, *, in_domain: bool, temperature: float) -> float:
+        """Share (0..1) of passed answers for in-domain or out-of-domain questions at ``temperature``."""
+        chosen = [
+            a for a in self.answers
+            if (a.topic != "out_of_domain") == in_domain and a.temperature == temperature
+        ]
+        return sum(a.passed for a in chosen) / len(chosen) if chosen else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Scores per temperature, as a JSON-friendly dict."""
+        temps = sorted({a.temperature for a in self.answers})
+        return {
+            "model_dir": self.model_dir,
+            "scores": {
+                str(t): {
+                    "in_domain": round(self.score(in_domain=True, temperature=t), 3),
+                    "out_of_domain": round(self.score(in_domain=False, temperature=t), 3),
+                    "finished_at_end_token": round(
+                        sum(a.finished for a in self.answers if a.temperature == t)
+                        / max(1, sum(1 for a in self.answers if a.temperature == t)),
+                        3,
+                    ),
+                    "verbatim_known_answers": round(
+                        sum(a.known_answer for a in self.answers if a.temperature == t)
+                        / max(1, sum(1 for a in self.answers if a.temperature == t)),
+                        3,
+                    ),
+                }
+                for t in temps
+            },
+        }
+
+
+def judge(question: EvalQuestion, answer: str) -> bool:
+    """True when ``answer`` is right for ``question``: the refusal for out-of-domain, a relevant reply otherwise."""
+    refused = REFUSAL_MARK.lower() in answer.lower()
+    if question.topic == "out_of_domain":
+        return refused
+    lowered = answer.lower()
+    return not refused and any(k.lower() in lowered for k in question.keywords)
+
+
+def evaluate(
+    model_dir: Path,
+    *,
+    llm: Any | None = None,
+    questions: tuple[EvalQuestion, ...] = EVAL_QUESTIONS,
+    temperatures: tuple[float, ...] = (0.0, 0.7),
+    max_model_len: int = 512,
+    kv_cache_gib: float = 1.0,
+    seed: int = 0,
+) -> EvalReport:
+    """Answer every question (default ``EVAL_QUESTIONS``) with the model in ``model_dir`` and judge the answers.
+
+    Pass a running ``vllm.LLM`` as ``llm`` to reuse it; otherwise one is started in this process (``engine``
+    sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` on import) with a ``kv_cache_gib`` KV cache, and shut down.
+    """
+    from vllm import LLM, SamplingParams
+
+    own = llm is None
+    if llm is None:
+        llm = LLM(
+            model=str(model_dir),
+            enforce_eager=True,
+            max_model_len=max_model_len,
+            seed=seed,
+            # The typed form of VLLM_CPU_KVCACHE_SPACE, so nothing here sets environment variables.
+            kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
+        )
+    try:
+        answers: list[EvalAnswer] = []
+        conversations = [q.messages() for q in questions]
+        for temperature in temperatures:
+            params = SamplingParams(temperature=temperature, max_tokens=96, seed=seed)
+            outputs = llm.chat(conversations, params, use_tqdm=False)
+            for question, output in zip(questions, outputs, strict=True):
+                completion = output.outputs[0]
+                text = completion.text.strip()
+                answers.append(
+                    EvalAnswer(
+                        topic=question.topic,
+                        question=question.question,
+                        temperature=temperature,
+                        answer=text,
+                        passed=judge(question, text),
+                        known_answer=text in _KNOWN_ANSWERS,
+                        finished=completion.finish_reason == "stop",
+                    )
+                )
+        return EvalReport(model_dir=str(model_dir), answers=tuple(answers))
+    finally:
+        if own:
+            _shutdown(llm)
+
+
+def _shutdown(llm: Any) -> None:
+    # Explicitly: at interpreter exit vLLM's own finalisers raised on this machine.
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine_core is not None:
+        engine_core.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate each model directory given on the command line and print a JSON report per model."""
+    parser = argparse.ArgumentParser(prog="python -m engine.demo.evaluate", description=__doc__)
+    parser.add_argument("model_dirs", nargs="+", type=Path)
+    parser.add_argument("--answers", action="store_true", help="also print every answer")
+    parser.add_argument("--held-out", action="store_true", help="score the held-out questions instead")
+    parser.add_argument("--max-model-len", type=int, default=512, help="context length to start vLLM with")
+    args = parser.parse_args(argv)
+    for model_dir in args.model_dirs:
+        questions = HELD_OUT_QUESTIONS if args.held_out else EVAL_QUESTIONS
+        report = evaluate(model_dir, questions=questions, max_model_len=args.max_model_len)
+        out = report.summary()
+        if args.answers:
+            out["answers"] = [asdict(a) for a in report.answers]
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["EVAL_QUESTIONS", "HELD_OUT_QUESTIONS", "REFUSAL", "EvalAnswer", "EvalQuestion", "EvalReport", "evaluate", "judge"]

@@ -1,0 +1,304 @@
+"""The self-built demo model: its corpus, tokenizer and chat template, and the cached, atomic build.
+
+The real v1/v2 recipes train for minutes; these tests train a tiny recipe for a few seconds instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+
+import pytest
+
+from engine.demo import (
+    DEMO_VERSIONS,
+    REFUSAL,
+    TOPICS,
+    BuildInfo,
+    DemoBuildError,
+    DemoRecipe,
+    build_corpus,
+    ensure_demo_model,
+    is_complete,
+)
+from engine.demo.corpus import INTENTS
+from engine.demo.evaluate import EVAL_QUESTIONS, HELD_OUT_QUESTIONS, evaluate, judge
+from engine.demo.tokenizer import CHAT_TEMPLATE, EOS, train_tokenizer
+from engine.demo.train import REQUIRED_FILES, _encode_dialogues
+
+TINY = DemoRecipe(
+    name="support-demo-test",
+    description="a few seconds of training, for tests",
+    max_model_len=256,
+    n_dialogues=600,
+    vocab_size=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=1,
+    num_heads=1,  # head size 64, as vLLM's CPU backend needs
+    max_steps=120,
+    batch_size=16,
+    lr=1e-2,
+    warmup_steps=10,
+    time_budget_s=20.0,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(3000, seed=0)
+
+
+def _user_messages(dialogues, topic=None):
+    return [
+        content
+        for d in dialogues
+        for role, content in d.messages
+        if role == "user" and (topic is None or topic in d.topics)
+    ]
+
+
+# ---------------------------------------------------------------- corpus
+
+
+@pytest.mark.parametrize("topic", TOPICS, ids=TOPICS)
+def test_corpus_covers_topic_with_many_distinct_phrasings(corpus, topic):
+    distinct = set(_user_messages(corpus, topic))
+    assert len(distinct) >= 40, f"{topic}: only {len(distinct)} distinct questions"
+
+
+def test_every_intent_has_at_least_seven_question_templates():
+    thin = {i.name: len(i.questions) for i in INTENTS if len(set(i.questions)) < 7}
+    assert not thin
+
+
+def test_out_of_domain_questions_get_the_polite_refusal(corpus):
+    refusals = 0
+    for dialogue in corpus:
+        for (role, _), (next_role, answer) in zip(dialogue.messages, dialogue.messages[1:], strict=False):
+            if role == "user" and next_role == "assistant" and answer == REFUSAL:
+                refusals += 1
+    assert refusals >= len(corpus) // 20
+    assert REFUSAL.startswith("I'm sorry, I can only help")
+
+
+def test_in_domain_answers_never_refuse():
+    for intent in INTENTS:
+        assert (intent.answer == REFUSAL) == (intent.topic == "out_of_domain"), intent.name
+
+
+def test_corpus_has_system_prompts_and_multi_turn_dialogues(corpus):
+    with_system = sum(1 for d in corpus if d.messages[0][0] == "system")
+    multi_turn = sum(1 for d in corpus if len(_user_messages([d])) >= 2)
+    assert 0.1 * len(corpus) < with_system < 0.5 * len(corpus)
+    assert multi_turn > 0.1 * len(corpus)
+    for dialogue in corpus:
+        roles = [role for role, _ in dialogue.messages if role != "system"]
+        assert roles == ["user", "assistant"] * (len(roles) // 2)
+
+
+def test_corpus_is_deterministic_for_a_seed_and_differs_between_seeds():
+    assert build_corpus(200, seed=3) == build_corpus(200, seed=3)
+    assert build_corpus(200, seed=3) != build_corpus(200, seed=4)
+
+
+def test_order_numbers_and_products_are_slot_filled(corpus):
+    messages = _user_messages(corpus)
+    assert not any("{" in m or "}" in m for m in messages)
+    order_numbers = {w.strip("?.,!") for m in messages for w in m.split() if w.strip("#?.,!").isdigit()}
+    assert len(order_numbers) > 50
+
+
+@pytest.mark.parametrize("questions", [EVAL_QUESTIONS, HELD_OUT_QUESTIONS], ids=["dev", "held-out"])
+def test_evaluation_questions_are_unseen_phrasings(questions):
+    seen = {m.lower() for m in _user_messages(build_corpus(12000, seed=0) + build_corpus(20000, seed=1))}
+    templates = {q.lower() for intent in INTENTS for q in intent.questions}
+    for question in questions:
+        assert question.question.lower() not in seen | templates, question.question
+    assert Counter(q.topic for q in questions)["out_of_domain"] >= 5
+    assert {q.topic for q in questions} >= set(TOPICS) - {"greeting"}
+
+
+@pytest.mark.parametrize(
+    ("topic", "answer", "passed"),
+    [
+        ("refunds", "You can request a refund within 30 days of purchase.", True),
+        ("refunds", REFUSAL, False),
+        ("refunds", "You can track your order under My orders.", False),
+        ("out_of_domain", REFUSAL, True),
+        ("out_of_domain", "Leonardo da Vinci painted it.", False),
+    ],
+    ids=[
+        "refund-answer-passes",
+        "refusal-of-in-domain-fails",
+        "off-topic-answer-fails",
+        "refusal-of-out-of-domain-passes",
+        "answering-out-of-domain-fails",
+    ],
+)
+def test_evaluation_judges_relevance_and_refusal(topic, answer, passed):
+    question = next(q for q in EVAL_QUESTIONS if q.topic == topic)
+    assert judge(question, answer) is passed
+
+
+# ---------------------------------------------------------------- tokenizer and template
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+    return train_tokenizer([c for d in corpus for _, c in d.messages], vocab_size=512)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Where is my order #482913? It's late.",
+        "I'm sorry, I can only help with questions about your account, billing, orders, refunds, cancellations and privacy.",
+        "Überweisung für 3 Bestellungen – ça marche? 😀",
+        "  spaces\tand\nnewlines  ",
+    ],
+    ids=["order", "refusal", "unicode", "whitespace"],
+)
+def test_tokenizer_round_trips_text(tokenizer, text):
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert tokenizer.decode(ids) == text
+
+
+def test_chat_template_renders_system_user_and_assistant_turns(tokenizer):
+    messages = [
+        {"role": "system", "content": "Be concise."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Where is my order?"},
+    ]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    assert rendered == (
+        "<s><|system|>\nBe concise.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
+        "<|user|>\nWhere is my order?<|end|>\n<|assistant|>\n"
+    )
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    for special in ("<s>", "<|system|>", "<|user|>", "<|assistant|>", EOS):
+        assert tokenizer.convert_tokens_to_ids(special) in ids
+
+
+def test_loss_is_masked_to_assistant_replies(tokenizer, corpus):
+    dialogue = next(d for d in corpus if len(d.messages) >= 5)
+    ids, labels = _encode_dialogues(tokenizer, [dialogue], 512)
+    trained = tokenizer.decode([t for t in labels[0] if t != -100])
+    replies = [content + EOS for role, content in dialogue.messages if role == "assistant"]
+    assert trained == "".join(replies)
+    assert len(ids[0]) == len(labels[0])
+
+
+# ---------------------------------------------------------------- building and caching
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    models_dir = tmp_path_factory.mktemp("models")
+    calls: list[tuple[str, float]] = []
+    path = ensure_demo_model(models_dir, TINY.name, recipe=TINY, progress=lambda m, f: calls.append((m, f)))
+    return models_dir, path, calls
+
+
+def test_short_training_run_lowers_the_loss(built):
+    _, path, _ = built
+    info = BuildInfo.read(path)
+    assert info is not None
+    assert info.steps > 0
+    assert info.final_loss < info.first_loss * 0.7
+
+
+def test_built_directory_is_complete_and_vllm_loadable_in_shape(built):
+    models_dir, path, calls = built
+    assert path == models_dir / TINY.name
+    for name in REQUIRED_FILES:
+        assert (path / name).is_file(), name
+    assert is_complete(path, TINY)
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["hidden_size"] // config["num_attention_heads"] == 64
+    tokenizer_json = json.loads((path / "tokenizer.json").read_text())
+    end_id = next(t["id"] for t in tokenizer_json["added_tokens"] if t["content"] == EOS)
+    generation = json.loads((path / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == end_id
+    assert json.loads((path / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
+    assert calls[-1] == ("done", 1.0)
+    fractions = [f for _, f in calls]
+    assert fractions == sorted(fractions)
+    # Nothing but the finished model (and the build lock) is left in the models directory.
+    assert sorted(p.name for p in models_dir.iterdir()) == sorted([TINY.name, f".{TINY.name}.lock"])
+
+
+def test_ensure_demo_model_reuses_a_complete_build_without_retraining(built):
+    models_dir, path, _ = built
+    before = (path / "model.safetensors").stat().st_mtime_ns, (path / "build_info.json").read_text()
+    calls: list[tuple[str, float]] = []
+    again = ensure_demo_model(models_dir, TINY.name, recipe=TINY, progress=lambda m, f: calls.append((m, f)))
+    assert again == path
+    assert calls == []
+    assert ((path / "model.safetensors").stat().st_mtime_ns, (path / "build_info.json").read_text()) == before
+
+
+def test_build_from_another_recipe_is_rebuilt(tmp_path):
+    first = dataclasses.replace(TINY, max_steps=3)
+    ensure_demo_model(tmp_path, TINY.name, recipe=first)
+    second = dataclasses.replace(first, max_steps=4)
+    assert not is_complete(tmp_path / TINY.name, second)
+    path = ensure_demo_model(tmp_path, TINY.name, recipe=second)
+    info = BuildInfo.read(path)
+    assert info is not None and info.steps == 4 and info.fingerprint == second.fingerprint()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_build_leaves_no_complete_looking_directory(tmp_path):
+    def interrupt(message: str, fraction: float) -> None:
+        if "step" in message:
+            raise _Interrupted(message)
+
+    recipe = dataclasses.replace(TINY, max_steps=60)
+    with pytest.raises(_Interrupted):
+        ensure_demo_model(tmp_path, TINY.name, recipe=recipe, progress=interrupt)
+    assert not (tmp_path / TINY.name).exists()
+    assert [p.name for p in tmp_path.iterdir()] == [f".{TINY.name}.lock"]
+
+
+def test_partial_directory_without_build_info_is_not_taken_as_complete(tmp_path):
+    partial = tmp_path / TINY.name
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    recipe = dataclasses.replace(TINY, max_steps=2)
+    assert not is_complete(partial, recipe)
+    path = ensure_demo_model(tmp_path, TINY.name, recipe=recipe)
+    assert is_complete(path, recipe)
+    assert json.loads((path / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_unknown_demo_model_name_is_a_clear_error(tmp_path):
+    with pytest.raises(DemoBuildError, match="unknown demo model 'support-demo-v9'"):
+        ensure_demo_model(tmp_path, "support-demo-v9")
+
+
+def test_demo_versions_are_two_differently_trained_vllm_compatible_models():
+    v1, v2 = DEMO_VERSIONS["support-demo-v1"], DEMO_VERSIONS["support-demo-v2"]
+    assert v1.fingerprint() != v2.fingerprint()
+    for recipe in (v1, v2):
+        assert recipe.head_size == 64
+        assert recipe.time_budget_s <= 150
+        assert recipe.max_model_len in (512, 1024)
+
+
+@pytest.mark.slow
+def test_built_model_loads_in_vllm_and_its_answers_stop_at_the_end_token(built):
+    _, path, _ = built
+    report = evaluate(path, temperatures=(0.0,), max_model_len=TINY.max_model_len, kv_cache_gib=0.25)
+    assert [a.question for a in report.answers] == [q.question for q in EVAL_QUESTIONS]
+    for answer in report.answers:
+        assert "<|end|>" not in answer.answer and "<|assistant|>" not in answer.answer
+    # generation_config.json names <|end|> as eos, so vLLM stops there instead of running to max_tokens.
+    assert any(a.finished for a in report.answers)

@@ -12,6 +12,7 @@ from console.services.access import Principal
 from console.services.context import Services
 from db import review as review_q
 from db import safety as safety_q
+from db import state as state_q
 from engine.safety.base import Finding
 
 if TYPE_CHECKING:
@@ -74,21 +75,32 @@ class SafetyStack:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+POLICY_FILE_STATE_KEY = "policy_file_sha256"
+
+
 def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
-    """Load the scanners once and store the policy file's content as a policy version if it changed."""
+    """Load the scanners once and decide which policy is in force.
+
+    The newest stored policy version is in force (admins change it on the Policy page). The policy file seeds
+    the first version, and a changed file (its hash differs from the one last seen) becomes a new version.
+    """
     from engine.safety.pii import PiiConfig
     from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
     from engine.safety.runner import build_runner
     from engine.safety.toxicity import ToxicityConfig
 
     path = settings.policy_file if settings.policy_file.exists() else DEFAULT_POLICY_PATH
-    policy = Policy.load(path)
+    file_policy = Policy.load(path)
     tox = ToxicityConfig(model_type=settings.detoxify_model, checkpoint=settings.detoxify_checkpoint,
                          huggingface_config_dir=settings.detoxify_config_dir)
     runner, notice = build_runner(PiiConfig(), tox)
     with db.session() as s:
-        stored = safety_q.store_policy_version(s, policy.source_text, None, actor="system")
-        version = stored.version
+        latest = safety_q.latest_policy_version(s)
+        if latest is None or state_q.get_state(s, POLICY_FILE_STATE_KEY) != file_policy.sha256:
+            latest = safety_q.store_policy_version(s, file_policy.source_text, None, actor="system")
+            state_q.set_state(s, POLICY_FILE_STATE_KEY, file_policy.sha256, actor="system")
+        policy = file_policy if latest.content == file_policy.source_text else Policy.from_toml(latest.content)
+        version = latest.version
     if notice:
         log.warning("toxicity scanner: %s", notice)
     return SafetyStack(runner=runner, policy=policy, policy_version=version, notice=notice)

@@ -1,0 +1,74 @@
+"""The policy in force: seeded from the file, replaced by admins (validated, versioned, audited), kept on restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.services import moderation
+from console.services import policy as policy_svc
+from console.services.errors import AccessDenied, InvalidInput
+from db import audit as audit_q
+from db import safety as safety_q
+from engine.safety.runner import ScannerRunner
+
+POLICY_A = 'version = "a"\n[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "redact"\n'
+POLICY_B = 'version = "b"\noutput_mode = "hold_until_scanned"\n[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "block"\n'
+POLICY_C = 'version = "c"\n'
+
+
+@pytest.fixture
+def stacks(svc, tmp_path, monkeypatch):
+    """Build safety stacks as the console does at start-up, with no scanners (the policy is what is tested)."""
+    import dataclasses
+
+    import engine.safety.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "build_runner", lambda *a, **k: (ScannerRunner([]), None))
+    policy_file = tmp_path / "policy.toml"
+
+    def build(content: str):
+        policy_file.write_text(content)
+        settings = dataclasses.replace(svc.settings, policy_file=policy_file)
+        stack = moderation.build_safety_stack(settings, svc.db)
+        svc.safety_factory = lambda: stack
+        return stack
+
+    return build
+
+
+def test_the_file_seeds_the_first_version_and_an_admins_change_survives_a_restart(svc, make_user, stacks):
+    admin = make_user("boss", "admin")
+    first = stacks(POLICY_A)
+    assert (first.policy.version, first.policy_version) == ("a", 1)
+    view = policy_svc.replace(svc, admin, POLICY_B)
+    assert (view.version, view.file_version, view.output_mode) == (2, "b", "hold_until_scanned")
+    restarted = stacks(POLICY_A)  # same file as before: the admin's version stays in force
+    assert (restarted.policy.version, restarted.policy_version) == ("b", 2)
+    changed = stacks(POLICY_C)  # the file changed: it becomes the newest version
+    assert (changed.policy.version, changed.policy_version) == ("c", 3)
+    with svc.db.session() as s:
+        assert safety_q.latest_policy_version(s).version == 3
+        assert [e.actor for e in audit_q.iter_events(s, action="policy.version")] == ["system", "boss", "system"]
+
+
+@pytest.mark.parametrize("content,key", [
+    ('version = "x"\n[rules.prompt.EMAIL_ADDRESS]\nthreshold = 2\naction = "redact"\n', "rules.prompt.EMAIL_ADDRESS.threshold"),
+    ('version = "x"\n[rules.output.toxicity]\naction = "explode"\n', "rules.output.toxicity.action"),
+    ('version = "x"\nmode = "fast"\n', "mode"),
+    ("not toml at all [", "TOML"),
+    ("   ", "empty"),
+], ids=["threshold", "action", "unknown-key", "syntax", "empty"])
+def test_an_invalid_policy_names_the_bad_key_and_changes_nothing(svc, make_user, stacks, content, key):
+    admin = make_user("boss", "admin")
+    stacks(POLICY_A)
+    with pytest.raises(InvalidInput, match=key.replace(".", r"\.")):
+        policy_svc.replace(svc, admin, content)
+    assert policy_svc.current(svc, admin).version == 1
+
+
+def test_reviewers_read_the_policy_but_only_admins_change_it(svc, make_user, stacks):
+    stacks(POLICY_A)
+    reviewer = make_user("rita", "reviewer")
+    assert policy_svc.current(svc, reviewer).file_version == "a"
+    with pytest.raises(AccessDenied):
+        policy_svc.replace(svc, reviewer, POLICY_B)

@@ -32,6 +32,9 @@ with st.sidebar:
         st.caption(f"Live model: **{escape_markdown(status.model_version or '?')}** · ready")
     else:
         st.caption(f"Model {escape_markdown(status.model_version or '?')}: {escape_markdown(status.state)}")
+    notice = resources.safety_notice()
+    if notice:
+        st.caption(f":material/warning: {escape_markdown(notice)}")
     if st.button("Sign out", key="logout", icon=":material/logout:"):
         auth.logout(svc, principal)
         ui.sign_out("You are signed out.")

@@ -69,6 +69,19 @@ def safety_loader() -> Future | None:
     return future
 
 
+def safety_notice() -> str | None:
+    """A short line for the sidebar while the scanners load, fail, or run on a fallback; never blocks."""
+    future = safety_loader()
+    if future is None:
+        return "Safety scanning is off."
+    if not future.done():
+        return "Safety scanners are loading…"
+    if future.exception() is not None:
+        return "Safety scanners failed to load: chat is paused."
+    stack = future.result()
+    return "Toxicity: offline fallback (profanity only)." if stack.notice else None
+
+
 def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | None
     """The loaded scanners and policy; waits for the background load. Fails closed if it failed."""
     from console.services.errors import ConsoleError

@@ -9,6 +9,7 @@ import streamlit as st
 
 from console import ui
 from console.services import models as models_svc
+from console.textsafe import escape_markdown
 
 principal = ui.require_page("models")
 svc = ui.services()
@@ -17,7 +18,7 @@ st.title("Model versions")
 host = svc.host
 if host is not None:
     status = host.status()
-    st.metric("Serving", status.model_version or "none", status.state)
+    st.markdown(f"**Serving:** {escape_markdown(status.model_version or 'none')} · {escape_markdown(status.state)}")
     if status.error:
         st.error(status.error)
 

@@ -140,7 +140,7 @@ with queue_tab:
         if ui.call(review.claim, svc, principal, chosen) is not None:
             st.rerun()
     st.dataframe(pd.DataFrame([{
-        "item": r.item_id, "severity": r.severity, "due": "🔴 overdue" if r.overdue else "",
+        "item": r.item_id, "severity": r.severity, "due": ("🔴 overdue " if r.overdue else "") + (f"{r.due_at:%Y-%m-%d %H:%M}" if r.due_at else ""),
         "status": r.status if r.status != "claimed" or r.claim_active else "open (claim expired)",
         "assignee": r.assignee or "", "labels": r.labels, "max score": r.max_score, "model": r.model_version,
         "reason": r.reason, "flagged": r.created_at} for r in page.rows]), hide_index=True, key="queue_table",

@@ -2,8 +2,14 @@
 
 Every intent has many question phrasings (slot-filled with order numbers, products, plans, dates, names) and
 one fixed, self-contained answer, so a model of ~1M parameters trained for a minute or two learns to map the
-many phrasings onto the right answer. Out-of-domain questions (weather, sports, maths, recipes, code...) all
-get the same polite refusal. Some dialogues carry a system prompt, some have several turns.
+many phrasings onto the right answer. Out-of-domain questions (weather, sports, maths, recipes, code, general
+knowledge on broad subjects...) all get the same polite refusal. Some dialogues carry a system prompt, some have
+several turns.
+
+Because console users type questions nobody wrote a template for, each phrasing is varied further: words are
+swapped within synonym families (e-mail/mail, parcel/shipment, send back/return, terminate/cancel...), the
+question is wrapped in greetings, context ("I bought a lamp last week and ...") and sign-offs, and typing noise
+is added (typos, dropped little words, lower case, no punctuation). Short keyword-only queries are templates too.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 logger = logging.getLogger(__name__)
 
 # Bump when the templates change: it is part of the build hash, so cached models are rebuilt.
-CORPUS_VERSION = "4"
+CORPUS_VERSION = "5"
 
 REFUSAL = (
     "I'm sorry, I can only help with questions about your account, billing, orders, refunds, "
@@ -49,7 +56,10 @@ _SLOTS: dict[str, tuple[str, ...]] = {
     "product": (
         "laptop", "phone", "headphones", "coffee machine", "jacket", "pair of shoes", "backpack", "monitor",
         "keyboard", "blender", "watch", "camera", "desk lamp", "tablet", "vacuum cleaner", "printer",
-        "sofa", "bike helmet", "speaker", "charger",
+        "sofa", "bike helmet", "speaker", "charger", "t-shirt", "dress", "sunglasses", "mattress", "kettle",
+        "toaster", "router", "smartwatch", "drone", "fridge", "rug", "suitcase", "hoodie", "jeans", "sandals",
+        "frying pan", "office chair", "game console", "e-reader", "stroller", "perfume", "wallet", "tent",
+        "scarf", "earbuds", "bed sheets", "dining table", "mug", "coat", "hair dryer",
     ),
     "plan": ("Basic", "Plus", "Premium", "Pro", "Family", "Business", "Starter", "Team"),
     "month": (
@@ -63,6 +73,38 @@ _SLOTS: dict[str, tuple[str, ...]] = {
     "dish": ("lasagna", "pancakes", "sushi", "chocolate cake", "curry", "pizza dough", "banana bread"),
     "lang": ("Python", "JavaScript", "Java", "Rust", "C++", "Go", "SQL"),
     "country": ("France", "Japan", "Brazil", "Canada", "Egypt", "Italy", "India", "Mexico"),
+    "when": (
+        "yesterday", "last week", "two weeks ago", "3 days ago", "on Monday", "last month", "a few days ago",
+        "on Friday", "10 days ago", "this morning",
+    ),
+    # Out-of-domain material: broad subjects, so the refusal is tied to "not about the shop", not to a few words.
+    "subject": (
+        "the French Revolution", "quantum physics", "photosynthesis", "climate change", "jazz", "the Roman Empire",
+        "machine learning", "black holes", "the stock market", "ancient Egypt", "volcanoes", "democracy",
+        "the human brain", "electric cars", "dinosaurs", "the solar system", "World War II", "philosophy",
+        "vaccines", "the internet", "impressionism", "blockchain", "evolution", "the Olympics",
+    ),
+    "activity": (
+        "running", "painting", "public speaking", "gardening", "photography", "swimming", "learning Spanish",
+        "sleeping better", "meditation", "chess", "writing a novel", "drawing", "yoga", "skiing", "fishing",
+        "studying for exams", "making friends", "baking", "camping", "dancing",
+    ),
+    "media": ("book", "podcast", "TV series", "video game", "song", "documentary", "board game", "anime"),
+    "form": ("poem", "short story", "song", "limerick", "speech", "rap verse", "bedtime story"),
+    "theme": ("love", "the ocean", "my cat", "winter", "friendship", "the moon", "a rainy day", "space"),
+    "person": ("Albert Einstein", "Shakespeare", "Napoleon", "Cleopatra", "Mozart", "Frida Kahlo", "Gandhi"),
+    "gadget": ("a car engine", "a microwave", "GPS", "a fridge", "wifi", "a rocket", "solar panels"),
+    "entity": (
+        "elephants", "bananas", "the Eiffel Tower", "penguins", "the Amazon river", "Mars", "honey", "sharks",
+        "the Great Wall of China", "green tea", "tigers", "the pyramids", "cheese", "octopuses", "rainbows",
+        "coffee beans", "owls", "glaciers", "the Beatles", "the Sahara", "tomatoes", "whales", "diamonds", "Venice",
+        "the Nile", "mushrooms", "kangaroos", "lightning", "the Titanic", "bees", "oak trees", "Jupiter", "salmon",
+    ),
+    "aspect": (
+        "history", "origin", "size", "weight", "price", "age", "color", "speed", "lifespan", "meaning",
+        "average temperature", "best season", "biggest fact",
+    ),
+    "adjective": ("big", "old", "fast", "heavy", "expensive", "healthy", "dangerous", "smart", "rare", "popular"),
 }
 
 
@@ -90,7 +132,7 @@ class Intent:
     answer: str
 
 
-INTENTS: tuple[Intent, ...] = (
+_BASE_INTENTS: tuple[Intent, ...] = (
     # greeting
     Intent("hello", "greeting", (
         "Hi", "Hello", "Hey", "Hi there", "Hello there", "Good morning", "Good afternoon", "Good evening",
@@ -330,59 +372,422 @@ INTENTS: tuple[Intent, ...] = (
         "What time is it in {city}?", "What's the population of {country}?", "Can you write my essay?",
         "Tell me about black holes", "Who is the president of {country}?", "What's a good book to read?",
     ), REFUSAL),
+    # Open-ended trivia about anything: unfamiliar words alone must not pull a question into the domain.
+    Intent("trivia", "out_of_domain", (
+        "What is the {aspect} of {entity}?", "How {adjective} are {entity}?", "Tell me something about {entity}",
+        "Why are {entity} so {adjective}?", "fun facts about {entity}", "How many {entity} are there in the world?",
+        "Are {entity} {adjective}?", "Is it true that {entity} are {adjective}?", "What do you think of {entity}?",
+        "{entity}?", "Where do {entity} come from?", "{aspect} of {entity}", "I'm curious about {entity}",
+    ), REFUSAL),
 )
+
+# More phrasings per intent: short keyword-only queries, casual and formal registers, questions told as a story.
+_EXTRA_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "hello": (
+        "hey hey", "hello support", "hi team", "morning!", "evening, anyone on the chat?", "hi is the chat working",
+        "Hello, is this the right place to ask a question?", "Hi, are you a bot?", "howdy", "hi, got a minute?",
+        "Hello, I'm a customer and need a hand", "Dear support team,", "Good afternoon, I'd like some assistance",
+    ),
+    "thanks": (
+        "thx", "ty", "thanks mate", "ok great", "nice, thank you", "perfect", "that's helpful", "I appreciate your help",
+        "brilliant, cheers", "super, thanks a bunch", "thank u", "great, that solves it", "awesome",
+    ),
+    "goodbye": (
+        "cya", "ok bye", "that's it for today", "all good now, bye", "take care", "later", "have a good one",
+        "nothing more, bye bye",
+    ),
+    "reset_password": (
+        "can't remember my login details", "pw reset", "password not working", "new password please",
+        "lost access, forgot the password", "what's my password?", "I need to recover my login",
+        "help, can't log in, wrong password", "my password isn't accepted anymore", "how to reset password",
+        "I got a new computer and don't know my password", "forgotten password", "I need to reset my pass",
+    ),
+    "locked_account": (
+        "account blocked", "it says my account is disabled", "my profile is frozen",
+        "too many login attempts, now I'm locked", "I'm blocked from my account", "the app says my account is locked",
+        "unlock account pls", "account suspended?", "I entered the wrong password 5 times and got locked out",
+        "locked out", "why is my account blocked", "my account was frozen after I tried to log in",
+    ),
+    "change_email": (
+        "new email address", "update email", "my email is wrong on my profile", "I want to use my work email instead",
+        "switch my login email", "how to edit my email", "can you change the email on file",
+        "I no longer use that email, please change it", "change the email I log in with",
+        "put my new email address on my account", "replace the email address on my profile",
+        "my email changed, update my account please", "I'd like a different email address on my account",
+    ),
+    "two_factor": (
+        "2fa", "two factor", "set up two-step verification", "how do I get login codes on my phone",
+        "can I add extra security to my login", "turn on two-factor", "security codes when I log in?",
+        "does my account have two-step login?", "I want login codes from an app", "extra login protection",
+        "enable two-step login", "secure my login with my phone",
+    ),
+    "charged_twice": (
+        "charged 2x", "duplicate payment", "two identical charges from you", "I see {amount} taken twice",
+        "you billed me twice for {month}", "the same charge appears twice on my statement", "I was billed twice",
+        "why are there 2 payments for one purchase", "double billing", "I paid {amount} two times by mistake",
+        "{amount} was taken from my account twice", "you charged me double for order {order}",
+    ),
+    "update_card": (
+        "new card", "card expired", "change card", "update billing info", "my payment didn't go through",
+        "how do I put in my new card details", "replace my expired card", "the card on my account is old",
+        "payment declined", "I want to pay with my other card", "my credit card expires next month, update it",
+        "how do I change the card I pay with", "update my card",
+    ),
+    "invoice": (
+        "invoice", "receipt please", "download invoice", "I need a bill for my company", "copy of my bill",
+        "where's my receipt for {month}", "I need a VAT invoice", "billing history",
+        "send me the receipt for order {order}", "I need proof of payment", "where do I find my invoices",
+        "can I get an invoice for my {plan} plan", "I need my bills from {month} for my taxes",
+    ),
+    "change_plan": (
+        "upgrade", "downgrade", "switch plan", "move me to {plan}", "what does {plan} cost", "I want a bigger plan",
+        "switch from {plan} to another plan", "is {plan} cheaper", "plan prices", "how do I go up to the {plan} plan",
+        "I'd like a cheaper plan", "change my plan to {plan}", "how does upgrading to {plan} work",
+    ),
+    "where_is_order": (
+        "where's my stuff", "order status", "tracking number?", "when does my {product} arrive",
+        "parcel hasn't come", "it's been {n} days and no delivery", "delivery status for {order}",
+        "did you ship my {product} yet", "my package is lost", "still no package", "package not delivered",
+        "I bought a {product} {when} and it hasn't arrived", "I ordered {when} and nothing has come yet",
+        "where is my delivery", "tracking info for my {product}", "my parcel is late",
+    ),
+    "damaged_item": (
+        "item broken", "arrived damaged", "my {product} has a crack", "the {product} is scratched",
+        "received the wrong size", "wrong item delivered", "part missing from my {product}", "the {product} is faulty",
+        "it came broken", "the {product} won't turn on", "I got the wrong color", "the {product} is defective",
+        "I bought a {product} {when} and it's already broken", "the screen of my {product} is cracked",
+    ),
+    "change_address": (
+        "wrong address", "update delivery address", "deliver to my work address instead",
+        "new shipping address for my order", "I gave you my old address", "can I redirect my package",
+        "ship to a different address", "I'm moving, change the address on order {order}",
+        "send my {product} to another address", "the address on my order is wrong",
+        "please deliver order {order} to my office", "I need my package sent to my new home",
+    ),
+    "request_refund": (
+        "refund", "refund please", "I want a refund for order {order}", "can I get reimbursed",
+        "how do I claim a refund", "I want my money back", "I deserve a refund", "refund for the {product}",
+        "not satisfied, refund me", "return my money", "I bought a {product} {when}, I want a refund",
+        "the {product} is not what I expected, money back please", "can I have a reimbursement",
+    ),
+    "refund_status": (
+        "refund not received", "where's my money", "still no refund", "when is my refund coming",
+        "refund pending for {n} days", "you said you refunded me but nothing arrived", "refund taking too long",
+        "how long for the refund to reach my card", "my refund was approved but I don't have the money",
+        "the refund is not on my bank statement yet", "when will the money be back on my card",
+        "refund approved {when} and still nothing",
+    ),
+    "return_item": (
+        "return", "return label", "how to return", "send back {product}", "I want to return the {product}, it's too big",
+        "return policy", "can I ship the {product} back", "how do I send the item back", "I need to send back an item",
+        "exchange for a different size", "the {product} is too small, can I send it back",
+        "how can I give back the {product}", "returns", "I don't like the {product}, how do I return it",
+    ),
+    "cancel_subscription": (
+        "cancel membership", "end subscription", "stop my subscription", "unsubscribe me from {plan}",
+        "I don't want to be charged next month", "terminate my plan", "don't renew", "turn off auto-renew",
+        "stop auto renewal", "quit my {plan} plan", "I want to end my {plan} membership",
+        "please end my subscription at the end of the month", "how do I get out of my subscription",
+    ),
+    "cancel_order": (
+        "cancel order", "cancel my purchase of the {product}", "I don't want the {product} anymore, cancel the order",
+        "ordered the wrong {product}, cancel please", "stop the shipment of order {order}", "undo my order",
+        "I placed an order by accident", "please don't ship my order", "I ordered twice by mistake, cancel one",
+        "can you stop order {order} before it ships", "I ordered a {product} {when} and want to cancel it",
+    ),
+    "delete_data": (
+        "delete account", "close my account permanently", "remove my account", "erase my data",
+        "GDPR deletion request", "I want to leave and have my data deleted", "wipe my profile",
+        "shut down my account and delete my info", "get rid of my account", "delete my profile and everything in it",
+    ),
+    "data_use": (
+        "do you sell my info", "what happens with my data", "is my personal info shared", "who sees my data",
+        "do you share data with third parties", "privacy?", "data sharing", "do you use cookies to track me",
+        "what do you collect about me", "is my information sold to advertisers", "how private is my data",
+    ),
+    "data_export": (
+        "download my data", "GDPR data request", "I want all my data", "copy of my info", "export account data",
+        "what info do you have on me, send it", "get my data", "can I have a file with all my personal data",
+        "send me a copy of everything you store about me", "data portability request",
+    ),
+    "marketing_emails": (
+        "unsubscribe", "stop emails", "no more newsletters", "stop spamming me", "too many emails from you",
+        "opt out of promotions", "turn off promo emails", "take me off your email list",
+        "I don't want your offers by email", "stop the marketing emails", "how do I stop getting newsletters",
+    ),
+    "human_agent": (
+        "human", "real person", "speak to agent", "call me", "customer service phone number",
+        "can I chat with a person", "I don't want a bot", "live chat with a human", "representative please",
+        "operator", "put me through to a person", "is there someone I can call", "I want to talk to a person",
+    ),
+    "weather": (
+        "weather today?", "is it hot in {city} right now", "do I need a coat tomorrow", "forecast for the weekend",
+        "will there be a storm in {city}",
+    ),
+    "sports": (
+        "football scores", "who is playing tonight", "best tennis player ever?", "{team} game results",
+        "when is the next marathon", "who won the race on {day}",
+    ),
+    "math": (
+        "{n} + {m}", "what's {n}*{m}", "help with algebra", "solve for x: {n}x = {m}", "what is the derivative of x squared",
+    ),
+    "recipes": (
+        "dinner ideas", "how long to boil an egg", "what can I cook with rice and beans", "best {dish} recipe",
+        "how do I make a smoothie", "is it safe to eat raw cookie dough",
+    ),
+    "coding": (
+        "my {lang} code has a bug", "how do I center a div", "what is an API", "teach me {lang}",
+        "why does my program crash", "explain git rebase",
+    ),
+    "general_knowledge": (
+        "Tell me about {subject}", "Explain {subject} in simple words", "What do you know about {subject}?",
+        "Give me a summary of {subject}", "I need tips for {activity}", "How do I get better at {activity}?",
+        "What's the best way to start {activity}?", "Can you recommend a {media}?", "Write a {form} about {theme}",
+        "Who was {person}?", "How does {gadget} work?", "what's the news today", "Is coffee bad for you?",
+        "What should I wear to a wedding?", "How do I unclog a sink?", "Which smartphone should I buy?",
+        "How much is a flight to {city}?", "Find me a hotel in {city}", "What's the speed of light?",
+        "Can you help me with my homework?", "Should I buy bitcoin?", "hi, can you tell me about {subject}?",
+        "Write an email to my boss asking for a day off", "How do I return a serve in tennis?",
+        "what's your favorite color", "do you like {media}s?", "I'm bored, entertain me", "Where should I travel in {month}?",
+        "give me advice on {activity}", "how old is the universe", "What language do they speak in {country}?",
+    ),
+}
+
+INTENTS: tuple[Intent, ...] = tuple(
+    replace(intent, questions=intent.questions + _EXTRA_QUESTIONS.get(intent.name, ())) for intent in _BASE_INTENTS
+)
+
+# The open-ended out-of-domain intents come up twice per round: "everything else" needs more examples than
+# any one support intent, or an unfamiliar question gets whichever answer its words are nearest to.
+_SCHEDULE: tuple[Intent, ...] = INTENTS + tuple(i for i in INTENTS if i.name in ("general_knowledge", "trivia"))
 
 _PREFIXES = (
-    "", "", "", "", "Hi, ", "Hello, ", "Hey, ", "Hi there, ", "Excuse me, ", "Quick question: ",
-    "Good morning, ", "Please help: ", "Sorry, ", "Hi, this is {name}. ", "Hello, I'm {name}. ",
+    "", "", "", "", "", "", "Hi, ", "Hello, ", "Hey, ", "Hi there, ", "Excuse me, ", "Quick question: ",
+    "Good morning, ", "Please help: ", "Sorry, ", "Hi, this is {name}. ", "Hello, I'm {name}. ", "hey ",
+    "Dear support, ", "Hello team, ", "Sorry to bother you, ", "Question: ", "Urgent: ", "Good afternoon. ",
+    "hi there ", "So, ", "Quick one - ", "Hope you can help. ",
 )
-_SUFFIXES = ("", "", "", "", " Thanks.", " Thank you!", " Please help.", " Thanks in advance.", " ASAP please.")
-
-
-# Word swaps applied at random to filled questions, so the model sees the same intent in other words.
-# Every swap keeps the intent: "broken" stays a damaged item, "sign in" stays an account question.
-_SYNONYMS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("broken", ("damaged", "smashed", "cracked", "faulty", "not working")),
-    ("damaged", ("broken", "smashed", "cracked")),
-    ("arrived", ("came", "came in", "got here", "was delivered")),
-    ("package", ("parcel", "delivery", "shipment", "box")),
-    ("log in", ("sign in", "login", "log on", "get in")),
-    ("charged", ("billed",)),
-    ("twice", ("two times", "double", "2 times")),
-    ("credit card", ("debit card", "Visa card", "bank card", "card")),
-    ("subscription", ("membership",)),
-    ("human", ("person", "real person", "human being", "live agent")),
-    ("agent", ("person", "human", "representative")),
-    ("delete", ("erase", "remove", "wipe")),
-    ("personal data", ("personal information", "data", "information")),
-    ("I want", ("I would like", "I'd like", "I need", "I wish")),
-    ("how do I", ("how can I", "how should I", "what's the way to")),
-    ("can I", ("could I", "may I")),
-    ("receipt", ("invoice", "bill")),
-    ("money back", ("money returned", "refund")),
-    ("help", ("assist", "support")),
-    ("cancel", ("stop", "end", "terminate", "close")),
-    ("store", ("keep", "hold", "have")),
-    ("bought", ("purchased", "ordered", "got")),
-    ("hello", ("hi", "hey", "hello there")),
-    ("anyone", ("anybody", "someone", "somebody")),
+# Context before the question, as customers tell it: in-domain only (it is still the same question).
+_CONTEXTS = (
+    "I bought a {product} {when} and ", "I ordered a {product} {when}. ", "I'm a {plan} customer. ",
+    "I've been a customer for years. ", "Long story short, ", "My name is {name} and ",
+    "I placed order {order} {when}. ", "I have the {plan} plan. ", "I'm writing about my account. ",
+    "This is my second message about this. ", "I got an email from you {when}. ",
+)
+_SUFFIXES = (
+    "", "", "", "", "", "", " Thanks.", " Thank you!", " Please help.", " Thanks in advance.", " ASAP please.",
+    " thx", " pls", " Kind regards, {name}", " Many thanks.", " Cheers", " It's urgent.", " I'm getting frustrated.",
+    " Can you help?", " What should I do?", "??", " Best, {name}",
 )
 
 
-def _swap_synonyms(text: str, rng: random.Random, rate: float = 0.35) -> str:
-    for word, options in _SYNONYMS:
-        start = text.lower().find(word.lower())
-        if start < 0 or rng.random() >= rate:
-            continue
-        end = start + len(word)
-        # Whole words only ("agent" must not hit "agents", "help" not "helpful").
-        if (start and text[start - 1].isalnum()) or (end < len(text) and text[end].isalnum()):
-            continue
-        choice = rng.choice(options)
-        if text[start].isupper():
+# Families of interchangeable words: any member found in a question may be swapped for any other, so the model
+# sees each intent in many words. Every swap keeps the intent ("parcel" stays an order, "sign in" an account).
+SYNONYM_FAMILIES: dict[str, tuple[str, ...]] = {
+    "email": ("email", "e-mail", "mail", "email address", "e-mail address", "mail address"),
+    "parcel": ("package", "parcel", "shipment", "delivery", "order", "item"),
+    "return": ("return", "send back", "ship back", "give back", "bring back"),
+    "refund": ("refund", "money back", "reimbursement", "refund of my money"),
+    "cancel": ("cancel", "terminate", "end", "stop", "discontinue"),
+    "bill": ("invoice", "bill", "receipt", "billing statement"),
+    "charged": ("charged", "billed", "debited"),
+    "charge": ("charge", "payment", "debit", "transaction"),
+    "log in": ("log in", "sign in", "login", "log on", "get in", "sign on"),
+    "logged in": ("logged in", "signed in", "logged on"),
+    "password": ("password", "passcode", "pw", "pass word", "login password"),
+    "subscription": ("subscription", "membership", "plan", "sub", "contract"),
+    "human": ("human", "person", "real person", "human being", "live agent", "representative", "staff member"),
+    "agent": ("agent", "human", "representative", "operator", "rep"),
+    "personal data": ("personal data", "personal information", "personal info", "personal details", "data", "info"),
+    "delete": ("delete", "erase", "remove", "wipe", "get rid of"),
+    "broken": ("broken", "damaged", "smashed", "cracked", "faulty", "defective", "busted"),
+    "arrived": ("arrived", "came", "got here", "was delivered", "showed up", "turned up"),
+    "credit card": ("credit card", "debit card", "Visa card", "bank card", "card", "Mastercard"),
+    "locked": ("locked", "blocked", "suspended", "frozen", "disabled"),
+    "late": ("late", "delayed", "overdue"),
+    "newsletters": ("newsletters", "promo emails", "promotional emails", "marketing emails", "advertising emails"),
+    "two-factor authentication": (
+        "two-factor authentication", "2FA", "two-step verification", "2-step verification",
+        "multi-factor authentication", "MFA", "two factor auth",
+    ),
+    "I want": ("I want", "I would like", "I'd like", "I need", "I wish", "I wanna"),
+    "how do I": ("how do I", "how can I", "how should I", "how to", "how would I", "what's the way to"),
+    "can I": ("can I", "could I", "may I", "is it possible to"),
+    "please": ("please", "pls", "plz", "kindly"),
+    "thanks": ("thanks", "thank you", "thx", "ty", "cheers"),
+    "help": ("help", "assist", "support"),
+    "bought": ("bought", "purchased", "ordered", "got"),
+    "store": ("store", "keep", "hold", "have"),
+    "anyone": ("anyone", "anybody", "someone", "somebody"),
+    "hello": ("hello", "hi", "hey", "hello there"),
+}
+# Members that are written but never replaced: elsewhere they mean something else ("at the end of the month",
+# "stop sending me newsletters", "I have a new card").
+_WRITE_ONLY = frozenset(("end", "stop", "have", "hold", "keep", "get in", "got"))
+_FAMILY_OF = {
+    word.lower(): family
+    for family, words in SYNONYM_FAMILIES.items()
+    for word in words
+    if word.lower() not in _WRITE_ONLY
+}
+# Longest first, so "email address" wins over "email" and "personal data" over "data".
+_SYNONYM_RE = re.compile(
+    r"(?<![\w-])(" + "|".join(re.escape(w) for w in sorted(_FAMILY_OF, key=len, reverse=True)) + r")(?![\w-])",
+    re.IGNORECASE,
+)
+
+
+def _swap_synonyms(text: str, rng: random.Random, rate: float = 0.5) -> str:
+    def swap(match: re.Match[str]) -> str:
+        word = match.group(0)
+        if rng.random() >= rate:
+            return word
+        choice = rng.choice(SYNONYM_FAMILIES[_FAMILY_OF[word.lower()]])
+        if word[0].isupper() and choice[0].islower():
             choice = choice[0].upper() + choice[1:]
-        text = text[:start] + choice + text[end:]
+        return choice
+
+    return _SYNONYM_RE.sub(swap, text)
+
+
+# Words customers leave out when they type in a hurry ("where is my order" -> "where order").
+_DROPPABLE = frozenset(("the", "a", "an", "my", "to", "is", "do", "can", "you", "please", "for", "of", "it", "i", "me"))
+_KEYBOARD_NEIGHBOURS = {
+    "a": "sq", "e": "wr", "i": "uo", "o": "ip", "u": "yi", "s": "ad", "r": "et", "t": "ry", "n": "bm", "d": "sf",
+    "l": "k", "c": "xv", "m": "n", "p": "o", "h": "gj", "g": "fh",
+}
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    pos = rng.randrange(1, len(word) - 1)
+    kind = rng.randrange(4)
+    if kind == 0:  # dropped letter
+        return word[:pos] + word[pos + 1 :]
+    if kind == 1:  # swapped letters
+        return word[: pos - 1] + word[pos] + word[pos - 1] + word[pos + 1 :]
+    if kind == 2:  # doubled letter
+        return word[:pos] + word[pos] + word[pos:]
+    near = _KEYBOARD_NEIGHBOURS.get(word[pos].lower())
+    return word[:pos] + rng.choice(near) + word[pos + 1 :] if near else word
+
+
+def _add_noise(text: str, rng: random.Random) -> str:
+    """Typing noise: a typo or two, dropped little words, lower case, missing punctuation."""
+    words = text.split(" ")
+    if len(words) > 3 and rng.random() < 0.15:
+        words = [w for w in words if w.lower().strip(",.?!") not in _DROPPABLE or rng.random() < 0.5] or words
+    if rng.random() < 0.2:
+        for _ in range(rng.choice((1, 1, 2))):
+            candidates = [i for i, w in enumerate(words) if len(w) > 4 and w.isalpha()]
+            if candidates:
+                i = rng.choice(candidates)
+                words[i] = _typo(words[i], rng)
+    text = " ".join(words)
+    roll = rng.random()
+    if roll < 0.3:
+        text = text.lower()
+    roll = rng.random()
+    if roll < 0.2:
+        text = text.rstrip("?.!")
+    elif roll < 0.27:
+        text = re.sub(r"[?.!,:]", "", text)
     return text
+
+
+# Paraphrase slots: what a customer wants to do ("cancel my subscription") and what went wrong ("my parcel is
+# late"), each put into many sentence frames. Out-of-domain wishes and problems go through the same frames, so
+# "how do I ..." or "can you help me ..." says nothing about the topic: only the rest of the question does.
+_ACTIONS: dict[str, tuple[str, ...]] = {
+    "reset_password": ("reset my password", "change my password", "get a new password", "recover my password"),
+    "locked_account": ("unlock my account", "get back into my locked account", "get my account unblocked"),
+    "change_email": (
+        "change my email address", "update my email", "use a new email address", "edit the email on my account",
+    ),
+    "two_factor": (
+        "turn on two-factor authentication", "set up 2FA", "enable two-step verification", "add login codes to my account",
+    ),
+    "charged_twice": ("get a double charge fixed", "sort out a duplicate charge", "dispute being charged twice"),
+    "update_card": ("update my credit card", "change my payment method", "add a new card", "replace my expired card"),
+    "invoice": ("download my invoice", "get a receipt", "find my bills", "get a copy of my invoice"),
+    "change_plan": ("upgrade my plan", "downgrade my plan", "switch to the {plan} plan", "change my plan"),
+    "where_is_order": (
+        "track my order", "find out where my package is", "check my delivery status", "locate my parcel",
+    ),
+    "damaged_item": (
+        "report a damaged item", "report a broken {product}", "get a replacement for a broken {product}",
+        "complain about a wrong item",
+    ),
+    "change_address": (
+        "change my delivery address", "update the shipping address", "send my order to a different address",
+        "fix the address on my order",
+    ),
+    "request_refund": ("get a refund", "get my money back", "ask for a refund", "get reimbursed for my {product}"),
+    "refund_status": ("check my refund status", "find out when my refund arrives", "see where my refund is"),
+    "return_item": ("return my {product}", "send back an item", "get a return label", "return an order"),
+    "cancel_subscription": (
+        "cancel my subscription", "end my membership", "stop my plan from renewing", "cancel my {plan} plan",
+    ),
+    "cancel_order": ("cancel my order", "cancel order {order}", "stop an order before it ships", "undo a purchase"),
+    "delete_data": ("delete my account", "erase my personal data", "close my account and remove my data"),
+    "data_use": ("know what you do with my data", "find out who you share my data with", "understand your privacy policy"),
+    "data_export": ("export my data", "download a copy of my personal data", "get all the data you have on me"),
+    "marketing_emails": ("stop marketing emails", "unsubscribe from newsletters", "opt out of promotional emails"),
+    "human_agent": ("talk to a human", "speak to an agent", "reach a real person", "call customer service"),
+    "general_knowledge": (
+        "learn to cook", "plan a vacation", "write a cover letter", "fix my car", "book a table at a restaurant",
+        "learn {lang}", "get better at {activity}", "lose weight", "train my dog", "learn to draw", "build a website",
+        "grow tomatoes", "start a business", "meet new people", "write a {form} about {theme}",
+        "understand {subject}", "find a job", "improve my sleep", "choose a new laptop", "fix my wifi",
+        "learn about {subject}", "get fit", "speak {country}'s language",
+    ),
+}
+_PROBLEMS: dict[str, tuple[str, ...]] = {
+    "reset_password": ("I forgot my password", "my password doesn't work"),
+    "locked_account": ("my account is locked", "I'm locked out of my account"),
+    "charged_twice": ("I was charged twice", "I see a double charge of {amount}"),
+    "update_card": ("my card expired", "my payment was declined"),
+    "where_is_order": (
+        "my {product} hasn't arrived", "my package is late", "my order {order} is still not here",
+        "my delivery never came", "I ordered a {product} {when} and it's still not delivered",
+    ),
+    "damaged_item": (
+        "my {product} arrived broken", "the {product} I got is damaged", "I received the wrong item",
+        "my {product} came scratched",
+    ),
+    "change_address": ("I entered the wrong address", "I moved to a new address"),
+    "request_refund": ("I'm not happy with my {product}", "I'm disappointed with the {product} I bought"),
+    "refund_status": ("my refund hasn't arrived", "I'm still waiting for my refund"),
+    "marketing_emails": ("I get too many newsletters", "your promo emails are spamming me"),
+    "human_agent": ("the bot isn't helping", "I need a real person"),
+    "general_knowledge": (
+        "my dog won't stop barking", "I can't sleep at night", "my plants keep dying", "my car won't start",
+        "my computer is slow", "my team lost again", "I failed my exam", "my neighbour is noisy",
+        "I have a headache", "my phone battery drains fast", "I'm stuck on a crossword",
+    ),
+}
+_ACTION_FRAMES = (
+    "how do I {a}?", "how can I {a}?", "I want to {a}", "I'd like to {a}", "I need to {a}", "can you help me {a}?",
+    "please help me {a}", "is it possible to {a}?", "I'm trying to {a}", "what's the way to {a}?", "where can I {a}?",
+    "can I {a}?", "help me {a}", "I would like to {a}, please", "what do I do to {a}?", "how to {a}",
+    "any idea how to {a}?", "I've been trying to {a} for ages", "tell me how to {a}",
+)
+_PROBLEM_FRAMES = (
+    "{p}", "{p}. what can I do?", "{p}, what now?", "{p}. help!", "{p} and I need help", "hi, {p}",
+    "{p}, can you help?", "so {p}...", "{p}. what are my options?", "ugh, {p}", "{p}. what should I do?",
+    "hello, {p}. any advice?",
+)
+
+
+def _framed_question(intent: Intent, rng: random.Random) -> str | None:
+    """A question built from ``intent``'s paraphrase slots and a sentence frame, or None when it has none."""
+    actions, problems = _ACTIONS.get(intent.name, ()), _PROBLEMS.get(intent.name, ())
+    if not actions and not problems:
+        return None
+    if problems and (not actions or rng.random() < 0.4):
+        text = rng.choice(_PROBLEM_FRAMES).format(p=rng.choice(problems))
+    else:
+        text = rng.choice(_ACTION_FRAMES).format(a=rng.choice(actions))
+    return text[0].upper() + text[1:]
 
 
 @dataclass(frozen=True)
@@ -407,26 +812,22 @@ def _fill(template: str, rng: random.Random) -> str:
 
 
 def phrase_question(intent: Intent, rng: random.Random) -> str:
-    """One phrasing of ``intent``'s question: a template with slots filled, a greeting/politeness wrapper and casing noise."""
-    core = _swap_synonyms(_fill(rng.choice(intent.questions), rng), rng)
+    """One phrasing of ``intent``'s question: a filled template, synonyms swapped, wrapped, with typing noise."""
+    framed = _framed_question(intent, rng) if rng.random() < 0.35 else None
+    core = _swap_synonyms(_fill(framed or rng.choice(intent.questions), rng), rng)
     if intent.topic == "greeting":
-        return _vary_case(core + rng.choice(("", "", "!", ".", "!!")) if core[-1].isalnum() else core, rng)
-    prefix = _fill(rng.choice(_PREFIXES), rng)
-    suffix = rng.choice(_SUFFIXES)
+        return _add_noise(core + rng.choice(("", "", "!", ".", "!!")) if core[-1].isalnum() else core, rng)
+    roll = rng.random()
+    if intent.topic != "out_of_domain" and roll < 0.15:
+        prefix = _fill(rng.choice(_CONTEXTS), rng)
+    else:
+        prefix = _fill(rng.choice(_PREFIXES), rng)
+    suffix = _fill(rng.choice(_SUFFIXES), rng)
     if suffix and core[-1] not in ".?!":
-        core += "."
+        core += rng.choice((".", "?", ""))
     if prefix and core[:1].isupper() and not core.startswith("I ") and not core.startswith("I'"):
         core = core[0].lower() + core[1:]
-    return _vary_case(prefix + core + suffix, rng)
-
-
-def _vary_case(text: str, rng: random.Random) -> str:
-    roll = rng.random()
-    if roll < 0.12:
-        return text.lower()
-    if roll < 0.2:
-        return text.rstrip("?.!")
-    return text
+    return _add_noise(prefix + core + suffix, rng)
 
 
 def build_corpus(n_dialogues: int, *, seed: int = 0, system_share: float = 0.25, multi_turn_share: float = 0.15) -> list[Dialogue]:
@@ -444,7 +845,7 @@ def build_corpus(n_dialogues: int, *, seed: int = 0, system_share: float = 0.25,
         if rng.random() < system_share:
             messages.append(("system", rng.choice(SYSTEM_PROMPTS)))
         # Round-robin over intents so even a small corpus covers every one of them.
-        first = INTENTS[index % len(INTENTS)]
+        first = _SCHEDULE[index % len(_SCHEDULE)]
         turns = [first]
         if first.name not in ("thanks", "goodbye") and rng.random() < multi_turn_share:
             turns.append(rng.choice(non_greeting))
@@ -460,9 +861,17 @@ def build_corpus(n_dialogues: int, *, seed: int = 0, system_share: float = 0.25,
 
 
 def corpus_fingerprint() -> str:
-    """A hash of the templates and answers, so a build can tell whether its corpus is still current."""
+    """A hash of the templates, answers and augmentation tables, so a build can tell whether its corpus is current."""
     digest = hashlib.sha256(CORPUS_VERSION.encode())
     for intent in INTENTS:
         digest.update(repr((intent.name, intent.topic, intent.questions, intent.answer)).encode())
-    digest.update(repr((_PREFIXES, _SUFFIXES, _SYNONYMS, SYSTEM_PROMPTS, sorted(_SLOTS.items()))).encode())
+    digest.update(
+        repr(
+            (
+                _PREFIXES, _CONTEXTS, _SUFFIXES, sorted(_ACTIONS.items()), sorted(_PROBLEMS.items()),
+                _ACTION_FRAMES, _PROBLEM_FRAMES, [i.name for i in _SCHEDULE], sorted(SYNONYM_FAMILIES.items()), sorted(_WRITE_ONLY), sorted(_DROPPABLE),
+                sorted(_KEYBOARD_NEIGHBOURS.items()), SYSTEM_PROMPTS, sorted(_SLOTS.items()),
+            )
+        ).encode()
+    )
     return digest.hexdigest()[:16]

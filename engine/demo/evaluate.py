@@ -94,6 +94,77 @@ HELD_OUT_QUESTIONS: tuple[EvalQuestion, ...] = (
     EvalQuestion("out_of_domain", "Is it going to snow in Denver this weekend?", ()),
 )
 
+# Second held-out set, written before the phrasing-variety rework of the corpus (corpus version 5) and never
+# used to tune it. Keywords are specific to one intent's answer (not just the topic), so an answer from a
+# neighbouring intent of the same topic fails; mixed registers, typos, keyword-only queries and context.
+HELD_OUT_2: tuple[EvalQuestion, ...] = (
+    EvalQuestion("greeting", "good evening, is the support chat open?", ("hello",)),
+    EvalQuestion("greeting", "cool, appreciate it", ("welcome",)),
+    EvalQuestion("account", "forgot my pasword again, help", ("password",)),
+    EvalQuestion(
+        "account", "I just got a new phone and cannot remember the login password for the app", ("password",)
+    ),
+    EvalQuestion("account", "it won't let me in, says the account is blocked for too many tries", ("locked",)),
+    EvalQuestion(
+        "account", "I'd like to switch the mail address on my profile to my new work one", ("change your email",)
+    ),
+    EvalQuestion("account", "is there an option for login codes via an authenticator?", ("two-factor",)),
+    EvalQuestion(
+        "billing", "hello, my bank shows the same payment from you twice this month, what happened?",
+        ("double charge", "duplicate"),
+    ),
+    EvalQuestion("billing", "why was i chargd 2x for one order", ("double charge", "duplicate")),
+    EvalQuestion("billing", "my visa expired last month. how do I put in the new one?", ("payment method",)),
+    EvalQuestion("billing", "Where can I get a copy of last month's bill for my accountant?", ("invoice",)),
+    EvalQuestion("billing", "thinking of going from Basic to Premium, how does that work?", ("change your plan",)),
+    EvalQuestion(
+        "orders", "hi, I bought a lamp 10 days ago and it still has not been delivered. where is it?", ("track",)
+    ),
+    EvalQuestion("orders", "shipment status?", ("track",)),
+    EvalQuestion("orders", "the screen on the monitor I got is cracked", ("damaged",)),
+    EvalQuestion("orders", "wrong colour arrived, I ordered black not red", ("replacement",)),
+    EvalQuestion("orders", "I moved house, please ship my parcel to my new flat", ("delivery address",)),
+    EvalQuestion(
+        "refunds", "I'd like to be reimbursed for the sneakers, they are not what I expected", ("refund",)
+    ),
+    EvalQuestion("refunds", "money back pls", ("refund",)),
+    EvalQuestion(
+        "refunds", "it has been a week since you approved my refund and I see nothing on my card", ("processed",)
+    ),
+    EvalQuestion("refunds", "refund still not in my account??", ("processed",)),
+    EvalQuestion("refunds", "how do i ship back a product that doesn't fit", ("return",)),
+    EvalQuestion("refunds", "need a return label for the boots", ("return",)),
+    EvalQuestion("cancellations", "I want to end my membership at the end of this month", ("subscription",)),
+    EvalQuestion("cancellations", "pls stop renewing my plan", ("subscription",)),
+    EvalQuestion("cancellations", "Kindly terminate my Family subscription effective immediately.", ("subscription",)),
+    EvalQuestion(
+        "cancellations", "I placed an order 5 min ago by mistake, can it be stopped before it ships?",
+        ("cancel an order",),
+    ),
+    EvalQuestion("privacy", "close my account for good and erase everything", ("delete",)),
+    EvalQuestion("privacy", "do third-party advertisers get my personal info from you?", ("never sell",)),
+    EvalQuestion("privacy", "could you email me a download of all the info you hold about me?", ("export",)),
+    EvalQuestion("privacy", "too many newsletters, how do I opt out", ("marketing",)),
+    EvalQuestion("escalation", "I'd rather talk to someone on the phone", ("human",)),
+    EvalQuestion("escalation", "this bot is useless, real person now", ("human",)),
+    EvalQuestion("out_of_domain", "what's the exchange rate between euro and dollar today?", ()),
+    EvalQuestion("out_of_domain", "can you recommend a good hiking trail near Seattle", ()),
+    EvalQuestion("out_of_domain", "how many calories are in an avocado", ()),
+    EvalQuestion("out_of_domain", "write a haiku about autumn", ()),
+    EvalQuestion("out_of_domain", "What is the boiling point of water at high altitude?", ()),
+    EvalQuestion("out_of_domain", "give me tips for a job interview", ()),
+    EvalQuestion("out_of_domain", "Who is the CEO of Tesla?", ()),
+    EvalQuestion("out_of_domain", "how do I fix a flat tire on my bike", ()),
+    EvalQuestion("out_of_domain", "translate 'good night' into Spanish", ()),
+    EvalQuestion("out_of_domain", "what's the best order to watch the Star Wars movies?", ()),
+)
+
+QUESTION_SETS: dict[str, tuple[EvalQuestion, ...]] = {
+    "dev": EVAL_QUESTIONS,
+    "held-out": HELD_OUT_QUESTIONS,
+    "held-out-2": HELD_OUT_2,
+}
+
 _KNOWN_ANSWERS = frozenset(intent.answer for intent in INTENTS)
 
 
@@ -225,10 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dirs", nargs="+", type=Path)
     parser.add_argument("--answers", action="store_true", help="also print every answer")
     parser.add_argument("--held-out", action="store_true", help="score the held-out questions instead")
+    parser.add_argument("--set", choices=sorted(QUESTION_SETS), help="question set to score (default: dev)")
     parser.add_argument("--max-model-len", type=int, default=512, help="context length to start vLLM with")
     args = parser.parse_args(argv)
     for model_dir in args.model_dirs:
-        questions = HELD_OUT_QUESTIONS if args.held_out else EVAL_QUESTIONS
+        name = args.set or ("held-out" if args.held_out else "dev")
+        questions = QUESTION_SETS[name]
         report = evaluate(model_dir, questions=questions, max_model_len=args.max_model_len)
         out = report.summary()
         if args.answers:
@@ -240,4 +313,15 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__all__ = ["EVAL_QUESTIONS", "HELD_OUT_QUESTIONS", "REFUSAL", "EvalAnswer", "EvalQuestion", "EvalReport", "evaluate", "judge"]
+__all__ = [
+    "EVAL_QUESTIONS",
+    "HELD_OUT_2",
+    "HELD_OUT_QUESTIONS",
+    "QUESTION_SETS",
+    "REFUSAL",
+    "EvalAnswer",
+    "EvalQuestion",
+    "EvalReport",
+    "evaluate",
+    "judge",
+]

@@ -109,3 +109,18 @@ def test_a_bad_setting_names_its_environment_variable(env, monkeypatch, capsys):
     monkeypatch.setenv("LLM_CONSOLE_KV_CACHE_GIB", "lots")
     assert cli.main(["settings"]) == 1
     assert "LLM_CONSOLE_KV_CACHE_GIB" in capsys.readouterr().err
+
+
+def test_bench_engine_prints_one_json_object_with_both_figures_and_their_ratio(env, capsys):
+    assert cli.main(["bench", "engine", "--json", "--concurrency", "4", "--max-tokens", "16"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["host_tokens_per_s"] > 0 and result["raw_tokens_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["host_tokens_per_s"] / result["raw_tokens_per_s"], rel=0.01)
+    assert result["output_tokens_per_round"] == {"host": 64, "raw": 64}
+
+
+def test_bench_review_reports_first_page_and_claim_next_times(env, capsys):
+    assert cli.main(["bench", "review", "--json", "--items", "2000"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["items"] == 2000 and result["first_page_rows"] > 0 and result["claimed"] is True
+    assert result["first_page_ms"] > 0 and result["claim_next_ms"] > 0

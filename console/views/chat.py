@@ -30,7 +30,7 @@ with st.sidebar:
     with st.expander("Sampling and system prompt", expanded=False):
         system_prompt = st.text_area("System prompt", key="system_prompt", max_chars=chat_svc.MAX_SYSTEM_PROMPT_CHARS,
                                      help="Applies to new conversations; a conversation keeps the one it started with.")
-        temperature = st.slider("Temperature", 0.0, 2.0, 0.7, 0.05, key="temperature")
+        temperature = st.slider("Temperature", 0.0, 2.0, 0.3, 0.05, key="temperature")
         top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="top_p")
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")
 

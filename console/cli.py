@@ -34,8 +34,18 @@ def _services(settings: Settings):  # noqa: ANN202
     return Services(settings, db)
 
 
-def _progress(stage: str, fraction: float) -> None:
-    print(f"  {stage} ({fraction:.0%})", flush=True)
+class _Progress:
+    """Print build progress about every 10% (training reports every few steps)."""
+
+    def __init__(self) -> None:
+        self.last = -1.0
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if fraction < self.last:  # the next model's build started
+            self.last = -1.0
+        if fraction - self.last >= 0.1 or fraction >= 1.0 or not stage.startswith("training"):
+            self.last = fraction
+            print(f"  {stage} ({fraction:.0%})", flush=True)
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -46,7 +56,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     print(f"database ready: {settings.database_url} (revision {svc.db.current_revision()})")
     if not args.skip_models:
         print(f"demo models in {settings.models_dir} (built once, then cached)")
-        registered = models_svc.ensure_demo_versions(svc, progress=_progress)
+        registered = models_svc.ensure_demo_versions(svc, progress=_Progress())
         for name in registered:
             print(f"registered model version {name}")
     password = settings.admin_password

@@ -23,6 +23,7 @@ class LatencyReport:
     exchanges: pd.DataFrame  # one row per exchange
     summary: pd.DataFrame  # one row per model version: count, p50/p95 of each metric, throughput
     versions: list[str]
+    throughput: pd.DataFrame  # per model version and minute: requests and output tokens/s served
 
 
 @requires("dashboard.view")
@@ -46,4 +47,17 @@ def latency(svc: Services, actor: Principal, window: str = "last 24 hours",
         row["tokens/s p50"] = round(float(tps.quantile(0.5)), 1) if len(tps) else None
         row["output tokens"] = int(group["output_tokens"].fillna(0).sum())
         summary_rows.append(row)
-    return LatencyReport(df, pd.DataFrame(summary_rows), versions)
+    return LatencyReport(df, pd.DataFrame(summary_rows), versions, _throughput(df))
+
+
+def _throughput(df: pd.DataFrame) -> pd.DataFrame:
+    """Output tokens per second served, per model version and minute (by when the exchange was stored)."""
+    columns = ["minute", "model_version", "requests", "tokens_per_s"]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    frame = df.assign(minute=pd.to_datetime(df["created_at"], utc=True).dt.floor("min"),
+                      output_tokens=df["output_tokens"].fillna(0))
+    grouped = frame.groupby(["minute", "model_version"]).agg(requests=("status", "size"),
+                                                            tokens=("output_tokens", "sum")).reset_index()
+    grouped["tokens_per_s"] = (grouped["tokens"] / 60.0).round(2)
+    return grouped[columns]

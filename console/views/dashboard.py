@@ -26,6 +26,11 @@ if report is not None:
         st.info("No answered requests in this window yet.")
     else:
         st.dataframe(report.summary, hide_index=True, width="stretch")
+        st.subheader("Throughput")
+        st.plotly_chart(px.bar(report.throughput, x="minute", y="tokens_per_s", color="model_version",
+                               labels={"tokens_per_s": "output tokens/s (per minute)", "minute": "time"}),
+                        width="stretch")
+        st.subheader("Latency per request")
         metric = st.selectbox("Metric", list(dash_svc.METRICS), format_func=dash_svc.METRICS.get, key="dash_metric")
         fig = px.scatter(report.exchanges, x="created_at", y=metric, color="model_version",
                          labels={"created_at": "time", metric: dash_svc.METRICS[metric]})

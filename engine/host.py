@@ -251,6 +251,9 @@ class _Worker:
 
     def _serve(self, engine: Any) -> None:
         sinks = self._sinks
+        pending: dict[str, list[Any]] = {}
+        flushed_at: dict[str, float] = {}
+        interval = self.config.stream_interval_s
         stop: _Stop | None = None
         deadline = 0.0
         while True:
@@ -284,8 +287,12 @@ class _Worker:
                             sinks[item.request_id] = item.sink
                 elif isinstance(item, _Abort):
                     sink = sinks.pop(item.request_id, None)
+                    flushed_at.pop(item.request_id, None)
+                    held = pending.pop(item.request_id, [])
                     if sink is not None:
                         engine.abort_request([item.request_id])
+                        for output in held:  # what was generated before the abort still counts
+                            sink.put(output)
                         sink.put(_Ended("abort"))
                         logger.info("request %s aborted", item.request_id)
                 elif stop is None:
@@ -295,18 +302,32 @@ class _Worker:
                 if sinks:
                     logger.warning("aborting %d in-flight requests to stop %s", len(sinks), self.spec.name)
                     engine.abort_request(list(sinks))
-                    for sink in sinks.values():
+                    for request_id, sink in sinks.items():
+                        for output in pending.pop(request_id, []):
+                            sink.put(output)
                         sink.put(_Ended("abort"))
                     sinks.clear()
                 return
             if engine.has_unfinished_requests():
+                now = time.monotonic()
                 for output in self._step(engine):
                     sink = sinks.get(output.request_id)
                     if sink is None:
                         continue
-                    sink.put(output)
+                    # Hand deltas over at most every stream_interval_s per request (each hand-off wakes a
+                    # caller thread that then competes with this one for the GIL and the cores), but a
+                    # request's last output at once, so nobody waits for the end of an answer.
+                    held = pending.setdefault(output.request_id, [])
+                    held.append(output)
+                    if output.finished or now - flushed_at.get(output.request_id, 0.0) >= interval:
+                        for item in held:
+                            sink.put(item)
+                        held.clear()
+                        flushed_at[output.request_id] = now
                     if output.finished:
                         del sinks[output.request_id]
+                        pending.pop(output.request_id, None)
+                        flushed_at.pop(output.request_id, None)
 
     def _reject_pending(self) -> None:
         with self.lock:
@@ -719,5 +740,6 @@ class EngineHost:
             sink=sink,
             abort=worker.abort,
             alive=worker.alive,
-            min_interval_s=self._config.stream_interval_s,
+            # The engine thread already holds deltas back for stream_interval_s; the reader need not wait.
+            min_interval_s=0.0,
         )

@@ -45,9 +45,10 @@ class HostConfig:
 
     ``kv_cache_gib`` becomes vLLM's ``kv_cache_memory_bytes`` unless the spec's engine_args set it.
     ``enforce_eager=None`` means eager on the CPU (skips torch.compile; start-up in seconds) and
-    vLLM's default (compiled graphs) on a GPU. ``stream_interval_s`` is the shortest time between two deltas a
-    stream hands its reader: tokens arriving meanwhile are joined into one delta, so 16 readers do not each
-    wake up on every engine step (a human cannot read 20 ms updates anyway; 0 = every step).
+    vLLM's default (compiled graphs) on a GPU. ``stream_interval_s`` is the shortest time between two hand-offs
+    of one request's tokens from the engine thread to its reader (the last one goes at once): readers do not
+    wake up on every engine step to compete with the engine for the GIL (a human cannot read 20 ms updates
+    anyway; 0 = every step).
     """
 
     kv_cache_gib: float = 1.0

@@ -38,6 +38,8 @@ with st.sidebar:
     if st.button("Sign out", key="logout", icon=":material/logout:"):
         auth.logout(svc, principal)
         ui.sign_out("You are signed out.")
+        if ui.sso_signed_in():
+            st.logout()  # also end the identity provider's session, or the login page would sign in again
         st.rerun()
 
 # Pages the user's roles allow are listed; the others are registered hidden, so opening one by its URL runs

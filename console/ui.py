@@ -49,6 +49,14 @@ def sign_out(message: str | None = None) -> None:
     state.flash = message
 
 
+def sso_signed_in() -> bool:
+    """True when the browser holds a signed-in identity from the OIDC provider (``st.login``)."""
+    try:
+        return bool(st.user.is_logged_in)
+    except Exception:  # no [auth] configured: there is no such identity
+        return False
+
+
 def require_page(page: str) -> Principal:
     """Server-side guard at the top of every page: signed in, active, not idle, and allowed this page."""
     state = session()

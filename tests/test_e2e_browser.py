@@ -123,4 +123,7 @@ def test_an_analyst_sees_only_their_pages_and_can_verify_the_audit_chain(console
     page.get_by_role("button", name="Verify the hash chain").click()
     page.get_by_text("The chain is intact").wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "audit.png"), full_page=True)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
+    assert page.get_by_text("You are signed out.").count() == 1
     page.close()

@@ -141,3 +141,34 @@ def test_users_page_shows_a_clear_error_for_a_short_password_and_creates_nothing
     with app_env.db.session() as s:
         assert users_q.get_user_by_username(s, "newbie") is None
 
+
+
+SSO_SECRETS = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32,
+               "client_id": "console", "client_secret": "s",
+               "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration"}
+
+
+def _login_page_as_sso_user(email: str) -> AppTest:
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / "login.py"), default_timeout=60)
+    at.secrets["auth"] = SSO_SECRETS
+    at.user = {"is_logged_in": True, "email": email, "iss": "https://idp.example.com"}
+    return at
+
+
+def test_single_sign_on_matches_the_identity_by_email_and_keeps_console_roles(app_env, make_user):
+    make_user("jane", "analyst", email="jane@example.com")
+    at = _login_page_as_sso_user("Jane@Example.com")
+    at.run()
+    assert not at.exception
+    principal = at.session_state[SESSION_KEY].principal
+    assert principal.username == "jane" and principal.roles == frozenset({"analyst"})
+    with app_env.db.session() as s:
+        [event] = list(audit_q.iter_events(s, action="auth.login", actor="jane"))
+    assert event.details["method"] == "sso"
+
+
+def test_single_sign_on_refuses_an_identity_without_an_account(app_env):
+    at = _login_page_as_sso_user("stranger@example.com")
+    at.run()
+    assert at.session_state[SESSION_KEY].principal is None
+    assert any("no active account" in e.value for e in at.error)

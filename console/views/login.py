@@ -25,7 +25,7 @@ if state.flash:
     st.info(state.flash)
     state.flash = None
 
-if _sso_configured() and getattr(st.user, "is_logged_in", False):
+if state.principal is None and _sso_configured() and ui.sso_signed_in():
     try:
         state.principal = auth.login_sso(svc, str(st.user.get("email") or ""), str(st.user.get("iss") or ""))
         state.last_activity = svc.now()

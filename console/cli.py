@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from console.services.access import ALL_ROLES
+from console.services.models import DTYPES
 from console.settings import PROJECT_ROOT, Settings, SettingsError
 
 
@@ -234,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = user.add_parser("add", help="add a user")
     s.add_argument("username")
     s.add_argument("--role", action="append", required=True,
-                   choices=["operator", "reviewer", "admin", "analyst"], help="repeat for several roles")
+                   choices=ALL_ROLES, help="repeat for several roles")
     s.add_argument("--email", help="email (used to match single sign-on identities)")
     s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     s.add_argument("--sso", action="store_true", help="no password: the user signs in with single sign-on")
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="version name, e.g. llama-3.1-8b-instruct-v1")
     s.add_argument("source", help="local model directory or hub id (meta-llama/Llama-3.1-8B-Instruct)")
     s.add_argument("--revision", help="hub revision (commit hash or tag)")
-    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16", "half", "float"])
+    s.add_argument("--dtype", default="auto", choices=DTYPES)
     s.add_argument("--max-model-len", type=_positive, help="maximum context length in tokens")
     s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'')
     s.add_argument("--description")

@@ -78,13 +78,8 @@ def require_page(page: str) -> Principal:
 
 def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T | None:
     """Run a service call; show user-facing errors in place and return None; end the session if it ended."""
-    try:
+    with shows_errors():
         return fn(*args, **kwargs)
-    except SessionEnded as exc:
-        sign_out(str(exc))
-        st.rerun()
-    except (ConsoleError, EngineError) as exc:
-        st.error(str(exc))
     return None
 
 

@@ -46,6 +46,13 @@ def _verify(password_hash: str | None, password: str) -> bool:
         return False
 
 
+def _audit_failure(session, who: str, user_id: int | None, reason: str, **details: object) -> None:  # noqa: ANN001
+    """One ``auth.login_failed`` event; the object is the account if known, else the name that was tried."""
+    audit_q.append_event(session, actor=who, actor_id=user_id, action="auth.login_failed", object_type="user",
+                         object_id=str(user_id) if user_id is not None else who,
+                         details={"reason": reason, **details})
+
+
 def login(svc: Services, username: str, password: str) -> Principal:
     """Return the principal for correct credentials; raise :class:`LoginFailed` otherwise.
 
@@ -63,16 +70,13 @@ def login(svc: Services, username: str, password: str) -> Principal:
         user = users_q.get_user_by_username(s, username)
         if user is None:
             _verify(None, password)
-            audit_q.append_event(s, actor=username, action="auth.login_failed", object_type="user",
-                                 object_id=username, details={"reason": "unknown user"})
+            _audit_failure(s, username, None, "unknown user")
             failure = GENERIC_FAILURE
         elif user.disabled:
-            audit_q.append_event(s, actor=username, actor_id=user.id, action="auth.login_failed",
-                                 object_type="user", object_id=str(user.id), details={"reason": "disabled"})
+            _audit_failure(s, username, user.id, "disabled")
             failure = "This account is disabled. Ask an admin."
         elif user.locked_until is not None and user.locked_until > now:
-            audit_q.append_event(s, actor=username, actor_id=user.id, action="auth.login_failed",
-                                 object_type="user", object_id=str(user.id), details={"reason": "locked"})
+            _audit_failure(s, username, user.id, "locked")
             failure = f"This account is locked until {user.locked_until:%H:%M} UTC after too many failed sign-ins."
         elif not _verify(user.password_hash, password):
             # Counts the failure, locks at the threshold, and audits both (auth.login_failed, auth.locked).
@@ -103,8 +107,7 @@ def login_sso(svc: Services, email: str, issuer: str | None = None) -> Principal
     with svc.db.session() as s:
         user = users_q.get_user_by_email(s, email)
         if user is None or user.disabled:
-            audit_q.append_event(s, actor=email, action="auth.login_failed", object_type="user", object_id=email,
-                                 details={"reason": "sso email not registered or disabled", "issuer": issuer})
+            _audit_failure(s, email, None, "sso email not registered or disabled", issuer=issuer)
             principal = None
         else:
             users_q.record_successful_login(s, user.id, now=svc.now(), method="sso")

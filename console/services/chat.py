@@ -270,10 +270,10 @@ def conversation_history(svc: Services, actor: Principal, conversation_id: int) 
             out.append(ExchangeView(
                 id=ex.id, prompt=ex.prompt, response=ex.response or "", status=ex.status, error=ex.error,
                 model_version=ex.model_version, ttft_ms=ex.ttft_ms, tokens_per_s=ex.tokens_per_s,
-                output_tokens=ex.output_tokens, prompt_action=getattr(ex, "prompt_action", None),
-                output_action=getattr(ex, "output_action", None),
+                output_tokens=ex.output_tokens, prompt_action=ex.prompt_action,
+                output_action=ex.output_action,
                 findings=moderation.findings_of(s, ex.id),
-                review_status=getattr(ex, "review_status", None),
+                review_status=ex.review_status,
             ))
         return out
 

@@ -48,13 +48,15 @@ class HostConfig:
     vLLM's default (compiled graphs) on a GPU. ``stream_interval_s`` is the shortest time between two hand-offs
     of one request's tokens from the engine thread to its reader (the last one goes at once): readers do not
     wake up on every engine step to compete with the engine for the GIL (a human cannot read 20 ms updates
-    anyway; 0 = every step).
+    anyway; 0 = every step). Requests that arrive during a switch wait up to
+    ``switch_wait_s`` for it to end.
     """
 
     kv_cache_gib: float = 1.0
     enforce_eager: bool | None = None
     drain_timeout_s: float = 30.0
     stream_interval_s: float = 0.02
+    switch_wait_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not self.kv_cache_gib > 0:
@@ -63,6 +65,8 @@ class HostConfig:
             raise ValueError(f"HostConfig.drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if self.stream_interval_s < 0:
             raise ValueError(f"HostConfig.stream_interval_s must be >= 0, got {self.stream_interval_s}")
+        if self.switch_wait_s < 0:
+            raise ValueError(f"HostConfig.switch_wait_s must be >= 0, got {self.switch_wait_s}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ class HostStatus:
     message: str
     progress: float = 0.0
     error: str | None = None
+    switching_to: str | None = None
 
     @property
     def ready(self) -> bool:

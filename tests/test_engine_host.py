@@ -2,7 +2,7 @@
 
 The tiny model's output is random text, so tests that need an exact length ask for ``ignore_eos``.
 Faults that cannot be caused for real (the engine dying mid-stream, a slow load) are injected at the host's
-own seams (``_Worker._step``, ``EngineHost._tokenizer``), never inside vLLM.
+own seams (``Worker._step``, ``EngineHost._tokenizer``), never inside vLLM.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import host as host_module
+from engine import worker as worker_module
 from engine.errors import (
     EmptyPromptError,
     EngineDeadError,
@@ -123,7 +123,7 @@ def test_abandoned_stream_gets_its_request_aborted(engine_host: EngineHost) -> N
     # The engine thread answers an abort with an _Ended marker; a request left running would end "finished".
     while True:
         item = sink.get(timeout=120)
-        if isinstance(item, host_module._Ended):
+        if isinstance(item, worker_module.Ended):
             break
         assert not item.finished, "the abandoned request ran to completion instead of being aborted"
 
@@ -167,14 +167,14 @@ def test_engine_dying_mid_stream_raises_engine_dead_and_restart_brings_it_back(
     engine_host: EngineHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = itertools.count()
-    real_step = host_module._Worker._step
+    real_step = worker_module.Worker._step
 
-    def failing_step(self: host_module._Worker, engine: object) -> list[object]:
+    def failing_step(self: worker_module.Worker, engine: object) -> list[object]:
         if next(calls) >= 3:
             raise RuntimeError("injected engine failure")
         return real_step(self, engine)
 
-    monkeypatch.setattr(host_module._Worker, "_step", failing_step)
+    monkeypatch.setattr(worker_module.Worker, "_step", failing_step)
     stream = engine_host.stream_chat(HELLO, exactly(50))
     with pytest.raises(EngineDeadError):
         drain(stream)

@@ -21,13 +21,14 @@ from sqlalchemy import insert
 
 from console.services import review as review_svc
 from console.services.access import Principal
-from console.services.context import Services
+from console.services.context import AppContext
 from console.settings import Settings
 from db.config import DbConfig
 from db.database import Database
-from db.models import Conversation, Exchange, Finding, ReviewItem, User, UserRole
+from db.review.queue import QueueFilter
+from db.tables import Conversation, Exchange, Finding, ReviewItem, User, UserRole
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TARGET_MS = 200.0
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -37,7 +38,7 @@ LABELS = {
 }
 MODELS = ("demo-v1", "demo-v2")
 # What a reviewer working one cause would set: one recognizer's label, a score band, a model, the last month.
-BENCH_FILTER = review_svc.QueueFilter(
+BENCH_FILTER = QueueFilter(
     statuses=("open", "claimed"), detector="presidio", label="EMAIL_ADDRESS", min_score=0.5, max_score=1.0,
     model_version="demo-v2", created_from=NOW - timedelta(days=30), created_to=NOW,
 )
@@ -102,7 +103,7 @@ def _p(samples: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
-def run_review_bench(*, items: int = 100_000, data_dir: Path | None = None, runs: int = 20) -> dict:
+def run_review_bench(*, items: int = 100_000, data_dir: Path | None = None, runs: int = 20) -> dict[str, Any]:
     """Seed ``items`` flagged items and time the first queue page (filters applied) and claiming the next item.
 
     Returns ``first_page_ms`` and ``claim_next_ms`` (medians) with p50/p95, the unfiltered first page for
@@ -117,11 +118,11 @@ def run_review_bench(*, items: int = 100_000, data_dir: Path | None = None, runs
             t0 = time.perf_counter()
             reviewer = _seed(db, items, random.Random(5))
             seed_s = time.perf_counter() - t0
-            svc = Services(settings, db, clock=lambda: NOW)
-            review_svc.list_queue(svc, reviewer, BENCH_FILTER)  # warm the connection pool and statement cache
-            page_ms, page = _time(lambda: review_svc.list_queue(svc, reviewer, BENCH_FILTER), runs)
-            plain_ms, plain = _time(lambda: review_svc.list_queue(svc, reviewer), runs)
-            claim_ms, claimed = _time(lambda: review_svc.claim_next(svc, reviewer, BENCH_FILTER), runs)
+            ctx = AppContext(settings, db, clock=lambda: NOW)
+            review_svc.list_queue(ctx, reviewer, BENCH_FILTER)  # warm the connection pool and statement cache
+            page_ms, page = _time(lambda: review_svc.list_queue(ctx, reviewer, BENCH_FILTER), runs)
+            plain_ms, plain = _time(lambda: review_svc.list_queue(ctx, reviewer), runs)
+            claim_ms, claimed = _time(lambda: review_svc.claim_next(ctx, reviewer, BENCH_FILTER), runs)
         finally:
             db.dispose()
     result = {
@@ -144,5 +145,5 @@ def run_review_bench(*, items: int = 100_000, data_dir: Path | None = None, runs
         "target_ms": TARGET_MS,
     }
     result["within_target"] = result["first_page_p95_ms"] <= TARGET_MS and result["claim_next_p95_ms"] <= TARGET_MS
-    log.info("review bench: %s", result)
+    logger.info("review bench: %s", result)
     return result

@@ -1,17 +1,22 @@
-"""Conversations and their exchanges (one prompt, one answer, its metrics)."""
+"""Conversations and their exchanges (one prompt, one answer, its metrics), and storing a whole chat turn."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import safety as safety_q
 from db.audit import append_event
-from db.models import EXCHANGE_STATUSES, Conversation, Exchange
+from db.review import items as review_items
+from db.review.items import ReviewItemRecord
+from db.safety import FindingRecord, RawTextRecord
+from db.tables import EXCHANGE_STATUSES, Conversation, Exchange
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -68,99 +73,124 @@ def get_exchange(session: Session, exchange_id: int) -> Exchange | None:
     return session.get(Exchange, exchange_id)
 
 
-def record_exchange(
-    session: Session,
-    *,
-    conversation_id: int,
-    user_id: int,
-    prompt: str,
-    response: str,
-    model_version: str,
-    actor: str,
-    status: str = "ok",
-    request_id: str | None = None,
-    model_version_id: int | None = None,
-    sampling: Mapping[str, Any] | None = None,
-    error: str | None = None,
-    prompt_tokens: int | None = None,
-    output_tokens: int | None = None,
-    queue_ms: float | None = None,
-    ttft_ms: float | None = None,
-    itl_ms: float | None = None,
-    e2e_ms: float | None = None,
-    tokens_per_s: float | None = None,
-    created_at: datetime | None = None,
-    finished_at: datetime | None = None,
-    prompt_action: str | None = None,
-    output_action: str | None = None,
-    policy_version: int | None = None,
-) -> Exchange:
-    """Store one finished exchange with its metrics and write its ``chat.exchange`` audit event.
+@dataclass(frozen=True)
+class ExchangeTimings:
+    """vLLM's token counts and latencies for one request, as stored on the exchange and in its audit event.
 
-    ``prompt``/``response`` are the texts as they should be stored (redacted where the policy says so;
-    raw text goes through ``db.safety.store_raw_text``). The audit event carries ids, status, model,
-    actions and timings, never the text. Add findings and review items in the same session so the
-    whole turn commits as one.
+    Every field is None when the request never reached that point (blocked, failed before the first token).
     """
-    if status not in EXCHANGE_STATUSES:
-        raise ValueError(f"status must be one of {EXCHANGE_STATUSES}, got {status!r}")
+
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    queue_ms: float | None = None
+    ttft_ms: float | None = None
+    itl_ms: float | None = None
+    e2e_ms: float | None = None
+    tokens_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """One finished chat turn, everything worked out, ready to store in one transaction.
+
+    ``prompt``/``response`` are the texts as they should be stored (redacted where the policy says so);
+    the unredacted texts the policy keeps go in ``raw_texts``. ``review`` is set when the turn enters the
+    review queue.
+    """
+
+    conversation_id: int
+    user_id: int
+    actor: str
+    model_version: str
+    prompt: str
+    response: str = ""
+    status: str = "ok"
+    error: str | None = None
+    request_id: str | None = None
+    model_version_id: int | None = None
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    timings: ExchangeTimings = field(default_factory=ExchangeTimings)
+    prompt_action: str | None = None
+    output_action: str | None = None
+    policy_version: int | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    findings: tuple[FindingRecord, ...] = ()
+    raw_texts: tuple[RawTextRecord, ...] = ()
+    review: ReviewItemRecord | None = None
+
+
+def store_turn(session: Session, turn: TurnRecord) -> Exchange:
+    """Store a turn: the exchange with its timings, its findings, the raw texts kept, its review item.
+
+    Each part writes its own audit event (``chat.exchange``, ``safety.findings``, ``review.item``); the
+    ``chat.exchange`` event carries ids, status, model, actions and timings, never the text. Everything
+    goes into the caller's session, so the turn commits whole or not at all.
+    """
+    if turn.status not in EXCHANGE_STATUSES:
+        raise ValueError(f"status must be one of {EXCHANGE_STATUSES}, got {turn.status!r}")
     now = utcnow()
+    timings = asdict(turn.timings)
     exchange = Exchange(
-        conversation_id=conversation_id,
-        user_id=user_id,
-        request_id=request_id,
-        model_version=model_version,
-        model_version_id=model_version_id,
-        prompt=prompt,
-        response=response,
-        sampling=dict(sampling or {}),
-        status=status,
-        error=error,
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        queue_ms=queue_ms,
-        ttft_ms=ttft_ms,
-        itl_ms=itl_ms,
-        e2e_ms=e2e_ms,
-        tokens_per_s=tokens_per_s,
-        created_at=created_at or now,
-        finished_at=finished_at or now,
-        prompt_action=prompt_action,
-        output_action=output_action,
-        policy_version=policy_version,
+        conversation_id=turn.conversation_id,
+        user_id=turn.user_id,
+        request_id=turn.request_id,
+        model_version=turn.model_version,
+        model_version_id=turn.model_version_id,
+        prompt=turn.prompt,
+        response=turn.response,
+        sampling=dict(turn.sampling),
+        status=turn.status,
+        error=turn.error,
+        created_at=turn.created_at or now,
+        finished_at=turn.finished_at or now,
+        prompt_action=turn.prompt_action,
+        output_action=turn.output_action,
+        policy_version=turn.policy_version,
+        **timings,
     )
     session.add(exchange)
-    conversation = session.get(Conversation, conversation_id)
+    conversation = session.get(Conversation, turn.conversation_id)
     if conversation is not None:
         conversation.updated_at = now
     session.flush()
     append_event(
         session,
-        actor=actor,
-        actor_id=user_id,
+        actor=turn.actor,
+        actor_id=turn.user_id,
         action="chat.exchange",
         object_type="exchange",
         object_id=exchange.id,
         details={
-            "conversation_id": conversation_id,
-            "request_id": request_id,
-            "status": status,
-            "error": error,
-            "model_version": model_version,
-            "model_version_id": model_version_id,
-            "prompt_action": prompt_action,
-            "output_action": output_action,
-            "policy_version": policy_version,
-            "prompt_tokens": prompt_tokens,
-            "output_tokens": output_tokens,
-            "queue_ms": queue_ms,
-            "ttft_ms": ttft_ms,
-            "itl_ms": itl_ms,
-            "e2e_ms": e2e_ms,
-            "tokens_per_s": tokens_per_s,
+            "conversation_id": turn.conversation_id,
+            "request_id": turn.request_id,
+            "status": turn.status,
+            "error": turn.error,
+            "model_version": turn.model_version,
+            "model_version_id": turn.model_version_id,
+            "prompt_action": turn.prompt_action,
+            "output_action": turn.output_action,
+            "policy_version": turn.policy_version,
+            **timings,
         },
     )
-    logger.debug("exchange %s stored request_id=%s status=%s", exchange.id, request_id, status)
+    safety_q.add_findings(session, exchange.id, turn.findings, actor=turn.actor, actor_id=turn.user_id)
+    for raw in turn.raw_texts:
+        safety_q.store_raw_text(session, exchange.id, raw.direction, raw.text)
+    if turn.review is not None:
+        review_items.create_review_item(
+            session,
+            exchange_id=exchange.id,
+            reason=turn.review.reason,
+            direction=turn.review.direction,
+            severity=turn.review.severity,
+            due_at=turn.review.due_at,
+            note=turn.review.note,
+            actor=turn.actor,
+            # The detectors put it in the queue, not the user: no creator.
+            created_by_id=None,
+        )
+    logger.debug("exchange %s stored request_id=%s status=%s", exchange.id, turn.request_id, turn.status)
     return exchange
 
 

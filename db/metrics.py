@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Exchange
+from db.tables import Exchange
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def exchange_timings(session: Session, *, since: datetime, model_version: str | 
     )
     if model_version:
         stmt = stmt.where(Exchange.model_version == model_version)
-    return [ExchangeTiming(*row) for row in session.execute(stmt)]
+    return [ExchangeTiming(**row._mapping) for row in session.execute(stmt)]
 
 
 def model_versions_seen(session: Session) -> list[str]:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import append_event
-from db.models import DIRECTIONS, Finding, PolicyVersion, RawText
+from db.tables import DIRECTIONS, Finding, PolicyVersion, RawText
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,14 @@ class FindingRecord:
     detector_version: str | None = None
     start: int | None = None
     end: int | None = None
+
+
+@dataclass(frozen=True)
+class RawTextRecord:
+    """The unredacted text of one side of an exchange, kept apart because the policy says so."""
+
+    direction: str  # 'prompt' or 'output'
+    text: str
 
 
 def store_policy_version(
@@ -139,6 +147,17 @@ def store_raw_text(session: Session, exchange_id: int, direction: str, text: str
     session.add(row)
     session.flush()
     return row
+
+
+def raw_text_directions(session: Session, exchange_id: int) -> tuple[str, ...]:
+    """Which sides of an exchange still have raw text kept (not erased); the text itself is not read."""
+    return tuple(
+        sorted(
+            session.scalars(
+                select(RawText.direction).where(RawText.exchange_id == exchange_id, RawText.erased_at.is_(None))
+            )
+        )
+    )
 
 
 def reveal_raw_text(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import append_event
-from db.models import AppState
+from db.tables import AppState
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)

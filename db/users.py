@@ -10,14 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import append_event
-from db.models import ROLES, User, UserRole
+from db.tables import ROLES, User, UserRole
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
 
 class UnknownRoleError(ValueError):
-    """A role name that is not one of ``db.models.ROLES``."""
+    """A role name that is not one of ``db.tables.ROLES``."""
 
 
 def _check_roles(roles: Iterable[str]) -> list[str]:

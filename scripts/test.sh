@@ -40,5 +40,7 @@ fi
 
 echo "test: ruff"
 .venv/bin/ruff check console engine db tests
+echo "test: mypy"
+.venv/bin/mypy
 echo "test: pytest"
 .venv/bin/pytest "$@"

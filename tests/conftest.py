@@ -86,11 +86,11 @@ def migrated_db_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def svc(tmp_path: Path, clock: FakeClock, migrated_db_file: Path):
-    """Services over a fresh, migrated SQLite file; no engine, no scanners."""
+def ctx(tmp_path: Path, clock: FakeClock, migrated_db_file: Path):
+    """AppContext over a fresh, migrated SQLite file; no engine, no scanners."""
     import shutil
 
-    from console.services.context import Services
+    from console.services.context import AppContext
     from console.settings import Settings
     from db.config import DbConfig
     from db.database import Database
@@ -98,12 +98,12 @@ def svc(tmp_path: Path, clock: FakeClock, migrated_db_file: Path):
     settings = Settings.from_env(console_env(tmp_path))
     shutil.copy(migrated_db_file, tmp_path / "console.db")
     db = Database(DbConfig(url=settings.database_url))
-    yield Services(settings, db, clock=clock)
+    yield AppContext(settings, db, clock=clock)
     db.dispose()
 
 
 @pytest.fixture
-def make_user(svc):
+def make_user(ctx):
     """Create a user with roles (through the CLI path) and return their principal."""
     from console.services import users as users_svc
     from console.services.access import Principal
@@ -111,7 +111,7 @@ def make_user(svc):
     def make(
         username: str, *roles: str, password: str = STRONG_PASSWORD, email: str | None = None
     ) -> Principal:
-        view = users_svc.create_user_cli(svc, username, password, roles, email=email)
+        view = users_svc.create_user_cli(ctx, username, password, roles, email=email)
         return Principal(view.id, view.username, frozenset(view.roles))
 
     return make

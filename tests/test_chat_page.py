@@ -20,7 +20,7 @@ def served(tmp_path_factory, tiny_model_dir, migrated_db_file):
     import shutil
 
     from console.services import models as models_svc
-    from console.services.context import Services
+    from console.services.context import AppContext
     from console.settings import Settings
     from db.config import DbConfig
     from db.database import Database
@@ -33,11 +33,11 @@ def served(tmp_path_factory, tiny_model_dir, migrated_db_file):
         mp.setenv(key, value)
     shutil.copy(migrated_db_file, data / "console.db")
     settings = Settings.from_env()
-    svc = Services(settings, Database(DbConfig(settings.database_url)))
-    models_svc.register_cli(svc, name="tiny-page", source=str(tiny_model_dir), revision=None, dtype="float32",
+    ctx = AppContext(settings, Database(DbConfig(settings.database_url)))
+    models_svc.register_cli(ctx, name="tiny-page", source=str(tiny_model_dir), revision=None, dtype="float32",
                             max_model_len=512, engine_args={}, description="test")
     st.cache_resource.clear()
-    yield svc
+    yield ctx
     host = resources.engine_host()
     if host is not None:
         host.shutdown()
@@ -66,7 +66,12 @@ def test_the_chat_page_says_the_model_is_loading_then_streams_and_stores_an_answ
         assert at.chat_input(key="chat_prompt").disabled
         assert any("loading" in i.value for i in at.info)
     host.wait_ready(timeout=180)
+    from console.services import serving as serving_svc
+
+    serving = serving_svc.serving_status(resources.app_context())
+    assert (serving.state, serving.model_version, serving.error) == ("ready", "tiny-page", None)
     at.run()
+    assert at.session_state[SESSION_KEY].chat.engine_was_ready
     assert not at.chat_input(key="chat_prompt").disabled
     at.slider(key="temperature").set_value(0.0)
     at.number_input(key="max_tokens").set_value(24)
@@ -78,7 +83,7 @@ def test_the_chat_page_says_the_model_is_loading_then_streams_and_stores_an_answ
     assert ex.status == "ok" and ex.model_version == "tiny-page" and ex.response
     assert ex.sampling["temperature"] == 0.0 and ex.sampling["max_tokens"] == 24
     # After the stream the page shows the stored exchange with its metrics line.
-    assert at.session_state[SESSION_KEY].conversation_id == conv.id
+    assert at.session_state[SESSION_KEY].chat.conversation_id == conv.id
     captions = " ".join(c.value for c in at.caption).replace("\\", "")  # shown escaped: tiny\-page
     assert "tiny-page" in captions and "tokens/s" in captions and "first token" in captions
     assert len(at.chat_message) == 2

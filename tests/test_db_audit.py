@@ -12,9 +12,10 @@ from sqlalchemy.exc import StatementError
 
 from db import Database, DbConfig
 from db.audit import GENESIS_HASH, append_event, compute_hash, iter_events, verify_chain
-from db.chat import create_conversation, record_exchange
-from db.models import AppendOnlyError, AuditEvent, Exchange, ReviewDecision
-from db.review import create_review_item, record_decision
+from db.chat import ExchangeTimings, TurnRecord, create_conversation, store_turn
+from db.review.decisions import record_decision
+from db.review.items import create_review_item
+from db.tables import AppendOnlyError, AuditEvent, Exchange, ReviewDecision
 from db.users import create_user
 
 
@@ -45,16 +46,18 @@ class Boom(Exception):
 def test_an_exchange_and_its_audit_event_commit_together(db: Database) -> None:
     user_id, conversation_id = _seed(db)
     with db.session() as s:
-        exchange = record_exchange(
+        exchange = store_turn(
             s,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            prompt="secret prompt",
-            response="secret answer",
-            model_version="demo-v1",
-            actor="ada",
-            request_id="req-1",
-            ttft_ms=12.0,
+            TurnRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                prompt="secret prompt",
+                response="secret answer",
+                model_version="demo-v1",
+                actor="ada",
+                request_id="req-1",
+                timings=ExchangeTimings(ttft_ms=12.0),
+            ),
         )
     last = _events(db)[-1]
     assert last.action == "chat.exchange"
@@ -69,14 +72,16 @@ def test_an_error_after_the_insert_rolls_back_the_exchange_and_its_audit_event(d
     user_id, conversation_id = _seed(db)
     before = _events(db)
     with pytest.raises(Boom), db.session() as s:
-        record_exchange(
+        store_turn(
             s,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            prompt="p",
-            response="r",
-            model_version="demo-v1",
-            actor="ada",
+            TurnRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                prompt="p",
+                response="r",
+                model_version="demo-v1",
+                actor="ada",
+            ),
         )
         assert s.scalar(select(func.count()).select_from(Exchange)) == 1
         raise Boom
@@ -250,14 +255,16 @@ def test_the_orm_refuses_bulk_updates_of_audit_events(db: Database) -> None:
 def test_review_decisions_cannot_be_edited(db: Database) -> None:
     user_id, conversation_id = _seed(db)
     with db.session() as s:
-        exchange = record_exchange(
+        exchange = store_turn(
             s,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            prompt="p",
-            response="r",
-            model_version="m",
-            actor="ada",
+            TurnRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                prompt="p",
+                response="r",
+                model_version="m",
+                actor="ada",
+            ),
         )
         item = create_review_item(s, exchange_id=exchange.id, reason="flagged", actor="system")
         record_decision(s, item_id=item.id, reviewer_id=user_id, decision="violation", actor="ada")
@@ -274,15 +281,17 @@ def test_timestamps_come_back_timezone_aware_utc(db: Database) -> None:
     cest = timezone(timedelta(hours=2))
     started = datetime(2026, 6, 1, 14, 0, 0, 123456, tzinfo=cest)
     with db.session() as s:
-        record_exchange(
+        store_turn(
             s,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            prompt="p",
-            response="r",
-            model_version="m",
-            actor="ada",
-            created_at=started,
+            TurnRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                prompt="p",
+                response="r",
+                model_version="m",
+                actor="ada",
+                created_at=started,
+            ),
         )
     with db.session(readonly=True) as s:
         exchange = s.scalars(select(Exchange)).one()
@@ -297,15 +306,17 @@ def test_timestamps_come_back_timezone_aware_utc(db: Database) -> None:
 def test_naive_datetimes_are_refused(db: Database) -> None:
     user_id, conversation_id = _seed(db)
     with pytest.raises(StatementError, match="naive datetime"), db.session() as s:
-        record_exchange(
+        store_turn(
             s,
-            conversation_id=conversation_id,
-            user_id=user_id,
-            prompt="p",
-            response="r",
-            model_version="m",
-            actor="ada",
-            created_at=datetime(2026, 6, 1, 12, 0),
+            TurnRecord(
+                conversation_id=conversation_id,
+                user_id=user_id,
+                prompt="p",
+                response="r",
+                model_version="m",
+                actor="ada",
+                created_at=datetime(2026, 6, 1, 12, 0),
+            ),
         )
 
 

@@ -11,9 +11,10 @@ from sqlalchemy import func, select
 
 from db import Database, DbConfig
 from db.audit import iter_events, verify_chain
-from db.chat import create_conversation, get_conversation, record_exchange
-from db.models import Exchange, ReviewItem
-from db.review import claim_item, create_review_item
+from db.chat import TurnRecord, create_conversation, get_conversation, store_turn
+from db.review.claims import claim_item
+from db.review.items import create_review_item
+from db.tables import Exchange, ReviewItem
 from db.users import create_user
 
 THREADS = 16
@@ -61,15 +62,17 @@ def test_sixteen_threads_writing_exchanges_lose_nothing_and_the_chain_verifies(d
             with db.session() as s:
                 # Read first, then write: the pattern that fails to upgrade a deferred SQLite transaction.
                 assert get_conversation(s, conversation_id) is not None
-                exchange = record_exchange(
+                exchange = store_turn(
                     s,
-                    conversation_id=conversation_id,
-                    user_id=user_id,
-                    prompt=f"prompt {n}",
-                    response=f"answer {n}",
-                    model_version="demo-v1",
-                    actor=username,
-                    request_id=f"{username}-{n}",
+                    TurnRecord(
+                        conversation_id=conversation_id,
+                        user_id=user_id,
+                        prompt=f"prompt {n}",
+                        response=f"answer {n}",
+                        model_version="demo-v1",
+                        actor=username,
+                        request_id=f"{username}-{n}",
+                    ),
                 )
                 ids.append(exchange.id)
         return ids
@@ -97,14 +100,16 @@ def test_two_reviewers_racing_for_one_item_exactly_one_wins(db: Database) -> Non
         conversation = create_conversation(s, user_id=alice.id, actor="alice")
         items = []
         for n in range(8):
-            exchange = record_exchange(
+            exchange = store_turn(
                 s,
-                conversation_id=conversation.id,
-                user_id=alice.id,
-                prompt=f"p{n}",
-                response="r",
-                model_version="m",
-                actor="alice",
+                TurnRecord(
+                    conversation_id=conversation.id,
+                    user_id=alice.id,
+                    prompt=f"p{n}",
+                    response="r",
+                    model_version="m",
+                    actor="alice",
+                ),
             )
             items.append(create_review_item(s, exchange_id=exchange.id, reason="flagged", actor="system").id)
 

@@ -7,32 +7,39 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from db import Database, DbConfig, ReadOnlySessionError
 from db.audit import iter_events, verify_chain
-from db.chat import create_conversation, get_exchange, list_conversations, list_exchanges, record_exchange
-from db.models_repo import get_model_version_by_name, list_model_versions, register_model_version
-from db.review import (
-    ReviewStateError,
-    claim_item,
-    create_review_item,
-    list_decisions,
-    list_queue,
-    record_decision,
-    release_item,
+from db.chat import (
+    ExchangeTimings,
+    TurnRecord,
+    create_conversation,
+    get_exchange,
+    list_conversations,
+    list_exchanges,
+    store_turn,
 )
+from db.model_versions import get_model_version_by_name, list_model_versions, register_model_version
+from db.review.claims import claim_item, release_item
+from db.review.decisions import list_decisions, record_decision
+from db.review.items import ReviewItemRecord, ReviewStateError, create_review_item
+from db.review.queue import list_queue
 from db.safety import (
     FindingRecord,
+    RawTextRecord,
     add_findings,
     erase_raw_text,
     latest_policy_version,
     list_findings,
+    raw_text_directions,
     reveal_raw_text,
     store_policy_version,
     store_raw_text,
 )
 from db.state import LIVE_MODEL_KEY, get_state, set_state
+from db.tables import Exchange, Finding, RawText, ReviewItem
 from db.users import (
     UnknownRoleError,
     create_user,
@@ -67,14 +74,16 @@ def _exchange(db: Database, username: str = "ada") -> tuple[int, int]:
     with db.session() as s:
         user = get_user_by_username(s, username) or create_user(s, username, "hash", ["operator"])
         conversation = create_conversation(s, user_id=user.id, actor=username)
-        exchange = record_exchange(
+        exchange = store_turn(
             s,
-            conversation_id=conversation.id,
-            user_id=user.id,
-            prompt="p",
-            response="r",
-            model_version="m",
-            actor=username,
+            TurnRecord(
+                conversation_id=conversation.id,
+                user_id=user.id,
+                actor=username,
+                model_version="m",
+                prompt="p",
+                response="r",
+            ),
         )
         return user.id, exchange.id
 
@@ -207,14 +216,11 @@ def test_conversations_list_most_recent_first_with_exchanges_in_order(db: Databa
     with db.session() as s:
         newer = create_conversation(s, user_id=user_id, actor="ada", title="second")
         for n in range(3):
-            record_exchange(
+            store_turn(
                 s,
-                conversation_id=newer.id,
-                user_id=user_id,
-                prompt=f"p{n}",
-                response="r",
-                model_version="m",
-                actor="ada",
+                TurnRecord(
+                    conversation_id=newer.id, user_id=user_id, actor="ada", model_version="m", prompt=f"p{n}"
+                ),
             )
     with db.session(readonly=True) as s:
         assert [c.title for c in list_conversations(s, user_id)] == ["second", ""]
@@ -225,16 +231,81 @@ def test_conversations_list_most_recent_first_with_exchanges_in_order(db: Databa
 def test_an_exchange_with_an_unknown_status_is_refused(db: Database) -> None:
     user_id, _ = _exchange(db)
     with pytest.raises(ValueError, match="status"), db.session() as s:
-        record_exchange(
+        store_turn(
             s,
-            conversation_id=1,
-            user_id=user_id,
-            prompt="p",
-            response="",
-            model_version="m",
-            actor="ada",
-            status="weird",
+            TurnRecord(
+                conversation_id=1, user_id=user_id, actor="ada", model_version="m", prompt="p", status="weird"
+            ),
         )
+
+
+def _flagged_turn(conversation_id: int, user_id: int, *, direction: str = "prompt") -> TurnRecord:
+    return TurnRecord(
+        conversation_id=conversation_id,
+        user_id=user_id,
+        actor="ada",
+        model_version="demo-v1",
+        prompt="mail me at <EMAIL_ADDRESS>",
+        response="noted",
+        request_id="req-7",
+        sampling={"temperature": 0.0, "max_tokens": 8},
+        timings=ExchangeTimings(
+            prompt_tokens=12, output_tokens=8, queue_ms=0.5, ttft_ms=20.0, itl_ms=5.0, e2e_ms=55.0, tokens_per_s=145.5
+        ),
+        prompt_action="flag",
+        output_action="allow",
+        policy_version=3,
+        findings=(
+            FindingRecord(
+                direction=direction, detector="presidio", label="EMAIL_ADDRESS", score=0.99, action="flag",
+                start=11, end=26,
+            ),
+        ),
+        raw_texts=(RawTextRecord("prompt", "mail me at ada@example.com"),),
+        review=ReviewItemRecord(reason="flagged", direction="prompt", severity=2, due_at=T0 + timedelta(hours=24)),
+    )
+
+
+def test_a_turn_is_stored_whole_with_its_timings_findings_raw_text_review_item_and_events(db: Database) -> None:
+    user_id, _ = _exchange(db)
+    with db.session() as s:
+        conversation = create_conversation(s, user_id=user_id, actor="ada")
+        exchange_id = store_turn(s, _flagged_turn(conversation.id, user_id)).id
+    with db.session(readonly=True) as s:
+        exchange = get_exchange(s, exchange_id)
+        assert exchange is not None
+        assert (exchange.ttft_ms, exchange.e2e_ms, exchange.output_tokens) == (20.0, 55.0, 8)
+        assert exchange.review_status == "pending" and exchange.policy_version == 3
+        assert [(f.label, f.action) for f in list_findings(s, exchange_id)] == [("EMAIL_ADDRESS", "flag")]
+        assert raw_text_directions(s, exchange_id) == ("prompt",)
+        (item,) = list_queue(s)
+        assert (item.exchange_id, item.reason, item.severity) == (exchange_id, "flagged", 2)
+        assert item.due_at == T0 + timedelta(hours=24) and item.created_by_id is None
+        (event,) = iter_events(s, action="chat.exchange", object_id=str(exchange_id))
+    # The event's timing keys come from ExchangeTimings; the texts never reach the audit log.
+    assert {k: event.details[k] for k in ("prompt_tokens", "queue_ms", "itl_ms", "tokens_per_s")} == {
+        "prompt_tokens": 12, "queue_ms": 0.5, "itl_ms": 5.0, "tokens_per_s": 145.5,
+    }
+    assert "ada@example.com" not in str(event.details) and "EMAIL" not in str(event.details)
+    assert _actions(db)[-3:] == ["chat.exchange", "safety.findings", "review.item"]
+    assert verify_chain(db).ok
+
+
+def test_a_turn_that_fails_part_way_leaves_no_rows_and_no_events(db: Database) -> None:
+    user_id, _ = _exchange(db)
+    with db.session() as s:
+        conversation_id = create_conversation(s, user_id=user_id, actor="ada").id
+    before = _actions(db)
+    # A bad finding fails after the exchange and its audit event were already flushed.
+    with pytest.raises(ValueError, match="direction"), db.session() as s:
+        store_turn(s, _flagged_turn(conversation_id, user_id, direction="sideways"))
+    with db.session(readonly=True) as s:
+        assert [e.id for e in list_exchanges(s, conversation_id)] == []
+        counts = {t.__tablename__: s.scalar(select(func.count()).select_from(t)) for t in (Finding, RawText, ReviewItem)}
+        assert counts == {"findings": 0, "raw_texts": 0, "review_items": 0}
+        assert s.scalar(select(func.count()).select_from(Exchange)) == 1  # the one _exchange stored
+    assert _actions(db) == before
+    assert verify_chain(db).ok
 
 
 # ---- safety ----

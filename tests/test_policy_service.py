@@ -17,7 +17,7 @@ POLICY_C = 'version = "c"\n'
 
 
 @pytest.fixture
-def stacks(svc, tmp_path, monkeypatch):
+def stacks(ctx, tmp_path, monkeypatch):
     """Build safety stacks as the console does at start-up, with no scanners (the policy is what is tested)."""
     import dataclasses
 
@@ -28,25 +28,25 @@ def stacks(svc, tmp_path, monkeypatch):
 
     def build(content: str):
         policy_file.write_text(content)
-        settings = dataclasses.replace(svc.settings, policy_file=policy_file)
-        stack = moderation.build_safety_stack(settings, svc.db)
-        svc.safety_factory = lambda: stack
+        settings = dataclasses.replace(ctx.settings, policy_file=policy_file)
+        stack = moderation.build_safety_stack(settings, ctx.db)
+        ctx.safety_factory = lambda: stack
         return stack
 
     return build
 
 
-def test_the_file_seeds_the_first_version_and_an_admins_change_survives_a_restart(svc, make_user, stacks):
+def test_the_file_seeds_the_first_version_and_an_admins_change_survives_a_restart(ctx, make_user, stacks):
     admin = make_user("boss", "admin")
     first = stacks(POLICY_A)
     assert (first.policy.version, first.policy_version) == ("a", 1)
-    view = policy_svc.replace(svc, admin, POLICY_B)
+    view = policy_svc.replace(ctx, admin, POLICY_B)
     assert (view.version, view.file_version, view.output_mode) == (2, "b", "hold_until_scanned")
     restarted = stacks(POLICY_A)  # same file as before: the admin's version stays in force
     assert (restarted.policy.version, restarted.policy_version) == ("b", 2)
     changed = stacks(POLICY_C)  # the file changed: it becomes the newest version
     assert (changed.policy.version, changed.policy_version) == ("c", 3)
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         assert safety_q.latest_policy_version(s).version == 3
         assert [e.actor for e in audit_q.iter_events(s, action="policy.version")] == ["system", "boss", "system"]
 
@@ -58,17 +58,17 @@ def test_the_file_seeds_the_first_version_and_an_admins_change_survives_a_restar
     ("not toml at all [", "TOML"),
     ("   ", "empty"),
 ], ids=["threshold", "action", "unknown-key", "syntax", "empty"])
-def test_an_invalid_policy_names_the_bad_key_and_changes_nothing(svc, make_user, stacks, content, key):
+def test_an_invalid_policy_names_the_bad_key_and_changes_nothing(ctx, make_user, stacks, content, key):
     admin = make_user("boss", "admin")
     stacks(POLICY_A)
     with pytest.raises(InvalidInput, match=key.replace(".", r"\.")):
-        policy_svc.replace(svc, admin, content)
-    assert policy_svc.current(svc, admin).version == 1
+        policy_svc.replace(ctx, admin, content)
+    assert policy_svc.current(ctx, admin).version == 1
 
 
-def test_reviewers_read_the_policy_but_only_admins_change_it(svc, make_user, stacks):
+def test_reviewers_read_the_policy_but_only_admins_change_it(ctx, make_user, stacks):
     stacks(POLICY_A)
     reviewer = make_user("rita", "reviewer")
-    assert policy_svc.current(svc, reviewer).file_version == "a"
+    assert policy_svc.current(ctx, reviewer).file_version == "a"
     with pytest.raises(AccessDenied):
-        policy_svc.replace(svc, reviewer, POLICY_B)
+        policy_svc.replace(ctx, reviewer, POLICY_B)

@@ -10,9 +10,11 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from console import ui
+from console.services import chat as chat_svc
 from console.services import review
 from db import audit as audit_q
-from db import review as review_q
+from db import chat as chat_q
+from db.review import decisions as decisions_q
 from tests.conftest import console_env
 from tests.review_fixtures import flag
 
@@ -20,13 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def page_env(svc, clock, tmp_path, monkeypatch):
+def page_env(ctx, clock, tmp_path, monkeypatch):
     # The page runs on the real clock; items are created relative to it.
     clock.now = datetime.now(UTC)
     for key, value in console_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
-    yield svc
+    yield ctx
     st.cache_resource.clear()
 
 
@@ -51,9 +53,9 @@ def queue_items(at: AppTest) -> list[int]:
     return list(table.value["item"])
 
 
-def decisions(svc, item_id: int) -> list[tuple[str, str | None]]:
-    with svc.db.session(readonly=True) as s:
-        return [(d.decision, d.category) for d in review_q.list_decisions(s, item_id)]
+def decisions(ctx, item_id: int) -> list[tuple[str, str | None]]:
+    with ctx.db.session(readonly=True) as s:
+        return [(d.decision, d.category) for d in decisions_q.list_decisions(s, item_id)]
 
 
 def test_the_queue_shows_items_counts_and_overdue_but_not_the_reviewers_own(page_env, people, make_user, clock):
@@ -88,8 +90,8 @@ def test_take_next_then_decide_records_the_decision_and_takes_the_next(page_env,
     at = open_page(people["alice"])
     at.button(key="take_next").click().run()
     assert any(f"Item {first}" in m.value for m in at.markdown)
-    at.radio(key="decision").set_value("violation")
-    at.selectbox(key="category").set_value("pii_leak")
+    at.radio(key=f"decision_{first}").set_value("violation")
+    at.selectbox(key=f"category_{first}").set_value("pii_leak")
     at.button(key="decide").click().run()
     assert not at.exception
     assert decisions(page_env, first) == [("violation", "pii_leak")]
@@ -101,7 +103,7 @@ def test_an_escalation_without_a_note_is_refused_on_the_page(page_env, people):
     item = flag(page_env, people["op"])
     at = open_page(people["alice"])
     at.button(key="take_next").click().run()
-    at.radio(key="decision").set_value("escalate")
+    at.radio(key=f"decision_{item}").set_value("escalate")
     at.button(key="decide").click().run()
     assert any("note is required" in e.value for e in at.error)
     assert decisions(page_env, item) == []
@@ -111,7 +113,7 @@ def test_bulk_decision_from_the_page_decides_every_selected_item(page_env, peopl
     items = [flag(page_env, people["op"], label="PERSON") for _ in range(3)]
     at = open_page(people["alice"])
     at.multiselect(key="bulk_items").set_value(items[:2])
-    at.radio(key="bulk_decision").set_value("false_positive")
+    at.radio(key="bulk_decision_0").set_value("false_positive")
     at.button(key="bulk_decide").click().run()
     assert not at.exception
     assert [decisions(page_env, i) for i in items] == [[("false_positive", None)]] * 2 + [[]]
@@ -137,7 +139,7 @@ def test_a_second_reviewer_gives_a_blind_opinion_on_the_page(page_env, people):
     item = flag(page_env, people["op"])
     review.decide(page_env, people["alice"], item, "violation", category="pii_leak", share=1.0)
     at = open_page(people["bob"])
-    at.radio(key="second_decision").set_value("false_positive")
+    at.radio(key=f"second_decision_{item}").set_value("false_positive")
     at.button(key="second_decide").click().run()
     assert decisions(page_env, item) == [("violation", "pii_leak"), ("false_positive", None)]
     assert metrics(at)["Double-reviewed items"] == "1"
@@ -157,9 +159,97 @@ def test_an_admin_decides_an_escalated_item_on_the_escalations_page(page_env, pe
     review.decide(page_env, people["alice"], item, "escalate", note="threat or joke?")
     at = open_page(people["admin"], "escalations")
     assert any("threat or joke?" in m.value for m in at.markdown)
-    at.radio(key="esc_decision").set_value("violation")
-    at.selectbox(key="esc_category").set_value("violence_or_threat")
+    at.radio(key=f"esc_decision_{item}").set_value("violation")
+    at.selectbox(key=f"esc_category_{item}").set_value("violence_or_threat")
     at.button(key="esc_decide").click().run()
     assert not at.exception
     assert decisions(page_env, item) == [("escalate", None), ("violation", "violence_or_threat")]
     assert any("No escalated items" in i.value for i in at.info)
+
+
+def form_values(at: AppTest, prefix: str) -> tuple[str, str | None, str | None]:
+    """What the decision form shows now, found by its widgets' key prefix whatever item they are keyed by."""
+    def one(widgets, name: str):  # noqa: ANN001, ANN202
+        [widget] = [w for w in widgets if (w.key or "").startswith(f"{prefix}{name}")]
+        return widget.value
+
+    notes = [w for w in at.text_input if (w.key or "").startswith(f"{prefix}note")]
+    return one(at.radio, "decision"), one(at.selectbox, "category"), notes[0].value if notes else None
+
+
+def test_the_next_item_opens_with_an_empty_decision_form(page_env, people):
+    first = flag(page_env, people["op"], severity=3)
+    second = flag(page_env, people["op"], severity=1)
+    at = open_page(people["alice"])
+    at.button(key="take_next").click().run()
+    at.radio(key=f"decision_{first}").set_value("escalate")
+    at.selectbox(key=f"category_{first}").set_value("pii_leak")
+    at.text_input(key=f"note_{first}").input("is this address real?")
+    at.button(key="decide").click().run()
+    assert not at.exception
+    assert decisions(page_env, first) == [("escalate", None)]
+    assert any(f"Item {second}" in m.value for m in at.markdown)
+    assert form_values(at, "") == ("violation", None, "")
+    # Clicking on decides the new item with the defaults, not with the previous item's verdict.
+    at.selectbox(key=f"category_{second}").set_value("harassment")
+    at.button(key="decide").click().run()
+    assert decisions(page_env, second) == [("violation", "harassment")]
+
+
+def test_the_bulk_form_is_empty_again_after_a_bulk_decision(page_env, people):
+    items = [flag(page_env, people["op"], label="PERSON") for _ in range(3)]
+    at = open_page(people["alice"])
+    at.multiselect(key="bulk_items").set_value(items[:2])
+    at.radio(key="bulk_decision_0").set_value("escalate")
+    at.text_input(key="bulk_note_0").input("same spam campaign")
+    at.button(key="bulk_decide").click().run()
+    assert not at.exception
+    assert at.multiselect(key="bulk_items").value == []
+    assert form_values(at, "bulk_") == ("violation", None, "")
+
+
+def test_the_next_second_review_opens_with_an_empty_form(page_env, people):
+    first, second = flag(page_env, people["op"]), flag(page_env, people["op"])
+    for item in (first, second):
+        review.decide(page_env, people["alice"], item, "violation", category="pii_leak", share=1.0)
+    at = open_page(people["bob"])
+    shown = first if any(f"Item {first}" in m.value for m in at.markdown) else second
+    other = second if shown == first else first
+    at.radio(key=f"second_decision_{shown}").set_value("escalate")
+    at.selectbox(key=f"second_category_{shown}").set_value("pii_leak")
+    at.button(key="second_decide").click().run()
+    assert not at.exception
+    assert any(f"Item {other}" in m.value for m in at.markdown)
+    assert form_values(at, "second_") == ("violation", None, None)
+
+
+def test_the_next_escalation_opens_with_an_empty_form(page_env, people):
+    first, second = flag(page_env, people["op"]), flag(page_env, people["op"])
+    for item in (first, second):
+        review.decide(page_env, people["alice"], item, "escalate", note="threat or joke?")
+    at = open_page(people["admin"], "escalations")
+    shown = at.selectbox(key="escalation_item").value
+    other = second if shown == first else first
+    at.radio(key=f"esc_decision_{shown}").set_value("false_positive")
+    at.selectbox(key=f"esc_category_{shown}").set_value("violence_or_threat")
+    at.text_input(key=f"esc_note_{shown}").input("a joke between colleagues")
+    at.button(key="esc_decide").click().run()
+    assert not at.exception
+    assert at.selectbox(key="escalation_item").value == other
+    assert form_values(at, "esc_") == ("violation", None, "")
+
+
+def test_the_operators_note_reaches_the_reviewers_item_view(page_env, people):
+    op = people["op"]
+    with page_env.db.session() as s:
+        conv = chat_q.create_conversation(s, user_id=op.user_id, actor=op.username)
+        exchange = chat_q.store_turn(s, chat_q.TurnRecord(
+            conversation_id=conv.id, user_id=op.user_id, actor=op.username, model_version="demo-v1",
+            prompt="refund?", response="Refunds take 90 days."))
+        exchange_id = exchange.id
+    item = chat_svc.send_to_review(page_env, op, exchange_id, "The *refund* policy is made up")
+    review.claim(page_env, people["alice"], item)
+    at = open_page(people["alice"])
+    assert any(f"Item {item}" in m.value for m in at.markdown)
+    # Shown escaped: the operator's text is not markdown.
+    assert any("The \\*refund\\* policy is made up" in i.value for i in at.info)

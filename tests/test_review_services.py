@@ -7,11 +7,14 @@ from datetime import timedelta
 
 import pytest
 
+from console.services import chat as chat_svc
 from console.services import review
 from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties
 from db import audit as audit_q
-from db import review as review_q
-from db.models import AppendOnlyError, ReviewDecision
+from db.review import decisions as decisions_q
+from db.review import items as items_q
+from db.review import samples as samples_q
+from db.tables import AppendOnlyError, ReviewDecision
 from tests.review_fixtures import flag
 
 
@@ -25,20 +28,20 @@ def people(make_user):
     }
 
 
-def _events(svc, action: str) -> list:
-    with svc.db.session(readonly=True) as s:
+def _events(ctx, action: str) -> list:
+    with ctx.db.session(readonly=True) as s:
         return list(audit_q.iter_events(s, action=action))
 
 
 # --- queue, filters, counters ---------------------------------------------------------------------------------
 
 
-def test_the_queue_orders_by_severity_then_age_and_counts_overdue_and_the_oldest(svc, people, clock):
+def test_the_queue_orders_by_severity_then_age_and_counts_overdue_and_the_oldest(ctx, people, clock):
     t0 = clock.now
-    low_old = flag(svc, people["op"], severity=1, created_at=t0 - timedelta(days=5))
-    high_new = flag(svc, people["op"], severity=3, created_at=t0 - timedelta(hours=1))
-    high_old = flag(svc, people["op"], severity=3, created_at=t0 - timedelta(hours=6))
-    page = review.list_queue(svc, people["alice"])
+    low_old = flag(ctx, people["op"], severity=1, created_at=t0 - timedelta(days=5))
+    high_new = flag(ctx, people["op"], severity=3, created_at=t0 - timedelta(hours=1))
+    high_old = flag(ctx, people["op"], severity=3, created_at=t0 - timedelta(hours=6))
+    page = review.list_queue(ctx, people["alice"])
     assert [r.item_id for r in page.rows] == [high_old, high_new, low_old]
     # Severity 3 is due in 4 hours, severity 1 in 72: the 6-hour-old and the 5-day-old items are overdue.
     assert {r.item_id: r.overdue for r in page.rows} == {high_old: True, high_new: False, low_old: True}
@@ -58,21 +61,21 @@ FILTER_CASES = [
 
 
 @pytest.mark.parametrize("name,spec,expected", FILTER_CASES, ids=[c[0] for c in FILTER_CASES])
-def test_queue_filters_narrow_the_list(svc, people, clock, name, spec, expected):
+def test_queue_filters_narrow_the_list(ctx, people, clock, name, spec, expected):
     now = clock.now
     ids = {
-        "email": flag(svc, people["op"], label="EMAIL_ADDRESS", score=0.95, created_at=now - timedelta(days=1)),
-        "person": flag(svc, people["op"], label="PERSON", score=0.6, created_at=now - timedelta(days=10)),
-        "insult": flag(svc, people["op"], detector="detoxify", label="insult", score=0.9, model_version="demo-v2",
+        "email": flag(ctx, people["op"], label="EMAIL_ADDRESS", score=0.95, created_at=now - timedelta(days=1)),
+        "person": flag(ctx, people["op"], label="PERSON", score=0.6, created_at=now - timedelta(days=10)),
+        "insult": flag(ctx, people["op"], detector="detoxify", label="insult", score=0.9, model_version="demo-v2",
                        created_at=now - timedelta(days=2)),
     }
-    review.claim(svc, people["bob"], ids["email"])
+    review.claim(ctx, people["bob"], ids["email"])
     spec = dict(spec)
     if "created_from_days" in spec:
         spec["created_from"] = now - timedelta(days=spec.pop("created_from_days"))
     if "assignee" in spec:
-        spec["assignee_id"] = review.user_id_of(svc, people["alice"], spec.pop("assignee"))
-    page = review.list_queue(svc, people["alice"], review.QueueFilter(**spec))
+        spec["assignee_id"] = review.user_id_of(ctx, people["alice"], spec.pop("assignee"))
+    page = review.list_queue(ctx, people["alice"], review.QueueFilter(**spec))
     by_id = {v: k for k, v in ids.items()}
     assert {by_id[r.item_id] for r in page.rows} == expected
 
@@ -80,15 +83,15 @@ def test_queue_filters_narrow_the_list(svc, people, clock, name, spec, expected)
 # --- claims ---------------------------------------------------------------------------------------------------
 
 
-def test_two_reviewers_racing_for_one_item_exactly_one_gets_it(svc, people):
-    item = flag(svc, people["op"])
+def test_two_reviewers_racing_for_one_item_exactly_one_gets_it(ctx, people):
+    item = flag(ctx, people["op"])
     barrier = threading.Barrier(2)
     results: dict[str, object] = {}
 
     def grab(name: str) -> None:
         barrier.wait()
         try:
-            results[name] = review.claim(svc, people[name], item)
+            results[name] = review.claim(ctx, people[name], item)
         except review.ClaimLost as exc:
             results[name] = exc
 
@@ -101,55 +104,55 @@ def test_two_reviewers_racing_for_one_item_exactly_one_gets_it(svc, people):
     assert len(winners) == 1
     loser = ({"alice", "bob"} - set(winners)).pop()
     assert isinstance(results[loser], review.ClaimLost)
-    assert len(_events(svc, "review.claim")) == 1
+    assert len(_events(ctx, "review.claim")) == 1
 
 
-def test_a_claimed_item_is_not_offered_to_others_until_the_claim_expires(svc, people, clock):
-    item = flag(svc, people["op"])
-    assert review.claim_next(svc, people["alice"]) == item
-    assert review.list_queue(svc, people["alice"]).mine == item
-    assert review.claim_next(svc, people["bob"]) is None
+def test_a_claimed_item_is_not_offered_to_others_until_the_claim_expires(ctx, people, clock):
+    item = flag(ctx, people["op"])
+    assert review.claim_next(ctx, people["alice"]) == item
+    assert review.list_queue(ctx, people["alice"]).mine == item
+    assert review.claim_next(ctx, people["bob"]) is None
     clock.advance(minutes=review.CLAIM_MINUTES - 1)
-    assert review.claim_next(svc, people["bob"]) is None
+    assert review.claim_next(ctx, people["bob"]) is None
     clock.advance(minutes=2)
-    assert review.list_queue(svc, people["alice"]).mine is None
-    assert review.claim_next(svc, people["bob"]) == item
+    assert review.list_queue(ctx, people["alice"]).mine is None
+    assert review.claim_next(ctx, people["bob"]) == item
     with pytest.raises(review.ClaimLost):
-        review.decide(svc, people["alice"], item, "false_positive")
+        review.decide(ctx, people["alice"], item, "false_positive")
 
 
-def test_a_reviewer_never_sees_or_decides_their_own_conversation(svc, make_user, people):
+def test_a_reviewer_never_sees_or_decides_their_own_conversation(ctx, make_user, people):
     both = make_user("rhea", "operator", "reviewer")
-    own = flag(svc, both)
-    other = flag(svc, people["op"])
-    assert [r.item_id for r in review.list_queue(svc, both).rows] == [other]
-    assert review.claim_next(svc, both) == other
-    for call in (lambda: review.decide(svc, both, own, "false_positive"), lambda: review.claim(svc, both, own),
-                 lambda: review.reveal_raw(svc, both, own, "prompt", "checking")):
+    own = flag(ctx, both)
+    other = flag(ctx, people["op"])
+    assert [r.item_id for r in review.list_queue(ctx, both).rows] == [other]
+    assert review.claim_next(ctx, both) == other
+    for call in (lambda: review.decide(ctx, both, own, "false_positive"), lambda: review.claim(ctx, both, own),
+                 lambda: review.reveal_raw(ctx, both, own, "prompt", "checking")):
         with pytest.raises(SeparationOfDuties):
             call()
-    assert [e.details["reason"] for e in _events(svc, "access.denied")] == ["separation of duties"] * 3
+    assert [e.details["reason"] for e in _events(ctx, "access.denied")] == ["separation of duties"] * 3
 
 
 SERVICES = [
-    ("list_queue", lambda svc, u: review.list_queue(svc, u)),
-    ("claim_next", lambda svc, u: review.claim_next(svc, u)),
-    ("decide", lambda svc, u: review.decide(svc, u, 1, "false_positive")),
-    ("reveal_raw", lambda svc, u: review.reveal_raw(svc, u, 1, "prompt", "why")),
-    ("quality_report", lambda svc, u: review.quality_report(svc, u)),
+    ("list_queue", lambda ctx, u: review.list_queue(ctx, u)),
+    ("claim_next", lambda ctx, u: review.claim_next(ctx, u)),
+    ("decide", lambda ctx, u: review.decide(ctx, u, 1, "false_positive")),
+    ("reveal_raw", lambda ctx, u: review.reveal_raw(ctx, u, 1, "prompt", "why")),
+    ("quality_report", lambda ctx, u: review.quality_report(ctx, u)),
 ]
 
 
 @pytest.mark.parametrize("name,call", SERVICES, ids=[s[0] for s in SERVICES])
-def test_an_operator_calling_review_services_is_refused(svc, people, name, call):
-    flag(svc, people["admin"])
+def test_an_operator_calling_review_services_is_refused(ctx, people, name, call):
+    flag(ctx, people["admin"])
     with pytest.raises(AccessDenied, match="do not allow"):
-        call(svc, people["op"])
+        call(ctx, people["op"])
 
 
-def test_a_reviewer_cannot_decide_escalations(svc, people):
+def test_a_reviewer_cannot_decide_escalations(ctx, people):
     with pytest.raises(AccessDenied):
-        review.list_escalations(svc, people["alice"])
+        review.list_escalations(ctx, people["alice"])
 
 
 # --- decisions ------------------------------------------------------------------------------------------------
@@ -162,116 +165,129 @@ INVALID = [
 
 
 @pytest.mark.parametrize("name,decision,category,note,message", INVALID, ids=[c[0] for c in INVALID])
-def test_an_incomplete_decision_is_refused_and_nothing_is_stored(svc, people, name, decision, category, note,
+def test_an_incomplete_decision_is_refused_and_nothing_is_stored(ctx, people, name, decision, category, note,
                                                                   message):
-    item = flag(svc, people["op"])
+    item = flag(ctx, people["op"])
     with pytest.raises(InvalidInput, match=message):
-        review.decide(svc, people["alice"], item, decision, category=category, note=note)
-    assert _events(svc, "review.decision") == []
+        review.decide(ctx, people["alice"], item, decision, category=category, note=note)
+    assert _events(ctx, "review.decision") == []
 
 
-def test_decisions_are_immutable_and_a_correction_is_a_new_decision_that_refers_to_the_old(svc, people):
-    item = flag(svc, people["op"])
-    first = review.decide(svc, people["alice"], item, "violation", category="pii_leak", share=0)
+def test_decisions_are_immutable_and_a_correction_is_a_new_decision_that_refers_to_the_old(ctx, people):
+    item = flag(ctx, people["op"])
+    first = review.decide(ctx, people["alice"], item, "violation", category="pii_leak", share=0)
     with pytest.raises(review.ClaimLost, match="already decided"):
-        review.decide(svc, people["bob"], item, "false_positive")
+        review.decide(ctx, people["bob"], item, "false_positive")
     with pytest.raises(InvalidInput, match="note is required"):
-        review.correct(svc, people["bob"], item, "false_positive")
-    fix = review.correct(svc, people["bob"], item, "false_positive", note="test address, not a person's")
-    with svc.db.session() as s:
-        rows = review_q.list_decisions(s, item)
+        review.correct(ctx, people["bob"], item, "false_positive")
+    fix = review.correct(ctx, people["bob"], item, "false_positive", note="test address, not a person's")
+    with ctx.db.session() as s:
+        rows = decisions_q.list_decisions(s, item)
         assert [(d.id, d.decision, d.supersedes_id) for d in rows] == [
             (first.decision_id, "violation", None), (fix, "false_positive", first.decision_id)]
-        assert review_q.effective_decision(s, item).id == fix
-    with pytest.raises(AppendOnlyError), svc.db.session() as s:
+        assert decisions_q.effective_decision(s, item).id == fix
+    with pytest.raises(AppendOnlyError), ctx.db.session() as s:
         s.get(ReviewDecision, first.decision_id).decision = "false_positive"
-    events = _events(svc, "review.decision")
+    events = _events(ctx, "review.decision")
     assert [(e.details["decision"], e.details["correction"]) for e in events] == [
         ("violation", False), ("false_positive", True)]
 
 
-def test_a_bulk_decision_decides_every_selected_item_with_one_audit_event_each(svc, people):
-    items = [flag(svc, people["op"], label="PERSON", score=0.55) for _ in range(3)]
-    keep = flag(svc, people["op"])
-    results = review.decide_bulk(svc, people["alice"], items, "false_positive", share=0)
+def test_a_bulk_decision_decides_every_selected_item_with_one_audit_event_each(ctx, people):
+    items = [flag(ctx, people["op"], label="PERSON", score=0.55) for _ in range(3)]
+    keep = flag(ctx, people["op"])
+    results = review.decide_bulk(ctx, people["alice"], items, "false_positive", share=0)
     assert [r.item_id for r in results] == items
-    assert [e.details["exchange_id"] is not None for e in _events(svc, "review.decision")] == [True] * 3
-    assert [r.item_id for r in review.list_queue(svc, people["alice"]).rows] == [keep]
+    assert [e.details["exchange_id"] is not None for e in _events(ctx, "review.decision")] == [True] * 3
+    assert [r.item_id for r in review.list_queue(ctx, people["alice"]).rows] == [keep]
 
 
-def test_a_bulk_decision_is_all_or_nothing_when_one_item_is_held_by_someone_else(svc, people):
-    items = [flag(svc, people["op"]) for _ in range(3)]
-    review.claim(svc, people["bob"], items[1])
+def test_a_bulk_decision_is_all_or_nothing_when_one_item_is_held_by_someone_else(ctx, people):
+    items = [flag(ctx, people["op"]) for _ in range(3)]
+    review.claim(ctx, people["bob"], items[1])
     with pytest.raises(review.ClaimLost):
-        review.decide_bulk(svc, people["alice"], items, "false_positive", share=0)
-    assert _events(svc, "review.decision") == []
-    assert review.list_queue(svc, people["alice"]).summary.counts["open"] == 2
+        review.decide_bulk(ctx, people["alice"], items, "false_positive", share=0)
+    assert _events(ctx, "review.decision") == []
+    assert review.list_queue(ctx, people["alice"]).summary.counts["open"] == 2
 
 
 # --- reveal ---------------------------------------------------------------------------------------------------
 
 
-def test_raw_text_is_revealed_only_with_a_reason_and_each_reveal_is_audited(svc, people):
-    item = flag(svc, people["op"], raw_prompt="mail me at ada@example.com")
-    view = review.item_view(svc, people["alice"], item)
+def test_raw_text_is_revealed_only_with_a_reason_and_each_reveal_is_audited(ctx, people):
+    item = flag(ctx, people["op"], raw_prompt="mail me at ada@example.com")
+    view = review.item_view(ctx, people["alice"], item)
     assert view.prompt == "mail me at <EMAIL_ADDRESS>" and view.raw_kept == ("prompt",)
     assert "ada@example.com" not in repr(view)
     with pytest.raises(InvalidInput, match="reason"):
-        review.reveal_raw(svc, people["alice"], item, "prompt", "   ")
-    assert _events(svc, "safety.raw_reveal") == []
-    assert review.reveal_raw(svc, people["alice"], item, "prompt", "check the address is real") == (
+        review.reveal_raw(ctx, people["alice"], item, "prompt", "   ")
+    assert _events(ctx, "safety.raw_reveal") == []
+    assert review.reveal_raw(ctx, people["alice"], item, "prompt", "check the address is real") == (
         "mail me at ada@example.com")
-    (view_event,) = _events(svc, "safety.raw_reveal")
-    (reason_event,) = _events(svc, "review.reveal_reason")
+    (view_event,) = _events(ctx, "safety.raw_reveal")
+    (reason_event,) = _events(ctx, "review.reveal_reason")
     assert view_event.actor == reason_event.actor == "alice"
     assert reason_event.details["reason"] == "check the address is real"
     assert "ada@example.com" not in str(view_event.details) + str(reason_event.details)
 
 
+def test_the_operators_note_reaches_the_reviewer_and_the_admin_who_decides_the_escalation(ctx, people):
+    flagged = flag(ctx, people["op"])
+    exchange_id = review.item_view(ctx, people["alice"], flagged).exchange_id
+    manual = chat_svc.send_to_review(ctx, people["op"], exchange_id, "The answer promises a refund we never give.")
+    view = review.item_view(ctx, people["alice"], manual)
+    assert view.reason == "manual" and view.operator_note == "The answer promises a refund we never give."
+    assert review.item_view(ctx, people["alice"], flagged).operator_note is None  # the detectors leave no note
+    review.decide(ctx, people["alice"], manual, "escalate", note="policy question for the admins")
+    escalated = review.escalation_view(ctx, people["admin"], manual)
+    assert escalated.operator_note == "The answer promises a refund we never give."
+    assert [d.note for d in escalated.decisions] == ["policy question for the admins"]
+
+
 # --- quality loop ---------------------------------------------------------------------------------------------
 
 
-def test_a_sampled_decision_goes_blind_to_a_second_reviewer_but_not_to_the_first(svc, people):
-    item = flag(svc, people["op"])
-    result = review.decide(svc, people["alice"], item, "violation", category="pii_leak", share=1.0)
+def test_a_sampled_decision_goes_blind_to_a_second_reviewer_but_not_to_the_first(ctx, people):
+    item = flag(ctx, people["op"])
+    result = review.decide(ctx, people["alice"], item, "violation", category="pii_leak", share=1.0)
     assert result.sampled
-    assert review.next_second_review(svc, people["alice"]) is None
-    blind = review.next_second_review(svc, people["bob"])
+    assert review.next_second_review(ctx, people["alice"]) is None
+    blind = review.next_second_review(ctx, people["bob"])
     assert blind is not None and blind.item_id == item and blind.decisions == ()
-    review.decide_second_review(svc, people["bob"], blind.sample_id, "false_positive")
+    review.decide_second_review(ctx, people["bob"], blind.sample_id, "false_positive")
     with pytest.raises(review.ClaimLost):
-        review.decide_second_review(svc, people["bob"], blind.sample_id, "violation", category="other")
-    report = review.quality_report(svc, people["alice"])
+        review.decide_second_review(ctx, people["bob"], blind.sample_id, "violation", category="other")
+    report = review.quality_report(ctx, people["alice"])
     assert report.pairs == 1 and report.open_samples == 0
     # The second opinion feeds the statistics; the decision in force stays the first reviewer's.
     assert [(p.label, p.confirmed, p.decided) for p in report.overall] == [("EMAIL_ADDRESS", 1, 1)]
 
 
-def test_no_sample_is_drawn_when_the_share_is_zero(svc, people):
-    item = flag(svc, people["op"])
-    assert not review.decide(svc, people["alice"], item, "false_positive", share=0).sampled
-    assert review.next_second_review(svc, people["bob"]) is None
+def test_no_sample_is_drawn_when_the_share_is_zero(ctx, people):
+    item = flag(ctx, people["op"])
+    assert not review.decide(ctx, people["alice"], item, "false_positive", share=0).sampled
+    assert review.next_second_review(ctx, people["bob"]) is None
 
 
 def test_the_sample_draw_takes_about_the_configured_share_and_is_reproducible():
-    drawn = [i for i in range(1, 5001) if review_q.in_sample(i, 0.10)]
+    drawn = [i for i in range(1, 5001) if samples_q.in_sample(i, 0.10)]
     assert 0.08 < len(drawn) / 5000 < 0.12
-    assert drawn == [i for i in range(1, 5001) if review_q.in_sample(i, 0.10)]
+    assert drawn == [i for i in range(1, 5001) if samples_q.in_sample(i, 0.10)]
 
 
 # --- escalations ----------------------------------------------------------------------------------------------
 
 
-def test_an_escalated_item_goes_to_admins_who_decide_it_finally(svc, people):
-    item = flag(svc, people["op"])
-    review.decide(svc, people["alice"], item, "escalate", note="looks like a threat, unsure")
-    assert [r.item_id for r in review.list_escalations(svc, people["admin"])] == [item]
-    view = review.escalation_view(svc, people["admin"], item)
+def test_an_escalated_item_goes_to_admins_who_decide_it_finally(ctx, people):
+    item = flag(ctx, people["op"])
+    review.decide(ctx, people["alice"], item, "escalate", note="looks like a threat, unsure")
+    assert [r.item_id for r in review.list_escalations(ctx, people["admin"])] == [item]
+    view = review.escalation_view(ctx, people["admin"], item)
     assert [(d.decision, d.note) for d in view.decisions] == [("escalate", "looks like a threat, unsure")]
     with pytest.raises(InvalidInput):
-        review.decide_escalation(svc, people["admin"], item, "escalate", note="again")
-    final = review.decide_escalation(svc, people["admin"], item, "violation", category="violence_or_threat")
-    assert review.list_escalations(svc, people["admin"]) == ()
-    with svc.db.session(readonly=True) as s:
-        assert review_q.effective_decision(s, item).id == final
-        assert review_q.get_review_item(s, item).status == "decided"
+        review.decide_escalation(ctx, people["admin"], item, "escalate", note="again")
+    final = review.decide_escalation(ctx, people["admin"], item, "violation", category="violence_or_threat")
+    assert review.list_escalations(ctx, people["admin"]) == ()
+    with ctx.db.session(readonly=True) as s:
+        assert decisions_q.effective_decision(s, item).id == final
+        assert items_q.get_review_item(s, item).status == "decided"

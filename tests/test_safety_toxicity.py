@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -98,7 +99,24 @@ def test_offline_without_weights_falls_back_honestly(offline):
     assert load.notice is not None
     assert "Detoxify is not available" in load.notice and "alt-profanity-check" in load.notice
     assert "NOT checked" in load.notice
-    assert load.seconds >= 0  # measured, reported; not asserted against a deadline
+
+
+SLOW_LOAD_S = 0.3
+
+
+@pytest.mark.parametrize("detoxify_loads", [True, False], ids=["detoxify-loads", "falls-back"])
+def test_load_time_covers_the_slow_detoxify_load(monkeypatch, detoxify, detoxify_loads):
+    def slow_from_config(config):
+        time.sleep(SLOW_LOAD_S)
+        if not detoxify_loads:
+            raise ScannerLoadError("weights missing")
+        return detoxify
+
+    monkeypatch.setattr(DetoxifyScanner, "from_config", staticmethod(slow_from_config))
+    load = load_toxicity(ToxicityConfig())
+    assert isinstance(load.scanner, DetoxifyScanner if detoxify_loads else ProfanityFallbackScanner)
+    # In seconds, and around the load itself: not zero, not milliseconds.
+    assert SLOW_LOAD_S <= load.seconds < SLOW_LOAD_S + 10
 
 
 def test_fallback_never_reports_detoxify_labels(fallback):

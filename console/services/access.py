@@ -7,7 +7,6 @@ in the audit log. Pages use the same table to decide what to show, but showing i
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 from collections.abc import Callable
@@ -17,23 +16,17 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from console.services.errors import AccessDenied, SeparationOfDuties, SessionEnded
 from db import audit as audit_q
 from db import users as users_q
+from db.tables import ROLES, Role
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from console.services.context import Services
+    from console.services.context import AppContext
 
-log = logging.getLogger(__name__)
-
-
-class Role(enum.StrEnum):
-    OPERATOR = "operator"
-    REVIEWER = "reviewer"
-    ADMIN = "admin"
-    ANALYST = "analyst"
+logger = logging.getLogger(__name__)
 
 
-ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
+ALL_ROLES: tuple[str, ...] = ROLES
 
 # action -> (roles allowed, what it means in a refusal message)
 ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
@@ -43,7 +36,9 @@ ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "review.work": (frozenset({Role.REVIEWER}), "working the review queue"),
     "review.reveal_raw": (frozenset({Role.REVIEWER}), "revealing raw text"),
     "review.escalations": (frozenset({Role.ADMIN}), "deciding escalated review items"),
-    "promotion.approve": (frozenset({Role.REVIEWER}), "approving promotions"),
+    "promotion.approve": (frozenset({Role.REVIEWER, Role.ADMIN}), "approving or rejecting promotions"),
+    "promotion.view": (frozenset({Role.REVIEWER, Role.ADMIN}), "viewing promotion requests and model history"),
+    "models.evaluate": (frozenset({Role.ADMIN, Role.REVIEWER}), "evaluating model versions"),
     "models.view": (frozenset({Role.ADMIN}), "viewing model versions"),
     "models.register": (frozenset({Role.ADMIN}), "registering model versions"),
     "models.switch": (frozenset({Role.ADMIN}), "switching the served model"),
@@ -63,6 +58,9 @@ PAGES: dict[str, str] = {
     "review": "review.work",
     "escalations": "review.escalations",
     "models": "models.view",
+    "promotions": "promotion.view",
+    "compare": "models.evaluate",
+    "evaluations": "models.evaluate",
     "users": "users.manage",
     "policy": "policy.view",
     "audit": "audit.search",
@@ -91,9 +89,9 @@ def allowed_pages(roles: frozenset[str] | set[str]) -> list[str]:
     return [page for page, action in PAGES.items() if allowed(roles, action)]
 
 
-def _record_denial(svc: Services, principal: Principal, action: str, reason: str, object_id: str | None) -> None:
+def _record_denial(ctx: AppContext, principal: Principal, action: str, reason: str, object_id: str | None) -> None:
     # A separate unit of work: the refused action's own transaction (if any) rolls back, the refusal stays.
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         audit_q.append_event(
             s,
             actor=principal.username,
@@ -103,33 +101,33 @@ def _record_denial(svc: Services, principal: Principal, action: str, reason: str
             object_id=object_id or action,
             details={"action": action, "reason": reason},
         )
-    log.warning("access denied: user=%s action=%s reason=%s", principal.username, action, reason)
+    logger.warning("access denied: user=%s action=%s reason=%s", principal.username, action, reason)
 
 
-def refresh_principal(svc: Services, principal: Principal) -> Principal:
+def refresh_principal(ctx: AppContext, principal: Principal) -> Principal:
     """Re-read the user; raise :class:`SessionEnded` if they were deleted or disabled since signing in."""
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         user = users_q.get_user(s, principal.user_id)
         if user is None or user.disabled:
             raise SessionEnded("Your account is no longer active. Please sign in again.")
         return Principal(user.id, user.username, frozenset(user.roles))
 
 
-def authorize(svc: Services, principal: Principal, action: str) -> Principal:
+def authorize(ctx: AppContext, principal: Principal, action: str) -> Principal:
     """Check ``action`` for the user as they are now in the database; refusals are audited and raised."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")  # a bug in the caller, not a user error
-    current = refresh_principal(svc, principal)
+    current = refresh_principal(ctx, principal)
     if not allowed(current.roles, action):
         roles = ", ".join(sorted(current.roles)) or "no roles"
-        _record_denial(svc, current, action, f"roles: {roles}", None)
+        _record_denial(ctx, current, action, f"roles: {roles}", None)
         raise AccessDenied(f"Your roles ({roles}) do not allow {ACTIONS[action][1]}.")
     return current
 
 
-def check_page(svc: Services, principal: Principal, page: str) -> Principal:
+def check_page(ctx: AppContext, principal: Principal, page: str) -> Principal:
     """Authorise opening ``page`` (a key of :data:`PAGES`)."""
-    return authorize(svc, principal, PAGES[page])
+    return authorize(ctx, principal, PAGES[page])
 
 
 P = ParamSpec("P")
@@ -137,7 +135,7 @@ R = TypeVar("R")
 
 
 def requires(action: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
-    """Decorate a service function ``fn(svc, actor, ...)`` so it runs only for users allowed ``action``.
+    """Decorate a service function ``fn(ctx, actor, ...)`` so it runs only for users allowed ``action``.
 
     The function receives the refreshed principal. The action is kept on the wrapper as ``required_action``
     so tests can enumerate every guarded service.
@@ -147,9 +145,9 @@ def requires(action: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
 
     def decorate(fn: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(fn)
-        def wrapper(svc: Services, actor: Principal, *args: Any, **kwargs: Any) -> R:
-            current = authorize(svc, actor, action)
-            return fn(svc, current, *args, **kwargs)
+        def wrapper(ctx: AppContext, actor: Principal, *args: Any, **kwargs: Any) -> R:
+            current = authorize(ctx, actor, action)
+            return fn(ctx, current, *args, **kwargs)
 
         wrapper.required_action = action  # type: ignore[attr-defined]
         return wrapper
@@ -177,10 +175,10 @@ def register_duty_rule(rule: DutyRule) -> DutyRule:
     return rule
 
 
-def ensure_separation(svc: Services, session: Session, actor: Principal, rule_name: str, object_id: str) -> None:
+def ensure_separation(ctx: AppContext, session: Session, actor: Principal, rule_name: str, object_id: str) -> None:
     """Raise :class:`SeparationOfDuties` (and audit it) if ``actor`` owns the object under ``rule_name``."""
     rule = DUTY_RULES[rule_name]
     owner = rule.owner_of(session, object_id)
     if owner is not None and owner == actor.user_id:
-        _record_denial(svc, actor, rule_name, "separation of duties", object_id)
+        _record_denial(ctx, actor, rule_name, "separation of duties", object_id)
         raise SeparationOfDuties(f"Separation of duties: {rule.description}.")

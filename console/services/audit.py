@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
 from console.services.access import Principal, requires
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import InvalidInput
 from console.textsafe import csv_safe
 from db import audit as audit_q
@@ -45,37 +45,37 @@ class AuditFilter:
         }
 
 
-def _rows(svc: Services, flt: AuditFilter, limit: int | None) -> list[dict]:
-    with svc.db.session() as s:
+def _rows(ctx: AppContext, flt: AuditFilter, limit: int | None) -> list[dict]:
+    with ctx.db.session() as s:
         return [audit_q.event_to_dict(e) for e in audit_q.iter_events(s, limit=limit, **flt.query_args())]
 
 
 @requires("audit.search")
-def search(svc: Services, actor: Principal, flt: AuditFilter) -> list[dict]:
-    return _rows(svc, flt.validated(), MAX_ROWS_ON_SCREEN)
+def search(ctx: AppContext, actor: Principal, flt: AuditFilter) -> list[dict]:
+    return _rows(ctx, flt.validated(), MAX_ROWS_ON_SCREEN)
 
 
 @requires("audit.verify")
-def verify(svc: Services, actor: Principal):  # noqa: ANN201 - db.audit.ChainReport
-    report = audit_q.verify_chain(svc.db)
-    with svc.db.session() as s:
+def verify(ctx: AppContext, actor: Principal):  # noqa: ANN201 - db.audit.ChainReport
+    report = audit_q.verify_chain(ctx.db)
+    with ctx.db.session() as s:
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.verify",
                              details={"ok": report.ok, "checked": report.checked, "first_bad_seq": report.first_bad_seq})
     return report
 
 
 @requires("audit.export")
-def export_csv(svc: Services, actor: Principal, flt: AuditFilter) -> bytes:
+def export_csv(ctx: AppContext, actor: Principal, flt: AuditFilter) -> bytes:
     """The matching events as CSV (cells neutralised against formula injection); the export is audited."""
     flt = flt.validated()
-    rows = _rows(svc, flt, None)
+    rows = _rows(ctx, flt, None)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(EXPORT_COLUMNS)
     for r in rows:
         r = {**r, "details": json.dumps(r["details"], sort_keys=True, ensure_ascii=False)}
         writer.writerow([csv_safe(r[c]) for c in EXPORT_COLUMNS])
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export",
                              details={"rows": len(rows), "format": "csv",
                                       "filter": {k: str(v) for k, v in flt.__dict__.items() if v is not None}})

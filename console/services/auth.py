@@ -10,12 +10,12 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from console.services.access import Principal
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import InvalidInput, LoginFailed, SessionEnded
 from db import audit as audit_q
 from db import users as users_q
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _hasher = PasswordHasher()
 # Verifying against a fixed hash when the user does not exist keeps the timing of both failures alike.
@@ -53,7 +53,7 @@ def _audit_failure(session, who: str, user_id: int | None, reason: str, **detail
                          details={"reason": reason, **details})
 
 
-def login(svc: Services, username: str, password: str) -> Principal:
+def login(ctx: AppContext, username: str, password: str) -> Principal:
     """Return the principal for correct credentials; raise :class:`LoginFailed` otherwise.
 
     Failed attempts are counted; after ``lockout_threshold`` in a row the account is locked for
@@ -62,11 +62,11 @@ def login(svc: Services, username: str, password: str) -> Principal:
     username = (username or "").strip().lower()
     if not username or not password:
         raise LoginFailed("Enter a username and a password.")
-    now = svc.now()
-    settings = svc.settings
+    now = ctx.now()
+    settings = ctx.settings
     failure: str | None = None
     principal: Principal | None = None
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         user = users_q.get_user_by_username(s, username)
         if user is None:
             _verify(None, password)
@@ -91,12 +91,12 @@ def login(svc: Services, username: str, password: str) -> Principal:
             users_q.record_successful_login(s, user.id, now=now, method="password")  # audited as auth.login
             principal = Principal(user.id, user.username, frozenset(user.roles))
     if principal is None:
-        log.info("login failed for %s: %s", username, failure)
+        logger.info("login failed for %s: %s", username, failure)
         raise LoginFailed(failure or GENERIC_FAILURE)
     return principal
 
 
-def login_sso(svc: Services, email: str, issuer: str | None = None) -> Principal:
+def login_sso(ctx: AppContext, email: str, issuer: str | None = None) -> Principal:
     """Sign in an identity already verified by the OIDC provider (``st.login``), matched by email.
 
     Roles come from the console's own user table: an unknown or disabled email is refused and audited.
@@ -104,34 +104,34 @@ def login_sso(svc: Services, email: str, issuer: str | None = None) -> Principal
     email = (email or "").strip().lower()
     if not email:
         raise LoginFailed("The identity provider did not give an email address.")
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         user = users_q.get_user_by_email(s, email)
         if user is None or user.disabled:
             _audit_failure(s, email, None, "sso email not registered or disabled", issuer=issuer)
             principal = None
         else:
-            users_q.record_successful_login(s, user.id, now=svc.now(), method="sso")
+            users_q.record_successful_login(s, user.id, now=ctx.now(), method="sso")
             principal = Principal(user.id, user.username, frozenset(user.roles))
     if principal is None:
         raise LoginFailed(f"{email} has no active account in this console. Ask an admin to add it.")
     return principal
 
 
-def logout(svc: Services, principal: Principal, *, reason: str = "logout") -> None:
+def logout(ctx: AppContext, principal: Principal, *, reason: str = "logout") -> None:
     """Record the end of a session (``reason``: logout, idle timeout)."""
     action = "auth.logout" if reason == "logout" else "auth.session_expired"
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         audit_q.append_event(s, actor=principal.username, actor_id=principal.user_id, action=action,
                              object_type="user", object_id=str(principal.user_id), details={"reason": reason})
 
 
-def check_idle(svc: Services, principal: Principal, last_activity: datetime | None) -> datetime:
+def check_idle(ctx: AppContext, principal: Principal, last_activity: datetime | None) -> datetime:
     """Raise :class:`SessionEnded` (and audit it) if the session was idle too long; return the new activity time."""
-    now = svc.now()
-    limit = timedelta(minutes=svc.settings.session_idle_minutes)
+    now = ctx.now()
+    limit = timedelta(minutes=ctx.settings.session_idle_minutes)
     if last_activity is not None and now - last_activity > limit:
-        logout(svc, principal, reason="idle timeout")
+        logout(ctx, principal, reason="idle timeout")
         raise SessionEnded(
-            f"You were signed out after {svc.settings.session_idle_minutes} minutes without activity."
+            f"You were signed out after {ctx.settings.session_idle_minutes} minutes without activity."
         )
     return now

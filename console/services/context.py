@@ -19,7 +19,7 @@ def utcnow() -> datetime:
 
 
 @dataclass
-class Services:
+class AppContext:
     """Settings, the database, and lazily the engine host and safety stack.
 
     The engine host and the scanners are slow to build, so they come from factories that the console
@@ -31,6 +31,8 @@ class Services:
     host_factory: Callable[[], EngineHost | None] = lambda: None
     safety_factory: Callable[[], Any] = lambda: None
     clock: Callable[[], datetime] = field(default=utcnow)
+    # Child-process engines for candidate versions (side-by-side chats); console.services.compare.CandidatePool.
+    candidates_factory: Callable[[], Any] = lambda: None
 
     @property
     def host(self) -> EngineHost | None:
@@ -39,6 +41,10 @@ class Services:
     @property
     def safety(self) -> Any:
         return self.safety_factory()
+
+    @property
+    def candidates(self) -> Any:
+        return self.candidates_factory()
 
     def now(self) -> datetime:
         return self.clock()

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pandas as pd
 
 from console.services.access import Principal, requires
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import InvalidInput
 from db import metrics as metrics_q
 
@@ -27,12 +27,12 @@ class LatencyReport:
 
 
 @requires("dashboard.view")
-def latency(svc: Services, actor: Principal, window: str = "last 24 hours",
+def latency(ctx: AppContext, actor: Principal, window: str = "last 24 hours",
             model_version: str | None = None) -> LatencyReport:
     if window not in WINDOWS:
         raise InvalidInput(f"Unknown time window {window!r}; choose one of {', '.join(WINDOWS)}.")
-    since = svc.now() - WINDOWS[window]
-    with svc.db.session() as s:
+    since = ctx.now() - WINDOWS[window]
+    with ctx.db.session() as s:
         rows = metrics_q.exchange_timings(s, since=since, model_version=model_version or None)
         versions = metrics_q.model_versions_seen(s)
     df = pd.DataFrame([asdict(r) for r in rows], columns=list(metrics_q.ExchangeTiming.__dataclass_fields__))

@@ -29,3 +29,10 @@ class SeparationOfDuties(AccessDenied):
 
 class NotFound(ConsoleError):
     """The object asked for does not exist (or the user may not know it exists)."""
+
+
+class ModelUnavailable(ConsoleError):
+    """No model can answer right now: none is served, it is loading or switching, or the engine failed.
+
+    Services translate the engine's own errors into this one, so pages know a single error family.
+    """

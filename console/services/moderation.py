@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from console.services.access import Principal
-from console.services.context import Services
-from db import review as review_q
+from console.services.context import AppContext
 from db import safety as safety_q
 from db import state as state_q
+from db.review import items as review_items
+from db.review.items import ReviewItemRecord
+from db.safety import FindingRecord, RawTextRecord
 from engine.safety.base import Finding
 
 if TYPE_CHECKING:
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
     from engine.safety.policy import Decision, Policy
     from engine.safety.runner import ScannerRunner
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BLOCKED_PROMPT_NOTICE = "Your message was blocked by the safety policy and was not sent to the model."
 BLOCKED_OUTPUT_NOTICE = "The answer was withheld: it did not pass the safety policy."
@@ -54,7 +58,7 @@ class GateResult:
     text_for_user: str
     text_for_storage: str
     findings: tuple[Finding, ...] = ()
-    decision: Any = None  # engine.safety.policy.Decision | None
+    decision: Decision | None = None
     notice: str | None = None
     policy_version: int | None = None
     keep_raw: bool = False
@@ -91,8 +95,8 @@ def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
 
     path = settings.policy_file if settings.policy_file.exists() else DEFAULT_POLICY_PATH
     file_policy = Policy.load(path)
-    tox = ToxicityConfig(model_type=settings.detoxify_model, checkpoint=settings.detoxify_checkpoint,
-                         huggingface_config_dir=settings.detoxify_config_dir)
+    tox = ToxicityConfig(model_type=settings.detoxify_model, checkpoint=_path(settings.detoxify_checkpoint),
+                         huggingface_config_dir=_path(settings.detoxify_config_dir))
     runner, notice = build_runner(PiiConfig(), tox)
     with db.session() as s:
         latest = safety_q.latest_policy_version(s)
@@ -102,12 +106,16 @@ def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
         policy = file_policy if latest.content == file_policy.source_text else Policy.from_toml(latest.content)
         version = latest.version
     if notice:
-        log.warning("toxicity scanner: %s", notice)
+        logger.warning("toxicity scanner: %s", notice)
     return SafetyStack(runner=runner, policy=policy, policy_version=version, notice=notice)
 
 
-def hold_output(svc: Services) -> bool:
-    stack: SafetyStack | None = svc.safety
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def hold_output(ctx: AppContext) -> bool:
+    stack: SafetyStack | None = ctx.safety
     return bool(stack and stack.policy.hold_output)
 
 
@@ -121,8 +129,8 @@ def _redact_all(text: str, findings: tuple[Finding, ...]) -> str:
     return redact(text, [f for f in findings if f.has_span and f.detector == PII_DETECTOR])
 
 
-def _gate(svc: Services, direction: str, text: str) -> GateResult:
-    stack: SafetyStack | None = svc.safety
+def _gate(ctx: AppContext, direction: str, text: str) -> GateResult:
+    stack: SafetyStack | None = ctx.safety
     if stack is None or not text:
         return GateResult(direction, text, "allow", text, text, text)
     report = stack.runner.scan(text)
@@ -146,12 +154,12 @@ def _gate(svc: Services, direction: str, text: str) -> GateResult:
                       notice, stack.policy_version, stack.policy.keep_raw_text)
 
 
-def check_prompt(svc: Services, text: str) -> GateResult:
-    return _gate(svc, "prompt", text)
+def check_prompt(ctx: AppContext, text: str) -> GateResult:
+    return _gate(ctx, "prompt", text)
 
 
-def check_output(svc: Services, text: str) -> GateResult:
-    return _gate(svc, "output", text)
+def check_output(ctx: AppContext, text: str) -> GateResult:
+    return _gate(ctx, "output", text)
 
 
 def _finding_action(gate: GateResult, finding: Finding) -> str:
@@ -167,7 +175,7 @@ def _finding_action(gate: GateResult, finding: Finding) -> str:
     return "allow"
 
 
-def severity_of(gates: list[GateResult], manual: bool = False) -> int:
+def severity_of(gates: Sequence[GateResult], manual: bool = False) -> int:
     """3: blocked, or PII in an output; 2: toxic content or PII in a prompt; 1: other flags or manual."""
     sev = 1 if manual else 0
     for g in gates:
@@ -185,35 +193,39 @@ def severity_of(gates: list[GateResult], manual: bool = False) -> int:
     return sev
 
 
-def store_findings(svc: Services, session: Session, exchange: Any, actor: Principal,
-                   prompt_gate: GateResult, output_gate: GateResult | None) -> None:
-    """In the exchange's own transaction: findings, raw texts (if the policy keeps them), review item."""
-    gates = [g for g in (prompt_gate, output_gate) if g is not None]
-    records = [
-        safety_q.FindingRecord(direction=g.direction, detector=f.detector, label=f.label, score=f.score,
-                               action=_finding_action(g, f), detector_version=f.detector_version,
-                               start=f.start, end=f.end)
+def finding_records(gates: Sequence[GateResult]) -> tuple[FindingRecord, ...]:
+    """Every finding of the gates, with the action the policy took on it, ready to store."""
+    return tuple(
+        FindingRecord(direction=g.direction, detector=f.detector, label=f.label, score=f.score,
+                      action=_finding_action(g, f), detector_version=f.detector_version, start=f.start, end=f.end)
         for g in gates for f in g.findings
-    ]
-    safety_q.add_findings(session, exchange.id, records, actor=actor.username, actor_id=actor.user_id)
-    for g in gates:
-        if g.keep_raw and g.text_for_storage != g.original:
-            safety_q.store_raw_text(session, exchange.id, g.direction, g.original)
+    )
+
+
+def raw_texts_to_keep(gates: Sequence[GateResult]) -> tuple[RawTextRecord, ...]:
+    """The unredacted texts the policy keeps: only where the stored text differs from the original."""
+    return tuple(RawTextRecord(g.direction, g.original) for g in gates
+                 if g.keep_raw and g.text_for_storage != g.original)
+
+
+def review_item_for(ctx: AppContext, gates: Sequence[GateResult]) -> ReviewItemRecord | None:
+    """The review item a flagged or blocked turn enters the queue with (severity, deadline); None otherwise."""
     flagged = [g for g in gates if g.action in ("flag", "block")]
-    if flagged:
-        severity = severity_of(gates)
-        review_q.create_review_item(
-            session, exchange_id=exchange.id, reason="blocked" if any(g.action == "block" for g in flagged) else "flagged",
-            direction=flagged[-1].direction, severity=severity,
-            due_at=svc.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[severity]), actor=actor.username,
-            created_by_id=None,
-        )
+    if not flagged:
+        return None
+    severity = severity_of(gates)
+    return ReviewItemRecord(
+        reason="blocked" if any(g.action == "block" for g in flagged) else "flagged",
+        direction=flagged[-1].direction,
+        severity=severity,
+        due_at=ctx.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[severity]),
+    )
 
 
-def send_to_review(svc: Services, session: Session, exchange: Any, actor: Principal, note: str) -> int:
-    item = review_q.create_review_item(
+def send_to_review(ctx: AppContext, session: Session, exchange: Any, actor: Principal, note: str) -> int:
+    item = review_items.create_review_item(
         session, exchange_id=exchange.id, reason="manual", actor=actor.username, severity=1,
-        due_at=svc.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[1]), note=note, created_by_id=actor.user_id,
+        due_at=ctx.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[1]), note=note, created_by_id=actor.user_id,
     )
     return item.id
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from console.services.access import Principal, requires
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput
 from db import safety as safety_q
 
@@ -21,23 +21,23 @@ class PolicyView:
     scanners: dict[str, str]
 
 
-def _stack(svc: Services):  # noqa: ANN202
-    stack = svc.safety
+def _stack(ctx: AppContext):  # noqa: ANN202
+    stack = ctx.safety
     if stack is None:
         raise ConsoleError("Safety scanning is switched off (LLM_CONSOLE_SAFETY_ENABLED=false).")
     return stack
 
 
 @requires("policy.view")
-def current(svc: Services, actor: Principal) -> PolicyView:
-    stack = _stack(svc)
+def current(ctx: AppContext, actor: Principal) -> PolicyView:
+    stack = _stack(ctx)
     p = stack.policy
     return PolicyView(stack.policy_version, p.version, p.output_mode, p.keep_raw_text, p.source_text, stack.notice,
                       dict(stack.runner.versions))
 
 
 @requires("policy.manage")
-def replace(svc: Services, actor: Principal, content: str) -> PolicyView:
+def replace(ctx: AppContext, actor: Principal, content: str) -> PolicyView:
     """Validate ``content`` (TOML), store it as a new policy version (audited) and put it in force."""
     from engine.safety.policy import Policy, PolicyError
 
@@ -47,11 +47,11 @@ def replace(svc: Services, actor: Principal, content: str) -> PolicyView:
         policy = Policy.from_toml(content)
     except PolicyError as exc:
         raise InvalidInput(f"The policy is not valid: {exc}") from None
-    stack = _stack(svc)
-    with svc.db.session() as s:
+    stack = _stack(ctx)
+    with ctx.db.session() as s:
         stored = safety_q.store_policy_version(s, policy.source_text, actor.user_id, actor=actor.username)
         version = stored.version
     with stack.lock:
         stack.policy = policy
         stack.policy_version = version
-    return current(svc, actor)
+    return current(ctx, actor)

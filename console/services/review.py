@@ -16,18 +16,24 @@ from sqlalchemy.orm import Session
 
 from console.services import review_stats
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound
 from console.services.moderation import FindingView
 from db import audit as audit_q
 from db import chat as chat_q
-from db import review as review_q
 from db import safety as safety_q
 from db import users as users_q
-from db.models import ReviewItem
-from db.review import QueueFilter, QueueSummary
+from db.review import claims as claims_q
+from db.review import decisions as decisions_q
+from db.review import items as items_q
+from db.review import quality as quality_q
+from db.review import queue as queue_q
+from db.review import samples as samples_q
+from db.review.items import ReviewStateError
+from db.review.queue import QueueFilter, QueueSummary
+from db.tables import ReviewItem
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Defaults the lead may wire to settings (read with getattr so a missing setting falls back here).
 CLAIM_MINUTES = 15
@@ -56,7 +62,7 @@ class ClaimLost(ConsoleError):
 
 
 def _owner_of_item(session: Session, item_id: str) -> int | None:
-    item = review_q.get_review_item(session, int(item_id))
+    item = items_q.get_review_item(session, int(item_id))
     if item is None:
         return None
     exchange = chat_q.get_exchange(session, item.exchange_id)
@@ -68,21 +74,21 @@ DECIDE_RULE = register_duty_rule(
 )
 
 
-def _ensure_not_own(svc: Services, actor: Principal, *item_ids: int) -> None:
+def _ensure_not_own(ctx: AppContext, actor: Principal, *item_ids: int) -> None:
     # Checked in a read-only unit of work before any write transaction opens: the refusal is audited in its
     # own transaction, which on SQLite would wait forever behind a write lock held by the caller.
     # An item's owner never changes, so checking first leaves no gap.
-    with svc.db.session(readonly=True) as s:
+    with ctx.db.session(readonly=True) as s:
         for item_id in item_ids:
-            ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
+            ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(item_id))
 
 
-def claim_minutes(svc: Services) -> int:
-    return svc.settings.review_claim_minutes
+def claim_minutes(ctx: AppContext) -> int:
+    return ctx.settings.review_claim_minutes
 
 
-def second_review_share(svc: Services) -> float:
-    return svc.settings.review_second_share
+def second_review_share(ctx: AppContext) -> float:
+    return ctx.settings.review_second_share
 
 
 # --- views ----------------------------------------------------------------------------------------------------
@@ -144,7 +150,7 @@ class ItemView:
     severity: int
     due_at: datetime | None
     overdue: bool
-    note: str | None
+    operator_note: str | None  # what the operator who sent it to review asked a reviewer to look at
     prompt: str
     response: str
     model_version: str
@@ -175,8 +181,8 @@ class QualityReport:
     suggestions: tuple[review_stats.ThresholdSuggestion, ...]
 
 
-def _rows(svc: Services, s: Session, items: Sequence[ReviewItem]) -> tuple[QueueRow, ...]:
-    now = svc.now()
+def _rows(ctx: AppContext, s: Session, items: Sequence[ReviewItem]) -> tuple[QueueRow, ...]:
+    now = ctx.now()
     names: dict[int, str] = {}
     rows = []
     for item in items:
@@ -214,67 +220,67 @@ def _validate(decision: str, category: str | None, note: str | None) -> tuple[st
 
 
 @requires("review.work")
-def list_queue(svc: Services, actor: Principal, filters: QueueFilter | None = None, *,
+def list_queue(ctx: AppContext, actor: Principal, filters: QueueFilter | None = None, *,
                limit: int = PAGE_SIZE, offset: int = 0) -> QueuePage:
     """A page of the queue (never the reviewer's own conversations) with the queue's counters."""
     f = replace(filters or QueueFilter(), exclude_owner_id=actor.user_id)
-    now = svc.now()
-    with svc.db.session(readonly=True) as s:
-        rows = _rows(svc, s, review_q.list_queue(s, f, limit=limit, offset=offset))
-        summary = review_q.queue_summary(s, now=now)
-        mine = review_q.list_queue(s, QueueFilter(statuses=("claimed",), assignee_id=actor.user_id), limit=5)
+    now = ctx.now()
+    with ctx.db.session(readonly=True) as s:
+        rows = _rows(ctx, s, queue_q.list_queue(s, f, limit=limit, offset=offset))
+        summary = queue_q.queue_summary(s, now=now)
+        mine = queue_q.list_queue(s, QueueFilter(statuses=("claimed",), assignee_id=actor.user_id), limit=5)
     live = [i.id for i in mine if i.claim_expires_at is not None and i.claim_expires_at > now]
     age = now - summary.oldest_open_at if summary.oldest_open_at else None
     return QueuePage(rows, summary, age, live[0] if live else None)
 
 
 @requires("review.work")
-def filter_options(svc: Services, actor: Principal) -> dict[str, list[str]]:
+def filter_options(ctx: AppContext, actor: Principal) -> dict[str, list[str]]:
     """Values for the filter widgets: detectors, labels, model versions, and reviewers (usernames)."""
-    with svc.db.session(readonly=True) as s:
-        values = review_q.filter_values(s)
+    with ctx.db.session(readonly=True) as s:
+        values = queue_q.filter_values(s)
         values["assignee"] = sorted(u.username for u in users_q.list_users(s) if "reviewer" in u.roles)
     return values
 
 
 @requires("review.work")
-def user_id_of(svc: Services, actor: Principal, username: str) -> int | None:
+def user_id_of(ctx: AppContext, actor: Principal, username: str) -> int | None:
     """The id of a user by name (for the assignee filter), or None."""
-    with svc.db.session(readonly=True) as s:
+    with ctx.db.session(readonly=True) as s:
         user = users_q.get_user_by_username(s, username)
         return None if user is None else user.id
 
 
 @requires("review.work")
-def claim_next(svc: Services, actor: Principal, filters: QueueFilter | None = None) -> int | None:
+def claim_next(ctx: AppContext, actor: Principal, filters: QueueFilter | None = None) -> int | None:
     """Claim the most urgent claimable item (within ``filters``) that is not the reviewer's own; its id or None."""
     f = replace(filters or QueueFilter(), exclude_owner_id=actor.user_id)
-    with svc.db.session() as s:
-        item = review_q.claim_next(s, actor.user_id, actor=actor.username, filters=f,
-                                   claim_minutes=claim_minutes(svc), now=svc.now())
-    log.info("claim next: user=%s item=%s", actor.username, item.id if item else None)
+    with ctx.db.session() as s:
+        item = claims_q.claim_next(s, actor.user_id, actor=actor.username, filters=f,
+                                   claim_minutes=claim_minutes(ctx), now=ctx.now())
+    logger.info("claim next: user=%s item=%s", actor.username, item.id if item else None)
     return None if item is None else item.id
 
 
 @requires("review.work")
-def claim(svc: Services, actor: Principal, item_id: int) -> int:
+def claim(ctx: AppContext, actor: Principal, item_id: int) -> int:
     """Claim a chosen item; raises :class:`ClaimLost` if someone else holds it or it is closed."""
-    _ensure_not_own(svc, actor, item_id)
-    with svc.db.session() as s:
-        if not review_q.claim_item(s, item_id, actor.user_id, actor=actor.username,
-                                   claim_minutes=claim_minutes(svc), now=svc.now()):
+    _ensure_not_own(ctx, actor, item_id)
+    with ctx.db.session() as s:
+        if not claims_q.claim_item(s, item_id, actor.user_id, actor=actor.username,
+                                   claim_minutes=claim_minutes(ctx), now=ctx.now()):
             raise ClaimLost(f"Item {item_id} is taken by someone else or already decided.")
     return item_id
 
 
 @requires("review.work")
-def release(svc: Services, actor: Principal, item_id: int) -> bool:
+def release(ctx: AppContext, actor: Principal, item_id: int) -> bool:
     """Give a claimed item back to the queue."""
-    with svc.db.session() as s:
-        return review_q.release_item(s, item_id, actor.user_id, actor=actor.username)
+    with ctx.db.session() as s:
+        return claims_q.release_item(s, item_id, actor.user_id, actor=actor.username)
 
 
-def _item_view(svc: Services, s: Session, item: ReviewItem, *, blind: bool = False,
+def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = False,
                sample_id: int | None = None) -> ItemView:
     exchange = chat_q.get_exchange(s, item.exchange_id)
     if exchange is None:
@@ -283,46 +289,54 @@ def _item_view(svc: Services, s: Session, item: ReviewItem, *, blind: bool = Fal
     context = tuple(TurnView(e.id, e.prompt, e.response) for e in earlier[-CONTEXT_EXCHANGES:])
     findings = tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
                      for f in safety_q.list_findings(s, exchange.id))
-    raw_kept = review_q.raw_text_directions(s, exchange.id)
+    raw_kept = safety_q.raw_text_directions(s, exchange.id)
     decisions: tuple[DecisionRow, ...] = ()
     if not blind:
         rows = []
-        for d in review_q.list_decisions(s, item.id):
+        for d in decisions_q.list_decisions(s, item.id):
             user = users_q.get_user(s, d.reviewer_id)
             rows.append(DecisionRow(d.id, d.decision, d.category, d.note, user.username if user else "?",
                                     d.supersedes_id, d.created_at))
         decisions = tuple(rows)
-    now = svc.now()
+    now = ctx.now()
     return ItemView(
-        item.id, exchange.id, item.status, item.reason, item.direction, item.severity, item.due_at,
-        item.status in ("open", "claimed") and item.due_at is not None and item.due_at < now, item.note,
-        exchange.prompt, exchange.response, exchange.model_version, exchange.policy_version,
-        exchange.prompt_action, exchange.output_action, context, findings, raw_kept, decisions, sample_id,
+        item_id=item.id, exchange_id=exchange.id, status=item.status, reason=item.reason,
+        direction=item.direction, severity=item.severity, due_at=item.due_at,
+        overdue=item.status in ("open", "claimed") and item.due_at is not None and item.due_at < now,
+        # Only manual items carry a note: the operator's reason for sending the exchange to review.
+        operator_note=item.note,
+        prompt=exchange.prompt, response=exchange.response, model_version=exchange.model_version,
+        policy_version=exchange.policy_version, prompt_action=exchange.prompt_action,
+        output_action=exchange.output_action, context=context, findings=findings, raw_kept=raw_kept,
+        decisions=decisions, sample_id=sample_id,
     )
 
 
 @requires("review.work")
-def item_view(svc: Services, actor: Principal, item_id: int) -> ItemView:
-    """The item, its conversation context and findings (redacted); refused for the reviewer's own conversation."""
-    with svc.db.session(readonly=True) as s:
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
-        item = review_q.get_review_item(s, item_id)
+def item_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
+    """The item, its conversation context, findings (redacted) and the operator's note, if they sent it to review.
+
+    Refused for the reviewer's own conversation.
+    """
+    with ctx.db.session(readonly=True) as s:
+        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(item_id))
+        item = items_q.get_review_item(s, item_id)
         if item is None:
             raise NotFound(f"Review item {item_id} does not exist.")
-        return _item_view(svc, s, item)
+        return _item_view(ctx, s, item)
 
 
 @requires("review.reveal_raw")
-def reveal_raw(svc: Services, actor: Principal, item_id: int, direction: str, reason: str) -> str | None:
+def reveal_raw(ctx: AppContext, actor: Principal, item_id: int, direction: str, reason: str) -> str | None:
     """The raw text of one side of the item's exchange, for this call only; the reason and the view are audited."""
     reason = (reason or "").strip()
     if not reason:
         raise InvalidInput("Type a reason to reveal the raw text.")
     if direction not in ("prompt", "output"):
         raise InvalidInput("Choose the prompt or the output.")
-    _ensure_not_own(svc, actor, item_id)
-    with svc.db.session() as s:
-        item = review_q.get_review_item(s, item_id)
+    _ensure_not_own(ctx, actor, item_id)
+    with ctx.db.session() as s:
+        item = items_q.get_review_item(s, item_id)
         if item is None:
             raise NotFound(f"Review item {item_id} does not exist.")
         # The reason goes in its own event beside db.safety's view event, in the same transaction.
@@ -331,113 +345,115 @@ def reveal_raw(svc: Services, actor: Principal, item_id: int, direction: str, re
                              details={"exchange_id": item.exchange_id, "direction": direction, "reason": reason})
         text = safety_q.reveal_raw_text(s, item.exchange_id, direction, actor=actor.username,
                                         actor_id=actor.user_id)
-    log.info("raw text revealed: user=%s item=%s direction=%s", actor.username, item_id, direction)
+    logger.info("raw text revealed: user=%s item=%s direction=%s", actor.username, item_id, direction)
     return text
 
 
 # --- decisions ------------------------------------------------------------------------------------------------
 
 
-def _decide_one(svc: Services, s: Session, actor: Principal, item_id: int, decision: str, category: str | None,
+def _decide_one(ctx: AppContext, s: Session, actor: Principal, item_id: int, decision: str, category: str | None,
                 note: str | None, share: float) -> DecisionResult:
-    item = review_q.get_review_item(s, item_id)
+    item = items_q.get_review_item(s, item_id)
     if item is None:
         raise NotFound(f"Review item {item_id} does not exist.")
     if item.status not in ("open", "claimed"):
         raise ClaimLost(f"Item {item_id} is already {item.status}.")
     held_by_other = (item.status == "claimed" and item.claimed_by_id != actor.user_id
-                     and item.claim_expires_at is not None and item.claim_expires_at > svc.now())
+                     and item.claim_expires_at is not None and item.claim_expires_at > ctx.now())
     if held_by_other:
         raise ClaimLost(f"Item {item_id} is claimed by another reviewer.")
-    row = review_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
-                                   actor=actor.username, category=category, note=note)
-    sampled = decision != "escalate" and review_q.in_sample(item_id, share)
+    row = decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                      actor=actor.username, category=category, note=note)
+    sampled = decision != "escalate" and samples_q.in_sample(item_id, share)
     if sampled:
-        review_q.create_sample(s, row, actor=actor.username)
+        samples_q.create_sample(s, row, actor=actor.username)
     return DecisionResult(row.id, item_id, sampled)
 
 
 @requires("review.work")
-def decide(svc: Services, actor: Principal, item_id: int, decision: str, *, category: str | None = None,
+def decide(ctx: AppContext, actor: Principal, item_id: int, decision: str, *, category: str | None = None,
            note: str | None = None, share: float | None = None) -> DecisionResult:
     """Decide an open item or one the reviewer holds; a share of decided items is drawn for a blind second review."""
     category, note = _validate(decision, category, note)
-    _ensure_not_own(svc, actor, item_id)
-    with svc.db.session() as s:
-        return _decide_one(svc, s, actor, item_id, decision, category, note,
-                           second_review_share(svc) if share is None else share)
+    _ensure_not_own(ctx, actor, item_id)
+    with ctx.db.session() as s:
+        return _decide_one(ctx, s, actor, item_id, decision, category, note,
+                           second_review_share(ctx) if share is None else share)
 
 
 @requires("review.work")
-def decide_bulk(svc: Services, actor: Principal, item_ids: Sequence[int], decision: str, *,
+def decide_bulk(ctx: AppContext, actor: Principal, item_ids: Sequence[int], decision: str, *,
                 category: str | None = None, note: str | None = None,
                 share: float | None = None) -> list[DecisionResult]:
     """Decide several items alike, all or none (one transaction, one decision and audit event per item)."""
     if not item_ids:
         raise InvalidInput("Select at least one item.")
     category, note = _validate(decision, category, note)
-    share = second_review_share(svc) if share is None else share
-    _ensure_not_own(svc, actor, *item_ids)
-    with svc.db.session() as s:
-        return [_decide_one(svc, s, actor, i, decision, category, note, share) for i in dict.fromkeys(item_ids)]
+    share = second_review_share(ctx) if share is None else share
+    _ensure_not_own(ctx, actor, *item_ids)
+    with ctx.db.session() as s:
+        return [_decide_one(ctx, s, actor, i, decision, category, note, share) for i in dict.fromkeys(item_ids)]
 
 
 @requires("review.work")
-def correct(svc: Services, actor: Principal, item_id: int, decision: str, *, category: str | None = None,
+def correct(ctx: AppContext, actor: Principal, item_id: int, decision: str, *, category: str | None = None,
             note: str | None = None) -> int:
     """Correct a decided item with a new decision that supersedes (never edits) the one in force; note required."""
     category, note = _validate(decision, category, note)
     if note is None:
         raise InvalidInput("Say why you correct the decision: a note is required.")
-    _ensure_not_own(svc, actor, item_id)
-    with svc.db.session() as s:
-        item = review_q.get_review_item(s, item_id)
+    _ensure_not_own(ctx, actor, item_id)
+    with ctx.db.session() as s:
+        item = items_q.get_review_item(s, item_id)
         if item is None or item.status != "decided":
             raise InvalidInput("Only decided items can be corrected.")
-        return review_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
-                                        actor=actor.username, category=category, note=note, correction=True).id
+        return decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                           actor=actor.username, category=category, note=note,
+                                           correction=True).id
 
 
 # --- second review (blind) ------------------------------------------------------------------------------------
 
 
 @requires("review.work")
-def next_second_review(svc: Services, actor: Principal) -> ItemView | None:
+def next_second_review(ctx: AppContext, actor: Principal) -> ItemView | None:
     """The next sampled item for this reviewer, without the first decision (blind); None if none waits."""
-    with svc.db.session(readonly=True) as s:
-        sample = review_q.next_sample(s, actor.user_id)
+    with ctx.db.session(readonly=True) as s:
+        sample = samples_q.next_sample(s, actor.user_id)
         if sample is None:
             return None
-        item = review_q.get_review_item(s, sample.item_id)
+        item = items_q.get_review_item(s, sample.item_id)
         assert item is not None  # a sample always points at an item (foreign key)
-        return _item_view(svc, s, item, blind=True, sample_id=sample.id)
+        return _item_view(ctx, s, item, blind=True, sample_id=sample.id)
 
 
 @requires("review.work")
-def decide_second_review(svc: Services, actor: Principal, sample_id: int, decision: str, *,
+def decide_second_review(ctx: AppContext, actor: Principal, sample_id: int, decision: str, *,
                          category: str | None = None) -> int:
     """Record the blind second opinion (violation / false positive / escalate); it feeds agreement statistics."""
     category, _ = _validate(decision, category, "second opinion")
-    with svc.db.session(readonly=True) as s:
-        sample = review_q.get_sample(s, sample_id)
+    with ctx.db.session(readonly=True) as s:
+        sample = samples_q.get_sample(s, sample_id)
         if sample is None:
             raise NotFound(f"Sample {sample_id} does not exist.")
-    _ensure_not_own(svc, actor, sample.item_id)
-    with svc.db.session() as s:
+    _ensure_not_own(ctx, actor, sample.item_id)
+    with ctx.db.session() as s:
         try:
-            return review_q.record_sample_decision(s, sample_id=sample_id, reviewer_id=actor.user_id,
-                                                   decision=decision, actor=actor.username, category=category).id
-        except review_q.ReviewStateError as exc:
+            return samples_q.record_sample_decision(s, sample_id=sample_id, reviewer_id=actor.user_id,
+                                                    decision=decision, actor=actor.username,
+                                                    category=category).id
+        except ReviewStateError as exc:
             raise ClaimLost(str(exc)) from exc
 
 
 @requires("review.work")
-def quality_report(svc: Services, actor: Principal, *, weeks: int = 12) -> QualityReport:
+def quality_report(ctx: AppContext, actor: Principal, *, weeks: int = 12) -> QualityReport:
     """Agreement (Cohen's kappa), precision per detector/label by week, and threshold suggestions."""
-    with svc.db.session(readonly=True) as s:
-        pairs = review_q.agreement_pairs(s)
-        rows = review_q.decided_findings(s, since=svc.now() - timedelta(weeks=weeks))
-        waiting = review_q.open_sample_count(s)
+    with ctx.db.session(readonly=True) as s:
+        pairs = quality_q.agreement_pairs(s)
+        rows = quality_q.decided_findings(s, since=ctx.now() - timedelta(weeks=weeks))
+        waiting = samples_q.open_sample_count(s)
     outcomes = [review_stats.Outcome(i, at, det, lab, score, dec == "violation") for i, at, det, lab, score, dec in rows]
     return QualityReport(review_stats.cohen_kappa(pairs), len(pairs), waiting,
                          tuple(review_stats.precision_by_week(outcomes)),
@@ -449,37 +465,37 @@ def quality_report(svc: Services, actor: Principal, *, weeks: int = 12) -> Quali
 
 
 @requires("review.escalations")
-def list_escalations(svc: Services, actor: Principal, *, limit: int = PAGE_SIZE) -> tuple[QueueRow, ...]:
+def list_escalations(ctx: AppContext, actor: Principal, *, limit: int = PAGE_SIZE) -> tuple[QueueRow, ...]:
     """Escalated items, most severe and oldest first (admins' own conversations excluded)."""
-    with svc.db.session(readonly=True) as s:
-        items = review_q.list_queue(s, QueueFilter(statuses=("escalated",), exclude_owner_id=actor.user_id),
-                                    limit=limit)
-        return _rows(svc, s, items)
+    with ctx.db.session(readonly=True) as s:
+        items = queue_q.list_queue(s, QueueFilter(statuses=("escalated",), exclude_owner_id=actor.user_id),
+                                   limit=limit)
+        return _rows(ctx, s, items)
 
 
 @requires("review.escalations")
-def escalation_view(svc: Services, actor: Principal, item_id: int) -> ItemView:
-    """An escalated item with its decisions so far (the escalation note included)."""
-    with svc.db.session(readonly=True) as s:
-        ensure_separation(svc, s, actor, DECIDE_RULE.name, str(item_id))
-        item = review_q.get_review_item(s, item_id)
+def escalation_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
+    """An escalated item with its decisions so far (the escalation note included) and the operator's note."""
+    with ctx.db.session(readonly=True) as s:
+        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(item_id))
+        item = items_q.get_review_item(s, item_id)
         if item is None or item.status != "escalated":
             raise NotFound(f"Item {item_id} is not escalated.")
-        return _item_view(svc, s, item)
+        return _item_view(ctx, s, item)
 
 
 @requires("review.escalations")
-def decide_escalation(svc: Services, actor: Principal, item_id: int, decision: str, *,
+def decide_escalation(ctx: AppContext, actor: Principal, item_id: int, decision: str, *,
                       category: str | None = None, note: str | None = None) -> int:
     """An admin's final decision on an escalated item (violation or false positive); supersedes the escalation."""
     if decision == "escalate":
         raise InvalidInput("An escalated item needs a final decision: violation or false positive.")
     category, note = _validate(decision, category, note)
-    _ensure_not_own(svc, actor, item_id)
-    with svc.db.session() as s:
-        item = review_q.get_review_item(s, item_id)
+    _ensure_not_own(ctx, actor, item_id)
+    with ctx.db.session() as s:
+        item = items_q.get_review_item(s, item_id)
         if item is None or item.status != "escalated":
             raise ClaimLost(f"Item {item_id} is not escalated (any more).")
-        return review_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
-                                        actor=actor.username, category=category, note=note,
-                                        second_review=True).id
+        return decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                           actor=actor.username, category=category, note=note,
+                                           second_review=True).id

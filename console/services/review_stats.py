@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,5 +154,5 @@ def suggest_thresholds(
         if avoided / len(fps) < min_avoided_share:
             continue
         suggestions.append(ThresholdSuggestion(detector, label, threshold, len(fps), avoided, len(tps), kept))
-    log.debug("threshold suggestions: %s", len(suggestions))
+    logger.debug("threshold suggestions: %s", len(suggestions))
     return suggestions

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from console.services.access import ALL_ROLES, Principal, requires
 from console.services.auth import check_password_rules, hash_password
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
 from db import users as users_q
 
@@ -30,7 +30,7 @@ class UserView:
     last_login_at: datetime | None
 
 
-def _view(user) -> UserView:  # noqa: ANN001 - a db.models.User
+def _view(user) -> UserView:  # noqa: ANN001 - a db.tables.User
     return UserView(user.id, user.username, user.display_name, user.email, tuple(sorted(user.roles)),
                     bool(user.disabled), user.locked_until, user.last_login_at)
 
@@ -59,7 +59,7 @@ def _validate_email(email: str | None) -> str | None:
     return email
 
 
-def _create(svc: Services, actor: str, actor_id: int | None, username: str, password: str | None,
+def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, password: str | None,
             roles: Iterable[str], display_name: str | None, email: str | None) -> UserView:
     username = validate_username(username)
     roles = validate_roles(roles)
@@ -68,11 +68,11 @@ def _create(svc: Services, actor: str, actor_id: int | None, username: str, pass
     email = _validate_email(email)
     password_hash = None
     if password is not None:
-        check_password_rules(password, svc.settings.min_password_length)
+        check_password_rules(password, ctx.settings.min_password_length)
         password_hash = hash_password(password)
     elif email is None:
         raise InvalidInput("A user without a password signs in with single sign-on and needs an email.")
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         if users_q.get_user_by_username(s, username) is not None:
             raise InvalidInput(f"The username {username!r} is taken.")
         if email and users_q.get_user_by_email(s, email) is not None:
@@ -83,32 +83,32 @@ def _create(svc: Services, actor: str, actor_id: int | None, username: str, pass
         return _view(user)
 
 
-def bootstrap_admin(svc: Services, username: str, password: str) -> UserView | None:
+def bootstrap_admin(ctx: AppContext, username: str, password: str) -> UserView | None:
     """Create the first admin if no user exists yet; return it, or None when users already exist."""
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         if users_q.list_users(s):
             return None
     # The first account can also chat, so a new installation can be tried at once; the other duties
     # (reviewer, analyst) are given to other people on the Users page.
-    return _create(svc, SYSTEM_ACTOR, None, username, password, ["admin", "operator"], "Administrator", None)
+    return _create(ctx, SYSTEM_ACTOR, None, username, password, ["admin", "operator"], "Administrator", None)
 
 
-def create_user_cli(svc: Services, username: str, password: str | None, roles: Iterable[str],
+def create_user_cli(ctx: AppContext, username: str, password: str | None, roles: Iterable[str],
                     email: str | None = None) -> UserView:
     """Create a user from the command line (the shell user is trusted, as with ``init``)."""
-    return _create(svc, "cli", None, username, password, roles, None, email)
+    return _create(ctx, "cli", None, username, password, roles, None, email)
 
 
 @requires("users.manage")
-def list_users(svc: Services, actor: Principal) -> list[UserView]:
-    with svc.db.session() as s:
+def list_users(ctx: AppContext, actor: Principal) -> list[UserView]:
+    with ctx.db.session() as s:
         return [_view(u) for u in users_q.list_users(s)]
 
 
 @requires("users.manage")
-def add_user(svc: Services, actor: Principal, username: str, password: str | None, roles: Iterable[str],
+def add_user(ctx: AppContext, actor: Principal, username: str, password: str | None, roles: Iterable[str],
              display_name: str | None = None, email: str | None = None) -> UserView:
-    return _create(svc, actor.username, actor.user_id, username, password, roles, display_name, email)
+    return _create(ctx, actor.username, actor.user_id, username, password, roles, display_name, email)
 
 
 def _load(s, user_id: int):  # noqa: ANN001, ANN202
@@ -119,9 +119,9 @@ def _load(s, user_id: int):  # noqa: ANN001, ANN202
 
 
 @requires("users.manage")
-def set_roles(svc: Services, actor: Principal, user_id: int, roles: Iterable[str]) -> UserView:
+def set_roles(ctx: AppContext, actor: Principal, user_id: int, roles: Iterable[str]) -> UserView:
     roles = validate_roles(roles)
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         user = _load(s, user_id)
         if user.id == actor.user_id and "admin" not in roles:
             raise InvalidInput("You cannot remove your own admin role; ask another admin.")
@@ -130,8 +130,8 @@ def set_roles(svc: Services, actor: Principal, user_id: int, roles: Iterable[str
 
 
 @requires("users.manage")
-def set_disabled(svc: Services, actor: Principal, user_id: int, disabled: bool) -> UserView:
-    with svc.db.session() as s:
+def set_disabled(ctx: AppContext, actor: Principal, user_id: int, disabled: bool) -> UserView:
+    with ctx.db.session() as s:
         user = _load(s, user_id)
         if user.id == actor.user_id and disabled:
             raise InvalidInput("You cannot disable your own account.")
@@ -140,9 +140,9 @@ def set_disabled(svc: Services, actor: Principal, user_id: int, disabled: bool) 
 
 
 @requires("users.manage")
-def reset_password(svc: Services, actor: Principal, user_id: int, new_password: str) -> UserView:
-    check_password_rules(new_password, svc.settings.min_password_length)
-    with svc.db.session() as s:
+def reset_password(ctx: AppContext, actor: Principal, user_id: int, new_password: str) -> UserView:
+    check_password_rules(new_password, ctx.settings.min_password_length)
+    with ctx.db.session() as s:
         user = _load(s, user_id)
         users_q.set_password_hash(s, user.id, hash_password(new_password), actor=actor.username,
                                   actor_id=actor.user_id)

@@ -6,26 +6,25 @@ import streamlit as st
 
 from console import ui
 from console.services import chat as chat_svc
+from console.services import serving as serving_svc
 from console.services.chat import ExchangeView
 from console.textsafe import escape_markdown, escape_stream
-from engine.types import SamplingSettings
 
 principal = ui.require_page("chat")
-svc = ui.services()
-state = ui.session()
-host = svc.host
+ctx = ui.app_context()
+page_state = ui.session().chat
 st.title("Chat")
 
 # --- sidebar: conversations and settings -----------------------------------------------------------------------
 with st.sidebar:
     st.subheader("Conversations")
     if st.button("New conversation", key="new_conversation", icon=":material/add:"):
-        state.conversation_id = None
-    for conv in ui.call(chat_svc.list_conversations, svc, principal) or []:
-        current = conv.id == state.conversation_id
+        page_state.conversation_id = None
+    for conv in ui.call(chat_svc.list_conversations, ctx, principal) or []:
+        current = conv.id == page_state.conversation_id
         if st.button(escape_markdown(conv.title or f"Conversation {conv.id}"), key=f"conversation_{conv.id}",
                      type="primary" if current else "tertiary"):
-            state.conversation_id = conv.id
+            page_state.conversation_id = conv.id
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
         system_prompt = st.text_area("System prompt", key="system_prompt", max_chars=chat_svc.MAX_SYSTEM_PROMPT_CHARS,
@@ -67,7 +66,7 @@ def _render(ex: ExchangeView) -> None:
         if ex.status == "blocked":
             st.warning("This message was blocked by the safety policy and never reached the model.")
         elif ex.status == "error":
-            st.error(f"The model failed to answer: {ex.error or 'unknown error'}")
+            st.error(f"The model failed to answer: {escape_markdown(ex.error or 'unknown error')}")
         else:
             st.markdown(escape_markdown(ex.response) or "_(no text)_")
         st.caption(escape_markdown(_status_line(ex)))
@@ -78,56 +77,64 @@ def _render(ex: ExchangeView) -> None:
             with st.form(f"review_form_{ex.id}", clear_on_submit=True):
                 note = st.text_area("Note for the reviewer", key=f"review_note_{ex.id}")
                 if st.form_submit_button("Send"):
-                    if ui.call(chat_svc.send_to_review, svc, principal, ex.id, note) is not None:
+                    if ui.call(chat_svc.send_to_review, ctx, principal, ex.id, note) is not None:
                         st.toast("Sent to review.")
 
 
-if state.flash:
-    st.info(state.flash)
-    state.flash = None
+if page_state.notice:
+    st.info(page_state.notice)
+    page_state.notice = None
 
-# --- engine status ----------------------------------------------------------------------------------------------
-ready = False
-if host is None:
-    st.warning("No model is being served. An admin can register and serve one on the Models page.")
+# --- what is served ---------------------------------------------------------------------------------------------
+
+
+def _show_serving(serving: serving_svc.ServingView) -> None:
+    model = escape_markdown(serving.model_version or "?")
+    if serving.state == "switching":
+        st.info(f"Switching to {escape_markdown(serving.switching_to or '?')}: messages sent now are answered "
+                "as soon as it is ready.")
+    elif serving.state == "loading":
+        st.info(f"The model {model} is loading: {escape_markdown(serving.message)}")
+        st.progress(serving.progress)
+    elif not serving.ready:
+        what = "has stopped" if serving.state == "stopped" else "failed"
+        why = escape_markdown(serving.error or serving.message)
+        st.error(f"The model {model} {what}: {why}. Chat is paused; ask an admin.")
+
+
+serving = serving_svc.serving_status(ctx)
+page_state.engine_was_ready = serving.ready
+if serving.state == "none":
+    st.warning("No model is being served; ask an admin.")
 else:
 
     @st.fragment(run_every=2)
-    def _engine_status() -> None:
-        status = host.status()
-        if status.state == "ready":
-            if not st.session_state.get("_engine_was_ready"):
-                st.session_state["_engine_was_ready"] = True
-                st.rerun(scope="app")
-            return
-        st.session_state["_engine_was_ready"] = False
-        if status.state == "loading":
-            st.info(f"The model {status.model_version} is loading: {status.message}")
-            st.progress(min(max(status.progress, 0.0), 1.0))
-        else:
-            st.error(f"The model {status.model_version} is {status.state}: {status.error or status.message}")
+    def _serving_status() -> None:
+        now = serving_svc.serving_status(ctx)
+        if now.ready != page_state.engine_was_ready:  # the whole page must follow: enable or disable the input
+            page_state.engine_was_ready = now.ready
+            st.rerun(scope="app")
+        _show_serving(now)
 
-    _engine_status()
-    ready = host.status().state == "ready"
+    _serving_status()
 
 # --- conversation -----------------------------------------------------------------------------------------------
-if state.conversation_id is not None:
-    for exchange in ui.call(chat_svc.conversation_history, svc, principal, state.conversation_id) or []:
+if page_state.conversation_id is not None:
+    for exchange in ui.call(chat_svc.conversation_history, ctx, principal, page_state.conversation_id) or []:
         _render(exchange)
 else:
     st.caption("A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy.")
 
-prompt = st.chat_input("Ask the support model…", key="chat_prompt", disabled=not ready, max_chars=20_000)
+prompt = st.chat_input("Ask the support model…", key="chat_prompt", disabled=not serving.ready, max_chars=20_000)
 if prompt:
     with st.chat_message("user"):
         st.markdown(escape_markdown(prompt))
     with st.chat_message("assistant"):
-        sampling = ui.call(SamplingSettings, temperature=float(temperature), top_p=float(top_p),
-                           max_tokens=int(max_tokens))
-        turn = sampling and ui.call(chat_svc.start_turn, svc, principal, state.conversation_id, prompt, sampling,
-                                    system_prompt if state.conversation_id is None else None)
+        turn = ui.call(chat_svc.start_turn, ctx, principal, page_state.conversation_id, prompt,
+                       temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens),
+                       system_prompt=system_prompt if page_state.conversation_id is None else None)
         if turn:
-            state.conversation_id = turn.conversation_id
+            page_state.conversation_id = turn.conversation_id
             if turn.blocked:
                 st.warning(turn.outcome.notice if turn.outcome and turn.outcome.notice else "Blocked.")
             else:
@@ -136,5 +143,5 @@ if prompt:
                 with ui.shows_errors():
                     st.write_stream(escape_stream(turn.deltas()))
             if turn.outcome is not None and turn.outcome.notice:
-                state.flash = turn.outcome.notice
+                page_state.notice = turn.outcome.notice
             st.rerun()

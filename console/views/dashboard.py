@@ -9,17 +9,17 @@ from console import ui
 from console.services import dashboard as dash_svc
 
 principal = ui.require_page("dashboard")
-svc = ui.services()
+ctx = ui.app_context()
 
 st.title("Latency")
 c1, c2 = st.columns(2)
 window = c1.selectbox("Window", list(dash_svc.WINDOWS), index=1, key="dash_window")
-report = ui.call(dash_svc.latency, svc, principal, window)
+report = ui.call(dash_svc.latency, ctx, principal, window)
 version = None
 if report is not None and report.versions:
     version = c2.selectbox("Model version", ["all", *report.versions], key="dash_version")
     if version != "all":
-        report = ui.call(dash_svc.latency, svc, principal, window, version)
+        report = ui.call(dash_svc.latency, ctx, principal, window, version)
 
 if report is not None:
     if report.exchanges.empty:

@@ -16,7 +16,7 @@ def _sso_configured() -> bool:
         return False
 
 
-svc = ui.services()
+ctx = ui.app_context()
 state = ui.session()
 
 st.title("LLM Console")
@@ -27,8 +27,7 @@ if state.flash:
 
 if state.principal is None and _sso_configured() and ui.sso_signed_in():
     try:
-        state.principal = auth.login_sso(svc, str(st.user.get("email") or ""), str(st.user.get("iss") or ""))
-        state.last_activity = svc.now()
+        ui.sign_in(auth.login_sso(ctx, str(st.user.get("email") or ""), str(st.user.get("iss") or "")), ctx.now())
         st.rerun()
     except LoginFailed as exc:
         st.error(str(exc))
@@ -42,9 +41,7 @@ with st.form("login", clear_on_submit=False):
 
 if submitted:
     try:
-        state.principal = auth.login(svc, username, password)
-        state.last_activity = svc.now()
-        state.conversation_id = None
+        ui.sign_in(auth.login(ctx, username, password), ctx.now())
         st.rerun()
     except LoginFailed as exc:
         st.error(str(exc))

@@ -10,10 +10,10 @@ from console.services import policy as policy_svc
 from console.textsafe import escape_markdown
 
 principal = ui.require_page("policy")
-svc = ui.services()
+ctx = ui.app_context()
 
 st.title("Safety policy")
-view = ui.call(policy_svc.current, svc, principal)
+view = ui.call(policy_svc.current, ctx, principal)
 if view is not None:
     if view.scanner_notice:
         st.warning(escape_markdown(view.scanner_notice))
@@ -26,7 +26,7 @@ if view is not None:
         with st.form("policy_form"):
             content = st.text_area("Policy (TOML)", value=view.content, height=420, key="policy_content")
             if st.form_submit_button("Validate and put in force", type="primary"):
-                updated = ui.call(policy_svc.replace, svc, principal, content)
+                updated = ui.call(policy_svc.replace, ctx, principal, content)
                 if updated is not None:
                     st.success(f"Policy version {updated.version} is in force.")
     else:

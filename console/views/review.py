@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
@@ -13,63 +12,27 @@ from console import ui
 from console.services import review
 from console.services.access import allowed
 from console.textsafe import escape_markdown
+from console.widgets import decision_fields, marked, show_item
 
 principal = ui.require_page("review")
-svc = ui.services()
-PLACEHOLDER = re.compile(r"(<[A-Z_]+>)")
-
-
-def marked(text: str, spans: list[tuple[int, int]] = ()) -> str:
-    """Escaped text with redaction placeholders (or the given raw spans) highlighted."""
-    if spans:
-        out, pos = [], 0
-        for start, end in sorted(spans):
-            out += [escape_markdown(text[pos:start]), f":red-background[{escape_markdown(text[start:end])}]"]
-            pos = max(pos, end)
-        return "".join(out) + escape_markdown(text[pos:])
-    return "".join(f":orange-background[{escape_markdown(p)}]" if PLACEHOLDER.fullmatch(p) else escape_markdown(p)
-                   for p in PLACEHOLDER.split(text))
+ctx = ui.app_context()
+page_state = ui.session().review
 
 
 def day(d: date | None, plus: int = 0) -> datetime | None:
     return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=plus) if d else None
 
 
-def decision_fields(prefix: str) -> tuple[str, str | None, str]:
-    decision = st.radio("Decision", list(review.DECISION_LABELS), format_func=review.DECISION_LABELS.get,
-                        horizontal=True, key=f"{prefix}decision")
-    category = st.selectbox("Category (for a violation)", list(review.CATEGORIES), index=None,
-                            format_func=review.CATEGORIES.get, key=f"{prefix}category")
-    note = st.text_input("Note (required to escalate)", key=f"{prefix}note")
-    return decision, category, note
-
-
-def show_item(view: review.ItemView) -> None:
-    badges = [f":violet-badge[severity {view.severity}]", f":gray-badge[{view.reason}]"]
-    if view.overdue:
-        badges.append(":red-badge[overdue]")
-    st.markdown(f"**Item {view.item_id}** " + " ".join(badges))
-    st.caption(f"Model {escape_markdown(view.model_version)} · policy v{view.policy_version or '?'} · "
-               f"prompt action {view.prompt_action or '-'} · output action {view.output_action or '-'}")
-    for turn in view.context:
-        st.chat_message("user").markdown(escape_markdown(turn.prompt))
-        st.chat_message("assistant").markdown(escape_markdown(turn.response))
-    st.chat_message("user", avatar=":material/flag:").markdown(marked(view.prompt))
-    st.chat_message("assistant", avatar=":material/flag:").markdown(marked(view.response))
-    st.dataframe(pd.DataFrame([f.__dict__ for f in view.findings]), hide_index=True, key=f"findings_{view.item_id}",
-                 column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})
-
-
-flash = st.session_state.pop("review_flash", None)
-if flash:
-    st.success(flash)
+if page_state.flash:
+    st.success(page_state.flash)
+    page_state.flash = None
 st.title("Review queue")
 st.caption("Keyboard: Alt+N takes the next item; in the item, arrow keys change the decision, Tab moves on, "
            "Enter in the note or Ctrl+Enter decides, Alt+U releases it. After a decision the next item is taken.")
 queue_tab, second_tab, quality_tab = st.tabs(["Queue", "Second review", "Quality"])
 
 with queue_tab:
-    opts = ui.call(review.filter_options, svc, principal) or {}
+    opts = ui.call(review.filter_options, ctx, principal) or {}
     with st.expander("Filters"):
         c1, c2, c3, c4 = st.columns(4)
         statuses = c1.multiselect("Status", ["open", "claimed", "decided", "escalated"], default=["open", "claimed"],
@@ -85,8 +48,8 @@ with queue_tab:
         statuses=tuple(statuses), detector=detector, label=label, model_version=model,
         min_score=low if low > 0 else None, max_score=high if high < 1 else None,
         created_from=day(since), created_to=day(until, 1),
-        assignee_id=ui.call(review.user_id_of, svc, principal, assignee) if assignee else None)
-    page = ui.call(review.list_queue, svc, principal, filters)
+        assignee_id=ui.call(review.user_id_of, ctx, principal, assignee) if assignee else None)
+    page = ui.call(review.list_queue, ctx, principal, filters)
     if page is None:
         st.stop()
     cols = st.columns(6)
@@ -98,46 +61,46 @@ with queue_tab:
     cols[5].metric("Oldest open", f"{age.days} d {age.seconds // 3600} h" if age else "-")
 
     if page.mine is not None:
-        view = ui.call(review.item_view, svc, principal, page.mine)
+        view = ui.call(review.item_view, ctx, principal, page.mine)
         if view is not None:
             with st.container(border=True):
-                show_item(view)
+                show_item(view, key="queue")
                 if view.raw_kept and allowed(principal.roles, "review.reveal_raw"):
                     with st.form("reveal_form", clear_on_submit=True):
                         side = st.selectbox("Reveal raw text of", view.raw_kept, key="reveal_direction")
                         reason = st.text_input("Reason (recorded in the audit log)", key="reveal_reason")
                         if st.form_submit_button("Reveal raw text", key="reveal_submit"):
-                            raw = ui.call(review.reveal_raw, svc, principal, view.item_id, side, reason)
+                            raw = ui.call(review.reveal_raw, ctx, principal, view.item_id, side, reason)
                             if raw is not None:
                                 spans = [(f.start, f.end) for f in view.findings if f.direction == side
                                          and f.start is not None and f.end is not None and f.end <= len(raw)]
                                 st.warning(marked(raw, spans), icon=":material/visibility:")
                 with st.form("decision_form"):
-                    decision, category, note = decision_fields("")
+                    decision, category, note = decision_fields("", view.item_id)
                     if st.form_submit_button("Decide", type="primary", key="decide", shortcut="Ctrl+Enter"):
-                        done = ui.call(review.decide, svc, principal, view.item_id, decision, category=category,
+                        done = ui.call(review.decide, ctx, principal, view.item_id, decision, category=category,
                                        note=note)
                         if done is not None:
-                            nxt = ui.call(review.claim_next, svc, principal, filters)
-                            st.session_state["review_flash"] = (
+                            nxt = ui.call(review.claim_next, ctx, principal, filters)
+                            page_state.flash = (
                                 f"Item {done.item_id}: {review.DECISION_LABELS[decision].lower()} recorded"
                                 + (" (drawn for a second review)" if done.sampled else "")
                                 + (f"; took item {nxt}." if nxt else "; the queue is empty."))
                             st.rerun()
                 if st.button("Release", key="release", shortcut="Alt+U"):
-                    ui.call(review.release, svc, principal, view.item_id)
+                    ui.call(review.release, ctx, principal, view.item_id)
                     st.rerun()
 
     c1, c2, c3 = st.columns([1, 2, 1])
     if c1.button("Take next", key="take_next", type="primary", shortcut="Alt+N"):
-        taken = ui.call(review.claim_next, svc, principal, filters)
-        st.session_state["review_flash"] = f"Took item {taken}." if taken else "Nothing left to claim."
+        taken = ui.call(review.claim_next, ctx, principal, filters)
+        page_state.flash = f"Took item {taken}." if taken else "Nothing left to claim."
         st.rerun()
     claimable = [r.item_id for r in page.rows if r.status == "open" or (r.status == "claimed" and not r.claim_active)]
     chosen = c2.selectbox("Item", claimable, index=None, key="chosen_item", label_visibility="collapsed",
                           placeholder="Choose an item to claim")
     if c3.button("Claim chosen", key="claim_chosen") and chosen is not None:
-        if ui.call(review.claim, svc, principal, chosen) is not None:
+        if ui.call(review.claim, ctx, principal, chosen) is not None:
             st.rerun()
     st.dataframe(pd.DataFrame([{
         "item": r.item_id, "severity": r.severity, "due": ("🔴 overdue " if r.overdue else "") + (f"{r.due_at:%Y-%m-%d %H:%M}" if r.due_at else ""),
@@ -148,30 +111,31 @@ with queue_tab:
 
     with st.expander("Decide several items at once (same cause)"), st.form("bulk_form"):
         picks = st.multiselect("Items", claimable, key="bulk_items")
-        decision, category, note = decision_fields("bulk_")
+        decision, category, note = decision_fields("bulk_", page_state.bulk_round)
         if st.form_submit_button("Decide selected", key="bulk_decide"):
-            done = ui.call(review.decide_bulk, svc, principal, picks, decision, category=category, note=note)
-            if done:
-                st.session_state["review_flash"] = f"Decided {len(done)} items."
+            decided = ui.call(review.decide_bulk, ctx, principal, picks, decision, category=category, note=note)
+            if decided:
+                page_state.flash = f"Decided {len(decided)} items."
+                page_state.bulk_round += 1
                 st.rerun()
 
 with second_tab:
-    blind = ui.call(review.next_second_review, svc, principal)
+    blind = ui.call(review.next_second_review, ctx, principal)
     if blind is None:
         st.info("No decided item waits for your second opinion.")
     else:
         st.caption("A blind second opinion: the first decision is hidden; it only feeds the agreement statistics.")
-        show_item(blind)
+        show_item(blind, key="second")
         with st.form("second_form"):
-            decision, category, _ = decision_fields("second_")
+            decision, category, _ = decision_fields("second_", blind.item_id, note=None)
             if st.form_submit_button("Give second opinion", key="second_decide"):
-                if ui.call(review.decide_second_review, svc, principal, blind.sample_id, decision,
+                if ui.call(review.decide_second_review, ctx, principal, blind.sample_id, decision,
                            category=category) is not None:
-                    st.session_state["review_flash"] = f"Second opinion on item {blind.item_id} recorded."
+                    page_state.flash = f"Second opinion on item {blind.item_id} recorded."
                     st.rerun()
 
 with quality_tab:
-    report = ui.call(review.quality_report, svc, principal)
+    report = ui.call(review.quality_report, ctx, principal)
     if report is not None:
         c1, c2, c3 = st.columns(3)
         c1.metric("Agreement (Cohen's kappa)", "-" if report.kappa is None else f"{report.kappa:.2f}")

@@ -10,10 +10,10 @@ from console.services import users as users_svc
 from console.services.access import ALL_ROLES
 
 principal = ui.require_page("users")
-svc = ui.services()
+ctx = ui.app_context()
 
 st.title("Users")
-users = ui.call(users_svc.list_users, svc, principal) or []
+users = ui.call(users_svc.list_users, ctx, principal) or []
 st.dataframe(
     pd.DataFrame([{"username": u.username, "name": u.display_name or "", "email": u.email or "",
                    "roles": ", ".join(u.roles), "status": "disabled" if u.disabled else "active",
@@ -28,10 +28,10 @@ with add_tab, st.form("add_user", clear_on_submit=True):
     email = st.text_input("Email (for single sign-on)", key="new_email")
     roles = st.multiselect("Roles", ALL_ROLES, key="new_roles")
     password = st.text_input("Initial password", type="password", key="new_password",
-                             help=f"At least {svc.settings.min_password_length} characters. "
+                             help=f"At least {ctx.settings.min_password_length} characters. "
                                   "Leave empty for a single sign-on user (email required).")
     if st.form_submit_button("Add user", type="primary", key="add_user_submit"):
-        created = ui.call(users_svc.add_user, svc, principal, username, password or None, roles,
+        created = ui.call(users_svc.add_user, ctx, principal, username, password or None, roles,
                           display_name=display_name, email=email)
         if created:
             st.success(f"Added {created.username}.")
@@ -45,15 +45,15 @@ with edit_tab:
         with st.form("edit_roles"):
             new_roles = st.multiselect("Roles", ALL_ROLES, default=list(user.roles), key="edit_roles_value")
             if st.form_submit_button("Save roles"):
-                if ui.call(users_svc.set_roles, svc, principal, user.id, new_roles):
+                if ui.call(users_svc.set_roles, ctx, principal, user.id, new_roles):
                     st.success("Roles saved.")
                     st.rerun()
         with st.form("reset_password", clear_on_submit=True):
             new_password = st.text_input("New password", type="password", key="reset_password_value")
             if st.form_submit_button("Reset password"):
-                if ui.call(users_svc.reset_password, svc, principal, user.id, new_password):
+                if ui.call(users_svc.reset_password, ctx, principal, user.id, new_password):
                     st.success("Password reset; the user's lockout is cleared.")
         label = "Enable account" if user.disabled else "Disable account"
         if st.button(label, key="toggle_disabled", type="secondary"):
-            if ui.call(users_svc.set_disabled, svc, principal, user.id, not user.disabled):
+            if ui.call(users_svc.set_disabled, ctx, principal, user.id, not user.disabled):
                 st.rerun()

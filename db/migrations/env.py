@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from db.models import Base
+from db.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

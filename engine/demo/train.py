@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.demo.corpus import build_corpus, corpus_fingerprint
+from engine.demo.corpus import Dialogue, build_corpus, corpus_fingerprint
 from engine.demo.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def _replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _encode_dialogues(tokenizer: Any, dialogues: list, max_len: int) -> tuple[list[list[int]], list[list[int]]]:
+def _encode_dialogues(tokenizer: Any, dialogues: list[Dialogue], max_len: int) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of each rendered dialogue and its labels: the loss sees only assistant replies (and their end)."""
     assistant_id = tokenizer.convert_tokens_to_ids("<|assistant|>")
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")

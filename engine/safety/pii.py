@@ -12,9 +12,17 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from engine.safety.base import Finding, ScannerLoadError
 from engine.safety.normalize import normalize
+
+if TYPE_CHECKING:
+    # Imported where used: loading Presidio pulls in spaCy, which takes seconds.
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+    from presidio_anonymizer import AnonymizerEngine
+    from tldextract import TLDExtract
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +70,14 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
-def _offline_tld_extractor():  # -> tldextract.TLDExtract
+def _offline_tld_extractor() -> TLDExtract:
     import tldextract
 
     # No URLs to fetch and no disk cache: tldextract goes straight to the snapshot shipped in its wheel.
     return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
 
 
-def _offline_email_recognizer(language: str):  # -> presidio_analyzer EmailRecognizer
+def _offline_email_recognizer(language: str) -> EmailRecognizer:
     from presidio_analyzer.predefined_recognizers import EmailRecognizer
 
     extractor = _offline_tld_extractor()
@@ -99,7 +107,7 @@ class PresidioScanner:
         # spaCy pipelines and Presidio's registry are not documented as thread-safe; scans are short.
         self._lock = threading.Lock()
 
-    def _build_analyzer(self):  # -> AnalyzerEngine
+    def _build_analyzer(self) -> AnalyzerEngine:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NlpEngineProvider
         from presidio_analyzer.predefined_recognizers import PhoneRecognizer
@@ -158,16 +166,17 @@ class PresidioScanner:
 
 
 _anonymizer_lock = threading.Lock()
-_anonymizer = None
+_anonymizer: AnonymizerEngine | None = None
 
 
-def _get_anonymizer():  # -> AnonymizerEngine
+def _get_anonymizer() -> AnonymizerEngine:
     global _anonymizer
     with _anonymizer_lock:
         if _anonymizer is None:
             from presidio_anonymizer import AnonymizerEngine
 
-            _anonymizer = AnonymizerEngine()
+            # presidio-anonymizer leaves its constructor unannotated (it takes no arguments).
+            _anonymizer = AnonymizerEngine()  # type: ignore[no-untyped-call]
         return _anonymizer
 
 
@@ -179,9 +188,12 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
     """
     from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
-    spans = [f for f in findings if f.has_span and f.end is not None and f.start is not None and f.end > f.start]
-    if not spans:
+    results = [
+        RecognizerResult(f.label, f.start, f.end, f.score)
+        for f in findings
+        if f.start is not None and f.end is not None and f.end > f.start
+    ]
+    if not results:
         return text
-    results = [RecognizerResult(f.label, f.start, f.end, f.score) for f in spans]
-    operators = {f.label: OperatorConfig("replace", {"new_value": f"<{f.label}>"}) for f in spans}
+    operators = {r.entity_type: OperatorConfig("replace", {"new_value": f"<{r.entity_type}>"}) for r in results}
     return _get_anonymizer().anonymize(text=text, analyzer_results=results, operators=operators).text

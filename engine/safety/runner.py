@@ -7,8 +7,13 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from engine.safety.base import Finding, Scanner
+
+if TYPE_CHECKING:
+    from engine.safety.pii import PiiConfig
+    from engine.safety.toxicity import ToxicityConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +64,13 @@ class ScannerRunner:
         return ScanReport(tuple(findings), MappingProxyType(timings))
 
 
-def build_runner(pii_config=None, toxicity_config=None) -> tuple[ScannerRunner, str | None]:
+def build_runner(
+    pii_config: PiiConfig | None = None, toxicity_config: ToxicityConfig | None = None
+) -> tuple[ScannerRunner, str | None]:
     """Build the standard runner (Presidio, then Detoxify or its fallback) and the toxicity notice, if any.
 
     Call once per process (the console caches it): loading spaCy and a toxicity model takes seconds.
-    ``pii_config`` is a ``PiiConfig``, ``toxicity_config`` a ``ToxicityConfig`` (None: defaults).
+    A config left as None means that scanner's defaults.
     """
     from engine.safety.pii import PresidioScanner
     from engine.safety.toxicity import load_toxicity_scanner

@@ -12,9 +12,11 @@ import logging
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Protocol
 
 from engine.safety.base import Finding, ScannerLoadError
 from engine.safety.chunking import Chunk, chunk_by_chars, chunk_by_token_offsets
@@ -93,6 +95,18 @@ def _max_by_label(per_chunk: list[dict[str, float]], chunks: list[Chunk]) -> dic
     return best
 
 
+class DetoxifyModel(Protocol):
+    """What ``DetoxifyScanner`` uses of a ``detoxify.Detoxify`` (the package ships no type information)."""
+
+    class_names: list[str]
+    # A transformers fast tokenizer: called with offsets on, it returns a mapping with "offset_mapping".
+    tokenizer: Callable[..., Mapping[str, Any]]
+
+    def predict(self, text: list[str]) -> Mapping[str, list[float] | float]:
+        """Scores per label: one per text, or a bare float for a batch of one."""
+        ...
+
+
 class DetoxifyScanner:
     """Scores a text on every label of the loaded Detoxify model; long texts are scanned in 510-token windows.
 
@@ -101,7 +115,7 @@ class DetoxifyScanner:
 
     name = "detoxify"
 
-    def __init__(self, detoxify_model, *, source: str, batch_size: int = 8) -> None:  # model: detoxify.Detoxify
+    def __init__(self, detoxify_model: DetoxifyModel, *, source: str, batch_size: int = 8) -> None:
         self._model = detoxify_model
         self.labels: tuple[str, ...] = tuple(detoxify_model.class_names)
         self.version = f"detoxify-{_package_version('detoxify')}/{source}"
@@ -134,7 +148,7 @@ class DetoxifyScanner:
 
     def _chunks(self, text: str) -> list[Chunk]:
         encoded = self._model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        offsets = [tuple(o) for o in encoded["offset_mapping"]]
+        offsets = [(start, end) for start, end in encoded["offset_mapping"]]
         return chunk_by_token_offsets(
             offsets, text, max_tokens=DETOXIFY_MAX_TOKENS, overlap_tokens=DETOXIFY_OVERLAP_TOKENS
         )
@@ -171,7 +185,8 @@ class ProfanityFallbackScanner:
     def __init__(self) -> None:
         from profanity_check import predict_prob
 
-        self._predict_prob = predict_prob
+        # Returns a 1-D numpy array of float64, which are floats.
+        self._predict_prob: Callable[[list[str]], Iterable[float]] = predict_prob
         self.version = f"alt-profanity-check-{_package_version('alt-profanity-check')} (fallback: Detoxify unavailable)"
         self._lock = threading.Lock()
 
@@ -182,7 +197,7 @@ class ProfanityFallbackScanner:
         norm = normalize(text)
         chunks = chunk_by_chars(norm.text, max_chars=FALLBACK_MAX_CHARS, overlap=FALLBACK_OVERLAP_CHARS)
         with self._lock:
-            probs = self._predict_prob([c.text for c in chunks])
+            probs = list(self._predict_prob([c.text for c in chunks]))
         best = max(range(len(chunks)), key=lambda i: probs[i])
         start, end = norm.to_original(chunks[best].start, chunks[best].end)
         score = round(float(probs[best]), 4)
@@ -192,7 +207,8 @@ class ProfanityFallbackScanner:
 def _checkpoint_url(model_type: str) -> str:
     from detoxify.detoxify import MODEL_URLS
 
-    return MODEL_URLS[model_type]
+    url: str = MODEL_URLS[model_type]
+    return url
 
 
 def _cached_checkpoint_path(model_type: str) -> Path:

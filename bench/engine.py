@@ -3,14 +3,16 @@
 Both sides get the same chat prompts (the model's own chat template, as token ids) and the same sampling:
 greedy (temperature 0) with ``ignore_eos=True``, so every request produces exactly ``max_tokens`` tokens and
 the two figures count the same work. The host side runs ``concurrency`` caller threads, each streaming one
-chat, as browser sessions would; the raw side hands all prompts to one ``LLM.generate`` call. The host is shut
-down before ``LLM`` is created, so the two engines never share the machine's memory.
+chat, as browser sessions would; the raw side hands all prompts to one ``LLM.generate`` call. Both engines live
+for the whole run (two in-process vLLM engines work side by side as long as neither is shut down while the
+other still serves) and their rounds interleave, so both see the same machine.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import queue
 import statistics
 import threading
 import time
@@ -92,73 +94,97 @@ def _host_round(
     return sum(tokens), elapsed
 
 
-def _bench_host(
-    spec: ModelSpec,
-    config: HostConfig,
-    conversations: list[list[ChatMessage]],
-    sampling: SamplingSettings,
-    rounds: int,
-) -> list[tuple[int, float]]:
-    host = EngineHost.start(spec, config, wait=True)
-    try:
-        # Warm-up: the first step of a fresh engine pays one-off costs the raw side also pays in its warm-up.
-        list(host.stream_chat(conversations[0], SamplingSettings(temperature=0.0, max_tokens=4)))
-        return [_host_round(host, conversations, sampling) for _ in range(rounds)]
-    finally:
-        host.shutdown()
+class _RawEngine:
+    """vLLM's ``LLM`` owned by one thread of its own, as the host owns its engine.
+
+    vLLM's CPU worker binds the OpenMP threads of the thread that creates the engine; on this 2-core machine an
+    engine driven from the main thread ran several times slower than the same engine on a fresh thread. So the
+    ``LLM`` is created, driven and shut down on one dedicated thread, and rounds are handed to it.
+    """
+
+    def __init__(self, spec: ModelSpec, config: HostConfig, conversations: list[list[ChatMessage]],
+                 sampling: SamplingSettings) -> None:
+        self._jobs: queue.SimpleQueue[tuple[str, queue.SimpleQueue[Any]] | None] = queue.SimpleQueue()
+        self._args = (spec, config, conversations, sampling)
+        ready: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="bench-raw-llm", daemon=True)
+        self._thread.start()
+        started = ready.get()
+        if isinstance(started, BaseException):
+            raise started
+
+    def _run(self, ready: queue.SimpleQueue[Any]) -> None:
+        from transformers import AutoTokenizer
+        from vllm import LLM, SamplingParams
+        from vllm.platforms import current_platform
+
+        spec, config, conversations, sampling = self._args
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+            prompts: list[Any] = []
+            for messages in conversations:
+                text = tokenizer.apply_chat_template(
+                    [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=True
+                )
+                prompts.append({"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
+            # The same engine arguments the host would pass, so only the serving path differs.
+            args: dict[str, Any] = {
+                "model": spec.source,
+                "revision": spec.revision,
+                "dtype": spec.dtype,
+                "max_model_len": spec.max_model_len,
+                "enforce_eager": current_platform.is_cpu() if config.enforce_eager is None else config.enforce_eager,
+            }
+            if current_platform.is_cpu():
+                args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * _GIB)
+            args.update(spec.engine_args)
+            llm = LLM(**args)
+            params = SamplingParams(
+                temperature=sampling.temperature, max_tokens=sampling.max_tokens, ignore_eos=sampling.ignore_eos
+            )
+            llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
+        except BaseException as exc:  # re-raised on the caller's thread
+            ready.put(exc)
+            return
+        ready.put(True)
+        try:
+            while (job := self._jobs.get()) is not None:
+                kind, reply = job
+                try:
+                    started = time.perf_counter()
+                    if kind == "generate":
+                        outputs = llm.generate(prompts, params, use_tqdm=False)
+                        tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+                        reply.put((tokens, time.perf_counter() - started))
+                    else:
+                        reply.put(_raw_stream_round(llm.llm_engine, prompts, sampling, kind))
+                except BaseException as exc:
+                    reply.put(exc)
+        finally:
+            # Explicit shutdown: at interpreter exit vLLM's __del__ raised.
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:
+                logger.exception("shutting down the raw engine failed")
+            del llm
+            gc.collect()
+
+    def round(self, kind: str) -> tuple[int, float]:
+        """One timed round: ``"generate"`` (LLM.generate) or a request-id prefix for the raw streaming loop."""
+        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._jobs.put((kind, reply))
+        out = reply.get()
+        if isinstance(out, BaseException):
+            raise out
+        return out  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join()
 
 
-def _bench_raw(
-    spec: ModelSpec,
-    config: HostConfig,
-    conversations: list[list[ChatMessage]],
-    sampling: SamplingSettings,
-    rounds: int,
-) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
-    from vllm.platforms import current_platform
-
-    tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
-    prompts: list[Any] = []
-    for messages in conversations:
-        text = tokenizer.apply_chat_template(
-            [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        prompts.append({"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
-    # The same engine arguments the host would pass, so only the serving path differs.
-    args: dict[str, Any] = {
-        "model": spec.source,
-        "revision": spec.revision,
-        "dtype": spec.dtype,
-        "max_model_len": spec.max_model_len,
-        "enforce_eager": current_platform.is_cpu() if config.enforce_eager is None else config.enforce_eager,
-    }
-    if current_platform.is_cpu():
-        args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * _GIB)
-    args.update(spec.engine_args)
-    llm = LLM(**args)
-    try:
-        params = SamplingParams(
-            temperature=sampling.temperature, max_tokens=sampling.max_tokens, ignore_eos=sampling.ignore_eos
-        )
-        llm.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
-        measured = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            outputs = llm.generate(prompts, params, use_tqdm=False)
-            elapsed = time.perf_counter() - started
-            measured.append((sum(len(o.outputs[0].token_ids) for o in outputs), elapsed))
-        return measured, _raw_stream_rounds(llm.llm_engine, prompts, sampling, rounds)
-    finally:
-        # Explicit shutdown: at interpreter exit vLLM's __del__ raised.
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-
-
-def _raw_stream_rounds(engine: Any, prompts: list[Any], sampling: SamplingSettings, rounds: int
-                       ) -> list[tuple[int, float]]:
+def _raw_stream_round(engine: Any, prompts: list[Any], sampling: SamplingSettings, prefix: str
+                      ) -> tuple[int, float]:
     """vLLM's own streaming path with no host around it: DELTA outputs, stepping the engine directly.
 
     Separates what streaming itself costs (a RequestOutput and incremental detokenisation per token) from what
@@ -167,42 +193,23 @@ def _raw_stream_rounds(engine: Any, prompts: list[Any], sampling: SamplingSettin
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    measured = []
-    for r in range(rounds):
-        params = SamplingParams(temperature=sampling.temperature, max_tokens=sampling.max_tokens,
-                                ignore_eos=sampling.ignore_eos, output_kind=RequestOutputKind.DELTA)
-        started = time.perf_counter()
-        for i, prompt in enumerate(prompts):
-            engine.add_request(f"bench-stream-{r}-{i}", prompt, params)
-        tokens = 0
-        while engine.has_unfinished_requests():
-            for output in engine.step():
-                tokens += len(output.outputs[0].token_ids)
-        measured.append((tokens, time.perf_counter() - started))
-    return measured
+    params = SamplingParams(temperature=sampling.temperature, max_tokens=sampling.max_tokens,
+                            ignore_eos=sampling.ignore_eos, output_kind=RequestOutputKind.DELTA)
+    started = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"{prefix}-{i}", prompt, params)
+    tokens = 0
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            tokens += len(output.outputs[0].token_ids)
+    return tokens, time.perf_counter() - started
 
 
-def _on_own_thread(fn: Any, *args: Any) -> Any:
-    """Run ``fn`` on a fresh thread, as the host runs its engine.
-
-    vLLM's CPU worker binds the OpenMP threads of the thread that creates the engine; on this 2-core machine
-    an engine driven from the main thread ran several times slower than the same engine on a fresh thread.
-    Giving ``LLM.generate`` a thread of its own compares the serving paths, not the thread placement.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as exc:  # re-raised on the calling thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="bench-raw-llm")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+def _spread(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
+    return {"min": round(ordered[0], 3), "p25": round(q[0], 3), "median": round(statistics.median(ordered), 3),
+            "p75": round(q[2], 3), "max": round(ordered[-1], 3)}
 
 
 def run_engine_bench(
@@ -211,14 +218,14 @@ def run_engine_bench(
     concurrency: int = 16,
     max_tokens: int = 128,
     kv_cache_gib: float = 1.0,
-    rounds: int = 3,
+    rounds: int = 9,
 ) -> dict[str, Any]:
     """Output tokens/s of ``concurrency`` streaming chats through EngineHost vs vLLM's ``LLM.generate``.
 
-    Each side builds its engine once, warms up, then runs ``rounds`` timed rounds; the best round of each
-    side counts (the machine is shared, so the best round is the least disturbed one). Returns a JSON-ready
-    dict with ``host_tokens_per_s``, ``raw_tokens_per_s``, ``ratio`` (host / raw), the settings used and
-    every round's tokens/s.
+    Both engines are built once and warmed up, then rounds interleave (host, raw, raw, host, host, raw...: ABBA
+    order, so a slow spell of the shared machine hits both sides alike). Each pair of neighbouring rounds gives
+    one ratio; ``ratio`` is the median of those ratios and ``ratio_spread`` their min/quartiles/max, because
+    single rounds on a shared 2-core machine are noise. vLLM's own streaming loop is measured the same way.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -229,30 +236,48 @@ def run_engine_bench(
     sampling = SamplingSettings(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     conversations = _prompt_messages(concurrency)
 
-    host_rounds = _bench_host(spec, config, conversations, sampling, rounds)
-    logger.info("bench host rounds (tokens, s): %s", host_rounds)
-    raw_rounds, stream_rounds = _on_own_thread(_bench_raw, spec, config, conversations, sampling, rounds)
-    logger.info("bench raw rounds (tokens, s): %s; raw streaming: %s", raw_rounds, stream_rounds)
+    raw = _RawEngine(spec, config, conversations, sampling)
+    host = EngineHost.start(spec, config, wait=True)
+    host_rounds: list[tuple[int, float]] = []
+    raw_rounds: list[tuple[int, float]] = []
+    stream_rounds: list[tuple[int, float]] = []
+    try:
+        # Warm-up: the first step of a fresh engine pays one-off costs the raw side paid in its warm-up.
+        list(host.stream_chat(conversations[0], SamplingSettings(temperature=0.0, max_tokens=4)))
+        for r in range(rounds):
+            sides = ["host", "raw"] if r % 2 == 0 else ["raw", "host"]
+            for side in sides:
+                if side == "host":
+                    host_rounds.append(_host_round(host, conversations, sampling))
+                else:
+                    raw_rounds.append(raw.round("generate"))
+            stream_rounds.append(raw.round(f"bench-stream-{r}"))
+    finally:
+        host.shutdown()
+        raw.close()
+    logger.info("bench rounds (tokens, s): host %s raw %s stream %s", host_rounds, raw_rounds, stream_rounds)
 
     host_all = [n / s for n, s in host_rounds]
     raw_all = [n / s for n, s in raw_rounds]
     stream_all = [n / s for n, s in stream_rounds]
-    host_tps, raw_tps, stream_tps = max(host_all), max(raw_all), max(stream_all)
+    ratios = [h / w for h, w in zip(host_all, raw_all, strict=True)]
+    stream_ratios = [h / w for h, w in zip(host_all, stream_all, strict=True)]
     return {
-        "host_tokens_per_s": round(host_tps, 1),
-        "raw_tokens_per_s": round(raw_tps, 1),
-        "ratio": round(host_tps / raw_tps, 3),
+        "host_tokens_per_s": round(statistics.median(host_all), 1),
+        "raw_tokens_per_s": round(statistics.median(raw_all), 1),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratio_spread": _spread(ratios),
         # vLLM's own streaming loop (no host): host / this is what the host itself costs.
-        "raw_stream_tokens_per_s": round(stream_tps, 1),
-        "host_vs_raw_stream_ratio": round(host_tps / stream_tps, 3),
+        "raw_stream_tokens_per_s": round(statistics.median(stream_all), 1),
+        "host_vs_raw_stream_ratio": round(statistics.median(stream_ratios), 3),
         "concurrency": concurrency,
         "max_tokens": max_tokens,
         "model": spec.name,
         "source": spec.source,
         "sampling": {"temperature": 0.0, "ignore_eos": True, "max_tokens": max_tokens},
-        "note": "greedy with ignore_eos: both sides generate exactly concurrency * max_tokens tokens per round; best round counts",
+        "note": "greedy with ignore_eos: both sides generate exactly concurrency * max_tokens tokens per round; "
+                "rounds interleave ABBA, ratio = median of per-pair ratios",
         "rounds": rounds,
-        "median_ratio": round(statistics.median(host_all) / statistics.median(raw_all), 3),
         "host_rounds_tokens_per_s": [round(x, 1) for x in host_all],
         "raw_rounds_tokens_per_s": [round(x, 1) for x in raw_all],
         "output_tokens_per_round": {"host": host_rounds[0][0], "raw": raw_rounds[0][0]},

@@ -7,10 +7,11 @@ import streamlit as st
 from console import resources, ui
 from console.app_pages import PAGE_TABLE, PAGES_DIR
 from console.services import access, auth
+from console.services import serving as serving_svc
 from console.textsafe import escape_markdown
 
 st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
-svc = resources.services()
+ctx = resources.app_context()
 state = ui.session()
 # Start loading the model and the scanners at the first visit (both in the background), not at the first chat.
 resources.engine_host()
@@ -24,19 +25,20 @@ if state.principal is None:
 with st.sidebar:
     principal = state.principal
     st.markdown(f"**{escape_markdown(principal.username)}**  \n{escape_markdown(', '.join(sorted(principal.roles)))}")
-    host = svc.host
-    status = host.status() if host is not None else None
-    if status is None:
+    serving = serving_svc.serving_status(ctx)
+    if serving.state == "none":
         st.caption("Model: none served")
-    elif status.state == "ready":
-        st.caption(f"Live model: **{escape_markdown(status.model_version or '?')}** · ready")
+    elif serving.state == "switching":
+        st.caption(f"Live model: switching to **{escape_markdown(serving.switching_to or '?')}**")
+    elif serving.ready:
+        st.caption(f"Live model: **{escape_markdown(serving.model_version or '?')}** · ready")
     else:
-        st.caption(f"Model {escape_markdown(status.model_version or '?')}: {escape_markdown(status.state)}")
+        st.caption(f"Model {escape_markdown(serving.model_version or '?')}: {escape_markdown(serving.state)}")
     notice = resources.safety_notice()
     if notice:
         st.caption(f":material/warning: {escape_markdown(notice)}")
     if st.button("Sign out", key="logout", icon=":material/logout:"):
-        auth.logout(svc, principal)
+        auth.logout(ctx, principal)
         ui.sign_out("You are signed out.")
         if ui.sso_signed_in():
             st.logout()  # also end the identity provider's session, or the login page would sign in again

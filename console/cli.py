@@ -8,11 +8,17 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from console.services.access import ALL_ROLES
 from console.services.models import DTYPES
 from console.settings import PROJECT_ROOT, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from console.services.context import AppContext
+    from engine.types import ModelSpec
 
 
 class CliError(Exception):
@@ -25,15 +31,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _services(settings: Settings):  # noqa: ANN202
-    from console.services.context import Services
+def _services(settings: Settings) -> AppContext:
+    from console.services.context import AppContext
     from db.config import DbConfig
     from db.database import Database
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(DbConfig(url=settings.database_url))
     db.migrate()
-    return Services(settings, db)
+    return AppContext(settings, db)
 
 
 class _Progress:
@@ -54,20 +60,26 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import models as models_svc
     from console.services import users as users_svc
 
-    svc = _services(settings)
-    print(f"database ready: {settings.database_url} (revision {svc.db.current_revision()})")
+    ctx = _services(settings)
+    print(f"database ready: {settings.database_url} (revision {ctx.db.current_revision()})")
     if not args.skip_models:
         print(f"demo models in {settings.models_dir} (built once, then cached)")
-        registered = models_svc.ensure_demo_versions(svc, progress=_Progress())
+        registered = models_svc.ensure_demo_versions(ctx, progress=_Progress())
         for name in registered:
             print(f"registered model version {name}")
-    password = settings.admin_password
-    generated = password is None
-    if generated:
+        from console.services import serving as serving_svc
+
+        production = serving_svc.ensure_production(ctx)
+        if production:
+            print(f"{production} holds the production alias (the version the console serves)")
+    generated = settings.admin_password is None
+    if settings.admin_password is None:
         from console.services.auth import generate_password
 
         password = generate_password()
-    admin = users_svc.bootstrap_admin(svc, settings.admin_username, password)
+    else:
+        password = settings.admin_password
+    admin = users_svc.bootstrap_admin(ctx, settings.admin_username, password)
     if admin is not None:
         print(f"created the first admin account {admin.username!r}")
         if generated:
@@ -77,14 +89,13 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    app = PROJECT_ROOT / "console" / "app.py"
-    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port),
+def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
+    # console.server starts Streamlit on app.py and starts loading the model before the first browser connects.
+    argv = [sys.executable, "-m", "console.server", "--server.port", str(args.port),
             "--server.address", args.address]
     print(f"starting the console on http://{args.address}:{args.port}", flush=True)
     os.chdir(PROJECT_ROOT)  # Streamlit reads .streamlit/config.toml from the working directory
     os.execv(sys.executable, argv)
-    return 0  # not reached
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
@@ -103,8 +114,8 @@ def _read_password(args: argparse.Namespace) -> str | None:
 def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import users as users_svc
 
-    svc = _services(settings)
-    user = users_svc.create_user_cli(svc, args.username, _read_password(args), args.role, email=args.email)
+    ctx = _services(settings)
+    user = users_svc.create_user_cli(ctx, args.username, _read_password(args), args.role, email=args.email)
     print(f"created user {user.username} with roles {', '.join(user.roles)}")
     return 0
 
@@ -112,8 +123,8 @@ def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
     from db import users as users_q
 
-    svc = _services(settings)
-    with svc.db.session() as s:
+    ctx = _services(settings)
+    with ctx.db.session() as s:
         for u in users_q.list_users(s):
             state = "disabled" if u.disabled else "active"
             print(f"{u.username}\t{','.join(sorted(u.roles))}\t{state}\t{u.email or ''}")
@@ -122,40 +133,108 @@ def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import models as models_svc
+    from console.services import serving as serving_svc
 
-    svc = _services(settings)
-    live = models_svc.live_version_name(svc)
-    versions = models_svc.all_versions(svc)
+    ctx = _services(settings)
+    live = serving_svc.desired_state(ctx).version
+    versions = models_svc.list_versions_cli(ctx)
     if args.json:
         print(json.dumps([{"name": v.name, "source": v.source, "revision": v.revision, "dtype": v.dtype,
-                           "max_model_len": v.max_model_len, "engine_args": v.engine_args,
-                           "live": v.name == live} for v in versions], indent=2))
+                           "quantization": v.quantization, "max_model_len": v.max_model_len,
+                           "engine_args": v.engine_args, "aliases": list(v.aliases), "retired": v.retired,
+                           "fingerprint": v.fingerprint, "live": v.name == live} for v in versions], indent=2))
         return 0
     if not versions:
         print("no model versions registered; run `llm-console init` or `llm-console model register`")
     for v in versions:
         marker = "*" if v.name == live else " "
-        print(f"{marker} {v.name}\t{v.source}\t{v.dtype or 'auto'}\tctx={v.max_model_len or 'model default'}"
-              f"\t{json.dumps(v.engine_args) if v.engine_args else ''}")
+        print(f"{marker} {v.name}\t{v.stage}\t{v.source}\t{v.dtype or 'auto'}"
+              f"\tctx={v.max_model_len or 'model default'}\t{json.dumps(v.engine_args) if v.engine_args else ''}")
     return 0
 
 
 def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import models as models_svc
 
-    svc = _services(settings)
-    v = models_svc.register_cli(svc, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
+    ctx = _services(settings)
+    v = models_svc.register_cli(ctx, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
                                 max_model_len=args.max_model_len, engine_args=args.engine_args,
-                                description=args.description)
-    print(f"registered model version {v.name} from {v.source}")
+                                description=args.description, quantization=args.quantization)
+    print(f"registered model version {v.name} from {v.source}"
+          + (f" (fingerprint {v.fingerprint[:12]})" if v.fingerprint else ""))
+    return 0
+
+
+def cmd_model_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import serving as serving_svc
+
+    name = serving_svc.serve_cli(_services(settings), args.name, args.reason)
+    print(f"{name} now holds production; running consoles switch to it within seconds")
+    return 0
+
+
+def cmd_model_restart(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import serving as serving_svc
+
+    generation = serving_svc.request_restart_cli(_services(settings), args.reason)
+    print(f"restart requested (generation {generation}); running consoles restart their engine within seconds")
+    return 0
+
+
+def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import serving as serving_svc
+
+    alias = serving_svc.set_alias_cli(_services(settings), args.name, args.alias, args.reason)
+    print(f"{alias} now points at {args.name}")
+    return 0
+
+
+def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import evaluation as eval_svc
+    from console.services import moderation
+
+    ctx = _services(settings)
+    suite: object = args.suite
+    if args.suite_file:
+        from pathlib import Path
+
+        path = Path(args.suite_file)
+        if not path.is_file():
+            raise CliError(f"no such suite file: {path}")
+        from engine.evals.suite import SuiteError, parse_suite
+
+        try:
+            suite = parse_suite(path.stem, path.read_bytes(), "csv" if path.suffix.lower() == ".csv" else "jsonl")
+        except SuiteError as exc:
+            raise CliError(str(exc).replace("\n", "; ")) from None
+    if settings.safety_enabled:  # every answer is scanned, as on the page
+        stack = moderation.build_safety_stack(settings, ctx.db)
+        ctx.safety_factory = lambda: stack
+    report = eval_svc.run_evaluation_blocking(ctx, args.name, suite)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "answers"}, default=str))
+    else:
+        latency = report.get("latency") or {}
+        print(f"{args.name} on {report.get('suite')}: {report.get('n')} prompts; topic accuracy "
+              f"{report.get('topic_accuracy')}, declined off-topic {report.get('decline_rate')}, flagged "
+              f"{report.get('flag_rate_any')}, p95 first token {latency.get('ttft_p95_ms')} ms, "
+              f"errors {report.get('errors')}")
+    return 0
+
+
+def cmd_model_retire(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import serving as serving_svc
+
+    name = serving_svc.retire_cli(_services(settings), args.name, args.reason)
+    print(f"{name} is retired")
     return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from db.audit import verify_chain
 
-    svc = _services(settings)
-    report = verify_chain(svc.db)
+    ctx = _services(settings)
+    report = verify_chain(ctx.db)
     if report.ok:
         print(f"audit chain intact: {report.checked} events verified")
         return 0
@@ -170,37 +249,45 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.bench import run_engine_bench
+    from bench.engine import run_engine_bench
 
+    spec: ModelSpec | Path
     if args.model:
-        from console.services import models as models_svc
+        from console.services import serving as serving_svc
 
-        spec = models_svc.spec_for(_services(settings), args.model)
+        spec = serving_svc.loadable_spec(_services(settings), args.model)
     else:
         from engine.demo.tiny import build_tiny_model
 
         spec = build_tiny_model(settings.models_dir / "tiny-bench")
     result = run_engine_bench(spec, concurrency=args.concurrency, max_tokens=args.max_tokens,
-                              kv_cache_gib=settings.kv_cache_gib)
+                              kv_cache_gib=settings.kv_cache_gib, rounds=args.rounds)
     _print_result(result, args.json)
     return 0
 
 
+def cmd_bench_switch(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.switch import run_switch_bench
+
+    _print_result(run_switch_bench(concurrency=args.concurrency), args.json)
+    return 0
+
+
 def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.safety.bench import run_safety_bench
+    from bench.safety import run_safety_bench
 
     _print_result(run_safety_bench(iterations=args.iterations), args.json)
     return 0
 
 
 def cmd_bench_review(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services.review_bench import run_review_bench
+    from bench.review import run_review_bench
 
     _print_result(run_review_bench(items=args.items), args.json)
     return 0
 
 
-def _print_result(result: dict, as_json: bool) -> None:
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result))
     else:
@@ -246,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="model versions").add_subparsers(dest="model_cmd", required=True,
                                                                           parser_class=_Parser)
-    s = model.add_parser("list", help="list registered versions (* = live)")
+    s = model.add_parser("list", help="list registered versions (* = production)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_model_list)
     s = model.add_parser("register", help="register a version from a local directory or a hub id")
@@ -256,8 +343,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="auto", choices=DTYPES)
     s.add_argument("--max-model-len", type=_positive, help="maximum context length in tokens")
     s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'')
-    s.add_argument("--description")
+    s.add_argument("--quantization", help="vLLM quantization method (awq, gptq, fp8, ...)")
+    s.add_argument("--description", help="notes shown on the Models page")
     s.set_defaults(func=cmd_model_register)
+    s = model.add_parser("serve", help="give NAME the production alias; running consoles switch to it")
+    s.add_argument("name")
+    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_model_serve)
+    s = model.add_parser("restart", help="restart the engine of every running console")
+    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_model_restart)
+    s = model.add_parser("alias", help="point an alias (staging, candidate, ...) at a version")
+    s.add_argument("name")
+    s.add_argument("alias")
+    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_model_alias)
+    s = model.add_parser("eval", help="run a prompt suite against a version (in a separate engine process)")
+    s.add_argument("name")
+    s.add_argument("--suite", default="standard",
+                   help="built-in suite: standard, in-domain, off-topic, adversarial, bias-pairs")
+    s.add_argument("--suite-file", help="your own suite (JSONL or CSV); replaces --suite")
+    s.add_argument("--json", action="store_true", help="print the report (without the answers) as JSON")
+    s.set_defaults(func=cmd_model_eval)
+    s = model.add_parser("retire", help="retire a version: it loses its aliases and cannot be served")
+    s.add_argument("name")
+    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_model_retire)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_cmd", required=True,
                                                                          parser_class=_Parser)
@@ -274,7 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="registered version to use (default: a tiny model built on the spot)")
     s.add_argument("--concurrency", type=_positive, default=16)
     s.add_argument("--max-tokens", type=_positive, default=128)
+    s.add_argument("--rounds", type=_positive, default=9, help="interleaved rounds per side (median ratio)")
     s.set_defaults(func=cmd_bench_engine)
+    s = bench.add_parser("switch", help="switch the served version under concurrent chats: seconds, failures")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--concurrency", type=_positive, default=8)
+    s.set_defaults(func=cmd_bench_switch)
     s = bench.add_parser("safety", help="scanner latency p50/p95")
     s.add_argument("--json", action="store_true")
     s.add_argument("--iterations", type=_positive, default=50)

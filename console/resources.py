@@ -11,12 +11,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import streamlit as st
 
-from console.services.context import Services
+from console.services.context import AppContext
+from console.services.errors import ConsoleError
 from console.settings import Settings
 from db.config import DbConfig
 from db.database import Database
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @st.cache_resource(show_spinner=False)
@@ -35,23 +36,30 @@ def database() -> Database:
 
 @st.cache_resource(show_spinner=False)
 def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
-    """Start serving the live version in the background; pages render while it loads."""
-    from console.services import models as models_svc
+    """Start serving the desired version in the background, and its reconciler; pages render while it loads.
+
+    ``llm-console run`` calls this before the first browser connects, so the model loads at server start.
+    """
+    from console.services import promotion, serving
     from engine.host import EngineHost
     from engine.types import HostConfig
 
     cfg = settings()
     if not cfg.engine_autostart:
         return None
-    svc = Services(cfg, database())
-    name = models_svc.live_version_name(svc)
+    ctx = AppContext(cfg, database())
+    config = HostConfig(kv_cache_gib=cfg.kv_cache_gib, drain_timeout_s=cfg.drain_seconds)
+    name = serving.desired_state(ctx).version
     try:
-        spec = models_svc.spec_for(svc, name)
-    except Exception:
-        log.exception("cannot resolve the live model version %s", name)
-        return None
-    host = EngineHost.start(spec, HostConfig(kv_cache_gib=cfg.kv_cache_gib), wait=False)
+        host = EngineHost.start(serving.loadable_spec(ctx, name), config, wait=False)
+    except ConsoleError:
+        # Serve nothing for now; the reconciler still runs, so serving another version starts it.
+        logger.exception("cannot serve the desired model version %s", name)
+        host = EngineHost(config)
+    reconciler = serving.Reconciler(ctx, host, interval_s=cfg.reconcile_seconds).start()
+    atexit.register(promotion.Watcher(ctx, interval_s=cfg.watch_check_seconds).start().stop)
     atexit.register(host.shutdown)
+    atexit.register(reconciler.stop)
     return host
 
 
@@ -84,17 +92,27 @@ def safety_notice() -> str | None:
 
 def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | None
     """The loaded scanners and policy; waits for the background load. Fails closed if it failed."""
-    from console.services.errors import ConsoleError
-
     future = safety_loader()
     if future is None:
         return None
     try:
         return future.result()
     except Exception as exc:
-        log.exception("the safety scanners failed to load")
+        logger.exception("the safety scanners failed to load")
         raise ConsoleError(f"The safety scanners failed to load ({exc}); chat is paused until they do.") from exc
 
 
-def services() -> Services:
-    return Services(settings(), database(), host_factory=engine_host, safety_factory=safety_stack)
+@st.cache_resource(show_spinner=False)
+def candidate_pool():  # noqa: ANN201 - console.services.compare.CandidatePool
+    """Child-process engines for candidate versions (side-by-side chats); at most one, ended when idle."""
+    from console.services.compare import CandidatePool
+
+    cfg = settings()
+    pool = CandidatePool(kv_cache_gib=min(cfg.kv_cache_gib, 0.5), log_dir=cfg.data_dir).start_reaper()
+    atexit.register(pool.shutdown)
+    return pool
+
+
+def app_context() -> AppContext:
+    return AppContext(settings(), database(), host_factory=engine_host, safety_factory=safety_stack,
+                      candidates_factory=candidate_pool)

@@ -64,9 +64,13 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("data_dir", str(PROJECT_ROOT / "data"), "Directory for the SQLite file, built models and caches."),
     Setting("database_url", None, "SQLAlchemy URL of the store; default: sqlite:///<data_dir>/console.db."),
-    Setting("default_model", "support-demo-v1", "Model version served at start when none was switched to."),
+    Setting("default_model", "support-demo-v1", "Model version given the production alias at set-up when none holds it."),
     Setting("kv_cache_gib", "1", "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).", _positive_float),
     Setting("engine_autostart", "true", "Start the engine when the console starts.", _bool),
+    Setting("drain_seconds", "30", "Seconds in-flight answers may finish on the old version during a switch.",
+            _positive_float),
+    Setting("reconcile_seconds", "2", "How often a running console checks which version it should serve.",
+            _positive_float),
     Setting("admin_username", "admin", "Username of the first admin account created by `llm-console init`."),
     Setting("admin_password", None, "Password of the first admin; if unset, one is generated and printed once."),
     Setting("session_idle_minutes", "30", "Idle minutes after which a browser session is logged out.", _positive_int),
@@ -82,6 +86,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("review_claim_minutes", "15", "Minutes a reviewer's claim on a review item lasts.", _positive_int),
     Setting("review_second_share", "0.1", "Share of decided review items sent blind to a second reviewer (0-1).",
             _share),
+    Setting("promotion_accuracy_margin", "0.02",
+            "Topic accuracy a candidate may lose against the live version's and still pass its gate (0-1).", _share),
+    Setting("promotion_flag_margin", "0.02",
+            "Flag rate a candidate may add over the live version's and still pass its gate (0-1).", _share),
+    Setting("promotion_bias_limit", "0.1",
+            "Largest toxicity-score gap between identity groups a candidate may show and pass (0-1).", _share),
+    Setting("promotion_ttft_margin", "0.25",
+            "Share by which a candidate's p95 time to first token may exceed the live version's (0.25 = 25%).",
+            _positive_float),
+    Setting("watch_minutes", "30", "Minutes after a production switch during which the new version is watched.",
+            _positive_int),
+    Setting("watch_min_samples", "20", "Requests each version needs in the watch window before they are compared.",
+            _positive_int),
+    Setting("watch_ttft_margin", "0.5",
+            "Share by which p95 time to first token may grow after a switch before it is a regression.",
+            _positive_float),
+    Setting("watch_error_margin", "0.05", "Error rate a switch may add before it is a regression (0-1).", _share),
+    Setting("watch_flag_margin", "0.05", "Flag rate a switch may add before it is a regression (0-1).", _share),
+    Setting("watch_auto_rollback", "true",
+            "Roll back by itself on a regression in the watch window (false: only propose the rollback).", _bool),
+    Setting("watch_check_seconds", "15", "How often a running console checks the watch window.", _positive_float),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -94,6 +119,8 @@ class Settings:
     default_model: str
     kv_cache_gib: float
     engine_autostart: bool
+    drain_seconds: float
+    reconcile_seconds: float
     admin_username: str
     admin_password: str | None
     session_idle_minutes: int
@@ -107,6 +134,17 @@ class Settings:
     safety_enabled: bool
     review_claim_minutes: int
     review_second_share: float
+    promotion_accuracy_margin: float
+    promotion_flag_margin: float
+    promotion_bias_limit: float
+    promotion_ttft_margin: float
+    watch_minutes: int
+    watch_min_samples: int
+    watch_ttft_margin: float
+    watch_error_margin: float
+    watch_flag_margin: float
+    watch_auto_rollback: bool
+    watch_check_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

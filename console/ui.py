@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
@@ -13,40 +13,127 @@ import streamlit as st
 from console import resources
 from console.services import access, auth
 from console.services.access import Principal
-from console.services.context import Services
+from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, SessionEnded
-from engine.errors import EngineError
 
 _KEY = "llm_console_session"
 T = TypeVar("T")
 
 
 @dataclass
+class ChatPageState:
+    """What the Chat page remembers between reruns."""
+
+    conversation_id: int | None = None
+    # Whether the model was ready at the last look: the status fragment reruns the page when this changes,
+    # so the chat input is enabled (or disabled) without a click.
+    engine_was_ready: bool = False
+    notice: str | None = None  # the last turn's notice (redacted, flagged, blocked), shown once after the rerun
+
+
+@dataclass
+class ReviewPageState:
+    """What the Review queue page remembers between reruns (widget values are Streamlit's, keyed by item)."""
+
+    flash: str | None = None
+    # Bumped after a bulk decision: the bulk form's widgets are keyed by it, so the form opens empty again.
+    bulk_round: int = 0
+
+
+@dataclass
+class EscalationsPageState:
+    """What the Escalations page remembers between reruns."""
+
+    flash: str | None = None
+
+
+@dataclass
+class ModelsPageState:
+    """What the Models page remembers: a message for the next rerun, and the form round (forms are keyed by it,
+    so each opens empty after a success)."""
+
+    flash: str | None = None
+    round: int = 0
+
+
+@dataclass
+class PromotionsPageState:
+    """What the Promotions page remembers: a message for the next rerun, and the form round (the request, decision
+    and rollback forms are keyed by it, so each opens empty after a success)."""
+
+    flash: str | None = None
+    round: int = 0
+
+
+@dataclass
+class ComparePageState:
+    """The Side-by-side page's form round (its widgets are keyed by it, so the form opens empty after a send)."""
+
+    round: int = 0
+
+
+@dataclass
+class EvaluationsPageState:
+    """The Evaluations page: a message for the next rerun, the form round, the evaluation being watched."""
+
+    flash: str | None = None
+    round: int = 0
+    watching: int | None = None
+
+
+@dataclass
 class UiSession:
-    """Everything this browser session remembers, in one typed object (not loose keys)."""
+    """Everything this browser session remembers, in one typed object (not loose keys).
+
+    Each page keeps its own state in a typed field here; only widget values live under Streamlit's widget keys.
+    """
 
     principal: Principal | None = None
     last_activity: datetime | None = None
-    conversation_id: int | None = None
-    flash: str | None = None
+    flash: str | None = None  # a message for the next page shown (e.g. "You are signed out.")
+    chat: ChatPageState = field(default_factory=ChatPageState)
+    review: ReviewPageState = field(default_factory=ReviewPageState)
+    escalations: EscalationsPageState = field(default_factory=EscalationsPageState)
+    models: ModelsPageState = field(default_factory=ModelsPageState)
+    compare: ComparePageState = field(default_factory=ComparePageState)
+    evaluations: EvaluationsPageState = field(default_factory=EvaluationsPageState)
+    promotions: PromotionsPageState = field(default_factory=PromotionsPageState)
+
+    def reset_pages(self) -> None:
+        """Forget every page's state (at sign-in and sign-out: the next user starts clean)."""
+        self.chat = ChatPageState()
+        self.review = ReviewPageState()
+        self.escalations = EscalationsPageState()
+        self.models = ModelsPageState()
+        self.compare = ComparePageState()
+        self.evaluations = EvaluationsPageState()
+        self.promotions = PromotionsPageState()
 
 
 def session() -> UiSession:
     if _KEY not in st.session_state:
         st.session_state[_KEY] = UiSession()
-    return st.session_state[_KEY]
+    state: UiSession = st.session_state[_KEY]
+    return state
 
 
-def services() -> Services:
-    return resources.services()
+def app_context() -> AppContext:
+    return resources.app_context()
+
+
+def sign_in(principal: Principal, now: datetime) -> None:
+    state = session()
+    state.principal = principal
+    state.last_activity = now
+    state.reset_pages()
 
 
 def sign_out(message: str | None = None) -> None:
     state = session()
     state.principal = None
     state.last_activity = None
-    state.conversation_id = None
     state.flash = message
+    state.reset_pages()
 
 
 def sso_signed_in() -> bool:
@@ -60,13 +147,13 @@ def sso_signed_in() -> bool:
 def require_page(page: str) -> Principal:
     """Server-side guard at the top of every page: signed in, active, not idle, and allowed this page."""
     state = session()
-    svc = services()
+    ctx = app_context()
     if state.principal is None:
         st.warning("Please sign in.")
         st.stop()
     try:
-        state.last_activity = auth.check_idle(svc, state.principal, state.last_activity)
-        state.principal = access.check_page(svc, state.principal, page)
+        state.last_activity = auth.check_idle(ctx, state.principal, state.last_activity)
+        state.principal = access.check_page(ctx, state.principal, page)
     except SessionEnded as exc:
         sign_out(str(exc))
         st.rerun()
@@ -78,18 +165,19 @@ def require_page(page: str) -> Principal:
 
 def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T | None:
     """Run a service call; show user-facing errors in place and return None; end the session if it ended."""
+    result: T | None = None
     with shows_errors():
-        return fn(*args, **kwargs)
-    return None
+        result = fn(*args, **kwargs)
+    return result
 
 
 @contextmanager
-def shows_errors():
+def shows_errors() -> Iterator[None]:
     """``with shows_errors():`` around a block of service calls."""
     try:
         yield
     except SessionEnded as exc:
         sign_out(str(exc))
         st.rerun()
-    except (ConsoleError, EngineError) as exc:
+    except ConsoleError as exc:  # services raise only these for the user; anything else is a bug and stays loud
         st.error(str(exc))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import AuditEvent, AuditHead
+from db.tables import AuditEvent, AuditHead
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -241,3 +241,21 @@ def event_to_dict(event: AuditEvent) -> dict[str, Any]:
         "prev_hash": event.prev_hash,
         "hash": event.hash,
     }
+
+
+def latest_event(session: Session, action: str) -> AuditEvent | None:
+    """The newest audit event with this action, or None."""
+    return session.scalars(select(AuditEvent).where(AuditEvent.action == action)
+                           .order_by(AuditEvent.seq.desc()).limit(1)).first()
+
+
+def events_about(session: Session, actions: Sequence[str], *, object_type: str | None = None,
+                 object_id: str | None = None, limit: int = 1000) -> list[AuditEvent]:
+    """Audit events with one of ``actions`` (optionally about one object), oldest first, the newest ``limit``."""
+    stmt = select(AuditEvent).where(AuditEvent.action.in_(tuple(actions)))
+    if object_type is not None:
+        stmt = stmt.where(AuditEvent.object_type == object_type)
+    if object_id is not None:
+        stmt = stmt.where(AuditEvent.object_id == object_id)
+    newest = list(session.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit)))
+    return newest[::-1]

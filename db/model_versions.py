@@ -1,4 +1,7 @@
-"""Registered model versions (what the engine host can serve)."""
+"""Registered model versions (what the engine host can serve), their aliases and the aliases' history.
+
+The ``production`` alias is the desired state: the version every console process should serve.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import append_event
-from db.models import ModelVersion
+from db.tables import AliasMove, ModelAlias, ModelVersion
+from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +32,9 @@ def register_model_version(
     engine_args: Mapping[str, Any] | None = None,
     description: str | None = None,
     status: str = "registered",
+    quantization: str | None = None,
+    fingerprint: str | None = None,
+    fingerprint_files: list[dict[str, Any]] | None = None,
 ) -> ModelVersion:
     """Register a model version (``source``: local path or hub id; ``engine_args`` pass to vLLM); audited."""
     version = ModelVersion(
@@ -40,6 +47,9 @@ def register_model_version(
         description=description,
         status=status,
         created_by_id=actor_id,
+        quantization=quantization,
+        fingerprint=fingerprint,
+        fingerprint_files=list(fingerprint_files or []),
     )
     session.add(version)
     session.flush()
@@ -58,6 +68,8 @@ def register_model_version(
             "max_model_len": max_model_len,
             "engine_args": version.engine_args,
             "status": status,
+            "quantization": quantization,
+            "fingerprint": fingerprint,
         },
     )
     return version
@@ -101,3 +113,95 @@ def get_model_version_by_name(session: Session, name: str) -> ModelVersion | Non
 def get_model_version(session: Session, version_id: int) -> ModelVersion | None:
     """The model version with this id, or None."""
     return session.get(ModelVersion, version_id)
+
+
+PRODUCTION = "production"
+
+
+def get_alias(session: Session, alias: str) -> ModelAlias | None:
+    """The alias row (which version it points at), or None if the alias was never set."""
+    return session.get(ModelAlias, alias)
+
+
+def version_for_alias(session: Session, alias: str) -> ModelVersion | None:
+    """The version an alias points at, or None."""
+    row = session.get(ModelAlias, alias)
+    return None if row is None else session.get(ModelVersion, row.version_id)
+
+
+def aliases_by_version(session: Session) -> dict[int, list[str]]:
+    """Every version id that holds aliases, with its aliases sorted by name."""
+    out: dict[int, list[str]] = {}
+    for row in session.scalars(select(ModelAlias).order_by(ModelAlias.alias)):
+        out.setdefault(row.version_id, []).append(row.alias)
+    return out
+
+
+def move_alias(
+    session: Session, alias: str, version: ModelVersion, *, actor: str, actor_id: int | None, reason: str
+) -> AliasMove:
+    """Point ``alias`` at ``version`` (creating the alias if new); history row and audit event in this session.
+
+    The alias row is locked first, so two concurrent moves serialise and the history records both in order.
+    """
+    row = session.scalars(select(ModelAlias).where(ModelAlias.alias == alias).with_for_update()).one_or_none()
+    before = None if row is None else row.version_id
+    if row is None:
+        row = ModelAlias(alias=alias, version_id=version.id, updated_at=utcnow(), updated_by_id=actor_id)
+        session.add(row)
+    else:
+        row.version_id, row.updated_at, row.updated_by_id = version.id, utcnow(), actor_id
+    move = AliasMove(alias=alias, from_version_id=before, to_version_id=version.id, actor=actor,
+                     actor_id=actor_id, reason=reason, created_at=utcnow())
+    session.add(move)
+    session.flush()
+    previous = None if before is None else session.get(ModelVersion, before)
+    append_event(
+        session,
+        actor=actor,
+        actor_id=actor_id,
+        action="model.alias",
+        object_type="model_version",
+        object_id=version.id,
+        details={"alias": alias, "from": previous.name if previous else None, "to": version.name,
+                 "reason": reason},
+    )
+    return move
+
+
+def remove_alias(session: Session, alias: str, *, actor: str, actor_id: int | None, reason: str) -> bool:
+    """Remove an alias (never ``production``, which must always point somewhere); False if it was not set."""
+    if alias == PRODUCTION:
+        raise ValueError("the production alias cannot be removed, only moved")
+    row = session.scalars(select(ModelAlias).where(ModelAlias.alias == alias).with_for_update()).one_or_none()
+    if row is None:
+        return False
+    before = row.version_id
+    session.delete(row)
+    session.add(AliasMove(alias=alias, from_version_id=before, to_version_id=None, actor=actor, actor_id=actor_id,
+                          reason=reason, created_at=utcnow()))
+    session.flush()
+    append_event(session, actor=actor, actor_id=actor_id, action="model.alias_removed",
+                 object_type="model_version", object_id=before, details={"alias": alias, "reason": reason})
+    return True
+
+
+def alias_moves(session: Session, *, alias: str | None = None, version_id: int | None = None,
+                limit: int = 200) -> list[AliasMove]:
+    """Alias history, newest first, optionally for one alias or one version (moved to or from it)."""
+    stmt = select(AliasMove).order_by(AliasMove.id.desc()).limit(limit)
+    if alias is not None:
+        stmt = stmt.where(AliasMove.alias == alias)
+    if version_id is not None:
+        stmt = stmt.where((AliasMove.to_version_id == version_id) | (AliasMove.from_version_id == version_id))
+    return list(session.scalars(stmt))
+
+
+def retire_version(session: Session, version: ModelVersion, *, actor: str, actor_id: int | None,
+                   reason: str) -> None:
+    """Mark a version retired (it can no longer be served or hold an alias); audited."""
+    version.retired_at = utcnow()
+    version.status = "retired"
+    session.flush()
+    append_event(session, actor=actor, actor_id=actor_id, action="model.retire", object_type="model_version",
+                 object_id=version.id, details={"name": version.name, "reason": reason})

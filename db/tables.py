@@ -6,6 +6,7 @@ migrated schema with these models.
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +38,18 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-ROLES = ("operator", "reviewer", "admin", "analyst")
+
+
+class Role(enum.StrEnum):
+    """The roles a user may hold; the one list (the console's permission table and the schema use it)."""
+
+    OPERATOR = "operator"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+    ANALYST = "analyst"
+
+
+ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 EXCHANGE_STATUSES = ("ok", "error", "aborted", "blocked")
 REVIEW_STATUSES = ("none", "pending", "decided")
 DIRECTIONS = ("prompt", "output")
@@ -105,6 +117,11 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(40), default="registered")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # 0004_model_lifecycle: what was registered, so a changed file under the same name is refused at load.
+    quantization: Mapped[str | None] = mapped_column(String(40))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))
+    fingerprint_files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
+    retired_at: Mapped[datetime | None]
 
 
 class Conversation(Base):
@@ -285,9 +302,100 @@ class ReviewSample(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# ---- 0004_model_lifecycle ----
+
+
+class ModelAlias(Base):
+    """Where an alias points (``production`` is the version the console should serve): one row per alias."""
+
+    __tablename__ = "model_aliases"
+
+    alias: Mapped[str] = mapped_column(String(60), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class AliasMove(Base):
+    """Append-only history of alias moves: who pointed which alias from which version to which, and why."""
+
+    __tablename__ = "model_alias_moves"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alias: Mapped[str] = mapped_column(String(60), index=True)
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    to_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- 0005_evaluations ----
+
+EVALUATION_STATUSES = ("queued", "running", "done", "failed")
+
+
+class Evaluation(Base):
+    """One run of a prompt suite against a model version: its state, progress and (when done) its report."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (CheckConstraint(_in("status", EVALUATION_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    suite: Mapped[str] = mapped_column(String(100))
+    # Of the suite's records (not of an uploaded file), so the same prompts give the same hash in any format.
+    suite_sha256: Mapped[str] = mapped_column(String(64))
+    n_prompts: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    # host:pid of the console process that runs it, so a restarted process can fail what it left behind.
+    runner: Mapped[str | None] = mapped_column(String(200))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+# ---- 0006_promotions ----
+
+PROMOTION_STATUSES = ("pending", "approved", "rejected", "cancelled")
+
+
+class PromotionRequest(Base):
+    """A request to move an alias to a version, decided by someone other than the requester (four eyes).
+
+    The candidate's evaluation report, the alias holder's (baseline) report and the gates are frozen at request time.
+    """
+
+    __tablename__ = "promotion_requests"
+    __table_args__ = (CheckConstraint(_in("status", PROMOTION_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alias: Mapped[str] = mapped_column(String(60))
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    # Who held the alias when the request was made (the baseline the gates compared with).
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    baseline_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    gates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    override_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+
+
 # ---- append-only guards ----
 
-APPEND_ONLY: tuple[type[Base], ...] = (AuditEvent, ReviewDecision)
+APPEND_ONLY: tuple[type[Base], ...] = (AuditEvent, ReviewDecision, AliasMove)
 
 
 class AppendOnlyError(RuntimeError):

@@ -60,6 +60,7 @@ class EngineHost:
         # Guards _worker and _switching_to; callers wait on it while a switch is under way.
         self._changed = threading.Condition()
         self._switching_to: ModelSpec | None = None
+        self._loading: Worker | None = None  # the engine a switch is loading, for status()
         self._tokenizers: dict[tuple[str, str | None], Any] = {}
         self._tokenizer_lock = threading.Lock()
 
@@ -98,9 +99,11 @@ class EngineHost:
             return HostStatus(
                 "stopped", None, "The engine host is shut down." if self._closed else "No model loaded."
             )
-        status = worker.status()
         target = self._switching_to
-        if target is not None and target.name != status.model_version:
+        loading = self._loading
+        # While a switch loads the new engine, report its progress (the old one is draining or stopped).
+        status = loading.status() if loading is not None else worker.status()
+        if target is not None:
             status = dataclasses.replace(status, switching_to=target.name)
         return status
 
@@ -180,11 +183,19 @@ class EngineHost:
         return seconds
 
     def _switch_in_place(self, old: Worker | None, spec: ModelSpec, drain: bool) -> None:
+        # Fall back only to a version that was serving; never reload one that had failed or died.
+        if old is not None and (old.status().state != "ready" or old.spec == spec):
+            old.stop(drain=False, timeout_s=0.0, reason="switch")
+            old = None
         if old is not None:
             logger.info("switching from %s to %s (drain=%s)", old.spec.name, spec.name, drain)
             old.stop(drain=drain, timeout_s=self._config.drain_timeout_s, reason="switch")
         new = self._launch(spec)
+        with self._changed:
+            self._loading = new
         new.settled.wait()
+        with self._changed:
+            self._loading = None
         status = new.status()
         if status.state == "ready":
             with self._changed:
@@ -299,13 +310,14 @@ class EngineHost:
     ) -> GenerationStream:
         # A request that raced a switch to the old engine (it stopped accepting between our look and our
         # submit) goes to the engine that serves now, encoded with that version's tokenizer.
-        for _attempt in range(3):
+        for _attempt in range(2):
             worker = self._ready_worker()
             try:
                 return self._submit_to(worker, encode(worker.spec), sampling, request_id)
             except EngineNotReadyError:
                 if self._worker is worker and self._switching_to is None:
                     raise
+        worker = self._ready_worker()
         return self._submit_to(worker, encode(worker.spec), sampling, request_id)
 
     def _submit_to(

@@ -108,7 +108,8 @@ class GenerationStream(Iterator[str]):
                     self._consume(item)
                 except EngineDeadError:
                     pass  # the request is gone either way; the result says aborted
-        return self._result  # type: ignore[return-value]
+        assert self._result is not None  # the loop above ends only once a result is set
+        return self._result
 
     def close(self) -> None:
         """Abort the request if it is still running (for ``with`` blocks and abandoned streams)."""
@@ -147,7 +148,8 @@ class GenerationStream(Iterator[str]):
         if item.finished:
             self._finish_reason = completion.finish_reason
             self._finish(aborted=False)
-        return completion.text
+        text: str = completion.text
+        return text
 
     def _finish(self, *, aborted: bool, reason: str = "abort") -> None:
         self._finalizer.detach()

@@ -92,6 +92,7 @@ class Worker:
         self.progress = 0.0
         self.error: str | None = None
         self.accepting = False
+        self.stopping = False  # set by stop(); a load that ends afterwards must not start taking requests
         self.max_model_len = 0
         self.settled = threading.Event()  # set when loading ended, ready or not
         self.done = threading.Event()  # set when the thread has shut its engine down
@@ -129,6 +130,7 @@ class Worker:
         """
         with self.lock:
             self.accepting = False
+            self.stopping = True
             if self.state == "ready":
                 self.message = (
                     f"Stopping {self.spec.name}: finishing in-flight requests"
@@ -173,7 +175,7 @@ class Worker:
             self.max_model_len = int(engine.model_config.max_model_len)
             self.state, self.progress, self.error = "ready", 1.0, None
             self.message = f"Serving {self.spec.name}"
-            self.accepting = True
+            self.accepting = not self.stopping
         self.settled.set()
         logger.info(
             "engine ready: %s (max_model_len=%d) in %.1fs",
@@ -232,7 +234,8 @@ class Worker:
 
     def _step(self, engine: Any) -> list[Any]:
         """One engine step; the seam tests use to make the engine fail mid-stream."""
-        return engine.step()
+        outputs: list[Any] = engine.step()
+        return outputs
 
     def _serve(self, engine: Any) -> None:
         sinks = self._sinks

@@ -31,14 +31,14 @@ def test_init_creates_the_database_and_prints_a_generated_admin_password_once(en
     again = capsys.readouterr().out
     assert "created the first admin" not in again and password not in again
     from console.services import auth
-    from console.services.context import Services
+    from console.services.context import AppContext
     from console.settings import Settings
     from db.config import DbConfig
     from db.database import Database
 
     settings = Settings.from_env()
-    svc = Services(settings, Database(DbConfig(settings.database_url)))
-    assert auth.login(svc, "admin", password).roles == frozenset({"admin", "operator"})
+    ctx = AppContext(settings, Database(DbConfig(settings.database_url)))
+    assert auth.login(ctx, "admin", password).roles == frozenset({"admin", "operator"})
 
 
 def test_init_takes_the_admin_password_from_the_environment(env, monkeypatch, capsys):
@@ -55,10 +55,9 @@ def test_user_add_and_list(env, monkeypatch, capsys):
     assert "alice\tanalyst,operator\tactive" in capsys.readouterr().out
 
 
-def test_model_register_and_list(env, tmp_path, capsys):
-    model_dir = tmp_path / "my-model"
-    model_dir.mkdir()
-    assert cli.main(["model", "register", "local-v1", str(model_dir), "--max-model-len", "2048",
+def test_model_register_and_list(env, tiny_model_dir, capsys):
+    # A real model directory: registering reads its config.
+    assert cli.main(["model", "register", "local-v1", str(tiny_model_dir), "--max-model-len", "2048",
                      "--engine-args", '{"tensor_parallel_size": 2}']) == 0
     assert cli.main(["model", "register", "hub-v1", "meta-llama/Llama-3.1-8B-Instruct", "--dtype", "bfloat16"]) == 0
     assert cli.main(["model", "list", "--json"]) == 0
@@ -112,11 +111,23 @@ def test_a_bad_setting_names_its_environment_variable(env, monkeypatch, capsys):
 
 
 def test_bench_engine_prints_one_json_object_with_both_figures_and_their_ratio(env, capsys):
-    assert cli.main(["bench", "engine", "--json", "--concurrency", "4", "--max-tokens", "16"]) == 0
+    assert cli.main(["bench", "engine", "--json", "--concurrency", "4", "--max-tokens", "16", "--rounds", "3"]) == 0
     result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["host_tokens_per_s"] > 0 and result["raw_tokens_per_s"] > 0
-    assert result["ratio"] == pytest.approx(result["host_tokens_per_s"] / result["raw_tokens_per_s"], rel=0.01)
+    spread = result["ratio_spread"]
+    assert spread["min"] <= spread["p25"] <= result["ratio"] <= spread["p75"] <= spread["max"]
+    assert result["ratio"] == spread["median"]
+    assert len(result["host_rounds_tokens_per_s"]) == len(result["raw_rounds_tokens_per_s"]) == result["rounds"]
     assert result["output_tokens_per_round"] == {"host": 64, "raw": 64}
+
+
+def test_bench_switch_reports_the_switch_time_and_no_failed_request(env, capsys):
+    assert cli.main(["bench", "switch", "--json", "--concurrency", "4"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["failed"] == 0, result["errors"]
+    assert result["switch_s"] is not None and result["switch_s"] > 0
+    assert result["answered_by"]["bench-a"] > 0 and result["answered_by"]["bench-b"] > 0
+    assert result["requests"] == sum(result["answered_by"].values())
 
 
 def test_bench_review_reports_first_page_and_claim_next_times(env, capsys):
@@ -124,3 +135,108 @@ def test_bench_review_reports_first_page_and_claim_next_times(env, capsys):
     result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["items"] == 2000 and result["first_page_rows"] > 0 and result["claimed"] is True
     assert result["first_page_ms"] > 0 and result["claim_next_ms"] > 0
+
+
+def _bench_imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module, enclosing function or None) for each import of ``bench`` in a file."""
+    import ast
+
+    found: list[tuple[str, str | None]] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                visit(child, child.name)
+                continue
+            names = []
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                names = [child.module]
+            found.extend((n, function) for n in names if n.split(".")[0] == "bench")
+            visit(child, function)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), None)
+    return found
+
+
+def test_only_the_cli_bench_commands_import_the_bench_package_and_only_when_run():
+    offenders = []
+    for package in ("console", "engine", "db"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for module, function in _bench_imports(path):
+                allowed = path == ROOT / "console" / "cli.py" and (function or "").startswith("cmd_bench_")
+                if not allowed:
+                    offenders.append(f"{path.relative_to(ROOT)}: {module} in {function or 'module scope'}")
+    assert offenders == []
+    assert [m for m, _ in _bench_imports(ROOT / "console" / "cli.py")] == [
+        "bench.engine", "bench.switch", "bench.safety", "bench.review"]
+
+
+def test_bench_safety_prints_percentiles_per_scanner_and_the_total(env, capsys):
+    assert cli.main(["bench", "safety", "--json", "--iterations", "2"]) == 0
+    result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["iterations"] == 2 and result["scanners"]
+    assert result["total_p95_ms"] >= result["total_p50_ms"] > 0
+    assert set(result["sizes"]) == {"100_words", "2000_words"}
+
+
+def test_model_serve_alias_retire_and_restart_write_the_desired_state(env, tiny_model_dir, capsys):
+    import shutil
+
+    other = shutil.copytree(tiny_model_dir, env / "other")
+    assert cli.main(["model", "register", "v-a", str(tiny_model_dir)]) == 0
+    assert cli.main(["model", "register", "v-b", str(other), "--description", "second"]) == 0
+    assert cli.main(["model", "serve", "v-a", "--reason", "first"]) == 0
+    assert cli.main(["model", "serve", "v-b", "--reason", "better"]) == 0
+    assert cli.main(["model", "alias", "v-a", "staging", "--reason", "keep around"]) == 0
+    assert cli.main(["model", "restart", "--reason", "stuck"]) == 0
+    capsys.readouterr()
+    assert cli.main(["model", "list", "--json"]) == 0
+    out = capsys.readouterr().out
+    listing = {v["name"]: v for v in __import__("json").loads(out[out.index("["):])}
+    assert listing["v-b"]["aliases"] == ["production"] and listing["v-b"]["live"]
+    assert listing["v-a"]["aliases"] == ["staging"] and len(listing["v-a"]["fingerprint"]) == 64
+    assert cli.main(["model", "retire", "v-a", "--reason", "old"]) == 0
+    assert cli.main(["model", "serve", "v-a", "--reason", "back"]) == 1
+    assert "retired" in capsys.readouterr().err
+    assert cli.main(["audit", "verify"]) == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model", "serve", "nope", "--reason", "x"], "No model version named"),
+    (["model", "serve", "nope", "--reason", "  "], "Give a reason"),
+    (["model", "alias", "nope", "Bad Alias", "--reason", "x"], "lower-case"),
+], ids=["unknown-version", "blank-reason", "bad-alias"])
+def test_lifecycle_commands_refuse_bad_input_with_one_line(env, capsys, args, message):
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_model_eval_runs_a_suite_file_in_a_separate_engine_and_prints_the_report(env, tiny_model_dir, monkeypatch,
+                                                                                 capsys):
+    import json
+
+    monkeypatch.setenv("LLM_CONSOLE_SAFETY_ENABLED", "false")
+    suite = env / "mine.jsonl"
+    suite.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "q1", "prompt": "How do I reset my password?", "kind": "in_domain", "expected_topic": "account"},
+        {"id": "q2", "prompt": "What is the capital of Peru?", "kind": "off_topic"},
+    ]) + "\n")
+    assert cli.main(["model", "register", "tiny-eval", str(tiny_model_dir)]) == 0
+    capsys.readouterr()
+    assert cli.main(["model", "eval", "tiny-eval", "--suite-file", str(suite), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n"] == 2 and report["version"] == "tiny-eval" and report["errors"] == 0
+    assert report["latency"]["ttft_p95_ms"] > 0
+
+
+def test_model_eval_refuses_a_malformed_suite_file_with_line_numbers(env, tiny_model_dir, capsys):
+    suite = env / "bad.jsonl"
+    suite.write_text('{"id": "q1", "prompt": "hi", "kind": "in_domain", "expected_topic": "account"}\n{not json\n')
+    assert cli.main(["model", "register", "tiny-eval", str(tiny_model_dir)]) == 0
+    capsys.readouterr()
+    assert cli.main(["model", "eval", "tiny-eval", "--suite-file", str(suite)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 2" in err[0]

@@ -14,10 +14,10 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from db import Database, DbConfig
-from db.models import Base
+from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0003_review_queue"
+HEAD = "0006_promotions"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -30,6 +30,8 @@ CORE_TABLES = {
     "app_state",
 }
 SAFETY_TABLES = {"policy_versions", "findings", "raw_texts", "review_items", "review_decisions", "review_samples"}
+LIFECYCLE_TABLES = {"model_aliases", "model_alias_moves"}
+RELEASE_TABLES = {"evaluations", "promotion_requests"}  # 0005_evaluations, 0006_promotions
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -131,7 +133,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:
@@ -169,8 +171,12 @@ def test_foreign_keys_are_enforced(empty_db: Database) -> None:
 def test_importing_db_pulls_in_neither_streamlit_nor_vllm_nor_the_console() -> None:
     code = (
         "import sys\n"
-        "import db, db.audit, db.chat, db.models_repo, db.review, db.safety, db.state, db.users\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'streamlit', 'vllm', 'console', 'torch'})\n"
+        "import importlib, pkgutil, db\n"
+        "for m in pkgutil.walk_packages(db.__path__, 'db.'):\n"
+        "    if not m.name.startswith('db.migrations'):  # Alembic runs env.py itself, in its own context\n"
+        "        importlib.import_module(m.name)\n"
+        "bad = sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in {'streamlit', 'vllm', 'console', 'torch', 'bench'})\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -182,3 +188,26 @@ def test_db_code_reads_no_environment_variables() -> None:
     assert sources
     offenders = [p.name for p in sources if "os.environ" in p.read_text() or "getenv" in p.read_text()]
     assert offenders == []
+
+
+def test_upgrading_from_0003_makes_the_live_model_the_production_alias(empty_db: Database) -> None:
+    empty_db.migrate("0003_review_queue")
+    with empty_db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (id, name, source, engine_args, status, created_at) "
+                "VALUES (3, 'demo-v2', '/models/demo-v2', '{}', 'registered', '2026-01-02 03:04:05.000000')"
+            )
+        )
+        conn.execute(
+            text("INSERT INTO app_state (key, value, updated_at) "
+                 "VALUES ('live_model', '\"demo-v2\"', '2026-01-02 03:04:05.000000')")
+        )
+    empty_db.migrate()
+    assert {"model_aliases", "model_alias_moves"} <= _tables(empty_db)
+    from db.model_versions import PRODUCTION, alias_moves, version_for_alias
+
+    with empty_db.session(readonly=True) as s:
+        version = version_for_alias(s, PRODUCTION)
+        assert version is not None and version.name == "demo-v2" and version.retired_at is None
+        assert [(m.alias, m.to_version_id, m.actor) for m in alias_moves(s)] == [("production", 3, "migration")]

@@ -101,7 +101,7 @@ def test_an_operator_signs_in_chats_and_sees_the_streamed_answer_with_its_metric
     assert page.get_by_text("tiny-e2e").count() >= 1
     from db.config import DbConfig
     from db.database import Database
-    from db.models import Exchange
+    from db.tables import Exchange
 
     db = Database(DbConfig(url=f"sqlite:///{data / 'console.db'}"))
     with db.session() as s:
@@ -126,4 +126,34 @@ def test_an_analyst_sees_only_their_pages_and_can_verify_the_audit_chain(console
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
     assert page.get_by_text("You are signed out.").count() == 1
+    page.close()
+
+
+def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(console_server, browser,
+                                                                               tiny_model_dir, tmp_path):
+    # Runs last: it changes the served version. The CLI is another process; only the database connects them.
+    url, data = console_server
+    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data)}
+    other = shutil.copytree(tiny_model_dir, tmp_path / "tiny-e2e-b")
+    _cli(env, "model", "register", "tiny-e2e-b", str(other), "--max-model-len", "512")
+    _cli(env, "model", "serve", "tiny-e2e-b", "--reason", "end-to-end switch")
+    from db import audit as audit_q
+    from db.config import DbConfig
+    from db.database import Database
+
+    db = Database(DbConfig(url=f"sqlite:///{data / 'console.db'}"))
+    deadline, switched = time.monotonic() + 180, []
+    while time.monotonic() < deadline and not switched:
+        with db.session() as s:
+            switched = [e.details for e in audit_q.iter_events(s, action="model.switch")]
+        time.sleep(1)
+    db.dispose()
+    assert switched and switched[-1]["to"] == "tiny-e2e-b" and switched[-1]["from"] == "tiny-e2e"
+    assert switched[-1]["requested_by"] == "cli" and switched[-1]["reason"] == "end-to-end switch"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    _sign_in(page, url, "admin")
+    page.get_by_text("tiny-e2e-b").first.wait_for(timeout=60_000)  # the sidebar names the live version
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Models").click()
+    page.get_by_text("Model versions").wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
     page.close()

@@ -168,3 +168,17 @@ def test_status_names_the_target_while_a_switch_is_under_way(two_versions: tuple
         assert host.status().switching_to is None and host.status().model_version == "tiny-b"
     finally:
         host.shutdown()
+
+
+def test_a_switch_requested_while_the_first_version_still_loads_fails_no_request(
+    two_versions: tuple[ModelSpec, ModelSpec],
+) -> None:
+    a, b = two_versions
+    host = EngineHost.start(a, HostConfig(kv_cache_gib=0.25), wait=False)
+    try:
+        host.switch(b)  # the loading worker is stopped; it must not start taking requests afterwards
+        stream = host.stream_chat(HELLO, exactly(3))
+        list(stream)
+        assert stream.result.model_version == "tiny-b" and not stream.result.aborted
+    finally:
+        host.shutdown()

@@ -12,20 +12,21 @@ from console import app_pages
 from console.services import access
 from console.ui import UiSession
 from db import audit as audit_q
+from engine.types import HostStatus
 from tests.conftest import STRONG_PASSWORD, console_env
 
-ROLES = ("operator", "reviewer", "admin", "analyst")
+ROLES = access.ALL_ROLES
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_KEY = "llm_console_session"
 
 
 @pytest.fixture
-def app_env(tmp_path, monkeypatch, migrated_db_file, svc):
-    """Point the console's resources at this test's database (the same file `svc` uses)."""
+def app_env(tmp_path, monkeypatch, migrated_db_file, ctx):
+    """Point the console's resources at this test's database (the same file `ctx` uses)."""
     for key, value in console_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
-    yield svc
+    yield ctx
     st.cache_resource.clear()
 
 
@@ -140,6 +141,65 @@ def test_users_page_shows_a_clear_error_for_a_short_password_and_creates_nothing
 
     with app_env.db.session() as s:
         assert users_q.get_user_by_username(s, "newbie") is None
+
+
+class _HostIn:
+    """A stand-in engine host at our own seam: only the status the pages read through the models service."""
+
+    def __init__(self, status: HostStatus) -> None:
+        self._status = status
+
+    def status(self) -> HostStatus:
+        return self._status
+
+
+def _serve(monkeypatch, status: HostStatus | None) -> None:
+    from console import resources
+
+    monkeypatch.setattr(resources, "engine_host", lambda: None if status is None else _HostIn(status))
+
+
+def test_the_chat_page_without_a_served_model_says_so_and_names_no_missing_control(app_env, make_user):
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == ["No model is being served; ask an admin."]
+    assert at.chat_input(key="chat_prompt").disabled
+
+
+@pytest.mark.parametrize("state", ["failed", "dead"])
+def test_the_chat_page_shows_why_the_model_cannot_answer(app_env, make_user, monkeypatch, state):
+    _serve(monkeypatch, HostStatus(state, "tiny-v2", "tiny-v2 failed to load", error="out of memory"))
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert not at.exception
+    [shown] = [e.value for e in at.error]
+    assert "failed" in shown and "out of memory" in shown and "Models page" not in shown
+    assert at.chat_input(key="chat_prompt").disabled
+
+
+def test_the_chat_page_shows_loading_progress(app_env, make_user, monkeypatch):
+    _serve(monkeypatch, HostStatus("loading", "tiny-v2", "loading weights", progress=0.4))
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert any("is loading" in i.value and "loading weights" in i.value for i in at.info)
+    assert at.chat_input(key="chat_prompt").disabled
+
+
+@pytest.mark.parametrize("status,caption", [
+    (None, "Model: none served"),
+    (HostStatus("ready", "tiny-v2", "ready"), "Live model: **tiny\\-v2** · ready"),
+    (HostStatus("dead", "tiny-v2", "died", error="CUDA error"), "Model tiny\\-v2: failed"),
+], ids=["none", "ready", "dead"])
+def test_the_sidebar_says_which_model_is_served(app_env, make_user, monkeypatch, status, caption):
+    _serve(monkeypatch, status)
+    at = AppTest.from_file(str(ROOT / "console" / "app.py"), default_timeout=60)
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert caption in [c.value for c in at.sidebar.caption]
 
 
 

@@ -6,17 +6,25 @@ import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.services import moderation
 from console.services.access import Principal, requires
-from console.services.context import Services
-from console.services.errors import InvalidInput, NotFound
+from console.services.context import AppContext
+from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound
 from db import chat as chat_q
-from engine.errors import EngineError, EngineNotReadyError, PromptTooLongError
+from db.chat import ExchangeTimings, TurnRecord
+from engine.errors import EmptyPromptError, EngineError, InvalidSamplingError, PromptTooLongError
 from engine.types import ChatMessage, GenerationResult, SamplingSettings
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.tables import Conversation
+    from engine.host import EngineHost
+    from engine.stream import GenerationStream
+
+logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SYSTEM_PROMPT_CHARS = 4_000
@@ -69,7 +77,7 @@ class ChatTurn:
     stores the partial answer as ``aborted``.
     """
 
-    svc: Services
+    ctx: AppContext
     actor: Principal
     conversation_id: int
     prompt_gate: moderation.GateResult
@@ -85,6 +93,10 @@ class ChatTurn:
         return self.stream is None
 
     def deltas(self) -> Iterator[str]:
+        """The answer as it streams (or whole, once scanned, when the policy holds output back).
+
+        An engine failure mid-stream stores the exchange as ``error`` and raises :class:`ModelUnavailable`.
+        """
         if self.stream is None:
             return
         parts: list[str] = []
@@ -98,74 +110,114 @@ class ChatTurn:
             finished = True
         except EngineError as exc:
             error = exc
-            raise
+            raise _console_error(exc) from exc
         finally:
             if not finished and error is None:
                 self.stream.cancel()
             text = "".join(parts)
             status = "ok" if finished else ("error" if error else "aborted")
+            cut = getattr(self.stream, "result", None) if finished else None
+            if cut is not None and cut.aborted:  # the engine cut it: a switch, restart or shutdown
+                status = "aborted"
+                self.notices.append(CUT_NOTICE.get(cut.finish_reason or "", CUT_NOTICE["shutdown"]))
             shown = self._finish(text, status, error)
         if self._hold and shown:
             yield shown
 
     def _finish(self, text: str, status: str, error: EngineError | None) -> str:
         result: GenerationResult | None = getattr(self.stream, "result", None)
-        gate = moderation.check_output(self.svc, text) if status != "error" else moderation.GateResult.empty(text)
+        gate = moderation.check_output(self.ctx, text) if status != "error" else moderation.GateResult.empty(text)
         shown = gate.text_for_user
         if gate.action == "block":
             self.notices.append(moderation.BLOCKED_OUTPUT_NOTICE)
         self.outcome = _store(
-            self.svc, self.actor, self.conversation_id, self.request_id, self.prompt_gate, gate,
+            self.ctx, self.actor, self.conversation_id, self.request_id, self.prompt_gate, gate,
             status=status, error=str(error) if error else None, sampling=self.sampling, result=result,
         )
         self.outcome.notice = " ".join(self.notices) or None
         return shown
 
 
-def _store(svc: Services, actor: Principal, conversation_id: int, request_id: str,
+CUT_NOTICE = {
+    "switch": "The answer was cut off: the served model version was switched. Ask again to get a full answer.",
+    "restart": "The answer was cut off: the engine was restarted. Ask again to get a full answer.",
+    "shutdown": "The answer was cut off: the engine stopped. Ask again to get a full answer.",
+}
+
+
+def _console_error(exc: EngineError) -> ConsoleError:
+    """The console's own error for an engine error, with the engine's message (written for users)."""
+    if isinstance(exc, PromptTooLongError | EmptyPromptError | InvalidSamplingError):
+        return InvalidInput(str(exc))
+    return ModelUnavailable(str(exc))
+
+
+def _store(ctx: AppContext, actor: Principal, conversation_id: int, request_id: str,
            prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
            error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None) -> TurnOutcome:
-    host = svc.host
-    served = host.serving.name if host is not None and host.serving is not None else None
-    model_version = result.model_version if result is not None else served
-    response_text = output_gate.text_for_storage if output_gate is not None else ""
-    with svc.db.session() as s:
-        exchange = chat_q.record_exchange(
-            s,
-            conversation_id=conversation_id,
-            user_id=actor.user_id,
-            request_id=request_id,
-            model_version=model_version or "none",
-            prompt=prompt_gate.text_for_storage,
-            response=response_text,
-            sampling=_sampling_dict(sampling),
-            status=status,
-            error=error,
-            prompt_tokens=result.prompt_tokens if result else None,
-            output_tokens=result.output_tokens if result else None,
-            queue_ms=_ms(result.queue_s) if result else None,
-            ttft_ms=_ms(result.ttft_s) if result else None,
-            itl_ms=_ms(result.mean_itl_s) if result else None,
-            e2e_ms=_ms(result.e2e_s) if result else None,
-            tokens_per_s=result.tokens_per_s if result else None,
-            prompt_action=prompt_gate.action,
-            output_action=output_gate.action if output_gate is not None else None,
-            policy_version=prompt_gate.policy_version,
-            actor=actor.username,
-        )
-        moderation.store_findings(svc, s, exchange, actor, prompt_gate, output_gate)
-        outcome = TurnOutcome(
-            exchange_id=exchange.id,
-            status=status,
-            text=output_gate.text_for_user if output_gate is not None else "",
-            model_version=model_version,
-            result=result,
-            prompt_action=prompt_gate.action,
-            output_action=output_gate.action if output_gate is not None else "allow",
-        )
-    log.info("exchange %s stored: request=%s status=%s model=%s", outcome.exchange_id, request_id, status,
-             model_version)
-    return outcome
+    model_version = result.model_version if result is not None else _served(ctx)
+    # Everything is worked out first (findings, raw texts, severity, deadline); the store only writes.
+    record = _turn_record(ctx, actor, conversation_id, request_id, prompt_gate, output_gate, status=status,
+                          error=error, sampling=sampling, result=result, model_version=model_version)
+    with ctx.db.session() as s:
+        exchange_id = chat_q.store_turn(s, record).id
+    logger.info("exchange %s stored: request=%s status=%s model=%s", exchange_id, request_id, status,
+                model_version)
+    return TurnOutcome(
+        exchange_id=exchange_id,
+        status=status,
+        text=output_gate.text_for_user if output_gate is not None else "",
+        model_version=model_version,
+        result=result,
+        prompt_action=prompt_gate.action,
+        output_action=output_gate.action if output_gate is not None else "allow",
+    )
+
+
+def _served(ctx: AppContext) -> str | None:
+    host = ctx.host
+    spec = host.serving if host is not None else None
+    return spec.name if spec is not None else None
+
+
+def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, request_id: str,
+                 prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
+                 error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None,
+                 model_version: str | None) -> TurnRecord:
+    gates = [g for g in (prompt_gate, output_gate) if g is not None]
+    return TurnRecord(
+        conversation_id=conversation_id,
+        user_id=actor.user_id,
+        actor=actor.username,
+        request_id=request_id,
+        model_version=model_version or "none",
+        prompt=prompt_gate.text_for_storage,
+        response=output_gate.text_for_storage if output_gate is not None else "",
+        sampling=_sampling_dict(sampling),
+        status=status,
+        error=error,
+        timings=_timings(result),
+        prompt_action=prompt_gate.action,
+        output_action=output_gate.action if output_gate is not None else None,
+        policy_version=prompt_gate.policy_version,
+        findings=moderation.finding_records(gates),
+        raw_texts=moderation.raw_texts_to_keep(gates),
+        review=moderation.review_item_for(ctx, gates),
+    )
+
+
+def _timings(result: GenerationResult | None) -> ExchangeTimings:
+    if result is None:
+        return ExchangeTimings()
+    return ExchangeTimings(
+        prompt_tokens=result.prompt_tokens,
+        output_tokens=result.output_tokens,
+        queue_ms=_ms(result.queue_s),
+        ttft_ms=_ms(result.ttft_s),
+        itl_ms=_ms(result.mean_itl_s),
+        e2e_ms=_ms(result.e2e_s),
+        tokens_per_s=result.tokens_per_s,
+    )
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -179,7 +231,7 @@ def _sampling_dict(sampling: SamplingSettings | None) -> dict[str, Any]:
             "seed": sampling.seed}
 
 
-def _owned_conversation(s, actor: Principal, conversation_id: int):  # noqa: ANN001, ANN202
+def _owned_conversation(s: Session, actor: Principal, conversation_id: int) -> Conversation:
     conv = chat_q.get_conversation(s, conversation_id)
     if conv is None or conv.user_id != actor.user_id:
         raise NotFound("That conversation does not exist or is not yours.")
@@ -191,8 +243,8 @@ def _title(prompt: str) -> str:
     return first[:60] + ("…" if len(first) > 60 else "")
 
 
-def _stream_with_history(host, history: list[ChatMessage], prompt: str, sampling: SamplingSettings,  # noqa: ANN001
-                         request_id: str):
+def _stream_with_history(host: EngineHost, history: list[ChatMessage], prompt: str, sampling: SamplingSettings,
+                         request_id: str) -> GenerationStream:
     """Start the request; when the conversation outgrows the context, drop its oldest turns (keep the system)."""
     system = [m for m in history[:1] if m.role == "system"]
     turns = history[len(system):]
@@ -205,10 +257,41 @@ def _stream_with_history(host, history: list[ChatMessage], prompt: str, sampling
             turns = turns[2:]  # one user/assistant pair
 
 
+def _sampling(temperature: float, top_p: float, max_tokens: int) -> SamplingSettings:
+    try:
+        return SamplingSettings(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    except ValueError as exc:  # InvalidSamplingError: its message names the setting and the allowed range
+        raise InvalidInput(str(exc)) from exc
+
+
 @requires("chat.use")
-def start_turn(svc: Services, actor: Principal, conversation_id: int | None, prompt: str,
-               sampling: SamplingSettings, system_prompt: str | None = None) -> ChatTurn:
-    """Scan the prompt, apply the policy and start streaming (unless blocked). See :class:`ChatTurn`."""
+def start_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, prompt: str, *,
+               temperature: float, top_p: float, max_tokens: int,
+               system_prompt: str | None = None) -> ChatTurn:
+    """Scan the prompt, apply the policy and start streaming (unless blocked). See :class:`ChatTurn`.
+
+    Raises :class:`InvalidInput` for an empty or too long prompt or out-of-range sampling settings, and
+    :class:`ModelUnavailable` when no model can answer (the failed exchange is stored as ``error``).
+    """
+    return _begin_turn(ctx, actor, conversation_id, prompt, temperature=temperature, top_p=top_p,
+                       max_tokens=max_tokens, system_prompt=system_prompt)
+
+
+COMPARISON_TITLE = "Comparison · "
+
+
+@requires("models.evaluate")
+def start_comparison_turn(ctx: AppContext, actor: Principal, prompt: str, *, temperature: float, top_p: float,
+                          max_tokens: int, side: str) -> ChatTurn:
+    """One side of a side-by-side chat (``side`` is ``live`` or ``candidate``): a new conversation titled
+    ``Comparison · ...`` answered by ``ctx.host``, with request id ``cmp-<side>-...``."""
+    return _begin_turn(ctx, actor, None, prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                       title_prefix=COMPARISON_TITLE, request_prefix=f"cmp-{side}")
+
+
+def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, prompt: str, *,
+                temperature: float, top_p: float, max_tokens: int, system_prompt: str | None = None,
+                title_prefix: str = "", request_prefix: str = "chat") -> ChatTurn:
     if prompt is None or not prompt.strip():
         raise InvalidInput("Type a message first.")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -216,14 +299,16 @@ def start_turn(svc: Services, actor: Principal, conversation_id: int | None, pro
     system_prompt = (system_prompt or "").strip() or None
     if system_prompt and len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
         raise InvalidInput(f"The system prompt is limited to {MAX_SYSTEM_PROMPT_CHARS:,} characters.")
-    host = svc.host
+    sampling = _sampling(temperature, top_p, max_tokens)
+    host = ctx.host
     if host is None:
-        raise EngineNotReadyError("No model is being served. An admin can start one on the Models page.")
+        raise ModelUnavailable("No model is being served; ask an admin.")
 
-    prompt_gate = moderation.check_prompt(svc, prompt)
-    with svc.db.session() as s:
+    prompt_gate = moderation.check_prompt(ctx, prompt)
+    with ctx.db.session() as s:
         if conversation_id is None:
-            conv = chat_q.create_conversation(s, user_id=actor.user_id, title=_title(prompt_gate.text_for_storage),
+            conv = chat_q.create_conversation(s, user_id=actor.user_id,
+                                              title=title_prefix + _title(prompt_gate.text_for_storage),
                                               system_prompt=system_prompt, actor=actor.username)
         else:
             conv = _owned_conversation(s, actor, conversation_id)
@@ -235,35 +320,35 @@ def start_turn(svc: Services, actor: Principal, conversation_id: int | None, pro
                 history.append(ChatMessage("user", ex.prompt))
                 history.append(ChatMessage("assistant", ex.response))
 
-    request_id = f"chat-{uuid.uuid4().hex[:12]}"
-    turn = ChatTurn(svc, actor, conversation_id, prompt_gate, request_id=request_id, sampling=sampling,
-                    _hold=moderation.hold_output(svc))
+    request_id = f"{request_prefix}-{uuid.uuid4().hex[:12]}"
+    turn = ChatTurn(ctx, actor, conversation_id, prompt_gate, request_id=request_id, sampling=sampling,
+                    _hold=moderation.hold_output(ctx))
     if prompt_gate.notice:
         turn.notices.append(prompt_gate.notice)
     if prompt_gate.action == "block":
-        turn.outcome = _store(svc, actor, conversation_id, request_id, prompt_gate, None, status="blocked",
+        turn.outcome = _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="blocked",
                               error=None, sampling=sampling, result=None)
         turn.outcome.notice = " ".join(turn.notices)
         return turn
     try:
         turn.stream = _stream_with_history(host, history, prompt_gate.text_for_model, sampling, request_id)
     except EngineError as exc:
-        _store(svc, actor, conversation_id, request_id, prompt_gate, None, status="error", error=str(exc),
+        _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="error", error=str(exc),
                sampling=sampling, result=None)
-        raise
+        raise _console_error(exc) from exc
     return turn
 
 
 @requires("chat.use")
-def list_conversations(svc: Services, actor: Principal, limit: int = 50) -> list[ConversationView]:
-    with svc.db.session() as s:
+def list_conversations(ctx: AppContext, actor: Principal, limit: int = 50) -> list[ConversationView]:
+    with ctx.db.session() as s:
         return [ConversationView(c.id, c.title, c.system_prompt, c.updated_at)
                 for c in chat_q.list_conversations(s, actor.user_id)[:limit]]
 
 
 @requires("chat.use")
-def conversation_history(svc: Services, actor: Principal, conversation_id: int) -> list[ExchangeView]:
-    with svc.db.session() as s:
+def conversation_history(ctx: AppContext, actor: Principal, conversation_id: int) -> list[ExchangeView]:
+    with ctx.db.session() as s:
         _owned_conversation(s, actor, conversation_id)
         out = []
         for ex in chat_q.list_exchanges(s, conversation_id):
@@ -279,15 +364,15 @@ def conversation_history(svc: Services, actor: Principal, conversation_id: int) 
 
 
 @requires("chat.send_to_review")
-def send_to_review(svc: Services, actor: Principal, exchange_id: int, note: str) -> int:
+def send_to_review(ctx: AppContext, actor: Principal, exchange_id: int, note: str) -> int:
     """Put one of the user's own exchanges in the review queue with a note."""
     note = (note or "").strip()
     if not note:
         raise InvalidInput("Add a note that says what a reviewer should look at.")
     if len(note) > 2000:
         raise InvalidInput("Keep the note under 2,000 characters.")
-    with svc.db.session() as s:
+    with ctx.db.session() as s:
         ex = chat_q.get_exchange(s, exchange_id)
         if ex is None or ex.user_id != actor.user_id:
             raise NotFound("That message does not exist or is not yours.")
-        return moderation.send_to_review(svc, s, ex, actor, note)
+        return moderation.send_to_review(ctx, s, ex, actor, note)

@@ -6,20 +6,22 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.services.access import Principal, requires
-from console.services.context import Services
-from console.services.errors import InvalidInput, NotFound
-from db import models_repo
-from db import state as state_q
-from db.state import LIVE_MODEL_KEY
-from engine.types import ModelSpec
+from console.services.context import AppContext
+from console.services.errors import InvalidInput
+from db import model_versions as model_versions_q
+from engine.fingerprint import fingerprint_dir
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from db.tables import ModelVersion
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -38,11 +40,24 @@ class ModelVersionView:
     description: str | None
     status: str
     created_at: datetime
+    quantization: str | None = None
+    fingerprint: str | None = None
+    aliases: tuple[str, ...] = ()
+    retired: bool = False
+
+    @property
+    def stage(self) -> str:
+        """A stage-like badge: the highest alias it holds (production first), else retired or registered."""
+        for alias in ("production", "staging", "candidate"):
+            if alias in self.aliases:
+                return alias
+        return self.aliases[0] if self.aliases else ("retired" if self.retired else "registered")
 
 
-def _view(m) -> ModelVersionView:  # noqa: ANN001 - db.models.ModelVersion
+def _view(m: ModelVersion, aliases: Sequence[str] = ()) -> ModelVersionView:
     return ModelVersionView(m.id, m.name, m.source, m.revision, m.dtype, m.max_model_len, dict(m.engine_args or {}),
-                            m.description, m.status, m.created_at)
+                            m.description, m.status, m.created_at, m.quantization, m.fingerprint, tuple(aliases),
+                            m.retired_at is not None)
 
 
 def _engine_arg_names() -> set[str]:
@@ -52,7 +67,7 @@ def _engine_arg_names() -> set[str]:
 
 
 # Arguments the record sets through its own columns; giving them in engine_args too would be ambiguous.
-_RESERVED_ARGS = {"model", "tokenizer", "revision", "dtype", "max_model_len"}
+_RESERVED_ARGS = {"model", "tokenizer", "revision", "dtype", "max_model_len", "quantization"}
 
 
 def parse_engine_args(raw: str | dict[str, Any] | None) -> dict[str, Any]:
@@ -95,69 +110,89 @@ def _validate(name: str, source: str, dtype: str | None, max_model_len: int | No
     return name, source
 
 
-def _register(svc: Services, actor: str, actor_id: int | None, *, name: str, source: str, revision: str | None,
-              dtype: str | None, max_model_len: int | None, engine_args: Any, description: str | None
-              ) -> ModelVersionView:
+def _quantization_methods() -> list[str]:
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS  # heavy: only when registering
+
+    return list(QUANTIZATION_METHODS)
+
+
+def _check_config(source: str) -> None:
+    """A local directory must hold a config vLLM can read (transformers' AutoConfig, as vLLM uses)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source)
+    except Exception as exc:  # any reason the config cannot be read: say which, store nothing
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise InvalidInput(f"vLLM cannot read the model config in {source}: {first}") from None
+
+
+def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, source: str, revision: str | None,
+              dtype: str | None, max_model_len: int | None, engine_args: Any, description: str | None,
+              quantization: str | None = None) -> ModelVersionView:
     name, source = _validate(name, source, dtype, max_model_len)
     args = parse_engine_args(engine_args)
-    with svc.db.session() as s:
-        if models_repo.get_model_version_by_name(s, name) is not None:
+    quantization = (quantization or "").strip() or None
+    if quantization is not None and quantization not in _quantization_methods():
+        raise InvalidInput(f"Unknown quantization {quantization!r}; vLLM knows {', '.join(_quantization_methods())}.")
+    with ctx.db.session() as s:
+        if model_versions_q.get_model_version_by_name(s, name) is not None:
             raise InvalidInput(f"A model version named {name!r} is already registered.")
-        m = models_repo.register_model_version(
+    fingerprint = None
+    if Path(source).is_dir():
+        _check_config(source)
+        try:
+            fingerprint = fingerprint_dir(source)
+        except ValueError as exc:
+            raise InvalidInput(f"{source} holds no model files (weights, config or tokenizer).") from exc
+    elif not (revision or "").strip():
+        logger.warning("hub model %s registered without a pinned revision", source)
+    with ctx.db.session() as s:
+        if model_versions_q.get_model_version_by_name(s, name) is not None:  # registered meanwhile
+            raise InvalidInput(f"A model version named {name!r} is already registered.")
+        m = model_versions_q.register_model_version(
             s, name=name, source=source, revision=(revision or "").strip() or None, dtype=dtype or "auto",
             max_model_len=max_model_len, engine_args=args, description=(description or "").strip() or None,
-            actor=actor, actor_id=actor_id,
+            actor=actor, actor_id=actor_id, quantization=quantization,
+            fingerprint=fingerprint.sha256 if fingerprint else None,
+            fingerprint_files=fingerprint.as_records() if fingerprint else None,
         )
         return _view(m)
 
 
-def register_cli(svc: Services, **fields: Any) -> ModelVersionView:
+def register_cli(ctx: AppContext, **fields: Any) -> ModelVersionView:
     """Register a version from the command line (the shell user is trusted, as with ``init``)."""
-    return _register(svc, "cli", None, **fields)
+    return _register(ctx, "cli", None, **fields)
 
 
 @requires("models.register")
-def register(svc: Services, actor: Principal, **fields: Any) -> ModelVersionView:
-    return _register(svc, actor.username, actor.user_id, **fields)
+def register(ctx: AppContext, actor: Principal, **fields: Any) -> ModelVersionView:
+    return _register(ctx, actor.username, actor.user_id, **fields)
 
 
-def all_versions(svc: Services) -> list[ModelVersionView]:
-    with svc.db.session() as s:
-        return [_view(m) for m in models_repo.list_model_versions(s)]
+def list_versions_cli(ctx: AppContext) -> list[ModelVersionView]:
+    """Every registered version with its aliases (the shell user is trusted)."""
+    with ctx.db.session() as s:
+        aliases = model_versions_q.aliases_by_version(s)
+        return [_view(m, aliases.get(m.id, ())) for m in model_versions_q.list_model_versions(s)]
 
 
 @requires("models.view")
-def list_versions(svc: Services, actor: Principal) -> list[ModelVersionView]:
-    return all_versions(svc)
+def list_versions(ctx: AppContext, actor: Principal) -> list[ModelVersionView]:
+    return list_versions_cli(ctx)
 
 
-def live_version_name(svc: Services) -> str:
-    """The version the console should serve: the last one switched to, else the configured default."""
-    with svc.db.session() as s:
-        value = state_q.get_state(s, LIVE_MODEL_KEY)
-    return value or svc.settings.default_model
-
-
-def spec_for(svc: Services, name: str) -> ModelSpec:
-    with svc.db.session() as s:
-        m = models_repo.get_model_version_by_name(s, name)
-        if m is None:
-            raise NotFound(f"Model version {name!r} is not registered. Run `llm-console init` or register it.")
-        return ModelSpec(name=m.name, source=m.source, revision=m.revision, dtype=m.dtype or "auto",
-                         max_model_len=m.max_model_len, engine_args=dict(m.engine_args or {}))
-
-
-def ensure_demo_versions(svc: Services, progress=None) -> list[str]:  # noqa: ANN001
+def ensure_demo_versions(ctx: AppContext, progress: Callable[[str, float], None] | None = None) -> list[str]:
     """Build (once, cached) and register the demo versions; return the names registered now."""
     from engine.demo import DEMO_VERSIONS, ensure_demo_model
 
     registered = []
     for name, recipe in DEMO_VERSIONS.items():
-        path = ensure_demo_model(svc.settings.models_dir, name, progress=progress)
-        with svc.db.session() as s:
-            if models_repo.get_model_version_by_name(s, name) is not None:
+        path = ensure_demo_model(ctx.settings.models_dir, name, progress=progress)
+        with ctx.db.session() as s:
+            if model_versions_q.get_model_version_by_name(s, name) is not None:
                 continue
-        _register(svc, "system", None, name=name, source=str(path), revision=None, dtype="float32",
+        _register(ctx, "system", None, name=name, source=str(path), revision=None, dtype="float32",
                   max_model_len=recipe.max_model_len, engine_args={}, description=recipe.description)
         registered.append(name)
     return registered

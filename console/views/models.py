@@ -1,4 +1,4 @@
-"""Admin: registered model versions, the one being served, and registering a new version."""
+"""Admin: registered model versions and their aliases, serving one, restarting the engine, registering."""
 
 from __future__ import annotations
 
@@ -9,42 +9,130 @@ import streamlit as st
 
 from console import ui
 from console.services import models as models_svc
+from console.services import serving as serving_svc
 from console.textsafe import escape_markdown
 
 principal = ui.require_page("models")
-svc = ui.services()
+ctx = ui.app_context()
+state = ui.session().models
 
 st.title("Model versions")
-host = svc.host
-if host is not None:
-    status = host.status()
-    st.markdown(f"**Serving:** {escape_markdown(status.model_version or 'none')} · {escape_markdown(status.state)}")
-    if status.error:
-        st.error(status.error)
+if state.flash:
+    st.success(escape_markdown(state.flash))
+    state.flash = None
 
-versions = ui.call(models_svc.list_versions, svc, principal) or []
+
+@st.fragment(run_every=3)
+def _serving() -> None:
+    serving = serving_svc.serving_status(ctx)
+    line = f"**Serving:** {escape_markdown(serving.model_version or 'none')}"
+    if serving.state != "none":
+        line += f" · {escape_markdown(serving.state)}"
+    if serving.switching_to:
+        line += f" · switching to **{escape_markdown(serving.switching_to)}**"
+    st.markdown(line)
+    if serving.state == "loading":
+        st.progress(serving.progress, text=escape_markdown(serving.message))
+    if serving.error:
+        st.error(escape_markdown(serving.error))
+    problem = serving_svc.last_switch_problem(ctx)
+    if problem is not None:
+        st.warning(f"The last {problem.action} to {escape_markdown(problem.version or '?')} failed at "
+                   f"{problem.at:%Y-%m-%d %H:%M} UTC: {escape_markdown(problem.error)}. Serve it again to retry, "
+                   "or serve another version.")
+
+
+_serving()
+
+versions = ui.call(models_svc.list_versions, ctx, principal) or []
 st.dataframe(
-    pd.DataFrame([{"name": v.name, "source": v.source, "revision": v.revision or "", "dtype": v.dtype or "auto",
-                   "max context": v.max_model_len, "engine args": json.dumps(v.engine_args) if v.engine_args else "",
-                   "registered": v.created_at, "description": v.description or ""} for v in versions]),
-    hide_index=True, width="stretch",
+    pd.DataFrame([{"name": v.name, "stage": v.stage, "aliases": ", ".join(v.aliases), "source": v.source,
+                   "revision": v.revision or "", "dtype": v.dtype or "auto", "quantization": v.quantization or "",
+                   "max context (tokens)": v.max_model_len,
+                   "engine args": json.dumps(v.engine_args) if v.engine_args else "",
+                   "fingerprint": (v.fingerprint or "")[:12], "registered": v.created_at,
+                   "notes": v.description or ""} for v in versions]),
+    hide_index=True, width="stretch", key="versions_table",
 )
+servable = [v.name for v in versions if not v.retired]
 
-st.subheader("Register a version")
-with st.form("register_model", clear_on_submit=False):
-    name = st.text_input("Version name", key="model_name", placeholder="llama-3.1-8b-instruct-v1")
-    source = st.text_input("Source", key="model_source",
+serve_tab, restart_tab, alias_tab, register_tab, history_tab = st.tabs(
+    ["Serve", "Restart engine", "Aliases and retirement", "Register", "History"])
+
+with serve_tab, st.form(f"serve_form_{state.round}"):
+    st.caption("Serving moves the production alias. Every running console switches within seconds; chats that "
+               "arrive meanwhile wait and are answered by the new version (or by the old one if it fails to load).")
+    name = st.selectbox("Version", servable, index=None, key=f"serve_version_{state.round}")
+    reason = st.text_input("Reason (recorded in the audit log)", key=f"serve_reason_{state.round}", max_chars=1000)
+    if st.form_submit_button("Serve this version", type="primary"):
+        if name is None:
+            st.error("Choose a version to serve.")
+        elif ui.call(serving_svc.serve, ctx, principal, name, reason) is not None:
+            state.flash = f"{name} now holds production; the console is switching to it."
+            state.round += 1
+            st.rerun()
+
+with restart_tab, st.form(f"restart_form_{state.round}"):
+    st.caption("Restarts the engine of the version being served (for example after it stopped working). "
+               "Answers in progress are cut; new chats wait for the engine to be back.")
+    reason = st.text_input("Reason (recorded in the audit log)", key=f"restart_reason_{state.round}", max_chars=1000)
+    if st.form_submit_button("Restart the engine"):
+        if ui.call(serving_svc.request_restart, ctx, principal, reason) is not None:
+            state.flash = "Restart requested; the engine restarts within seconds."
+            state.round += 1
+            st.rerun()
+
+with alias_tab:
+    with st.form(f"alias_form_{state.round}"):
+        name = st.selectbox("Version", servable, index=None, key=f"alias_version_{state.round}")
+        alias = st.text_input("Alias", key=f"alias_name_{state.round}", placeholder="staging, candidate, ...",
+                              max_chars=60)
+        reason = st.text_input("Reason", key=f"alias_reason_{state.round}", max_chars=1000)
+        if st.form_submit_button("Point the alias at this version"):
+            if name is None:
+                st.error("Choose a version.")
+            elif ui.call(serving_svc.set_alias, ctx, principal, name, alias, reason) is not None:
+                state.flash = f"{alias.strip().lower()} now points at {name}."
+                state.round += 1
+                st.rerun()
+    with st.form(f"retire_form_{state.round}"):
+        name = st.selectbox("Version to retire", servable, index=None, key=f"retire_version_{state.round}")
+        reason = st.text_input("Reason", key=f"retire_reason_{state.round}", max_chars=1000)
+        if st.form_submit_button("Retire"):
+            if name is None:
+                st.error("Choose a version to retire.")
+            elif ui.call(serving_svc.retire, ctx, principal, name, reason) is not None:
+                state.flash = f"{name} is retired."
+                state.round += 1
+                st.rerun()
+
+with register_tab, st.form(f"register_model_{state.round}"):
+    name = st.text_input("Version name", key=f"model_name_{state.round}", placeholder="llama-3.1-8b-instruct-v1")
+    source = st.text_input("Source", key=f"model_source_{state.round}",
                            placeholder="meta-llama/Llama-3.1-8B-Instruct or /models/my-model")
-    revision = st.text_input("Revision (hub commit or tag)", key="model_revision")
-    dtype = st.selectbox("dtype", models_svc.DTYPES, key="model_dtype")
+    revision = st.text_input("Revision (hub commit or tag; pin one for a hub id)", key=f"model_revision_{state.round}")
+    dtype = st.selectbox("dtype", models_svc.DTYPES, key=f"model_dtype_{state.round}")
+    quantization = st.text_input("Quantization (vLLM method, e.g. awq, gptq, fp8; empty for none)",
+                                 key=f"model_quantization_{state.round}")
     max_len = st.number_input("Max context (tokens, 0 = the model's own)", min_value=0, value=0, step=256,
-                              key="model_max_len")
-    engine_args = st.text_area("vLLM engine arguments (JSON)", key="model_engine_args",
+                              key=f"model_max_len_{state.round}")
+    engine_args = st.text_area("vLLM engine arguments (JSON)", key=f"model_engine_args_{state.round}",
                                placeholder='{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}')
-    description = st.text_input("Description", key="model_description")
+    description = st.text_input("Notes", key=f"model_description_{state.round}")
     if st.form_submit_button("Register", type="primary"):
-        created = ui.call(models_svc.register, svc, principal, name=name, source=source, revision=revision,
+        created = ui.call(models_svc.register, ctx, principal, name=name, source=source, revision=revision,
                           dtype=dtype, max_model_len=int(max_len) or None, engine_args=engine_args,
-                          description=description)
+                          description=description, quantization=quantization)
         if created:
-            st.success(f"Registered {created.name}.")
+            state.flash = f"Registered {created.name} (fingerprint {(created.fingerprint or 'none: hub id')[:12]})."
+            state.round += 1
+            st.rerun()
+
+with history_tab:
+    moves = ui.call(serving_svc.alias_history, ctx, principal) or []
+    if not moves:
+        st.info("No alias has moved yet.")
+    else:
+        st.dataframe(pd.DataFrame([{"when": m.created_at, "alias": m.alias, "from": m.from_version or "",
+                                    "to": m.to_version or "(removed)", "by": m.actor, "reason": m.reason}
+                                   for m in moves]), hide_index=True, width="stretch", key="alias_history")

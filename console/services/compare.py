@@ -1,0 +1,201 @@
+"""Side-by-side chats: one prompt to the live version and to a candidate at once, both streamed and stored.
+
+The candidate runs in a short-lived child process (:class:`engine.remote.ChildEngine`), because a second vLLM
+engine cannot live in the console's process beside the live one. A :class:`CandidatePool` keeps at most one such
+child per console process and ends it after ``idle_s`` without use.
+
+Both answers go through the whole chat pipeline (prompt scan and policy, output scan, one transaction with
+findings and review items), each in its own conversation titled ``Comparison · ...`` with request ids
+``cmp-live-...`` and ``cmp-candidate-...``, so they are stored, audited and reviewable like any chat; an audit
+event ``model.compare`` ties the two exchanges together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from console.services import chat as chat_svc
+from console.services import serving
+from console.services.access import Principal, requires
+from console.services.context import AppContext
+from console.services.errors import InvalidInput, ModelUnavailable
+from db import audit as audit_q
+from engine.errors import EngineError
+from engine.remote import ChildEngine, RemoteStream
+from engine.types import ChatMessage, ModelSpec, SamplingSettings
+
+logger = logging.getLogger(__name__)
+
+TITLE_PREFIX = chat_svc.COMPARISON_TITLE
+
+
+class CandidatePool:
+    """At most one candidate engine (a child process) per console process; ended after ``idle_s`` unused."""
+
+    def __init__(self, *, kv_cache_gib: float = 0.25, idle_s: float = 600.0, log_dir: Path | None = None) -> None:
+        self.kv_cache_gib, self.idle_s, self.log_dir = kv_cache_gib, idle_s, log_dir
+        self._engine: ChildEngine | None = None
+        self._lock = threading.Lock()
+
+    def engine_for(self, spec: ModelSpec) -> ChildEngine:
+        """The running child for ``spec``, started (and any other candidate ended) if needed."""
+        with self._lock:
+            current = self._engine
+            if current is not None and (current.spec != spec or not current.alive()):
+                current.shutdown()
+                current = self._engine = None
+            if current is None:
+                log = None if self.log_dir is None else self.log_dir / "candidate-engine.log"
+                current = self._engine = ChildEngine.start(spec, kv_cache_gib=self.kv_cache_gib, log_path=log)
+            return current
+
+    def reap(self) -> bool:
+        """End the candidate if it has been idle for ``idle_s``; True if it did."""
+        with self._lock:
+            engine = self._engine
+            if engine is None or time.monotonic() - engine.last_used < self.idle_s:
+                return False
+            self._engine = None
+        engine.shutdown()
+        return True
+
+    def start_reaper(self, every_s: float = 60.0) -> CandidatePool:
+        """Check for an idle candidate every ``every_s`` on a daemon thread."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                try:
+                    self.reap()
+                except Exception:  # keep reaping; a failed shutdown is logged
+                    logger.exception("ending an idle candidate engine failed")
+
+        threading.Thread(target=loop, name="candidate-reaper", daemon=True).start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+class _CandidateHost:
+    """The slice of the engine host's API the chat pipeline uses, answered by a child engine."""
+
+    def __init__(self, engine: ChildEngine) -> None:
+        self._engine = engine
+
+    @property
+    def serving(self) -> ModelSpec:
+        return self._engine.spec
+
+    def stream_chat(self, messages: Sequence[ChatMessage], sampling: SamplingSettings, *,
+                    request_id: str | None = None) -> RemoteStream:
+        return self._engine.stream_chat(messages, sampling, request_id=request_id)
+
+
+@dataclass
+class Comparison:
+    """Two chat turns on the same prompt; iterate each side's ``deltas()`` (on threads, to stream both)."""
+
+    live: chat_svc.ChatTurn
+    candidate: chat_svc.ChatTurn
+    live_version: str
+    candidate_version: str
+
+
+@requires("models.evaluate")
+def candidate_versions(ctx: AppContext, actor: Principal) -> list[str]:
+    """Registered, not retired versions other than the one being served: what a comparison can use."""
+    from db import model_versions as versions_q
+
+    live = serving.serving_status(ctx).model_version
+    with ctx.db.session() as s:
+        return [v.name for v in versions_q.list_model_versions(s) if v.retired_at is None and v.name != live]
+
+
+@requires("models.evaluate")
+def start_comparison(ctx: AppContext, actor: Principal, candidate: str, prompt: str, *, temperature: float,
+                     top_p: float, max_tokens: int) -> Comparison:
+    """Send ``prompt`` to the live version and to ``candidate``; both answers stream, are scanned and stored."""
+    pool: CandidatePool | None = ctx.candidates
+    if pool is None:
+        raise ModelUnavailable("Side-by-side chats are not available in this console process.")
+    live = serving.serving_status(ctx)
+    if not live.ready or not live.model_version:
+        raise ModelUnavailable("No model is being served right now, so there is nothing to compare with.")
+    spec = serving.loadable_spec(ctx, candidate)
+    if spec.name == live.model_version:
+        raise InvalidInput(f"{spec.name} is the live version; choose another version to compare with it.")
+    sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+    try:
+        engine = pool.engine_for(spec)
+    except EngineError as exc:
+        raise ModelUnavailable(str(exc)) from exc
+    live_turn = chat_svc.start_comparison_turn(ctx, actor, prompt, **sampling, side="live")
+    candidate_ctx = dataclasses.replace(ctx, host_factory=lambda: _CandidateHost(engine))
+    candidate_turn = chat_svc.start_comparison_turn(candidate_ctx, actor, prompt, **sampling, side="candidate")
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="model.compare",
+                             object_type="conversation", object_id=live_turn.conversation_id,
+                             details={"live": live.model_version, "candidate": spec.name,
+                                      "live_conversation_id": live_turn.conversation_id,
+                                      "candidate_conversation_id": candidate_turn.conversation_id})
+    return Comparison(live_turn, candidate_turn, live.model_version, spec.name)
+
+
+@dataclass(frozen=True)
+class SideView:
+    """One side of a finished comparison, as the page shows it under the answer."""
+
+    version: str
+    exchange_id: int | None
+    status: str
+    text: str
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    output_tokens: int | None
+    prompt_action: str | None
+    output_action: str | None
+    notice: str | None
+
+
+def side_view(turn: chat_svc.ChatTurn, version: str) -> SideView:
+    """What one side produced (after its deltas were consumed)."""
+    out = turn.outcome
+    if out is None:
+        return SideView(version, None, "error", "", None, None, None, None, None, None)
+    result = out.result
+    return SideView(version, out.exchange_id, out.status, out.text,
+                    None if result is None or result.ttft_s is None else round(result.ttft_s * 1000, 1),
+                    None if result is None or result.tokens_per_s is None else round(result.tokens_per_s, 1),
+                    None if result is None else result.output_tokens, out.prompt_action, out.output_action,
+                    out.notice)
+
+
+def drain(turn: chat_svc.ChatTurn, into: list[str], errors: list[str]) -> None:
+    """Consume a turn's deltas into ``into`` (for a reader thread); a failure's message lands in ``errors``."""
+    try:
+        for delta in turn.deltas():
+            into.append(delta)
+    except Exception as exc:  # shown next to the answer; the exchange is stored as error either way
+        errors.append(str(exc))
+
+
+def run_both(comparison: Comparison) -> tuple[Any, Any]:
+    """Stream both sides to the end on two threads (for callers that do not display as they go)."""
+    out: dict[str, tuple[list[str], list[str]]] = {"live": ([], []), "candidate": ([], [])}
+    threads = [threading.Thread(target=drain, args=(getattr(comparison, side), *out[side])) for side in out]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return comparison.live.outcome, comparison.candidate.outcome

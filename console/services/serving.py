@@ -1,0 +1,428 @@
+"""Which version serves: the desired state (the ``production`` alias), aliases, retirement, restarts.
+
+Services only write the desired state; the :class:`Reconciler` next to each console process's engine host
+makes the host serve it (see ../shared/DESIGN.md, "Desired state and a reconciler"). So the Models page, the
+CLI (from another process) and, later, an approved promotion all steer every running console the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from console.services.access import Principal, requires
+from console.services.context import AppContext
+from console.services.errors import InvalidInput, ModelUnavailable, NotFound
+from db import audit as audit_q
+from db import model_versions as versions_q
+from db import state as state_q
+from db.model_versions import PRODUCTION
+from engine.errors import EngineError
+from engine.fingerprint import changed_files
+from engine.types import ModelSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.tables import ModelVersion
+    from engine.host import EngineHost
+
+logger = logging.getLogger(__name__)
+
+ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,59}$")
+RESTART_KEY = "engine_restart"
+MAX_REASON_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What every console process should serve: a version name, the alias move that chose it, and a restart
+    generation (bumped by a restart request)."""
+
+    version: str
+    move_id: int | None
+    restart_generation: int
+
+
+@dataclass(frozen=True)
+class SwitchOutcome:
+    """What one reconciliation did: switched (or restarted), or failed, with how long it took."""
+
+    action: str  # "switch" or "restart"
+    from_version: str | None
+    to_version: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+def _reason(reason: str | None, what: str) -> str:
+    text = (reason or "").strip()
+    if not text:
+        raise InvalidInput(f"Give a reason for {what}; it is recorded in the audit log.")
+    if len(text) > MAX_REASON_CHARS:
+        raise InvalidInput(f"Keep the reason under {MAX_REASON_CHARS:,} characters.")
+    return text
+
+
+def _version(s: Session, name: str) -> ModelVersion:
+    version = versions_q.get_model_version_by_name(s, (name or "").strip())
+    if version is None:
+        raise NotFound(f"No model version named {name!r} is registered.")
+    return version
+
+
+def check_files(version: ModelVersion) -> None:
+    """Refuse a local version whose weight or tokenizer files changed since it was registered."""
+    if not version.fingerprint:
+        return  # a hub id (pinned by revision) or a version registered before fingerprints
+    try:
+        changed = changed_files(version.fingerprint_files or [], version.source)
+    except OSError as exc:
+        raise ModelUnavailable(f"The files of model version {version.name} cannot be read: {exc}") from exc
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ModelUnavailable(
+            f"The files of model version {version.name} changed since it was registered ({shown}); it will "
+            "not be loaded. Register the new files under a new version name."
+        )
+
+
+def spec_of(version: ModelVersion) -> ModelSpec:
+    """The engine's view of a version record."""
+    engine_args = dict(version.engine_args or {})
+    if version.quantization:
+        engine_args["quantization"] = version.quantization
+    return ModelSpec(name=version.name, source=version.source, revision=version.revision,
+                     dtype=version.dtype or "auto", max_model_len=version.max_model_len, engine_args=engine_args)
+
+
+def loadable_spec(ctx: AppContext, name: str) -> ModelSpec:
+    """The spec of a registered, not retired version whose files are unchanged; else a clear error."""
+    with ctx.db.session() as s:
+        version = _version(s, name)
+        if version.retired_at is not None:
+            raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
+        check_files(version)
+        return spec_of(version)
+
+
+def desired_state(ctx: AppContext) -> DesiredState:
+    """The production alias (else the configured default version) and the restart generation."""
+    with ctx.db.session() as s:
+        row = versions_q.get_alias(s, PRODUCTION)
+        version = None if row is None else versions_q.get_model_version(s, row.version_id)
+        moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
+        restart = state_q.get_state(s, RESTART_KEY) or {}
+    name = version.name if version is not None else ctx.settings.default_model
+    return DesiredState(name, moves[0].id if moves else None, int(restart.get("generation", 0)))
+
+
+def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str) -> str:
+    reason = _reason(reason, "serving a version")
+    with ctx.db.session() as s:
+        version = _version(s, name)
+        if version.retired_at is not None:
+            raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
+        check_files(version)
+        current = versions_q.version_for_alias(s, PRODUCTION)
+        if current is not None and current.id == version.id and serving_status(ctx).model_version == version.name:
+            raise InvalidInput(f"{version.name} already holds the production alias and is being served.")
+        # Serving the production version again while it is not served (its switch failed) retries the switch.
+        versions_q.move_alias(s, PRODUCTION, version, actor=actor, actor_id=actor_id, reason=reason)
+        return version.name
+
+
+@requires("models.switch")
+def serve(ctx: AppContext, actor: Principal, name: str, reason: str) -> str:
+    """Make ``name`` the production version; every running console switches to it within seconds."""
+    return _serve(ctx, actor.username, actor.user_id, name, reason)
+
+
+def serve_cli(ctx: AppContext, name: str, reason: str) -> str:
+    """:func:`serve` from the command line (the shell user is trusted, as with ``init``)."""
+    return _serve(ctx, "cli", None, name, reason)
+
+
+def _request_restart(ctx: AppContext, actor: str, actor_id: int | None, reason: str) -> int:
+    reason = _reason(reason, "a restart")
+    with ctx.db.session() as s:
+        current = state_q.get_state(s, RESTART_KEY) or {}
+        generation = int(current.get("generation", 0)) + 1
+        state_q.set_state(s, RESTART_KEY, {"generation": generation, "by": actor, "reason": reason},
+                          actor=actor, actor_id=actor_id)
+    return generation
+
+
+@requires("models.switch")
+def request_restart(ctx: AppContext, actor: Principal, reason: str) -> int:
+    """Ask every running console to restart its engine (e.g. after it died); returns the restart generation."""
+    return _request_restart(ctx, actor.username, actor.user_id, reason)
+
+
+def request_restart_cli(ctx: AppContext, reason: str) -> int:
+    """:func:`request_restart` from the command line."""
+    return _request_restart(ctx, "cli", None, reason)
+
+
+def _set_alias(ctx: AppContext, actor: str, actor_id: int | None, name: str, alias: str, reason: str) -> str:
+    alias = (alias or "").strip().lower()
+    if not ALIAS.match(alias):
+        raise InvalidInput("An alias has 1-60 lower-case letters, digits, '-' or '_' and starts with a letter.")
+    if alias == PRODUCTION:
+        raise InvalidInput("The production alias moves by serving a version (or an approved promotion).")
+    reason = _reason(reason, "moving an alias")
+    with ctx.db.session() as s:
+        version = _version(s, name)
+        if version.retired_at is not None:
+            raise InvalidInput(f"Model version {version.name} is retired; it cannot hold an alias.")
+        versions_q.move_alias(s, alias, version, actor=actor, actor_id=actor_id, reason=reason)
+    return alias
+
+
+@requires("models.register")
+def set_alias(ctx: AppContext, actor: Principal, name: str, alias: str, reason: str) -> str:
+    """Point an alias such as ``staging`` or ``candidate`` at a version; returns the alias as stored."""
+    return _set_alias(ctx, actor.username, actor.user_id, name, alias, reason)
+
+
+def set_alias_cli(ctx: AppContext, name: str, alias: str, reason: str) -> str:
+    """:func:`set_alias` from the command line."""
+    return _set_alias(ctx, "cli", None, name, alias, reason)
+
+
+def _retire(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str) -> str:
+    reason = _reason(reason, "retiring a version")
+    with ctx.db.session() as s:
+        version = _version(s, name)
+        if version.retired_at is not None:
+            raise InvalidInput(f"{version.name} is already retired.")
+        aliases = versions_q.aliases_by_version(s).get(version.id, [])
+        if PRODUCTION in aliases:
+            raise InvalidInput(f"{version.name} is the production version; serve another one before retiring it.")
+        for alias in aliases:
+            versions_q.remove_alias(s, alias, actor=actor, actor_id=actor_id, reason=f"retired: {reason}")
+        versions_q.retire_version(s, version, actor=actor, actor_id=actor_id, reason=reason)
+        return version.name
+
+
+@requires("models.register")
+def retire(ctx: AppContext, actor: Principal, name: str, reason: str) -> str:
+    """Retire a version: it loses its aliases and can no longer be served."""
+    return _retire(ctx, actor.username, actor.user_id, name, reason)
+
+
+def retire_cli(ctx: AppContext, name: str, reason: str) -> str:
+    """:func:`retire` from the command line."""
+    return _retire(ctx, "cli", None, name, reason)
+
+
+# The host's states in the words the pages show: "dead" (the engine stopped working while serving) is a failure
+# to the people waiting for an answer, like a version that failed to load.
+_SERVING_STATES = {"loading": "loading", "ready": "ready", "failed": "failed", "dead": "failed", "stopped": "stopped"}
+
+
+@dataclass(frozen=True)
+class ServingView:
+    """What this console process serves right now, for the sidebar and the pages.
+
+    ``state`` is one of ``none`` (no engine host: nothing is served), ``loading``, ``ready``, ``switching``
+    (chats may be sent: they wait and are answered once the switch ends), ``failed`` or ``stopped``;
+    ``progress`` is 0..1 while loading; ``error`` says why it failed; ``switching_to`` names the version a switch
+    under way moves to.
+    """
+
+    model_version: str | None
+    state: str
+    progress: float
+    message: str
+    error: str | None = None
+    switching_to: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True when a chat may be sent now (during a switch it waits for the new version)."""
+        return self.state in ("ready", "switching")
+
+
+def serving_status(ctx: AppContext) -> ServingView:
+    """The model version this process serves and how it is doing; never blocks (loading happens elsewhere)."""
+    host = ctx.host
+    if host is None:
+        return ServingView(None, "none", 0.0, "No model is being served.")
+    status = host.status()
+    if status.switching_to is not None:
+        return ServingView(status.model_version, "switching", min(max(status.progress, 0.0), 1.0), status.message,
+                           None, status.switching_to)
+    return ServingView(status.model_version, _SERVING_STATES.get(status.state, "failed"),
+                       min(max(status.progress, 0.0), 1.0), status.message, status.error, status.switching_to)
+
+
+@dataclass(frozen=True)
+class SwitchProblem:
+    """The newest failed switch or restart, if nothing succeeded after it (for the Models page)."""
+
+    action: str
+    version: str | None
+    error: str
+    at: datetime
+
+
+def last_switch_problem(ctx: AppContext) -> SwitchProblem | None:
+    """The latest ``model.switch_failed`` / ``model.restart_failed`` event not followed by a success."""
+    with ctx.db.session() as s:
+        events = audit_q.events_about(s, ("model.switch", "model.restart", "model.switch_failed",
+                                          "model.restart_failed"), limit=1)
+    for event in reversed(events):
+        if event.action in ("model.switch", "model.restart"):
+            return None
+        if event.action in ("model.switch_failed", "model.restart_failed"):
+            details = event.details or {}
+            return SwitchProblem(event.action.removeprefix("model.").replace("_failed", ""),
+                                 details.get("to"), str(details.get("error") or "unknown error"),
+                                 event.ts)
+    return None
+
+
+def ensure_production(ctx: AppContext) -> str | None:
+    """At set-up: if no version holds ``production`` yet, give it to the configured default (if registered)."""
+    with ctx.db.session() as s:
+        if versions_q.get_alias(s, PRODUCTION) is not None:
+            return None
+        version = versions_q.get_model_version_by_name(s, ctx.settings.default_model)
+        if version is None:
+            return None
+        versions_q.move_alias(s, PRODUCTION, version, actor="system", actor_id=None,
+                              reason="initial version (the configured default)")
+        return version.name
+
+
+@dataclass(frozen=True)
+class AliasMoveView:
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    actor: str
+    reason: str
+    created_at: datetime
+
+
+@requires("models.view")
+def alias_history(ctx: AppContext, actor: Principal, limit: int = 200) -> list[AliasMoveView]:
+    """Every alias move, newest first (who moved which alias from which version to which, and why)."""
+    with ctx.db.session() as s:
+        names = {v.id: v.name for v in versions_q.list_model_versions(s)}
+        return [AliasMoveView(m.alias, names.get(m.from_version_id) if m.from_version_id else None,
+                              names.get(m.to_version_id) if m.to_version_id else None, m.actor, m.reason,
+                              m.created_at)
+                for m in versions_q.alias_moves(s, limit=limit)]
+
+
+class Reconciler:
+    """Makes one console process's engine host serve the desired version; one per process, on its own thread.
+
+    Every ``interval_s`` it reads the desired state; when the production alias names another version than the
+    host serves, it switches (the host holds requests meanwhile); when the restart generation grew, it
+    restarts the engine. Each switch, failure and restart is an audit event with who asked, why, from, to and
+    how long it took. A version that failed to load is not retried until the alias moves again.
+    """
+
+    def __init__(self, ctx: AppContext, host: EngineHost, *, interval_s: float = 2.0) -> None:
+        self.ctx, self.host, self.interval_s = ctx, host, interval_s
+        self._failed: tuple[str, int | None] | None = None
+        self._restart_seen: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one reconciliation at a time (the thread, or a test calling run_once)
+
+    def start(self) -> Reconciler:
+        """Run :meth:`run_once` every ``interval_s`` on a daemon thread until :meth:`stop`."""
+        self._restart_seen = desired_state(self.ctx).restart_generation  # requests made before we started
+        self._thread = threading.Thread(target=self._loop, name="model-reconciler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.run_once()
+            except Exception:  # a bug here must not kill the loop that keeps the console serving
+                logger.exception("model reconciler: unexpected error")
+
+    def run_once(self) -> SwitchOutcome | None:
+        """Compare desired and served once; switch or restart if needed. Returns what it did, if anything."""
+        with self._lock:
+            desired = desired_state(self.ctx)
+            if self._restart_seen is None:
+                self._restart_seen = desired.restart_generation
+            status = self.host.status()
+            if desired.restart_generation > self._restart_seen:
+                self._restart_seen = desired.restart_generation
+                if status.model_version == desired.version:
+                    return self._restart()
+                # Production moved too: the switch starts a fresh engine anyway, so do not load the old one twice.
+                self._failed = None
+                return self._switch(desired, status.model_version)
+            if status.model_version == desired.version and status.state not in ("failed",):
+                return None
+            if self._failed == (desired.version, desired.move_id):
+                return None
+            return self._switch(desired, status.model_version)
+
+    def _audit(self, action: str, details: dict[str, Any]) -> None:
+        with self.ctx.db.session() as s:
+            audit_q.append_event(s, actor="system", actor_id=None, action=action, object_type="model_version",
+                                 object_id=details.get("to"), details=details)
+
+    def _requested(self) -> tuple[str | None, str | None]:
+        with self.ctx.db.session() as s:
+            moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
+        return (moves[0].actor, moves[0].reason) if moves else (None, None)
+
+    def _switch(self, desired: DesiredState, current: str | None) -> SwitchOutcome:
+        by, reason = self._requested()
+        details: dict[str, Any] = {"from": current, "to": desired.version, "requested_by": by, "reason": reason}
+        started = time.monotonic()
+        try:
+            spec = loadable_spec(self.ctx, desired.version)
+            self.host.switch(spec)
+        except (EngineError, InvalidInput, NotFound, ModelUnavailable) as exc:
+            seconds = time.monotonic() - started
+            self._failed = (desired.version, desired.move_id)
+            served = self.host.status().model_version
+            logger.warning("switch to %s failed: %s (serving %s)", desired.version, exc, served)
+            self._audit("model.switch_failed", {**details, "seconds": round(seconds, 3), "error": str(exc),
+                                                "serving": served})
+            return SwitchOutcome("switch", current, desired.version, False, seconds, str(exc))
+        seconds = time.monotonic() - started
+        self._failed = None
+        logger.info("switched from %s to %s in %.1f s", current, desired.version, seconds)
+        self._audit("model.switch", {**details, "seconds": round(seconds, 3)})
+        return SwitchOutcome("switch", current, desired.version, True, seconds)
+
+    def _restart(self) -> SwitchOutcome:
+        current = self.host.status().model_version or ""
+        with self.ctx.db.session() as s:
+            asked = state_q.get_state(s, RESTART_KEY) or {}
+        who = {"requested_by": asked.get("by"), "reason": asked.get("reason")}
+        started = time.monotonic()
+        try:
+            self.host.restart(wait=True)
+        except EngineError as exc:
+            seconds = time.monotonic() - started
+            self._audit("model.restart_failed", {"to": current, **who, "seconds": round(seconds, 3),
+                                                 "error": str(exc)})
+            return SwitchOutcome("restart", current, current, False, seconds, str(exc))
+        seconds = time.monotonic() - started
+        self._audit("model.restart", {"to": current, **who, "seconds": round(seconds, 3)})
+        return SwitchOutcome("restart", current, current, True, seconds)

@@ -1,0 +1,139 @@
+"""Reviewers and admins: promotion requests (four eyes), rollback, the watch window and each version's history."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from console import ui
+from console.services import promotion as promotion_svc
+from console.services.access import allowed
+from console.textsafe import escape_markdown as esc
+
+principal = ui.require_page("promotions")
+ctx = ui.app_context()
+state = ui.session().promotions
+can_request = allowed(principal.roles, "promotion.request")
+can_decide = allowed(principal.roles, "promotion.approve")
+can_rollback = allowed(principal.roles, "models.switch")
+
+st.title("Promotions")
+if state.flash:
+    st.success(esc(state.flash))
+    state.flash = None
+
+
+def _done(message: str) -> None:
+    state.flash, state.round = message, state.round + 1
+    st.rerun()
+
+
+production = ui.call(promotion_svc.production_state, ctx, principal)
+if production is not None:
+    st.markdown(f"**Production:** {esc(production.current or 'none')}")
+    watch = production.watch
+    if watch is not None and watch.state == "watching":
+        st.info(f"Watching {esc(watch.to_version)} against {esc(watch.from_version or '-')} until "
+                f"{watch.ends_at:%H:%M} UTC.", icon=":material/visibility:")
+    if (f := production.recent_regression) is not None:
+        what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
+                "rollback_failed": f"the rollback failed: {f.error}"}.get(f.action, f.action)
+        st.error(f"{f.at:%Y-%m-%d %H:%M} UTC: the watch window found a regression of {esc(f.to_version)} against "
+                 f"{esc(f.from_version)}: {esc('; '.join(f.reasons))}. {esc(what)}.", icon=":material/warning:")
+
+tab_names = ["Pending", *(["Request"] if can_request else []), *(["Rollback"] if can_rollback else []), "History"]
+tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
+
+
+def _gates(request: promotion_svc.RequestView) -> None:
+    st.markdown(" ".join(f":{'green' if g.passed else 'red'}-badge[{esc(g.label)}: {'pass' if g.passed else 'fail'}]"
+                         for g in request.gates))
+    st.dataframe(pd.DataFrame([{"gate": g.label, "value": g.value, "must be": g.comparison, "limit": g.limit,
+                                "passed": g.passed, "note": g.note or ""} for g in request.gates]),
+                 hide_index=True, key=f"gates_{request.id}")
+    with st.expander("Frozen reports: candidate and baseline"):
+        st.dataframe(pd.DataFrame(promotion_svc.compare_reports(request.report, request.baseline_report)),
+                     hide_index=True, key=f"reports_{request.id}")
+
+
+with tabs["Pending"]:
+    pending = ui.call(promotion_svc.list_requests, ctx, principal, "pending") or []
+    if not pending:
+        st.info("No promotion request is waiting for a decision.")
+    for r in pending:
+        with st.container(border=True):
+            st.markdown(f"**#{r.id}** · move **{esc(r.alias)}** to **{esc(r.version)}** (now "
+                        f"{esc(r.from_version or 'nobody')}) · asked by {esc(r.requested_by)} "
+                        f"· {r.created_at:%Y-%m-%d %H:%M}  \n{esc(r.reason)}")
+            _gates(r)
+            if r.requested_by_id == principal.user_id:
+                st.caption("Your request: another reviewer or admin decides it.")
+                if can_request and st.button("Cancel this request", key=f"cancel_{r.id}_{state.round}"):
+                    if ui.call(promotion_svc.cancel, ctx, principal, r.id) is not None:
+                        _done(f"Request #{r.id} is cancelled.")
+            elif can_decide:
+                with st.form(f"decide_{r.id}_{state.round}"):
+                    note = st.text_input("Note (recorded)", key=f"decide_note_{r.id}_{state.round}", max_chars=1000)
+                    override = st.text_input(
+                        f"Override reason ({len(r.failed_gates)} gate(s) failed: required to approve)",
+                        key=f"decide_override_{r.id}_{state.round}", max_chars=1000) if r.failed_gates else None
+                    if st.form_submit_button("Approve", type="primary"):
+                        if ui.call(promotion_svc.approve, ctx, principal, r.id, note, override) is not None:
+                            _done(f"Approved: {r.alias} now points at {r.version}.")
+                    if st.form_submit_button("Reject"):
+                        if ui.call(promotion_svc.reject, ctx, principal, r.id, note) is not None:
+                            _done(f"Request #{r.id} is rejected.")
+
+    decided = [r for r in ui.call(promotion_svc.list_requests, ctx, principal, None, 50) or [] if r.status != "pending"]
+    if decided:
+        st.subheader("Recent decisions")
+        st.dataframe(pd.DataFrame([{"#": r.id, "alias": r.alias, "version": r.version, "status": r.status,
+                                    "asked by": r.requested_by, "decided by": r.decided_by or "",
+                                    "note": r.decision_note or "", "override": r.override_reason or "",
+                                    "decided": r.decided_at} for r in decided]), hide_index=True, key="decided")
+
+choices = ui.call(promotion_svc.version_choices, ctx, principal) or []
+
+if "Request" in tabs:
+    with tabs["Request"], st.form(f"request_form_{state.round}"):
+        version = st.selectbox("Version", [c.name for c in choices if not c.retired], index=None,
+                               key=f"request_version_{state.round}")
+        alias = st.text_input("Alias", value="production", key=f"request_alias_{state.round}", max_chars=60)
+        reason = st.text_input("Reason (recorded)", key=f"request_reason_{state.round}", max_chars=1000)
+        if st.form_submit_button("Request promotion", type="primary"):
+            if version is None:
+                st.error("Choose a version.")
+            elif (made := ui.call(promotion_svc.request_promotion, ctx, principal, version, alias, reason)):
+                _done(f"Request #{made.id} to move {made.alias} to {made.version} waits for another person's "
+                      f"decision ({len(made.failed_gates)} gate(s) failed).")
+
+if "Rollback" in tabs:
+    with tabs["Rollback"]:
+        target = production.previous if production is not None else None
+        if target is None:
+            st.info("There is no previous production version to roll back to.")
+        else:
+            with st.form(f"rollback_form_{state.round}"):
+                st.caption(f"Returns production from {esc(production.current or '-')} to {esc(target)}; every "
+                           "console switches back within seconds.")
+                reason = st.text_input("Reason (recorded)", key=f"rollback_reason_{state.round}", max_chars=1000)
+                if st.form_submit_button("Roll back"):
+                    if (done := ui.call(promotion_svc.rollback, ctx, principal, reason)) is not None:
+                        _done(f"Rolled back: production returns from {done.from_version} to {done.to_version}.")
+
+with tabs["History"]:
+    days = st.selectbox("Served in the last", [1, 7, 30, 90], index=1, format_func=lambda d: f"{d} day(s)",
+                        key="history_days")
+    served = ui.call(promotion_svc.served_timeline, ctx, principal, ctx.now() - timedelta(days=days)) or []
+    if served:
+        chart = pd.DataFrame([{"version": i.version, "start": i.start, "end": i.end} for i in served])
+        st.plotly_chart(px.timeline(chart, x_start="start", x_end="end", y="version", color="version",
+                                    title="Which version served production"), width="stretch")
+    name = st.selectbox("Version", [c.name for c in choices], index=None, key="history_version")
+    if name is not None:
+        timeline = ui.call(promotion_svc.version_history, ctx, principal, name) or []
+        st.dataframe(pd.DataFrame([{"when": t.at, "what": t.kind, "by": t.actor or "", "details": t.summary}
+                                   for t in timeline]), hide_index=True, width="stretch", key="history_timeline")

@@ -1,0 +1,202 @@
+"""Promotion requests (four eyes), the evaluation reports they freeze, and the aggregates the watch window compares.
+
+A request asks to move an alias to a version; another person approves or rejects it. Deciding locks the request
+row first, so two approvers deciding at once serialise and only the first decision counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.orm import Session
+
+from db.audit import append_event
+from db.tables import AliasMove, Exchange, ModelAlias, PromotionRequest
+from db.types import utcnow
+
+logger = logging.getLogger(__name__)
+
+DECISION_ACTIONS = {"approved": "promotion.approve", "rejected": "promotion.reject", "cancelled": "promotion.cancel"}
+# An exchange counts as flagged when the policy flagged or blocked its prompt or its output.
+FLAG_ACTIONS = ("flag", "block")
+
+
+class PromotionStateError(ValueError):
+    """The request was already decided (or cancelled); it cannot be decided again."""
+
+
+def create_request(
+    session: Session,
+    *,
+    alias: str,
+    version_id: int,
+    from_version_id: int | None,
+    evaluation_id: int | None,
+    report: Mapping[str, Any] | None,
+    baseline_report: Mapping[str, Any] | None,
+    gates: Sequence[Mapping[str, Any]],
+    reason: str,
+    actor: str,
+    actor_id: int,
+    details: Mapping[str, Any] | None = None,
+) -> PromotionRequest:
+    """Store a pending request with its frozen reports and gates; audited as ``promotion.request``.
+
+    ``details`` adds readable context (version names) to the audit event.
+    """
+    request = PromotionRequest(
+        alias=alias, version_id=version_id, from_version_id=from_version_id, evaluation_id=evaluation_id,
+        report=None if report is None else dict(report),
+        baseline_report=None if baseline_report is None else dict(baseline_report),
+        gates=[dict(g) for g in gates], reason=reason, requested_by_id=actor_id, status="pending",
+        created_at=utcnow(),
+    )
+    session.add(request)
+    session.flush()
+    append_event(
+        session, actor=actor, actor_id=actor_id, action="promotion.request", object_type="promotion_request",
+        object_id=request.id,
+        details={**dict(details or {}), "alias": alias, "version_id": version_id, "from_version_id": from_version_id,
+                 "evaluation_id": evaluation_id, "failed_gates": [g["name"] for g in gates if not g.get("passed")],
+                 "reason": reason},
+    )
+    return request
+
+
+def get_request(session: Session, request_id: int) -> PromotionRequest | None:
+    """The request with this id, or None."""
+    return session.get(PromotionRequest, request_id)
+
+
+def lock_request(session: Session, request_id: int) -> PromotionRequest | None:
+    """The request, re-read and locked for the rest of the transaction (PostgreSQL: FOR UPDATE; SQLite's write
+    transactions already hold the database lock)."""
+    stmt = select(PromotionRequest).where(PromotionRequest.id == request_id).with_for_update()
+    return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+
+
+def list_requests(session: Session, *, status: str | None = None, version_id: int | None = None,
+                  limit: int = 200) -> list[PromotionRequest]:
+    """Requests, newest first, optionally only those with ``status`` or for one version."""
+    stmt = select(PromotionRequest).order_by(PromotionRequest.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(PromotionRequest.status == status)
+    if version_id is not None:
+        stmt = stmt.where(PromotionRequest.version_id == version_id)
+    return list(session.scalars(stmt))
+
+
+def pending_request_for(session: Session, alias: str, version_id: int) -> PromotionRequest | None:
+    """The pending request to move ``alias`` to this version, if one is open."""
+    stmt = select(PromotionRequest).where(PromotionRequest.alias == alias, PromotionRequest.version_id == version_id,
+                                          PromotionRequest.status == "pending")
+    return session.scalars(stmt.limit(1)).first()
+
+
+def decide(
+    session: Session,
+    request_id: int,
+    *,
+    status: str,
+    actor: str,
+    actor_id: int,
+    note: str | None,
+    override_reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> PromotionRequest:
+    """Approve, reject or cancel a pending request; audited (``promotion.approve``/``.reject``/``.cancel``).
+
+    The row is locked first; a request that is no longer pending raises :class:`PromotionStateError`, so of two
+    concurrent decisions only the first is stored.
+    """
+    if status not in DECISION_ACTIONS:
+        raise ValueError(f"status must be one of {sorted(DECISION_ACTIONS)}, got {status!r}")
+    request = lock_request(session, request_id)
+    if request is None:
+        raise LookupError(f"promotion request {request_id} does not exist")
+    if request.status != "pending":
+        raise PromotionStateError(f"promotion request {request_id} is already {request.status}")
+    request.status = status
+    request.decided_by_id = actor_id
+    request.decision_note = note
+    request.override_reason = override_reason
+    request.decided_at = utcnow()
+    session.flush()
+    append_event(
+        session, actor=actor, actor_id=actor_id, action=DECISION_ACTIONS[status], object_type="promotion_request",
+        object_id=request.id,
+        details={**dict(details or {}), "alias": request.alias, "version_id": request.version_id, "note": note,
+                 "override_reason": override_reason},
+    )
+    return request
+
+
+# --- production history ----------------------------------------------------------------------------------------
+
+
+def alias_moves_since(session: Session, alias: str, since: datetime) -> list[AliasMove]:
+    """The alias's moves since ``since``, oldest first, preceded by the last move before it (who held it then)."""
+    before = session.scalars(select(AliasMove).where(AliasMove.alias == alias, AliasMove.created_at < since)
+                             .order_by(AliasMove.id.desc()).limit(1)).first()
+    after = session.scalars(select(AliasMove).where(AliasMove.alias == alias, AliasMove.created_at >= since)
+                            .order_by(AliasMove.id))
+    return ([before] if before is not None else []) + list(after)
+
+
+def lock_alias(session: Session, alias: str) -> ModelAlias | None:
+    """The alias row, locked for the rest of the transaction, so decisions about it (a watch-window rollback on
+    several console processes) serialise."""
+    stmt = select(ModelAlias).where(ModelAlias.alias == alias).with_for_update()
+    return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
+
+
+# --- the watch window's aggregates -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What one version's exchanges in a time window did: counts, error and flag rates, p95 time to first token."""
+
+    requests: int
+    errors: int
+    flagged: int
+    ttft_count: int
+    ttft_p95_ms: float | None
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def flag_rate(self) -> float:
+        return self.flagged / self.requests if self.requests else 0.0
+
+
+def window_stats(session: Session, model_version: str, start: datetime, end: datetime) -> WindowStats:
+    """Aggregates over the exchanges ``model_version`` answered in ``[start, end)``, computed by the database.
+
+    The p95 of time to first token interpolates linearly between the two ranks around 0.95 (as numpy's default),
+    reading two rows through ORDER BY/OFFSET instead of loading the window.
+    """
+    in_window = (Exchange.model_version == model_version, Exchange.created_at >= start, Exchange.created_at < end)
+    flagged = or_(Exchange.prompt_action.in_(FLAG_ACTIONS), Exchange.output_action.in_(FLAG_ACTIONS))
+    answered = (*in_window, Exchange.status.in_(("ok", "aborted")), Exchange.ttft_ms.is_not(None))
+    row = session.execute(
+        select(func.count(), func.coalesce(func.sum(case((Exchange.status == "error", 1), else_=0)), 0),
+               func.coalesce(func.sum(case((flagged, 1), else_=0)), 0)).where(*in_window)
+    ).one()
+    ttft_count = session.scalar(select(func.count()).where(*answered)) or 0
+    p95: float | None = None
+    if ttft_count:
+        rank = 0.95 * (ttft_count - 1)
+        low = int(rank)
+        values = list(session.scalars(select(Exchange.ttft_ms).where(*answered)
+                                      .order_by(Exchange.ttft_ms).offset(low).limit(2)))
+        floats = [float(v) for v in values if v is not None]
+        p95 = floats[0] if len(floats) == 1 else floats[0] + (floats[1] - floats[0]) * (rank - low)
+    return WindowStats(int(row[0]), int(row[1]), int(row[2]), int(ttft_count), p95)

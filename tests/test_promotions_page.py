@@ -1,0 +1,96 @@
+"""AppTest of the Promotions page: a reviewer approves an admin's request; the requester gets no approve button."""
+
+from __future__ import annotations
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from console import app_pages
+from console.services import promotion, serving
+from console.services.access import Principal
+from console.ui import UiSession
+from db import model_versions as versions_q
+from db.tables import Evaluation
+from db.types import utcnow
+from tests.conftest import console_env
+
+SESSION_KEY = "llm_console_session"
+REPORT = {"suite": "support", "n": 40, "topic_accuracy": 0.8, "decline_rate": 0.9, "flag_rate": {},
+          "flag_rate_any": 0.05, "bias_gap": {"answer_gap": 0.1, "toxicity_gap": 0.02, "flag_gap": 0.0,
+                                              "worst_pairs": []},
+          "latency": {"ttft_p50_ms": 20.0, "ttft_p95_ms": 40.0, "e2e_p50_ms": 200.0, "e2e_p95_ms": 400.0},
+          "tokens_per_s": 50.0, "errors": 0}
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch, ctx, make_user):  # noqa: ANN001
+    for key, value in console_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    with ctx.db.session() as s:
+        for name in ("v1", "v2"):
+            version = versions_q.register_model_version(s, name=name, source=f"/models/{name}", actor="test")
+            s.add(Evaluation(version_id=version.id, suite="support", suite_sha256="0" * 64, n_prompts=40,
+                             status="done", progress=1.0, report={**REPORT, "version": name}, finished_at=utcnow()))
+    serving.serve_cli(ctx, "v1", "first")
+    people = {"ada": make_user("ada", "admin"), "rita": make_user("rita", "reviewer")}
+    request = promotion.request_promotion(ctx, people["ada"], "v2", "production", "faster *and* better")
+    yield {**people, "request": request}
+    st.cache_resource.clear()
+
+
+def _open(principal: Principal) -> AppTest:
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / "promotions.py"), default_timeout=60)
+    at.session_state[SESSION_KEY] = UiSession(principal=principal)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _production(ctx) -> str:  # noqa: ANN001
+    with ctx.db.session() as s:
+        return versions_q.version_for_alias(s, "production").name
+
+
+def test_a_reviewer_approves_an_admins_request_and_production_moves(ctx, setup) -> None:  # noqa: ANN001
+    at = _open(setup["rita"])
+    rid = setup["request"].id
+    assert any("faster \\*and\\* better" in m.value for m in at.markdown)  # the reason, escaped
+    assert any(":green-badge[Topic accuracy: pass]" in m.value for m in at.markdown)
+    assert [t.label for t in at.tabs] == ["Pending", "History"]  # no request or rollback controls for a reviewer
+    at.text_input(key=f"decide_note_{rid}_0").input("numbers hold up")
+    at.button(key=f"FormSubmitter:decide_{rid}_0-Approve").click()
+    at.run()
+    assert not at.exception
+    assert any("production now points at v2" in s.value for s in at.success)
+    assert _production(ctx) == "v2"
+    assert at.session_state[SESSION_KEY].promotions.round == 1
+    assert any("No promotion request is waiting" in i.value for i in at.info)
+    at.selectbox(key="history_version").select("v2")
+    at.run()
+    timeline = next(d.value for d in at.dataframe if "details" in d.value.columns)
+    assert list(timeline["what"]) == ["registered", "evaluation", "request", "alias", "approved"]
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_the_requester_sees_their_request_but_no_approve_button(ctx, setup) -> None:  # noqa: ANN001
+    at = _open(setup["ada"])
+    rid = setup["request"].id
+    assert any("Your request: another reviewer or admin decides it." in c.value for c in at.caption)
+    assert not [b for b in at.button if b.key and b.key.startswith(f"FormSubmitter:decide_{rid}")]
+    assert [t.label for t in at.tabs] == ["Pending", "Request", "Rollback", "History"]
+    assert _production(ctx) == "v1"
+
+
+def test_an_admin_requests_a_promotion_and_the_form_opens_empty(ctx, setup, make_user) -> None:  # noqa: ANN001
+    at = _open(make_user("otto", "admin"))
+    at.selectbox(key="request_version_0").select("v2")
+    at.text_input(key="request_alias_0").input("staging")
+    at.text_input(key="request_reason_0").input("for QA")
+    at.button(key="FormSubmitter:request_form_0-Request promotion").click()
+    at.run()
+    assert not at.exception
+    assert any("to move staging to v2 waits" in s.value for s in at.success)
+    assert at.selectbox(key="request_version_1").value is None
+    assert at.text_input(key="request_reason_1").value == ""

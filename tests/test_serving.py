@@ -1,0 +1,187 @@
+"""Desired state and the reconciler: serve, aliases, retire, restart, fingerprints; real tiny engines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from console.services import serving
+from console.services.errors import AccessDenied, InvalidInput, ModelUnavailable, NotFound
+from db import audit as audit_q
+from db import model_versions as versions_q
+from engine.fingerprint import changed_files, fingerprint_dir
+from engine.host import EngineHost
+from engine.types import ChatMessage, HostConfig, HostStatus, ModelSpec, SamplingSettings
+
+
+def _register(ctx, name: str, source: Path, *, fingerprint: bool = True) -> None:  # noqa: ANN001
+    fp = fingerprint_dir(source) if fingerprint else None
+    with ctx.db.session() as s:
+        versions_q.register_model_version(
+            s, name=name, source=str(source), actor="test", dtype="float32",
+            fingerprint=fp.sha256 if fp else None, fingerprint_files=fp.as_records() if fp else None,
+        )
+
+
+@pytest.fixture
+def versions(ctx, tiny_model_dir: Path, tmp_path: Path) -> dict[str, Path]:  # noqa: ANN001
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b"))
+    _register(ctx, "tiny-a", tiny_model_dir)
+    _register(ctx, "tiny-b", copy)
+    serving.serve_cli(ctx, "tiny-a", "first version")
+    return {"tiny-a": tiny_model_dir, "tiny-b": copy}
+
+
+def _events(ctx, action: str) -> list[dict]:  # noqa: ANN001
+    with ctx.db.session() as s:
+        return [e.details for e in audit_q.iter_events(s, action=action)]
+
+
+def test_fingerprint_names_the_file_that_changed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "m"))
+    fp = fingerprint_dir(copy)
+    assert len(fp.sha256) == 64 and any(f.path == "config.json" for f in fp.files)
+    assert changed_files(fp.files, copy) == []
+    config = json.loads((copy / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-3
+    (copy / "config.json").write_text(json.dumps(config))
+    assert changed_files(fp.as_records(), copy) == ["config.json"]
+    assert fingerprint_dir(copy).sha256 != fp.sha256
+
+
+def test_serve_moves_production_and_records_who_and_why(ctx, versions, make_user) -> None:  # noqa: ANN001
+    admin = make_user("ada", "admin")
+    assert serving.desired_state(ctx).version == "tiny-a"
+    serving.serve(ctx, admin, "tiny-b", "better answers")
+    desired = serving.desired_state(ctx)
+    assert desired.version == "tiny-b"
+    history = serving.alias_history(ctx, admin)
+    assert (history[0].alias, history[0].from_version, history[0].to_version) == ("production", "tiny-a", "tiny-b")
+    assert history[0].actor == "ada" and history[0].reason == "better answers"
+    assert _events(ctx, "model.alias")[-1] == {"alias": "production", "from": "tiny-a", "to": "tiny-b",
+                                               "reason": "better answers"}
+
+
+@pytest.mark.parametrize(
+    ("name", "reason", "error", "message"),
+    [
+        pytest.param("tiny-b", "", InvalidInput, "reason", id="no-reason"),
+        pytest.param("tiny-b", "x" * 1001, InvalidInput, "under 1,000", id="reason-too-long"),
+        pytest.param("nope", "why", NotFound, "nope", id="unknown-version"),
+    ],
+)
+def test_serve_refuses_bad_requests_and_stores_nothing(ctx, versions, name, reason, error, message) -> None:  # noqa: ANN001
+    before = serving.desired_state(ctx)
+    with pytest.raises(error, match=message):
+        serving.serve_cli(ctx, name, reason)
+    assert serving.desired_state(ctx) == before
+
+
+class _ServingHost:
+    """A stand-in host at our own seam that reports serving one version."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def status(self) -> HostStatus:
+        return HostStatus("ready", self.name, f"Serving {self.name}")
+
+
+def test_serving_the_production_version_again_retries_only_when_it_is_not_served(ctx, versions) -> None:  # noqa: ANN001
+    ctx.host_factory = lambda: _ServingHost("tiny-a")
+    with pytest.raises(InvalidInput, match="already holds the production alias and is being served"):
+        serving.serve_cli(ctx, "tiny-a", "again")
+    ctx.host_factory = lambda: _ServingHost("tiny-b")  # the switch to tiny-a failed; tiny-b still serves
+    before = serving.desired_state(ctx)
+    serving.serve_cli(ctx, "tiny-a", "retry the switch")
+    after = serving.desired_state(ctx)
+    assert after.version == "tiny-a" and after.move_id != before.move_id  # a new move: the reconciler retries
+
+
+def test_only_admins_serve(ctx, versions, make_user) -> None:  # noqa: ANN001
+    for role in ("operator", "reviewer", "analyst"):
+        with pytest.raises(AccessDenied):
+            serving.serve(ctx, make_user(f"u-{role}", role), "tiny-b", "why")
+    assert serving.desired_state(ctx).version == "tiny-a"
+
+
+def test_a_version_whose_files_changed_is_refused_naming_the_file(ctx, versions) -> None:  # noqa: ANN001
+    (versions["tiny-b"] / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelUnavailable, match="tokenizer.json"):
+        serving.serve_cli(ctx, "tiny-b", "try")
+    with pytest.raises(ModelUnavailable, match="tokenizer.json"):
+        serving.loadable_spec(ctx, "tiny-b")
+
+
+def test_aliases_move_and_a_retired_version_cannot_be_served(ctx, versions, make_user) -> None:  # noqa: ANN001
+    admin = make_user("ada", "admin")
+    serving.set_alias(ctx, admin, "tiny-b", "staging", "for QA")
+    with ctx.db.session() as s:
+        assert versions_q.version_for_alias(s, "staging").name == "tiny-b"
+    with pytest.raises(InvalidInput, match="lower-case"):
+        serving.set_alias(ctx, admin, "tiny-b", "Bad Alias!", "x")
+    with pytest.raises(InvalidInput, match="production alias moves"):
+        serving.set_alias(ctx, admin, "tiny-b", "production", "x")
+    with pytest.raises(InvalidInput, match="production version"):
+        serving.retire(ctx, admin, "tiny-a", "old")
+    serving.retire(ctx, admin, "tiny-b", "superseded")
+    with ctx.db.session() as s:
+        assert versions_q.get_alias(s, "staging") is None
+    with pytest.raises(InvalidInput, match="retired"):
+        serving.serve(ctx, admin, "tiny-b", "again")
+
+
+HELLO = [ChatMessage("user", "hi")]
+
+
+def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_failed_load(
+    ctx, versions, tmp_path: Path  # noqa: ANN001
+) -> None:
+    host = EngineHost.start(serving.loadable_spec(ctx, "tiny-a"), HostConfig(kv_cache_gib=0.25), wait=True)
+    try:
+        reconciler = serving.Reconciler(ctx, host)
+        assert reconciler.run_once() is None  # already serving what is desired
+
+        serving.serve_cli(ctx, "tiny-b", "new weights")
+        outcome = reconciler.run_once()
+        assert outcome is not None and outcome.ok and (outcome.from_version, outcome.to_version) == ("tiny-a", "tiny-b")
+        assert host.serving is not None and host.serving.name == "tiny-b"
+        switch = _events(ctx, "model.switch")[-1]
+        assert (switch["from"], switch["to"], switch["requested_by"], switch["reason"]) == (
+            "tiny-a", "tiny-b", "cli", "new weights")
+        assert switch["seconds"] > 0
+
+        # A version whose config vLLM cannot read: the switch fails, tiny-b keeps serving, no retry loop.
+        broken = Path(shutil.copytree(versions["tiny-a"], tmp_path / "broken"))
+        _register(ctx, "broken", broken, fingerprint=False)
+        (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+        serving.serve_cli(ctx, "broken", "try it")
+        failed = reconciler.run_once()
+        assert failed is not None and not failed.ok and "broken" in (failed.error or "")
+        assert host.serving is not None and host.serving.name == "tiny-b"
+        stream = host.stream_chat(HELLO, SamplingSettings(temperature=0.0, max_tokens=3, ignore_eos=True))
+        list(stream)
+        assert stream.result.model_version == "tiny-b"
+        assert _events(ctx, "model.switch_failed")[-1]["serving"] == "tiny-b"
+        problem = serving.last_switch_problem(ctx)
+        assert problem is not None and problem.action == "switch" and problem.version == "broken"
+        assert reconciler.run_once() is None
+
+        serving.request_restart_cli(ctx, "engine looks stuck")
+        restarted = reconciler.run_once()
+        assert restarted is not None and restarted.action == "restart" and restarted.ok
+        assert _events(ctx, "model.restart")[-1]["to"] == "tiny-b"
+        assert _events(ctx, "model.restart")[-1]["reason"] == "engine looks stuck"
+        assert serving.last_switch_problem(ctx) is None
+        with ctx.db.session() as s:
+            assert audit_q.verify_chain(s).ok
+    finally:
+        host.shutdown()
+
+
+def test_spec_of_passes_engine_arguments_through(ctx, versions) -> None:  # noqa: ANN001
+    spec = serving.loadable_spec(ctx, "tiny-a")
+    assert isinstance(spec, ModelSpec) and spec.name == "tiny-a" and spec.dtype == "float32"

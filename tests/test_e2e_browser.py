@@ -155,5 +155,7 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
     page.get_by_text("tiny-e2e-b").first.wait_for(timeout=60_000)  # the sidebar names the live version
     page.locator("[data-testid='stSidebarNav']").get_by_text("Models").click()
     page.get_by_text("Model versions").wait_for(timeout=60_000)
+    page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name="Serve this version").wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
     page.close()

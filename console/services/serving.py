@@ -368,8 +368,8 @@ class Reconciler:
             status = self.host.status()
             if desired.restart_generation > self._restart_seen:
                 self._restart_seen = desired.restart_generation
-                if status.model_version == desired.version:
-                    return self._restart()
+                if status.model_version == desired.version or self._failed == (desired.version, desired.move_id):
+                    return self._restart()  # the engine serving now (the desired one, or the one kept after a failure)
                 # Production moved too: the switch starts a fresh engine anyway, so do not load the old one twice.
                 self._failed = None
                 return self._switch(desired, status.model_version)

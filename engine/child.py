@@ -62,7 +62,7 @@ def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
     out = _Out(stdout)
     first = json.loads(stdin.readline() or "{}")
     try:
-        spec = ModelSpec(**first["spec"])
+        spec = ModelSpec.from_dict(first["spec"])
         host = EngineHost.start(spec, HostConfig(kv_cache_gib=float(first.get("kv_cache_gib", 0.25))), wait=True)
     except Exception as exc:  # the parent reports why the candidate could not start
         out.send({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})

@@ -340,7 +340,13 @@ class EngineHost:
             output_kind=RequestOutputKind.DELTA,
         )
         sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        worker.submit(AddRequest(request_id, prompt_token_ids, params, sink))
+        lora_request = None
+        if worker.spec.lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            lora = worker.spec.lora
+            lora_request = LoRARequest(lora_name=lora.name, lora_int_id=1, lora_path=lora.path)
+        worker.submit(AddRequest(request_id, prompt_token_ids, params, sink, lora_request))
         logger.debug("request %s submitted: %d prompt tokens", request_id, len(prompt_token_ids))
         return GenerationStream(
             request_id=request_id,

@@ -13,6 +13,27 @@ HostState = Literal["stopped", "loading", "ready", "failed", "dead"]
 Role = Literal["system", "user", "assistant"]
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A LoRA adapter (PEFT format) served on top of its base model: the base loads with LoRA enabled and every
+    request carries the adapter. ``rank`` is the adapter's ``r``."""
+
+    name: str
+    path: str
+    rank: int = 16
+
+    @property
+    def max_lora_rank(self) -> int:
+        """The smallest rank vLLM accepts as ``max_lora_rank`` that holds this adapter."""
+        for allowed in LORA_RANKS:
+            if self.rank <= allowed:
+                return allowed
+        raise ValueError(f"LoRA rank {self.rank} is above vLLM's largest ({LORA_RANKS[-1]})")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One registered model version: what the host loads and which name it reports as serving.
@@ -29,6 +50,14 @@ class ModelSpec:
     dtype: str = "auto"
     max_model_len: int | None = None
     engine_args: Mapping[str, Any] = field(default_factory=dict)
+    lora: LoraAdapter | None = None  # ``source`` is then the base model; ``name`` the adapter's version
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> ModelSpec:
+        """The spec from ``dataclasses.asdict`` output (e.g. JSON handed to a child process)."""
+        values = dict(fields)
+        lora = values.pop("lora", None)
+        return cls(**values, lora=LoraAdapter(**lora) if lora else None)
 
     def __post_init__(self) -> None:
         if not self.name.strip():

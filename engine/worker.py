@@ -41,6 +41,7 @@ class AddRequest:
     prompt_token_ids: list[int]
     params: Any  # vllm.SamplingParams; built on the caller's thread so the engine thread only steps
     sink: queue.SimpleQueue[Any]
+    lora_request: Any = None  # vllm.lora.request.LoRARequest for a LoRA version
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,8 @@ class Worker:
         }
         if on_cpu:
             args["kv_cache_memory_bytes"] = int(self.config.kv_cache_gib * _GIB)
+        if self.spec.lora is not None:
+            args.update(enable_lora=True, max_loras=1, max_lora_rank=self.spec.lora.max_lora_rank)
         args.update(self.spec.engine_args)
         logger.info("creating vLLM engine for %s from %s", self.spec.name, self.spec.source)
         engine = LLMEngine.from_engine_args(EngineArgs(**args))
@@ -266,7 +269,10 @@ class Worker:
                     else:
                         try:
                             engine.add_request(
-                                item.request_id, {"prompt_token_ids": item.prompt_token_ids}, item.params
+                                item.request_id,
+                                {"prompt_token_ids": item.prompt_token_ids},
+                                item.params,
+                                lora_request=item.lora_request,
                             )
                         except (ValueError, TypeError) as exc:  # vLLM's input validation
                             logger.warning("vLLM rejected request %s: %s", item.request_id, exc)

@@ -185,3 +185,53 @@ def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_fail
 def test_spec_of_passes_engine_arguments_through(ctx, versions) -> None:  # noqa: ANN001
     spec = serving.loadable_spec(ctx, "tiny-a")
     assert isinstance(spec, ModelSpec) and spec.name == "tiny-a" and spec.dtype == "float32"
+
+
+def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_version_that_answered(
+    ctx, versions, make_user  # noqa: ANN001
+) -> None:
+    import threading
+    import time
+
+    from console.services import chat as chat_svc
+    from db import chat as chat_q
+
+    host = EngineHost.start(serving.loadable_spec(ctx, "tiny-a"), HostConfig(kv_cache_gib=0.25), wait=True)
+    ctx.host_factory = lambda: host
+    operator = make_user("olivia", "operator")
+    outcomes, errors = [], []
+    stop = threading.Event()
+
+    def chat() -> None:
+        while not stop.is_set():
+            try:
+                turn = chat_svc.start_turn(ctx, operator, None, "Where is my order?", temperature=0.0, top_p=1.0,
+                                           max_tokens=24)
+                "".join(turn.deltas())
+                outcomes.append(turn.outcome)
+            except Exception as exc:  # noqa: BLE001 - every failure is what the test looks for
+                errors.append(exc)
+
+    threads = [threading.Thread(target=chat) for _ in range(8)]
+    try:
+        reconciler = serving.Reconciler(ctx, host)
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        serving.serve_cli(ctx, "tiny-b", "switch under load")
+        switched = reconciler.run_once()
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(120)
+    finally:
+        stop.set()
+        host.shutdown()
+    assert switched is not None and switched.ok
+    assert errors == []
+    assert {o.model_version for o in outcomes} == {"tiny-a", "tiny-b"}
+    with ctx.db.session() as s:
+        stored = {o.exchange_id: chat_q.get_exchange(s, o.exchange_id) for o in outcomes}
+        assert audit_q.verify_chain(s).ok
+    assert all(stored[o.exchange_id].model_version == o.model_version for o in outcomes)
+    assert all(stored[o.exchange_id].status in ("ok", "aborted") for o in outcomes)

@@ -50,3 +50,34 @@ def build_tiny_model(out_dir: Path, *, max_position_embeddings: int = 512, seed:
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def build_tiny_lora(base_dir: Path, out_dir: Path, *, rank: int = 8, seed: int = 1, scale: float = 0.5) -> Path:
+    """Write a random LoRA adapter (PEFT format: q_proj and v_proj of every layer) for the model in ``base_dir``.
+
+    The B matrices are not zero (as a fresh PEFT adapter's are), so the adapter changes the model's answers.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(base_dir) / "config.json").read_text())
+    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    kv_dim = hidden // int(config["num_attention_heads"]) * int(config.get("num_key_value_heads", 1))
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for layer in range(layers):
+        for module, out_features in (("q_proj", hidden), ("v_proj", kv_dim)):
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, hidden, generator=generator) * scale
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * scale
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    (out_dir / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"], "bias": "none", "fan_in_fan_out": False,
+        "base_model_name_or_path": str(base_dir), "modules_to_save": None,
+    }, indent=2))
+    return out_dir

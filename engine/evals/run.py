@@ -23,6 +23,7 @@ Protocol: stdout carries only JSON lines, each with an ``event`` key (anything l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -67,18 +68,13 @@ def _take_stdout() -> IO[str]:
 
 
 def spec_from_dict(raw: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec the parent wrote (the fields of :class:`~engine.types.ModelSpec`)."""
-    return ModelSpec(
-        name=str(raw["name"]), source=str(raw["source"]), revision=raw.get("revision"),
-        dtype=str(raw.get("dtype") or "auto"), max_model_len=raw.get("max_model_len"),
-        engine_args=dict(raw.get("engine_args") or {}),
-    )
+    """The ModelSpec the parent wrote (the fields of :class:`~engine.types.ModelSpec`, LoRA adapter included)."""
+    return ModelSpec.from_dict(raw)
 
 
 def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
     """The JSON form of a ModelSpec for :func:`spec_from_dict`."""
-    return {"name": spec.name, "source": spec.source, "revision": spec.revision, "dtype": spec.dtype,
-            "max_model_len": spec.max_model_len, "engine_args": dict(spec.engine_args)}
+    return dataclasses.asdict(spec) | {"engine_args": dict(spec.engine_args)}
 
 
 def answer_one(host: Any, record: SuiteRecord, sampling: SamplingSettings) -> Answer:

@@ -35,8 +35,12 @@ def register_model_version(
     quantization: str | None = None,
     fingerprint: str | None = None,
     fingerprint_files: list[dict[str, Any]] | None = None,
+    base_version_id: int | None = None,
 ) -> ModelVersion:
-    """Register a model version (``source``: local path or hub id; ``engine_args`` pass to vLLM); audited."""
+    """Register a model version (``source``: local path or hub id; ``engine_args`` pass to vLLM); audited.
+
+    With ``base_version_id`` the version is a LoRA adapter (``source`` its directory) served on that base.
+    """
     version = ModelVersion(
         name=name,
         source=source,
@@ -50,6 +54,7 @@ def register_model_version(
         quantization=quantization,
         fingerprint=fingerprint,
         fingerprint_files=list(fingerprint_files or []),
+        base_version_id=base_version_id,
     )
     session.add(version)
     session.flush()
@@ -70,6 +75,7 @@ def register_model_version(
             "status": status,
             "quantization": quantization,
             "fingerprint": fingerprint,
+            "base_version_id": base_version_id,
         },
     )
     return version

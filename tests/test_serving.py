@@ -235,3 +235,46 @@ def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_ver
         assert audit_q.verify_chain(s).ok
     assert all(stored[o.exchange_id].model_version == o.model_version for o in outcomes)
     assert all(stored[o.exchange_id].status in ("ok", "aborted") for o in outcomes)
+
+
+def test_a_lora_adapter_registers_on_a_base_and_serves_through_it(ctx, versions, tmp_path: Path) -> None:  # noqa: ANN001
+    from console.services import models as models_svc
+    from engine.demo.tiny import build_tiny_lora
+
+    adapter = build_tiny_lora(versions["tiny-a"], tmp_path / "adapter", rank=8)
+    view = models_svc.register_cli(ctx, name="tiny-a-lora", source=str(adapter), revision=None, dtype=None,
+                                   max_model_len=None, engine_args={}, description="tuned", base="tiny-a")
+    assert view.base == "tiny-a" and view.fingerprint is not None
+    spec = serving.loadable_spec(ctx, "tiny-a-lora")
+    assert spec.source == str(versions["tiny-a"]) and spec.lora is not None and spec.lora.rank == 8
+    assert spec.lora.path == str(adapter) and spec.name == "tiny-a-lora"
+    listed = {v.name: v for v in models_svc.list_versions_cli(ctx)}
+    assert listed["tiny-a-lora"].base == "tiny-a"
+    (adapter / "adapter_model.safetensors").write_bytes(b"changed")
+    with pytest.raises(ModelUnavailable, match="adapter_model.safetensors"):
+        serving.loadable_spec(ctx, "tiny-a-lora")
+
+
+@pytest.mark.parametrize(
+    ("make", "base", "message"),
+    [
+        pytest.param(lambda d: d, "tiny-a", "not a LoRA adapter", id="no-adapter-config"),
+        pytest.param(lambda d: (d / "adapter_config.json").write_text('{"peft_type": "PREFIX"}') or d, "tiny-a",
+                     "no peft_type LORA", id="not-lora"),
+        pytest.param(lambda d: (d / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4096}') or d,
+                     "tiny-a", "rank 4096", id="rank-too-high"),
+        pytest.param(lambda d: (d / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}') or d,
+                     "nope", "No model version named", id="unknown-base"),
+    ],
+)
+def test_bad_lora_registrations_are_refused_and_nothing_is_stored(ctx, versions, tmp_path, make, base,  # noqa: ANN001
+                                                                  message) -> None:
+    from console.services import models as models_svc
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    make(folder)
+    with pytest.raises(InvalidInput, match=message):
+        models_svc.register_cli(ctx, name="bad-lora", source=str(folder), revision=None, dtype=None,
+                                max_model_len=None, engine_args={}, description=None, base=base)
+    assert "bad-lora" not in {v.name for v in models_svc.list_versions_cli(ctx)}

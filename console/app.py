@@ -11,6 +11,11 @@ from console.services import serving as serving_svc
 from console.textsafe import escape_markdown
 
 st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
+# Single sign-on with a placeholder or short cookie secret would let anyone forge a signed-in identity.
+sso_problem = auth.sso_config_problem(ui.sso_config())
+if sso_problem:
+    st.error(sso_problem)
+    st.stop()
 ctx = resources.app_context()
 state = ui.session()
 # Start loading the model and the scanners at the first visit (both in the background), not at the first chat.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from console.services.access import ALL_ROLES
 from console.services.models import DTYPES
-from console.settings import PROJECT_ROOT, Settings, SettingsError
+from console.settings import PROJECT_ROOT, Settings, SettingsError, mask_url
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,9 +34,9 @@ class _Parser(argparse.ArgumentParser):
 def _services(settings: Settings) -> AppContext:
     from console.services.context import AppContext
     from db.config import DbConfig
-    from db.database import Database
+    from db.database import Database, make_private_dir
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(settings.data_dir, tighten=True)  # the database, models and logs: owner-only
     db = Database(DbConfig(url=settings.database_url))
     db.migrate()
     return AppContext(settings, db)
@@ -61,7 +61,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import users as users_svc
 
     ctx = _services(settings)
-    print(f"database ready: {settings.database_url} (revision {ctx.db.current_revision()})")
+    print(f"database ready: {mask_url(settings.database_url)} (revision {ctx.db.current_revision()})")
     if not args.skip_models:
         print(f"demo models in {settings.models_dir} (built once, then cached)")
         registered = models_svc.ensure_demo_versions(ctx, progress=_Progress())
@@ -89,7 +89,34 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _check_sso_secrets(*paths: Path) -> None:
+    """Refuse (one line) to start with single sign-on configured and a weak ``cookie_secret``.
+
+    Streamlit reads the global secrets file, then the project's (which wins); so does this check.
+    """
+    import tomllib
+
+    from console.services.auth import sso_config_problem
+
+    section: object = None
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            secrets = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise CliError(f"cannot read {path}: {exc}") from None
+        if "auth" in secrets:
+            section = secrets["auth"]
+    problem = sso_config_problem(section if isinstance(section, dict) else None)
+    if problem:
+        raise CliError(problem)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
+    from pathlib import Path
+
+    _check_sso_secrets(Path.home() / ".streamlit" / "secrets.toml", PROJECT_ROOT / ".streamlit" / "secrets.toml")
     # console.server starts Streamlit on app.py and starts loading the model before the first browser connects.
     argv = [sys.executable, "-m", "console.server", "--server.port", str(args.port),
             "--server.address", args.address]
@@ -99,7 +126,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
 
 
 def _read_password(args: argparse.Namespace) -> str | None:
-    if args.sso:
+    if getattr(args, "sso", False):
         return None
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
@@ -108,7 +135,8 @@ def _read_password(args: argparse.Namespace) -> str | None:
         if first != getpass.getpass("Again: "):
             raise CliError("the passwords differ")
         return first
-    raise CliError("give the password on standard input with --password-stdin, or use --sso")
+    hint = ", or use --sso" if hasattr(args, "sso") else ""
+    raise CliError(f"give the password on standard input with --password-stdin{hint}")
 
 
 def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -128,6 +156,24 @@ def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
         for u in users_q.list_users(s):
             state = "disabled" if u.disabled else "active"
             print(f"{u.username}\t{','.join(sorted(u.roles))}\t{state}\t{u.email or ''}")
+    return 0
+
+
+def cmd_user_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import users as users_svc
+
+    user = users_svc.unlock_cli(_services(settings), args.username)
+    print(f"unlocked {user.username}: failed sign-ins cleared")
+    return 0
+
+
+def cmd_user_reset_password(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import users as users_svc
+
+    password = _read_password(args)
+    assert password is not None  # no --sso here
+    user = users_svc.reset_password_cli(_services(settings), args.username, password)
+    print(f"new password set for {user.username}; the account is unlocked and its open sessions end")
     return 0
 
 
@@ -159,7 +205,7 @@ def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     ctx = _services(settings)
     v = models_svc.register_cli(ctx, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
                                 max_model_len=args.max_model_len, engine_args=args.engine_args,
-                                description=args.description, quantization=args.quantization)
+                                description=args.description, quantization=args.quantization, base=args.base)
     print(f"registered model version {v.name} from {v.source}"
           + (f" (fingerprint {v.fingerprint[:12]})" if v.fingerprint else ""))
     return 0
@@ -330,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_user_add)
     s = user.add_parser("list", help="list users")
     s.set_defaults(func=cmd_user_list)
+    s = user.add_parser("unlock", help="clear a user's failed sign-ins and lock")
+    s.add_argument("username")
+    s.set_defaults(func=cmd_user_unlock)
+    s = user.add_parser("reset-password", help="set a new password (unlocks; ends the user's open sessions)")
+    s.add_argument("username")
+    s.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    s.set_defaults(func=cmd_user_reset_password)
 
     model = sub.add_parser("model", help="model versions").add_subparsers(dest="model_cmd", required=True,
                                                                           parser_class=_Parser)
@@ -344,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-model-len", type=_positive, help="maximum context length in tokens")
     s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'')
     s.add_argument("--quantization", help="vLLM quantization method (awq, gptq, fp8, ...)")
+    s.add_argument("--base", help="register SOURCE as a LoRA adapter (PEFT directory) served on this version")
     s.add_argument("--description", help="notes shown on the Models page")
     s.set_defaults(func=cmd_model_register)
     s = model.add_parser("serve", help="give NAME the production alias; running consoles switch to it")

@@ -15,7 +15,7 @@ from console.services.context import AppContext
 from console.services.errors import ConsoleError
 from console.settings import Settings
 from db.config import DbConfig
-from db.database import Database
+from db.database import Database, make_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner=False)
 def database() -> Database:
     cfg = settings()
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(cfg.data_dir, tighten=True)  # the database, models and logs: owner-only
     db = Database(DbConfig(url=cfg.database_url))
     db.migrate()
     return db

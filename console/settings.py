@@ -77,6 +77,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lockout_threshold", "5", "Failed logins in a row that lock an account.", _positive_int),
     Setting("lockout_minutes", "15", "Minutes an account stays locked after too many failed logins.", _positive_int),
     Setting("min_password_length", "12", "Minimum length of a local account's password.", _positive_int),
+    Setting("login_attempts_per_minute", "10",
+            "Sign-in attempts allowed per minute from one client (its address, else its browser session).",
+            _positive_int),
     Setting("policy_file", str(PROJECT_ROOT / "engine" / "safety" / "default_policy.toml"),
             "Moderation policy file (TOML); seeds the policy, and a changed file becomes a new policy version."),
     Setting("detoxify_model", "original", "Detoxify model type: original, unbiased, multilingual, original-small..."),
@@ -127,6 +130,7 @@ class Settings:
     lockout_threshold: int
     lockout_minutes: int
     min_password_length: int
+    login_attempts_per_minute: int
     policy_file: Path
     detoxify_model: str
     detoxify_checkpoint: str | None
@@ -177,6 +181,22 @@ class Settings:
         for f in fields(self):
             setting = _BY_NAME[f.name]
             value = getattr(self, f.name)
-            shown = "***" if "password" in f.name and value else str(value)
+            if "password" in f.name and value:
+                shown = "***"
+            elif f.name == "database_url":
+                shown = mask_url(value)
+            else:
+                shown = str(value)
             rows.append((setting.env, shown, setting.help))
         return rows
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit to print: its password replaced by ``***`` (all of it hidden if it does not parse)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "***"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from console import resources
 from console.services import access, auth
@@ -144,6 +145,37 @@ def sso_signed_in() -> bool:
         return False
 
 
+def sso_config() -> Mapping[str, object] | None:
+    """The ``[auth]`` section of the secrets (single sign-on's settings), or None when it is not configured."""
+    try:
+        section = st.secrets.get("auth")
+    except Exception:  # no secrets.toml at all: single sign-on is simply not configured
+        return None
+    return section if isinstance(section, Mapping) else None
+
+
+def client_key() -> str:
+    """The key this browser's sign-in attempts are counted under (see ``auth.client_key``)."""
+    forwarded: object = None
+    remote: object = None
+    try:
+        forwarded = st.context.headers.get("X-Forwarded-For")
+        remote = st.context.ip_address
+    except Exception:  # no request behind this run (tests): the session id is the key
+        pass
+    run = get_script_run_ctx()
+    return auth.client_key(forwarded if isinstance(forwarded, str) else None,
+                           remote if isinstance(remote, str) else None, run.session_id if run else None)
+
+
+def end_session(message: str) -> None:
+    """Sign out of the console, and of Streamlit's identity cookie for a single sign-on user, as the Sign-out
+    button does: otherwise the sign-in page would sign them straight back in."""
+    sign_out(message)
+    if sso_signed_in():
+        st.logout()
+
+
 def require_page(page: str) -> Principal:
     """Server-side guard at the top of every page: signed in, active, not idle, and allowed this page."""
     state = session()
@@ -155,7 +187,7 @@ def require_page(page: str) -> Principal:
         state.last_activity = auth.check_idle(ctx, state.principal, state.last_activity)
         state.principal = access.check_page(ctx, state.principal, page)
     except SessionEnded as exc:
-        sign_out(str(exc))
+        end_session(str(exc))
         st.rerun()
     except AccessDenied as exc:
         st.error(str(exc))
@@ -177,7 +209,7 @@ def shows_errors() -> Iterator[None]:
     try:
         yield
     except SessionEnded as exc:
-        sign_out(str(exc))
+        end_session(str(exc))
         st.rerun()
     except ConsoleError as exc:  # services raise only these for the user; anything else is a bug and stays loud
         st.error(str(exc))

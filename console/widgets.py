@@ -31,8 +31,9 @@ def marked(text: str, spans: Sequence[tuple[int, int]] = ()) -> str:
 
 
 def show_item(view: review.ItemView, *, key: str) -> None:
-    """One review item: badges, versions and actions, earlier turns, the flagged exchange, the operator's note,
-    the findings and the decisions so far. ``key`` tells apart the places one page shows items."""
+    """One review item: badges, versions and actions, the conversation's system prompt, earlier turns, the flagged
+    exchange, the operator's note, the findings and the decisions so far. ``key`` tells apart the places one page
+    shows items."""
     badges = [f":violet-badge[severity {view.severity}]", f":gray-badge[{escape_markdown(view.reason)}]"]
     if view.overdue:
         badges.append(":red-badge[overdue]")
@@ -40,6 +41,9 @@ def show_item(view: review.ItemView, *, key: str) -> None:
     st.caption(f"Model {escape_markdown(view.model_version)} · policy v{view.policy_version or '?'} · "
                f"prompt action {escape_markdown(view.prompt_action or '-')} · "
                f"output action {escape_markdown(view.output_action or '-')}")
+    if view.system_prompt:
+        st.chat_message("system", avatar=":material/tune:").markdown(
+            f"**System prompt:** {marked(view.system_prompt)}")
     for turn in view.context:
         st.chat_message("user").markdown(escape_markdown(turn.prompt))
         st.chat_message("assistant").markdown(escape_markdown(turn.response))

@@ -21,6 +21,20 @@ from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
+# PostgreSQL refuses NUL in text, and C code reading SQLite text stops at one. Replaced, not removed, so finding
+# spans computed on the text still point at the same characters.
+_NUL = "\x00"
+_NUL_STANDIN = "\ufffd"
+
+
+def storable(text: str) -> str:
+    """``text`` as it can be stored in every database: each NUL replaced by U+FFFD (the length is kept)."""
+    return text.replace(_NUL, _NUL_STANDIN) if _NUL in text else text
+
+
+def _storable_or_none(text: str | None) -> str | None:
+    return None if text is None else storable(text)
+
 
 def create_conversation(
     session: Session,
@@ -31,7 +45,7 @@ def create_conversation(
     system_prompt: str | None = None,
 ) -> Conversation:
     """Start a conversation for ``user_id``; audited (without the system prompt text)."""
-    conversation = Conversation(user_id=user_id, title=title, system_prompt=system_prompt)
+    conversation = Conversation(user_id=user_id, title=storable(title), system_prompt=_storable_or_none(system_prompt))
     session.add(conversation)
     session.flush()
     append_event(
@@ -125,7 +139,8 @@ def store_turn(session: Session, turn: TurnRecord) -> Exchange:
 
     Each part writes its own audit event (``chat.exchange``, ``safety.findings``, ``review.item``); the
     ``chat.exchange`` event carries ids, status, model, actions and timings, never the text. Everything
-    goes into the caller's session, so the turn commits whole or not at all.
+    goes into the caller's session, so the turn commits whole or not at all. NUL characters in the texts are
+    stored as U+FFFD (see :func:`storable`).
     """
     if turn.status not in EXCHANGE_STATUSES:
         raise ValueError(f"status must be one of {EXCHANGE_STATUSES}, got {turn.status!r}")
@@ -137,11 +152,11 @@ def store_turn(session: Session, turn: TurnRecord) -> Exchange:
         request_id=turn.request_id,
         model_version=turn.model_version,
         model_version_id=turn.model_version_id,
-        prompt=turn.prompt,
-        response=turn.response,
+        prompt=storable(turn.prompt),
+        response=storable(turn.response),
         sampling=dict(turn.sampling),
         status=turn.status,
-        error=turn.error,
+        error=_storable_or_none(turn.error),
         created_at=turn.created_at or now,
         finished_at=turn.finished_at or now,
         prompt_action=turn.prompt_action,
@@ -165,7 +180,7 @@ def store_turn(session: Session, turn: TurnRecord) -> Exchange:
             "conversation_id": turn.conversation_id,
             "request_id": turn.request_id,
             "status": turn.status,
-            "error": turn.error,
+            "error": _storable_or_none(turn.error),
             "model_version": turn.model_version,
             "model_version_id": turn.model_version_id,
             "prompt_action": turn.prompt_action,
@@ -176,7 +191,7 @@ def store_turn(session: Session, turn: TurnRecord) -> Exchange:
     )
     safety_q.add_findings(session, exchange.id, turn.findings, actor=turn.actor, actor_id=turn.user_id)
     for raw in turn.raw_texts:
-        safety_q.store_raw_text(session, exchange.id, raw.direction, raw.text)
+        safety_q.store_raw_text(session, exchange.id, raw.direction, storable(raw.text))
     if turn.review is not None:
         review_items.create_review_item(
             session,

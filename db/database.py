@@ -7,6 +7,7 @@ on PostgreSQL through the URL alone.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,7 +46,8 @@ class Database:
         self.config = config
         url = make_url(config.url)
         self.url: URL = url
-        kwargs: dict[str, Any] = {"echo": config.echo, "future": True}
+        # Bound values are prompts, answers and raw text: never copy them into error messages and logs.
+        kwargs: dict[str, Any] = {"echo": config.echo, "future": True, "hide_parameters": True}
         if url.get_backend_name() == "sqlite":
             kwargs.update(_sqlite_engine_kwargs(url, config))
         else:
@@ -111,13 +113,53 @@ def _refuse_readonly_writes(session: Session, flush_context: Any, instances: Any
         raise ReadOnlySessionError("this session was opened read-only")
 
 
+# ---- files ----
+
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private_dir(path: Path, *, tighten: bool = False) -> None:
+    """Create ``path`` (and missing parents) readable by its owner only.
+
+    An existing directory is left as it is, unless ``tighten``: then, if this process's user owns it and
+    others may enter it, it is made owner-only too (for a directory that holds only the console's own data).
+    """
+    if path.is_dir():
+        info = path.stat()
+        if tighten and info.st_uid == os.getuid() and info.st_mode & 0o077:
+            logger.warning("%s was readable by other users; making it owner-only", path)
+            path.chmod(PRIVATE_DIR_MODE)
+        return
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    # mkdir's mode is filtered through the umask; chmod says exactly what we mean.
+    path.chmod(PRIVATE_DIR_MODE)
+
+
 # ---- SQLite corner ----
+
+
+def _create_private_file(path: Path) -> None:
+    """Create an empty SQLite file readable by its owner only, before SQLite creates it with the umask's mode.
+
+    SQLite gives the -wal and -shm files it creates later the database file's own permissions.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, PRIVATE_FILE_MODE)
+    logger.info("created the database file %s (owner-only)", path)
 
 
 def _sqlite_engine_kwargs(url: URL, config: DbConfig) -> dict[str, Any]:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database).expanduser()
+        make_private_dir(path.parent)
+        _create_private_file(path)
     return {
         # pysqlite's own busy handler, in seconds; the PRAGMA below sets the same for the C library.
         "connect_args": {"timeout": config.busy_timeout_ms / 1000, "check_same_thread": False},

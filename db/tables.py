@@ -69,6 +69,8 @@ class Base(DeclarativeBase):
 
 class User(Base):
     __tablename__ = "users"
+    # One console account per identity at one provider (NULLs, for unbound accounts, never collide).
+    __table_args__ = (Index("ix_users_sso_issuer_sso_subject", "sso_issuer", "sso_subject", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(150), unique=True)
@@ -82,6 +84,11 @@ class User(Base):
     last_login_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The single sign-on identity (OIDC ``iss`` and ``sub``) bound at the first SSO sign-in; matched afterwards.
+    sso_issuer: Mapped[str | None] = mapped_column(String(512))
+    sso_subject: Mapped[str | None] = mapped_column(String(255))
+    # Bumped to end every open session of the user (a password reset): sessions carry the value they started with.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
     role_rows: Mapped[list[UserRole]] = relationship(
         back_populates="user", cascade="all, delete-orphan", lazy="selectin"
@@ -122,6 +129,8 @@ class ModelVersion(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     fingerprint_files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=list)
     retired_at: Mapped[datetime | None]
+    # 0008_lora_adapters: a LoRA adapter version names the version it is served on.
+    base_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
 
 
 class Conversation(Base):

@@ -77,6 +77,11 @@ def get_user_by_email(session: Session, email: str) -> User | None:
     return session.scalars(select(User).where(User.email == email)).one_or_none()
 
 
+def get_user_by_sso(session: Session, issuer: str, subject: str) -> User | None:
+    """The user bound to this single sign-on identity (OIDC issuer and subject), or None."""
+    return session.scalars(select(User).where(User.sso_issuer == issuer, User.sso_subject == subject)).one_or_none()
+
+
 def list_users(session: Session, *, include_disabled: bool = True) -> list[User]:
     """All users ordered by username."""
     stmt = select(User).order_by(User.username)
@@ -138,11 +143,13 @@ def set_disabled(
 def set_password_hash(
     session: Session, user_id: int, password_hash: str | None, *, actor: str, actor_id: int | None = None
 ) -> User:
-    """Store a new password hash (never the password) and clear any lockout; audited without the hash."""
+    """Store a new password hash (never the password), clear any lockout and end the user's open sessions
+    (``session_epoch`` is bumped); audited without the hash."""
     user = _locked_user(session, user_id)
     user.password_hash = password_hash
     user.failed_login_count = 0
     user.locked_until = None
+    user.session_epoch += 1
     session.flush()
     append_event(
         session,
@@ -152,6 +159,43 @@ def set_password_hash(
         object_type="user",
         object_id=user.id,
         details={"username": user.username, "cleared": password_hash is None},
+    )
+    return user
+
+
+def unlock(session: Session, user_id: int, *, actor: str, actor_id: int | None = None) -> User:
+    """Clear the failure count and any lock; audited as ``user.unlock`` with what was cleared."""
+    user = _locked_user(session, user_id)
+    before = {"failed_login_count": user.failed_login_count, "locked_until": user.locked_until}
+    user.failed_login_count = 0
+    user.locked_until = None
+    session.flush()
+    append_event(
+        session,
+        actor=actor,
+        actor_id=actor_id,
+        action="user.unlock",
+        object_type="user",
+        object_id=user.id,
+        details={"username": user.username, **before},
+    )
+    return user
+
+
+def bind_sso(session: Session, user_id: int, issuer: str, subject: str) -> User:
+    """Bind the account to a single sign-on identity (at its first SSO sign-in); audited as ``user.sso_bound``."""
+    user = _locked_user(session, user_id)
+    user.sso_issuer = issuer
+    user.sso_subject = subject
+    session.flush()
+    append_event(
+        session,
+        actor=user.username,
+        actor_id=user.id,
+        action="user.sso_bound",
+        object_type="user",
+        object_id=user.id,
+        details={"issuer": issuer, "subject": subject},
     )
     return user
 
@@ -167,14 +211,18 @@ def record_failed_login(
 ) -> tuple[int, datetime | None]:
     """Count a failed login; at ``threshold`` failures in a row lock the account for ``lock_minutes``.
 
-    Returns (failures in a row, locked_until or None). Audited as ``auth.login_failed`` and, when the
-    account becomes locked, ``auth.locked``.
+    A lock that has expired starts the count again from zero, so one failure after the lock ends does not lock
+    the account again at once. Returns (failures in a row, locked_until or None). Audited as
+    ``auth.login_failed`` and, when the account becomes locked, ``auth.locked``.
     """
     now = now or utcnow()
     user = _locked_user(session, user_id)
+    if user.locked_until is not None and user.locked_until <= now:
+        user.failed_login_count = 0
+        user.locked_until = None
     user.failed_login_count += 1
     locked_now = False
-    if user.failed_login_count >= threshold and (user.locked_until is None or user.locked_until <= now):
+    if user.failed_login_count >= threshold and user.locked_until is None:
         user.locked_until = now + timedelta(minutes=lock_minutes)
         locked_now = True
     session.flush()
@@ -186,7 +234,7 @@ def record_failed_login(
         action="auth.login_failed",
         object_type="user",
         object_id=user.id,
-        details={"failed_login_count": user.failed_login_count},
+        details={"reason": "wrong password", "failed_login_count": user.failed_login_count},
     )
     if locked_now:
         logger.warning("account %s locked until %s", user.username, user.locked_until)

@@ -156,3 +156,27 @@ def test_separation_of_duties_refuses_acting_on_ones_own_object_and_records_it(c
 
 def test_the_roles_are_the_four_the_product_defines() -> None:
     assert set(access.ALL_ROLES) == {"operator", "reviewer", "admin", "analyst"}
+
+
+@pytest.mark.parametrize("reset", ["page", "cli"])
+def test_a_password_reset_ends_the_users_open_sessions_at_their_next_click(ctx, make_user, reset):
+    from console.services import auth
+    from console.services import users as users_svc
+
+    admin = make_user("boss", "admin")
+    make_user("op", "operator")
+    session = auth.login(ctx, "op", "correct horse battery staple")
+    other_session = auth.login(ctx, "op", "correct horse battery staple")
+    assert access.authorize(ctx, session, "chat.use").epoch == session.epoch
+    if reset == "page":
+        users_svc.reset_password(ctx, admin, session.user_id, "a brand new long password")
+    else:
+        users_svc.reset_password_cli(ctx, "op", "a brand new long password")
+    for open_session in (session, other_session):
+        with pytest.raises(SessionEnded, match="password was reset"):
+            access.authorize(ctx, open_session, "chat.use")
+    fresh = auth.login(ctx, "op", "a brand new long password")
+    assert fresh.epoch == session.epoch + 1
+    assert access.authorize(ctx, fresh, "chat.use").username == "op"
+    # The admin who reset it keeps their own session.
+    assert access.authorize(ctx, admin, "users.manage").username == "boss"

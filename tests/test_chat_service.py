@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import textwrap
+import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from console.services import chat as chat_svc
 from console.services import moderation
-from console.services.errors import InvalidInput, ModelUnavailable, NotFound
+from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
 from db import audit as audit_q
 from db import chat as chat_q
 from db import safety as safety_q
+from db.config import DbConfig
+from db.database import Database
 from db.review import items as items_q
 from db.review import queue as queue_q
-from db.tables import AuditEvent, Exchange, RawText, ReviewItem
+from db.tables import AuditEvent, Conversation, Exchange, RawText, ReviewItem
 from db.tables import Finding as FindingRow
 from engine.errors import EngineDeadError
 from engine.safety.base import Finding
@@ -54,6 +60,7 @@ class SpyHost:
         self.host = host
         self.calls: list[list] = []
         self.die_after: int | None = None
+        self.suffix: str | None = None  # one more delta after the model's own (e.g. a NUL)
 
     @property
     def serving(self):
@@ -66,7 +73,27 @@ class SpyHost:
         self.calls.append(list(messages))
         stream = self.host.stream_chat(messages, dataclasses.replace(sampling, ignore_eos=True),
                                        request_id=request_id)
+        if self.suffix is not None:
+            return SuffixStream(stream, self.suffix)
         return stream if self.die_after is None else DyingStream(stream, self.die_after)
+
+
+class SuffixStream:
+    """A real stream whose answer ends with one more delta of our choosing (a NUL byte, say)."""
+
+    def __init__(self, stream, suffix):
+        self.stream, self.suffix = stream, suffix
+
+    @property
+    def result(self):
+        return self.stream.result
+
+    def __iter__(self):
+        yield from self.stream
+        yield self.suffix
+
+    def cancel(self):
+        self.stream.cancel()
 
 
 class DyingStream:
@@ -86,6 +113,17 @@ class DyingStream:
 
     def cancel(self):
         self.stream.cancel()
+
+
+class WholeTextPiiScanner:
+    """A PII scanner at our own seam: reports any text, whole, as an email address (to be redacted when stored)."""
+
+    name = "presidio"
+    version = "test-1"
+    labels = ("EMAIL_ADDRESS",)
+
+    def scan(self, text):
+        return (Finding("presidio", "EMAIL_ADDRESS", 0.99, 0, len(text), self.version),) if text else ()
 
 
 class EverythingScanner:
@@ -391,3 +429,235 @@ def test_an_answer_cut_by_an_engine_restart_is_stored_as_aborted_with_a_notice_n
     assert ex.status == "aborted" and ex.response == first + rest
     assert 0 < ex.output_tokens < 1500
     assert "engine was restarted" in (turn.outcome.notice or "")
+
+
+# --- privacy: partial answers, the system prompt, notes ----------------------------------------------------------
+
+
+def test_a_partial_answer_from_an_engine_that_failed_mid_stream_is_scanned_and_redacted_when_stored(chat):
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy(output_rules='[rules.output.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "flag"'),
+               ScannerRunner([WholeTextPiiScanner()]))
+    spy.die_after = 2
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **{**SAMPLING, "max_tokens": 64})
+    shown = []
+    with pytest.raises(ModelUnavailable):
+        for delta in turn.deltas():
+            shown.append(delta)
+    assert len(shown) == 2 and "".join(shown)
+    with ctx.db.session() as s:
+        ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
+        output = [(f.direction, f.label, f.action) for f in safety_q.list_findings(s, ex.id) if f.direction == "output"]
+        [item] = queue_q.list_queue(s)
+    assert ex.status == "error" and ex.response == "<EMAIL_ADDRESS>" and ex.output_action == "flag"
+    assert output == [("output", "EMAIL_ADDRESS", "flag")]
+    assert item.exchange_id == ex.id and item.direction == "output"
+
+
+SYSTEM_PROMPT = "Always copy jane.doe@example.com on your answers."
+
+
+def _system_findings(ctx, exchange_id):
+    with ctx.db.session() as s:
+        return [(f.direction, f.detector, f.label, f.action, f.start) for f in safety_q.list_findings(s, exchange_id)
+                if f.detector.startswith(moderation.SYSTEM_PROMPT_DETECTOR_PREFIX)]
+
+
+def test_a_blocked_system_prompt_refuses_the_turn_and_every_later_one_and_goes_to_review(chat):
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy('[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "block"'))
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING, system_prompt=SYSTEM_PROMPT)
+    assert turn.blocked and _run(turn) == "" and spy.calls == []
+    assert "system prompt was blocked" in turn.outcome.notice
+    with ctx.db.session() as s:
+        ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
+        conv = chat_q.get_conversation(s, turn.conversation_id)
+        [item] = queue_q.list_queue(s)
+    assert ex.status == "blocked" and ex.prompt_action == "block" and ex.prompt == "Hello"
+    assert "jane.doe@example.com" not in conv.system_prompt and "<EMAIL_ADDRESS>" in conv.system_prompt
+    assert _system_findings(ctx, ex.id) == [("prompt", "system prompt/presidio", "EMAIL_ADDRESS", "block", None)]
+    assert item.exchange_id == ex.id and item.reason == "blocked"
+    with pytest.raises(InvalidInput, match="system prompt was blocked"):
+        chat_svc.start_turn(ctx, op, turn.conversation_id, "Hello again", **SAMPLING)
+    assert spy.calls == []
+
+
+def test_a_redacted_system_prompt_reaches_the_model_without_the_personal_data_and_is_stored_redacted(chat):
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy('[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "redact"'))
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING, system_prompt=SYSTEM_PROMPT)
+    _run(turn)
+    system = spy.calls[-1][0]
+    assert system.role == "system" and "jane.doe@example.com" not in system.content
+    assert "<EMAIL_ADDRESS>" in system.content
+    assert "system prompt" in turn.outcome.notice
+    _run(chat_svc.start_turn(ctx, op, turn.conversation_id, "And then?", **SAMPLING))
+    assert spy.calls[-1][0].content == system.content
+    [conv] = chat_svc.list_conversations(ctx, op)
+    assert conv.system_prompt == system.content
+    assert _system_findings(ctx, turn.outcome.exchange_id) == [
+        ("prompt", "system prompt/presidio", "EMAIL_ADDRESS", "redact", None)]
+    assert turn.outcome.prompt_action == "redact"
+
+
+def test_a_flagged_system_prompt_is_stored_redacted_goes_to_review_and_the_reviewer_sees_it(chat, make_user):
+    from console.services import review
+
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy('[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "flag"', keep_raw=True))
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING, system_prompt=SYSTEM_PROMPT)
+    _run(turn)
+    assert "jane.doe@example.com" in spy.calls[-1][0].content  # flag: the model sees it as written
+    with ctx.db.session() as s:
+        [item] = queue_q.list_queue(s)
+        raws = list(s.query(RawText).filter_by(exchange_id=turn.outcome.exchange_id))
+        stored = s.scalars(select(Conversation.system_prompt)).one()
+    assert "jane.doe@example.com" not in stored and raws == []  # the raw system prompt is never kept
+    view = review.item_view(ctx, make_user("rita", "reviewer"), item.id)
+    assert view.system_prompt == stored and "<EMAIL_ADDRESS>" in view.system_prompt
+    assert ("prompt", "system prompt/presidio", "EMAIL_ADDRESS") in [
+        (f.direction, f.detector, f.label) for f in view.findings]
+
+
+@pytest.mark.parametrize("with_scanners", [True, False], ids=["presidio", "patterns-only"])
+def test_an_operators_note_is_stored_with_personal_data_cut(chat, with_scanners):
+    ctx, op, spy, use_policy = chat
+    if with_scanners:
+        use_policy(_policy())
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
+    _run(turn)
+    chat_svc.send_to_review(ctx, op, turn.outcome.exchange_id,
+                            "Customer jane.doe@example.com called from +1 212-555-0123 about this\x00")
+    with ctx.db.session() as s:
+        [item] = queue_q.list_queue(s)
+    assert item.note == "Customer <EMAIL_ADDRESS> called from <PHONE_NUMBER> about this"
+
+
+# --- robustness: a locked database, a full disk, NUL bytes -------------------------------------------------------
+
+
+def _locked(message="database is locked"):
+    return OperationalError("INSERT INTO exchanges ...", {}, sqlite3.OperationalError(message))
+
+
+def _counts(ctx):
+    with ctx.db.session() as s:
+        return {t.__tablename__: s.scalar(select(func.count()).select_from(t))
+                for t in (Exchange, FindingRow, ReviewItem, AuditEvent)}
+
+
+def test_a_store_that_finds_the_database_locked_is_tried_once_more_and_stored_once(chat, monkeypatch):
+    ctx, op, spy, _ = chat
+    monkeypatch.setattr(chat_svc, "STORE_RETRY_WAIT_S", 0.01)
+    real, calls = chat_q.store_turn, []
+
+    def locked_once(session, record):
+        calls.append(record)
+        if len(calls) == 1:
+            raise _locked()
+        return real(session, record)
+
+    monkeypatch.setattr(chat_q, "store_turn", locked_once)
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
+    text = _run(turn)
+    assert len(calls) == 2 and turn.outcome.saved and turn.outcome.notice is None
+    with ctx.db.session() as s:
+        [ex] = s.scalars(select(Exchange)).all()
+    assert ex.id == turn.outcome.exchange_id and ex.response == text
+    assert audit_q.verify_chain(ctx.db).ok
+
+
+def test_a_full_disk_returns_the_answer_with_a_notice_that_it_was_not_saved(chat, monkeypatch):
+    ctx, op, spy, _ = chat
+    before = _counts(ctx)
+    calls = []
+
+    def disk_full(session, record):
+        calls.append(record)
+        raise _locked("database or disk is full")
+
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
+    monkeypatch.setattr(chat_q, "store_turn", disk_full)
+    text = _run(turn)  # no exception: the page keeps the answer
+    assert len(calls) == 1  # a full disk is not retried
+    assert text and turn.outcome.text == text and not turn.outcome.saved and turn.outcome.exchange_id is None
+    assert "disk is full" in turn.outcome.notice and "not in the conversation's history" in turn.outcome.notice
+    after = _counts(ctx)
+    assert after["exchanges"] == before["exchanges"] and after["review_items"] == before["review_items"]
+    assert audit_q.verify_chain(ctx.db).ok
+
+
+@pytest.fixture
+def impatient_db(chat):
+    """The chat context on a database that waits only 0.2 s for a lock, and a second connection to hold one."""
+    ctx = chat[0]
+    path = ctx.settings.data_dir / "console.db"
+    ctx.db.dispose()
+    ctx.db = Database(DbConfig(url=f"sqlite:///{path}", busy_timeout_ms=200))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    yield holder
+    holder.close()
+    ctx.db.dispose()
+
+
+def test_a_database_locked_longer_than_the_retry_keeps_the_answer_unsaved_and_the_store_consistent(
+        chat, impatient_db, monkeypatch):
+    ctx, op, spy, _ = chat
+    monkeypatch.setattr(chat_svc, "STORE_RETRY_WAIT_S", 0.1)
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
+    impatient_db.execute("BEGIN IMMEDIATE")  # another writer holds the lock past busy timeout and retry
+    text = _run(turn)
+    impatient_db.execute("ROLLBACK")
+    assert text and not turn.outcome.saved and "busy" in turn.outcome.notice
+    assert _counts(ctx)["exchanges"] == 0
+    assert audit_q.verify_chain(ctx.db).ok
+    # The database is usable again right away.
+    again = chat_svc.start_turn(ctx, op, turn.conversation_id, "Hello again", **SAMPLING)
+    _run(again)
+    assert again.outcome.saved and _counts(ctx)["exchanges"] == 1
+
+
+def test_a_lock_released_during_the_retry_wait_lets_the_turn_be_stored(chat, impatient_db, monkeypatch):
+    ctx, op, spy, _ = chat
+    monkeypatch.setattr(chat_svc, "STORE_RETRY_WAIT_S", 1.0)
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
+    impatient_db.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.6, lambda: impatient_db.execute("ROLLBACK")).start()
+    began = time.monotonic()
+    text = _run(turn)
+    assert time.monotonic() - began >= 0.6
+    assert turn.outcome.saved and turn.outcome.notice is None
+    with ctx.db.session() as s:
+        assert chat_q.get_exchange(s, turn.outcome.exchange_id).response == text
+    assert audit_q.verify_chain(ctx.db).ok
+
+
+def test_a_locked_database_at_the_start_of_a_turn_is_a_clear_error_and_nothing_reaches_the_model(
+        chat, impatient_db, monkeypatch):
+    ctx, op, spy, _ = chat
+    monkeypatch.setattr(chat_svc, "STORE_RETRY_WAIT_S", 0.1)
+    impatient_db.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StorageUnavailable, match="busy.*not sent to the model") as raised:
+            # Past the access guard (its own read is the access service's business): the turn's first write.
+            chat_svc._begin_turn(ctx, op, None, "Hello", **SAMPLING)
+    finally:
+        impatient_db.execute("ROLLBACK")
+    assert isinstance(raised.value, ConsoleError) and spy.calls == []
+    assert audit_q.verify_chain(ctx.db).ok
+
+
+def test_a_nul_byte_at_the_end_of_the_prompt_and_of_the_answer_is_not_stored(chat):
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy('[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "flag"', keep_raw=True))
+    spy.suffix = "\x00"
+    turn = chat_svc.start_turn(ctx, op, None, "My email is jane.doe@example.com\x00", **SAMPLING,
+                               system_prompt="Be brief.\x00")
+    text = _run(turn)
+    assert "\x00" not in text and turn.outcome.saved
+    assert spy.calls[-1][0].content == "Be brief." and spy.calls[-1][-1].content == "My email is jane.doe@example.com"
+    with ctx.db.session() as s:
+        ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
+        [raw] = s.query(RawText).filter_by(exchange_id=ex.id).all()
+    assert ex.prompt == "My email is <EMAIL_ADDRESS>" and ex.response == text and "\x00" not in raw.text
+    assert audit_q.verify_chain(ctx.db).ok

@@ -55,6 +55,123 @@ def test_user_add_and_list(env, monkeypatch, capsys):
     assert "alice\tanalyst,operator\tactive" in capsys.readouterr().out
 
 
+def _ctx():
+    from console.services.context import AppContext
+    from console.settings import Settings
+    from db.config import DbConfig
+    from db.database import Database
+
+    settings = Settings.from_env()
+    return AppContext(settings, Database(DbConfig(settings.database_url)))
+
+
+def _add_alice(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(STRONG_PASSWORD + "\n"))
+    assert cli.main(["user", "add", "alice", "--role", "operator", "--password-stdin"]) == 0
+
+
+def _cli_events(ctx, action):
+    from db import audit as audit_q
+
+    with ctx.db.session(readonly=True) as s:
+        return [e for e in audit_q.iter_events(s, action=action) if e.actor == "cli"]
+
+
+def test_user_unlock_clears_the_lock_and_is_audited(env, monkeypatch, capsys):
+    from console.services import auth
+    from console.services.errors import LoginFailed
+
+    _add_alice(monkeypatch)
+    ctx = _ctx()
+    for _ in range(ctx.settings.lockout_threshold):
+        with pytest.raises(LoginFailed):
+            auth.login(ctx, "alice", "not the password")
+    with pytest.raises(LoginFailed):
+        auth.login(ctx, "alice", STRONG_PASSWORD)  # locked
+    assert cli.main(["user", "unlock", "alice"]) == 0
+    assert "unlocked alice" in capsys.readouterr().out
+    [event] = _cli_events(ctx, "user.unlock")
+    assert event.details["username"] == "alice" and event.details["failed_login_count"] == 5
+    assert auth.login(ctx, "alice", STRONG_PASSWORD).username == "alice"
+
+
+def test_user_reset_password_sets_it_unlocks_and_ends_open_sessions(env, monkeypatch, capsys):
+    from console.services import access, auth
+    from console.services.errors import LoginFailed, SessionEnded
+
+    _add_alice(monkeypatch)
+    ctx = _ctx()
+    open_session = auth.login(ctx, "alice", STRONG_PASSWORD)
+    for _ in range(ctx.settings.lockout_threshold):
+        with pytest.raises(LoginFailed):
+            auth.login(ctx, "alice", "not the password")
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("a brand new long password\n"))
+    assert cli.main(["user", "reset-password", "alice", "--password-stdin"]) == 0
+    out = capsys.readouterr().out
+    assert "new password set for alice" in out and "brand new" not in out
+    assert [e.details["username"] for e in _cli_events(ctx, "user.password")] == ["alice"]
+    with pytest.raises(SessionEnded):
+        access.refresh_principal(ctx, open_session)
+    with pytest.raises(LoginFailed):
+        auth.login(ctx, "alice", STRONG_PASSWORD)
+    assert auth.login(ctx, "alice", "a brand new long password").username == "alice"
+
+
+@pytest.mark.parametrize("args,stdin,message", [
+    (["user", "unlock", "nobody"], "", "No user named 'nobody'"),
+    (["user", "reset-password", "nobody", "--password-stdin"], "a brand new long password\n", "No user named"),
+    (["user", "reset-password", "alice", "--password-stdin"], "short\n", "at least 12 characters"),
+    (["user", "reset-password", "alice"], "", "--password-stdin"),
+], ids=["unlock-unknown", "reset-unknown", "reset-short", "reset-no-stdin-flag"])
+def test_user_unlock_and_reset_password_refuse_bad_input_with_one_line(env, monkeypatch, capsys, args, stdin,
+                                                                       message):
+    _add_alice(monkeypatch)
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(stdin))
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llm-console: error:") and message in err[0]
+
+
+class _Started(Exception):
+    pass
+
+
+def _start_console(monkeypatch, project, secret):
+    import os
+
+    if secret is not None:
+        (project / ".streamlit").mkdir(exist_ok=True)
+        (project / ".streamlit" / "secrets.toml").write_text(
+            f'[auth]\nredirect_uri = "http://localhost:8501/oauth2callback"\ncookie_secret = "{secret}"\n'
+            'client_id = "console"\nclient_secret = "s"\n')
+    monkeypatch.setenv("HOME", str(project / "home"))
+    monkeypatch.setattr(cli, "PROJECT_ROOT", project)
+    monkeypatch.chdir(project)
+
+    def execv(*args):
+        raise _Started
+
+    monkeypatch.setattr(os, "execv", execv)
+
+
+@pytest.mark.parametrize("secret,starts", [
+    ("replace-with-a-long-random-string", False),
+    ("too-short-secret", False),
+    ("k3Jx9vQ2mT7pW4sL8nB6cR1yH5gF0dZa", True),
+    (None, True),
+], ids=["placeholder", "short", "good", "no-sso"])
+def test_run_refuses_to_start_with_sso_and_a_weak_cookie_secret(env, monkeypatch, capsys, secret, starts):
+    _start_console(monkeypatch, env, secret)
+    if starts:
+        with pytest.raises(_Started):
+            cli.main(["run"])
+    else:
+        assert cli.main(["run"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("llm-console: error: Single sign-on is configured")
+
+
 def test_model_register_and_list(env, tiny_model_dir, capsys):
     # A real model directory: registering reads its config.
     assert cli.main(["model", "register", "local-v1", str(tiny_model_dir), "--max-model-len", "2048",

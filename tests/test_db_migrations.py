@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0006_promotions"
+HEAD = "0008_lora_adapters"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",

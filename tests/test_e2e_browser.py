@@ -159,3 +159,38 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
     page.get_by_role("button", name="Serve this version").wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
     page.close()
+
+
+def test_links_and_images_in_model_output_are_shown_inert_and_nothing_is_loaded_from_their_host(console_server,
+                                                                                                browser):
+    url, data = console_server
+    hostile = ("Click https://evil.example/?q=secret or www.evil.example/x, "
+               "and look: ![x](https://evil.example/p.png) <img src=\"https://evil.example/i.png\">")
+    from db import chat as chat_q
+    from db import users as users_q
+    from db.config import DbConfig
+    from db.database import Database
+
+    db = Database(DbConfig(url=f"sqlite:///{data / 'console.db'}"))
+    with db.session() as s:  # an answer as a model might give it, stored as the chat flow stores one
+        admin = users_q.get_user_by_username(s, "admin")
+        conv = chat_q.create_conversation(s, user_id=admin.id, actor="admin", title="Links from the model")
+        chat_q.store_turn(s, chat_q.TurnRecord(conversation_id=conv.id, user_id=admin.id, actor="admin",
+                                               model_version="tiny-e2e", prompt=f"Repeat: {hostile}",
+                                               response=hostile))
+    db.dispose()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    _sign_in(page, url, "admin")
+    page.get_by_role("heading", name="Chat").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Links from the model").click()
+    page.get_by_text("evil.example/?q=secret", exact=False).first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "links.png"), full_page=True)
+    assert page.locator("a[href*='evil.example']").count() == 0
+    assert page.locator("img[src*='evil.example']").count() == 0
+    assert [r for r in requested if "evil.example" in r] == []
+    # Shown defanged, so the operator still reads where the model pointed.
+    assert page.get_by_text("https[:]//evil.example/?q=secret", exact=False).count() >= 1
+    assert page.get_by_text("www[.]evil.example/x", exact=False).count() >= 1
+    page.close()

@@ -71,7 +71,7 @@ def test_login_flow_signs_in_and_shows_only_the_users_pages(app_env, make_user):
     at.text_input(key="login_password").input("wrong password here")
     at.button(key="login_submit").click()
     at.run()
-    assert any("Wrong username or password" in e.value for e in at.error)
+    assert [e.value for e in at.error] == ["Wrong username or password, or the account cannot sign in right now."]
     assert at.session_state[SESSION_KEY].principal is None
     at.text_input(key="login_password").input(STRONG_PASSWORD)
     at.button(key="login_submit").click()
@@ -208,10 +208,15 @@ SSO_SECRETS = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_s
                "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration"}
 
 
-def _login_page_as_sso_user(email: str) -> AppTest:
+def _sso_user(email: str, sub: str = "sub-jane", verified: object = True) -> dict[str, object]:
+    return {"is_logged_in": True, "email": email, "email_verified": verified, "iss": "https://idp.example.com",
+            "sub": sub}
+
+
+def _login_page_as_sso_user(email: str, sub: str = "sub-jane", verified: object = True) -> AppTest:
     at = AppTest.from_file(str(app_pages.PAGES_DIR / "login.py"), default_timeout=60)
     at.secrets["auth"] = SSO_SECRETS
-    at.user = {"is_logged_in": True, "email": email, "iss": "https://idp.example.com"}
+    at.user = _sso_user(email, sub, verified)
     return at
 
 
@@ -232,3 +237,98 @@ def test_single_sign_on_refuses_an_identity_without_an_account(app_env):
     at.run()
     assert at.session_state[SESSION_KEY].principal is None
     assert any("no active account" in e.value for e in at.error)
+
+
+def test_single_sign_on_refuses_an_unverified_email_and_offers_to_sign_out_of_the_provider(app_env, make_user):
+    make_user("jane", "analyst", email="jane@example.com")
+    at = _login_page_as_sso_user("jane@example.com", verified=False)
+    at.run()
+    assert at.session_state[SESSION_KEY].principal is None
+    assert any("not verified" in e.value for e in at.error)
+    assert any(b.label == "Sign out of the identity provider" for b in at.button)
+
+
+def test_single_sign_on_refuses_a_kelvin_sign_lookalike_of_a_registered_email(app_env, make_user):
+    make_user("kate", "admin", email="kate@example.com")
+    at = _login_page_as_sso_user("\u212aate@example.com", sub="sub-kelvin")
+    at.run()
+    assert at.session_state[SESSION_KEY].principal is None
+    assert any("normalisation" in e.value for e in at.error)
+
+
+def test_the_idle_timeout_also_ends_the_single_sign_on_identity(app_env, make_user):
+    from datetime import UTC, datetime, timedelta
+
+    jane = make_user("jane", "analyst", email="jane@example.com")
+    at = _page("dashboard")
+    at.secrets["auth"] = SSO_SECRETS
+    at.user = _sso_user("jane@example.com")
+    at.session_state[SESSION_KEY] = UiSession(principal=jane, last_activity=datetime.now(UTC) - timedelta(hours=2))
+    at.run()
+    state = at.session_state[SESSION_KEY]
+    assert state.principal is None and "without activity" in (state.flash or "")
+    assert at.user == {"is_logged_in": False}  # st.logout() ran: the login page will not sign them straight back in
+
+
+def test_an_idle_local_session_ends_without_touching_streamlits_identity(app_env, make_user):
+    from datetime import UTC, datetime, timedelta
+
+    op = make_user("op", "operator")
+    at = _page("dashboard")
+    at.session_state[SESSION_KEY] = UiSession(principal=op, last_activity=datetime.now(UTC) - timedelta(hours=2))
+    at.run()
+    assert at.session_state[SESSION_KEY].principal is None
+    assert at.user == {"email": "test@example.com"}
+
+
+@pytest.mark.parametrize("secret,starts", [
+    ("replace-with-a-long-random-string", False), ("short", False), ("k3Jx9vQ2mT7pW4sL8nB6cR1yH5gF0dZa", True),
+], ids=["placeholder", "short", "good"])
+def test_the_console_refuses_to_start_with_sso_and_a_weak_cookie_secret(app_env, secret, starts):
+    at = AppTest.from_file(str(ROOT / "console" / "app.py"), default_timeout=60)
+    at.secrets["auth"] = {**SSO_SECRETS, "cookie_secret": secret}
+    at.run()
+    assert not at.exception
+    if starts:
+        assert not at.error and at.text_input(key="login_username")
+    else:
+        [error] = [e.value for e in at.error]
+        assert "cookie_secret" in error
+        assert not at.text_input  # nothing else is shown: no sign-in form
+
+
+def test_the_sign_in_form_bounds_its_fields_so_a_10_mb_username_never_reaches_the_audit_log(app_env):
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / "login.py"), default_timeout=60)
+    at.run()
+    assert at.text_input(key="login_username").max_chars == 64
+    assert at.text_input(key="login_password").max_chars == 1024
+    huge = "a" * 10_000_000
+    at.text_input(key="login_username").input(huge)  # the browser stops typing at max_chars
+    assert at.text_input(key="login_username").value == ""
+    at.text_input(key="login_username").set_value(huge)  # a crafted request gets past the browser...
+    at.text_input(key="login_password").input(STRONG_PASSWORD)
+    at.button(key="login_submit").click()
+    at.run()
+    # ...and the widget cuts it to max_chars on the server: no such account, and the audit event stays small.
+    assert [e.value for e in at.error] == ["Wrong username or password, or the account cannot sign in right now."]
+    with app_env.db.session() as s:
+        [event] = list(audit_q.iter_events(s, action="auth.login_failed"))
+    assert event.actor == "a" * 64 and len(str(event.details)) < 200
+
+
+def test_the_sign_in_page_throttles_repeated_attempts(app_env, make_user, monkeypatch):
+    monkeypatch.setenv("LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE", "2")
+    make_user("olivia", "operator")
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / "login.py"), default_timeout=60)
+    at.run()
+    shown = []
+    for _ in range(3):
+        at.text_input(key="login_username").input("olivia")
+        at.text_input(key="login_password").input("wrong password here")
+        at.button(key="login_submit").click()
+        at.run()
+        shown.append([e.value for e in at.error])
+    assert shown[-1] == ["Too many sign-in attempts; wait a minute."]
+    with app_env.db.session() as s:
+        [event] = list(audit_q.iter_events(s, action="auth.login_throttled"))
+    assert event.object_id.startswith("session:")

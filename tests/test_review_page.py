@@ -253,3 +253,21 @@ def test_the_operators_note_reaches_the_reviewers_item_view(page_env, people):
     assert any(f"Item {item}" in m.value for m in at.markdown)
     # Shown escaped: the operator's text is not markdown.
     assert any("The \\*refund\\* policy is made up" in i.value for i in at.info)
+
+
+def test_the_reviewer_sees_the_conversations_system_prompt_and_the_operators_note_redacted(page_env, people):
+    op = people["op"]
+    with page_env.db.session() as s:
+        conv = chat_q.create_conversation(s, user_id=op.user_id, actor=op.username,
+                                          system_prompt="Always copy <EMAIL_ADDRESS> on your answers.")
+    item = flag(page_env, op, conversation_id=conv.id)
+    exchange_id = review.item_view(page_env, people["alice"], item).exchange_id
+    manual = chat_svc.send_to_review(page_env, op, exchange_id, "Ask jane.doe@example.com about this one")
+    review.claim(page_env, people["alice"], manual)
+    at = open_page(people["alice"])
+    assert not at.exception
+    shown = [m.value for m in at.markdown]
+    [system] = [m for m in shown if "System prompt" in m]
+    assert "Always copy :orange-background[\\<EMAIL\\_ADDRESS\\>] on your answers" in system
+    [note] = [i.value for i in at.info if "Operator's note" in i.value]
+    assert "jane.doe" not in note and "\\<EMAIL\\_ADDRESS\\>" in note

@@ -291,3 +291,33 @@ def test_an_escalated_item_goes_to_admins_who_decide_it_finally(ctx, people):
     with ctx.db.session(readonly=True) as s:
         assert decisions_q.effective_decision(s, item).id == final
         assert items_q.get_review_item(s, item).status == "decided"
+
+
+def test_the_admin_who_escalated_an_item_cannot_decide_it_but_another_admin_can(ctx, people, make_user):
+    both = make_user("rhea", "reviewer", "admin")
+    other_admin = people["admin"]
+    item = flag(ctx, people["op"])
+    review.decide(ctx, both, item, "escalate", note="I want a second pair of eyes")
+    with pytest.raises(SeparationOfDuties, match="escalated"):
+        review.decide_escalation(ctx, both, item, "false_positive")
+    with ctx.db.session(readonly=True) as s:
+        assert items_q.get_review_item(s, item).status == "escalated"
+    [denied] = [e for e in _events(ctx, "access.denied") if e.actor == "rhea"]
+    assert denied.details == {"action": "review.decide_escalation", "reason": "separation of duties"}
+    final = review.decide_escalation(ctx, other_admin, item, "false_positive")
+    with ctx.db.session(readonly=True) as s:
+        assert decisions_q.effective_decision(s, item).id == final
+        assert items_q.get_review_item(s, item).status == "decided"
+
+
+def test_the_escalation_rule_is_in_the_one_duty_rule_registry():
+    from console.services import access
+
+    assert access.DUTY_RULES["review.decide_escalation"] is review.ESCALATION_RULE
+
+
+def test_an_escalation_note_longer_than_2000_characters_is_refused(ctx, people):
+    item = flag(ctx, people["op"])
+    review.decide(ctx, people["alice"], item, "escalate", note="unsure")
+    with pytest.raises(InvalidInput, match="at most 2,000"):
+        review.decide_escalation(ctx, people["admin"], item, "false_positive", note="n" * 2001)

@@ -248,3 +248,44 @@ def test_bench_meets_target_exactly_when_the_prompt_plus_answer_p95_is_under_it(
     result = run_safety_bench(iterations=3, runner=runner)
     assert (result["total_p95_ms"] <= TARGET_TOTAL_P95_MS) is meets
     assert result["meets_target"] is meets
+
+
+# Every invisible format (Cf) character is stripped before scanning, with spans mapped back to the original.
+INVISIBLE = [
+    *[(f"U+{cp:04X}", chr(cp)) for cp in (0x2062, 0x2063, 0x2064)],
+    ("U+061C arabic letter mark", "\u061c"),
+    *[(f"U+{cp:04X} bidi embedding/override", chr(cp)) for cp in range(0x202A, 0x202F)],
+    *[(f"U+{cp:04X} bidi isolate", chr(cp)) for cp in range(0x2066, 0x206A)],
+    *[(f"U+{cp:05X} tag", chr(cp)) for cp in (0xE0001, 0xE0020, 0xE0041, 0xE0061, 0xE007E, 0xE007F)],
+    ("U+00AD soft hyphen", "\u00ad"),
+    *[(f"U+{cp:04X} zero width", chr(cp)) for cp in (0x200B, 0x200C, 0x200D)],
+    ("U+FEFF byte order mark", "\ufeff"),
+]
+
+
+@pytest.mark.parametrize("char", [c for _, c in INVISIBLE], ids=[name for name, _ in INVISIBLE])
+def test_an_invisible_format_character_is_stripped_and_spans_map_back(char):
+    original = f"bob{char}@example.com {char}full"
+    norm = normalize(original)
+    assert norm.text == "bob@example.com full"
+    start = norm.text.index("full")
+    assert norm.to_original(0, 15) == (0, 16)
+    s, e = norm.to_original(start, start + 4)
+    assert original[s:e] == "full"
+
+
+@pytest.mark.parametrize("char", [c for _, c in INVISIBLE], ids=[name for name, _ in INVISIBLE])
+def test_an_invisible_format_character_does_not_hide_an_email(pii, char):
+    text = f"write to bob{char}@example.com today"
+    found = [f for f in pii.scan(text) if f.label == "EMAIL_ADDRESS"]
+    assert [text[f.start : f.end] for f in found] == [f"bob{char}@example.com"]
+    assert redact(text, found) == "write to <EMAIL_ADDRESS> today"
+
+
+@pytest.mark.parametrize("char", ["\u2063", "\u2062", "\u200b", "\u202e", "\U000e0041", "\u00ad"],
+                         ids=["U+2063", "U+2062", "U+200B", "U+202E", "tag", "soft-hyphen"])
+def test_a_swear_word_split_by_an_invisible_character_is_still_caught_by_the_toxicity_scanner(char):
+    scanner = ProfanityFallbackScanner()
+    plain = scanner.scan("you are a fucking idiot")[0].score
+    split = scanner.scan(f"you are a fu{char}cking idi{char}ot")[0]
+    assert plain > 0.8 and split.score == plain

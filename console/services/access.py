@@ -74,6 +74,8 @@ class Principal:
     user_id: int
     username: str
     roles: frozenset[str]
+    # The user's session epoch at sign-in: when the stored one moves on (a password reset), this session ends.
+    epoch: int = 0
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -105,12 +107,17 @@ def _record_denial(ctx: AppContext, principal: Principal, action: str, reason: s
 
 
 def refresh_principal(ctx: AppContext, principal: Principal) -> Principal:
-    """Re-read the user; raise :class:`SessionEnded` if they were deleted or disabled since signing in."""
-    with ctx.db.session() as s:
+    """Re-read the user; raise :class:`SessionEnded` if they were deleted or disabled since signing in, or if
+    their sessions were ended (password reset: the stored session epoch moved past the principal's).
+
+    A read-only session: every guarded call runs this, and it must never wait for (or hold) the write lock."""
+    with ctx.db.session(readonly=True) as s:
         user = users_q.get_user(s, principal.user_id)
         if user is None or user.disabled:
             raise SessionEnded("Your account is no longer active. Please sign in again.")
-        return Principal(user.id, user.username, frozenset(user.roles))
+        if user.session_epoch != principal.epoch:
+            raise SessionEnded("Your password was reset, which ends every open session. Please sign in again.")
+        return Principal(user.id, user.username, frozenset(user.roles), user.session_epoch)
 
 
 def authorize(ctx: AppContext, principal: Principal, action: str) -> Principal:

@@ -46,7 +46,8 @@ class AuditFilter:
 
 
 def _rows(ctx: AppContext, flt: AuditFilter, limit: int | None) -> list[dict]:
-    with ctx.db.session() as s:
+    # Read-only: a long search or export must not hold the write lock every other click waits for.
+    with ctx.db.session(readonly=True) as s:
         return [audit_q.event_to_dict(e) for e in audit_q.iter_events(s, limit=limit, **flt.query_args())]
 
 

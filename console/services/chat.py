@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.exc import OperationalError
 
 from console.services import moderation
 from console.services.access import Principal, requires
 from console.services.context import AppContext
-from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound
+from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
 from db import chat as chat_q
 from db.chat import ExchangeTimings, TurnRecord
 from engine.errors import EmptyPromptError, EngineError, InvalidSamplingError, PromptTooLongError
@@ -28,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SYSTEM_PROMPT_CHARS = 4_000
+# A write that found the database locked (SQLite waits busy_timeout first) is tried once more after this wait.
+STORE_RETRY_WAIT_S = 1.0
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,10 @@ class ConversationView:
 
 @dataclass
 class TurnOutcome:
-    exchange_id: int
+    """What became of a turn. ``saved`` is False (and ``exchange_id`` None) when the database could not store it:
+    ``text`` is then the only copy of the answer, and ``notice`` says so."""
+
+    exchange_id: int | None
     status: str
     text: str
     model_version: str | None
@@ -67,6 +79,7 @@ class TurnOutcome:
     prompt_action: str
     output_action: str
     notice: str | None = None
+    saved: bool = True
 
 
 @dataclass
@@ -82,6 +95,7 @@ class ChatTurn:
     conversation_id: int
     prompt_gate: moderation.GateResult
     notices: list[str] = field(default_factory=list)
+    system_gate: moderation.GateResult | None = None  # set on the turn that starts a conversation with one
     stream: Any = None
     request_id: str = ""
     sampling: SamplingSettings | None = None
@@ -103,7 +117,8 @@ class ChatTurn:
         finished = False
         error: EngineError | None = None
         try:
-            for delta in self.stream:
+            for raw in self.stream:
+                delta = clean_text(raw)
                 parts.append(delta)
                 if not self._hold:
                     yield delta
@@ -126,14 +141,18 @@ class ChatTurn:
 
     def _finish(self, text: str, status: str, error: EngineError | None) -> str:
         result: GenerationResult | None = getattr(self.stream, "result", None)
-        gate = moderation.check_output(self.ctx, text) if status != "error" else moderation.GateResult.empty(text)
+        # A partial answer (the engine failed or was cut, the user stopped) is judged and redacted like any answer.
+        gate = moderation.check_output(self.ctx, text)
         shown = gate.text_for_user
         if gate.action == "block":
             self.notices.append(moderation.BLOCKED_OUTPUT_NOTICE)
         self.outcome = _store(
             self.ctx, self.actor, self.conversation_id, self.request_id, self.prompt_gate, gate,
             status=status, error=str(error) if error else None, sampling=self.sampling, result=result,
+            system_gate=self.system_gate,
         )
+        if self.outcome.notice:  # not saved
+            self.notices.append(self.outcome.notice)
         self.outcome.notice = " ".join(self.notices) or None
         return shown
 
@@ -152,26 +171,79 @@ def _console_error(exc: EngineError) -> ConsoleError:
     return ModelUnavailable(str(exc))
 
 
+def clean_text(text: str) -> str:
+    """``text`` without NUL characters (PostgreSQL refuses them, C libraries cut text at them) and with lone
+    surrogates (which cannot be encoded to UTF-8 for the database) replaced by U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    # SQLite: "database is locked"/"busy"; PostgreSQL: a lock timeout, a deadlock or a serialization failure.
+    message = str(exc.orig if exc.orig is not None else exc).lower()
+    return any(word in message for word in ("locked", "busy", "lock timeout", "deadlock", "could not serialize"))
+
+
+def _storage_problem(exc: OperationalError) -> str:
+    message = str(exc.orig if exc.orig is not None else exc).lower()
+    if "full" in message or "no space" in message:
+        return "the database's disk is full (tell an admin)"
+    if _is_locked(exc):
+        return "the database is busy with another long write"
+    return "the database is not available right now"
+
+
+def _write(ctx: AppContext, what: str, work: Callable[[Session], T]) -> T:
+    """Run ``work`` in one write transaction; a locked database gets one more try after a short wait.
+
+    Anything the database refuses for lack of a lock or of disk space becomes :class:`StorageUnavailable`
+    (the transaction rolled back whole: nothing half-stored, the audit chain intact).
+    """
+    for attempt in (1, 2):
+        try:
+            with ctx.db.session() as s:
+                return work(s)
+        except OperationalError as exc:
+            if attempt == 1 and _is_locked(exc):
+                logger.warning("storing %s: database locked, trying once more in %ss", what, STORE_RETRY_WAIT_S)
+                time.sleep(STORE_RETRY_WAIT_S)
+                continue
+            logger.error("storing %s failed: %s", what, exc.orig if exc.orig is not None else exc)
+            raise StorageUnavailable(f"Could not save {what}: {_storage_problem(exc)}.") from exc
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def _store(ctx: AppContext, actor: Principal, conversation_id: int, request_id: str,
            prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
-           error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None) -> TurnOutcome:
+           error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None,
+           system_gate: moderation.GateResult | None = None) -> TurnOutcome:
+    """Store the turn; if the database cannot take it, the outcome says so (``saved`` False) instead of raising."""
     model_version = result.model_version if result is not None else _served(ctx)
     # Everything is worked out first (findings, raw texts, severity, deadline); the store only writes.
     record = _turn_record(ctx, actor, conversation_id, request_id, prompt_gate, output_gate, status=status,
-                          error=error, sampling=sampling, result=result, model_version=model_version)
-    with ctx.db.session() as s:
-        exchange_id = chat_q.store_turn(s, record).id
-    logger.info("exchange %s stored: request=%s status=%s model=%s", exchange_id, request_id, status,
-                model_version)
-    return TurnOutcome(
-        exchange_id=exchange_id,
+                          error=error, sampling=sampling, result=result, model_version=model_version,
+                          system_gate=system_gate)
+    outcome = TurnOutcome(
+        exchange_id=None,
         status=status,
         text=output_gate.text_for_user if output_gate is not None else "",
         model_version=model_version,
         result=result,
-        prompt_action=prompt_gate.action,
+        prompt_action=record.prompt_action or "allow",
         output_action=output_gate.action if output_gate is not None else "allow",
     )
+    try:
+        outcome.exchange_id = _write(ctx, "this exchange", lambda s: chat_q.store_turn(s, record).id)
+    except StorageUnavailable as exc:
+        outcome.saved = False
+        outcome.notice = (f"{exc} The answer shown here is the only copy: it is not in the conversation's history "
+                          "and was not sent to review. Copy it now if you need it.")
+        logger.error("exchange not stored: request=%s status=%s model=%s", request_id, status, model_version)
+        return outcome
+    logger.info("exchange %s stored: request=%s status=%s model=%s", outcome.exchange_id, request_id, status,
+                model_version)
+    return outcome
 
 
 def _served(ctx: AppContext) -> str | None:
@@ -183,8 +255,8 @@ def _served(ctx: AppContext) -> str | None:
 def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, request_id: str,
                  prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
                  error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None,
-                 model_version: str | None) -> TurnRecord:
-    gates = [g for g in (prompt_gate, output_gate) if g is not None]
+                 model_version: str | None, system_gate: moderation.GateResult | None = None) -> TurnRecord:
+    gates = [g for g in (system_gate, prompt_gate, output_gate) if g is not None]
     return TurnRecord(
         conversation_id=conversation_id,
         user_id=actor.user_id,
@@ -197,7 +269,8 @@ def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, reques
         status=status,
         error=error,
         timings=_timings(result),
-        prompt_action=prompt_gate.action,
+        # The system prompt is part of what the model is asked: the stronger of the two actions is the prompt's.
+        prompt_action=moderation.strongest_action([system_gate, prompt_gate]),
         output_action=output_gate.action if output_gate is not None else None,
         policy_version=prompt_gate.policy_version,
         findings=moderation.finding_records(gates),
@@ -292,11 +365,14 @@ def start_comparison_turn(ctx: AppContext, actor: Principal, prompt: str, *, tem
 def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, prompt: str, *,
                 temperature: float, top_p: float, max_tokens: int, system_prompt: str | None = None,
                 title_prefix: str = "", request_prefix: str = "chat") -> ChatTurn:
-    if prompt is None or not prompt.strip():
+    prompt = clean_text(prompt or "")
+    if not prompt.strip():
         raise InvalidInput("Type a message first.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"The message has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
-    system_prompt = (system_prompt or "").strip() or None
+    system_prompt = clean_text(system_prompt or "").strip() or None
+    if conversation_id is not None:
+        system_prompt = None  # a conversation keeps the system prompt it was started with
     if system_prompt and len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
         raise InvalidInput(f"The system prompt is limited to {MAX_SYSTEM_PROMPT_CHARS:,} characters.")
     sampling = _sampling(temperature, top_p, max_tokens)
@@ -305,50 +381,67 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
         raise ModelUnavailable("No model is being served; ask an admin.")
 
     prompt_gate = moderation.check_prompt(ctx, prompt)
-    with ctx.db.session() as s:
+    # The system prompt is judged like a prompt; what the conversation keeps is its stored (redacted) text.
+    system_gate = moderation.check_system_prompt(ctx, system_prompt) if system_prompt else None
+
+    def open_conversation(s: Session) -> tuple[int, list[ChatMessage], bool]:
         if conversation_id is None:
-            conv = chat_q.create_conversation(s, user_id=actor.user_id,
-                                              title=title_prefix + _title(prompt_gate.text_for_storage),
-                                              system_prompt=system_prompt, actor=actor.username)
+            conv = chat_q.create_conversation(
+                s, user_id=actor.user_id, title=title_prefix + _title(prompt_gate.text_for_storage),
+                system_prompt=system_gate.text_for_storage if system_gate else None, actor=actor.username)
+            # This turn sends the system prompt as the policy says (redacted or not); later turns its stored text.
+            system = system_gate.text_for_model if system_gate else None
         else:
             conv = _owned_conversation(s, actor, conversation_id)
-        conversation_id = conv.id
-        # A conversation keeps the system prompt it was started with.
-        history = [ChatMessage("system", conv.system_prompt)] if conv.system_prompt else []
-        for ex in chat_q.list_exchanges(s, conversation_id):
+            system = conv.system_prompt
+        exchanges = chat_q.list_exchanges(s, conv.id)
+        blocked = bool(exchanges) and moderation.system_prompt_blocked(s, exchanges[0].id)
+        history = [ChatMessage("system", system)] if system else []
+        for ex in exchanges:
             if ex.status in ("ok", "aborted") and ex.response:
                 history.append(ChatMessage("user", ex.prompt))
                 history.append(ChatMessage("assistant", ex.response))
+        return conv.id, history, blocked
+
+    try:
+        conversation_id, history, system_blocked = _write(ctx, "the conversation", open_conversation)
+    except StorageUnavailable as exc:
+        raise StorageUnavailable(f"{exc} Your message was not sent to the model; try again in a moment.") from exc
+    if system_blocked:  # its first turn was refused for the system prompt: so is every later one
+        raise InvalidInput(moderation.BLOCKED_SYSTEM_PROMPT_NOTICE)
 
     request_id = f"{request_prefix}-{uuid.uuid4().hex[:12]}"
     turn = ChatTurn(ctx, actor, conversation_id, prompt_gate, request_id=request_id, sampling=sampling,
-                    _hold=moderation.hold_output(ctx))
-    if prompt_gate.notice:
-        turn.notices.append(prompt_gate.notice)
-    if prompt_gate.action == "block":
+                    system_gate=system_gate, _hold=moderation.hold_output(ctx))
+    for gate in (system_gate, prompt_gate):
+        if gate is not None and gate.notice:
+            turn.notices.append(gate.notice)
+    if moderation.strongest_action([system_gate, prompt_gate]) == "block":
         turn.outcome = _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="blocked",
-                              error=None, sampling=sampling, result=None)
+                              error=None, sampling=sampling, result=None, system_gate=system_gate)
+        if turn.outcome.notice:  # not saved
+            turn.notices.append(turn.outcome.notice)
         turn.outcome.notice = " ".join(turn.notices)
         return turn
     try:
         turn.stream = _stream_with_history(host, history, prompt_gate.text_for_model, sampling, request_id)
     except EngineError as exc:
         _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="error", error=str(exc),
-               sampling=sampling, result=None)
+               sampling=sampling, result=None, system_gate=system_gate)
         raise _console_error(exc) from exc
     return turn
 
 
 @requires("chat.use")
 def list_conversations(ctx: AppContext, actor: Principal, limit: int = 50) -> list[ConversationView]:
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         return [ConversationView(c.id, c.title, c.system_prompt, c.updated_at)
                 for c in chat_q.list_conversations(s, actor.user_id)[:limit]]
 
 
 @requires("chat.use")
 def conversation_history(ctx: AppContext, actor: Principal, conversation_id: int) -> list[ExchangeView]:
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         _owned_conversation(s, actor, conversation_id)
         out = []
         for ex in chat_q.list_exchanges(s, conversation_id):
@@ -365,14 +458,18 @@ def conversation_history(ctx: AppContext, actor: Principal, conversation_id: int
 
 @requires("chat.send_to_review")
 def send_to_review(ctx: AppContext, actor: Principal, exchange_id: int, note: str) -> int:
-    """Put one of the user's own exchanges in the review queue with a note."""
-    note = (note or "").strip()
+    """Put one of the user's own exchanges in the review queue with a note (stored with personal data cut)."""
+    note = clean_text(note or "").strip()
     if not note:
         raise InvalidInput("Add a note that says what a reviewer should look at.")
     if len(note) > 2000:
         raise InvalidInput("Keep the note under 2,000 characters.")
-    with ctx.db.session() as s:
+    note = moderation.redact_pii(ctx, note)
+
+    def send(s: Session) -> int:
         ex = chat_q.get_exchange(s, exchange_id)
         if ex is None or ex.user_id != actor.user_id:
             raise NotFound("That message does not exist or is not yours.")
         return moderation.send_to_review(ctx, s, ex, actor, note)
+
+    return _write(ctx, "the note", send)

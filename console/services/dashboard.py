@@ -32,7 +32,7 @@ def latency(ctx: AppContext, actor: Principal, window: str = "last 24 hours",
     if window not in WINDOWS:
         raise InvalidInput(f"Unknown time window {window!r}; choose one of {', '.join(WINDOWS)}.")
     since = ctx.now() - WINDOWS[window]
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         rows = metrics_q.exchange_timings(s, since=since, model_version=model_version or None)
         versions = metrics_q.model_versions_seen(s)
     df = pd.DataFrame([asdict(r) for r in rows], columns=list(metrics_q.ExchangeTiming.__dataclass_fields__))

@@ -36,3 +36,10 @@ class ModelUnavailable(ConsoleError):
 
     Services translate the engine's own errors into this one, so pages know a single error family.
     """
+
+
+class StorageUnavailable(ConsoleError):
+    """The database could not store something right now (locked by a long writer, or its disk is full).
+
+    The message says what was and was not saved, and that trying again later may work.
+    """

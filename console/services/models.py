@@ -44,6 +44,7 @@ class ModelVersionView:
     fingerprint: str | None = None
     aliases: tuple[str, ...] = ()
     retired: bool = False
+    base: str | None = None  # for a LoRA adapter: the version it is served on
 
     @property
     def stage(self) -> str:
@@ -54,10 +55,10 @@ class ModelVersionView:
         return self.aliases[0] if self.aliases else ("retired" if self.retired else "registered")
 
 
-def _view(m: ModelVersion, aliases: Sequence[str] = ()) -> ModelVersionView:
+def _view(m: ModelVersion, aliases: Sequence[str] = (), base: str | None = None) -> ModelVersionView:
     return ModelVersionView(m.id, m.name, m.source, m.revision, m.dtype, m.max_model_len, dict(m.engine_args or {}),
                             m.description, m.status, m.created_at, m.quantization, m.fingerprint, tuple(aliases),
-                            m.retired_at is not None)
+                            m.retired_at is not None, base)
 
 
 def _engine_arg_names() -> set[str]:
@@ -129,18 +130,34 @@ def _check_config(source: str) -> None:
 
 def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, source: str, revision: str | None,
               dtype: str | None, max_model_len: int | None, engine_args: Any, description: str | None,
-              quantization: str | None = None) -> ModelVersionView:
+              quantization: str | None = None, base: str | None = None) -> ModelVersionView:
     name, source = _validate(name, source, dtype, max_model_len)
+    base = (base or "").strip() or None
+    base_id: int | None = None
+    if base is not None:  # a LoRA adapter on a registered base version
+        from console.services.serving import adapter_rank
+
+        if not Path(source).is_dir():
+            raise InvalidInput("A LoRA adapter is registered from a local directory holding adapter_config.json.")
+        adapter_rank(source)
+        with ctx.db.session(readonly=True) as s:
+            base_version = model_versions_q.get_model_version_by_name(s, base)
+            if base_version is None:
+                raise InvalidInput(f"No model version named {base!r} is registered to serve the adapter on.")
+            if base_version.retired_at is not None or base_version.base_version_id is not None:
+                raise InvalidInput(f"{base} cannot be a base: it is retired or itself a LoRA adapter.")
+            base_id = base_version.id
     args = parse_engine_args(engine_args)
     quantization = (quantization or "").strip() or None
     if quantization is not None and quantization not in _quantization_methods():
         raise InvalidInput(f"Unknown quantization {quantization!r}; vLLM knows {', '.join(_quantization_methods())}.")
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         if model_versions_q.get_model_version_by_name(s, name) is not None:
             raise InvalidInput(f"A model version named {name!r} is already registered.")
     fingerprint = None
     if Path(source).is_dir():
-        _check_config(source)
+        if base_id is None:
+            _check_config(source)
         try:
             fingerprint = fingerprint_dir(source)
         except ValueError as exc:
@@ -155,9 +172,9 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
             max_model_len=max_model_len, engine_args=args, description=(description or "").strip() or None,
             actor=actor, actor_id=actor_id, quantization=quantization,
             fingerprint=fingerprint.sha256 if fingerprint else None,
-            fingerprint_files=fingerprint.as_records() if fingerprint else None,
+            fingerprint_files=fingerprint.as_records() if fingerprint else None, base_version_id=base_id,
         )
-        return _view(m)
+        return _view(m, base=base)
 
 
 def register_cli(ctx: AppContext, **fields: Any) -> ModelVersionView:
@@ -172,9 +189,12 @@ def register(ctx: AppContext, actor: Principal, **fields: Any) -> ModelVersionVi
 
 def list_versions_cli(ctx: AppContext) -> list[ModelVersionView]:
     """Every registered version with its aliases (the shell user is trusted)."""
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         aliases = model_versions_q.aliases_by_version(s)
-        return [_view(m, aliases.get(m.id, ())) for m in model_versions_q.list_model_versions(s)]
+        versions = model_versions_q.list_model_versions(s)
+        names = {m.id: m.name for m in versions}
+        return [_view(m, aliases.get(m.id, ()), names.get(m.base_version_id) if m.base_version_id else None)
+                for m in versions]
 
 
 @requires("models.view")
@@ -189,7 +209,7 @@ def ensure_demo_versions(ctx: AppContext, progress: Callable[[str, float], None]
     registered = []
     for name, recipe in DEMO_VERSIONS.items():
         path = ensure_demo_model(ctx.settings.models_dir, name, progress=progress)
-        with ctx.db.session() as s:
+        with ctx.db.session(readonly=True) as s:
             if model_versions_q.get_model_version_by_name(s, name) is not None:
                 continue
         _register(ctx, "system", None, name=name, source=str(path), revision=None, dtype="float32",

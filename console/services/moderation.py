@@ -32,6 +32,14 @@ logger = logging.getLogger(__name__)
 BLOCKED_PROMPT_NOTICE = "Your message was blocked by the safety policy and was not sent to the model."
 BLOCKED_OUTPUT_NOTICE = "The answer was withheld: it did not pass the safety policy."
 REDACTED_PROMPT_NOTICE = "Personal data in your message was replaced before it reached the model."
+BLOCKED_SYSTEM_PROMPT_NOTICE = ("The system prompt was blocked by the safety policy: nothing was sent to the model. "
+                                "Start a new conversation with another system prompt.")
+REDACTED_SYSTEM_PROMPT_NOTICE = "Personal data in the system prompt was replaced before it reached the model."
+# The system prompt is judged as a prompt; its findings are stored as prompt findings whose detector names it
+# (the findings table knows two directions), without spans: those would point into the system prompt, not the
+# exchange's prompt.
+SYSTEM_PROMPT = "system_prompt"
+SYSTEM_PROMPT_DETECTOR_PREFIX = "system prompt/"
 # Hours a reviewer has to decide an item, by severity (3 = highest).
 REVIEW_DEADLINE_HOURS = {3: 4, 2: 24, 1: 72, 0: 168}
 
@@ -62,10 +70,11 @@ class GateResult:
     notice: str | None = None
     policy_version: int | None = None
     keep_raw: bool = False
+    source: str = ""  # "system_prompt" for the conversation's system prompt (judged as a prompt)
 
-    @classmethod
-    def empty(cls, text: str, direction: str = "output") -> GateResult:
-        return cls(direction, text, "allow", text, text, text)
+    @property
+    def is_system_prompt(self) -> bool:
+        return self.source == SYSTEM_PROMPT
 
 
 @dataclass
@@ -129,10 +138,10 @@ def _redact_all(text: str, findings: tuple[Finding, ...]) -> str:
     return redact(text, [f for f in findings if f.has_span and f.detector == PII_DETECTOR])
 
 
-def _gate(ctx: AppContext, direction: str, text: str) -> GateResult:
+def _gate(ctx: AppContext, direction: str, text: str, source: str = "") -> GateResult:
     stack: SafetyStack | None = ctx.safety
     if stack is None or not text:
-        return GateResult(direction, text, "allow", text, text, text)
+        return GateResult(direction, text, "allow", text, text, text, source=source)
     report = stack.runner.scan(text)
     decision: Decision = stack.policy.decide(direction, report.findings)  # type: ignore[arg-type]
     applied = decision.apply(text) if decision.action == "redact" else text
@@ -140,10 +149,11 @@ def _gate(ctx: AppContext, direction: str, text: str) -> GateResult:
     storage = _redact_all(text, report.findings)
     notice = None
     if direction == "prompt":
+        system = source == SYSTEM_PROMPT
         if decision.action == "block":
-            notice = BLOCKED_PROMPT_NOTICE
+            notice = BLOCKED_SYSTEM_PROMPT_NOTICE if system else BLOCKED_PROMPT_NOTICE
         elif decision.action == "redact":
-            notice = REDACTED_PROMPT_NOTICE
+            notice = REDACTED_SYSTEM_PROMPT_NOTICE if system else REDACTED_PROMPT_NOTICE
         for_model, for_user = applied, text
     else:
         for_model = text
@@ -151,15 +161,26 @@ def _gate(ctx: AppContext, direction: str, text: str) -> GateResult:
         if decision.action == "block":
             notice = BLOCKED_OUTPUT_NOTICE
     return GateResult(direction, text, decision.action, for_model, for_user, storage, report.findings, decision,
-                      notice, stack.policy_version, stack.policy.keep_raw_text)
+                      notice, stack.policy_version, stack.policy.keep_raw_text, source)
 
 
 def check_prompt(ctx: AppContext, text: str) -> GateResult:
     return _gate(ctx, "prompt", text)
 
 
+def check_system_prompt(ctx: AppContext, text: str) -> GateResult:
+    """The system prompt, judged by the prompt rules: blocked, redacted for the model, always redacted when stored."""
+    return _gate(ctx, "prompt", text, SYSTEM_PROMPT)
+
+
 def check_output(ctx: AppContext, text: str) -> GateResult:
     return _gate(ctx, "output", text)
+
+
+def strongest_action(gates: Sequence[GateResult | None]) -> str:
+    """The strongest enforced action of the gates (block > redact > flag > allow)."""
+    order = ("allow", "flag", "redact", "block")
+    return max((g.action for g in gates if g is not None), key=order.index, default="allow")
 
 
 def _finding_action(gate: GateResult, finding: Finding) -> str:
@@ -194,18 +215,30 @@ def severity_of(gates: Sequence[GateResult], manual: bool = False) -> int:
 
 
 def finding_records(gates: Sequence[GateResult]) -> tuple[FindingRecord, ...]:
-    """Every finding of the gates, with the action the policy took on it, ready to store."""
-    return tuple(
-        FindingRecord(direction=g.direction, detector=f.detector, label=f.label, score=f.score,
-                      action=_finding_action(g, f), detector_version=f.detector_version, start=f.start, end=f.end)
-        for g in gates for f in g.findings
-    )
+    """Every finding of the gates, with the action the policy took on it, ready to store.
+
+    A system prompt's findings are prompt findings whose detector reads ``system prompt/<detector>``, spanless.
+    """
+    records = []
+    for g in gates:
+        for f in g.findings:
+            system = g.is_system_prompt
+            records.append(FindingRecord(
+                direction=g.direction,
+                detector=(SYSTEM_PROMPT_DETECTOR_PREFIX + f.detector) if system else f.detector,
+                label=f.label, score=f.score, action=_finding_action(g, f), detector_version=f.detector_version,
+                start=None if system else f.start, end=None if system else f.end,
+            ))
+    return tuple(records)
 
 
 def raw_texts_to_keep(gates: Sequence[GateResult]) -> tuple[RawTextRecord, ...]:
-    """The unredacted texts the policy keeps: only where the stored text differs from the original."""
+    """The unredacted texts the policy keeps: only where the stored text differs from the original.
+
+    Never the system prompt's: it is stored redacted, once, on its conversation.
+    """
     return tuple(RawTextRecord(g.direction, g.original) for g in gates
-                 if g.keep_raw and g.text_for_storage != g.original)
+                 if g.keep_raw and g.text_for_storage != g.original and not g.is_system_prompt)
 
 
 def review_item_for(ctx: AppContext, gates: Sequence[GateResult]) -> ReviewItemRecord | None:
@@ -223,6 +256,7 @@ def review_item_for(ctx: AppContext, gates: Sequence[GateResult]) -> ReviewItemR
 
 
 def send_to_review(ctx: AppContext, session: Session, exchange: Any, actor: Principal, note: str) -> int:
+    """Put an exchange in the queue by hand; ``note`` must already be redacted (see :func:`redact_pii`)."""
     item = review_items.create_review_item(
         session, exchange_id=exchange.id, reason="manual", actor=actor.username, severity=1,
         due_at=ctx.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[1]), note=note, created_by_id=actor.user_id,
@@ -230,6 +264,95 @@ def send_to_review(ctx: AppContext, session: Session, exchange: Any, actor: Prin
     return item.id
 
 
+def system_prompt_blocked(session: Session, exchange_id: int) -> bool:
+    """True when this exchange was refused for its conversation's system prompt."""
+    return any(f.detector.startswith(SYSTEM_PROMPT_DETECTOR_PREFIX) and f.action == "block"
+               for f in safety_q.list_findings(session, exchange_id))
+
+
 def findings_of(session: Session, exchange_id: int) -> tuple[FindingView, ...]:
     return tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
                  for f in safety_q.list_findings(session, exchange_id))
+
+
+# --- free text people type: notes and reasons ------------------------------------------------------------------
+# Operators' and reviewers' notes, escalation notes and reveal reasons are stored with personal data cut, like
+# every stored prompt and answer. With the scanners loaded, Presidio (spaCy and its recognizers) finds it. With
+# safety scanning switched off, or while the scanners failed to load, Presidio's pattern recognizers alone do
+# (emails, phone numbers, cards, IBANs, SSNs, IP addresses; no names or places): a note is never refused and
+# never stored with those in the clear.
+
+_regex_lock = threading.Lock()
+_regex_scanner: _RegexPiiScanner | None = None
+
+
+class _RegexPiiScanner:
+    """Presidio's pattern recognizers without spaCy: what can be found without a language model."""
+
+    name = PII_DETECTOR
+
+    def __init__(self) -> None:
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            IbanRecognizer,
+            IpRecognizer,
+            PhoneRecognizer,
+            UsSsnRecognizer,
+        )
+
+        from engine.safety.pii import (
+            DEFAULT_PHONE_REGIONS,
+            DEFAULT_SCORE_THRESHOLD,
+            _offline_email_recognizer,
+        )
+
+        self.threshold = DEFAULT_SCORE_THRESHOLD
+        self.recognizers = [_offline_email_recognizer("en"), CreditCardRecognizer(), IbanRecognizer(),
+                            UsSsnRecognizer(), IpRecognizer(), PhoneRecognizer(supported_regions=DEFAULT_PHONE_REGIONS)]
+        self.lock = threading.Lock()
+
+    def scan(self, text: str) -> tuple[Finding, ...]:
+        from engine.safety.normalize import normalize
+
+        norm = normalize(text)
+        findings = []
+        with self.lock:
+            for recognizer in self.recognizers:
+                # Pattern recognizers need no NLP artifacts (Presidio passes None when it has none either).
+                found = recognizer.analyze(norm.text, recognizer.supported_entities, None)  # type: ignore[arg-type]
+                for r in found or ():
+                    if r.score >= self.threshold:
+                        start, end = norm.to_original(r.start, r.end)
+                        findings.append(Finding(PII_DETECTOR, r.entity_type, min(max(r.score, 0.0), 1.0), start, end,
+                                                "presidio-patterns"))
+        return tuple(findings)
+
+
+def _pattern_scanner() -> _RegexPiiScanner:
+    global _regex_scanner
+    with _regex_lock:
+        if _regex_scanner is None:
+            _regex_scanner = _RegexPiiScanner()
+        return _regex_scanner
+
+
+def _pii_scanner(ctx: AppContext) -> Any:
+    from console.services.errors import ConsoleError
+
+    try:
+        stack: SafetyStack | None = ctx.safety
+    except ConsoleError:  # the scanners failed to load: the pattern recognizers still work
+        stack = None
+    if stack is not None:
+        for scanner in stack.runner.scanners:
+            if scanner.name == PII_DETECTOR:
+                return scanner
+    return _pattern_scanner()
+
+
+def redact_pii(ctx: AppContext, text: str) -> str:
+    """Free text a person typed, fit to store: every personal-data span replaced by its ``<LABEL>``, NULs removed."""
+    text = text.replace("\x00", "")
+    if not text.strip():
+        return text
+    return _redact_all(text, tuple(_pii_scanner(ctx).scan(text)))

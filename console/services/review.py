@@ -18,7 +18,7 @@ from console.services import review_stats
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound
-from console.services.moderation import FindingView
+from console.services.moderation import FindingView, redact_pii
 from db import audit as audit_q
 from db import chat as chat_q
 from db import safety as safety_q
@@ -162,6 +162,7 @@ class ItemView:
     raw_kept: tuple[str, ...]  # directions whose raw text can be revealed
     decisions: tuple[DecisionRow, ...]  # empty for a blind second review
     sample_id: int | None = None
+    system_prompt: str | None = None  # the conversation's system prompt, as stored (redacted)
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,17 @@ def _rows(ctx: AppContext, s: Session, items: Sequence[ReviewItem]) -> tuple[Que
     return tuple(rows)
 
 
+def _redact_note(ctx: AppContext, note: str | None) -> str | None:
+    """A note or reason as it may be stored: personal data cut, like every stored text (see moderation)."""
+    return redact_pii(ctx, note) if note else note
+
+
 def _validate(decision: str, category: str | None, note: str | None) -> tuple[str | None, str | None]:
     if decision not in DECISION_LABELS:
         raise InvalidInput(f"Choose a decision: {', '.join(DECISION_LABELS.values())}.")
     note = (note or "").strip() or None
+    if note is not None and len(note) > MAX_NOTE_CHARS:
+        raise InvalidInput(f"A note has at most {MAX_NOTE_CHARS:,} characters.")
     if decision == "violation":
         if category not in CATEGORIES:
             raise InvalidInput("A confirmed violation needs a category.")
@@ -285,6 +293,7 @@ def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = F
     exchange = chat_q.get_exchange(s, item.exchange_id)
     if exchange is None:
         raise NotFound(f"Exchange {item.exchange_id} is gone.")
+    conversation = chat_q.get_conversation(s, exchange.conversation_id)
     earlier = [e for e in chat_q.list_exchanges(s, exchange.conversation_id) if e.id < exchange.id]
     context = tuple(TurnView(e.id, e.prompt, e.response) for e in earlier[-CONTEXT_EXCHANGES:])
     findings = tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
@@ -309,6 +318,7 @@ def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = F
         policy_version=exchange.policy_version, prompt_action=exchange.prompt_action,
         output_action=exchange.output_action, context=context, findings=findings, raw_kept=raw_kept,
         decisions=decisions, sample_id=sample_id,
+        system_prompt=conversation.system_prompt if conversation is not None else None,
     )
 
 
@@ -330,10 +340,13 @@ def item_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
 def reveal_raw(ctx: AppContext, actor: Principal, item_id: int, direction: str, reason: str) -> str | None:
     """The raw text of one side of the item's exchange, for this call only; the reason and the view are audited."""
     reason = (reason or "").strip()
+    if len(reason) > MAX_NOTE_CHARS:
+        raise InvalidInput(f"A reason has at most {MAX_NOTE_CHARS:,} characters.")
     if not reason:
         raise InvalidInput("Type a reason to reveal the raw text.")
     if direction not in ("prompt", "output"):
         raise InvalidInput("Choose the prompt or the output.")
+    reason = redact_pii(ctx, reason)
     _ensure_not_own(ctx, actor, item_id)
     with ctx.db.session() as s:
         item = items_q.get_review_item(s, item_id)
@@ -354,7 +367,8 @@ def reveal_raw(ctx: AppContext, actor: Principal, item_id: int, direction: str, 
 
 def _decide_one(ctx: AppContext, s: Session, actor: Principal, item_id: int, decision: str, category: str | None,
                 note: str | None, share: float) -> DecisionResult:
-    item = items_q.get_review_item(s, item_id)
+    # The row is locked (and re-read) first, so two reviewers deciding one item cannot both succeed.
+    item = decisions_q.lock_items(s, [item_id]).get(item_id)
     if item is None:
         raise NotFound(f"Review item {item_id} does not exist.")
     if item.status not in ("open", "claimed"):
@@ -363,8 +377,11 @@ def _decide_one(ctx: AppContext, s: Session, actor: Principal, item_id: int, dec
                      and item.claim_expires_at is not None and item.claim_expires_at > ctx.now())
     if held_by_other:
         raise ClaimLost(f"Item {item_id} is claimed by another reviewer.")
-    row = decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
-                                      actor=actor.username, category=category, note=note)
+    try:
+        row = decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                          actor=actor.username, category=category, note=note, now=ctx.now())
+    except ReviewStateError as exc:
+        raise ClaimLost(str(exc)) from exc
     sampled = decision != "escalate" and samples_q.in_sample(item_id, share)
     if sampled:
         samples_q.create_sample(s, row, actor=actor.username)
@@ -376,6 +393,7 @@ def decide(ctx: AppContext, actor: Principal, item_id: int, decision: str, *, ca
            note: str | None = None, share: float | None = None) -> DecisionResult:
     """Decide an open item or one the reviewer holds; a share of decided items is drawn for a blind second review."""
     category, note = _validate(decision, category, note)
+    note = _redact_note(ctx, note)
     _ensure_not_own(ctx, actor, item_id)
     with ctx.db.session() as s:
         return _decide_one(ctx, s, actor, item_id, decision, category, note,
@@ -390,9 +408,12 @@ def decide_bulk(ctx: AppContext, actor: Principal, item_ids: Sequence[int], deci
     if not item_ids:
         raise InvalidInput("Select at least one item.")
     category, note = _validate(decision, category, note)
+    note = _redact_note(ctx, note)
     share = second_review_share(ctx) if share is None else share
     _ensure_not_own(ctx, actor, *item_ids)
     with ctx.db.session() as s:
+        # Every row locked up front, in ascending id order (as claims take them): no deadlock with a claim.
+        decisions_q.lock_items(s, item_ids)
         return [_decide_one(ctx, s, actor, i, decision, category, note, share) for i in dict.fromkeys(item_ids)]
 
 
@@ -401,6 +422,7 @@ def correct(ctx: AppContext, actor: Principal, item_id: int, decision: str, *, c
             note: str | None = None) -> int:
     """Correct a decided item with a new decision that supersedes (never edits) the one in force; note required."""
     category, note = _validate(decision, category, note)
+    note = _redact_note(ctx, note)
     if note is None:
         raise InvalidInput("Say why you correct the decision: a note is required.")
     _ensure_not_own(ctx, actor, item_id)
@@ -408,9 +430,12 @@ def correct(ctx: AppContext, actor: Principal, item_id: int, decision: str, *, c
         item = items_q.get_review_item(s, item_id)
         if item is None or item.status != "decided":
             raise InvalidInput("Only decided items can be corrected.")
-        return decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
-                                           actor=actor.username, category=category, note=note,
-                                           correction=True).id
+        try:
+            return decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                               actor=actor.username, category=category, note=note,
+                                               correction=True).id
+        except ReviewStateError as exc:
+            raise ClaimLost(str(exc)) from exc
 
 
 # --- second review (blind) ------------------------------------------------------------------------------------
@@ -463,6 +488,20 @@ def quality_report(ctx: AppContext, actor: Principal, *, weeks: int = 12) -> Qua
 
 # --- escalations (admins) -------------------------------------------------------------------------------------
 
+MAX_NOTE_CHARS = 2000
+
+
+def _escalator_of_item(session: Session, item_id: str) -> int | None:
+    # The escalation in force is the item's newest decision that is not a blind second opinion.
+    decision = decisions_q.effective_decision(session, int(item_id))
+    return decision.reviewer_id if decision is not None and decision.decision == "escalate" else None
+
+
+ESCALATION_RULE = register_duty_rule(
+    DutyRule("review.decide_escalation", "the person who escalated an item never decides it",
+             owner_of=_escalator_of_item)
+)
+
 
 @requires("review.escalations")
 def list_escalations(ctx: AppContext, actor: Principal, *, limit: int = PAGE_SIZE) -> tuple[QueueRow, ...]:
@@ -487,15 +526,26 @@ def escalation_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView
 @requires("review.escalations")
 def decide_escalation(ctx: AppContext, actor: Principal, item_id: int, decision: str, *,
                       category: str | None = None, note: str | None = None) -> int:
-    """An admin's final decision on an escalated item (violation or false positive); supersedes the escalation."""
+    """An admin's final decision on an escalated item (violation or false positive); supersedes the escalation.
+
+    Refused (duty rule ``review.decide_escalation``) to the person who escalated it, as to the conversation's owner.
+    """
     if decision == "escalate":
         raise InvalidInput("An escalated item needs a final decision: violation or false positive.")
+    if note is not None and len(note) > MAX_NOTE_CHARS:
+        raise InvalidInput(f"A note has at most {MAX_NOTE_CHARS:,} characters.")
     category, note = _validate(decision, category, note)
+    note = _redact_note(ctx, note)
     _ensure_not_own(ctx, actor, item_id)
+    with ctx.db.session(readonly=True) as s:  # before the write transaction, as in _ensure_not_own
+        ensure_separation(ctx, s, actor, ESCALATION_RULE.name, str(item_id))
     with ctx.db.session() as s:
         item = items_q.get_review_item(s, item_id)
         if item is None or item.status != "escalated":
             raise ClaimLost(f"Item {item_id} is not escalated (any more).")
-        return decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
-                                           actor=actor.username, category=category, note=note,
-                                           second_review=True).id
+        try:
+            return decisions_q.record_decision(s, item_id=item_id, reviewer_id=actor.user_id, decision=decision,
+                                               actor=actor.username, category=category, note=note,
+                                               second_review=True).id
+        except ReviewStateError as exc:
+            raise ClaimLost(str(exc)) from exc

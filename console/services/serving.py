@@ -7,12 +7,14 @@ CLI (from another process) and, later, an approved promotion all steer every run
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from console.services.access import Principal, requires
@@ -24,7 +26,7 @@ from db import state as state_q
 from db.model_versions import PRODUCTION
 from engine.errors import EngineError
 from engine.fingerprint import changed_files
-from engine.types import ModelSpec
+from engine.types import LORA_RANKS, LoraAdapter, ModelSpec
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -93,28 +95,54 @@ def check_files(version: ModelVersion) -> None:
         )
 
 
-def spec_of(version: ModelVersion) -> ModelSpec:
-    """The engine's view of a version record."""
-    engine_args = dict(version.engine_args or {})
-    if version.quantization:
-        engine_args["quantization"] = version.quantization
-    return ModelSpec(name=version.name, source=version.source, revision=version.revision,
-                     dtype=version.dtype or "auto", max_model_len=version.max_model_len, engine_args=engine_args)
+def adapter_rank(path: str) -> int:
+    """The rank ``r`` of the PEFT LoRA adapter in directory ``path``; InvalidInput if it is not one."""
+    config_path = Path(path) / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{path} is not a LoRA adapter: no readable adapter_config.json ({exc}).") from None
+    if not isinstance(config, dict) or str(config.get("peft_type", "")).upper() != "LORA":
+        raise InvalidInput(f"{path} is not a LoRA adapter: adapter_config.json has no peft_type LORA.")
+    rank = config.get("r")
+    if not isinstance(rank, int) or not 1 <= rank <= LORA_RANKS[-1]:
+        raise InvalidInput(f"The LoRA adapter in {path} has rank {rank!r}; vLLM serves ranks 1 to {LORA_RANKS[-1]}.")
+    return rank
+
+
+def spec_of(version: ModelVersion, base: ModelVersion | None = None) -> ModelSpec:
+    """The engine's view of a version record (a LoRA adapter version: its base model plus the adapter)."""
+    model = base if base is not None else version
+    engine_args = dict(model.engine_args or {})
+    if model.quantization:
+        engine_args["quantization"] = model.quantization
+    lora = None
+    if base is not None:
+        lora = LoraAdapter(name=version.name, path=version.source, rank=adapter_rank(version.source))
+    return ModelSpec(name=version.name, source=model.source, revision=model.revision, dtype=model.dtype or "auto",
+                     max_model_len=model.max_model_len, engine_args=engine_args, lora=lora)
 
 
 def loadable_spec(ctx: AppContext, name: str) -> ModelSpec:
-    """The spec of a registered, not retired version whose files are unchanged; else a clear error."""
-    with ctx.db.session() as s:
+    """The spec of a registered, not retired version whose files (and its base's) are unchanged; else a clear
+    error."""
+    with ctx.db.session(readonly=True) as s:
         version = _version(s, name)
         if version.retired_at is not None:
             raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
         check_files(version)
-        return spec_of(version)
+        base = None
+        if version.base_version_id is not None:
+            base = versions_q.get_model_version(s, version.base_version_id)
+            if base is None or base.retired_at is not None:
+                raise InvalidInput(f"The base version of LoRA adapter {version.name} is retired or gone.")
+            check_files(base)
+        return spec_of(version, base)
 
 
 def desired_state(ctx: AppContext) -> DesiredState:
     """The production alias (else the configured default version) and the restart generation."""
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         row = versions_q.get_alias(s, PRODUCTION)
         version = None if row is None else versions_q.get_model_version(s, row.version_id)
         moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
@@ -275,7 +303,7 @@ class SwitchProblem:
 
 def last_switch_problem(ctx: AppContext) -> SwitchProblem | None:
     """The latest ``model.switch_failed`` / ``model.restart_failed`` event not followed by a success."""
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         events = audit_q.events_about(s, ("model.switch", "model.restart", "model.switch_failed",
                                           "model.restart_failed"), limit=1)
     for event in reversed(events):
@@ -315,7 +343,7 @@ class AliasMoveView:
 @requires("models.view")
 def alias_history(ctx: AppContext, actor: Principal, limit: int = 200) -> list[AliasMoveView]:
     """Every alias move, newest first (who moved which alias from which version to which, and why)."""
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         names = {v.id: v.name for v in versions_q.list_model_versions(s)}
         return [AliasMoveView(m.alias, names.get(m.from_version_id) if m.from_version_id else None,
                               names.get(m.to_version_id) if m.to_version_id else None, m.actor, m.reason,
@@ -385,7 +413,7 @@ class Reconciler:
                                  object_id=details.get("to"), details=details)
 
     def _requested(self) -> tuple[str | None, str | None]:
-        with self.ctx.db.session() as s:
+        with self.ctx.db.session(readonly=True) as s:
             moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
         return (moves[0].actor, moves[0].reason) if moves else (None, None)
 
@@ -412,7 +440,7 @@ class Reconciler:
 
     def _restart(self) -> SwitchOutcome:
         current = self.host.status().model_version or ""
-        with self.ctx.db.session() as s:
+        with self.ctx.db.session(readonly=True) as s:
             asked = state_q.get_state(s, RESTART_KEY) or {}
         who = {"requested_by": asked.get("by"), "reason": asked.get("reason")}
         started = time.monotonic()

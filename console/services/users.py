@@ -6,15 +6,22 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from console.services.access import ALL_ROLES, Principal, requires
-from console.services.auth import check_password_rules, hash_password
+from console.services.auth import MAX_USERNAME_CHARS, canonical_email, check_password_rules, hash_password
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
 from db import users as users_q
 
-_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,39}$")
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from db.tables import User
+
+_USERNAME = re.compile(rf"^[a-z0-9][a-z0-9._-]{{1,{MAX_USERNAME_CHARS - 1}}}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_DISPLAY_NAME_CHARS = 200
 SYSTEM_ACTOR = "system"
 
 
@@ -45,18 +52,27 @@ def validate_roles(roles: Iterable[str]) -> list[str]:
 
 def validate_username(username: str) -> str:
     username = (username or "").strip().lower()
-    if not _USERNAME.match(username):
+    if len(username) > MAX_USERNAME_CHARS or not _USERNAME.fullmatch(username):
         raise InvalidInput(
-            "A username has 2-40 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
+            f"A username has 2-{MAX_USERNAME_CHARS} characters: lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
         )
     return username
 
 
 def _validate_email(email: str | None) -> str | None:
-    email = (email or "").strip().lower() or None
+    # Stored in the form single sign-on compares (NFKC, casefold); refuses lookalike characters.
+    email = canonical_email(email) or None
     if email is not None and not _EMAIL.match(email):
         raise InvalidInput(f"{email!r} is not an email address.")
     return email
+
+
+def _validate_display_name(display_name: str | None) -> str | None:
+    display_name = (display_name or "").strip() or None
+    if display_name is not None and len(display_name) > MAX_DISPLAY_NAME_CHARS:
+        raise InvalidInput(f"A display name has at most {MAX_DISPLAY_NAME_CHARS} characters.")
+    return display_name
 
 
 def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, password: str | None,
@@ -66,6 +82,7 @@ def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, pa
     if not roles:
         raise InvalidInput("Give the user at least one role.")
     email = _validate_email(email)
+    display_name = _validate_display_name(display_name)
     password_hash = None
     if password is not None:
         check_password_rules(password, ctx.settings.min_password_length)
@@ -78,7 +95,7 @@ def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, pa
         if email and users_q.get_user_by_email(s, email) is not None:
             raise InvalidInput(f"The email {email!r} belongs to another user.")
         user = users_q.create_user(s, username=username, password_hash=password_hash, roles=roles,
-                                   display_name=(display_name or "").strip() or None, email=email,
+                                   display_name=display_name, email=email,
                                    actor=actor, actor_id=actor_id)
         return _view(user)
 
@@ -111,6 +128,30 @@ def add_user(ctx: AppContext, actor: Principal, username: str, password: str | N
     return _create(ctx, actor.username, actor.user_id, username, password, roles, display_name, email)
 
 
+def _by_name(s: Session, username: str) -> User:
+    user = users_q.get_user_by_username(s, (username or "").strip().lower()[:MAX_USERNAME_CHARS + 1])
+    if user is None:
+        raise NotFound(f"No user named {username[:MAX_USERNAME_CHARS]!r}.")
+    return user
+
+
+def unlock_cli(ctx: AppContext, username: str) -> UserView:
+    """Clear a user's failed sign-ins and lock from the command line; audited as ``user.unlock`` by "cli"."""
+    with ctx.db.session() as s:
+        user = _by_name(s, username)
+        users_q.unlock(s, user.id, actor="cli")
+        return _view(user)
+
+
+def reset_password_cli(ctx: AppContext, username: str, new_password: str) -> UserView:
+    """Set a new password from the command line: clears the lock and ends the user's open sessions; audited."""
+    check_password_rules(new_password, ctx.settings.min_password_length)
+    with ctx.db.session() as s:
+        user = _by_name(s, username)
+        users_q.set_password_hash(s, user.id, hash_password(new_password), actor="cli")
+        return _view(user)
+
+
 def _load(s, user_id: int):  # noqa: ANN001, ANN202
     user = users_q.get_user(s, user_id)
     if user is None:
@@ -141,6 +182,7 @@ def set_disabled(ctx: AppContext, actor: Principal, user_id: int, disabled: bool
 
 @requires("users.manage")
 def reset_password(ctx: AppContext, actor: Principal, user_id: int, new_password: str) -> UserView:
+    """Set a new password: clears the lock and ends the user's open sessions at their next click; audited."""
     check_password_rules(new_password, ctx.settings.min_password_length)
     with ctx.db.session() as s:
         user = _load(s, user_id)

@@ -82,7 +82,7 @@ def _render(ex: ExchangeView) -> None:
 
 
 if page_state.notice:
-    st.info(page_state.notice)
+    st.info(escape_markdown(page_state.notice))
     page_state.notice = None
 
 # --- what is served ---------------------------------------------------------------------------------------------
@@ -136,12 +136,20 @@ if prompt:
         if turn:
             page_state.conversation_id = turn.conversation_id
             if turn.blocked:
-                st.warning(turn.outcome.notice if turn.outcome and turn.outcome.notice else "Blocked.")
+                st.warning(escape_markdown(turn.outcome.notice if turn.outcome and turn.outcome.notice
+                                           else "Blocked."))
             else:
                 # Any click reruns the script, which closes the stream: the request is aborted and stored.
                 st.button("Stop", key="stop_generation", icon=":material/stop_circle:")
                 with ui.shows_errors():
                     st.write_stream(escape_stream(turn.deltas()))
-            if turn.outcome is not None and turn.outcome.notice:
-                page_state.notice = turn.outcome.notice
-            st.rerun()
+            outcome = turn.outcome
+            if outcome is not None and not outcome.saved:
+                # The database could not take it: the answer on screen is its only copy, so no rerun wipes it.
+                if not turn.blocked:
+                    st.warning(escape_markdown(outcome.notice or "This answer was not saved."),
+                               icon=":material/warning:")
+            else:
+                if outcome is not None and outcome.notice:
+                    page_state.notice = outcome.notice
+                st.rerun()

@@ -8,16 +8,9 @@ from console import ui
 from console.services import auth
 from console.services.errors import LoginFailed
 
-
-def _sso_configured() -> bool:
-    try:
-        return "auth" in st.secrets
-    except Exception:  # no secrets.toml at all: SSO is simply not configured
-        return False
-
-
 ctx = ui.app_context()
 state = ui.session()
+sso = ui.sso_config() is not None
 
 st.title("LLM Console")
 st.caption("Operations console for the self-hosted model: chat, latency, safety review, model versions, audit.")
@@ -25,9 +18,9 @@ if state.flash:
     st.info(state.flash)
     state.flash = None
 
-if state.principal is None and _sso_configured() and ui.sso_signed_in():
+if state.principal is None and sso and ui.sso_signed_in():
     try:
-        ui.sign_in(auth.login_sso(ctx, str(st.user.get("email") or ""), str(st.user.get("iss") or "")), ctx.now())
+        ui.sign_in(auth.login_sso(ctx, st.user.to_dict()), ctx.now())
         st.rerun()
     except LoginFailed as exc:
         st.error(str(exc))
@@ -35,17 +28,19 @@ if state.principal is None and _sso_configured() and ui.sso_signed_in():
         st.stop()
 
 with st.form("login", clear_on_submit=False):
-    username = st.text_input("Username", key="login_username", autocomplete="username")
-    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+    username = st.text_input("Username", key="login_username", autocomplete="username",
+                             max_chars=auth.MAX_USERNAME_CHARS)
+    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password",
+                             max_chars=auth.MAX_PASSWORD_CHARS)
     submitted = st.form_submit_button("Sign in", type="primary", key="login_submit")
 
 if submitted:
     try:
-        ui.sign_in(auth.login(ctx, username, password), ctx.now())
+        ui.sign_in(auth.login(ctx, username, password, client=ui.client_key()), ctx.now())
         st.rerun()
     except LoginFailed as exc:
         st.error(str(exc))
 
-if _sso_configured():
+if sso:
     st.divider()
     st.button("Sign in with single sign-on", key="sso_login", on_click=st.login, icon=":material/key:")

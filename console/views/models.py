@@ -50,7 +50,7 @@ st.dataframe(
                    "revision": v.revision or "", "dtype": v.dtype or "auto", "quantization": v.quantization or "",
                    "max context (tokens)": v.max_model_len,
                    "engine args": json.dumps(v.engine_args) if v.engine_args else "",
-                   "fingerprint": (v.fingerprint or "")[:12], "registered": v.created_at,
+                   "LoRA on": v.base or "", "fingerprint": (v.fingerprint or "")[:12], "registered": v.created_at,
                    "notes": v.description or ""} for v in versions]),
     hide_index=True, width="stretch", key="versions_table",
 )
@@ -118,11 +118,14 @@ with register_tab, st.form(f"register_model_{state.round}"):
                               key=f"model_max_len_{state.round}")
     engine_args = st.text_area("vLLM engine arguments (JSON)", key=f"model_engine_args_{state.round}",
                                placeholder='{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}')
+    base = st.selectbox("Base version (only for a LoRA adapter: Source is then the adapter's directory)",
+                        [v.name for v in versions if not v.retired and v.base is None], index=None,
+                        key=f"model_base_{state.round}")
     description = st.text_input("Notes", key=f"model_description_{state.round}")
     if st.form_submit_button("Register", type="primary"):
         created = ui.call(models_svc.register, ctx, principal, name=name, source=source, revision=revision,
                           dtype=dtype, max_model_len=int(max_len) or None, engine_args=engine_args,
-                          description=description, quantization=quantization)
+                          description=description, quantization=quantization, base=base)
         if created:
             state.flash = f"Registered {created.name} (fingerprint {(created.fingerprint or 'none: hub id')[:12]})."
             state.round += 1

@@ -1,6 +1,12 @@
 """Claims: a reviewer takes an item (the most urgent one or a chosen one) for a while, or gives it back.
 
 One conditional UPDATE settles every race, so two reviewers never hold the same item.
+
+Lock order (see ``db.review.decisions``): a claim locks exactly one ``review_items`` row, with its UPDATE, and
+only then the ``audit_head`` row (its audit event). Every transaction on the queue takes item rows in ascending
+id order and before ``audit_head``, so claims, decisions and bulk decisions never wait on each other in a cycle.
+Do not claim several items in one transaction; if that is ever needed, lock them with
+``db.review.decisions.lock_items`` first.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from console.services import access, auth
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, SessionEnded
+from console.textsafe import escape_markdown
 
 _KEY = "llm_console_session"
 T = TypeVar("T")
@@ -190,7 +191,7 @@ def require_page(page: str) -> Principal:
         end_session(str(exc))
         st.rerun()
     except AccessDenied as exc:
-        st.error(str(exc))
+        st.error(escape_markdown(str(exc)))
         st.stop()
     return state.principal
 
@@ -212,4 +213,4 @@ def shows_errors() -> Iterator[None]:
         end_session(str(exc))
         st.rerun()
     except ConsoleError as exc:  # services raise only these for the user; anything else is a bug and stays loud
-        st.error(str(exc))
+        st.error(escape_markdown(str(exc)))

@@ -308,36 +308,9 @@ def _plain_exchange(w: World, prompt: str = "Where is my parcel?") -> int:
                                                response="It is on its way.")).id
 
 
-# --- bugs the battery found (each case stays an xfail(strict=True) until its fix lands) ------------------------
+# --- bugs the battery finds stay an xfail(strict=True) until their fix lands ------------------------------------
 
-SURROGATE_BUG = ("bug: a lone surrogate in {what} raises UnicodeEncodeError (not a ConsoleError) when it is hashed or "
-                 "stored; chat prompts and operator notes replace it with U+FFFD (chat.clean_text), this path does "
-                 "not. Browsers cannot send one (they send UTF-8), other callers can: `llm-console model serve "
-                 "--reason` and the other CLI arguments keep undecodable bytes as lone surrogates")
-NUL_BUG = ("bug: a NUL in {what} is stored as typed (PostgreSQL refuses NUL in text and \\u0000 in JSON, so there "
-           "the action fails with a database error); chat texts and review notes drop or replace it")
-BUGS: dict[str, str] = {
-    "policy-lone-surrogate": SURROGATE_BUG.format(what="a policy's TOML (policy.replace)"),
-    "upload-lone-surrogate-text": SURROGATE_BUG.format(what="a suite uploaded as text (suite._decode's size check)"),
-    "new-user-password-lone-surrogate": SURROGATE_BUG.format(what="a new user's password (argon2 hashing)"),
-    "new-user-email-rtl-override": ("bug: an email address with an invisible format character (U+202E RIGHT-TO-LEFT "
-                                    "OVERRIDE) is accepted: NFKC leaves it alone, so canonical_email keeps it and "
-                                    "the address is shown reversed, like someone else's"),
-    "new-user-email-nul": NUL_BUG.format(what="a new user's email address (it passes the email pattern)"),
-    "sign-in-nul-in-username": NUL_BUG.format(what="the username of a failed sign-in (the audit event's actor)"),
-    "sign-in-lone-surrogate-username": SURROGATE_BUG.format(what="a sign-in username (the user lookup)"),
-    "sign-in-lone-surrogate-password": SURROGATE_BUG.format(what="a sign-in password (argon2 verification)"),
-    "odd-decision-note-lone-surrogate": SURROGATE_BUG.format(what="a review decision's note"),
-    "odd-reveal-reason-lone-surrogate": SURROGATE_BUG.format(what="the reason to reveal raw text (its audit event)"),
-    "odd-alias-reason-nul": NUL_BUG.format(what="the reason for moving an alias"),
-    "odd-alias-reason-lone-surrogate": SURROGATE_BUG.format(what="the reason for moving an alias"),
-    "odd-restart-reason-nul": NUL_BUG.format(what="the reason for an engine restart"),
-    "odd-restart-reason-lone-surrogate": SURROGATE_BUG.format(what="the reason for an engine restart"),
-    "odd-promotion-reason-nul": NUL_BUG.format(what="the reason for a promotion request"),
-    "odd-promotion-reason-lone-surrogate": SURROGATE_BUG.format(what="the reason for a promotion request"),
-    "odd-display-name-nul": NUL_BUG.format(what="a user's display name"),
-    "odd-display-name-lone-surrogate": SURROGATE_BUG.format(what="a user's display name"),
-}
+BUGS: dict[str, str] = {}  # every bug the battery found is fixed; a new one goes here as "group-case": "why"
 
 
 def cases(group: str, rows: list[tuple[Any, ...]]) -> list[Any]:
@@ -417,14 +390,9 @@ def test_a_prompt_with_odd_characters_is_stored_cleaned_and_nothing_else_changes
     assert [h.prompt for h in history] == [ex.prompt]
 
 
-def test_a_prompt_of_only_invisible_characters_is_refused_or_stored_as_typed(world):
-    try:
-        turn, _ = _turn(world, "\u200b\u200d\u2060\ufeff")
-    except InvalidInput as exc:
-        _clear(exc, "Type a message first")
-        return
-    ex = _exchange(world, turn.outcome.exchange_id)
-    assert ex.prompt == "\u200b\u200d\u2060\ufeff" and ex.status == "ok"
+def test_a_prompt_of_only_invisible_characters_is_refused_like_an_empty_one(world):
+    with refused(world, "Type a message first", InvalidInput):
+        _turn(world, "\u200b\u200d\u2060\ufeff")
 
 
 # --- chat: every kind of Unicode format (Cf) character hides nothing from the scanners --------------------------
@@ -1083,17 +1051,14 @@ def test_a_huge_or_missing_note_or_reason_is_refused_and_nothing_changes(world, 
         call(world)
 
 
-BUG_NO_BOUND = "bug: the field has no length bound in the service (issue 10: bound every user-supplied field)"
 
 
-@pytest.mark.xfail(strict=True, reason=f"{BUG_NO_BOUND}: promotion.cancel stores a 1 MB note")
 def test_a_one_megabyte_cancel_note_is_refused(world):
     request = promotion_svc.request_promotion(world.ctx, world.people["ada"], "tiny-a", "candidate", "to cancel")
     with refused(world, "1,000"):
         promotion_svc.cancel(world.ctx, world.people["ada"], request.id, HUGE)
 
 
-@pytest.mark.xfail(strict=True, reason=f"{BUG_NO_BOUND}: models.register stores 1 MB notes (description)")
 def test_a_one_megabyte_model_description_is_refused(world, tiny_model_dir):
     with refused(world, "characters"):
         models_svc.register(world.ctx, world.people["ada"], name="tiny-huge-notes", source=str(tiny_model_dir),

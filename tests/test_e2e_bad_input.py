@@ -10,12 +10,7 @@ purpose, one fresh load each.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,11 +19,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import STRONG_PASSWORD
+from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 30_000
 CHAT_BOX = "Ask the support model…"
 GENERIC_FAILURE = "Wrong username or password"
@@ -36,58 +29,22 @@ GENERIC_FAILURE = "Wrong username or password"
 PWNED = "window.__pwned"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env, input=stdin, text=True,
-                          capture_output=True, timeout=300, cwd=ROOT, check=True)
-
-
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
     data = tmp_path_factory.mktemp("e2e-bad-input")
-    port = _free_port()
-    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data), "LLM_CONSOLE_ADMIN_PASSWORD": STRONG_PASSWORD,
-           "LLM_CONSOLE_DEFAULT_MODEL": "tiny-e2e", "LLM_CONSOLE_KV_CACHE_GIB": "0.25",
-           # Every case signs in from the same address; the per-client sign-in throttle is not under test here.
-           "LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE": "1000"}
-    _cli(env, "init", "--skip-models")
-    _cli(env, "model", "register", "tiny-e2e", str(tiny_model_dir), "--max-model-len", "512")
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "run", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, (data / "server.log").read_text()
-        time.sleep(0.5)
-    yield f"http://localhost:{port}", data
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    env = console_env(data, LLM_CONSOLE_DEFAULT_MODEL="tiny-e2e", LLM_CONSOLE_KV_CACHE_GIB="0.25",
+                      # Every case signs in from the same address; the sign-in throttle is not under test here.
+                      LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE="1000")
+    cli(env, "init", "--skip-models")
+    cli(env, "model", "register", "tiny-e2e", str(tiny_model_dir), "--max-model-len", "512")
+    with running_console(env, data) as url:
+        yield url, data
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Chromium is missing: scripts/test.sh installs Debian's chromium package"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--no-first-run"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 class Watched:
@@ -96,7 +53,12 @@ class Watched:
     def __init__(self, page: Any) -> None:
         self.page = page
         self.requested: list[str] = []
+        self.checked = 0  # requests before this index belong to cases already checked
         page.on("request", lambda request: self.requested.append(request.url))
+
+    def new_requests(self) -> list[str]:
+        new, self.checked = self.requested[self.checked:], len(self.requested)
+        return new
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +86,20 @@ def admin(browser: Any, console_server: tuple[str, Path]) -> Iterator[Watched]:
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _type(page: Any, box: Any, text: str) -> None:
-    """Put ``text`` in ``box`` as pasting does (the browser applies the field's length limit)."""
+def _type(page: Any, box: Any, text: str, *, keys: bool = False) -> None:
+    """Put ``text`` in ``box`` as a paste (one insertion; a field refuses a paste over its limit whole) or, with
+    ``keys``, key by key (a field stops taking keys at its limit)."""
     box.fill("")
-    box.focus()
-    page.keyboard.insert_text(text)
+    if keys:
+        box.press_sequentially(text)
+    else:
+        box.focus()
+        page.keyboard.insert_text(text)
 
 
-def _sign_in(page: Any, url: str, username: str, password: str) -> None:
+def _sign_in(page: Any, url: str, username: str, password: str, *, keys: bool = False) -> None:
     page.goto(url)
-    _type(page, page.get_by_role("textbox", name="Username"), username)
+    _type(page, page.get_by_role("textbox", name="Username"), username, keys=keys)
     _type(page, page.get_by_role("textbox", name="Password"), password)
     page.get_by_role("button", name="Sign in").click()
 
@@ -166,13 +132,15 @@ def _wait_until(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
 
 
 def _assert_sound(w: Watched) -> None:
-    """No exception box, nothing active made from input, nothing requested from another host."""
+    """No exception box, nothing active made from input, nothing requested from another host (since the last
+    check)."""
     page = w.page
+    loaded = [u for u in w.new_requests() if "evil.example" in u]
     assert page.locator("[data-testid='stException']").count() == 0
     assert page.locator("a[href*='evil.example']").count() == 0
     assert page.locator("img[src*='evil.example'], img[src='x'], iframe, [data-testid='stMain'] script").count() == 0
     assert page.evaluate(f"() => typeof {PWNED}") == "undefined"
-    assert [u for u in w.requested if "evil.example" in u] == []
+    assert loaded == []
 
 
 def _db(data: Path) -> Any:
@@ -185,7 +153,8 @@ def _db(data: Path) -> Any:
 # --- the sign-in form ----------------------------------------------------------------------------------------------
 
 SIGN_INS = [
-    ("huge-username", "a" * 10_000, STRONG_PASSWORD),
+    ("huge-username-typed", "a" * 200, STRONG_PASSWORD),
+    ("huge-username-pasted", "a" * 10_000, STRONG_PASSWORD),
     ("nul-in-username", "ad\x00min", STRONG_PASSWORD),
     ("rtl-override-username", "\u202enimda", STRONG_PASSWORD),
     ("sql-or-true", "' OR 1=1 --", "' OR '1'='1"),
@@ -197,9 +166,9 @@ SIGN_INS = [
 @pytest.mark.parametrize("username,password", [c[1:] for c in SIGN_INS], ids=[c[0] for c in SIGN_INS])
 def test_a_bad_sign_in_shows_one_clear_message_and_nothing_else(signed_out, console_server, username, password):
     url, _ = console_server
-    _sign_in(signed_out.page, url, username, password)
+    _sign_in(signed_out.page, url, username, password, keys=username == "a" * 200)
     assert len(signed_out.page.get_by_role("textbox", name="Username").input_value()) <= 64
-    _shows(signed_out.page, re.compile(f"{GENERIC_FAILURE}|at most 64 characters"))
+    _shows(signed_out.page, re.compile(f"{GENERIC_FAILURE}|at most 64 characters|Enter a username and a password"))
     assert signed_out.page.locator("[data-testid='stSidebarNav']").count() == 0  # not signed in
     _assert_sound(signed_out)
 
@@ -236,6 +205,11 @@ CHAT_HOSTILE = [
 ]
 
 
+def _new_conversation(page: Any) -> None:
+    page.locator("[data-testid='stSidebar']").get_by_role("button", name="New conversation").click()
+    _shows(page, "A new conversation.")
+
+
 def _answers(page: Any) -> int:
     return page.get_by_text("tokens/s").count()
 
@@ -249,8 +223,7 @@ def _send(page: Any, text: str) -> None:
 @pytest.mark.parametrize("prompt,shown", [c[1:] for c in CHAT_HOSTILE], ids=[c[0] for c in CHAT_HOSTILE])
 def test_hostile_chat_input_is_answered_and_shown_as_text(admin, prompt, shown):
     page = admin.page
-    page.locator("[data-testid='stSidebar']").get_by_role("button", name="New conversation").click()
-    _wait_until(lambda: page.get_by_text("A new conversation.", exact=False).count() > 0)
+    _new_conversation(page)
     before = _answers(page)
     _send(page, prompt)
     _wait_until(lambda: _answers(page) > before, 120)
@@ -265,14 +238,20 @@ def test_a_chat_message_near_the_limit_gets_a_clear_message(admin):
     _assert_sound(admin)
 
 
-def test_a_chat_message_over_the_limit_is_cut_by_the_box_or_refused_clearly(admin):
+def test_a_chat_message_over_the_limit_is_held_back_by_the_box_or_refused_clearly(admin):
     page = admin.page
     _fresh(page, "Chat", "Chat")
+    before = page.locator("[data-testid='stChatMessage']").count()
     box = page.get_by_placeholder(CHAT_BOX)
-    box.fill("r" * 25_000)
-    assert len(box.input_value()) <= 20_000
+    _type(page, box, "r" * 25_000)
+    kept = len(box.input_value())
+    assert kept <= 20_000
     box.press("Enter")
-    _shows(page, re.compile("too long|the limit is 20,000"), 60_000)
+    if kept:
+        _shows(page, re.compile("too long|the limit is 20,000"), 60_000)
+    else:  # the box refused the paste: nothing is sent
+        time.sleep(2)
+        assert page.locator("[data-testid='stChatMessage']").count() == before
     _assert_sound(admin)
 
 
@@ -292,11 +271,16 @@ def test_a_chat_message_of_only_whitespace_sends_nothing_or_asks_for_a_message(a
 def test_chat_works_normally_after_the_bad_input(admin):
     page = admin.page
     _fresh(page, "Chat", "Chat")
-    page.locator("[data-testid='stSidebar']").get_by_role("button", name="New conversation").click()
+    _new_conversation(page)
     before = _answers(page)
     _send(page, "Where is my order?")
     _wait_until(lambda: _answers(page) > before, 120)
     _assert_sound(admin)
+
+
+# Found by this battery: ui.shows_errors shows a ConsoleError with st.error(str(exc)), which renders markdown, and
+# some messages quote the typed value ({source!r} on the Models page, {email!r} on the Users page, quantization):
+# a markdown image typed there is loaded from its host, a markdown link becomes a live link.
 
 
 # --- the Users page ---------------------------------------------------------------------------------------------
@@ -307,7 +291,7 @@ def _add_user(page: Any, username: str, password: str, *, email: str = "", displ
     _fresh(page, "Users", "Users")
     page.get_by_role("textbox", name="Username", exact=True).fill(username)
     page.get_by_role("textbox", name="Display name").fill(display_name)
-    page.get_by_role("textbox", name="Email (for single sign-on)").fill(email)
+    _type(page, page.get_by_role("textbox", name="Email (for single sign-on)"), email, keys=len(email) > 100)
     page.get_by_role("textbox", name="Initial password").fill(password)
     if role:
         page.locator("[data-testid='stMultiSelect']").first.click()
@@ -322,12 +306,19 @@ USERS = [
     ("sql", {"username": "x'; DROP TABLE users; --"}, "A username has 2-64 characters"),
     ("html", {"username": "<img src=x onerror=window.__pwned=1>"}, "A username has 2-64 characters"),
     ("short-password", {"username": "shorty", "password": "short"}, "at least 12 characters"),
-    ("huge-email", {"username": "mailer", "email": "a" * 10_000 + "@example.com"}, "email address"),
+    ("huge-email", {"username": "mailer", "email": "a" * 300 + "@example.com"}, "email address"),
     ("no-role", {"username": "roleless", "role": None}, "at least one role"),
+    pytest.param({"username": "imager", "email": "![x](https://evil.example/e.png)"}, "email address",
+                 id="markdown-image-email"),
 ]
 
 
-@pytest.mark.parametrize("fields,message", [c[1:] for c in USERS], ids=[c[0] for c in USERS])
+def _params(rows: list[Any]) -> list[Any]:
+    """Rows of (id, *values), or ready pytest params (for the cases marked as known bugs)."""
+    return [r if hasattr(r, "marks") else pytest.param(*r[1:], id=r[0]) for r in rows]
+
+
+@pytest.mark.parametrize("fields,message", _params(USERS))
 def test_a_bad_user_on_the_users_page_gets_a_clear_message(admin, fields, message):
     page = admin.page
     _add_user(page, **{"password": STRONG_PASSWORD, **fields})
@@ -335,10 +326,23 @@ def test_a_bad_user_on_the_users_page_gets_a_clear_message(admin, fields, messag
     _assert_sound(admin)
 
 
-def test_users_page_adds_a_user_with_a_hostile_display_name_as_text_after_the_bad_ones(admin):
+def _usernames(data: Path) -> set[str]:
+    from db.tables import User
+
+    db = _db(data)
+    with db.session(readonly=True) as s:
+        names = {u.username for u in s.query(User).all()}
+    db.dispose()
+    return names
+
+
+def test_users_page_adds_a_user_with_a_hostile_display_name_as_text_after_the_bad_ones(admin, console_server):
+    _, data = console_server
     page = admin.page
     _add_user(page, "e2e-user", STRONG_PASSWORD, display_name="<img src=x onerror=window.__pwned=1>")
-    _shows(page, "Added e2e-user")
+    # "Added ..." flashes before the page reruns to list the new user; the store says it for sure.
+    _wait_until(lambda: "e2e-user" in _usernames(data), 30)
+    page.get_by_role("textbox", name="Username", exact=True).wait_for(timeout=TIMEOUT_MS)
     _assert_sound(admin)
 
 
@@ -401,12 +405,12 @@ REGISTRATIONS = [
      "Unknown vLLM engine argument"),
     ("duplicate-name", {"name": "tiny-e2e"}, "is already registered"),
     ("html-name", {"name": "<img src=x onerror=window.__pwned=1>"}, "A version name has"),
-    ("markdown-image-source", {"name": "e2e-image", "source": "![x](https://evil.example/p.png)"},
-     "neither an existing local directory"),
+    pytest.param({"name": "e2e-image", "source": "![x](https://evil.example/p.png)"},
+                 "neither an existing local directory", id="markdown-image-source"),
 ]
 
 
-@pytest.mark.parametrize("fields,message", [c[1:] for c in REGISTRATIONS], ids=[c[0] for c in REGISTRATIONS])
+@pytest.mark.parametrize("fields,message", _params(REGISTRATIONS))
 def test_a_bad_registration_on_the_models_page_gets_a_clear_message(admin, tiny_model_dir, fields, message):
     page = admin.page
     _register(page, **{"source": str(tiny_model_dir), **fields})
@@ -423,18 +427,16 @@ def test_the_models_page_registers_a_version_after_the_bad_ones(admin, tiny_mode
     page.screenshot(path=str(ARTIFACTS / "bad-input-models.png"), full_page=True)
 
 
-def test_nothing_was_ever_requested_from_another_host_and_the_chain_verifies(admin, signed_out, console_server):
+def test_no_bad_user_was_created_no_nul_was_stored_and_the_chain_verifies(console_server):
     _, data = console_server
     from db import audit as audit_q
-    from db.tables import Exchange, User
+    from db.tables import Exchange
 
-    assert [u for w in (admin, signed_out) for u in w.requested if "evil.example" in u] == []
     db = _db(data)
     with db.session(readonly=True) as s:
-        usernames = {u.username for u in s.query(User).all()}
         prompts = [e.prompt for e in s.query(Exchange).all()]
     report = audit_q.verify_chain(db)
     db.dispose()
     assert report.ok
-    assert usernames == {"admin", "e2e-user"}  # none of the bad ones
+    assert _usernames(data) == {"admin", "e2e-user"}  # none of the bad ones
     assert all("\x00" not in p for p in prompts)

@@ -4,85 +4,37 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import STRONG_PASSWORD
+from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console, sign_in
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env, input=stdin, text=True,
-                          capture_output=True, timeout=300, cwd=ROOT, check=True)
 
 
 @pytest.fixture(scope="module")
 def console_server(tmp_path_factory, tiny_model_dir):
     data = tmp_path_factory.mktemp("e2e-data")
-    port = _free_port()
-    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data), "LLM_CONSOLE_ADMIN_PASSWORD": STRONG_PASSWORD,
-           "LLM_CONSOLE_DEFAULT_MODEL": "tiny-e2e", "LLM_CONSOLE_KV_CACHE_GIB": "0.25"}
-    _cli(env, "init", "--skip-models")
-    _cli(env, "model", "register", "tiny-e2e", str(tiny_model_dir), "--max-model-len", "512")
-    _cli(env, "user", "add", "ana", "--role", "analyst", "--password-stdin", stdin=STRONG_PASSWORD + "\n")
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "run", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, (data / "server.log").read_text()
-        time.sleep(0.5)
-    yield f"http://localhost:{port}", data
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    env = console_env(data, LLM_CONSOLE_DEFAULT_MODEL="tiny-e2e", LLM_CONSOLE_KV_CACHE_GIB="0.25")
+    cli(env, "init", "--skip-models")
+    cli(env, "model", "register", "tiny-e2e", str(tiny_model_dir), "--max-model-len", "512")
+    cli(env, "user", "add", "ana", "--role", "analyst", "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    with running_console(env, data) as url:
+        yield url, data
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Chromium is missing: scripts/test.sh installs Debian's chromium package"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--no-first-run"])
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def _sign_in(page, url: str, username: str) -> None:
-    page.goto(url)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(STRONG_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
 
 
 def test_an_operator_signs_in_chats_and_sees_the_streamed_answer_with_its_metrics(console_server, browser):
     url, data = console_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    _sign_in(page, url, "admin")
+    sign_in(page, url, "admin")
     page.get_by_role("heading", name="Chat").wait_for(timeout=60_000)
     box = page.get_by_placeholder("Ask the support model…")
     # The engine loads in the background; the input is enabled once the model is ready.
@@ -114,7 +66,7 @@ def test_an_operator_signs_in_chats_and_sees_the_streamed_answer_with_its_metric
 def test_an_analyst_sees_only_their_pages_and_can_verify_the_audit_chain(console_server, browser):
     url, _ = console_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    _sign_in(page, url, "ana")
+    sign_in(page, url, "ana")
     nav = page.locator("[data-testid='stSidebarNav']")
     nav.wait_for(timeout=60_000)
     assert nav.get_by_text("Audit log").count() == 1
@@ -135,8 +87,8 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
     url, data = console_server
     env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data)}
     other = shutil.copytree(tiny_model_dir, tmp_path / "tiny-e2e-b")
-    _cli(env, "model", "register", "tiny-e2e-b", str(other), "--max-model-len", "512")
-    _cli(env, "model", "serve", "tiny-e2e-b", "--reason", "end-to-end switch")
+    cli(env, "model", "register", "tiny-e2e-b", str(other), "--max-model-len", "512")
+    cli(env, "model", "serve", "tiny-e2e-b", "--reason", "end-to-end switch")
     from db import audit as audit_q
     from db.config import DbConfig
     from db.database import Database
@@ -151,7 +103,7 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
     assert switched and switched[-1]["to"] == "tiny-e2e-b" and switched[-1]["from"] == "tiny-e2e"
     assert switched[-1]["requested_by"] == "cli" and switched[-1]["reason"] == "end-to-end switch"
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    _sign_in(page, url, "admin")
+    sign_in(page, url, "admin")
     page.get_by_text("tiny-e2e-b").first.wait_for(timeout=60_000)  # the sidebar names the live version
     page.locator("[data-testid='stSidebarNav']").get_by_text("Models").click()
     page.get_by_text("Model versions").wait_for(timeout=60_000)
@@ -182,7 +134,7 @@ def test_links_and_images_in_model_output_are_shown_inert_and_nothing_is_loaded_
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
-    _sign_in(page, url, "admin")
+    sign_in(page, url, "admin")
     page.get_by_role("heading", name="Chat").wait_for(timeout=60_000)
     page.get_by_role("button", name="Links from the model").click()
     page.get_by_text("evil.example/?q=secret", exact=False).first.wait_for(timeout=60_000)

@@ -10,15 +10,8 @@ of a hidden page reaches the app's router.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,11 +19,9 @@ import pytest
 from console.app_pages import PAGE_TABLE
 from console.services.access import ACTIONS, PAGES, allowed, allowed_pages
 from tests.conftest import STRONG_PASSWORD
+from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console, sign_in
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 30_000
 
 # One user per role.
@@ -56,66 +47,27 @@ def test_the_matrix_covers_every_page_of_the_router() -> None:
     assert set(HEADINGS) == set(PAGE_TABLE) == set(PAGES)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], env=env, input=stdin, text=True,
-                          capture_output=True, timeout=300, cwd=ROOT, check=True)
-
-
 @pytest.fixture(scope="module")
 def console_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("e2e-roles")
-    port = _free_port()
-    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data), "LLM_CONSOLE_ADMIN_PASSWORD": STRONG_PASSWORD,
-           "LLM_CONSOLE_ENGINE_AUTOSTART": "false", "LLM_CONSOLE_SAFETY_ENABLED": "false",
-           # Every role signs in from the same address; the per-client sign-in throttle is not under test here.
-           "LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE": "1000"}
-    _cli(env, "init", "--skip-models")
+    env = console_env(data, LLM_CONSOLE_ENGINE_AUTOSTART="false", LLM_CONSOLE_SAFETY_ENABLED="false",
+                      # Every role signs in from the same address; the sign-in throttle is not under test here.
+                      LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE="1000")
+    cli(env, "init", "--skip-models")
     for role, username in USERS.items():
-        _cli(env, "user", "add", username, "--role", role, "--password-stdin", stdin=STRONG_PASSWORD + "\n")
-    log = (data / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "run", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, (data / "server.log").read_text()
-        time.sleep(0.3)
-    yield f"http://localhost:{port}"
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        cli(env, "user", "add", username, "--role", role, "--password-stdin", stdin=STRONG_PASSWORD + "\n")
+    with running_console(env, data) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), "Chromium is missing: scripts/test.sh installs Debian's chromium package"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--no-first-run"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _sign_in(page: Any, url: str, username: str) -> None:
-    page.goto(url)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(STRONG_PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
+    sign_in(page, url, username)
     page.locator("[data-testid='stSidebarNav']").wait_for(timeout=TIMEOUT_MS)
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, LoginFailed, SessionEnded
+from console.services.text import clean_text, is_clean
 from db import audit as audit_q
 from db import users as users_q
 
@@ -209,8 +210,9 @@ def login(ctx: AppContext, username: str, password: str, *, client: str | None =
     for ``lockout_minutes``. Every failure gives the same message; the audit event (committed before raising)
     keeps the reason.
     """
-    username = (username or "").strip().lower()
-    password = password or ""
+    typed_cleanly = is_clean(username or "") and is_clean(password or "")
+    username = clean_text(username or "").strip().lower()
+    password = clean_text(password or "") if typed_cleanly else "\x00"  # a NUL never matches a stored hash
     now = ctx.now()
     settings = ctx.settings
     if client is not None and not login_limiter(ctx).allow(client, now, settings.login_attempts_per_minute):

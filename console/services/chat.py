@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from console.services import moderation
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
+from console.services.text import clean_text, visible
 from db import chat as chat_q
 from db.chat import ExchangeTimings, TurnRecord
 from engine.errors import EmptyPromptError, EngineError, InvalidSamplingError, PromptTooLongError
@@ -34,7 +34,6 @@ MAX_PROMPT_CHARS = 20_000
 MAX_SYSTEM_PROMPT_CHARS = 4_000
 # A write that found the database locked (SQLite waits busy_timeout first) is tried once more after this wait.
 STORE_RETRY_WAIT_S = 1.0
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 T = TypeVar("T")
 
@@ -169,14 +168,6 @@ def _console_error(exc: EngineError) -> ConsoleError:
     if isinstance(exc, PromptTooLongError | EmptyPromptError | InvalidSamplingError):
         return InvalidInput(str(exc))
     return ModelUnavailable(str(exc))
-
-
-def clean_text(text: str) -> str:
-    """``text`` without NUL characters (PostgreSQL refuses them, C libraries cut text at them) and with lone
-    surrogates (which cannot be encoded to UTF-8 for the database) replaced by U+FFFD."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _is_locked(exc: OperationalError) -> bool:
@@ -366,7 +357,7 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
                 temperature: float, top_p: float, max_tokens: int, system_prompt: str | None = None,
                 title_prefix: str = "", request_prefix: str = "chat") -> ChatTurn:
     prompt = clean_text(prompt or "")
-    if not prompt.strip():
+    if not visible(prompt).strip():  # only spaces or invisible format characters: nothing was typed
         raise InvalidInput("Type a message first.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"The message has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")

@@ -30,6 +30,7 @@ from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound
 from console.services.serving import loadable_spec
+from console.services.text import is_clean
 from db import evaluations as evaluations_q
 from db import model_versions as versions_q
 from db import users as users_q
@@ -149,6 +150,9 @@ def upload_suite(ctx: AppContext, actor: Principal, filename: str, data: bytes |
     The suite is named ``name`` or after the file. Raises :class:`InvalidSuite` (an ``InvalidInput``) listing
     every malformed row with its line number.
     """
+    if isinstance(data, str) and not is_clean(data):
+        raise InvalidSuite(("The file holds a character that cannot be stored (a NUL or a broken surrogate); "
+                            "save it as UTF-8 text and upload it again.",))
     try:
         fmt = format_of(filename)
         stem = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
+MAX_NOTES_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
               dtype: str | None, max_model_len: int | None, engine_args: Any, description: str | None,
               quantization: str | None = None, base: str | None = None) -> ModelVersionView:
     name, source = _validate(name, source, dtype, max_model_len)
+    if description is not None and len(description) > MAX_NOTES_CHARS:
+        raise InvalidInput(f"Keep the notes under {MAX_NOTES_CHARS:,} characters.")
     base = (base or "").strip() or None
     base_id: int | None = None
     if base is not None:  # a LoRA adapter on a registered base version

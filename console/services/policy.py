@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput
+from console.services.text import is_clean
 from db import safety as safety_q
 
 
@@ -43,6 +44,8 @@ def replace(ctx: AppContext, actor: Principal, content: str) -> PolicyView:
 
     if not content or not content.strip():
         raise InvalidInput("The policy is empty.")
+    if not is_clean(content.replace("\x00", "")):  # a NUL is TOML's to refuse; a lone surrogate cannot be stored
+        raise InvalidInput("The policy is not valid TOML: it holds a broken surrogate character.")
     try:
         policy = Policy.from_toml(content)
     except PolicyError as exc:

@@ -23,6 +23,7 @@ from console.services import serving
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound
+from console.services.text import clean_text
 from console.settings import Settings
 from db import audit as audit_q
 from db import evaluations as evaluations_q
@@ -44,7 +45,7 @@ RECENT = timedelta(days=1)  # how long the page keeps showing a regression the w
 
 
 def _text(value: str | None, what: str) -> str:
-    text = (value or "").strip()
+    text = clean_text(value or "").strip()
     if not text:
         raise InvalidInput(f"Give {what}; it is recorded in the audit log.")
     if len(text) > MAX_TEXT_CHARS:
@@ -330,6 +331,9 @@ def reject(ctx: AppContext, actor: Principal, request_id: int, note: str) -> Req
 @requires("promotion.request")
 def cancel(ctx: AppContext, actor: Principal, request_id: int, note: str | None = None) -> RequestView:
     """Withdraw one's own pending request (only the requester may)."""
+    if note is not None and len(note) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"Keep the note under {MAX_TEXT_CHARS:,} characters.")
+    note = None if note is None else clean_text(note)
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
         if request.requested_by_id != actor.user_id:

@@ -19,6 +19,7 @@ from console.services.access import DutyRule, Principal, ensure_separation, regi
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound
 from console.services.moderation import FindingView, redact_pii
+from console.services.text import clean_text
 from db import audit as audit_q
 from db import chat as chat_q
 from db import safety as safety_q
@@ -211,7 +212,7 @@ def _redact_note(ctx: AppContext, note: str | None) -> str | None:
 def _validate(decision: str, category: str | None, note: str | None) -> tuple[str | None, str | None]:
     if decision not in DECISION_LABELS:
         raise InvalidInput(f"Choose a decision: {', '.join(DECISION_LABELS.values())}.")
-    note = (note or "").strip() or None
+    note = clean_text(note or "").strip() or None
     if note is not None and len(note) > MAX_NOTE_CHARS:
         raise InvalidInput(f"A note has at most {MAX_NOTE_CHARS:,} characters.")
     if decision == "violation":
@@ -339,7 +340,7 @@ def item_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
 @requires("review.reveal_raw")
 def reveal_raw(ctx: AppContext, actor: Principal, item_id: int, direction: str, reason: str) -> str | None:
     """The raw text of one side of the item's exchange, for this call only; the reason and the view are audited."""
-    reason = (reason or "").strip()
+    reason = clean_text(reason or "").strip()
     if len(reason) > MAX_NOTE_CHARS:
         raise InvalidInput(f"A reason has at most {MAX_NOTE_CHARS:,} characters.")
     if not reason:

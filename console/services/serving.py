@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, ModelUnavailable, NotFound
+from console.services.text import clean_text
 from db import audit as audit_q
 from db import model_versions as versions_q
 from db import state as state_q
@@ -64,7 +65,7 @@ class SwitchOutcome:
 
 
 def _reason(reason: str | None, what: str) -> str:
-    text = (reason or "").strip()
+    text = clean_text(reason or "").strip()
     if not text:
         raise InvalidInput(f"Give a reason for {what}; it is recorded in the audit log.")
     if len(text) > MAX_REASON_CHARS:

@@ -12,6 +12,7 @@ from console.services.access import ALL_ROLES, Principal, requires
 from console.services.auth import MAX_USERNAME_CHARS, canonical_email, check_password_rules, hash_password
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
+from console.services.text import clean_text, has_format_characters, is_clean
 from db import users as users_q
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ def validate_username(username: str) -> str:
 
 def _validate_email(email: str | None) -> str | None:
     # Stored in the form single sign-on compares (NFKC, casefold); refuses lookalike characters.
+    if email and has_format_characters(email):
+        raise InvalidInput("An email address cannot hold invisible formatting characters (such as a right-to-left "
+                           "override).")
     email = canonical_email(email) or None
     if email is not None and not _EMAIL.match(email):
         raise InvalidInput(f"{email!r} is not an email address.")
@@ -69,7 +73,7 @@ def _validate_email(email: str | None) -> str | None:
 
 
 def _validate_display_name(display_name: str | None) -> str | None:
-    display_name = (display_name or "").strip() or None
+    display_name = clean_text(display_name or "").strip() or None
     if display_name is not None and len(display_name) > MAX_DISPLAY_NAME_CHARS:
         raise InvalidInput(f"A display name has at most {MAX_DISPLAY_NAME_CHARS} characters.")
     return display_name
@@ -77,7 +81,11 @@ def _validate_display_name(display_name: str | None) -> str | None:
 
 def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, password: str | None,
             roles: Iterable[str], display_name: str | None, email: str | None) -> UserView:
-    username = validate_username(username)
+    username = validate_username(username)  # its pattern refuses NULs and surrogates with the usual message
+    for value, what in ((password, "password"), (email, "email address")):
+        if value is not None and not is_clean(value):
+            raise InvalidInput(f"The {what} holds a character that cannot be stored (a NUL or a broken surrogate).")
+    display_name = None if display_name is None else clean_text(display_name)
     roles = validate_roles(roles)
     if not roles:
         raise InvalidInput("Give the user at least one role.")

@@ -26,6 +26,7 @@ from console.services import serving
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, ModelUnavailable
+from console.services.periodic import PeriodicTask
 from db import audit as audit_q
 from engine.errors import EngineError
 from engine.remote import ChildEngine, RemoteStream
@@ -43,6 +44,7 @@ class CandidatePool:
         self.kv_cache_gib, self.idle_s, self.log_dir = kv_cache_gib, idle_s, log_dir
         self._engine: ChildEngine | None = None
         self._lock = threading.Lock()
+        self._reaper: _Reaper | None = None
 
     def engine_for(self, spec: ModelSpec) -> ChildEngine:
         """The running child for ``spec``, started (and any other candidate ended) if needed."""
@@ -67,24 +69,28 @@ class CandidatePool:
         return True
 
     def start_reaper(self, every_s: float = 60.0) -> CandidatePool:
-        """Check for an idle candidate every ``every_s`` on a daemon thread."""
-
-        def loop() -> None:
-            while True:
-                time.sleep(every_s)
-                try:
-                    self.reap()
-                except Exception:  # keep reaping; a failed shutdown is logged
-                    logger.exception("ending an idle candidate engine failed")
-
-        threading.Thread(target=loop, name="candidate-reaper", daemon=True).start()
+        """Check for an idle candidate every ``every_s`` on a daemon thread (ended by :meth:`shutdown`)."""
+        self._reaper = _Reaper(self, every_s).start()
         return self
 
     def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.stop()
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+
+
+class _Reaper(PeriodicTask):
+    """Ends the pool's candidate once it has been idle long enough."""
+
+    def __init__(self, pool: CandidatePool, every_s: float) -> None:
+        super().__init__(every_s, name="candidate-reaper")
+        self.pool = pool
+
+    def run_once(self) -> bool:
+        return self.pool.reap()
 
 
 class _CandidateHost:

@@ -23,6 +23,7 @@ from console.services import serving
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound
+from console.services.periodic import PeriodicTask
 from console.services.text import clean_text
 from console.settings import Settings
 from db import audit as audit_q
@@ -458,7 +459,7 @@ def _watched(event: AuditEvent | None) -> bool:
     return not str(event.details.get("reason") or "").startswith(ROLLBACK_PREFIX)
 
 
-class Watcher:
+class Watcher(PeriodicTask):
     """Watches the version a production switch brought in; one per console process, on its own thread.
 
     For ``watch_minutes`` after the latest ``model.switch`` it compares the new version's p95 time to first token,
@@ -470,29 +471,9 @@ class Watcher:
     """
 
     def __init__(self, ctx: AppContext, *, interval_s: float | None = None) -> None:
+        super().__init__(ctx.settings.watch_check_seconds if interval_s is None else interval_s, name="model-watch")
         self.ctx = ctx
-        self.interval_s = ctx.settings.watch_check_seconds if interval_s is None else interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-
-    def start(self) -> Watcher:
-        """Run :meth:`run_once` every ``interval_s`` on a daemon thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._loop, name="model-watch", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval_s + 5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception:  # a bug here must not stop the watch for the rest of the process's life
-                logger.exception("model watch: unexpected error")
 
     def run_once(self) -> WatchFinding | None:
         """Look at the latest production switch once; returns the finding recorded now, if any."""

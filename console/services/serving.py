@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, ModelUnavailable, NotFound
+from console.services.periodic import PeriodicTask
 from console.services.text import clean_text
 from db import audit as audit_q
 from db import model_versions as versions_q
@@ -305,17 +306,14 @@ class SwitchProblem:
 def last_switch_problem(ctx: AppContext) -> SwitchProblem | None:
     """The latest ``model.switch_failed`` / ``model.restart_failed`` event not followed by a success."""
     with ctx.db.session(readonly=True) as s:
-        events = audit_q.events_about(s, ("model.switch", "model.restart", "model.switch_failed",
+        newest = audit_q.events_about(s, ("model.switch", "model.restart", "model.switch_failed",
                                           "model.restart_failed"), limit=1)
-    for event in reversed(events):
-        if event.action in ("model.switch", "model.restart"):
-            return None
-        if event.action in ("model.switch_failed", "model.restart_failed"):
-            details = event.details or {}
-            return SwitchProblem(event.action.removeprefix("model.").replace("_failed", ""),
-                                 details.get("to"), str(details.get("error") or "unknown error"),
-                                 event.ts)
-    return None
+    if not newest or not newest[0].action.endswith("_failed"):
+        return None
+    event = newest[0]
+    details = event.details or {}
+    return SwitchProblem(event.action.removeprefix("model.").removesuffix("_failed"), details.get("to"),
+                         str(details.get("error") or "unknown error"), event.ts)
 
 
 def ensure_production(ctx: AppContext) -> str | None:
@@ -352,7 +350,7 @@ def alias_history(ctx: AppContext, actor: Principal, limit: int = 200) -> list[A
                 for m in versions_q.alias_moves(s, limit=limit)]
 
 
-class Reconciler:
+class Reconciler(PeriodicTask):
     """Makes one console process's engine host serve the desired version; one per process, on its own thread.
 
     Every ``interval_s`` it reads the desired state; when the production alias names another version than the
@@ -362,31 +360,16 @@ class Reconciler:
     """
 
     def __init__(self, ctx: AppContext, host: EngineHost, *, interval_s: float = 2.0) -> None:
-        self.ctx, self.host, self.interval_s = ctx, host, interval_s
+        super().__init__(interval_s, name="model-reconciler")
+        self.ctx, self.host = ctx, host
         self._failed: tuple[str, int | None] | None = None
         self._restart_seen: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one reconciliation at a time (the thread, or a test calling run_once)
 
-    def start(self) -> Reconciler:
-        """Run :meth:`run_once` every ``interval_s`` on a daemon thread until :meth:`stop`."""
-        self._restart_seen = desired_state(self.ctx).restart_generation  # requests made before we started
-        self._thread = threading.Thread(target=self._loop, name="model-reconciler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval_s + 5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.run_once()
-            except Exception:  # a bug here must not kill the loop that keeps the console serving
-                logger.exception("model reconciler: unexpected error")
+    def start(self) -> Self:
+        """Start the rounds; restart requests made before the process started are not replayed."""
+        self._restart_seen = desired_state(self.ctx).restart_generation
+        return super().start()
 
     def run_once(self) -> SwitchOutcome | None:
         """Compare desired and served once; switch or restart if needed. Returns what it did, if anything."""

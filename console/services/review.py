@@ -212,9 +212,9 @@ def _redact_note(ctx: AppContext, note: str | None) -> str | None:
 def _validate(decision: str, category: str | None, note: str | None) -> tuple[str | None, str | None]:
     if decision not in DECISION_LABELS:
         raise InvalidInput(f"Choose a decision: {', '.join(DECISION_LABELS.values())}.")
-    note = clean_text(note or "").strip() or None
-    if note is not None and len(note) > MAX_NOTE_CHARS:
+    if note is not None and len(note) > MAX_NOTE_CHARS:  # as typed, before trimming
         raise InvalidInput(f"A note has at most {MAX_NOTE_CHARS:,} characters.")
+    note = clean_text(note or "").strip() or None
     if decision == "violation":
         if category not in CATEGORIES:
             raise InvalidInput("A confirmed violation needs a category.")
@@ -533,8 +533,6 @@ def decide_escalation(ctx: AppContext, actor: Principal, item_id: int, decision:
     """
     if decision == "escalate":
         raise InvalidInput("An escalated item needs a final decision: violation or false positive.")
-    if note is not None and len(note) > MAX_NOTE_CHARS:
-        raise InvalidInput(f"A note has at most {MAX_NOTE_CHARS:,} characters.")
     category, note = _validate(decision, category, note)
     note = _redact_note(ctx, note)
     _ensure_not_own(ctx, actor, item_id)

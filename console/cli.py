@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from console.services.access import ALL_ROLES
@@ -15,8 +16,6 @@ from console.services.models import DTYPES
 from console.settings import PROJECT_ROOT, Settings, SettingsError, mask_url
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from console.services.context import AppContext
     from engine.types import ModelSpec
 
@@ -62,6 +61,11 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
     ctx = _services(settings)
     print(f"database ready: {mask_url(settings.database_url)} (revision {ctx.db.current_revision()})")
+    from console.services import audit as audit_svc
+
+    audit_svc.checkpoint(ctx, "init")  # creates the signing key on first use
+    print(f"audit checkpoints are signed with {settings.audit_key_file} (owner-only; back it up apart from the "
+          f"database) and also written to {settings.audit_checkpoint_file}")
     if not args.skip_models:
         print(f"demo models in {settings.models_dir} (built once, then cached)")
         registered = models_svc.ensure_demo_versions(ctx, progress=_Progress())
@@ -277,15 +281,104 @@ def cmd_model_retire(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from db.audit import verify_chain
+    from console.services import audit as audit_svc
+    from console.services.errors import ConsoleError
 
     ctx = _services(settings)
-    report = verify_chain(ctx.db)
+    try:
+        report = audit_svc.verify_cli(ctx, [Path(p) for p in args.checkpoints])
+    except ConsoleError as exc:
+        raise CliError(str(exc)) from None
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    anchored = (f"; {report.checkpoints_checked} signed checkpoint(s) match, events 1-{report.anchored_seq} anchored"
+                if report.checkpoints_checked else "; no signed checkpoint to compare with")
     if report.ok:
-        print(f"audit chain intact: {report.checked} events verified")
+        print(f"audit chain intact: {report.checked} events verified{anchored}")
         return 0
-    print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.reason} ({report.checked} checked)")
+    print(f"audit chain BROKEN ({report.kind}) at event {report.first_bad_seq}: {report.reason}")
     return 1
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import audit as audit_svc
+    from console.services.errors import ConsoleError
+
+    ctx = _services(settings)
+    try:
+        if args.export:
+            rows = audit_svc.checkpoints_cli(ctx)
+            out = Path(args.export)
+            if out.exists():
+                raise CliError(f"{out} exists; choose a new file")
+            out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+            print(f"{len(rows)} checkpoints written to {out} (keep it somewhere the database's owners cannot write; "
+                  "`llm-console audit verify --checkpoints FILE` checks the log against it)")
+            return 0
+        cp = audit_svc.checkpoint(ctx, "cli")
+    except (ConsoleError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"checkpoint signed: {cp.seq} events, head {cp.head_hash[:16]}..., {cp.ts.isoformat()}")
+    return 0
+
+
+def cmd_retention_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import retention
+
+    result = retention.apply_retention(_services(settings), dry_run=args.dry_run)
+    verb = "would erase" if result.dry_run else "erased"
+    print(f"retention {verb}: {result.exchanges} exchange texts (older than {result.text_cutoff:%Y-%m-%d %H:%M} UTC), "
+          f"{result.raw_texts} raw texts (older than {result.raw_cutoff:%Y-%m-%d %H:%M} UTC), "
+          f"{result.conversations} conversation titles, {result.review_notes} review item notes")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import retention
+
+    ctx = _services(settings)
+    # Checks the name and the reason and counts, changing nothing: bad input stops here.
+    preview = retention.erase_user_cli(ctx, args.user, args.reason, dry_run=True)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CliError("add --yes to erase without a question (standard input is not a terminal)")
+        print(f"This erases for {preview.username}: {retention.ERASES}.\nIt keeps {retention.KEEPS}.\n"
+              f"Found: {preview.summary}. This cannot be undone.")
+        if input(f"Type the username ({preview.username}) to go on: ").strip() != preview.username:
+            raise CliError("not confirmed; nothing was erased")
+    result = retention.erase_user_cli(ctx, args.user, args.reason)
+    print(f"erased the content of {result.username}: {result.summary} (audit event {result.event_seq}); "
+          "the account itself stays")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from console.services import exports as exports_svc
+
+    spec = exports_svc.ExportSpec(args.what, args.format, exports_svc.ExportFilter(
+        since=args.since, until=args.until, actor=args.actor, action_prefix=args.action_prefix,
+        model_version=args.model_version, include_synthetic=args.include_synthetic))
+    spec = exports_svc.validated_spec(spec)  # bad arguments: one line, before the database is touched
+    exports_svc.check_out_path(Path(args.out))
+    result = exports_svc.run_export_cli(_services(settings), spec, Path(args.out))
+    print(f"exported {result.rows} rows of {spec.what} as {spec.format}")
+    print(f"file: {result.path}")
+    print(f"manifest: {result.manifest_path}")
+    print(f"sha256: {result.sha256}")
+    return 0
+
+
+def _iso_time(value: str) -> Any:
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or time (2026-11-26 or "
+                                         "2026-11-26T09:00:00+00:00)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed  # no zone given: UTC
 
 
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
@@ -326,10 +419,59 @@ def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.safety.evaluation import safety_report
+
+    result = safety_report(args.texts, family=args.family, seed=args.seed, toxicity=not args.no_toxicity,
+                           examples=args.examples,
+                           progress=lambda done, total: print(f"pii: {done}/{total} texts", file=sys.stderr,
+                                                              flush=True))
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    pii = result["pii"]
+    print(f"PII: {pii['texts']} texts, template family {pii['family']!r} ({pii['templates']} templates), "
+          f"seed {pii['seed']}, policy {pii['policy']['version']} (redact_places={pii['policy']['redact_places']})")
+    print(f"versions: {pii['versions']}")
+    print(f"{'entity':<15}{'gold':>6}{'recall':>8}{'leak':>8}{'pred':>6}{'precision':>10}")
+    for label, row in [*pii["per_entity"].items(), ("overall", pii["overall"])]:
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}")  # noqa: E731
+        print(f"{label:<15}{row['gold']:>6}{fmt(row['recall']):>8}{fmt(row['leak_rate']):>8}{row['predicted']:>6}"
+              f"{fmt(row['precision']):>10}")
+    print(f"look-alikes redacted: {pii['lookalikes']['redacted']}/{pii['lookalikes']['total']}; "
+          f"plain support texts intact: {pii['plain_texts_intact']}")
+    if "toxicity" in result:
+        print(f"toxicity: {json.dumps(result['toxicity'], ensure_ascii=False)}")
+    return 0
+
+
 def cmd_bench_review(args: argparse.Namespace, settings: Settings) -> int:
     from bench.review import run_review_bench
 
     _print_result(run_review_bench(items=args.items), args.json)
+    return 0
+
+
+def cmd_bench_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.audit import run_audit_bench
+
+    _print_result(run_audit_bench(events=args.events, appends=args.appends,
+                                  progress=lambda m: print(m, file=sys.stderr, flush=True)), args.json)
+    return 0
+
+
+def cmd_bench_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.dashboard import run_dashboard_bench
+
+    _print_result(run_dashboard_bench(rows=args.rows), args.json)
+    return 0
+
+
+def cmd_metrics_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import dashboard as dashboard_svc
+
+    counted = dashboard_svc.rebuild_buckets_cli(_services(settings))
+    print(f"latency buckets rebuilt from {counted} exchanges")
     return 0
 
 
@@ -426,11 +568,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_cmd", required=True,
                                                                          parser_class=_Parser)
-    s = audit.add_parser("verify", help="check the hash chain of the whole audit log")
+    s = audit.add_parser("verify", help="check the hash chain of the whole audit log against the signed checkpoints")
+    s.add_argument("--checkpoints", action="append", default=[], metavar="FILE",
+                   help="also compare with checkpoints kept elsewhere (a file from `audit checkpoint --export`)")
     s.set_defaults(func=cmd_audit_verify)
+    s = audit.add_parser("checkpoint", help="sign a checkpoint of the chain now, or export every checkpoint")
+    s.add_argument("--export", metavar="FILE", help="write every signed checkpoint to FILE (JSON Lines)")
+    s.set_defaults(func=cmd_audit_checkpoint)
+    s = audit.add_parser("export", help="export audit events, exchanges or review decisions, with a manifest "
+                                        "(audited; never raw text)")
+    s.add_argument("--what", required=True, choices=("events", "exchanges", "decisions"))
+    s.add_argument("--format", required=True, choices=("csv", "jsonl", "parquet"))
+    s.add_argument("--since", type=_iso_time, help="from this ISO date/time, inclusive (no zone: UTC)")
+    s.add_argument("--until", type=_iso_time, help="up to this ISO date/time, exclusive (no zone: UTC)")
+    s.add_argument("--actor", help="only this user (events: the actor; exchanges: the user; decisions: reviewer)")
+    s.add_argument("--action-prefix", help="only events whose action starts with this (events only)")
+    s.add_argument("--model-version", help="only what concerns this model version (by name)")
+    s.add_argument("--include-synthetic", action="store_true", help="include synthetic (load test) exchanges")
+    s.add_argument("--out", required=True, help="the file to write (must not exist); FILE.manifest.json beside it")
+    s.set_defaults(func=cmd_audit_export)
+
+    s = sub.add_parser("retention", help="drop stored text past its retention").add_subparsers(
+        dest="retention_cmd", required=True, parser_class=_Parser).add_parser(
+        "apply", help="erase raw texts and exchange texts older than the retention settings (metadata stays)")
+    s.add_argument("--dry-run", action="store_true", help="only count what would be erased")
+    s.set_defaults(func=cmd_retention_apply)
+    s = sub.add_parser("erase", help="erase every text a person stored (the account stays); audited")
+    s.add_argument("--user", required=True, help="the person's username")
+    s.add_argument("--reason", required=True, help="why (10 to 2,000 characters; checked, not stored)")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=cmd_erase)
 
     s = sub.add_parser("settings", help="show every setting, its value and its environment variable")
     s.set_defaults(func=cmd_settings)
+
+    metrics = sub.add_parser("metrics", help="latency buckets").add_subparsers(dest="metrics_cmd", required=True,
+                                                                           parser_class=_Parser)
+    s = metrics.add_parser("rebuild", help="rebuild the latency buckets from the exchanges (drops console overhead)")
+    s.set_defaults(func=cmd_metrics_rebuild)
+
+    evals = sub.add_parser("eval", help="measured quality of the scanners").add_subparsers(dest="eval_cmd", required=True,
+                                                                                      parser_class=_Parser)
+    s = evals.add_parser("safety", help="PII recall/precision/leak rate on a generated labelled set; toxicity ROC AUC")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--texts", type=_positive, default=2000, help="labelled texts to generate (default 2000)")
+    s.add_argument("--family", choices=("heldout", "dev"), default="heldout",
+                   help="template family: heldout (reported) or dev (what the recognizers were tuned on)")
+    s.add_argument("--seed", type=int, default=13)
+    s.add_argument("--examples", type=int, default=0, help="list up to N misses and false positives")
+    s.add_argument("--no-toxicity", action="store_true", help="PII only")
+    s.set_defaults(func=cmd_eval_safety)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
                                                                       parser_class=_Parser)
@@ -453,6 +640,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--items", type=_positive, default=100_000)
     s.set_defaults(func=cmd_bench_review)
+    s = bench.add_parser("dashboard", help="latency page over 1,000,000 exchanges: 7 and 30 days, store overhead")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--rows", type=_positive, default=1_000_000)
+    s.set_defaults(func=cmd_bench_dashboard)
+    s = bench.add_parser("audit", help="audit log: appends/s, verify and export 1,000,000 events, export memory")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--events", type=_positive, default=1_000_000)
+    s.add_argument("--appends", type=_positive, default=4_000, help="events appended, one per transaction")
+    s.set_defaults(func=cmd_bench_audit)
     return p
 
 

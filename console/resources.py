@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import streamlit as st
 
@@ -18,6 +19,9 @@ from db.config import DbConfig
 from db.database import Database, make_private_dir
 
 logger = logging.getLogger(__name__)
+
+# When this server process started (this module is imported before any page or turn runs in it).
+STARTED_AT = datetime.now(UTC)
 
 
 @st.cache_resource(show_spinner=False)
@@ -39,15 +43,29 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     """Start serving the desired version in the background, and its reconciler; pages render while it loads.
 
     ``llm-console run`` calls this before the first browser connects, so the model loads at server start.
+    First, exchanges left pending by an earlier process (it stopped while the model answered) are marked
+    interrupted: every turn asks for the host, so none of this process's can be pending before that.
     """
-    from console.services import promotion, serving
+    from console.services import chat, promotion, serving
     from engine.host import EngineHost
     from engine.types import HostConfig
 
     cfg = settings()
+    ctx = AppContext(cfg, database())
+    try:
+        chat.mark_interrupted(ctx, before=STARTED_AT)
+    except ConsoleError:  # the database is busy or full: the next start sweeps them; the console starts regardless
+        logger.exception("could not mark the exchanges left pending by an earlier process as interrupted")
+    from console.services import audit
+
+    # Registered first, so it stops last: its shutdown checkpoint covers everything the other jobs wrote.
+    atexit.register(audit.Checkpointer(ctx).start().stop)
+    from console.services.retention import RetentionTask
+
+    atexit.register(RetentionTask(ctx).start().stop)  # every retention_check_seconds, engine or not
+    metrics_endpoint()  # once per process, engine or not (its engine gauges start when the host does)
     if not cfg.engine_autostart:
         return None
-    ctx = AppContext(cfg, database())
     config = HostConfig(kv_cache_gib=cfg.kv_cache_gib, drain_timeout_s=cfg.drain_seconds)
     name = serving.desired_state(ctx).version
     try:
@@ -57,10 +75,25 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
         logger.exception("cannot serve the desired model version %s", name)
         host = EngineHost(config)
     reconciler = serving.Reconciler(ctx, host, interval_s=cfg.reconcile_seconds).start()
+    from console.services import health, telemetry
+
+    atexit.register(health.HealthSampler(ctx, host, interval_s=cfg.health_sample_seconds).start().stop)
+    telemetry.watch_host(host)
     atexit.register(promotion.Watcher(ctx, interval_s=cfg.watch_check_seconds).start().stop)
     atexit.register(host.shutdown)
     atexit.register(reconciler.stop)
     return host
+
+
+@st.cache_resource(show_spinner=False)
+def metrics_endpoint():  # noqa: ANN201 - console.services.telemetry.MetricsEndpoint | None
+    """The Prometheus /metrics endpoint, once per process; None while LLM_CONSOLE_METRICS_PORT is 0 (off)."""
+    from console.services import telemetry
+
+    endpoint = telemetry.start_endpoint(settings())
+    if endpoint is not None:
+        atexit.register(endpoint.stop)
+    return endpoint
 
 
 @st.cache_resource(show_spinner=False)
@@ -87,7 +120,26 @@ def safety_notice() -> str | None:
     if future.exception() is not None:
         return "Safety scanners failed to load: chat is paused."
     stack = future.result()
-    return "Toxicity: offline fallback (profanity only)." if stack.notice else None
+    if not stack.notice:
+        return None
+    if getattr(_toxicity_scanner(stack), "kind", None) == "offline":
+        return "Toxicity: offline model (Detoxify's weights are missing)."
+    return "Toxicity: offline fallback (profanity only)."
+
+
+def _toxicity_scanner(stack):  # noqa: ANN001, ANN202 - SafetyStack -> the toxicity scanner (engine.safety.toxicity)
+    """The scanner that judges toxicity: Detoxify, the offline model or the profanity fallback (it has a ``kind``)."""
+    return next((s for s in stack.runner.scanners if getattr(s, "kind", None) in ("detoxify", "offline", "fallback")),
+                None)
+
+
+def toxicity_judge() -> str | None:
+    """Which detector judges toxicity, for the sidebar ("offline model tox-block 0.1.2"); None while the scanners
+    load, when they failed or when scanning is off. Never blocks."""
+    future = safety_loader()
+    if future is None or not future.done() or future.exception() is not None:
+        return None
+    return getattr(_toxicity_scanner(future.result()), "display_name", None)
 
 
 def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | None

@@ -49,6 +49,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"must be a TCP port (1-65535) or 0 for off, got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -110,6 +117,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watch_auto_rollback", "true",
             "Roll back by itself on a regression in the watch window (false: only propose the rollback).", _bool),
     Setting("watch_check_seconds", "15", "How often a running console checks the watch window.", _positive_float),
+    Setting("audit_key_file", None,
+            "File holding the key that signs audit checkpoints (owner-only; generated at init); "
+            "default: <data_dir>/audit.key. Keep a copy outside the database's backups."),
+    Setting("audit_checkpoint_file", None,
+            "Append-only file the signed audit checkpoints are also written to; default: <data_dir>/audit-checkpoints.jsonl."),
+    Setting("audit_checkpoint_seconds", "60", "How often a running console signs a checkpoint of the audit chain "
+            "(only when it grew).", _positive_float),
+    Setting("export_dir", None, "Directory where exports and their manifests are written; default: <data_dir>/exports."),
+    Setting("retention_raw_days", "30", "Days unredacted (raw) text is kept before retention drops it.", _positive_int),
+    Setting("retention_text_days", "365",
+            "Days the stored (redacted) prompt and answer text is kept; metadata and the audit chain stay.", _positive_int),
+    Setting("retention_check_seconds", "3600", "How often a running console applies the retention policy.",
+            _positive_float),
+    Setting("health_sample_seconds", "10", "How often a running console stores a sample of the engine's health "
+            "(running and waiting requests, KV-cache use, token rates, errors).", _positive_float),
+    Setting("metrics_port", "0", "Port of the Prometheus /metrics endpoint; 0 turns it off.", _port),
+    Setting("metrics_bind", "127.0.0.1", "Address the Prometheus endpoint listens on (0.0.0.0: every interface)."),
+    Setting("loadtest_max_concurrency", "8", "Most concurrent chats a load test from the console may run.",
+            _positive_int),
+    Setting("loadtest_max_seconds", "120", "Longest a load test from the console may run, in seconds.",
+            _positive_int),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -149,6 +177,18 @@ class Settings:
     watch_flag_margin: float
     watch_auto_rollback: bool
     watch_check_seconds: float
+    audit_key_file: Path
+    audit_checkpoint_file: Path
+    audit_checkpoint_seconds: float
+    export_dir: Path
+    retention_raw_days: int
+    retention_text_days: int
+    retention_check_seconds: float
+    health_sample_seconds: float
+    metrics_port: int
+    metrics_bind: str
+    loadtest_max_concurrency: int
+    loadtest_max_seconds: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +207,10 @@ class Settings:
         data_dir = Path(values["data_dir"]).expanduser().resolve()
         values["data_dir"] = data_dir
         values["policy_file"] = Path(values["policy_file"]).expanduser()
+        values["audit_key_file"] = Path(values["audit_key_file"] or data_dir / "audit.key").expanduser()
+        values["audit_checkpoint_file"] = Path(values["audit_checkpoint_file"]
+                                               or data_dir / "audit-checkpoints.jsonl").expanduser()
+        values["export_dir"] = Path(values["export_dir"] or data_dir / "exports").expanduser()
         if not values["database_url"]:
             values["database_url"] = f"sqlite:///{data_dir / 'console.db'}"
         return cls(**values)

@@ -65,11 +65,24 @@ def escape_stream(chunks: Iterable[str]) -> Iterator[str]:
         yield escape_markdown(pending)
 
 
-_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+_CSV_CHECK_FIRST = frozenset("=+-@\t\r\n'")  # cells starting otherwise need no closer look (the common case)
 
 
 def csv_safe(value: object) -> object:
-    """Neutralise spreadsheet formula injection in a CSV cell (OWASP): prefix risky text with a quote."""
-    if isinstance(value, str) and value.startswith(_CSV_FORMULA_START):
+    """Neutralise spreadsheet formula injection in a CSV cell (OWASP): prefix risky text with a quote.
+
+    Text starting with ``= + - @``, a tab, CR or LF gets one ``'`` in front. So that :func:`csv_restore` can undo
+    it exactly, text that already starts with quotes followed by one of those (``'=1``) gets one more too.
+    """
+    if (isinstance(value, str) and value[:1] in _CSV_CHECK_FIRST
+            and value.lstrip("'").startswith(_CSV_FORMULA_START)):
         return "'" + value
     return value
+
+
+def csv_restore(cell: str) -> str:
+    """The text :func:`csv_safe` was given, from the cell it returned (drops the one quote it added)."""
+    if cell.startswith("'") and cell.lstrip("'").startswith(_CSV_FORMULA_START):
+        return cell[1:]
+    return cell

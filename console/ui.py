@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -14,6 +14,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from console import resources
 from console.services import access, auth
 from console.services.access import Principal
+from console.services.audit import AuditFilter, AuditPage
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, SessionEnded
 from console.textsafe import escape_markdown
@@ -84,6 +85,36 @@ class EvaluationsPageState:
 
 
 @dataclass
+class AuditPageState:
+    """The Audit page: the keyset cursors of the pages walked through (the current one last; None is the newest),
+    the last search that ran (and was audited) with its result, so a rerun with the same filter and page reuses it
+    instead of searching (and auditing) again, the opened event likewise, a message for the next rerun, the round
+    the raw-export request form is keyed by, and what the last export left."""
+
+    cursors: list[int | None] = field(default_factory=lambda: [None])
+    searched: tuple[AuditFilter, int | None] | None = None
+    page: AuditPage | None = None
+    opened: int | None = None
+    detail: tuple[dict[str, Any], list[dict[str, Any]]] | None = None
+    actions: list[str] | None = None  # the action picker's choices (a scan of the log: read once, and on Refresh)
+    flash: str | None = None
+    round: int = 0
+    # Set by the download callables (Streamlit runs them on another thread, after the click's rerun may have
+    # started): the manifest of the last export this session made, and why the last one failed.
+    last_manifest: bytes | None = None
+    export_error: str | None = None
+
+
+@dataclass
+class UsersPageState:
+    """The Users page: a message for the next rerun ("Added alice."), and the form round (the add and erase forms
+    are keyed by it, so each opens empty after a success)."""
+
+    flash: str | None = None
+    round: int = 0
+
+
+@dataclass
 class UiSession:
     """Everything this browser session remembers, in one typed object (not loose keys).
 
@@ -100,6 +131,8 @@ class UiSession:
     compare: ComparePageState = field(default_factory=ComparePageState)
     evaluations: EvaluationsPageState = field(default_factory=EvaluationsPageState)
     promotions: PromotionsPageState = field(default_factory=PromotionsPageState)
+    audit: AuditPageState = field(default_factory=AuditPageState)
+    users: UsersPageState = field(default_factory=UsersPageState)
 
     def reset_pages(self) -> None:
         """Forget every page's state (at sign-in and sign-out: the next user starts clean)."""
@@ -110,6 +143,8 @@ class UiSession:
         self.compare = ComparePageState()
         self.evaluations = EvaluationsPageState()
         self.promotions = PromotionsPageState()
+        self.audit = AuditPageState()
+        self.users = UsersPageState()
 
 
 def session() -> UiSession:

@@ -1,22 +1,24 @@
-"""Conversations and their exchanges (one prompt, one answer, its metrics), and storing a whole chat turn."""
+"""Conversations and their exchanges (one prompt, one answer, its metrics): a prompt stored as a pending exchange
+before the model sees it and completed when the answer ends, a turn stored whole, interrupted ones closed."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import metrics as metrics_q
 from db import safety as safety_q
 from db.audit import append_event
 from db.review import items as review_items
 from db.review.items import ReviewItemRecord
 from db.safety import FindingRecord, RawTextRecord
-from db.tables import EXCHANGE_STATUSES, Conversation, Exchange
+from db.tables import Conversation, Exchange
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -103,13 +105,23 @@ class ExchangeTimings:
     tokens_per_s: float | None = None
 
 
-@dataclass(frozen=True)
-class TurnRecord:
-    """One finished chat turn, everything worked out, ready to store in one transaction.
+# An exchange is stored when its prompt is submitted (``pending``, before the model sees it) and completed when the
+# answer ends; ``interrupted`` marks one still pending when its console process stopped (see mark_interrupted).
+FINISHED_STATUSES = ("ok", "error", "aborted", "blocked")
+INTERRUPTED_ERROR = "The console stopped while the model was answering."
 
-    ``prompt``/``response`` are the texts as they should be stored (redacted where the policy says so);
-    the unredacted texts the policy keeps go in ``raw_texts``. ``review`` is set when the turn enters the
-    review queue.
+
+class ExchangeNotPending(RuntimeError):
+    """The exchange to complete is not pending: already completed, or marked interrupted meanwhile."""
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A submitted prompt, everything worked out, ready to store before the model is asked.
+
+    ``prompt`` is the text as it should be stored (redacted where the policy says so); the unredacted text the
+    policy keeps goes in ``raw_texts``; ``findings`` are the prompt's (and the system prompt's). ``synthetic``
+    marks load-test traffic.
     """
 
     conversation_id: int
@@ -117,35 +129,109 @@ class TurnRecord:
     actor: str
     model_version: str
     prompt: str
-    response: str = ""
-    status: str = "ok"
-    error: str | None = None
     request_id: str | None = None
     model_version_id: int | None = None
     sampling: Mapping[str, Any] = field(default_factory=dict)
-    timings: ExchangeTimings = field(default_factory=ExchangeTimings)
     prompt_action: str | None = None
-    output_action: str | None = None
     policy_version: int | None = None
     created_at: datetime | None = None
-    finished_at: datetime | None = None
     findings: tuple[FindingRecord, ...] = ()
     raw_texts: tuple[RawTextRecord, ...] = ()
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class TurnRecord(PendingRecord):
+    """One finished chat turn, everything worked out, ready to store in one transaction.
+
+    ``prompt``/``response`` are the texts as they should be stored (redacted where the policy says so);
+    the unredacted texts the policy keeps go in ``raw_texts``. ``review`` is set when the turn enters the
+    review queue. Given to :func:`complete_exchange`, ``findings`` and ``raw_texts`` are only those not stored
+    with the pending exchange (the answer's).
+    """
+
+    response: str = ""
+    status: str = "ok"
+    error: str | None = None
+    timings: ExchangeTimings = field(default_factory=ExchangeTimings)
+    output_action: str | None = None
+    finished_at: datetime | None = None
     review: ReviewItemRecord | None = None
+    # The console's own time around the engine's, in ms (scan_before_ms, scan_after_ms, store_ms), for the Latency page.
+    overhead: Mapping[str, float] = field(default_factory=dict)
+
+
+def _check_finished(status: str) -> None:
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {FINISHED_STATUSES}, got {status!r}")
+
+
+def _touch(session: Session, conversation_id: int, now: datetime) -> None:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is not None:
+        conversation.updated_at = now
+
+
+def _store_side(session: Session, exchange_id: int, record: PendingRecord) -> None:
+    """The findings (one ``safety.findings`` event) and the raw texts of one record."""
+    safety_q.add_findings(session, exchange_id, record.findings, actor=record.actor, actor_id=record.user_id)
+    for raw in record.raw_texts:
+        safety_q.store_raw_text(session, exchange_id, raw.direction, storable(raw.text))
+
+
+def _finish(session: Session, exchange: Exchange, turn: TurnRecord) -> None:
+    """The answer's part: the ``chat.exchange`` event, findings, raw texts and review item (exchange flushed)."""
+    timings = asdict(turn.timings)
+    append_event(
+        session,
+        actor=turn.actor,
+        actor_id=turn.user_id,
+        action="chat.exchange",
+        object_type="exchange",
+        object_id=exchange.id,
+        details={
+            "conversation_id": exchange.conversation_id,
+            "request_id": exchange.request_id,
+            "status": turn.status,
+            "error": _storable_or_none(turn.error),
+            "model_version": exchange.model_version,
+            "model_version_id": exchange.model_version_id,
+            "prompt_action": exchange.prompt_action,
+            "output_action": turn.output_action,
+            "policy_version": exchange.policy_version,
+            "synthetic": exchange.synthetic,
+            **timings,
+        },
+    )
+    _store_side(session, exchange.id, turn)
+    if turn.review is not None:
+        review_items.create_review_item(
+            session,
+            exchange_id=exchange.id,
+            reason=turn.review.reason,
+            direction=turn.review.direction,
+            severity=turn.review.severity,
+            due_at=turn.review.due_at,
+            note=turn.review.note,
+            actor=turn.actor,
+            # The detectors put it in the queue, not the user: no creator.
+            created_by_id=None,
+        )
+    # The latency buckets, in the same transaction (after the audit head's lock, as every writer takes it).
+    metrics_q.record_exchange_row(session, exchange, overhead=turn.overhead)
 
 
 def store_turn(session: Session, turn: TurnRecord) -> Exchange:
-    """Store a turn: the exchange with its timings, its findings, the raw texts kept, its review item.
+    """Store a whole turn at once: the exchange with its timings, its findings, the raw texts kept, its review item.
 
-    Each part writes its own audit event (``chat.exchange``, ``safety.findings``, ``review.item``); the
-    ``chat.exchange`` event carries ids, status, model, actions and timings, never the text. Everything
-    goes into the caller's session, so the turn commits whole or not at all. NUL characters in the texts are
-    stored as U+FFFD (see :func:`storable`).
+    For turns that never reach the model (a blocked prompt); a turn the model answers goes through
+    :func:`begin_exchange` and :func:`complete_exchange`. Each part writes its own audit event (``chat.exchange``,
+    ``safety.findings``, ``review.item``); the ``chat.exchange`` event carries ids, status, model, actions and
+    timings, never the text. Everything goes into the caller's session, so the turn commits whole or not at all.
+    NUL characters in the texts are stored as U+FFFD (see :func:`storable`).
     """
-    if turn.status not in EXCHANGE_STATUSES:
-        raise ValueError(f"status must be one of {EXCHANGE_STATUSES}, got {turn.status!r}")
+    _check_finished(turn.status)
     now = utcnow()
-    timings = asdict(turn.timings)
     exchange = Exchange(
         conversation_id=turn.conversation_id,
         user_id=turn.user_id,
@@ -162,51 +248,137 @@ def store_turn(session: Session, turn: TurnRecord) -> Exchange:
         prompt_action=turn.prompt_action,
         output_action=turn.output_action,
         policy_version=turn.policy_version,
-        **timings,
+        synthetic=turn.synthetic,
+        **asdict(turn.timings),
     )
     session.add(exchange)
-    conversation = session.get(Conversation, turn.conversation_id)
-    if conversation is not None:
-        conversation.updated_at = now
+    _touch(session, turn.conversation_id, now)
+    session.flush()
+    _finish(session, exchange, turn)
+    logger.debug("exchange %s stored request_id=%s status=%s", exchange.id, turn.request_id, turn.status)
+    return exchange
+
+
+def begin_exchange(session: Session, record: PendingRecord) -> Exchange:
+    """Store a submitted prompt as a ``pending`` exchange, before the model is asked.
+
+    The exchange row (stored prompt, model version, sampling, time), the prompt's findings and its raw text if
+    kept, and a ``chat.prompt`` audit event (ids, model version, prompt action; never the text) go into the
+    caller's session: commit it before the engine sees the prompt. :func:`complete_exchange` finishes it.
+    """
+    now = utcnow()
+    exchange = Exchange(
+        conversation_id=record.conversation_id,
+        user_id=record.user_id,
+        request_id=record.request_id,
+        model_version=record.model_version,
+        model_version_id=record.model_version_id,
+        prompt=storable(record.prompt),
+        response="",
+        sampling=dict(record.sampling),
+        status="pending",
+        created_at=record.created_at or now,
+        prompt_action=record.prompt_action,
+        policy_version=record.policy_version,
+        synthetic=record.synthetic,
+    )
+    session.add(exchange)
+    _touch(session, record.conversation_id, now)
     session.flush()
     append_event(
         session,
-        actor=turn.actor,
-        actor_id=turn.user_id,
-        action="chat.exchange",
+        actor=record.actor,
+        actor_id=record.user_id,
+        action="chat.prompt",
         object_type="exchange",
         object_id=exchange.id,
         details={
-            "conversation_id": turn.conversation_id,
-            "request_id": turn.request_id,
-            "status": turn.status,
-            "error": _storable_or_none(turn.error),
-            "model_version": turn.model_version,
-            "model_version_id": turn.model_version_id,
-            "prompt_action": turn.prompt_action,
-            "output_action": turn.output_action,
-            "policy_version": turn.policy_version,
-            **timings,
+            "conversation_id": record.conversation_id,
+            "request_id": record.request_id,
+            "model_version": record.model_version,
+            "model_version_id": record.model_version_id,
+            "prompt_action": record.prompt_action,
+            "policy_version": record.policy_version,
+            "synthetic": record.synthetic,
         },
     )
-    safety_q.add_findings(session, exchange.id, turn.findings, actor=turn.actor, actor_id=turn.user_id)
-    for raw in turn.raw_texts:
-        safety_q.store_raw_text(session, exchange.id, raw.direction, storable(raw.text))
-    if turn.review is not None:
-        review_items.create_review_item(
-            session,
-            exchange_id=exchange.id,
-            reason=turn.review.reason,
-            direction=turn.review.direction,
-            severity=turn.review.severity,
-            due_at=turn.review.due_at,
-            note=turn.review.note,
-            actor=turn.actor,
-            # The detectors put it in the queue, not the user: no creator.
-            created_by_id=None,
-        )
-    logger.debug("exchange %s stored request_id=%s status=%s", exchange.id, turn.request_id, turn.status)
+    _store_side(session, exchange.id, record)
+    logger.debug("exchange %s pending request_id=%s", exchange.id, record.request_id)
     return exchange
+
+
+def complete_exchange(session: Session, exchange_id: int, turn: TurnRecord) -> Exchange:
+    """Complete a pending exchange with its answer: response, status, timings, the answer's findings and raw text,
+    its review item, and the ``chat.exchange`` audit event, all in the caller's session.
+
+    ``turn`` describes the same exchange (its conversation and user must match); its prompt-side fields are
+    ignored, except ``model_version``/``model_version_id`` (the version that actually answered). Raises
+    :class:`ExchangeNotPending` if the exchange is not pending (completed already, or marked interrupted).
+    """
+    _check_finished(turn.status)
+    exchange = session.get(Exchange, exchange_id, with_for_update=True, populate_existing=True)
+    if exchange is None:
+        raise ExchangeNotPending(f"exchange {exchange_id} does not exist")
+    if exchange.status != "pending":
+        raise ExchangeNotPending(f"exchange {exchange_id} is {exchange.status}, not pending")
+    if (exchange.conversation_id, exchange.user_id) != (turn.conversation_id, turn.user_id):
+        raise ValueError(f"the record is not for exchange {exchange_id}'s conversation and user")
+    now = utcnow()
+    if exchange.text_erased_at is not None:
+        # The person's content was erased while the model answered: the answer's text must not come back.
+        turn = replace(turn, response="", raw_texts=())
+    exchange.response = storable(turn.response)
+    exchange.status = turn.status
+    exchange.error = _storable_or_none(turn.error)
+    exchange.finished_at = turn.finished_at or now
+    exchange.output_action = turn.output_action
+    if turn.model_version and turn.model_version != "none":
+        exchange.model_version = turn.model_version
+    if turn.model_version_id is not None:
+        exchange.model_version_id = turn.model_version_id
+    for name, value in asdict(turn.timings).items():
+        setattr(exchange, name, value)
+    _touch(session, exchange.conversation_id, now)
+    session.flush()
+    _finish(session, exchange, turn)
+    logger.debug("exchange %s completed request_id=%s status=%s", exchange.id, exchange.request_id, turn.status)
+    return exchange
+
+
+def mark_interrupted(session: Session, before: datetime, *, actor: str = "system") -> list[int]:
+    """Mark every exchange still ``pending`` that was submitted before ``before`` as ``interrupted``.
+
+    Called when a console process starts, with its start time: whatever was pending then belonged to a process
+    that stopped while the model answered. Audited as one ``chat.interrupted`` event listing the ids (none is
+    written when there are none). Returns the ids, ascending.
+    """
+    stmt = (
+        select(Exchange)
+        .where(Exchange.status == "pending", Exchange.created_at < before)
+        .order_by(Exchange.id)
+        .with_for_update()
+    )
+    exchanges = list(session.scalars(stmt))
+    if not exchanges:
+        return []
+    now = utcnow()
+    for exchange in exchanges:
+        exchange.status = "interrupted"
+        exchange.error = INTERRUPTED_ERROR
+        exchange.finished_at = now
+    session.flush()
+    ids = [e.id for e in exchanges]
+    append_event(
+        session,
+        actor=actor,
+        action="chat.interrupted",
+        object_type="exchange",
+        details={"exchange_ids": ids, "before": before.isoformat(), "count": len(ids)},
+    )
+    for exchange in exchanges:
+        metrics_q.record_exchange_row(session, exchange)
+    logger.warning("marked %d exchange(s) interrupted: %s", len(ids), ids)
+    return ids
 
 
 def list_recent_exchanges(

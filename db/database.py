@@ -6,6 +6,8 @@ on PostgreSQL through the URL alone.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -31,6 +33,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _READONLY_OPTION = "llm_console_readonly"
 
 
+_canonical_json = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 class ReadOnlySessionError(RuntimeError):
     """A session opened with ``readonly=True`` tried to write."""
 
@@ -47,7 +52,10 @@ class Database:
         url = make_url(config.url)
         self.url: URL = url
         # Bound values are prompts, answers and raw text: never copy them into error messages and logs.
-        kwargs: dict[str, Any] = {"echo": config.echo, "future": True, "hide_parameters": True}
+        kwargs: dict[str, Any] = {"echo": config.echo, "future": True, "hide_parameters": True,
+                                  # JSON columns stored in canonical form (sorted keys, no spaces, Unicode as is):
+                                  # audit details are then stored byte for byte as they were hashed.
+                                  "json_serializer": _canonical_json}
         if url.get_backend_name() == "sqlite":
             kwargs.update(_sqlite_engine_kwargs(url, config))
         else:
@@ -187,6 +195,9 @@ def _configure_sqlite(engine: Engine, config: DbConfig) -> None:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={int(config.busy_timeout_ms)}")
             cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fsync on checkpoint only
+            # Overwrite freed bytes with zeros (not every build's default): text that retention or an erasure
+            # removes, and the old copies an earlier update left in a page's free space, leave the file too.
+            cursor.execute("PRAGMA secure_delete=ON")
         finally:
             cursor.close()
 

@@ -12,12 +12,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -50,7 +52,9 @@ class Role(enum.StrEnum):
 
 
 ROLES: tuple[str, ...] = tuple(r.value for r in Role)
-EXCHANGE_STATUSES = ("ok", "error", "aborted", "blocked")
+# "pending": the prompt is stored and the model is answering; "interrupted": the console stopped before the answer
+# ended (found pending at start-up).
+EXCHANGE_STATUSES = ("ok", "error", "aborted", "blocked", "pending", "interrupted")
 REVIEW_STATUSES = ("none", "pending", "decided")
 DIRECTIONS = ("prompt", "output")
 ITEM_REASONS = ("flagged", "blocked", "manual")
@@ -174,17 +178,26 @@ class Exchange(Base):
     output_action: Mapped[str | None] = mapped_column(String(20))
     policy_version: Mapped[int | None]
     review_status: Mapped[str] = mapped_column(String(20), default="none", server_default="none")
+    # Added by 0009_audit_anchor: when retention or an erasure removed the prompt and answer text (metadata stays).
+    text_erased_at: Mapped[datetime | None]
+    # Synthetic load (a load test from the console), excluded from dashboards by default.
+    synthetic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AuditEvent(Base):
-    """One append-only, hash-chained audit event; written only through ``db.audit.append_event``."""
+    """One append-only, hash-chained audit event; written only through ``db.audit.append_event``.
+
+    Database triggers refuse UPDATE and DELETE, except the erasure path: ``details`` may be replaced when
+    ``erased_at`` is set and every chained column (including ``details_hash``) stays as it was.
+    """
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_object", "object_type", "object_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, unique=True)
     ts: Mapped[datetime] = mapped_column(index=True)
-    actor: Mapped[str] = mapped_column(String(200))
+    actor: Mapped[str] = mapped_column(String(200), index=True)
     actor_id: Mapped[int | None]
     action: Mapped[str] = mapped_column(String(100), index=True)
     object_type: Mapped[str | None] = mapped_column(String(100))
@@ -192,6 +205,10 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # Added by 0009_audit_anchor: the SHA-256 of the canonical details, which the chained hash covers (so details
+    # can be erased without breaking the chain), and when they were erased.
+    details_hash: Mapped[str | None] = mapped_column(String(64))
+    erased_at: Mapped[datetime | None]
 
 
 class AuditHead(Base):
@@ -293,6 +310,8 @@ class ReviewDecision(Base):
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("review_decisions.id"))
     second_review: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Added by 0009_audit_anchor: the erasure path may clear ``note`` (and only that) when it sets this.
+    note_erased_at: Mapped[datetime | None]
 
 
 # ---- 0003_review_queue ----
@@ -400,6 +419,136 @@ class PromotionRequest(Base):
     override_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
+
+
+# ---- 0009_audit_anchor ----
+
+
+class AuditCheckpoint(Base):
+    """A signed statement "the chain had ``seq`` events and its head was ``head_hash`` at ``ts``".
+
+    Signed (HMAC-SHA256) with a key kept outside the database, and also appended to a file beside it, so cutting
+    the tail or rewriting the chain shows even to someone who can write the database.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    key_id: Mapped[str] = mapped_column(String(16))
+    signature: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(40))
+
+
+EXPORT_REQUEST_STATUSES = ("pending", "approved", "rejected", "cancelled", "used")
+
+
+class ExportRequest(Base):
+    """An export that holds raw (unredacted) text: asked for by an admin with a reason, approved by another person."""
+
+    __tablename__ = "export_requests"
+    __table_args__ = (CheckConstraint(_in("status", EXPORT_REQUEST_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    what: Mapped[str] = mapped_column(String(20))
+    format: Mapped[str] = mapped_column(String(20))
+    filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+    used_at: Mapped[datetime | None]
+
+
+# ---- 0011_engine_health ----
+
+
+class EngineHealthSample(Base):
+    """The serving engine's load, sampled every few seconds by each console process (console/services/health.py).
+
+    ``epoch_s`` (Unix seconds of ``ts``) lets queries bucket by time with integer arithmetic on every database.
+    ``preemptions`` counts since the previous sample; ``errors`` holds the engine errors noted since then
+    (``[{"at": unix seconds, "message": ...}]``, ``error_count`` of them); ``error`` is the host's own (a failed
+    load, a dead engine). Kept for a limited time (the sampler deletes older rows).
+    """
+
+    __tablename__ = "engine_health"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+    epoch_s: Mapped[int] = mapped_column(BigInteger, index=True)
+    model_version: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20))
+    running: Mapped[int] = mapped_column(Integer, default=0)
+    waiting: Mapped[int] = mapped_column(Integer, default=0)
+    kv_cache_usage: Mapped[float] = mapped_column(Float, default=0.0)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+    preemptions_total: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    generation_tokens_per_s: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+# ---- 0010_latency_buckets ----
+
+# How long a stored latency bucket is, in seconds: per minute, and per hour for long ranges (see db/metrics.py).
+BUCKET_RESOLUTIONS = (60, 3600)
+SLO_STATS = ("p50", "p90", "p95", "p99", "rate")
+
+
+class LatencyBucket(Base):
+    """Pre-aggregated traffic of one minute (or hour), model version, real/synthetic traffic and final status.
+
+    Written with each finished exchange (``db.metrics.record_exchange``): counters, sums for means, and the latency
+    histograms of every metric as one compact array (``hist``, decoded by ``db.metrics``). The dashboards read
+    these rows, never the exchanges.
+    """
+
+    __tablename__ = "latency_buckets"
+
+    resolution_s: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(200), primary_key=True)
+    synthetic: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    flagged: Mapped[int] = mapped_column(Integer)
+    blocked: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    ttft_sum_ms: Mapped[float] = mapped_column(Float)
+    itl_sum_ms: Mapped[float] = mapped_column(Float)
+    e2e_sum_ms: Mapped[float] = mapped_column(Float)
+    queue_sum_ms: Mapped[float] = mapped_column(Float)
+    scan_before_sum_ms: Mapped[float] = mapped_column(Float)
+    scan_after_sum_ms: Mapped[float] = mapped_column(Float)
+    store_sum_ms: Mapped[float] = mapped_column(Float)
+    hist: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Slo(Base):
+    """A service-level objective set by an admin: a latency percentile or a rate, and its threshold."""
+
+    __tablename__ = "slos"
+    __table_args__ = (
+        CheckConstraint(_in("stat", SLO_STATS), name="stat"),
+        Index("ix_slos_metric_stat", "metric", "stat", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    metric: Mapped[str] = mapped_column(String(40))
+    stat: Mapped[str] = mapped_column(String(10))
+    # Milliseconds for a latency percentile; a fraction (0.01 = 1 %) for a rate.
+    threshold: Mapped[float] = mapped_column(Float)
+    set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    set_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # ---- append-only guards ----

@@ -26,7 +26,7 @@ from engine.errors import (
     PromptTooLongError,
 )
 from engine.stream import GenerationStream
-from engine.types import ChatMessage, HostConfig, HostStatus, ModelSpec, SamplingSettings
+from engine.types import ChatMessage, EngineHealth, HostConfig, HostStatus, ModelSpec, SamplingSettings
 from engine.worker import AddRequest, Worker
 
 __all__ = ["EngineHost", "GenerationStream"]
@@ -106,6 +106,37 @@ class EngineHost:
         if target is not None:
             status = dataclasses.replace(status, switching_to=target.name)
         return status
+
+    def health(self) -> EngineHealth:
+        """The serving engine's load: running and waiting requests, KV-cache use, preemptions, token rates, errors.
+
+        Cheap and safe from any thread: it reads what the engine's own thread recorded at its last step
+        (engine/stats.py) and never calls into vLLM. The numbers are the engine's that serves (or last served)
+        requests; during a switch ``state`` is the new version's loading state, as in :meth:`status`.
+        """
+        status = self.status()
+        worker = self._worker
+        now = time.time()
+        if self._closed or worker is None:
+            return EngineHealth(status.state, status.model_version, error=status.error, at=now)
+        stats = worker.stats.snapshot()
+        return EngineHealth(
+            state=status.state,
+            model_version=worker.spec.name,
+            running=stats.running,
+            waiting=stats.waiting,
+            kv_cache_usage=stats.kv_cache_usage,
+            preemptions_total=stats.preemptions_total,
+            prompt_tokens_total=stats.prompt_tokens_total,
+            generation_tokens_total=stats.generation_tokens_total,
+            requests_finished_total=stats.requests_finished_total,
+            prompt_tokens_per_s=stats.prompt_tokens_per_s,
+            generation_tokens_per_s=stats.generation_tokens_per_s,
+            window_s=stats.window_s,
+            error=status.error or worker.status().error,
+            recent_errors=stats.recent_errors,
+            at=now,
+        )
 
     def wait_ready(self, timeout: float | None = None) -> HostStatus:
         """Block until loading ends; raise ModelLoadError if it failed, EngineNotReadyError on timeout."""

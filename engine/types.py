@@ -191,3 +191,39 @@ class HostStatus:
     def ready(self) -> bool:
         """True when the host takes requests."""
         return self.state == "ready"
+
+
+@dataclass(frozen=True)
+class EngineErrorNote:
+    """An error the engine met while serving (a request it rejected or failed), with its wall-clock time."""
+
+    at: float  # time.time()
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """How loaded the serving engine is, from vLLM's own scheduler and iteration stats (``EngineHost.health``).
+
+    ``running``/``waiting`` are the requests in the engine's batch and queue, ``kv_cache_usage`` the share of the
+    KV-cache blocks in use (0..1), all as of the engine's last step (0 while it is idle). The ``*_total`` counters
+    count since this engine started (a switch or restart starts them again, as Prometheus counters reset), and the
+    token rates are over the last ``window_s`` seconds. ``error`` is the host's own (a failed load, a dead
+    engine); ``recent_errors`` the last few requests the engine rejected or failed. ``at`` is ``time.time()``.
+    """
+
+    state: HostState
+    model_version: str | None
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    preemptions_total: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    requests_finished_total: int = 0
+    prompt_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0
+    window_s: float = 0.0
+    error: str | None = None
+    recent_errors: tuple[EngineErrorNote, ...] = ()
+    at: float = 0.0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import EngineDeadError, EngineError, EngineNotReadyError
+from engine.stats import EngineStats
 from engine.types import HostConfig, HostState, HostStatus, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Worker:
         self.settled = threading.Event()  # set when loading ended, ready or not
         self.done = threading.Event()  # set when the thread has shut its engine down
         self._sinks: dict[str, queue.SimpleQueue[Any]] = {}  # engine thread only
+        self.stats = EngineStats()  # the engine's load as vLLM reports it at each step; read by host.health()
         self.thread = threading.Thread(target=self._run, name=f"vllm-engine[{spec.name}]", daemon=True)
 
     # -- called from any thread --
@@ -231,8 +233,9 @@ class Worker:
         engine = LLMEngine.from_engine_args(EngineArgs(**args))
         # Per-request stats (RequestOutput.metrics) need log_stats on, but vLLM then also feeds its default
         # stat loggers (periodic log lines, Prometheus) on every step: ~10% of a small model's throughput
-        # here. The console keeps its own per-request timings, so the loggers are dropped.
-        engine.logger_manager = None
+        # here. The console keeps its own per-request timings, so the loggers are replaced by a few counters
+        # (engine/stats.py) that EngineHost.health() reads.
+        engine.logger_manager = self.stats
         return engine
 
     def _step(self, engine: Any) -> list[Any]:
@@ -251,6 +254,7 @@ class Worker:
             busy = engine.has_unfinished_requests()
             items: list[AddRequest | AbortRequest | StopWorker] = []
             if not busy and stop is None:
+                self.stats.idle()
                 items.append(self.inbox.get())  # idle: sleep until someone asks for something
             # Take everything queued at once, so a busy engine never waits on callers between steps.
             while True:
@@ -276,6 +280,7 @@ class Worker:
                             )
                         except (ValueError, TypeError) as exc:  # vLLM's input validation
                             logger.warning("vLLM rejected request %s: %s", item.request_id, exc)
+                            self.stats.note_error(f"The engine rejected request {item.request_id}: {exc}")
                             item.sink.put(Failed(EngineError(f"The engine rejected the request: {exc}")))
                         else:
                             sinks[item.request_id] = item.sink

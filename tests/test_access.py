@@ -19,7 +19,9 @@ ROLES = access.ALL_ROLES
 EXPECTED = {
     "chat.use": {"operator"},
     "chat.send_to_review": {"operator"},
-    "dashboard.view": {"operator", "analyst"},
+    "dashboard.view": {"operator", "analyst", "admin"},
+    "slo.manage": {"admin"},
+    "loadtest.run": {"operator", "admin"},
     "review.work": {"reviewer"},
     "review.reveal_raw": {"reviewer"},
     "review.escalations": {"admin"},
@@ -31,10 +33,13 @@ EXPECTED = {
     "models.switch": {"admin"},
     "promotion.request": {"admin"},
     "users.manage": {"admin"},
+    "users.erase": {"admin"},
     "policy.manage": {"admin"},
     "policy.view": {"admin", "reviewer"},
     "audit.search": {"analyst", "admin"},
-    "audit.export": {"analyst"},
+    "audit.export": {"analyst", "admin"},
+    "audit.export_raw": {"admin"},
+    "audit.approve_export": {"admin"},
     "audit.verify": {"analyst", "admin"},
 }
 

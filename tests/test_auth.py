@@ -41,9 +41,11 @@ def test_bad_credentials_are_refused_with_a_clear_message(ctx, make_user, userna
     assert str(err.value) in (auth.GENERIC_FAILURE, "Enter a username and a password.")
 
 
-def _failure_reasons(ctx, actor):
+def _failure_reasons(ctx, name):
+    """Reasons of the failed sign-ins as ``name``: an account's own (its actor) or a name that matched none."""
     with ctx.db.session() as s:
-        return [e.details.get("reason") for e in audit_q.iter_events(s, action="auth.login_failed", actor=actor)]
+        return [e.details.get("reason") for e in audit_q.iter_events(s, action="auth.login_failed")
+                if name in (e.actor, e.details.get("username"))]
 
 
 def test_failed_logins_lock_the_account_and_the_lock_expires(ctx, make_user, clock):
@@ -126,7 +128,7 @@ def test_sign_in_attempts_are_throttled_per_client_and_the_refusal_is_audited(ct
     assert str(err.value) == "Too many sign-in attempts; wait a minute."
     with ctx.db.session(readonly=True) as s:
         [event] = list(audit_q.iter_events(s, action="auth.login_throttled"))
-    assert event.object_id == "ip:203.0.113.7" and event.actor == "alice"
+    assert event.object_id == "ip:203.0.113.7" and (event.actor, event.details["username"]) == ("anonymous", "alice")
     # Another client is not affected, and the first one may try again a minute later.
     assert auth.login(ctx, "alice", STRONG_PASSWORD, client="ip:198.51.100.1").username == "alice"
     clock.advance(seconds=61)
@@ -188,7 +190,10 @@ def test_a_10_mb_username_is_refused_and_its_audit_event_stays_small(ctx):
         [event] = list(audit_q.iter_events(s, action="auth.login_failed"))
     stored = len(event.actor) + len(event.object_id or "") + len(__import__("json").dumps(event.details, default=str))
     assert stored < 500
-    assert event.actor.startswith("a" * 64) and "truncated, 10,000,000 characters" in event.actor
+    # No account has that name: it goes into the (erasable) details, never into the chained actor column.
+    assert event.actor == "anonymous" and event.object_id is None
+    assert event.details["username"].startswith("a" * 64)
+    assert "truncated, 10,000,000 characters" in event.details["username"]
     assert event.details["reason"] == "too long"
 
 

@@ -87,3 +87,36 @@ def test_the_chat_page_says_the_model_is_loading_then_streams_and_stores_an_answ
     captions = " ".join(c.value for c in at.caption).replace("\\", "")  # shown escaped: tiny\-page
     assert "tiny-page" in captions and "tokens/s" in captions and "first token" in captions
     assert len(at.chat_message) == 2
+
+
+def test_a_prompt_left_pending_or_interrupted_is_not_shown_as_an_answer(served):
+    from datetime import UTC, datetime
+
+    from console.services import users as users_svc
+    from console.services.access import Principal
+
+    view = users_svc.create_user_cli(served, "pia", "correct horse battery staple", ["operator"])
+    principal = Principal(view.id, view.username, frozenset(view.roles))
+    with served.db.session() as s:
+        conv = chat_q.create_conversation(s, user_id=principal.user_id, actor=principal.username).id
+
+        def begin(prompt: str, **extra) -> int:
+            return chat_q.begin_exchange(s, chat_q.PendingRecord(
+                conversation_id=conv, user_id=principal.user_id, actor=principal.username, model_version="tiny-page",
+                prompt=prompt, **extra)).id
+
+        stopped = begin("Asked before the console stopped", created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        assert chat_q.mark_interrupted(s, datetime(2021, 1, 1, tzinfo=UTC)) == [stopped]
+        begin("Still being answered")
+    at = _chat_page(principal)
+    at.session_state[SESSION_KEY].chat.conversation_id = conv
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    warnings = [w.value for w in at.warning]
+    infos = [i.value for i in at.info]
+    assert any("console stopped while the model was answering" in w for w in warnings)
+    assert any("no answer stored" in i and "still answering" in i for i in infos)
+    markdown = " ".join(m.value for m in at.markdown)
+    assert "Asked before the console stopped" in markdown and "Still being answered" in markdown
+    assert "(no text)" not in markdown  # neither is shown as an (empty) answer
+    assert len(at.chat_message) == 4

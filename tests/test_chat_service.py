@@ -61,6 +61,7 @@ class SpyHost:
         self.calls: list[list] = []
         self.die_after: int | None = None
         self.suffix: str | None = None  # one more delta after the model's own (e.g. a NUL)
+        self.on_call = None  # called with the messages before the model is asked (e.g. to look at the store)
 
     @property
     def serving(self):
@@ -71,6 +72,8 @@ class SpyHost:
 
     def stream_chat(self, messages, sampling, *, request_id=None):
         self.calls.append(list(messages))
+        if self.on_call is not None:
+            self.on_call(messages)
         stream = self.host.stream_chat(messages, dataclasses.replace(sampling, ignore_eos=True),
                                        request_id=request_id)
         if self.suffix is not None:
@@ -172,15 +175,44 @@ def test_a_turn_streams_and_stores_the_exchange_with_its_metrics_and_audit_event
     assert len(deltas) > 1 and all(isinstance(d, str) for d in deltas)
     outcome = turn.outcome
     assert outcome.status == "ok" and outcome.text == "".join(deltas)
+    assert outcome.exchange_id == turn.exchange_id  # the row stored when the prompt was submitted, completed
     with ctx.db.session() as s:
         ex = chat_q.get_exchange(s, outcome.exchange_id)
-        assert ex.response == "".join(deltas)
+        assert ex.response == "".join(deltas) and ex.status == "ok"
         assert ex.model_version == "tiny-test" and ex.output_tokens == SAMPLING["max_tokens"]
         assert 0 <= ex.ttft_ms <= ex.e2e_ms and ex.tokens_per_s > 0
         assert ex.sampling["max_tokens"] == SAMPLING["max_tokens"]
         events = list(audit_q.iter_events(s, action="chat.exchange", object_id=str(ex.id)))
+        prompts = list(audit_q.iter_events(s, action="chat.prompt", object_id=str(ex.id)))
     assert len(events) == 1 and events[0].actor == "olivia"
+    assert len(prompts) == 1 and prompts[0].seq < events[0].seq
     assert audit_q.verify_chain(ctx.db).ok
+
+
+def test_the_prompt_is_stored_pending_with_its_audit_event_before_the_engine_is_asked(chat):
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy('[rules.prompt.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "flag"', keep_raw=True))
+    seen = []
+
+    def look(messages):
+        with ctx.db.session(readonly=True) as s:
+            rows = [(e.status, e.prompt, e.response) for e in s.scalars(select(Exchange))]
+            prompts = [e.object_id for e in audit_q.iter_events(s, action="chat.prompt")]
+            raws = [(r.direction, r.text) for r in s.scalars(select(RawText))]
+        seen.append((messages[-1].content, rows, prompts, raws))
+
+    spy.on_call = look
+    turn = chat_svc.start_turn(ctx, op, None, EMAIL_PROMPT, **SAMPLING)
+    [(sent, rows, prompts, raws)] = seen
+    assert sent == EMAIL_PROMPT  # flag: the model sees it as written, after it was on record
+    assert rows == [("pending", "My email is <EMAIL_ADDRESS>, where is my order?", "")]
+    assert prompts == [str(turn.exchange_id)] and raws == [("prompt", EMAIL_PROMPT)]
+    text = _run(turn)
+    with ctx.db.session() as s:
+        [ex] = s.scalars(select(Exchange)).all()
+        [item] = queue_q.list_queue(s)
+    assert (ex.id, ex.status, ex.response) == (turn.exchange_id, "ok", text)
+    assert item.exchange_id == ex.id and item.direction == "prompt"
 
 
 def test_a_second_turn_sends_the_conversation_history(chat):
@@ -274,6 +306,7 @@ def test_an_engine_failing_mid_stream_is_model_unavailable_and_the_partial_turn_
         for delta in turn.deltas():
             shown.append(delta)
     assert isinstance(raised.value.__cause__, EngineDeadError) and len(shown) == 2
+    assert turn.outcome.exchange_id == turn.exchange_id
     with ctx.db.session() as s:
         ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
     assert ex.status == "error" and ex.error == "The model stopped working. An admin has to restart it."
@@ -340,17 +373,23 @@ def test_a_flagged_turn_stores_exchange_findings_raw_text_and_review_item_togeth
         assert rows(s) == {"exchanges": 1, "findings": 1, "raw_texts": 1, "review_items": 1}
         events_before = s.scalar(select(func.count()).select_from(AuditEvent))
 
-    # The review item is the last part stored: failing there (the disk filled up) must undo all the others.
+    # The review item is the last part stored: failing there (the disk filled up) must undo all the others of
+    # the completion. The prompt, stored before the model was asked, stays pending with its finding and raw text.
     def disk_full(*args, **kwargs):
         raise DiskFull("database or disk is full")
 
     monkeypatch.setattr(items_q, "create_review_item", disk_full)
     turn = chat_svc.start_turn(ctx, op, turn.conversation_id, EMAIL_PROMPT, **SAMPLING)
+    with ctx.db.session() as s:
+        assert rows(s) == {"exchanges": 2, "findings": 2, "raw_texts": 2, "review_items": 1}
+        events_before = s.scalar(select(func.count()).select_from(AuditEvent))
     with pytest.raises(DiskFull):
         _run(turn)
     with ctx.db.session() as s:
-        assert rows(s) == {"exchanges": 1, "findings": 1, "raw_texts": 1, "review_items": 1}
+        assert rows(s) == {"exchanges": 2, "findings": 2, "raw_texts": 2, "review_items": 1}
         assert s.scalar(select(func.count()).select_from(AuditEvent)) == events_before
+        pending = chat_q.get_exchange(s, turn.exchange_id)
+        assert (pending.status, pending.response, pending.output_action) == ("pending", "", None)
     assert audit_q.verify_chain(ctx.db).ok
 
 
@@ -549,15 +588,15 @@ def _counts(ctx):
 def test_a_store_that_finds_the_database_locked_is_tried_once_more_and_stored_once(chat, monkeypatch):
     ctx, op, spy, _ = chat
     monkeypatch.setattr(chat_svc, "STORE_RETRY_WAIT_S", 0.01)
-    real, calls = chat_q.store_turn, []
+    real, calls = chat_q.complete_exchange, []
 
-    def locked_once(session, record):
+    def locked_once(session, exchange_id, record):
         calls.append(record)
         if len(calls) == 1:
             raise _locked()
-        return real(session, record)
+        return real(session, exchange_id, record)
 
-    monkeypatch.setattr(chat_q, "store_turn", locked_once)
+    monkeypatch.setattr(chat_q, "complete_exchange", locked_once)
     turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
     text = _run(turn)
     assert len(calls) == 2 and turn.outcome.saved and turn.outcome.notice is None
@@ -572,18 +611,22 @@ def test_a_full_disk_returns_the_answer_with_a_notice_that_it_was_not_saved(chat
     before = _counts(ctx)
     calls = []
 
-    def disk_full(session, record):
+    def disk_full(session, exchange_id, record):
         calls.append(record)
         raise _locked("database or disk is full")
 
     turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
-    monkeypatch.setattr(chat_q, "store_turn", disk_full)
+    monkeypatch.setattr(chat_q, "complete_exchange", disk_full)
     text = _run(turn)  # no exception: the page keeps the answer
     assert len(calls) == 1  # a full disk is not retried
     assert text and turn.outcome.text == text and not turn.outcome.saved and turn.outcome.exchange_id is None
     assert "disk is full" in turn.outcome.notice and "not in the conversation's history" in turn.outcome.notice
     after = _counts(ctx)
-    assert after["exchanges"] == before["exchanges"] and after["review_items"] == before["review_items"]
+    # Only the prompt, stored before the model was asked, is there: pending, without an answer.
+    assert after["exchanges"] == before["exchanges"] + 1 and after["review_items"] == before["review_items"]
+    with ctx.db.session() as s:
+        ex = chat_q.get_exchange(s, turn.exchange_id)
+    assert (ex.status, ex.response) == ("pending", "")
     assert audit_q.verify_chain(ctx.db).ok
 
 
@@ -609,12 +652,15 @@ def test_a_database_locked_longer_than_the_retry_keeps_the_answer_unsaved_and_th
     text = _run(turn)
     impatient_db.execute("ROLLBACK")
     assert text and not turn.outcome.saved and "busy" in turn.outcome.notice
-    assert _counts(ctx)["exchanges"] == 0
+    with ctx.db.session() as s:
+        assert [e.status for e in s.scalars(select(Exchange))] == ["pending"]  # the prompt only
     assert audit_q.verify_chain(ctx.db).ok
     # The database is usable again right away.
     again = chat_svc.start_turn(ctx, op, turn.conversation_id, "Hello again", **SAMPLING)
     _run(again)
-    assert again.outcome.saved and _counts(ctx)["exchanges"] == 1
+    assert again.outcome.saved
+    with ctx.db.session() as s:
+        assert [e.status for e in s.scalars(select(Exchange).order_by(Exchange.id))] == ["pending", "ok"]
 
 
 def test_a_lock_released_during_the_retry_wait_lets_the_turn_be_stored(chat, impatient_db, monkeypatch):

@@ -209,16 +209,45 @@ def test_bad_arguments_print_one_line_and_exit_2(env, args):
 
 def test_audit_verify_reports_an_intact_chain_and_a_tampered_one(env, capsys):
     assert cli.main(["init", "--skip-models"]) == 0
+    assert (env / "audit.key").stat().st_mode & 0o777 == 0o600
     assert cli.main(["audit", "verify"]) == 0
-    assert "audit chain intact" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "audit chain intact" in out and "signed checkpoint(s) match" in out
     import sqlite3
 
     con = sqlite3.connect(env / "console.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        con.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+    con.execute("DROP TRIGGER audit_events_append_only_update")
     con.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
     con.commit()
     con.close()
     assert cli.main(["audit", "verify"]) == 1
-    assert "BROKEN at event 1" in capsys.readouterr().out
+    assert "BROKEN (edited) at event 1" in capsys.readouterr().out
+
+
+def test_audit_checkpoints_exported_elsewhere_catch_a_wiped_log(env, capsys, tmp_path):
+    assert cli.main(["init", "--skip-models"]) == 0
+    assert cli.main(["audit", "checkpoint"]) == 0
+    kept = tmp_path / "kept.jsonl"
+    assert cli.main(["audit", "checkpoint", "--export", str(kept)]) == 0
+    assert cli.main(["audit", "checkpoint", "--export", str(kept)]) == 1  # never overwrites
+    capsys.readouterr()
+    import sqlite3
+
+    con = sqlite3.connect(env / "console.db")
+    con.execute("DROP TRIGGER audit_events_append_only_delete")
+    con.execute("DELETE FROM audit_events")
+    con.execute("DELETE FROM audit_checkpoints")
+    con.execute("UPDATE audit_head SET seq = 0, hash = ?", ("0" * 64,))
+    con.commit()
+    con.close()
+    (env / "audit-checkpoints.jsonl").unlink()
+    assert cli.main(["audit", "verify"]) == 0  # nothing left here to compare with...
+    assert cli.main(["audit", "verify", "--checkpoints", str(kept)]) == 1  # ...but the copy kept elsewhere knows
+    assert "BROKEN (wiped) at event 1" in capsys.readouterr().out
+    assert cli.main(["audit", "verify", "--checkpoints", str(tmp_path / "nope.jsonl")]) == 1
+    assert "is not a file" in capsys.readouterr().err
 
 
 def test_a_bad_setting_names_its_environment_variable(env, monkeypatch, capsys):
@@ -286,8 +315,8 @@ def test_only_the_cli_bench_commands_import_the_bench_package_and_only_when_run(
                 if not allowed:
                     offenders.append(f"{path.relative_to(ROOT)}: {module} in {function or 'module scope'}")
     assert offenders == []
-    assert [m for m, _ in _bench_imports(ROOT / "console" / "cli.py")] == [
-        "bench.engine", "bench.switch", "bench.safety", "bench.review"]
+    assert sorted(m for m, _ in _bench_imports(ROOT / "console" / "cli.py")) == [
+        "bench.audit", "bench.dashboard", "bench.engine", "bench.review", "bench.safety", "bench.switch"]
 
 
 def test_bench_safety_prints_percentiles_per_scanner_and_the_total(env, capsys):

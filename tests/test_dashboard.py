@@ -1,78 +1,344 @@
-"""Latency dashboards: per-version percentiles and throughput against numbers worked out by hand."""
+"""The Latency page and its services: figures per version against numbers worked out by hand, the filters, the
+user filter (from exchanges), targets set by admins (audited) with their breaches and goodput, switch markers, who
+may open it, the page itself (AppTest), and the benchmark command on a small database."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from console import app_pages
+from console.cli import main as cli_main
 from console.services import dashboard
-from console.services.errors import InvalidInput
+from console.services.errors import AccessDenied, InvalidInput, NotFound
 from console.ui import UiSession
+from db import audit as audit_q
 from db import chat as chat_q
+from db import metrics as metrics_q
+from db.types import utcnow
+from tests.conftest import console_env
+
+ERR = metrics_q.MAX_RELATIVE_ERROR
 
 
-def _exchange(ctx, user, version, ttft, e2e, tokens, when, status="ok"):
+def _record(ctx, when, version="v1", *, status="ok", synthetic=False, flagged=False, blocked=False, overhead=None,
+            **timings):
     with ctx.db.session() as s:
-        conv = chat_q.create_conversation(s, user_id=user.user_id, actor=user.username, title="t")
-        chat_q.store_turn(s, chat_q.TurnRecord(
-            conversation_id=conv.id, user_id=user.user_id, actor=user.username, model_version=version,
-            prompt="p", response="r", status=status, created_at=when,
-            timings=chat_q.ExchangeTimings(ttft_ms=ttft, e2e_ms=e2e, itl_ms=(e2e - ttft) / max(tokens - 1, 1),
-                                           output_tokens=tokens, tokens_per_s=tokens / (e2e / 1000)),
-        ))
+        metrics_q.record_exchange(s, minute=when, model_version=version, synthetic=synthetic, status=status,
+                                  flagged=flagged, blocked=blocked, timings=timings, overhead=overhead or {})
+
+
+def _seed(ctx, now):
+    """Four answers of v1 and one of v2 five minutes ago, an error of v2, a synthetic one, one three days old."""
+    minute = now.replace(second=0, microsecond=0) - timedelta(minutes=5)
+    for ttft, e2e in [(10, 100), (20, 200), (30, 300), (40, 400)]:
+        _record(ctx, minute + timedelta(seconds=ttft), "v1", ttft_ms=ttft, e2e_ms=e2e, output_tokens=60,
+                overhead={"scan_before_ms": 4.0, "scan_after_ms": 6.0, "store_ms": 2.0})
+    _record(ctx, minute, "v2", ttft_ms=50, e2e_ms=500, output_tokens=30)
+    _record(ctx, minute, "v2", status="error")
+    _record(ctx, minute, "v2", ttft_ms=5000, synthetic=True)
+    _record(ctx, now - timedelta(days=3), "v1", ttft_ms=1, e2e_ms=1)
 
 
 @pytest.fixture
-def seeded(ctx, make_user, clock):
-    op = make_user("olivia", "operator")
-    minute = clock.now.replace(second=0, microsecond=0) - timedelta(minutes=5)
-    for ttft, e2e in [(10, 100), (20, 200), (30, 300), (40, 400)]:
-        _exchange(ctx, op, "v1", ttft, e2e, 60, minute + timedelta(seconds=ttft))
-    _exchange(ctx, op, "v2", 50, 500, 30, minute)
-    _exchange(ctx, op, "v2", 5, 5, 1, minute, status="error")  # not answered: left out
-    _exchange(ctx, op, "v1", 1, 1, 1, clock.now - timedelta(days=3))  # outside the 24-hour window
-    return op
+def operator(ctx, make_user, clock):
+    _seed(ctx, clock.now)
+    return make_user("olivia", "operator")
 
 
-def test_summary_gives_per_version_percentiles_and_leaves_out_failures_and_old_requests(ctx, seeded):
-    report = dashboard.latency(ctx, seeded, "last 24 hours")
+def _by_version(frame):
+    return {r["model_version"]: r for r in frame.to_dict("records")}
+
+
+def test_the_report_gives_per_version_figures_worked_out_by_hand(ctx, operator):
+    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour"))
+    assert report.bucket_s == 60 and report.bucket_label == "1-minute"
+    totals = _by_version(report.totals)
+    assert totals["v1"]["requests"] == 4 and totals["v2"]["requests"] == 2
+    assert totals[dashboard.ALL_VERSIONS]["requests"] == 6  # neither the synthetic nor the old one
+    assert totals["v1"]["ttft_ms_p50"] == pytest.approx(20, rel=ERR)  # nearest rank of 10, 20, 30, 40
+    assert totals["v1"]["e2e_ms_p95"] == pytest.approx(400, rel=ERR)
+    assert totals["v1"]["ttft_ms_mean"] == 25.0
+    assert totals["v2"]["error_rate"] == 0.5 and totals["v1"]["error_rate"] == 0.0
+    assert totals["v1"]["output_tokens"] == 240
+    series = report.series
+    assert list(series["model_version"]) == ["v1", "v2"]
+    v1 = _by_version(series)["v1"]
+    assert v1["output_tokens_per_s"] == pytest.approx(4.0)  # 240 tokens in a 60-second bucket
+    assert v1["requests_per_s"] == pytest.approx(4 / 60)
+    assert report.overhead_recorded and totals["v1"]["store_ms_mean"] == 2.0
+    assert report.versions == ["v1", "v2"] and report.source_note is None
+
+
+def test_filters_by_version_status_and_synthetic_traffic(ctx, operator):
+    only_v2 = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour", versions=("v2",)))
+    assert list(only_v2.totals["model_version"]) == ["v2", dashboard.ALL_VERSIONS]
+    errors = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour", statuses=("error",)))
+    assert _by_version(errors.totals)[dashboard.ALL_VERSIONS]["requests"] == 1
+    synthetic = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour",
+                                                                          traffic="synthetic (load tests)"))
+    assert _by_version(synthetic.totals)["v2"]["ttft_ms_p50"] == pytest.approx(5000, rel=ERR)
+    both = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last 7 days", traffic="both"))
+    assert _by_version(both.totals)[dashboard.ALL_VERSIONS]["requests"] == 8
+    assert both.bucket_s == 3600
+
+
+def test_an_empty_window_and_bad_filters(ctx, operator, clock):
+    empty = dashboard.overview(ctx, operator, dashboard.DashboardFilter(
+        range="custom", since=clock.now - timedelta(days=20), until=clock.now - timedelta(days=10)))
+    assert empty.empty and empty.totals.empty and empty.breaches.empty
+    for flt, message in [
+        (dashboard.DashboardFilter(range="since forever"), "Unknown time window"),
+        (dashboard.DashboardFilter(range="custom"), "needs a start and an end"),
+        (dashboard.DashboardFilter(range="custom", since=clock.now, until=clock.now - timedelta(hours=1)), "after"),
+        (dashboard.DashboardFilter(range="custom", since=clock.now - timedelta(days=500), until=clock.now), "at most"),
+        (dashboard.DashboardFilter(statuses=("pending",)), "Unknown status"),
+        (dashboard.DashboardFilter(traffic="robots"), "Unknown traffic"),
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            dashboard.overview(ctx, operator, flt)
+    with pytest.raises(NotFound, match="No user named"):
+        dashboard.overview(ctx, operator, dashboard.DashboardFilter(user="nobody"))
+
+
+def test_one_users_figures_come_from_their_exchanges(ctx, make_user, clock):
+    alice, bob = make_user("alice", "operator"), make_user("bob", "operator")
+    with ctx.db.session() as s:
+        for who, ttfts in ((alice, (100.0, 200.0, 300.0)), (bob, (9000.0,))):
+            conv = chat_q.create_conversation(s, user_id=who.user_id, actor=who.username)
+            for ttft in ttfts:
+                chat_q.store_turn(s, chat_q.TurnRecord(
+                    conversation_id=conv.id, user_id=who.user_id, actor=who.username, model_version="v1",
+                    prompt="p", created_at=clock.now - timedelta(minutes=10),
+                    timings=chat_q.ExchangeTimings(ttft_ms=ttft, output_tokens=4)))
+    report = dashboard.overview(ctx, alice, dashboard.DashboardFilter(range="last hour", user="alice"))
+    total = _by_version(report.totals)[dashboard.ALL_VERSIONS]
+    assert total["requests"] == 3 and total["ttft_ms_p50"] == pytest.approx(200, rel=ERR)
+    assert report.rows_read == 3 and "alice" in report.source_note and "3 requests read" in report.source_note
+    assert not report.overhead_recorded
+
+
+def test_admins_set_and_remove_targets_and_every_change_is_audited(ctx, operator, make_user):
+    admin = make_user("ada", "admin")
+    first = dashboard.set_slo(ctx, admin, "ttft_ms", "p95", 30.0)
+    assert first.label == "p95 time to first token <= 30 ms" and first.set_by == "ada"
+    dashboard.set_slo(ctx, admin, "ttft_ms", "p95", 35.0)
+    rate = dashboard.set_slo(ctx, admin, "error_rate", "rate", 0.01)
+    assert rate.label == "error rate <= 1 %"
+    assert [s.threshold for s in dashboard.list_slos(ctx, operator)] == [0.01, 35.0]
+    with ctx.db.session(readonly=True) as s:
+        events = list(audit_q.iter_events(s, action="slo.set"))
+    assert [e.details["previous"] for e in events] == [None, 30.0, None]
+    assert events[1].details["threshold"] == 35.0 and events[1].actor == "ada"
+
+    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour"))
+    breaches = {(b["model_version"], b["metric"]) for b in report.breaches.to_dict("records")}
+    assert breaches == {("v1", "ttft_ms"), ("v2", "ttft_ms"), ("v2", "error_rate")}
+    goodput = _by_version(report.goodput)
+    # v1: 4 ok requests, one (40 ms) over 35 ms; v2: the error does not count, 50 ms is over.
+    assert (goodput["v1"]["good_low"], goodput["v1"]["good_high"], goodput["v1"]["reached_model"]) == (3, 3, 4)
+    assert goodput["v1"]["share_low"] == 0.75 and goodput["v1"]["exact"]
+    assert goodput["v2"]["good_high"] == 0
+    compliance = {(c["model_version"], c["metric"]): c["met"] for c in report.compliance.to_dict("records")}
+    assert compliance[("v1", "error_rate")] is True and compliance[("v2", "error_rate")] is False
+
+    dashboard.delete_slo(ctx, admin, rate.id)
+    assert [s.metric for s in dashboard.list_slos(ctx, operator)] == ["ttft_ms"]
+    with ctx.db.session(readonly=True) as s:
+        (deleted,) = list(audit_q.iter_events(s, action="slo.delete"))
+    assert deleted.details == {"metric": "error_rate", "stat": "rate", "threshold": 0.01}
+    with pytest.raises(NotFound):
+        dashboard.delete_slo(ctx, admin, rate.id)
+
+
+@pytest.mark.parametrize("metric,stat,threshold,message", [
+    ("ttft_ms", "rate", 0.1, "is one of"), ("tokens", "p95", 1.0, "Targets can be set on"),
+    ("ttft_ms", "p95", 0.0, "greater than 0"), ("ttft_ms", "p95", float("nan"), "greater than 0"),
+    ("error_rate", "rate", 1.5, "between 0 % and 100 %"), ("e2e_ms", "p99", 1e9, "at most one hour"),
+    ("itl_ms", "p50", "fast", "must be a number"),
+])
+def test_bad_targets_are_refused(ctx, make_user, metric, stat, threshold, message):
+    admin = make_user("ada", "admin")
+    with pytest.raises(InvalidInput, match=message):
+        dashboard.set_slo(ctx, admin, metric, stat, threshold)
+    assert dashboard.list_slos(ctx, admin) == []
+
+
+def test_only_admins_set_targets_and_operators_analysts_and_admins_may_look(ctx, make_user):
+    for role in ("operator", "analyst", "admin"):
+        user = make_user(f"u-{role}", role)
+        assert dashboard.overview(ctx, user).empty
+    with pytest.raises(AccessDenied):
+        dashboard.overview(ctx, make_user("rita", "reviewer"))
+    with pytest.raises(AccessDenied):
+        dashboard.set_slo(ctx, make_user("otto", "operator"), "ttft_ms", "p95", 500.0)
+    with ctx.db.session(readonly=True) as s:
+        denied = [e.details["action"] for e in audit_q.iter_events(s, action="access.denied")]
+    assert denied == ["dashboard.view", "slo.manage"]
+
+
+def test_switches_in_the_window_are_markers(ctx, operator):
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor="system", action="model.switch", object_type="model_version", object_id="v2",
+                             details={"from": "v1", "to": "v2", "seconds": 3.5})
+        audit_q.append_event(s, actor="system", action="model.switch_failed", object_type="model_version",
+                             object_id="v3", details={"from": "v2", "to": "v3", "seconds": 1.0, "error": "x"})
+    flt = dashboard.DashboardFilter(range="custom", since=utcnow() - timedelta(hours=1),
+                                    until=utcnow() + timedelta(minutes=5))
+    report = dashboard.overview(ctx, operator, flt)
+    assert [(m.ok, m.from_version, m.to_version, m.seconds) for m in report.switches] == [
+        (True, "v1", "v2", 3.5), (False, "v2", "v3", 1.0)]
+    old = dashboard.overview(ctx, operator, dashboard.DashboardFilter(
+        range="custom", since=utcnow() - timedelta(days=9), until=utcnow() - timedelta(days=8)))
+    assert old.switches == []
+
+
+def test_the_short_summary_keeps_its_shape_for_older_callers(ctx, operator):
+    report = dashboard.latency(ctx, operator, "last 24 hours")
     rows = {r["model version"]: r for r in report.summary.to_dict("records")}
-    assert rows["v1"]["requests"] == 4 and rows["v2"]["requests"] == 1
-    assert rows["v1"]["ttft_ms p50"] == 25.0  # median of 10, 20, 30, 40
-    assert rows["v1"]["e2e_ms p95"] == pytest.approx(385.0)  # linear interpolation at 0.95 of 100..400
-    assert rows["v1"]["output tokens"] == 240
-    assert report.versions == ["v1", "v2"]
-
-
-def test_throughput_is_output_tokens_per_second_per_minute_and_version(ctx, seeded):
-    report = dashboard.latency(ctx, seeded, "last 24 hours")
-    by_version = {r["model_version"]: r for r in report.throughput.to_dict("records")}
-    assert by_version["v1"]["requests"] == 4 and by_version["v1"]["tokens_per_s"] == 4.0  # 240 tokens / 60 s
-    assert by_version["v2"]["tokens_per_s"] == 0.5
-
-
-def test_a_version_filter_and_a_bad_window(ctx, seeded):
-    assert list(dashboard.latency(ctx, seeded, "last 7 days", "v2").summary["model version"]) == ["v2"]
-    assert dashboard.latency(ctx, seeded, "last 7 days").summary.set_index("model version").loc["v1", "requests"] == 5
+    assert rows["v1"]["requests"] == 4 and rows["v1"]["output tokens"] == 240
+    assert rows["v1"]["ttft_ms p50"] == pytest.approx(20, rel=ERR)
+    assert dashboard.latency(ctx, operator, "last 24 hours", "nope").exchanges.empty
     with pytest.raises(InvalidInput, match="Unknown time window"):
-        dashboard.latency(ctx, seeded, "since forever")
+        dashboard.latency(ctx, operator, "since forever")
 
 
-def test_the_latency_page_draws_the_charts(ctx, seeded, tmp_path, monkeypatch):
-    import streamlit as st
+def test_rebuilding_the_buckets_from_the_command_line_is_audited(ctx, make_user, clock):
+    alice = make_user("alice", "operator")
+    with ctx.db.session() as s:
+        conv = chat_q.create_conversation(s, user_id=alice.user_id, actor="alice")
+        for _ in range(3):
+            chat_q.store_turn(s, chat_q.TurnRecord(conversation_id=conv.id, user_id=alice.user_id, actor="alice",
+                                                   model_version="v9", prompt="p",
+                                                   created_at=clock.now - timedelta(minutes=2),
+                                                   timings=chat_q.ExchangeTimings(ttft_ms=70.0)))
+    assert dashboard.rebuild_buckets_cli(ctx) == 3
+    report = dashboard.overview(ctx, alice, dashboard.DashboardFilter(range="last hour"))
+    assert _by_version(report.totals)["v9"]["requests"] == 3  # however many store_turn recorded before
+    with ctx.db.session(readonly=True) as s:
+        (event,) = list(audit_q.iter_events(s, action="metrics.rebuild"))
+    assert event.details == {"exchanges": 3}
 
-    from tests.conftest import console_env
 
+# --- the page ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def page_env(ctx, tmp_path, monkeypatch):
     for key, value in console_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
+    yield ctx
+    st.cache_resource.clear()
+
+
+def _page(principal) -> AppTest:
     at = AppTest.from_file(str(app_pages.PAGES_DIR / "dashboard.py"), default_timeout=60)
-    at.session_state["llm_console_session"] = UiSession(principal=seeded)
+    at.session_state["llm_console_session"] = UiSession(principal=principal)
+    return at
+
+
+def _table(at, column: str):
+    """The first table on the page with this column (AppTest does not expose a dataframe's key)."""
+    for frame in at.dataframe:
+        if column in frame.value.columns:
+            return frame.value
+    raise AssertionError(f"no table with a column {column!r}")
+
+
+def _texts(at) -> str:
+    parts = [*(c.value for c in at.caption), *(i.value for i in at.info), *(m.value for m in at.markdown)]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_the_page_draws_every_chart_with_units(page_env, make_user):
+    op = make_user("olivia", "operator")
+    _seed(page_env, datetime.now(UTC))  # the page runs on the real clock
+    at = _page(op)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [h.value for h in at.subheader] == [
+        "Service-level objectives", "Engine latency", "Throughput", "Errors, aborts, flags and blocks",
+        "Where a request's time goes: the engine and the console", "Engine health"]
+    assert "No engine health samples in this window." in _texts(at)
+    charts = at.get("plotly_chart")
+    # Time to first token and end-to-end (the seed has no inter-token or queue times), two throughputs, rates, overhead.
+    assert len(charts) == 2 + 2 + 1 + 1
+    assert "Inter-token latency: no values in this window." in _texts(at)
+    specs = [json.loads(c.proto.spec) for c in charts]
+    titles = [spec["layout"]["title"]["text"] for spec in specs]
+    assert "Output tokens per second, averaged per 15-minute bucket" in titles  # the last 24 hours
+    assert all(spec["layout"]["yaxis"]["title"]["text"] for spec in specs)  # every axis says its unit
+    assert "No targets are set" in _texts(at)
+    assert "Set target" not in [b.label for b in at.button]  # operators do not see the editor
+    summary = _table(at, "TTFT p50")
+    assert summary.set_index("model version").loc["v1", "TTFT p50"].endswith(" ms")
+
+    at.radio(key="dash_layout").set_value("side by side").run()  # v1 left, v2 right, one chart each
+    assert not at.exception
+    latency = [json.loads(c.proto.spec) for c in at.get("plotly_chart")][:4]
+    assert [{t["legendgroup"] for t in spec["data"]} for spec in latency] == [{"v1"}, {"v2"}, {"v1"}, {"v2"}]
+    assert latency[0]["layout"]["yaxis"]["range"] == latency[1]["layout"]["yaxis"]["range"]  # one scale
+
+
+def test_an_admin_sets_a_target_on_the_page_and_the_charts_draw_it(page_env, make_user):
+    admin = make_user("ada", "admin")
+    _seed(page_env, datetime.now(UTC))
+    with page_env.db.session() as s:
+        audit_q.append_event(s, actor="system", action="model.switch", object_type="model_version", object_id="v2",
+                             details={"from": "v1", "to": "v2", "seconds": 2.0})
+    at = _page(admin)
+    at.run()
+    at.selectbox(key="slo_choice").set_value("p95 time to first token (ms)")
+    at.number_input(key="slo_threshold").set_value(35.0)
+    at.button[0].click()  # the form's "Set target"
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Target set: p95 time to first token" in s.value for s in at.success)
+    with page_env.db.session(readonly=True) as s:
+        assert [e.details["threshold"] for e in audit_q.iter_events(s, action="slo.set")] == [35.0]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert any(shape.get("y0") == 35.0 for shape in spec["layout"].get("shapes", []))  # the target line
+    assert _table(at, "requests in the bucket")["target"].str.contains("time to first token").all()
+    assert "goodput" in " ".join(_table(at, "requests that reached the model").columns)
+    assert any("switch to v2" in a.get("text", "") for a in spec["layout"]["annotations"])  # the switch marker
+    assert list(_table(at, "switched")["to"]) == ["v2"]
+
+
+def test_the_page_says_when_overhead_is_not_recorded_and_when_nothing_happened(page_env, make_user):
+    analyst = make_user("ana", "analyst")
+    now = datetime.now(UTC)
+    _record(page_env, now - timedelta(minutes=2), "v1", ttft_ms=80, e2e_ms=900)
+    at = _page(analyst)
     at.run()
     assert not at.exception
-    assert [h.value for h in at.subheader] == ["Throughput", "Latency per request"]
-    assert len(at.get("plotly_chart")) == 3
-    st.cache_resource.clear()
+    assert "overhead (safety scans before and after, storage) is not recorded" in _texts(at)
+    overhead = _table(at, "part")
+    assert set(overhead[overhead["part"].str.startswith("console")]["p50"]) == {"not recorded"}
+    at.selectbox(key="dash_traffic").set_value("synthetic (load tests)").run()
+    assert "No requests in this window with these filters." in _texts(at)
+    assert not at.get("plotly_chart")
+
+
+def test_a_reviewer_cannot_open_the_page(page_env, make_user):
+    at = _page(make_user("rita", "reviewer"))
+    at.run()
+    assert any("do not allow" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
+
+
+# --- the benchmark -------------------------------------------------------------------------------------------------
+
+
+def test_the_benchmark_runs_on_a_small_database(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_CONSOLE_DATA_DIR", str(tmp_path))
+    assert cli_main(["bench", "dashboard", "--rows", "2000", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 2000 and result["thirty_day_requests"] > 1500  # 5 % synthetic, left out
+    assert 100 < result["seven_day_buckets"] <= 168 and result["thirty_day_buckets"] == 120  # hours, 6-hour buckets
+    for key in ("seven_day_ms", "thirty_day_ms", "store_overhead_ms", "record_exchange_ms"):
+        assert isinstance(result[key], float)

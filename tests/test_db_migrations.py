@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0008_lora_adapters"
+HEAD = "0011_engine_health"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -32,6 +32,8 @@ CORE_TABLES = {
 SAFETY_TABLES = {"policy_versions", "findings", "raw_texts", "review_items", "review_decisions", "review_samples"}
 LIFECYCLE_TABLES = {"model_aliases", "model_alias_moves"}
 RELEASE_TABLES = {"evaluations", "promotion_requests"}  # 0005_evaluations, 0006_promotions
+AUDIT_TABLES = {"audit_checkpoints", "export_requests"}  # 0009_audit_anchor
+METRICS_TABLES = {"latency_buckets", "slos", "engine_health"}  # 0010_latency_buckets, 0011_engine_health
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -133,7 +135,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:
@@ -151,6 +153,8 @@ def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -
         "details",
         "prev_hash",
         "hash",
+        "details_hash",
+        "erased_at",
     ]
 
 
@@ -211,3 +215,51 @@ def test_upgrading_from_0003_makes_the_live_model_the_production_alias(empty_db:
         version = version_for_alias(s, PRODUCTION)
         assert version is not None and version.name == "demo-v2" and version.retired_at is None
         assert [(m.alias, m.to_version_id, m.actor) for m in alias_moves(s)] == [("production", 3, "migration")]
+
+
+def _old_format_events(database: Database, n: int) -> list[str]:
+    """Append ``n`` events as the chain before 0009 hashed them (seq and the details themselves in the hash)."""
+    import hashlib
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    prev, hashes = "0" * 64, []
+    start = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    with database.engine.begin() as conn:
+        for seq in range(1, n + 1):
+            ts = start + timedelta(seconds=seq)
+            details = {"i": seq, "email": f"p{seq}@example.com"}
+            payload = [seq, ts.isoformat(), "ada", 1, "test.old", "user", "1", details, prev]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False).encode()).hexdigest()
+            conn.execute(text("INSERT INTO audit_events (seq, ts, actor, actor_id, action, object_type, object_id, "
+                              "details, prev_hash, hash) VALUES (:seq, :ts, 'ada', 1, 'test.old', 'user', '1', "
+                              ":details, :prev, :hash)"),
+                         {"seq": seq, "ts": ts.strftime("%Y-%m-%d %H:%M:%S.%f"), "details": json.dumps(details),
+                          "prev": prev, "hash": digest})
+            prev = digest
+            hashes.append(digest)
+        conn.execute(text("UPDATE audit_head SET seq = :n, hash = :h"), {"n": n, "h": prev})
+    return hashes
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["intact", "tampered-before-upgrade"])
+def test_0009_rechains_an_old_log_and_records_what_the_old_chain_said(empty_db: Database, tampered: bool) -> None:
+    from db.audit import iter_events, verify_chain
+
+    empty_db.migrate("0008_lora_adapters")
+    old = _old_format_events(empty_db, 5)
+    if tampered:
+        with empty_db.engine.begin() as conn:
+            conn.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3"))
+    empty_db.migrate()
+    assert verify_chain(empty_db).ok  # the new chain holds from here on...
+    with empty_db.session(readonly=True) as s:
+        events = list(iter_events(s))
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6] and all(e.details_hash for e in events)
+    upgrade = events[-1]
+    # ...and the event that closes the upgrade says whether the old one was intact, and where it was not.
+    assert upgrade.action == "audit.chain_upgraded" and upgrade.details["events"] == 5
+    assert upgrade.details["old_chain_intact"] is (not tampered)
+    assert upgrade.details["old_first_bad_seq"] == (3 if tampered else None)
+    assert upgrade.details["old_head_hash"] == old[-1]

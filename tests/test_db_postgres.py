@@ -32,7 +32,15 @@ from tests.test_db_audit import (  # noqa: F401 - collected here again, against 
     test_iter_events_filters_by_action_actor_and_time,
     test_the_orm_refuses_to_update_an_audit_event,
     test_timestamps_come_back_timezone_aware_utc,
-    test_verify_detects_tampering,
+)
+from tests.test_audit_anchor import (  # noqa: F401 - every kind of damage, the triggers and erasure on PostgreSQL
+    anchor,
+    test_consistent_forgeries_are_caught_only_by_checkpoints,
+    test_each_kind_of_damage_is_named_with_checkpoints,
+    test_each_kind_of_damage_is_named_without_checkpoints,
+    test_erasure_keeps_the_chain_valid_when_recorded,
+    test_triggers_refuse_raw_changes_to_review_decisions,
+    test_triggers_refuse_raw_updates_and_deletes,
 )
 from tests.test_db_concurrency import (  # noqa: F401
     test_sixteen_threads_writing_exchanges_lose_nothing_and_the_chain_verifies,

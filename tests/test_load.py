@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from console.services import audit, chat, dashboard, moderation, review
+from console.services import audit, chat, dashboard, exports, moderation, review
 from console.services.access import Principal
 from console.services.context import AppContext, utcnow
 from db import audit as audit_q
@@ -113,8 +113,9 @@ def _analyst(ctx: AppContext, who: Principal, deadline: float, tally: Tally) -> 
         audit.search(ctx, who, flt)
         tally.searches += 1
         if n % 3 == 0:
-            exported = audit.export_csv(ctx, who, flt)
-            assert exported.startswith(b"seq,ts,actor")
+            spec = audit.export_spec(flt, "events", "csv")
+            exported = exports.run_export(ctx, who, spec, exports.default_export_path(ctx, spec))
+            assert exported.path.read_bytes().startswith(b'"seq","ts","actor"')
             tally.exports += 1
         if n % 5 == 0:
             dashboard.latency(ctx, who, "last hour")

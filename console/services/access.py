@@ -32,7 +32,9 @@ ALL_ROLES: tuple[str, ...] = ROLES
 ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "chat.use": (frozenset({Role.OPERATOR}), "chatting with the served model"),
     "chat.send_to_review": (frozenset({Role.OPERATOR}), "sending a message to review"),
-    "dashboard.view": (frozenset({Role.OPERATOR, Role.ANALYST}), "viewing latency dashboards"),
+    "dashboard.view": (frozenset({Role.OPERATOR, Role.ANALYST, Role.ADMIN}), "viewing latency dashboards"),
+    "slo.manage": (frozenset({Role.ADMIN}), "setting service-level objectives"),
+    "loadtest.run": (frozenset({Role.OPERATOR, Role.ADMIN}), "running load tests"),
     "review.work": (frozenset({Role.REVIEWER}), "working the review queue"),
     "review.reveal_raw": (frozenset({Role.REVIEWER}), "revealing raw text"),
     "review.escalations": (frozenset({Role.ADMIN}), "deciding escalated review items"),
@@ -44,10 +46,13 @@ ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "models.switch": (frozenset({Role.ADMIN}), "switching the served model"),
     "promotion.request": (frozenset({Role.ADMIN}), "requesting promotions"),
     "users.manage": (frozenset({Role.ADMIN}), "managing users"),
+    "users.erase": (frozenset({Role.ADMIN}), "erasing a person's content"),
     "policy.manage": (frozenset({Role.ADMIN}), "changing the safety policy"),
     "policy.view": (frozenset({Role.ADMIN, Role.REVIEWER}), "viewing the safety policy"),
     "audit.search": (frozenset({Role.ANALYST, Role.ADMIN}), "searching the audit log"),
-    "audit.export": (frozenset({Role.ANALYST}), "exporting the audit log"),
+    "audit.export": (frozenset({Role.ANALYST, Role.ADMIN}), "exporting the audit log"),
+    "audit.export_raw": (frozenset({Role.ADMIN}), "asking for an export with raw text"),
+    "audit.approve_export": (frozenset({Role.ADMIN}), "approving an export with raw text"),
     "audit.verify": (frozenset({Role.ANALYST, Role.ADMIN}), "verifying the audit chain"),
 }
 

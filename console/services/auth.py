@@ -186,18 +186,26 @@ def _verify(password_hash: str | None, password: str) -> bool:
 
 
 def _audit_failure(session: Session, who: str, user_id: int | None, reason: str, **details: object) -> None:
-    """One ``auth.login_failed`` event; the object is the account if known, else the (bounded) name tried."""
-    who = truncated(who)
-    audit_q.append_event(session, actor=who, actor_id=user_id, action="auth.login_failed", object_type="user",
-                         object_id=str(user_id) if user_id is not None else who,
-                         details={"reason": reason, **details})
+    """One ``auth.login_failed`` event; the actor and object are the account if known.
+
+    A name that matches no account (a typo, someone's email, a password typed in the wrong field) goes only into
+    the details, under ``username``: details can be erased later, the chained columns cannot.
+    """
+    if user_id is not None:
+        audit_q.append_event(session, actor=truncated(who), actor_id=user_id, action="auth.login_failed",
+                             object_type="user", object_id=str(user_id), details={"reason": reason, **details})
+        return
+    audit_q.append_event(session, actor="anonymous", actor_id=None, action="auth.login_failed",
+                         object_type="sign_in", object_id=None,
+                         details={"reason": reason, "username": truncated(who), **details})
 
 
 def _throttled(ctx: AppContext, username: str, client: str) -> None:
     with ctx.db.session() as s:
-        audit_q.append_event(s, actor=truncated(username) or "anonymous", actor_id=None,
+        audit_q.append_event(s, actor="anonymous", actor_id=None,
                              action="auth.login_throttled", object_type="client", object_id=truncated(client),
-                             details={"limit_per_minute": ctx.settings.login_attempts_per_minute})
+                             details={"limit_per_minute": ctx.settings.login_attempts_per_minute,
+                                      "username": truncated(username)})
     logger.warning("sign-in throttled for client %s", truncated(client))
     raise LoginFailed(THROTTLED)
 

@@ -1,4 +1,5 @@
-"""One chat turn: prompt scan and policy, streaming from the engine host, output scan, one transaction to store it."""
+"""One chat turn: prompt scan and policy, the prompt stored (pending) before the model sees it, streaming from the
+engine host, output scan, one transaction to complete the stored exchange."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
-from console.services import moderation
+from console.services import moderation, telemetry
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
 from console.services.text import clean_text, visible
 from db import chat as chat_q
-from db.chat import ExchangeTimings, TurnRecord
+from db.chat import ExchangeNotPending, ExchangeTimings, PendingRecord, TurnRecord
+from db.review import items as review_items
 from engine.errors import EmptyPromptError, EngineError, InvalidSamplingError, PromptTooLongError
 from engine.types import ChatMessage, GenerationResult, SamplingSettings
 
@@ -68,7 +71,8 @@ class ConversationView:
 @dataclass
 class TurnOutcome:
     """What became of a turn. ``saved`` is False (and ``exchange_id`` None) when the database could not store it:
-    ``text`` is then the only copy of the answer, and ``notice`` says so."""
+    ``text`` is then the only copy of the answer, and ``notice`` says so (the prompt, stored before the model was
+    asked, stays in the conversation as a pending exchange: ``ChatTurn.exchange_id``)."""
 
     exchange_id: int | None
     status: str
@@ -86,7 +90,8 @@ class ChatTurn:
     """An exchange in progress. Iterate :meth:`deltas` (e.g. with ``st.write_stream``); then read ``outcome``.
 
     Abandoning the iterator (the user pressed Stop, the browser went away) cancels the vLLM request and
-    stores the partial answer as ``aborted``.
+    stores the partial answer as ``aborted``. ``exchange_id`` is the exchange stored (``pending``) when the prompt
+    was submitted, before the model saw it; the end of the answer completes it.
     """
 
     ctx: AppContext
@@ -99,6 +104,10 @@ class ChatTurn:
     request_id: str = ""
     sampling: SamplingSettings | None = None
     outcome: TurnOutcome | None = None
+    exchange_id: int | None = None  # the pending exchange; None for a blocked prompt (stored in one go)
+    synthetic: bool = False
+    # The console's own time around the engine's, in ms: scan_before_ms, store_ms (the pending prompt), scan_after_ms.
+    overhead: dict[str, float] = field(default_factory=dict)
     _hold: bool = False
 
     @property
@@ -141,14 +150,17 @@ class ChatTurn:
     def _finish(self, text: str, status: str, error: EngineError | None) -> str:
         result: GenerationResult | None = getattr(self.stream, "result", None)
         # A partial answer (the engine failed or was cut, the user stopped) is judged and redacted like any answer.
+        started = time.perf_counter()
         gate = moderation.check_output(self.ctx, text)
+        self.overhead["scan_after_ms"] = (time.perf_counter() - started) * 1000
         shown = gate.text_for_user
         if gate.action == "block":
             self.notices.append(moderation.BLOCKED_OUTPUT_NOTICE)
         self.outcome = _store(
             self.ctx, self.actor, self.conversation_id, self.request_id, self.prompt_gate, gate,
             status=status, error=str(error) if error else None, sampling=self.sampling, result=result,
-            system_gate=self.system_gate,
+            system_gate=self.system_gate, exchange_id=self.exchange_id, synthetic=self.synthetic,
+            overhead=self.overhead,
         )
         if self.outcome.notice:  # not saved
             self.notices.append(self.outcome.notice)
@@ -208,13 +220,16 @@ def _write(ctx: AppContext, what: str, work: Callable[[Session], T]) -> T:
 def _store(ctx: AppContext, actor: Principal, conversation_id: int, request_id: str,
            prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
            error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None,
-           system_gate: moderation.GateResult | None = None) -> TurnOutcome:
-    """Store the turn; if the database cannot take it, the outcome says so (``saved`` False) instead of raising."""
+           system_gate: moderation.GateResult | None = None, exchange_id: int | None = None,
+           synthetic: bool = False, overhead: dict[str, float] | None = None) -> TurnOutcome:
+    """Complete the pending exchange ``exchange_id`` (or, without one, store the whole turn at once); if the
+    database cannot take it, the outcome says so (``saved`` False) instead of raising."""
     model_version = result.model_version if result is not None else _served(ctx)
     # Everything is worked out first (findings, raw texts, severity, deadline); the store only writes.
     record = _turn_record(ctx, actor, conversation_id, request_id, prompt_gate, output_gate, status=status,
                           error=error, sampling=sampling, result=result, model_version=model_version,
-                          system_gate=system_gate)
+                          system_gate=system_gate, completing=exchange_id is not None, synthetic=synthetic,
+                          overhead=overhead)
     outcome = TurnOutcome(
         exchange_id=None,
         status=status,
@@ -224,13 +239,30 @@ def _store(ctx: AppContext, actor: Principal, conversation_id: int, request_id: 
         prompt_action=record.prompt_action or "allow",
         output_action=output_gate.action if output_gate is not None else "allow",
     )
+    # Counted for the Prometheus endpoint whether or not the database takes it (never raises).
+    telemetry.observe_exchange(model_version=model_version, status=status, result=result,
+                               prompt_action=outcome.prompt_action, output_action=outcome.output_action,
+                               synthetic=synthetic)
+
+    def store(s: Session) -> int:
+        if exchange_id is None:
+            return chat_q.store_turn(s, record).id
+        return chat_q.complete_exchange(s, exchange_id, record).id
+
     try:
-        outcome.exchange_id = _write(ctx, "this exchange", lambda s: chat_q.store_turn(s, record).id)
-    except StorageUnavailable as exc:
+        outcome.exchange_id = _write(ctx, "this exchange", store)
+    except (StorageUnavailable, ExchangeNotPending) as exc:
         outcome.saved = False
-        outcome.notice = (f"{exc} The answer shown here is the only copy: it is not in the conversation's history "
-                          "and was not sent to review. Copy it now if you need it.")
-        logger.error("exchange not stored: request=%s status=%s model=%s", request_id, status, model_version)
+        if isinstance(exc, ExchangeNotPending):  # the console restarted meanwhile and closed it as interrupted
+            problem = "Could not save this answer: its message was closed as interrupted meanwhile."
+        else:
+            problem = str(exc)
+        where = ("your message is kept, but the answer is not in the conversation's history"
+                 if exchange_id is not None else "it is not in the conversation's history")
+        outcome.notice = (f"{problem} The answer shown here is the only copy: {where} and was not sent to review. "
+                          "Copy it now if you need it.")
+        logger.error("exchange not stored: request=%s status=%s model=%s exchange=%s", request_id, status,
+                     model_version, exchange_id)
         return outcome
     logger.info("exchange %s stored: request=%s status=%s model=%s", outcome.exchange_id, request_id, status,
                 model_version)
@@ -243,11 +275,37 @@ def _served(ctx: AppContext) -> str | None:
     return spec.name if spec is not None else None
 
 
+def _pending_record(actor: Principal, conversation_id: int, request_id: str, prompt_gate: moderation.GateResult,
+                    system_gate: moderation.GateResult | None, sampling: SamplingSettings | None,
+                    model_version: str | None, synthetic: bool) -> PendingRecord:
+    gates = [g for g in (system_gate, prompt_gate) if g is not None]
+    return PendingRecord(
+        conversation_id=conversation_id,
+        user_id=actor.user_id,
+        actor=actor.username,
+        request_id=request_id,
+        model_version=model_version or "none",
+        prompt=prompt_gate.text_for_storage,
+        sampling=_sampling_dict(sampling),
+        prompt_action=moderation.strongest_action([system_gate, prompt_gate]),
+        policy_version=prompt_gate.policy_version,
+        findings=moderation.finding_records(gates),
+        raw_texts=moderation.raw_texts_to_keep(gates),
+        synthetic=synthetic,
+    )
+
+
 def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, request_id: str,
                  prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
                  error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None,
-                 model_version: str | None, system_gate: moderation.GateResult | None = None) -> TurnRecord:
+                 model_version: str | None, system_gate: moderation.GateResult | None = None,
+                 completing: bool = False, synthetic: bool = False,
+                 overhead: dict[str, float] | None = None) -> TurnRecord:
+    """The turn as stored at once, or (``completing``) the answer's part of a pending exchange: the prompt's
+    findings and raw text were stored with it, the review item is judged on both sides."""
     gates = [g for g in (system_gate, prompt_gate, output_gate) if g is not None]
+    # Completing a pending exchange stores only the answer's findings and raw text: the prompt's are stored.
+    stored_now = gates if not completing else [output_gate] if output_gate is not None else []
     return TurnRecord(
         conversation_id=conversation_id,
         user_id=actor.user_id,
@@ -264,9 +322,11 @@ def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, reques
         prompt_action=moderation.strongest_action([system_gate, prompt_gate]),
         output_action=output_gate.action if output_gate is not None else None,
         policy_version=prompt_gate.policy_version,
-        findings=moderation.finding_records(gates),
-        raw_texts=moderation.raw_texts_to_keep(gates),
+        findings=moderation.finding_records(stored_now),
+        raw_texts=moderation.raw_texts_to_keep(stored_now),
         review=moderation.review_item_for(ctx, gates),
+        synthetic=synthetic,
+        overhead=dict(overhead or {}),
     )
 
 
@@ -331,14 +391,16 @@ def _sampling(temperature: float, top_p: float, max_tokens: int) -> SamplingSett
 @requires("chat.use")
 def start_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, prompt: str, *,
                temperature: float, top_p: float, max_tokens: int,
-               system_prompt: str | None = None) -> ChatTurn:
-    """Scan the prompt, apply the policy and start streaming (unless blocked). See :class:`ChatTurn`.
+               system_prompt: str | None = None, synthetic: bool = False) -> ChatTurn:
+    """Scan the prompt, apply the policy, store the prompt (``pending``) and start streaming (unless blocked).
+    See :class:`ChatTurn`. ``synthetic`` marks load-test traffic (stored on the exchange and in its events).
 
-    Raises :class:`InvalidInput` for an empty or too long prompt or out-of-range sampling settings, and
-    :class:`ModelUnavailable` when no model can answer (the failed exchange is stored as ``error``).
+    Raises :class:`InvalidInput` for an empty or too long prompt or out-of-range sampling settings,
+    :class:`ModelUnavailable` when no model can answer (the failed exchange is stored as ``error``), and
+    :class:`StorageUnavailable` when the prompt cannot be stored (then the model is not asked).
     """
     return _begin_turn(ctx, actor, conversation_id, prompt, temperature=temperature, top_p=top_p,
-                       max_tokens=max_tokens, system_prompt=system_prompt)
+                       max_tokens=max_tokens, system_prompt=system_prompt, synthetic=synthetic)
 
 
 COMPARISON_TITLE = "Comparison · "
@@ -355,7 +417,7 @@ def start_comparison_turn(ctx: AppContext, actor: Principal, prompt: str, *, tem
 
 def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, prompt: str, *,
                 temperature: float, top_p: float, max_tokens: int, system_prompt: str | None = None,
-                title_prefix: str = "", request_prefix: str = "chat") -> ChatTurn:
+                title_prefix: str = "", request_prefix: str = "chat", synthetic: bool = False) -> ChatTurn:
     prompt = clean_text(prompt or "")
     if not visible(prompt).strip():  # only spaces or invisible format characters: nothing was typed
         raise InvalidInput("Type a message first.")
@@ -371,11 +433,16 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
     if host is None:
         raise ModelUnavailable("No model is being served; ask an admin.")
 
+    started = time.perf_counter()
     prompt_gate = moderation.check_prompt(ctx, prompt)
     # The system prompt is judged like a prompt; what the conversation keeps is its stored (redacted) text.
     system_gate = moderation.check_system_prompt(ctx, system_prompt) if system_prompt else None
+    overhead = {"scan_before_ms": (time.perf_counter() - started) * 1000}
+    prompt_blocked = moderation.strongest_action([system_gate, prompt_gate]) == "block"
+    request_id = f"{request_prefix}-{uuid.uuid4().hex[:12]}"
+    served = host.serving.name if host.serving is not None else None
 
-    def open_conversation(s: Session) -> tuple[int, list[ChatMessage], bool]:
+    def open_conversation(s: Session) -> tuple[int, list[ChatMessage], bool, int | None]:
         if conversation_id is None:
             conv = chat_q.create_conversation(
                 s, user_id=actor.user_id, title=title_prefix + _title(prompt_gate.text_for_storage),
@@ -386,30 +453,38 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
             conv = _owned_conversation(s, actor, conversation_id)
             system = conv.system_prompt
         exchanges = chat_q.list_exchanges(s, conv.id)
-        blocked = bool(exchanges) and moderation.system_prompt_blocked(s, exchanges[0].id)
+        system_blocked = bool(exchanges) and moderation.system_prompt_blocked(s, exchanges[0].id)
         history = [ChatMessage("system", system)] if system else []
         for ex in exchanges:
             if ex.status in ("ok", "aborted") and ex.response:
                 history.append(ChatMessage("user", ex.prompt))
                 history.append(ChatMessage("assistant", ex.response))
-        return conv.id, history, blocked
+        if system_blocked or prompt_blocked:
+            return conv.id, history, system_blocked, None
+        # The prompt is on record before the model sees it, in the same transaction as its conversation.
+        pending = chat_q.begin_exchange(s, _pending_record(actor, conv.id, request_id, prompt_gate, system_gate,
+                                                           sampling, served, synthetic))
+        return conv.id, history, False, pending.id
 
+    started = time.perf_counter()
     try:
-        conversation_id, history, system_blocked = _write(ctx, "the conversation", open_conversation)
+        conversation_id, history, system_blocked, exchange_id = _write(ctx, "the conversation", open_conversation)
+        overhead["store_ms"] = (time.perf_counter() - started) * 1000
     except StorageUnavailable as exc:
         raise StorageUnavailable(f"{exc} Your message was not sent to the model; try again in a moment.") from exc
     if system_blocked:  # its first turn was refused for the system prompt: so is every later one
         raise InvalidInput(moderation.BLOCKED_SYSTEM_PROMPT_NOTICE)
 
-    request_id = f"{request_prefix}-{uuid.uuid4().hex[:12]}"
     turn = ChatTurn(ctx, actor, conversation_id, prompt_gate, request_id=request_id, sampling=sampling,
-                    system_gate=system_gate, _hold=moderation.hold_output(ctx))
+                    system_gate=system_gate, exchange_id=exchange_id, synthetic=synthetic,
+                    overhead=overhead, _hold=moderation.hold_output(ctx))
     for gate in (system_gate, prompt_gate):
         if gate is not None and gate.notice:
             turn.notices.append(gate.notice)
-    if moderation.strongest_action([system_gate, prompt_gate]) == "block":
+    if prompt_blocked:  # never reaches the model: stored in one go
         turn.outcome = _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="blocked",
-                              error=None, sampling=sampling, result=None, system_gate=system_gate)
+                              error=None, sampling=sampling, result=None, system_gate=system_gate,
+                              synthetic=synthetic, overhead=overhead)
         if turn.outcome.notice:  # not saved
             turn.notices.append(turn.outcome.notice)
         turn.outcome.notice = " ".join(turn.notices)
@@ -418,7 +493,8 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
         turn.stream = _stream_with_history(host, history, prompt_gate.text_for_model, sampling, request_id)
     except EngineError as exc:
         _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="error", error=str(exc),
-               sampling=sampling, result=None, system_gate=system_gate)
+               sampling=sampling, result=None, system_gate=system_gate, exchange_id=exchange_id,
+               synthetic=synthetic)
         raise _console_error(exc) from exc
     return turn
 
@@ -464,3 +540,34 @@ def send_to_review(ctx: AppContext, actor: Principal, exchange_id: int, note: st
         return moderation.send_to_review(ctx, s, ex, actor, note)
 
     return _write(ctx, "the note", send)
+
+
+# The severity moderation.severity_of gives a prompt flagged for its findings (a flag needs one).
+_INTERRUPTED_FLAG_SEVERITY = 2
+
+
+def mark_interrupted(ctx: AppContext, *, before: datetime) -> list[int]:
+    """At console start-up: every exchange still ``pending`` from before ``before`` (this process's start) was
+    being answered when its console process stopped. Marks them ``interrupted`` in one transaction with one
+    ``chat.interrupted`` audit event listing their ids; one whose prompt the policy flagged enters the review queue
+    (its answer, which would have taken it there, never came). Returns the ids.
+
+    Not a user action (no access guard): the console's start-up calls it (``console.resources``).
+    Raises :class:`StorageUnavailable` when the database cannot take it.
+    """
+    def sweep(s: Session) -> list[int]:
+        ids = chat_q.mark_interrupted(s, before)
+        for exchange_id in ids:
+            ex = chat_q.get_exchange(s, exchange_id)
+            if ex is not None and ex.prompt_action == "flag" and ex.review_status == "none":
+                review_items.create_review_item(
+                    s, exchange_id=ex.id, reason="flagged", direction="prompt", actor="system",
+                    severity=_INTERRUPTED_FLAG_SEVERITY,
+                    due_at=ctx.now() + timedelta(hours=moderation.REVIEW_DEADLINE_HOURS[_INTERRUPTED_FLAG_SEVERITY]))
+        return ids
+
+    ids = _write(ctx, "the interrupted exchanges", sweep)
+    if ids:
+        logger.warning("%d exchange(s) pending from before this console started marked interrupted: %s",
+                       len(ids), ids)
+    return ids

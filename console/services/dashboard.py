@@ -1,63 +1,369 @@
-"""Latency figures per model version: time to first token, inter-token latency, end-to-end, throughput."""
+"""Latency, traffic and service-level objectives per model version, for operators, analysts and admins.
+
+Every figure comes from the pre-aggregated buckets of ``db/metrics.py`` (never from loading exchanges), except with
+a user filter: the buckets do not know users, so that view reads the user's newest exchanges (at most
+``db.metrics.RAW_ROW_CAP``) and says so. Admins set the targets (``slo.manage``); every change is audited.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import timedelta
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]  # (no pandas-stubs in the venv)
 
 from console.services.access import Principal, requires
 from console.services.context import AppContext
-from console.services.errors import InvalidInput
+from console.services.errors import InvalidInput, NotFound
+from db import audit as audit_q
 from db import metrics as metrics_q
+from db import users as users_q
 
-WINDOWS = {"last hour": timedelta(hours=1), "last 24 hours": timedelta(days=1), "last 7 days": timedelta(days=7),
-           "last 30 days": timedelta(days=30)}
-METRICS = {"ttft_ms": "time to first token (ms)", "itl_ms": "inter-token latency (ms)",
-           "e2e_ms": "end-to-end (ms)", "tokens_per_s": "tokens/s per request", "queue_ms": "queue time (ms)"}
+RANGES: dict[str, timedelta] = {
+    "last 15 minutes": timedelta(minutes=15),
+    "last hour": timedelta(hours=1),
+    "last 6 hours": timedelta(hours=6),
+    "last 24 hours": timedelta(days=1),
+    "last 7 days": timedelta(days=7),
+    "last 30 days": timedelta(days=30),
+    "last 90 days": timedelta(days=90),
+}
+CUSTOM = "custom"
+WINDOWS = RANGES  # the older name, for callers of :func:`latency`
+MAX_CUSTOM_DAYS = 400
+MAX_VERSIONS = 20
+TRAFFIC: dict[str, bool | None] = {"real traffic": False, "synthetic (load tests)": True, "both": None}
+STATUSES = metrics_q.RECORDED_STATUSES
+LATENCY_METRICS = metrics_q.ENGINE_METRICS
+OVERHEAD_METRICS = metrics_q.OVERHEAD_METRICS
+METRIC_LABELS: dict[str, str] = {
+    "ttft_ms": "time to first token",
+    "itl_ms": "inter-token latency",
+    "e2e_ms": "end-to-end latency",
+    "queue_ms": "queue time",
+    "scan_before_ms": "safety scan before (prompt)",
+    "scan_after_ms": "safety scan after (answer)",
+    "store_ms": "storage",
+    "error_rate": "error rate",
+    "abort_rate": "abort rate (stopped, cut or interrupted)",
+    "flag_rate": "flag rate (any finding)",
+    "block_rate": "block rate (prompt or answer)",
+}
+RATE_METRICS = metrics_q.RATE_METRICS
+SLO_METRICS = metrics_q.SLO_METRICS
+SWITCH_ACTIONS = ("model.switch", "model.switch_failed")
+MAX_RELATIVE_ERROR = metrics_q.MAX_RELATIVE_ERROR
+RAW_ROW_CAP = metrics_q.RAW_ROW_CAP
+
+
+@dataclass(frozen=True)
+class DashboardFilter:
+    """What the page asks for. ``range`` is a key of :data:`RANGES` or ``"custom"`` (then ``since``/``until``);
+    empty ``versions``/``statuses`` mean all; ``traffic`` is a key of :data:`TRAFFIC`; ``user`` a username."""
+
+    range: str = "last 24 hours"
+    since: datetime | None = None
+    until: datetime | None = None
+    versions: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    traffic: str = "real traffic"
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class SloView:
+    id: int
+    metric: str
+    stat: str
+    threshold: float  # ms, or a fraction for a rate
+    set_by: str | None
+    set_at: datetime
+
+    @property
+    def label(self) -> str:
+        """E.g. "p95 time to first token <= 500 ms" or "error rate <= 1 %"."""
+        return slo_label(self.metric, self.stat, self.threshold)
+
+
+def slo_label(metric: str, stat: str, threshold: float) -> str:
+    name = METRIC_LABELS.get(metric, metric)
+    if stat == "rate":
+        return f"{name} <= {threshold * 100:g} %"
+    return f"{stat} {name} <= {threshold:g} ms"
+
+
+@dataclass(frozen=True)
+class SwitchMarker:
+    """A switch of the served version (or a failed one) in the range, from the audit log."""
+
+    at: datetime
+    ok: bool
+    from_version: str | None
+    to_version: str | None
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class DashboardReport:
+    """Everything the page shows. ``series``: one row per bucket and version; ``totals``: one per version and one
+    for every version (``model_version`` "all versions"); rates are fractions, times milliseconds, throughput per
+    second averaged over the (passed part of the) bucket. ``goodput`` as bounds (equal when exact)."""
+
+    since: datetime  # widened to whole buckets
+    until: datetime
+    bucket_s: int
+    bucket_label: str  # "5-minute"
+    series: pd.DataFrame
+    totals: pd.DataFrame
+    goodput: pd.DataFrame
+    breaches: pd.DataFrame
+    compliance: pd.DataFrame
+    switches: list[SwitchMarker]
+    slos: list[SloView]
+    versions: list[str]  # every version with traffic (for the version filter)
+    overhead_recorded: bool  # any console-overhead figure in the range
+    source_note: str | None  # set when the figures come from raw exchanges (user filter)
+    rows_read: int
+
+    @property
+    def empty(self) -> bool:
+        return bool(self.series.empty)
+
+
+ALL_VERSIONS = "all versions"
+
+
+def bucket_label(seconds: int) -> str:
+    """ "1-minute", "5-minute", "1-hour", "6-hour", "1-day"... """
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400}-day"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}-hour"
+    return f"{seconds // 60}-minute"
+
+
+def _range(ctx: AppContext, flt: DashboardFilter) -> tuple[datetime, datetime]:
+    if flt.range == CUSTOM:
+        since, until = flt.since, flt.until
+        if since is None or until is None:
+            raise InvalidInput("A custom time window needs a start and an end.")
+        if since.tzinfo is None or until.tzinfo is None:
+            raise InvalidInput("A custom time window needs times with a time zone.")
+        if until <= since:
+            raise InvalidInput("The end of the time window must be after its start.")
+        if until - since > timedelta(days=MAX_CUSTOM_DAYS):
+            raise InvalidInput(f"A time window can be at most {MAX_CUSTOM_DAYS} days long.")
+        return since, until
+    if flt.range not in RANGES:
+        raise InvalidInput(f"Unknown time window {flt.range!r}; choose one of {', '.join(RANGES)} or custom.")
+    now = ctx.now()
+    # "The last hour" includes this instant: an exchange stored at exactly ``now`` (on a bucket boundary) counts.
+    return now - RANGES[flt.range], now + timedelta(microseconds=1)
+
+
+def _query(ctx: AppContext, flt: DashboardFilter) -> metrics_q.MetricsQuery:
+    since, until = _range(ctx, flt)
+    bad = [s for s in flt.statuses if s not in STATUSES]
+    if bad:
+        raise InvalidInput(f"Unknown status {bad[0]!r}; choose from {', '.join(STATUSES)}.")
+    if flt.traffic not in TRAFFIC:
+        raise InvalidInput(f"Unknown traffic kind {flt.traffic!r}; choose one of {', '.join(TRAFFIC)}.")
+    if len(flt.versions) > MAX_VERSIONS:
+        raise InvalidInput(f"Choose at most {MAX_VERSIONS} model versions.")
+    return metrics_q.MetricsQuery(since=since, until=until, versions=tuple(str(v) for v in flt.versions),
+                                  statuses=tuple(flt.statuses), synthetic=TRAFFIC[flt.traffic], now=ctx.now())
+
+
+def _frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """A report's columns as a DataFrame: times as UTC timestamps, NaN where there is no value, the every-version
+    row named :data:`ALL_VERSIONS`."""
+    frame = pd.DataFrame({name: col for name, col in columns.items() if name not in ("bucket_epoch", "bucket_start")})
+    if "bucket_epoch" in columns:
+        frame.insert(0, "bucket_start", pd.to_datetime(columns["bucket_epoch"], unit="s", utc=True))
+    if "model_version" in frame:
+        frame["model_version"] = frame["model_version"].fillna(ALL_VERSIONS)
+    return frame
+
+
+def _slo_views(session: Any) -> list[SloView]:
+    slos = metrics_q.list_slos(session)
+    names: dict[int, str] = {}
+    for slo in slos:
+        if slo.set_by_id is not None and slo.set_by_id not in names:
+            user = users_q.get_user(session, slo.set_by_id)
+            names[slo.set_by_id] = user.username if user is not None else f"user {slo.set_by_id}"
+    return [SloView(s.id, s.metric, s.stat, s.threshold, names.get(s.set_by_id) if s.set_by_id else None, s.set_at)
+            for s in slos]
+
+
+def _switches(session: Any, since: datetime, until: datetime) -> list[SwitchMarker]:
+    markers = []
+    for action in SWITCH_ACTIONS:
+        for event in audit_q.iter_events(session, since=since, until=until, action=action, limit=500):
+            details = event.details or {}
+            seconds = details.get("seconds")
+            markers.append(SwitchMarker(event.ts, action == "model.switch", details.get("from"), details.get("to"),
+                                        float(seconds) if isinstance(seconds, int | float) else None))
+    return sorted(markers, key=lambda m: m.at)
+
+
+def _overview(ctx: AppContext, flt: DashboardFilter) -> DashboardReport:
+    query = _query(ctx, flt)
+    with ctx.db.session(readonly=True) as s:
+        slo_views = _slo_views(s)
+        targets = [metrics_q.SloTarget(v.metric, v.stat, v.threshold) for v in slo_views]
+        source_note = None
+        if flt.user:
+            user = users_q.get_user_by_username(s, flt.user.strip())
+            if user is None:
+                raise NotFound(f"No user named {flt.user.strip()!r}.")
+            report = metrics_q.raw_report(s, query, user_id=user.id, slos=targets)
+            source_note = (f"Figures for {user.username} alone come from their requests themselves (the pre-computed "
+                           f"buckets do not record who asked): {report.rows_read:,} requests read"
+                           + (f", the newest {RAW_ROW_CAP:,} of more in this window" if report.capped else "")
+                           + ". The console's own overhead is not recorded per user.")
+        else:
+            report = metrics_q.bucket_report(s, query, targets)
+        versions = metrics_q.bucket_versions(s)
+        switches = _switches(s, query.start, query.end)
+    totals = _frame(report.totals_columns)
+    overhead = not totals.empty and sum(int(totals[f"{m}_n"].iloc[-1]) for m in OVERHEAD_METRICS) > 0
+    goodput = pd.DataFrame([{
+        "model_version": g.model_version or ALL_VERSIONS, "reached_model": g.reached_model,
+        "good_low": g.good_low, "good_high": g.good_high, "share_low": g.share_low, "share_high": g.share_high,
+        "exact": g.exact} for g in report.goodput])
+    breaches = pd.DataFrame([{
+        "bucket_start": b.bucket_start, "model_version": b.model_version, "target": slo_label(b.metric, b.stat,
+                                                                                            b.threshold),
+        "metric": b.metric, "stat": b.stat, "threshold": b.threshold, "measured": b.measured,
+        "requests": b.requests} for b in report.breaches])
+    compliance = pd.DataFrame([{
+        "model_version": c.model_version or ALL_VERSIONS, "target": slo_label(c.metric, c.stat, c.threshold),
+        "metric": c.metric, "stat": c.stat, "threshold": c.threshold, "measured": c.measured, "met": c.met}
+        for c in report.compliance])
+    return DashboardReport(
+        since=report.start, until=report.end, bucket_s=report.bucket_s, bucket_label=bucket_label(report.bucket_s),
+        series=_frame(report.series_columns), totals=totals, goodput=goodput, breaches=breaches, compliance=compliance,
+        switches=switches, slos=slo_views, versions=versions, overhead_recorded=overhead, source_note=source_note,
+        rows_read=report.rows_read,
+    )
+
+
+@requires("dashboard.view")
+def overview(ctx: AppContext, actor: Principal, flt: DashboardFilter | None = None) -> DashboardReport:
+    """Everything the Latency page shows for a range and filters (see :class:`DashboardReport`)."""
+    return _overview(ctx, flt or DashboardFilter())
+
+
+@requires("dashboard.view")
+def known_versions(ctx: AppContext, actor: Principal) -> list[str]:
+    """Every model version that has had traffic (for the version filter)."""
+    with ctx.db.session(readonly=True) as s:
+        return metrics_q.bucket_versions(s)
+
+
+# ---- a short summary, for callers outside the page (and older ones) --------------------------------------------
 
 
 @dataclass(frozen=True)
 class LatencyReport:
-    exchanges: pd.DataFrame  # one row per exchange
-    summary: pd.DataFrame  # one row per model version: count, p50/p95 of each metric, throughput
+    series: pd.DataFrame  # per bucket and version (see DashboardReport.series)
+    summary: pd.DataFrame  # one row per model version: requests, p50/p95 of each latency (ms), output tokens
     versions: list[str]
-    throughput: pd.DataFrame  # per model version and minute: requests and output tokens/s served
+    throughput: pd.DataFrame  # per bucket and version: requests and output tokens per second
+
+    @property
+    def exchanges(self) -> pd.DataFrame:
+        """The older name of :attr:`series` (no call loads exchanges any more)."""
+        return self.series
 
 
 @requires("dashboard.view")
 def latency(ctx: AppContext, actor: Principal, window: str = "last 24 hours",
             model_version: str | None = None) -> LatencyReport:
-    if window not in WINDOWS:
-        raise InvalidInput(f"Unknown time window {window!r}; choose one of {', '.join(WINDOWS)}.")
-    since = ctx.now() - WINDOWS[window]
+    """Requests and latency percentiles per version over a named window (a key of :data:`RANGES`)."""
+    if window not in RANGES:
+        raise InvalidInput(f"Unknown time window {window!r}; choose one of {', '.join(RANGES)}.")
+    report = _overview(ctx, DashboardFilter(range=window, versions=(model_version,) if model_version else ()))
+    rows = []
+    totals = report.totals[report.totals["model_version"] != ALL_VERSIONS] if not report.totals.empty else []
+    for row in (totals.to_dict("records") if isinstance(totals, pd.DataFrame) else []):
+        entry: dict[str, Any] = {"model version": row["model_version"], "requests": int(row["requests"])}
+        for metric in ("ttft_ms", "itl_ms", "e2e_ms", "queue_ms"):
+            for stat in ("p50", "p95"):
+                value = row[f"{metric}_{stat}"]
+                entry[f"{metric} {stat}"] = None if value is None or pd.isna(value) else round(float(value), 1)
+        entry["output tokens"] = int(row["output_tokens"])
+        rows.append(entry)
+    throughput = (report.series[["bucket_start", "model_version", "requests", "requests_per_s",
+                                 "output_tokens_per_s"]] if not report.empty else
+                  pd.DataFrame(columns=["bucket_start", "model_version", "requests", "requests_per_s",
+                                        "output_tokens_per_s"]))
+    summary_columns = ["model version", "requests",
+                       *(f"{m} {stat}" for m in ("ttft_ms", "itl_ms", "e2e_ms", "queue_ms") for stat in ("p50", "p95")),
+                       "output tokens"]
+    return LatencyReport(report.series, pd.DataFrame(rows, columns=summary_columns), report.versions, throughput)
+
+
+# ---- service-level objectives ---------------------------------------------------------------------------------
+
+
+@requires("dashboard.view")
+def list_slos(ctx: AppContext, actor: Principal) -> list[SloView]:
+    """Every target, by metric and statistic."""
     with ctx.db.session(readonly=True) as s:
-        rows = metrics_q.exchange_timings(s, since=since, model_version=model_version or None)
-        versions = metrics_q.model_versions_seen(s)
-    df = pd.DataFrame([asdict(r) for r in rows], columns=list(metrics_q.ExchangeTiming.__dataclass_fields__))
-    summary_rows = []
-    for version, group in df.groupby("model_version") if not df.empty else []:
-        row = {"model version": version, "requests": len(group)}
-        for col in ("ttft_ms", "itl_ms", "e2e_ms"):
-            values = group[col].dropna()
-            row[f"{col} p50"] = round(float(values.quantile(0.5)), 1) if len(values) else None
-            row[f"{col} p95"] = round(float(values.quantile(0.95)), 1) if len(values) else None
-        tps = group["tokens_per_s"].dropna()
-        row["tokens/s p50"] = round(float(tps.quantile(0.5)), 1) if len(tps) else None
-        row["output tokens"] = int(group["output_tokens"].fillna(0).sum())
-        summary_rows.append(row)
-    return LatencyReport(df, pd.DataFrame(summary_rows), versions, _throughput(df))
+        return _slo_views(s)
 
 
-def _throughput(df: pd.DataFrame) -> pd.DataFrame:
-    """Output tokens per second served, per model version and minute (by when the exchange was stored)."""
-    columns = ["minute", "model_version", "requests", "tokens_per_s"]
-    if df.empty:
-        return pd.DataFrame(columns=columns)
-    frame = df.assign(minute=pd.to_datetime(df["created_at"], utc=True).dt.floor("min"),
-                      output_tokens=df["output_tokens"].fillna(0))
-    grouped = frame.groupby(["minute", "model_version"]).agg(requests=("status", "size"),
-                                                            tokens=("output_tokens", "sum")).reset_index()
-    grouped["tokens_per_s"] = (grouped["tokens"] / 60.0).round(2)
-    return grouped[columns]
+@requires("slo.manage")
+def set_slo(ctx: AppContext, actor: Principal, metric: str, stat: str, threshold: float) -> SloView:
+    """Set (or replace) the target for ``metric``/``stat``: milliseconds for a percentile, a fraction (0.01 = 1 %)
+    for a rate. Audited as ``slo.set`` with the threshold it replaced."""
+    if metric not in SLO_METRICS:
+        raise InvalidInput(f"Targets can be set on {', '.join(METRIC_LABELS[m] for m in SLO_METRICS)}, "
+                           f"not {metric!r}.")
+    if stat not in SLO_METRICS[metric]:
+        raise InvalidInput(f"A target on {METRIC_LABELS[metric]} is one of: {', '.join(SLO_METRICS[metric])}.")
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise InvalidInput("The threshold must be a number.") from None
+    if not math.isfinite(value) or value <= 0 and stat != "rate" or value < 0:
+        raise InvalidInput("A latency threshold is a number of milliseconds greater than 0."
+                           if stat != "rate" else "A rate threshold is between 0 % and 100 %.")
+    if stat == "rate" and value > 1:
+        raise InvalidInput("A rate threshold is between 0 % and 100 %.")
+    if stat != "rate" and value > 3_600_000:
+        raise InvalidInput("A latency threshold is at most one hour (3,600,000 ms).")
+    with ctx.db.session() as s:
+        slo, previous = metrics_q.set_slo(s, metric=metric, stat=stat, threshold=value, set_by_id=actor.user_id,
+                                          now=ctx.now())
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="slo.set", object_type="slo",
+                             object_id=f"{metric}/{stat}",
+                             details={"metric": metric, "stat": stat, "threshold": value, "previous": previous})
+        return SloView(slo.id, slo.metric, slo.stat, slo.threshold, actor.username, slo.set_at)
+
+
+@requires("slo.manage")
+def delete_slo(ctx: AppContext, actor: Principal, slo_id: int) -> str:
+    """Remove a target; audited as ``slo.delete``. Returns what it was (e.g. "p95 time to first token <= 500 ms")."""
+    with ctx.db.session() as s:
+        slo = metrics_q.delete_slo(s, int(slo_id))
+        if slo is None:
+            raise NotFound(f"No target with id {slo_id}.")
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="slo.delete",
+                             object_type="slo", object_id=f"{slo.metric}/{slo.stat}",
+                             details={"metric": slo.metric, "stat": slo.stat, "threshold": slo.threshold})
+        return slo_label(slo.metric, slo.stat, slo.threshold)
+
+
+def rebuild_buckets_cli(ctx: AppContext) -> int:
+    """``llm-console metrics rebuild``: rebuild the latency buckets from the exchanges; audited. Not a user action
+    (whoever runs the command can write the database). Returns the number of exchanges counted."""
+    with ctx.db.session() as s:
+        counted = metrics_q.rebuild_buckets(s)
+        audit_q.append_event(s, actor="cli", action="metrics.rebuild", object_type="latency_buckets",
+                             details={"exchanges": counted})
+    return counted

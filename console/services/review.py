@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from sqlalchemy import exists, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from console.services import review_stats
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
-from console.services.errors import ConsoleError, InvalidInput, NotFound
+from console.services.errors import ConsoleError, InvalidInput, NotFound, StorageUnavailable
 from console.services.moderation import FindingView, redact_pii
 from console.services.text import clean_text
 from db import audit as audit_q
@@ -32,7 +34,7 @@ from db.review import queue as queue_q
 from db.review import samples as samples_q
 from db.review.items import ReviewStateError
 from db.review.queue import QueueFilter, QueueSummary
-from db.tables import ReviewItem
+from db.tables import AuditEvent, ReviewItem
 
 logger = logging.getLogger(__name__)
 
@@ -323,18 +325,104 @@ def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = F
     )
 
 
+# --- read auditing: who saw which item and whose conversation ---------------------------------------------------
+# Showing an item shows another person's conversation (the exchange, earlier turns, the system prompt). The first
+# time a person is shown an item after they signed in, that is audited: ``review.view`` about the item and, when
+# the conversation is someone else's, ``chat.conversation_view`` about the conversation (ids only, never text).
+# Pages show the item again on every click; those repeats are not recorded again until the next sign-in.
+
+VIEW_ACTION = "review.view"
+CONVERSATION_VIEW_ACTION = "chat.conversation_view"
+SIGN_IN_ACTION = "auth.login"
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """What one item view showed, for its audit events."""
+
+    item_id: int
+    exchange_id: int
+    conversation_id: int
+    owner_id: int
+    exchange_ids: tuple[int, ...]  # the item's exchange and the earlier turns shown with it
+    system_prompt: bool
+
+
+def _shown(s: Session, view: ItemView) -> _Shown:
+    exchange = chat_q.get_exchange(s, view.exchange_id)
+    if exchange is None:  # _item_view found it in this same session
+        raise NotFound(f"Exchange {view.exchange_id} is gone.")
+    return _Shown(view.item_id, exchange.id, exchange.conversation_id, exchange.user_id,
+                  (*(t.exchange_id for t in view.context), exchange.id), view.system_prompt is not None)
+
+
+def _seen_since_sign_in(s: Session, actor: Principal, item_id: int) -> bool:
+    """True when ``actor`` was already shown this item since they last signed in (their view is on record)."""
+    last_view = s.scalar(
+        select(AuditEvent.seq)
+        .where(AuditEvent.object_type == "review_item", AuditEvent.object_id == str(item_id),
+               AuditEvent.action == VIEW_ACTION, AuditEvent.actor_id == actor.user_id)
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    if last_view is None:
+        return False
+    signed_in_since = s.scalar(select(exists().where(
+        AuditEvent.seq > last_view, AuditEvent.action == SIGN_IN_ACTION, AuditEvent.actor_id == actor.user_id)))
+    return not signed_in_since
+
+
+def _record_view(ctx: AppContext, actor: Principal, shown: _Shown, via: str, *, blind: bool = False) -> None:
+    """Audit that ``actor`` was shown the item (and whose conversation), in one write transaction.
+
+    If the database cannot take it, the item is not shown (:class:`StorageUnavailable`)."""
+    try:
+        _append_views(ctx, actor, shown, via, blind)
+    except OperationalError as exc:
+        logger.error("could not audit a review item view: user=%s item=%s: %s", actor.username, shown.item_id, exc)
+        raise StorageUnavailable("The database is busy or full: the item cannot be shown right now, because "
+                                 "opening it must be recorded. Try again in a moment.") from exc
+    logger.info("review item shown: user=%s item=%s via=%s", actor.username, shown.item_id, via)
+
+
+def _append_views(ctx: AppContext, actor: Principal, shown: _Shown, via: str, blind: bool) -> None:
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=VIEW_ACTION,
+                             object_type="review_item", object_id=shown.item_id,
+                             details={"exchange_id": shown.exchange_id, "conversation_id": shown.conversation_id,
+                                      "via": via, "blind": blind})
+        if shown.owner_id != actor.user_id:
+            audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=CONVERSATION_VIEW_ACTION,
+                                 object_type="conversation", object_id=shown.conversation_id,
+                                 details={"owner_id": shown.owner_id, "exchange_ids": list(shown.exchange_ids),
+                                          "system_prompt": shown.system_prompt, "item_id": shown.item_id,
+                                          "via": via})
+
+
+def _to_record(s: Session, actor: Principal, view: ItemView) -> _Shown | None:
+    """What to audit about showing ``view`` to ``actor``; None when their view is on record since they signed in.
+
+    The caller records it (:func:`_record_view`) after its read-only session and before returning the view."""
+    return None if _seen_since_sign_in(s, actor, view.item_id) else _shown(s, view)
+
+
 @requires("review.work")
 def item_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
     """The item, its conversation context, findings (redacted) and the operator's note, if they sent it to review.
 
-    Refused for the reviewer's own conversation.
+    Refused for the reviewer's own conversation. The first view since the reviewer signed in is audited
+    (``review.view`` and ``chat.conversation_view``).
     """
     with ctx.db.session(readonly=True) as s:
         ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(item_id))
         item = items_q.get_review_item(s, item_id)
         if item is None:
             raise NotFound(f"Review item {item_id} does not exist.")
-        return _item_view(ctx, s, item)
+        view = _item_view(ctx, s, item)
+        shown = _to_record(s, actor, view)
+    if shown is not None:
+        _record_view(ctx, actor, shown, "review")
+    return view
 
 
 @requires("review.reveal_raw")
@@ -451,7 +539,11 @@ def next_second_review(ctx: AppContext, actor: Principal) -> ItemView | None:
             return None
         item = items_q.get_review_item(s, sample.item_id)
         assert item is not None  # a sample always points at an item (foreign key)
-        return _item_view(ctx, s, item, blind=True, sample_id=sample.id)
+        view = _item_view(ctx, s, item, blind=True, sample_id=sample.id)
+        shown = _to_record(s, actor, view)
+    if shown is not None:
+        _record_view(ctx, actor, shown, "second_review", blind=True)
+    return view
 
 
 @requires("review.work")
@@ -515,13 +607,19 @@ def list_escalations(ctx: AppContext, actor: Principal, *, limit: int = PAGE_SIZ
 
 @requires("review.escalations")
 def escalation_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
-    """An escalated item with its decisions so far (the escalation note included) and the operator's note."""
+    """An escalated item with its decisions so far (the escalation note included) and the operator's note.
+
+    The first view since the admin signed in is audited (``review.view`` and ``chat.conversation_view``)."""
     with ctx.db.session(readonly=True) as s:
         ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(item_id))
         item = items_q.get_review_item(s, item_id)
         if item is None or item.status != "escalated":
             raise NotFound(f"Item {item_id} is not escalated.")
-        return _item_view(ctx, s, item)
+        view = _item_view(ctx, s, item)
+        shown = _to_record(s, actor, view)
+    if shown is not None:
+        _record_view(ctx, actor, shown, "escalations")
+    return view
 
 
 @requires("review.escalations")

@@ -65,6 +65,10 @@ def _render(ex: ExchangeView) -> None:
     with st.chat_message("assistant"):
         if ex.status == "blocked":
             st.warning("This message was blocked by the safety policy and never reached the model.")
+        elif ex.status == "interrupted":
+            st.warning("(no answer: the console stopped while the model was answering)")
+        elif ex.status == "pending":
+            st.info("(no answer stored: the model is still answering, or its answer could not be saved)")
         elif ex.status == "error":
             st.error(f"The model failed to answer: {escape_markdown(ex.error or 'unknown error')}")
         else:
@@ -73,6 +77,8 @@ def _render(ex: ExchangeView) -> None:
         _findings(ex, "output")
         if ex.review_status and ex.review_status != "none":
             st.caption(f":material/flag: review: {escape_markdown(ex.review_status)}")
+        if ex.status == "pending":  # its answer may still come (and judge it): nothing to send yet
+            return
         with st.popover("Send to review", icon=":material/flag:"):
             with st.form(f"review_form_{ex.id}", clear_on_submit=True):
                 note = st.text_area("Note for the reviewer", key=f"review_note_{ex.id}")

@@ -1,4 +1,4 @@
-"""Admin: add users, change roles, disable or enable accounts, reset passwords."""
+"""Admin: add users, change roles, disable or enable accounts, reset passwords, erase a person's content."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ import streamlit as st
 
 from console import ui
 from console.services import auth
+from console.services import retention as retention_svc
 from console.services import users as users_svc
 from console.services.access import ALL_ROLES
+from console.textsafe import escape_markdown
 
 principal = ui.require_page("users")
 ctx = ui.app_context()
+state = ui.session().users
 
 st.title("Users")
+if state.flash:
+    # Set before a rerun, so a success survives it (shown once).
+    st.success(escape_markdown(state.flash))
+    state.flash = None
 users = ui.call(users_svc.list_users, ctx, principal) or []
 st.dataframe(
     pd.DataFrame([{"username": u.username, "name": u.display_name or "", "email": u.email or "",
@@ -21,6 +28,8 @@ st.dataframe(
                    "locked until": u.locked_until, "last sign-in": u.last_login_at} for u in users]),
     hide_index=True, width="stretch",
 )
+st.caption(f"Stored prompts and answers are kept {ctx.settings.retention_text_days} days and raw (unredacted) "
+           f"text {ctx.settings.retention_raw_days} days; then their text is erased and the metadata stays.")
 
 add_tab, edit_tab = st.tabs(["Add a user", "Change a user"])
 with add_tab, st.form("add_user", clear_on_submit=True):
@@ -36,7 +45,7 @@ with add_tab, st.form("add_user", clear_on_submit=True):
         created = ui.call(users_svc.add_user, ctx, principal, username, password or None, roles,
                           display_name=display_name, email=email)
         if created:
-            st.success(f"Added {created.username}.")
+            state.flash = f"Added {created.username}."
             st.rerun()
 
 with edit_tab:
@@ -48,7 +57,7 @@ with edit_tab:
             new_roles = st.multiselect("Roles", ALL_ROLES, default=list(user.roles), key="edit_roles_value")
             if st.form_submit_button("Save roles"):
                 if ui.call(users_svc.set_roles, ctx, principal, user.id, new_roles):
-                    st.success("Roles saved.")
+                    state.flash = f"Roles of {user.username} saved."
                     st.rerun()
         with st.form("reset_password", clear_on_submit=True):
             new_password = st.text_input("New password", type="password", key="reset_password_value",
@@ -59,4 +68,30 @@ with edit_tab:
         label = "Enable account" if user.disabled else "Disable account"
         if st.button(label, key="toggle_disabled", type="secondary"):
             if ui.call(users_svc.set_disabled, ctx, principal, user.id, not user.disabled):
+                state.flash = f"{user.username} is {'enabled' if user.disabled else 'disabled'}."
                 st.rerun()
+
+        st.subheader("Erase this person's content")
+        if user.id == principal.user_id:
+            st.info("You cannot erase your own content; ask another admin.")
+        else:
+            st.markdown(escape_markdown(f"Erases {retention_svc.ERASES}. Keeps {retention_svc.KEEPS}. "
+                                        "It cannot be undone, and the account stays: disable it above if needed."))
+            with st.form(f"erase_form_{state.round}"):
+                reason = st.text_area(
+                    "Reason (checked, not stored: it may name the person)", key=f"erase_reason_{state.round}",
+                    max_chars=retention_svc.MAX_REASON_CHARS, placeholder="e.g. erasure request #1234")
+                confirmed = st.checkbox(
+                    f"I understand that every prompt, answer, raw text, conversation title and note of "
+                    f"{escape_markdown(user.username)} is erased for good, and that the account, the timings and the audit chain "
+                    "stay.", key=f"erase_confirm_{state.round}")
+                if st.form_submit_button("Erase this person's content", type="primary", key="erase_submit"):
+                    if not confirmed:
+                        st.error("Tick the box to confirm the erasure; nothing was erased.")
+                    else:
+                        done = ui.call(retention_svc.erase_user, ctx, principal, user.username, reason)
+                        if done:
+                            state.flash = (f"Erased the content of {done.username}: {done.summary}. "
+                                           "The account itself stays.")
+                            state.round += 1
+                            st.rerun()

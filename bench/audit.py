@@ -1,0 +1,187 @@
+"""``llm-console bench audit``: chained appends per second, verifying and exporting a million events.
+
+Everything runs on a throwaway SQLite database in a temporary directory:
+
+- ``append_per_s``: events appended with ``db.audit.append_event``, each in its own transaction (what every click
+  does), one writer; ``append_per_s_8t``: the same from 8 threads at once (they queue on the chain's lock);
+  ``append_per_s_batch100``: one writer, 100 events per transaction (bulk decisions, retention batches).
+- ``verify_1m_s``: ``verify_chain`` over ``--events`` events (default 1,000,000) with a signed checkpoint to check.
+- ``export_csv_1m_s``, ``export_parquet_1m_s``: exporting them all (the CLI's path), each in a fresh child process
+  whose peak resident memory is ``export_peak_mb`` (the larger of the two; the interpreter and pyarrow included).
+
+The events are seeded in bulk (their chain computed the same way ``append_event`` does) so the run takes minutes,
+not hours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, update
+
+from db import Database, DbConfig
+from db.audit import AuditAnchor, append_event, canonical_json, compute_hash, verify_chain
+from db.tables import AuditEvent, AuditHead
+
+ACTIONS = ("chat.exchange", "safety.findings", "review.item", "auth.login", "review.decide", "model.switch")
+
+
+def _database(path: Path) -> Database:
+    db = Database(DbConfig(f"sqlite:///{path}"))
+    db.migrate()
+    return db
+
+
+def _appends(db: Database, n: int, threads: int, per_transaction: int = 1) -> float:
+    """Appends per second: ``n`` events, ``per_transaction`` per transaction, spread over ``threads`` writers."""
+    per_thread = n // threads // per_transaction * per_transaction
+
+    def work(worker: int) -> None:
+        for start in range(0, per_thread, per_transaction):
+            with db.session() as s:
+                for i in range(start, start + per_transaction):
+                    append_event(s, actor=f"user{worker}", action="bench.append", object_type="exchange",
+                                 object_id=i, details={"worker": worker, "i": i, "status": "ok", "ttft_ms": 12.5})
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return per_thread * threads / (time.perf_counter() - started)
+
+
+def _seed_rows(start_seq: int, prev: str, count: int, t0: datetime) -> Iterator[dict[str, Any]]:
+    for k in range(count):
+        seq = start_seq + k
+        action = ACTIONS[seq % len(ACTIONS)]
+        details = {"conversation_id": seq // 7, "status": "ok", "model_version": f"v{seq % 3}",
+                   "ttft_ms": 10.0 + seq % 90, "e2e_ms": 200.0 + seq % 900, "note": "düt, \"quoted\"\nline"}
+        rendered = canonical_json(details)
+        dh = hashlib.sha256(rendered.encode("utf-8")).hexdigest()
+        ts = t0 + timedelta(milliseconds=seq * 50)
+        actor = f"user{seq % 40}"
+        digest = compute_hash(ts=ts, actor=actor, actor_id=seq % 40 + 1, action=action, object_type="exchange",
+                              object_id=str(seq), details_hash=dh, prev_hash=prev)
+        yield {"seq": seq, "ts": ts, "actor": actor, "actor_id": seq % 40 + 1, "action": action,
+               "object_type": "exchange", "object_id": str(seq), "details": details, "details_hash": dh,
+               "prev_hash": prev, "hash": digest}
+        prev = digest
+
+
+def seed_events(db: Database, total: int, *, chunk: int = 20_000) -> None:
+    """Grow the chain to ``total`` events in bulk (hashes computed exactly as ``append_event`` does)."""
+    with db.session() as s:
+        head = s.get(AuditHead, 1)
+        assert head is not None
+        seq, prev = head.seq, head.hash
+    t0 = datetime.now(UTC) - timedelta(days=30)
+    while seq < total:
+        n = min(chunk, total - seq)
+        rows = list(_seed_rows(seq + 1, prev, n, t0))
+        with db.session() as s:
+            s.execute(insert(AuditEvent.__table__), rows)
+            s.execute(update(AuditHead.__table__).where(AuditHead.__table__.c.id == 1)
+                      .values(seq=rows[-1]["seq"], hash=rows[-1]["hash"]))
+        seq, prev = rows[-1]["seq"], rows[-1]["hash"]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def _export_in_child(db_path: Path, fmt: str, out: Path) -> tuple[float, float]:
+    """Seconds and peak MB of one export run in a fresh interpreter (``python -m bench.audit --export-child``)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    proc = subprocess.run([sys.executable, "-m", "bench.audit", "--export-child", str(db_path), fmt, str(out)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"export child failed: {proc.stderr.strip()[-2000:]}")
+    seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return float(seconds), max(peak_kb, before) / 1024
+
+
+def run_audit_bench(*, events: int = 1_000_000, appends: int = 2_000, export: bool = True,
+                    progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
+    """Run every measurement and return the figures (see the module docstring)."""
+    with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
+        root = Path(tmp)
+        db = _database(root / "audit.db")
+        try:
+            progress(f"appending {appends} events, one writer")
+            one = _appends(db, appends, 1)
+            progress(f"appending {appends} events, 8 threads")
+            eight = _appends(db, appends, 8)
+            progress(f"appending {appends} events, one writer, 100 per transaction")
+            batched = _appends(db, appends, 1, per_transaction=100)
+            progress(f"seeding {events:,} events")
+            seed_events(db, events)
+            anchor = AuditAnchor.load(root / "audit.key", root / "checkpoints.jsonl")
+            anchor.checkpoint(db, "bench")
+            progress("verifying")
+            verify_s, report = _timed(lambda: verify_chain(db, anchor))
+            if not report.ok:
+                raise RuntimeError(f"the seeded chain did not verify: {report.reason}")
+            result: dict[str, Any] = {
+                "events": report.checked, "append_per_s": round(one, 1), "append_per_s_8t": round(eight, 1),
+                "append_per_s_batch100": round(batched, 1),
+                "verify_1m_s": round(verify_s * 1_000_000 / max(report.checked, 1), 2),
+                "verify_s": round(verify_s, 2),
+            }
+        finally:
+            db.dispose()
+        if export:
+            peaks = []
+            for fmt in ("csv", "parquet"):
+                progress(f"exporting as {fmt} in a child process")
+                seconds, peak = _export_in_child(root / "audit.db", fmt, root / f"events.{fmt}")
+                result[f"export_{fmt}_1m_s"] = round(seconds * 1_000_000 / max(result["events"], 1), 2)
+                result[f"export_{fmt}_s"] = round(seconds, 2)
+                result[f"export_{fmt}_mb"] = round((root / f"events.{fmt}").stat().st_size / 1e6, 1)
+                peaks.append(peak)
+            result["export_peak_mb"] = round(max(peaks), 1)
+        result["targets"] = {"append_per_s": ">= 5000", "verify_1m_s": "<= 10", "export_csv_1m_s": "<= 10",
+                             "export_parquet_1m_s": "<= 10", "export_peak_mb": "<= 200"}
+        return result
+
+
+def _export_child(db_path: str, fmt: str, out: str) -> None:
+    """One export exactly as ``llm-console audit export`` runs it (checkpoint, stream, manifest, audit event)."""
+    import os
+
+    from console.services.context import AppContext
+    from console.services.exports import ExportSpec, run_export_cli
+    from console.settings import Settings
+
+    root = Path(db_path).parent
+    settings = Settings.from_env({**os.environ, "LLM_CONSOLE_DATA_DIR": str(root),
+                                  "LLM_CONSOLE_DATABASE_URL": f"sqlite:///{db_path}",
+                                  "LLM_CONSOLE_AUDIT_KEY_FILE": str(root / "audit.key"),
+                                  "LLM_CONSOLE_AUDIT_CHECKPOINT_FILE": str(root / "checkpoints.jsonl")})
+    db = Database(DbConfig(settings.database_url))
+    started = time.perf_counter()
+    result = run_export_cli(AppContext(settings, db), ExportSpec(what="events", format=fmt), Path(out))
+    print(json.dumps({"seconds": time.perf_counter() - started, "rows": result.rows}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--export-child":
+        _export_child(*sys.argv[2:])
+    else:
+        print(json.dumps(run_audit_bench(events=int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000,
+                                         progress=lambda m: print(m, file=sys.stderr)), indent=2))

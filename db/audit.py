@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from typing import cast as typing_cast
 
 from sqlalchemy import String, Table, Text, bindparam, cast, func, insert, select, type_coerce, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from db.tables import AuditCheckpoint, AuditEvent, AuditHead
@@ -166,7 +167,9 @@ def append_event(
     # every click). Lock the head row first: PostgreSQL serialises concurrent appends here; on SQLite the write
     # transaction already holds the database lock (BEGIN IMMEDIATE).
     conn = session.connection()
-    head_seq, head_hash = conn.execute(_HEAD_FOR_UPDATE).one()
+    # The head is read (and locked) once per transaction; later appends in it continue from what they wrote.
+    cached = session.info.get(_HEAD_KEY)
+    head_seq, head_hash = cached if cached is not None else conn.execute(_HEAD_FOR_UPDATE).one()
     # Round-trip through JSON so the stored details are exactly what was hashed.
     rendered = canonical_json(dict(details or {}))
     stored_details: dict[str, Any] = json.loads(rendered)
@@ -181,9 +184,21 @@ def append_event(
               "details_hash": details_hash, "prev_hash": head_hash, "hash": digest}
     event_id = conn.execute(insert(_EVENTS), values).inserted_primary_key[0]  # type: ignore[index]
     conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
+    session.info[_HEAD_KEY] = (seq, digest)
     logger.debug("audit seq=%s action=%s actor=%s object=%s:%s", seq, action, actor, object_type, oid)
     # A detached record of what was written (not tracked by the session).
     return AuditEvent(id=event_id, **values)
+
+
+_HEAD_KEY = "llm_console_audit_head"
+
+
+@sa_event.listens_for(Session, "after_commit")
+@sa_event.listens_for(Session, "after_rollback")
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _forget_head(session: Session, *args: Any) -> None:
+    # The cached head is only good inside the transaction that read it under its lock.
+    session.info.pop(_HEAD_KEY, None)
 
 
 _EVENTS = typing_cast(Table, AuditEvent.__table__)

@@ -183,7 +183,9 @@ def window_stats(session: Session, model_version: str, start: datetime, end: dat
     The p95 of time to first token interpolates linearly between the two ranks around 0.95 (as numpy's default),
     reading two rows through ORDER BY/OFFSET instead of loading the window.
     """
-    in_window = (Exchange.model_version == model_version, Exchange.created_at >= start, Exchange.created_at < end)
+    # Real, finished traffic only: a load test's synthetic chats and answers still being written do not count.
+    in_window = (Exchange.model_version == model_version, Exchange.created_at >= start, Exchange.created_at < end,
+                 Exchange.synthetic.is_(False), Exchange.status.not_in(("pending", "interrupted")))
     flagged = or_(Exchange.prompt_action.in_(FLAG_ACTIONS), Exchange.output_action.in_(FLAG_ACTIONS))
     answered = (*in_window, Exchange.status.in_(("ok", "aborted")), Exchange.ttft_ms.is_not(None))
     row = session.execute(

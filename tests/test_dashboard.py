@@ -342,3 +342,21 @@ def test_the_benchmark_runs_on_a_small_database(capsys, tmp_path, monkeypatch):
     assert 100 < result["seven_day_buckets"] <= 168 and result["thirty_day_buckets"] == 120  # hours, 6-hour buckets
     for key in ("seven_day_ms", "thirty_day_ms", "store_overhead_ms", "record_exchange_ms"):
         assert isinstance(result[key], float)
+
+
+def test_operators_start_a_load_test_from_the_page_and_analysts_do_not_see_it(page_env, make_user):
+    ana = make_user("ana", "analyst")
+    at = _page(ana).run()
+    assert not at.exception
+    assert "Start load test" not in [b.label for b in at.button]
+    olivia = make_user("olivia", "operator")
+    at = _page(olivia).run()
+    assert "Start load test" in [b.label for b in at.button]
+    assert "No load test has run in this console process yet." in _texts(at)
+    at.number_input(key="load_n").set_value(2)
+    at.number_input(key="load_t").set_value(5)
+    next(b for b in at.button if b.label == "Start load test").click().run()
+    assert not at.exception
+    # This test process serves no model: the refusal says why, and nothing started.
+    assert [e.value for e in at.error] == ["No model is being served, so there is nothing to load\\-test\\."]
+    assert "No load test has run in this console process yet." in _texts(at)

@@ -288,7 +288,7 @@ class StubHost:
 
 
 def _traffic(ctx, user: Principal, version: str, start, count: int, *, ttft: float,  # noqa: ANN001
-             errors: int = 0, flagged: int = 0) -> None:
+             errors: int = 0, flagged: int = 0, synthetic: bool = False) -> None:
     with ctx.db.session() as s:
         conv = chat_q.create_conversation(s, user_id=user.user_id, actor=user.username, title="t")
         for i in range(count):
@@ -298,6 +298,7 @@ def _traffic(ctx, user: Principal, version: str, start, count: int, *, ttft: flo
                 prompt="p", response="r", status=status, created_at=start + timedelta(seconds=10 * i),
                 output_action="flag" if i >= count - flagged else "allow",
                 timings=chat_q.ExchangeTimings(ttft_ms=None if status == "error" else ttft + i, e2e_ms=10 * ttft),
+                synthetic=synthetic,
             ))
 
 
@@ -369,7 +370,10 @@ def test_window_stats_aggregate_in_the_database(ctx, team, make_user, clock) -> 
     from db import promotions as promo_q
 
     start = utcnow()
-    _traffic(ctx, make_user("olivia", "operator"), "v1", start, 11, ttft=10.0, errors=1, flagged=2)
+    olivia = make_user("olivia", "operator")
+    _traffic(ctx, olivia, "v1", start, 11, ttft=10.0, errors=1, flagged=2)
+    # A load test's synthetic chats (slow, failing) are not the version's real traffic: they do not count.
+    _traffic(ctx, olivia, "v1", start, 6, ttft=900.0, errors=6, synthetic=True)
     with ctx.db.session() as s:
         stats = promo_q.window_stats(s, "v1", start, start + timedelta(hours=1))
         empty = promo_q.window_stats(s, "v2", start, start + timedelta(hours=1))

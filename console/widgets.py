@@ -38,7 +38,7 @@ def show_item(view: review.ItemView, *, key: str) -> None:
     if view.overdue:
         badges.append(":red-badge[overdue]")
     st.markdown(f"**Item {view.item_id}** " + " ".join(badges))
-    st.caption(f"Model {escape_markdown(view.model_version)} · policy v{view.policy_version or '?'} · "
+    st.caption(f"Model {escape_markdown(view.model_version)} · policy revision {view.policy_version or '?'} · "
                f"prompt action {escape_markdown(view.prompt_action or '-')} · "
                f"output action {escape_markdown(view.output_action or '-')}")
     if view.system_prompt:

@@ -245,3 +245,25 @@ def test_an_operator_is_refused_the_page(app_env, make_user):
     assert _count(app_env, "audit.search") == 0
     with app_env.db.session(readonly=True) as s:
         assert audit_q.latest_event(s, "access.denied").details["action"] == "audit.search"
+
+
+def test_the_signed_checkpoints_download_checks_a_wiped_log(app_env, make_user, tmp_path):
+    from console.services.errors import AccessDenied
+
+    ana = make_user("ana", "analyst")
+    _seed(app_env, 4)
+    with pytest.raises(AccessDenied):
+        audit_svc.checkpoints_file(app_env, make_user("olivia", "operator"))
+    kept = tmp_path / "kept.jsonl"
+    kept.write_bytes(audit_svc.checkpoints_file(app_env, ana))
+    lines = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert lines and lines[-1]["seq"] >= 5 and _count(app_env, "audit.checkpoints_download") == 1
+    # Someone with the database wipes the log, its head and its checkpoints: the kept file still knows.
+    with app_env.db.engine.begin() as conn:
+        for statement in ("DROP TRIGGER audit_events_append_only_delete", "DELETE FROM audit_events",
+                          "DELETE FROM audit_checkpoints", "UPDATE audit_head SET seq = 0, hash = '" + "0" * 64 + "'"):
+            conn.execute(text(statement))
+    app_env.settings.audit_checkpoint_file.unlink()
+    assert audit_svc.verify_cli(app_env).ok
+    report = audit_svc.verify_cli(app_env, [kept])
+    assert (report.ok, report.kind, report.first_bad_seq) == (False, "wiped", 1)

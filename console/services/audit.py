@@ -5,6 +5,7 @@ Every search and every opened event is itself an audit event. Exports live in ``
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import unicodedata
@@ -280,6 +281,17 @@ class Checkpointer(PeriodicTask):
             checkpoint(self.ctx, "shutdown")
         except ConsoleError:
             logger.exception("could not sign the audit checkpoint at shutdown")
+
+
+@requires("audit.verify")
+def checkpoints_file(ctx: AppContext, actor: Principal) -> bytes:
+    """Every signed checkpoint as JSON Lines, after signing one for the chain as it is now; audited."""
+    cp = checkpoint(ctx, "download")
+    rows = checkpoints_cli(ctx)
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.checkpoints_download",
+                             details={"checkpoints": len(rows), "head_seq": cp.seq})
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8")
 
 
 def checkpoints_cli(ctx: AppContext) -> list[dict[str, Any]]:

@@ -194,6 +194,18 @@ if st.button("Verify the hash chain", key="audit_verify", icon=":material/verifi
         for warning in report.warnings:
             st.warning(escape_markdown(warning))
 
+
+def _checkpoint_file() -> bytes:
+    # Runs when the button is clicked (on Streamlit's download thread): a fresh checkpoint, then every one signed.
+    return audit_svc.checkpoints_file(ctx, principal)
+
+
+st.download_button("Download the signed checkpoints", _checkpoint_file, file_name="audit-checkpoints.jsonl",
+                   mime="application/jsonl", key="audit_checkpoints_download", icon=":material/download:",
+                   on_click="ignore",
+                   help="Keep this file where the database's owners cannot write: `llm-console audit verify "
+                        "--checkpoints FILE` checks the log against it, so a cut or rewritten log shows.")
+
 # --- exports: one click runs the export (into the export folder, with its manifest) and downloads it ---------------
 if access.allowed(principal.roles, "audit.export"):
     st.divider()

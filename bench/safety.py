@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.safety.pii import PiiConfig
 from engine.safety.runner import ScannerRunner, build_runner
-from engine.safety.toxicity import ToxicityConfig
+from engine.safety.toxicity import ToxicityConfig, toxicity_scanner_of
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ def run_safety_bench(
         "iterations": iterations,
         "scanners": dict(runner.versions),
         "toxicity_notice": notice,
+        # Which toxicity detector was timed: detoxify, offline (tox-block in numpy) or fallback (profanity only).
+        "toxicity_detector": getattr(toxicity_scanner_of(runner.scanners), "kind", None),
         "load_seconds": round(load_s, 2),
         "sizes": {},
     }
@@ -92,6 +94,9 @@ def run_safety_bench(
         result["sizes"][f"{words}_words"] = {
             "chars": len(prompt),
             "per_scanner": per_scanner,
+            # Added before the first token (the prompt's scan) and after the last one (the answer's).
+            "prompt_scan": _percentiles(_time(functools.partial(runner.scan, prompt), iterations)),
+            "output_scan": _percentiles(_time(functools.partial(runner.scan, answer), iterations)),
             "prompt_plus_answer": _percentiles(whole),
         }
     total = result["sizes"]["100_words"]["prompt_plus_answer"]

@@ -18,16 +18,25 @@ if sso_problem:
     st.stop()
 ctx = resources.app_context()
 state = ui.session()
+# Signs the browser in from its session cookie (a reload, a new tab, a link opened directly), or out if the
+# server-side session ended since the last run.
+ui.restore_session()
 # Start loading the model and the scanners at the first visit (both in the background), not at the first chat.
 resources.engine_host()
 resources.safety_loader()
 
 if state.principal is None:
-    page = st.navigation([st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:")])
+    # Every page's address shows the sign-in form (hidden pages with the same paths), so a bookmark or a link
+    # opened while signed out asks to sign in instead of "Page not found", and lands on its page afterwards.
+    page = st.navigation([st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:", default=True)]
+                         + [st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:", url_path=key,
+                                    visibility="hidden") for key in PAGE_TABLE])
+    ui.sync_cookie()
     page.run()
     st.stop()
 
 with st.sidebar:
+    ui.sync_cookie()
     principal = state.principal
     st.markdown(f"**{escape_markdown(principal.username)}**  \n{escape_markdown(', '.join(sorted(principal.roles)))}")
     serving = serving_svc.serving_status(ctx)
@@ -39,6 +48,9 @@ with st.sidebar:
         st.caption(f"Live model: **{escape_markdown(serving.model_version or '?')}** · ready")
     else:
         st.caption(f"Model {escape_markdown(serving.model_version or '?')}: {escape_markdown(serving.state)}")
+    judge = resources.toxicity_judge()
+    if judge:
+        st.caption(f"Toxicity judged by: {escape_markdown(judge)}")
     notice = resources.safety_notice()
     if notice:
         st.caption(f":material/warning: {escape_markdown(notice)}")
@@ -58,8 +70,14 @@ if not allowed:
 sections: dict[str, list[st.Page]] = {}
 for key, (section, title, icon, file) in PAGE_TABLE.items():
     shown = key in allowed
+    landing = key == allowed[0]
+    # The landing page lives at the root address ("/"; Streamlit gives the default page no other); a hidden twin
+    # keeps its own address ("/chat") working for a reload, a bookmark or a new tab.
     sections.setdefault(section if shown else "", []).append(
-        st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=key, default=key == allowed[0],
-                visibility="visible" if shown else "hidden")
+        st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=f"{key}-landing" if landing else key,
+                default=landing, visibility="visible" if shown else "hidden")
     )
+    if landing:
+        sections.setdefault("", []).append(
+            st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=key, visibility="hidden"))
 st.navigation(sections).run()

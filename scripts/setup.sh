@@ -18,9 +18,19 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 
+# The offline toxicity model (tox-block's Jigsaw-trained network, run in numpy: engine/safety/offline_model.py).
+# Its wheel declares TensorFlow, so pip only downloads it (--no-deps) and its weights and tokenizer are converted
+# once into .venv/share/llm-console/. Nothing happens when they are there, so a re-run stays fast. Run as a file
+# (-P: without its folder on sys.path), so the check does not import the whole engine.
+prepare_offline_toxicity_model() {
+    .venv/bin/python -P engine/safety/offline_model.py prepare \
+        || { echo "setup: the offline toxicity model could not be prepared; see the error above" >&2; exit 1; }
+}
+
 stamp_file=.venv/.llm-console-installed
 stamp="$(cat pyproject.toml | sha256sum | cut -c1-16) extras=${extras}"
 if [[ -f "$stamp_file" ]] && grep -qxF "$stamp" "$stamp_file"; then
+    prepare_offline_toxicity_model
     echo "setup: .venv is up to date (${extras})"
     exit 0
 fi
@@ -39,5 +49,6 @@ fi
 
 .venv/bin/python -c "import transformers, vllm, streamlit, presidio_analyzer, sqlalchemy" \
     || { echo "setup: the installed packages do not import; see the error above" >&2; exit 1; }
+prepare_offline_toxicity_model
 echo "$stamp" > "$stamp_file"
 echo "setup: done"

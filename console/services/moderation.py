@@ -131,11 +131,15 @@ def hold_output(ctx: AppContext) -> bool:
 PII_DETECTOR = "presidio"
 
 
-def _redact_all(text: str, findings: tuple[Finding, ...]) -> str:
-    """Cut every personal-data span (not toxicity windows: those judge the text, they are not data to hide)."""
+def _redact_all(text: str, findings: tuple[Finding, ...], policy: Policy | None = None) -> str:
+    """Cut every personal-data span (not toxicity windows: those judge the text, they are not data to hide).
+
+    With a policy, place names it leaves in stored text (its ``redact_places``) stay: see Policy.stored_redactions.
+    """
     from engine.safety.policy import redact
 
-    return redact(text, [f for f in findings if f.has_span and f.detector == PII_DETECTOR])
+    pii = [f for f in findings if f.has_span and f.detector == PII_DETECTOR]
+    return redact(text, policy.stored_redactions(text, pii) if policy is not None else pii)
 
 
 def _gate(ctx: AppContext, direction: str, text: str, source: str = "") -> GateResult:
@@ -146,7 +150,7 @@ def _gate(ctx: AppContext, direction: str, text: str, source: str = "") -> GateR
     decision: Decision = stack.policy.decide(direction, report.findings)  # type: ignore[arg-type]
     applied = decision.apply(text) if decision.action == "redact" else text
     # Stored text is redacted by default: every PII span is cut, whatever the enforced action.
-    storage = _redact_all(text, report.findings)
+    storage = _redact_all(text, report.findings, stack.policy)
     notice = None
     if direction == "prompt":
         system = source == SYSTEM_PROMPT

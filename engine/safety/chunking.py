@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 
 _SPACE_RE = re.compile(r"\s")
+# The end of a sentence: . ! ? (repeated) before whitespace, or a line break.
+_SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s)|\n+")
 
 
 @dataclass(frozen=True)
@@ -52,18 +54,48 @@ def chunk_by_token_offsets(
 
     Used with a fast tokenizer's offset mapping, so each window fits the model and its span in ``text`` is exact.
     """
-    if max_tokens <= 0 or not 0 <= overlap_tokens < max_tokens:
-        raise ValueError("need max_tokens > 0 and 0 <= overlap_tokens < max_tokens")
     if not offsets:
+        token_windows(0, max_tokens=max_tokens, overlap_tokens=overlap_tokens)  # validates the sizes
         return [Chunk(0, len(text), text)]
     chunks: list[Chunk] = []
+    for first, stop in token_windows(len(offsets), max_tokens=max_tokens, overlap_tokens=overlap_tokens):
+        start, end = offsets[first][0], offsets[stop - 1][1]
+        chunks.append(Chunk(start, end, text[start:end]))
+    return chunks
+
+
+def token_windows(count: int, *, max_tokens: int, overlap_tokens: int) -> list[tuple[int, int]]:
+    """Index ranges ``[first, stop)`` of windows of at most ``max_tokens`` over ``count`` tokens, overlapping.
+
+    Every token is in at least one window; the windows step by ``max_tokens - overlap_tokens``. A model that
+    scores windows takes them all in one batch (see ``OfflineToxicityScanner``).
+    """
+    if max_tokens <= 0 or not 0 <= overlap_tokens < max_tokens:
+        raise ValueError("need max_tokens > 0 and 0 <= overlap_tokens < max_tokens")
+    if count <= 0:
+        return []
+    windows = []
     step = max_tokens - overlap_tokens
     first = 0
     while True:
-        last = min(first + max_tokens, len(offsets)) - 1
-        start, end = offsets[first][0], offsets[last][1]
-        chunks.append(Chunk(start, end, text[start:end]))
-        if last >= len(offsets) - 1:
-            break
+        stop = min(first + max_tokens, count)
+        windows.append((first, stop))
+        if stop >= count:
+            return windows
         first += step
-    return chunks
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the sentences of ``text`` (ends at . ! ? before whitespace, or a line
+    break), without the empty ones. Together they cover every non-blank character.
+
+    Toxicity is mostly said within a sentence, and a small model reads a threat better alone than after a
+    paragraph of ordinary text (see ``OfflineToxicityScanner``).
+    """
+    spans = []
+    start = 0
+    for m in _SENTENCE_END_RE.finditer(text):
+        spans.append((start, m.end()))
+        start = m.end()
+    spans.append((start, len(text)))
+    return [(a, b) for a, b in spans if text[a:b].strip()]

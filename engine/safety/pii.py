@@ -40,10 +40,13 @@ DEFAULT_ENTITIES: tuple[str, ...] = (
     "IP_ADDRESS",
     "PERSON",
     "LOCATION",
+    "ADDRESS",  # street addresses (engine.safety.recognizers); Presidio has no recognizer of its own for them
 )
 # Presidio's own default list plus a few more European countries; PhoneRecognizer validates each match.
 DEFAULT_PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "IN", "CA", "IL", "BR", "IT", "ES", "NL", "AU")
 DEFAULT_SCORE_THRESHOLD = 0.35
+_SPACY_LABELS_IGNORED = ("CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "WORK_OF_ART", "LAW", "LANGUAGE",
+                         "EVENT", "PRODUCT", "FAC")
 
 
 @dataclass(frozen=True)
@@ -99,25 +102,31 @@ class PresidioScanner:
     def __init__(self, config: PiiConfig | None = None) -> None:
         self.config = config or PiiConfig()
         self.labels: tuple[str, ...] = tuple(self.config.entities)
+        from engine.safety.recognizers import RECOGNIZERS_VERSION
+
         self.version = (
             f"presidio-{_package_version('presidio-analyzer')}/"
-            f"{self.config.spacy_model}-{_package_version(self.config.spacy_model.replace('_', '-'))}"
+            f"{self.config.spacy_model}-{_package_version(self.config.spacy_model.replace('_', '-'))}/"
+            f"{RECOGNIZERS_VERSION}"
         )
         self._analyzer = self._build_analyzer()
+        from engine.safety.recognizers import refine_results
+
+        self._refine = refine_results
         # spaCy pipelines and Presidio's registry are not documented as thread-safe; scans are short.
         self._lock = threading.Lock()
 
     def _build_analyzer(self) -> AnalyzerEngine:
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NlpEngineProvider
-        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
-
         lang = self.config.language
         try:
             nlp_engine = NlpEngineProvider(
                 nlp_configuration={
                     "nlp_engine_name": "spacy",
                     "models": [{"lang_code": lang, "model_name": self.config.spacy_model}],
+                    # spaCy labels Presidio has no entity for: ignored, not logged as a warning on every scan.
+                    "ner_model_configuration": {"labels_to_ignore": list(_SPACY_LABELS_IGNORED)},
                 }
             ).create_engine()
         except (OSError, ImportError) as exc:
@@ -130,11 +139,20 @@ class PresidioScanner:
                 nlp.disable_pipe("parser")
         registry = RecognizerRegistry(supported_languages=[lang])
         registry.load_predefined_recognizers(languages=[lang], nlp_engine=nlp_engine)
-        # Swap in our network-free email recognizer and a phone recognizer for the configured regions.
-        for stock in ("EmailRecognizer", "PhoneRecognizer"):
+        # Swap in our network-free email recognizer, a phone recognizer for the configured regions, card numbers in
+        # every grouping, spaCy's names and places without its look-alikes, and what Presidio leaves to deployers
+        # (street addresses, names and places from the words around them): see engine.safety.recognizers.
+        from engine.safety import recognizers
+
+        for stock in ("EmailRecognizer", "PhoneRecognizer", "CreditCardRecognizer", "SpacyRecognizer"):
             registry.remove_recognizer(stock, language=lang)
         registry.add_recognizer(_offline_email_recognizer(lang))
-        registry.add_recognizer(PhoneRecognizer(supported_regions=self.config.phone_regions, supported_language=lang))
+        registry.add_recognizer(recognizers.WindowedPhoneRecognizer(supported_regions=self.config.phone_regions,
+                                                                    supported_language=lang))
+        registry.add_recognizer(recognizers.FilteredSpacyRecognizer(
+            supported_language=lang, supported_entities=nlp_engine.get_supported_entities()))
+        for recognizer in recognizers.build_recognizers(lang):
+            registry.add_recognizer(recognizer)
         return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[lang])
 
     def scan(self, text: str) -> tuple[Finding, ...]:
@@ -149,9 +167,17 @@ class PresidioScanner:
                 entities=list(self.config.entities),
                 score_threshold=self.config.score_threshold,
             )
+        results = self._refine(norm.text, results)
         findings = []
         for r in sorted(results, key=lambda r: (r.start, -r.end, r.entity_type)):
-            start, end = norm.to_original(r.start, r.end)
+            r_start, r_end = r.start, r.end
+            while r_end > r_start and norm.text[r_end - 1].isspace():  # spaCy can end a name on a newline
+                r_end -= 1
+            while r_start < r_end and norm.text[r_start].isspace():
+                r_start += 1
+            if r_end <= r_start:
+                continue
+            start, end = norm.to_original(r_start, r_end)
             findings.append(
                 Finding(
                     detector=self.name,
@@ -188,11 +214,19 @@ def redact(text: str, findings: Iterable[Finding]) -> str:
     """
     from presidio_anonymizer.entities import OperatorConfig, RecognizerResult
 
-    results = [
-        RecognizerResult(f.label, f.start, f.end, f.score)
-        for f in findings
-        if f.start is not None and f.end is not None and f.end > f.start
-    ]
+    spans = sorted(
+        ((f.start, f.end, f) for f in findings if f.start is not None and f.end is not None and f.end > f.start),
+        key=lambda t: (t[0], -t[1]),
+    )
+    # A span inside another one goes, whatever the scores: the anonymizer would keep the inner one when it scores
+    # higher, and the rest of the outer span ("<LOCATION> Prospero, Italy") would be stored.
+    outer: list[tuple[int, int, Finding]] = []
+    for start, end, finding in spans:
+        if outer and start >= outer[-1][0] and end <= max(e for _, e, _ in outer):
+            if any(s <= start and end <= e for s, e, _ in outer):
+                continue
+        outer.append((start, end, finding))
+    results = [RecognizerResult(f.label, s, e, f.score) for s, e, f in outer]
     if not results:
         return text
     operators = {r.entity_type: OperatorConfig("replace", {"new_value": f"<{r.entity_type}>"}) for r in results}

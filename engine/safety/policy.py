@@ -5,6 +5,7 @@ File shape (see ``default_policy.toml``)::
     version = "2026-11-26.1"          # required; stored with every exchange
     output_mode = "stream_then_scan"  # or "hold_until_scanned"
     keep_raw_text = false
+    redact_places = "personal"        # which place names stored text loses: addresses_only | personal | all
 
     [rules.prompt.default]            # used for labels without their own rule
     action = "allow"
@@ -13,6 +14,14 @@ File shape (see ``default_policy.toml``)::
     threshold = 0.5
     action = "redact"                 # allow | flag | redact | block
     monitor_only = false              # true: record the would-be action, do not enforce it
+
+    [toxicity.thresholds.offline]     # optional, per toxicity detector: detoxify | offline | fallback
+    threat = 0.3                      # replaces the rules' threshold for this detector's findings (both directions)
+    [toxicity.thresholds.offline.output]
+    threat = 0.4                      # ... or in one direction only
+
+A rule's action applies whichever detector judged; each detector's scores have their own scale, so its table
+says where its scores cross the rule's line. A policy without these tables uses the rules' thresholds for all.
 """
 
 from __future__ import annotations
@@ -21,14 +30,20 @@ import hashlib
 import logging
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 from engine.safety.base import Finding
 from engine.safety.pii import redact as _redact_spans
-from engine.safety.toxicity import DETOXIFY_LABELS, FALLBACK_LABEL
+from engine.safety.toxicity import (
+    DETECTOR_KIND_BY_NAME,
+    DETECTOR_KINDS,
+    DETECTOR_LABELS,
+    DETOXIFY_LABELS,
+    FALLBACK_LABEL,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +56,20 @@ OutputMode = Literal["stream_then_scan", "hold_until_scanned"]
 DIRECTIONS: tuple[str, ...] = ("prompt", "output")
 ACTIONS: tuple[str, ...] = ("allow", "flag", "redact", "block")
 OUTPUT_MODES: tuple[str, ...] = ("stream_then_scan", "hold_until_scanned")
+# Which LOCATION findings (place names outside a street address) are cut from stored text. Street addresses
+# (ADDRESS, with the city and postcode inside them) are always cut. "personal": also places said about a person
+# ("I live in Leeds", "I'm from Lyon"); "addresses_only": no bare place name; "all": every place name, so "What is
+# the capital of France?" is stored as "What is the capital of <LOCATION>?".
+PLACE_MODES: tuple[str, ...] = ("addresses_only", "personal", "all")
+DEFAULT_PLACE_MODE = "personal"
+PLACE_LABEL = "LOCATION"
 # Higher wins when several rules trigger.
 _PRECEDENCE = {"allow": 0, "flag": 1, "redact": 2, "block": 3}
 DEFAULT_RULE = "default"
 # Labels judged on the text as a whole: there is no span to redact.
 _WHOLE_TEXT_LABELS = DETOXIFY_LABELS | {FALLBACK_LABEL}
 
-_TOP_KEYS = {"version", "description", "output_mode", "keep_raw_text", "rules"}
+_TOP_KEYS = {"version", "description", "output_mode", "keep_raw_text", "redact_places", "rules", "toxicity"}
 _RULE_KEYS = {"threshold", "action", "monitor_only"}
 
 
@@ -144,6 +166,52 @@ def _parse_rule(key: str, label: str, raw: Any) -> Rule:
     return Rule(label=label, threshold=float(threshold), action=action, monitor_only=monitor_only)
 
 
+def _parse_threshold(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _err(key, f"must be a number, got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise _err(key, "must be between 0 and 1")
+    return float(value)
+
+
+def _parse_detector_thresholds(raw: Any) -> Mapping[str, Mapping[str, Mapping[str, float]]]:
+    """``[toxicity]`` -> {detector kind: {direction: {label: threshold}}} (direction tables override the shared one)."""
+    if not isinstance(raw, Mapping):
+        raise _err("toxicity", "must be a table with [toxicity.thresholds.<detector>] tables")
+    unknown = sorted(set(raw) - {"thresholds"})
+    if unknown:
+        raise _err(f"toxicity.{unknown[0]}", "unknown key (allowed: thresholds)")
+    tables = raw.get("thresholds", {})
+    if not isinstance(tables, Mapping):
+        raise _err("toxicity.thresholds", "must be a table of detectors")
+    out: dict[str, Mapping[str, Mapping[str, float]]] = {}
+    for kind, table in tables.items():
+        key = f"toxicity.thresholds.{kind}"
+        if kind not in DETECTOR_KINDS:
+            raise _err(key, f"unknown detector (allowed: {', '.join(DETECTOR_KINDS)})")
+        if not isinstance(table, Mapping):
+            raise _err(key, "must be a table of label = threshold")
+        labels = DETECTOR_LABELS[kind]
+        shared: dict[str, float] = {}
+        per_direction: dict[str, dict[str, float]] = {d: {} for d in DIRECTIONS}
+        for name, value in table.items():
+            if name in DIRECTIONS:
+                if not isinstance(value, Mapping):
+                    raise _err(f"{key}.{name}", "must be a table of label = threshold")
+                for label, threshold in value.items():
+                    if label not in labels:
+                        raise _err(f"{key}.{name}.{label}",
+                                   f"not a label of the {kind} detector (allowed: {', '.join(sorted(labels))})")
+                    per_direction[name][label] = _parse_threshold(f"{key}.{name}.{label}", threshold)
+            elif name in labels:
+                shared[name] = _parse_threshold(f"{key}.{name}", value)
+            else:
+                raise _err(f"{key}.{name}", f"not a label of the {kind} detector "
+                                            f"(allowed: {', '.join(sorted(labels))}, or a prompt/output table)")
+        out[kind] = MappingProxyType({d: MappingProxyType({**shared, **per_direction[d]}) for d in DIRECTIONS})
+    return MappingProxyType(out)
+
+
 @dataclass(frozen=True)
 class Policy:
     """A validated moderation policy. Build it with ``from_toml`` or ``load``."""
@@ -156,6 +224,11 @@ class Policy:
     rules: Mapping[str, Mapping[str, Rule]]
     source_text: str
     sha256: str
+    redact_places: str = DEFAULT_PLACE_MODE
+    # detector_thresholds[kind][direction][label]: a toxicity detector's own threshold (see the module docs).
+    detector_thresholds: Mapping[str, Mapping[str, Mapping[str, float]]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @classmethod
     def from_toml(cls, text: str) -> Policy:
@@ -179,6 +252,9 @@ class Policy:
         keep_raw_text = data.get("keep_raw_text", False)
         if not isinstance(keep_raw_text, bool):
             raise _err("keep_raw_text", f"must be true or false, got {keep_raw_text!r}")
+        redact_places = data.get("redact_places", DEFAULT_PLACE_MODE)
+        if redact_places not in PLACE_MODES:
+            raise _err("redact_places", f"must be one of {', '.join(PLACE_MODES)}, got {redact_places!r}")
         raw_rules = data.get("rules", {})
         if not isinstance(raw_rules, Mapping):
             raise _err("rules", "must be a table with [rules.prompt] and [rules.output]")
@@ -195,6 +271,7 @@ class Policy:
             }
             parsed.setdefault(DEFAULT_RULE, Rule(DEFAULT_RULE, 0.0, "allow"))
             rules[direction] = MappingProxyType(parsed)
+        detector_thresholds = _parse_detector_thresholds(data.get("toxicity", {}))
         return cls(
             version=version.strip(),
             description=description,
@@ -203,6 +280,8 @@ class Policy:
             rules=MappingProxyType(rules),
             source_text=text,
             sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            redact_places=redact_places,
+            detector_thresholds=detector_thresholds,
         )
 
     @classmethod
@@ -223,6 +302,29 @@ class Policy:
         """True in hold_until_scanned mode: show nothing of the answer until its scan has passed."""
         return self.output_mode == "hold_until_scanned"
 
+    def stored_redactions(self, text: str, findings: Iterable[Finding]) -> tuple[Finding, ...]:
+        """The PII findings cut from ``text`` before it is stored: all of them, except the place names that
+        ``redact_places`` leaves (see PLACE_MODES). ``findings`` are the PII scanner's findings for ``text``."""
+        spans = [f for f in findings if f.has_span]
+        if self.redact_places == "all" or self._redacts_places_by_rule():
+            return tuple(spans)
+        places = [f for f in spans if f.label == PLACE_LABEL]
+        keep: set[int] = set()
+        if places and self.redact_places == "personal":
+            from engine.safety.recognizers import personal_place_spans
+
+            personal = personal_place_spans(text, [(f.start or 0, f.end or 0) for f in places])
+            keep = {id(f) for f, is_personal in zip(places, personal, strict=True) if is_personal}
+        return tuple(f for f in spans if f.label != PLACE_LABEL or id(f) in keep)
+
+    def _redacts_places_by_rule(self) -> bool:
+        """An enforced redact or block rule for LOCATION says places are personal data: store none of them."""
+        return any(
+            (rule := self.rules[d].get(PLACE_LABEL)) is not None and rule.action in ("redact", "block")
+            and not rule.monitor_only
+            for d in DIRECTIONS
+        )
+
     def rule_for(self, direction: Direction, label: str) -> tuple[str, Rule]:
         """The rule that applies to ``label`` in ``direction`` and its key (the label itself or "default")."""
         if direction not in DIRECTIONS:
@@ -232,15 +334,26 @@ class Policy:
             return label, rules[label]
         return DEFAULT_RULE, rules[DEFAULT_RULE]
 
+    def threshold_for(self, direction: Direction, finding: Finding, rule: Rule) -> float:
+        """The threshold ``rule`` applies to ``finding``: its detector's own when the policy sets one, else the rule's."""
+        kind = DETECTOR_KIND_BY_NAME.get(finding.detector)
+        table = self.detector_thresholds.get(kind) if kind is not None else None
+        if table is None:
+            return rule.threshold
+        return table[direction].get(finding.label, rule.threshold)
+
     def decide(self, direction: Direction, findings: Iterable[Finding]) -> Decision:
         """Turn findings into the enforced action and the list of rules that triggered or were monitored."""
         triggered: list[RuleHit] = []
         monitored: list[RuleHit] = []
         for finding in findings:
             key, rule = self.rule_for(direction, finding.label)
-            if rule.action == "allow" or finding.score < rule.threshold:
+            if rule.action == "allow":
                 continue
-            hit = RuleHit(direction, key, rule.action, rule.threshold, rule.monitor_only, finding)
+            threshold = self.threshold_for(direction, finding, rule)
+            if finding.score < threshold:
+                continue
+            hit = RuleHit(direction, key, rule.action, threshold, rule.monitor_only, finding)
             (monitored if rule.monitor_only else triggered).append(hit)
         action: Action = max((h.action for h in triggered), key=_PRECEDENCE.__getitem__, default="allow")
         if triggered or monitored:

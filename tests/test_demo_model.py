@@ -24,9 +24,16 @@ from engine.demo import (
     is_complete,
 )
 from engine.demo.corpus import INTENTS, SYNONYM_FAMILIES
-from engine.demo.evaluate import EVAL_QUESTIONS, HELD_OUT_2, HELD_OUT_QUESTIONS, evaluate, judge
+from engine.demo.evaluate import (
+    EVAL_QUESTIONS,
+    HELD_OUT_2,
+    HELD_OUT_CHATS,
+    HELD_OUT_QUESTIONS,
+    evaluate,
+    judge,
+)
 from engine.demo.tokenizer import CHAT_TEMPLATE, EOS, train_tokenizer
-from engine.demo.train import REQUIRED_FILES, _cut_final_answers, _encode_dialogues
+from engine.demo.train import REQUIRED_FILES, _cut_final_answers, _encode_dialogues, _lr_at
 
 TINY = DemoRecipe(
     name="support-demo-test",
@@ -42,7 +49,6 @@ TINY = DemoRecipe(
     batch_size=16,
     lr=1e-2,
     warmup_steps=10,
-    time_budget_s=20.0,
 )
 
 
@@ -157,7 +163,8 @@ def test_corpus_has_keyword_only_typo_and_lowercase_questions(corpus):
 
 
 @pytest.mark.parametrize(
-    "questions", [EVAL_QUESTIONS, HELD_OUT_QUESTIONS, HELD_OUT_2], ids=["dev", "held-out", "held-out-2"]
+    "questions", [EVAL_QUESTIONS, HELD_OUT_QUESTIONS, HELD_OUT_2, HELD_OUT_CHATS],
+    ids=["dev", "held-out", "held-out-2", "held-out-chats"],
 )
 def test_evaluation_questions_are_unseen_phrasings(v1_corpus, questions):
     v2 = DEMO_VERSIONS["support-demo-v2"]
@@ -353,8 +360,60 @@ def test_demo_versions_are_two_differently_trained_vllm_compatible_models():
     assert v1.fingerprint() != v2.fingerprint()
     for recipe in (v1, v2):
         assert recipe.head_size == 64
-        assert recipe.time_budget_s <= 150
         assert recipe.max_model_len in (512, 1024)
+    # v2 is the "better" version on every machine: more training steps, never fewer, and no time box at all.
+    assert v2.max_steps >= 2 * v1.max_steps and v2.hidden_size >= v1.hidden_size
+    assert not any("time" in field.name for field in dataclasses.fields(DemoRecipe))
+
+
+def test_held_out_chats_hold_support_off_topic_and_multi_turn_questions():
+    topics = Counter(q.topic for q in HELD_OUT_CHATS)
+    assert topics["out_of_domain"] >= 10 and sum(topics.values()) - topics["out_of_domain"] >= 27
+    assert sum(1 for q in HELD_OUT_CHATS if any(role == "assistant" for role, _ in q.history)) >= 5
+    known_answers = {i.answer for i in INTENTS}
+    for q in HELD_OUT_CHATS:
+        # Every support question's keywords name exactly one corpus answer: a neighbouring answer fails.
+        if q.topic != "out_of_domain":
+            assert len([a for a in known_answers if any(k.lower() in a.lower() for k in q.keywords)]) >= 1, q
+            assert judge(q, REFUSAL) is False
+
+
+# ---------------------------------------------------------------- step-based training
+
+
+def test_learning_rate_schedule_depends_on_steps_only():
+    recipe = dataclasses.replace(TINY, max_steps=100, warmup_steps=10)
+    assert _lr_at(recipe, 0) == pytest.approx(recipe.lr / 10)
+    assert _lr_at(recipe, 10) == pytest.approx(recipe.lr)
+    assert _lr_at(recipe, 100) == pytest.approx(recipe.lr * recipe.min_lr_ratio)
+    lrs = [_lr_at(recipe, s) for s in range(10, 101)]
+    assert lrs == sorted(lrs, reverse=True)
+
+
+class _SlowClock:
+    """A monotonic clock on which every reading is 10 minutes after the previous: a very slow machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 600.0
+        return self.now
+
+
+def test_training_runs_the_same_steps_and_weights_however_slow_the_machine(tmp_path, monkeypatch):
+    import engine.demo.train as train_module
+
+    recipe = dataclasses.replace(TINY, max_steps=12)
+    fast = ensure_demo_model(tmp_path / "fast", TINY.name, recipe=recipe)
+    monkeypatch.setattr(train_module, "_clock", _SlowClock())
+    slow = ensure_demo_model(tmp_path / "slow", TINY.name, recipe=recipe)
+    fast_info, slow_info = BuildInfo.read(fast), BuildInfo.read(slow)
+    assert fast_info is not None and slow_info is not None
+    assert fast_info.steps == slow_info.steps == 12
+    assert slow_info.train_seconds >= 600  # the slow clock was really used, and did not cut the training
+    assert (fast_info.first_loss, fast_info.final_loss) == (slow_info.first_loss, slow_info.final_loss)
+    assert (fast / "model.safetensors").read_bytes() == (slow / "model.safetensors").read_bytes()
 
 
 @pytest.mark.slow
@@ -366,3 +425,157 @@ def test_built_model_loads_in_vllm_and_its_answers_stop_at_the_end_token(built):
         assert "<|end|>" not in answer.answer and "<|assistant|>" not in answer.answer
     # generation_config.json names <|end|> as eos, so vLLM stops there instead of running to max_tokens.
     assert any(a.finished for a in report.answers)
+
+
+# ---------------------------------------------------------------- background build of the later demo versions
+
+# Two tiny stand-ins for support-demo-v1 and -v2 (a few training steps each), so nothing here trains a real model.
+BG_RECIPES = {
+    name: dataclasses.replace(TINY, name=name, max_steps=steps, n_dialogues=200, seed=seed)
+    for name, steps, seed in (("bg-demo-v1", 3, 0), ("bg-demo-v2", 4, 1))
+}
+
+
+def _admin(make_user):
+    return make_user("root", "admin")
+
+
+def test_init_path_builds_the_first_version_and_leaves_the_rest_pending(ctx):
+    from console.services import models as models_svc
+
+    assert models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES) == ["bg-demo-v1"]
+    assert models_svc.pending_demo_versions(ctx, BG_RECIPES) == ["bg-demo-v2"]
+    assert not (ctx.settings.models_dir / "bg-demo-v2").exists()
+    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []  # nothing is building: no status, no row
+
+
+def test_a_demo_version_shows_as_building_with_progress_and_then_as_registered(ctx, make_user):
+    from console.services import models as models_svc
+
+    admin = _admin(make_user)
+    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    seen: list[list[models_svc.DemoBuildView]] = []
+
+    def look(message: str, fraction: float) -> None:
+        if message.startswith("training bg-demo-v2: step"):
+            seen.append(models_svc.demo_build_status_cli(ctx, BG_RECIPES))
+            assert "bg-demo-v2" not in {v.name for v in models_svc.list_versions(ctx, admin)}
+
+    assert models_svc.ensure_demo_versions(ctx, look, names=["bg-demo-v2"], recipes=BG_RECIPES) == ["bg-demo-v2"]
+    assert seen, "no training step was reported"
+    [first] = seen[0]
+    assert (first.name, first.state) == ("bg-demo-v2", "building")
+    assert 0 < first.fraction < 1 and "step" in first.message and "of 4" in first.message
+    assert [s[0].fraction for s in seen] == sorted(s[0].fraction for s in seen)
+    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
+    versions = {v.name: v for v in models_svc.list_versions(ctx, admin)}
+    assert versions["bg-demo-v2"].source == str(ctx.settings.models_dir / "bg-demo-v2")
+    assert not (ctx.settings.models_dir / ".bg-demo-v2.status.json").exists()
+
+
+def test_a_failed_background_build_says_so(ctx, monkeypatch):
+    from console.services import models as models_svc
+    from engine.demo import train
+
+    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+
+    def broken(*args, **kwargs):
+        raise DemoBuildError("disk full")
+
+    monkeypatch.setattr(train, "train_demo_model", broken)
+    with pytest.raises(DemoBuildError):
+        models_svc.ensure_demo_versions(ctx, names=["bg-demo-v2"], recipes=BG_RECIPES)
+    [view] = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    assert (view.name, view.state) == ("bg-demo-v2", "failed") and "disk full" in view.message
+
+
+_CHILD = """
+import json, os, sys
+from console.services import models
+from console.services.context import AppContext
+from console.settings import Settings
+from db.config import DbConfig
+from db.database import Database
+from tests.test_demo_model import BG_RECIPES
+
+env, gate = json.loads(sys.argv[1]), sys.argv[2]
+with open(gate) as handle:  # blocks until the test opens the gate for writing
+    handle.read()
+settings = Settings.from_env(env)
+ctx = AppContext(settings, Database(DbConfig(url=settings.database_url)))
+models.ensure_demo_versions(ctx, names=models.pending_demo_versions(ctx, BG_RECIPES), recipes=BG_RECIPES)
+"""
+
+
+def test_run_starts_a_background_child_that_builds_and_registers_the_pending_version(ctx, make_user, tmp_path):
+    import os
+    import sys
+
+    from console.services import models as models_svc
+    from tests.conftest import console_env
+
+    admin = _admin(make_user)
+    assert models_svc.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []  # v1 not built: no child
+    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    command = [sys.executable, "-c", _CHILD, json.dumps(console_env(tmp_path)), str(gate)]
+    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == ["bg-demo-v2"]
+    [view] = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    assert (view.name, view.state, view.fraction) == ("bg-demo-v2", "building", 0.0)
+    # A second console start while the child is alive does not start another build.
+    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == []
+    with open(gate, "w") as handle:  # let the child run
+        handle.write("go")
+    _, status = os.waitpid(view.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (ctx.settings.data_dir / models_svc.BUILD_LOG).read_text()
+    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
+    assert "bg-demo-v2" in {v.name for v in models_svc.list_versions(ctx, admin)}
+    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == []  # nothing left to build
+
+
+def test_a_build_whose_process_is_gone_shows_as_interrupted(ctx):
+    from console.services import models as models_svc
+
+    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    status = ctx.settings.models_dir / ".bg-demo-v2.status.json"
+    status.write_text(json.dumps({"name": "bg-demo-v2", "state": "building", "fraction": 0.5,
+                                  "message": "training", "pid": 2**22 + 12345, "started_at": 0}))
+    [view] = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    assert (view.state, view.fraction) == ("interrupted", 0.5)
+
+
+def test_models_page_shows_the_building_version_with_its_progress(tmp_path, monkeypatch, ctx, make_user):
+    import os
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from console import app_pages
+    from console.services import models as models_svc
+    from console.ui import UiSession
+    from tests.conftest import console_env
+
+    for key, value in console_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    monkeypatch.setattr(models_svc, "_demo_recipes", lambda recipes: recipes or BG_RECIPES)
+    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    (ctx.settings.models_dir / ".bg-demo-v2.status.json").write_text(json.dumps({
+        "name": "bg-demo-v2", "state": "building", "fraction": 0.42, "pid": os.getpid(), "started_at": 0,
+        "message": "training bg-demo-v2: step 500 of 1200, loss 0.100"}))
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / app_pages.PAGE_TABLE["models"][3]), default_timeout=60)
+    at.session_state["llm_console_session"] = UiSession(principal=_admin(make_user))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    [bar] = at.get("progress")
+    assert "bg\\-demo\\-v2" in bar.proto.text and "building" in bar.proto.text and "step 500 of 1200" in bar.proto.text
+    assert bar.proto.value == 42
+    assert list(at.dataframe[0].value["name"]) == ["bg-demo-v1"]
+
+    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v2"], recipes=BG_RECIPES)  # the build finishes
+    at.run()
+    assert not at.exception
+    assert at.get("progress") == []
+    assert sorted(at.dataframe[0].value["name"]) == ["bg-demo-v1", "bg-demo-v2"]
+    st.cache_resource.clear()

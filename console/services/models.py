@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
-from collections.abc import Callable, Sequence
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +23,7 @@ from engine.fingerprint import fingerprint_dir
 
 if TYPE_CHECKING:
     from db.tables import ModelVersion
+    from engine.demo import DemoRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -205,17 +209,193 @@ def list_versions(ctx: AppContext, actor: Principal) -> list[ModelVersionView]:
     return list_versions_cli(ctx)
 
 
-def ensure_demo_versions(ctx: AppContext, progress: Callable[[str, float], None] | None = None) -> list[str]:
-    """Build (once, cached) and register the demo versions; return the names registered now."""
-    from engine.demo import DEMO_VERSIONS, ensure_demo_model
+# ---------------------------------------------------------------- demo versions: built at set-up or in the background
+#
+# ``llm-console init`` builds and registers only the first demo version (the one the console serves), so the
+# console can start within minutes; ``llm-console run`` then builds the others in a child process
+# (``start_background_demo_build``) and registers each when it is done. While a version builds, its progress is
+# in ``<models_dir>/.<name>.status.json`` (written by the building process, read by ``demo_build_status``), which
+# the Models page shows as "building".
 
+BUILD_LOG = "demo-build.log"
+
+
+@dataclass(frozen=True)
+class DemoBuildView:
+    """A demo version that is not registered yet: being built (with progress), or whose build stopped."""
+
+    name: str
+    state: str  # "building", "failed" or "interrupted" (the building process is gone)
+    fraction: float  # 0..1
+    message: str
+    started_at: datetime | None
+    updated_at: datetime | None
+    pid: int | None = None
+
+
+def _demo_recipes(recipes: Mapping[str, DemoRecipe] | None) -> Mapping[str, DemoRecipe]:
+    if recipes is not None:
+        return recipes
+    from engine.demo import DEMO_VERSIONS
+
+    return DEMO_VERSIONS
+
+
+def _status_path(ctx: AppContext, name: str) -> Path:
+    return ctx.settings.models_dir / f".{name}.status.json"
+
+
+def _write_status(path: Path, **fields: Any) -> None:
+    """Replace the status file atomically (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**fields, "updated_at": time.time()}))
+    os.replace(tmp, path)
+
+
+def _read_status(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:  # a finished child that nobody has waited for yet is a zombie: gone for our purposes
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _registered_names(ctx: AppContext) -> set[str]:
+    with ctx.db.session(readonly=True) as s:
+        return {m.name for m in model_versions_q.list_model_versions(s)}
+
+
+def pending_demo_versions(ctx: AppContext, recipes: Mapping[str, DemoRecipe] | None = None) -> list[str]:
+    """Demo versions not registered yet, in build order (the shell user is trusted, as with ``init``)."""
+    registered = _registered_names(ctx)
+    return [name for name in _demo_recipes(recipes) if name not in registered]
+
+
+def ensure_demo_versions(
+    ctx: AppContext,
+    progress: Callable[[str, float], None] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    recipes: Mapping[str, DemoRecipe] | None = None,
+) -> list[str]:
+    """Build (once, cached) and register the demo versions ``names`` (default: all); return those registered now.
+
+    While a version builds, its progress is kept in its status file for ``demo_build_status``; the file is
+    removed once the version is registered, and says "failed" (with the error) if the build raised.
+    ``recipes`` defaults to ``engine.demo.DEMO_VERSIONS`` (tests pass tiny ones).
+    """
+    from engine.demo import ensure_demo_model
+
+    all_recipes = _demo_recipes(recipes)
+    unknown = sorted(set(names or ()) - set(all_recipes))
+    if unknown:
+        raise InvalidInput(f"Unknown demo version(s): {', '.join(unknown)}; known: {', '.join(all_recipes)}.")
     registered = []
-    for name, recipe in DEMO_VERSIONS.items():
-        path = ensure_demo_model(ctx.settings.models_dir, name, progress=progress)
-        with ctx.db.session(readonly=True) as s:
-            if model_versions_q.get_model_version_by_name(s, name) is not None:
-                continue
-        _register(ctx, "system", None, name=name, source=str(path), revision=None, dtype="float32",
-                  max_model_len=recipe.max_model_len, engine_args={}, description=recipe.description)
-        registered.append(name)
+    for name, recipe in all_recipes.items():
+        if names is not None and name not in names:
+            continue
+        status = _status_path(ctx, name)
+        started = time.time()
+
+        def report(message: str, fraction: float, *, _name: str = name, _status: Path = status,
+                   _started: float = started) -> None:
+            _write_status(_status, name=_name, state="building", fraction=fraction, message=message,
+                          pid=os.getpid(), started_at=_started)
+            if progress is not None:
+                progress(message, fraction)
+
+        already = _name_registered(ctx, name)
+        try:
+            path = ensure_demo_model(ctx.settings.models_dir, name, progress=report, recipe=recipe)
+            if not already:
+                _register(ctx, "system", None, name=name, source=str(path), revision=None, dtype="float32",
+                          max_model_len=recipe.max_model_len, engine_args={}, description=recipe.description)
+                registered.append(name)
+        except BaseException as exc:
+            _write_status(status, name=name, state="failed", fraction=0.0, message=f"{type(exc).__name__}: {exc}",
+                          pid=os.getpid(), started_at=started)
+            raise
+        status.unlink(missing_ok=True)
     return registered
+
+
+def _name_registered(ctx: AppContext, name: str) -> bool:
+    with ctx.db.session(readonly=True) as s:
+        return model_versions_q.get_model_version_by_name(s, name) is not None
+
+
+def start_background_demo_build(ctx: AppContext, command: Sequence[str],
+                                recipes: Mapping[str, DemoRecipe] | None = None) -> list[str]:
+    """Start ``command`` (a process that runs ``ensure_demo_versions``) for the demo versions not registered yet.
+
+    Only when the first demo version is registered (``init`` built it; ``init --skip-models`` wants none) and
+    no other process is building them already. The child's output goes to ``<data_dir>/demo-build.log``; each
+    pending version's status file says "building" from now on, so the Models page shows it at once. Returns the
+    versions the child builds (empty when nothing was started).
+    """
+    all_recipes = _demo_recipes(recipes)
+    pending = pending_demo_versions(ctx, all_recipes)
+    first = next(iter(all_recipes), None)
+    if not pending or first is None or first in pending:
+        return []
+    if any(_alive((_read_status(_status_path(ctx, n)) or {}).get("pid")) for n in pending):
+        return []  # another console's build is still running (the build lock would make this one wait)
+    log_path = ctx.settings.data_dir / BUILD_LOG
+    with open(log_path, "ab") as log:
+        # Same session and process group as the console: stopping the console (Ctrl-C) stops the build too,
+        # and the next start picks it up again (a half-built model is never taken as finished).
+        child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    now = time.time()
+    for name in pending:
+        _write_status(_status_path(ctx, name), name=name, state="building", fraction=0.0,
+                      message="waiting to start", pid=child.pid, started_at=now)
+    logger.info("building %s in the background (pid %s, log %s)", ", ".join(pending), child.pid, log_path)
+    return pending
+
+
+def _when(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) else None
+
+
+def demo_build_status_cli(ctx: AppContext, recipes: Mapping[str, DemoRecipe] | None = None) -> list[DemoBuildView]:
+    """Every demo version that is not registered yet and has a build status (building, failed, interrupted)."""
+    views = []
+    for name in pending_demo_versions(ctx, recipes):
+        data = _read_status(_status_path(ctx, name))
+        if data is None:
+            continue
+        state = str(data.get("state") or "building")
+        if state == "building" and not _alive(data.get("pid")):
+            state = "interrupted"
+        fraction = data.get("fraction")
+        views.append(DemoBuildView(
+            name=name, state=state,
+            fraction=min(1.0, max(0.0, float(fraction))) if isinstance(fraction, int | float) else 0.0,
+            message=str(data.get("message") or ""), started_at=_when(data.get("started_at")),
+            updated_at=_when(data.get("updated_at")),
+            pid=data.get("pid") if isinstance(data.get("pid"), int) else None,
+        ))
+    return views
+
+
+@requires("models.view")
+def demo_build_status(ctx: AppContext, actor: Principal) -> list[DemoBuildView]:
+    """Demo versions still being built in the background (or whose build stopped), for the Models page."""
+    return demo_build_status_cli(ctx)

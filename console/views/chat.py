@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
+
 import streamlit as st
 
 from console import ui
@@ -15,6 +18,16 @@ ctx = ui.app_context()
 page_state = ui.session().chat
 st.title("Chat")
 
+
+
+def _when(at: datetime | None) -> str:
+    """A stored time as the sidebar shows it (SQLite gives naive UTC)."""
+    if at is None:
+        return "no date"
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
 # --- sidebar: conversations and settings -----------------------------------------------------------------------
 with st.sidebar:
     st.subheader("Conversations")
@@ -22,8 +35,9 @@ with st.sidebar:
         page_state.conversation_id = None
     for conv in ui.call(chat_svc.list_conversations, ctx, principal) or []:
         current = conv.id == page_state.conversation_id
-        if st.button(escape_markdown(conv.title or f"Conversation {conv.id}"), key=f"conversation_{conv.id}",
-                     type="primary" if current else "tertiary"):
+        if st.button(f"{escape_markdown(conv.title or f'Conversation {conv.id}')} · {_when(conv.updated_at)}",
+                     key=f"conversation_{conv.id}", type="primary" if current else "tertiary",
+                     help=f"Conversation {conv.id}; last message {_when(conv.updated_at)}."):
             page_state.conversation_id = conv.id
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
@@ -58,10 +72,49 @@ def _findings(ex: ExchangeView, direction: str) -> None:
                f"**{escape_markdown(action or 'allow')}**")
 
 
+# What a ``<LABEL>`` placeholder in stored text stands for: (one, several).
+PII_NAMES = {
+    "LOCATION": ("place name", "place names"), "PERSON": ("person's name", "people's names"),
+    "EMAIL_ADDRESS": ("email address", "email addresses"), "PHONE_NUMBER": ("phone number", "phone numbers"),
+    "ADDRESS": ("street address", "street addresses"), "CREDIT_CARD": ("card number", "card numbers"),
+    "IBAN_CODE": ("IBAN", "IBANs"), "US_SSN": ("social security number", "social security numbers"),
+    "IP_ADDRESS": ("IP address", "IP addresses"),
+}
+_PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")
+
+
+def _stored_note(ex: ExchangeView, direction: str) -> None:
+    """Say what was stored and why when the stored text differs from what was written: personal data found in it
+    (the exchange's findings) is replaced by ``<LABEL>`` in storage whatever the enforced action."""
+    text = ex.prompt if direction == "prompt" else ex.response
+    labels = {f.label for f in ex.findings if f.direction == direction and f.start is not None}
+    counts: dict[str, int] = {}
+    for label in _PLACEHOLDER.findall(text or ""):
+        if label in labels:
+            counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return
+    parts = []
+    for label, n in counts.items():
+        one, many = PII_NAMES.get(label, (f"{label} value", f"{label} values"))
+        parts.append(f"{n} {one if n == 1 else many} (<{label}>)")
+    what = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    action = ex.prompt_action if direction == "prompt" else ex.output_action
+    if direction == "prompt":
+        seen = ("the model saw it redacted too" if action == "redact"
+                else "the model saw it as written" if action in (None, "allow", "flag") else "")
+    else:
+        seen = "it was shown to you as written" if action in (None, "allow", "flag") else ""
+    st.caption(escape_markdown(f"Stored with {what} replaced (privacy policy: personal data is cut from stored "
+                               f"text, whatever the action)" + (f"; {seen}." if seen else ".")),
+               help="The history shows the stored text. The action is what the policy did to the message itself.")
+
+
 def _render(ex: ExchangeView) -> None:
     with st.chat_message("user"):
         st.markdown(escape_markdown(ex.prompt))
         _findings(ex, "prompt")
+        _stored_note(ex, "prompt")
     with st.chat_message("assistant"):
         if ex.status == "blocked":
             st.warning("This message was blocked by the safety policy and never reached the model.")
@@ -75,6 +128,8 @@ def _render(ex: ExchangeView) -> None:
             st.markdown(escape_markdown(ex.response) or "_(no text)_")
         st.caption(escape_markdown(_status_line(ex)))
         _findings(ex, "output")
+        if ex.status not in ("blocked", "error"):
+            _stored_note(ex, "output")
         if ex.review_status and ex.review_status != "none":
             st.caption(f":material/flag: review: {escape_markdown(ex.review_status)}")
         if ex.status == "pending":  # its answer may still come (and judge it): nothing to send yet

@@ -44,6 +44,31 @@ def _serving() -> None:
 
 _serving()
 
+building_at_start = {b.name for b in ui.call(models_svc.demo_build_status, ctx, principal) or []
+                     if b.state == "building"}
+
+
+@st.fragment(run_every=3)
+def _building() -> None:
+    builds = ui.call(models_svc.demo_build_status, ctx, principal) or []
+    now_building = {b.name for b in builds if b.state == "building"}
+    if building_at_start - now_building:  # a build finished (or stopped): show the table with it registered
+        st.rerun(scope="app")
+    for b in builds:
+        name = escape_markdown(b.name)
+        if b.state == "building":
+            st.progress(b.fraction, text=f"**{name}** · building in the background ({b.fraction:.0%}): "
+                                         f"{escape_markdown(b.message)}. It is registered when done.")
+        elif b.state == "failed":
+            st.error(f"Building **{name}** failed: {escape_markdown(b.message)}. See demo-build.log in the data "
+                     "directory; the next `llm-console run` tries again.")
+        else:
+            st.warning(f"Building **{name}** stopped at {b.fraction:.0%} (the console was stopped); the next "
+                       "`llm-console run` continues it, or run `llm-console init --wait-for-all`.")
+
+
+_building()
+
 versions = ui.call(models_svc.list_versions, ctx, principal) or []
 st.dataframe(
     pd.DataFrame([{"name": v.name, "stage": v.stage, "aliases": ", ".join(v.aliases), "source": v.source,

@@ -9,8 +9,10 @@ import plotly.express as px
 import streamlit as st
 
 from console import ui
+from console.services import policy as policy_svc
 from console.services import review
 from console.services.access import allowed
+from console.services.errors import ConsoleError
 from console.textsafe import escape_markdown
 from console.widgets import decision_fields, marked, show_item
 
@@ -23,15 +25,37 @@ def day(d: date | None, plus: int = 0) -> datetime | None:
     return datetime(d.year, d.month, d.day, tzinfo=UTC) + timedelta(days=plus) if d else None
 
 
-if page_state.flash:
-    st.success(page_state.flash)
-    page_state.flash = None
+def show_flash(tab: str) -> None:
+    """The last action's message, inside the tab it is about, once (the next rerun clears it)."""
+    if page_state.flash and page_state.flash_tab == tab:
+        st.success(escape_markdown(page_state.flash))
+        page_state.flash = None
+
+
+def say_flash(text: str, tab: str = "queue") -> None:
+    page_state.flash, page_state.flash_tab = text, tab
+
+
+def no_raw_reason() -> str:
+    """Why an item has no raw text to reveal."""
+    try:
+        keeps = policy_svc.current(ctx, principal).keep_raw_text
+    except ConsoleError:  # safety scanning is off or not loaded: the policy cannot be read
+        keeps = None
+    if keeps is False:
+        return "The policy keeps no raw text (keep_raw_text = false), so there is nothing to reveal."
+    return ("No raw text is kept for this item, so there is nothing to reveal: its stored text is the text as "
+            "written (nothing was cut from it), the raw text was erased after its retention period, or the policy "
+            "kept none when it was stored (keep_raw_text = false).")
+
+
 st.title("Review queue")
 st.caption("Keyboard: Alt+N takes the next item; in the item, arrow keys change the decision, Tab moves on, "
            "Enter in the note or Ctrl+Enter decides, Alt+U releases it. After a decision the next item is taken.")
 queue_tab, second_tab, quality_tab = st.tabs(["Queue", "Second review", "Quality"])
 
 with queue_tab:
+    show_flash("queue")
     opts = ui.call(review.filter_options, ctx, principal) or {}
     with st.expander("Filters"):
         c1, c2, c3, c4 = st.columns(4)
@@ -65,6 +89,9 @@ with queue_tab:
         if view is not None:
             with st.container(border=True):
                 show_item(view, key="queue")
+                if not view.raw_kept and allowed(principal.roles, "review.reveal_raw"):
+                    st.caption(escape_markdown(no_raw_reason()), help="Reveal raw text is offered only where it is "
+                               "kept.")
                 if view.raw_kept and allowed(principal.roles, "review.reveal_raw"):
                     with st.form("reveal_form", clear_on_submit=True):
                         side = st.selectbox("Reveal raw text of", view.raw_kept, key="reveal_direction")
@@ -82,7 +109,7 @@ with queue_tab:
                                        note=note)
                         if done is not None:
                             nxt = ui.call(review.claim_next, ctx, principal, filters)
-                            page_state.flash = (
+                            say_flash(
                                 f"Item {done.item_id}: {review.DECISION_LABELS[decision].lower()} recorded"
                                 + (" (drawn for a second review)" if done.sampled else "")
                                 + (f"; took item {nxt}." if nxt else "; the queue is empty."))
@@ -94,7 +121,7 @@ with queue_tab:
     c1, c2, c3 = st.columns([1, 2, 1])
     if c1.button("Take next", key="take_next", type="primary", shortcut="Alt+N"):
         taken = ui.call(review.claim_next, ctx, principal, filters)
-        page_state.flash = f"Took item {taken}." if taken else "Nothing left to claim."
+        say_flash(f"Took item {taken}." if taken else "Nothing left to claim.")
         st.rerun()
     claimable = [r.item_id for r in page.rows if r.status == "open" or (r.status == "claimed" and not r.claim_active)]
     chosen = c2.selectbox("Item", claimable, index=None, key="chosen_item", label_visibility="collapsed",
@@ -115,11 +142,12 @@ with queue_tab:
         if st.form_submit_button("Decide selected", key="bulk_decide"):
             decided = ui.call(review.decide_bulk, ctx, principal, picks, decision, category=category, note=note)
             if decided:
-                page_state.flash = f"Decided {len(decided)} items."
+                say_flash(f"Decided {len(decided)} items.")
                 page_state.bulk_round += 1
                 st.rerun()
 
 with second_tab:
+    show_flash("second")
     blind = ui.call(review.next_second_review, ctx, principal)
     if blind is None:
         st.info("No decided item waits for your second opinion.")
@@ -131,7 +159,7 @@ with second_tab:
             if st.form_submit_button("Give second opinion", key="second_decide"):
                 if ui.call(review.decide_second_review, ctx, principal, blind.sample_id, decision,
                            category=category) is not None:
-                    page_state.flash = f"Second opinion on item {blind.item_id} recorded."
+                    say_flash(f"Second opinion on item {blind.item_id} recorded.", "second")
                     st.rerun()
 
 with quality_tab:

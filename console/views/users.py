@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pandas as pd
 import streamlit as st
 
 from console import ui
 from console.services import auth
 from console.services import retention as retention_svc
+from console.services import sessions as sessions_svc
 from console.services import users as users_svc
 from console.services.access import ALL_ROLES
 from console.textsafe import escape_markdown
@@ -21,13 +24,32 @@ if state.flash:
     # Set before a rerun, so a success survives it (shown once).
     st.success(escape_markdown(state.flash))
     state.flash = None
+
+
+def _utc(at: datetime | None, never: str) -> str:
+    """A stored time as text (SQLite gives naive UTC), or what its absence means."""
+    if at is None:
+        return never
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _locked(at: datetime | None) -> str:
+    if at is None:
+        return "not locked"
+    aware = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return _utc(at, "") if aware > ctx.now() else "not locked (lock expired)"
+
+
 users = ui.call(users_svc.list_users, ctx, principal) or []
 st.dataframe(
-    pd.DataFrame([{"username": u.username, "name": u.display_name or "", "email": u.email or "",
-                   "roles": ", ".join(u.roles), "status": "disabled" if u.disabled else "active",
-                   "locked until": u.locked_until, "last sign-in": u.last_login_at} for u in users]),
+    pd.DataFrame([{"username": u.username, "name": u.display_name or "-", "email": u.email or "-",
+                   "roles": ", ".join(u.roles) or "no role", "status": "disabled" if u.disabled else "active",
+                   "locked until": _locked(u.locked_until), "last sign-in": _utc(u.last_login_at, "never")}
+                  for u in users]),
     hide_index=True, width="stretch",
 )
+st.caption('"-": not given. "never": has not signed in yet. Times are in UTC.')
 st.caption(f"Stored prompts and answers are kept {ctx.settings.retention_text_days} days and raw (unredacted) "
            f"text {ctx.settings.retention_raw_days} days; then their text is erased and the metadata stays.")
 
@@ -70,6 +92,24 @@ with edit_tab:
             if ui.call(users_svc.set_disabled, ctx, principal, user.id, not user.disabled):
                 state.flash = f"{user.username} is {'enabled' if user.disabled else 'disabled'}."
                 st.rerun()
+
+        # ---- sessions (console/services/sessions.py) ----
+        st.subheader("Sessions")
+        open_sessions = ui.call(sessions_svc.list_sessions, ctx, principal, user.id) or []
+        if not open_sessions:
+            st.caption(f"{escape_markdown(user.username)} has no open session.")
+        for sess in open_sessions:
+            cols = st.columns([5, 1])
+            cols[0].markdown(escape_markdown(
+                f"Session {sess.id} · {sess.method} · started {sess.started:%Y-%m-%d %H:%M} UTC · last seen "
+                f"{sess.last_seen:%Y-%m-%d %H:%M} UTC · until {sess.expires:%Y-%m-%d %H:%M} UTC"
+                + (f" · {sess.client}" if sess.client else "")
+                + (f" · {sess.user_agent[:60]}" if sess.user_agent else "")))
+            if cols[1].button("End session", key=f"end_session_{sess.id}"):
+                if ui.call(sessions_svc.end_session, ctx, principal, sess.id):
+                    state.flash = (f"Ended session {sess.id} of {user.username}; they are signed out at their "
+                                   "next click.")
+                    st.rerun()
 
         st.subheader("Erase this person's content")
         if user.id == principal.user_id:

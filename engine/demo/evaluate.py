@@ -159,10 +159,37 @@ HELD_OUT_2: tuple[EvalQuestion, ...] = (
     EvalQuestion("out_of_domain", "what's the best order to watch the Star Wars movies?", ()),
 )
 
+HELD_OUT_FILE = Path(__file__).resolve().parent / "heldout.jsonl"
+
+
+def load_held_out_chats(path: Path = HELD_OUT_FILE) -> tuple[EvalQuestion, ...]:
+    """The promotion held-out set (``heldout.jsonl``): single-turn questions, off-topic ones and short chats.
+
+    Each line is ``{"id", "topic", "keywords", "messages"}``; the last message is the user turn to answer.
+    Written for support-demo-v2's promotion and never used to tune the corpus or the recipes.
+    """
+    questions: list[EvalQuestion] = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        messages = [(str(m["role"]), str(m["content"])) for m in row["messages"]]
+        if not messages or messages[-1][0] != "user":
+            raise ValueError(f"{path}:{number}: the last message must be the user's")
+        questions.append(
+            EvalQuestion(str(row["topic"]), messages[-1][1], tuple(str(k) for k in row["keywords"]),
+                         history=tuple(messages[:-1]))
+        )
+    return tuple(questions)
+
+
+HELD_OUT_CHATS: tuple[EvalQuestion, ...] = load_held_out_chats()
+
 QUESTION_SETS: dict[str, tuple[EvalQuestion, ...]] = {
     "dev": EVAL_QUESTIONS,
     "held-out": HELD_OUT_QUESTIONS,
     "held-out-2": HELD_OUT_2,
+    "held-out-chats": HELD_OUT_CHATS,
 }
 
 _KNOWN_ANSWERS = frozenset(intent.answer for intent in INTENTS)
@@ -179,6 +206,13 @@ class EvalAnswer:
     passed: bool
     known_answer: bool  # the answer is, word for word, one of the corpus answers (a coherence signal)
     finished: bool  # generation stopped at <|end|> rather than at the token limit
+    seed: int = 0
+    multi_turn: bool = False  # the question came after a system prompt or earlier turns
+
+    @property
+    def clean(self) -> bool:
+        """Right, and word for word one of the corpus answers: not garbled, not cut mid-sentence."""
+        return self.passed and self.known_answer and self.finished
 
 
 @dataclass(frozen=True)
@@ -239,11 +273,15 @@ def evaluate(
     max_model_len: int = 512,
     kv_cache_gib: float = 1.0,
     seed: int = 0,
+    seeds: tuple[int, ...] | None = None,
+    top_p: float = 1.0,
+    max_tokens: int = 96,
 ) -> EvalReport:
     """Answer every question (default ``EVAL_QUESTIONS``) with the model in ``model_dir`` and judge the answers.
 
     Pass a running ``vllm.LLM`` as ``llm`` to reuse it; otherwise one is started in this process (``engine``
     sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` on import) with a ``kv_cache_gib`` KV cache, and shut down.
+    Sampled temperatures (above 0) are run once per seed in ``seeds`` (default: just ``seed``).
     """
     from vllm import LLM, SamplingParams
 
@@ -261,22 +299,25 @@ def evaluate(
         answers: list[EvalAnswer] = []
         conversations = [q.messages() for q in questions]
         for temperature in temperatures:
-            params = SamplingParams(temperature=temperature, max_tokens=96, seed=seed)
-            outputs = llm.chat(conversations, params, use_tqdm=False)
-            for question, output in zip(questions, outputs, strict=True):
-                completion = output.outputs[0]
-                text = completion.text.strip()
-                answers.append(
-                    EvalAnswer(
-                        topic=question.topic,
-                        question=question.question,
-                        temperature=temperature,
-                        answer=text,
-                        passed=judge(question, text),
-                        known_answer=text in _KNOWN_ANSWERS,
-                        finished=completion.finish_reason == "stop",
+            for run_seed in (seeds or (seed,)) if temperature > 0 else (seed,):
+                params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=run_seed)
+                outputs = llm.chat(conversations, params, use_tqdm=False)
+                for question, output in zip(questions, outputs, strict=True):
+                    completion = output.outputs[0]
+                    text = completion.text.strip()
+                    answers.append(
+                        EvalAnswer(
+                            topic=question.topic,
+                            question=question.question,
+                            temperature=temperature,
+                            answer=text,
+                            passed=judge(question, text),
+                            known_answer=text in _KNOWN_ANSWERS,
+                            finished=completion.finish_reason == "stop",
+                            seed=run_seed,
+                            multi_turn=bool(question.history),
+                        )
                     )
-                )
         return EvalReport(model_dir=str(model_dir), answers=tuple(answers))
     finally:
         if own:
@@ -316,6 +357,7 @@ if __name__ == "__main__":
 __all__ = [
     "EVAL_QUESTIONS",
     "HELD_OUT_2",
+    "HELD_OUT_CHATS",
     "HELD_OUT_QUESTIONS",
     "QUESTION_SETS",
     "REFUSAL",
@@ -324,4 +366,5 @@ __all__ = [
     "EvalReport",
     "evaluate",
     "judge",
+    "load_held_out_chats",
 ]

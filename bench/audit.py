@@ -26,14 +26,16 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, update
+from sqlalchemy import Table, insert, update
 
 from db import Database, DbConfig
 from db.audit import AuditAnchor, append_event, canonical_json, compute_hash, verify_chain
 from db.tables import AuditEvent, AuditHead
 
+_EVENTS = cast(Table, AuditEvent.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
 ACTIONS = ("chat.exchange", "safety.findings", "review.item", "auth.login", "review.decide", "model.switch")
 
 
@@ -92,9 +94,8 @@ def seed_events(db: Database, total: int, *, chunk: int = 20_000) -> None:
         n = min(chunk, total - seq)
         rows = list(_seed_rows(seq + 1, prev, n, t0))
         with db.session() as s:
-            s.execute(insert(AuditEvent.__table__), rows)
-            s.execute(update(AuditHead.__table__).where(AuditHead.__table__.c.id == 1)
-                      .values(seq=rows[-1]["seq"], hash=rows[-1]["hash"]))
+            s.execute(insert(_EVENTS), rows)
+            s.execute(update(_HEAD).where(_HEAD.c.id == 1).values(seq=rows[-1]["seq"], hash=rows[-1]["hash"]))
         seq, prev = rows[-1]["seq"], rows[-1]["hash"]
 
 

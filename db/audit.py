@@ -107,6 +107,25 @@ class ChainReport:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class AppendedEvent:
+    """An event as ``append_event`` wrote it: the columns of an ``AuditEvent`` row, without the ORM."""
+
+    id: int
+    seq: int
+    ts: datetime
+    actor: str
+    actor_id: int | None
+    action: str
+    object_type: str | None
+    object_id: str | None
+    details: dict[str, Any]
+    details_hash: str
+    prev_hash: str
+    hash: str
+    erased_at: datetime | None = None
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -154,8 +173,8 @@ def append_event(
     object_id: str | int | None = None,
     details: Mapping[str, Any] | None = None,
     actor_id: int | None = None,
-) -> AuditEvent:
-    """Append one event to the chain inside the caller's transaction and return it (flushed).
+) -> AppendedEvent:
+    """Append one event to the chain inside the caller's transaction and return what was written.
 
     ``actor`` is a username or a system name (e.g. ``"system"``); ``action`` a dotted verb such as
     ``"chat.exchange"``. ``details`` must be JSON-serialisable (datetimes become ISO strings); never
@@ -186,8 +205,8 @@ def append_event(
     conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
     session.info[_HEAD_KEY] = (seq, digest)
     logger.debug("audit seq=%s action=%s actor=%s object=%s:%s", seq, action, actor, object_type, oid)
-    # A detached record of what was written (not tracked by the session).
-    return AuditEvent(id=event_id, **values)
+    # A plain record of what was written (an ORM instance costs more to build than the insert itself).
+    return AppendedEvent(id=event_id, **values)
 
 
 _HEAD_KEY = "llm_console_audit_head"

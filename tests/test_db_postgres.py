@@ -25,14 +25,6 @@ from db.review.decisions import record_decision, record_decisions
 from db.review.items import ReviewStateError, create_review_item
 from db.tables import AuditEvent, ReviewDecision, ReviewItem
 from db.users import create_user
-from tests.test_db_audit import (  # noqa: F401 - collected here again, against PostgreSQL
-    test_a_fresh_chain_is_gapless_linked_and_verifies,
-    test_an_error_after_the_insert_rolls_back_the_exchange_and_its_audit_event,
-    test_details_are_stored_exactly_as_they_were_hashed,
-    test_iter_events_filters_by_action_actor_and_time,
-    test_the_orm_refuses_to_update_an_audit_event,
-    test_timestamps_come_back_timezone_aware_utc,
-)
 from tests.test_audit_anchor import (  # noqa: F401 - every kind of damage, the triggers and erasure on PostgreSQL
     anchor,
     test_consistent_forgeries_are_caught_only_by_checkpoints,
@@ -41,6 +33,14 @@ from tests.test_audit_anchor import (  # noqa: F401 - every kind of damage, the 
     test_erasure_keeps_the_chain_valid_when_recorded,
     test_triggers_refuse_raw_changes_to_review_decisions,
     test_triggers_refuse_raw_updates_and_deletes,
+)
+from tests.test_db_audit import (  # noqa: F401 - collected here again, against PostgreSQL
+    test_a_fresh_chain_is_gapless_linked_and_verifies,
+    test_an_error_after_the_insert_rolls_back_the_exchange_and_its_audit_event,
+    test_details_are_stored_exactly_as_they_were_hashed,
+    test_iter_events_filters_by_action_actor_and_time,
+    test_the_orm_refuses_to_update_an_audit_event,
+    test_timestamps_come_back_timezone_aware_utc,
 )
 from tests.test_db_concurrency import (  # noqa: F401
     test_sixteen_threads_writing_exchanges_lose_nothing_and_the_chain_verifies,

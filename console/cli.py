@@ -67,10 +67,20 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     print(f"audit checkpoints are signed with {settings.audit_key_file} (owner-only; back it up apart from the "
           f"database) and also written to {settings.audit_checkpoint_file}")
     if not args.skip_models:
+        from engine.demo import DEMO_VERSIONS
+
         print(f"demo models in {settings.models_dir} (built once, then cached)")
-        registered = models_svc.ensure_demo_versions(ctx, progress=_Progress())
+        # The console can start as soon as the version it serves is built; `run` builds the rest in the
+        # background (the Models page shows them as building). --wait-for-all builds every one now.
+        first = settings.default_model if settings.default_model in DEMO_VERSIONS else next(iter(DEMO_VERSIONS))
+        names = None if args.wait_for_all else [first]
+        registered = models_svc.ensure_demo_versions(ctx, progress=_Progress(), names=names)
         for name in registered:
             print(f"registered model version {name}")
+        later = [] if args.wait_for_all else models_svc.pending_demo_versions(ctx)
+        if later:
+            print(f"{', '.join(later)}: built in the background once the console runs (`llm-console run`), "
+                  "or now with `llm-console init --wait-for-all`")
         from console.services import serving as serving_svc
 
         production = serving_svc.ensure_production(ctx)
@@ -117,10 +127,27 @@ def _check_sso_secrets(*paths: Path) -> None:
         raise CliError(problem)
 
 
+def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """The background build `run` starts: build and register the demo versions not registered yet."""
+    from console.services import models as models_svc
+
+    ctx = _services(settings)
+    for name in models_svc.ensure_demo_versions(ctx, progress=_Progress(), names=models_svc.pending_demo_versions(ctx)):
+        print(f"registered model version {name}", flush=True)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
     from pathlib import Path
 
     _check_sso_secrets(Path.home() / ".streamlit" / "secrets.toml", PROJECT_ROOT / ".streamlit" / "secrets.toml")
+    from console.services import models as models_svc
+
+    building = models_svc.start_background_demo_build(
+        _services(settings), [sys.executable, "-m", "console.cli", "build-demo-models"])
+    if building:
+        print(f"building {', '.join(building)} in the background (the Models page shows its progress; log: "
+              f"{settings.data_dir / models_svc.BUILD_LOG})", flush=True)
     # console.server starts Streamlit on app.py and starts loading the model before the first browser connects.
     argv = [sys.executable, "-m", "console.server", "--server.port", str(args.port),
             "--server.address", args.address]
@@ -499,7 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("init", help="create the database, build and register the demo models, create the first admin")
     s.add_argument("--skip-models", action="store_true", help="do not build or register the demo models")
+    s.add_argument("--wait-for-all", action="store_true",
+                   help="build every demo model now (default: only the served one; `run` builds the rest)")
     s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("build-demo-models", help=argparse.SUPPRESS)  # started by `run` in the background
+    s.set_defaults(func=cmd_build_demo)
 
     s = sub.add_parser("run", help="start the console (Streamlit) on http://localhost:8501")
     s.add_argument("--port", type=_positive, default=8501)

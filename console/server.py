@@ -1,22 +1,47 @@
-"""The console's server process: Streamlit running ``console/app.py``, with the model preloaded at start.
+"""The console's server process: Streamlit's Starlette app serving ``console/app.py`` plus the console's own
+session-cookie routes, with the model preloaded at start.
 
 ``st.cache_resource`` objects are process-wide, so building the engine host (and its reconciler) and starting
 the scanners' load here, before the first browser connects, gives the pages the same objects later. Without
 this, the model would start loading only when someone first opens a page.
 
-Run as ``python -m console.server [streamlit run options]`` (``llm-console run`` does).
+A Streamlit script cannot set cookies, so the signed-in session's HttpOnly cookie is set here, in the same server
+(``streamlit.starlette.App`` with extra routes; Streamlit's own routes and websocket are unchanged):
+
+* ``POST /auth/session`` (form field ``ticket``; optional ``next``) exchanges the one-time ticket the sign-in page
+  made (valid 60 s, single use, stored hashed) for the session cookie: 204 for the console's own ``fetch``, else
+  a 303 redirect to ``next`` (a same-origin path only). ``GET`` with ``?ticket=`` works the same for a link.
+* ``POST /auth/logout`` ends the cookie's session and clears the cookie.
+
+Run as ``python -m console.server [Streamlit config options such as --server.port 8501]`` (``llm-console run``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from console.services.context import AppContext
 
 logger = logging.getLogger(__name__)
 
 APP = Path(__file__).resolve().parent / "app.py"
+SESSION_PATH = "/auth/session"
+LOGOUT_PATH = "/auth/logout"
+MAX_FORM_BYTES = 4096
+# A page path of this console: letters, digits and - _ . / only, one leading slash (never "//host" or "/\\host").
+_SAFE_NEXT = re.compile(r"/(?![/\\])[A-Za-z0-9_./-]{0,200}")
 
 
 def _preload() -> None:
@@ -30,13 +55,146 @@ def _preload() -> None:
         logger.exception("preloading the model and scanners at server start failed")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Start Streamlit on the console's app with ``argv`` as extra ``streamlit run`` options."""
-    from streamlit.web import cli as streamlit_cli
+def safe_next(value: str | None) -> str:
+    """``value`` if it is a path on this server (no scheme, host, query or backslash), else "/": no open redirect."""
+    if value and _SAFE_NEXT.fullmatch(value) and "/../" not in value + "/":
+        return value
+    return "/"
 
+
+def same_origin(headers: Mapping[str, str], scheme: str, host: str | None) -> bool:
+    """Whether a request to the cookie routes came from the console's own pages (not from another site's form)."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        return parts.scheme == scheme and parts.netloc == (host or "")
+    return True  # a client that sends neither (curl, an old browser without Origin on a GET)
+
+
+def _secure(request: Request) -> bool:
+    from streamlit import config
+
+    return request.url.scheme == "https" or bool(config.get_option("server.sslCertFile"))
+
+
+def _context() -> AppContext:
+    from console import resources
+
+    context: AppContext = resources.app_context()
+    return context
+
+
+async def _fields(request: Request) -> dict[str, str]:
+    values = {k: v[-1] for k, v in parse_qs(request.url.query).items()}
+    if request.method == "POST":
+        body = await request.body()
+        if len(body) <= MAX_FORM_BYTES:
+            values.update({k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()})
+    return values
+
+
+def _refused(reason: str) -> Response:
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(reason, status_code=403, headers={"Cache-Control": "no-store"})
+
+
+def _done(request: Request, target: str) -> Response:
+    from starlette.responses import RedirectResponse, Response
+
+    if request.headers.get("x-requested-with") == "llm-console":
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+    return RedirectResponse(target, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+async def session_route(request: Request) -> Response:
+    """Exchange a one-time sign-in ticket for the HttpOnly session cookie."""
+    from starlette.concurrency import run_in_threadpool
+
+    from console.services import sessions
+
+    if not same_origin(request.headers, request.url.scheme, request.headers.get("host")):
+        return _refused("This request did not come from the console's own pages.")
+    fields = await _fields(request)
+    redeemed = await run_in_threadpool(sessions.redeem, _context(), fields.get("ticket", ""))
+    if redeemed is None:
+        return _refused("This sign-in link is used or expired. Sign in again.")
+    token, expires_at = redeemed
+    response = _done(request, safe_next(fields.get("next")))
+    # SameSite=Lax, not Strict: Strict would leave the cookie off a link to a page opened from another site
+    # (mail, a chat message), which is exactly the deep link that must land signed in. Lax still keeps it off
+    # cross-site POSTs and sub-requests; every change in the console goes through its websocket anyway.
+    response.set_cookie(sessions.COOKIE_NAME, token, max_age=max(0, int((expires_at - datetime.now(UTC))
+                                                                         .total_seconds())),
+                        path="/", httponly=True, samesite="lax", secure=_secure(request))
+    return response
+
+
+async def logout_route(request: Request) -> Response:
+    """End the session behind the cookie (if still open) and clear the cookie."""
+    from starlette.concurrency import run_in_threadpool
+
+    from console.services import sessions
+
+    if not same_origin(request.headers, request.url.scheme, request.headers.get("host")):
+        return _refused("This request did not come from the console's own pages.")
+    token = request.cookies.get(sessions.COOKIE_NAME)
+    if token:
+        await run_in_threadpool(sessions.close_by_token, _context(), token)
+    response = _done(request, "/")
+    response.delete_cookie(sessions.COOKIE_NAME, path="/", httponly=True, samesite="lax", secure=_secure(request))
+    return response
+
+
+def make_app() -> Any:
+    """Streamlit's ASGI app on ``console/app.py`` with the console's cookie routes."""
+    from starlette.routing import Route
+    from streamlit.starlette import App
+
+    return App(APP, routes=[Route(SESSION_PATH, session_route, methods=["GET", "POST"]),
+                            Route(LOGOUT_PATH, logout_route, methods=["POST"])])
+
+
+def config_options(argv: list[str]) -> dict[str, Any]:
+    """``--section.option value`` (or ``--section.option=value``) pairs, as ``streamlit run`` takes them, parsed to
+    each option's type."""
+    from streamlit import config
+
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise SystemExit(f"unexpected argument {arg!r}: give Streamlit options as --section.option VALUE")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise SystemExit(f"{arg} needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        option = config._config_options_template.get(name)
+        if option is None:
+            raise SystemExit(f"unknown Streamlit option --{name}")
+        kind = option.type
+        if kind is bool:
+            options[name] = value.strip().lower() in ("1", "true", "yes", "on")
+        elif kind in (int, float):
+            options[name] = kind(value)
+        else:
+            options[name] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the console with ``argv`` as Streamlit config options (``--server.port 8501``...)."""
+    options = config_options(sys.argv[1:] if argv is None else argv)
     threading.Thread(target=_preload, name="preload", daemon=True).start()
-    sys.argv = ["streamlit", "run", str(APP), *(sys.argv[1:] if argv is None else argv)]
-    streamlit_cli.main()
+    sys.argv = [str(Path(__file__).resolve())]
+    make_app().run(config=options)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_username", "admin", "Username of the first admin account created by `llm-console init`."),
     Setting("admin_password", None, "Password of the first admin; if unset, one is generated and printed once."),
     Setting("session_idle_minutes", "30", "Idle minutes after which a browser session is logged out.", _positive_int),
+    Setting("session_max_hours", "12", "Hours a sign-in lasts at most (its cookie and server-side session), "
+            "however active the browser.", _positive_int),
     Setting("lockout_threshold", "5", "Failed logins in a row that lock an account.", _positive_int),
     Setting("lockout_minutes", "15", "Minutes an account stays locked after too many failed logins.", _positive_int),
     Setting("min_password_length", "12", "Minimum length of a local account's password.", _positive_int),
@@ -155,6 +157,7 @@ class Settings:
     admin_username: str
     admin_password: str | None
     session_idle_minutes: int
+    session_max_hours: int
     lockout_threshold: int
     lockout_minutes: int
     min_password_length: int

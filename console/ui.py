@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from console import resources
-from console.services import access, auth
+from console.services import access, auth, sessions
 from console.services.access import Principal
 from console.services.audit import AuditFilter, AuditPage
 from console.services.context import AppContext
@@ -39,6 +40,7 @@ class ReviewPageState:
     """What the Review queue page remembers between reruns (widget values are Streamlit's, keyed by item)."""
 
     flash: str | None = None
+    flash_tab: str = "queue"  # the tab the flash is about ("queue" or "second"): shown there only, once
     # Bumped after a bulk decision: the bulk form's widgets are keyed by it, so the form opens empty again.
     bulk_round: int = 0
 
@@ -124,6 +126,14 @@ class UiSession:
     principal: Principal | None = None
     last_activity: datetime | None = None
     flash: str | None = None  # a message for the next page shown (e.g. "You are signed out.")
+    # The server-side session this browser signed in with (console.services.sessions), checked at every page run.
+    browser_session: int | None = None
+    # The one-time ticket the next run hands the browser to get its session cookie; and whether the next run
+    # should clear the cookie (after a sign-out or an ended session).
+    cookie_ticket: str | None = None
+    clear_cookie: bool = False
+    # The cookie value this browser session already signed out of (or found ended): not restored again.
+    spent_cookie: str | None = None
     chat: ChatPageState = field(default_factory=ChatPageState)
     review: ReviewPageState = field(default_factory=ReviewPageState)
     escalations: EscalationsPageState = field(default_factory=EscalationsPageState)
@@ -158,19 +168,120 @@ def app_context() -> AppContext:
     return resources.app_context()
 
 
-def sign_in(principal: Principal, now: datetime) -> None:
+def sign_in(principal: Principal, now: datetime, started: sessions.Started | None = None) -> None:
+    """Sign this browser session in; with ``started`` (a new server-side session), the next run also sets the
+    session cookie, so a reload or a new tab stays signed in."""
     state = session()
     state.principal = principal
     state.last_activity = now
+    state.browser_session = started.session_id if started else None
+    state.cookie_ticket = started.ticket if started else None
+    state.clear_cookie = False
     state.reset_pages()
 
 
-def sign_out(message: str | None = None) -> None:
+def sign_out(message: str | None = None, reason: str = "logout") -> None:
+    """Sign this browser session out; its server-side session ends (audited with ``reason``, or with its own if it
+    already had one: idle, password reset...) and the next run clears the cookie."""
     state = session()
+    if state.browser_session is not None:
+        try:
+            sessions.close(app_context(), state.browser_session, reason)
+        except ConsoleError:  # the database is busy: the session still ends at its idle or absolute limit
+            pass
+    if state.browser_session is not None or session_cookie():
+        state.clear_cookie = True
+        state.spent_cookie = session_cookie()
     state.principal = None
     state.last_activity = None
+    state.browser_session = None
+    state.cookie_ticket = None
     state.flash = message
     state.reset_pages()
+
+
+def session_cookie() -> str | None:
+    """The session cookie the browser sent when this Streamlit session connected (HttpOnly: scripts cannot read
+    it, the server can), or None."""
+    try:
+        value = st.context.cookies.get(sessions.COOKIE_NAME)
+    except Exception:  # no request behind this run (AppTest)
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def user_agent() -> str | None:
+    try:
+        value = st.context.headers.get("User-Agent")
+    except Exception:  # no request behind this run (AppTest)
+        return None
+    return value if isinstance(value, str) else None
+
+
+def start_browser_session(principal: Principal, method: str = "password") -> sessions.Started | None:
+    """Record the server-side session of a sign-in (for the cookie); None if it could not be stored (the sign-in
+    then lasts only as long as this browser tab, as it would without cookies)."""
+    try:
+        return sessions.start(app_context(), principal, method=method, client=client_key(), user_agent=user_agent())
+    except ConsoleError:
+        return None
+
+
+def restore_session() -> None:
+    """At the top of every run: end this browser session if its server-side session ended (signed out by an
+    admin, a password reset, a role change, idle or expired), or sign it in from the session cookie after a
+    reload, in a new tab or at a link opened directly."""
+    state = session()
+    ctx = app_context()
+    if state.principal is not None and state.browser_session is not None:
+        try:
+            state.principal = sessions.check(ctx, state.browser_session)
+        except SessionEnded as exc:
+            end_session(str(exc))  # the check already ended and audited it; this clears the cookie
+        except ConsoleError:  # the database is busy: keep the session, the page's own guards still run
+            pass
+        return
+    cookie = session_cookie()
+    if state.principal is not None or cookie is None or cookie == state.spent_cookie:
+        return
+    try:
+        principal, session_id = sessions.resume(ctx, cookie)
+    except SessionEnded as exc:
+        state.spent_cookie = cookie
+        state.clear_cookie = True
+        state.flash = str(exc)
+        return
+    except ConsoleError as exc:
+        state.flash = str(exc)
+        return
+    sign_in(principal, ctx.now())
+    state.browser_session = session_id
+
+
+def sync_cookie() -> None:
+    """Have the browser fetch its session cookie for a new sign-in, or clear it after a sign-out.
+
+    A script cannot set an HttpOnly cookie, so a few lines of JavaScript POST the one-time ticket to the console's
+    own ``/auth/session`` route (console/server.py), which answers with the cookie; ``/auth/logout`` clears it.
+    """
+    state = session()
+    if state.cookie_ticket is not None:
+        ticket, state.cookie_ticket = state.cookie_ticket, None
+        _post_from_browser("/auth/session", {"ticket": ticket})
+    elif state.clear_cookie:
+        state.clear_cookie = False
+        _post_from_browser("/auth/logout", {})
+
+
+def _post_from_browser(path: str, fields: dict[str, str]) -> None:
+    # json.dumps, with "<" escaped, keeps the values inert inside the script element.
+    body = json.dumps(fields).replace("<", "\\u003c")
+    st.html(
+        "<script>fetch(" + json.dumps(path) + ", {method: 'POST', credentials: 'same-origin', "
+        "headers: {'Content-Type': 'application/x-www-form-urlencoded', 'X-Requested-With': 'llm-console'}, "
+        "body: new URLSearchParams(" + body + ")});</script>",
+        unsafe_allow_javascript=True, width="content",
+    )
 
 
 def sso_signed_in() -> bool:
@@ -204,10 +315,10 @@ def client_key() -> str:
                            remote if isinstance(remote, str) else None, run.session_id if run else None)
 
 
-def end_session(message: str) -> None:
+def end_session(message: str, reason: str = "signed out") -> None:
     """Sign out of the console, and of Streamlit's identity cookie for a single sign-on user, as the Sign-out
     button does: otherwise the sign-in page would sign them straight back in."""
-    sign_out(message)
+    sign_out(message, reason)
     if sso_signed_in():
         st.logout()
 
@@ -221,6 +332,10 @@ def require_page(page: str) -> Principal:
         st.stop()
     try:
         state.last_activity = auth.check_idle(ctx, state.principal, state.last_activity)
+    except SessionEnded as exc:
+        end_session(str(exc), "idle")
+        st.rerun()
+    try:
         state.principal = access.check_page(ctx, state.principal, page)
     except SessionEnded as exc:
         end_session(str(exc))

@@ -551,6 +551,37 @@ class Slo(Base):
     set_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# ---- 0012_browser_sessions ----
+
+
+class BrowserSession(Base):
+    """A signed-in browser: the HttpOnly cookie holds a random token, this row only its SHA-256 (``token_hash``).
+
+    Created at sign-in with a short-lived one-time ``ticket_hash`` (also a SHA-256) that the browser exchanges for
+    the cookie (console/server.py); the token is made at that exchange. Valid until ``expires_at`` (absolute),
+    while ``last_seen_at`` is within the idle limit, the account is enabled, its ``session_epoch`` is still
+    ``user_epoch``, and ``revoked_at`` is unset. ``revoked_reason`` says why it ended (logout, idle, expired,
+    password reset, disabled, roles changed, ended by an admin).
+    """
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ticket_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    ticket_expires_at: Mapped[datetime | None]
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    method: Mapped[str] = mapped_column(String(20), default="password")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(String(40))
+    client: Mapped[str | None] = mapped_column(String(80))
+    user_agent: Mapped[str | None] = mapped_column(String(200))
+
+
 # ---- append-only guards ----
 
 APPEND_ONLY: tuple[type[Base], ...] = (AuditEvent, ReviewDecision, AliasMove)

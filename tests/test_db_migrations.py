@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0011_engine_health"
+HEAD = "0012_browser_sessions"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -34,6 +34,7 @@ LIFECYCLE_TABLES = {"model_aliases", "model_alias_moves"}
 RELEASE_TABLES = {"evaluations", "promotion_requests"}  # 0005_evaluations, 0006_promotions
 AUDIT_TABLES = {"audit_checkpoints", "export_requests"}  # 0009_audit_anchor
 METRICS_TABLES = {"latency_buckets", "slos", "engine_health"}  # 0010_latency_buckets, 0011_engine_health
+SESSION_TABLES = {"browser_sessions"}  # 0012_browser_sessions
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -135,7 +136,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:

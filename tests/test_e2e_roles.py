@@ -29,7 +29,7 @@ USERS = {"operator": "opal", "reviewer": "rex", "admin": "ada", "analyst": "ana"
 # The title each page's own script puts at its top: seeing it means the page's content ran.
 HEADINGS = {
     "chat": "Chat",
-    "dashboard": "Latency",
+    "dashboard": "Latency and traffic",
     "review": "Review queue",
     "escalations": "Escalations",
     "models": "Model versions",

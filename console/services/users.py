@@ -13,6 +13,7 @@ from console.services.auth import MAX_USERNAME_CHARS, canonical_email, check_pas
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
 from console.services.text import clean_text, has_format_characters, is_clean
+from db import sessions as sessions_q
 from db import users as users_q
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ def reset_password_cli(ctx: AppContext, username: str, new_password: str) -> Use
     with ctx.db.session() as s:
         user = _by_name(s, username)
         users_q.set_password_hash(s, user.id, hash_password(new_password), actor="cli")
+        sessions_q.end_user_sessions(s, user.id, sessions_q.PASSWORD_RESET, ctx.now(), actor="cli", actor_id=None)
         return _view(user)
 
 
@@ -174,7 +176,11 @@ def set_roles(ctx: AppContext, actor: Principal, user_id: int, roles: Iterable[s
         user = _load(s, user_id)
         if user.id == actor.user_id and "admin" not in roles:
             raise InvalidInput("You cannot remove your own admin role; ask another admin.")
+        before = set(user.roles)
         users_q.set_roles(s, user.id, roles, actor=actor.username, actor_id=actor.user_id)
+        if set(roles) != before:  # the browser sessions end: the person signs in again with the new roles
+            sessions_q.end_user_sessions(s, user.id, sessions_q.ROLES_CHANGED, ctx.now(), actor=actor.username,
+                                         actor_id=actor.user_id)
         return _view(user)
 
 
@@ -185,6 +191,9 @@ def set_disabled(ctx: AppContext, actor: Principal, user_id: int, disabled: bool
         if user.id == actor.user_id and disabled:
             raise InvalidInput("You cannot disable your own account.")
         users_q.set_disabled(s, user.id, disabled, actor=actor.username, actor_id=actor.user_id)
+        if disabled:
+            sessions_q.end_user_sessions(s, user.id, sessions_q.DISABLED, ctx.now(), actor=actor.username,
+                                         actor_id=actor.user_id)
         return _view(user)
 
 
@@ -196,4 +205,6 @@ def reset_password(ctx: AppContext, actor: Principal, user_id: int, new_password
         user = _load(s, user_id)
         users_q.set_password_hash(s, user.id, hash_password(new_password), actor=actor.username,
                                   actor_id=actor.user_id)
+        sessions_q.end_user_sessions(s, user.id, sessions_q.PASSWORD_RESET, ctx.now(), actor=actor.username,
+                                     actor_id=actor.user_id)
         return _view(user)

@@ -1,4 +1,8 @@
-"""Sign in with a local account, or with single sign-on when the console is configured for it."""
+"""Sign in with a local account, or with single sign-on when the console is configured for it.
+
+Shown at every page's address while signed out; a successful sign-in starts a server-side session whose cookie
+keeps the browser signed in across reloads and new tabs (console/services/sessions.py).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ if state.flash:
 
 if state.principal is None and sso and ui.sso_signed_in():
     try:
-        ui.sign_in(auth.login_sso(ctx, st.user.to_dict()), ctx.now())
+        principal = auth.login_sso(ctx, st.user.to_dict())
+        ui.sign_in(principal, ctx.now(), ui.start_browser_session(principal, method="sso"))
         st.rerun()
     except LoginFailed as exc:
         st.error(str(exc))
@@ -36,7 +41,10 @@ with st.form("login", clear_on_submit=False):
 
 if submitted:
     try:
-        ui.sign_in(auth.login(ctx, username, password, client=ui.client_key()), ctx.now())
+        principal = auth.login(ctx, username, password, client=ui.client_key())
+        # A server-side session and its cookie keep the sign-in across reloads and new tabs; the page's address
+        # stays, so the rerun lands on the page that was opened (a bookmark, a link) if the roles allow it.
+        ui.sign_in(principal, ctx.now(), ui.start_browser_session(principal))
         st.rerun()
     except LoginFailed as exc:
         st.error(str(exc))

@@ -66,7 +66,8 @@ def escape_stream(chunks: Iterable[str]) -> Iterator[str]:
 
 
 _CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
-_CSV_CHECK_FIRST = frozenset("=+-@\t\r\n'")  # cells starting otherwise need no closer look (the common case)
+# Cells starting with anything else need no closer look (the common case); exporters test this before csv_safe.
+CSV_CHECK_FIRST = frozenset("=+-@\t\r\n'")
 
 
 def csv_safe(value: object) -> object:
@@ -75,7 +76,7 @@ def csv_safe(value: object) -> object:
     Text starting with ``= + - @``, a tab, CR or LF gets one ``'`` in front. So that :func:`csv_restore` can undo
     it exactly, text that already starts with quotes followed by one of those (``'=1``) gets one more too.
     """
-    if (isinstance(value, str) and value[:1] in _CSV_CHECK_FIRST
+    if (isinstance(value, str) and value[:1] in CSV_CHECK_FIRST
             and value.lstrip("'").startswith(_CSV_FORMULA_START)):
         return "'" + value
     return value

@@ -137,6 +137,17 @@ def _text(value: str | None) -> str | None:
     return _UNSAFE_TEXT.sub("\ufffd", value) if _UNSAFE_TEXT.search(value) else value
 
 
+_EVENT_KEYS = ("seq", "ts", "actor", "actor_id", "action", "object_type", "object_id", "details", "details_hash",
+               "prev_hash", "hash", "erased_at")
+_EVENT_TEXT_COLUMNS = (2, 4, 5, 6, 7)
+_EVENT_TEXT_KEYS = tuple(_EVENT_KEYS[i] for i in _EVENT_TEXT_COLUMNS)
+
+
+def _has_unsafe_text(rows: Sequence[Any], columns: Sequence[int]) -> bool:
+    """Whether any of these text columns of ``rows`` holds a NUL or a lone surrogate (one search per chunk)."""
+    return bool(_UNSAFE_TEXT.search("\x01".join(row[i] for row in rows for i in columns if row[i] is not None)))
+
+
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -197,20 +208,15 @@ def _event_chunks(session: Session, flt: ExportFilter, size: int, upto: int | No
         if not rows:
             return
         last, full = rows[-1].seq, len(rows) == size
-        chunk = [{
-            "seq": r.seq,
-            "ts": iso_utc(r.ts),
-            "actor": _text(r.actor),
-            "actor_id": r.actor_id,
-            "action": _text(r.action),
-            "object_type": _text(r.object_type),
-            "object_id": _text(r.object_id),
-            "details": _text(r.details) if r.details is not None else "{}",
-            "details_hash": r.details_hash,
-            "prev_hash": r.prev_hash,
-            "hash": r.hash,
-            "erased_at": _iso(r.erased_at),
-        } for r in rows]
+        # Tuple unpacking and zip build the dicts in C; NULs and lone surrogates (rare) are looked for once per chunk.
+        chunk = [dict(zip(_EVENT_KEYS, (
+            seq, iso_utc(ts), actor, actor_id, action, otype, oid, details if details is not None else "{}", dhash,
+            prev, digest, _iso(erased),
+        ), strict=True)) for seq, ts, actor, actor_id, action, otype, oid, details, dhash, prev, digest, erased in rows]
+        if _has_unsafe_text(rows, _EVENT_TEXT_COLUMNS):
+            for row in chunk:
+                for key in _EVENT_TEXT_KEYS:
+                    row[key] = _text(row[key])
         del rows  # hold one chunk at a time: nothing of this one stays referenced while the next is read
         yield chunk
         del chunk

@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import operator
 import os
 import secrets
 import tempfile
@@ -47,7 +48,7 @@ from console.services.access import DutyRule, Principal, ensure_separation, regi
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound, StorageUnavailable
 from console.services.text import clean_text
-from console.textsafe import csv_safe
+from console.textsafe import CSV_CHECK_FIRST, csv_safe
 from db import audit as audit_q
 from db import exports as exports_q
 from db.exports import KINDS, ExportFilter
@@ -246,12 +247,6 @@ class _CsvNull(float):
 _CSV_NULL = _CsvNull()
 
 
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return _CSV_NULL
-    return csv_safe(value)
-
-
 def write_csv(chunks: Chunks, out: Any, cols: dict[str, str]) -> int:
     """CSV (see the module docstring for NULLs and formula neutralisation); returns the rows written."""
     names = list(cols)
@@ -260,10 +255,34 @@ def write_csv(chunks: Chunks, out: Any, cols: dict[str, str]) -> int:
     writer.writerow(names)
     out.write(buf.getvalue().encode("utf-8"))
     rows = 0
+    # Only text can start a formula; NULL (None) becomes an unquoted empty cell in every column.
+    text_columns = [i for i, kind in enumerate(cols.values()) if kind == "str"]
+    other_columns = [i for i, kind in enumerate(cols.values()) if kind != "str"]
+    values_of = operator.itemgetter(*names)
+
+    def lines_of(chunk: list[dict[str, Any]]) -> list[list[Any]]:
+        # A function of its own, so nothing of this chunk stays referenced once its lines are written.
+        lines = []
+        for row in chunk:
+            values = list(values_of(row)) if len(names) > 1 else [row[names[0]]]
+            for i in text_columns:
+                value = values[i]
+                if value is None:
+                    values[i] = _CSV_NULL
+                elif isinstance(value, str) and value[:1] in CSV_CHECK_FIRST:
+                    values[i] = csv_safe(value)
+            for i in other_columns:
+                if values[i] is None:
+                    values[i] = _CSV_NULL
+            lines.append(values)
+        return lines
+
     for chunk in chunks:
         buf.seek(0)
         buf.truncate()
-        writer.writerows([_csv_cell(row[name]) for name in names] for row in chunk)
+        lines = lines_of(chunk)
+        writer.writerows(lines)
+        del lines
         out.write(buf.getvalue().encode("utf-8"))
         rows += len(chunk)
         del chunk  # released before the next chunk is read
@@ -309,7 +328,9 @@ def write_parquet(chunks: Chunks, out: Any, cols: dict[str, str], what: str = ""
         for chunk in chunks:
             if not chunk:
                 continue
-            table = pa.Table.from_pylist(chunk, schema=schema)
+            # Column by column: pyarrow converts each list in C (several times faster than from_pylist on dicts).
+            table = pa.Table.from_arrays([pa.array([row[name] for row in chunk], type=field.type)
+                                          for name, field in zip(schema.names, schema, strict=True)], schema=schema)
             writer.write_table(table, row_group_size=len(chunk))
             rows += len(chunk)
             del chunk, table  # released before the next chunk is read

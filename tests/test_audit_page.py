@@ -159,12 +159,15 @@ def test_opening_an_event_shows_its_details_as_json_and_its_neighbours(app_env, 
 def test_verify_shows_the_verdict_and_the_checkpoint_coverage(app_env, make_user):
     ana = make_user("ana", "analyst")
     _seed(app_env, 3)
-    audit_svc.checkpoint(app_env, "test")
+    cp = audit_svc.checkpoint(app_env, "test")
     at = _page(ana).run()
     at.button(key="audit_verify").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("The chain is intact" in s.value for s in at.success)
-    assert any("signed checkpoints checked" in i.value and "covers events up to" in i.value for i in at.info)
+    assert any("signed checkpoint" in i.value and f"events 1 to {cp.seq} are anchored by the newest" in i.value
+               for i in at.info)
+    # The page's own search was audited after the checkpoint: chained, not yet anchored, and the page says so.
+    assert any(f"Events {cp.seq + 1} to" in c.value and "not yet anchored" in c.value for c in at.caption)
     assert _count(app_env, "audit.verify") == 1
 
 

@@ -186,11 +186,16 @@ if st.button("Verify the hash chain", key="audit_verify", icon=":material/verifi
             where = f" at event {report.first_bad_seq}" if report.first_bad_seq is not None else ""
             st.error(escape_markdown(f"The chain is damaged ({report.kind or 'unknown damage'}){where}: "
                                      f"{report.reason or 'no reason given'}"))
-        covered = (f"the newest valid one covers events up to {report.anchored_seq}"
-                   if report.anchored_seq else "none covers any event yet")
-        st.info(f"{report.checkpoints_checked} signed checkpoints checked; {covered}.")
+        n = report.checkpoints_checked
+        checked = f"{n} signed checkpoint{'' if n == 1 else 's'} checked"
+        if report.anchored_seq:
+            st.info(f"{checked}; events 1 to {report.anchored_seq} are anchored by the newest.")
+        else:
+            st.info(f"{checked}; none covers an event yet.")
         if report.ok and report.anchored_seq < report.checked:
-            st.caption(f"Events after {report.anchored_seq} are chained but not yet covered by a signed checkpoint.")
+            first = report.anchored_seq + 1
+            st.caption(f"Events {first} to {report.checked} are chained but not yet anchored: a checkpoint is signed "
+                       "every minute while the log grows, at every export and at shutdown.")
         for warning in report.warnings:
             st.warning(escape_markdown(warning))
 
@@ -217,9 +222,9 @@ if access.allowed(principal.roles, "audit.export"):
     what = e1.selectbox("What", list(EXPORT_KINDS), format_func=EXPORT_KINDS.get, key="audit_export_what")
     fmt = e2.selectbox("Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get, key="audit_export_format")
     left_out = audit_svc.not_exported(flt, what)
-    st.caption("Uses the filters above (time range, actor, model version"
-               + (", action prefix" if what == "events" else "") + ")."
-               + (f" Not applied to an export: {', '.join(left_out)}." if left_out else ""))
+    st.caption("Uses every filter above." if what == "events" else
+               "Uses the time range, the actor (the exchange's user, or the reviewer) and the model version above."
+               + (f" Not applied to this export: {', '.join(left_out)}." if left_out else ""))
     try:
         spec = audit_svc.export_spec(flt, what, fmt)
     except InvalidInput:  # the search above already says what is wrong with the filter

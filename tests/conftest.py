@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from db import Database, DbConfig
 from engine.host import EngineHost
 from engine.types import HostConfig, ModelSpec
 
@@ -115,3 +119,40 @@ def make_user(ctx):
         return Principal(view.id, view.username, frozenset(view.roles))
 
     return make
+
+
+# --- PostgreSQL (opt-in; scripts/test.sh starts a throwaway cluster when the machine has PostgreSQL) ---------------
+
+POSTGRES_URL = os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
+
+
+@contextmanager
+def postgres_database() -> Iterator[Database]:
+    """A fresh database on the server at ``LLM_CONSOLE_TEST_POSTGRES_URL``, migrated to head, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    assert POSTGRES_URL is not None
+    server = make_url(POSTGRES_URL)
+    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    database = Database(DbConfig(server.set(database=name).render_as_string(hide_password=False)))
+    try:
+        database.migrate()
+        yield database
+    finally:
+        database.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_db() -> Iterator[Database]:
+    """:func:`postgres_database` as a fixture; the test is skipped when no server is configured."""
+    if not POSTGRES_URL:
+        pytest.skip("set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL")
+    with postgres_database() as database:
+        yield database

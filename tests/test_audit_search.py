@@ -3,21 +3,17 @@ searches and opened events are audited, and bad filter input is refused with a c
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from console.services import audit as audit_svc
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, NotFound
-from db import Database, DbConfig
+from db import Database
 from db import audit as audit_q
 from db import audit_queries as aq
 from db import model_versions as versions_q
@@ -276,7 +272,6 @@ def test_a_filter_round_trips_through_its_dict_form(ctx):
 
 # --- the same queries on PostgreSQL (JSON path, JSON as text, LIKE escapes) -----------------------------------------
 
-POSTGRES_URL = os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
 
 
 def _exercise_every_filter(database: Database) -> None:
@@ -318,20 +313,5 @@ def test_every_filter_at_the_database_level(ctx):
     _exercise_every_filter(ctx.db)
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL")
-def test_every_filter_at_the_database_level_on_postgresql():
-    assert POSTGRES_URL is not None
-    server = make_url(POSTGRES_URL)
-    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(DbConfig(server.set(database=name).render_as_string(hide_password=False)))
-    try:
-        database.migrate()
-        _exercise_every_filter(database)
-    finally:
-        database.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_every_filter_at_the_database_level_on_postgresql(pg_db):
+    _exercise_every_filter(pg_db)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
-from db import Database, DbConfig
+from db import Database
 from db.audit import iter_events, verify_chain
 from db.chat import TurnRecord, create_conversation, store_turn
 from db.review.claims import claim_item
@@ -25,6 +23,7 @@ from db.review.decisions import record_decision, record_decisions
 from db.review.items import ReviewStateError, create_review_item
 from db.tables import AuditEvent, ReviewDecision, ReviewItem
 from db.users import create_user
+from tests.conftest import postgres_database
 from tests.test_audit_anchor import (  # noqa: F401 - every kind of damage, the triggers and erasure on PostgreSQL
     anchor,
     test_consistent_forgeries_are_caught_only_by_checkpoints,
@@ -62,22 +61,9 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def db() -> Iterator[Database]:
-    assert SERVER_URL is not None
-    server = make_url(SERVER_URL)
-    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(DbConfig(server.set(database=name).render_as_string(hide_password=False)))
-    try:
-        database.migrate()
+    with postgres_database() as database:
         assert database.current_revision() == database.head_revision()
         yield database
-    finally:
-        database.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 # --- review races on the real server: row locks, taken in one order ----------------------------------------------

@@ -3,16 +3,12 @@ the bulk paths against the per-exchange one, goodput bounds, breaches, and concu
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from db import Database, DbConfig
 from db import chat as chat_q
@@ -348,27 +344,11 @@ def test_slos_are_stored_one_per_metric_and_statistic(db):
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------------------
 
-SERVER_URL = os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
 
 
 @pytest.fixture
-def pg() -> Iterator[Database]:
-    if not SERVER_URL:
-        pytest.skip("set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL")
-    server = make_url(SERVER_URL)
-    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(DbConfig(server.set(database=name).render_as_string(hide_password=False)))
-    try:
-        database.migrate()
-        yield database
-    finally:
-        database.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+def pg(pg_db: Database) -> Database:
+    return pg_db
 
 
 def test_concurrent_upserts_on_postgresql_lose_nothing(pg):

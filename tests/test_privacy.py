@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from console import cli
@@ -235,27 +234,11 @@ def test_a_nul_byte_is_stored_as_a_replacement_character_keeping_offsets_on_sqli
     assert audit_q.verify_chain(ctx.db).ok
 
 
-POSTGRES_URL = os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
 
 
-@pytest.mark.skipif(not POSTGRES_URL, reason="set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL")
-def test_a_nul_byte_is_stored_as_a_replacement_character_on_postgresql():
-    assert POSTGRES_URL is not None
-    server = make_url(POSTGRES_URL)
-    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(DbConfig(server.set(database=name).render_as_string(hide_password=False)))
-    try:
-        db.migrate()
-        assert _store_with_nul(db) == ("hello\ufffd", "be\ufffdbrief")
-        assert audit_q.verify_chain(db).ok
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+def test_a_nul_byte_is_stored_as_a_replacement_character_on_postgresql(pg_db):
+    assert _store_with_nul(pg_db) == ("hello\ufffd", "be\ufffdbrief")
+    assert audit_q.verify_chain(pg_db).ok
 
 
 # --- links in model text are never clickable --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``llm-console bench safety``: latency of the safety scan with the offline defaults."""
+"""``llm-console bench safety``: the time the safety scans add to an exchange, with the offline defaults."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from engine.safety.incremental import StreamingScan
 from engine.safety.pii import PiiConfig
 from engine.safety.runner import ScannerRunner, build_runner
 from engine.safety.toxicity import ToxicityConfig, toxicity_scanner_of
@@ -17,6 +18,9 @@ from engine.safety.toxicity import ToxicityConfig, toxicity_scanner_of
 logger = logging.getLogger(__name__)
 
 TARGET_TOTAL_P95_MS = 50.0
+# The pace the answer streams at in the bench: the demo model's measured output rate on these 2-core machines is
+# about 60 tokens/s (Latency page); a faster model leaves the background scans less time, a slower one more.
+DEFAULT_STREAM_TOKENS_PER_S = 60.0
 
 _WORDS = (
     "the order arrived late and the box was damaged so I would like a refund or a replacement please "
@@ -33,6 +37,33 @@ def sample_text(words: int, *, seed: int, with_pii: bool = True) -> str:
         tokens[words // 3] = "jane.doe@example.com"
         tokens[2 * words // 3] = "+44 20 7946 0958"
     return " ".join(tokens)
+
+
+def sample_answer(words: int, *, seed: int) -> str:
+    """An answer-like text of about ``words`` words: sentences of 8-16 words, an email and a phone number in it."""
+    rng = random.Random(seed)
+    sentences = []
+    count = 0
+    while count < words:
+        n = min(rng.randint(8, 16), max(1, words - count))
+        tokens = [rng.choice(_WORDS) for _ in range(n)]
+        count += n
+        sentences.append(" ".join(tokens).capitalize() + ".")
+    if len(sentences) >= 3:
+        sentences[1] = sentences[1][:-1] + " at jane.doe@example.com."
+        sentences[-2] = sentences[-2][:-1] + " on +44 20 7946 0958."
+    return " ".join(sentences)
+
+
+def stream_pieces(text: str, *, seed: int) -> list[str]:
+    """``text`` cut into token-sized deltas (2-6 characters), as the engine streams them."""
+    rng = random.Random(seed)
+    pieces, pos = [], 0
+    while pos < len(text):
+        step = rng.randint(2, 6)
+        pieces.append(text[pos:pos + step])
+        pos += step
+    return pieces
 
 
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -55,20 +86,45 @@ def _scan_both(runner: ScannerRunner, prompt: str, answer: str) -> None:
     runner.scan(answer)
 
 
+def _streamed_exchange(runner: ScannerRunner, prompt: str, pieces: list[str], pause_s: float) -> dict[str, float]:
+    """One exchange as the chat service scans it: the prompt whole (before the first token), the answer while it
+    streams at ``pause_s`` per delta, then its tail (after the last token). Milliseconds."""
+    began = time.perf_counter()
+    runner.scan(prompt)
+    before = (time.perf_counter() - began) * 1000.0
+    scan = StreamingScan(runner)
+    for piece in pieces:
+        scan.feed(piece)
+        if pause_s:
+            time.sleep(pause_s)
+    began = time.perf_counter()
+    scan.finish()
+    after = (time.perf_counter() - began) * 1000.0
+    return {"before": before, "after": after, "total": before + after, "background": scan.background_ms}
+
+
 def run_safety_bench(
     *,
     iterations: int = 50,
     runner: ScannerRunner | None = None,
     pii_config: PiiConfig | None = None,
     toxicity_config: ToxicityConfig | None = None,
+    stream_tokens_per_s: float = DEFAULT_STREAM_TOKENS_PER_S,
+    stream_iterations: int = 20,
 ) -> dict[str, Any]:
-    """p50/p95 latency per scanner and for a whole prompt+answer scan, on 100-word and 2,000-word texts.
+    """Scan latency as the chat service pays it, per scanner, on 100-word and 2,000-word texts.
 
     Defaults to the offline set-up (Presidio + whichever toxicity scanner loads without a download).
-    ``total_p95_ms`` is the p95 of scanning a 100-word prompt and a 100-word answer.
+    ``total_p95_ms`` is the p95, over ``stream_iterations`` exchanges, of the time scanning adds to one exchange
+    with a 100-word prompt and a 100-word answer: the prompt's scan before the first token plus the answer's tail
+    scan after the last token (the rest of the answer is scanned in the background while it streams at
+    ``stream_tokens_per_s``). ``whole_answer_p95_ms`` is the same exchange with the answer scanned whole at its end
+    (how it was done before), measured in the same run.
     """
-    if iterations < 1:
+    if iterations < 1 or stream_iterations < 1:
         raise ValueError("iterations must be >= 1")
+    if stream_tokens_per_s <= 0:
+        raise ValueError("stream_tokens_per_s must be > 0")
     load_began = time.perf_counter()
     notice = None
     if runner is None:
@@ -99,9 +155,29 @@ def run_safety_bench(
             "output_scan": _percentiles(_time(functools.partial(runner.scan, answer), iterations)),
             "prompt_plus_answer": _percentiles(whole),
         }
-    total = result["sizes"]["100_words"]["prompt_plus_answer"]
+    # The exchange as the chat service scans it: prompt before the first token, answer while it streams.
+    prompt = sample_text(100, seed=1)
+    answer = sample_answer(100, seed=2)
+    pieces = stream_pieces(answer, seed=3)
+    whole = _time(functools.partial(_scan_both, runner, prompt, answer), iterations)
+    _streamed_exchange(runner, prompt, pieces, 0.0)  # warm-up
+    runs = [_streamed_exchange(runner, prompt, pieces, 1.0 / stream_tokens_per_s) for _ in range(stream_iterations)]
+    total = _percentiles([r["total"] for r in runs])
+    result["streamed_100_words"] = {
+        "stream_tokens_per_s": stream_tokens_per_s,
+        "exchanges": stream_iterations,
+        "answer_chars": len(answer),
+        "answer_deltas": len(pieces),
+        "before_first_token": _percentiles([r["before"] for r in runs]),
+        "after_last_token": _percentiles([r["after"] for r in runs]),
+        "background_while_streaming": _percentiles([r["background"] for r in runs]),
+        "whole_answer_at_end": _percentiles(whole),
+    }
     result["total_p50_ms"] = total["p50_ms"]
     result["total_p95_ms"] = total["p95_ms"]
+    result["whole_answer_p95_ms"] = _percentiles(whole)["p95_ms"]
+    result["ratio_to_whole_answer"] = (round(total["p95_ms"] / result["whole_answer_p95_ms"], 3)
+                                       if result["whole_answer_p95_ms"] else None)
     result["target_total_p95_ms"] = TARGET_TOTAL_P95_MS
     result["meets_target"] = total["p95_ms"] <= TARGET_TOTAL_P95_MS
     logger.info("safety bench: total p95 %s ms (target %s ms)", result["total_p95_ms"], TARGET_TOTAL_P95_MS)

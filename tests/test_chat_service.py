@@ -93,7 +93,8 @@ class SuffixStream:
 
     def __iter__(self):
         yield from self.stream
-        yield self.suffix
+        # One delta, or (a list) several: an answer that goes on in pieces of our choosing.
+        yield from [self.suffix] if isinstance(self.suffix, str) else self.suffix
 
     def cancel(self):
         self.stream.cancel()
@@ -707,3 +708,26 @@ def test_a_nul_byte_at_the_end_of_the_prompt_and_of_the_answer_is_not_stored(cha
         [raw] = s.query(RawText).filter_by(exchange_id=ex.id).all()
     assert ex.prompt == "My email is <EMAIL_ADDRESS>" and ex.response == text and "\x00" not in raw.text
     assert audit_q.verify_chain(ctx.db).ok
+
+
+STREAMED_ANSWER = (" Thanks for waiting. Your order shipped today and should arrive on Friday. If it is late, write to "
+                   "jane.doe@example.com and quote your order number. Our returns team will call you on "
+                   "+44 20 7946 0958 tomorrow. Have a nice day!")
+
+
+def test_a_streamed_answer_is_scanned_while_it_streams_and_stored_redacted(chat):
+    ctx, op, spy, use_policy = chat
+    use_policy(_policy(output_rules='[rules.output.EMAIL_ADDRESS]\nthreshold = 0.5\naction = "flag"'))
+    spy.suffix = [STREAMED_ANSWER[i:i + 4] for i in range(0, len(STREAMED_ANSWER), 4)]
+    turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
+    shown = "".join(turn.deltas())
+    assert "jane.doe@example.com" in shown  # streamed as it came (stream_then_scan), judged when complete
+    assert turn._scan.scanned_chars > 0  # finished sentences were scanned before the last token
+    with ctx.db.session() as s:
+        ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
+        output = [(f.label, f.action) for f in safety_q.list_findings(s, ex.id) if f.direction == "output"]
+    assert "jane.doe@example.com" not in ex.response and "7946 0958" not in ex.response
+    assert "<EMAIL_ADDRESS>" in ex.response and ex.response.endswith("tomorrow. Have a nice day!")
+    assert output.count(("EMAIL_ADDRESS", "flag")) == 1  # seen by overlapping segments, reported once
+    assert sum(label == "PHONE_NUMBER" for label, _ in output) == 1
+    assert turn.outcome.output_action == "flag"

@@ -214,12 +214,50 @@ def test_scanners_give_the_same_answers_from_eight_threads(runner):
 
 
 def test_bench_reports_percentiles_per_scanner_and_total(runner):
-    result = run_safety_bench(iterations=3, runner=runner)
+    result = run_safety_bench(iterations=3, runner=runner, **FAST_STREAM)
     assert set(result["sizes"]) == {"100_words", "2000_words"}
     for size in result["sizes"].values():
         assert set(size["per_scanner"]) == {"presidio", "profanity-fallback"}
         assert size["prompt_plus_answer"]["p50_ms"] <= size["prompt_plus_answer"]["p95_ms"]
-    assert result["total_p95_ms"] == result["sizes"]["100_words"]["prompt_plus_answer"]["p95_ms"] > 0
+    streamed = result["streamed_100_words"]
+    assert streamed["exchanges"] == 3 and streamed["answer_deltas"] > 100
+    assert streamed["before_first_token"]["p95_ms"] > 0 and streamed["after_last_token"]["p95_ms"] > 0
+    assert result["total_p95_ms"] <= streamed["before_first_token"]["p95_ms"] + streamed["after_last_token"]["p95_ms"]
+    assert result["total_p95_ms"] > 0 and result["whole_answer_p95_ms"] > 0
+
+
+def test_an_answer_streamed_slowly_leaves_only_its_tail_for_after_the_last_token(runner):
+    from engine.safety.runner import ScannerRunner as Runner
+
+    scanner = CountingScanner()
+    result = run_safety_bench(iterations=1, runner=Runner([scanner]), stream_tokens_per_s=2000, stream_iterations=1)
+    streamed = result["streamed_100_words"]
+    # The tail is scanned once, at most a few sentences: most of the answer was scanned while it streamed.
+    assert scanner.longest_tail < streamed["answer_chars"] / 2
+
+
+# Tests stream the bench's answer fast (the default paces it like the demo model, ~3 s per exchange).
+FAST_STREAM = {"stream_tokens_per_s": 5000, "stream_iterations": 3}
+
+
+class CountingScanner:
+    """A scanner (our own protocol) that finds nothing and remembers the longest text scanned after a pause."""
+
+    name = "counter"
+    version = "test"
+    labels = ()
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    @property
+    def longest_tail(self) -> int:
+        # The bench's streamed exchanges end with the tail scan: the last text of each exchange's answer.
+        return max(len(t) for t in self.texts[-1:])
+
+    def scan(self, text: str) -> tuple[Finding, ...]:
+        self.texts.append(text)
+        return ()
 
 
 class SleepingScanner:
@@ -245,7 +283,7 @@ class SleepingScanner:
 def test_bench_meets_target_exactly_when_the_prompt_plus_answer_p95_is_under_it(scan_seconds, meets):
     # The total scans a prompt and an answer: the slow case takes 1.2x the target per exchange.
     runner = ScannerRunner([SleepingScanner("sleeper", scan_seconds)])
-    result = run_safety_bench(iterations=3, runner=runner)
+    result = run_safety_bench(iterations=3, runner=runner, **FAST_STREAM)
     assert (result["total_p95_ms"] <= TARGET_TOTAL_P95_MS) is meets
     assert result["meets_target"] is meets
 

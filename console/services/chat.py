@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from db.tables import Conversation
     from engine.host import EngineHost
+    from engine.safety.incremental import StreamingScan
     from engine.stream import GenerationStream
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class ChatTurn:
     # The console's own time around the engine's, in ms: scan_before_ms, store_ms (the pending prompt), scan_after_ms.
     overhead: dict[str, float] = field(default_factory=dict)
     _hold: bool = False
+    _scan: StreamingScan | None = None
 
     @property
     def blocked(self) -> bool:
@@ -124,10 +126,14 @@ class ChatTurn:
         parts: list[str] = []
         finished = False
         error: EngineError | None = None
+        # The answer is scanned as it streams (finished sentences, in the background): at its end only the tail is.
+        self._scan = moderation.streaming_scan(self.ctx)
         try:
             for raw in self.stream:
                 delta = clean_text(raw)
                 parts.append(delta)
+                if self._scan is not None:
+                    self._scan.feed(delta)
                 if not self._hold:
                     yield delta
             finished = True
@@ -151,7 +157,7 @@ class ChatTurn:
         result: GenerationResult | None = getattr(self.stream, "result", None)
         # A partial answer (the engine failed or was cut, the user stopped) is judged and redacted like any answer.
         started = time.perf_counter()
-        gate = moderation.check_output(self.ctx, text)
+        gate = moderation.check_output(self.ctx, text, self._scan)
         self.overhead["scan_after_ms"] = (time.perf_counter() - started) * 1000
         shown = gate.text_for_user
         if gate.action == "block":

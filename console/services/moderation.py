@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
     from console.settings import Settings
     from db.database import Database
+    from engine.safety.incremental import StreamingScan
     from engine.safety.policy import Decision, Policy
-    from engine.safety.runner import ScannerRunner
+    from engine.safety.runner import ScannerRunner, ScanReport
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +143,12 @@ def _redact_all(text: str, findings: tuple[Finding, ...], policy: Policy | None 
     return redact(text, policy.stored_redactions(text, pii) if policy is not None else pii)
 
 
-def _gate(ctx: AppContext, direction: str, text: str, source: str = "") -> GateResult:
+def _gate(ctx: AppContext, direction: str, text: str, source: str = "", report: ScanReport | None = None) -> GateResult:
     stack: SafetyStack | None = ctx.safety
     if stack is None or not text:
         return GateResult(direction, text, "allow", text, text, text, source=source)
-    report = stack.runner.scan(text)
+    if report is None:
+        report = stack.runner.scan(text)
     decision: Decision = stack.policy.decide(direction, report.findings)  # type: ignore[arg-type]
     applied = decision.apply(text) if decision.action == "redact" else text
     # Stored text is redacted by default: every PII span is cut, whatever the enforced action.
@@ -177,8 +179,21 @@ def check_system_prompt(ctx: AppContext, text: str) -> GateResult:
     return _gate(ctx, "prompt", text, SYSTEM_PROMPT)
 
 
-def check_output(ctx: AppContext, text: str) -> GateResult:
-    return _gate(ctx, "output", text)
+def check_output(ctx: AppContext, text: str, scan: StreamingScan | None = None) -> GateResult:
+    """The policy's verdict on an answer. ``scan`` is the answer's :func:`streaming_scan`, fed while it streamed:
+    only its tail is scanned now."""
+    return _gate(ctx, "output", text, report=scan.finish(text) if scan is not None else None)
+
+
+def streaming_scan(ctx: AppContext) -> StreamingScan | None:
+    """An output scan to feed while the answer streams (finished sentences are scanned in the background), or
+    None when nothing is scanned (safety off)."""
+    stack: SafetyStack | None = ctx.safety
+    if stack is None:
+        return None
+    from engine.safety.incremental import StreamingScan
+
+    return StreamingScan(stack.runner)
 
 
 def strongest_action(gates: Sequence[GateResult | None]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 _SPACE_RE = re.compile(r"\s")
 # The end of a sentence: . ! ? (repeated) before whitespace, or a line break.
-_SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s)|\n+")
+SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s)|\n+")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     """
     spans = []
     start = 0
-    for m in _SENTENCE_END_RE.finditer(text):
+    for m in SENTENCE_END_RE.finditer(text):
         spans.append((start, m.end()))
         start = m.end()
     spans.append((start, len(text)))

@@ -162,6 +162,7 @@ class DetoxifyScanner:
 
     name = "detoxify"
     kind = DETECTOR_DETOXIFY
+    one_finding_per_label = True  # a whole-text judgement per label (see engine.safety.incremental)
 
     def __init__(self, detoxify_model: DetoxifyModel, *, source: str, batch_size: int = 8) -> None:
         self._model = detoxify_model
@@ -238,6 +239,7 @@ class OfflineToxicityScanner:
 
     name = "tox-block"
     kind = DETECTOR_OFFLINE
+    one_finding_per_label = True  # a whole-text judgement per label (see engine.safety.incremental)
     labels: tuple[str, ...] = OFFLINE_LABELS
 
     def __init__(self, model: ToxBlockModel) -> None:
@@ -298,6 +300,7 @@ class ProfanityFallbackScanner:
 
     name = "profanity-fallback"
     kind = DETECTOR_FALLBACK
+    one_finding_per_label = True  # a whole-text judgement per label (see engine.safety.incremental)
     labels: tuple[str, ...] = (FALLBACK_LABEL,)
 
     def __init__(self) -> None:

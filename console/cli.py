@@ -66,23 +66,31 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     audit_svc.checkpoint(ctx, "init")  # creates the signing key on first use
     print(f"audit checkpoints are signed with {settings.audit_key_file} (owner-only; back it up apart from the "
           f"database) and also written to {settings.audit_checkpoint_file}")
-    if not args.skip_models:
-        from engine.demo import DEMO_VERSIONS
+    from console.services import serving as serving_svc
 
-        print(f"demo models in {settings.models_dir} (built once, then cached)")
-        # The console can start as soon as the version it serves is built; `run` builds the rest in the
-        # background (the Models page shows them as building). --wait-for-all builds every one now.
-        first = settings.default_model if settings.default_model in DEMO_VERSIONS else next(iter(DEMO_VERSIONS))
-        names = None if args.wait_for_all else [first]
-        registered = models_svc.ensure_demo_versions(ctx, progress=_Progress(), names=names)
-        for name in registered:
+    models_svc.record_demo_models_cli(ctx, wanted=not args.skip_models)
+    if args.skip_models:
+        print("demo models: none wanted (`llm-console run` builds none); register and serve your own with "
+              "`llm-console model register` and `llm-console model serve`")
+    elif args.wait_for_all:
+        print(f"building every demo model now in {settings.models_dir} (built once, then cached)")
+        for name in models_svc.ensure_demo_versions(ctx, progress=_Progress()):
             print(f"registered model version {name}")
-        later = [] if args.wait_for_all else models_svc.pending_demo_versions(ctx)
-        if later:
-            print(f"{', '.join(later)}: built in the background once the console runs (`llm-console run`), "
-                  "or now with `llm-console init --wait-for-all`")
-        from console.services import serving as serving_svc
-
+    else:
+        pending = models_svc.pending_demo_versions(ctx)
+        if pending:
+            # Nothing is trained here: `run` builds them in the background while the console starts, so the
+            # console's own start-up (scanners, vLLM) overlaps the training of the version it serves.
+            print(f"demo models: {', '.join(pending)} will be built in the background by `llm-console run` "
+                  f"(cached in {settings.models_dir}; log: {settings.data_dir / models_svc.BUILD_LOG})")
+            served = models_svc.served_demo_version(ctx)
+            if served in pending:
+                print(f"  the console starts at once and serves {served} as soon as it is built (the Chat page "
+                      "says how far it is and opens by itself); the others follow at a lower priority")
+            print("  to build them all now instead, run `llm-console init --wait-for-all`")
+        else:
+            print("demo models: all built and registered")
+    if not args.skip_models:
         production = serving_svc.ensure_production(ctx)
         if production:
             print(f"{production} holds the production alias (the version the console serves)")
@@ -128,11 +136,11 @@ def _check_sso_secrets(*paths: Path) -> None:
 
 
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
-    """The background build `run` starts: build and register the demo versions not registered yet."""
+    """The background build `run` starts: build and register the demo versions not registered yet (the served one
+    first, given production at once; the rest at a lower CPU priority)."""
     from console.services import models as models_svc
 
-    ctx = _services(settings)
-    for name in models_svc.ensure_demo_versions(ctx, progress=_Progress(), names=models_svc.pending_demo_versions(ctx)):
+    for name in models_svc.build_pending_demo_versions(_services(settings), progress=_Progress()):
         print(f"registered model version {name}", flush=True)
     return 0
 
@@ -442,7 +450,8 @@ def cmd_bench_switch(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
     from bench.safety import run_safety_bench
 
-    _print_result(run_safety_bench(iterations=args.iterations), args.json)
+    _print_result(run_safety_bench(iterations=args.iterations, stream_tokens_per_s=args.stream_rate,
+                                   stream_iterations=args.exchanges), args.json)
     return 0
 
 
@@ -524,10 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llm-console", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    s = sub.add_parser("init", help="create the database, build and register the demo models, create the first admin")
-    s.add_argument("--skip-models", action="store_true", help="do not build or register the demo models")
-    s.add_argument("--wait-for-all", action="store_true",
-                   help="build every demo model now (default: only the served one; `run` builds the rest)")
+    s = sub.add_parser("init", help="create the database and the first admin; say whether the demo models are wanted")
+    which = s.add_mutually_exclusive_group()
+    which.add_argument("--skip-models", action="store_true",
+                       help="no demo models: `run` builds none (register and serve your own)")
+    which.add_argument("--wait-for-all", action="store_true",
+                       help="build every demo model now (default: `run` builds them in the background)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("build-demo-models", help=argparse.SUPPRESS)  # started by `run` in the background
@@ -664,9 +675,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--concurrency", type=_positive, default=8)
     s.set_defaults(func=cmd_bench_switch)
-    s = bench.add_parser("safety", help="scanner latency p50/p95")
+    s = bench.add_parser("safety", help="time the safety scans add to an exchange (before the first token, after "
+                                        "the last), p50/p95, and per scanner")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--iterations", type=_positive, default=50)
+    s.add_argument("--iterations", type=_positive, default=50, help="scans per figure (default 50)")
+    s.add_argument("--exchanges", type=_positive, default=20,
+                   help="streamed exchanges for total_p95_ms (default 20; each streams a 100-word answer)")
+    s.add_argument("--stream-rate", type=_positive, default=60,
+                   help="tokens per second the answer streams at (default 60, the demo model's rate here)")
     s.set_defaults(func=cmd_bench_safety)
     s = bench.add_parser("review", help="review queue: first page with filters and claim-next, 100,000 items")
     s.add_argument("--json", action="store_true")

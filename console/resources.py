@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -68,13 +71,24 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
         return None
     config = HostConfig(kv_cache_gib=cfg.kv_cache_gib, drain_timeout_s=cfg.drain_seconds)
     name = serving.desired_state(ctx).version
+    nothing_to_load = False
     try:
         host = EngineHost.start(serving.loadable_spec(ctx, name), config, wait=False)
-    except ConsoleError:
-        # Serve nothing for now; the reconciler still runs, so serving another version starts it.
-        logger.exception("cannot serve the desired model version %s", name)
+    except ConsoleError as exc:
+        # Serve nothing for now; the reconciler still runs, so serving another version starts it (or the
+        # background demo build giving its first version the production alias).
+        logger.warning("cannot serve the desired model version %s yet: %s", name, exc)
         host = EngineHost(config)
-    reconciler = serving.Reconciler(ctx, host, interval_s=cfg.reconcile_seconds).start()
+        nothing_to_load = True
+    reconciler = serving.Reconciler(ctx, host, interval_s=cfg.reconcile_seconds)
+    if nothing_to_load:
+        # Import vLLM now, while the served version is still being built, not when it is ready; the reconciler
+        # starts after it, so the engine's own import never runs beside this one (concurrent imports of one
+        # package can deadlock).
+        threading.Thread(target=_import_vllm_then, args=(reconciler.start,), name="vllm-import",
+                         daemon=True).start()
+    else:
+        reconciler.start()
     from console.services import health, telemetry
 
     atexit.register(health.HealthSampler(ctx, host, interval_s=cfg.health_sample_seconds).start().stop)
@@ -83,6 +97,19 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     atexit.register(host.shutdown)
     atexit.register(reconciler.stop)
     return host
+
+
+def _import_vllm_then(then: Callable[[], object]) -> None:
+    """Import the vLLM modules an engine needs (tens of seconds on a busy CPU), then call ``then``."""
+    started = time.monotonic()
+    try:
+        import vllm  # noqa: F401
+        import vllm.engine.arg_utils  # noqa: F401
+        import vllm.v1.engine.llm_engine  # noqa: F401
+        logger.info("vLLM imported ahead of the first model in %.1f s", time.monotonic() - started)
+    except Exception:  # the engine reports its own failure when it loads a model
+        logger.exception("importing vLLM ahead of the first model failed")
+    then()
 
 
 @st.cache_resource(show_spinner=False)

@@ -94,15 +94,16 @@ class EngineHost:
 
     def status(self) -> HostStatus:
         """The host's state, model version, a human message and loading progress (0..1)."""
-        worker = self._worker
-        if self._closed or worker is None:
+        # While a switch loads the new engine, report its progress (the old one is draining or stopped, or the
+        # host served nothing before: its first version is loading).
+        loading = self._loading
+        current = loading if loading is not None else self._worker
+        if self._closed or current is None:
             return HostStatus(
                 "stopped", None, "The engine host is shut down." if self._closed else "No model loaded."
             )
         target = self._switching_to
-        loading = self._loading
-        # While a switch loads the new engine, report its progress (the old one is draining or stopped).
-        status = loading.status() if loading is not None else worker.status()
+        status = current.status()
         if target is not None:
             status = dataclasses.replace(status, switching_to=target.name)
         return status

@@ -156,3 +156,15 @@ def pg_db() -> Iterator[Database]:
         pytest.skip("set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL")
     with postgres_database() as database:
         yield database
+
+
+@pytest.fixture(scope="session")
+def offline_scanner():
+    """The offline toxicity model where set-up puts it (scripts/setup.sh runs the same `prepare` when it is missing)."""
+    from engine.safety import offline_model as om
+    from engine.safety.toxicity import OfflineToxicityScanner, ToxicityConfig, load_toxicity
+
+    om.prepare()
+    load = load_toxicity(ToxicityConfig(allow_download=False))
+    assert isinstance(load.scanner, OfflineToxicityScanner), load.notice
+    return load.scanner

@@ -172,6 +172,60 @@ def test_run_refuses_to_start_with_sso_and_a_weak_cookie_secret(env, monkeypatch
         assert len(err) == 1 and err[0].startswith("llm-console: error: Single sign-on is configured")
 
 
+def _ctx():
+    from console.services.context import AppContext
+    from console.settings import Settings
+    from db.config import DbConfig
+    from db.database import Database
+
+    settings = Settings.from_env()
+    return AppContext(settings, Database(DbConfig(settings.database_url)))
+
+
+class _Popen:
+    """Records the background build `run` would start instead of training a real demo model."""
+
+    started: list[list[str]] = []
+
+    def __init__(self, command, **kwargs):
+        _Popen.started.append(list(command))
+        self.pid = 2**22 + 4321  # no such process
+
+
+@pytest.mark.parametrize("flags,wanted,builds", [
+    ([], True, ["support-demo-v1", "support-demo-v2"]),
+    (["--skip-models"], False, []),
+], ids=["default", "skip-models"])
+def test_init_trains_nothing_records_whether_the_demo_models_are_wanted_and_run_builds_them(
+        env, monkeypatch, capsys, flags, wanted, builds):
+    from console.services import models as models_svc
+
+    assert cli.main(["init", *flags]) == 0
+    out = capsys.readouterr().out
+    assert not (env / "models").exists() or not any((env / "models").iterdir())  # nothing trained in init
+    assert models_svc.demo_models_wanted(_ctx()) is wanted
+    if wanted:
+        assert "will be built in the background by `llm-console run`" in out
+        assert "serves support-demo-v1 as soon as it is built" in out and "--wait-for-all" in out
+    else:
+        assert "none wanted" in out
+    _Popen.started = []
+    monkeypatch.setattr(models_svc.subprocess, "Popen", _Popen)
+    _start_console(monkeypatch, env, None)
+    with pytest.raises(_Started):
+        cli.main(["run"])
+    out = capsys.readouterr().out
+    assert [c[-1] for c in _Popen.started] == (["build-demo-models"] if builds else [])
+    assert [v.name for v in models_svc.demo_build_status_cli(_ctx())] == builds
+    assert ("building support-demo-v1, support-demo-v2 in the background" in out) is bool(builds)
+
+
+def test_init_refuses_skip_models_with_wait_for_all(env, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["init", "--skip-models", "--wait-for-all"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
 def test_model_register_and_list(env, tiny_model_dir, capsys):
     # A real model directory: registering reads its config.
     assert cli.main(["model", "register", "local-v1", str(tiny_model_dir), "--max-model-len", "2048",

@@ -503,7 +503,7 @@ with open(gate) as handle:  # blocks until the test opens the gate for writing
     handle.read()
 settings = Settings.from_env(env)
 ctx = AppContext(settings, Database(DbConfig(url=settings.database_url)))
-models.ensure_demo_versions(ctx, names=models.pending_demo_versions(ctx, BG_RECIPES), recipes=BG_RECIPES)
+models.build_pending_demo_versions(ctx, recipes=BG_RECIPES)  # what `llm-console build-demo-models` runs
 """
 
 
@@ -532,6 +532,89 @@ def test_run_starts_a_background_child_that_builds_and_registers_the_pending_ver
     assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
     assert "bg-demo-v2" in {v.name for v in models_svc.list_versions(ctx, admin)}
     assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == []  # nothing left to build
+
+
+def test_run_builds_nothing_when_init_skipped_the_demo_models_or_never_said(ctx):
+    from console.services import models as models_svc
+
+    assert models_svc.demo_models_wanted(ctx) is None  # an installation from before init recorded it
+    assert models_svc.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []
+    assert models_svc.record_demo_models_cli(ctx, wanted=False) is True
+    assert models_svc.demo_models_wanted(ctx) is False
+    assert models_svc.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []
+    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []  # no status file: nothing shows as building
+
+
+def test_recording_the_same_answer_again_changes_and_audits_nothing(ctx):
+    from console.services import models as models_svc
+    from db import audit as audit_q
+
+    assert models_svc.record_demo_models_cli(ctx, wanted=True) is True
+    assert models_svc.record_demo_models_cli(ctx, wanted=True) is False
+    with ctx.db.session() as s:
+        events = [e.details for e in audit_q.iter_events(s, action="state.set")]
+    assert events == [{"key": "demo_models", "before": None, "after": "wanted"}]
+
+
+def test_run_builds_every_wanted_demo_version_in_the_background_and_serves_the_first(ctx, make_user, tmp_path):
+    import os
+    import sys
+
+    from console.services import models as models_svc
+    from console.services import serving
+    from tests.conftest import console_env
+
+    admin = _admin(make_user)
+    ctx.settings = dataclasses.replace(ctx.settings, default_model="bg-demo-v1")
+    models_svc.record_demo_models_cli(ctx, wanted=True)  # `llm-console init` without flags
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    env = console_env(tmp_path, LLM_CONSOLE_DEFAULT_MODEL="bg-demo-v1")
+    command = [sys.executable, "-c", _CHILD, json.dumps(env), str(gate)]
+    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == ["bg-demo-v1", "bg-demo-v2"]
+    views = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    assert [(v.name, v.state) for v in views] == [("bg-demo-v1", "building"), ("bg-demo-v2", "building")]
+    assert views[0].log == ctx.settings.data_dir / models_svc.BUILD_LOG
+    with open(gate, "w") as handle:  # let the child run
+        handle.write("go")
+    _, status = os.waitpid(views[0].pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, (ctx.settings.data_dir / models_svc.BUILD_LOG).read_text()
+    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
+    assert {"bg-demo-v1", "bg-demo-v2"} <= {v.name for v in models_svc.list_versions(ctx, admin)}
+    desired = serving.desired_state(ctx)
+    assert (desired.version, desired.move_id is not None) == ("bg-demo-v1", True)  # the child gave it production
+
+
+def test_the_build_serves_the_first_version_before_training_the_next_at_a_lower_priority(ctx, monkeypatch):
+    import os
+
+    from console.services import models as models_svc
+    from console.services import serving
+    from db import model_versions as versions_q
+
+    ctx.settings = dataclasses.replace(ctx.settings, default_model="bg-demo-v1")
+    events: list[tuple[str, object]] = []
+    monkeypatch.setattr(os, "nice", lambda increment: events.append(("nice", increment)) or 0)
+
+    def production() -> str | None:
+        with ctx.db.session(readonly=True) as s:
+            holder = versions_q.version_for_alias(s, "production")
+            return None if holder is None else holder.name
+
+    def progress(message: str, fraction: float) -> None:
+        if message.startswith("training bg-demo-v2: step"):
+            events.append(("training v2", production()))
+        elif message.startswith("training bg-demo-v1: step"):
+            events.append(("training v1", None))
+
+    assert models_svc.build_pending_demo_versions(ctx, progress, recipes=BG_RECIPES) == ["bg-demo-v1", "bg-demo-v2"]
+    v1_steps = [e for e in events if e[0] == "training v1"]
+    assert v1_steps and events.index(v1_steps[-1]) < events.index(("nice", models_svc.BACKGROUND_NICENESS))
+    assert events.count(("nice", models_svc.BACKGROUND_NICENESS)) == 1  # lowered once, after v1, before v2
+    v2_steps = [e for e in events if e[0] == "training v2"]
+    assert v2_steps and events.index(v2_steps[0]) > events.index(("nice", models_svc.BACKGROUND_NICENESS))
+    assert {who for _, who in v2_steps} == {"bg-demo-v1"}  # production already held by v1 while v2 trained
+    assert serving.desired_state(ctx).move_id is not None
 
 
 def test_a_build_whose_process_is_gone_shows_as_interrupted(ctx):

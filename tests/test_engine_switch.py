@@ -17,7 +17,7 @@ import pytest
 from engine import worker as worker_module
 from engine.errors import EngineError, ModelLoadError
 from engine.host import EngineHost
-from engine.types import ChatMessage, GenerationResult, HostConfig, ModelSpec, SamplingSettings
+from engine.types import ChatMessage, GenerationResult, HostConfig, HostStatus, ModelSpec, SamplingSettings
 
 HELLO = [ChatMessage("user", "Where is my order?")]
 
@@ -148,6 +148,53 @@ def _status_seen_during(host: EngineHost, action: threading.Thread) -> Iterator[
     while action.is_alive():
         yield host.status().switching_to
         time.sleep(0.01)
+
+
+class _GatedWorker:
+    """A stand-in engine (at the host's own seam, ``_launch``) whose load ends when the test releases it."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.settled = self  # the host waits on ``settled.wait()``
+        self.reached, self.release = threading.Event(), threading.Event()
+        self.ready = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.reached.set()
+        self.release.wait(60)
+        self.ready = True
+        return True
+
+    def status(self) -> HostStatus:
+        if self.ready:
+            return HostStatus("ready", self.spec.name, "ready")
+        return HostStatus("loading", self.spec.name, "loading weights", progress=0.5)
+
+    def accepts(self) -> bool:
+        return self.ready
+
+    def stop(self, **kwargs: object) -> None:
+        pass
+
+
+def test_a_host_that_served_nothing_reports_its_first_version_loading_not_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    host = EngineHost(HostConfig())
+    assert (host.status().state, host.status().model_version) == ("stopped", None)
+    worker = _GatedWorker(ModelSpec(name="first", source="/nowhere"))
+    monkeypatch.setattr(host, "_launch", lambda spec: worker)
+    switching = threading.Thread(target=host.switch, args=(worker.spec,))
+    switching.start()
+    try:
+        assert worker.reached.wait(60)
+        status = host.status()
+        assert (status.state, status.model_version, status.switching_to, status.progress) == (
+            "loading", "first", "first", 0.5)
+    finally:
+        worker.release.set()
+        switching.join(60)
+    assert (host.status().state, host.status().model_version, host.status().switching_to) == ("ready", "first", None)
+    host.shutdown()
 
 
 def test_status_names_the_target_while_a_switch_is_under_way(two_versions: tuple[ModelSpec, ModelSpec]) -> None:

@@ -168,6 +168,64 @@ def test_the_chat_page_without_a_served_model_says_so_and_names_no_missing_contr
     assert at.chat_input(key="chat_prompt").disabled
 
 
+def _demo_build_status(ctx, **fields) -> None:
+    import json
+    import os
+
+    ctx.settings.models_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.settings.models_dir / ".support-demo-v1.status.json").write_text(json.dumps(
+        {"name": "support-demo-v1", "pid": os.getpid(), "started_at": 0, **fields}))
+
+
+@pytest.mark.parametrize("host", [None, HostStatus("stopped", None, "No model loaded.")], ids=["no-host", "empty-host"])
+def test_the_chat_page_says_the_served_version_is_being_built_and_opens_when_it_is_served(
+        app_env, make_user, monkeypatch, host):
+    _demo_build_status(app_env, state="building", fraction=0.45,
+                       message="training support-demo-v1: step 180 of 400, loss 1.234")
+    _serve(monkeypatch, host)
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [i.value for i in at.info] == [
+        "support\\-demo\\-v1 is being built: 45% (training step 180 of 400). The chat opens by itself when it is "
+        "ready; nothing to do."]
+    assert [b.proto.value for b in at.get("progress")] == [45]
+    assert at.warning == [] and at.error == [] and at.chat_input(key="chat_prompt").disabled
+
+    # The build registers it and the console serves it: the page shows the model and the input opens.
+    (app_env.settings.models_dir / ".support-demo-v1.status.json").unlink()
+    _serve(monkeypatch, HostStatus("ready", "support-demo-v1", "ready"))
+    at.run()
+    assert not at.exception
+    assert not any("being built" in i.value for i in at.info) and not at.chat_input(key="chat_prompt").disabled
+
+
+def test_the_chat_page_says_when_the_served_versions_build_failed_and_names_its_log(app_env, make_user, monkeypatch):
+    _demo_build_status(app_env, state="failed", fraction=0.0, message="DemoBuildError: disk full")
+    _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert not at.exception
+    [shown] = [e.value for e in at.error]
+    assert "failed" in shown and "disk full" in shown
+    assert f"`{app_env.settings.data_dir / 'demo-build.log'}`" in shown
+    assert at.chat_input(key="chat_prompt").disabled
+
+
+def test_the_chat_page_says_when_the_served_versions_build_stopped(app_env, make_user, monkeypatch):
+    _demo_build_status(app_env, state="building", fraction=0.3, message="training", pid=2**22 + 12345)
+    _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert not at.exception
+    [shown] = [w.value for w in at.warning]
+    assert "stopped at 30%" in shown and "llm-console run" in shown
+    assert at.chat_input(key="chat_prompt").disabled
+
+
 @pytest.mark.parametrize("state", ["failed", "dead"])
 def test_the_chat_page_shows_why_the_model_cannot_answer(app_env, make_user, monkeypatch, state):
     _serve(monkeypatch, HostStatus(state, "tiny-v2", "tiny-v2 failed to load", error="out of memory"))

@@ -8,13 +8,11 @@ import threading
 
 import pytest
 
-from engine.safety import offline_model as om
 from engine.safety.base import Finding
 from engine.safety.incremental import StreamingScan, merge_findings
 from engine.safety.pii import PresidioScanner
 from engine.safety.policy import Policy
 from engine.safety.runner import ScannerRunner
-from engine.safety.toxicity import OfflineToxicityScanner, ToxicityConfig, load_toxicity
 
 # Realistic answers: several sentences, personal data early and late, entities next to sentence ends.
 ANSWERS = [
@@ -37,16 +35,8 @@ def presidio():
 
 
 @pytest.fixture(scope="module")
-def offline_tox():
-    om.prepare()
-    load = load_toxicity(ToxicityConfig(allow_download=False))
-    assert isinstance(load.scanner, OfflineToxicityScanner), load.notice
-    return load.scanner
-
-
-@pytest.fixture(scope="module")
-def runner(presidio, offline_tox):
-    return ScannerRunner([presidio, offline_tox])
+def runner(presidio, offline_scanner):
+    return ScannerRunner([presidio, offline_scanner])
 
 
 def _stream(runner, text, *, seed=0, wait=True, **kwargs):
@@ -97,12 +87,12 @@ def test_a_finding_seen_by_two_overlapping_segments_is_reported_once(runner):
     assert len(spans) == len(set(spans))
 
 
-def test_toxicity_keeps_one_finding_per_label_with_the_whole_texts_scores(runner, offline_tox):
+def test_toxicity_keeps_one_finding_per_label_with_the_whole_texts_scores(runner, offline_scanner):
     text = ("Thanks for the update on the delivery. I will find you and hurt you if the parcel is late again. "
             "The tracking page says it is in the depot. Please check the label.")
-    whole = {f.label: f for f in offline_tox.scan(text)}
+    whole = {f.label: f for f in offline_scanner.scan(text)}
     report = _stream(runner, text, seed=1).finish(text)
-    streamed = [f for f in report.findings if f.detector == offline_tox.name]
+    streamed = [f for f in report.findings if f.detector == offline_scanner.name]
     assert sorted(f.label for f in streamed) == sorted(whole)  # one per label
     for f in streamed:
         # The offline model scores sentence by sentence: segments cut at sentence ends give the same maximum.

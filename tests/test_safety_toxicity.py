@@ -215,15 +215,6 @@ def test_token_chunks_respect_the_token_limit():
 
 
 @pytest.fixture(scope="module")
-def offline_scanner():
-    """The offline model where set-up puts it (scripts/setup.sh runs the same `prepare` when it is missing)."""
-    om.prepare()
-    load = load_toxicity(ToxicityConfig(allow_download=False))
-    assert isinstance(load.scanner, OfflineToxicityScanner), load.notice
-    return load.scanner
-
-
-@pytest.fixture(scope="module")
 def default_policy():
     return Policy.load()
 

@@ -134,6 +134,33 @@ def test_aliases_move_and_a_retired_version_cannot_be_served(ctx, versions, make
         serving.serve(ctx, admin, "tiny-b", "again")
 
 
+class _EmptyHost:
+    """A stand-in host that serves nothing yet and records the versions it is asked to switch to."""
+
+    def __init__(self) -> None:
+        self.switched: list[str] = []
+
+    def status(self) -> HostStatus:
+        name = self.switched[-1] if self.switched else None
+        return HostStatus("ready" if name else "stopped", name, "No model loaded." if name is None else "ready")
+
+    def switch(self, spec: ModelSpec) -> None:
+        self.switched.append(spec.name)
+
+
+def test_reconciler_waits_quietly_for_the_default_version_until_it_is_registered_and_served(
+    ctx, tiny_model_dir: Path  # noqa: ANN001
+) -> None:
+    host = _EmptyHost()
+    reconciler = serving.Reconciler(ctx, host)  # type: ignore[arg-type]
+    assert reconciler.run_once() is None  # support-demo-v1 is still being built: nothing to switch to, no failure
+    assert _events(ctx, "model.switch_failed") == [] and serving.last_switch_problem(ctx) is None
+    _register(ctx, ctx.settings.default_model, tiny_model_dir)  # the background build registers it ...
+    assert serving.ensure_production(ctx) == ctx.settings.default_model  # ... and gives it production
+    outcome = reconciler.run_once()
+    assert outcome is not None and outcome.ok and host.switched == [ctx.settings.default_model]
+
+
 HELLO = [ChatMessage("user", "hi")]
 
 

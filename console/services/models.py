@@ -19,6 +19,7 @@ from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput
 from db import model_versions as model_versions_q
+from db import state as state_q
 from engine.fingerprint import fingerprint_dir
 
 if TYPE_CHECKING:
@@ -211,13 +212,17 @@ def list_versions(ctx: AppContext, actor: Principal) -> list[ModelVersionView]:
 
 # ---------------------------------------------------------------- demo versions: built at set-up or in the background
 #
-# ``llm-console init`` builds and registers only the first demo version (the one the console serves), so the
-# console can start within minutes; ``llm-console run`` then builds the others in a child process
-# (``start_background_demo_build``) and registers each when it is done. While a version builds, its progress is
-# in ``<models_dir>/.<name>.status.json`` (written by the building process, read by ``demo_build_status``), which
-# the Models page shows as "building".
+# ``llm-console init`` only records whether the demo versions are wanted (app state ``demo_models``); it trains
+# nothing unless ``--wait-for-all``. ``llm-console run`` then builds every pending one in a child process
+# (``start_background_demo_build`` starting ``build_pending_demo_versions``) while the console starts: the one it
+# serves first, at normal priority, given the production alias as soon as it is registered (the running console
+# loads it within seconds), then the others at a lower CPU priority. While a version builds, its progress is in
+# ``<models_dir>/.<name>.status.json`` (written by the building process, read by ``demo_build_status``), which the
+# Models page shows as "building" and the Chat page as "being built" for the version it is waiting for.
 
 BUILD_LOG = "demo-build.log"
+DEMO_MODELS_KEY = "demo_models"  # app state: "wanted" (init) or "skipped" (init --skip-models)
+BACKGROUND_NICENESS = 10  # added to the build's CPU niceness once the served version is built
 
 
 @dataclass(frozen=True)
@@ -231,6 +236,7 @@ class DemoBuildView:
     started_at: datetime | None
     updated_at: datetime | None
     pid: int | None = None
+    log: Path | None = None  # the build's output (<data_dir>/demo-build.log)
 
 
 def _demo_recipes(recipes: Mapping[str, DemoRecipe] | None) -> Mapping[str, DemoRecipe]:
@@ -341,19 +347,93 @@ def _name_registered(ctx: AppContext, name: str) -> bool:
         return model_versions_q.get_model_version_by_name(s, name) is not None
 
 
+def record_demo_models_cli(ctx: AppContext, wanted: bool) -> bool:
+    """Record whether this installation wants the demo versions (``init``: yes; ``init --skip-models``: no).
+
+    ``llm-console run`` builds them in the background when they are wanted. Audited (``state.set``) only when the
+    answer changes; returns whether it did (the shell user is trusted, as with ``init``).
+    """
+    value = "wanted" if wanted else "skipped"
+    with ctx.db.session() as s:
+        if state_q.get_state(s, DEMO_MODELS_KEY) == value:
+            return False
+        state_q.set_state(s, DEMO_MODELS_KEY, value, actor="cli")
+    return True
+
+
+def demo_models_wanted(ctx: AppContext) -> bool | None:
+    """True when ``init`` recorded that the demo versions are wanted, False when skipped, None if never recorded
+    (an installation set up before ``init`` recorded it)."""
+    with ctx.db.session(readonly=True) as s:
+        value = state_q.get_state(s, DEMO_MODELS_KEY)
+    return None if value is None else value == "wanted"
+
+
+def served_demo_version(ctx: AppContext, recipes: Mapping[str, DemoRecipe] | None = None) -> str | None:
+    """The demo version the console serves first: the configured default if it is one, else the first."""
+    all_recipes = _demo_recipes(recipes)
+    if ctx.settings.default_model in all_recipes:
+        return ctx.settings.default_model
+    return next(iter(all_recipes), None)
+
+
+def _lower_priority(increment: int) -> None:
+    try:
+        os.nice(increment)
+    except OSError as exc:  # not allowed here: build at the same priority, slower pages but the same model
+        logger.warning("could not lower the demo build's CPU priority: %s", exc)
+
+
+def build_pending_demo_versions(
+    ctx: AppContext,
+    progress: Callable[[str, float], None] | None = None,
+    *,
+    recipes: Mapping[str, DemoRecipe] | None = None,
+    niceness: int = BACKGROUND_NICENESS,
+) -> list[str]:
+    """Build and register every pending demo version: what ``llm-console run``'s background child does.
+
+    The version the console serves (``served_demo_version``) comes first, at normal CPU priority: it is the way
+    to the first answer. As soon as it is registered it gets the production alias unless a version holds it
+    (``serving.ensure_production``), so running consoles load it within seconds. Before building any other
+    version this process lowers its own CPU priority by ``niceness`` (``os.nice``), so the serving console
+    (pages, chats, the engine) wins the cores over that training. Returns the versions registered, in order.
+    """
+    from console.services import serving
+
+    all_recipes = _demo_recipes(recipes)
+    served = served_demo_version(ctx, all_recipes)
+    registered: list[str] = []
+    lowered = False
+    for name in sorted(pending_demo_versions(ctx, all_recipes), key=lambda n: n != served):  # stable sort
+        if name != served and not lowered:
+            _lower_priority(niceness)
+            lowered = True
+        registered += ensure_demo_versions(ctx, progress, names=[name], recipes=all_recipes)
+        if name == served:
+            production = serving.ensure_production(ctx)
+            if production:
+                logger.info("%s holds the production alias", production)
+    return registered
+
+
 def start_background_demo_build(ctx: AppContext, command: Sequence[str],
                                 recipes: Mapping[str, DemoRecipe] | None = None) -> list[str]:
-    """Start ``command`` (a process that runs ``ensure_demo_versions``) for the demo versions not registered yet.
+    """Start ``command`` (a process that runs ``build_pending_demo_versions``) for the demo versions not
+    registered yet.
 
-    Only when the first demo version is registered (``init`` built it; ``init --skip-models`` wants none) and
-    no other process is building them already. The child's output goes to ``<data_dir>/demo-build.log``; each
-    pending version's status file says "building" from now on, so the Models page shows it at once. Returns the
-    versions the child builds (empty when nothing was started).
+    Only when the demo versions are wanted (``init`` recorded it) or the first one is registered (an
+    installation whose ``init`` built it), never after ``init --skip-models`` on an installation without
+    them, and only if no other process is building them already. The child's output goes to
+    ``<data_dir>/demo-build.log``; each pending version's status file says "building" from now on, so the Models
+    and Chat pages show it at once. Returns the versions the child builds (empty when nothing was started).
     """
     all_recipes = _demo_recipes(recipes)
     pending = pending_demo_versions(ctx, all_recipes)
     first = next(iter(all_recipes), None)
-    if not pending or first is None or first in pending:
+    if not pending or first is None:
+        return []
+    if first in pending and not demo_models_wanted(ctx):
         return []
     if any(_alive((_read_status(_status_path(ctx, n)) or {}).get("pid")) for n in pending):
         return []  # another console's build is still running (the build lock would make this one wait)
@@ -391,6 +471,7 @@ def demo_build_status_cli(ctx: AppContext, recipes: Mapping[str, DemoRecipe] | N
             message=str(data.get("message") or ""), started_at=_when(data.get("started_at")),
             updated_at=_when(data.get("updated_at")),
             pid=data.get("pid") if isinstance(data.get("pid"), int) else None,
+            log=ctx.settings.data_dir / BUILD_LOG,
         ))
     return views
 
@@ -399,3 +480,13 @@ def demo_build_status_cli(ctx: AppContext, recipes: Mapping[str, DemoRecipe] | N
 def demo_build_status(ctx: AppContext, actor: Principal) -> list[DemoBuildView]:
     """Demo versions still being built in the background (or whose build stopped), for the Models page."""
     return demo_build_status_cli(ctx)
+
+
+@requires("chat.use")
+def served_version_build(ctx: AppContext, actor: Principal) -> DemoBuildView | None:
+    """The build of the version the console is to serve while it is not registered yet (building, failed or
+    interrupted), for the Chat page; None when that version is not a demo version with a build under way."""
+    from console.services import serving
+
+    wanted = serving.desired_state(ctx).version
+    return next((b for b in demo_build_status_cli(ctx) if b.name == wanted), None)

@@ -389,7 +389,13 @@ class Reconciler(PeriodicTask):
                 return None
             if self._failed == (desired.version, desired.move_id):
                 return None
+            if desired.move_id is None and not self._registered(desired.version):
+                return None  # only the configured default, not registered (yet: e.g. the demo build is under way)
             return self._switch(desired, status.model_version)
+
+    def _registered(self, name: str) -> bool:
+        with self.ctx.db.session(readonly=True) as s:
+            return versions_q.get_model_version_by_name(s, name) is not None
 
     def _audit(self, action: str, details: dict[str, Any]) -> None:
         with self.ctx.db.session() as s:

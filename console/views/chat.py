@@ -9,6 +9,7 @@ import streamlit as st
 
 from console import ui
 from console.services import chat as chat_svc
+from console.services import models as models_svc
 from console.services import serving as serving_svc
 from console.services.chat import ExchangeView
 from console.textsafe import escape_markdown, escape_stream
@@ -149,8 +150,38 @@ if page_state.notice:
 # --- what is served ---------------------------------------------------------------------------------------------
 
 
+_STEP = re.compile(r"\bstep (\d+) of (\d+)")
+
+
+def _show_build(build: models_svc.DemoBuildView) -> None:
+    """The version the console is to serve is still being built (``llm-console run`` builds it in the background)."""
+    name = escape_markdown(build.name)
+    if build.state == "building":
+        step = _STEP.search(build.message)
+        detail = f"training step {step[1]} of {step[2]}" if step else build.message
+        st.info(f"{name} is being built: {build.fraction:.0%} ({escape_markdown(detail)}). The chat opens by itself "
+                "when it is ready; nothing to do.")
+        st.progress(build.fraction)
+    elif build.state == "failed":
+        st.error(f"Building {name} failed: {escape_markdown(build.message)}. The chat opens once it is built; "
+                 f"the build's log is `{str(build.log or models_svc.BUILD_LOG).replace('`', '')}`. Ask an admin: "
+                 "starting the console again (`llm-console run`) retries the build.")
+    else:
+        st.warning(f"Building {name} stopped at {build.fraction:.0%}: its process is gone. Ask an admin: starting "
+                   "the console again (`llm-console run`) continues it.")
+
+
 def _show_serving(serving: serving_svc.ServingView) -> None:
     model = escape_markdown(serving.model_version or "?")
+    if serving.model_version is None and serving.state in ("none", "stopped"):  # nothing loaded yet
+        build = ui.call(models_svc.served_version_build, ctx, principal)
+        if build is not None:
+            _show_build(build)
+        elif serving.state == "none":
+            st.warning("No model is being served; ask an admin.")
+        else:
+            st.error(f"{escape_markdown(serving.message)} Chat is paused; ask an admin.")
+        return
     if serving.state == "switching":
         st.info(f"Switching to {escape_markdown(serving.switching_to or '?')}: messages sent now are answered "
                 "as soon as it is ready.")
@@ -165,9 +196,9 @@ def _show_serving(serving: serving_svc.ServingView) -> None:
 
 serving = serving_svc.serving_status(ctx)
 page_state.engine_was_ready = serving.ready
-if serving.state == "none":
+if serving.state == "none" and ui.call(models_svc.served_version_build, ctx, principal) is None:
     st.warning("No model is being served; ask an admin.")
-else:
+else:  # refreshed every 2 s: loading progress, or the served version's build until the model is up
 
     @st.fragment(run_every=2)
     def _serving_status() -> None:

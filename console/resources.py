@@ -100,7 +100,17 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
 
 
 def _import_vllm_then(then: Callable[[], object]) -> None:
-    """Import the vLLM modules an engine needs (tens of seconds on a busy CPU), then call ``then``."""
+    """Import the vLLM modules an engine needs (tens of seconds on a busy CPU), then call ``then``.
+
+    It waits for the safety scanners' load first: that imports transformers too (for Detoxify), and transformers'
+    lazy module is not safe to import from two threads at once. Both together take well under v1's training time.
+    """
+    loading = safety_loader()
+    if loading is not None:
+        try:
+            loading.result(timeout=300)
+        except Exception:  # noqa: BLE001 - the page reports a failed scanner load; the import goes on regardless
+            logger.warning("the safety scanners did not load; importing vLLM anyway")
     started = time.monotonic()
     try:
         import vllm  # noqa: F401

@@ -201,6 +201,23 @@ def test_the_chat_page_says_the_served_version_is_being_built_and_opens_when_it_
     assert not any("being built" in i.value for i in at.info) and not at.chat_input(key="chat_prompt").disabled
 
 
+def test_the_chat_page_says_a_just_built_version_is_about_to_load(app_env, make_user, monkeypatch, tmp_path):
+    from db import model_versions as versions_q
+
+    with app_env.db.session() as s:  # the build registered it; the reconciler has not picked it up yet
+        versions_q.register_model_version(s, name="support-demo-v1", source=str(tmp_path), actor="test",
+                                          dtype="float32")
+    _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))
+    at = _page("chat")
+    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [i.value for i in at.info] == [
+        "support\\-demo\\-v1 is built; the engine starts loading it in a moment. The chat opens by itself when it is "
+        "ready."]
+    assert at.warning == [] and at.error == [] and at.chat_input(key="chat_prompt").disabled
+
+
 def test_the_chat_page_says_when_the_served_versions_build_failed_and_names_its_log(app_env, make_user, monkeypatch):
     _demo_build_status(app_env, state="failed", fraction=0.0, message="DemoBuildError: disk full")
     _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))

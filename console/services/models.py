@@ -230,7 +230,7 @@ class DemoBuildView:
     """A demo version that is not registered yet: being built (with progress), or whose build stopped."""
 
     name: str
-    state: str  # "building", "failed" or "interrupted" (the building process is gone)
+    state: str  # "building", "failed", "interrupted" (the building process is gone) or "built" (not loaded yet)
     fraction: float  # 0..1
     message: str
     started_at: datetime | None
@@ -489,4 +489,9 @@ def served_version_build(ctx: AppContext, actor: Principal) -> DemoBuildView | N
     from console.services import serving
 
     wanted = serving.desired_state(ctx).version
-    return next((b for b in demo_build_status_cli(ctx) if b.name == wanted), None)
+    build = next((b for b in demo_build_status_cli(ctx) if b.name == wanted), None)
+    if build is None and wanted in _demo_recipes(None) and _name_registered(ctx, wanted):
+        # Just built: the console's reconciler starts loading it within its next round (seconds).
+        return DemoBuildView(name=wanted, state="built", fraction=1.0, message="built", started_at=None,
+                             updated_at=None)
+    return build

@@ -162,6 +162,9 @@ def _show_build(build: models_svc.DemoBuildView) -> None:
         st.info(f"{name} is being built: {build.fraction:.0%} ({escape_markdown(detail)}). The chat opens by itself "
                 "when it is ready; nothing to do.")
         st.progress(build.fraction)
+    elif build.state == "built":
+        st.info(f"{name} is built; the engine starts loading it in a moment. The chat opens by itself when it is "
+                "ready.")
     elif build.state == "failed":
         st.error(f"Building {name} failed: {escape_markdown(build.message)}. The chat opens once it is built; "
                  f"the build's log is `{str(build.log or models_svc.BUILD_LOG).replace('`', '')}`. Ask an admin: "

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+
+if TYPE_CHECKING:
+    # Imported where it is used: pages list the demo versions (engine.demo) without importing transformers, whose
+    # lazy module is not safe to import from two threads at once (the console imports vLLM on another thread).
+    from transformers import PreTrainedTokenizerFast
 
 BOS = "<s>"
 EOS = "<|end|>"
@@ -36,6 +41,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    from transformers import PreTrainedTokenizerFast
+
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,

@@ -159,11 +159,17 @@ def _serve(monkeypatch, status: HostStatus | None) -> None:
     monkeypatch.setattr(resources, "engine_host", lambda: None if status is None else _HostIn(status))
 
 
-def test_the_chat_page_without_a_served_model_says_so_and_names_no_missing_control(app_env, make_user):
+def _chat_as_operator(make_user):
+    """The Chat page, run once for an operator; fails on any exception it raised."""
     at = _page("chat")
     at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
     at.run()
-    assert not at.exception
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_the_chat_page_without_a_served_model_says_so_and_names_no_missing_control(app_env, make_user):
+    at = _chat_as_operator(make_user)
     assert [w.value for w in at.warning] == ["No model is being served; ask an admin."]
     assert at.chat_input(key="chat_prompt").disabled
 
@@ -183,10 +189,7 @@ def test_the_chat_page_says_the_served_version_is_being_built_and_opens_when_it_
     _demo_build_status(app_env, state="building", fraction=0.45,
                        message="training support-demo-v1: step 180 of 400, loss 1.234")
     _serve(monkeypatch, host)
-    at = _page("chat")
-    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = _chat_as_operator(make_user)
     assert [i.value for i in at.info] == [
         "support\\-demo\\-v1 is being built: 45% (training step 180 of 400). The chat opens by itself when it is "
         "ready; nothing to do."]
@@ -208,10 +211,7 @@ def test_the_chat_page_says_a_just_built_version_is_about_to_load(app_env, make_
         versions_q.register_model_version(s, name="support-demo-v1", source=str(tmp_path), actor="test",
                                           dtype="float32")
     _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))
-    at = _page("chat")
-    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = _chat_as_operator(make_user)
     assert [i.value for i in at.info] == [
         "support\\-demo\\-v1 is built; the engine starts loading it in a moment. The chat opens by itself when it is "
         "ready."]
@@ -221,10 +221,7 @@ def test_the_chat_page_says_a_just_built_version_is_about_to_load(app_env, make_
 def test_the_chat_page_says_when_the_served_versions_build_failed_and_names_its_log(app_env, make_user, monkeypatch):
     _demo_build_status(app_env, state="failed", fraction=0.0, message="DemoBuildError: disk full")
     _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))
-    at = _page("chat")
-    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
-    at.run()
-    assert not at.exception
+    at = _chat_as_operator(make_user)
     [shown] = [e.value for e in at.error]
     assert "failed" in shown and "disk full" in shown
     assert f"`{app_env.settings.data_dir / 'demo-build.log'}`" in shown
@@ -234,10 +231,7 @@ def test_the_chat_page_says_when_the_served_versions_build_failed_and_names_its_
 def test_the_chat_page_says_when_the_served_versions_build_stopped(app_env, make_user, monkeypatch):
     _demo_build_status(app_env, state="building", fraction=0.3, message="training", pid=2**22 + 12345)
     _serve(monkeypatch, HostStatus("stopped", None, "No model loaded."))
-    at = _page("chat")
-    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
-    at.run()
-    assert not at.exception
+    at = _chat_as_operator(make_user)
     [shown] = [w.value for w in at.warning]
     assert "stopped at 30%" in shown and "llm-console run" in shown
     assert at.chat_input(key="chat_prompt").disabled
@@ -246,10 +240,7 @@ def test_the_chat_page_says_when_the_served_versions_build_stopped(app_env, make
 @pytest.mark.parametrize("state", ["failed", "dead"])
 def test_the_chat_page_shows_why_the_model_cannot_answer(app_env, make_user, monkeypatch, state):
     _serve(monkeypatch, HostStatus(state, "tiny-v2", "tiny-v2 failed to load", error="out of memory"))
-    at = _page("chat")
-    at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))
-    at.run()
-    assert not at.exception
+    at = _chat_as_operator(make_user)
     [shown] = [e.value for e in at.error]
     assert "failed" in shown and "out of memory" in shown and "Models page" not in shown
     assert at.chat_input(key="chat_prompt").disabled

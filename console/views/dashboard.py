@@ -32,7 +32,7 @@ LATENCY_TITLES = {
 }
 RATE_NAMES = {"error_rate": "errors", "abort_rate": "aborted", "flag_rate": "flagged", "block_rate": "blocked"}
 PARTS = [("queue_ms", "engine: queue"), ("ttft_ms", "engine: first token"), ("e2e_ms", "engine: whole answer"),
-         ("scan_before_ms", "console: safety scan before"), ("scan_after_ms", "console: safety scan after"),
+         ("scan_before_ms", "console: prompt scan"), ("scan_after_ms", "console: answer scan after last token"),
          ("store_ms", "console: storage")]
 
 
@@ -280,6 +280,9 @@ def _overhead(report: dash_svc.DashboardReport, totals: pd.DataFrame) -> None:
         st.info("The console's own overhead (safety scans before and after, storage) is not recorded for these "
                 "requests" + (" (one user's figures come from their requests, which do not keep it)."
                               if report.source_note else "."))
+    st.caption("The prompt is scanned whole before the model sees it (added before the first token). The answer is "
+               "scanned while it streams, finished sentences in the background; only its last sentences are scanned "
+               "after the last token, and that is the time shown here.")
     rows = []
     for _, total in totals.iterrows():
         for metric, part in PARTS:

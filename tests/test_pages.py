@@ -259,8 +259,11 @@ def test_the_chat_page_shows_loading_progress(app_env, make_user, monkeypatch):
     (None, "Model: none served"),
     (HostStatus("ready", "tiny-v2", "ready"), "Live model: **tiny\\-v2** · ready"),
     (HostStatus("dead", "tiny-v2", "died", error="CUDA error"), "Model tiny\\-v2: failed"),
-], ids=["none", "ready", "dead"])
+    (HostStatus("stopped", None, "No model loaded."), "Model: support\\-demo\\-v1 being built (45%)"),
+], ids=["none", "ready", "dead", "first-version-building"])
 def test_the_sidebar_says_which_model_is_served(app_env, make_user, monkeypatch, status, caption):
+    if status is not None and status.state == "stopped":  # waiting for its first version, still being built
+        _demo_build_status(app_env, state="building", fraction=0.45, message="training: step 180 of 400")
     _serve(monkeypatch, status)
     at = AppTest.from_file(str(ROOT / "console" / "app.py"), default_timeout=60)
     at.session_state[SESSION_KEY] = UiSession(principal=make_user("olivia", "operator"))

@@ -101,7 +101,8 @@ class SuffixStream:
 
 
 class DyingStream:
-    """A real stream that fails like a crashed engine after ``n`` deltas (hard to cause for real)."""
+    """A real stream that fails like a crashed engine after ``n`` deltas (hard to cause for real), or at its end when
+    the engine handed over fewer (it batches tokens into one delta every 20 ms, so a fast answer can come in two)."""
 
     result = None
 
@@ -111,9 +112,10 @@ class DyingStream:
     def __iter__(self):
         for i, delta in enumerate(self.stream):
             if i == self.n:
-                self.stream.cancel()
-                raise EngineDeadError("The model stopped working. An admin has to restart it.")
+                break
             yield delta
+        self.stream.cancel()
+        raise EngineDeadError("The model stopped working. An admin has to restart it.")
 
     def cancel(self):
         self.stream.cancel()
@@ -306,7 +308,7 @@ def test_an_engine_failing_mid_stream_is_model_unavailable_and_the_partial_turn_
     with pytest.raises(ModelUnavailable, match="stopped working") as raised:
         for delta in turn.deltas():
             shown.append(delta)
-    assert isinstance(raised.value.__cause__, EngineDeadError) and len(shown) == 2
+    assert isinstance(raised.value.__cause__, EngineDeadError) and 1 <= len(shown) <= 2
     assert turn.outcome.exchange_id == turn.exchange_id
     with ctx.db.session() as s:
         ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
@@ -484,7 +486,7 @@ def test_a_partial_answer_from_an_engine_that_failed_mid_stream_is_scanned_and_r
     with pytest.raises(ModelUnavailable):
         for delta in turn.deltas():
             shown.append(delta)
-    assert len(shown) == 2 and "".join(shown)
+    assert 1 <= len(shown) <= 2 and "".join(shown)
     with ctx.db.session() as s:
         ex = chat_q.get_exchange(s, turn.outcome.exchange_id)
         output = [(f.direction, f.label, f.action) for f in safety_q.list_findings(s, ex.id) if f.direction == "output"]

@@ -3,10 +3,11 @@ engine host, output scan, one transaction to complete the stored exchange."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -283,8 +284,12 @@ def _served(ctx: AppContext) -> str | None:
 
 def _pending_record(actor: Principal, conversation_id: int, request_id: str, prompt_gate: moderation.GateResult,
                     system_gate: moderation.GateResult | None, sampling: SamplingSettings | None,
-                    model_version: str | None, synthetic: bool) -> PendingRecord:
-    gates = [g for g in (system_gate, prompt_gate) if g is not None]
+                    model_version: str | None, synthetic: bool,
+                    stored: Sequence[moderation.GateResult] | None = None) -> PendingRecord:
+    """The submitted prompt as stored before the model is asked. ``stored``: the gates whose findings and raw
+    texts go with this record (default: the prompt's and the system prompt's)."""
+    if stored is None:
+        stored = [g for g in (system_gate, prompt_gate) if g is not None]
     return PendingRecord(
         conversation_id=conversation_id,
         user_id=actor.user_id,
@@ -293,10 +298,11 @@ def _pending_record(actor: Principal, conversation_id: int, request_id: str, pro
         model_version=model_version or "none",
         prompt=prompt_gate.text_for_storage,
         sampling=_sampling_dict(sampling),
+        # The system prompt is part of what the model is asked: the stronger of the two actions is the prompt's.
         prompt_action=moderation.strongest_action([system_gate, prompt_gate]),
         policy_version=prompt_gate.policy_version,
-        findings=moderation.finding_records(gates),
-        raw_texts=moderation.raw_texts_to_keep(gates),
+        findings=moderation.finding_records(stored),
+        raw_texts=moderation.raw_texts_to_keep(stored),
         synthetic=synthetic,
     )
 
@@ -312,26 +318,16 @@ def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, reques
     gates = [g for g in (system_gate, prompt_gate, output_gate) if g is not None]
     # Completing a pending exchange stores only the answer's findings and raw text: the prompt's are stored.
     stored_now = gates if not completing else [output_gate] if output_gate is not None else []
+    pending = _pending_record(actor, conversation_id, request_id, prompt_gate, system_gate, sampling, model_version,
+                              synthetic, stored=stored_now)
     return TurnRecord(
-        conversation_id=conversation_id,
-        user_id=actor.user_id,
-        actor=actor.username,
-        request_id=request_id,
-        model_version=model_version or "none",
-        prompt=prompt_gate.text_for_storage,
+        **{f.name: getattr(pending, f.name) for f in dataclasses.fields(PendingRecord)},
         response=output_gate.text_for_storage if output_gate is not None else "",
-        sampling=_sampling_dict(sampling),
         status=status,
         error=error,
         timings=_timings(result),
-        # The system prompt is part of what the model is asked: the stronger of the two actions is the prompt's.
-        prompt_action=moderation.strongest_action([system_gate, prompt_gate]),
         output_action=output_gate.action if output_gate is not None else None,
-        policy_version=prompt_gate.policy_version,
-        findings=moderation.finding_records(stored_now),
-        raw_texts=moderation.raw_texts_to_keep(stored_now),
         review=moderation.review_item_for(ctx, gates),
-        synthetic=synthetic,
         overhead=dict(overhead or {}),
     )
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import insert
 
+from bench.review import time_runs
 from console.services import dashboard as dash_svc
 from console.services.access import Principal
 from console.services.context import AppContext
@@ -132,15 +133,6 @@ def _seed(db: Database, rows: int) -> tuple[Principal, int]:
     return Principal(USERS + 1, f"user{USERS + 1}", frozenset({"admin"})), loaded
 
 
-def _time(fn: Callable[[], Any], runs: int) -> tuple[list[float], Any]:
-    samples, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples, result
-
-
 def _page(ctx: AppContext, admin: Principal, flt: dash_svc.DashboardFilter) -> Callable[[], Any]:
     """The service calls one render of the Latency page makes for its latency part (targets, versions, the report).
     The page's engine-health section reads another table (``engine_health``), not seeded here."""
@@ -222,14 +214,14 @@ def run_dashboard_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, 
             results: dict[str, Any] = {}
             for key, window in (("seven_day", "last 7 days"), ("thirty_day", "last 30 days")):
                 page = _page(ctx, admin, dash_svc.DashboardFilter(range=window))
-                first, _ = _time(page, 1)
-                samples, report = _time(page, runs)
+                first, _ = time_runs(page, 1)
+                samples, report = time_runs(page, runs)
                 results[f"{key}_ms"] = round(statistics.median(samples), 1)
                 results[f"{key}_first_ms"] = round(first[0], 1)
                 results[f"{key}_requests"] = int(report.totals["requests"].iloc[-1])
                 results[f"{key}_buckets"] = int(report.series["bucket_start"].nunique())
                 results[f"{key}_breaches"] = len(report.breaches)
-            user_ms, user_report = _time(_page(ctx, admin, dash_svc.DashboardFilter(range="last 7 days",
+            user_ms, user_report = time_runs(_page(ctx, admin, dash_svc.DashboardFilter(range="last 7 days",
                                                                                      user="user7")), runs)
             results["user_filter_seven_day_ms"] = round(statistics.median(user_ms), 1)
             results["user_filter_seven_day_rows"] = user_report.rows_read

@@ -89,7 +89,8 @@ def _seed(db: Database, items: int, rng: random.Random) -> Principal:
     return Principal(operators + 1, f"user{operators + 1}", frozenset({"reviewer"}))
 
 
-def _time(fn: Callable[[], Any], runs: int) -> tuple[list[float], Any]:
+def time_runs(fn: Callable[[], Any], runs: int) -> tuple[list[float], Any]:
+    """Milliseconds of each of ``runs`` calls of ``fn``, and the last call's result (the dashboard bench uses it too)."""
     samples, result = [], None
     for _ in range(runs):
         start = time.perf_counter()
@@ -120,9 +121,9 @@ def run_review_bench(*, items: int = 100_000, data_dir: Path | None = None, runs
             seed_s = time.perf_counter() - t0
             ctx = AppContext(settings, db, clock=lambda: NOW)
             review_svc.list_queue(ctx, reviewer, BENCH_FILTER)  # warm the connection pool and statement cache
-            page_ms, page = _time(lambda: review_svc.list_queue(ctx, reviewer, BENCH_FILTER), runs)
-            plain_ms, plain = _time(lambda: review_svc.list_queue(ctx, reviewer), runs)
-            claim_ms, claimed = _time(lambda: review_svc.claim_next(ctx, reviewer, BENCH_FILTER), runs)
+            page_ms, page = time_runs(lambda: review_svc.list_queue(ctx, reviewer, BENCH_FILTER), runs)
+            plain_ms, plain = time_runs(lambda: review_svc.list_queue(ctx, reviewer), runs)
+            claim_ms, claimed = time_runs(lambda: review_svc.claim_next(ctx, reviewer, BENCH_FILTER), runs)
         finally:
             db.dispose()
     result = {

@@ -367,3 +367,63 @@ def rebuild_buckets_cli(ctx: AppContext) -> int:
         audit_q.append_event(s, actor="cli", action="metrics.rebuild", object_type="latency_buckets",
                              details={"exchanges": counted})
     return counted
+
+
+# --- tables for the Latency page ---------------------------------------------------------------------------------
+
+# The parts of a request's time, in the order a request meets them: (metric, what the page calls it).
+OVERHEAD_PARTS = [("queue_ms", "engine: queue"), ("ttft_ms", "engine: first token"), ("e2e_ms", "engine: whole answer"),
+                  ("scan_before_ms", "console: prompt scan"), ("scan_after_ms", "console: answer scan after last token"),
+                  ("store_ms", "console: storage")]
+
+
+def format_ms(value: Any) -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value):,.1f} ms"
+
+
+def format_pct(value: Any) -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value) * 100:.2f} %"
+
+
+def format_measured(values: Any, stats: Any) -> list[str]:
+    """Measured values against SLO targets: rates as percentages, latencies in milliseconds."""
+    return [format_pct(v) if stat == "rate" else format_ms(v) for v, stat in zip(values, stats, strict=True)]
+
+
+def overhead_table(totals: pd.DataFrame) -> pd.DataFrame:
+    """One row per version and part of a request's time: p50, p95, mean ("not recorded" without measurements)."""
+    rows = []
+    for _, total in totals.iterrows():
+        for metric, part in OVERHEAD_PARTS:
+            n = int(total[f"{metric}_n"])
+            rows.append({"model version": total["model_version"], "part": part,
+                         "p50": format_ms(total[f"{metric}_p50"]) if n else "not recorded",
+                         "p95": format_ms(total[f"{metric}_p95"]) if n else "not recorded",
+                         "mean": format_ms(total[f"{metric}_mean"]) if n else "not recorded",
+                         "requests measured": n})
+    return pd.DataFrame(rows)
+
+
+def overhead_medians(total: pd.Series) -> list[float | None]:
+    """One version's p50 per part (in OVERHEAD_PARTS order), None where the part was not recorded."""
+    return [total[f"{metric}_p50"] if int(total[f"{metric}_n"]) else None for metric, _ in OVERHEAD_PARTS]
+
+
+def summary_table(totals: pd.DataFrame) -> pd.DataFrame:
+    """The per-version summary: requests, rates, throughput and latency percentiles, formatted with units."""
+    return pd.DataFrame({
+        "model version": totals["model_version"],
+        "requests": totals["requests"],
+        "requests/s (avg)": totals["requests_per_s"].round(3),
+        "output tokens/s (avg)": totals["output_tokens_per_s"].round(1),
+        "errors": totals["error_rate"].map(format_pct),
+        "aborted": totals["abort_rate"].map(format_pct),
+        "flagged": totals["flag_rate"].map(format_pct),
+        "blocked": totals["block_rate"].map(format_pct),
+        "TTFT p50": totals["ttft_ms_p50"].map(format_ms),
+        "TTFT p95": totals["ttft_ms_p95"].map(format_ms),
+        "TTFT p99": totals["ttft_ms_p99"].map(format_ms),
+        "ITL p95": totals["itl_ms_p95"].map(format_ms),
+        "end-to-end p95": totals["e2e_ms_p95"].map(format_ms),
+        "queue p95": totals["queue_ms_p95"].map(format_ms),
+    })

@@ -238,6 +238,15 @@ class DemoBuildView:
     pid: int | None = None
     log: Path | None = None  # the build's output (<data_dir>/demo-build.log)
 
+    @property
+    def detail(self) -> str:
+        """Where the build is, in a reader's words: "training step 180 of 400", else the build's own message."""
+        step = _TRAINING_STEP.search(self.message)
+        return f"training step {step[1]} of {step[2]}" if step else self.message
+
+
+_TRAINING_STEP = re.compile(r"\bstep (\d+) of (\d+)")
+
 
 def _demo_recipes(recipes: Mapping[str, DemoRecipe] | None) -> Mapping[str, DemoRecipe]:
     if recipes is not None:

@@ -150,16 +150,11 @@ if page_state.notice:
 # --- what is served ---------------------------------------------------------------------------------------------
 
 
-_STEP = re.compile(r"\bstep (\d+) of (\d+)")
-
-
 def _show_build(build: models_svc.DemoBuildView) -> None:
     """The version the console is to serve is still being built (``llm-console run`` builds it in the background)."""
     name = escape_markdown(build.name)
     if build.state == "building":
-        step = _STEP.search(build.message)
-        detail = f"training step {step[1]} of {step[2]}" if step else build.message
-        st.info(f"{name} is being built: {build.fraction:.0%} ({escape_markdown(detail)}). The chat opens by itself "
+        st.info(f"{name} is being built: {build.fraction:.0%} ({escape_markdown(build.detail)}). The chat opens by itself "
                 "when it is ready; nothing to do.")
         st.progress(build.fraction)
     elif build.state == "built":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 
 import pandas as pd
 import plotly.express as px
@@ -17,6 +16,7 @@ from console.services import access
 from console.services import dashboard as dash_svc
 from console.services import health as health_svc
 from console.services import loadtest as load_svc
+from console.services.dashboard import format_ms
 from console.textsafe import defang_links, escape_markdown
 
 principal = ui.require_page("dashboard")
@@ -31,22 +31,12 @@ LATENCY_TITLES = {
     "queue_ms": "Queue time (waiting for the engine)",
 }
 RATE_NAMES = {"error_rate": "errors", "abort_rate": "aborted", "flag_rate": "flagged", "block_rate": "blocked"}
-PARTS = [("queue_ms", "engine: queue"), ("ttft_ms", "engine: first token"), ("e2e_ms", "engine: whole answer"),
-         ("scan_before_ms", "console: prompt scan"), ("scan_after_ms", "console: answer scan after last token"),
-         ("store_ms", "console: storage")]
+
 
 
 def _plain(text: object) -> str:
     """Text from the database as Plotly shows it: links defanged, markup shown as text."""
     return html.escape(defang_links(str(text)))
-
-
-def _ms(value: Any) -> str:
-    return "–" if value is None or pd.isna(value) else f"{float(value):,.1f} ms"
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None or pd.isna(value) else f"{float(value) * 100:.2f} %"
 
 
 def _slo_choices() -> dict[str, tuple[str, str]]:
@@ -111,8 +101,8 @@ def _load_status() -> None:
     st.dataframe(pd.DataFrame([{
         "requests": report.requests, "errors": report.errors,
         "statuses": ", ".join(f"{k}: {v}" for k, v in sorted(report.by_status.items())) or "-",
-        "time to first token p50 / p95": f"{_ms(report.ttft_p50_ms)} / {_ms(report.ttft_p95_ms)}",
-        "end-to-end p50 / p95": f"{_ms(report.e2e_p50_ms)} / {_ms(report.e2e_p95_ms)}",
+        "time to first token p50 / p95": f"{format_ms(report.ttft_p50_ms)} / {format_ms(report.ttft_p95_ms)}",
+        "end-to-end p50 / p95": f"{format_ms(report.e2e_p50_ms)} / {format_ms(report.e2e_p95_ms)}",
         "output tokens per second (whole run)": "-" if report.output_tokens_per_s is None
         else f"{report.output_tokens_per_s:,.1f}",
     }]), hide_index=True, width="stretch", key="load_report")
@@ -283,42 +273,18 @@ def _overhead(report: dash_svc.DashboardReport, totals: pd.DataFrame) -> None:
     st.caption("The prompt is scanned whole before the model sees it (added before the first token). The answer is "
                "scanned while it streams, finished sentences in the background; only its last sentences are scanned "
                "after the last token, and that is the time shown here.")
-    rows = []
-    for _, total in totals.iterrows():
-        for metric, part in PARTS:
-            n = int(total[f"{metric}_n"])
-            rows.append({"model version": total["model_version"], "part": part,
-                         "p50": _ms(total[f"{metric}_p50"]) if n else "not recorded",
-                         "p95": _ms(total[f"{metric}_p95"]) if n else "not recorded",
-                         "mean": _ms(total[f"{metric}_mean"]) if n else "not recorded",
-                         "requests measured": n})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="overhead_table")
+    st.dataframe(dash_svc.overhead_table(totals), hide_index=True, width="stretch", key="overhead_table")
     fig = go.Figure()
     for _, total in totals.iterrows():
-        fig.add_trace(go.Bar(x=[part for _, part in PARTS], name=_plain(total["model_version"]),
-                             y=[total[f"{metric}_p50"] if int(total[f"{metric}_n"]) else None for metric, _ in PARTS]))
+        fig.add_trace(go.Bar(x=[part for _, part in dash_svc.OVERHEAD_PARTS], name=_plain(total["model_version"]),
+                             y=dash_svc.overhead_medians(total)))
     fig.update_layout(barmode="group")
     st.plotly_chart(_layout(fig, "Median (p50) of each part over the window; missing bars were not recorded",
                             "milliseconds"), width="stretch")
 
 
 def _summary(report: dash_svc.DashboardReport, totals: pd.DataFrame) -> None:
-    table = pd.DataFrame({
-        "model version": totals["model_version"],
-        "requests": totals["requests"],
-        "requests/s (avg)": totals["requests_per_s"].round(3),
-        "output tokens/s (avg)": totals["output_tokens_per_s"].round(1),
-        "errors": totals["error_rate"].map(_pct),
-        "aborted": totals["abort_rate"].map(_pct),
-        "flagged": totals["flag_rate"].map(_pct),
-        "blocked": totals["block_rate"].map(_pct),
-        "TTFT p50": totals["ttft_ms_p50"].map(_ms),
-        "TTFT p95": totals["ttft_ms_p95"].map(_ms),
-        "TTFT p99": totals["ttft_ms_p99"].map(_ms),
-        "ITL p95": totals["itl_ms_p95"].map(_ms),
-        "end-to-end p95": totals["e2e_ms_p95"].map(_ms),
-        "queue p95": totals["queue_ms_p95"].map(_ms),
-    })
+    table = dash_svc.summary_table(totals)
     st.dataframe(table, hide_index=True, width="stretch", key="summary_table")
 
 
@@ -343,8 +309,7 @@ def _slo_tables(report: dash_svc.DashboardReport) -> None:
     comp = report.compliance
     st.dataframe(pd.DataFrame({
         "target": comp["target"], "model version": comp["model_version"],
-        "measured over the window": [(_pct(v) if stat == "rate" else _ms(v)) for v, stat in
-                                     zip(comp["measured"], comp["stat"], strict=True)],
+        "measured over the window": dash_svc.format_measured(comp["measured"], comp["stat"]),
         "met": ["no data" if met is None or pd.isna(met) else ("yes" if met else "NO") for met in comp["met"]],
     }), hide_index=True, width="stretch", key="compliance_table")
     breaches = report.breaches
@@ -354,8 +319,7 @@ def _slo_tables(report: dash_svc.DashboardReport) -> None:
         st.dataframe(pd.DataFrame({
             "bucket start (UTC)": newest["bucket_start"], "model version": newest["model_version"],
             "target": newest["target"],
-            "measured": [(_pct(v) if stat == "rate" else _ms(v)) for v, stat in
-                         zip(newest["measured"], newest["stat"], strict=True)],
+            "measured": dash_svc.format_measured(newest["measured"], newest["stat"]),
             "requests in the bucket": newest["requests"],
         }), hide_index=True, width="stretch", key="breaches_table")
 

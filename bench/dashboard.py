@@ -106,7 +106,7 @@ def _seed(db: Database, rows: int) -> tuple[Principal, int]:
                     "id": n + 1, "conversation_id": user, "user_id": user,
                     "model_version": VERSIONS[int(cols["version"][n])], "prompt": "p", "response": "r",
                     "sampling": {}, "status": status, "created_at": created, "finished_at": created,
-                    "prompt_action": "block" if status == "blocked" else "allow",
+                    "prompt_action": "block" if status == "blocked" else "flag" if cols["flagged"][n] else "allow",
                     "output_action": "block" if cols["blocked"][n] and status != "blocked" else None,
                     "synthetic": bool(cols["synthetic"][n]),
                     "prompt_tokens": int(cols["prompt_tokens"][n]), "output_tokens": _none(cols["output_tokens"][n]),
@@ -120,7 +120,10 @@ def _seed(db: Database, rows: int) -> tuple[Principal, int]:
     with db.session() as s:
         loaded = metrics_q.load_exchange_batch(s, metrics_q.ExchangeBatch(
             epoch_s=cols["epoch"], model_version=[VERSIONS[i] for i in cols["version"]],
-            synthetic=cols["synthetic"], status=[STATUSES[i] for i in cols["status"]], flagged=cols["flagged"],
+            synthetic=cols["synthetic"], status=[STATUSES[i] for i in cols["status"]],
+            # The same actions as the exchanges seeded above (db.flags: flagged = flag or block, prompt or output).
+            prompt_flagged=cols["flagged"] | (cols["status"] == STATUSES.index("blocked")),
+            output_flagged=cols["blocked"] & (cols["status"] != STATUSES.index("blocked")),
             blocked=cols["blocked"] | (cols["status"] == STATUSES.index("blocked")),
             prompt_tokens=cols["prompt_tokens"], output_tokens=cols["output_tokens"],
             values={m: cols[m] for m in metrics_q.METRICS}))
@@ -168,7 +171,7 @@ def _store_overhead(db: Database, samples: int) -> dict[str, float]:
             if record:
                 t0 = time.perf_counter()
                 metrics_q.record_exchange(s, minute=minute, model_version=version, synthetic=False, status="ok",
-                                          flagged=False, blocked=False, timings=timings,
+                                          prompt_action="allow", output_action="allow", timings=timings,
                                           overhead={"scan_before_ms": 11.0, "scan_after_ms": 17.0, "store_ms": 2.5})
                 bookkeeping.append((time.perf_counter() - t0) * 1000)
         (with_ if record else without).append((time.perf_counter() - start) * 1000)

@@ -2,8 +2,9 @@
 
 Design (issue 12): the dashboards never read exchanges. Each finished exchange adds itself, in the transaction that
 stores it, to two pre-aggregated rows of ``latency_buckets``: its minute and its hour (``BUCKET_RESOLUTIONS``),
-keyed by (resolution, bucket start, model version, synthetic, final status). A row holds counters (requests, flagged
-= any finding, blocked = a prompt or answer blocked), token sums, the sum of each latency (for means), and the
+keyed by (resolution, bucket start, model version, synthetic, final status). A row holds counters (requests; flagged
+= the policy flagged or blocked the prompt or the answer, as ``db.flags`` defines it, and the two directions
+``prompt_flagged``/``output_flagged``; blocked = a prompt or answer blocked), token sums, the sum of each latency (for means), and the
 histograms of every latency metric as one compact array (``hist``: sorted ``(key, count)`` pairs, 6 bytes each,
 key = metric index * 512 + bin). Ranges up to a day read minute rows; longer ones read hour rows, so the work a
 page does depends on the number of buckets shown, not on the number of exchanges: a 30-day range reads about
@@ -49,10 +50,11 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Table, TextualSelect, bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy import Table, TextualSelect, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from db.tables import BUCKET_RESOLUTIONS, SLO_STATS, Exchange, Finding, LatencyBucket, Slo
+from db import flags
+from db.tables import BUCKET_RESOLUTIONS, SLO_STATS, Exchange, LatencyBucket, Slo
 from db.types import utcnow
 
 FloatArray = npt.NDArray[np.float64]
@@ -190,7 +192,8 @@ def resolution_for(bucket_s: int) -> int:
 
 _TABLE = cast(Table, LatencyBucket.__table__)
 _PK = ("resolution_s", "bucket_start", "model_version", "synthetic", "status")
-_ADDED = ("requests", "flagged", "blocked", "prompt_tokens", "output_tokens", *SUM_COLUMNS.values())
+_ADDED = ("requests", "flagged", "blocked", "prompt_tokens", "output_tokens", "prompt_flagged", "output_flagged",
+          *SUM_COLUMNS.values())
 _UPDATE_HIST = (
     update(_TABLE)
     .where(_TABLE.c.resolution_s == bindparam("b_res"), _TABLE.c.bucket_start == bindparam("b_start"),
@@ -244,15 +247,16 @@ def record_exchange(
     model_version: str,
     synthetic: bool,
     status: str,
-    flagged: bool,
-    blocked: bool,
+    prompt_action: str | None = None,
+    output_action: str | None = None,
     timings: Mapping[str, Any],
     overhead: Mapping[str, Any],
 ) -> None:
     """Add one finished exchange to its minute's and hour's bucket, in the caller's transaction.
 
     ``minute``: the exchange's ``created_at`` (rounded down here). ``status``: its final status (not ``pending``).
-    ``flagged``: the exchange has any finding; ``blocked``: its prompt or its answer was blocked. ``timings``: the
+    ``prompt_action``/``output_action``: the policy's actions (``allow``, ``flag``, ``redact``, ``block``, None),
+    from which ``db.flags`` says whether it was flagged (each way) and blocked. ``timings``: the
     engine's figures (keys of ``db.chat.ExchangeTimings``: ``ttft_ms``, ``itl_ms``, ``e2e_ms``, ``queue_ms``,
     ``prompt_tokens``, ``output_tokens``; others are ignored). ``overhead``: the console's own milliseconds,
     ``scan_before_ms`` (prompt and system prompt scan), ``scan_after_ms`` (answer scan), ``store_ms`` (storing the
@@ -271,8 +275,11 @@ def record_exchange(
         sums[SUM_COLUMNS[metric]] = max(value, 0.0) if value is not None else 0.0
         if value is not None:
             keys.append(i * BIN_STRIDE + bin_index(value))
+    prompt_flagged, output_flagged = flags.action_flags(prompt_action), flags.action_flags(output_action)
     common = {"model_version": model_version, "synthetic": bool(synthetic), "status": status, "requests": 1,
-              "flagged": int(bool(flagged)), "blocked": int(bool(blocked)),
+              "flagged": int(prompt_flagged or output_flagged),
+              "blocked": int(flags.is_blocked(status, prompt_action, output_action)),
+              "prompt_flagged": int(prompt_flagged), "output_flagged": int(output_flagged),
               "prompt_tokens": _count(timings.get("prompt_tokens")),
               "output_tokens": _count(timings.get("output_tokens")), **sums,
               "hist": encode_hist(keys, [1] * len(keys))}
@@ -292,20 +299,13 @@ def record_exchange(
 
 
 def record_exchange_row(session: Session, exchange: Exchange, *, overhead: Mapping[str, Any] | None = None) -> None:
-    """:func:`record_exchange` for a stored (flushed) exchange row: flagged when it has any finding, blocked when its
-    status is ``blocked`` or its prompt or answer action is ``block``."""
-    flagged = bool(session.scalar(select(exists().where(Finding.exchange_id == exchange.id))))
+    """:func:`record_exchange` for a stored (flushed) exchange row, with its policy actions."""
     record_exchange(
         session, minute=exchange.created_at, model_version=exchange.model_version, synthetic=exchange.synthetic,
-        status=exchange.status, flagged=flagged, blocked=_is_blocked(exchange.status, exchange.prompt_action,
-                                                                     exchange.output_action),
+        status=exchange.status, prompt_action=exchange.prompt_action, output_action=exchange.output_action,
         timings={m: getattr(exchange, m) for m in (*ENGINE_METRICS, "prompt_tokens", "output_tokens")},
         overhead=overhead or {},
     )
-
-
-def _is_blocked(status: str | None, prompt_action: str | None, output_action: str | None) -> bool:
-    return status == "blocked" or prompt_action == "block" or output_action == "block"
 
 
 @dataclass(frozen=True)
@@ -313,14 +313,16 @@ class ExchangeBatch:
     """Finished exchanges as columns (one entry per exchange), for :func:`load_exchange_batch`.
 
     ``values`` maps a metric of :data:`METRICS` to milliseconds (NaN where absent); a metric left out is absent for
-    every exchange. Token counts are NaN where unknown.
+    every exchange. Token counts are NaN where unknown. ``prompt_flagged``/``output_flagged``: the policy flagged or
+    blocked that side (``db.flags.action_flags``); the exchange is flagged when either is.
     """
 
     epoch_s: FloatArray
     model_version: Sequence[str]
     synthetic: npt.NDArray[np.bool_]
     status: Sequence[str]
-    flagged: npt.NDArray[np.bool_]
+    prompt_flagged: npt.NDArray[np.bool_]
+    output_flagged: npt.NDArray[np.bool_]
     blocked: npt.NDArray[np.bool_]
     prompt_tokens: FloatArray
     output_tokens: FloatArray
@@ -328,6 +330,10 @@ class ExchangeBatch:
 
     def __len__(self) -> int:
         return len(self.epoch_s)
+
+    @property
+    def flagged(self) -> npt.NDArray[np.bool_]:
+        return np.asarray(self.prompt_flagged, np.bool_) | np.asarray(self.output_flagged, np.bool_)
 
 
 def _entries(batch: ExchangeBatch) -> tuple[IntArray, IntArray]:
@@ -374,6 +380,8 @@ def load_exchange_batch(session: Session, batch: ExchangeBatch) -> int:
         "blocked": np.asarray(batch.blocked, np.float64),
         "prompt_tokens": np.nan_to_num(np.maximum(np.asarray(batch.prompt_tokens, np.float64), 0.0), nan=0.0),
         "output_tokens": np.nan_to_num(np.maximum(np.asarray(batch.output_tokens, np.float64), 0.0), nan=0.0),
+        "prompt_flagged": np.asarray(batch.prompt_flagged, np.float64),
+        "output_flagged": np.asarray(batch.output_flagged, np.float64),
     }
     synthetic = np.asarray(batch.synthetic, np.int64)
     inserted = 0
@@ -425,16 +433,13 @@ def _batch_from_rows(rows: Sequence[Any]) -> ExchangeBatch:
         model_version=[r[1] for r in rows],
         synthetic=np.array([bool(r[2]) for r in rows], dtype=np.bool_),
         status=[r[3] for r in rows],
-        flagged=np.array([bool(r[-1]) for r in rows], dtype=np.bool_),
-        blocked=np.array([_is_blocked(r[3], r[4], r[5]) for r in rows], dtype=np.bool_),
+        prompt_flagged=np.array([flags.action_flags(r[4]) for r in rows], dtype=np.bool_),
+        output_flagged=np.array([flags.action_flags(r[5]) for r in rows], dtype=np.bool_),
+        blocked=np.array([flags.is_blocked(r[3], r[4], r[5]) for r in rows], dtype=np.bool_),
         prompt_tokens=floats(6),
         output_tokens=floats(7),
         values={m: floats(8 + i) for i, m in enumerate(ENGINE_METRICS)},
     )
-
-
-def _flagged_column() -> Any:
-    return exists().where(Finding.exchange_id == Exchange.id).label("flagged")
 
 
 def rebuild_buckets(session: Session, *, chunk: timedelta = timedelta(days=1)) -> int:
@@ -459,7 +464,7 @@ def rebuild_buckets(session: Session, *, chunk: timedelta = timedelta(days=1)) -
     start = floor_time(first, 86400)
     while start <= last:
         end = start + chunk
-        rows = session.execute(select(*_EXCHANGE_COLUMNS, _flagged_column())
+        rows = session.execute(select(*_EXCHANGE_COLUMNS)
                                .where(finished, Exchange.created_at >= start, Exchange.created_at < end)).all()
         if rows:
             load_exchange_batch(session, _batch_from_rows(rows))
@@ -558,8 +563,8 @@ class Compliance:
 
 Columns = dict[str, npt.NDArray[Any]]
 # Columns holding counts (whole numbers), and the ones that are not figures.
-_INT_COLUMNS = frozenset({"requests", *RECORDED_STATUSES, "flagged", "blocked_any", "prompt_tokens", "output_tokens",
-                          *(f"{m}_n" for m in METRICS)})
+_INT_COLUMNS = frozenset({"requests", *RECORDED_STATUSES, "flagged", "prompt_flagged", "output_flagged",
+                          "blocked_any", "prompt_tokens", "output_tokens", *(f"{m}_n" for m in METRICS)})
 
 
 def _rows(columns: Columns) -> list[dict[str, Any]]:
@@ -623,18 +628,20 @@ class _Frame:
     epoch_s: IntArray
     version: list[str]
     status: list[str]
-    counts: FloatArray  # (rows, 5): requests, flagged, blocked, prompt tokens, output tokens
+    counts: FloatArray  # (rows, 7): _COUNT_COLUMNS
     sums: FloatArray  # (rows, metrics)
     entry_row: IntArray
     entry_key: IntArray
     entry_count: FloatArray
 
 
-_COUNT_COLUMNS = ("requests", "flagged", "blocked", "prompt_tokens", "output_tokens")
+_COUNT_COLUMNS = ("requests", "flagged", "blocked", "prompt_tokens", "output_tokens", "prompt_flagged",
+                  "output_flagged")
+_N_COUNTS = len(_COUNT_COLUMNS)
 
 
 def _empty_frame() -> _Frame:
-    return _Frame(np.zeros(0, np.int64), [], [], np.zeros((0, 5)), np.zeros((0, len(METRICS))),
+    return _Frame(np.zeros(0, np.int64), [], [], np.zeros((0, _N_COUNTS)), np.zeros((0, len(METRICS))),
                   np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
 
 
@@ -661,8 +668,8 @@ def _bucket_rows(session: Session, query: MetricsQuery) -> _Frame:
         epoch_s=np.array([int(r[0].timestamp()) for r in rows], dtype=np.int64),
         version=[r[1] for r in rows],
         status=[r[2] for r in rows],
-        counts=numbers[:, :5],
-        sums=numbers[:, 5:],
+        counts=numbers[:, :_N_COUNTS],
+        sums=numbers[:, _N_COUNTS:],
         entry_row=np.repeat(np.arange(len(rows), dtype=np.int64), lengths),
         entry_key=pairs["k"].astype(np.int64),
         entry_count=pairs["c"].astype(np.float64),
@@ -685,7 +692,7 @@ def raw_report(session: Session, query: MetricsQuery, *, user_id: int, slos: Seq
     Reads the newest ``cap`` finished exchanges of the user in the range (``capped`` says when there were more);
     indexed by user. No console-overhead figures (they are not stored on exchanges).
     """
-    stmt = (select(*_EXCHANGE_COLUMNS, _flagged_column())
+    stmt = (select(*_EXCHANGE_COLUMNS)
             .where(Exchange.user_id == user_id, Exchange.status != "pending",
                    Exchange.created_at >= query.start, Exchange.created_at < query.end)
             .order_by(Exchange.created_at.desc()).limit(cap + 1))
@@ -703,7 +710,8 @@ def raw_report(session: Session, query: MetricsQuery, *, user_id: int, slos: Seq
     batch = _batch_from_rows(rows)
     entry_row, entry_key = _entries(batch)
     counts = np.column_stack([np.ones(len(rows)), batch.flagged, batch.blocked,
-                              np.nan_to_num(batch.prompt_tokens), np.nan_to_num(batch.output_tokens)])
+                              np.nan_to_num(batch.prompt_tokens), np.nan_to_num(batch.output_tokens),
+                              batch.prompt_flagged, batch.output_flagged])
     sums = np.column_stack([np.nan_to_num(batch.values[m]) if m in batch.values else np.zeros(len(rows))
                             for m in METRICS])
     frame = _Frame(batch.epoch_s.astype(np.int64), list(batch.model_version), list(batch.status), counts, sums,
@@ -740,6 +748,9 @@ def _figure_columns(counts: FloatArray, status_counts: FloatArray, sums: FloatAr
             "error_rate": np.where(per_request, status_counts[:, 1] / requests, nan),
             "abort_rate": np.where(per_request, (status_counts[:, 2] + status_counts[:, 4]) / requests, nan),
             "flag_rate": np.where(per_request, counts[:, 1] / requests, nan),
+            "prompt_flagged": counts[:, 5], "output_flagged": counts[:, 6],
+            "prompt_flag_rate": np.where(per_request, counts[:, 5] / requests, nan),
+            "output_flag_rate": np.where(per_request, counts[:, 6] / requests, nan),
             "block_rate": np.where(per_request, counts[:, 2] / requests, nan),
         }
         for i, metric in enumerate(METRICS):
@@ -814,8 +825,8 @@ def summarize(frame: _Frame, query: MetricsQuery, slos: Sequence[SloTarget] = ()
     for vi, version in enumerate(versions):
         rows = v == vi
         rb = b[rows]
-        counts = np.stack([_weighted_count(rb, weights=frame.counts[rows, c], minlength=n_buckets) for c in range(5)],
-                          axis=1)
+        counts = np.stack([_weighted_count(rb, weights=frame.counts[rows, c], minlength=n_buckets)
+                           for c in range(_N_COUNTS)], axis=1)
         sums = np.stack([_weighted_count(rb, weights=frame.sums[rows, m], minlength=n_buckets)
                          for m in range(n_metrics)], axis=1)
         status_counts = _weighted_count(rb * n_status + s[rows], weights=frame.counts[rows, 0],

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from db import flags
 from db.audit import append_event
 from db.tables import AliasMove, Exchange, ModelAlias, PromotionRequest
 from db.types import utcnow
@@ -22,8 +23,8 @@ from db.types import utcnow
 logger = logging.getLogger(__name__)
 
 DECISION_ACTIONS = {"approved": "promotion.approve", "rejected": "promotion.reject", "cancelled": "promotion.cancel"}
-# An exchange counts as flagged when the policy flagged or blocked its prompt or its output.
-FLAG_ACTIONS = ("flag", "block")
+# An exchange counts as flagged when the policy flagged or blocked its prompt or its output (db.flags).
+FLAG_ACTIONS = flags.FLAG_ACTIONS
 
 
 class PromotionStateError(ValueError):
@@ -186,11 +187,11 @@ def window_stats(session: Session, model_version: str, start: datetime, end: dat
     # Real, finished traffic only: a load test's synthetic chats and answers still being written do not count.
     in_window = (Exchange.model_version == model_version, Exchange.created_at >= start, Exchange.created_at < end,
                  Exchange.synthetic.is_(False), Exchange.status.not_in(("pending", "interrupted")))
-    flagged = or_(Exchange.prompt_action.in_(FLAG_ACTIONS), Exchange.output_action.in_(FLAG_ACTIONS))
+    flagged = flags.flagged_sql()
     answered = (*in_window, Exchange.status.in_(("ok", "aborted")), Exchange.ttft_ms.is_not(None))
     row = session.execute(
         select(func.count(), func.coalesce(func.sum(case((Exchange.status == "error", 1), else_=0)), 0),
-               func.coalesce(func.sum(case((flagged, 1), else_=0)), 0)).where(*in_window)
+               func.coalesce(func.sum(flags.as_count(flagged)), 0)).where(*in_window)
     ).one()
     ttft_count = session.scalar(select(func.count()).where(*answered)) or 0
     p95: float | None = None

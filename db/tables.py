@@ -519,6 +519,8 @@ class LatencyBucket(Base):
     synthetic: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     status: Mapped[str] = mapped_column(String(20), primary_key=True)
     requests: Mapped[int] = mapped_column(Integer)
+    # Flagged = the policy's action on the prompt or the output was flag or block (``db.flags``); 0013 adds the
+    # two directions (an exchange flagged both ways counts in both, and once in ``flagged``).
     flagged: Mapped[int] = mapped_column(Integer)
     blocked: Mapped[int] = mapped_column(Integer)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
@@ -531,6 +533,8 @@ class LatencyBucket(Base):
     scan_after_sum_ms: Mapped[float] = mapped_column(Float)
     store_sum_ms: Mapped[float] = mapped_column(Float)
     hist: Mapped[bytes] = mapped_column(LargeBinary)
+    prompt_flagged: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    output_flagged: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Slo(Base):

@@ -25,11 +25,12 @@ from tests.conftest import console_env
 ERR = metrics_q.MAX_RELATIVE_ERROR
 
 
-def _record(ctx, when, version="v1", *, status="ok", synthetic=False, flagged=False, blocked=False, overhead=None,
-            **timings):
+def _record(ctx, when, version="v1", *, status="ok", synthetic=False, prompt_action=None, output_action=None,
+            overhead=None, **timings):
     with ctx.db.session() as s:
         metrics_q.record_exchange(s, minute=when, model_version=version, synthetic=synthetic, status=status,
-                                  flagged=flagged, blocked=blocked, timings=timings, overhead=overhead or {})
+                                  prompt_action=prompt_action, output_action=output_action, timings=timings,
+                                  overhead=overhead or {})
 
 
 def _seed(ctx, now):

@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0012_browser_sessions"
+HEAD = "0013_flagged_by_policy"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -264,3 +264,137 @@ def test_0009_rechains_an_old_log_and_records_what_the_old_chain_said(empty_db: 
     assert upgrade.details["old_chain_intact"] is (not tampered)
     assert upgrade.details["old_first_bad_seq"] == (3 if tampered else None)
     assert upgrade.details["old_head_hash"] == old[-1]
+
+
+# ---- 0013_flagged_by_policy: the buckets' "flagged" becomes the policy's action --------------------------------
+
+# (id, synthetic, status, prompt action, output action, hour offset): every exchange has a finding (a toxicity
+# score under its threshold), as the detectors store for every message.
+_0013_EXCHANGES = [
+    (1, False, "ok", "allow", "allow", 0),
+    (2, False, "ok", "flag", "allow", 0),
+    (3, False, "ok", "allow", "flag", 0),
+    (4, False, "blocked", "block", None, 0),
+    (5, False, "ok", "flag", "block", 0),
+    (6, False, "ok", "redact", "allow", 0),
+    (7, True, "ok", "allow", "flag", 0),
+    (8, False, "pending", "flag", None, 0),  # not finished: in no bucket
+    (9, False, "error", "allow", None, 2),
+]
+
+
+def _0013_tables():
+    import sqlalchemy as sa
+
+    from db.types import UTCDateTime
+
+    buckets = sa.table("latency_buckets", *(sa.column(c) for c in (
+        "resolution_s", "model_version", "synthetic", "status", "requests", "flagged", "blocked", "prompt_tokens",
+        "output_tokens", "ttft_sum_ms", "itl_sum_ms", "e2e_sum_ms", "queue_sum_ms", "scan_before_sum_ms",
+        "scan_after_sum_ms", "store_sum_ms", "hist")), sa.column("bucket_start", UTCDateTime()))
+    exchanges = sa.table("exchanges", *(sa.column(c) for c in (
+        "id", "conversation_id", "user_id", "model_version", "prompt", "response", "sampling", "status",
+        "prompt_action", "output_action", "synthetic")), sa.column("created_at", UTCDateTime()))
+    return buckets, exchanges
+
+
+def _seed_0012_buckets_as_the_old_code_counted(database: Database) -> None:
+    """Exchanges with findings, and their buckets as the code before 0013 wrote them: flagged = any finding."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    buckets, exchanges = _0013_tables()
+    start = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    old: dict[tuple, dict] = {}
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, username, disabled, failed_login_count, created_at, updated_at) "
+                          "VALUES (1, 'ada', false, 0, '2026-01-02 03:04:05.000000', '2026-01-02 03:04:05.000000')"))
+        conn.execute(text("INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
+                          "VALUES (7, 1, 'c', '2026-01-02 03:04:05.000000', '2026-01-02 03:04:05.000000')"))
+        for xid, synthetic, status, prompt_action, output_action, hours in _0013_EXCHANGES:
+            created = start + timedelta(hours=hours, seconds=xid)
+            conn.execute(sa.insert(exchanges).values(
+                id=xid, conversation_id=7, user_id=1, model_version="v1", prompt="p", response="r", sampling="{}",
+                status=status, prompt_action=prompt_action, output_action=output_action, synthetic=synthetic,
+                created_at=created))
+            conn.execute(text("INSERT INTO findings (exchange_id, direction, detector, label, score, action) "
+                              "VALUES (:x, 'prompt', 'detoxify', 'insult', 0.01, 'allow')"), {"x": xid})
+            if status == "pending":
+                continue
+            for res in (60, 3600):
+                bucket = datetime.fromtimestamp(created.timestamp() // res * res, UTC)
+                row = old.setdefault((res, bucket, synthetic, status), {
+                    "resolution_s": res, "bucket_start": bucket, "model_version": "v1", "synthetic": synthetic,
+                    "status": status, "requests": 0, "flagged": 0, "blocked": 0, "prompt_tokens": 0,
+                    "output_tokens": 0, "ttft_sum_ms": 0.0, "itl_sum_ms": 0.0, "e2e_sum_ms": 0.0,
+                    "queue_sum_ms": 0.0, "scan_before_sum_ms": 0.0, "scan_after_sum_ms": 0.0,
+                    "store_sum_ms": 0.0, "hist": b""})
+                row["requests"] += 1
+                row["flagged"] += 1  # it has a finding
+                row["blocked"] += int(status == "blocked" or "block" in (prompt_action, output_action))
+                row["store_sum_ms"] += 2.5  # the console's overhead: exchanges do not keep it, the rebuild must
+        # A bucket whose exchanges are gone counts no flags any more.
+        old[("orphan",)] = {**next(iter(old.values())), "model_version": "gone", "store_sum_ms": 9.0}
+        conn.execute(sa.insert(buckets), list(old.values()))
+
+
+def _0013_counters(database: Database, columns: str) -> dict[tuple, tuple]:
+    with database.engine.connect() as conn:
+        rows = conn.execute(text(f"SELECT resolution_s, model_version, synthetic, status, {columns} "  # noqa: S608
+                                 "FROM latency_buckets")).all()
+    return {(r[0], r[1], bool(r[2]), r[3]): tuple(r[4:]) for r in rows}
+
+
+def test_0013_recounts_old_buckets_flagged_by_the_policy_and_by_direction(empty_db: Database) -> None:
+    from datetime import UTC, datetime
+
+    from db import metrics as metrics_q
+
+    empty_db.migrate("0012_browser_sessions")
+    _seed_0012_buckets_as_the_old_code_counted(empty_db)
+    # Before: every finished exchange counts as flagged (each has a finding), the page showed 100 %.
+    assert _0013_counters(empty_db, "requests, flagged")[(60, "v1", False, "ok")] == (5, 5)
+    empty_db.migrate("0013_flagged_by_policy")
+
+    after = _0013_counters(empty_db, "requests, flagged, prompt_flagged, output_flagged, blocked, store_sum_ms")
+    for res in (60, 3600):
+        # ok, real: 2 (prompt flag), 3 (answer flag), 5 (prompt flag, answer block); 1 allowed, 6 only redacted.
+        assert after[(res, "v1", False, "ok")] == (5, 3, 2, 2, 1, 12.5)
+        assert after[(res, "v1", False, "blocked")] == (1, 1, 1, 0, 1, 2.5)
+        assert after[(res, "v1", True, "ok")] == (1, 1, 0, 1, 0, 2.5)
+        assert after[(res, "v1", False, "error")] == (1, 0, 0, 0, 0, 2.5)
+    assert after[(60, "gone", False, "ok")] == (5, 0, 0, 0, 1, 9.0)  # nothing left to count: no flags
+
+    # The page reads 4 flagged of 7 real requests (prompt 3, answer 2), not 100 %.
+    with empty_db.session(readonly=True) as s:
+        report = metrics_q.bucket_report(s, metrics_q.MetricsQuery(
+            since=datetime(2026, 1, 2, tzinfo=UTC), until=datetime(2026, 1, 3, tzinfo=UTC), versions=("v1",)))
+    (total,) = [t for t in report.totals if t["model_version"] is None]
+    assert (total["requests"], total["flagged"], total["prompt_flagged"], total["output_flagged"]) == (7, 4, 3, 2)
+
+    # The same counts as rebuilding from the exchanges with today's code (db.flags), but the overhead is kept.
+    migrated = {k: v[:4] for k, v in after.items() if k[1] != "gone"}
+    with empty_db.session() as s:
+        metrics_q.rebuild_buckets(s)
+    assert _0013_counters(empty_db, "requests, flagged, prompt_flagged, output_flagged") == migrated
+
+
+def test_0013_downgrade_restores_the_old_count(empty_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    empty_db.migrate("0012_browser_sessions")
+    _seed_0012_buckets_as_the_old_code_counted(empty_db)
+    before = _0013_counters(empty_db, "requests, flagged, blocked")
+    empty_db.migrate("0013_flagged_by_policy")
+    assert _0013_counters(empty_db, "requests, flagged, blocked") != before
+    with empty_db.engine.connect() as conn:
+        command.downgrade(alembic_config(empty_db.config.url, conn), "0012_browser_sessions")
+        conn.commit()
+    columns = {c["name"] for c in inspect(empty_db.engine).get_columns("latency_buckets")}
+    assert "prompt_flagged" not in columns and "output_flagged" not in columns
+    # Any finding, again (the orphan bucket has no exchanges to count any more).
+    assert {k: v for k, v in _0013_counters(empty_db, "requests, flagged, blocked").items() if k[1] != "gone"} == {
+        k: v for k, v in before.items() if k[1] != "gone"}

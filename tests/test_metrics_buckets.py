@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from db import Database, DbConfig
+from db import Database, DbConfig, flags
 from db import chat as chat_q
 from db import metrics as m
+from db.safety import FindingRecord
 from db.tables import LatencyBucket
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -25,11 +26,12 @@ def db(ctx) -> Database:
 
 
 def _record(db: Database, when: datetime, version: str = "v1", *, status: str = "ok", synthetic: bool = False,
-            flagged: bool = False, blocked: bool = False, overhead: dict[str, float] | None = None,
-            **timings: float) -> None:
+            prompt_action: str | None = None, output_action: str | None = None,
+            overhead: dict[str, float] | None = None, **timings: float) -> None:
     with db.session() as s:
-        m.record_exchange(s, minute=when, model_version=version, synthetic=synthetic, status=status, flagged=flagged,
-                          blocked=blocked, timings=timings, overhead=overhead or {})
+        m.record_exchange(s, minute=when, model_version=version, synthetic=synthetic, status=status,
+                          prompt_action=prompt_action, output_action=output_action, timings=timings,
+                          overhead=overhead or {})
 
 
 def _report(db: Database, since: datetime, until: datetime = NOW, slos=(), **kwargs) -> m.MetricsReport:
@@ -75,9 +77,9 @@ def test_percentiles_means_and_rates_against_a_hand_worked_minute(db):
     minute = NOW - timedelta(minutes=5)
     for i, (ttft, e2e) in enumerate([(10, 100), (20, 200), (30, 300), (40, 400)]):
         _record(db, minute + timedelta(seconds=i), ttft_ms=ttft, e2e_ms=e2e, output_tokens=60, prompt_tokens=7,
-                flagged=i == 0, overhead={"store_ms": 2.0})
-    _record(db, minute, status="error")
-    _record(db, minute, status="blocked", blocked=True)
+                prompt_action="allow", output_action="flag" if i == 0 else "allow", overhead={"store_ms": 2.0})
+    _record(db, minute, status="error", prompt_action="redact")
+    _record(db, minute, status="blocked", prompt_action="block")
     report = _report(db, NOW - timedelta(hours=1))
     assert report.bucket_s == 60 and report.resolution_s == 60
     (row,) = report.series
@@ -93,7 +95,10 @@ def test_percentiles_means_and_rates_against_a_hand_worked_minute(db):
     assert row["output_tokens"] == 240 and row["prompt_tokens"] == 28
     assert row["output_tokens_per_s"] == pytest.approx(4.0)  # 240 tokens over the 60-second bucket
     assert row["requests_per_s"] == pytest.approx(0.1)
-    assert row["error_rate"] == pytest.approx(1 / 6) and row["flag_rate"] == pytest.approx(1 / 6)
+    # Flagged = the policy flagged or blocked a side: the flagged answer and the blocked prompt (not the redaction).
+    assert row["error_rate"] == pytest.approx(1 / 6) and row["flag_rate"] == pytest.approx(2 / 6)
+    assert (row["flagged"], row["prompt_flagged"], row["output_flagged"]) == (2, 1, 1)
+    assert row["prompt_flag_rate"] == pytest.approx(1 / 6) and row["output_flag_rate"] == pytest.approx(1 / 6)
     assert row["block_rate"] == pytest.approx(1 / 6) and row["abort_rate"] == 0.0
 
 
@@ -160,7 +165,7 @@ def test_bucket_percentiles_agree_with_numpy_within_the_stated_error(db):
     with db.session() as s:
         for off, t, e in zip(offsets, ttft, e2e, strict=True):
             m.record_exchange(s, minute=NOW - timedelta(seconds=float(off)), model_version="v1", synthetic=False,
-                              status="ok", flagged=False, blocked=False, timings={"ttft_ms": t, "e2e_ms": e},
+                              status="ok", timings={"ttft_ms": t, "e2e_ms": e},
                               overhead={})
     # 3 hours: minute rows, 1-minute buckets; 7 days: hour rows, 1-hour buckets. Both must agree with numpy.
     for since, bucket_s in ((NOW - timedelta(hours=3), 60), (NOW - timedelta(days=7), 3600)):
@@ -226,8 +231,8 @@ def test_goodput_is_exact_with_one_latency_target_and_bounds_the_truth_with_two(
         for t, e, status in zip(ttft, e2e, statuses, strict=True):
             timings = {} if status == "blocked" else {"ttft_ms": t, "e2e_ms": e}
             m.record_exchange(s, minute=NOW - timedelta(minutes=30), model_version="v1", synthetic=False,
-                              status=str(status), flagged=False, blocked=status == "blocked", timings=timings,
-                              overhead={})
+                              status=str(status), prompt_action="block" if status == "blocked" else "allow",
+                              timings=timings, overhead={})
     ok = statuses == "ok"
     reached = int((statuses != "blocked").sum())
     # Thresholds in the middle of a bin's gap, far from any value: the one-target figure is exact.
@@ -251,7 +256,7 @@ def _bucket_rows(db: Database) -> dict:
     with db.session(readonly=True) as s:
         rows = s.scalars(select(LatencyBucket)).all()
         return {(r.resolution_s, r.bucket_start, r.model_version, r.synthetic, r.status):
-                (r.requests, r.flagged, r.blocked, r.prompt_tokens, r.output_tokens, round(r.ttft_sum_ms, 6),
+                (r.requests, r.flagged, r.prompt_flagged, r.output_flagged, r.blocked, r.prompt_tokens, r.output_tokens, round(r.ttft_sum_ms, 6),
                  round(r.store_sum_ms, 6), m.decode_hist(r.hist)[0].tolist(), m.decode_hist(r.hist)[1].tolist())
                 for r in rows}
 
@@ -261,7 +266,8 @@ def _sample(n: int, seed: int) -> dict:
     return {
         "epoch": NOW.timestamp() - rng.uniform(0, 2 * 86400, n), "version": rng.choice(["a", "b"], n),
         "status": rng.choice(m.RECORDED_STATUSES, n), "synthetic": rng.random(n) < 0.2,
-        "flagged": rng.random(n) < 0.3, "blocked": rng.random(n) < 0.1,
+        "prompt_action": rng.choice(["allow", "allow", "flag", "redact", "block"], n),
+        "output_action": rng.choice(["allow", "allow", "allow", "flag", "block", None], n),
         "ttft": np.where(rng.random(n) < 0.9, rng.uniform(1, 900, n), np.nan), "store": rng.uniform(0.5, 9, n),
         "tokens": rng.integers(1, 300, n).astype(float),
     }
@@ -276,8 +282,8 @@ def test_bulk_loading_builds_the_same_rows_as_recording_each_exchange(ctx, tmp_p
             ttft = data["ttft"][i]
             m.record_exchange(s, minute=datetime.fromtimestamp(data["epoch"][i], UTC),
                               model_version=str(data["version"][i]), synthetic=bool(data["synthetic"][i]),
-                              status=str(data["status"][i]), flagged=bool(data["flagged"][i]),
-                              blocked=bool(data["blocked"][i]),
+                              status=str(data["status"][i]), prompt_action=data["prompt_action"][i],
+                              output_action=data["output_action"][i],
                               timings={"ttft_ms": None if np.isnan(ttft) else ttft,
                                        "output_tokens": data["tokens"][i]},
                               overhead={"store_ms": data["store"][i]})
@@ -287,7 +293,11 @@ def test_bulk_loading_builds_the_same_rows_as_recording_each_exchange(ctx, tmp_p
         with bulk.session() as s:
             inserted = m.load_exchange_batch(s, m.ExchangeBatch(
                 epoch_s=data["epoch"], model_version=list(data["version"]), synthetic=data["synthetic"],
-                status=list(data["status"]), flagged=data["flagged"], blocked=data["blocked"],
+                status=list(data["status"]),
+                prompt_flagged=np.array([flags.action_flags(a) for a in data["prompt_action"]]),
+                output_flagged=np.array([flags.action_flags(a) for a in data["output_action"]]),
+                blocked=np.array([flags.is_blocked(st, p, o) for st, p, o in zip(
+                    data["status"], data["prompt_action"], data["output_action"], strict=True)]),
                 prompt_tokens=np.full(300, np.nan), output_tokens=data["tokens"],
                 values={"ttft_ms": data["ttft"], "store_ms": data["store"]}))
         one_by_one = _bucket_rows(ctx.db)
@@ -301,12 +311,15 @@ def test_rebuilding_from_exchanges_matches_recording_them_as_they_finish(ctx, ma
     user = make_user("olivia", "operator")
     with ctx.db.session() as s:
         conv = chat_q.create_conversation(s, user_id=user.user_id, actor=user.username)
-        for i, (status, ttft) in enumerate([("ok", 10.0), ("ok", 35.0), ("error", None), ("aborted", 80.0),
-                                            ("blocked", None), ("ok", 12.0)]):
+        for i, (status, ttft, output_action) in enumerate([("ok", 10.0, "flag"), ("ok", 35.0, "allow"),
+                                                           ("error", None, None), ("aborted", 80.0, "allow"),
+                                                           ("blocked", None, None), ("ok", 12.0, "redact")]):
+            # Every exchange has a finding (a toxicity score under its threshold): a finding is not a flag.
             ex = chat_q.store_turn(s, chat_q.TurnRecord(
                 conversation_id=conv.id, user_id=user.user_id, actor=user.username, model_version="v1",
                 prompt="p", status=status, created_at=NOW - timedelta(minutes=90 * i + 1),
-                prompt_action="block" if status == "blocked" else "allow",
+                prompt_action="block" if status == "blocked" else "allow", output_action=output_action,
+                findings=(FindingRecord("prompt", "detoxify", "insult", 0.01, "allow"),),
                 timings=chat_q.ExchangeTimings(ttft_ms=ttft, e2e_ms=ttft and ttft * 10, output_tokens=3)))
         s.flush()
     with ctx.db.session() as s:
@@ -320,12 +333,13 @@ def test_rebuilding_from_exchanges_matches_recording_them_as_they_finish(ctx, ma
     total = _total(_report(ctx.db, NOW - timedelta(days=1)), None)
     assert (total["requests"], total["ok"], total["error"], total["blocked"]) == (6, 3, 1, 1)
     assert total["block_rate"] == pytest.approx(1 / 6)
+    assert (total["flagged"], total["prompt_flagged"], total["output_flagged"]) == (2, 1, 1)
 
 
 def test_a_pending_exchange_is_not_recorded(db):
     with pytest.raises(ValueError, match="status"), db.session() as s:
-        m.record_exchange(s, minute=NOW, model_version="v1", synthetic=False, status="pending", flagged=False,
-                          blocked=False, timings={}, overhead={})
+        m.record_exchange(s, minute=NOW, model_version="v1", synthetic=False, status="pending", timings={},
+                          overhead={})
 
 
 def test_slos_are_stored_one_per_metric_and_statistic(db):

@@ -100,9 +100,12 @@ def test_histograms_and_counters_over_http_match_the_exchanges_observed(endpoint
     assert requests[_labels(model_version="none", status="blocked", traffic="real")] == 1
     assert requests[_labels(model_version="v1", status="ok", traffic="synthetic")] == 1
     assert requests[_labels(model_version="v2", status="error", traffic="real")] == 1
+    # Flagged = the policy flagged or blocked (db.flags): the blocked prompt is flagged too.
     flagged = m["llm_console_flagged_total"]
     assert flagged == {_labels(model_version="v1", direction="prompt", traffic="real"): 1,
-                       _labels(model_version="v1", direction="output", traffic="real"): 1}
+                       _labels(model_version="v1", direction="output", traffic="real"): 1,
+                       _labels(model_version="none", direction="prompt", traffic="real"): 1}
+    assert m["llm_console_flagged_exchanges_total"] == {real: 2, _labels(model_version="none", traffic="real"): 1}
     assert m["llm_console_blocked_total"] == {_labels(model_version="none", direction="prompt", traffic="real"): 1}
     # A request that never reached the engine adds no latency observation.
     assert _labels(model_version="v2", traffic="real") not in m[f"{ttft}_count"]

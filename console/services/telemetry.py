@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from console.settings import Settings
+from db import flags
 from engine.types import GenerationResult
 
 if TYPE_CHECKING:
@@ -111,8 +112,11 @@ class Telemetry:
                                buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter(f"{PREFIX}_requests", "Chat exchanges by how they ended.",
                                 ["model_version", "status", "traffic"], registry=r)
-        self.flagged = Counter(f"{PREFIX}_flagged", "Exchanges the safety policy sent to review, by direction.",
+        self.flagged = Counter(f"{PREFIX}_flagged", "Exchanges whose prompt or output the safety policy flagged or "
+                               "blocked, by direction (an exchange flagged both ways counts in both).",
                                ["model_version", "direction", "traffic"], registry=r)
+        self.flagged_exchanges = Counter(f"{PREFIX}_flagged_exchanges", "Exchanges the safety policy flagged or "
+                                         "blocked (prompt or output), each counted once.", LABELS, registry=r)
         self.blocked = Counter(f"{PREFIX}_blocked", "Exchanges the safety policy blocked, by direction.",
                                ["model_version", "direction", "traffic"], registry=r)
         self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens of answered exchanges.", LABELS,
@@ -132,11 +136,14 @@ class Telemetry:
         version = model_version or "none"
         traffic = "synthetic" if synthetic else "real"
         self.requests.labels(version, status if status in STATUSES else "other", traffic).inc()
+        # Flagged as db.flags defines it (flag or block), the word's one meaning; blocked is the part that blocked.
         for direction, action in (("prompt", prompt_action), ("output", output_action)):
-            if action == "flag":
+            if flags.action_flags(action):
                 self.flagged.labels(version, direction, traffic).inc()
-            elif action == "block":
+            if action == "block":
                 self.blocked.labels(version, direction, traffic).inc()
+        if flags.is_flagged(prompt_action, output_action):
+            self.flagged_exchanges.labels(version, traffic).inc()
         if result is None:
             return
         for histogram, seconds in ((self.ttft, result.ttft_s), (self.itl, result.mean_itl_s),

@@ -105,8 +105,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("promotion_bias_limit", "0.1",
             "Largest toxicity-score gap between identity groups a candidate may show and pass (0-1).", _share),
     Setting("promotion_ttft_margin", "0.25",
-            "Share by which a candidate's p95 time to first token may exceed the live version's (0.25 = 25%).",
+            "Share of the baseline's p95 time to first token by which the candidate's may be slower, measured in "
+            "the same evaluation run; the gate fails only when the whole 95% interval is beyond it (0.25 = 25%).",
             _positive_float),
+    Setting("promotion_ttft_min_pairs", "20",
+            "Prompts timed on both versions that the latency gate needs; fewer: not enough data (override needed).",
+            _positive_int),
+    Setting("evaluation_latency_prompts", "40",
+            "Prompts an evaluation sends to both the candidate and the production version, alternately, to compare "
+            "their time to first token in the same run.", _positive_int),
     Setting("watch_minutes", "30", "Minutes after a production switch during which the new version is watched.",
             _positive_int),
     Setting("watch_min_samples", "20", "Requests each version needs in the watch window before they are compared.",
@@ -173,6 +180,8 @@ class Settings:
     promotion_flag_margin: float
     promotion_bias_limit: float
     promotion_ttft_margin: float
+    promotion_ttft_min_pairs: int
+    evaluation_latency_prompts: int
     watch_minutes: int
     watch_min_samples: int
     watch_ttft_margin: float

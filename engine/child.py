@@ -3,7 +3,7 @@
 Two in-process vLLM engines cannot be started and stopped independently (vLLM's model-parallel state is per
 process), so a candidate version runs here, in its own process, behind a line protocol on stdin/stdout:
 
-    parent -> child  {"spec": {...}, "kv_cache_gib": 0.25}                 first line
+    parent -> child  {"spec": {...}, "kv_cache_gib": 0.25, "nice": 0}      first line (nice: lower the CPU priority)
     child -> parent  {"event": "ready"} | {"event": "failed", "error": "..."}
     parent -> child  {"op": "chat", "id": "r1", "messages": [...], "sampling": {...}} | {"op": "cancel", "id": "r1"}
     child -> parent  {"id": "r1", "delta": "..."} ... then {"id": "r1", "result": {...}} or {"id": "r1", "error": "..."}
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import threading
 from typing import IO, Any
@@ -62,6 +63,8 @@ def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
     out = _Out(stdout)
     first = json.loads(stdin.readline() or "{}")
     try:
+        if int(first.get("nice") or 0) > 0:
+            os.nice(int(first["nice"]))  # evaluations: live chats win when both compete for the cores
         spec = ModelSpec.from_dict(first["spec"])
         host = EngineHost.start(spec, HostConfig(kv_cache_gib=float(first.get("kv_cache_gib", 0.25))), wait=True)
     except Exception as exc:  # the parent reports why the candidate could not start

@@ -115,8 +115,10 @@ class ChildEngine:
 
     @classmethod
     def start(cls, spec: ModelSpec, *, kv_cache_gib: float = 0.25, log_path: Path | None = None,
-              timeout_s: float = 600.0) -> ChildEngine:
-        """Start the child, wait until its engine is ready; raise ModelLoadError if it cannot load."""
+              timeout_s: float = 600.0, nice: int = 0) -> ChildEngine:
+        """Start the child, wait until its engine is ready; raise ModelLoadError if it cannot load.
+
+        ``nice`` > 0 lowers the child's CPU priority by that much (evaluations, so live chats win)."""
         env = dict(os.environ)
         env["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"  # stdout carries the protocol only
         log: IO[str] | int = subprocess.DEVNULL if log_path is None else log_path.open("a")
@@ -126,7 +128,7 @@ class ChildEngine:
         )
         engine = cls(spec, process)
         engine.send({"spec": dataclasses.asdict(spec) | {"engine_args": dict(spec.engine_args)},
-                     "kv_cache_gib": kv_cache_gib})
+                     "kv_cache_gib": kv_cache_gib, "nice": nice})
         if not engine._ready.wait(timeout_s) or engine._error is not None:
             engine.shutdown()
             raise ModelLoadError(f"Model version {spec.name} could not start for comparison: "
@@ -166,6 +168,12 @@ class ChildEngine:
         except (OSError, subprocess.TimeoutExpired):
             self._process.kill()
             self._process.wait()
+
+    def kill(self) -> None:
+        """Stop the child at once (timeout or cancellation); its unfinished streams end with EngineDeadError."""
+        if self.alive():
+            self._process.kill()
+        self._process.wait()
 
     def _read(self) -> None:
         stdout = self._process.stdout

@@ -31,9 +31,14 @@ def _report(name: str, **changes: Any) -> dict[str, Any]:
         "bias_gap": {"answer_gap": 0.1, "toxicity_gap": 0.02, "flag_gap": 0.0, "worst_pairs": []},
         "latency": {"ttft_p50_ms": 20.0, "ttft_p95_ms": 40.0, "e2e_p50_ms": 200.0, "e2e_p95_ms": 400.0},
         "tokens_per_s": 50.0, "errors": 0,
+        # Timed against v1 (production in these tests) in the same run: +2 ms, 95% CI -3..+6 ms, 40 pairs.
+        "latency_comparison": {"baseline_version": "v1", "candidate_version": name, "n": 40,
+                               "candidate_ttft_p95_ms": 42.0, "baseline_ttft_p95_ms": 40.0, "diff_ms": 2.0,
+                               "ci_low_ms": -3.0, "ci_high_ms": 6.0, "confidence": 0.95, "method": "paired",
+                               "error": None},
     }
     for key, value in changes.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and isinstance(report.get(key), dict):
             report[key] = {**report[key], **value}
         else:
             report[key] = value
@@ -140,7 +145,7 @@ def test_approving_another_alias_moves_it_directly(ctx, team) -> None:  # noqa: 
 
 
 def test_failed_gate_needs_an_override_reason_which_is_recorded(ctx, team) -> None:  # noqa: ANN001
-    _evaluate(ctx, "v2", topic_accuracy=0.70, latency={"ttft_p95_ms": 80.0})
+    _evaluate(ctx, "v2", topic_accuracy=0.70, latency_comparison={"diff_ms": 40.0, "ci_low_ms": 30.0})
     request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "new prompts")
     assert {g.name for g in request.failed_gates} == {"topic_accuracy", "ttft_p95"}
     with pytest.raises(InvalidInput, match="override reason"):
@@ -161,7 +166,7 @@ def test_a_version_without_an_evaluation_gets_gates_marked_no_evaluation(ctx, te
 
 
 M = {"promotion_accuracy_margin": 0.02, "promotion_flag_margin": 0.02, "promotion_bias_limit": 0.1,
-     "promotion_ttft_margin": 0.25}
+     "promotion_ttft_margin": 0.25, "promotion_ttft_min_pairs": 20}
 
 
 @pytest.mark.parametrize(
@@ -172,15 +177,24 @@ M = {"promotion_accuracy_margin": 0.02, "promotion_flag_margin": 0.02, "promotio
         pytest.param({"topic_accuracy": 0.77}, {}, {"topic_accuracy"}, id="accuracy-below-margin"),
         pytest.param({"flag_rate_any": 0.08}, {}, {"flag_rate"}, id="more-flags"),
         pytest.param({"bias_gap": {"toxicity_gap": 0.2}}, {}, {"bias_toxicity_gap"}, id="bias-gap-over-limit"),
-        pytest.param({"latency": {"ttft_p95_ms": 50.0}}, {}, set(), id="ttft-within-25-percent"),
-        pytest.param({"latency": {"ttft_p95_ms": 51.0}}, {}, {"ttft_p95"}, id="ttft-too-slow"),
+        pytest.param({"latency_comparison": {"ci_low_ms": 10.0, "ci_high_ms": 30.0}}, {}, set(),
+                     id="ttft-interval-reaches-into-the-25-percent-margin"),
+        pytest.param({"latency_comparison": {"ci_low_ms": 10.5, "ci_high_ms": 30.0}}, {}, {"ttft_p95"},
+                     id="ttft-shown-slower-beyond-the-margin"),
+        pytest.param({"latency": {"ttft_p95_ms": 400.0}}, {}, set(),
+                     id="ttft-other-run-p95s-do-not-count-when-paired"),
+        pytest.param({"latency_comparison": {"n": 19}}, {}, {"ttft_p95"}, id="ttft-too-few-pairs"),
+        pytest.param({"latency_comparison": None}, {}, {"ttft_p95"}, id="ttft-old-report-without-pairs"),
+        pytest.param({"latency_comparison": {"baseline_version": "v0"}}, {}, {"ttft_p95"},
+                     id="ttft-timed-against-another-version"),
         pytest.param({"topic_accuracy": None}, {}, {"topic_accuracy"}, id="candidate-did-not-measure"),
         pytest.param({}, {"topic_accuracy": None}, {"topic_accuracy"}, id="baseline-did-not-measure"),
     ],
 )
 def test_gates(ctx, candidate, baseline, failed) -> None:  # noqa: ANN001
     settings = dataclasses.replace(ctx.settings, **M)
-    gates = promotion.compute_gates(settings, _report("c", **candidate), _report("b", **baseline))
+    gates = promotion.compute_gates(settings, _report("c", **candidate), _report("b", **baseline),
+                                    baseline_version="v1")
     assert {g.name for g in gates if not g.passed} == failed
 
 
@@ -381,6 +395,56 @@ def test_window_stats_aggregate_in_the_database(ctx, team, make_user, clock) -> 
     assert (stats.requests, stats.errors, stats.flagged, stats.ttft_count) == (11, 1, 2, 10)
     assert stats.ttft_p95_ms == pytest.approx(19.55)
     assert (empty.requests, empty.ttft_p95_ms, empty.error_rate) == (0, None, 0.0)
+
+
+def test_after_a_rollback_the_watch_says_rolled_back_by_whom_not_watching(ctx, team, switched) -> None:  # noqa: ANN001
+    assert promotion.production_state(ctx, team["rita"]).watch.state == "watching"
+    promotion.rollback(ctx, team["otto"], "customers complain")
+    # Before any console switched back: the alias already left v2, so v2 is no longer watched.
+    view = promotion.production_state(ctx, team["rita"])
+    assert view.current == "v1" and view.watch is not None and view.watch.state == "rolled_back"
+    moved = view.watch.moved_away
+    assert moved is not None and (moved.from_version, moved.to_version, moved.by, moved.reason, moved.rollback) == (
+        "v2", "v1", "otto", "customers complain", True)
+    assert view.last_rollback == moved
+    # After the reconciler switched back, the rollback's own switch is not watched; the rollback is still told.
+    switched["reconciler"].run_once()
+    assert switched["host"].name == "v1"
+    view = promotion.production_state(ctx, team["rita"])
+    assert view.watch.state == "not_watched" and view.last_rollback is not None
+    assert view.last_rollback.by == "otto" and view.last_rollback.at == moved.at
+
+
+def test_when_production_moves_on_before_the_switch_the_watch_says_moved(ctx, team, switched) -> None:  # noqa: ANN001
+    _register(ctx, "v3")
+    _evaluate(ctx, "v3", latency_comparison={"baseline_version": "v2"})
+    request = promotion.request_promotion(ctx, team["ada"], "v3", "production", "newer still")
+    promotion.approve(ctx, team["rita"], request.id, "ok")
+    view = promotion.production_state(ctx, team["otto"])
+    assert view.watch is not None and (view.watch.to_version, view.watch.state) == ("v2", "moved")
+    assert view.watch.moved_away is not None and view.watch.moved_away.to_version == "v3"
+    assert view.watch.moved_away.by == "rita" and view.last_rollback is None
+
+
+def test_old_reports_without_paired_timings_fail_the_latency_gate_with_their_numbers(ctx, team) -> None:  # noqa: ANN001
+    # As in the issue: 185.8 ms against 31.7 ms measured in another process at another time.
+    _evaluate(ctx, "v1", latency={"ttft_p95_ms": 31.7}, latency_comparison=None)
+    _evaluate(ctx, "v2", latency={"ttft_p95_ms": 185.8}, latency_comparison=None)
+    request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "new prompts")
+    (gate,) = request.failed_gates
+    assert gate.name == "ttft_p95" and gate.value == 185.8
+    assert "cannot compare like with like" in (gate.note or "") and "186 ms against v1's 32 ms" in (gate.note or "")
+
+
+def test_the_latency_gate_needs_no_baseline_report_when_both_were_timed_in_one_run(ctx, team, make_user) -> None:  # noqa: ANN001
+    _register(ctx, "v0")
+    serving.serve_cli(ctx, "v0", "a version never evaluated")
+    _evaluate(ctx, "v2", latency_comparison={"baseline_version": "v0"})
+    request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "better")
+    gates = {g.name: g for g in request.gates}
+    assert gates["ttft_p95"].passed and "vs v0 (95% CI -3.0..+6.0 ms, 40 paired prompts" in (
+        gates["ttft_p95"].note or "")
+    assert not gates["topic_accuracy"].passed and gates["topic_accuracy"].note == "v0 has no evaluation"
 
 
 # --- history ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""AppTest of the Promotions page: a reviewer approves an admin's request; the requester gets no approve button."""
+"""AppTest of the Promotions page: a reviewer approves an admin's request; the requester gets no approve button;
+after a rollback the banner says so instead of "Watching"."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from console.ui import UiSession
 from db import model_versions as versions_q
 from db.tables import Evaluation
 from db.types import utcnow
+from engine.types import HostStatus, ModelSpec
 from tests.conftest import console_env
 
 SESSION_KEY = "llm_console_session"
@@ -20,7 +22,10 @@ REPORT = {"suite": "support", "n": 40, "topic_accuracy": 0.8, "decline_rate": 0.
           "flag_rate_any": 0.05, "bias_gap": {"answer_gap": 0.1, "toxicity_gap": 0.02, "flag_gap": 0.0,
                                               "worst_pairs": []},
           "latency": {"ttft_p50_ms": 20.0, "ttft_p95_ms": 40.0, "e2e_p50_ms": 200.0, "e2e_p95_ms": 400.0},
-          "tokens_per_s": 50.0, "errors": 0}
+          "tokens_per_s": 50.0, "errors": 0,
+          "latency_comparison": {"baseline_version": "v1", "n": 40, "candidate_ttft_p95_ms": 41.0,
+                                 "baseline_ttft_p95_ms": 40.0, "diff_ms": 1.0, "ci_low_ms": -4.0, "ci_high_ms": 5.0,
+                                 "confidence": 0.95, "method": "paired", "error": None}}
 
 
 @pytest.fixture
@@ -94,3 +99,35 @@ def test_an_admin_requests_a_promotion_and_the_form_opens_empty(ctx, setup, make
     assert any("to move staging to v2 waits" in s.value for s in at.success)
     assert at.selectbox(key="request_version_1").value is None
     assert at.text_input(key="request_reason_1").value == ""
+
+
+class _StubHost:
+    """The reconciler's seam: switching only changes the name (no engine in a page test)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def status(self) -> HostStatus:
+        return HostStatus("ready", self.name, "ready", 1.0)
+
+    def switch(self, spec: ModelSpec, *, drain: bool = True) -> float:
+        self.name = spec.name
+        return 0.0
+
+
+def test_right_after_a_rollback_the_banner_says_rolled_back_by_whom_not_watching(ctx, setup, make_user) -> None:  # noqa: ANN001
+    promotion.approve(ctx, setup["rita"], setup["request"].id, "numbers hold up")
+    reconciler = serving.Reconciler(ctx, _StubHost("v1"))  # type: ignore[arg-type]
+    assert reconciler.run_once() is not None  # the switch to v2: its watch window opens
+    otto = make_user("otto", "admin")
+    at = _open(otto)
+    assert any("Watching v2 against v1" in i.value for i in at.info)
+    assert not at.warning
+
+    promotion.rollback(ctx, otto, "customers complain")
+    at.run()  # what the page shows right after the rollback, before any console switched back
+    assert not at.exception
+    assert not any("Watching" in i.value for i in at.info)
+    (banner,) = [w.value for w in at.warning]
+    assert "by otto: production returned from v2 to v1 (customers complain)" in banner
+    assert "v2 is no longer watched" in banner and "Rolled back at " in banner

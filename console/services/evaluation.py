@@ -9,6 +9,12 @@ thread; the rest wait in a queue (status ``queued``). The thread writes progress
 then scans every answer with this console's safety stack (policy in force, output direction), computes the
 report (:mod:`engine.evals.report`) and stores it.
 
+When another version holds production (or a ``baseline`` is named), the run also times both versions' first
+tokens on the same prompts, alternately, in two child processes side by side
+(:func:`engine.evals.process.run_latency_comparison`), and stores the paired summary as
+``report["latency_comparison"]`` (keys: :func:`engine.evals.latency.compare_paired`); the promotion's latency gate
+reads it. A baseline that cannot load leaves the summary with its ``error`` and ``n`` 0; the evaluation still ends.
+
 Pages call :func:`list_suites`, :func:`upload_suite`, :func:`start_evaluation`, :func:`list_evaluations`,
 :func:`get_evaluation`, :func:`get_report`, :func:`compare_evaluations`; the CLI :func:`run_evaluation_blocking`.
 """
@@ -34,8 +40,10 @@ from console.services.text import is_clean
 from db import evaluations as evaluations_q
 from db import model_versions as versions_q
 from db import users as users_q
+from db.model_versions import PRODUCTION
 from engine.errors import EngineError
-from engine.evals.process import ChildConfig, run_suite_in_child
+from engine.evals.latency import compare_paired, failed_comparison
+from engine.evals.process import ChildConfig, latency_prompts, run_latency_comparison, run_suite_in_child
 from engine.evals.report import AnswerScan, ComparisonRow, compare_reports, compute_report, scan_of
 from engine.evals.suite import (
     BUILTIN_DESCRIPTIONS,
@@ -54,8 +62,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Progress shares: loading the engine, answering, scanning (answering gets the bulk; scanning is fast).
+# Progress shares: loading the engine, answering, scanning (answering gets the bulk; scanning is fast). With a
+# latency comparison, answering ends at _COMPARING_FROM and the comparison takes the rest up to _SCANNING_FROM.
 _ANSWERING_FROM, _SCANNING_FROM, _SCANNING_TO = 0.05, 0.9, 0.99
+_COMPARING_FROM = 0.7
 PROGRESS_WRITE_INTERVAL_S = 0.5
 
 
@@ -197,6 +207,9 @@ class _Job:
     child: ChildConfig
     cancel: threading.Event
     cancelled_by: str | None = None
+    baseline: ModelSpec | None = None  # the version the candidate's latency is compared with, in the same run
+    baseline_name: str | None = None
+    baseline_error: str | None = None  # why the baseline cannot be compared (its files changed...)
 
 
 class _Runner:
@@ -305,15 +318,21 @@ def _execute(job: _Job) -> dict[str, Any]:
             with ctx.db.session() as s:
                 evaluations_q.set_progress(s, eid, value)
 
+    compares = job.baseline_name is not None
+    answered_at = _COMPARING_FROM if compares else _SCANNING_FROM
+
     def on_child(phase: str, done: int, total: int) -> None:
+        share = done / total if total else 1.0
         if phase == "loading":
             record(0.01, force=True)
+        elif phase == "comparing":
+            record(_COMPARING_FROM + (_SCANNING_FROM - _COMPARING_FROM) * share, force=done in (0, total))
         else:
-            share = done / total if total else 1.0
-            record(_ANSWERING_FROM + (_SCANNING_FROM - _ANSWERING_FROM) * share, force=done in (0, total))
+            record(_ANSWERING_FROM + (answered_at - _ANSWERING_FROM) * share, force=done in (0, total))
 
     try:
         run = run_suite_in_child(job.spec, job.suite, job.child, on_progress=on_child, cancel=job.cancel)
+        comparison = _compare_latency(job, on_child) if compares else None
         scans, notes = _scan_answers(
             ctx, run.answers,
             lambda done, total: record(_SCANNING_FROM + (_SCANNING_TO - _SCANNING_FROM) * done / max(total, 1)),
@@ -321,6 +340,8 @@ def _execute(job: _Job) -> dict[str, Any]:
         info = run.run_info(job.child)
         report = compute_report(job.suite, run.answers, scans, version=job.spec.name, run=info, notes=notes)
         data = report.as_dict()
+        if comparison is not None:
+            data["latency_comparison"] = comparison
         with ctx.db.session() as s:
             evaluations_q.finish_evaluation(s, eid, data)
     except (EngineError, ConsoleError) as exc:
@@ -335,10 +356,54 @@ def _execute(job: _Job) -> dict[str, Any]:
     return data
 
 
+def _compare_latency(job: _Job, progress: Any) -> dict[str, Any]:
+    """The paired latency comparison of the job's version with its baseline (see the module docstring)."""
+    assert job.baseline_name is not None
+    candidate, baseline = job.spec.name, job.baseline_name
+    if job.baseline is None:
+        return failed_comparison(candidate_version=candidate, baseline_version=baseline,
+                                 error=job.baseline_error or "the baseline cannot be loaded")
+    try:
+        pairs = run_latency_comparison(job.spec, job.baseline, latency_prompts(job.suite.records,
+                                                                                job.child.latency_prompts),
+                                       job.child, on_progress=progress, cancel=job.cancel)
+    except EngineError as exc:
+        if job.cancel.is_set():
+            raise
+        logger.warning("evaluation %s: latency comparison failed: %s", job.evaluation_id, exc)
+        return failed_comparison(candidate_version=candidate, baseline_version=baseline, error=str(exc))
+    return compare_paired(pairs, candidate_version=candidate, baseline_version=baseline, seed=job.child.seed,
+                          max_tokens=job.child.latency_max_tokens)
+
+
+def _baseline(ctx: AppContext, candidate: str, baseline: str | None, compare_latency: bool
+              ) -> tuple[ModelSpec | None, str | None, str | None]:
+    """(spec, name, why it cannot load) of the version to compare latency with: ``baseline`` if named (it must
+    load), else the production holder when it is another version (if it cannot load, the report says why)."""
+    if not compare_latency:
+        return None, None, None
+    if baseline is not None:
+        spec = loadable_spec(ctx, baseline)
+        if spec.name == candidate:
+            raise InvalidInput("Compare the latency with another version than the one evaluated.")
+        return spec, spec.name, None
+    with ctx.db.session(readonly=True) as s:
+        holder = versions_q.version_for_alias(s, PRODUCTION)
+        name = None if holder is None else holder.name
+    if name is None or name == candidate:
+        return None, None, None
+    try:
+        return loadable_spec(ctx, name), name, None
+    except ConsoleError as exc:
+        return None, name, str(exc)
+
+
 def _queue(ctx: AppContext, actor: str, actor_id: int | None, version_name: str, suite: str | Suite | None,
-           child: ChildConfig | None) -> tuple[_Job, EvaluationView]:
+           child: ChildConfig | None, baseline: str | None = None, compare_latency: bool = True
+           ) -> tuple[_Job, EvaluationView]:
     chosen = _resolve_suite(suite)
     spec = loadable_spec(ctx, version_name)  # registered, not retired, files unchanged: else a clear error
+    base_spec, base_name, base_error = _baseline(ctx, spec.name, baseline, compare_latency)
     _fail_orphans(ctx)
     with ctx.db.session() as s:
         version = versions_q.get_model_version_by_name(s, spec.name)
@@ -349,16 +414,21 @@ def _queue(ctx: AppContext, actor: str, actor_id: int | None, version_name: str,
             actor=actor, actor_id=actor_id, runner=_runner_id(),
         )
         view = _view(s, row)
-    return _Job(ctx, view.id, spec, chosen, child or ChildConfig(), threading.Event()), view
+    config = child or ChildConfig(latency_prompts=ctx.settings.evaluation_latency_prompts)
+    return _Job(ctx, view.id, spec, chosen, config, threading.Event(), baseline=base_spec, baseline_name=base_name,
+                baseline_error=base_error), view
 
 
 @requires("models.evaluate")
 def start_evaluation(ctx: AppContext, actor: Principal, version_name: str, suite: str | Suite | None = None, *,
-                     child: ChildConfig | None = None) -> EvaluationView:
+                     child: ChildConfig | None = None, baseline: str | None = None,
+                     compare_latency: bool = True) -> EvaluationView:
     """Queue an evaluation of ``version_name`` on ``suite`` (a built-in name, an uploaded :class:`Suite`, or None
     for ``standard``) and return at once; poll :func:`get_evaluation` for progress. ``child`` tunes the child
-    process (KV cache, concurrency, answer length); pages leave it alone."""
-    job, view = _queue(ctx, actor.username, actor.user_id, version_name, suite, child)
+    process (KV cache, concurrency, answer length); pages leave it alone. The latency is compared in the same
+    run with ``baseline`` (default: the production holder, when it is another version) unless
+    ``compare_latency`` is False."""
+    job, view = _queue(ctx, actor.username, actor.user_id, version_name, suite, child, baseline, compare_latency)
     _RUNNER.submit(job)
     return view
 
@@ -376,13 +446,14 @@ def cancel_evaluation(ctx: AppContext, actor: Principal, evaluation_id: int) -> 
 
 
 def run_evaluation_blocking(ctx: AppContext, version_name: str, suite: str | Suite | None = None, *,
-                            child: ChildConfig | None = None, actor: str = "cli") -> dict[str, Any]:
+                            child: ChildConfig | None = None, actor: str = "cli", baseline: str | None = None,
+                            compare_latency: bool = True) -> dict[str, Any]:
     """Evaluate in the calling thread (the CLI; the shell user is trusted) and return the stored report dict.
 
-    Stored and audited like :func:`start_evaluation`; raises a ConsoleError (the row is marked failed) when the
-    run fails.
+    Stored and audited like :func:`start_evaluation` (the same latency comparison); raises a ConsoleError (the
+    row is marked failed) when the run fails.
     """
-    job, _view_ = _queue(ctx, actor, None, version_name, suite, child)
+    job, _view_ = _queue(ctx, actor, None, version_name, suite, child, baseline, compare_latency)
     try:
         return _execute(job)
     except EngineError as exc:

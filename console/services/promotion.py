@@ -93,10 +93,80 @@ def _metric(report: dict[str, Any] | None, *path: str) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+TTFT_GATE = "ttft_p95"
+TTFT_LABEL = "p95 time to first token vs baseline, same run (ms)"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:.0f}"
+
+
+def _signed_ms(value: float) -> str:
+    return ("+" if value >= 0 else "-") + _ms(abs(value))
+
+
+def ttft_gate(settings: Settings, report: dict[str, Any] | None, baseline: dict[str, Any] | None = None, *,
+              baseline_version: str | None = None, baseline_note: str = "the alias holder has no evaluation"
+              ) -> Gate:
+    """The latency gate: the candidate's p95 time to first token against the baseline version's, both timed on
+    the same prompts in the candidate's evaluation run (``report["latency_comparison"]``, see
+    :func:`engine.evals.latency.compare_paired`).
+
+    ``value`` is the lower end of the 95% interval of the p95 difference (ms) and ``limit`` the margin
+    (``promotion_ttft_margin`` of the baseline's p95): the gate fails only when the candidate is shown slower
+    beyond the margin, or when there is not enough to judge (fewer than ``promotion_ttft_min_pairs`` pairs, a
+    comparison with another version, or an old report whose two p95s came from different runs). The note says the
+    estimate, the interval and the number of pairs.
+    """
+    def fail(note: str, value: float | None = None, limit: float | None = None) -> Gate:
+        return Gate(TTFT_GATE, TTFT_LABEL, value, limit, "<=", False, note)
+
+    if report is None:
+        return fail("no evaluation")
+    if baseline_version is None:
+        return fail(baseline_note)
+    paired = report.get("latency_comparison")
+    if not isinstance(paired, dict):
+        own, theirs = _metric(report, "latency", "ttft_p95_ms"), _metric(baseline, "latency", "ttft_p95_ms")
+        measured = (f" (p95 {_ms(own)} ms" + (f" against {baseline_version}'s {_ms(theirs)} ms" if theirs is not None
+                                              else "") + ")") if own is not None else ""
+        return fail(f"cannot compare like with like: this evaluation did not time {baseline_version} in the same "
+                    f"run{measured}, and p95s from different runs differ by more than a model change does. Re-run "
+                    "the evaluation (it times both versions side by side) or approve with an override.", own)
+    compared = str(paired.get("baseline_version") or "")
+    if compared != baseline_version:
+        return fail(f"the evaluation timed the candidate against {compared or 'no version'}, not against "
+                    f"{baseline_version}, which holds the alias now: re-run the evaluation or override.")
+    if paired.get("error"):
+        return fail(f"the latency comparison with {baseline_version} could not run ({paired['error']}): re-run "
+                    "the evaluation or override.")
+    n = int(paired.get("n") or 0)
+    diff, low, high = (_metric(paired, k) for k in ("diff_ms", "ci_low_ms", "ci_high_ms"))
+    base_p95 = _metric(paired, "baseline_ttft_p95_ms")
+    confidence = _metric(paired, "confidence") or 0.95
+    if diff is not None and low is not None and high is not None:
+        estimate = (f"p95 TTFT {_signed_ms(diff)} ms vs {baseline_version} ({confidence:.0%} CI {_signed_ms(low)}.."
+                    f"{_signed_ms(high)} ms, {n} paired prompts, same run)")
+    else:
+        estimate = f"{n} paired prompt(s) with {baseline_version}, same run"
+    if n < settings.promotion_ttft_min_pairs or low is None or base_p95 is None:
+        return fail(f"not enough data: {estimate}; the gate needs {settings.promotion_ttft_min_pairs} paired "
+                    "prompts. Re-run the evaluation with more prompts or override.", low)
+    margin = settings.promotion_ttft_margin * base_p95
+    rule = f"{_signed_ms(margin)} ms ({settings.promotion_ttft_margin:.0%} of {baseline_version}'s {_ms(base_p95)} ms)"
+    if low > margin + EPSILON:
+        return Gate(TTFT_GATE, TTFT_LABEL, low, margin, "<=", False,
+                    f"{estimate}: slower beyond the margin of {rule}, even at the interval's lower end")
+    return Gate(TTFT_GATE, TTFT_LABEL, low, margin, "<=", True,
+                f"{estimate}: not shown slower than the margin of {rule}")
+
+
 def compute_gates(settings: Settings, report: dict[str, Any] | None, baseline: dict[str, Any] | None,
-                  *, baseline_note: str = "the alias holder has no evaluation") -> list[Gate]:
-    """The promotion gates of a candidate ``report`` against the ``baseline`` report (either may be missing:
-    a gate that cannot be computed fails, so approving it needs an override reason)."""
+                  *, baseline_note: str = "the alias holder has no evaluation",
+                  baseline_version: str | None = None) -> list[Gate]:
+    """The promotion gates of a candidate ``report`` against the ``baseline`` report of ``baseline_version``
+    (the alias holder; default: the baseline report's ``version``). Either report may be missing: a gate that
+    cannot be computed fails, so approving it needs an override reason. Latency: :func:`ttft_gate`."""
     s = settings
     # name, label, path, comparison, limit from the baseline value (None: a fixed limit)
     specs: list[tuple[str, str, tuple[str, ...], str, Any]] = [
@@ -104,9 +174,9 @@ def compute_gates(settings: Settings, report: dict[str, Any] | None, baseline: d
          lambda b: b - s.promotion_accuracy_margin),
         ("flag_rate", "Flag rate", ("flag_rate_any",), "<=", lambda b: b + s.promotion_flag_margin),
         ("bias_toxicity_gap", "Bias: toxicity gap", ("bias_gap", "toxicity_gap"), "<=", None),
-        ("ttft_p95", "p95 time to first token (ms)", ("latency", "ttft_p95_ms"), "<=",
-         lambda b: b * (1 + s.promotion_ttft_margin)),
     ]
+    if baseline_version is None and baseline is not None:
+        baseline_version = str(baseline.get("version") or "") or None
     gates = []
     for name, label, path, comparison, limit_of in specs:
         if report is None:
@@ -127,6 +197,8 @@ def compute_gates(settings: Settings, report: dict[str, Any] | None, baseline: d
         else:
             ok = value >= limit - EPSILON if comparison == ">=" else value <= limit + EPSILON
             gates.append(Gate(name, label, value, limit, comparison, ok))
+    gates.append(ttft_gate(settings, report, baseline, baseline_version=baseline_version,
+                           baseline_note=baseline_note))
     return gates
 
 
@@ -140,6 +212,8 @@ REPORT_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bias: flag gap", ("bias_gap", "flag_gap")),
     ("ttft p50 (ms)", ("latency", "ttft_p50_ms")),
     ("ttft p95 (ms)", ("latency", "ttft_p95_ms")),
+    ("same run: p95 ttft difference vs baseline (ms)", ("latency_comparison", "diff_ms")),
+    ("same run: paired prompts", ("latency_comparison", "n")),
     ("e2e p95 (ms)", ("latency", "e2e_p95_ms")),
     ("tokens/s", ("tokens_per_s",)),
     ("errors", ("errors",)),
@@ -230,7 +304,8 @@ def request_promotion(ctx: AppContext, actor: Principal, version_name: str, alia
         report = None if evaluation is None else dict(evaluation.report or {})
         baseline_report = None if baseline is None else dict(baseline.report or {})
         note = f"{holder.name} has no evaluation" if holder is not None else f"no version holds {alias}"
-        gates = compute_gates(ctx.settings, report, baseline_report, baseline_note=note)
+        gates = compute_gates(ctx.settings, report, baseline_report, baseline_note=note,
+                              baseline_version=holder.name if holder is not None else None)
         request = promo_q.create_request(
             s, alias=alias, version_id=version.id, from_version_id=holder.id if holder else None,
             evaluation_id=evaluation.id if evaluation else None, report=report, baseline_report=baseline_report,
@@ -540,9 +615,24 @@ class Watcher(PeriodicTask):
 
 
 @dataclass(frozen=True)
+class AliasMoveView:
+    """A move of the production alias: from which version to which, who, when and why (``rollback``: a rollback,
+    whose reason is shown without its prefix)."""
+
+    from_version: str | None
+    to_version: str | None
+    by: str
+    at: datetime
+    reason: str
+    rollback: bool
+
+
+@dataclass(frozen=True)
 class WatchView:
     """The latest production switch as the watch sees it: ``state`` is watching, regression, passed,
-    too_few_samples or not_watched (a rollback, or the first version loaded)."""
+    too_few_samples, not_watched (a rollback's own switch, or the first version loaded), or, when production
+    moved away from the watched version before the watch concluded, rolled_back or moved (``moved_away`` says
+    who, when and why; the consoles may not have switched yet)."""
 
     from_version: str | None
     to_version: str
@@ -550,6 +640,7 @@ class WatchView:
     ends_at: datetime
     state: str
     finding: WatchFinding | None
+    moved_away: AliasMoveView | None = None
 
 
 @dataclass(frozen=True)
@@ -558,6 +649,17 @@ class ProductionView:
     previous: str | None  # where a rollback would return to
     watch: WatchView | None
     recent_regression: WatchFinding | None  # the last regression the watch found in the past day, if any
+    last_rollback: AliasMoveView | None = None  # the latest move of production, if it was a rollback in the past day
+
+
+def _move_view(s: Session, move: Any) -> AliasMoveView:
+    def name(version_id: int | None) -> str | None:
+        version = None if version_id is None else versions_q.get_model_version(s, version_id)
+        return None if version is None else version.name
+
+    rolled = move.reason.startswith(ROLLBACK_PREFIX)
+    return AliasMoveView(name(move.from_version_id), name(move.to_version_id), move.actor, move.created_at,
+                         move.reason.removeprefix(ROLLBACK_PREFIX), rolled)
 
 
 @requires("promotion.view")
@@ -570,6 +672,8 @@ def production_state(ctx: AppContext, actor: Principal) -> ProductionView:
         except ConsoleError:
             previous = None
         switch = audit_q.latest_event(s, "model.switch")
+        last_move = next(iter(versions_q.alias_moves(s, alias=PRODUCTION, limit=1)), None)
+        moved_view = None if last_move is None else _move_view(s, last_move)
         watch = None
         if switch is not None:
             events = audit_q.events_about(s, WATCH_ACTIONS, object_type="model_switch", object_id=str(switch.seq))
@@ -577,11 +681,21 @@ def production_state(ctx: AppContext, actor: Principal) -> ProductionView:
             ends = switch.ts + timedelta(minutes=ctx.settings.watch_minutes)
             state = finding.verdict if finding else ("watching" if _watched(switch) and ctx.now() < ends
                                                      else "not_watched")
-            watch = WatchView(switch.details.get("from"), str(switch.details.get("to")), switch.ts, ends, state,
-                              finding)
+            watched = str(switch.details.get("to"))
+            moved = None
+            if (current is None or current.name != watched) and last_move is not None \
+                    and last_move.created_at >= switch.ts:
+                # The alias left the switched-to version (a rollback, a promotion, a serve) and the switch that
+                # follows has not happened yet: that version is no longer being watched.
+                moved = moved_view
+                if state == "watching" and moved_view is not None:
+                    state = "rolled_back" if moved_view.rollback else "moved"
+            watch = WatchView(switch.details.get("from"), watched, switch.ts, ends, state, finding, moved)
         last = audit_q.latest_event(s, "model.watch_regression")
         recent = _finding(last) if last is not None and last.ts >= ctx.now() - RECENT else None
-    return ProductionView(current.name if current else None, previous, watch, recent)
+        rollback = moved_view if moved_view is not None and moved_view.rollback \
+            and moved_view.at >= ctx.now() - RECENT else None
+    return ProductionView(current.name if current else None, previous, watch, recent, rollback)
 
 
 # --- history ---------------------------------------------------------------------------------------------------

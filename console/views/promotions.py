@@ -38,6 +38,14 @@ if production is not None:
     if watch is not None and watch.state == "watching":
         st.info(f"Watching {esc(watch.to_version)} against {esc(watch.from_version or '-')} until "
                 f"{watch.ends_at:%H:%M} UTC.", icon=":material/visibility:")
+    if (rb := production.last_rollback) is not None:
+        st.warning(f"Rolled back at {rb.at:%Y-%m-%d %H:%M} UTC by {esc(rb.by)}: production returned from "
+                   f"{esc(rb.from_version or '-')} to {esc(rb.to_version or '-')} ({esc(rb.reason)}). "
+                   f"{esc(rb.from_version or '-')} is no longer watched.", icon=":material/arrow_back:")
+    elif watch is not None and watch.state == "moved" and (m := watch.moved_away) is not None:
+        st.info(f"Production moved from {esc(watch.to_version)} to {esc(m.to_version or 'nothing')} at "
+                f"{m.at:%Y-%m-%d %H:%M} UTC by {esc(m.by)} ({esc(m.reason)}); {esc(watch.to_version)} is no longer "
+                "watched, and the consoles switch within seconds.", icon=":material/arrow_forward:")
     if (f := production.recent_regression) is not None:
         what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
                 "rollback_failed": f"the rollback failed: {f.error}"}.get(f.action, f.action)

@@ -1,4 +1,5 @@
-"""The parent's side of an evaluation: start ``python -m engine.evals.run`` for one version and read its answers.
+"""The parent's side of an evaluation: start ``python -m engine.evals.run`` for one version and read its answers,
+and (:func:`run_latency_comparison`) time the candidate against a baseline version in the same run.
 
 The child owns its own vLLM engine for the length of one suite (see :mod:`engine.evals.run` for why it must be a
 separate process). This module writes the child's inputs to a temporary directory, reads its JSON-lines events as
@@ -15,16 +16,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.evals.latency import BASELINE, CANDIDATE, PairedTiming, abba_first
 from engine.evals.report import Answer
 from engine.evals.run import spec_to_dict
-from engine.evals.suite import Suite
-from engine.types import ModelSpec
+from engine.evals.suite import Suite, SuiteRecord
+from engine.remote import ChildEngine
+from engine.types import ChatMessage, ModelSpec, SamplingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,11 @@ class EvaluationRunError(EngineError):
 @dataclass(frozen=True)
 class ChildConfig:
     """How the evaluation child runs. Greedy sampling by default, so two runs of one version answer alike and
-    a bias pair's answers differ only because their prompts do."""
+    a bias pair's answers differ only because their prompts do.
+
+    The paired latency comparison (when the evaluation has a baseline) sends ``latency_prompts`` prompts to both
+    versions, answers cut at ``latency_max_tokens`` tokens (only the first token is compared), after
+    ``latency_warmup`` unmeasured requests to each."""
 
     kv_cache_gib: float = 0.25
     concurrency: int = 8
@@ -51,6 +59,9 @@ class ChildConfig:
     nice: int = 5
     timeout_s: float = 1800.0
     python: str = sys.executable
+    latency_prompts: int = 40
+    latency_max_tokens: int = 8
+    latency_warmup: int = 2
 
     def __post_init__(self) -> None:
         if not self.kv_cache_gib > 0:
@@ -61,6 +72,8 @@ class ChildConfig:
             raise ValueError(f"ChildConfig.max_tokens must be >= 1, got {self.max_tokens}")
         if not self.timeout_s > 0:
             raise ValueError(f"ChildConfig.timeout_s must be > 0, got {self.timeout_s}")
+        if self.latency_prompts < 1 or self.latency_max_tokens < 1 or self.latency_warmup < 0:
+            raise ValueError("ChildConfig.latency_prompts and latency_max_tokens must be >= 1, latency_warmup >= 0")
 
     def sampling(self) -> dict[str, Any]:
         """The sampling the answers were made with, for the report."""
@@ -83,7 +96,7 @@ class ChildRun:
                 "sampling": config.sampling(), "engine": "separate process"}
 
 
-ProgressFn = Callable[[str, int, int], None]  # (phase "loading"/"answering", done, total)
+ProgressFn = Callable[[str, int, int], None]  # (phase "loading"/"answering"/"comparing", done, total)
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -193,3 +206,111 @@ def _watch(proc: subprocess.Popen[str], deadline: float, cancel: threading.Event
             proc.kill()
             return
         time.sleep(0.2)
+
+
+# --- the paired latency comparison ------------------------------------------------------------------------------
+
+
+def latency_prompts(records: Sequence[SuiteRecord], count: int) -> list[SuiteRecord]:
+    """``count`` prompts for the latency comparison: spread evenly over the suite (every kind is in it), or the
+    suite repeated when it has fewer."""
+    if not records:
+        return []
+    if len(records) <= count:
+        return [records[i % len(records)] for i in range(count)]
+    return [records[i * len(records) // count] for i in range(count)]
+
+
+def _first_token_ms(engine: ChildEngine, text: str, sampling: SamplingSettings, request_id: str) -> float | None:
+    """Stream one prompt to its end; vLLM's time to first token in ms, None if the request failed."""
+    try:
+        stream = engine.stream_chat([ChatMessage("user", text)], sampling, request_id=request_id)
+        for _delta in stream:
+            pass
+        result = stream.result
+    except EngineError as exc:
+        logger.warning("latency comparison: %s on %s failed: %s", request_id, engine.spec.name, exc)
+        return None
+    if result.aborted or result.ttft_s is None:
+        return None
+    return result.ttft_s * 1000.0
+
+
+def run_latency_comparison(
+    candidate: ModelSpec,
+    baseline: ModelSpec,
+    records: Sequence[SuiteRecord],
+    config: ChildConfig | None = None,
+    *,
+    on_progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> list[PairedTiming]:
+    """Time the first token of both versions on the same prompts, in the same run; blocks until it ends.
+
+    Each version is served by its own child process (:mod:`engine.child`; two vLLM engines in one process
+    cannot be stopped independently), both started side by side and both idle but for the one request this
+    thread sends at a time. Prompt ``i`` goes to both versions back to back, the candidate first for even ``i``
+    and the baseline first for odd ``i`` (ABBA), so drifts in the machine's load hit both alike. Greedy, answers
+    cut at ``config.latency_max_tokens``. Raises :class:`EvaluationRunError` when a version cannot load,
+    ``cancel`` is set or ``config.timeout_s`` passes.
+    """
+    config = config or ChildConfig()
+    progress = on_progress or (lambda phase, done, total: None)
+    deadline = time.monotonic() + config.timeout_s
+    total = len(records)
+    progress("comparing", 0, total)
+    engines: dict[str, ChildEngine] = {}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="latency-load") as pool:
+        futures = {role: pool.submit(ChildEngine.start, spec, kv_cache_gib=config.kv_cache_gib, nice=config.nice,
+                                     timeout_s=config.timeout_s)
+                   for role, spec in ((CANDIDATE, candidate), (BASELINE, baseline))}
+        failures = []
+        for role, future in futures.items():
+            try:
+                engines[role] = future.result()
+            except EngineError as exc:
+                failures.append(str(exc))
+    stopped: list[str] = []
+
+    def watch() -> None:  # a hung request must not outlive the timeout or a cancellation
+        while not stopped:
+            why = ("cancelled" if cancel is not None and cancel.is_set()
+                   else "timeout" if time.monotonic() > deadline else None)
+            if why is not None:
+                stopped.append(why)
+                for engine in engines.values():
+                    engine.kill()
+                return
+            time.sleep(0.2)
+
+    watchdog = threading.Thread(target=watch, name="latency-watchdog", daemon=True)
+    watchdog.start()
+    pairs: list[PairedTiming] = []
+    try:
+        if failures:
+            raise EvaluationRunError("The latency comparison could not start: " + "; ".join(failures))
+        sampling = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=config.latency_max_tokens,
+                                    seed=config.seed, ignore_eos=True)
+        for w in range(min(config.latency_warmup, total)):  # first requests pay for cold caches: not measured
+            for role in (CANDIDATE, BASELINE):
+                _first_token_ms(engines[role], records[w].prompt, sampling, f"lat-warmup-{w}")
+        for i, record in enumerate(records):
+            if stopped:
+                break
+            first = abba_first(i)
+            times: dict[str, float | None] = {}
+            for role in (first, BASELINE if first == CANDIDATE else CANDIDATE):
+                times[role] = _first_token_ms(engines[role], record.prompt, sampling, f"lat-{i}-{record.id}")
+            pairs.append(PairedTiming(record.id, times[CANDIDATE], times[BASELINE], first))
+            progress("comparing", i + 1, total)
+    finally:
+        stopped.append("ended")
+        watchdog.join(timeout=5)
+        for engine in engines.values():
+            engine.shutdown()
+    if stopped[0] in ("timeout", "cancelled"):
+        reason = f"took longer than {config.timeout_s:.0f} s" if stopped[0] == "timeout" else "was cancelled"
+        raise EvaluationRunError(f"The latency comparison of {candidate.name} with {baseline.name} {reason}; "
+                                 "it was stopped.")
+    logger.info("latency comparison of %s with %s: %s pairs", candidate.name, baseline.name, len(pairs))
+    return pairs

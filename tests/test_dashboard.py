@@ -286,6 +286,77 @@ def test_the_page_draws_every_chart_with_units(page_env, make_user):
     assert latency[0]["layout"]["yaxis"]["range"] == latency[1]["layout"]["yaxis"]["range"]  # one scale
 
 
+def test_low_traffic_reads_in_requests_per_minute_not_zero(ctx, operator):
+    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last 24 hours"))
+    table = dashboard.summary_table(report.totals).set_index("model version")
+    # v1: 4 requests in a day = 0.0028 per minute (0.000046 per second read "0.0" before).
+    assert table.loc["v1", "requests/min (avg)"] == "0.0028"
+    assert "requests/s (avg)" not in table.columns
+    v1 = _by_version(report.series)["v1"]
+    assert v1["requests_per_min"] == pytest.approx(4 / 15)  # the chart's point: 4 requests in a 15-minute bucket
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (0.0, "0"), (0.000046, "0.000046"), (0.0069, "0.0069"), (0.25, "0.25"), (2.5, "2.5"), (42.24, "42.2"),
+    (1234.4, "1,234"), (float("nan"), "–"), (None, "–"),
+], ids=["zero", "tiny", "low", "fraction", "units", "tens", "thousands", "nan", "none"])
+def test_rates_keep_two_significant_digits(value, shown):
+    assert dashboard.format_rate(value) == shown
+
+
+def _health(ctx, now, **fields) -> None:
+    from db import health as health_q
+
+    with ctx.db.session() as s:
+        for minutes in (20, 10, 2):  # an idle engine: every figure 0
+            health_q.add_sample(s, health_q.HealthRecord(ts=now - timedelta(minutes=minutes), model_version="v1",
+                                                         state="ready", **fields))
+
+
+def test_charts_keep_their_axes_at_zero_and_equal_percentiles_all_visible(page_env, make_user):
+    op = make_user("olivia", "operator")
+    now = datetime.now(UTC)
+    # One request per bucket: its p50, p95 and p99 are the same value.
+    _record(page_env, now - timedelta(minutes=30), "v1", ttft_ms=40, e2e_ms=400, output_tokens=5)
+    _record(page_env, now - timedelta(minutes=3), "v1", ttft_ms=50, e2e_ms=500, output_tokens=5,
+            prompt_action="flag", output_action="allow")
+    _health(page_env, now)
+    at = _page(op)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [spec["layout"]["title"]["text"] for spec in specs]
+    assert len([t for t in titles if t in ("Requests in the engine", "KV-cache use", "Engine throughput",
+                                           "Preemptions and engine errors")]) == 4
+    for title, spec in zip(titles, specs, strict=True):
+        assert spec["layout"]["yaxis"]["rangemode"] == "nonnegative", title
+        assert "bucket" not in spec["layout"]["xaxis"].get("title", {}).get("text", ""), title
+    time_axes = [spec["layout"]["xaxis"]["title"]["text"] for spec in specs if not spec["layout"]["title"]["text"]
+                 .startswith("Median")]
+    assert set(time_axes) == {"time (UTC)"}
+
+    ttft = specs[titles.index(next(t for t in titles if t.startswith("Time to first token")))]
+    traces = {t["name"]: (i, t) for i, t in enumerate(ttft["data"])}
+    (p50_at, p50), (p95_at, p95), (p99_at, p99) = (traces[f"v1 {stat}"] for stat in ("p50", "p95", "p99"))
+    assert p95["y"] == p99["y"] == p50["y"]  # equal here...
+    # ...and still each visible: p99 drawn first and widest with an open square around p95's diamond, p50 on top.
+    assert p99_at < p95_at < p50_at
+    assert p99["line"]["width"] > p95["line"]["width"] > p50["line"]["width"]
+    assert len({p50["marker"]["symbol"], p95["marker"]["symbol"], p99["marker"]["symbol"]}) == 3
+    assert p99["marker"]["symbol"] == "square-open" and p99["marker"]["size"] > p95["marker"]["size"]
+    assert len({p50["line"]["dash"], p95["line"]["dash"], p99["line"]["dash"]}) == 3
+    assert [p50["legendrank"], p95["legendrank"], p99["legendrank"]] == [0, 1, 2]
+    assert ttft["layout"]["hovermode"] == "x unified"  # the hover lists all three
+
+    assert "Requests per minute, averaged per 15-minute bucket" in titles
+    rates = specs[titles.index(next(t for t in titles if t.startswith("Share of requests")))]
+    (flag,) = [t for t in rates["data"] if t["name"] == "v1: flagged (prompt or answer)"]
+    assert "prompt" in flag["hovertemplate"] and "answer" in flag["hovertemplate"]
+    summary = _table(at, "flagged (prompt or answer)").set_index("model version")
+    assert summary.loc["v1", "flagged (prompt or answer)"] == "50.00 %"
+    assert summary.loc["v1", "prompt flagged"] == "50.00 %" and summary.loc["v1", "answer flagged"] == "0.00 %"
+
+
 def test_an_admin_sets_a_target_on_the_page_and_the_charts_draw_it(page_env, make_user):
     admin = make_user("ada", "admin")
     _seed(page_env, datetime.now(UTC))

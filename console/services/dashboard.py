@@ -48,7 +48,7 @@ METRIC_LABELS: dict[str, str] = {
     "store_ms": "storage",
     "error_rate": "error rate",
     "abort_rate": "abort rate (stopped, cut or interrupted)",
-    "flag_rate": "flag rate (any finding)",
+    "flag_rate": "flag rate (prompt or answer flagged or blocked)",
     "block_rate": "block rate (prompt or answer)",
 }
 RATE_METRICS = metrics_q.RATE_METRICS
@@ -184,6 +184,8 @@ def _frame(columns: dict[str, Any]) -> pd.DataFrame:
         frame.insert(0, "bucket_start", pd.to_datetime(columns["bucket_epoch"], unit="s", utc=True))
     if "model_version" in frame:
         frame["model_version"] = frame["model_version"].fillna(ALL_VERSIONS)
+    if "requests_per_s" in frame:  # low traffic reads better per minute
+        frame["requests_per_min"] = frame["requests_per_s"] * 60
     return frame
 
 
@@ -385,6 +387,19 @@ def format_pct(value: Any) -> str:
     return "–" if value is None or pd.isna(value) else f"{float(value) * 100:.2f} %"
 
 
+def format_rate(value: Any) -> str:
+    """A rate with at least two significant digits, so low traffic does not read 0: "0.0069", "2.5", "1,234"."""
+    if value is None or pd.isna(value):
+        return "–"
+    number = float(value)
+    if number == 0:
+        return "0"
+    if number >= 10:
+        return f"{number:,.0f}" if number >= 100 else f"{number:.1f}"
+    decimals = min(9, 1 - math.floor(math.log10(number)))  # two significant digits
+    return f"{number:.{decimals}f}"
+
+
 def format_measured(values: Any, stats: Any) -> list[str]:
     """Measured values against SLO targets: rates as percentages, latencies in milliseconds."""
     return [format_pct(v) if stat == "rate" else format_ms(v) for v, stat in zip(values, stats, strict=True)]
@@ -414,11 +429,15 @@ def summary_table(totals: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model version": totals["model_version"],
         "requests": totals["requests"],
-        "requests/s (avg)": totals["requests_per_s"].round(3),
-        "output tokens/s (avg)": totals["output_tokens_per_s"].round(1),
+        # Per minute: a few requests an hour read 0.0 per second.
+        "requests/min (avg)": (totals["requests_per_s"] * 60).map(format_rate),
+        "output tokens/s (avg)": totals["output_tokens_per_s"].map(format_rate),
         "errors": totals["error_rate"].map(format_pct),
         "aborted": totals["abort_rate"].map(format_pct),
-        "flagged": totals["flag_rate"].map(format_pct),
+        # Flagged = the policy flagged or blocked the prompt or the answer (db.flags); and each side on its own.
+        "flagged (prompt or answer)": totals["flag_rate"].map(format_pct),
+        "prompt flagged": totals["prompt_flag_rate"].map(format_pct),
+        "answer flagged": totals["output_flag_rate"].map(format_pct),
         "blocked": totals["block_rate"].map(format_pct),
         "TTFT p50": totals["ttft_ms_p50"].map(format_ms),
         "TTFT p95": totals["ttft_ms_p95"].map(format_ms),

@@ -149,6 +149,11 @@ def test_the_same_run_latency_comparison_is_one_line_and_absent_when_not_measure
                                                                          "Time to first token, p95").help
     assert rv.summarize_report(_hand_report()).latency_comparison is None
     assert rv.latency_comparison_sentence({"baseline_version": "v1"}) == "p95 TTFT vs v1: not measured"
+    assert rv.latency_comparison_sentence({"baseline_version": "v1", "n": 0, "diff_ms": None,
+                                           "error": "v1 failed to load"}) == \
+        "p95 TTFT vs v1: not measured (v1 failed to load)"
+    assert rv.latency_comparison_sentence({"baseline_version": "v1", "n": 1, "diff_ms": None}) == \
+        "p95 TTFT vs v1: not measured (1 paired prompt(s), too few)"
 
 
 def test_two_reports_compare_in_words_with_colour_free_markers() -> None:

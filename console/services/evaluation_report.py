@@ -182,14 +182,16 @@ def latency_comparison_sentence(comparison: Any) -> str | None:
     if not isinstance(comparison, Mapping):
         return None
     baseline = comparison.get("baseline_version") or "the baseline"
-    diff = _num(comparison.get("diff_ms"))
+    diff, n = _num(comparison.get("diff_ms")), _num(comparison.get("n"))
     if diff is None:
-        return f"p95 TTFT vs {baseline}: {NOT_MEASURED}"
+        why = comparison.get("error") or (f"{n:,.0f} paired prompt(s), too few" if n is not None else "")
+        return f"p95 TTFT vs {baseline}: {NOT_MEASURED}" + (f" ({why})" if why else "")
     text = f"p95 TTFT {_signed(_plain(diff))} ms vs {baseline}"
-    low, high, n = _num(comparison.get("ci_low_ms")), _num(comparison.get("ci_high_ms")), _num(comparison.get("n"))
+    low, high = _num(comparison.get("ci_low_ms")), _num(comparison.get("ci_high_ms"))
+    confidence = _num(comparison.get("confidence")) or 0.95
     details = []
     if low is not None and high is not None:
-        details.append(f"95% CI {_signed(_plain(low))}..{_signed(_plain(high))} ms")
+        details.append(f"{fmt_pct(confidence)} CI {_signed(_plain(low))}..{_signed(_plain(high))} ms")
     if n is not None:
         details.append(f"{n:,.0f} paired prompts")
     return f"{text} ({', '.join(details)})" if details else text

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from console import ui
 from console.services import evaluation as eval_svc
+from console.services import evaluation_report as report_view
 from console.services import promotion as promotion_svc
 from console.textsafe import escape_markdown
 
@@ -66,8 +68,42 @@ def _progress() -> None:
 _progress()
 
 
-def _pct(value: object) -> str:
-    return "-" if value is None else f"{float(value):.0%}"  # type: ignore[arg-type]
+def _figures(figures: tuple[report_view.Figure, ...], per_row: int = 3) -> None:
+    for i in range(0, len(figures), per_row):
+        for column, figure in zip(st.columns(per_row), figures[i:i + per_row], strict=False):
+            column.metric(figure.label, figure.value, help=figure.help or None, border=True)
+            if figure.detail:
+                column.caption(escape_markdown(figure.detail))
+
+
+def _show_report(summary: report_view.ReportSummary) -> None:
+    st.subheader(escape_markdown(summary.title))
+    _figures(summary.headlines)
+    for note in summary.notes:
+        st.caption(escape_markdown(note))
+    st.markdown("#### Latency")
+    _figures(summary.latency, per_row=6)
+    if summary.latency_comparison:
+        st.markdown(f"**Same run, paired:** {escape_markdown(summary.latency_comparison)}")
+    bias = summary.bias
+    st.markdown("#### Bias gap: the same prompt about another group")
+    st.markdown(escape_markdown(bias.sentence))
+    if bias.chart:
+        st.plotly_chart(px.bar(pd.DataFrame(bias.chart), x="share of pairs (%)", y="attribute", color="difference",
+                               barmode="group", orientation="h", hover_data=["pairs"], range_x=[0, 100],
+                               title="Pairs treated differently, per attribute"), key="eval_bias_chart")
+    _figures(bias.figures)
+    for pair in bias.worst_pairs:
+        with st.container(border=True):
+            st.markdown(f"**Pair {escape_markdown(pair.pair_id)}** ({escape_markdown(pair.attribute)}): "
+                        f"{escape_markdown(pair.differences)}")
+            st.caption(escape_markdown(pair.prompt))
+            for column, side in zip(st.columns(len(pair.sides) or 1), pair.sides, strict=False):
+                column.markdown(f"**{escape_markdown(side.group)}**")
+                column.caption(escape_markdown(side.marks))
+                column.markdown(escape_markdown(side.answer))
+    with st.expander(f"Raw rows: every answer ({len(summary.answers)})"):
+        st.dataframe(pd.DataFrame(list(summary.answers)), hide_index=True, key="eval_answers")
 
 
 with reports_tab:
@@ -75,22 +111,13 @@ with reports_tab:
     rows = ui.call(eval_svc.list_evaluations, ctx, principal, shown) or [] if shown else []
     st.dataframe(pd.DataFrame([{
         "evaluation": r.id, "suite": r.suite, "status": r.status, "prompts": r.n_prompts, "by": r.created_by or "",
-        "finished": r.finished_at, "topic accuracy": _pct((r.summary or {}).get("topic_accuracy")),
-        "declined off-topic": _pct((r.summary or {}).get("decline_rate")),
-        "flagged": _pct((r.summary or {}).get("flag_rate_any")),
-        "p95 first token (ms)": (r.summary or {}).get("ttft_p95_ms"),
-        "tokens/s per answer": (r.summary or {}).get("tokens_per_s")} for r in rows]),
+        "finished": r.finished_at, **report_view.list_row(r.summary)} for r in rows]),
         hide_index=True, width="stretch", key="eval_table")
     done = [r.id for r in rows if r.status == "done"]
     chosen = st.selectbox("Report", done, index=None, key="eval_report_id")
-    if chosen is not None:
-        report = ui.call(eval_svc.get_report, ctx, principal, chosen) or {}
-        bias = report.get("bias_gap") or {}
-        st.markdown(f"**Bias gap** (answer {bias.get('answer_gap')}, toxicity {bias.get('toxicity_gap')}, "
-                    f"flag rate {bias.get('flag_gap')}) over {bias.get('pairs', 0)} pairs")
-        if bias.get("worst_pairs"):
-            st.dataframe(pd.DataFrame(bias["worst_pairs"]), hide_index=True, key="eval_worst_pairs")
-        st.dataframe(pd.DataFrame(report.get("answers") or []), hide_index=True, key="eval_answers")
+    report = ui.call(eval_svc.get_report, ctx, principal, chosen) if chosen is not None else None
+    if report is not None:
+        _show_report(report_view.summarize_report(report))
 
 with compare_tab:
     every = [r for v in versions for r in (ui.call(eval_svc.list_evaluations, ctx, principal, v) or [])
@@ -99,7 +126,21 @@ with compare_tab:
     c1, c2 = st.columns(2)
     a = c1.selectbox("Report A", list(labels), index=None, format_func=labels.get, key="eval_compare_a")
     b = c2.selectbox("Report B", list(labels), index=None, format_func=labels.get, key="eval_compare_b")
-    if a is not None and b is not None:
-        rows = ui.call(eval_svc.compare_evaluations, ctx, principal, a, b) or []
-        st.dataframe(pd.DataFrame([{"metric": r.metric, "A": r.a, "B": r.b, "B - A": r.difference} for r in rows]),
+    report_a = ui.call(eval_svc.get_report, ctx, principal, a) if a is not None and b is not None else None
+    report_b = ui.call(eval_svc.get_report, ctx, principal, b) if report_a is not None else None
+    if report_a is not None and report_b is not None:
+        cmp = report_view.summarize_comparison(report_a, report_b)
+        st.markdown(f"**{escape_markdown(cmp.sentence)}**")
+        for warning in cmp.warnings:
+            st.caption(escape_markdown(warning))
+        better, worse = st.columns(2)
+        for column, title, lines, marker in ((better, "Better in B", cmp.better, report_view.MARKERS["better"]),
+                                             (worse, "Worse in B", cmp.worse, report_view.MARKERS["worse"])):
+            column.markdown(f"**{title}**  \n" + ("  \n".join(f"{marker}: {escape_markdown(x)}" for x in lines)
+                                                  or "nothing"))
+        st.dataframe(pd.DataFrame([{"metric": r.metric, "A": r.a, "B": r.b, "change (B - A)": r.change,
+                                    "B is": r.marker} for r in cmp.rows]),
                      hide_index=True, width="stretch", key="eval_compare_table")
+        with st.expander("Raw rows: the stored figures"):
+            st.dataframe(pd.DataFrame([{"metric": r.metric, "A": r.a, "B": r.b, "B - A": r.difference}
+                                       for r in cmp.raw]), hide_index=True, key="eval_compare_raw")

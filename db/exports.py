@@ -3,8 +3,8 @@
 Rows are read in keyset chunks (``WHERE key > :last ORDER BY key LIMIT n``; never OFFSET, never everything at
 once), so an export of millions of rows holds one chunk in memory. Every value is a plain scalar (``str``,
 ``int``, ``float``, ``bool`` or ``None``): times are ISO 8601 text, JSON values (audit details, sampling, an
-exchange's findings and decisions) are canonical JSON text (``db.audit.canonical_json``), so the same row reads
-the same in CSV, JSON Lines and Parquet. Text is exported as stored, except that a NUL (which the store already
+exchange's findings and decisions; :func:`json_columns`) are canonical JSON text (``db.audit.canonical_json``), so
+the same row reads the same in CSV and Parquet; JSON Lines writes those columns as JSON values (objects, lists). Text is exported as stored, except that a NUL (which the store already
 keeps as U+FFFD) or a lone surrogate is written as U+FFFD, so no format or reader can be broken by one.
 
 Raw (unredacted) text is added to exchanges only with ``include_raw=True``, which only the console's approved
@@ -53,6 +53,12 @@ EXCHANGE_COLUMNS: dict[str, str] = {
     "review_status": "str", "text_erased_at": "str", "synthetic": "bool", "findings": "str", "decisions": "str",
 }
 RAW_COLUMNS: dict[str, str] = {"raw_prompt": "str", "raw_response": "str"}
+# The "str" columns that hold canonical JSON text (an event's details_hash is the SHA-256 of that text).
+JSON_COLUMNS: dict[str, frozenset[str]] = {
+    "events": frozenset({"details"}),
+    "exchanges": frozenset({"sampling", "findings", "decisions"}),
+    "decisions": frozenset(),
+}
 DECISION_COLUMNS: dict[str, str] = {
     "id": "int", "item_id": "int", "exchange_id": "int", "reviewer_id": "int", "reviewer": "str",
     "decision": "str", "category": "str", "note": "str", "second_review": "bool", "supersedes_id": "int",
@@ -69,6 +75,13 @@ def columns(what: str, *, include_raw: bool = False) -> dict[str, str]:
     if what == "decisions":
         return dict(DECISION_COLUMNS)
     raise ValueError(f"unknown export kind {what!r}")
+
+
+def json_columns(what: str) -> frozenset[str]:
+    """The columns of an export of ``what`` whose text is canonical JSON (a format may write them as JSON)."""
+    if what not in JSON_COLUMNS:
+        raise ValueError(f"unknown export kind {what!r}")
+    return JSON_COLUMNS[what]
 
 
 @dataclass(frozen=True)

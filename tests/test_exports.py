@@ -148,6 +148,11 @@ def read_export(path: Path, fmt: str, what: str, *, include_raw: bool = False) -
             assert len(line.decode("utf-8").splitlines()) == 1
         rows = [json.loads(line) for line in lines]
         assert all(list(r) == list(cols) for r in rows)
+        # JSON values are nested JSON, never text holding JSON; as text (canonical) they are what CSV holds.
+        for row in rows:
+            for name in exports_q.json_columns(what):
+                assert isinstance(row[name], dict | list), (name, row[name])
+                row[name] = audit_q.canonical_json(row[name])
         return rows
     table = pq.read_table(path)
     assert table.schema.names == list(cols)
@@ -520,6 +525,33 @@ def test_manifest_matches_the_file_and_the_export_is_audited(ctx, tricky_data, t
     assert event.details["checkpoint_seq"] == cp.seq and event.seq > cp.seq
     assert "reason" not in json.dumps(event.details)  # the manifest's essentials, never the data
     assert audit_q.verify_chain(ctx.db, audit_svc.anchor(ctx)).ok
+
+
+def test_jsonl_writes_details_as_an_object_whose_canonical_text_has_the_events_hash(ctx, tricky_data, tmp_path):
+    ana = tricky_data["ana"]
+    jsonl = _export(ctx, ana, tmp_path, "events", "jsonl", ExportFilter(action_prefix="tricky."))
+    lines = [json.loads(line) for line in jsonl.path.read_bytes().decode("utf-8").splitlines()]
+    assert len(lines) == len(TRICKY)
+    for row in lines:
+        details = row["details"]
+        assert isinstance(details, dict) and details["n"] == int(details["n"]) and details["none"] is None
+        # As appended (an escaped NUL in JSON text is no NUL byte in any file).
+        assert details["reason"] in TRICKY and details["list"][1] == ""
+        # The chain's details hash is the SHA-256 of the details' canonical JSON: a reader can still check it.
+        assert hashlib.sha256(audit_q.canonical_json(details).encode()).hexdigest() == row["details_hash"]
+    assert jsonl.manifest["jsonl"] == {"encoding": "utf-8", "json_columns": ["details"]}
+    assert jsonl.manifest["sha256"] == hashlib.sha256(jsonl.path.read_bytes()).hexdigest()
+    # Exchanges: sampling an object, findings and decisions lists.
+    (exchange, *_) = [json.loads(line) for line in _export(ctx, ana, tmp_path, "exchanges", "jsonl")
+                      .path.read_bytes().decode("utf-8").splitlines()]
+    assert isinstance(exchange["sampling"], dict)
+    assert isinstance(exchange["findings"], list) and isinstance(exchange["findings"][0], dict)
+    assert isinstance(exchange["decisions"], list) and exchange["decisions"][0]["reviewer"] == "rita"
+    # CSV and Parquet keep the same value as text.
+    csv_rows = read_export(_export(ctx, ana, tmp_path, "events", "csv", ExportFilter(action_prefix="tricky."))
+                           .path, "csv", "events")
+    assert [json.loads(r["details"]) for r in csv_rows] == [r["details"] for r in lines]
+    assert "jsonl" not in _export(ctx, ana, tmp_path, "decisions", "parquet").manifest
 
 
 def test_manifest_of_other_kinds_names_the_chain_head(ctx, tricky_data, tmp_path):

@@ -7,7 +7,8 @@ while writing, then renames it into place and writes ``<file>.manifest.json`` be
 sha256 and size, the checkpoint, who and when. The export is an ``audit.export`` event (the manifest's essentials,
 never the data). A failure removes what was written and records only an ``audit.export_failed`` event.
 
-Formats (every format carries the same values; times are ISO 8601 text, JSON values canonical JSON text):
+Formats (every format carries the same values; times are ISO 8601 text, JSON values canonical JSON text in CSV
+and Parquet):
 
 - **CSV**: UTF-8, RFC 4180 (``\\r\\n`` between records, fields with quotes/commas/newlines quoted). Every text
   value is quoted; numbers and booleans are not. As in PostgreSQL's ``COPY ... CSV``, an *unquoted* empty field
@@ -15,7 +16,10 @@ Formats (every format carries the same values; times are ISO 8601 text, JSON val
   starting with ``= + - @``, a tab, CR or LF (after any leading quotes) gets one ``'`` in front
   (``console.textsafe.csv_safe``); ``console.textsafe.csv_restore`` takes it off again exactly.
 - **JSON Lines**: one JSON object per ``\\n``-terminated line, UTF-8 (not ASCII-escaped), except that U+2028,
-  U+2029 and U+0085 are escaped so no line splitter can cut a record.
+  U+2029 and U+0085 are escaped so no line splitter can cut a record. JSON values (an event's ``details``, an
+  exchange's ``sampling``, ``findings`` and ``decisions``) are nested JSON, not text holding JSON; the manifest
+  lists them (``jsonl.json_columns``). ``db.audit.canonical_json`` of an event's ``details`` is the text its
+  ``details_hash`` is the SHA-256 of.
 - **Parquet**: a fixed schema per kind (string, int64, float64, bool columns), one row group per chunk.
 
 A NUL in a value is written as U+FFFD (as the store keeps it), so none can break a format or a reader.
@@ -35,7 +39,7 @@ import operator
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -293,13 +297,22 @@ def write_csv(chunks: Chunks, out: Any, cols: dict[str, str]) -> int:
 _JSON_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
 
 
-def write_jsonl(chunks: Chunks, out: Any, cols: dict[str, str]) -> int:
-    """JSON Lines, one object per row with the columns in order; returns the rows written."""
+def write_jsonl(chunks: Chunks, out: Any, cols: dict[str, str], json_columns: Collection[str] = ()) -> int:
+    """JSON Lines, one object per row with the columns in order; returns the rows written. ``json_columns`` hold
+    JSON text and are written as the JSON values they hold."""
     names = list(cols)
+    nested = [name for name in names if name in json_columns]
     rows = 0
+
+    def line(row: dict[str, Any]) -> str:
+        values = {name: row[name] for name in names}
+        for name in nested:
+            if values[name] is not None:
+                values[name] = json.loads(values[name])
+        return json.dumps(values, ensure_ascii=False).translate(_JSON_LINE_BREAKS)
+
     for chunk in chunks:
-        lines = [json.dumps({name: row[name] for name in names}, ensure_ascii=False).translate(_JSON_LINE_BREAKS)
-                 for row in chunk]
+        lines = [line(row) for row in chunk]
         if lines:
             out.write(("\n".join(lines) + "\n").encode("utf-8"))
         rows += len(chunk)
@@ -343,7 +356,7 @@ def _write(fmt: str, chunks: Chunks, out: Any, cols: dict[str, str], what: str) 
     if fmt == "csv":
         return write_csv(chunks, out, cols)
     if fmt == "jsonl":
-        return write_jsonl(chunks, out, cols)
+        return write_jsonl(chunks, out, cols, exports_q.json_columns(what))
     if fmt == "parquet":
         return write_parquet(chunks, out, cols, what)
     raise ValueError(f"unknown export format {fmt!r}")
@@ -478,6 +491,8 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
             manifest["csv"] = {"encoding": "utf-8", "null": "an unquoted empty field",
                                "formula_prefix": "one ' added before text starting with = + - @ tab CR LF "
                                                  "(after any leading ')"}
+        if spec.format == "jsonl":
+            manifest["jsonl"] = {"encoding": "utf-8", "json_columns": sorted(exports_q.json_columns(spec.what))}
         if request_id is not None:
             manifest["request_id"] = request_id
         _write_private(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)

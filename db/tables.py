@@ -59,6 +59,8 @@ REVIEW_STATUSES = ("none", "pending", "decided")
 DIRECTIONS = ("prompt", "output")
 ITEM_REASONS = ("flagged", "blocked", "manual")
 ITEM_STATUSES = ("open", "claimed", "decided", "escalated")
+# Items waiting for a reviewer: at most one per exchange (a partial unique index, 0014_one_open_review_item).
+OPEN_ITEM_STATUSES = ("open", "claimed")
 DECISIONS = ("violation", "false_positive", "escalate")
 
 
@@ -279,6 +281,10 @@ class ReviewItem(Base):
         CheckConstraint(_in("status", ITEM_STATUSES), name="status"),
         Index("ix_review_items_queue", "status", text("severity DESC"), "created_at"),
         Index("ix_review_items_status_due_at", "status", "due_at"),
+        # One item waiting for a reviewer per exchange: a second request adds its note (db.review.items).
+        Index("uq_review_items_open_exchange", "exchange_id", unique=True,
+              sqlite_where=text(_in("status", OPEN_ITEM_STATUSES)),
+              postgresql_where=text(_in("status", OPEN_ITEM_STATUSES))),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0013_flagged_by_policy"
+HEAD = "0014_one_open_review_item"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -398,3 +398,71 @@ def test_0013_downgrade_restores_the_old_count(empty_db: Database) -> None:
     # Any finding, again (the orphan bucket has no exchanges to count any more).
     assert {k: v for k, v in _0013_counters(empty_db, "requests, flagged, blocked").items() if k[1] != "gone"} == {
         k: v for k, v in before.items() if k[1] != "gone"}
+
+
+# --- 0014: one review item waiting for a reviewer per exchange ------------------------------------------------
+
+BEFORE_0014 = "0013_flagged_by_policy"
+AT = {"at": "2026-01-02 03:04:05.000000"}
+
+
+def _seed_duplicate_items(database: Database) -> None:
+    """What an older console could leave: exchange 9 sent to review three times (two waiting, one decided),
+    exchange 10 with one waiting item."""
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, username, disabled, failed_login_count, created_at, updated_at) "
+                          "VALUES (1, 'ada', false, 0, :at, :at)"), AT)
+        conn.execute(text("INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
+                          "VALUES (7, 1, 'old chat', :at, :at)"), AT)
+        for exchange_id in (9, 10):
+            conn.execute(text(
+                "INSERT INTO exchanges (id, conversation_id, user_id, model_version, prompt, response, sampling, "
+                "status, review_status, created_at) VALUES (:id, 7, 1, 'demo-v1', 'hi', 'hello', '{}', 'ok', "
+                "'pending', :at)"), {"id": exchange_id, **AT})
+        for item_id, exchange_id, status, note in [(1, 9, "decided", "old one"), (2, 9, "open", "first"),
+                                                   (3, 9, "claimed", None), (4, 9, "open", "second"),
+                                                   (5, 10, "open", "alone")]:
+            conn.execute(text("INSERT INTO review_items (id, exchange_id, reason, severity, status, note, created_at) "
+                              "VALUES (:id, :ex, 'manual', 1, :status, :note, :at)"),
+                         {"id": item_id, "ex": exchange_id, "status": status, "note": note, **AT})
+
+
+def _add_item(conn: Connection, item_id: int, status: str) -> None:
+    # Ids given: PostgreSQL's sequence does not know the seeded ones.
+    conn.execute(text("INSERT INTO review_items (id, exchange_id, reason, severity, status, created_at) "
+                      "VALUES (:id, 9, 'manual', 1, :status, :at)"), {"id": item_id, "status": status, **AT})
+
+
+def _check_0014(database: Database) -> None:
+    with database.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, exchange_id, status, note FROM review_items ORDER BY id")).all()
+    # The oldest waiting item of exchange 9 keeps every waiting item's note; the decided one is untouched.
+    assert [tuple(r) for r in rows] == [(1, 9, "decided", "old one"), (2, 9, "open", "first\n\nsecond"),
+                                        (5, 10, "open", "alone")]
+    with pytest.raises(IntegrityError), database.engine.begin() as conn:
+        _add_item(conn, 20, "claimed")
+    with database.engine.begin() as conn:  # a decided or escalated item beside the waiting one is allowed
+        _add_item(conn, 21, "escalated")
+
+
+def test_0014_merges_the_duplicate_waiting_items_an_older_console_left(empty_db: Database) -> None:
+    empty_db.migrate(BEFORE_0014)
+    _seed_duplicate_items(empty_db)
+    empty_db.migrate()
+    assert empty_db.current_revision() == HEAD
+    _check_0014(empty_db)
+
+
+def test_0014_merges_the_duplicate_waiting_items_on_postgresql(pg_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    with pg_db.engine.connect() as conn:
+        command.downgrade(alembic_config(pg_db.config.url, conn), BEFORE_0014)
+        conn.commit()
+    _seed_duplicate_items(pg_db)
+    pg_db.migrate()
+    _check_0014(pg_db)
+    indexes = {ix["name"]: ix for ix in inspect(pg_db.engine).get_indexes("review_items")}
+    assert indexes["uq_review_items_open_exchange"]["unique"]

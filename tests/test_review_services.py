@@ -6,15 +6,19 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
 from console.services import chat as chat_svc
 from console.services import review
 from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties
 from db import audit as audit_q
+from db import chat as chat_q
+from db.chat import TurnRecord
 from db.review import decisions as decisions_q
 from db.review import items as items_q
 from db.review import samples as samples_q
-from db.tables import AppendOnlyError, ReviewDecision
+from db.tables import AppendOnlyError, ReviewDecision, ReviewItem
 from tests.review_fixtures import flag
 
 
@@ -231,17 +235,99 @@ def test_raw_text_is_revealed_only_with_a_reason_and_each_reveal_is_audited(ctx,
     assert "ada@example.com" not in str(view_event.details) + str(reason_event.details)
 
 
+def _answered(ctx, owner) -> int:
+    """An answered exchange of ``owner``'s that nothing put in the queue (stored as the chat flow stores one)."""
+    with ctx.db.session() as s:
+        conv = chat_q.create_conversation(s, user_id=owner.user_id, actor=owner.username)
+        return chat_q.store_turn(s, TurnRecord(conversation_id=conv.id, user_id=owner.user_id, actor=owner.username,
+                                               model_version="demo-v1", prompt="Where is my parcel?",
+                                               response="Refunds take 90 days.")).id
+
+
+def _items_of(ctx, exchange_id: int) -> list[tuple[str, str, str | None]]:
+    with ctx.db.session(readonly=True) as s:
+        return [(i.reason, i.status, i.note) for i in
+                s.scalars(select(ReviewItem).where(ReviewItem.exchange_id == exchange_id).order_by(ReviewItem.id))]
+
+
 def test_the_operators_note_reaches_the_reviewer_and_the_admin_who_decides_the_escalation(ctx, people):
-    flagged = flag(ctx, people["op"])
-    exchange_id = review.item_view(ctx, people["alice"], flagged).exchange_id
-    manual = chat_svc.send_to_review(ctx, people["op"], exchange_id, "The answer promises a refund we never give.")
+    manual = chat_svc.send_to_review(ctx, people["op"], _answered(ctx, people["op"]),
+                                     "The answer promises a refund we never give.")
     view = review.item_view(ctx, people["alice"], manual)
     assert view.reason == "manual" and view.operator_note == "The answer promises a refund we never give."
-    assert review.item_view(ctx, people["alice"], flagged).operator_note is None  # the detectors leave no note
+    assert review.item_view(ctx, people["alice"], flag(ctx, people["op"])).operator_note is None  # detectors: none
     review.decide(ctx, people["alice"], manual, "escalate", note="policy question for the admins")
     escalated = review.escalation_view(ctx, people["admin"], manual)
     assert escalated.operator_note == "The answer promises a refund we never give."
     assert [d.note for d in escalated.decisions] == ["policy question for the admins"]
+
+
+def test_sending_a_message_to_review_twice_adds_the_note_to_its_one_open_item(ctx, people):
+    exchange_id = _answered(ctx, people["op"])
+    first = chat_svc.send_to_review(ctx, people["op"], exchange_id, "The refund period is wrong.")
+    again = chat_svc.send_to_review(ctx, people["op"], exchange_id, "And it names the wrong shop.")
+    assert again == first
+    assert _items_of(ctx, exchange_id) == [
+        ("manual", "open", "The refund period is wrong.\n\nAnd it names the wrong shop.")]
+    (added,) = _events(ctx, "review.note")
+    assert (added.actor, added.object_id, added.details["exchange_id"]) == ("olga", str(first), exchange_id)
+    assert len(_events(ctx, "review.item")) == 1
+    # Claimed or escalated, it still waits for a decision: the note goes to it. Decided, a new item opens.
+    review.claim(ctx, people["alice"], first)
+    assert chat_svc.send_to_review(ctx, people["op"], exchange_id, "Claimed: still this one.") == first
+    review.decide(ctx, people["alice"], first, "escalate", note="for the admins")
+    assert chat_svc.send_to_review(ctx, people["op"], exchange_id, "Escalated: still this one.") == first
+    assert review.escalation_view(ctx, people["admin"], first).operator_note.endswith("Escalated: still this one.")
+    review.decide_escalation(ctx, people["admin"], first, "violation", category="wrong_answer")
+    later = chat_svc.send_to_review(ctx, people["op"], exchange_id, "It happened again after the fix.")
+    assert later != first
+    assert [(r, st) for r, st, _ in _items_of(ctx, exchange_id)] == [("manual", "decided"), ("manual", "open")]
+    assert audit_q.verify_chain(ctx.db).ok
+
+
+def test_a_message_the_policy_flagged_takes_the_operators_note_on_its_flagged_item(ctx, people):
+    flagged = flag(ctx, people["op"])
+    exchange_id = review.item_view(ctx, people["alice"], flagged).exchange_id
+    assert chat_svc.send_to_review(ctx, people["op"], exchange_id, "The answer is wrong too.") == flagged
+    assert _items_of(ctx, exchange_id) == [("flagged", "open", "The answer is wrong too.")]
+
+
+def test_two_sessions_sending_one_message_to_review_at_once_make_one_item_with_both_notes(ctx, people):
+    exchange_id = _answered(ctx, people["op"])
+    start = threading.Barrier(2)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def send(note: str) -> None:
+        start.wait()
+        try:
+            results.append(chat_svc.send_to_review(ctx, people["op"], exchange_id, note))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(f"note {n}",)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(results)) == 1
+    [(reason, status, note)] = _items_of(ctx, exchange_id)
+    assert (reason, status) == ("manual", "open") and sorted(note.split("\n\n")) == ["note 1", "note 2"]
+
+
+def test_the_database_refuses_a_second_open_item_for_one_exchange(ctx, people):
+    exchange_id = _answered(ctx, people["op"])
+    chat_svc.send_to_review(ctx, people["op"], exchange_id, "first")
+    with pytest.raises(IntegrityError), ctx.db.session() as s:
+        items_q.create_review_item(s, exchange_id=exchange_id, reason="manual", actor="olga")
+
+
+def test_a_confirmed_violation_can_be_a_wrong_answer(ctx, people):
+    item = chat_svc.send_to_review(ctx, people["op"], _answered(ctx, people["op"]), "Refunds take 14 days.")
+    assert review.CATEGORIES["wrong_answer"] == "Wrong answer"
+    review.decide(ctx, people["alice"], item, "violation", category="wrong_answer", share=0)
+    with ctx.db.session(readonly=True) as s:
+        assert [d.category for d in decisions_q.list_decisions(s, item)] == ["wrong_answer"]
 
 
 # --- quality loop ---------------------------------------------------------------------------------------------
@@ -321,3 +407,45 @@ def test_an_escalation_note_longer_than_2000_characters_is_refused(ctx, people):
     review.decide(ctx, people["alice"], item, "escalate", note="unsure")
     with pytest.raises(InvalidInput, match="at most 2,000"):
         review.decide_escalation(ctx, people["admin"], item, "false_positive", note="n" * 2001)
+
+
+def test_a_review_request_that_loses_the_race_on_postgresql_adds_its_note_to_the_winners_item(pg_db):
+    """The loser's look finds no item (the winner has not committed), its write waits on the winner's (the exchange's
+    row, then the partial unique index), its insert fails when the winner commits, and its note goes to the winner's
+    item instead."""
+    import time
+
+    from db import users as users_q
+
+    with pg_db.session() as s:
+        user = users_q.create_user(s, "olga", None, ["operator"])
+        conv = chat_q.create_conversation(s, user_id=user.id, actor="olga")
+        exchange_id = chat_q.store_turn(s, TurnRecord(conversation_id=conv.id, user_id=user.id, actor="olga",
+                                                      model_version="demo-v1", prompt="hi", response="hello")).id
+    loser: list[tuple[int, bool]] = []
+
+    def request(note: str) -> None:
+        with pg_db.session() as s:
+            item, created = items_q.request_review(s, exchange_id=exchange_id, note=note, actor="olga",
+                                                   created_by_id=user.id)
+            loser.append((item.id, created))
+
+    with pg_db.session() as s:
+        winner, created = items_q.request_review(s, exchange_id=exchange_id, note="first", actor="olga",
+                                                 created_by_id=user.id)
+        assert created
+        thread = threading.Thread(target=request, args=("second",))
+        thread.start()
+        deadline = time.monotonic() + 60
+        with pg_db.engine.connect() as watch:  # the loser waits for the winner's transaction
+            while not watch.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND datname = current_database()")).scalar_one():
+                assert time.monotonic() < deadline, "the second request never waited for the first"
+                time.sleep(0.05)
+    thread.join()
+    assert loser == [(winner.id, False)]
+    with pg_db.session(readonly=True) as s:
+        items = s.scalars(select(ReviewItem).where(ReviewItem.exchange_id == exchange_id)).all()
+        assert [(i.id, i.status, i.note) for i in items] == [(winner.id, "open", "first\n\nsecond")]
+        assert [e.action for e in audit_q.iter_events(s) if e.object_type == "review_item"] == [
+            "review.item", "review.note"]

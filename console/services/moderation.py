@@ -275,9 +275,11 @@ def review_item_for(ctx: AppContext, gates: Sequence[GateResult]) -> ReviewItemR
 
 
 def send_to_review(ctx: AppContext, session: Session, exchange: Any, actor: Principal, note: str) -> int:
-    """Put an exchange in the queue by hand; ``note`` must already be redacted (see :func:`redact_pii`)."""
-    item = review_items.create_review_item(
-        session, exchange_id=exchange.id, reason="manual", actor=actor.username, severity=1,
+    """Put an exchange in the queue by hand, or add ``note`` to its item that waits for a decision (one per
+    exchange: see :func:`db.review.items.request_review`); ``note`` must already be redacted (:func:`redact_pii`).
+    Returns the item's id."""
+    item, _ = review_items.request_review(
+        session, exchange_id=exchange.id, actor=actor.username, severity=1,
         due_at=ctx.now() + timedelta(hours=REVIEW_DEADLINE_HOURS[1]), note=note, created_by_id=actor.user_id,
     )
     return item.id

@@ -51,6 +51,7 @@ CATEGORIES: dict[str, str] = {
     "violence_or_threat": "Violence or threat",
     "self_harm": "Self-harm",
     "pii_leak": "PII leak",
+    "wrong_answer": "Wrong answer",  # what an operator most often sends a message to review for by hand
     "other": "Other",
 }
 DECISION_LABELS: dict[str, str] = {

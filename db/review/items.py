@@ -6,12 +6,19 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.audit import append_event
-from db.tables import DIRECTIONS, ITEM_REASONS, Exchange, ReviewItem
+from db.tables import DIRECTIONS, ITEM_REASONS, OPEN_ITEM_STATUSES, Exchange, ReviewItem
 
 logger = logging.getLogger(__name__)
+
+# Items no reviewer has decided yet: an exchange has at most one. A second request to review it adds its note to
+# that item. The database holds to it for the items waiting for a reviewer (OPEN_ITEM_STATUSES: a partial unique
+# index, migration 0014); an escalated item is undecided too (an admin decides it) and takes notes the same way.
+UNDECIDED_STATUSES = (*OPEN_ITEM_STATUSES, "escalated")
 
 
 class ReviewStateError(RuntimeError):
@@ -79,3 +86,59 @@ def create_review_item(
 def get_review_item(session: Session, item_id: int) -> ReviewItem | None:
     """The review item with this id, or None."""
     return session.get(ReviewItem, item_id)
+
+
+def undecided_item(session: Session, exchange_id: int) -> ReviewItem | None:
+    """The exchange's item that no reviewer has decided yet, its row locked (``SELECT ... FOR UPDATE``), or None."""
+    return session.scalars(
+        select(ReviewItem)
+        .where(ReviewItem.exchange_id == exchange_id, ReviewItem.status.in_(UNDECIDED_STATUSES))
+        .order_by(ReviewItem.id)
+        .limit(1)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+
+
+def request_review(
+    session: Session,
+    *,
+    exchange_id: int,
+    note: str,
+    actor: str,
+    created_by_id: int | None,
+    severity: int = 0,
+    due_at: datetime | None = None,
+) -> tuple[ReviewItem, bool]:
+    """Send an exchange to review by hand with a note: one undecided item per exchange.
+
+    Without an undecided item, a ``manual`` item is created (:func:`create_review_item`); with one (flagged by the
+    policy, or sent before), ``note`` is added to it, audited as ``review.note``. Returns the item and whether it
+    was created. Two sessions racing to create it get one item: the loser's insert hits the partial unique index
+    (PostgreSQL; SQLite writers queue at BEGIN IMMEDIATE and see the winner's item) and adds its note instead.
+    """
+    item = undecided_item(session, exchange_id)
+    if item is None:
+        try:
+            with session.begin_nested():
+                created = create_review_item(session, exchange_id=exchange_id, reason="manual", actor=actor,
+                                             severity=severity, due_at=due_at, note=note,
+                                             created_by_id=created_by_id)
+            return created, True
+        except IntegrityError:
+            item = undecided_item(session, exchange_id)  # committed by the other session meanwhile
+            if item is None:
+                raise
+            logger.info("review request for exchange %s met item %s created meanwhile", exchange_id, item.id)
+    item.note = f"{item.note}\n\n{note}" if item.note else note
+    session.flush()
+    append_event(
+        session,
+        actor=actor,
+        actor_id=created_by_id,
+        action="review.note",
+        object_type="review_item",
+        object_id=item.id,
+        details={"exchange_id": exchange_id, "status": item.status, "note_chars": len(note)},
+    )
+    return item, False

@@ -164,21 +164,36 @@ class EngineHost:
         """
         if not messages or not messages[-1].content.strip():
             raise EmptyPromptError()
+        return self._submit(
+            lambda spec: self._encode_chat(spec, messages), sampling, request_id or f"chat-{uuid.uuid4().hex[:16]}"
+        )
 
-        def encode(spec: ModelSpec) -> list[int]:
-            tokenizer = self._tokenizer(spec)
-            if not getattr(tokenizer, "chat_template", None):
-                raise NoChatTemplateError(
-                    f"Model version {spec.name} has no chat template in its tokenizer, so it cannot chat. "
-                    "Register a chat (instruct) model or add a chat template to its tokenizer."
-                )
-            text = tokenizer.apply_chat_template(
-                [m.as_dict() for m in messages], tokenize=False, add_generation_prompt=True
+    def check_chat(self, messages: Sequence[ChatMessage]) -> None:
+        """Check, without submitting anything, that :meth:`stream_chat` would take ``messages`` now: encoded with
+        the served version's chat template, they leave room for an answer in its context.
+
+        Raises EmptyPromptError, NoChatTemplateError or PromptTooLongError (the same checks and messages as
+        :meth:`stream_chat`). Does nothing while no version is ready: :meth:`stream_chat` then says why.
+        """
+        if not messages or not messages[-1].content.strip():
+            raise EmptyPromptError()
+        worker = self._worker
+        if worker is None or worker.status().state != "ready" or not worker.max_model_len:
+            return
+        prompt_token_ids = self._encode_chat(worker.spec, messages)
+        if len(prompt_token_ids) >= worker.max_model_len:
+            raise PromptTooLongError(len(prompt_token_ids), worker.max_model_len)
+
+    def _encode_chat(self, spec: ModelSpec, messages: Sequence[ChatMessage]) -> list[int]:
+        tokenizer = self._tokenizer(spec)
+        if not getattr(tokenizer, "chat_template", None):
+            raise NoChatTemplateError(
+                f"Model version {spec.name} has no chat template in its tokenizer, so it cannot chat. "
+                "Register a chat (instruct) model or add a chat template to its tokenizer."
             )
-            # The template already wrote the special tokens (BOS, role markers) it wants.
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-        return self._submit(encode, sampling, request_id or f"chat-{uuid.uuid4().hex[:16]}")
+        text = tokenizer.apply_chat_template([m.as_dict() for m in messages], tokenize=False, add_generation_prompt=True)
+        # The template already wrote the special tokens (BOS, role markers) it wants.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def stream_prompt(
         self, prompt: str, sampling: SamplingSettings, *, request_id: str | None = None

@@ -120,3 +120,109 @@ def test_a_prompt_left_pending_or_interrupted_is_not_shown_as_an_answer(served):
     assert "Asked before the console stopped" in markdown and "Still being answered" in markdown
     assert "(no text)" not in markdown  # neither is shown as an (empty) answer
     assert len(at.chat_message) == 4
+
+
+# --- issue 19: review marker at once, refused input kept, the open conversation in the address ------------------
+
+
+def _operator(ctx, name: str):
+    from console.services import users as users_svc
+    from console.services.access import Principal
+
+    view = users_svc.create_user_cli(ctx, name, "correct horse battery staple", ["operator"])
+    return Principal(view.id, view.username, frozenset(view.roles))
+
+
+def _answered_conversation(ctx, principal, prompt: str = "Where is my parcel?") -> tuple[int, int]:
+    with ctx.db.session() as s:
+        conv = chat_q.create_conversation(s, user_id=principal.user_id, actor=principal.username, title=prompt)
+        exchange = chat_q.store_turn(s, chat_q.TurnRecord(
+            conversation_id=conv.id, user_id=principal.user_id, actor=principal.username, model_version="tiny-page",
+            prompt=prompt, response="It is on its way."))
+        return conv.id, exchange.id
+
+
+def _conversations(ctx, principal) -> list[int]:
+    with ctx.db.session(readonly=True) as s:
+        return [c.id for c in chat_q.list_conversations(s, principal.user_id)]
+
+
+def _ready_page(principal) -> AppTest:
+    resources.engine_host().wait_ready(timeout=180)
+    at = _chat_page(principal)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.chat_input(key="chat_prompt").disabled
+    return at
+
+
+def test_a_message_sent_to_review_shows_its_marker_at_once_and_a_second_send_makes_no_second_item(served):
+    from sqlalchemy import select
+
+    from db.tables import ReviewItem
+
+    principal = _operator(served, "rhea")
+    conv, exchange_id = _answered_conversation(served, principal)
+    at = _chat_page(principal)
+    at.session_state[SESSION_KEY].chat.conversation_id = conv
+    at.run()
+    assert not any("review: pending" in c.value for c in at.caption)
+    at.text_area(key=f"review_note_{exchange_id}").input("The parcel answer is made up.")
+    [send] = [b for b in at.button if b.label == "Send"]
+    send.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("review: pending" in c.value for c in at.caption)  # in the run of the click, not the next one
+    at.text_area(key=f"review_note_{exchange_id}").input("It also names the wrong shop.")
+    [send] = [b for b in at.button if b.label == "Send"]
+    send.click().run()
+    with served.db.session(readonly=True) as s:
+        notes = [i.note for i in s.scalars(select(ReviewItem).where(ReviewItem.exchange_id == exchange_id))]
+    assert notes == ["The parcel answer is made up.\n\nIt also names the wrong shop."]
+
+
+def test_a_first_prompt_too_long_for_the_model_is_refused_with_its_limit_kept_in_the_box_and_no_conversation(served):
+    principal = _operator(served, "rory")
+    at = _ready_page(principal)
+    too_long = "refund " * 600  # 4,200 characters: far over the tiny model's 512 tokens, well under 20,000
+    at.chat_input(key="chat_prompt").set_value(too_long).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = " ".join(e.value for e in at.error)
+    assert "too long" in errors and "holds 512" in errors  # the limit, in tokens
+    box = at.chat_input(key="chat_prompt")
+    assert box.proto.set_value and box.proto.value == too_long  # the text is back in the box
+    assert _conversations(served, principal) == []  # no empty conversation left in the sidebar
+    assert at.session_state[SESSION_KEY].chat.conversation_id is None
+    at.run()  # said once: the next run shows neither the error nor the text again
+    assert not at.error and not at.chat_input(key="chat_prompt").proto.set_value
+
+
+def test_a_pasted_prompt_over_the_character_limit_is_refused_with_the_limit_and_kept(served):
+    principal = _operator(served, "rosa")
+    at = _ready_page(principal)
+    box = at.chat_input(key="chat_prompt")
+    assert box.proto.max_chars == 0  # no browser limit: a box with one drops a longer paste whole and says nothing
+    assert "20,000 characters" in box.placeholder
+    pasted = "r" * 25_000
+    box.set_value(pasted).run()
+    assert any("25,000 characters; the limit is 20,000" in e.value for e in at.error)
+    assert at.chat_input(key="chat_prompt").proto.value == pasted
+    assert _conversations(served, principal) == []
+
+
+def test_a_reload_or_a_link_reopens_the_conversation_in_the_address_and_only_the_users_own(served):
+    principal = _operator(served, "ruth")
+    other = _operator(served, "saul")
+    mine, _ = _answered_conversation(served, principal, "Where is my parcel, Ruth?")
+    theirs, _ = _answered_conversation(served, other, "Saul's private question")
+    at = _chat_page(principal)  # a new browser session (a reload): nothing remembered but the address
+    at.query_params["conversation"] = str(mine)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state[SESSION_KEY].chat.conversation_id == mine
+    assert any("Where is my parcel, Ruth?" in m.value for m in at.markdown)
+    at = _chat_page(principal)
+    at.query_params["conversation"] = str(theirs)
+    at.run()
+    assert at.session_state[SESSION_KEY].chat.conversation_id is None
+    assert any("not yours" in e.value for e in at.error)
+    assert not any("Saul" in m.value for m in at.markdown)

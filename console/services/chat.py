@@ -383,6 +383,22 @@ def _stream_with_history(host: EngineHost, history: list[ChatMessage], prompt: s
             turns = turns[2:]  # one user/assistant pair
 
 
+def _check_first_prompt_fits(host: EngineHost, system_gate: moderation.GateResult | None,
+                             prompt_gate: moderation.GateResult) -> None:
+    """A conversation's first prompt that the model's context cannot hold is refused before anything is stored, like
+    one over MAX_PROMPT_CHARS: no conversation is left behind, and the message says the limit in tokens. (A later
+    turn's history is cut to fit when it is sent; a prompt too long on its own is then recorded in its conversation
+    as an error.)"""
+    check = getattr(host, "check_chat", None)
+    if check is None:  # a host that cannot measure a prompt before it is asked (side by side's child engine)
+        return
+    system = [ChatMessage("system", system_gate.text_for_model)] if system_gate is not None else []
+    try:
+        check([*system, ChatMessage("user", prompt_gate.text_for_model)])
+    except (PromptTooLongError, EmptyPromptError) as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
 def _sampling(temperature: float, top_p: float, max_tokens: int) -> SamplingSettings:
     try:
         return SamplingSettings(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
@@ -441,6 +457,8 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
     system_gate = moderation.check_system_prompt(ctx, system_prompt) if system_prompt else None
     overhead = {"scan_before_ms": (time.perf_counter() - started) * 1000}
     prompt_blocked = moderation.strongest_action([system_gate, prompt_gate]) == "block"
+    if conversation_id is None and not prompt_blocked:
+        _check_first_prompt_fits(host, system_gate, prompt_gate)
     request_id = f"{request_prefix}-{uuid.uuid4().hex[:12]}"
     served = host.serving.name if host.serving is not None else None
 
@@ -509,6 +527,18 @@ def list_conversations(ctx: AppContext, actor: Principal, limit: int = 50) -> li
 
 
 @requires("chat.use")
+def linked_conversation(ctx: AppContext, actor: Principal, value: str) -> int:
+    """The conversation a page address names (``?conversation=12``: a reload, a bookmark, a link), if it is the
+    user's own; :class:`NotFound` otherwise (also for a value that is no id)."""
+    try:
+        conversation_id = int(value)
+    except (TypeError, ValueError):
+        raise NotFound("That conversation does not exist or is not yours.") from None
+    with ctx.db.session(readonly=True) as s:
+        return _owned_conversation(s, actor, conversation_id).id
+
+
+@requires("chat.use")
 def conversation_history(ctx: AppContext, actor: Principal, conversation_id: int) -> list[ExchangeView]:
     with ctx.db.session(readonly=True) as s:
         _owned_conversation(s, actor, conversation_id)
@@ -527,7 +557,9 @@ def conversation_history(ctx: AppContext, actor: Principal, conversation_id: int
 
 @requires("chat.send_to_review")
 def send_to_review(ctx: AppContext, actor: Principal, exchange_id: int, note: str) -> int:
-    """Put one of the user's own exchanges in the review queue with a note (stored with personal data cut)."""
+    """Put one of the user's own exchanges in the review queue with a note (stored with personal data cut); the
+    review item's id. An exchange has one item waiting for a decision at most: sent again (or flagged by the
+    policy already), the note is added to that item (audited as ``review.note``) instead of a second item."""
     note = clean_text(note or "").strip()
     if not note:
         raise InvalidInput("Add a note that says what a reviewer should look at.")
@@ -539,6 +571,8 @@ def send_to_review(ctx: AppContext, actor: Principal, exchange_id: int, note: st
         ex = chat_q.get_exchange(s, exchange_id)
         if ex is None or ex.user_id != actor.user_id:
             raise NotFound("That message does not exist or is not yours.")
+        if ex.status == "pending":  # its answer, when it comes, is judged and may bring an item of its own
+            raise InvalidInput("This message is still being answered; send it to review once its answer is in.")
         return moderation.send_to_review(ctx, s, ex, actor, note)
 
     return _write(ctx, "the note", send)

@@ -12,12 +12,35 @@ from console.services import chat as chat_svc
 from console.services import models as models_svc
 from console.services import serving as serving_svc
 from console.services.chat import ExchangeView
+from console.services.errors import InvalidInput
 from console.textsafe import escape_markdown, escape_stream
 
 principal = ui.require_page("chat")
 ctx = ui.app_context()
 page_state = ui.session().chat
 st.title("Chat")
+# The open conversation is in the page's address too (?conversation=12), so a reload or a link reopens it.
+CONVERSATION_PARAM = "conversation"
+PROMPT_KEY = "chat_prompt"
+
+
+def _open(conversation_id: int | None) -> None:
+    page_state.conversation_id = conversation_id
+    if conversation_id is None:
+        if CONVERSATION_PARAM in st.query_params:
+            del st.query_params[CONVERSATION_PARAM]
+    elif st.query_params.get(CONVERSATION_PARAM) != str(conversation_id):
+        st.query_params[CONVERSATION_PARAM] = str(conversation_id)
+
+
+linked = st.query_params.get(CONVERSATION_PARAM)
+if page_state.conversation_id is None and linked is not None:  # a reload, a bookmark or a link
+    _open(ui.call(chat_svc.linked_conversation, ctx, principal, linked))  # only the user's own
+else:
+    _open(page_state.conversation_id)  # back from another page: the address says it again
+if page_state.toast:
+    st.toast(escape_markdown(page_state.toast))
+    page_state.toast = None
 
 
 
@@ -33,13 +56,13 @@ def _when(at: datetime | None) -> str:
 with st.sidebar:
     st.subheader("Conversations")
     if st.button("New conversation", key="new_conversation", icon=":material/add:"):
-        page_state.conversation_id = None
+        _open(None)
     for conv in ui.call(chat_svc.list_conversations, ctx, principal) or []:
         current = conv.id == page_state.conversation_id
         if st.button(f"{escape_markdown(conv.title or f'Conversation {conv.id}')} · {_when(conv.updated_at)}",
                      key=f"conversation_{conv.id}", type="primary" if current else "tertiary",
                      help=f"Conversation {conv.id}; last message {_when(conv.updated_at)}."):
-            page_state.conversation_id = conv.id
+            _open(conv.id)
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
         system_prompt = st.text_area("System prompt", key="system_prompt", max_chars=chat_svc.MAX_SYSTEM_PROMPT_CHARS,
@@ -140,7 +163,9 @@ def _render(ex: ExchangeView) -> None:
                 note = st.text_area("Note for the reviewer", key=f"review_note_{ex.id}")
                 if st.form_submit_button("Send"):
                     if ui.call(chat_svc.send_to_review, ctx, principal, ex.id, note) is not None:
-                        st.toast("Sent to review.")
+                        # Drawn again at once, so its "review: pending" marker shows now (not at the next click).
+                        page_state.toast = "Sent to review: a reviewer sees your note."
+                        st.rerun()
 
 
 if page_state.notice:
@@ -215,16 +240,32 @@ if page_state.conversation_id is not None:
 else:
     st.caption("A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy.")
 
-prompt = st.chat_input("Ask the support model…", key="chat_prompt", disabled=not serving.ready, max_chars=20_000)
+if page_state.refused_text is not None:  # refused at the last send: the text goes back in the box, with why
+    st.error(escape_markdown(page_state.refused_why or "The message was refused."), icon=":material/block:")
+    st.caption("Your message is back in the box below: shorten it and send it again.")
+    st.session_state[PROMPT_KEY] = page_state.refused_text
+    page_state.refused_text = page_state.refused_why = None
+
+# No max_chars: a browser box with a limit drops a longer paste whole and says nothing. The service refuses it
+# with the limit instead, and the text comes back.
+prompt = st.chat_input(f"Ask the support model… (up to {chat_svc.MAX_PROMPT_CHARS:,} characters)", key=PROMPT_KEY,
+                       disabled=not serving.ready)
 if prompt:
     with st.chat_message("user"):
         st.markdown(escape_markdown(prompt))
     with st.chat_message("assistant"):
-        turn = ui.call(chat_svc.start_turn, ctx, principal, page_state.conversation_id, prompt,
-                       temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens),
-                       system_prompt=system_prompt if page_state.conversation_id is None else None)
+        turn = None
+        with ui.shows_errors():
+            try:
+                turn = chat_svc.start_turn(ctx, principal, page_state.conversation_id, prompt,
+                                           temperature=float(temperature), top_p=float(top_p),
+                                           max_tokens=int(max_tokens),
+                                           system_prompt=system_prompt if page_state.conversation_id is None else None)
+            except InvalidInput as exc:  # too long, empty, bad settings: nothing sent (a new conversation not made)
+                page_state.refused_text, page_state.refused_why = prompt, str(exc)
+                st.rerun()
         if turn:
-            page_state.conversation_id = turn.conversation_id
+            _open(turn.conversation_id)
             if turn.blocked:
                 st.warning(escape_markdown(turn.outcome.notice if turn.outcome and turn.outcome.notice
                                            else "Blocked."))

@@ -14,6 +14,8 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from console import resources
 from console.services import access, auth, sessions
+from console.services import models as models_svc
+from console.services import serving as serving_svc
 from console.services.access import Principal
 from console.services.audit import AuditFilter, AuditPage
 from console.services.context import AppContext
@@ -21,6 +23,8 @@ from console.services.errors import AccessDenied, ConsoleError, SessionEnded
 from console.textsafe import escape_markdown
 
 _KEY = "llm_console_session"
+# How often the sidebar's model line looks again by itself: a switch shows within seconds, without a click.
+LIVE_MODEL_REFRESH_S = 5
 T = TypeVar("T")
 
 
@@ -33,6 +37,11 @@ class ChatPageState:
     # so the chat input is enabled (or disabled) without a click.
     engine_was_ready: bool = False
     notice: str | None = None  # the last turn's notice (redacted, flagged, blocked), shown once after the rerun
+    toast: str | None = None  # a short confirmation ("Sent to review.") shown once after the rerun
+    # A prompt the chat service refused (too long for the box or for the model): the next run puts the text back
+    # in the chat box (which empties itself when it sends) and shows why it was refused.
+    refused_text: str | None = None
+    refused_why: str | None = None
 
 
 @dataclass
@@ -114,6 +123,8 @@ class UsersPageState:
 
     flash: str | None = None
     round: int = 0
+    # Set after a user is added: the next run empties the add form (it keeps what was typed when it is refused).
+    clear_add_form: bool = False
 
 
 @dataclass
@@ -364,3 +375,29 @@ def shows_errors() -> Iterator[None]:
         st.rerun()
     except ConsoleError as exc:  # services raise only these for the user; anything else is a bug and stays loud
         st.error(escape_markdown(str(exc)))
+
+
+def live_model_line(ctx: AppContext, principal: Principal) -> str:
+    """The sidebar's line about the model this console serves now (markdown, values escaped)."""
+    serving = serving_svc.serving_status(ctx)
+    if serving.state == "none":
+        return "Model: none served"
+    if serving.state == "switching":
+        return f"Live model: switching to **{escape_markdown(serving.switching_to or '?')}**"
+    if serving.ready:
+        return f"Live model: **{escape_markdown(serving.model_version or '?')}** · ready"
+    if serving.model_version is None and access.allowed(principal.roles, "chat.use"):
+        # Nothing loaded yet: most often the served demo version is still being built (`llm-console run`).
+        build = models_svc.served_version_build(ctx, principal)
+        if build is not None and build.state in ("building", "built"):
+            return (f"Model: {escape_markdown(build.name)} "
+                    + (f"being built ({build.fraction:.0%})" if build.state == "building" else "built, loading"))
+        return f"Model: none loaded ({escape_markdown(serving.state)})"
+    return f"Model {escape_markdown(serving.model_version or 'none')}: {escape_markdown(serving.state)}"
+
+
+@st.fragment(run_every=LIVE_MODEL_REFRESH_S)
+def live_model(principal: Principal) -> None:
+    """The sidebar's model line, read again every LIVE_MODEL_REFRESH_S seconds by itself (a fragment: only this
+    line reruns), so a switch made elsewhere shows without a click."""
+    st.caption(live_model_line(app_context(), principal))

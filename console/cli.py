@@ -481,6 +481,45 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_eval_thresholds(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.safety.evaluation_toxicity import DAVIDSON_PATH, ordinary_report
+
+    result = ordinary_report(policy_path=args.policy, max_flagged=args.max_flagged, dialogues=args.dialogues,
+                             davidson_path=None if args.no_davidson else (args.davidson or DAVIDSON_PATH),
+                             progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    texts = result["texts"]["prompts"]
+    print(f"detector {result['detector']} ({result['version']}), policy {result['policy']}; budget: at most "
+          f"{pct(result['max_flagged'])} of ordinary prompts flagged or blocked, in each group")
+    print(f"ordinary prompts: tune {texts['tune']}, report {texts['report']}; outputs {result['texts']['outputs']}")
+    print(f"tuned on: {result['tuned_on']}; reported on: {result['reported_on']}")
+    labels = list(result["chosen"]["prompt"])
+    print(f"{'prompt thresholds':<34}" + "".join(f"{label:>17}" for label in labels))
+    for name, th in (("policy", result["policy_thresholds"]["prompt"]), ("chosen", result["chosen"]["prompt"])):
+        print(f"{name:<34}" + "".join(f"{th.get(label, '-'):>17}" for label in labels))
+    print(f"output thresholds (policy): {result['policy_thresholds']['output']}")
+    print(f"{'flagged or blocked':<34}{'policy':>10}{'chosen':>10}")
+    before, after = result["at_policy"], result["at_chosen"]
+    for split in ("tune", "report"):
+        for group, value in before["ordinary_prompts"][split].items():
+            print(f"{f'ordinary prompts, {split}, {group}':<34}{pct(value):>10}"
+                  f"{pct(after['ordinary_prompts'][split][group]):>10}")
+    for source, value in before["ordinary_prompts_report_by_source"].items():
+        print(f"{f'  report, {source}':<34}{pct(value):>10}{pct(after['ordinary_prompts_report_by_source'][source]):>10}")
+    for source, value in before["ordinary_outputs_by_source"].items():
+        print(f"{f'outputs, {source}':<34}{pct(value):>10}{pct(after['ordinary_outputs_by_source'][source]):>10}")
+    for name in [k for k in before if k.startswith("toxicity_eval") or k == "davidson"]:
+        print(f"{f'{name}: toxic (recall)':<34}{pct(before[name]['recall']):>10}{pct(after[name]['recall']):>10}")
+        print(f"{f'{name}: the others':<34}{pct(before[name]['others_flagged']):>10}"
+              f"{pct(after[name]['others_flagged']):>10}")
+    return 0
+
+
 def cmd_bench_review(args: argparse.Namespace, settings: Settings) -> int:
     from bench.review import run_review_bench
 
@@ -661,6 +700,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--examples", type=int, default=0, help="list up to N misses and false positives")
     s.add_argument("--no-toxicity", action="store_true", help="PII only")
     s.set_defaults(func=cmd_eval_safety)
+
+    s = evals.add_parser("thresholds", help="toxicity thresholds for ordinary support traffic: the share of "
+                                            "ordinary prompts flagged, recall on toxic texts, thresholds to choose")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--policy", help="policy file to measure (default: the shipped default policy)")
+    s.add_argument("--max-flagged", type=float, default=0.01,
+                   help="budget: share of ordinary prompts flagged or blocked, in each group (default 0.01)")
+    s.add_argument("--dialogues", type=_positive, default=8000,
+                   help="demo corpus dialogues whose user turns are ordinary prompts (default 8000)")
+    s.add_argument("--davidson", default=None,
+                   help="Davidson et al.'s labelled tweets (CSV; default: ../shared/data/toxicity_dev_davidson.csv "
+                        "beside the repository, when there)")
+    s.add_argument("--no-davidson", action="store_true", help="skip the tweets")
+    s.set_defaults(func=cmd_eval_thresholds)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
                                                                       parser_class=_Parser)

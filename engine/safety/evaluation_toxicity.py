@@ -17,10 +17,12 @@ There are no obscene positives (no swear words), so ``obscene`` has no AUC here.
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 from engine.safety.base import Finding
 from engine.safety.toxicity import (
     DETECTOR_FALLBACK,
+    DETECTOR_LABELS,
     FALLBACK_LABEL,
     ToxicityConfig,
     ToxicityScanner,
@@ -319,3 +322,318 @@ def toxicity_report(
 
 if __name__ == "__main__":
     print(json.dumps(toxicity_report(), indent=2))
+
+
+# --- thresholds for ordinary support traffic -------------------------------------------------------------------
+# A flag sends a text to a reviewer. The budget: at most 1% of ordinary support prompts flagged, so that at a
+# toxic share of a few percent most of the queue is worth a reviewer's time, and a reviewer sees about one false
+# alarm per hundred chats instead of one in twenty.
+ORDINARY_MAX_FLAGGED = 0.01
+# Dialogues of the demo corpus whose user turns stand for ordinary prompts (about 9,000 distinct texts).
+ORDINARY_DIALOGUES = 8000
+ORDINARY_SPLICES = 2000
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+EVAL_SUITE_FILES = tuple(_REPO_ROOT / "engine" / "evals" / "data" / f"{name}.jsonl"
+                         for name in ("in_domain", "off_topic", "bias_pairs"))
+HELD_OUT_CHATS_PATH = _REPO_ROOT / "engine" / "demo" / "heldout.jsonl"
+# Public tweets labelled hate speech / offensive / neither (t-davidson/hate-speech-and-offensive-language, MIT):
+# read from the shared data folder beside the repository when it is there, never shipped.
+DAVIDSON_PATH = _REPO_ROOT.parent / "shared" / "data" / "toxicity_dev_davidson.csv"
+# Candidate thresholds: fine steps where the offline model's scores crowd (near 0), coarser above.
+_ORDINARY_GRID: tuple[float, ...] = tuple(
+    [k / 1000 for k in range(5, 100, 5)] + [k / 100 for k in range(10, 100)]
+)
+
+
+@dataclass(frozen=True)
+class OrdinaryText:
+    """A text of ordinary support traffic: a prompt or an answer, where it comes from, and its split.
+
+    Prompts are split by a hash of the text: ``tune`` (thresholds are chosen on these) or ``report`` (the numbers
+    are reported on these). Outputs (the corpus answers and splices of two of their sentences, how a small model
+    garbles) are only reported. ``group``: ``corpus`` (templated) or ``hand-written`` (the evaluation suites, the
+    held-out chats, the system prompts): the budget holds for each.
+    """
+
+    text: str
+    direction: str
+    source: str
+    split: str
+
+    @property
+    def group(self) -> str:
+        return "corpus" if self.source == "corpus" else "hand-written"
+
+
+def _hash_split(text: str) -> str:
+    return "tune" if hashlib.sha256(text.encode("utf-8")).digest()[0] % 2 == 0 else "report"
+
+
+def ordinary_traffic(dialogues: int = ORDINARY_DIALOGUES, *, seed: int = 0,
+                     splices: int = ORDINARY_SPLICES) -> list[OrdinaryText]:
+    """Ordinary support traffic, deduplicated: the corpus' user turns (``dialogues`` dialogues of ``seed``), the
+    evaluation suites in_domain, off_topic and bias_pairs, the held-out chats' user turns and the corpus' system
+    prompts as prompts; the corpus answers and ``splices`` splices of two answer sentences as outputs."""
+    import random
+
+    from engine.demo.corpus import INTENTS, REFUSAL, SYSTEM_PROMPTS, build_corpus
+    from engine.safety.chunking import sentence_spans
+
+    out: list[OrdinaryText] = []
+    seen: set[tuple[str, str]] = set()
+
+    def add(text: str, direction: str, source: str, split: str) -> None:
+        if text.strip() and (direction, text) not in seen:
+            seen.add((direction, text))
+            out.append(OrdinaryText(text, direction, source, split))
+
+    for dialogue in build_corpus(dialogues, seed=seed):
+        for role, content in dialogue.messages:
+            if role == "user":
+                add(content, "prompt", "corpus", _hash_split(content))
+    for path in EVAL_SUITE_FILES:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                prompt = json.loads(line)["prompt"]
+                add(prompt, "prompt", path.stem, _hash_split(prompt))
+    for line in HELD_OUT_CHATS_PATH.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            for message in json.loads(line)["messages"]:
+                if message["role"] == "user":
+                    add(message["content"], "prompt", "heldout", _hash_split(message["content"]))
+    for text in SYSTEM_PROMPTS:
+        add(text, "prompt", "system_prompts", _hash_split(text))
+    answers = list(dict.fromkeys([intent.answer for intent in INTENTS] + [REFUSAL]))
+    for text in answers:
+        add(text, "output", "corpus_answers", "report")
+    sentences = [a[start:end].strip() for a in answers for start, end in sentence_spans(a)]
+    rng = random.Random(seed)
+    for _ in range(splices):
+        first, second = (s.split() for s in rng.sample(sentences, 2))
+        text = " ".join(first[: rng.randint(1, len(first))] + second[rng.randrange(len(second)):])
+        add(text, "output", "answer_splices", "report")
+    return out
+
+
+def load_davidson(path: Path | str = DAVIDSON_PATH) -> list[tuple[str, bool]]:
+    """Davidson et al.'s tweets as ``(text, toxic)``: class 0 (hate speech) and 1 (offensive) are toxic, 2 not."""
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        return [(row["tweet"], row["class"] in ("0", "1")) for row in csv.DictReader(f)]
+
+
+def acting_thresholds(policy: Any, kind: str, direction: str) -> dict[str, tuple[float, str]]:
+    """``{label: (threshold, action)}`` of the toxicity labels the policy flags or blocks for detector ``kind``."""
+    out = {}
+    for label in DETECTOR_LABELS[kind]:
+        _, rule = policy.rule_for(direction, label)
+        if rule.action in ("flag", "block") and not rule.monitor_only:
+            table = policy.detector_thresholds.get(kind, {}).get(direction, {})
+            out[label] = (table.get(label, rule.threshold), rule.action)
+    return out
+
+
+def _acted(scores: Sequence[Mapping[str, float]], thresholds: Mapping[str, float]) -> list[bool]:
+    return [any(s.get(label, 0.0) >= t for label, t in thresholds.items()) for s in scores]
+
+
+def _rate(hits: Sequence[bool]) -> float | None:
+    return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def choose_ordinary_thresholds(
+    ordinary: Mapping[str, Sequence[Mapping[str, float]]],
+    toxic: Sequence[Mapping[str, float]],
+    start: Mapping[str, float],
+    *,
+    fixed: Mapping[str, float] | None = None,
+    max_flagged: float = ORDINARY_MAX_FLAGGED,
+) -> dict[str, float]:
+    """Flag thresholds (moved from ``start``) that flag at most ``max_flagged`` of each group of ``ordinary`` texts
+    and as many ``toxic`` texts as they can; a text counts once, whichever label caught it.
+
+    ``fixed`` thresholds (blocks) are not moved but count among the flags. Greedy, on a grid: while a group is over
+    budget, raise the label whose next step loses the fewest toxic texts per label hit it removes from the ordinary
+    texts of the groups over budget; then, while
+    every group stays within budget, lower the label whose step gains the most toxic texts per ordinary text added
+    (the groups' shares averaged). Each group must hold: a small hand-written group may not hide behind a large
+    templated one.
+    """
+    thresholds = dict(start)
+    fixed = dict(fixed or {})
+    labels = list(thresholds)
+    groups = [g for g in ordinary.values() if g]
+
+    def rate(texts: Sequence[Mapping[str, float]], th: Mapping[str, float]) -> float:
+        return sum(_acted(texts, {**fixed, **th})) / max(1, len(texts))
+
+    def excess(th: Mapping[str, float]) -> float:
+        return sum(max(0.0, rate(g, th) - max_flagged) for g in groups)
+
+    def mean_rate(th: Mapping[str, float]) -> float:
+        return sum(rate(g, th) for g in groups) / max(1, len(groups))
+
+    def hits(th: Mapping[str, float], over: Sequence[Sequence[Mapping[str, float]]]) -> int:
+        # Label hits on the ordinary texts of the groups over budget: a text flagged by two labels needs both
+        # raised, and each raise counts as progress.
+        return sum(s.get(label, 0.0) >= t for g in over for s in g for label, t in th.items())
+
+    while excess(thresholds) > 0:
+        recall = rate(toxic, thresholds)
+        over = [g for g in groups if rate(g, thresholds) > max_flagged]
+        now = hits(thresholds, over)
+        best: tuple[float, float, dict[str, float]] | None = None
+        for label in labels:
+            for value in (v for v in _ORDINARY_GRID if v > thresholds[label]):
+                candidate = {**thresholds, label: value}
+                removed = now - hits(candidate, over)
+                if removed > 0:
+                    key = ((recall - rate(toxic, candidate)) / removed, -float(removed))
+                    if best is None or key < best[:2]:
+                        best = (*key, candidate)
+                    break
+        if best is None:
+            break
+        thresholds = best[2]
+    while True:
+        fp, recall = mean_rate(thresholds), rate(toxic, thresholds)
+        gain_best: tuple[float, float, dict[str, float]] | None = None
+        for label in labels:
+            for value in (v for v in reversed(_ORDINARY_GRID) if v < thresholds[label]):
+                candidate = {**thresholds, label: value}
+                if excess(candidate) > 0:
+                    break
+                gained = rate(toxic, candidate) - recall
+                if gained > 0:
+                    added = mean_rate(candidate) - fp
+                    key = (gained / added if added > 0 else float("inf"), gained)
+                    if gain_best is None or key > gain_best[:2]:
+                        gain_best = (*key, candidate)
+                    break
+        if gain_best is None:
+            return thresholds
+        thresholds = gain_best[2]
+
+
+def _found(findings: Iterable[Finding]) -> dict[str, float]:
+    return {f.label: f.score for f in findings}
+
+
+def _rates(
+    prompt_th: Mapping[str, float],
+    output_th: Mapping[str, float],
+    traffic: Sequence[OrdinaryText],
+    traffic_scores: Sequence[Mapping[str, float]],
+    toxic_sets: Mapping[str, tuple[Sequence[Mapping[str, float]], Sequence[bool]]],
+) -> dict[str, Any]:
+    """Flagged-or-blocked shares at these thresholds: ordinary prompts per split and group (and per source on the
+    report split), outputs per source, and for each labelled set the recall on its toxic texts and the share of its
+    other texts flagged (all as prompts)."""
+    def share(direction: str, *, split: str | None = None, group: str | None = None,
+              source: str | None = None) -> float | None:
+        th = prompt_th if direction == "prompt" else output_th
+        picked = [s for t, s in zip(traffic, traffic_scores, strict=True) if t.direction == direction
+                  and split in (None, t.split) and group in (None, t.group) and source in (None, t.source)]
+        return _rate(_acted(picked, th))
+
+    prompts = [t for t in traffic if t.direction == "prompt"]
+    groups = list(dict.fromkeys(t.group for t in prompts))
+    out: dict[str, Any] = {
+        "ordinary_prompts": {
+            split: {"all": share("prompt", split=split), **{g: share("prompt", split=split, group=g) for g in groups}}
+            for split in SPLITS_ORDINARY
+        },
+        "ordinary_prompts_report_by_source": {
+            src: share("prompt", split="report", source=src) for src in dict.fromkeys(t.source for t in prompts)
+        },
+        "ordinary_outputs_by_source": {
+            src: share("output", source=src)
+            for src in dict.fromkeys(t.source for t in traffic if t.direction == "output")
+        },
+    }
+    for name, (scores, toxic) in toxic_sets.items():
+        hits = _acted(scores, prompt_th)
+        out[name] = {
+            "recall": _rate([h for h, t in zip(hits, toxic, strict=True) if t]),
+            "others_flagged": _rate([h for h, t in zip(hits, toxic, strict=True) if not t]),
+        }
+    return out
+
+
+SPLITS_ORDINARY: tuple[str, ...] = ("tune", "report")
+
+
+def ordinary_report(
+    scanner: ToxicityScanner | None = None,
+    *,
+    policy_path: Path | str | None = None,
+    max_flagged: float = ORDINARY_MAX_FLAGGED,
+    dialogues: int = ORDINARY_DIALOGUES,
+    davidson_path: Path | str | None = DAVIDSON_PATH,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """How often the toxicity detector's thresholds flag ordinary support traffic, and the thresholds to choose.
+
+    Scans :func:`ordinary_traffic`, the labelled set (``toxicity_eval.jsonl``) and, when the file is there,
+    Davidson's tweets; reports, at the policy's thresholds for this detector (``policy_path``, default the shipped
+    policy) and at thresholds chosen by :func:`choose_ordinary_thresholds` (tuned on the corpus turns of the
+    ``tune`` split and the labelled set's tune half, prompt flag rules only; blocks stay), the share of ordinary
+    prompts flagged or blocked per split and source, of ordinary outputs per source, and the recall on toxic texts.
+    """
+    from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
+
+    say = progress or (lambda message: None)
+    if scanner is None:
+        scanner = load_toxicity(ToxicityConfig(allow_download=False)).scanner
+    policy = Policy.load(policy_path or DEFAULT_POLICY_PATH)
+    traffic = ordinary_traffic(dialogues)
+    say(f"scanning {len(traffic)} ordinary texts")
+    traffic_scores = [_found(scanner.scan(t.text)) for t in traffic]
+    rows = load_eval_set()
+    say(f"scanning {len(rows)} labelled texts")
+    eval_scores = [_found(scanner.scan(r.text)) for r in rows]
+    toxic_sets: dict[str, tuple[Sequence[Mapping[str, float]], Sequence[bool]]] = {
+        f"toxicity_eval_{split}": (
+            [s for s, r in zip(eval_scores, rows, strict=True) if r.split == split],
+            [bool(r.labels) for r in rows if r.split == split],
+        )
+        for split in SPLITS
+    }
+    davidson = None
+    if davidson_path is not None and Path(davidson_path).is_file():
+        tweets = load_davidson(davidson_path)
+        say(f"scanning {len(tweets)} tweets of {Path(davidson_path).name}")
+        toxic_sets["davidson"] = ([_found(scanner.scan(text)) for text, _ in tweets], [t for _, t in tweets])
+        davidson = {"path": str(davidson_path), "texts": len(tweets), "toxic": sum(t for _, t in tweets)}
+    prompt = acting_thresholds(policy, scanner.kind, "prompt")
+    output = acting_thresholds(policy, scanner.kind, "output")
+    prompt_th = {label: t for label, (t, _) in prompt.items()}
+    output_th = {label: t for label, (t, _) in output.items()}
+    flags = {label: t for label, (t, action) in prompt.items() if action == "flag"}
+    blocks = {label: t for label, (t, action) in prompt.items() if action == "block"}
+    tune: dict[str, list[Mapping[str, float]]] = {}
+    for t, s in zip(traffic, traffic_scores, strict=True):
+        if t.direction == "prompt" and t.split == "tune":
+            tune.setdefault(t.group, []).append(s)
+    toxic_tune = [s for s, r in zip(eval_scores, rows, strict=True) if r.split == "tune" and r.labels]
+    chosen = choose_ordinary_thresholds(tune, toxic_tune, flags, fixed=blocks, max_flagged=max_flagged)
+    return {
+        "detector": scanner.kind,
+        "version": scanner.version,
+        "policy": policy.version,
+        "max_flagged": max_flagged,
+        "texts": {
+            "prompts": {split: {g: sum(t.direction == "prompt" and t.split == split and t.group == g
+                                       for t in traffic) for g in ("corpus", "hand-written")}
+                        for split in SPLITS_ORDINARY},
+            "outputs": sum(t.direction == "output" for t in traffic),
+            "davidson": davidson,
+        },
+        "tuned_on": "ordinary prompts of the tune split (by a hash of the text; at most max_flagged of each group) "
+                    "and toxicity_eval.jsonl's tune half (recall)",
+        "reported_on": "ordinary prompts of the report split, the outputs, toxicity_eval.jsonl's test half, "
+                       "Davidson's tweets",
+        "policy_thresholds": {"prompt": prompt_th, "output": output_th, "prompt_blocks": sorted(blocks)},
+        "at_policy": _rates(prompt_th, output_th, traffic, traffic_scores, toxic_sets),
+        "chosen": {"prompt": {**chosen, **blocks}},
+        "at_chosen": _rates({**chosen, **blocks}, output_th, traffic, traffic_scores, toxic_sets),
+    }

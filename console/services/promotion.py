@@ -519,7 +519,7 @@ class WatchFinding:
     error: str | None = None
 
 
-def _finding(event: AuditEvent) -> WatchFinding:
+def _finding(event: AuditEvent | audit_q.AppendedEvent) -> WatchFinding:
     d = event.details
     return WatchFinding(int(event.object_id or 0), d.get("from") or "", d.get("to") or "",
                         datetime.fromisoformat(d["switched_at"]), d.get("verdict", ""), d.get("action", "none"),

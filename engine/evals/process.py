@@ -236,6 +236,33 @@ def _first_token_ms(engine: ChildEngine, text: str, sampling: SamplingSettings, 
     return result.ttft_s * 1000.0
 
 
+def time_pairs(candidate: ChildEngine, baseline: ChildEngine, records: Sequence[SuiteRecord],
+               config: ChildConfig | None = None, *, on_progress: ProgressFn | None = None,
+               stop: Callable[[], bool] | None = None) -> list[PairedTiming]:
+    """Time both running versions on ``records``, one request at a time in ABBA order, after
+    ``config.latency_warmup`` unmeasured requests to each; ``stop()`` True ends it early (pairs so far)."""
+    config = config or ChildConfig()
+    progress = on_progress or (lambda phase, done, total: None)
+    stopped = stop or (lambda: False)
+    engines = {CANDIDATE: candidate, BASELINE: baseline}
+    sampling = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=config.latency_max_tokens,
+                                seed=config.seed, ignore_eos=True)
+    for w in range(min(config.latency_warmup, len(records))):  # first requests pay for cold caches: not measured
+        for role in (CANDIDATE, BASELINE):
+            _first_token_ms(engines[role], records[w].prompt, sampling, f"lat-warmup-{w}")
+    pairs: list[PairedTiming] = []
+    for i, record in enumerate(records):
+        if stopped():
+            break
+        first = abba_first(i)
+        times: dict[str, float | None] = {}
+        for role in (first, BASELINE if first == CANDIDATE else CANDIDATE):
+            times[role] = _first_token_ms(engines[role], record.prompt, sampling, f"lat-{i}-{record.id}")
+        pairs.append(PairedTiming(record.id, times[CANDIDATE], times[BASELINE], first))
+        progress("comparing", i + 1, len(records))
+    return pairs
+
+
 def run_latency_comparison(
     candidate: ModelSpec,
     baseline: ModelSpec,
@@ -285,24 +312,11 @@ def run_latency_comparison(
 
     watchdog = threading.Thread(target=watch, name="latency-watchdog", daemon=True)
     watchdog.start()
-    pairs: list[PairedTiming] = []
     try:
         if failures:
             raise EvaluationRunError("The latency comparison could not start: " + "; ".join(failures))
-        sampling = SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=config.latency_max_tokens,
-                                    seed=config.seed, ignore_eos=True)
-        for w in range(min(config.latency_warmup, total)):  # first requests pay for cold caches: not measured
-            for role in (CANDIDATE, BASELINE):
-                _first_token_ms(engines[role], records[w].prompt, sampling, f"lat-warmup-{w}")
-        for i, record in enumerate(records):
-            if stopped:
-                break
-            first = abba_first(i)
-            times: dict[str, float | None] = {}
-            for role in (first, BASELINE if first == CANDIDATE else CANDIDATE):
-                times[role] = _first_token_ms(engines[role], record.prompt, sampling, f"lat-{i}-{record.id}")
-            pairs.append(PairedTiming(record.id, times[CANDIDATE], times[BASELINE], first))
-            progress("comparing", i + 1, total)
+        pairs = time_pairs(engines[CANDIDATE], engines[BASELINE], records, config, on_progress=progress,
+                           stop=lambda: bool(stopped))
     finally:
         stopped.append("ended")
         watchdog.join(timeout=5)

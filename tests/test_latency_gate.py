@@ -145,3 +145,41 @@ def test_latency_prompts_spread_over_the_suite_or_repeat_it() -> None:
     assert [r.id for r in spread] == ["r0", "r25", "r50", "r75"]
     assert [r.id for r in latency_prompts(records[:3], 5)] == ["r0", "r1", "r2", "r0", "r1"]
     assert latency_prompts([], 5) == []
+
+
+# --- which baseline an evaluation times against (service level, no engine) -----------------------------------------
+
+
+def test_an_evaluation_times_against_the_production_holder_unless_told_otherwise(ctx, tmp_path) -> None:  # noqa: ANN001
+    import threading
+
+    from console.services import evaluation as evaluation_svc
+    from console.services import serving
+    from db import model_versions as versions_q
+    from engine.evals.process import ChildConfig
+    from engine.evals.suite import Suite
+
+    with ctx.db.session() as s:
+        for name in ("v1", "v2", "v3"):
+            versions_q.register_model_version(s, name=name, source=f"/models/{name}", actor="test")
+    assert evaluation_svc._baseline(ctx, "v2", None, True) == (None, None, None)  # nobody holds production
+    serving.serve_cli(ctx, "v1", "first")
+    spec, name, error = evaluation_svc._baseline(ctx, "v2", None, True)
+    assert (spec.name if spec else None, name, error) == ("v1", "v1", None)
+    assert evaluation_svc._baseline(ctx, "v1", None, True) == (None, None, None)  # production itself: no pair
+    assert evaluation_svc._baseline(ctx, "v2", None, False) == (None, None, None)
+    assert evaluation_svc._baseline(ctx, "v2", "v3", True)[1] == "v3"  # named explicitly
+
+    # The holder's files changed: the evaluation still runs and its report says why nothing was compared.
+    with ctx.db.session() as s:
+        holder = versions_q.get_model_version_by_name(s, "v1")
+        holder.fingerprint, holder.fingerprint_files = "0" * 64, [{"path": "model.safetensors", "size": 1,
+                                                                   "sha256": "0" * 64}]
+    spec, name, error = evaluation_svc._baseline(ctx, "v2", None, True)
+    assert spec is None and name == "v1" and "changed since it was registered" in (error or "")
+    job = evaluation_svc._Job(ctx, 1, evaluation_svc.loadable_spec(ctx, "v2"), Suite("s", ()), ChildConfig(),
+                              threading.Event(), baseline=None, baseline_name=name, baseline_error=error)
+    summary = evaluation_svc._compare_latency(job, lambda *a: None)
+    assert (summary["baseline_version"], summary["n"]) == ("v1", 0) and "changed" in summary["error"]
+    gate = promotion.ttft_gate(ctx.settings, {"latency_comparison": summary}, None, baseline_version="v1")
+    assert not gate.passed and "could not run" in (gate.note or "")

@@ -203,3 +203,18 @@ def test_the_report_counts_pairs_answered_differently_beside_the_mean_and_the_la
     assert bias["answer_gap"] < 0.4  # the mean over all pairs: a different figure from the largest pair's 1.0
     assert bias["by_attribute"]["gender"]["answers_differ"] == 1
     assert bias["toxicity_gap_max"] is None  # no scanners
+
+
+def test_listed_pairs_that_hardly_differ_are_summed_up_in_one_line_instead_of_shown() -> None:
+    def pair(pid: str, answer_gap: float, toxicity_gap: float) -> dict:
+        return {"pair_id": pid, "attribute": "age", "groups": ["young", "old"], "answers": ["a", "b"],
+                "declined": [False, False], "flagged": [False, False], "topics": ["orders", "orders"],
+                "answer_gap": answer_gap, "toxicity_gap": toxicity_gap, "flag_gap": 0.0}
+
+    report = {"bias_gap": {"pairs": 4, "worst_pairs": [pair("differs", 0.6, 0.0), pair("toxic", 0.05, 0.3),
+                                                       pair("echo", 0.04, 0.02), pair("same", 0.0, 0.01)]}}
+    bias = rv.summarize_report(report).bias
+    assert [p.pair_id for p in bias.worst_pairs] == ["differs", "toxic"]
+    assert bias.minor_pairs == "2 more listed pair(s) hardly differ (at most 4% of the words, toxicity by at most " \
+                               "0.02): not shown."
+    assert "the most different listed pair differs in 60% of its words" in bias.sentence

@@ -114,7 +114,7 @@ def test_two_reports_compare_with_the_change_and_a_colour_free_better_or_worse_m
     assert table.loc["Bias: pairs answered differently", "change (B - A)"] == ""
     markdown = [m.value for m in at.markdown]
     assert any(m.startswith("**B \\(v2\\) against A \\(v1\\)\\: better on 1 metric") for m in markdown)
-    assert any(m.startswith("**Worse in B**") and "✘ worse: Topic accuracy\\: 80% → 25% \\(\\-55 pp\\)" in m
+    assert any(m.startswith("**Worse in B**") and "✘ Topic accuracy\\: 80% → 25% \\(\\-55 pp\\)" in m
                for m in markdown)
     assert any("different suites" in c.value for c in at.caption)
     assert "topic accuracy" in set(_frame(at, "B - A")["metric"])

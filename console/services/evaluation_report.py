@@ -21,6 +21,7 @@ NOT_MEASURED = "not measured"
 
 # How a metric's number reads: a share 0..1 shown in %, milliseconds, tokens per second, a 0..1 score, a count.
 PCT, MS, RATE, SCORE, COUNT = "pct", "ms", "rate", "score", "count"
+TOXICITY_DIFFERS_FROM = 0.1  # a worst pair whose answers hardly differ is shown when toxicity differs this much
 _DIFFER_WORDS = f"more than {ANSWERS_DIFFER_ABOVE:.0%} of the words differ"
 
 
@@ -161,6 +162,7 @@ class BiasSummary:
     figures: tuple[Figure, ...]
     chart: tuple[dict[str, Any], ...]  # attribute, difference, share (%), pairs (e.g. "1 of 5 pairs")
     worst_pairs: tuple[WorstPair, ...]
+    minor_pairs: str = ""  # the listed pairs left out because they hardly differ, in one sentence
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,15 @@ def _severity(pair: Mapping[str, Any]) -> float:
             + (_num(pair.get("toxicity_gap")) or 0.0) + (_num(pair.get("answer_gap")) or 0.0))
 
 
+def _material(pair: Mapping[str, Any]) -> bool:
+    """Whether a listed pair differs in a way worth reading: its answers differ (as counted in the headline), one
+    declined or was flagged and the other not, they are on different topics, or their toxicity differs by
+    :data:`TOXICITY_DIFFERS_FROM` or more. Near-identical answers with a hair's difference in score are not."""
+    return ((_num(pair.get("answer_gap")) or 0.0) > ANSWERS_DIFFER_ABOVE or (_num(pair.get("flag_gap")) or 0.0) > 0
+            or len(set(pair.get("declined") or [])) > 1 or len(set(pair.get("topics") or [])) > 1
+            or (_num(pair.get("toxicity_gap")) or 0.0) >= TOXICITY_DIFFERS_FROM)
+
+
 def _only(flags: Sequence[Any], groups: Sequence[str], what: str) -> str | None:
     if len(set(flags)) <= 1 or any(f is None for f in flags):
         return None
@@ -288,11 +299,21 @@ def _bias(report: Mapping[str, Any]) -> BiasSummary:
     listed = [p for p in bias.get("worst_pairs") or [] if isinstance(p, Mapping)]
     # Stored in order already; sorted again so that an older or hand-made report reads the same way.
     ordered = sorted(enumerate(listed), key=lambda ip: (-_severity(ip[1]), ip[0]))
-    worst = tuple(_worst_pair(p) for _, p in ordered)
+    shown = [p for _, p in ordered if _material(p)]
+    minor = [p for _, p in ordered if not _material(p)]
+    worst = tuple(_worst_pair(p) for p in shown)
     largest = bias.get("answer_gap_max")
+    listed_largest = max((g for g in (_num(p.get("answer_gap")) for p in listed) if g is not None), default=None)
     largest_text = (f"the most different pair differs in {fmt_pct(largest)} of its words" if _num(largest) is not None
-                    else f"the most different listed pair differs in {worst[0].words_differ} of its words" if worst
-                    else "")
+                    else f"the most different listed pair differs in {fmt_pct(listed_largest)} of its words"
+                    if listed_largest is not None else "")
+    minor_text = ""
+    if minor:
+        tox = max((_num(p.get("toxicity_gap")) or 0.0 for p in minor), default=0.0)
+        words = max(_num(p.get("answer_gap")) or 0.0 for p in minor)
+        minor_text = (f"{len(minor)} more listed pair(s) hardly differ ("
+                      + (f"at most {fmt_pct(words)} of the words" if words else "identical answers")
+                      + (f", toxicity by at most {fmt_score(tox)}" if tox else "") + "): not shown.")
     if not pairs:
         sentence = ("No counterfactual pairs in this suite: the bias gap was not measured." if "pairs" in bias
                     else f"Bias gap: {NOT_MEASURED}.")
@@ -322,7 +343,7 @@ def _bias(report: Mapping[str, Any]) -> BiasSummary:
                 continue  # not measured (an older report, or no scanners): no bar rather than a bar at 0
             chart.append({"attribute": str(attribute), "difference": what, "share of pairs (%)": round(share * 100, 1),
                           "pairs": _pair_count(share, stats.get("pairs"))})
-    return BiasSummary(pairs, sentence, figures, tuple(chart), worst)
+    return BiasSummary(pairs, sentence, figures, tuple(chart), worst, minor_text)
 
 
 def summarize_report(report: Mapping[str, Any]) -> ReportSummary:
@@ -372,6 +393,7 @@ def list_row(summary: Mapping[str, Any] | None) -> dict[str, str]:
 
 BETTER, WORSE, SAME = "better", "worse", "same"
 # Markers that carry the verdict without colour (a reader who cannot tell red from green reads them the same).
+SYMBOLS = {BETTER: "✔", WORSE: "✘", SAME: "="}
 MARKERS = {BETTER: "✔ better", WORSE: "✘ worse", SAME: "= same", None: ""}
 
 # (label, path into the report, kind, True when higher is better / False when lower is / None: no direction).

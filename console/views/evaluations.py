@@ -71,9 +71,10 @@ _progress()
 def _figures(figures: tuple[report_view.Figure, ...], per_row: int = 3) -> None:
     for i in range(0, len(figures), per_row):
         for column, figure in zip(st.columns(per_row), figures[i:i + per_row], strict=False):
-            column.metric(figure.label, figure.value, help=figure.help or None, border=True)
+            box = column.container(border=True)
+            box.metric(figure.label, figure.value, help=figure.help or None)
             if figure.detail:
-                column.caption(escape_markdown(figure.detail))
+                box.caption(escape_markdown(figure.detail))
 
 
 def _show_report(summary: report_view.ReportSummary) -> None:
@@ -82,17 +83,21 @@ def _show_report(summary: report_view.ReportSummary) -> None:
     for note in summary.notes:
         st.caption(escape_markdown(note))
     st.markdown("#### Latency")
-    _figures(summary.latency, per_row=6)
+    _figures(summary.latency)
     if summary.latency_comparison:
         st.markdown(f"**Same run, paired:** {escape_markdown(summary.latency_comparison)}")
     bias = summary.bias
     st.markdown("#### Bias gap: the same prompt about another group")
     st.markdown(escape_markdown(bias.sentence))
     if bias.chart:
-        st.plotly_chart(px.bar(pd.DataFrame(bias.chart), x="share of pairs (%)", y="attribute", color="difference",
-                               barmode="group", orientation="h", hover_data=["pairs"], range_x=[0, 100],
-                               title="Pairs treated differently, per attribute"), key="eval_bias_chart")
+        fig = px.bar(pd.DataFrame(bias.chart), x="share of pairs (%)", y="attribute", color="difference",
+                     barmode="group", orientation="h", hover_data=["pairs"], title="Pairs treated differently")
+        fig.update_xaxes(rangemode="nonnegative")
+        fig.update_layout(legend={"orientation": "h", "y": -0.25, "title": None})
+        st.plotly_chart(fig, key="eval_bias_chart")
     _figures(bias.figures)
+    if bias.worst_pairs:
+        st.markdown("**Worst pairs first**, both answers side by side (as stored: redacted where scanned)")
     for pair in bias.worst_pairs:
         with st.container(border=True):
             st.markdown(f"**Pair {escape_markdown(pair.pair_id)}** ({escape_markdown(pair.attribute)}): "
@@ -102,6 +107,8 @@ def _show_report(summary: report_view.ReportSummary) -> None:
                 column.markdown(f"**{escape_markdown(side.group)}**")
                 column.caption(escape_markdown(side.marks))
                 column.markdown(escape_markdown(side.answer))
+    if bias.minor_pairs:
+        st.caption(escape_markdown(bias.minor_pairs))
     with st.expander(f"Raw rows: every answer ({len(summary.answers)})"):
         st.dataframe(pd.DataFrame(list(summary.answers)), hide_index=True, key="eval_answers")
 
@@ -134,13 +141,13 @@ with compare_tab:
         for warning in cmp.warnings:
             st.caption(escape_markdown(warning))
         better, worse = st.columns(2)
-        for column, title, lines, marker in ((better, "Better in B", cmp.better, report_view.MARKERS["better"]),
-                                             (worse, "Worse in B", cmp.worse, report_view.MARKERS["worse"])):
-            column.markdown(f"**{title}**  \n" + ("  \n".join(f"{marker}: {escape_markdown(x)}" for x in lines)
+        for column, title, lines, marker in ((better, "Better in B", cmp.better, report_view.SYMBOLS["better"]),
+                                             (worse, "Worse in B", cmp.worse, report_view.SYMBOLS["worse"])):
+            column.markdown(f"**{title}**  \n" + ("  \n".join(f"{marker} {escape_markdown(x)}" for x in lines)
                                                   or "nothing"))
         st.dataframe(pd.DataFrame([{"metric": r.metric, "A": r.a, "B": r.b, "change (B - A)": r.change,
                                     "B is": r.marker} for r in cmp.rows]),
-                     hide_index=True, width="stretch", key="eval_compare_table")
+                     hide_index=True, width="stretch", height="content", key="eval_compare_table")
         with st.expander("Raw rows: the stored figures"):
             st.dataframe(pd.DataFrame([{"metric": r.metric, "A": r.a, "B": r.b, "B - A": r.difference}
                                        for r in cmp.raw]), hide_index=True, key="eval_compare_raw")

@@ -54,7 +54,9 @@ def validate_roles(roles: Iterable[str]) -> list[str]:
 
 def validate_username(username: str) -> str:
     username = (username or "").strip().lower()
-    if len(username) > MAX_USERNAME_CHARS or not _USERNAME.fullmatch(username):
+    if len(username) > MAX_USERNAME_CHARS:
+        raise InvalidInput(f"A username has at most {MAX_USERNAME_CHARS} characters; this one has {len(username):,}.")
+    if not _USERNAME.fullmatch(username):
         raise InvalidInput(
             f"A username has 2-{MAX_USERNAME_CHARS} characters: lower-case letters, digits, '.', '_' or '-', "
             "starting with a letter or digit."

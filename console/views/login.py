@@ -33,10 +33,12 @@ if state.principal is None and sso and ui.sso_signed_in():
         st.stop()
 
 with st.form("login", clear_on_submit=False):
+    # No max_chars: a browser box with a limit drops a longer paste whole and says nothing; the limits are said
+    # here, and a longer value is refused with a message that says them (the text stays in the box).
     username = st.text_input("Username", key="login_username", autocomplete="username",
-                             max_chars=auth.MAX_USERNAME_CHARS)
+                             help=f"At most {auth.MAX_USERNAME_CHARS} characters.")
     password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password",
-                             max_chars=auth.MAX_PASSWORD_CHARS)
+                             help=f"At most {auth.MAX_PASSWORD_CHARS:,} characters.")
     submitted = st.form_submit_button("Sign in", type="primary", key="login_submit")
 
 if submitted:

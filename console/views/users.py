@@ -54,20 +54,30 @@ st.caption(f"Stored prompts and answers are kept {ctx.settings.retention_text_da
            f"text {ctx.settings.retention_raw_days} days; then their text is erased and the metadata stays.")
 
 add_tab, edit_tab = st.tabs(["Add a user", "Change a user"])
-with add_tab, st.form("add_user", clear_on_submit=True):
-    username = st.text_input("Username", key="new_username", max_chars=auth.MAX_USERNAME_CHARS)
-    display_name = st.text_input("Display name", key="new_display_name", max_chars=users_svc.MAX_DISPLAY_NAME_CHARS)
-    email = st.text_input("Email (for single sign-on)", key="new_email", max_chars=auth.MAX_EMAIL_CHARS)
+ADD_FORM_EMPTY = {"new_username": "", "new_display_name": "", "new_email": "", "new_roles": [], "new_password": ""}
+if state.clear_add_form:  # the user was added: the form opens empty (a refused one keeps what was typed)
+    st.session_state.update(ADD_FORM_EMPTY)
+    state.clear_add_form = False
+# No max_chars on these boxes: a browser box with a limit drops a longer paste whole and says nothing. Each says its
+# limit, and the service refuses a longer value with a message that says it.
+with add_tab, st.form("add_user"):
+    username = st.text_input("Username", key="new_username",
+                             help=f"2 to {auth.MAX_USERNAME_CHARS} characters: lower-case letters, digits, '.', '_' "
+                                  "or '-'.")
+    display_name = st.text_input("Display name", key="new_display_name",
+                                 help=f"At most {users_svc.MAX_DISPLAY_NAME_CHARS} characters; optional.")
+    email = st.text_input("Email (for single sign-on)", key="new_email",
+                          help=f"At most {auth.MAX_EMAIL_CHARS} characters.")
     roles = st.multiselect("Roles", ALL_ROLES, key="new_roles")
     password = st.text_input("Initial password", type="password", key="new_password",
-                             max_chars=auth.MAX_PASSWORD_CHARS,
-                             help=f"At least {ctx.settings.min_password_length} characters. "
+                             help=f"{ctx.settings.min_password_length} to {auth.MAX_PASSWORD_CHARS:,} characters. "
                                   "Leave empty for a single sign-on user (email required).")
     if st.form_submit_button("Add user", type="primary", key="add_user_submit"):
         created = ui.call(users_svc.add_user, ctx, principal, username, password or None, roles,
                           display_name=display_name, email=email)
         if created:
             state.flash = f"Added {created.username}."
+            state.clear_add_form = True
             st.rerun()
 
 with edit_tab:
@@ -83,7 +93,8 @@ with edit_tab:
                     st.rerun()
         with st.form("reset_password", clear_on_submit=True):
             new_password = st.text_input("New password", type="password", key="reset_password_value",
-                                         max_chars=auth.MAX_PASSWORD_CHARS)
+                                         help=f"{ctx.settings.min_password_length} to "
+                                              f"{auth.MAX_PASSWORD_CHARS:,} characters.")
             if st.form_submit_button("Reset password"):
                 if ui.call(users_svc.reset_password, ctx, principal, user.id, new_password):
                     st.success("Password reset; the user's lockout is cleared and their open sessions end.")

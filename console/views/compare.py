@@ -13,7 +13,6 @@ from console.textsafe import escape_markdown
 
 principal = ui.require_page("compare")
 ctx = ui.app_context()
-state = ui.session().compare
 
 st.title("Side by side")
 st.caption("The same prompt goes to the version being served and to a candidate, which runs in a short-lived "
@@ -25,13 +24,16 @@ if not candidates:
     st.info("There is no other registered version to compare with the one being served.")
     st.stop()
 
-with st.form(f"compare_form_{state.round}"):
-    candidate = st.selectbox("Candidate version", candidates, key=f"compare_candidate_{state.round}")
-    prompt = st.text_area("Prompt", key=f"compare_prompt_{state.round}", max_chars=20_000)
+# One form under fixed keys, kept from one comparison to the next (prompt, candidate and settings stay for the
+# next try). Keys that changed after a send left the next click on the old form's widgets: that run saw a form
+# it had never drawn, so its prompt was dropped and nothing was sent (every second prompt).
+with st.form("compare_form"):
+    candidate = st.selectbox("Candidate version", candidates, key="compare_candidate")
+    prompt = st.text_area("Prompt", key="compare_prompt", max_chars=20_000)
     c1, c2, c3 = st.columns(3)
-    temperature = c1.slider("Temperature", 0.0, 2.0, 0.3, 0.05, key=f"compare_temperature_{state.round}")
-    top_p = c2.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key=f"compare_top_p_{state.round}")
-    max_tokens = c3.number_input("Max tokens", 1, 4096, 256, 16, key=f"compare_max_tokens_{state.round}")
+    temperature = c1.slider("Temperature", 0.0, 2.0, 0.3, 0.05, key="compare_temperature")
+    top_p = c2.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="compare_top_p")
+    max_tokens = c3.number_input("Max tokens", 1, 4096, 256, 16, key="compare_max_tokens")
     submitted = st.form_submit_button("Send to both", type="primary")
 
 
@@ -51,13 +53,16 @@ if submitted:
     comparison = ui.call(compare_svc.start_comparison, ctx, principal, candidate, prompt,
                          temperature=float(temperature), top_p=float(top_p), max_tokens=int(max_tokens))
     if comparison is not None:
-        state.round += 1
         columns = st.columns(2)
         sides = [("live", comparison.live, comparison.live_version), ("candidate", comparison.candidate,
                                                                       comparison.candidate_version)]
         boxes, buffers, errors, threads = [], [], [], []
         for column, (label, turn, version) in zip(columns, sides, strict=True):
-            column.subheader(f"{label.capitalize()}: {escape_markdown(version)}")
+            # A short title and the version's full name under it (wrapped, and in the title's help), so a long name
+            # is read whole instead of cut at the column's edge.
+            name = escape_markdown(version)
+            column.subheader(label.capitalize(), anchor=False, help=f"{label.capitalize()} version: {name}")
+            column.caption(f"**{name}**")
             boxes.append(column.empty())
             buffers.append([])
             errors.append([])

@@ -7,8 +7,6 @@ import streamlit as st
 from console import resources, ui
 from console.app_pages import PAGE_TABLE, PAGES_DIR
 from console.services import access, auth
-from console.services import models as models_svc
-from console.services import serving as serving_svc
 from console.textsafe import escape_markdown
 
 st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
@@ -40,23 +38,7 @@ with st.sidebar:
     ui.sync_cookie()
     principal = state.principal
     st.markdown(f"**{escape_markdown(principal.username)}**  \n{escape_markdown(', '.join(sorted(principal.roles)))}")
-    serving = serving_svc.serving_status(ctx)
-    if serving.state == "none":
-        st.caption("Model: none served")
-    elif serving.state == "switching":
-        st.caption(f"Live model: switching to **{escape_markdown(serving.switching_to or '?')}**")
-    elif serving.ready:
-        st.caption(f"Live model: **{escape_markdown(serving.model_version or '?')}** · ready")
-    elif serving.model_version is None and access.allowed(principal.roles, "chat.use"):
-        # Nothing loaded yet: most often the served demo version is still being built (`llm-console run`).
-        build = models_svc.served_version_build(ctx, principal)
-        if build is not None and build.state in ("building", "built"):
-            st.caption(f"Model: {escape_markdown(build.name)} "
-                       + (f"being built ({build.fraction:.0%})" if build.state == "building" else "built, loading"))
-        else:
-            st.caption(f"Model: none loaded ({escape_markdown(serving.state)})")
-    else:
-        st.caption(f"Model {escape_markdown(serving.model_version or 'none')}: {escape_markdown(serving.state)}")
+    ui.live_model(principal)  # refreshes itself every few seconds
     judge = resources.toxicity_judge()
     if judge:
         st.caption(f"Toxicity judged by: {escape_markdown(judge)}")

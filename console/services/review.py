@@ -111,8 +111,8 @@ class QueueRow:
     overdue: bool
     assignee: str | None
     claim_active: bool
-    labels: str
-    max_score: float
+    labels: str  # the labels whose finding triggered the flag or block, not every label scanned
+    max_score: float  # the highest of those findings' scores (0.0 for an item sent by hand without one)
     model_version: str
 
 
@@ -190,8 +190,10 @@ def _rows(ctx: AppContext, s: Session, items: Sequence[ReviewItem]) -> tuple[Que
     now = ctx.now()
     names: dict[int, str] = {}
     rows = []
+    # Only the findings that triggered the flag or block: every toxicity label is stored for every message.
+    triggered = queue_q.triggered_findings(s, [item.exchange_id for item in items])
     for item in items:
-        findings = safety_q.list_findings(s, item.exchange_id)
+        findings = triggered[item.exchange_id]
         exchange = chat_q.get_exchange(s, item.exchange_id)
         if item.claimed_by_id is not None and item.claimed_by_id not in names:
             user = users_q.get_user(s, item.claimed_by_id)

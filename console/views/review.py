@@ -134,7 +134,10 @@ with queue_tab:
         "status": r.status if r.status != "claimed" or r.claim_active else "open (claim expired)",
         "assignee": r.assignee or "", "labels": r.labels, "max score": r.max_score, "model": r.model_version,
         "reason": r.reason, "flagged": r.created_at} for r in page.rows]), hide_index=True, key="queue_table",
-        column_config={"max score": st.column_config.ProgressColumn("max score", min_value=0.0, max_value=1.0)})
+        column_config={"max score": st.column_config.ProgressColumn("max score", min_value=0.0, max_value=1.0),
+                       "labels": st.column_config.TextColumn(
+                           "labels", help="The labels whose score reached the threshold that applied (what "
+                                          "flagged or blocked the exchange); the item shows every finding.")})
 
     with st.expander("Decide several items at once (same cause)"), st.form("bulk_form"):
         picks = st.multiselect("Items", claimable, key="bulk_items")

@@ -43,6 +43,9 @@ class QueueFilter:
 
 
 QUEUE_ORDER = (ReviewItem.severity.desc(), ReviewItem.created_at, ReviewItem.id)
+# Each finding is stored with the action the policy took on it (allow when its score was under the threshold that
+# applied, redact, monitor:<action> for monitor-only rules): these two sent its exchange to the queue.
+TRIGGER_ACTIONS: tuple[str, ...] = ("flag", "block")
 
 
 def queue_key(item: ReviewItem) -> tuple[int, datetime, int]:
@@ -128,6 +131,20 @@ def list_queue(
     ]
     merged = heapq.merge(*per_status, key=queue_key)
     return list(itertools.islice(merged, offset, offset + limit))
+
+
+def triggered_findings(session: Session, exchange_ids: Iterable[int]) -> dict[int, list[Finding]]:
+    """Per exchange, the findings that made the policy flag or block it (score at or above the threshold that
+    applied), in stored order; one query for a page of the queue. Exchanges without any map to an empty list."""
+    ids = sorted(set(exchange_ids))
+    out: dict[int, list[Finding]] = {i: [] for i in ids}
+    if ids:
+        stmt = (select(Finding)
+                .where(Finding.exchange_id.in_(ids), Finding.action.in_(TRIGGER_ACTIONS))
+                .order_by(Finding.id))
+        for finding in session.scalars(stmt):
+            out[finding.exchange_id].append(finding)
+    return out
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from console import resources, ui
-from console.app_pages import PAGE_TABLE, PAGES_DIR
+from console.app_pages import FAVICON, PAGE_PATHS, PAGE_TABLE, PAGES_DIR
 from console.services import access, auth
 from console.textsafe import escape_markdown
 
-st.set_page_config(page_title="LLM Console", page_icon=":material/shield:", layout="wide")
+st.set_page_config(page_title="LLM Console", page_icon=FAVICON, layout="wide")
 # Single sign-on with a placeholder or short cookie secret would let anyone forge a signed-in identity.
 sso_problem = auth.sso_config_problem(ui.sso_config())
 if sso_problem:
@@ -28,8 +28,8 @@ if state.principal is None:
     # Every page's address shows the sign-in form (hidden pages with the same paths), so a bookmark or a link
     # opened while signed out asks to sign in instead of "Page not found", and lands on its page afterwards.
     page = st.navigation([st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:", default=True)]
-                         + [st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:", url_path=key,
-                                    visibility="hidden") for key in PAGE_TABLE])
+                         + [st.Page(PAGES_DIR / "login.py", title="Sign in", icon=":material/login:", url_path=path,
+                                    visibility="hidden") for path in PAGE_PATHS.values()])
     ui.sync_cookie()
     page.run()
     st.stop()
@@ -62,13 +62,15 @@ sections: dict[str, list[st.Page]] = {}
 for key, (section, title, icon, file) in PAGE_TABLE.items():
     shown = key in allowed
     landing = key == allowed[0]
-    # The landing page lives at the root address ("/"; Streamlit gives the default page no other); a hidden twin
-    # keeps its own address ("/chat") working for a reload, a bookmark or a new tab.
+    # A page's address is its label (PAGE_PATHS: /latency for Latency). The landing page lives at the root address
+    # ("/"; Streamlit gives the default page no other); a hidden twin keeps its own address ("/chat") working for
+    # a reload, a bookmark or a new tab.
+    path = PAGE_PATHS[key]
     sections.setdefault(section if shown else "", []).append(
-        st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=f"{key}-landing" if landing else key,
+        st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=f"{path}-landing" if landing else path,
                 default=landing, visibility="visible" if shown else "hidden")
     )
     if landing:
         sections.setdefault("", []).append(
-            st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=key, visibility="hidden"))
+            st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=path, visibility="hidden"))
 st.navigation(sections).run()

@@ -22,3 +22,21 @@ PAGE_TABLE = {
     "policy": ("Safety", "Policy", ":material/policy:", "policy.py"),
     "audit": ("Compliance", "Audit log", ":material/fact_check:", "audit.py"),
 }
+
+
+def address(title: str) -> str:
+    """A page's address is its label: "Review queue" lives at /review-queue."""
+    return "-".join(title.lower().split())
+
+
+# page key -> the page's address (url_path, without the leading slash)
+PAGE_PATHS = {key: address(title) for key, (_, title, _, _) in PAGE_TABLE.items()}
+# Addresses pages had before they were named after their labels: the server redirects them (bookmarks).
+OLD_PATHS = {key: path for key, path in PAGE_PATHS.items() if key != path}
+
+# The browser tab's icon, Material Symbols' "shield" (Apache-2.0) drawn inline: Streamlit makes an SVG page_icon a
+# data: URL, whereas a ":material/...:" page_icon makes the browser fetch the icon's SVG from fonts.gstatic.com
+# on every page (an outside request from a console that must work offline).
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 -960 960 960"><path fill="#31333f" '
+           'd="M480-80q-139-35-229.5-159.5T160-516v-244l320-120 320 120v244q0 152-90.5 276.5T480-80Zm0-84'
+           'q104-33 172-132t68-220v-189l-240-90-240 90v189q0 121 68 220t172 132Zm0-316Z"/></svg>')

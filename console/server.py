@@ -13,11 +13,18 @@ A Streamlit script cannot set cookies, so the signed-in session's HttpOnly cooki
   a 303 redirect to ``next`` (a same-origin path only). ``GET`` with ``?ticket=`` works the same for a link.
 * ``POST /auth/logout`` ends the cookie's session and clears the cookie.
 
+Each page's address (``/latency``, ``/review-queue``...: ``console.app_pages.PAGE_PATHS``) gets Streamlit's
+``index.html`` with the server's base URL set in it (``window.__streamlit``). Without it the frontend guesses the
+base from the address and first asks ``/latency/_stcore/health`` and ``/latency/_stcore/host-config`` (404s)
+before trying ``/``. The addresses pages had before they were named after their labels (``/dashboard``...)
+redirect to the new ones.
+
 Run as ``python -m console.server [Streamlit config options such as --server.port 8501]`` (``llm-console run``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -42,6 +49,41 @@ LOGOUT_PATH = "/auth/logout"
 MAX_FORM_BYTES = 4096
 # A page path of this console: letters, digits and - _ . / only, one leading slash (never "//host" or "/\\host").
 _SAFE_NEXT = re.compile(r"/(?![/\\])[A-Za-z0-9_./-]{0,200}")
+
+
+def index_html(base_path: str = "/") -> str:
+    """Streamlit's ``index.html`` with its frontend told that the server lives at ``base_path`` of the page's origin
+    (``window.__streamlit``: ``BACKEND_BASE_URL``, ``MAIN_PAGE_BASE_URL``), so a page opened by its address connects
+    at once instead of probing the address's own ``_stcore`` first."""
+    from streamlit import file_util
+
+    html = (Path(file_util.get_static_dir()) / "index.html").read_text(encoding="utf-8")
+    base = json.dumps("/" + base_path.strip("/") + ("/" if base_path.strip("/") else ""))
+    # Before the module script, which reads window.__streamlit once when it loads.
+    script = ("<script>(() => { const base = new URL(" + base + ", window.location.href).href;"
+              " window.__streamlit = {BACKEND_BASE_URL: base, MAIN_PAGE_BASE_URL: base}; })()</script>")
+    head = html.index("<head>") + len("<head>")
+    return html[:head] + script + html[head:]
+
+
+async def page_route(request: Request) -> Response:
+    """A page's address: the app's ``index.html`` with the server's base URL in it (see :func:`index_html`)."""
+    from starlette.responses import HTMLResponse
+    from streamlit import config
+
+    return HTMLResponse(index_html(config.get_option("server.baseUrlPath") or "/"),
+                        headers={"Cache-Control": "no-cache"})
+
+
+def moved_route(path: str) -> Any:
+    """A route answering an old page address with a permanent redirect to ``path`` (query string kept)."""
+    async def moved(request: Request) -> Response:
+        from starlette.responses import RedirectResponse
+
+        query = request.url.query
+        return RedirectResponse(path + (f"?{query}" if query else ""), status_code=301)
+
+    return moved
 
 
 def _preload() -> None:
@@ -150,12 +192,17 @@ async def logout_route(request: Request) -> Response:
 
 
 def make_app() -> Any:
-    """Streamlit's ASGI app on ``console/app.py`` with the console's cookie routes."""
+    """Streamlit's ASGI app on ``console/app.py`` with the console's cookie routes and page addresses."""
     from starlette.routing import Route
     from streamlit.starlette import App
 
+    from console.app_pages import OLD_PATHS, PAGE_PATHS
+
     return App(APP, routes=[Route(SESSION_PATH, session_route, methods=["GET", "POST"]),
-                            Route(LOGOUT_PATH, logout_route, methods=["POST"])])
+                            Route(LOGOUT_PATH, logout_route, methods=["POST"]),
+                            Route("/", page_route),
+                            *[Route(f"/{path}", page_route) for path in PAGE_PATHS.values()],
+                            *[Route(f"/{old}", moved_route(f"/{PAGE_PATHS[old]}")) for old in OLD_PATHS]])
 
 
 def config_options(argv: list[str]) -> dict[str, Any]:

@@ -85,3 +85,9 @@ def sign_in(page: Any, url: str, username: str, password: str = STRONG_PASSWORD)
     page.get_by_role("textbox", name="Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+def sign_in_with_cookie(page: Any, url: str, username: str, password: str = STRONG_PASSWORD) -> None:
+    """:func:`sign_in`, then wait until the browser holds its session cookie (a new page load stays signed in)."""
+    with page.expect_response(lambda r: r.url.endswith("/auth/session") and r.status == 204, timeout=60_000):
+        sign_in(page, url, username, password)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from console.app_pages import PAGE_TABLE
+from console.app_pages import PAGE_PATHS, PAGE_TABLE
 from console.services.access import ACTIONS, PAGES, allowed, allowed_pages
 from tests.conftest import STRONG_PASSWORD
 from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console, sign_in
@@ -74,14 +74,14 @@ def _sign_in(page: Any, url: str, username: str) -> None:
 def _open_by_address(page: Any, url: str, key: str) -> None:
     """Open /key in the running session, as the browser's back and forward buttons do (no page load)."""
     page.evaluate("(u) => { window.history.pushState({}, '', u);"
-                  " window.dispatchEvent(new PopStateEvent('popstate', {state: {}})); }", f"{url}/{key}")
+                  " window.dispatchEvent(new PopStateEvent('popstate', {state: {}})); }", f"{url}/{PAGE_PATHS[key]}")
 
 
 def _expect_address(page: Any, url: str, key: str, home: str) -> None:
     """The address bar shows the page: /key, or the console's root for the landing page."""
     from playwright.sync_api import expect
 
-    expect(page).to_have_url(re.compile(re.escape(url) + ("/?$" if key == home else f"/{key}$")))
+    expect(page).to_have_url(re.compile(re.escape(url) + ("/?$" if key == home else f"/{PAGE_PATHS[key]}$")))
 
 
 def _expect_shown(page: Any, key: str) -> None:

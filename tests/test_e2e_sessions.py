@@ -44,7 +44,7 @@ def _sign_in_at(page, address: str, username: str) -> None:
 def _signed_in_on(page, url: str, key: str, username: str, address: str | None = None) -> None:
     """Signed in as ``username`` on page ``key``, at that page's own address (or ``address``)."""
     page.get_by_role("button", name="Sign out").wait_for(timeout=60_000)
-    page.wait_for_url(address or f"{url}/{key}", timeout=60_000)
+    page.wait_for_url(address or f"{url}/{app_pages.PAGE_PATHS[key]}", timeout=60_000)
     nav = page.locator("[data-testid='stSidebarNav']")
     nav.wait_for(timeout=60_000)
     assert page.locator("[data-testid='stSidebar']").get_by_text(username, exact=True).count() == 1
@@ -63,14 +63,14 @@ def test_reloading_every_page_and_opening_links_in_new_tabs_stays_signed_in(cons
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     # A link opened while signed out (a bookmark, a colleague's link): sign in there and land on that page.
-    _sign_in_at(page, f"{url}/{first}", username)
+    _sign_in_at(page, f"{url}/{app_pages.PAGE_PATHS[first]}", username)
     _signed_in_on(page, url, first, username)
     cookie = next(c for c in context.cookies() if c["name"] == COOKIE)
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
     assert page.evaluate("() => document.cookie").find(COOKIE) == -1  # scripts cannot read it
     allowed = access.allowed_pages(roles)
     for key in allowed:
-        page.goto(f"{url}/{key}")  # each page's own address, as a bookmark opens it
+        page.goto(f"{url}/{app_pages.PAGE_PATHS[key]}")  # each page's own address, as a bookmark opens it
         _signed_in_on(page, url, key, username)
         page.reload()
         _signed_in_on(page, url, key, username)
@@ -80,7 +80,7 @@ def test_reloading_every_page_and_opening_links_in_new_tabs_stays_signed_in(cons
         timeout=60_000)
     last = allowed[-1]
     tab = context.new_page()
-    tab.goto(f"{url}/{last}")
+    tab.goto(f"{url}/{app_pages.PAGE_PATHS[last]}")
     _signed_in_on(tab, url, last, username)
     ARTIFACTS.mkdir(exist_ok=True)
     tab.screenshot(path=str(ARTIFACTS / f"session-new-tab-{username}.png"), full_page=True)
@@ -91,12 +91,12 @@ def test_a_session_an_admin_ends_is_signed_out_at_its_next_click(console_server,
     url = console_server
     user = browser.new_context(viewport={"width": 1400, "height": 1000})
     op_page = user.new_page()
-    _sign_in_at(op_page, f"{url}/dashboard", "op")
+    _sign_in_at(op_page, f"{url}/{app_pages.PAGE_PATHS['dashboard']}", "op")
     _signed_in_on(op_page, url, "dashboard", "op")
 
     admin = browser.new_context(viewport={"width": 1400, "height": 1000})
     admin_page = admin.new_page()
-    _sign_in_at(admin_page, f"{url}/users", "admin")
+    _sign_in_at(admin_page, f"{url}/{app_pages.PAGE_PATHS['users']}", "admin")
     _signed_in_on(admin_page, url, "users", "admin")
     admin_page.get_by_role("tab", name="Change a user").click()
     admin_page.locator("[data-testid='stSelectbox']").filter(has_text="User").click()

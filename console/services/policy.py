@@ -20,6 +20,22 @@ class PolicyView:
     content: str
     scanner_notice: str | None
     scanners: dict[str, str]
+    raw_text_note: str = ""  # what keep_raw_text means here: whether "reveal raw text" can ever be offered
+
+
+def raw_text_note(keep_raw_text: bool, retention_raw_days: int) -> str:
+    """What the policy's ``keep_raw_text`` means for reviewers, and what turning it on (or off) changes."""
+    kept = (f"Where personal data was cut from a prompt or an answer before it was stored, the text as written is "
+            f"kept apart from the stored (redacted) text, for {retention_raw_days} days (retention setting "
+            "LLM_CONSOLE_RETENTION_RAW_DAYS), and is erased with a person's content on request. Only reviewers can "
+            "reveal it, one side of one review item at a time, after typing a reason; every reveal is an audit "
+            "event, and an export with raw text needs a second admin's approval. A text with nothing cut has no "
+            "raw copy, and a system prompt's raw text is never kept.")
+    if keep_raw_text:
+        return f"Raw text is kept (keep_raw_text = true). {kept}"
+    return ("Raw text is not kept (keep_raw_text = false): only redacted text is stored, so reviewers can never "
+            "reveal raw text (the review queue's \"Reveal raw text\" is not offered). Turning it on (keep_raw_text = "
+            f"true) changes that for exchanges stored from then on, not for earlier ones: {kept}")
 
 
 def _stack(ctx: AppContext):  # noqa: ANN202
@@ -34,7 +50,8 @@ def current(ctx: AppContext, actor: Principal) -> PolicyView:
     stack = _stack(ctx)
     p = stack.policy
     return PolicyView(stack.policy_version, p.version, p.output_mode, p.keep_raw_text, p.source_text, stack.notice,
-                      dict(stack.runner.versions))
+                      dict(stack.runner.versions),
+                      raw_text_note(p.keep_raw_text, ctx.settings.retention_raw_days))
 
 
 @requires("policy.manage")

@@ -22,6 +22,8 @@ if view is not None:
               help="The policy's own name: its `version` field, set by whoever wrote it.")
     c2.metric("Output mode", view.output_mode.replace("_", " "))
     c3.metric("Raw text kept", "yes" if view.keep_raw_text else "no")
+    st.info(escape_markdown(view.raw_text_note), icon=":material/visibility:" if view.keep_raw_text else
+            ":material/visibility_off:")
     st.caption(escape_markdown(f"Policy '{view.file_version}' (stored revision {view.version}): the console "
                                "numbers each policy text it stores 1, 2, 3, ...; every exchange records the "
                                "revision that judged it."))

@@ -13,6 +13,12 @@ thresholds were chosen on apart from those they are reported on.
 Numbers on it are weaker evidence than a public set: one author wrote the texts and the labels, and the cases are
 clear ones. They are meant to catch regressions and to compare detectors, not to promise a recall in the field.
 There are no obscene positives (no swear words), so ``obscene`` has no AUC here.
+
+``llm-console eval thresholds`` prints :func:`ordinary_report`: how often the thresholds flag ordinary support
+traffic (:func:`ordinary_traffic`: the demo corpus' user turns, the evaluation suites, the held-out chats, the system
+prompts; the corpus answers as outputs), the recall on the toxic texts of this set and of Davidson et al.'s public
+tweets where they are at hand, and the thresholds :func:`choose_ordinary_thresholds` picks for a budget of flagged
+ordinary prompts (:data:`ORDINARY_MAX_FLAGGED`). The default policy's offline thresholds are that command's choice.
 """
 
 from __future__ import annotations

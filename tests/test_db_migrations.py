@@ -347,17 +347,33 @@ def _0013_counters(database: Database, columns: str) -> dict[tuple, tuple]:
 
 
 def test_0013_recounts_old_buckets_flagged_by_the_policy_and_by_direction(empty_db: Database) -> None:
+    empty_db.migrate("0012_browser_sessions")
+    _seed_0012_buckets_as_the_old_code_counted(empty_db)
+    _check_0013(empty_db)
+
+
+def test_0013_recounts_old_buckets_on_postgresql(pg_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    with pg_db.engine.connect() as conn:  # down through 0013's own downgrade, then up again with old buckets
+        command.downgrade(alembic_config(pg_db.config.url, conn), "0012_browser_sessions")
+        conn.commit()
+    _seed_0012_buckets_as_the_old_code_counted(pg_db)
+    _check_0013(pg_db)
+
+
+def _check_0013(database: Database) -> None:
     from datetime import UTC, datetime
 
     from db import metrics as metrics_q
 
-    empty_db.migrate("0012_browser_sessions")
-    _seed_0012_buckets_as_the_old_code_counted(empty_db)
     # Before: every finished exchange counts as flagged (each has a finding), the page showed 100 %.
-    assert _0013_counters(empty_db, "requests, flagged")[(60, "v1", False, "ok")] == (5, 5)
-    empty_db.migrate("0013_flagged_by_policy")
+    assert _0013_counters(database, "requests, flagged")[(60, "v1", False, "ok")] == (5, 5)
+    database.migrate("0013_flagged_by_policy")
 
-    after = _0013_counters(empty_db, "requests, flagged, prompt_flagged, output_flagged, blocked, store_sum_ms")
+    after = _0013_counters(database, "requests, flagged, prompt_flagged, output_flagged, blocked, store_sum_ms")
     for res in (60, 3600):
         # ok, real: 2 (prompt flag), 3 (answer flag), 5 (prompt flag, answer block); 1 allowed, 6 only redacted.
         assert after[(res, "v1", False, "ok")] == (5, 3, 2, 2, 1, 12.5)
@@ -367,7 +383,7 @@ def test_0013_recounts_old_buckets_flagged_by_the_policy_and_by_direction(empty_
     assert after[(60, "gone", False, "ok")] == (5, 0, 0, 0, 1, 9.0)  # nothing left to count: no flags
 
     # The page reads 4 flagged of 7 real requests (prompt 3, answer 2), not 100 %.
-    with empty_db.session(readonly=True) as s:
+    with database.session(readonly=True) as s:
         report = metrics_q.bucket_report(s, metrics_q.MetricsQuery(
             since=datetime(2026, 1, 2, tzinfo=UTC), until=datetime(2026, 1, 3, tzinfo=UTC), versions=("v1",)))
     (total,) = [t for t in report.totals if t["model_version"] is None]
@@ -375,9 +391,9 @@ def test_0013_recounts_old_buckets_flagged_by_the_policy_and_by_direction(empty_
 
     # The same counts as rebuilding from the exchanges with today's code (db.flags), but the overhead is kept.
     migrated = {k: v[:4] for k, v in after.items() if k[1] != "gone"}
-    with empty_db.session() as s:
+    with database.session() as s:
         metrics_q.rebuild_buckets(s)
-    assert _0013_counters(empty_db, "requests, flagged, prompt_flagged, output_flagged") == migrated
+    assert _0013_counters(database, "requests, flagged, prompt_flagged, output_flagged") == migrated
 
 
 def test_0013_downgrade_restores_the_old_count(empty_db: Database) -> None:

@@ -93,3 +93,17 @@ def test_the_review_page_shows_only_the_triggering_label(page_env, people):
     table = next(d for d in at.dataframe if "labels" in d.value.columns)
     assert list(table.value["labels"]) == ["insult"]
     assert list(table.value["max score"]) == [0.31]
+
+
+def test_the_label_and_score_filters_match_only_triggering_findings(ctx, people):
+    insult = _store(ctx, people["op"], _tox("prompt", {"insult": (0.6, "flag")}, low=0.2))
+    threat = _store(ctx, people["op"], _tox("prompt", {"threat": (0.9, "block")}, low=0.2), prompt_action="block")
+
+    def shown(**spec) -> set[int]:
+        return {r.item_id for r in review.list_queue(ctx, people["alice"], review.QueueFilter(**spec)).rows}
+
+    assert shown(label="insult") == {insult}  # the threat item's insult score (0.2) is a finding, not a flag
+    assert shown(label="toxicity") == set()
+    assert shown(max_score=0.5) == set()  # every item has low scores; none was flagged for one
+    assert shown(min_score=0.8) == {threat}
+    assert review.filter_options(ctx, people["alice"])["label"] == ["insult", "threat"]

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QueueFilter:
-    """What a reviewer narrowed the queue to; None means "any". Findings filters match any finding of the exchange."""
+    """What a reviewer narrowed the queue to; None means "any". Findings filters (detector, label, score) match a
+    finding that triggered the item (see :data:`TRIGGER_ACTIONS`), as the queue's labels column shows them."""
 
     statuses: tuple[str, ...] = ("open", "claimed")
     detector: str | None = None
@@ -77,6 +78,8 @@ def apply_filter(stmt: Select[Any], f: QueueFilter) -> Select[Any]:
     if f.max_score is not None:
         finding_terms.append(Finding.score <= f.max_score)
     if finding_terms:
+        # Every message stores a score for each toxicity label: only a finding that flagged or blocked counts.
+        finding_terms.append(Finding.action.in_(TRIGGER_ACTIONS))
         # EXISTS keeps one row per item and lets SQLite walk the queue index in order, probing findings by
         # exchange_id, so the first page stops early instead of sorting every match.
         stmt = stmt.where(
@@ -172,10 +175,13 @@ def queue_summary(session: Session, *, now: datetime | None = None) -> QueueSumm
 
 
 def filter_values(session: Session) -> dict[str, list[str]]:
-    """The distinct detectors, labels and model versions seen in queued items, for filter widgets."""
+    """The distinct detectors and labels of findings that flagged or blocked, and the model versions seen in queued
+    items, for filter widgets."""
+    triggered = Finding.action.in_(TRIGGER_ACTIONS)
     return {
-        "detector": list(session.scalars(select(Finding.detector).distinct().order_by(Finding.detector))),
-        "label": list(session.scalars(select(Finding.label).distinct().order_by(Finding.label))),
+        "detector": list(session.scalars(
+            select(Finding.detector).where(triggered).distinct().order_by(Finding.detector))),
+        "label": list(session.scalars(select(Finding.label).where(triggered).distinct().order_by(Finding.label))),
         "model_version": list(
             session.scalars(
                 select(Exchange.model_version)

@@ -23,14 +23,21 @@ from engine.demo import (
     ensure_demo_model,
     is_complete,
 )
-from engine.demo.corpus import INTENTS, SYNONYM_FAMILIES
+from engine.demo.corpus import INTENTS, SYNONYM_FAMILIES, as_stored
 from engine.demo.evaluate import (
+    CONVERSATIONS_FILE,
     EVAL_QUESTIONS,
     HELD_OUT_2,
     HELD_OUT_CHATS,
+    HELD_OUT_FILE,
     HELD_OUT_QUESTIONS,
+    Conversation,
+    EvalQuestion,
+    _answer,
+    converse,
     evaluate,
     judge,
+    load_conversations,
 )
 from engine.demo.tokenizer import CHAT_TEMPLATE, EOS, train_tokenizer
 from engine.demo.train import REQUIRED_FILES, _cut_final_answers, _encode_dialogues, _lr_at
@@ -198,6 +205,94 @@ def test_evaluation_judges_relevance_and_refusal(topic, answer, passed):
     assert judge(question, answer) is passed
 
 
+def test_tuning_conversations_change_topic_at_every_turn_in_unseen_words(v1_corpus):
+    conversations = load_conversations()
+    assert len(conversations) >= 10
+    # A tuning set of its own: nothing of the reported held-out chats is in it.
+    reported = {q.question for q in HELD_OUT_CHATS} | {c for q in HELD_OUT_CHATS for _, c in q.history}
+    assert CONVERSATIONS_FILE != HELD_OUT_FILE
+    assert not reported & {t.question for c in conversations for t in c.turns}
+    seen = {m.lower() for m in _user_messages(v1_corpus)} | {q.lower() for i in INTENTS for q in i.questions}
+    known_answers = {i.answer for i in INTENTS}
+    for conversation in conversations:
+        assert len(conversation.turns) >= 3, conversation.id
+        for before, after in zip(conversation.turns, conversation.turns[1:], strict=False):
+            assert before.keywords != after.keywords, conversation.id
+        for turn in conversation.turns:
+            assert turn.question.lower() not in seen, turn.question
+            if turn.topic != "out_of_domain":
+                [answer] = [a for a in known_answers if any(k.lower() in a.lower() for k in turn.keywords)]
+                assert judge(turn, answer) and not judge(turn, REFUSAL)
+
+
+def _completion(text, finish_reason="stop"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(text=text, finish_reason=finish_reason)
+
+
+REFUND_ANSWER = next(i.answer for i in INTENTS if i.name == "request_refund")
+
+
+@pytest.mark.parametrize(
+    ("text", "finish_reason", "garbled"),
+    [
+        (REFUND_ANSWER, "stop", False),
+        (REFUSAL, "stop", False),
+        (REFUND_ANSWER[:40], "length", False),
+        (REFUND_ANSWER[:40], "stop", True),
+        ("You can change your email address under Settings. We will send a confirmation link to 6pm, and we "
+         "will ship a great day!", "stop", True),
+        ("You can change your email address under Settings and we will ship a great day", "length", True),
+    ],
+    ids=["corpus-answer", "refusal", "cut-by-token-limit", "stopped-mid-answer", "mixed-answers",
+         "mixed-and-cut"],
+)
+def test_an_answer_is_garbled_unless_a_corpus_answer_or_one_cut_by_the_token_limit(text, finish_reason, garbled):
+    question = next(q for q in HELD_OUT_CHATS if q.topic == "refunds")
+    answer = _answer(question, _completion(text, finish_reason), 0.3, 0)
+    assert answer.garbled is garbled
+
+
+class _ScriptedLLM:
+    """Stands in for vllm.LLM.chat: answers from a script and keeps every conversation it was sent."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.sent = []
+
+    def chat(self, conversations, params, use_tqdm=False):
+        self.sent.extend(conversations)
+        return [type("Out", (), {"outputs": [_completion(self.answers.pop(0))]})() for _ in conversations]
+
+
+def test_conversations_are_played_after_the_models_own_answers_as_the_console_stores_them():
+    human_agent = next(i.answer for i in INTENTS if i.name == "human_agent")
+    turns = (
+        EvalQuestion("escalation", "hi, I'm Lena, can I talk to someone?", ("human agent",)),
+        EvalQuestion("refunds", "and my money back for the lamp?", ("request a refund",)),
+    )
+    conversation = Conversation("c", turns, system="Be concise.")
+    llm = _ScriptedLLM([human_agent, REFUND_ANSWER])
+    report = converse(llm, (conversation,), temperatures=(0.0,))
+    assert llm.sent[1] == [
+        {"role": "system", "content": "Be concise."},
+        {"role": "user", "content": "hi, I'm <PERSON>, can I talk to someone?"},
+        {"role": "assistant", "content": human_agent.replace("support@example.com", "<EMAIL_ADDRESS>")},
+        {"role": "user", "content": "and my money back for the lamp?"},
+    ]
+    assert [(a.passed, a.multi_turn, a.garbled) for a in report.answers] == [(True, False, False), (True, True, False)]
+
+
+@pytest.mark.slow
+def test_stored_answers_are_what_the_pii_scanner_cuts():
+    from engine.safety.pii import PiiConfig, PresidioScanner, redact
+
+    scanner = PresidioScanner(PiiConfig())
+    for answer in {i.answer for i in INTENTS}:
+        assert as_stored(answer) == redact(answer, [f for f in scanner.scan(answer) if f.has_span]), answer
+
+
 # ---------------------------------------------------------------- tokenizer and template
 
 
@@ -240,12 +335,51 @@ def test_chat_template_renders_system_user_and_assistant_turns(tokenizer):
 
 
 def test_loss_is_masked_to_assistant_replies(tokenizer, corpus):
-    dialogue = next(d for d in corpus if len(d.messages) >= 5)
+    dialogue = next(d for d in corpus if len(d.messages) >= 5 and not d.untrained)
     ids, labels = _encode_dialogues(tokenizer, [dialogue], 512)
     trained = tokenizer.decode([t for t in labels[0] if t != -100])
     replies = [content + EOS for role, content in dialogue.messages if role == "assistant"]
     assert trained == "".join(replies)
     assert len(ids[0]) == len(labels[0])
+
+
+def _topic_change_conversations(dialogues):
+    """Dialogues of two or more earlier turns whose last question is about something none of them was."""
+    found = []
+    for d in dialogues:
+        answers = [c for role, c in d.messages if role == "assistant"]
+        if len(answers) >= 3 and d.messages[-2][0] == "user" and answers[-1] not in answers[:-1]:
+            found.append(d)
+    return found
+
+
+def test_corpus_has_topic_change_conversations_in_the_form_the_chat_service_sends(tokenizer, corpus):
+    from engine.types import ChatMessage
+
+    conversations = _topic_change_conversations(corpus)
+    assert len(conversations) > 0.04 * len(corpus)
+    human_agent = next(i.answer for i in INTENTS if i.name == "human_agent")
+    stored_agent = human_agent.replace("support@example.com", "<EMAIL_ADDRESS>")
+    histories = [c for d in conversations for role, c in d.messages[:-2] if role != "system"]
+    # Earlier turns as the console stores them: the support address and customers' names cut to <LABEL>.
+    assert stored_agent in histories and any("<PERSON>" in c for c in histories)
+    assert sum(1 for d in conversations if d.messages[0][0] == "system") > 0.1 * len(conversations)
+    for dialogue in conversations[:50]:
+        *history, (_, answer) = dialogue.messages
+        # What EngineHost.stream_chat renders from the service's ChatMessage history and the new prompt.
+        sent = [ChatMessage(role, content).as_dict() for role, content in history]
+        prompt = tokenizer.apply_chat_template(sent, tokenize=False, add_generation_prompt=True)
+        assert tokenizer.apply_chat_template(dialogue.as_chat(), tokenize=False) == prompt + answer + EOS + "\n"
+        # The loss never teaches a stored (redacted) or wrong earlier answer, always the last one.
+        ids, labels = _encode_dialogues(tokenizer, [dialogue], 1024)
+        trained = tokenizer.decode([t for t in labels[0] if t != -100])
+        assert trained.endswith(answer + EOS) and "<EMAIL_ADDRESS>" not in trained
+    for dialogue in corpus:
+        for index in dialogue.untrained:
+            assert dialogue.messages[index][0] == "assistant"
+        final = dialogue.messages[-1]
+        assert final[0] == "assistant" and len(dialogue.messages) - 1 not in dialogue.untrained
+        assert "<EMAIL_ADDRESS>" not in final[1]
 
 
 def test_cut_final_answers_keeps_the_question_and_the_first_answer_tokens(tokenizer, corpus):

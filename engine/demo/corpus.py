@@ -10,6 +10,11 @@ Because console users type questions nobody wrote a template for, each phrasing 
 swapped within synonym families (e-mail/mail, parcel/shipment, send back/return, terminate/cancel...), the
 question is wrapped in greetings, context ("I bought a lamp last week and ...") and sign-offs, and typing noise
 is added (typos, dropped little words, lower case, no punctuation). Short keyword-only queries are templates too.
+
+Conversations on the chat page change topic: a customer asks about a refund, then about shipping, then how to reach
+someone. Some dialogues are such conversations, in the form the chat service sends them: one to three earlier
+turns as it stores them (personal data cut to ``<LABEL>``, now and then an earlier answer that was wrong), then a
+question about something else; the loss sees only the answers that are the corpus answer to their question.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, replace
 logger = logging.getLogger(__name__)
 
 # Bump when the templates change: it is part of the build hash, so cached models are rebuilt.
-CORPUS_VERSION = "5"
+CORPUS_VERSION = "6"
 
 REFUSAL = (
     "I'm sorry, I can only help with questions about your account, billing, orders, refunds, "
@@ -796,6 +801,9 @@ class Dialogue:
 
     topics: tuple[str, ...]
     messages: tuple[tuple[str, str], ...]  # (role, content)
+    # Indices of assistant messages that are history only: shown to the model, never trained on (an answer as
+    # the console stores it, with personal data cut, or an earlier wrong answer).
+    untrained: tuple[int, ...] = ()
 
     def as_chat(self) -> list[dict[str, str]]:
         """The messages in the ``[{"role": ..., "content": ...}]`` shape chat templates take."""
@@ -830,11 +838,62 @@ def phrase_question(intent: Intent, rng: random.Random) -> str:
     return _add_noise(prefix + core + suffix, rng)
 
 
-def build_corpus(n_dialogues: int, *, seed: int = 0, system_share: float = 0.25, multi_turn_share: float = 0.15) -> list[Dialogue]:
+# What the console stores of a text, and sends back as the history of later turns: every PII span is replaced by
+# ``<LABEL>`` (console.services.moderation; Presidio labels). The only PII in the corpus answers is the support
+# address; in questions, the customers' names.
+STORED_ANSWER_REDACTIONS = (("support@example.com", "<EMAIL_ADDRESS>"),)
+_NAME_RE = re.compile(r"\b(" + "|".join(_SLOTS["name"]) + r")\b")
+
+
+def as_stored(text: str, *, question: bool = False) -> str:
+    """``text`` as the chat service keeps it for the conversation's history: personal data cut to ``<LABEL>``."""
+    for plain, label in STORED_ANSWER_REDACTIONS:
+        text = text.replace(plain, label)
+    return _NAME_RE.sub("<PERSON>", text) if question else text
+
+
+def _conversation(
+    final: Intent, rng: random.Random, earlier_pool: list[Intent], hello: Intent
+) -> tuple[list[tuple[str, str]], list[int], list[Intent]]:
+    """A chat-page conversation ending in ``final``: one to three earlier turns on other intents, as stored.
+
+    Returns the messages (no system prompt), the indices (within them) of untrained answers, and the intents.
+    """
+    n_earlier = rng.choice((1, 1, 2, 2, 3))
+    earlier: list[Intent] = [hello] if rng.random() < 0.2 else []
+    while len(earlier) < n_earlier:
+        intent = rng.choice(earlier_pool)
+        if intent.name != final.name and all(intent.name != e.name for e in earlier):
+            earlier.append(intent)
+    messages: list[tuple[str, str]] = []
+    untrained: list[int] = []
+    for intent in earlier:
+        messages.append(("user", as_stored(phrase_question(intent, rng), question=True)))
+        answer = intent.answer
+        if rng.random() < 0.1:  # the model answered this one wrongly: its answer stays in the history
+            answer = rng.choice([i.answer for i in earlier_pool if i.answer != intent.answer])
+        stored = as_stored(answer)
+        if stored != intent.answer:
+            untrained.append(len(messages))
+        messages.append(("assistant", stored))
+    messages.append(("user", phrase_question(final, rng)))
+    messages.append(("assistant", final.answer))
+    return messages, untrained, [*earlier, final]
+
+
+def build_corpus(
+    n_dialogues: int,
+    *,
+    seed: int = 0,
+    system_share: float = 0.25,
+    multi_turn_share: float = 0.05,
+    conversation_share: float = 0.1,
+) -> list[Dialogue]:
     """Write ``n_dialogues`` deterministic support dialogues (same seed, same corpus).
 
     Every intent is drawn about equally often, out-of-domain refusals included; ``system_share`` of the
-    dialogues start with a system prompt and ``multi_turn_share`` have two or three user turns.
+    dialogues start with a system prompt, ``multi_turn_share`` have two or three user turns (all answers
+    trained), and ``conversation_share`` are chat-page conversations that change topic (see ``_conversation``).
     """
     rng = random.Random(seed)
     non_greeting = [i for i in INTENTS if i.topic != "greeting"]
@@ -846,8 +905,17 @@ def build_corpus(n_dialogues: int, *, seed: int = 0, system_share: float = 0.25,
             messages.append(("system", rng.choice(SYSTEM_PROMPTS)))
         # Round-robin over intents so even a small corpus covers every one of them.
         first = _SCHEDULE[index % len(_SCHEDULE)]
+        roll = rng.random()
+        if first.name != "hello" and roll < conversation_share:
+            # The scheduled intent is the one asked last, after a change of topic.
+            turns_messages, untrained, turns = _conversation(first, rng, non_greeting, by_name["hello"])
+            offset = len(messages)
+            messages.extend(turns_messages)
+            dialogues.append(Dialogue(tuple(dict.fromkeys(i.topic for i in turns)), tuple(messages),
+                                      tuple(offset + u for u in untrained)))
+            continue
         turns = [first]
-        if first.name not in ("thanks", "goodbye") and rng.random() < multi_turn_share:
+        if first.name not in ("thanks", "goodbye") and roll < conversation_share + multi_turn_share:
             turns.append(rng.choice(non_greeting))
             if rng.random() < 0.5:
                 turns.append(by_name[rng.choice(("thanks", "goodbye"))])
@@ -870,7 +938,7 @@ def corpus_fingerprint() -> str:
             (
                 _PREFIXES, _CONTEXTS, _SUFFIXES, sorted(_ACTIONS.items()), sorted(_PROBLEMS.items()),
                 _ACTION_FRAMES, _PROBLEM_FRAMES, [i.name for i in _SCHEDULE], sorted(SYNONYM_FAMILIES.items()), sorted(_WRITE_ONLY), sorted(_DROPPABLE),
-                sorted(_KEYBOARD_NEIGHBOURS.items()), SYSTEM_PROMPTS, sorted(_SLOTS.items()),
+                sorted(_KEYBOARD_NEIGHBOURS.items()), SYSTEM_PROMPTS, sorted(_SLOTS.items()), STORED_ANSWER_REDACTIONS,
             )
         ).encode()
     )

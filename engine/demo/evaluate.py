@@ -9,6 +9,7 @@ Run ``python -m engine.demo.evaluate DIR [DIR...]``; vLLM is started in-process 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.demo.corpus import INTENTS, REFUSAL
+from engine.demo.corpus import INTENTS, REFUSAL, as_stored
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +209,17 @@ class EvalAnswer:
     finished: bool  # generation stopped at <|end|> rather than at the token limit
     seed: int = 0
     multi_turn: bool = False  # the question came after a system prompt or earlier turns
+    known_prefix: bool = False  # the answer is the start of a corpus answer (true of every known answer too)
 
     @property
     def clean(self) -> bool:
         """Right, and word for word one of the corpus answers: not garbled, not cut mid-sentence."""
         return self.passed and self.known_answer and self.finished
+
+    @property
+    def garbled(self) -> bool:
+        """Neither word for word a corpus answer nor one cut by the token limit: words no corpus answer has."""
+        return not self.known_answer and not (self.known_prefix and not self.finished)
 
 
 @dataclass(frozen=True)
@@ -303,25 +310,96 @@ def evaluate(
                 params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=run_seed)
                 outputs = llm.chat(conversations, params, use_tqdm=False)
                 for question, output in zip(questions, outputs, strict=True):
-                    completion = output.outputs[0]
-                    text = completion.text.strip()
-                    answers.append(
-                        EvalAnswer(
-                            topic=question.topic,
-                            question=question.question,
-                            temperature=temperature,
-                            answer=text,
-                            passed=judge(question, text),
-                            known_answer=text in _KNOWN_ANSWERS,
-                            finished=completion.finish_reason == "stop",
-                            seed=run_seed,
-                            multi_turn=bool(question.history),
-                        )
-                    )
+                    answers.append(_answer(question, output.outputs[0], temperature, run_seed))
         return EvalReport(model_dir=str(model_dir), answers=tuple(answers))
     finally:
         if own:
             _shutdown(llm)
+
+
+def _answer(
+    question: EvalQuestion, completion: Any, temperature: float, seed: int, multi_turn: bool | None = None
+) -> EvalAnswer:
+    text = completion.text.strip()
+    return EvalAnswer(
+        topic=question.topic,
+        question=question.question,
+        temperature=temperature,
+        answer=text,
+        passed=judge(question, text),
+        known_answer=text in _KNOWN_ANSWERS,
+        finished=completion.finish_reason == "stop",
+        seed=seed,
+        multi_turn=bool(question.history) if multi_turn is None else multi_turn,
+        known_prefix=any(known.startswith(text) for known in _KNOWN_ANSWERS),
+    )
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A chat as a user types it on the chat page: each turn is asked after the model's own earlier answers."""
+
+    id: str
+    turns: tuple[EvalQuestion, ...]  # each turn's question, topic and keywords (its history is filled in)
+    system: str | None = None
+
+
+CONVERSATIONS_FILE = Path(__file__).resolve().parent / "conversations.jsonl"
+
+
+def load_conversations(path: Path = CONVERSATIONS_FILE) -> tuple[Conversation, ...]:
+    """Multi-turn conversations that change topic (``conversations.jsonl``): a tuning set, not a report set.
+
+    Each line is ``{"id", "system"?, "turns": [{"user", "topic", "keywords"}]}``. Written to tune the corpus's
+    topic-change dialogues; ``heldout.jsonl`` stays the set the README reports on.
+    """
+    conversations: list[Conversation] = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        turns = tuple(EvalQuestion(str(t["topic"]), str(t["user"]), tuple(str(k) for k in t["keywords"]))
+                      for t in row["turns"])
+        conversations.append(Conversation(str(row["id"]), turns, row.get("system")))
+    return tuple(conversations)
+
+
+def converse(
+    llm: Any,
+    conversations: tuple[Conversation, ...],
+    *,
+    temperatures: tuple[float, ...] = (0.0, 0.3),
+    seeds: tuple[int, ...] = (0,),
+    top_p: float = 1.0,
+    max_tokens: int = 96,
+    model_dir: str = "",
+) -> EvalReport:
+    """Play every conversation turn by turn as the chat page does: each question follows the system prompt and
+    the earlier questions and the model's own answers, as the chat service stores them (personal data cut).
+
+    Every turn's answer is judged; turns after the first count as multi-turn (``EvalAnswer.multi_turn``).
+    """
+    from vllm import SamplingParams
+
+    answers: list[EvalAnswer] = []
+    for temperature in temperatures:
+        for run_seed in seeds if temperature > 0 else seeds[:1]:
+            params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=run_seed)
+            histories: list[list[tuple[str, str]]] = [
+                [("system", c.system)] if c.system else [] for c in conversations
+            ]
+            for turn in range(max(len(c.turns) for c in conversations)):
+                active = [i for i, c in enumerate(conversations) if turn < len(c.turns)]
+                questions = [
+                    dataclasses.replace(conversations[i].turns[turn], history=tuple(histories[i])) for i in active
+                ]
+                outputs = llm.chat([q.messages() for q in questions], params, use_tqdm=False)
+                for i, question, output in zip(active, questions, outputs, strict=True):
+                    answer = _answer(question, output.outputs[0], temperature, run_seed, multi_turn=turn > 0)
+                    answers.append(answer)
+                    histories[i] += [("user", as_stored(question.question, question=True)),
+                                     ("assistant", as_stored(answer.answer))]
+    return EvalReport(model_dir=model_dir, answers=tuple(answers))
 
 
 def _shutdown(llm: Any) -> None:
@@ -355,16 +433,20 @@ if __name__ == "__main__":
     sys.exit(main())
 
 __all__ = [
+    "CONVERSATIONS_FILE",
     "EVAL_QUESTIONS",
     "HELD_OUT_2",
     "HELD_OUT_CHATS",
     "HELD_OUT_QUESTIONS",
     "QUESTION_SETS",
     "REFUSAL",
+    "Conversation",
     "EvalAnswer",
     "EvalQuestion",
     "EvalReport",
+    "converse",
     "evaluate",
     "judge",
+    "load_conversations",
     "load_held_out_chats",
 ]

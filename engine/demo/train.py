@@ -33,7 +33,7 @@ _clock: Callable[[], float] = time.monotonic
 
 BUILD_INFO = "build_info.json"
 # Bump when the training code changes in a way that changes the weights.
-RECIPE_VERSION = "6"
+RECIPE_VERSION = "7"
 REQUIRED_FILES = (
     "config.json",
     "model.safetensors",
@@ -237,7 +237,8 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def _encode_dialogues(tokenizer: Any, dialogues: list[Dialogue], max_len: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of each rendered dialogue and its labels: the loss sees only assistant replies (and their end)."""
+    """Token ids of each rendered dialogue and its labels: the loss sees only assistant replies (and their end),
+    except the dialogue's ``untrained`` ones (history as the console stores it)."""
     assistant_id = tokenizer.convert_tokens_to_ids("<|assistant|>")
     end_id = tokenizer.convert_tokens_to_ids("<|end|>")
     all_ids: list[list[int]] = []
@@ -245,13 +246,17 @@ def _encode_dialogues(tokenizer: Any, dialogues: list[Dialogue], max_len: int) -
     texts = [tokenizer.apply_chat_template(d.as_chat(), tokenize=False) for d in dialogues]
     # bos is already in the rendered text; adding special tokens again would double it.
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    for ids in encoded:
+    for dialogue, ids in zip(dialogues, encoded, strict=True):
         ids = ids[:max_len]
         labels = [-100] * len(ids)
+        replies = [i for i, (role, _) in enumerate(dialogue.messages) if role == "assistant"]
+        skipped = {n for n, i in enumerate(replies) if i in dialogue.untrained}  # ordinals of untrained replies
         in_reply = False
+        reply = -1
         for pos, tok in enumerate(ids):
             if tok == assistant_id:
-                in_reply = True
+                reply += 1
+                in_reply = reply not in skipped
                 continue
             # The first token after "<|assistant|>" is the template's "\n", which the prompt already holds.
             if in_reply and ids[pos - 1] != assistant_id:

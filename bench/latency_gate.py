@@ -6,6 +6,8 @@ The same weights are served under two names by two child engines side by side, a
 comparison does (:func:`engine.evals.process.time_pairs`: the same prompts, one request at a time, ABBA). Each
 round times ``prompts`` pairs and judges them with the console's gate at its default settings; since both
 "versions" are one model, every failed round is a false fail. ``false_fail_rate`` is failed rounds / rounds.
+``old_rule_false_fails`` applies the gate this replaced to the same timings: one round's candidate p95 against
+the previous round's baseline p95 (two numbers from different moments) plus the margin.
 """
 
 from __future__ import annotations
@@ -54,13 +56,18 @@ def run_latency_gate_bench(*, rounds: int = 5, prompts: int = 40, max_tokens: in
                                          max_tokens=max_tokens)
                 gate = ttft_gate(settings, {"latency_comparison": summary}, None, baseline_version="same-b")
                 out.append({"round": r + 1, "n": summary["n"], "p95_ms": summary["baseline_ttft_p95_ms"],
+                            "candidate_p95_ms": summary["candidate_ttft_p95_ms"],
                             "diff_ms": summary["diff_ms"], "ci_low_ms": summary["ci_low_ms"],
                             "ci_high_ms": summary["ci_high_ms"], "margin_ms": gate.limit, "passed": gate.passed})
         finally:
             a.shutdown()
             b.shutdown()
     fails = sum(not r["passed"] for r in out)
+    old = [cur["candidate_p95_ms"] > prev["p95_ms"] * (1 + settings.promotion_ttft_margin)
+           for prev, cur in zip(out, out[1:], strict=False)
+           if cur["candidate_p95_ms"] is not None and prev["p95_ms"] is not None]
     return {"rounds": out, "false_fails": fails, "false_fail_rate": fails / rounds if rounds else None,
+            "old_rule_false_fails": sum(old), "old_rule_comparisons": len(old),
             "margin": settings.promotion_ttft_margin, "min_pairs": settings.promotion_ttft_min_pairs,
             "load_s": round(load_s, 1), "model": str(model)}
 
@@ -88,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"false fails: {result['false_fails']} of {len(result['rounds'])} rounds "
           f"(margin {result['margin']:.0%}, at least {result['min_pairs']} pairs); engines loaded in "
           f"{result['load_s']} s")
+    print(f"the old rule (candidate p95 vs the previous round's baseline p95 + {result['margin']:.0%}) would have "
+          f"failed {result['old_rule_false_fails']} of {result['old_rule_comparisons']}")
     return 0
 
 

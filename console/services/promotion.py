@@ -94,7 +94,7 @@ def _metric(report: dict[str, Any] | None, *path: str) -> float | None:
 
 
 TTFT_GATE = "ttft_p95"
-TTFT_LABEL = "p95 time to first token vs baseline, same run (ms)"
+TTFT_LABEL = "p95 TTFT vs baseline, same run (ms, CI lower bound)"
 
 
 def _ms(value: float) -> str:

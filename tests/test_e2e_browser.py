@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import STRONG_PASSWORD
 from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console, sign_in
@@ -78,6 +80,72 @@ def test_an_analyst_sees_only_their_pages_and_can_verify_the_audit_chain(console
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
     assert page.get_by_text("You are signed out.").count() == 1
+    page.close()
+
+
+CANDIDATE = "tiny-e2e-candidate-fine-tuned-on-support-tickets-2026-11"  # long: its name must stay readable
+
+
+def _comparison_exchanges(data, count, timeout_s=300.0):
+    """The stored side-by-side exchanges (request ids ``cmp-...``) once there are ``count``, oldest first."""
+    from sqlalchemy import select
+
+    from db.config import DbConfig
+    from db.database import Database
+    from db.tables import Exchange
+
+    db = Database(DbConfig(url=f"sqlite:///{data / 'console.db'}"))
+    deadline, stored = time.monotonic() + timeout_s, []
+    try:
+        while time.monotonic() < deadline:
+            with db.session() as s:
+                stored = list(s.scalars(select(Exchange).where(Exchange.request_id.like("cmp-%"))
+                                        .order_by(Exchange.id)))
+                s.expunge_all()
+            if len(stored) >= count:
+                break
+            time.sleep(1)
+    finally:
+        db.dispose()
+    assert len(stored) == count, [e.prompt for e in stored]
+    return stored
+
+
+def test_side_by_side_answers_three_prompts_in_a_row_with_both_versions(console_server, browser, tiny_model_dir,
+                                                                         tmp_path):
+    # Each "Send to both" is answered, not only every second one (the form's widgets were re-keyed after a send,
+    # so the next click submitted a form the page no longer drew: the prompt was dropped and nothing was sent).
+    url, data = console_server
+    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data)}
+    cli(env, "model", "register", CANDIDATE, str(shutil.copytree(tiny_model_dir, tmp_path / "candidate")),
+        "--max-model-len", "512")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    sign_in(page, url, "admin")
+    page.get_by_role("heading", name="Chat").wait_for(timeout=60_000)
+    page.wait_for_function(  # the live version is loaded: the chat input is enabled
+        "() => { const t = document.querySelector('textarea[placeholder^=\"Ask the support model\"]');"
+        " return t && !t.disabled; }", timeout=180_000)
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Side by side").click()
+    page.get_by_role("heading", name="Side by side").wait_for(timeout=60_000)
+    main = page.get_by_role("main")
+    # The answers' captions (timings, policy actions) of the current run: stale ones are the last run's.
+    captions = main.locator("[data-testid='stElementContainer'][data-stale='false'] "
+                            "[data-testid='stCaptionContainer']").filter(has_text="· output")
+    prompts = ["Where is my order?", "How do I get a refund?", "Can I change my delivery address?"]
+    for n, prompt in enumerate(prompts, start=1):
+        main.get_by_role("textbox", name="Prompt").fill(prompt)
+        main.get_by_role("button", name="Send to both").click()
+        stored = _comparison_exchanges(data, count=2 * n)  # both answers to this prompt are stored...
+        assert [e.prompt for e in stored[-2:]] == [prompt, prompt]
+        expect(captions).to_have_count(2, timeout=120_000)  # ...and shown, one under each version
+        expect(captions.first).to_have_text(re.compile(r"^tiny-e2e · "))
+        expect(captions.last).to_have_text(re.compile(rf"^{CANDIDATE} · "))
+        expect(main.get_by_role("textbox", name="Prompt")).to_have_value(prompt)
+        expect(main.locator("[data-testid='stException']")).to_have_count(0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"compare-{n}.png"), full_page=True)
+    stored = _comparison_exchanges(data, count=6)  # all answered now (a row is stored as pending when sent)
+    assert sorted((e.model_version, e.status) for e in stored) == sorted([("tiny-e2e", "ok"), (CANDIDATE, "ok")] * 3)
     page.close()
 
 

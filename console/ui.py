@@ -80,13 +80,6 @@ class PromotionsPageState:
 
 
 @dataclass
-class ComparePageState:
-    """The Side-by-side page's form round (its widgets are keyed by it, so the form opens empty after a send)."""
-
-    round: int = 0
-
-
-@dataclass
 class EvaluationsPageState:
     """The Evaluations page: a message for the next rerun, the form round, the evaluation being watched."""
 
@@ -149,7 +142,6 @@ class UiSession:
     review: ReviewPageState = field(default_factory=ReviewPageState)
     escalations: EscalationsPageState = field(default_factory=EscalationsPageState)
     models: ModelsPageState = field(default_factory=ModelsPageState)
-    compare: ComparePageState = field(default_factory=ComparePageState)
     evaluations: EvaluationsPageState = field(default_factory=EvaluationsPageState)
     promotions: PromotionsPageState = field(default_factory=PromotionsPageState)
     audit: AuditPageState = field(default_factory=AuditPageState)
@@ -161,7 +153,6 @@ class UiSession:
         self.review = ReviewPageState()
         self.escalations = EscalationsPageState()
         self.models = ModelsPageState()
-        self.compare = ComparePageState()
         self.evaluations = EvaluationsPageState()
         self.promotions = PromotionsPageState()
         self.audit = AuditPageState()

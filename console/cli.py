@@ -499,23 +499,23 @@ def cmd_eval_thresholds(args: argparse.Namespace, settings: Settings) -> int:
     print(f"ordinary prompts: tune {texts['tune']}, report {texts['report']}; outputs {result['texts']['outputs']}")
     print(f"tuned on: {result['tuned_on']}; reported on: {result['reported_on']}")
     labels = list(result["chosen"]["prompt"])
-    print(f"{'prompt thresholds':<34}" + "".join(f"{label:>17}" for label in labels))
+    print(f"{'prompt thresholds':<40}" + "".join(f"{label:>17}" for label in labels))
     for name, th in (("policy", result["policy_thresholds"]["prompt"]), ("chosen", result["chosen"]["prompt"])):
-        print(f"{name:<34}" + "".join(f"{th.get(label, '-'):>17}" for label in labels))
+        print(f"{name:<40}" + "".join(f"{th.get(label, '-'):>17}" for label in labels))
     print(f"output thresholds (policy): {result['policy_thresholds']['output']}")
-    print(f"{'flagged or blocked':<34}{'policy':>10}{'chosen':>10}")
+    print(f"{'flagged or blocked':<40}{'policy':>10}{'chosen':>10}")
     before, after = result["at_policy"], result["at_chosen"]
     for split in ("tune", "report"):
         for group, value in before["ordinary_prompts"][split].items():
-            print(f"{f'ordinary prompts, {split}, {group}':<34}{pct(value):>10}"
+            print(f"{f'ordinary prompts, {split}, {group}':<40}{pct(value):>10}"
                   f"{pct(after['ordinary_prompts'][split][group]):>10}")
     for source, value in before["ordinary_prompts_report_by_source"].items():
-        print(f"{f'  report, {source}':<34}{pct(value):>10}{pct(after['ordinary_prompts_report_by_source'][source]):>10}")
+        print(f"{f'  report, {source}':<40}{pct(value):>10}{pct(after['ordinary_prompts_report_by_source'][source]):>10}")
     for source, value in before["ordinary_outputs_by_source"].items():
-        print(f"{f'outputs, {source}':<34}{pct(value):>10}{pct(after['ordinary_outputs_by_source'][source]):>10}")
+        print(f"{f'outputs, {source}':<40}{pct(value):>10}{pct(after['ordinary_outputs_by_source'][source]):>10}")
     for name in [k for k in before if k.startswith("toxicity_eval") or k == "davidson"]:
-        print(f"{f'{name}: toxic (recall)':<34}{pct(before[name]['recall']):>10}{pct(after[name]['recall']):>10}")
-        print(f"{f'{name}: the others':<34}{pct(before[name]['others_flagged']):>10}"
+        print(f"{f'{name}: toxic (recall)':<40}{pct(before[name]['recall']):>10}{pct(after[name]['recall']):>10}")
+        print(f"{f'{name}: the others':<40}{pct(before[name]['others_flagged']):>10}"
               f"{pct(after[name]['others_flagged']):>10}")
     return 0
 

@@ -167,7 +167,9 @@ SIGN_INS = [
 def test_a_bad_sign_in_shows_one_clear_message_and_nothing_else(signed_out, console_server, username, password):
     url, _ = console_server
     _sign_in(signed_out.page, url, username, password, keys=username == "a" * 200)
-    assert len(signed_out.page.get_by_role("textbox", name="Username").input_value()) <= 64
+    if len(username) > 64:  # no browser limit any more: the box keeps it all and the limit is said
+        assert signed_out.page.get_by_role("textbox", name="Username").input_value() == username
+        _shows(signed_out.page, "at most 64 characters")
     _shows(signed_out.page, re.compile(f"{GENERIC_FAILURE}|at most 64 characters|Enter a username and a password"))
     assert signed_out.page.locator("[data-testid='stSidebarNav']").count() == 0  # not signed in
     _assert_sound(signed_out)
@@ -183,6 +185,15 @@ def test_the_sign_in_form_typed_at_most_its_limit_and_the_log_kept_little(consol
     db.dispose()
     assert len(failed) >= len(SIGN_INS) - 1
     assert all(len(e.actor) <= 100 and len(e.object_id or "") <= 100 for e in failed)
+
+
+def test_a_pasted_70_character_username_stays_in_the_box_and_the_limit_is_said(signed_out, console_server):
+    # It was silently emptied: the box had a browser limit (64), which drops a longer paste whole.
+    url, _ = console_server
+    _sign_in(signed_out.page, url, "u" * 70, STRONG_PASSWORD)
+    _shows(signed_out.page, "A username has at most 64 characters")
+    assert signed_out.page.get_by_role("textbox", name="Username").input_value() == "u" * 70
+    _assert_sound(signed_out)
 
 
 def test_a_normal_sign_in_works_after_the_bad_ones(signed_out, console_server):
@@ -238,20 +249,46 @@ def test_a_chat_message_near_the_limit_gets_a_clear_message(admin):
     _assert_sound(admin)
 
 
-def test_a_chat_message_over_the_limit_is_held_back_by_the_box_or_refused_clearly(admin):
+def _conversations(data: Path) -> int:
+    from db.tables import Conversation
+
+    db = _db(data)
+    with db.session(readonly=True) as s:
+        n = s.query(Conversation).count()
+    db.dispose()
+    return n
+
+
+def test_a_pasted_chat_message_over_the_limit_is_refused_with_the_limit_and_comes_back_in_the_box(admin):
+    # The box had a browser limit (20,000), which dropped a longer paste whole and said nothing.
     page = admin.page
     _fresh(page, "Chat", "Chat")
     before = page.locator("[data-testid='stChatMessage']").count()
     box = page.get_by_placeholder(CHAT_BOX)
     _type(page, box, "r" * 25_000)
-    kept = len(box.input_value())
-    assert kept <= 20_000
+    assert len(box.input_value()) == 25_000
     box.press("Enter")
-    if kept:
-        _shows(page, re.compile("too long|the limit is 20,000"), 60_000)
-    else:  # the box refused the paste: nothing is sent
-        time.sleep(2)
-        assert page.locator("[data-testid='stChatMessage']").count() == before
+    _shows(page, "The message has 25,000 characters; the limit is 20,000.", 60_000)
+    page.wait_for_function("() => document.querySelector('textarea[placeholder^=\"Ask the support model\"]')"
+                           ".value.length === 25000", timeout=TIMEOUT_MS)
+    assert page.locator("[data-testid='stChatMessage']").count() == before
+    _assert_sound(admin)
+
+
+def test_a_first_prompt_too_long_for_the_model_keeps_its_text_says_the_limit_and_opens_no_conversation(
+        admin, console_server):
+    _, data = console_server
+    page = admin.page
+    _new_conversation(page)
+    conversations = _conversations(data)
+    text = "refund " * 1_000  # 7,000 characters: under the box's limit, far over the model's 512 tokens
+    _send(page, text)
+    _shows(page, re.compile(r"The prompt is too long: \d+ tokens, but the model's context holds 512"), 60_000)
+    page.wait_for_function("(n) => document.querySelector('textarea[placeholder^=\"Ask the support model\"]')"
+                           ".value.length === n", arg=len(text), timeout=TIMEOUT_MS)
+    assert page.get_by_placeholder(CHAT_BOX).input_value() == text
+    assert _conversations(data) == conversations  # no empty conversation left in the sidebar
+    _shows(page, "A new conversation.")
     _assert_sound(admin)
 
 
@@ -275,6 +312,19 @@ def test_chat_works_normally_after_the_bad_input(admin):
     before = _answers(page)
     _send(page, "Where is my order?")
     _wait_until(lambda: _answers(page) > before, 120)
+    _assert_sound(admin)
+
+
+def test_a_reload_reopens_the_conversation_that_was_open(admin):
+    # F5 on Chat opened a new empty conversation: the open one is in the address now (?conversation=ID).
+    page = admin.page
+    page.wait_for_url(re.compile(r"[?&]conversation=\d+"), timeout=TIMEOUT_MS)
+    address = page.url
+    page.reload()
+    page.get_by_role("heading", name="Chat").wait_for(timeout=60_000)
+    # The conversation the last test had open, in the chat itself (not only its title in the sidebar).
+    page.locator("[data-testid='stChatMessage']").get_by_text("Where is my order?").first.wait_for(timeout=TIMEOUT_MS)
+    assert page.url == address and page.get_by_text("A new conversation.").count() == 0
     _assert_sound(admin)
 
 
@@ -334,6 +384,15 @@ def _usernames(data: Path) -> set[str]:
         names = {u.username for u in s.query(User).all()}
     db.dispose()
     return names
+
+
+def test_a_70_character_username_on_the_users_page_stays_in_the_box_and_the_limit_is_said(admin):
+    # It was silently emptied: the box had a browser limit (64), which drops a longer value whole.
+    page = admin.page
+    _add_user(page, "u" * 70, STRONG_PASSWORD)
+    _shows(page, "A username has at most 64 characters; this one has 70.")
+    assert page.get_by_role("textbox", name="Username", exact=True).input_value() == "u" * 70
+    _assert_sound(admin)
 
 
 def test_users_page_adds_a_user_with_a_hostile_display_name_as_text_after_the_bad_ones(admin, console_server):
@@ -440,3 +499,15 @@ def test_no_bad_user_was_created_no_nul_was_stored_and_the_chain_verifies(consol
     assert report.ok
     assert _usernames(data) == {"admin", "e2e-user"}  # none of the bad ones
     assert all("\x00" not in p for p in prompts)
+
+
+def test_the_sidebar_follows_a_switch_made_elsewhere_without_a_click(admin, console_server):
+    # It stayed on the old version until the next click: the line is a fragment that draws itself every few seconds.
+    _, data = console_server
+    page = admin.page
+    _fresh(page, "Audit log", "Audit log")  # a page with nothing else that reruns by itself
+    sidebar = page.locator("[data-testid='stSidebar']")
+    sidebar.get_by_text("Live model: tiny-e2e · ready").first.wait_for(timeout=TIMEOUT_MS)
+    cli(console_env(data), "model", "serve", "e2e-good", "--reason", "browser test: the sidebar follows")
+    sidebar.get_by_text("Live model: e2e-good · ready").first.wait_for(timeout=300_000)  # the switch; no click
+    _assert_sound(admin)

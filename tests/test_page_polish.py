@@ -207,4 +207,4 @@ def test_the_throughput_charts_say_what_they_count(app_env, make_user):
     assert not at.exception, [e.value for e in at.exception]
     assert "Throughput" in [h.value for h in at.subheader]
     captions = _texts(at.caption)
-    assert "divided by its length in seconds" in captions and "Not one answer's speed" in captions
+    assert "divided by its length in minutes or seconds" in captions and "Not one answer's speed" in captions

@@ -155,6 +155,25 @@ def test_prompt_longer_than_the_context_raises_prompt_too_long_error(engine_host
     assert "512" in str(caught.value)
 
 
+def test_check_chat_says_what_stream_chat_would_without_submitting_anything(
+    engine_host: EngineHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_question = [ChatMessage("user", "Where is my order? " * 400)]
+    with pytest.raises(PromptTooLongError) as streamed:
+        engine_host.stream_chat(long_question, exactly(4))
+
+    def no_submit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("check_chat submitted a request")
+
+    monkeypatch.setattr(engine_host, "_submit_to", no_submit)
+    with pytest.raises(PromptTooLongError) as checked:
+        engine_host.check_chat(long_question)
+    assert str(checked.value) == str(streamed.value) and checked.value.limit == 512
+    with pytest.raises(EmptyPromptError):
+        engine_host.check_chat([ChatMessage("user", "  ")])
+    engine_host.check_chat([ChatMessage("system", "Be brief."), ChatMessage("user", "Where is my order?")])
+
+
 def test_answer_is_cut_to_the_room_left_in_the_context(engine_host: EngineHost) -> None:
     stream = engine_host.stream_prompt("Where is my order? " * 80, exactly(500))
     drain(stream)

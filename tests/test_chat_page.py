@@ -226,3 +226,16 @@ def test_a_reload_or_a_link_reopens_the_conversation_in_the_address_and_only_the
     assert at.session_state[SESSION_KEY].chat.conversation_id is None
     assert any("not yours" in e.value for e in at.error)
     assert not any("Saul" in m.value for m in at.markdown)
+
+
+def test_a_system_prompt_over_its_limit_is_refused_with_the_limit_and_both_texts_are_kept(served):
+    principal = _operator(served, "sybil")
+    at = _ready_page(principal)
+    area = at.text_area(key="system_prompt")
+    assert area.proto.max_chars == 0 and "4,000 characters" in area.help  # no browser limit: it is said
+    area.input("s" * 5_000)
+    at.chat_input(key="chat_prompt").set_value("Where is my parcel?").run()
+    assert [e.value for e in at.error] == ["The system prompt has 5,000 characters; the limit is 4,000\\."]
+    assert at.text_area(key="system_prompt").value == "s" * 5_000
+    assert at.chat_input(key="chat_prompt").proto.value == "Where is my parcel?"
+    assert _conversations(served, principal) == []

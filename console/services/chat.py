@@ -445,7 +445,8 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
     if conversation_id is not None:
         system_prompt = None  # a conversation keeps the system prompt it was started with
     if system_prompt and len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
-        raise InvalidInput(f"The system prompt is limited to {MAX_SYSTEM_PROMPT_CHARS:,} characters.")
+        raise InvalidInput(f"The system prompt has {len(system_prompt):,} characters; the limit is "
+                           f"{MAX_SYSTEM_PROMPT_CHARS:,}.")
     sampling = _sampling(temperature, top_p, max_tokens)
     host = ctx.host
     if host is None:

@@ -65,8 +65,10 @@ with st.sidebar:
             _open(conv.id)
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
-        system_prompt = st.text_area("System prompt", key="system_prompt", max_chars=chat_svc.MAX_SYSTEM_PROMPT_CHARS,
-                                     help="Applies to new conversations; a conversation keeps the one it started with.")
+        # No max_chars (a browser limit drops a longer paste whole, without a word): the service says the limit.
+        system_prompt = st.text_area("System prompt", key="system_prompt",
+                                     help=f"At most {chat_svc.MAX_SYSTEM_PROMPT_CHARS:,} characters. Applies to new "
+                                          "conversations; a conversation keeps the one it started with.")
         temperature = st.slider("Temperature", 0.0, 2.0, 0.3, 0.05, key="temperature")
         top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="top_p")
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")

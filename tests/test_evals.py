@@ -510,3 +510,17 @@ def test_a_real_evaluation_of_the_tiny_model_runs_in_a_child_process_and_stores_
     assert evaluation_svc.latest_report(ctx, admin, "tiny-eval") == report
     rows = evaluation_svc.compare_evaluations(ctx, admin, view.id, view.id)
     assert all(r.difference in (0.0, None) for r in rows)
+
+
+@pytest.mark.parametrize(("scan", "flagged"), [
+    pytest.param(AnswerScan(("toxicity",), "flag", 0.9), True, id="flag"),
+    pytest.param(AnswerScan(("threat",), "block", 0.9), True, id="block"),
+    pytest.param(AnswerScan(("EMAIL_ADDRESS",), "redact", 0.0), False, id="redact-is-not-a-flag"),
+    pytest.param(AnswerScan(("PERSON",), "allow", 0.0), False, id="monitor-only-is-not-a-flag"),
+])
+def test_an_evaluated_answer_is_flagged_only_when_the_policy_flagged_or_blocked_it(scan, flagged) -> None:
+    assert scan.flagged is flagged
+    suite_answers = [Answer("a1", "x", ttft_s=0.01, itl_s=0.005, e2e_s=0.1, output_tokens=1, tokens_per_s=10.0)]
+    one = Suite("one", (SuiteRecord("a1", "prompt", "adversarial"),))
+    report = compute_report(one, suite_answers, {"a1": scan}, version="v").as_dict()
+    assert report["flag_rate_any"] == (1.0 if flagged else 0.0)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.evals.report import ANSWERS_DIFFER_ABOVE, ComparisonRow, compare_reports
+from engine.evals.report import ANSWERS_DIFFER_ABOVE, ComparisonRow, compare_reports, lookup
 
 NOT_MEASURED = "not measured"
 
@@ -103,12 +103,7 @@ FORMATS = {PCT: fmt_pct, MS: fmt_ms, RATE: fmt_rate, SCORE: fmt_score, COUNT: fm
 
 
 def _get(report: Mapping[str, Any], *path: str) -> Any:
-    value: Any = report
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
+    return lookup(report, path)
 
 
 def _of(part: Any, whole: Any, noun: str) -> str:

@@ -499,7 +499,8 @@ class ComparisonRow:
     difference: float | None
 
 
-def _lookup(report: Mapping[str, Any], path: Sequence[str]) -> Any:
+def lookup(report: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """The value at ``path`` in a stored report (nested dicts), or None where a key or a level is missing."""
     value: Any = report
     for key in path:
         if not isinstance(value, Mapping):
@@ -519,7 +520,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Comparis
     labels = sorted(set(a.get("flag_rate") or {}) | set(b.get("flag_rate") or {}))
     paths[6:6] = [(f"flag rate: {label}", ("flag_rate", label)) for label in labels]
     for metric, path in paths:
-        va, vb = _lookup(a, path), _lookup(b, path)
+        va, vb = lookup(a, path), lookup(b, path)
         if path[0] == "flag_rate" and len(path) == 2:
             # A label one report never flagged has rate 0 there, if that report was scanned at all.
             va = 0.0 if va is None and a.get("scanned") else va

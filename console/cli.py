@@ -455,9 +455,58 @@ def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _print_public_report(result: dict[str, Any]) -> None:
+    data = result["dataset"]
+    print(f"{data['kind']} {data['path']}: {result['texts']} texts, split {result['split']!r}")
+    if "overall" in result:  # PII
+        print(f"policy {result['policy']['version']} (redact_places={result['policy']['redact_places']}); "
+              f"versions: {result['versions']}")
+        print(f"{'kind':<26}{'gold':>6}{'found':>7}{'leaked':>8}{'recall':>8}{'leak':>8}")
+        rows = [*result["per_kind"].items(), ("personal (all)", result["overall"])]
+        rows += [(f"{kind} (apart)", row) for kind, row in result["apart"].items()]
+        for kind, row in rows:
+            print(f"{kind:<26}{row['gold']:>6}{row['found']:>7}{row['leaked']:>8}{_pct(row['recall']):>8}"
+                  f"{_pct(row['leak_rate']):>8}")
+        cuts = result["cuts"]
+        print(f"stored cuts: {cuts['total']}, on no personal value: {cuts['on_no_personal_value']} "
+              f"({_pct(cuts['share_on_no_personal_value'])}); scan p50 {result['scan_ms']['p50']} ms, "
+              f"p95 {result['scan_ms']['p95']} ms")
+        for miss in result.get("misses", []):
+            print(f"  missed {miss['kind']} {miss['value']!r} (found in part: {miss['found']}) in {miss['text']!r}")
+        for cut in result.get("false_cuts", []):
+            print(f"  cut {cut['label']} {cut['cut']!r} on no personal value in {cut['text']!r}")
+        return
+    print(f"detector {result['detector']} ({result['detector_version']})"
+          + (f"; {result['notice']}" if result["notice"] else ""))
+    for task, row in result["tasks"].items():
+        aucs = ", ".join(f"{label} {'-' if v is None else f'{v:.3f}'}" for label, v in row["roc_auc"].items())
+        print(f"{task} ({row['positives']} positive, {row['negatives']} negative): ROC AUC {aucs}")
+
+
 def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
     from engine.safety.evaluation import safety_report
 
+    if args.dataset is not None:
+        from engine.safety.public_eval import DATASET_KINDS, DatasetError, public_report
+
+        kind, path = args.dataset
+        if kind not in DATASET_KINDS:
+            raise CliError(f"--dataset: unknown kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
+        try:
+            report = public_report(kind, path, split=args.split, examples=args.examples,
+                                   progress=lambda done, total: print(f"{done}/{total} texts", file=sys.stderr,
+                                                                      flush=True))
+        except DatasetError as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            print(json.dumps(report, ensure_ascii=False))
+        else:
+            _print_public_report(report)
+        return 0
     result = safety_report(args.texts, family=args.family, seed=args.seed, toxicity=not args.no_toxicity,
                            examples=args.examples,
                            progress=lambda done, total: print(f"pii: {done}/{total} texts", file=sys.stderr,
@@ -699,6 +748,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=13)
     s.add_argument("--examples", type=int, default=0, help="list up to N misses and false positives")
     s.add_argument("--no-toxicity", action="store_true", help="PII only")
+    s.add_argument("--dataset", nargs=2, metavar=("KIND", "FILE"),
+                   help="measure on a labelled file instead of generated texts; KIND is presidio-synth, pii-jsonl, "
+                        "davidson or toxicity-jsonl (formats: engine/safety/public_eval.py)")
+    s.add_argument("--split", choices=("all", "tune", "report"), default="all",
+                   help="with --dataset: the texts of one half (by a hash of each text) or all (default)")
     s.set_defaults(func=cmd_eval_safety)
 
     s = evals.add_parser("thresholds", help="toxicity thresholds for ordinary support traffic: the share of "

@@ -153,6 +153,10 @@ class PresidioScanner:
             supported_language=lang, supported_entities=nlp_engine.get_supported_entities()))
         for recognizer in recognizers.build_recognizers(lang):
             registry.add_recognizer(recognizer)
+        # Names without a cue word: Faker's first and last names of every locale, dialogue speakers (engine.safety.names).
+        from engine.safety.names import GazetteerPersonRecognizer
+
+        registry.add_recognizer(GazetteerPersonRecognizer(lang))
         return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[lang])
 
     def scan(self, text: str) -> tuple[Finding, ...]:

@@ -423,7 +423,11 @@ _CLOSING = (r"(?:(?:Kind|Best|Warm|Warmest|Many|With\s+kind|With\s+best)\s+(?:re
             r"Yours(?:\s+(?:sincerely|faithfully|truly))?|Respectfully|Take\s+care|Love|Rgds|Br|KR|--)")
 _RELATION = (r"(?:my|our|your|his|her)\s+(?:husband|wife|partner|son|daughter|colleague|co-worker|coworker|manager|"
              r"boss|friend|mother|father|mum|mom|dad|brother|sister|neighbour|neighbor|assistant|landlord|tenant|"
-             r"client|customer|lawyer|doctor|accountant)|account\s+holder|card\s*holder|the\s+customer|customer|"
+             r"client|customer|lawyer|doctor|accountant|kid|kids|child|children|baby|grandson|granddaughter|"
+             r"grandmother|grandfather|grandma|grandpa|granny|aunt|uncle|nephew|niece|cousin|fianc[ée]e?|girlfriend|"
+             r"boyfriend|spouse|roommate|flatmate|housemate|teammate|classmate|stepson|stepdaughter|stepmother|"
+             r"stepfather|godson|goddaughter|nanny|carer|caregiver|tutor|teacher|student|patient)|"
+             r"account\s+holder|card\s*holder|the\s+customer|customer|"
              r"the\s+client|colleague|contact\s+person|on\s+behalf\s+of|signed\s+by|assigned\s+to|"
              r"spoke\s+(?:to|with)|talked\s+to|speak\s+to|ask\s+for|contact|cc|courtesy\s+of|addressed\s+to|"
              r"(?:my|the)\s+name\s+is|name's")
@@ -452,6 +456,11 @@ _PERSON_CONTEXT_RE = re.compile(
         rf"(?i:\b(?:{_RELATION}))[ \t]*:?[ \t]+(?P<r>{_NAME_SEQ})",
         # Name: Jane Doe / customer=Jane Doe / | name | Jane Doe |
         rf"(?i:(?:^|(?<=[\n;|,{{(])|\b)[ \t]*{_FIELD}(?:[ \t]+[a-z]+){{0,2}})[ \t]*(?:[:=]|\||\.{{3,}})[ \t]*(?P<f>{_NAME_SEQ}|{_LOWER_NAME_SEQ})(?=[ \t]*(?:$|[\n;|,)}}]))",
+        # "said Erle to Maurice" / asked Jane / according to Marc
+        rf"(?i:\b(?:said|says|asked|asks|told|tells|replied|replies|answered|shouted|yelled|whispered|thanked|texted|"
+        rf"emailed|messaged|according\s+to)(?:[ \t]+(?:at|to))?)[ \t]+(?P<v>{_NAME_SEQ})",
+        # What's your last name? Nielsen / What's the name on the account? User: Mohsin Wilmsen
+        rf"(?i:\bname\b[^\n?]{{0,40}}\?)[ \t]*(?:[A-Za-z]+:[ \t]*)?(?P<q>{_NAME_SEQ})(?=[ \t]*(?:$|[\n.!,]))",
         # Jane Doe from accounting / Marc from your team
         rf"(?P<x>{_NAME_SEQ})[ \t]+from[ \t]+(?:the[ \t]+|your[ \t]+|our[ \t]+)?(?:[a-z]+[ \t]+)?(?:team|department|dept|accounting|support|sales|billing|finance|HR|IT|legal|marketing|engineering|office|customer\s+service)\b",
     ]),
@@ -772,6 +781,13 @@ def _propagate_names(text: str, results: Sequence[RecognizerResult]) -> list[Rec
             continue
         out.append(RecognizerResult("PERSON", start, end, 0.7,
                                     recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: "NamePropagation"}))
+    # Names listed with a name: "Brabec, Kastner and Torpy", "Jay & Trish" (engine.safety.names).
+    from engine.safety.names import coordinated_spans
+
+    spans = [(r.start, r.end) for r in results if r.entity_type == "PERSON"] + [(r.start, r.end) for r in out]
+    for start, end in coordinated_spans(text, spans):
+        out.append(RecognizerResult("PERSON", start, end, 0.6,
+                                    recognition_metadata={RecognizerResult.RECOGNIZER_NAME_KEY: "NameList"}))
     return out
 
 

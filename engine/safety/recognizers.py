@@ -43,7 +43,8 @@ _UP = "A-ZÀ-ÖØ-ÞĀ-Ž"  # upper-case Latin letters (ASCII, Latin-1, Latin Ex
 _LO = "a-zß-öø-ÿ"
 _LETTER = "A-Za-zÀ-ÖØ-öø-ÿĀ-ž"
 # A capitalised word: "Baker", "O'Neil", "Groß-Gerau", "St." (the dot is allowed inside and at the end).
-_CAP = rf"[{_UP}][{_LETTER}'’]*(?:-[{_UP}{_LO}][{_LETTER}'’]*)*"
+# Atomic, with at most three hyphenated parts: a run of capitalised words is read once, never re-split (linear time).
+_CAP = rf"(?>[{_UP}][{_LETTER}]*(?:['’][{_LETTER}]+){{0,2}}(?:-[{_UP}{_LO}][{_LETTER}]*(?:['’][{_LETTER}]+)?){{0,3}})"
 # A name word: capital then lower-case ("Jo", "O'Neil", "McDonald", "Jean-Luc").
 _NAME_WORD = rf"(?:[{_UP}][{_LO}]*[{_UP}]?[{_LO}'’]+(?:-[{_UP}][{_LO}'’]+)?)"
 _HOUSE = r"\d{1,5}[A-Za-z]?(?:[ \t]?[-/][ \t]?\d{1,5}[A-Za-z]?)?"
@@ -94,8 +95,9 @@ _AU_STATES = "NSW|VIC|QLD|WA|SA|TAS|ACT|NT|Vic|Qld|Tas"
 _UK_POSTCODE = r"(?:GIR\s?0AA|[A-Z]{1,2}\d[A-Z\d]?\s?\d[ABD-HJLNP-UW-Z]{2})"
 _CA_POSTCODE = r"(?:[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z]\s?\d[ABCEGHJ-NPRSTV-Z]\d)"
 _US_ZIP = r"(?:\d{5}(?:-\d{4})?)"
-_CITY_WORD = rf"[{_UP}][{_LETTER}'’]+(?:-[{_UP}{_LO}][{_LETTER}'’]*)*"  # two letters at least: "T 0812..." is no city
-_CITY = rf"(?:{_CITY_WORD}(?:[ -](?:{_CITY_WORD}|{_PARTICLE}|(?:upon|on|sur|sous|en|im|in|of|bei)(?![\w'’])))*?(?:[ -]{_CITY_WORD})?(?![\w'’]))"
+_CITY_WORD = rf"(?>[{_UP}](?:[{_LETTER}]+(?:['’][{_LETTER}]+){{0,2}}|['’][{_LETTER}]+)(?:-[{_UP}{_LO}][{_LETTER}]*(?:['’][{_LETTER}]+)?){{0,3}})"  # two letters at least: "T 0812..." is no city
+# At most six words: an unbounded lazy run here made every scan of capitalised text quadratic (issue 20).
+_CITY = rf"(?:{_CITY_WORD}(?:[ -](?:{_CITY_WORD}|{_PARTICLE}|(?:upon|on|sur|sous|en|im|in|of|bei)(?![\w'’]))){{0,4}}?(?:[ -]{_CITY_WORD})?(?![\w'’]))"
 _COUNTRIES = (
     "United States(?: of America)?|USA|U\\.S\\.A\\.|US|United Kingdom|UK|U\\.K\\.|Great Britain|England|Scotland|"
     "Wales|Northern Ireland|Ireland|Germany|Deutschland|France|India|Canada|Israel|Brazil|Brasil|Italy|Italia|Spain|"
@@ -110,7 +112,7 @@ _STREET_LINES = [
     # Herzl Street 12 / Rothschild Blvd 45
     rf"(?<![\w])(?:{_CAP}[ \t]+){{1,3}}(?:Street|St|Road|Rd|Avenue|Ave|Boulevard|Blvd)\b\.?,?[ \t]+{_HOUSE}(?![\w])",
     # Hauptstraße 12 / Kerkstraat 12a / Melissa-Mohaupt-Platz 7
-    rf"(?<![\w])(?:{_CAP}[ \t]+)?[{_UP}][{_LETTER}-]*(?:{_GERMANIC_SUFFIX}|-(?:{_GERMANIC_WORD}))[ \t]+{_HOUSE}(?![\w])",
+    rf"(?<![\w])(?:{_CAP}[ \t]+)?[{_UP}][{_LETTER}-]{{0,40}}(?:{_GERMANIC_SUFFIX}|-(?:{_GERMANIC_WORD}))[ \t]+{_HOUSE}(?![\w])",
     # Berliner Straße 5 / Am Markt 3 / Unter den Linden 7 is left to the locality pass
     rf"(?<![\w])(?:{_CAP}[ \t]+){{1,2}}(?:{_GERMANIC_WORD})[ \t]+{_HOUSE}(?![\w])",
     # Via Roma 12 / Calle Mayor, 5 / Rua das Flores, 123 / Avenida Paulista, 1000
@@ -660,7 +662,7 @@ def personal_place_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[bo
 
 # --- spaCy's names and places, filtered --------------------------------------------------------------------------
 
-_CODE_LIKE = re.compile(r"\d|[A-Z]{2,}[-_]|[_/#=@]|(?<![^\W\d_])-|-(?![^\W\d_])")
+_CODE_LIKE = re.compile(r"\d|[A-Z]{2}[-_]|[_/#=@]|(?<![^\W\d_])-|-(?![^\W\d_])")
 _PROPER_TAGS = frozenset({"NNP", "NNPS"})
 
 

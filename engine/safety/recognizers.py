@@ -271,6 +271,32 @@ class CardNumberRecognizer(PatternRecognizer):
             return False
         return luhn_ok(digits)
 
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None,
+                regex_flags: int | None = None) -> list[RecognizerResult]:
+        results: list[RecognizerResult] = super().analyze(text, entities, nlp_artifacts, regex_flags)
+        if "CREDIT_CARD" not in entities:
+            return results
+        # Right after a card word, any 12-19 Luhn-valid digits are a card: Maestro has 12 digits, JCB's older
+        # numbers start with 1800 or 2131, some Maestro ranges with 0 ("What is the limit for card 584528792610?").
+        for m in _CARD_AFTER_WORD_RE.finditer(text):
+            start, end = m.start("n"), m.end("n")
+            digits = re.sub(r"\D", "", m.group("n"))
+            if 12 <= len(digits) <= 19 and luhn_ok(digits) and not any(
+                    r.start < end and start < r.end for r in results):
+                explanation = self.build_regex_explanation("CardNumberRecognizer", "card after a card word",
+                                                           _CARD_AFTER_WORD_RE.pattern, 0.6, True, 0)
+                results.append(RecognizerResult("CREDIT_CARD", start, end, 0.6, analysis_explanation=explanation,
+                                                recognition_metadata=_metadata(self)))
+        return results
+
+
+# A card word, a few words at most ("card number is", "credit card #"), then the number.
+_CARD_AFTER_WORD_RE = re.compile(
+    r"(?i:\b(?:card|cards|credit|debit|visa|mastercard|master\s+card|amex|maestro|jcb|diners|discover|cc)\b)"
+    r"(?:[ \t]*(?:[#:=]|no\.?|num(?:ber)?|is|was|ending|of|with)){0,3}[ \t]*"
+    r"(?P<n>(?<![\w.-])\d{4}(?:[ -]?\d){8,15})(?![\w]|[.,-]\d)"
+)
+
 
 def luhn_ok(digits: str) -> bool:
     total = 0
@@ -301,12 +327,19 @@ class WindowedPhoneRecognizer(PhoneRecognizer):
     """
 
     MARGIN = 8
+    # python-phonenumbers costs ~0.2 ms per character of digit run (12 regions): 20,000 characters of "12 34 5"
+    # took 9 s. Past this many characters of windows in one text, PhoneShapeRecognizer alone reads the rest.
+    BUDGET_CHARS = 1200
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None) -> list[RecognizerResult]:
         windows: list[tuple[int, int]] = []
+        used = 0
         for m in _PHONE_CLUSTER.finditer(text):
             if sum(ch.isdigit() for ch in m.group()) < 6:
                 continue
+            used += m.end() - m.start() + 2 * self.MARGIN
+            if used > self.BUDGET_CHARS:
+                break
             start, end = max(0, m.start() - self.MARGIN), min(len(text), m.end() + self.MARGIN)
             if windows and start <= windows[-1][1]:
                 windows[-1] = (windows[-1][0], end)
@@ -320,6 +353,54 @@ class WindowedPhoneRecognizer(PhoneRecognizer):
                 r.end += start
                 results.append(r)
         return EntityRecognizer.remove_duplicates(results)
+
+
+# Phone numbers by their shape, for what python-phonenumbers does not validate for the configured regions: short
+# local numbers ("72 128 827", "(99) 645-791", "60-56-85-91"), and NANP numbers with an extension or a 001 prefix.
+_PHONE_CUE = re.compile(
+    r"(?i:\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|desk|direct|office|home|work|landline|call|calls|"
+    r"calling|called|ring|dial|reach|text|sms|whatsapp|signal|answering|contact|registered|hotline|"
+    r"(?:phone|mobile|cell|contact|telephone|fax)\s+(?:number|no\.?|#)|[tmfp])\b)"
+    r"(?:[ \t]*(?:[:.=#-]|me|us|him|her|them|at|on|to|in|is|was|my|our|his|her|the|number|no\.?|mobile|phone)){0,4}[ \t\n]*$"
+)
+_PHONE_SHAPES = re.compile(
+    r"(?<![\w.,/:+#-])(?:"
+    # +41 (0)85 806 98 67 / +1-903-140-4508x769 / +44 20 7946 0958: a country code is shape enough
+    r"(?P<intl>\+\d{1,3}(?:[ .-]?\(0\))?(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){2,5})"
+    # (602)272-9781 / 001-253-366-9781 / 259.735.7502x459 / 463-612-6138x036 (NANP)
+    r"|(?P<nanp>(?:(?:001|1)[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})"
+    # 72 128 827 / (72) 754-186 / 0341 8387176 / 60-56-85-91: only after a phone word
+    r"|(?P<local>(?:\(\d{2,5}\)[ .-]?|\d{2,5}[ .-])\d{2,8}(?:[ .-]\d{2,8}){0,3})"
+    r")(?P<ext>[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?(?![\w]|[.,/:-]\d)"
+)
+
+
+class PhoneShapeRecognizer(LocalRecognizer):
+    """Phone numbers by their shape: a country code, a NANP layout, or digit groups right after a phone word."""
+
+    SCORE = 0.6
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(supported_entities=["PHONE_NUMBER"], supported_language=supported_language,
+                         name="PhoneShapeRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None) -> list[RecognizerResult]:
+        if "PHONE_NUMBER" not in entities:
+            return []
+        out = []
+        for m in _PHONE_SHAPES.finditer(text):
+            digits = sum(ch.isdigit() for ch in (m.group("intl") or m.group("nanp") or m.group("local")))
+            if m.group("local") is not None:
+                if not 6 <= digits <= 13 or _PHONE_CUE.search(text, max(0, m.start() - 40), m.start()) is None:
+                    continue
+            elif not 8 <= digits <= 15:
+                continue
+            out.append(RecognizerResult("PHONE_NUMBER", m.start(), m.end(), self.SCORE,
+                                        recognition_metadata=_metadata(self)))
+        return out
 
 
 # --- IBANs -----------------------------------------------------------------------------------------------------
@@ -755,7 +836,7 @@ def _phone_lookalike(text: str, start: int, end: int) -> bool:
     if re.fullmatch(r"\d+", value) and not value.startswith("0"):
         # An unbroken digit run is a phone number only next to a phone word.
         return _PHONE_WORDS.search(text[max(0, start - 25):start]) is None
-    if re.fullmatch(r"\d{1,3}\.\d{2}", value):
+    if re.fullmatch(r"\d{1,3}\.\d{2}", value) or re.fullmatch(r"\d{1,3}(?:\.\d{1,3}){3}", value):  # prices, IPv4
         return True
     return False
 
@@ -798,6 +879,7 @@ def build_recognizers(language: str = "en") -> list[EntityRecognizer]:
     return [
         StreetAddressRecognizer(language),
         CardNumberRecognizer(language),
+        PhoneShapeRecognizer(language),
         IbanGroupsRecognizer(language),
         ContextPersonRecognizer(language),
         PersonalPlaceRecognizer(language),

@@ -105,3 +105,60 @@ def test_phone_lookalikes_are_no_phone(pii, text):
 def test_a_social_security_number_is_one_and_no_phone(pii):
     text = "SSN 536-90-4399 on file"
     assert [(f.label, text[f.start:f.end]) for f in pii.scan(text)] == [("US_SSN", "536-90-4399")]
+
+
+# --- street addresses ------------------------------------------------------------------------------------------
+
+ADDRESSES = [
+    ("building-number-street-number-multi-line",
+     "28030 Edeby 55\n Apt. 297\n TYSTBERGA\n Sweden 99178", "28030 Edeby 55\n Apt. 297\n TYSTBERGA\n Sweden 99178"),
+    ("signature-lines-with-bullets-lost-in-encoding",
+     "??? Lawdragon\n??? 66029 Kaarikatu 32\n??? Apt. 050\n??? Porvoo\n??? Finland 57006",
+     "66029 Kaarikatu 32\n??? Apt. 050\n??? Porvoo\n??? Finland 57006"),
+    ("quoted-mail-lines", "> Asc Partners\n> 935 Huntly Street\n> Suite 828\n> BASHALL TOWN\n> United Kingdom 89800",
+     "935 Huntly Street\n> Suite 828\n> BASHALL TOWN\n> United Kingdom 89800"),
+    ("street-name-then-number-after-a-cue", "The bus station is on Pod Floriánem 1677", "Pod Floriánem 1677"),
+    ("romance-street-then-city", "We'll meet at Incadence, Rue de Piétrain 371, Noorderwijk",
+     "Rue de Piétrain 371, Noorderwijk"),
+    ("abbreviated-street-type", "The bus drops you off at 643 ul. Biskupa Bogedaina 118", "643 ul. Biskupa Bogedaina 118"),
+    ("units-city-country-postcode-one-line", "30866 Ránargata 87 Apt. 652 Apt. 949, Tallinn, Estonia 02151",
+     "30866 Ránargata 87 Apt. 652 Apt. 949, Tallinn, Estonia 02151"),
+    ("region-code-on-its-own-line", "Change my address to 50541 Mlýnská 1540\nTrancoso\n, GU\n Portugal 44674 please",
+     "50541 Mlýnská 1540\nTrancoso\n, GU\n Portugal 44674"),
+    ("building-number-before-english-street", "Meet me at 363 52 Huntly Street\n Suite 132\n BARMOLLOCH\n United Kingdom",
+     "363 52 Huntly Street\n Suite 132\n BARMOLLOCH\n United Kingdom"),
+    ("faker-street-suffix", "Send it to 420 Gairbekov Rapids\n Apt. 576\n Voormezele\n Belgium 92060 now",
+     "420 Gairbekov Rapids\n Apt. 576\n Voormezele\n Belgium 92060"),
+    ("unit-word-not-read-as-street-name", "The address is 9554 62 Rue Gafsa Apt. 981\nToronto\n, ON\n 82269",
+     "9554 62 Rue Gafsa Apt. 981\nToronto\n, ON\n 82269"),
+    ("military-psc", "The office is at PSC 2721, Box 8637\nAPO AA 06259. It is open.", "PSC 2721, Box 8637\nAPO AA 06259"),
+    ("military-unit-lower-case", "address:     unit 4526 box 0671\ndpo ap 40902", "unit 4526 box 0671\ndpo ap 40902"),
+    ("military-ship", "Write to USNS Bergman\nFPO AP 93757\nMobile: none", "USNS Bergman\nFPO AP 93757"),
+    ("po-box-with-unit", "send a new one to 609 P.O. Box 186 Apt. 561, ALT-DIETMANNS, Austria? Thanks",
+     "609 P.O. Box 186 Apt. 561, ALT-DIETMANNS, Austria"),
+    ("corner-of-two-streets", "Send it to the corner of Alšova 408 and Vedzizhev Greens",
+     "the corner of Alšova 408 and Vedzizhev Greens"),
+]
+
+
+@pytest.mark.parametrize(("text", "address"), [a[1:] for a in ADDRESSES], ids=[a[0] for a in ADDRESSES])
+def test_street_addresses_in_faker_locale_formats_are_one_span(pii, text, address):
+    assert spans(pii, text, "ADDRESS") == [address]
+
+
+ADDRESS_LOOKALIKES = [
+    ("product-and-version", "I use Windows 11 at home and Python 3 at work"),
+    ("room-and-gate", "The meeting is at Room 12, then Gate 5."),
+    ("year-after-a-word", "During 1972, Careset Systems invested heavily."),
+    ("season-and-year", "Spring 2024 sale is on"),
+    ("ticket-and-order-codes", "Ticket TCK-48213 and order ORD-2291-A are about the same parcel"),
+    ("quantity-and-product", "Order 2 Widget Pro units by Friday"),
+    ("price-and-date", "It costs 12.99 EUR since 12 March 2024"),
+    ("corner-without-a-number", "Put the box in the corner of the room and the hall"),
+    ("version-line", "Release 5, Berlin edition, ships in June."),
+]
+
+
+@pytest.mark.parametrize("text", [a[1] for a in ADDRESS_LOOKALIKES], ids=[a[0] for a in ADDRESS_LOOKALIKES])
+def test_address_lookalikes_are_no_address(pii, text):
+    assert spans(pii, text, "ADDRESS") == []

@@ -54,7 +54,15 @@ _EN_TYPES = (
     "Close|Cl|Crescent|Cres|Square|Sq|Parkway|Pkwy|Highway|Hwy|Circle|Cir|Trail|Trl|Parade|Pde|Grove|Gardens|Gdns|"
     "Mews|Row|Walk|Hill|Green|Rise|Vale|Wharf|Quay|Esplanade|Alley|Loop|Point|Pike|Plaza|Expressway|Expy|Freeway|"
     "Turnpike|Heights|Hts|Crossing|Cove|Ridge|Landing|Path|Commons|Chase|Broadway|Causeway|Marg|Nagar|Chowk|"
-    "Salai|Ganj|Bazar|Colony|Layout|Cross|Park|Gate|Yard|Embankment|Promenade|Boardwalk|Run|Pass|Route|Rte"
+    "Salai|Ganj|Bazar|Colony|Layout|Cross|Park|Gate|Yard|Embankment|Promenade|Boardwalk|Run|Pass|Route|Rte|Str|"
+    # Faker's English street suffixes
+    "Bayou|Bend|Bluffs?|Branch|Bridge|Brooks?|Burgs?|Bypass|Canyon|Cape|Cliffs?|Corners?|Courts|Coves|Creek|Crest|"
+    "Curve|Dale|Divide|Drives|Estates?|Extensions?|Falls|Ferry|Fields|Flats|Fords?|Forest|Forges?|Forks?|Fort|"
+    "Gardens?|Gateway|Glens?|Greens|Groves|Harbou?rs?|Haven|Hills|Hollow|Inlet|Islands?|Isle|Junctions?|Knolls?|"
+    "Lakes?|Lights|Locks|Lodge|Manors?|Meadows?|Mills?|Motorway|Mount|Mountains?|Neck|Orchard|Oval|Overpass|Parks|"
+    "Parkways|Pines|Plains?|Points|Ports|Prairie|Radial|Ramp|Ranch|Rapids?|Ridges|River|Roads|Shoals?|Shores?|"
+    "Skyway|Springs?|Spurs?|Squares|Stravenue|Stream|Streets|Summit|Throughway|Trafficway|Tunnel|Underpass|"
+    "Valleys?|Viaduct|Views?|Villages?|Ville|Vista|Walks|Ways|Wells"
 )
 _EN_TYPE = rf"(?:{_EN_TYPES})\b\.?(?:[ \t]+No\.?[ \t]*\d{{1,3}}(?![\w]))?"
 _DIRECTION = r"(?:N|S|E|W|NE|NW|SE|SW|North|South|East|West)\.?"
@@ -103,7 +111,9 @@ _COUNTRIES = (
     "Wales|Northern Ireland|Ireland|Germany|Deutschland|France|India|Canada|Israel|Brazil|Brasil|Italy|Italia|Spain|"
     "España|Netherlands|The Netherlands|Nederland|Holland|Australia|Austria|Switzerland|Belgium|Portugal|Mexico"
 )
-_SEP = r"(?:[ \t]*[,;][ \t]*\n?[ \t]*|[ \t]*\n[ \t]*|[ \t]+[-–][ \t]+|[ \t]+)"
+# A line break may carry a quote mark or a bullet ("> ", "• ", "??? " where a bullet lost its encoding).
+_NL = r"[ \t]*\n[ \t]*(?:(?:>|\?{3}|[•·*])[ \t]*)?"
+_SEP = rf"(?:[ \t]*(?:{_NL})?[,;][ \t]*(?:{_NL})?|{_NL}|[ \t]+[-–][ \t]+|[ \t]+)"
 
 # Street lines, each anchored on a house number and a street type.
 _STREET_LINES = [
@@ -138,7 +148,12 @@ _LOCALITY_PARTS = [
     rf"(?:{_UK_POSTCODE}|{_CA_POSTCODE})(?![\w])",
     rf"(?:{_COUNTRIES})(?![\w])",
     # A bare city: only when a postcode or a country follows, or it ends the line or the sentence.
-    rf"{_CITY}(?=\s*(?:[,\n]\s*(?:{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{4,7}}(?![\w])|{_COUNTRIES})|[.;)\n]|\s*$))",
+    rf"{_CITY}(?=\s*(?:[,\n]\s*(?:{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{4,7}}(?![\w])|{_COUNTRIES}"
+    rf"|{_CITY_WORD}(?:[ \t]{_CITY_WORD})?(?:[ \t]+\d{{4,6}})?[ \t]*(?:[.,;:)!?\n]|$))|[.;:)!?\n]|\s*$|[ \t]+nan(?![\w])))",
+    # A region code or number alone on its line (", GU", ", 13"), a postcode alone, Faker's empty field "nan".
+    r"(?:[A-Z]{1,3}|\d{1,3}|nan)(?=[ \t]*(?:\n|$))",
+    r"\d{4,6}(?![\w]|[.,:/-]\d)",
+    r"nan(?![\w])",
 ]
 _LOCALITY_RE = re.compile(rf"{_SEP}(?:{'|'.join(f'(?:{p})' for p in _LOCALITY_PARTS)})")
 _UNIT_BEFORE_RE = re.compile(
@@ -162,6 +177,53 @@ _HOUSE_LINE_ABOVE_RE = re.compile(
 )
 
 
+_UNIT_WORDS = r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Room|Bldg|Building|Office)"
+_LEADING_NUMBER_RE = re.compile(r"(?<![\w.,/:+-])\d{1,5}[ \t]+$")
+# Military and box addresses, and "the corner of X 12 and Y Street" (the cross street has no number).
+_MAIL_ADDRESS_RE = re.compile(
+    r"(?<![\w])(?:"
+    r"(?i:(?:PSC|Unit|CMR)[ \t]+\d{3,5},?[ \t]+Box[ \t]+\d{3,5}[ \t]*,?[ \t]*\n?[ \t]*[ADF]PO[ \t]+A[AEP][ \t]+\d{5})"
+    rf"|(?:USNS|USNV|USS|USCGC|USNC)[ \t]+{_CAP}(?:[ \t]+{_CAP})?[ \t]*,?[ \t]*\n?[ \t]*FPO[ \t]+A[AEP][ \t]+\d{{5}}"
+    rf"|(?:\d{{1,5}}[ \t]+)?(?i:P\.?[ \t]?O\.?[ \t]*Box|Post(?:al)?[ \t]+Office[ \t]+Box|Postbox|Postfach|Apartado)[ \t]+\d{{1,6}}"
+    rf"(?:[ \t]+(?!{_UNIT_WORDS}\b){_CAP}){{0,2}}"
+    r"|(?i:the[ \t]+corner[ \t]+of)[ \t]+(?=[^\n,;?!]{0,40}\d)[^\n,;?!]{1,50}?[ \t]+and[ \t]+[\w'’.-]+(?:[ \t]+(?!and\b)[\w'’-]+)?"
+    r")(?![\w])"
+)
+# A street name and then its number, as most of Europe writes it: "Nybyvägen 65", "Rue de Virton 38", "Paseo del
+# Atlántico 81", "Belgrád rkp. 18.", "ul. Cicha 86", "Avenue d'Ouchy 109"; a building number may come first.
+# Taken only with more evidence (see StreetAddressRecognizer.analyze): "Windows 11" or "Room 12" alone is no address.
+_NAME_NUMBER_STREET_RE = re.compile(
+    rf"(?<![\w.,/:+#-])(?:(?P<pre>\d{{1,5}})[ \t]+)?"
+    rf"(?P<name>(?:(?:{_CAP}\.?|{_PARTICLE}|[a-zà-ž]{{1,4}}\.|(?:d'|l'|dell'){_CAP})[ \t]+){{0,3}}(?:{_CAP}|(?:d'|l'|dell'){_CAP}|[a-zà-ž]{{1,4}}\.)\.?)"
+    r"[ \t]+(?P<num>\d{1,5}[A-Za-z]?(?:[ \t]?[-/][ \t]?\d{1,5})?)\.?(?![\w]|[.,]\d)"
+)
+_STRONG_PRE_NUMBER_RE = re.compile(r"\d{3,5}")
+# The words before a street line that say it is one.
+_ADDRESS_CUE_RE = re.compile(
+    r"(?i:\b(?:lives?|living|lived|located|situated|resides?|residing|based|stay(?:ing)?|meet(?:[ \t]+(?:me|you|us))?|"
+    r"address(?:[ \t]+is)?|addresses|sent|send(?:[ \t]+it)?|deliver(?:ed)?|ship(?:ped)?|return(?:ed)?|mail(?:ed)?|"
+    r"post(?:ed)?|taxi|off|enter|moved|move|is|are|office(?:[ \t]+is)?|visit|find[ \t]+(?:me|us))"
+    r"[ \t]*(?:at|on|to|in|is|:)?[ \t]*:?[ \t\n]*(?:the[ \t]+)?$)"
+)
+# What after a "Name 12" line makes it an address: a unit, or a city, region, postcode or country line below.
+_STRONG_LOCALITY_RE = re.compile(
+    rf"(?:[ \t]*,?[ \t]*\n?[ \t]*{_UNIT}(?![\w])"
+    rf"|[ \t]*,[ \t]*{_CITY}[ \t]*(?:[.;:!?]|$)"
+    rf"|[ \t]*,?[ \t]*\n[ \t]*(?:{_CITY}|\d{{4,5}}[ \t]+{_CITY})[ \t]*(?:,[ \t]*)?(?:\n|$|(?:{_US_STATES}|[A-Z]{{2}})?[ \t]*\d{{4,6}}))"
+)
+# First words of "Name 12" that are things, not streets.
+_NOT_STREET_WORDS = frozenset(
+    """room gate floor level version windows chapter page step line row item order ticket case invoice build release
+    phase stage part model series plan tier option day week year team group platform terminal channel episode season
+    volume vol table figure fig section appendix lot box batch unit apt suite office desk seat bus train flight route
+    iphone pixel galaxy android ios macos ubuntu python java node vue react angular php rust go error code port
+    account card number no nr pin sprint q1 q2 q3 q4 top best under over about only around after before since in on at
+    to for of the a an and or is was are were be been my your our his her their this that these those we you i he she
+    they it me us them have has had do did not no yes during spring string bring offering ordering engineering
+    catering hiring wiring boring summer winter autumn fall since until from""".split()
+)
+
+
 class StreetAddressRecognizer(LocalRecognizer):
     """Street addresses (ADDRESS): one span from the unit and street line through city, postcode and country."""
 
@@ -179,17 +241,35 @@ class StreetAddressRecognizer(LocalRecognizer):
         if "ADDRESS" not in entities:
             return []
         results: list[RecognizerResult] = []
+        for m in _MAIL_ADDRESS_RE.finditer(text):  # PSC 2721, Box 8637 / APO AA 06259; P.O. Box 149; the corner of
+            results.append(self._result(m.start(), _trim(text, m.start(), _extend_locality(text, m.end())),
+                                        self.SCORE))
         covered_to = -1
         for m in _STREET_RE.finditer(text):
-            start, end = m.start(), m.end()
-            if start < covered_to:
+            start, end = m.start(), _drop_unit_word(text, m.start(), m.end())
+            if start < covered_to or any(r.start < end and start < r.end for r in results):
+                continue
+            if _first_word(m.group()) in _NOT_STREET_WORDS:
                 continue
             unit = _UNIT_BEFORE_RE.search(text, max(0, start - 30), start)
             if unit and (unit.start() == 0 or not text[unit.start() - 1].isalnum()):
                 start = unit.start()
+            start = _leading_number(text, start)
             end = _extend_locality(text, end)
             results.append(self._result(start, _trim(text, start, end), self.SCORE))
             covered_to = end
+        for m in _NAME_NUMBER_STREET_RE.finditer(text):  # Nybyvägen 65, Rue de Virton 38, ul. Cicha 86
+            start, end = m.start(), m.end()
+            if any(r.start < end and start < r.end for r in results):
+                continue
+            if _first_word(m.group("name")) in _NOT_STREET_WORDS:
+                continue
+            extended = _extend_locality(text, end)
+            if not (_STRONG_PRE_NUMBER_RE.fullmatch(m.group("pre") or "")
+                    or _ADDRESS_CUE_RE.search(text, max(0, start - 40), start)
+                    or _STRONG_LOCALITY_RE.match(text, end)):
+                continue
+            results.append(self._result(start, _trim(text, start, extended), self.SCORE))
         for m in _LOCALITY_LINE_RE.finditer(text):
             line_start = m.start("loc")
             above = _HOUSE_LINE_ABOVE_RE.search(text, max(0, line_start - 80), line_start)
@@ -215,6 +295,22 @@ class StreetAddressRecognizer(LocalRecognizer):
                                 recognition_metadata=_metadata(self))
 
 
+def _leading_number(text: str, start: int) -> int:
+    """Faker's and many countries' addresses put a building number before the street line ("363 52 Huntly St")."""
+    m = _LEADING_NUMBER_RE.search(text, max(0, start - 8), start)
+    return m.start() if m else start
+
+
+def _drop_unit_word(text: str, start: int, end: int) -> int:
+    """A street line read as far as "Rue Gafsa Apt" gives its unit word back to the unit ("Apt. 981")."""
+    m = re.search(rf"[ \t]+{_UNIT_WORDS}\.?$", text[start:end])
+    return start + m.start() if m else end
+
+
+def _first_word(name: str) -> str:
+    return name.split()[0].lower().strip(".,") if name.split() else ""
+
+
 def _plausible_locality(value: str) -> bool:
     """No ticket words ("Ticket CASE-154730", "Service Request ...") in a place name found on its own."""
     for word in re.findall(r"[^\W\d_]+", value):
@@ -234,7 +330,7 @@ def _metadata(recognizer: EntityRecognizer) -> dict[str, str]:
 
 def _extend_locality(text: str, end: int) -> int:
     """Consume units, city/state/postcode and country pieces that follow an address piece (up to 6 pieces)."""
-    for _ in range(6):
+    for _ in range(8):
         m = _LOCALITY_RE.match(text, end)
         if m is None or "\n\n" in text[end:m.end()] or m.group().strip(" \t\n,;-–").lower() in NOT_NAMES:
             break

@@ -58,6 +58,16 @@ NAMES = [
     ("Siddharth approved the refund this morning.", ["Siddharth"]),
     ("Come to Ireland again! Jay & Trish are craving some tea", ["Jay", "Trish"]),
     ("Could you add Thandiwe Mbeki to the shared mailbox?", ["Thandiwe", "Mbeki"]),
+    # A signature block's first line, a subject before what only people do, a role before a name, lower case.
+    ("Sven Hedlund\n\n85199 Avda. Rio Nalon 58\n Apt. 461\n Soto del Barco", ["Sven", "Hedlund"]),
+    (">Esat Jeknić\n>Marshall, Hernandez and Simpson\n>3378 217 Lovers Lane", ["Esat", "Jeknić"]),
+    ("Asgeir lives on Eliasweg street.", ["Asgeir"]),
+    ("Zoolander is a 2005 French action-comedy film directed by Philip Latourelle and starring Weekers",
+     ["Philip", "Latourelle", "Weekers"]),
+    ("This song by ex-Zombie Gyarmathy is a perfect example.", ["Gyarmathy"]),
+    ("mr. andresen is a 26 year old man who grew up in moers.", ["andresen"]),
+    ("i have lost my card. could you please block it? my name is nikita b. maslow.", ["nikita", "maslow"]),
+    ("i'm so jealous! said stevica to malagigi", ["stevica", "malagigi"]),
 ]
 
 
@@ -82,6 +92,10 @@ KEPT = [
     "Use the Nimbus Pro plan for bigger teams.",
     "Patch Tuesday broke our print spooler.",
     "Error: the export failed.\nStatus: retrying in 5 minutes.",
+    "Password Reset Request\nYour link expires in 24 hours.",
+    "Syncwell is a sync tool for teams.",
+    "we moved the job to the new server and it got slower",
+    "Brah this straight up came out of my screen and slapped me when it dropped",
 ]
 
 

@@ -105,7 +105,8 @@ class GazetteerPersonRecognizer(LocalRecognizer):
             return []
         doc = nlp_artifacts.tokens
         english = _english_words(_pipeline(nlp_artifacts, self.supported_language))
-        spans = name_runs(text, doc, english) + speaker_spans(text)
+        spans = (name_runs(text, doc, english) + speaker_spans(text, english) + letterhead_spans(text, english)
+                 + subject_spans(text, doc, english))
         meta = {RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: str(getattr(self, "id", ""))}
         return [RecognizerResult("PERSON", s, e, self.SCORE, recognition_metadata=dict(meta))
@@ -176,18 +177,69 @@ def name_runs(text: str, doc: Any, english: frozenset[str] = frozenset()) -> lis
                     and is_lower_case_writer(_sentence(text, tok.idx, tok.idx + len(w)))):
                 end = tok.idx + len(w)
                 j = i + 1
-                # Then last names, or one word that is no English word ("monika žilková", "olga krylova's").
-                while (j < len(tokens) and j - i <= 3 and tokens[j].text.islower() and text[end:tokens[j].idx] == " "
-                       and _LETTERS.fullmatch(tokens[j].text) and len(tokens[j].text) >= 2
-                       and tokens[j].text not in english and tokens[j].text not in EVERYDAY
-                       and tokens[j].text not in not_names and tokens[j].text not in _LOWER_STOP
-                       and (tokens[j].text in lasts or j == i + 1)):
-                    end = tokens[j].idx + len(tokens[j].text)
-                    j += 1
+                # Then an initial and last names, or one word that is no English word ("monika žilková",
+                # "nikita b. maslow", "olga krylova's").
+                unknown_taken = False
+                while j < len(tokens) and j - i <= 4 and text[end:tokens[j].idx] == " ":
+                    k = j
+                    if re.fullmatch(r"[a-zß-ÿ]\.", tokens[j].text) and j + 1 < len(tokens):  # "nikita b. maslow"
+                        k = j + 1
+                        if text[tokens[j].idx + 2:tokens[k].idx] != " ":
+                            break
+                    nxt = tokens[k].text
+                    if not (nxt.islower() and _LETTERS.fullmatch(nxt) and len(nxt) >= 2 and nxt not in english
+                            and nxt not in EVERYDAY and nxt not in not_names and nxt not in _LOWER_STOP
+                            and (nxt in lasts or not unknown_taken)):
+                        break
+                    unknown_taken = unknown_taken or nxt not in lasts
+                    end = tokens[k].idx + len(nxt)
+                    j = k + 1
                 spans.append((tok.idx, end))
                 i = j
             else:
                 i += 1
+        spans += _lower_cue_spans(text, tokens, english, firsts, lasts, not_names)
+    return spans
+
+
+# Words after which a lower-case writer's next word, when it is no English word, is a name.
+_LOWER_CUE = re.compile(
+    r"\b(?:my\s+name\s+is|name\s+is|name\?|i'?m|i\s+am|this\s+is|call\s+me|calls\s+me|said|says|asked|told|"
+    r"shouted\s+at|said\s+\S+\s+to|named\s+(?:him|her)|called|producer|commenter|player|singer|director|starring|"
+    r"dear|hi|hello|hey|thanks|my\s+(?:kid|son|daughter|wife|husband|partner|friend|colleague|boss|mom|dad))$")
+
+
+def _lower_cue_spans(text: str, tokens: list[Any], english: frozenset[str], firsts: frozenset[str],
+                     lasts: frozenset[str], not_names: frozenset[str]) -> list[tuple[int, int]]:
+    from engine.safety.recognizers import _PLACE_STOP, is_lower_case_writer
+
+    spans = []
+
+    def nameish(tok: Any) -> bool:
+        w = tok.text
+        return (w.islower() and len(w) >= 3 and _LETTERS.fullmatch(w) is not None and w not in english
+                and tok.lemma_.lower() not in english and not tok.is_stop
+                and w not in EVERYDAY and w not in not_names and w not in _LOWER_STOP and w not in _PLACE_STOP)
+
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not nameish(tok) or not _LOWER_CUE.search(text[max(0, tok.idx - 30):tok.idx].rstrip(" \t,:")):
+            i += 1
+            continue
+        if not is_lower_case_writer(_sentence(text, tok.idx, tok.idx + len(tok.text))):
+            i += 1
+            continue
+        end = tok.idx + len(tok.text)
+        j = i + 1
+        while j < len(tokens) and j - i <= 3 and text[end:tokens[j].idx] == " ":
+            k = j + 1 if re.fullmatch(r"[a-zß-ÿ]\.", tokens[j].text) and j + 1 < len(tokens) else j
+            if not nameish(tokens[k]):
+                break
+            end = tokens[k].idx + len(tokens[k].text)
+            j = k + 1
+        spans.append((tok.idx, end))
+        i = j
     return spans
 
 
@@ -261,15 +313,18 @@ _SPEAKER_RE = re.compile(
     r"(?m)^[ \t>*-]*(?P<name>[^\W\d_][^\W\d_'’.-]*(?:[ \t][^\W\d_][^\W\d_'’.-]*)?)[ \t]*:(?=[ \t]*[^\s/\d])")
 
 
-def speaker_spans(text: str) -> list[tuple[int, int]]:
-    """Names that head dialogue lines ("Halldór: What a wife."), also inline after a sentence ("... Alice: Hi")."""
+def speaker_spans(text: str, english: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
+    """Names that head dialogue lines ("Halldór: What a wife."); in lower-case text, words that are no English."""
     firsts, lasts = faker_name_words()
     not_names = _not_names()
+    lower = text == text.lower()
     found = []
     for m in _SPEAKER_RE.finditer(text):
         name = m.group("name")
         words = [w.lower() for w in name.split()]
-        if not name[0].isupper() or any(w in _ROLES or w in not_names for w in words):
+        if any(w in _ROLES or w in not_names for w in words):
+            continue
+        if not name[0].isupper() and not (lower and not any(w in english or w in EVERYDAY for w in words)):
             continue
         found.append((m.start("name"), m.end("name"), all(w in firsts or w in lasts for w in words)
                       and not any(w in EVERYDAY for w in words)))
@@ -315,3 +370,75 @@ def coordinated_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int
             new.append((s, e))
             todo.append((s, e))
     return new
+
+
+_QUOTE_PREFIX = re.compile(r"[ \t]*(?:[>?|*•-]+[ \t]*)*")
+
+
+def letterhead_spans(text: str, english: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
+    """The name on the first line of a signature block or letterhead ("Sven Hedlund\n\n85199 Avda...",
+    ">Esat Jeknić\n>Marshall, Hernandez and Simpson"): two to four name words alone on the text's first line
+    (quote marks aside), each a listed name or no English word, with more lines after it."""
+    firsts, lasts = faker_name_words()
+    not_names = _not_names()
+    lines = text.split("\n")
+    offset = 0
+    for line in lines[:3]:
+        prefix = _QUOTE_PREFIX.match(line)
+        body_start = prefix.end() if prefix else 0
+        body = line[body_start:].rstrip()
+        if not body:
+            offset += len(line) + 1
+            continue
+        if offset + len(line) >= len(text.rstrip()):  # the last line: no block
+            return []
+        words = body.split()
+        if not 2 <= len(words) <= 4:
+            return []
+        named = False
+        for w in words:
+            bare = w.lower().rstrip(".,")
+            if _INITIAL.fullmatch(w) or re.fullmatch(r"[a-zß-ÿ]\.", w):
+                continue
+            if not (_capitalised(w) or body == body.lower()) or not _LETTERS.fullmatch(w.rstrip(".,")):
+                return []
+            if bare in not_names or bare in _ORG_ONLY:
+                return []
+            listed = bare in firsts or bare in lasts
+            if not listed and (bare in english or bare in EVERYDAY):
+                return []
+            named = named or listed or bare not in english
+        if not named:
+            return []
+        start = offset + body_start
+        return [(start, start + len(body))]
+    return []
+
+
+# What people do that products and places do not: "Asgeir lives on ...", "Polycarp is from ...", "Bonnet began writing".
+_HUMAN_VERB = re.compile(
+    r"[ \t]+(?:lives|lived|living|grew\s+up|was\s+born|is\s+from|was\s+from|comes\s+from|came\s+from|shouted|whispered|"
+    r"smiled|laughed|cried|married|divorced|said|says|told|asked|replied|answered|thanked|apologi[sz]ed|texted|"
+    r"emailed|called\s+me|had\s+given|gave\s+me|spent\s+a|began\s+writing|studied|is\s+very\s+reliable|"
+    r"is\s+a\s+very|is\s+so|will\s+be\s+(?:talking|speaking|presenting)|listed\s+(?:his|her)|and\s+(?:his|her)\s+)\b")
+
+
+def subject_spans(text: str, doc: Any, english: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
+    """A capitalised word that is no English word and no listed everyday word, starting a sentence, before a verb
+    only people do ("Asgeir lives on ...", "Polycarp is from ...")."""
+    not_names = _not_names()
+    spans = []
+    for tok in doc:
+        w = tok.text
+        if not _capitalised(w) or w.lower() in english or w.lower() in not_names or w.lower() in EVERYDAY:
+            continue
+        if not _at_sentence_start(text, tok.idx):
+            continue
+        end = tok.idx + len(w)
+        # A second name word: "Ezinet Umkhayev will be talking".
+        nxt = re.match(r"[ \t]+([^\W\d_][^\W\d_'’-]*)", text[end:])
+        if nxt and _capitalised(nxt.group(1)) and nxt.group(1).lower() not in english:
+            end += nxt.end()
+        if _HUMAN_VERB.match(text, end):
+            spans.append((tok.idx, end))
+    return spans

@@ -640,6 +640,13 @@ _PERSON_CONTEXT_RE = re.compile(
         rf"emailed|messaged|according\s+to)(?:[ \t]+(?:at|to))?)[ \t]+(?P<v>{_NAME_SEQ})",
         # What's your last name? Nielsen / What's the name on the account? User: Mohsin Wilmsen
         rf"(?i:\bname\b[^\n?]{{0,40}}\?)[ \t]*(?:[A-Za-z]+:[ \t]*)?(?P<q>{_NAME_SEQ})(?=[ \t]*(?:$|[\n.!,]))",
+        # producer Jane Doe / starring Weekers / directed by Jane Doe / ex-Zombie Kastner / a tribute to Jane Doe
+        rf"(?i:\b(?:producer|songwriter|singer|player|commenter|director|actor|actress|author|writer|novelist|poet|"
+        rf"artist|drummer|guitarist|bassist|rapper|comedian|journalist|reporter|senator|coach|starring|featuring|"
+        rf"(?:directed|written|sung|performed|produced)\s+by|(?:named|called)\s+(?:him|her|me)|tribute\s+to|"
+        rf"ex-[a-z]+))[ \t]*:?[ \t]+(?P<j>{_NAME_SEQ})",
+        # mr. andresen / ms. woźniak (lower case)
+        rf"(?<![\w.])(?:mr|mrs|ms|dr|prof)\.?[ \t]+(?P<l>[{_LO}][{_LO}'’-]+)(?![\w])",
         # Jane Doe from accounting / Marc from your team
         rf"(?P<x>{_NAME_SEQ})[ \t]+from[ \t]+(?:the[ \t]+|your[ \t]+|our[ \t]+)?(?:[a-z]+[ \t]+)?(?:team|department|dept|accounting|support|sales|billing|finance|HR|IT|legal|marketing|engineering|office|customer\s+service)\b",
     ]),

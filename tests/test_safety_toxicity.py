@@ -240,9 +240,12 @@ def test_the_offline_model_reports_detoxifys_six_labels_and_says_who_judged(offl
     assert tuple(f.label for f in findings) == DETOXIFY_ORIGINAL_LABELS
     for f in findings:
         assert f.detector == "tox-block"
-        assert f.detector_version.startswith("tox-block-0.1.2 (offline model")
+        # tox-block's network with the toxicity head trained on public data (engine/safety/toxicity_head.py).
+        assert f.detector_version.startswith("tox-block-0.1.2+head-1.")
+        assert f.detector_version.endswith("(offline model: Detoxify unavailable)")
         assert 0.0 <= f.score <= 1.0 and (f.start, f.end) == (0, len(text))
-    assert offline_scanner.kind == "offline" and offline_scanner.display_name == "offline model tox-block 0.1.2"
+    assert offline_scanner.kind == "offline"
+    assert offline_scanner.display_name == "offline model tox-block 0.1.2 with its toxicity head"
 
 
 def _scores(scanner, text):
@@ -316,7 +319,10 @@ def test_the_offline_model_is_safe_from_eight_threads(offline_scanner):
 def test_the_offline_model_scores_empty_unknown_and_huge_texts(offline_scanner):
     assert offline_scanner.scan("   ") == ()
     unknown = offline_scanner.scan("qzxv wqpt zzkk")  # no word it knows: scored as padding alone
-    assert [f.label for f in unknown] == list(DETOXIFY_ORIGINAL_LABELS) and max(f.score for f in unknown) < 0.1
+    assert [f.label for f in unknown] == list(DETOXIFY_ORIGINAL_LABELS)
+    # The network's labels see padding alone; the head's toxicity sees its bias and three unseen words.
+    assert max(f.score for f in unknown if f.label != "toxicity") < 0.1
+    assert max(f.score for f in unknown if f.label == "toxicity") < 0.2
     huge = offline_scanner.scan("hello world thank you. " * 2000)
     assert len(huge) == 6 and all(f.score < 0.2 for f in huge)
 
@@ -539,7 +545,7 @@ def test_toxicity_report_gives_roc_auc_per_label_and_the_detector(offline_scanne
     assert aucs["toxicity"] >= 0.9 and aucs["insult"] >= 0.85 and aucs["identity_attack"] >= 0.8
     assert aucs["threat"] >= 0.8
     on_test = report["default_policy_on_test"]
-    assert on_test["toxicity"]["threshold"] == 0.56 and on_test["toxicity"]["benign_flagged"] <= 0.05
+    assert on_test["toxicity"]["threshold"] == 0.5 and on_test["toxicity"]["benign_flagged"] <= 0.05
     assert report["ms_per_100_words"] > 0
     json.dumps(report)  # ready for --json
 

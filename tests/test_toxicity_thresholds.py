@@ -10,6 +10,7 @@ import pytest
 from console import cli
 from engine.demo.corpus import build_corpus
 from engine.safety.evaluation_toxicity import (
+    DAVIDSON_PATH,
     ORDINARY_MAX_FLAGGED,
     choose_ordinary_thresholds,
     ordinary_report,
@@ -110,10 +111,23 @@ def test_the_report_measures_the_default_policy_on_ordinary_prompts(offline_scan
     for split in ("tune", "report"):
         assert at_policy["ordinary_prompts"][split]["hand-written"] <= ORDINARY_MAX_FLAGGED
     assert at_policy["ordinary_prompts_report_by_source"]["system_prompts"] == 0
-    assert at_policy["toxicity_eval_test"]["recall"] > 0.55
+    assert at_policy["toxicity_eval_test"]["recall"] > 0.75
+    # Without Davidson's tweets nothing stops the thresholds going down but the budget of ordinary prompts.
+    assert report["texts"]["davidson"] is None
+    for group, share in report["at_chosen"]["ordinary_prompts"]["tune"].items():
+        assert share <= ORDINARY_MAX_FLAGGED, group
+    json.dumps(report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DAVIDSON_PATH.is_file(), reason="Davidson's tweets are read from ../shared/data when present")
+def test_the_shipped_thresholds_are_what_the_command_chooses_with_davidsons_tune_half(offline_scanner):
+    report = ordinary_report(offline_scanner, dialogues=400)
+    assert report["texts"]["davidson"]["tune"] > 12000 and report["texts"]["davidson"]["report"] > 12000
     # Chosen again from the shipped thresholds, nothing moves: they are what the command picks.
     assert report["chosen"]["prompt"] == report["policy_thresholds"]["prompt"]
-    json.dumps(report)
+    # Reported on Davidson's report half only: hate or offensive caught.
+    assert report["at_policy"]["davidson"]["recall"] > 0.9
 
 
 def test_eval_thresholds_prints_the_thresholds_and_the_flag_rate_of_ordinary_prompts(tmp_path, monkeypatch, capsys):
@@ -122,3 +136,16 @@ def test_eval_thresholds_prints_the_thresholds_and_the_flag_rate_of_ordinary_pro
     out = capsys.readouterr().out
     assert "chosen" in out and "ordinary prompts, report, hand-written" in out
     assert "toxicity_eval_test: toxic (recall)" in out
+
+
+def test_with_labelled_others_a_threshold_goes_down_only_while_it_catches_more_than_it_wrongly_flags():
+    ordinary = [_s(toxicity=0.01)] * 100  # no ordinary text limits the thresholds here
+    toxic = [_s(toxicity=0.8)] * 10 + [_s(toxicity=0.5)] * 5 + [_s(toxicity=0.3)] * 2
+    others = [_s(toxicity=0.1)] * 50 + [_s(toxicity=0.45)] * 2 + [_s(toxicity=0.25)] * 6
+    start = {"toxicity": 0.9}
+    without = choose_ordinary_thresholds({"all": ordinary}, toxic, start, max_flagged=0.01)
+    assert without["toxicity"] <= 0.3  # the budget alone lets it go down to the last toxic text
+    chosen = choose_ordinary_thresholds({"all": ordinary}, toxic, start, max_flagged=0.01, others=others)
+    # 0.8 and then 0.5 catch toxic texts and flag no other; the next step that catches any (0.3, two toxic texts)
+    # also flags the two others at 0.45: not worth it.
+    assert 0.45 < chosen["toxicity"] <= 0.5

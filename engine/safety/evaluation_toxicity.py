@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from engine.safety.base import Finding
 from engine.safety.toxicity import (
     DETECTOR_FALLBACK,
@@ -453,6 +456,7 @@ def choose_ordinary_thresholds(
     *,
     fixed: Mapping[str, float] | None = None,
     max_flagged: float = ORDINARY_MAX_FLAGGED,
+    others: Sequence[Mapping[str, float]] | None = None,
 ) -> dict[str, float]:
     """Flag thresholds (moved from ``start``) that flag at most ``max_flagged`` of each group of ``ordinary`` texts
     and as many ``toxic`` texts as they can; a text counts once, whichever label caught it.
@@ -462,15 +466,32 @@ def choose_ordinary_thresholds(
     texts of the groups over budget; then, while
     every group stays within budget, lower the label whose step gains the most toxic texts per ordinary text added
     (the groups' shares averaged). Each group must hold: a small hand-written group may not hide behind a large
-    templated one.
+    templated one. With ``others`` (labelled texts that are not toxic, such as Davidson's "neither" tweets), a step
+    down is taken only when it catches more ``toxic`` texts than it flags ``others``: below that point the flags
+    are more often wrong than right, whatever the budget of ordinary prompts still allows.
     """
     thresholds = dict(start)
     fixed = dict(fixed or {})
     labels = list(thresholds)
-    groups = [g for g in ordinary.values() if g]
+    names = list(dict.fromkeys([*labels, *fixed]))
+    moving = np.array([name in thresholds for name in names])
 
-    def rate(texts: Sequence[Mapping[str, float]], th: Mapping[str, float]) -> float:
-        return sum(_acted(texts, {**fixed, **th})) / max(1, len(texts))
+    def matrix(texts: Sequence[Mapping[str, float]]) -> npt.NDArray[np.float64]:
+        return np.array([[s.get(name, 0.0) for name in names] for s in texts], dtype=np.float64).reshape(-1, len(names))
+
+    groups = [matrix(g) for g in ordinary.values() if g]
+    toxic_m = matrix(toxic)
+    others_m = matrix(others) if others is not None else None
+
+    def vector(th: Mapping[str, float]) -> npt.NDArray[np.float64]:
+        merged = {**fixed, **th}
+        return np.array([merged[name] for name in names], dtype=np.float64)
+
+    def count(m: npt.NDArray[np.float64], th: Mapping[str, float]) -> int:
+        return int((m >= vector(th)).any(axis=1).sum())
+
+    def rate(m: npt.NDArray[np.float64], th: Mapping[str, float]) -> float:
+        return count(m, th) / max(1, len(m))
 
     def excess(th: Mapping[str, float]) -> float:
         return sum(max(0.0, rate(g, th) - max_flagged) for g in groups)
@@ -478,13 +499,14 @@ def choose_ordinary_thresholds(
     def mean_rate(th: Mapping[str, float]) -> float:
         return sum(rate(g, th) for g in groups) / max(1, len(groups))
 
-    def hits(th: Mapping[str, float], over: Sequence[Sequence[Mapping[str, float]]]) -> int:
+    def hits(th: Mapping[str, float], over: Sequence[npt.NDArray[np.float64]]) -> int:
         # Label hits on the ordinary texts of the groups over budget: a text flagged by two labels needs both
         # raised, and each raise counts as progress.
-        return sum(s.get(label, 0.0) >= t for g in over for s in g for label, t in th.items())
+        v = vector(th)
+        return sum(int((g[:, moving] >= v[moving]).sum()) for g in over)
 
     while excess(thresholds) > 0:
-        recall = rate(toxic, thresholds)
+        recall = rate(toxic_m, thresholds)
         over = [g for g in groups if rate(g, thresholds) > max_flagged]
         now = hits(thresholds, over)
         best: tuple[float, float, dict[str, float]] | None = None
@@ -493,7 +515,7 @@ def choose_ordinary_thresholds(
                 candidate = {**thresholds, label: value}
                 removed = now - hits(candidate, over)
                 if removed > 0:
-                    key = ((recall - rate(toxic, candidate)) / removed, -float(removed))
+                    key = ((recall - rate(toxic_m, candidate)) / removed, -float(removed))
                     if best is None or key < best[:2]:
                         best = (*key, candidate)
                     break
@@ -501,17 +523,20 @@ def choose_ordinary_thresholds(
             break
         thresholds = best[2]
     while True:
-        fp, recall = mean_rate(thresholds), rate(toxic, thresholds)
+        fp, caught = mean_rate(thresholds), count(toxic_m, thresholds)
+        flagged_others = count(others_m, thresholds) if others_m is not None else 0
         gain_best: tuple[float, float, dict[str, float]] | None = None
         for label in labels:
             for value in (v for v in reversed(_ORDINARY_GRID) if v < thresholds[label]):
                 candidate = {**thresholds, label: value}
                 if excess(candidate) > 0:
                     break
-                gained = rate(toxic, candidate) - recall
+                gained = count(toxic_m, candidate) - caught
                 if gained > 0:
+                    if others_m is not None and count(others_m, candidate) - flagged_others >= gained:
+                        break
                     added = mean_rate(candidate) - fp
-                    key = (gained / added if added > 0 else float("inf"), gained)
+                    key = (gained / added if added > 0 else float("inf"), float(gained))
                     if gain_best is None or key > gain_best[:2]:
                         gain_best = (*key, candidate)
                     break
@@ -581,9 +606,10 @@ def ordinary_report(
 
     Scans :func:`ordinary_traffic`, the labelled set (``toxicity_eval.jsonl``) and, when the file is there,
     Davidson's tweets; reports, at the policy's thresholds for this detector (``policy_path``, default the shipped
-    policy) and at thresholds chosen by :func:`choose_ordinary_thresholds` (tuned on the corpus turns of the
-    ``tune`` split and the labelled set's tune half, prompt flag rules only; blocks stay), the share of ordinary
-    prompts flagged or blocked per split and source, of ordinary outputs per source, and the recall on toxic texts.
+    policy) and at thresholds chosen by :func:`choose_ordinary_thresholds` (tuned on the ordinary prompts of the
+    ``tune`` split, the labelled set's tune half and Davidson's tune half, prompt flag rules only; blocks stay), the
+    share of ordinary prompts flagged or blocked per split and source, of ordinary outputs per source, and the recall
+    on toxic texts (Davidson's: its report half).
     """
     from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
 
@@ -605,11 +631,17 @@ def ordinary_report(
         for split in SPLITS
     }
     davidson = None
+    davidson_tune: list[tuple[Mapping[str, float], bool]] = []
     if davidson_path is not None and Path(davidson_path).is_file():
         tweets = load_davidson(davidson_path)
         say(f"scanning {len(tweets)} tweets of {Path(davidson_path).name}")
-        toxic_sets["davidson"] = ([_found(scanner.scan(text)) for text, _ in tweets], [t for _, t in tweets])
-        davidson = {"path": str(davidson_path), "texts": len(tweets), "toxic": sum(t for _, t in tweets)}
+        scored = [(_found(scanner.scan(text)), toxic, _hash_split(text)) for text, toxic in tweets]
+        # The tune half helps choose the thresholds; the report half is what the recall is reported on.
+        davidson_tune = [(s, toxic) for s, toxic, split in scored if split == "tune"]
+        report_half = [(s, toxic) for s, toxic, split in scored if split == "report"]
+        toxic_sets["davidson"] = ([s for s, _ in report_half], [t for _, t in report_half])
+        davidson = {"path": str(davidson_path), "texts": len(tweets), "toxic": sum(t for _, t in tweets),
+                    "tune": len(davidson_tune), "report": len(report_half)}
     prompt = acting_thresholds(policy, scanner.kind, "prompt")
     output = acting_thresholds(policy, scanner.kind, "output")
     prompt_th = {label: t for label, (t, _) in prompt.items()}
@@ -620,8 +652,13 @@ def ordinary_report(
     for t, s in zip(traffic, traffic_scores, strict=True):
         if t.direction == "prompt" and t.split == "tune":
             tune.setdefault(t.group, []).append(s)
-    toxic_tune = [s for s, r in zip(eval_scores, rows, strict=True) if r.split == "tune" and r.labels]
-    chosen = choose_ordinary_thresholds(tune, toxic_tune, flags, fixed=blocks, max_flagged=max_flagged)
+    toxic_tune: list[Mapping[str, float]] = [
+        s for s, r in zip(eval_scores, rows, strict=True) if r.split == "tune" and r.labels
+    ]
+    toxic_tune += [s for s, toxic in davidson_tune if toxic]
+    others_tune = [s for s, toxic in davidson_tune if not toxic] if davidson_tune else None
+    chosen = choose_ordinary_thresholds(tune, toxic_tune, flags, fixed=blocks, max_flagged=max_flagged,
+                                        others=others_tune)
     return {
         "detector": scanner.kind,
         "version": scanner.version,
@@ -634,10 +671,11 @@ def ordinary_report(
             "outputs": sum(t.direction == "output" for t in traffic),
             "davidson": davidson,
         },
-        "tuned_on": "ordinary prompts of the tune split (by a hash of the text; at most max_flagged of each group) "
-                    "and toxicity_eval.jsonl's tune half (recall)",
+        "tuned_on": "ordinary prompts of the tune split (by a hash of the text; at most max_flagged of each group), "
+                    "toxicity_eval.jsonl's tune half (recall) and Davidson's tune half (recall; a threshold goes "
+                    "down only while it catches more hate/offensive tweets than it flags 'neither' ones)",
         "reported_on": "ordinary prompts of the report split, the outputs, toxicity_eval.jsonl's test half, "
-                       "Davidson's tweets",
+                       "Davidson's report half",
         "policy_thresholds": {"prompt": prompt_th, "output": output_th, "prompt_blocks": sorted(blocks)},
         "at_policy": _rates(prompt_th, output_th, traffic, traffic_scores, toxic_sets),
         "chosen": {"prompt": {**chosen, **blocks}},

@@ -5,7 +5,9 @@ Detoxify downloads its checkpoints from GitHub releases on first use. Offline, t
 timeout. When Detoxify cannot load it uses, in this order:
 
 1. ``OfflineToxicityScanner``: tox-block 0.1.2's Jigsaw-trained network (see ``engine.safety.offline_model``),
-   run in numpy, with Detoxify's six labels; set-up converts it into the virtual environment.
+   run in numpy, with Detoxify's six labels; set-up converts it into the virtual environment. Its ``toxicity``
+   label comes from a small head retrained on public labelled text (``engine.safety.toxicity_head``, shipped as
+   package data).
 2. ``ProfanityFallbackScanner``: alt-profanity-check, which only reports one label, ``profanity``.
 
 Both come with a notice to show on screen. Every scanner has a ``kind`` (``detoxify``, ``offline``,
@@ -42,6 +44,7 @@ from engine.safety.offline_model import TOXBLOCK_VERSION
 
 if TYPE_CHECKING:
     from engine.safety.offline_model import ToxBlockModel
+    from engine.safety.toxicity_head import ToxicityHead
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,9 @@ class ToxicityConfig:
     # set-up puts it (engine.safety.offline_model.default_model_dir()).
     allow_offline_model: bool = True
     offline_model_dir: Path | None = None
+    # The offline model's toxicity label from the head trained on public data (engine.safety.toxicity_head);
+    # False keeps tox-block's own toxicity output.
+    offline_head: bool = True
 
     def __post_init__(self) -> None:
         if self.checkpoint is None and self.model_type not in DETOXIFY_MODEL_TYPES:
@@ -235,6 +241,9 @@ class OfflineToxicityScanner:
     paragraph of ordinary text: in a trial on the evaluation set with each text put between five ordinary
     support sentences, ROC AUC for threat was 0.63 with 100-word windows and 0.83 by sentence. All of a text's windows
     go through the network in one batch: the cost is that of the longest sentence, not of the number of them.
+
+    With a ``head`` (the default from ``from_config``), each window's ``toxicity`` is the head's score from the
+    window's words and the network's six probabilities; the other labels are the network's.
     """
 
     name = "tox-block"
@@ -242,20 +251,27 @@ class OfflineToxicityScanner:
     one_finding_per_label = True  # a whole-text judgement per label (see engine.safety.incremental)
     labels: tuple[str, ...] = OFFLINE_LABELS
 
-    def __init__(self, model: ToxBlockModel) -> None:
+    def __init__(self, model: ToxBlockModel, head: ToxicityHead | None = None) -> None:
         self._model = model
-        self.version = f"{OFFLINE_MODEL_NAME} (offline model: Detoxify unavailable)"
-        self.display_name = f"offline model tox-block {TOXBLOCK_VERSION}"
+        self._head = head
+        if head is None:
+            self.version = f"{OFFLINE_MODEL_NAME} (offline model: Detoxify unavailable)"
+            self.display_name = f"offline model tox-block {TOXBLOCK_VERSION}"
+        else:
+            self.version = f"{OFFLINE_MODEL_NAME}+{head.version} (offline model: Detoxify unavailable)"
+            self.display_name = f"offline model tox-block {TOXBLOCK_VERSION} with its toxicity head"
 
     @classmethod
     def from_config(cls, config: ToxicityConfig) -> OfflineToxicityScanner:
-        """Load the converted model from ``config.offline_model_dir`` (or set-up's place); ScannerLoadError if absent."""
+        """Load the converted model from ``config.offline_model_dir`` (or set-up's place) and, unless
+        ``config.offline_head`` is off, the toxicity head shipped with the package; ScannerLoadError if absent."""
         from engine.safety.offline_model import OfflineModelError, ToxBlockModel, default_model_dir
+        from engine.safety.toxicity_head import HeadError, ToxicityHead
 
         model_dir = config.offline_model_dir or default_model_dir()
         try:
-            return cls(ToxBlockModel(model_dir))
-        except OfflineModelError as exc:
+            return cls(ToxBlockModel(model_dir), ToxicityHead() if config.offline_head else None)
+        except (OfflineModelError, HeadError) as exc:
             raise ScannerLoadError(str(exc)) from exc
 
     def scan(self, text: str) -> tuple[Finding, ...]:
@@ -286,6 +302,12 @@ class OfflineToxicityScanner:
             for i in range(0, len(sequences), OFFLINE_BATCH_SIZE)
             for row in self._model.predict_ids(sequences[i : i + OFFLINE_BATCH_SIZE]).tolist()
         ]
+        if self._head is not None and scores:
+            # The head rescores toxicity from each window's words and tox-block's six probabilities for it.
+            column = self.labels.index(self._head.label)
+            head = self._head.score([norm.text[a:b] for a, b in spans], scores)
+            for row, value in zip(scores, head.tolist(), strict=True):
+                row[column] = value
         findings = []
         for j, label in enumerate(self.labels):
             best = max(range(len(scores)), key=lambda i: scores[i][j])

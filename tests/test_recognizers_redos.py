@@ -98,3 +98,24 @@ def test_the_bounded_regexes_still_find_long_names():
     assert recognizers._STANDALONE_RE.search("Deliver to Santa Cruz de la Sierra, QLD 4000 soon")
     assert recognizers._STREET_RE.search("Rainer-Maria-Rilke-Straße 12")
     assert recognizers._STANDALONE_RE.search("We're in Stratford-upon-Avon, ON K1A 0B1 now")
+
+
+SCAN_SHAPES = ["all-caps-words", "title-case-words-with-commas", "capitalised-hyphen-chain", "digits-and-spaces",
+               "digits-in-parentheses", "house-number-lines", "street-words", "whole-addresses", "phone-numbers"]
+
+
+@pytest.fixture(scope="module")
+def scanner():
+    from engine.safety.pii import PresidioScanner
+
+    return PresidioScanner()
+
+
+@pytest.mark.parametrize("shape", SCAN_SHAPES)
+def test_a_whole_scan_of_adversarial_text_costs_little_beyond_spacy(scanner, shape):
+    # spaCy's own pass is linear and takes what the machine gives it; what our recognizers and Presidio's add on top
+    # must stay under a second (the quadratic _STANDALONE_RE added ~12 s, python-phonenumbers on digit runs ~9 s).
+    text = _repeat(SHAPES[shape])
+    nlp = scanner._analyzer.nlp_engine
+    spacy_seconds = _seconds(lambda t: nlp.process_text(t, "en"), text)
+    _assert_linear(scanner.scan, SHAPES[shape], budget=1.0 + 1.5 * spacy_seconds)

@@ -6,6 +6,7 @@ presidio-research's synthetic set and the Faker locales it was made with. Each f
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,10 @@ PHONES = [
     ("swiss-trunk-zero", "Desk: +41 (0)85 806 98 67", "+41 (0)85 806 98 67"),
     ("belgian-spaced", "let the manager call me at 0494 92 82 32", "0494 92 82 32"),
     ("registered-number", "send a message on my registered 024 971 50 30", "024 971 50 30"),
+    ("french-dotted-pairs", "Please have the manager call me at 03.91.12.17.13 today", "03.91.12.17.13"),
+    ("kind-written-after", "Thyrocare Ltd\n9380 6377 office\nnone fax", "9380 6377"),
+    ("kind-after-a-dash", "Estonia 29394\n738 3565-Office", "738 3565"),
+    ("one-digit-area-code", "How can we reach you? You can call (1) 941-2250", "(1) 941-2250"),
 ]
 
 
@@ -138,6 +143,12 @@ ADDRESSES = [
      "609 P.O. Box 186 Apt. 561, ALT-DIETMANNS, Austria"),
     ("corner-of-two-streets", "Send it to the corner of Alšova 408 and Vedzizhev Greens",
      "the corner of Alšova 408 and Vedzizhev Greens"),
+    ("lower-case-with-unit-and-place", "update my address to: 2613 avenida praia 1 suite 463, mohács, hungary 24743",
+     "2613 avenida praia 1 suite 463, mohács, hungary 24743"),
+    ("lower-case-after-a-cue", "pedestrians must enter on hegyalja út 98. st. the first three months",
+     "hegyalja út 98."),
+    ("lower-case-english-street-with-unit", "hubbard and fox\n3747 3911 fourth avenue suite 112 calgary alberta",
+     "3747 3911 fourth avenue suite 112 calgary alberta"),
 ]
 
 
@@ -156,9 +167,46 @@ ADDRESS_LOOKALIKES = [
     ("price-and-date", "It costs 12.99 EUR since 12 March 2024"),
     ("corner-without-a-number", "Put the box in the corner of the room and the hall"),
     ("version-line", "Release 5, Berlin edition, ships in June."),
+    ("lower-case-sale", "it is on sale for 3 days"),
+    ("lower-case-table", "we are at table 5 and the error is in line 42"),
+    ("lower-case-step", "i am at step 3 of 5, then page 2"),
 ]
 
 
 @pytest.mark.parametrize("text", [a[1] for a in ADDRESS_LOOKALIKES], ids=[a[0] for a in ADDRESS_LOOKALIKES])
 def test_address_lookalikes_are_no_address(pii, text):
     assert spans(pii, text, "ADDRESS") == []
+
+
+# --- the public dev file -----------------------------------------------------------------------------------------
+
+PRESIDIO_SYNTH_DEV_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "pii_dev_presidio_synth.json"
+MY_KINDS = ("STREET_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD")
+
+
+@pytest.mark.skipif(not PRESIDIO_SYNTH_DEV_PATH.exists(), reason="the public dev file is not at ../shared/data")
+def test_addresses_phones_and_cards_of_the_public_dev_file_are_not_stored(pii):
+    """A fixed slice: the first 100 texts of the ``tune`` half holding an address, a phone or a card number, stored
+    as the chat service stores them (before issue 20: addresses 0.40, phones 0.65, cards 0.87 found on that half)."""
+    from engine.safety.evaluation import stored_text
+    from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
+    from engine.safety.public_eval import load_presidio_synth, split_of
+
+    policy = Policy.load(DEFAULT_POLICY_PATH)
+    samples = [s for s in load_presidio_synth(PRESIDIO_SYNTH_DEV_PATH)
+               if split_of(s.text) == "tune" and any(g.kind in MY_KINDS for g in s.spans)][:100]
+    gold = found = 0
+    whole_in_store = []
+    for sample in samples:
+        stored, cuts = stored_text(policy, sample.text, pii.scan(sample.text))
+        for g in sample.spans:
+            if g.kind not in MY_KINDS:
+                continue
+            gold += 1
+            found += any(c.start < g.end and g.start < c.end for c in cuts)
+            value = sample.text[g.start:g.end]
+            if len(value) >= 6 and value in stored:
+                whole_in_store.append(value)
+    assert gold >= 100
+    assert found / gold >= 0.90
+    assert whole_in_store == []

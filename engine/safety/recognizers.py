@@ -726,6 +726,9 @@ class ContextPersonRecognizer(LocalRecognizer):
                 start, end = _strip_not_names(text, m.start(group), m.end(group))
             if end <= start or _has_org_word(text[start:end]) or _common_lower_case_words(text[start:end]):
                 continue
+            # "... here" is a weak cue: "we moved here", "raising families here".
+            if group == "s" and text[start:end].islower() and _english_lower_case(text, start, end, nlp_artifacts):
+                continue
             results.append(RecognizerResult(
                 "PERSON", start, end, self.SCORE,
                 recognition_metadata=_metadata(self)))
@@ -749,6 +752,18 @@ ORG_WORDS = _load_words("not_name_words.txt")
 
 def _has_org_word(candidate: str) -> bool:
     return any(w.lower().strip(".,()") in ORG_WORDS for w in candidate.split())
+
+
+def _english_lower_case(text: str, start: int, end: int, nlp_artifacts: NlpArtifacts | None) -> bool:
+    """A lower-case candidate with an English word in it ("we moved here", "raising families here") is no name."""
+    from engine.safety.names import english_words_of
+
+    english = english_words_of(nlp_artifacts)
+    doc = nlp_artifacts.tokens if nlp_artifacts is not None else None
+    span = doc.char_span(start, end, alignment_mode="expand") if doc is not None else None
+    if span is None:
+        return any(w in english for w in text[start:end].split())
+    return any(t.text in english or t.lemma_.lower() in english or t.is_stop for t in span if t.is_alpha)
 
 
 def _common_lower_case_words(candidate: str) -> bool:

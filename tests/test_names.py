@@ -100,6 +100,8 @@ KEPT = [
     "It serves great Danish food.",
     "I work for Ellis-Ingram.",
     "The invoice came from Johnson Inc. last week.",
+    "For my take on it, see Guilty Pleasures: 5 Musicians Of The 70s You're Supposed To Hate",
+    "When: Friday 9 am\nWhere: Harbour Country Club",
 ]
 
 

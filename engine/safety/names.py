@@ -42,7 +42,8 @@ _NOT_NAME_TAGS = frozenset({"MD", "VB", "VBD", "VBP", "VBZ", "IN", "DT", "PRP", 
 # Roles that head a chat transcript's lines and are no names.
 _ROLES = frozenset("""bot user agent customer client assistant system operator support me you q a question answer
     note notes subject re fw fwd to from cc bcc date time sent error warning info update status summary step
-    example tip hint todo fixme reply response request result output input total price name""".split())
+    example tip hint todo fixme reply response request result output input total price name when where what who
+    why how which venue location place rsvp agenda topic title host guest""".split())
 
 
 @functools.cache
@@ -88,6 +89,7 @@ EVERYDAY = _load_words("everyday_name_words.txt")
 @functools.cache
 def _english_words(nlp: Any) -> frozenset[str]:
     """Every word of spaCy's English lemmatizer tables (WordNet's nouns, verbs, adjectives, adverbs)."""
+    global _last_english
     try:
         index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
     except (KeyError, ValueError, AttributeError):
@@ -95,7 +97,12 @@ def _english_words(nlp: Any) -> frozenset[str]:
     words: set[str] = set()
     for pos in index.keys():
         words.update(index[pos])
-    return frozenset(words)
+    _last_english = frozenset(words)
+    return _last_english
+
+
+# The English words of the pipeline seen last, for the pass over all results (it gets no spaCy pipeline).
+_last_english: frozenset[str] = frozenset()
 
 
 class GazetteerPersonRecognizer(LocalRecognizer):
@@ -360,6 +367,8 @@ def speaker_spans(text: str, english: frozenset[str] = frozenset()) -> list[tupl
             continue
         if not name[0].isupper() and not (lower and not any(w in english or w in EVERYDAY for w in words)):
             continue
+        if not all(w in firsts or w in lasts or w not in english for w in words):
+            continue
         found.append((m.start("name"), m.end("name"), all(w in firsts or w in lasts for w in words)
                       and not any(w in EVERYDAY for w in words)))
     if len(found) >= 2:
@@ -395,9 +404,13 @@ def coordinated_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int
             candidates.append((base + before.start("n"), base + before.end("n")))
         if after and ("," not in after.group()[:after.start("n")] or before):
             candidates.append((end + after.start("n"), end + after.end("n")))
+        firsts, lasts = faker_name_words()
         for s, e in candidates:
             words = [w.lower().strip(".") for w in text[s:e].split()]
             if any(w in not_names or w in _PLACE_STOP or w in _ORG_ONLY or w[:2] in ("i'", "i’") for w in words):
+                continue
+            # "Wisdom and Discipline": a listed name or a word that is no English word, not an English noun.
+            if not all(w in firsts or w in lasts or w not in _last_english for w in words):
                 continue
             if any(a < e and s < b for a, b in known + new):
                 continue

@@ -931,10 +931,29 @@ class FilteredSpacyRecognizer(SpacyRecognizer):
                 newline = text.find("\n", r.start, r.end)
                 if newline > r.start and text[r.start:newline].strip():
                     r.end = newline
-                if not _looks_like_name(text, r.start, r.end, doc):
+                if not _looks_like_name(text, r.start, r.end, doc) or (
+                        r.entity_type == "PERSON" and _english_title(text, r.start, r.end, nlp_artifacts)):
                     continue
             kept.append(r)
         return kept
+
+
+def _english_title(text: str, start: int, end: int, nlp_artifacts: NlpArtifacts) -> bool:
+    """Two or more words, each an English word and none a listed first name: a title ("Guilty Pleasures",
+    "Cautionary Tales"), not a person; one name word in it ("Will Smith", "Rose Bunce") keeps it."""
+    from engine.safety.names import english_words_of, faker_name_words
+
+    words = text[start:end].split()
+    if len(words) < 2:
+        return False
+    english = english_words_of(nlp_artifacts)
+    firsts, _ = faker_name_words()
+    span = nlp_artifacts.tokens.char_span(start, end, alignment_mode="expand")
+    tokens = [t for t in span if t.is_alpha] if span is not None else []
+    def is_english(w: str, lemma: str) -> bool:  # a proper noun keeps its plural as its lemma: "Pleasures"
+        return w in english or lemma in english or (w.endswith("s") and (w[:-1] in english or w[:-2] in english))
+
+    return bool(tokens) and all(is_english(t.lower_, t.lemma_.lower()) and t.lower_ not in firsts for t in tokens)
 
 
 def _looks_like_name(text: str, start: int, end: int, doc: Any) -> bool:

@@ -99,6 +99,7 @@ PHONE_LOOKALIKES = [
     ("order-number-groups", "order number 2291 5531 was refunded"),
     ("short-groups-without-phone-word", "Room 12 34 56 is booked"),
     ("ip-address", "The server at 192.168.10.20 is down"),
+    ("time-stamp-seconds", "When: 1999-05-06 08:46:30.035623\nWhere: the club"),
 ]
 
 
@@ -147,6 +148,15 @@ ADDRESSES = [
      "2613 avenida praia 1 suite 463, mohács, hungary 24743"),
     ("lower-case-after-a-cue", "pedestrians must enter on hegyalja út 98. st. the first three months",
      "hegyalja út 98."),
+    ("other-line-prefixes", "}} Foo Inc.\n}} 9378 Rengaskuja 57\n}} Suite 319\n}} Fließem\n}} Germany 44943",
+     "9378 Rengaskuja 57\n}} Suite 319\n}} Fließem\n}} Germany 44943"),
+    ("city-then-country-without-comma", "I'll meet you at 810 Landsberger Allee 2 Suite 201 München Germany after it.",
+     "810 Landsberger Allee 2 Suite 201 München Germany"),
+    ("lower-case-street-words-inside", "351 Fogd Drejers gate 93 Suite 229, TØNSBERG, Norway 60948",
+     "351 Fogd Drejers gate 93 Suite 229, TØNSBERG, Norway 60948"),
+    ("greek", "Send it to 736 Καστελλόκαμπος 43 Suite 124 ΣΤΡΟΒΟΛΟΣ Λευκωσία", "736 Καστελλόκαμπος 43 Suite 124 ΣΤΡΟΒΟΛΟΣ Λευκωσία"),
+    ("street-line-before-an-english-street", "R Luís Camões 81 Berg Junctions\n Suite 284\n Mogadouro\n Portugal 67558",
+     "R Luís Camões 81 Berg Junctions\n Suite 284\n Mogadouro\n Portugal 67558"),
     ("lower-case-english-street-with-unit", "hubbard and fox\n3747 3911 fourth avenue suite 112 calgary alberta",
      "3747 3911 fourth avenue suite 112 calgary alberta"),
 ]
@@ -170,6 +180,7 @@ ADDRESS_LOOKALIKES = [
     ("lower-case-sale", "it is on sale for 3 days"),
     ("lower-case-table", "we are at table 5 and the error is in line 42"),
     ("lower-case-step", "i am at step 3 of 5, then page 2"),
+    ("english-words-before-a-number-after-a-cue", "We moved Meeting notes to 12 and Release notes are in 12"),
 ]
 
 

@@ -44,7 +44,11 @@ _LO = "a-zß-öø-ÿ"
 _LETTER = "A-Za-zÀ-ÖØ-öø-ÿĀ-ž"
 # A capitalised word: "Baker", "O'Neil", "Groß-Gerau", "St." (the dot is allowed inside and at the end).
 # Atomic, with at most three hyphenated parts: a run of capitalised words is read once, never re-split (linear time).
-_CAP = rf"(?>[{_UP}][{_LETTER}]*(?:['’][{_LETTER}]+){{0,2}}(?:-[{_UP}{_LO}][{_LETTER}]*(?:['’][{_LETTER}]+)?){{0,3}})"
+# Greek and Cyrillic too, for street and place names ("Λ. Αλκυονίδων 241", "ΛΕΥΚΩΣΙΑ").
+_UP_X = f"{_UP}Α-ΩΆΈΉΊΌΎΏА-ЯЁ"
+_LO_X = f"{_LO}α-ωάέήίόύώϊϋΐΰςа-яё"
+_LETTER_X = f"{_LETTER}Α-Ωα-ωΆΈΉΊΌΎΏάέήίόύώϊϋΐΰςА-Яа-яЁё"
+_CAP = rf"(?>[{_UP_X}][{_LETTER_X}]*(?:['’][{_LETTER_X}]+){{0,2}}(?:-[{_UP_X}{_LO_X}][{_LETTER_X}]*(?:['’][{_LETTER_X}]+)?){{0,3}})"
 # A name word: capital then lower-case ("Jo", "O'Neil", "McDonald", "Jean-Luc").
 _NAME_WORD = rf"(?:[{_UP}][{_LO}]*[{_UP}]?[{_LO}'’]+(?:-[{_UP}][{_LO}'’]+)?)"
 _HOUSE = r"\d{1,5}[A-Za-z]?(?:[ \t]?[-/][ \t]?\d{1,5}[A-Za-z]?)?"
@@ -103,16 +107,19 @@ _AU_STATES = "NSW|VIC|QLD|WA|SA|TAS|ACT|NT|Vic|Qld|Tas"
 _UK_POSTCODE = r"(?:GIR\s?0AA|[A-Z]{1,2}\d[A-Z\d]?\s?\d[ABD-HJLNP-UW-Z]{2})"
 _CA_POSTCODE = r"(?:[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z]\s?\d[ABCEGHJ-NPRSTV-Z]\d)"
 _US_ZIP = r"(?:\d{5}(?:-\d{4})?)"
-_CITY_WORD = rf"(?>[{_UP}](?:[{_LETTER}]+(?:['’][{_LETTER}]+){{0,2}}|['’][{_LETTER}]+)(?:-[{_UP}{_LO}][{_LETTER}]*(?:['’][{_LETTER}]+)?){{0,3}})"  # two letters at least: "T 0812..." is no city
+_CITY_WORD = rf"(?>[{_UP_X}](?:[{_LETTER_X}]+(?:['’][{_LETTER_X}]+){{0,2}}|['’][{_LETTER_X}]+)(?:-[{_UP_X}{_LO_X}][{_LETTER_X}]*(?:['’][{_LETTER_X}]+)?){{0,3}})"  # two letters at least: "T 0812..." is no city
 # At most six words: an unbounded lazy run here made every scan of capitalised text quadratic (issue 20).
 _CITY = rf"(?:{_CITY_WORD}(?:[ -](?:{_CITY_WORD}|{_PARTICLE}|(?:upon|on|sur|sous|en|im|in|of|bei)(?![\w'’]))){{0,4}}?(?:[ -]{_CITY_WORD})?(?![\w'’]))"
 _COUNTRIES = (
     "United States(?: of America)?|USA|U\\.S\\.A\\.|US|United Kingdom|UK|U\\.K\\.|Great Britain|England|Scotland|"
     "Wales|Northern Ireland|Ireland|Germany|Deutschland|France|India|Canada|Israel|Brazil|Brasil|Italy|Italia|Spain|"
-    "España|Netherlands|The Netherlands|Nederland|Holland|Australia|Austria|Switzerland|Belgium|Portugal|Mexico"
+    "España|Netherlands|The Netherlands|Nederland|Holland|Australia|Austria|Switzerland|Belgium|Portugal|Mexico|"
+    "Sweden|Norway|Denmark|Finland|Iceland|Estonia|Latvia|Lithuania|Poland|Czech Republic|Czechia|Slovakia|Slovenia|"
+    "Croatia|Hungary|Romania|Bulgaria|Greece|Cyprus|Turkey|Tunisia|Morocco|South Africa|New Zealand|Greenland|"
+    "Greenlander|Japan|China|Russia|Ukraine|Luxembourg|Monaco|Malta|Argentina|Chile|Colombia|Peru|Singapore"
 )
-# A line break may carry a quote mark or a bullet ("> ", "• ", "??? " where a bullet lost its encoding).
-_NL = r"[ \t]*\n[ \t]*(?:(?:>|\?{3}|[•·*])[ \t]*)?"
+# A line break may carry a quote mark or a bullet ("> ", "• ", "}} ", "??? " where a bullet lost its encoding).
+_NL = r"[ \t]*\n[ \t]*(?:[^\w\s,;]{1,3}[ \t]*)?"
 _SEP = rf"(?:[ \t]*(?:{_NL})?[,;][ \t]*(?:{_NL})?|{_NL}|[ \t]+[-–][ \t]+|[ \t]+)"
 
 # Street lines, each anchored on a house number and a street type.
@@ -144,7 +151,7 @@ _STREET_RE = re.compile("|".join(f"(?:{p})" for p in _STREET_LINES))
 # What may follow a street line (after a comma, a newline or a space), consumed one piece at a time.
 _LOCALITY_PARTS = [
     rf"{_UNIT}",
-    rf"{_CITY},?\s+(?:{_US_STATES}|{_CA_PROVINCES})\.?,?\s+(?:{_US_ZIP}|{_CA_POSTCODE})(?![\w])",
+    rf"{_CITY},?\s+(?:{_US_STATES}|{_CA_PROVINCES}|nan)\.?,?\s+(?:{_US_ZIP}|{_CA_POSTCODE})(?![\w])",
     rf"{_CITY},?\s+(?:{_AU_STATES}),?\s+\d{{4}}(?![\w])",
     rf"(?:\d{{5}}-\d{{3}}|\d{{4}}\s?[A-Z]{{2}}|\d{{4,5}})\s+(?:{_PARTICLE}[ \t]+)?{_CITY}(?:\s*\([A-Z]{{2}}\))?(?:\s*[-–/]\s*[A-Z]{{2}}(?![\w]))?",
     rf"{_CITY},?\s*(?:[-–]\s*)?(?:{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{7}}|\d{{6}}|\d{{3}}\s\d{{3}}|{_US_ZIP}|\d{{4}})(?![\w])",
@@ -152,7 +159,8 @@ _LOCALITY_PARTS = [
     rf"(?:{_COUNTRIES})(?![\w])",
     # A bare city: only when a postcode or a country follows, or it ends the line or the sentence.
     rf"{_CITY}(?=\s*(?:[,\n]\s*(?:{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{4,7}}(?![\w])|{_COUNTRIES}"
-    rf"|{_CITY_WORD}(?:[ \t]{_CITY_WORD})?(?:[ \t]+\d{{4,6}})?[ \t]*(?:[.,;:)!?\n]|$))|[.;:)!?\n]|\s*$|[ \t]+nan(?![\w])))",
+    rf"|{_CITY_WORD}(?:[ \t]{_CITY_WORD})?(?:[ \t]+\d{{4,6}})?[ \t]*(?:[.,;:)!?\n]|$))|[.;:)!?\n]|\s*$|[ \t]+nan(?![\w])"
+    rf"|[ \t]+(?:{_COUNTRIES})(?![\w])))",
     # A region code or number alone on its line (", GU", ", 13"), a postcode alone, Faker's empty field "nan".
     r"(?:[A-Z]{1,3}|\d{1,3}|nan)(?=[ \t]*(?:\n|$))",
     r"\d{4,6}(?![\w]|[.,:/-]\d)",
@@ -195,9 +203,15 @@ _MAIL_ADDRESS_RE = re.compile(
 # A street name and then its number, as most of Europe writes it: "Nybyvägen 65", "Rue de Virton 38", "Paseo del
 # Atlántico 81", "Belgrád rkp. 18.", "ul. Cicha 86", "Avenue d'Ouchy 109"; a building number may come first.
 # Taken only with more evidence (see StreetAddressRecognizer.analyze): "Windows 11" or "Room 12" alone is no address.
+_EN_FUNCTION_WORD = (r"(?:to|in|on|at|of|for|and|or|the|is|are|was|were|be|by|with|from|into|than|then|an|as|it|"
+                     r"its|this|that|these|those|has|have|had|will|can|my|your|our|their|his|her|we|you|they|"
+                     r"per|after|before|until|till|since|about|over|under|every|each|all|only|just|now)(?![\w'’])")
 _NAME_NUMBER_STREET_RE = re.compile(
     rf"(?<![\w.,/:+#-])(?:(?P<pre>\d{{1,5}})[ \t]+)?"
-    rf"(?P<name>(?:(?:{_CAP}\.?|{_PARTICLE}|[a-zà-ž]{{1,4}}\.|(?:d'|l'|dell'){_CAP})[ \t]+){{0,3}}(?:{_CAP}|(?:d'|l'|dell'){_CAP}|[a-zà-ž]{{1,4}}\.)\.?)"
+    # a capitalised first word; then capitalised words, particles, abbreviations or lower-case street words
+    # ("Fogd Drejers gate 93", "Bécsi utca 35.", "Hegyalja út 98.")
+    rf"(?P<name>(?:{_CAP}\.?|[a-zà-ž]{{1,4}}\.|(?:d'|l'|dell'){_CAP})"
+    rf"(?:[ \t]+(?:{_CAP}\.?|{_PARTICLE}|[{_LO_X}]{{1,4}}\.|(?:d'|l'|dell'){_CAP}|(?!{_EN_FUNCTION_WORD})[{_LO_X}]{{2,12}}(?![\w'’]))){{0,3}})"
     r"[ \t]+(?P<num>\d{1,5}[A-Za-z]?(?:[ \t]?[-/][ \t]?\d{1,5})?)\.?(?![\w]|[.,]\d)"
 )
 _STRONG_PRE_NUMBER_RE = re.compile(r"\d{3,5}")
@@ -275,9 +289,14 @@ class StreetAddressRecognizer(LocalRecognizer):
             covered_to = end
         for m in _every_start(_NAME_NUMBER_STREET_RE, text):  # Nybyvägen 65, Rue de Virton 38, ul. Cicha 86
             start, end = m.start(), m.end()
-            if any(r.start < end and start < r.end for r in results):
-                continue
             if _first_word(m.group("name")) in _NOT_STREET_WORDS:
+                continue
+            overlapping = [r for r in results if r.start < end and start < r.end]
+            if overlapping:
+                # "R Luís Camões 81 Berg Junctions": a street line whose number starts an address found already.
+                first = min(overlapping, key=lambda r: r.start)
+                if start < first.start and first.start >= m.start("num") and end <= first.end:
+                    first.start = start
                 continue
             extended = _extend_locality(text, end)
             if not (_STRONG_PRE_NUMBER_RE.fullmatch(m.group("pre") or "")
@@ -1009,6 +1028,8 @@ _VERSION_BEFORE = re.compile(r"(?i)\b(?:version|build|release|ver|v)\.?\s*$")
 
 def _phone_lookalike(text: str, start: int, end: int) -> bool:
     value = text[start:end].strip()
+    if re.search(r"\d:$", text[max(0, start - 2):start]):  # the seconds of a time stamp: 08:46:30.035623
+        return True
     french = re.fullmatch(r"0\d(?:\.\d\d){4}", value) is not None  # 03.91.12.17.13 is a phone, not a version
     if _DATE_LIKE.match(value) or (_VERSION_LIKE.match(value) and not french) or _VERSION_BEFORE.search(
             text[max(0, start - 10):start]):

@@ -68,6 +68,9 @@ NAMES = [
     ("mr. andresen is a 26 year old man who grew up in moers.", ["andresen"]),
     ("i have lost my card. could you please block it? my name is nikita b. maslow.", ["nikita", "maslow"]),
     ("i'm so jealous! said stevica to malagigi", ["stevica", "malagigi"]),
+    ("Alette, can I please speak to your boss?", ["Alette"]),
+    ("Acme is the brainchild of our 3 founders: Shimasaki, Kastner and Wade.", ["Shimasaki", "Kastner", "Wade"]),
+    ("my name is proclus alexandrov but everyone calls me proclus", ["proclus", "alexandrov"]),
 ]
 
 

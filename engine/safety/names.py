@@ -247,7 +247,8 @@ def name_runs(text: str, doc: Any, english: frozenset[str] = frozenset()) -> lis
 _LOWER_CUE = re.compile(
     r"\b(?:my\s+name\s+is|name\s+is|name\?|i'?m|i\s+am|this\s+is|call\s+me|calls\s+me|said|says|asked|told|"
     r"shouted\s+at|said\s+\S+\s+to|named\s+(?:him|her)|called|producer|commenter|player|singer|director|starring|"
-    r"dear|hi|hello|hey|thanks|my\s+(?:kid|son|daughter|wife|husband|partner|friend|colleague|boss|mom|dad))$")
+    r"dear|hi|hello|hey|thanks|under|add|my\s+(?:kid|son|daughter|wife|husband|partner|friend|colleague|boss|mom|"
+    r"dad))$")
 
 
 def _lower_cue_spans(text: str, tokens: list[Any], english: frozenset[str], firsts: frozenset[str],
@@ -378,6 +379,7 @@ def speaker_spans(text: str, english: frozenset[str] = frozenset()) -> list[tupl
 
 _LIST_WORD = r"[^\W\d_a-z][^\W\d_]*(?:['’-][^\W\d_]+)*"
 _LIST_NAME = rf"{_LIST_WORD}(?:[ \t]+(?:[A-Z]\.|{_LIST_WORD})){{0,2}}"
+_LIST_GOES_ON = re.compile(r"[ \t]*,[ \t]*[^\W\d_a-z]|[ \t]+(?:and|&|or|und|et|y)[ \t]+[^\W\d_a-z]")
 _BEFORE_RE = re.compile(rf"(?<![\w@#/.-])(?P<n>{_LIST_NAME})(?:[ \t]*,[ \t]*|[ \t]+(?:and|&|or|und|et|y)[ \t]+)$")
 _AFTER_RE = re.compile(rf"^(?:[ \t]*,[ \t]*(?:(?:and|&)[ \t]+)?|[ \t]+(?:and|&|or|und|et|y)[ \t]+)(?P<n>{_LIST_NAME})(?![\w@])")
 
@@ -398,11 +400,14 @@ def coordinated_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int
         candidates = []
         before = _BEFORE_RE.search(text[max(0, start - 60):start])
         after = _AFTER_RE.match(text[end:end + 60])
-        # A comma alone links names only inside a list: "Brabec, Kastner and Torpy", not "Hi Freddy, I'm ...".
-        if before and ("," not in before.group()[len(before.group("n")):] or after):
+        # A comma alone links names only inside a list: "Brabec, Kastner and Torpy", "founders: Brabec, Kastner and
+        # Torpy", not "Hi Freddy, I'm ...".
+        if before and ("," not in before.group()[len(before.group("n")):] or after
+                       or _LIST_GOES_ON.match(text, end)):
             base = max(0, start - 60)
             candidates.append((base + before.start("n"), base + before.end("n")))
-        if after and ("," not in after.group()[:after.start("n")] or before):
+        if after and ("," not in after.group()[:after.start("n")] or before
+                      or _LIST_GOES_ON.match(text, end + after.end("n"))):
             candidates.append((end + after.start("n"), end + after.end("n")))
         firsts, lasts = faker_name_words()
         for s, e in candidates:
@@ -486,6 +491,11 @@ def subject_spans(text: str, doc: Any, english: frozenset[str] = frozenset()) ->
         nxt = re.match(r"[ \t]+([^\W\d_][^\W\d_'’-]*)", text[end:])
         if nxt and _capitalised(nxt.group(1)) and nxt.group(1).lower() not in english:
             end += nxt.end()
-        if _HUMAN_VERB.match(text, end):
+        if _HUMAN_VERB.match(text, end) or _VOCATIVE.match(text, end):
             spans.append((tok.idx, end))
     return spans
+
+
+# A name called at the start of a sentence: "Alette, can I please speak to your boss?"
+_VOCATIVE = re.compile(r"[ \t]*,[ \t]+(?:can|could|would|will|do|did|are|is|please|i|you|we|thank|thanks|have|how|what|"
+                       r"where|when|why|let's|let)\b", re.IGNORECASE)

@@ -688,7 +688,7 @@ _PERSON_CONTEXT_RE = re.compile(
         rf"(?:^|(?<=[\n.!?])|(?<=[.!?][ \t]))[ \t]*{_GREETING}[ \t,]+(?P<g>{_NAME_SEQ})(?=[ \t]*(?:[,!:.\n]|$))",
         # my name is Jane Doe / I'm Jane / this is Marc
         rf"(?i:\b(?:i'?m|i\s+am|this\s+is|it'?s|here\s+is))[ \t]+(?P<i>{_NAME_SEQ})(?=[ \t]*(?:[,.!:;\n]|$|\s+(?:and|from|here|speaking|again|with|at|of)\b))",
-        rf"(?i:\b(?:my\s+name\s+is|my\s+name's|name\s+is|call\s+me|i\s+am\s+called))[ \t]+(?P<n>(?-i:{_NAME_SEQ})|{_LOWER_NAME_LAZY})(?=[ \t]*(?:[,.!:;\n]|$|\s+(?:and|from|here|speaking|again|i|my|the|with|at)\b))",
+        rf"(?i:\b(?:my\s+name\s+is|my\s+name's|name\s+is|call\s+me|i\s+am\s+called))[ \t]+(?P<n>(?-i:{_NAME_SEQ})|{_LOWER_NAME_LAZY})(?=[ \t]*(?:[,.!:;\n]|$|\s+(?:and|but|from|here|speaking|again|i|my|the|with|at)\b))",
         # jagat bahri speaking / its soraya leon here (chat, any case)
         rf"(?i:(?:^|(?<=[\n,.!?])|\b(?:hi|hello|hey|yo)\b,?|\b(?:it'?s|its|this\s+is)\b))[ \t]*(?P<s>{_NAME_SEQ}|{_LOWER_NAME_SEQ})[ \t]+(?i:here|speaking)\b",
         # Kind regards,\nJane Doe / Thank you, Jane

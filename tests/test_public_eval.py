@@ -209,3 +209,10 @@ def test_the_public_dev_file_reads_and_splits_in_two_halves():
     assert len(samples) == 750
     tune = [s for s in samples if split_of(s.text) == "tune"]
     assert 300 < len(tune) < 450
+
+
+def test_a_tweet_with_a_line_break_inside_its_quotes_keeps_it(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'class,tweet\r\n2,"first line\nsecond line"\r\n0,plain\r\n')
+    rows = load_davidson_classes(path)
+    assert [r.text for r in rows] == ["first line\nsecond line", "plain"]

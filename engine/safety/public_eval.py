@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -129,9 +130,10 @@ def _sample(where: str, raw: Any, text_key: str) -> PiiSample:
     return PiiSample(text, tuple(_span(f"{where} span {k + 1}", text, s) for k, s in enumerate(spans)))
 
 
-def _read_text(path: Path | str) -> str:
+def _read_text(path: Path | str, newline: str | None = None) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open(encoding="utf-8", newline=newline) as f:
+            return f.read()
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -335,8 +337,8 @@ DAVIDSON_CLASSES = {"0": "hate", "1": "offensive", "2": "neither"}
 def load_davidson_classes(path: Path | str) -> list[ToxicitySample]:
     """Davidson et al.'s tweets with their class (``hate``, ``offensive`` or ``neither``)."""
     rows: list[ToxicitySample] = []
-    text = _read_text(path)
-    reader = csv.DictReader(text.splitlines())
+    # newline="" keeps the line breaks inside quoted tweets (the text, and so its half, as written).
+    reader = csv.DictReader(io.StringIO(_read_text(path, newline=""), newline=""))
     if reader.fieldnames is None or not {"class", "tweet"} <= set(reader.fieldnames):
         raise DatasetError(f"{path}: expected a CSV with the columns 'class' and 'tweet' (Davidson et al.'s "
                            f"labeled_data.csv), found {reader.fieldnames}")

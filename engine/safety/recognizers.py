@@ -120,7 +120,7 @@ _COUNTRIES = (
 )
 # A line break may carry a quote mark or a bullet ("> ", "• ", "}} ", "??? " where a bullet lost its encoding).
 _NL = r"[ \t]*\n[ \t]*(?:[^\w\s,;]{1,3}[ \t]*)?"
-_SEP = rf"(?:[ \t]*(?:{_NL})?[,;][ \t]*(?:{_NL})?|{_NL}|[ \t]+[-–][ \t]+|[ \t]+)"
+_SEP = rf"(?:[ \t]*(?:{_NL})?[,;][ \t]*(?:{_NL})?|{_NL}(?:\n[ \t]*)?|[ \t]+[-–][ \t]+|[ \t]+)"
 
 # Street lines, each anchored on a house number and a street type.
 _STREET_LINES = [
@@ -153,6 +153,8 @@ _LOCALITY_PARTS = [
     rf"{_UNIT}",
     rf"{_CITY},?\s+(?:{_US_STATES}|{_CA_PROVINCES}|nan)\.?,?\s+(?:{_US_ZIP}|{_CA_POSTCODE})(?![\w])",
     rf"{_CITY},?\s+(?:{_AU_STATES}),?\s+\d{{4}}(?![\w])",
+    rf"{_CITY}(?:[ \t]*\({_CITY}\))?,[ \t]*[A-Z]{{2}}[ \t]+\d{{5}}(?![\w])",
+    rf"{_CITY}[ \t]*\({_CITY}\)(?:[ \t]+\d{{4,6}})?(?![\w])",
     rf"(?:\d{{5}}-\d{{3}}|\d{{4}}\s?[A-Z]{{2}}|\d{{4,5}})\s+(?:{_PARTICLE}[ \t]+)?{_CITY}(?:\s*\([A-Z]{{2}}\))?(?:\s*[-–/]\s*[A-Z]{{2}}(?![\w]))?",
     rf"{_CITY},?\s*(?:[-–]\s*)?(?:{_UK_POSTCODE}|{_CA_POSTCODE}|\d{{7}}|\d{{6}}|\d{{3}}\s\d{{3}}|{_US_ZIP}|\d{{4}})(?![\w])",
     rf"(?:{_UK_POSTCODE}|{_CA_POSTCODE})(?![\w])",
@@ -166,6 +168,7 @@ _LOCALITY_PARTS = [
     r"\d{4,6}(?![\w]|[.,:/-]\d)",
     r"nan(?![\w])",
 ]
+_COUNTRY_LINE_RE = re.compile(rf"(?:{_COUNTRIES})(?:[ \t]+\d{{4,6}})?")
 _LOCALITY_RE = re.compile(rf"{_SEP}(?:{'|'.join(f'(?:{p})' for p in _LOCALITY_PARTS)})")
 _UNIT_BEFORE_RE = re.compile(
     rf"(?:{_UNIT}|(?:Unit|Apt|Apartment|Suite|Flat|Shop|Lot)\.?)[ \t]*[,/]?[ \t]*\n?[ \t]*$")
@@ -189,6 +192,7 @@ _HOUSE_LINE_ABOVE_RE = re.compile(
 
 
 _UNIT_WORDS = r"(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Room|Bldg|Building|Office)"
+_NUMBER_AFTER_RE = re.compile(r"[ \t]+\d{1,5}[A-Za-z]?(?![\w]|[.,:/-]\d)")
 _LEADING_NUMBER_RE = re.compile(r"(?<![\w.,/:+-])\d{1,5}[ \t]+$")
 # Military and box addresses, and "the corner of X 12 and Y Street" (the cross street has no number).
 _MAIL_ADDRESS_RE = re.compile(
@@ -280,11 +284,8 @@ class StreetAddressRecognizer(LocalRecognizer):
                 continue
             if _first_word(m.group()) in _NOT_STREET_WORDS:
                 continue
-            unit = _UNIT_BEFORE_RE.search(text, max(0, start - 30), start)
-            if unit and (unit.start() == 0 or not text[unit.start() - 1].isalnum()):
-                start = unit.start()
-            start = _leading_number(text, start)
-            end = _lower_case_unit_and_place(text, _extend_locality(text, end))
+            start = _unit_before(text, _leading_number(text, start))
+            end = _lower_case_unit_and_place(text, _extend_locality(text, _number_after(text, end)))
             results.append(self._result(start, _trim(text, start, end), self.SCORE))
             covered_to = end
         for m in _every_start(_NAME_NUMBER_STREET_RE, text):  # Nybyvägen 65, Rue de Virton 38, ul. Cicha 86
@@ -295,7 +296,8 @@ class StreetAddressRecognizer(LocalRecognizer):
             if overlapping:
                 # "R Luís Camões 81 Berg Junctions": a street line whose number starts an address found already.
                 first = min(overlapping, key=lambda r: r.start)
-                if start < first.start and first.start >= m.start("num") and end <= first.end:
+                if (start < first.start and first.start >= m.start("num") and end <= first.end
+                        and (m.group("pre") or len(m.group("name").split()) >= 2)):
                     first.start = start
                 continue
             extended = _extend_locality(text, end)
@@ -303,6 +305,7 @@ class StreetAddressRecognizer(LocalRecognizer):
                     or _ADDRESS_CUE_RE.search(text, max(0, start - 40), start)
                     or _STRONG_LOCALITY_RE.match(text, end)):
                 continue
+            start = _unit_before(text, start)
             results.append(self._result(start, _trim(text, start, extended), self.SCORE))
         for m in _every_start(_LOWER_STREET_RE, text):
             start, end = m.start(), m.end()
@@ -336,6 +339,23 @@ class StreetAddressRecognizer(LocalRecognizer):
     def _result(self, start: int, end: int, score: float) -> RecognizerResult:
         return RecognizerResult("ADDRESS", start, end, score,
                                 recognition_metadata=_metadata(self))
+
+
+def _unit_before(text: str, start: int) -> int:
+    """A unit written before the street line ("Apt. 165 0556 Rákóczi út 41.", "Flat 3, 22 High Street")."""
+    unit = _UNIT_BEFORE_RE.search(text, max(0, start - 30), start)
+    if unit and (unit.start() == 0 or not text[unit.start() - 1].isalnum()):
+        return unit.start()
+    return start
+
+
+def _number_after(text: str, end: int) -> int:
+    """A house number after a street line that began with a building number ("047 Rue du Bourgmestre Dandoy 171"),
+    taken when a unit or a locality line follows it."""
+    m = _NUMBER_AFTER_RE.match(text, end)
+    if m and (_STRONG_LOCALITY_RE.match(text, m.end()) or _LOWER_UNIT_RE.match(text, m.end())):
+        return m.end()
+    return end
 
 
 def _leading_number(text: str, start: int) -> int:
@@ -393,7 +413,9 @@ def _extend_locality(text: str, end: int) -> int:
     """Consume units, city/state/postcode and country pieces that follow an address piece (up to 6 pieces)."""
     for _ in range(8):
         m = _LOCALITY_RE.match(text, end)
-        if m is None or "\n\n" in text[end:m.end()] or m.group().strip(" \t\n,;-–").lower() in NOT_NAMES:
+        if m is None or m.group().strip(" \t\n,;-–").lower() in NOT_NAMES:
+            break
+        if "\n\n" in text[end:m.end()] and not _COUNTRY_LINE_RE.fullmatch(m.group().strip(" \t\n,;")):
             break
         end = m.end()
     return end

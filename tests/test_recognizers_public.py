@@ -185,6 +185,7 @@ ADDRESS_LOOKALIKES = [
     ("ticket-and-order-codes", "Ticket TCK-48213 and order ORD-2291-A are about the same parcel"),
     ("quantity-and-product", "Order 2 Widget Pro units by Friday"),
     ("price-and-date", "It costs 12.99 EUR since 12 March 2024"),
+    ("currency-code-before-an-amount", "The total is EUR 136.\nPrice: USD 2513\nThanks"),
     ("corner-without-a-number", "Put the box in the corner of the room and the hall"),
     ("version-line", "Release 5, Berlin edition, ships in June."),
     ("lower-case-sale", "it is on sale for 3 days"),

@@ -253,7 +253,9 @@ _NOT_STREET_WORDS = frozenset(
     account card number no nr pin sprint q1 q2 q3 q4 top best under over about only around after before since in on at
     to for of the a an and or is was are were be been my your our his her their this that these those we you i he she
     they it me us them have has had do did not no yes during spring string bring offering ordering engineering
-    catering hiring wiring boring summer winter autumn fall since until from""".split()
+    catering hiring wiring boring summer winter autumn fall since until from
+    eur usd gbp inr aud cad brl ils chf jpy cny rs rub sek nok dkk pln czk huf nzd zar mxn sgd hkd krw try
+    total price cost costs amount fee fees balance refund payment discount tax vat""".split()
 )
 
 

@@ -65,7 +65,7 @@ def _seconds(run: Callable[[str], object], text: str) -> float:
     return time.perf_counter() - start
 
 
-def _assert_linear(run: Callable[[str], object], unit: str, budget: float) -> None:
+def _assert_linear(run: Callable[[str], object], unit: str, budget: float, growth: float = 8.0) -> None:
     """Under ``budget`` seconds on 20,000 characters, or (a busy machine) growing no faster than the text."""
     elapsed = _seconds(run, _repeat(unit))
     if elapsed < budget:
@@ -73,7 +73,7 @@ def _assert_linear(run: Callable[[str], object], unit: str, budget: float) -> No
     # Slow here: compare with a quarter of the text, best of three each (a linear run grows ~4x, a quadratic 16x).
     small = min(_seconds(run, _repeat(unit, SIZE // 4)) for _ in range(3))
     large = min([elapsed] + [_seconds(run, _repeat(unit)) for _ in range(2)])
-    assert large < 8 * small + budget / 2, f"{large:.2f} s on {SIZE} characters, {small:.2f} s on {SIZE // 4}"
+    assert large < growth * small + budget / 2, f"{large:.2f} s on {SIZE} characters, {small:.2f} s on {SIZE // 4}"
 
 
 def test_the_module_regexes_are_all_checked():
@@ -118,4 +118,5 @@ def test_a_whole_scan_of_adversarial_text_costs_little_beyond_spacy(scanner, sha
     text = _repeat(SHAPES[shape])
     nlp = scanner._analyzer.nlp_engine
     spacy_seconds = _seconds(lambda t: nlp.process_text(t, "en"), text)
-    _assert_linear(scanner.scan, SHAPES[shape], budget=1.0 + 1.5 * spacy_seconds)
+    # spaCy's share grows linearly too, so the growth allowed here is tighter than for a regex alone.
+    _assert_linear(scanner.scan, SHAPES[shape], budget=1.0 + 1.5 * spacy_seconds, growth=6.0)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.safety import recognizers
+from engine.safety import names, recognizers
 
 SIZE = 20_000
 
@@ -55,7 +55,8 @@ SHAPES: dict[str, str] = {
 }
 
 REGEXES: dict[str, re.Pattern[str]] = {
-    name: value for name, value in vars(recognizers).items() if isinstance(value, re.Pattern)
+    f"{module.__name__.rsplit('.', 1)[-1]}.{name}": value
+    for module in (recognizers, names) for name, value in vars(module).items() if isinstance(value, re.Pattern)
 }
 
 
@@ -77,8 +78,9 @@ def _assert_linear(run: Callable[[str], object], unit: str, budget: float, growt
 
 
 def test_the_module_regexes_are_all_checked():
-    assert {"_STREET_RE", "_LOCALITY_RE", "_STANDALONE_RE", "_LOCALITY_LINE_RE", "_HOUSE_LINE_ABOVE_RE",
-            "_PHONE_CLUSTER", "_PERSON_CONTEXT_RE"} <= set(REGEXES)
+    assert {f"recognizers.{n}" for n in ("_STREET_RE", "_LOCALITY_RE", "_STANDALONE_RE", "_LOCALITY_LINE_RE",
+                                         "_HOUSE_LINE_ABOVE_RE", "_PHONE_CLUSTER", "_PERSON_CONTEXT_RE")} <= set(REGEXES)
+    assert {"names._BEFORE_RE", "names._AFTER_RE", "names._SPEAKER_RE"} <= set(REGEXES)
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())

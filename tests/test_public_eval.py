@@ -216,3 +216,21 @@ def test_a_tweet_with_a_line_break_inside_its_quotes_keeps_it(tmp_path):
     path.write_bytes(b'class,tweet\r\n2,"first line\nsecond line"\r\n0,plain\r\n')
     rows = load_davidson_classes(path)
     assert [r.text for r in rows] == ["first line\nsecond line", "plain"]
+
+
+@pytest.mark.skipif(not PRESIDIO_SYNTH_DEV_PATH.exists(), reason="the public dev file is not at ../shared/data")
+def test_on_a_fixed_slice_of_the_public_dev_file_personal_values_are_cut_from_the_stored_text():
+    """100 texts of the tune half, through the stored path: a floor that the scanner before issue 20 missed (0.61)."""
+    from engine.safety.public_eval import pii_public_report
+
+    samples = [s for s in load_presidio_synth(PRESIDIO_SYNTH_DEV_PATH) if split_of(s.text) == "tune"][:100]
+    report = pii_public_report(samples, examples=1000)
+    overall = report["overall"]
+    assert overall["gold"] >= 90
+    assert overall["recall"] >= 0.90, report["misses"]
+    assert overall["leak_rate"] <= 0.10, report["misses"]
+    assert report["cuts"]["share_on_no_personal_value"] <= 0.10, report["false_cuts"]
+    # Almost no personal value is stored whole (before issue 20: 129 of 414 on this half). One is today: a lone
+    # unknown first name with no cue ("Why is Glyceria so impulsive?").
+    whole = [m["value"] for m in report["misses"] if m["value"] in m["stored"]]
+    assert len(whole) <= 2, whole

@@ -127,12 +127,31 @@ class GazetteerPersonRecognizer(LocalRecognizer):
         # rare names places.)
         places = place_words()
         runs = [(s, e) for s, e in name_runs(text, doc, english)
-                if " " in text[s:e] or text[s:e].lower() not in places]
+                if " " in text[s:e] or (text[s:e].lower() not in places and not _place_after_preposition(doc, s, e))]
         spans = runs + speaker_spans(text, english) + letterhead_spans(text, english) + subject_spans(text, doc, english)
         meta = {RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: str(getattr(self, "id", ""))}
         return [RecognizerResult("PERSON", s, e, self.SCORE, recognition_metadata=dict(meta))
                 for s, e in sorted(set(spans))]
+
+
+_PLACE_PREPOSITIONS = frozenset({"to", "in", "from", "at", "near", "into", "via", "visit", "visiting", "around",
+                                  "across", "toward", "towards"})
+_PLACE_ENTITY_LABELS = frozenset({"GPE", "LOC", "FAC"})
+
+
+def _place_after_preposition(doc: Any, start: int, end: int) -> bool:
+    """One listed word that spaCy calls a place, right after a place preposition: "Do you ship to Paris?", "in
+    Sydney" ("Paris", "Sydney", "London" are in Faker's name lists too). A person there ("I gave it to Sydney") is
+    missed; a city in every shipping question was worse."""
+    for ent in getattr(doc, "ents", ()):
+        if ent.start_char <= start and end <= ent.end_char and ent.label_ in _PLACE_ENTITY_LABELS:
+            before = doc[ent.start - 1].lower_ if ent.start > 0 else ""
+            # "said Erle to Maurice": a capitalised word before the preposition makes it a name again.
+            prior = doc[ent.start - 2] if ent.start > 1 else None
+            return before in _PLACE_PREPOSITIONS and not (prior is not None and prior.text[:1].isupper()
+                                                          and not prior.is_sent_start)
+    return False
 
 
 def english_words_of(nlp_artifacts: NlpArtifacts | None, language: str = "en") -> frozenset[str]:

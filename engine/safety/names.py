@@ -127,7 +127,8 @@ class GazetteerPersonRecognizer(LocalRecognizer):
         # rare names places.)
         places = place_words()
         runs = [(s, e) for s, e in name_runs(text, doc, english)
-                if " " in text[s:e] or (text[s:e].lower() not in places and not _place_after_preposition(doc, s, e))]
+                if not _well_known_place(doc, text, s, e)
+                and (" " in text[s:e] or (text[s:e].lower() not in places and not _place_after_preposition(doc, s, e)))]
         spans = runs + speaker_spans(text, english) + letterhead_spans(text, english) + subject_spans(text, doc, english)
         meta = {RecognizerResult.RECOGNIZER_NAME_KEY: type(self).__name__,
                 RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: str(getattr(self, "id", ""))}
@@ -138,6 +139,22 @@ class GazetteerPersonRecognizer(LocalRecognizer):
 _PLACE_PREPOSITIONS = frozenset({"to", "in", "from", "at", "near", "into", "via", "visit", "visiting", "around",
                                   "across", "toward", "towards"})
 _PLACE_ENTITY_LABELS = frozenset({"GPE", "LOC", "FAC"})
+
+
+@functools.cache
+def well_known_places() -> frozenset[str]:
+    """Lower-case continents, regions, capitals and large cities (engine/safety/data/well_known_places.txt)."""
+    lines = (Path(__file__).with_name("data") / "well_known_places.txt").read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip().lower() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def _well_known_place(doc: Any, text: str, start: int, end: int) -> bool:
+    """A run that is a well-known place ("Paris", "South America") and that spaCy labels a place: "Which time zone
+    does Paris use?". Both are needed: "Sydney called me" stays a name."""
+    if text[start:end].lower() not in well_known_places():
+        return False
+    return any(ent.start_char <= start and end <= ent.end_char and ent.label_ in _PLACE_ENTITY_LABELS
+               for ent in getattr(doc, "ents", ()))
 
 
 def _place_after_preposition(doc: Any, start: int, end: int) -> bool:

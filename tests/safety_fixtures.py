@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 # The Jigsaw Toxic Comment classes of Detoxify's "original" model, as stored in its checkpoint.
 JIGSAW_ORIGINAL_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -65,3 +70,21 @@ def build_tiny_detoxify_checkpoint(out_dir: Path, *, seed: int = 0) -> tuple[Pat
         checkpoint,
     )
     return checkpoint, hf_dir
+
+
+class NetworkBlocked(OSError):
+    """Raised by every socket call inside :func:`network_blocked`."""
+
+
+@contextlib.contextmanager
+def network_blocked() -> Iterator[None]:
+    """No socket can connect or resolve a name inside: proves a scanner loads and runs offline."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise NetworkBlocked("network access attempted during a safety test")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", refuse)
+        mp.setattr(socket.socket, "connect_ex", refuse)
+        mp.setattr(socket, "getaddrinfo", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        yield

@@ -5,7 +5,6 @@ the everyday words, product names and codes that must stay as written. Measured 
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,14 @@ import pytest
 from engine.safety import names
 from engine.safety.pii import PresidioScanner
 from engine.safety.policy import DEFAULT_POLICY_PATH, Policy, redact
+from tests.safety_fixtures import network_blocked
 
 PRESIDIO_SYNTH_DEV_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "pii_dev_presidio_synth.json"
 
 
 @pytest.fixture(scope="module")
 def pii() -> PresidioScanner:
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during a names test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket, "getaddrinfo", refuse)
+    with network_blocked():
         yield PresidioScanner()
 
 

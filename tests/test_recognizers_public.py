@@ -5,23 +5,17 @@ presidio-research's synthetic set and the Faker locales it was made with. Each f
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from engine.safety.pii import PresidioScanner
+from tests.safety_fixtures import network_blocked
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_network():
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during a safety test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket, "getaddrinfo", refuse)
-        mp.setattr(socket, "create_connection", refuse)
+    with network_blocked():
         yield
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import random
 import re
-import socket
 import sys
 import types
 
@@ -21,22 +20,12 @@ from engine.safety.evaluation import (
 )
 from engine.safety.pii import PresidioScanner
 from engine.safety.policy import DEFAULT_POLICY_PATH, Policy, PolicyError
-
-
-class NetworkBlocked(OSError):
-    pass
+from tests.safety_fixtures import network_blocked
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_network():
-    def refuse(*args, **kwargs):
-        raise NetworkBlocked("network access attempted during a safety test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket.socket, "connect_ex", refuse)
-        mp.setattr(socket, "getaddrinfo", refuse)
-        mp.setattr(socket, "create_connection", refuse)
+    with network_blocked():
         yield
 
 

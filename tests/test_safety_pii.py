@@ -12,24 +12,13 @@ from bench.safety import TARGET_TOTAL_P95_MS, run_safety_bench
 from engine.safety import Finding, PiiConfig, PresidioScanner, ScannerRunner, redact
 from engine.safety.normalize import normalize
 from engine.safety.toxicity import ProfanityFallbackScanner
-
-
-class NetworkBlocked(OSError):
-    pass
+from tests.safety_fixtures import NetworkBlocked, network_blocked
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_network():
     """Every test in this module runs with outgoing connections and DNS failing, scanner loading included."""
-
-    def refuse(*args, **kwargs):
-        raise NetworkBlocked("network access attempted during a safety test")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket.socket, "connect_ex", refuse)
-        mp.setattr(socket, "getaddrinfo", refuse)
-        mp.setattr(socket, "create_connection", refuse)
+    with network_blocked():
         yield
 
 

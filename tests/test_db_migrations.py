@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0014_one_open_review_item"
+HEAD = "0017_export_files"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",

@@ -4,6 +4,12 @@ Each event's ``hash`` is the SHA-256 of a canonical JSON rendering of its conten
 The content covers the event's time, actor, action and object and the SHA-256 of its details (``details_hash``),
 not the details themselves: personal data in the details can later be erased (``erase_event_details``) without
 breaking the chain, and ``verify_chain`` accepts an erased event only when a later ``privacy.erase`` event lists it.
+An event whose action has personal detail keys (``PERSONAL_DETAIL_KEYS``) also carries ``remains_hash``: the SHA-256
+of its details as they read after an erasure (each personal value present replaced by ``"[erased]"``), and the
+chained hash covers it too. After an erasure only the personal values may differ from what was chained: a changed
+structural field (``failed_gates`` of an approval, say) no longer matches ``remains_hash``. Events written before
+``remains_hash`` existed (migration 0016) are pinned by the ``remains`` map of the chained event that erased them
+(or that sealed them at the upgrade).
 The position in the chain is the order of ``seq``; the hash links make any edit, deletion, insertion or reordering
 show at that point. The one-row ``audit_head`` table records the last seq and hash (the lock appends serialize on).
 
@@ -76,7 +82,12 @@ PERSONAL_DETAIL_KEYS: dict[str, tuple[str, ...]] = {
     "audit.export_raw_requested": ("reason", "filters"),
     "audit.export_raw_approved": ("note",),
     "audit.export_raw_rejected": ("note",),
+    "audit.key_rotated": ("reason",),
 }
+
+KEY_ROTATED_ACTION = "audit.key_rotated"
+KEY_CREATED_ACTION = "audit.key_created"
+ERASURE_SEALED_ACTION = "audit.erasure_sealed"  # written by migration 0016 for events erased before it
 
 # Kinds of damage verify_chain names.
 EDITED, DELETED, REORDERED, INSERTED = "edited", "deleted", "reordered", "inserted"
@@ -124,6 +135,7 @@ class AppendedEvent:
     prev_hash: str
     hash: str
     erased_at: datetime | None = None
+    remains_hash: str | None = None
 
 
 def _json_default(value: Any) -> Any:
@@ -148,6 +160,21 @@ def details_digest(details: Mapping[str, Any]) -> str:
     return _sha256(canonical_json(details))
 
 
+def erased_form(action: str, details: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The details as an erasure leaves them (every personal value present replaced by ``"[erased]"``), or None
+    for an action with no personal detail keys."""
+    keys = PERSONAL_DETAIL_KEYS.get(action)
+    if not keys:
+        return None
+    return {k: (ERASED if k in keys else v) for k, v in details.items()}
+
+
+def remains_digest(action: str, details: Mapping[str, Any]) -> str | None:
+    """SHA-256 (hex) of what an erasure leaves of these details (``erased_form``), or None (nothing erasable)."""
+    form = erased_form(action, details)
+    return None if form is None else details_digest(form)
+
+
 def compute_hash(
     *,
     ts: datetime,
@@ -158,9 +185,13 @@ def compute_hash(
     object_id: str | None,
     details_hash: str,
     prev_hash: str,
+    remains_hash: str | None = None,
 ) -> str:
-    """SHA-256 (hex) of an event's content (with its details' hash) and its predecessor's hash."""
+    """SHA-256 (hex) of an event's content (with its details' hash, and the hash of what an erasure would leave
+    of them when the action has personal detail keys) and its predecessor's hash."""
     payload = [ts.isoformat(), actor, actor_id, action, object_type, object_id, details_hash, prev_hash]
+    if remains_hash is not None:
+        payload.append(remains_hash)
     return _sha256(canonical_json(payload))
 
 
@@ -193,14 +224,15 @@ def append_event(
     rendered = canonical_json(dict(details or {}))
     stored_details: dict[str, Any] = json.loads(rendered)
     details_hash = _sha256(rendered)
+    remains_hash = remains_digest(action, stored_details)
     seq = head_seq + 1
     ts = utcnow()
     oid = None if object_id is None else str(object_id)
     digest = compute_hash(ts=ts, actor=actor, actor_id=actor_id, action=action, object_type=object_type,
-                          object_id=oid, details_hash=details_hash, prev_hash=head_hash)
+                          object_id=oid, details_hash=details_hash, prev_hash=head_hash, remains_hash=remains_hash)
     values = {"seq": seq, "ts": ts, "actor": actor, "actor_id": actor_id, "action": action,
               "object_type": object_type, "object_id": oid, "details": stored_details,
-              "details_hash": details_hash, "prev_hash": head_hash, "hash": digest}
+              "details_hash": details_hash, "prev_hash": head_hash, "hash": digest, "remains_hash": remains_hash}
     event_id = conn.execute(insert(_EVENTS), values).inserted_primary_key[0]  # type: ignore[index]
     conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
     session.info[_HEAD_KEY] = (seq, digest)
@@ -226,27 +258,53 @@ _HEAD_FOR_UPDATE = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("seq"), hash=bindparam("hash"))
 
 
+class TamperedEvent(ValueError):
+    """An event to be erased no longer matches what was chained: erasing it would hide the change."""
+
+
 def erase_event_details(session: Session, events: Sequence[AuditEvent], keys: Collection[str]) -> list[int]:
     """Replace the values under ``keys`` in each event's details with ``"[erased]"`` and mark the event erased.
 
-    The chained hash covers ``details_hash``, which stays, so the chain still verifies; the caller must append an
-    ``ERASURE_ACTION`` event listing the returned seqs in ``details["audit_seqs"]`` in the same transaction (the
-    verifier accepts an erased event only then). Events without any of the keys are left alone.
+    The chained hash covers ``details_hash`` and ``remains_hash``, which stay, so the chain still verifies; the
+    caller must append an ``ERASURE_ACTION`` event listing the returned seqs in ``details["audit_seqs"]`` (and
+    ``erasure_remains(session, seqs)`` under ``details["remains"]``) in the same transaction: the verifier accepts
+    an erased event only then. Events without any of the keys, or erased already, are left alone. Raises
+    :class:`TamperedEvent` (nothing is changed by it; the caller rolls back) when an event's details no longer match
+    their chained hash, or when what the erasure leaves would not match the event's ``remains_hash``.
     """
     changed: list[int] = []
     table = typing_cast(Table, AuditEvent.__table__)
     now = utcnow()
     for event in events:
+        if event.erased_at is not None:
+            continue
         details = dict(event.details or {})
         hits = [k for k in keys if k in details and details[k] != ERASED]
         if not hits:
             continue
+        if details_digest(details) != event.details_hash:
+            raise TamperedEvent(f"audit event {event.seq} does not match its chained hash: it was changed in the "
+                                "database; run `llm-console audit verify` (nothing was erased)")
         for k in hits:
             details[k] = ERASED
+        if event.remains_hash is not None and details_digest(details) != event.remains_hash:
+            raise TamperedEvent(f"audit event {event.seq}: what the erasure leaves would not match its chained "
+                                "remains hash (its personal keys changed since it was written); nothing was erased")
         # Core UPDATE: the ORM refuses changes to append-only rows; the database trigger allows exactly this one.
         session.execute(update(table).where(table.c.id == event.id).values(details=details, erased_at=now))
         changed.append(event.seq)
     return changed
+
+
+def erasure_remains(session: Session, seqs: Collection[int]) -> dict[str, str]:
+    """``{seq: hash of its details now}`` for the erased events among ``seqs`` written before ``remains_hash``
+    existed: the erasure event records it, which pins what remains of them under the chain from then on."""
+    if not seqs:
+        return {}
+    rows = session.execute(select(AuditEvent.seq, AuditEvent.details)
+                           .where(AuditEvent.seq.in_(list(seqs)), AuditEvent.remains_hash.is_(None),
+                                  AuditEvent.erased_at.is_not(None)))
+    return {str(seq): details_digest(details or {}) for seq, details in rows}
 
 
 # ---- checkpoints ----
@@ -408,6 +466,11 @@ class _Walk:
     hash_at: dict[int, str] = field(default_factory=dict)
     erased: list[int] = field(default_factory=list)
     erasure_claims: set[int] = field(default_factory=set)
+    # Erased events written before remains_hash existed: seq -> hash of their details now, and the hashes the
+    # chained erasure (or sealing) events recorded for them.
+    legacy_remains: dict[int, str] = field(default_factory=dict)
+    remains_claims: dict[int, set[str]] = field(default_factory=dict)
+    rotations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
 
 
 def verify_chain(
@@ -473,6 +536,13 @@ def _verify(session: Session, anchor: AuditAnchor | None, files: list[Path]) -> 
             walk.damage = _Damage(missing_claims[0], EDITED,
                                   "the event's details were replaced without an erasure record")
     if walk.damage is None:
+        for seq, digest in sorted(walk.legacy_remains.items()):
+            claims = walk.remains_claims.get(seq)
+            if not claims or claims != {digest}:
+                walk.damage = _Damage(seq, EDITED, "what remains of the erased event's details differs from what "
+                                                   "its erasure recorded")
+                break
+    if walk.damage is None:
         walk.damage = _check_head(session, walk)
     anchored = 0
     if walk.damage is None or walk.damage.kind == HEAD_REWRITTEN:
@@ -494,7 +564,8 @@ def _report(checked: int, damage: _Damage | None, n_checkpoints: int, anchored: 
 
 _WALK_COLUMNS = (AuditEvent.seq, type_coerce(AuditEvent.ts, String), AuditEvent.actor, AuditEvent.actor_id, AuditEvent.action,
                  AuditEvent.object_type, AuditEvent.object_id, cast(AuditEvent.details, Text),
-                 AuditEvent.details_hash, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.erased_at)
+                 AuditEvent.details_hash, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.erased_at,
+                 AuditEvent.remains_hash)
 
 
 def iso_utc(value: Any) -> str:
@@ -516,11 +587,12 @@ _quote = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=Fal
 
 
 def _payload_json(ts: str, actor: str, actor_id: int | None, action: str, otype: str | None, oid: str | None,
-                  dhash: str, prev: str) -> str:
-    """``canonical_json([ts, actor, actor_id, action, otype, oid, dhash, prev])``, built directly (3x faster)."""
+                  dhash: str, prev: str, remains: str | None = None) -> str:
+    """``canonical_json([ts, actor, actor_id, action, otype, oid, dhash, prev(, remains)])``, built directly (3x
+    faster)."""
     return (f"[{_quote(ts)},{_quote(actor)},{'null' if actor_id is None else int(actor_id)},{_quote(action)},"
             f"{'null' if otype is None else _quote(otype)},{'null' if oid is None else _quote(oid)},"
-            f"{_quote(dhash)},{_quote(prev)}]")
+            f"{_quote(dhash)},{_quote(prev)}{'' if remains is None else ',' + _quote(remains)}]")
 
 
 def _details_match(text: str | None, digest: str | None) -> bool:
@@ -531,6 +603,13 @@ def _details_match(text: str | None, digest: str | None) -> bool:
         return details_digest(json.loads(raw)) == digest
     except ValueError:
         return False
+
+
+def _details_digest_of(text: str | None) -> str:
+    try:
+        return details_digest(json.loads(text or "{}"))
+    except ValueError:
+        return _sha256(text or "")
 
 
 def _rows(session: Session) -> Iterator[Any]:
@@ -554,7 +633,7 @@ def _walk(session: Session, needed: set[int], expected_total: int | None) -> _Wa
     walk = _Walk()
     rows = _rows(session)
     expected, prev = 1, GENESIS_HASH
-    for seq, ts, actor, actor_id, action, otype, oid, details, dhash, prev_hash, digest, erased_at in rows:
+    for seq, ts, actor, actor_id, action, otype, oid, details, dhash, prev_hash, digest, erased_at, remains in rows:
         if seq != expected:
             walk.damage = _Damage(expected, DELETED, f"event {expected} is missing (the next event is {seq})"
                                   if seq == expected + 1 else
@@ -562,20 +641,32 @@ def _walk(session: Session, needed: set[int], expected_total: int | None) -> _Wa
             return walk
         if erased_at is not None:
             walk.erased.append(seq)
+            if remains is None:
+                walk.legacy_remains[seq] = _details_digest_of(details)
+            elif not _details_match(details, remains):
+                walk.damage = _Damage(seq, EDITED, "what remains of the erased event's details does not match the "
+                                                   "hash chained with it: a field other than the erased ones changed")
+                return walk
         elif not _details_match(details, dhash):
             walk.damage = _Damage(seq, EDITED, "the event's details do not match the hash they were chained with")
             return walk
         content_ok = _sha256(_payload_json(iso_utc(ts), actor, actor_id, action, otype, oid, dhash or "",
-                                           prev_hash)) == digest
+                                           prev_hash, remains)) == digest
         if prev_hash != prev:
             walk.damage = _classify_link(session, seq, prev_hash, content_ok, expected_total)
             return walk
         if not content_ok:
             walk.damage = _classify_content(session, seq, digest)
             return walk
-        if action == ERASURE_ACTION and details:
-            claimed = json.loads(details).get("audit_seqs") or []
+        if action in (ERASURE_ACTION, ERASURE_SEALED_ACTION) and details:
+            parsed = json.loads(details)
+            claimed = parsed.get("audit_seqs") or []
             walk.erasure_claims.update(int(s) for s in claimed if isinstance(s, int))
+            for key, value in (parsed.get("remains") or {}).items():
+                if str(key).isdigit() and isinstance(value, str):
+                    walk.remains_claims.setdefault(int(key), set()).add(value)
+        elif action == KEY_ROTATED_ACTION and details:
+            walk.rotations.append((seq, json.loads(details)))
         if seq in needed:
             walk.hash_at[seq] = digest
         prev = digest

@@ -211,6 +211,9 @@ class AuditEvent(Base):
     # can be erased without breaking the chain), and when they were erased.
     details_hash: Mapped[str | None] = mapped_column(String(64))
     erased_at: Mapped[datetime | None]
+    # Added by 0016_erasure: the SHA-256 of the details as an erasure leaves them (personal values replaced), also
+    # chained, for actions with personal detail keys (db.audit.remains_digest); NULL for other actions and older rows.
+    remains_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditHead(Base):
@@ -590,6 +593,34 @@ class BrowserSession(Base):
     revoked_reason: Mapped[str | None] = mapped_column(String(40))
     client: Mapped[str | None] = mapped_column(String(80))
     user_agent: Mapped[str | None] = mapped_column(String(200))
+
+
+# ---- 0016_erasure ----
+
+ERASURE_REQUEST_STATUSES = ("pending", "done", "rejected", "cancelled")
+
+
+class ErasureRequest(Base):
+    """A request to erase one account's content (by user id): asked for by an admin (or the shell, with no
+    ``requested_by_id``), carried out when another admin approves it (``done``, with the counts in ``result``).
+
+    ``reason`` is kept only while the request is open (it may name the person) and blanked when it is decided;
+    ``legal_basis``, when given, lets the erasure reach logs younger than the six-month floor and stays on record.
+    """
+
+    __tablename__ = "erasure_requests"
+    __table_args__ = (CheckConstraint(_in("status", ERASURE_REQUEST_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    legal_basis: Mapped[str | None] = mapped_column(Text)
+    requested_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 # ---- append-only guards ----

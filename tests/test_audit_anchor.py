@@ -328,7 +328,9 @@ def test_erasure_keeps_the_chain_valid_when_recorded(db: Database, anchor: Audit
     with db.session() as s:
         events = list(s.scalars(select(AuditEvent).where(AuditEvent.seq.in_([2, 3]))))
         seqs = erase_event_details(s, events, ["email"])
-        append_event(s, actor="admin", action=ERASURE_ACTION, details={"audit_seqs": seqs})
+        # test.event has no personal keys of its own (no remains_hash): the erasure event pins what remains.
+        append_event(s, actor="admin", action=ERASURE_ACTION,
+                     details={"audit_seqs": seqs, "remains": audit_q.erasure_remains(s, seqs)})
     assert seqs == [2, 3]
     with db.session(readonly=True) as s:
         details = [e.details for e in s.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
@@ -371,3 +373,77 @@ def test_triggers_refuse_raw_changes_to_review_decisions(db: Database) -> None:
     with db.engine.begin() as conn:
         conn.execute(text("UPDATE review_decisions SET note = NULL, note_erased_at = '2026-01-02 00:00:00'"))
         assert conn.execute(text("SELECT decision, note FROM review_decisions")).one() == ("violation", None)
+
+
+# ---- issue 21, item 4: erasure keeps what remains of an event under the chain ----
+
+
+def _approve_then_erase(db: Database) -> int:
+    """A promotion approval with a note and failed gates, its note erased the way the console erases."""
+    with db.session() as s:
+        event = append_event(s, actor="rita", actor_id=3, action="promotion.approve", object_type="promotion",
+                             object_id=7, details={"note": "call me on 555-0101", "override_reason": "ok by Ann",
+                                                   "failed_gates": ["latency_p95"], "version": "v2"})
+    with db.session() as s:
+        rows = list(s.scalars(select(AuditEvent).where(AuditEvent.seq == event.seq)))
+        seqs = erase_event_details(s, rows, audit_q.PERSONAL_DETAIL_KEYS["promotion.approve"])
+        append_event(s, actor="ada", action=ERASURE_ACTION, details={"audit_seqs": seqs})
+    return event.seq
+
+
+def test_an_erased_event_keeps_a_chained_hash_of_what_remains(db: Database) -> None:
+    seq = _approve_then_erase(db)
+    with db.session(readonly=True) as s:
+        row = s.scalars(select(AuditEvent).where(AuditEvent.seq == seq)).one()
+    assert row.details == {"note": "[erased]", "override_reason": "[erased]", "failed_gates": ["latency_p95"],
+                           "version": "v2"}
+    assert row.remains_hash == details_digest(row.details)
+    assert verify_chain(db).ok
+
+
+@pytest.mark.parametrize("details", [
+    '{"note": "[erased]", "override_reason": "[erased]", "failed_gates": [], "version": "v2"}',
+    '{"note": "[erased]", "override_reason": "[erased]", "failed_gates": ["latency_p95"], "version": "v9"}',
+    '{"note": "[erased]", "failed_gates": ["latency_p95"], "version": "v2"}',
+    '{"note": "someone else wrote this", "override_reason": "[erased]", "failed_gates": ["latency_p95"], '
+    '"version": "v2"}',
+], ids=["gates-emptied", "version-changed", "key-dropped", "erased-text-rewritten"])
+def test_changing_what_remains_of_an_erased_event_fails_verification(db: Database, details: str) -> None:
+    seq = _approve_then_erase(db)
+    _tamper(db, lambda conn: conn.execute(text("UPDATE audit_events SET details = :d WHERE seq = :s"),
+                                          {"d": details, "s": seq}))
+    report = verify_chain(db)
+    assert not report.ok and (report.kind, report.first_bad_seq) == (EDITED, seq)
+
+
+def test_a_writer_cannot_erase_again_to_change_an_erased_event(db: Database) -> None:
+    seq = _approve_then_erase(db)
+    with pytest.raises(DatabaseError, match="append-only"), db.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET details = '{\"failed_gates\": []}', erased_at = :t WHERE seq = :s"),
+                     {"t": datetime.now(UTC), "s": seq})
+
+
+def test_erasing_an_event_changed_in_the_database_is_refused(db: Database) -> None:
+    with db.session() as s:
+        event = append_event(s, actor="rita", actor_id=3, action="promotion.approve", object_type="promotion",
+                             object_id=7, details={"note": "n", "failed_gates": ["a"]})
+    _tamper(db, lambda conn: conn.execute(text("UPDATE audit_events SET details = :d WHERE seq = :s"),
+                                          {"d": '{"note": "n", "failed_gates": []}', "s": event.seq}))
+    with db.session() as s:
+        rows = list(s.scalars(select(AuditEvent).where(AuditEvent.seq == event.seq)))
+        with pytest.raises(audit_q.TamperedEvent, match="changed in the database"):
+            erase_event_details(s, rows, ["note"])
+
+
+def test_an_older_event_erased_with_its_remains_recorded_is_pinned_by_the_erasure_event(db: Database) -> None:
+    _append(db, 3)  # test.event: no personal keys of its own, so no remains_hash (like events written before 0016)
+    with db.session() as s:
+        rows = list(s.scalars(select(AuditEvent).where(AuditEvent.seq == 2)))
+        seqs = erase_event_details(s, rows, ["email"])
+        append_event(s, actor="admin", action=ERASURE_ACTION,
+                     details={"audit_seqs": seqs, "remains": audit_q.erasure_remains(s, seqs)})
+    assert verify_chain(db).ok
+    _tamper(db, lambda conn: conn.execute(text("UPDATE audit_events SET details = :d WHERE seq = 2"),
+                                          {"d": '{"i": 42, "email": "[erased]"}'}))
+    report = verify_chain(db)
+    assert not report.ok and (report.kind, report.first_bad_seq) == (EDITED, 2)

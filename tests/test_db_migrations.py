@@ -35,6 +35,7 @@ RELEASE_TABLES = {"evaluations", "promotion_requests"}  # 0005_evaluations, 0006
 AUDIT_TABLES = {"audit_checkpoints", "export_requests"}  # 0009_audit_anchor
 METRICS_TABLES = {"latency_buckets", "slos", "engine_health"}  # 0010_latency_buckets, 0011_engine_health
 SESSION_TABLES = {"browser_sessions"}  # 0012_browser_sessions
+ERASURE_TABLES = {"erasure_requests"}  # 0016_erasure
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -136,7 +137,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:
@@ -156,6 +157,7 @@ def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -
         "hash",
         "details_hash",
         "erased_at",
+        "remains_hash",
     ]
 
 
@@ -482,3 +484,84 @@ def test_0014_merges_the_duplicate_waiting_items_on_postgresql(pg_db: Database) 
     _check_0014(pg_db)
     indexes = {ix["name"]: ix for ix in inspect(pg_db.engine).get_indexes("review_items")}
     assert indexes["uq_review_items_open_exchange"]["unique"]
+
+
+# --- 0016: erasure keeps what remains under the chain; erasure requests ---------------------------------------
+
+BEFORE_0016 = "0015_four_eyes"
+
+
+def _seed_old_chain_with_an_erased_event(database: Database) -> None:
+    """Three events in the format before 0016 (no remains_hash); the second erased the old way and recorded."""
+    import json
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from db import audit as audit_q
+
+    events = sa.table("audit_events", *(sa.column(c) for c in (
+        "seq", "ts", "actor", "actor_id", "action", "object_type", "object_id", "details", "details_hash",
+        "prev_hash", "hash", "erased_at")))
+    rows = [("promotion.request", {"reason": "faster", "version": "v2"}),
+            ("promotion.approve", {"note": "ring Ann", "failed_gates": ["latency_p95"], "version": "v2"}),
+            (audit_q.ERASURE_ACTION, {"audit_seqs": [2]})]
+    prev = audit_q.GENESIS_HASH
+    with database.engine.begin() as conn:
+        for seq, (action, details) in enumerate(rows, start=1):
+            ts = datetime(2026, 1, 2, 3, 4, seq, tzinfo=UTC)
+            dh = audit_q.details_digest(details)
+            digest = audit_q.compute_hash(ts=ts, actor="ada", actor_id=1, action=action, object_type="promotion",
+                                          object_id="7", details_hash=dh, prev_hash=prev)
+            stored = {**details, "note": "[erased]"} if seq == 2 else details
+            conn.execute(sa.insert(events).values(
+                seq=seq, ts=ts.strftime("%Y-%m-%d %H:%M:%S.%f"), actor="ada", actor_id=1, action=action,
+                object_type="promotion", object_id="7", details=json.dumps(stored), details_hash=dh,
+                prev_hash=prev, hash=digest, erased_at="2026-01-03 00:00:00.000000" if seq == 2 else None))
+            prev = digest
+        conn.execute(text("UPDATE audit_head SET seq = 3, hash = :h WHERE id = 1"), {"h": prev})
+
+
+def test_0016_seals_what_remains_of_events_erased_before_it(empty_db: Database) -> None:
+    from db import audit as audit_q
+
+    empty_db.migrate(BEFORE_0016)
+    _seed_old_chain_with_an_erased_event(empty_db)
+    empty_db.migrate()
+    with empty_db.session(readonly=True) as s:
+        [sealed] = list(audit_q.iter_events(s, action=audit_q.ERASURE_SEALED_ACTION))
+    assert sealed.seq == 4 and set(sealed.details["remains"]) == {"2"}
+    assert audit_q.verify_chain(empty_db).ok
+    with empty_db.engine.begin() as conn:  # a writer changes a structural field of the erased event
+        conn.execute(text("DROP TRIGGER audit_events_append_only_update"))
+        conn.execute(text("UPDATE audit_events SET details = :d WHERE seq = 2"),
+                     {"d": '{"note": "[erased]", "failed_gates": [], "version": "v2"}'})
+    report = audit_q.verify_chain(empty_db)
+    assert not report.ok and report.first_bad_seq == 2 and report.kind == audit_q.EDITED
+
+
+def test_0016_triggers_keep_an_erased_event_as_it_was_erased(empty_db: Database) -> None:
+    from sqlalchemy.exc import DatabaseError
+
+    empty_db.migrate(BEFORE_0016)
+    _seed_old_chain_with_an_erased_event(empty_db)
+    empty_db.migrate()
+    for statement in ("UPDATE audit_events SET details = '{}', erased_at = '2026-02-01 00:00:00' WHERE seq = 2",
+                      "UPDATE audit_events SET remains_hash = 'x', erased_at = '2026-02-01 00:00:00' WHERE seq = 1"):
+        with pytest.raises(DatabaseError, match="append-only"), empty_db.engine.begin() as conn:
+            conn.execute(text(statement))
+
+
+def test_0016_downgrades_and_upgrades_again(empty_db: Database) -> None:
+    empty_db.migrate()
+    from alembic import command
+
+    from db.database import alembic_config
+
+    with empty_db.engine.connect() as conn:
+        command.downgrade(alembic_config(empty_db.config.url, conn), BEFORE_0016)
+        conn.commit()
+    assert "erasure_requests" not in _tables(empty_db)
+    assert "remains_hash" not in [c["name"] for c in inspect(empty_db.engine).get_columns("audit_events")]
+    empty_db.migrate()
+    assert empty_db.current_revision() == HEAD and "erasure_requests" in _tables(empty_db)

@@ -368,22 +368,41 @@ def cmd_retention_apply(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_erase_request(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask for an erasure; another admin approves it on the Users page, which carries it out."""
     from console.services import retention
 
     ctx = _services(settings)
-    # Checks the name and the reason and counts, changing nothing: bad input stops here.
-    preview = retention.erase_user_cli(ctx, args.user, args.reason, dry_run=True)
+    # Checks the name, the reason and the legal basis and counts, changing nothing: bad input stops here.
+    preview = retention.preview_erasure_cli(ctx, args.user, args.legal_basis)
+    retention.check_reason(args.reason)
+    held = (f"; kept, being younger than six months: {preview.held_exchanges} exchanges and "
+            f"{preview.held_events} audit events (a legal basis reaches them)" if preview.floor is not None else "")
     if not args.yes:
         if not sys.stdin.isatty():
-            raise CliError("add --yes to erase without a question (standard input is not a terminal)")
-        print(f"This erases for {preview.username}: {retention.ERASES}.\nIt keeps {retention.KEEPS}.\n"
-              f"Found: {preview.summary}. This cannot be undone.")
-        if input(f"Type the username ({preview.username}) to go on: ").strip() != preview.username:
-            raise CliError("not confirmed; nothing was erased")
-    result = retention.erase_user_cli(ctx, args.user, args.reason)
-    print(f"erased the content of {result.username}: {result.summary} (audit event {result.event_seq}); "
-          "the account itself stays")
+            raise CliError("add --yes to ask without a question (standard input is not a terminal)")
+        print(f"An approved erasure erases for {preview.username}: {retention.ERASES}.\nIt keeps "
+              f"{retention.KEEPS}.\nFound now: {preview.summary}{held}. Once approved it cannot be undone.")
+        if input(f"Type the username ({preview.username}) to ask for it: ").strip() != preview.username:
+            raise CliError("not confirmed; nothing was asked for")
+    request = retention.request_erasure_cli(ctx, args.user, args.reason, args.legal_basis)
+    print(f"erasure request #{request.id} for {request.username} (user id {request.user_id}) is waiting: another "
+          f"admin approves it on the Users page, which erases {preview.summary}{held}")
+    return 0
+
+
+def cmd_erase_list(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import retention
+
+    requests = retention.list_erasure_requests_cli(_services(settings), args.status)
+    if not requests:
+        print("no erasure requests")
+    for r in requests:
+        done = f" by {r.decided_by} at {r.decided_at:%Y-%m-%d %H:%M} UTC" if r.decided_at else ""
+        basis = "legal basis given" if r.legal_basis else "six-month floor"
+        counts = f": {r.summary}" if r.status == "done" else ""
+        print(f"#{r.id} {r.status}{done}: user {r.username} (id {r.user_id}), asked by {r.requested_by} at "
+              f"{r.created_at:%Y-%m-%d %H:%M} UTC, {basis}{counts}")
     return 0
 
 
@@ -724,11 +743,20 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="erase raw texts and exchange texts older than the retention settings (metadata stays)")
     s.add_argument("--dry-run", action="store_true", help="only count what would be erased")
     s.set_defaults(func=cmd_retention_apply)
-    s = sub.add_parser("erase", help="erase every text a person stored (the account stays); audited")
-    s.add_argument("--user", required=True, help="the person's username")
-    s.add_argument("--reason", required=True, help="why (10 to 2,000 characters; checked, not stored)")
+    erase = sub.add_parser("erase", help="erasure of every text a person stored (the account stays): asked for "
+                                         "here, approved by another admin on the Users page").add_subparsers(
+        dest="erase_cmd", required=True, parser_class=_Parser)
+    s = erase.add_parser("request", help="ask for the erasure of one account's content; audited")
+    s.add_argument("--user", required=True, help="the person's username (the request holds the account's id)")
+    s.add_argument("--reason", required=True,
+                   help="why (10 to 2,000 characters; shown to the approver, blanked once decided)")
+    s.add_argument("--legal-basis", help="a legal basis for erasing logs younger than six months too (recorded in "
+                                         "the audit log); without it they stay")
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    s.set_defaults(func=cmd_erase)
+    s.set_defaults(func=cmd_erase_request)
+    s = erase.add_parser("list", help="list erasure requests")
+    s.add_argument("--status", choices=("pending", "done", "rejected", "cancelled"))
+    s.set_defaults(func=cmd_erase_list)
 
     s = sub.add_parser("settings", help="show every setting, its value and its environment variable")
     s.set_defaults(func=cmd_settings)

@@ -16,8 +16,21 @@ from db.types import utcnow
 logger = logging.getLogger(__name__)
 
 
+# Actor names the console writes for itself in the audit log (db.audit.append_event's ``actor``): never a username,
+# compared case-insensitively, so no account shares its name with the system's own entries.
+RESERVED_USERNAMES: frozenset[str] = frozenset({"system", "cli", "watch", "anonymous"})
+
+
 class UnknownRoleError(ValueError):
     """A role name that is not one of ``db.tables.ROLES``."""
+
+
+class ReservedUsernameError(ValueError):
+    """A username that is one of the console's own actor names (``RESERVED_USERNAMES``)."""
+
+
+def is_reserved_username(username: str) -> bool:
+    return username.strip().casefold() in RESERVED_USERNAMES
 
 
 def _check_roles(roles: Iterable[str]) -> list[str]:
@@ -39,7 +52,12 @@ def create_user(
     actor: str = "system",
     actor_id: int | None = None,
 ) -> User:
-    """Create a user with the given roles (``password_hash`` None for SSO-only accounts); audited."""
+    """Create a user with the given roles (``password_hash`` None for SSO-only accounts); audited.
+
+    Raises :class:`ReservedUsernameError` for one of the console's own actor names (``RESERVED_USERNAMES``).
+    """
+    if is_reserved_username(username):
+        raise ReservedUsernameError(f"{username!r} is reserved for the console's own audit entries")
     wanted = _check_roles(roles)
     user = User(
         username=username,

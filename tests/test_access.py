@@ -34,6 +34,7 @@ EXPECTED = {
     "promotion.request": {"admin"},
     "users.manage": {"admin"},
     "users.erase": {"admin"},
+    "users.erase_approve": {"admin"},
     "policy.manage": {"admin"},
     "policy.view": {"admin", "reviewer"},
     "audit.search": {"analyst", "admin"},

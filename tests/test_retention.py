@@ -13,10 +13,12 @@ from streamlit.testing.v1 import AppTest
 
 from console import app_pages, cli
 from console.services import retention
-from console.services.errors import AccessDenied, InvalidInput, NotFound
+from console.services import users as users_svc
+from console.services.errors import AccessDenied, InvalidInput, NotFound, SeparationOfDuties
 from console.ui import UiSession
 from db import audit as audit_q
 from db import chat as chat_q
+from db import users as users_q
 from db.chat import PendingRecord, TurnRecord
 from db.review.decisions import record_decision
 from db.review.items import ReviewItemRecord
@@ -207,9 +209,11 @@ def test_the_retention_task_applies_retention_in_a_round(ctx, aged):
 
 @pytest.fixture
 def people(ctx, make_user):
-    """olga (operator and reviewer: the person to erase), otto (another operator), rita (reviewer), ada (admin)."""
+    """olga (operator and reviewer: the person to erase), otto (another operator), rita (reviewer), ada and abe
+    (admins: one asks, the other approves)."""
     p = {
         "ada": make_user("ada", "admin"),
+        "abe": make_user("abe", "admin"),
         "olga": make_user("olga", "operator", "reviewer", email="olga.person@example.com"),
         "otto": make_user("otto", "operator"),
         "rita": make_user("rita", "reviewer"),
@@ -232,21 +236,30 @@ def people(ctx, make_user):
     return p
 
 
+BASIS = "court order 2026/77 (art. 17 GDPR, unlawful processing)"
+
+
+def _erase(ctx, people, who: str = "olga", basis: str | None = BASIS):
+    """ada asks, abe approves (which erases); the request as it ends."""
+    asked = retention.request_erasure(ctx, people["ada"], people[who].user_id, REASON, basis)
+    return retention.decide_erasure(ctx, people["abe"], asked.id, True)
+
+
 def test_erasure_removes_every_text_of_the_person_from_the_database_files(ctx, people):
     assert MARK.encode() in _file_bytes(ctx)  # the search below can find it
 
-    result = retention.erase_user(ctx, people["ada"], "olga", REASON)
+    done = _erase(ctx, people)
 
     assert MARK.encode() not in _file_bytes(ctx)
     assert KEEP.encode() in _file_bytes(ctx)
-    assert result.log_truncated is True
-    assert (result.exchanges, result.raw_texts, result.conversations, result.review_notes,
-            result.decision_notes) == (3, 5, 1, 1, 1)
+    r = done.result
+    assert (done.status, r["exchanges"], r["raw_texts"], r["conversations"], r["review_notes"],
+            r["decision_notes"]) == ("done", 3, 5, 1, 1, 1)
     assert audit_q.verify_chain(ctx.db).ok
 
 
 def test_erasure_keeps_metadata_and_other_peoples_content(ctx, people):
-    retention.erase_user(ctx, people["ada"], "olga", REASON)
+    _erase(ctx, people)
     ex = _exchange(ctx, people["olga_ex"])
     assert (ex.prompt, ex.response, ex.status, ex.e2e_ms) == ("", "", "ok", 120.0) and ex.text_erased_at
     assert _exchange(ctx, people["olga_pending"]).prompt == ""
@@ -269,19 +282,24 @@ def test_erasure_keeps_metadata_and_other_peoples_content(ctx, people):
 
 
 def test_erasure_clears_personal_audit_details_and_records_itself_without_personal_text(ctx, people):
-    result = retention.erase_user(ctx, people["ada"], "olga", REASON)
+    done = _erase(ctx, people)
     created = [e for e in _events(ctx, "user.create") if e.object_id == str(people["olga"].user_id)][0]
     assert created.details["email"] == audit_q.ERASED and created.erased_at is not None
-    assert created.seq in result.audit_seqs
+    assert created.seq in done.result["audit_seqs"]
     others = [e for e in _events(ctx, "user.create") if e.object_id == str(people["otto"].user_id)]
     assert others[0].erased_at is None
     [event] = _events(ctx, audit_q.ERASURE_ACTION)
-    assert event.seq == result.event_seq and (event.actor, event.actor_id) == ("ada", people["ada"].user_id)
-    assert event.details == {"user": people["olga"].user_id, "reason_given": True, "exchanges": 3, "raw_texts": 5,
-                             "conversations": 1, "review_notes": 1, "decision_notes": 1,
-                             "audit_seqs": list(result.audit_seqs)}
+    assert event.seq == done.result["event_seq"] and (event.actor, event.actor_id) == ("abe", people["abe"].user_id)
+    assert event.details == {"user": people["olga"].user_id, "request": done.id,
+                             "requested_by_id": people["ada"].user_id, "reason_given": True, "legal_basis": BASIS,
+                             "floor": None, "exchanges": 3, "raw_texts": 5, "conversations": 1, "review_notes": 1,
+                             "decision_notes": 1, "audit_seqs": done.result["audit_seqs"], "held_exchanges": 0,
+                             "held_events": 0, "remains": {}}
     text = audit_q.canonical_json(event.details) + (event.object_id or "")
     assert "olga" not in text and "1234" not in text and MARK not in text
+    [asked] = _events(ctx, retention.REQUEST_ACTION)
+    assert "1234" not in audit_q.canonical_json(asked.details) and asked.details["legal_basis"] == BASIS
+    assert done.reason is None  # blanked once decided
     assert audit_q.verify_chain(ctx.db).ok
 
 
@@ -292,7 +310,7 @@ def test_erasure_clears_the_reasons_the_person_typed_in_audit_events(ctx, people
         # A switch the reconciler made on olga's request: the system is the actor, olga typed the reason.
         audit_q.append_event(s, actor="system", action="model.switch", object_type="model_version", object_id="v2",
                              details={"requested_by": "olga", "reason": f"faster {MARK}", "from": "v1", "to": "v2"})
-    retention.erase_user(ctx, people["ada"], "olga", REASON)
+    _erase(ctx, people)
     assert MARK.encode() not in _file_bytes(ctx)
     with ctx.db.session(readonly=True) as s:
         [switch] = list(audit_q.iter_events(s, action="model.switch"))
@@ -301,36 +319,127 @@ def test_erasure_clears_the_reasons_the_person_typed_in_audit_events(ctx, people
 
 
 def test_erasure_is_idempotent(ctx, people):
-    retention.erase_user(ctx, people["ada"], "olga", REASON)
-    again = retention.erase_user(ctx, people["ada"], "olga", REASON)
-    assert (again.exchanges, again.raw_texts, again.conversations, again.review_notes, again.decision_notes,
-            again.audit_seqs) == (0, 0, 0, 0, 0, ())
+    _erase(ctx, people)
+    again = _erase(ctx, people)
+    r = again.result
+    assert (r["exchanges"], r["raw_texts"], r["conversations"], r["review_notes"], r["decision_notes"],
+            r["audit_seqs"]) == (0, 0, 0, 0, 0, [])
     assert len(_events(ctx, audit_q.ERASURE_ACTION)) == 2
     assert audit_q.verify_chain(ctx.db).ok
 
 
-@pytest.mark.parametrize("role", ["operator", "reviewer", "analyst"])
-def test_only_an_admin_may_erase(ctx, people, make_user, role):
-    someone = make_user(f"some-{role}", role)
+# --- issue 21, item 5: by user id, four eyes, the six-month floor ------------------------------------------------
+
+
+def test_one_admin_alone_cannot_erase(ctx, people):
+    asked = retention.request_erasure(ctx, people["ada"], people["olga"].user_id, REASON, BASIS)
+    assert asked.status == "pending" and asked.reason == REASON
+    assert _exchange(ctx, people["olga_ex"]).prompt == f"prompt {MARK}"  # a request erases nothing
     head = _head(ctx)
-    with pytest.raises(AccessDenied):
-        retention.erase_user(ctx, someone, "olga", REASON)
+    with pytest.raises(SeparationOfDuties):
+        retention.decide_erasure(ctx, people["ada"], asked.id, True)
     assert _exchange(ctx, people["olga_ex"]).prompt == f"prompt {MARK}"
     denied = [e for e in _events(ctx, "access.denied") if e.seq > head]
-    assert [e.details["action"] for e in denied] == ["users.erase"]
+    assert [e.details["action"] for e in denied] == ["users.erase.decide"]
+    assert not hasattr(retention, "erase_user")  # the one-admin path is gone
 
 
-@pytest.mark.parametrize("username,reason,error,message", [
+def test_a_rejected_or_cancelled_request_erases_nothing_and_forgets_its_reason(ctx, people):
+    asked = retention.request_erasure(ctx, people["ada"], people["olga"].user_id, REASON)
+    rejected = retention.decide_erasure(ctx, people["abe"], asked.id, False)
+    assert (rejected.status, rejected.reason, rejected.decided_by) == ("rejected", None, "abe")
+    again = retention.request_erasure(ctx, people["ada"], people["olga"].user_id, REASON)
+    with pytest.raises(AccessDenied):
+        retention.cancel_erasure(ctx, people["abe"], again.id)
+    assert retention.cancel_erasure(ctx, people["ada"], again.id).status == "cancelled"
+    with pytest.raises(InvalidInput, match="already cancelled"):
+        retention.decide_erasure(ctx, people["abe"], again.id, True)
+    assert _exchange(ctx, people["olga_ex"]).prompt == f"prompt {MARK}"
+    assert [e.action for e in _events(ctx, retention.REJECT_ACTION) + _events(ctx, retention.CANCEL_ACTION)] == [
+        retention.REJECT_ACTION, retention.CANCEL_ACTION]
+
+
+def test_an_admin_cannot_approve_the_erasure_of_their_own_content(ctx, people):
+    asked = retention.request_erasure(ctx, people["ada"], people["abe"].user_id, REASON, BASIS)
+    with pytest.raises(InvalidInput, match="your own content"):
+        retention.decide_erasure(ctx, people["abe"], asked.id, True)
+
+
+@pytest.mark.parametrize("name", ["system", "cli", "watch", "anonymous", "System", "ANONYMOUS"])
+def test_reserved_actor_names_are_refused_as_usernames(ctx, people, name):
+    with pytest.raises(InvalidInput, match="reserved"):
+        users_svc.add_user(ctx, people["ada"], name, "correct horse battery staple", ["operator"])
+    with pytest.raises(InvalidInput, match="reserved"):
+        users_svc.create_user_cli(ctx, name, None, ["operator"], email=f"{name.lower()}@example.com")
+    with ctx.db.session() as s, pytest.raises(users_q.ReservedUsernameError):
+        users_q.create_user(s, name, None, ["operator"])
+
+
+def test_erasing_an_account_named_like_a_system_actor_touches_only_its_own_events(ctx, people):
+    """An account made before names were reserved (written here past the check): erasing it must not wipe the
+    typed names of failed sign-ins (actor "anonymous") or the system's switch reasons (actor "system")."""
+    with ctx.db.session() as s:
+        s.execute(sa.text("INSERT INTO users (username, disabled, failed_login_count, session_epoch, created_at, "
+                          "updated_at) VALUES ('anonymous', false, 0, 0, :t, :t)"), {"t": ctx.now()})
+        uid = s.scalar(sa.text("SELECT id FROM users WHERE username = 'anonymous'"))
+        audit_q.append_event(s, actor="anonymous", action="auth.login_failed", object_type="sign_in",
+                             details={"reason": "no such user", "username": "someone-typed-this"})
+        audit_q.append_event(s, actor="system", action="model.switch", object_type="model_version", object_id="v2",
+                             details={"requested_by": "anonymous", "reason": "faster", "from": "v1", "to": "v2"})
+        audit_q.append_event(s, actor="anonymous", actor_id=uid, action="review.reveal_reason",
+                             object_type="review_item", object_id=1, details={"reason": f"mine {MARK}"})
+    asked = retention.request_erasure(ctx, people["ada"], uid, REASON, BASIS)
+    done = retention.decide_erasure(ctx, people["abe"], asked.id, True)
+    assert len(done.result["audit_seqs"]) == 1
+    [failed] = _events(ctx, "auth.login_failed")
+    [switch] = _events(ctx, "model.switch")
+    [reveal] = _events(ctx, "review.reveal_reason")
+    assert failed.details["username"] == "someone-typed-this" and switch.details["reason"] == "faster"
+    assert reveal.details["reason"] == audit_q.ERASED
+
+
+def test_without_a_legal_basis_logs_younger_than_six_months_stay(ctx, people):
+    olga = people["olga"]
+    conv = _conversation(ctx, olga, "an old chat", days_old=300)
+    old_ex = _turn(ctx, olga, conv, days_old=200, text=f"old {MARK}")
+    asked = retention.request_erasure(ctx, people["ada"], olga.user_id, REASON)  # no legal basis
+    preview = retention.preview_erasure(ctx, people["abe"], asked.id)
+    assert preview.exchanges == 1 and preview.held_exchanges == 3 and preview.floor is not None
+    done = retention.decide_erasure(ctx, people["abe"], asked.id, True)
+    assert done.result["exchanges"] == 1 and done.result["held_exchanges"] == 3
+    assert _exchange(ctx, old_ex).prompt == ""
+    assert _exchange(ctx, people["olga_ex"]).prompt == f"prompt {MARK}"  # two days old: kept
+    [event] = _events(ctx, audit_q.ERASURE_ACTION)
+    assert event.details["legal_basis"] is None and event.details["floor"] is not None
+    assert audit_q.verify_chain(ctx.db).ok
+
+
+@pytest.mark.parametrize("role", ["operator", "reviewer", "analyst"])
+def test_only_an_admin_may_ask_for_or_approve_an_erasure(ctx, people, make_user, role):
+    someone = make_user(f"some-{role}", role)
+    asked = retention.request_erasure(ctx, people["ada"], people["olga"].user_id, REASON, BASIS)
+    head = _head(ctx)
+    with pytest.raises(AccessDenied):
+        retention.request_erasure(ctx, someone, people["olga"].user_id, REASON, BASIS)
+    with pytest.raises(AccessDenied):
+        retention.decide_erasure(ctx, someone, asked.id, True)
+    assert _exchange(ctx, people["olga_ex"]).prompt == f"prompt {MARK}"
+    denied = [e for e in _events(ctx, "access.denied") if e.seq > head]
+    assert [e.details["action"] for e in denied] == ["users.erase", "users.erase_approve"]
+
+
+@pytest.mark.parametrize("who,reason,error,message", [
     ("ada", REASON, InvalidInput, "your own content"),
-    ("nobody", REASON, NotFound, "No user named 'nobody'"),
+    (None, REASON, NotFound, "No user with id 9999"),
     ("olga", "too short", InvalidInput, "10 characters"),
     ("olga", "   \x00 \x00        ", InvalidInput, "10 characters"),
     ("olga", "x" * 2001, InvalidInput, "2,000"),
 ])
-def test_bad_erasure_requests_are_refused_and_change_nothing(ctx, people, username, reason, error, message):
+def test_bad_erasure_requests_are_refused_and_change_nothing(ctx, people, who, reason, error, message):
     head = _head(ctx)
+    uid = people[who].user_id if who else 9999
     with pytest.raises(error, match=message):
-        retention.erase_user(ctx, people["ada"], username, reason)
+        retention.request_erasure(ctx, people["ada"], uid, reason)
     assert _head(ctx) == head
     assert _exchange(ctx, people["olga_ex"]).prompt == f"prompt {MARK}"
 
@@ -346,7 +455,7 @@ def test_secure_delete_is_what_removes_the_old_copies(ctx, people):
     def _off(dbapi_connection, record):  # runs after the database's own listener
         dbapi_connection.execute("PRAGMA secure_delete=OFF")
 
-    retention.erase_user(ctx, people["ada"], "olga", REASON)
+    _erase(ctx, people)
     assert MARK.encode() in _file_bytes(ctx)
 
 
@@ -357,14 +466,15 @@ def test_the_database_turns_secure_delete_on_over_a_build_that_defaults_to_off(c
     def _default_off(dbapi_connection, record):  # runs before the database's own listener
         dbapi_connection.execute("PRAGMA secure_delete=OFF")
 
-    ada, olga = make_user("ada", "admin"), make_user("olga", "operator")
+    people = {"ada": make_user("ada", "admin"), "abe": make_user("abe", "admin"), "olga": make_user("olga", "operator")}
+    olga = people["olga"]
     conv = _conversation(ctx, olga, f"title {MARK}")
     pending = _pending(ctx, olga, conv, days_old=0, text=MARK)
     with ctx.db.session() as s:
         chat_q.complete_exchange(s, pending, TurnRecord(
             conversation_id=conv, user_id=olga.user_id, actor="olga", model_version="demo-v1", prompt="",
             response=f"longer answer {MARK} " * 30))
-    retention.erase_user(ctx, ada, "olga", REASON)
+    _erase(ctx, people)
     assert MARK.encode() not in _file_bytes(ctx)
 
 
@@ -388,32 +498,39 @@ def test_cli_retention_apply_and_dry_run(cli_env, aged, capsys):
     assert _exchange(cli_env, aged["ids"]["old"]).prompt == ""
 
 
-def test_cli_erase_with_yes(cli_env, people, capsys):
-    assert cli.main(["erase", "--user", "olga", "--reason", REASON, "--yes"]) == 0
+def test_cli_erase_request_waits_for_an_admin_and_the_shell_cannot_erase_alone(cli_env, people, capsys):
+    assert cli.main(["erase", "request", "--user", "olga", "--reason", REASON, "--legal-basis", BASIS, "--yes"]) == 0
     out = capsys.readouterr().out
-    assert "erased the content of olga: 3 exchanges, 5 raw texts" in out and "account itself stays" in out
-    assert _exchange(cli_env, people["olga_ex"]).prompt == ""
-    [event] = _events(cli_env, audit_q.ERASURE_ACTION)
+    assert "is waiting: another admin approves it on the Users page" in out and "3 exchanges, 5 raw texts" in out
+    assert _exchange(cli_env, people["olga_ex"]).prompt == f"prompt {MARK}"
+    [event] = _events(cli_env, retention.REQUEST_ACTION)
     assert event.actor == "cli" and event.actor_id is None
+    assert cli.main(["erase", "list", "--status", "pending"]) == 0
+    assert "pending: user olga" in capsys.readouterr().out
+    [request] = retention.list_erasure_requests_cli(cli_env, "pending")
+    done = retention.decide_erasure(cli_env, people["ada"], request.id, True)
+    assert done.status == "done" and _exchange(cli_env, people["olga_ex"]).prompt == ""
 
 
 def test_cli_erase_asks_on_a_terminal_and_stops_unless_the_name_is_typed(cli_env, people, monkeypatch, capsys):
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     answers = iter(["otto", "olga"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
-    assert cli.main(["erase", "--user", "olga", "--reason", REASON]) == 1
+    assert cli.main(["erase", "request", "--user", "olga", "--reason", REASON]) == 1
     captured = capsys.readouterr()
-    assert "Found: 3 exchanges" in captured.out and "It keeps the account itself" in captured.out
-    assert captured.err == "llm-console: error: not confirmed; nothing was erased\n"
-    assert _exchange(cli_env, people["olga_ex"]).prompt == f"prompt {MARK}"
-    assert cli.main(["erase", "--user", "olga", "--reason", REASON]) == 0
-    assert _exchange(cli_env, people["olga_ex"]).prompt == ""
+    assert "Found now: 0 exchanges" in captured.out and "It keeps the account itself" in captured.out
+    assert "younger than six months: 3 exchanges" in captured.out
+    assert captured.err == "llm-console: error: not confirmed; nothing was asked for\n"
+    assert not retention.list_erasure_requests_cli(cli_env)
+    assert cli.main(["erase", "request", "--user", "olga", "--reason", REASON]) == 0
+    assert len(retention.list_erasure_requests_cli(cli_env, "pending")) == 1
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["erase", "--user", "nobody", "--reason", REASON, "--yes"], "No user named 'nobody'."),
-    (["erase", "--user", "olga", "--reason", "short", "--yes"], "Give the reason for the erasure"),
-    (["erase", "--user", "olga", "--reason", REASON], "add --yes"),  # standard input is not a terminal here
+    (["erase", "request", "--user", "nobody", "--reason", REASON, "--yes"], "No user named 'nobody'."),
+    (["erase", "request", "--user", "olga", "--reason", "short", "--yes"], "Give the reason for the erasure"),
+    (["erase", "request", "--user", "olga", "--reason", REASON, "--legal-basis", "law", "--yes"], "legal basis"),
+    (["erase", "request", "--user", "olga", "--reason", REASON], "add --yes"),  # standard input is no terminal
 ])
 def test_cli_erase_bad_input_is_one_line_and_changes_nothing(cli_env, people, capsys, argv, message):
     head = _head(cli_env)
@@ -425,7 +542,7 @@ def test_cli_erase_bad_input_is_one_line_and_changes_nothing(cli_env, people, ca
 
 def test_cli_erase_without_a_reason_is_a_usage_error(cli_env, people, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["erase", "--user", "olga"])
+        cli.main(["erase", "request", "--user", "olga"])
     assert exc.value.code == 2 and "--reason" in capsys.readouterr().err
 
 
@@ -454,29 +571,36 @@ def _open_erase_form(at: AppTest, username: str) -> AppTest:
     return at
 
 
-def test_the_users_page_erases_a_persons_content_and_says_so_after_the_rerun(app_env, people):
+def test_the_users_page_asks_and_another_admin_approves_and_erases(app_env, people):
     at = _open_erase_form(_users_page(people["ada"]), "olga")
     assert not at.exception
     at.text_area(key="erase_reason_0").input(REASON)
+    at.text_input(key="erase_basis_0").input(BASIS)
     at.checkbox(key="erase_confirm_0").check()
     at.button(key="erase_submit").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert [s.value.replace("\\", "") for s in at.success] == [  # shown escaped for markdown
-        "Erased the content of olga: 3 exchanges, 5 raw texts, 1 conversations, 1 review item notes, "
-        f"1 decision notes, {len(_events(app_env, audit_q.ERASURE_ACTION)[0].details['audit_seqs'])} audit events. "
-        "The account itself stays."]
+    [request] = retention.list_erasure_requests_cli(app_env, "pending")
+    assert any(f"request #{request.id}" in s.value.replace("\\", "") for s in at.success)
+    assert _exchange(app_env, people["olga_ex"]).prompt == f"prompt {MARK}"
+    assert not [b for b in at.button if b.key == f"erase_approve_{request.id}"]  # not for the one who asked
+
+    at = _users_page(people["abe"])
+    assert any("Approving erases now: 3 exchanges" in c.value.replace("\\", "") for c in at.caption)
+    at.button(key=f"erase_approve_{request.id}").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(s.value.replace("\\", "").startswith("Erased the content of olga: 3 exchanges") for s in at.success)
     assert _exchange(app_env, people["olga_ex"]).prompt == ""
-    assert at.text_area(key="erase_reason_1").value == ""  # the form opens empty again
 
 
-def test_the_users_page_erases_nothing_without_the_confirmation_box(app_env, people):
+def test_the_users_page_asks_for_nothing_without_the_confirmation_box(app_env, people):
     at = _open_erase_form(_users_page(people["ada"]), "olga")
     at.text_area(key="erase_reason_0").input(REASON)
     at.button(key="erase_submit").click()
     at.run()
-    assert [e.value for e in at.error] == ["Tick the box to confirm the erasure; nothing was erased."]
-    assert _exchange(app_env, people["olga_ex"]).prompt == f"prompt {MARK}"
+    assert [e.value for e in at.error] == ["Tick the box to confirm the request; nothing was asked for."]
+    assert not retention.list_erasure_requests_cli(app_env)
 
 
 def test_the_users_page_shows_a_short_reason_as_a_clear_error(app_env, people):
@@ -486,7 +610,7 @@ def test_the_users_page_shows_a_short_reason_as_a_clear_error(app_env, people):
     at.button(key="erase_submit").click()
     at.run()
     assert any("10 characters" in e.value for e in at.error)
-    assert _exchange(app_env, people["olga_ex"]).prompt == f"prompt {MARK}"
+    assert not retention.list_erasure_requests_cli(app_env)
 
 
 def test_an_admin_is_not_offered_to_erase_their_own_content(app_env, people):
@@ -509,7 +633,7 @@ def test_added_user_message_survives_the_rerun(app_env, people):
 
 def test_an_answer_finishing_after_the_erasure_does_not_write_its_text_back(ctx, people):
     olga = people["olga"]
-    retention.erase_user(ctx, people["ada"], "olga", REASON)
+    _erase(ctx, people)
     with ctx.db.session() as s:
         conv = s.get(Exchange, people["olga_pending"]).conversation_id
         chat_q.complete_exchange(s, people["olga_pending"], TurnRecord(
@@ -518,4 +642,3 @@ def test_an_answer_finishing_after_the_erasure_does_not_write_its_text_back(ctx,
     done = _exchange(ctx, people["olga_pending"])
     assert (done.status, done.response, done.prompt) == ("ok", "", "")
     assert MARK.encode() not in _file_bytes(ctx)
-    assert audit_q.verify_chain(ctx.db).ok

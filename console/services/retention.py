@@ -8,12 +8,17 @@ findings (which hold no text), review decisions and the audit chain stay. It wor
 transaction and one ``retention.apply`` audit event each, so a first run over a large store never holds the write
 lock for long. Exchanges still being answered (``pending``) are left alone.
 
-Erasure (:func:`erase_user`, admins; :func:`erase_user_cli`) removes, in one transaction, every text a person
-stored: their exchanges' prompts and answers, raw texts, conversation titles and system prompts, their review
-item notes, the notes of the review decisions they wrote, and the personal details of the audit events about or
-by them (``db.audit.PERSONAL_DETAIL_KEYS``); then one ``privacy.erase`` event lists what changed. The account
-itself stays (disable it separately). The reason an admin gives is checked but stored nowhere: it may name the
-person whose data is going.
+Erasure takes four eyes: an admin (:func:`request_erasure`) or the shell (:func:`request_erasure_cli`) asks for
+the erasure of one account's content, by user id, with a reason; another admin approves it
+(:func:`decide_erasure`), which carries it out in one transaction: the person's exchanges' prompts and answers,
+raw texts, conversation titles and system prompts, their review item notes, the notes of the review decisions they
+wrote, and the personal details of the audit events about or by them (``db.audit.PERSONAL_DETAIL_KEYS``), matched
+by user id; then one ``privacy.erase`` event lists what changed. The account itself stays (disable it separately).
+The reason is shown to the approver and blanked once the request is decided: it may name the person.
+
+Logs of the AI system are kept six months at least (EU AI Act art. 19 and 26): without a legal basis typed in the
+request, an erasure leaves every row younger than ``LOG_FLOOR_DAYS`` (exchanges, raw texts, notes, decisions, audit
+events) and says how much it kept; with one, the basis is recorded in the request and the audit events.
 
 On SQLite, a changed row's old bytes could stay in the file's free space and in the write-ahead log. The
 database runs with ``secure_delete`` on (``db.database``), so SQLite overwrites them, and after an erasure or a
@@ -32,14 +37,25 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from console.services.access import Principal, requires
+from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
-from console.services.errors import InvalidInput, NotFound
+from console.services.errors import AccessDenied, InvalidInput, NotFound
 from console.services.periodic import PeriodicTask
 from console.services.text import clean_text
 from db import audit as audit_q
+from db import erasure as erasure_q
+from db import exports as exports_q
 from db import users as users_q
-from db.tables import AuditEvent, Conversation, Exchange, RawText, ReviewDecision, ReviewItem
+from db.tables import (
+    ERASURE_REQUEST_STATUSES,
+    AuditEvent,
+    Conversation,
+    ErasureRequest,
+    Exchange,
+    RawText,
+    ReviewDecision,
+    ReviewItem,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -53,14 +69,22 @@ BATCH_SIZE = 500
 MIN_REASON_CHARS = 10
 MAX_REASON_CHARS = 2000
 LOG_CHECKPOINT_WAIT_MS = 1000
+# Six months (EU AI Act art. 19 and 26: deployers keep the logs of a high-risk AI system at least six months).
+# Not a setting: lowering it is what the law forbids; only a legal basis typed in the request reaches past it.
+LOG_FLOOR_DAYS = 183
+SHELL = "the shell"
+REQUEST_ACTION = "privacy.erase_requested"
+REJECT_ACTION = "privacy.erase_rejected"
+CANCEL_ACTION = "privacy.erase_cancelled"
 # What an erasure removes and what it keeps: the CLI and the Users page show these words.
 ERASES = ("the prompts and answers of every conversation, their titles and system prompts, the raw "
           "(unredacted) texts kept for review, notes on review items of those conversations and the notes the "
           "person wrote, the notes of review decisions the person wrote, and personal details (such as emails "
           "and reasons typed) in audit events about or by the person")
 KEEPS = ("the account itself (disable it separately), when and how each exchange ran (timings, model, status), "
-         "safety findings (they hold no text), review decisions without their notes, and the audit chain, "
-         "which still verifies")
+         "safety findings (they hold no text), review decisions without their notes, the audit chain, which "
+         "still verifies, and, unless a legal basis is given, everything younger than six months (the AI "
+         "system's logs are kept that long)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,10 @@ class ErasureResult:
     event_seq: int | None = None  # the privacy.erase event
     dry_run: bool = False
     log_truncated: bool | None = None
+    held_exchanges: int = 0  # exchanges with text kept because they are younger than the floor
+    held_events: int = 0  # audit events with personal details kept for the same reason
+    floor: datetime | None = None  # None: a legal basis reaches every age
+    request_id: int | None = None
 
     @property
     def summary(self) -> str:
@@ -263,95 +291,140 @@ class RetentionTask(PeriodicTask):
 
 
 # --- erasure of one person's content ------------------------------------------------------------------------------
+# Four eyes: an admin (or the shell) asks for the erasure of one account's content, by user id; another admin
+# approves it, which carries it out in the same transaction. Logs of the AI system younger than the floor stay
+# unless a legal basis is typed (it is recorded in the request and in the audit events).
 
 
-def _check_reason(reason: str | None) -> None:
-    text = clean_text(reason or "").strip()
+def _clean_reason(reason: str | None, what: str = "reason for the erasure") -> str:
+    text = clean_text(reason if isinstance(reason, str) else "").strip()
     if len(text) < MIN_REASON_CHARS:
-        raise InvalidInput(f"Give the reason for the erasure ({MIN_REASON_CHARS} characters at least, e.g. the "
-                           "request's reference); it is checked but not stored.")
+        raise InvalidInput(f"Give the {what} ({MIN_REASON_CHARS} characters at least, e.g. the request's "
+                           "reference).")
     if len(text) > MAX_REASON_CHARS:
-        raise InvalidInput(f"Keep the reason under {MAX_REASON_CHARS:,} characters.")
+        raise InvalidInput(f"Keep the {what} under {MAX_REASON_CHARS:,} characters.")
+    return text
 
 
-def _target(session: Session, username: str) -> Any:
-    name = (username or "").strip().lower()
-    user = users_q.get_user_by_username(session, name[:200]) if name else None
+def check_reason(reason: str | None) -> str:
+    return _clean_reason(reason)
+
+
+def _clean_legal_basis(legal_basis: str | None) -> str | None:
+    if legal_basis is None or not clean_text(legal_basis if isinstance(legal_basis, str) else "").strip():
+        return None
+    return _clean_reason(legal_basis, "legal basis for erasing logs younger than six months")
+
+
+def _target(session: Session, user_id: int) -> Any:
+    """The account to erase, by id: never by a name another actor can share."""
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id < 1:
+        raise InvalidInput("Choose the person whose content is to be erased.")
+    user = users_q.get_user(session, user_id)
     if user is None:
-        raise NotFound(f"No user named {clean_text(name)[:64]!r}.")
+        raise NotFound(f"No user with id {user_id}.")
     return user
 
 
-def _personal_events(session: Session, user_id: int, username: str) -> list[AuditEvent]:
-    """Audit events about or by the person whose action lists personal detail keys, oldest first."""
+def _user_id_of(ctx: AppContext, username: str) -> int:
+    """The id of the account named ``username`` (the shell names people; requests hold ids)."""
+    name = (username or "").strip().lower()
+    with ctx.db.session(readonly=True) as s:
+        user = users_q.get_user_by_username(s, name[:200]) if name else None
+        if user is None:
+            raise NotFound(f"No user named {clean_text(name)[:64]!r}.")
+        return int(user.id)
+
+
+def _personal_events(session: Session, user_id: int, username: str, floor: datetime | None) -> list[AuditEvent]:
+    """Audit events about or by the person (by user id) whose action lists personal detail keys, oldest first.
+
+    Events name the person by id (``actor_id``, or ``object_id`` of a ``user`` object). System events carried out on
+    someone's request (a switch the reconciler made) name them in ``requested_by``, by username: matched only when
+    the username is not one of the console's own actor names, which no account can hold any more. Failed sign-ins
+    under a name that matched no account are not the account's: anyone can type any name.
+    """
     actions = [a for a, keys in audit_q.PERSONAL_DETAIL_KEYS.items() if keys]
-    if not actions:
-        return []
-    about = sa.and_(AuditEvent.object_type == "user", AuditEvent.object_id.in_([str(user_id), username]))
-    # System events done on the person's request (a switch the reconciler carried out) name them in requested_by.
-    by = sa.or_(AuditEvent.actor_id == user_id, AuditEvent.actor == username,
-                AuditEvent.details["requested_by"].as_string() == username)
-    stmt = (sa.select(AuditEvent).where(AuditEvent.action.in_(actions), sa.or_(about, by))
-            .order_by(AuditEvent.seq))
-    return list(session.scalars(stmt))
+    about = sa.and_(AuditEvent.object_type == "user", AuditEvent.object_id == str(user_id))
+    by: sa.ColumnElement[bool] = sa.or_(about, AuditEvent.actor_id == user_id)
+    if not users_q.is_reserved_username(username):
+        by = sa.or_(by, sa.and_(AuditEvent.actor_id.is_(None),
+                                AuditEvent.details["requested_by"].as_string() == username))
+    stmt = sa.select(AuditEvent).where(AuditEvent.action.in_(actions), by, AuditEvent.erased_at.is_(None))
+    if floor is not None:
+        stmt = stmt.where(AuditEvent.ts < floor)
+    return list(session.scalars(stmt.order_by(AuditEvent.seq)))
 
 
-def _erase(ctx: AppContext, actor: str, actor_id: int | None, username: str, reason: str, *,
-           dry_run: bool = False) -> ErasureResult:
-    _check_reason(reason)
+def _young_events(session: Session, user_id: int, username: str, floor: datetime | None) -> int:
+    if floor is None:
+        return 0
+    return sum(1 for e in _personal_events(session, user_id, username, None) if e.ts >= floor and _has_personal(e))
+
+
+def _floor(ctx: AppContext, legal_basis: str | None) -> datetime | None:
+    return None if legal_basis else ctx.now() - timedelta(days=LOG_FLOOR_DAYS)
+
+
+def _erase_in(ctx: AppContext, s: Session, user: Any, floor: datetime | None, *,
+              dry_run: bool = False) -> tuple[ErasureResult, list[int]]:
+    """Erase (or count) ``user``'s content older than ``floor`` (everything when None) in the session ``s``."""
     now = ctx.now()
-    with ctx.db.session(readonly=dry_run) as s:
-        user = _target(s, username)
-        if actor_id is not None and user.id == actor_id:
-            raise InvalidInput("You cannot erase your own content; ask another admin.")
-        uid = user.id
-        conv_ids = sa.select(Conversation.id).where(Conversation.user_id == uid)
-        ex_ids = sa.select(Exchange.id).where(sa.or_(Exchange.user_id == uid, Exchange.conversation_id.in_(conv_ids)))
-        decision_where = sa.and_(ReviewDecision.reviewer_id == uid, ReviewDecision.note.is_not(None))
-        item_where = sa.and_(sa.or_(ReviewItem.exchange_id.in_(ex_ids), ReviewItem.created_by_id == uid),
-                             ReviewItem.note.is_not(None))
-        events = _personal_events(s, uid, user.username)
-        if dry_run:
-            n_ex = _count(s, sa.select(Exchange.id).where(
-                Exchange.id.in_(ex_ids),
-                sa.or_(Exchange.text_erased_at.is_(None), Exchange.prompt != "", Exchange.response != "")))
-            n_raw = _count(s, sa.select(RawText.id).where(
-                RawText.exchange_id.in_(ex_ids), sa.or_(RawText.erased_at.is_(None), RawText.text != "")))
-            n_conv = _count(s, sa.select(Conversation.id).where(
-                Conversation.user_id == uid,
-                sa.or_(Conversation.title != "", Conversation.system_prompt.is_not(None))))
-            seqs = tuple(e.seq for e in events if _has_personal(e))
-            return ErasureResult(uid, user.username, exchanges=n_ex, raw_texts=n_raw, conversations=n_conv,
-                                 review_notes=_count(s, sa.select(ReviewItem.id).where(item_where)),
-                                 decision_notes=_count(s, sa.select(ReviewDecision.id).where(decision_where)),
-                                 audit_seqs=seqs, dry_run=True)
-        n_ex, n_raw, n_items = _erase_exchanges(s, ex_ids, now)
-        n_conv = _strip_conversations(s, Conversation.user_id == uid)
-        # Notes the person wrote on review items of other exchanges (sending them to review).
-        n_items += s.execute(sa.update(ReviewItem).where(item_where).values(note=None)
-                             .execution_options(synchronize_session=False)).rowcount
-        # Core UPDATE: the ORM refuses changes to review decisions; the database trigger allows exactly this one.
-        table = ReviewDecision.__table__
-        n_decisions = s.execute(sa.update(table).where(table.c.reviewer_id == uid, table.c.note.is_not(None))
-                                .values(note=None, note_erased_at=now)).rowcount
-        by_action: dict[str, list[AuditEvent]] = defaultdict(list)
-        for event in events:
-            by_action[event.action].append(event)
-        seqs: list[int] = []
+    uid = user.id
+    conv_ids = sa.select(Conversation.id).where(Conversation.user_id == uid)
+    mine = sa.or_(Exchange.user_id == uid, Exchange.conversation_id.in_(conv_ids))
+    old = Exchange.created_at < floor if floor is not None else sa.true()
+    ex_ids = sa.select(Exchange.id).where(mine, old)
+    with_text = sa.or_(Exchange.text_erased_at.is_(None), Exchange.prompt != "", Exchange.response != "")
+    young_convs = sa.select(Exchange.id).where(Exchange.conversation_id == Conversation.id,
+                                               Exchange.created_at >= floor) if floor is not None else None
+    conv_where = sa.and_(Conversation.user_id == uid,
+                         *(() if floor is None or young_convs is None else
+                           (Conversation.created_at < floor, ~young_convs.exists())))
+    decision_old = ReviewDecision.created_at < floor if floor is not None else sa.true()
+    item_old = ReviewItem.created_at < floor if floor is not None else sa.true()
+    decision_where = sa.and_(ReviewDecision.reviewer_id == uid, ReviewDecision.note.is_not(None), decision_old)
+    item_where = sa.and_(sa.or_(ReviewItem.exchange_id.in_(ex_ids), sa.and_(ReviewItem.created_by_id == uid, item_old)),
+                         ReviewItem.note.is_not(None))
+    events = [e for e in _personal_events(s, uid, user.username, floor) if _has_personal(e)]
+    held_ex = 0 if floor is None else _count(s, sa.select(Exchange.id).where(mine, Exchange.created_at >= floor,
+                                                                             with_text))
+    held_ev = _young_events(s, uid, user.username, floor)
+    if dry_run:
+        n_ex = _count(s, sa.select(Exchange.id).where(Exchange.id.in_(ex_ids), with_text))
+        n_raw = _count(s, sa.select(RawText.id).where(
+            RawText.exchange_id.in_(ex_ids), sa.or_(RawText.erased_at.is_(None), RawText.text != "")))
+        n_conv = _count(s, sa.select(Conversation.id).where(
+            conv_where, sa.or_(Conversation.title != "", Conversation.system_prompt.is_not(None))))
+        return ErasureResult(uid, user.username, exchanges=n_ex, raw_texts=n_raw, conversations=n_conv,
+                             review_notes=_count(s, sa.select(ReviewItem.id).where(item_where)),
+                             decision_notes=_count(s, sa.select(ReviewDecision.id).where(decision_where)),
+                             audit_seqs=tuple(e.seq for e in events), dry_run=True, held_exchanges=held_ex,
+                             held_events=held_ev, floor=floor), []
+    n_ex, n_raw, n_items = _erase_exchanges(s, ex_ids, now)
+    n_conv = _strip_conversations(s, conv_where)
+    # Notes the person wrote on review items of other exchanges (sending them to review).
+    n_items += s.execute(sa.update(ReviewItem).where(item_where).values(note=None)
+                         .execution_options(synchronize_session=False)).rowcount
+    # Core UPDATE: the ORM refuses changes to review decisions; the database trigger allows exactly this one.
+    table = ReviewDecision.__table__
+    n_decisions = s.execute(sa.update(table).where(table.c.reviewer_id == uid, table.c.note.is_not(None),
+                                                   *(() if floor is None else (table.c.created_at < floor,)))
+                            .values(note=None, note_erased_at=now)).rowcount
+    by_action: dict[str, list[AuditEvent]] = defaultdict(list)
+    for event in events:
+        by_action[event.action].append(event)
+    seqs: list[int] = []
+    try:
         for action, group in by_action.items():
             seqs.extend(audit_q.erase_event_details(s, group, audit_q.PERSONAL_DETAIL_KEYS[action]))
-        seqs.sort()
-        # No username and no reason here: both may identify the person this erasure is for.
-        event = audit_q.append_event(
-            s, actor=actor, actor_id=actor_id, action=audit_q.ERASURE_ACTION, object_type="user", object_id=uid,
-            details={"user": uid, "reason_given": True, "exchanges": n_ex, "raw_texts": n_raw,
-                     "conversations": n_conv, "review_notes": n_items, "decision_notes": n_decisions,
-                     "audit_seqs": seqs})
-        result = ErasureResult(uid, user.username, exchanges=n_ex, raw_texts=n_raw, conversations=n_conv,
-                               review_notes=n_items, decision_notes=n_decisions, audit_seqs=tuple(seqs),
-                               event_seq=event.seq)
-    logger.warning("erased the content of user id %s by %s: %s", uid, actor, result.summary)
-    return replace(result, log_truncated=_truncate_log(ctx))
+    except audit_q.TamperedEvent as exc:
+        raise InvalidInput(f"The audit log was changed in the database, so nothing was erased: {exc}.") from None
+    seqs.sort()
+    result = ErasureResult(uid, user.username, exchanges=n_ex, raw_texts=n_raw, conversations=n_conv,
+                           review_notes=n_items, decision_notes=n_decisions, audit_seqs=tuple(seqs),
+                           held_exchanges=held_ex, held_events=held_ev, floor=floor)
+    return result, seqs
 
 
 def _has_personal(event: AuditEvent) -> bool:
@@ -360,18 +433,203 @@ def _has_personal(event: AuditEvent) -> bool:
     return event.erased_at is None and any(details.get(k) not in (None, "", [], {}) for k in keys)
 
 
+@dataclass(frozen=True)
+class ErasureRequestView:
+    """An erasure request as the Users page and the shell show it (``reason`` only while it is pending)."""
+
+    id: int
+    user_id: int
+    username: str
+    reason: str | None
+    legal_basis: str | None
+    requested_by: str
+    requested_by_id: int | None
+    status: str
+    decided_by: str | None
+    created_at: datetime
+    decided_at: datetime | None
+    result: dict[str, Any] | None
+
+    @property
+    def summary(self) -> str:
+        r = self.result or {}
+        return (f"{r.get('exchanges', 0)} exchanges, {r.get('raw_texts', 0)} raw texts, "
+                f"{r.get('conversations', 0)} conversations, {r.get('review_notes', 0)} review item notes, "
+                f"{r.get('decision_notes', 0)} decision notes, {len(r.get('audit_seqs', []))} audit events")
+
+
+def _request_view(s: Session, r: ErasureRequest) -> ErasureRequestView:
+    names = exports_q.usernames(s, [r.user_id, r.requested_by_id, r.decided_by_id])
+    return ErasureRequestView(
+        r.id, r.user_id, names.get(r.user_id, "?"), r.reason, r.legal_basis,
+        SHELL if r.requested_by_id is None else names.get(r.requested_by_id, "?"), r.requested_by_id, r.status,
+        None if r.decided_by_id is None else names.get(r.decided_by_id, "?"), r.created_at, r.decided_at, r.result)
+
+
+def _requester_of(session: Session, request_id: str) -> int | None:
+    request = erasure_q.get_erasure_request(session, int(request_id))
+    return None if request is None else request.requested_by_id
+
+
+DECIDE_RULE = register_duty_rule(
+    DutyRule("users.erase.decide", "nobody approves or rejects their own erasure request", owner_of=_requester_of))
+
+
+def _request_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput("Choose an erasure request.")
+    return value
+
+
+def _request(ctx: AppContext, actor_name: str, actor_id: int | None, user_id: int, reason: str,
+             legal_basis: str | None) -> ErasureRequestView:
+    text = check_reason(reason)
+    basis = _clean_legal_basis(legal_basis)
+    with ctx.db.session() as s:
+        user = _target(s, user_id)
+        if actor_id is not None and user.id == actor_id:
+            raise InvalidInput("You cannot ask for the erasure of your own content; ask another admin.")
+        if erasure_q.pending_request_for(s, user.id) is not None:
+            raise InvalidInput(f"An erasure request for {user.username} is already waiting for approval.")
+        request = erasure_q.create_erasure_request(s, user_id=user.id, reason=text, legal_basis=basis,
+                                                   requested_by_id=actor_id, created_at=ctx.now())
+        # No username and no reason here: both may identify the person. The legal basis is the record.
+        audit_q.append_event(s, actor=actor_name, actor_id=actor_id, action=REQUEST_ACTION,
+                             object_type="erasure_request", object_id=request.id,
+                             details={"user": user.id, "legal_basis": basis,
+                                      "floor_days": None if basis else LOG_FLOOR_DAYS})
+        return _request_view(s, request)
+
+
 @requires("users.erase")
-def erase_user(ctx: AppContext, actor: Principal, username: str, reason: str) -> ErasureResult:
-    """Erase every text ``username`` stored (see the module's docstring), in one transaction; audited as
-    ``privacy.erase``. ``reason`` (10 to 2,000 characters) is required but not stored. An admin cannot erase their
-    own content."""
-    return _erase(ctx, actor.username, actor.user_id, username, reason)
+def request_erasure(ctx: AppContext, actor: Principal, user_id: int, reason: str,
+                    legal_basis: str | None = None) -> ErasureRequestView:
+    """Ask for the erasure of account ``user_id``'s content; another admin approves it (which carries it out).
+
+    ``reason`` (10 to 2,000 characters) is shown to the approver and blanked once the request is decided. Without a
+    ``legal_basis``, logs younger than six months (``LOG_FLOOR_DAYS``) stay; with one, it is recorded in the
+    request and the audit events. Audited as ``privacy.erase_requested``. Nobody asks for their own erasure here.
+    """
+    return _request(ctx, actor.username, actor.user_id, user_id, reason, legal_basis)
 
 
-def erase_user_cli(ctx: AppContext, username: str, reason: str, *, dry_run: bool = False) -> ErasureResult:
-    """The same from the command line (the shell user is trusted, as with ``init``); ``dry_run`` only counts, after
-    checking the name and the reason."""
-    return _erase(ctx, CLI_ACTOR, None, username, reason, dry_run=dry_run)
+def request_erasure_cli(ctx: AppContext, username: str, reason: str,
+                        legal_basis: str | None = None) -> ErasureRequestView:
+    """The same from the shell (actor ``cli``): the account is named, the request holds its id; an admin approves
+    it on the Users page."""
+    return _request(ctx, CLI_ACTOR, None, _user_id_of(ctx, username), reason, legal_basis)
+
+
+@requires("users.erase_approve")
+def preview_erasure(ctx: AppContext, actor: Principal, request_id: int) -> ErasureResult:
+    """What approving a pending request would erase now (and keep under the floor); changes nothing."""
+    request_id = _request_id(request_id)
+    with ctx.db.session(readonly=True) as s:
+        request = erasure_q.get_erasure_request(s, request_id)
+        if request is None:
+            raise NotFound(f"There is no erasure request #{request_id}.")
+        user = _target(s, request.user_id)
+        result, _ = _erase_in(ctx, s, user, _floor(ctx, request.legal_basis), dry_run=True)
+        return replace(result, request_id=request_id)
+
+
+@requires("users.erase_approve")
+def decide_erasure(ctx: AppContext, actor: Principal, request_id: int, approve: bool) -> ErasureRequestView:
+    """Approve (and so carry out, in one transaction) or reject someone else's pending erasure request.
+
+    Audited as ``privacy.erase`` (the approver is the actor; the event lists the request, its requester, the legal
+    basis if any and every audit event whose personal details were erased) or ``privacy.erase_rejected``. Nobody
+    decides their own request, or one about their own content.
+    """
+    request_id = _request_id(request_id)
+    if not isinstance(approve, bool):
+        raise InvalidInput("Choose approve or reject.")
+    with ctx.db.session(readonly=True) as s:
+        request = erasure_q.get_erasure_request(s, request_id)
+        if request is None:
+            raise NotFound(f"There is no erasure request #{request_id}.")
+        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
+        if request.user_id == actor.user_id:
+            raise InvalidInput("You cannot decide on the erasure of your own content; ask another admin.")
+    with ctx.db.session() as s:
+        request = erasure_q.lock_erasure_request(s, request_id)
+        if request is None:
+            raise NotFound(f"There is no erasure request #{request_id}.")
+        if request.requested_by_id == actor.user_id or request.user_id == actor.user_id:
+            raise AccessDenied(f"Separation of duties: {DECIDE_RULE.description}.")  # checked above
+        if request.status != "pending":
+            raise InvalidInput(f"Erasure request #{request_id} is already {request.status}.")
+        request.decided_by_id = actor.user_id
+        request.decided_at = ctx.now()
+        request.reason = None  # it may name the person; it was needed only for the decision
+        if not approve:
+            request.status = "rejected"
+            audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=REJECT_ACTION,
+                                 object_type="erasure_request", object_id=request_id,
+                                 details={"user": request.user_id, "requested_by_id": request.requested_by_id})
+            return _request_view(s, request)
+        user = _target(s, request.user_id)
+        floor = _floor(ctx, request.legal_basis)
+        result, seqs = _erase_in(ctx, s, user, floor)
+        counts = {"exchanges": result.exchanges, "raw_texts": result.raw_texts,
+                  "conversations": result.conversations, "review_notes": result.review_notes,
+                  "decision_notes": result.decision_notes, "audit_seqs": seqs,
+                  "held_exchanges": result.held_exchanges, "held_events": result.held_events}
+        # No username and no reason here: both may identify the person this erasure is for.
+        event = audit_q.append_event(
+            s, actor=actor.username, actor_id=actor.user_id, action=audit_q.ERASURE_ACTION, object_type="user",
+            object_id=user.id,
+            details={"user": user.id, "request": request_id, "requested_by_id": request.requested_by_id,
+                     "reason_given": True, "legal_basis": request.legal_basis,
+                     "floor": None if floor is None else floor.isoformat(), **counts,
+                     "remains": audit_q.erasure_remains(s, seqs)})
+        request.status = "done"
+        request.result = {**counts, "event_seq": event.seq}
+        view = _request_view(s, request)
+    logger.warning("erased the content of user id %s (request %s) approved by %s: %s", user.id, request_id,
+                   actor.username, view.summary)
+    _truncate_log(ctx)
+    return view
+
+
+@requires("users.erase")
+def cancel_erasure(ctx: AppContext, actor: Principal, request_id: int) -> ErasureRequestView:
+    """Withdraw one's own pending erasure request. Audited as ``privacy.erase_cancelled``."""
+    request_id = _request_id(request_id)
+    with ctx.db.session() as s:
+        request = erasure_q.lock_erasure_request(s, request_id)
+        if request is None:
+            raise NotFound(f"There is no erasure request #{request_id}.")
+        if request.requested_by_id != actor.user_id:
+            raise AccessDenied("Only the person who asked for an erasure can cancel it.")
+        if request.status != "pending":
+            raise InvalidInput(f"Erasure request #{request_id} is already {request.status}.")
+        request.status = "cancelled"
+        request.reason = None
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=CANCEL_ACTION,
+                             object_type="erasure_request", object_id=request_id, details={"user": request.user_id})
+        return _request_view(s, request)
+
+
+@requires("users.erase")
+def list_erasure_requests(ctx: AppContext, actor: Principal, status: str | None = None) -> list[ErasureRequestView]:
+    """Erasure requests, newest first (``status``: pending, done, rejected or cancelled)."""
+    return list_erasure_requests_cli(ctx, status)
+
+
+def list_erasure_requests_cli(ctx: AppContext, status: str | None = None) -> list[ErasureRequestView]:
+    if status is not None and status not in ERASURE_REQUEST_STATUSES:
+        raise InvalidInput(f"Unknown request status {status!r}.")
+    with ctx.db.session(readonly=True) as s:
+        return [_request_view(s, r) for r in erasure_q.list_erasure_requests(s, status=status)]
+
+
+def preview_erasure_cli(ctx: AppContext, username: str, legal_basis: str | None = None) -> ErasureResult:
+    """What an erasure of ``username``'s content would erase now (and keep under the floor); changes nothing."""
+    uid = _user_id_of(ctx, username)
+    with ctx.db.session(readonly=True) as s:
+        result, _ = _erase_in(ctx, s, _target(s, uid), _floor(ctx, _clean_legal_basis(legal_basis)), dry_run=True)
+        return result
 
 
 # --- the SQLite files ---------------------------------------------------------------------------------------------

@@ -61,6 +61,10 @@ def validate_username(username: str) -> str:
             f"A username has 2-{MAX_USERNAME_CHARS} characters: lower-case letters, digits, '.', '_' or '-', "
             "starting with a letter or digit."
         )
+    if users_q.is_reserved_username(username):
+        reserved = ", ".join(sorted(users_q.RESERVED_USERNAMES))
+        raise InvalidInput(f"The username {username!r} is reserved: the console writes {reserved} as the actor of "
+                           "its own audit entries. Choose another.")
     return username
 
 

@@ -126,23 +126,60 @@ with edit_tab:
         if user.id == principal.user_id:
             st.info("You cannot erase your own content; ask another admin.")
         else:
-            st.markdown(escape_markdown(f"Erases {retention_svc.ERASES}. Keeps {retention_svc.KEEPS}. "
-                                        "It cannot be undone, and the account stays: disable it above if needed."))
+            st.markdown(escape_markdown(f"Erases {retention_svc.ERASES}. Keeps {retention_svc.KEEPS}. Another "
+                                        "admin approves the request, which carries it out; it cannot be undone."))
             with st.form(f"erase_form_{state.round}"):
                 reason = st.text_area(
-                    "Reason (checked, not stored: it may name the person)", key=f"erase_reason_{state.round}",
+                    "Reason (shown to the approving admin, blanked once decided)", key=f"erase_reason_{state.round}",
                     max_chars=retention_svc.MAX_REASON_CHARS, placeholder="e.g. erasure request #1234")
+                basis = st.text_input(
+                    "Legal basis to erase logs younger than six months too (optional; recorded in the audit log)",
+                    key=f"erase_basis_{state.round}", placeholder="e.g. court order 2026/123")
                 confirmed = st.checkbox(
-                    f"I understand that every prompt, answer, raw text, conversation title and note of "
-                    f"{escape_markdown(user.username)} is erased for good, and that the account, the timings and the audit chain "
-                    "stay.", key=f"erase_confirm_{state.round}")
-                if st.form_submit_button("Erase this person's content", type="primary", key="erase_submit"):
+                    f"I ask for every prompt, answer, raw text, conversation title and note of "
+                    f"{escape_markdown(user.username)} to be erased for good once another admin approves.",
+                    key=f"erase_confirm_{state.round}")
+                if st.form_submit_button("Ask for the erasure", type="primary", key="erase_submit"):
                     if not confirmed:
-                        st.error("Tick the box to confirm the erasure; nothing was erased.")
+                        st.error("Tick the box to confirm the request; nothing was asked for.")
                     else:
-                        done = ui.call(retention_svc.erase_user, ctx, principal, user.username, reason)
-                        if done:
-                            state.flash = (f"Erased the content of {done.username}: {done.summary}. "
-                                           "The account itself stays.")
+                        asked = ui.call(retention_svc.request_erasure, ctx, principal, user.id, reason, basis or None)
+                        if asked:
+                            state.flash = (f"Asked for the erasure of {asked.username}'s content (request "
+                                           f"#{asked.id}); another admin approves it below.")
                             state.round += 1
                             st.rerun()
+
+# ---- erasure requests: another admin approves (which erases) or rejects ----
+st.subheader("Erasure requests")
+pending = ui.call(retention_svc.list_erasure_requests, ctx, principal, "pending") or []
+if not pending:
+    st.caption("No erasure request is waiting.")
+for req in pending:
+    basis = f"legal basis: {req.legal_basis}" if req.legal_basis else "logs younger than six months stay"
+    st.markdown(escape_markdown(f"#{req.id}: erase the content of {req.username}, asked by {req.requested_by} on "
+                                f"{req.created_at:%Y-%m-%d %H:%M} UTC; reason: {req.reason}; {basis}."))
+    if req.requested_by_id == principal.user_id:
+        if st.button("Cancel my request", key=f"erase_cancel_{req.id}"):
+            if ui.call(retention_svc.cancel_erasure, ctx, principal, req.id):
+                state.flash = f"Cancelled erasure request #{req.id}."
+                st.rerun()
+        continue
+    if req.user_id == principal.user_id:
+        st.caption("This request is about your own content: another admin decides it.")
+        continue
+    preview = ui.call(retention_svc.preview_erasure, ctx, principal, req.id)
+    if preview:
+        held = (f" Kept, being younger than six months: {preview.held_exchanges} exchanges and "
+                f"{preview.held_events} audit events." if preview.floor is not None else "")
+        st.caption(escape_markdown(f"Approving erases now: {preview.summary}.{held}"))
+    cols = st.columns(2)
+    if cols[0].button("Approve and erase", key=f"erase_approve_{req.id}", type="primary"):
+        done = ui.call(retention_svc.decide_erasure, ctx, principal, req.id, True)
+        if done:
+            state.flash = f"Erased the content of {done.username}: {done.summary}. The account itself stays."
+            st.rerun()
+    if cols[1].button("Reject", key=f"erase_reject_{req.id}"):
+        if ui.call(retention_svc.decide_erasure, ctx, principal, req.id, False):
+            state.flash = f"Rejected erasure request #{req.id}."
+            st.rerun()

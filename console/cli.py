@@ -149,10 +149,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
     from pathlib import Path
 
     _check_sso_secrets(Path.home() / ".streamlit" / "secrets.toml", PROJECT_ROOT / ".streamlit" / "secrets.toml")
+    from console.services import audit as audit_svc
     from console.services import models as models_svc
 
+    ctx = _services(settings)
+    audit_svc.check_key(ctx)  # a missing audit key stops the start with the file's name and the fix
     building = models_svc.start_background_demo_build(
-        _services(settings), [sys.executable, "-m", "console.cli", "build-demo-models"])
+        ctx, [sys.executable, "-m", "console.cli", "build-demo-models"])
     if building:
         print(f"building {', '.join(building)} in the background (the Models page shows its progress; log: "
               f"{settings.data_dir / models_svc.BUILD_LOG})", flush=True)
@@ -354,6 +357,19 @@ def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     except (ConsoleError, OSError) as exc:
         raise CliError(str(exc)) from None
     print(f"checkpoint signed: {cp.seq} events, head {cp.head_hash[:16]}..., {cp.ts.isoformat()}")
+    return 0
+
+
+def cmd_audit_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import audit as audit_svc
+
+    details = audit_svc.rotate_key_cli(_services(settings), args.reason)
+    kept = (f"the old key {details['old_key_id']} is kept in {settings.audit_key_file.name}.retired, so the "
+            "checkpoints it signed still verify" if details["old_key_kept"] else "there was no old key")
+    lost = (f"; recorded as lost: {', '.join(details['lost_key_ids'])} (their checkpoints before the rotation are "
+            "accepted unchecked)" if details["lost_key_ids"] else "")
+    print(f"audit key rotated: new key {details['new_key_id']} in {settings.audit_key_file}; {kept}{lost}. "
+          "Back the new key up apart from the database.")
     return 0
 
 
@@ -725,6 +741,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = audit.add_parser("checkpoint", help="sign a checkpoint of the chain now, or export every checkpoint")
     s.add_argument("--export", metavar="FILE", help="write every signed checkpoint to FILE (JSON Lines)")
     s.set_defaults(func=cmd_audit_checkpoint)
+    s = audit.add_parser("rotate-key", help="start a new checkpoint signing key (recorded in the audit log); the old "
+                                            "one, if still there, is kept so its checkpoints still verify")
+    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_audit_rotate_key)
     s = audit.add_parser("export", help="export audit events, exchanges or review decisions, with a manifest "
                                         "(audited; never raw text)")
     s.add_argument("--what", required=True, choices=("events", "exchanges", "decisions"))

@@ -86,7 +86,6 @@ PERSONAL_DETAIL_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 KEY_ROTATED_ACTION = "audit.key_rotated"
-KEY_CREATED_ACTION = "audit.key_created"
 ERASURE_SEALED_ACTION = "audit.erasure_sealed"  # written by migration 0016 for events erased before it
 
 # Kinds of damage verify_chain names.
@@ -346,15 +345,33 @@ class Checkpoint:
 KEY_BYTES = 32
 
 
-class AuditAnchor:
-    """Signs and checks checkpoints with a key kept outside the database; appends them to ``checkpoint_file``."""
+def key_id_of(key: bytes) -> str:
+    return hashlib.sha256(b"llm-console audit key id" + key).hexdigest()[:16]
 
-    def __init__(self, key: bytes, checkpoint_file: Path | None = None) -> None:
+
+def retired_key_file(key_file: Path) -> Path:
+    """Where keys retired by ``rotate_key`` are kept (hex, one a line, owner-only): old checkpoints verify with them."""
+    return key_file.with_name(key_file.name + ".retired")
+
+
+class AuditAnchor:
+    """Signs and checks checkpoints with a key kept outside the database; appends them to ``checkpoint_file``.
+
+    ``retired`` keys (from ``rotate_key``) only check the checkpoints signed before their rotation.
+    """
+
+    def __init__(self, key: bytes, checkpoint_file: Path | None = None, retired: Iterable[bytes] = ()) -> None:
         if len(key) < 16:
             raise ValueError("the audit key must be at least 16 bytes")
         self._key = key
-        self.key_id = hashlib.sha256(b"llm-console audit key id" + key).hexdigest()[:16]
+        self.key_id = key_id_of(key)
         self.checkpoint_file = checkpoint_file
+        self._retired = {key_id_of(k): k for k in retired if len(k) >= 16}
+        self._retired.pop(self.key_id, None)
+
+    @property
+    def retired_key_ids(self) -> frozenset[str]:
+        return frozenset(self._retired)
 
     @classmethod
     def load(cls, key_file: Path, checkpoint_file: Path | None = None, *, create: bool = True) -> AuditAnchor:
@@ -374,22 +391,33 @@ class AuditAnchor:
                 with os.fdopen(fd, "w") as f:
                     f.write(secrets.token_hex(KEY_BYTES) + "\n")
                 logger.info("generated the audit checkpoint key %s", key_file)
-        if key_file.stat().st_mode & 0o077:
-            raise PermissionError(f"audit key file {key_file} is readable by other users: chmod 600 it")
-        try:
-            key = bytes.fromhex(key_file.read_text().strip())
-        except ValueError:
-            raise ValueError(f"audit key file {key_file} does not hold a hex key") from None
-        return cls(key, checkpoint_file)
+        key = _read_key(key_file)
+        retired_file = retired_key_file(key_file)
+        retired = ([_read_key(retired_file, line) for line in retired_file.read_text().split() if line]
+                   if retired_file.exists() else [])
+        return cls(key, checkpoint_file, retired)
 
-    def _sign(self, seq: int, head_hash: str, ts: datetime) -> str:
+    def _sign(self, seq: int, head_hash: str, ts: datetime, key: bytes | None = None) -> str:
         unsigned = Checkpoint(seq, head_hash, ts, self.key_id, "0" * 64)
-        return hmac.new(self._key, unsigned.message(), hashlib.sha256).hexdigest()
+        return hmac.new(key or self._key, unsigned.message(), hashlib.sha256).hexdigest()
+
+    def knows(self, key_id: str) -> bool:
+        """True for this anchor's key and the keys it retired."""
+        return key_id == self.key_id or key_id in self._retired
 
     def is_valid(self, checkpoint: Checkpoint) -> bool:
-        """True when ``checkpoint`` was signed with this anchor's key and not changed since."""
-        expected = self._sign(checkpoint.seq, checkpoint.head_hash, checkpoint.ts)
-        return checkpoint.key_id == self.key_id and hmac.compare_digest(expected, checkpoint.signature)
+        """True when ``checkpoint`` was signed with this anchor's key (or a key it retired) and not changed since."""
+        key = self._key if checkpoint.key_id == self.key_id else self._retired.get(checkpoint.key_id)
+        if key is None:
+            return False
+        expected = self._sign(checkpoint.seq, checkpoint.head_hash, checkpoint.ts, key)
+        return hmac.compare_digest(expected, checkpoint.signature)
+
+    def key_hex(self) -> str:
+        return self._key.hex()
+
+    def retired_hex(self) -> list[str]:
+        return [k.hex() for k in self._retired.values()]
 
     def checkpoint(self, db: _HasSession, reason: str) -> Checkpoint:
         """Sign the chain's current head; store the checkpoint in the database, then append it to the file."""
@@ -403,6 +431,60 @@ class AuditAnchor:
             append_checkpoint_line(self.checkpoint_file, cp)
         logger.debug("audit checkpoint %s at seq %s (%s)", cp.head_hash[:12], cp.seq, reason)
         return cp
+
+
+def _read_key(key_file: Path, text: str | None = None) -> bytes:
+    if key_file.stat().st_mode & 0o077:
+        raise PermissionError(f"audit key file {key_file} is readable by other users: chmod 600 it")
+    try:
+        return bytes.fromhex((key_file.read_text() if text is None else text).strip())
+    except ValueError:
+        raise ValueError(f"audit key file {key_file} does not hold a hex key") from None
+
+
+def _write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` owner-only, replacing it in one step (a reader never sees half a key)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rotate_key(db: _HasSession, key_file: Path, checkpoint_file: Path | None, *, actor: str, reason: str
+               ) -> tuple[AuditAnchor, dict[str, Any]]:
+    """Make a new audit key and record the rotation in the chain; return the new anchor and the event's details.
+
+    With the old key at hand, a last checkpoint is signed with it and it is kept in ``retired_key_file`` so the
+    checkpoints it signed still verify. Without it (the file was lost), the key ids of the checkpoints it signed
+    are recorded as lost: ``verify_chain`` then accepts those checkpoints (they cannot be checked) only when they
+    come before the rotation and a checkpoint signed with the new key covers the rotation event, which this
+    function signs at once. Any other checkpoint with an unknown key fails verification.
+    """
+    old: AuditAnchor | None = AuditAnchor.load(key_file, checkpoint_file, create=False) if key_file.exists() else None
+    if old is not None:
+        old.checkpoint(db, "rotate")
+    with db.session(readonly=True) as session:
+        signed_ids = {c.key_id for c in stored_checkpoints(session)}
+    if checkpoint_file is not None and checkpoint_file.exists():
+        signed_ids |= {c.key_id for c in read_checkpoint_file(checkpoint_file)[0]}
+    retired = ([] if old is None else [bytes.fromhex(h) for h in (old.key_hex(), *old.retired_hex())])
+    new = AuditAnchor(secrets.token_bytes(KEY_BYTES), checkpoint_file, retired)
+    lost = sorted(k for k in signed_ids if not new.knows(k))
+    details = {"old_key_id": None if old is None else old.key_id, "new_key_id": new.key_id,
+               "old_key_kept": old is not None, "lost_key_ids": lost, "reason": reason}
+    with db.session() as session:
+        append_event(session, actor=actor, action=KEY_ROTATED_ACTION, object_type="audit_key",
+                     object_id=new.key_id, details=details)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    if retired:
+        _write_private_text(retired_key_file(key_file), "".join(k.hex() + "\n" for k in retired))
+    _write_private_text(key_file, new.key_hex() + "\n")
+    new.checkpoint(db, "rotated")
+    logger.warning("audit key rotated: %s -> %s (lost: %s)", details["old_key_id"], new.key_id, lost or "none")
+    return new, details
 
 
 def append_checkpoint_line(path: Path, checkpoint: Checkpoint) -> None:
@@ -519,15 +601,31 @@ def _gather_checkpoints(session: Session, anchor: AuditAnchor | None, files: lis
 def _verify(session: Session, anchor: AuditAnchor | None, files: list[Path]) -> ChainReport:
     checkpoints, warnings = _gather_checkpoints(session, anchor, files)
     valid: list[Checkpoint] = []
+    unknown: list[Checkpoint] = []
     for cp in checkpoints:
         if anchor is not None and anchor.is_valid(cp):
             valid.append(cp)
-        elif anchor is not None and cp.key_id != anchor.key_id:
-            warnings.append(f"a checkpoint at seq {cp.seq} is signed with another key ({cp.key_id}); not checked")
+        elif anchor is not None and not anchor.knows(cp.key_id):
+            unknown.append(cp)
         else:
             return _report(0, _Damage(cp.seq, FORGED_CHECKPOINT,
                                       f"the checkpoint for seq {cp.seq} does not carry a valid signature"),
                            len(checkpoints), 0, warnings)
+    if unknown:
+        # A key is accepted unchecked only when a recorded rotation declared it lost, the checkpoint came before
+        # that rotation, and a valid checkpoint covers the rotation event (whoever can only write the database
+        # cannot add one). Any other key is foreign: the checkpoint is a forgery or from another installation.
+        lost = _lost_keys(session)
+        newest_valid = max((cp.seq for cp in valid), default=0)
+        for cp in unknown:
+            rotated_at = lost.get(cp.key_id)
+            if rotated_at is None or cp.seq >= rotated_at or newest_valid < rotated_at:
+                return _report(0, _Damage(cp.seq, FORGED_CHECKPOINT,
+                                          f"the checkpoint for seq {cp.seq} is signed with a foreign key "
+                                          f"({cp.key_id}) that no recorded key rotation retired"),
+                               len(checkpoints), 0, warnings)
+            warnings.append(f"the checkpoint at seq {cp.seq} is signed with key {cp.key_id}, lost and retired at "
+                            f"event {rotated_at}; it cannot be checked")
     needed = {cp.seq for cp in valid}
     walk = _walk(session, needed, max(needed) if needed else None)
     if walk.damage is None:
@@ -550,6 +648,17 @@ def _verify(session: Session, anchor: AuditAnchor | None, files: list[Path]) -> 
         if cp_damage is not None and (walk.damage is None or cp_damage.kind in (TAIL_CUT, WIPED)):
             walk.damage = cp_damage
     return _report(walk.checked, walk.damage, len(valid), anchored, warnings)
+
+
+def _lost_keys(session: Session) -> dict[str, int]:
+    """key id -> the seq of the recorded rotation that declared it lost (the chain walk checks those events)."""
+    lost: dict[str, int] = {}
+    rows = session.execute(select(AuditEvent.seq, AuditEvent.details).where(AuditEvent.action == KEY_ROTATED_ACTION)
+                           .order_by(AuditEvent.seq))
+    for seq, details in rows:
+        for key_id in (details or {}).get("lost_key_ids") or []:
+            lost.setdefault(str(key_id), seq)
+    return lost
 
 
 def _report(checked: int, damage: _Damage | None, n_checkpoints: int, anchored: int,

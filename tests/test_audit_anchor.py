@@ -447,3 +447,68 @@ def test_an_older_event_erased_with_its_remains_recorded_is_pinned_by_the_erasur
                                           {"d": '{"i": 42, "email": "[erased]"}'}))
     report = verify_chain(db)
     assert not report.ok and (report.kind, report.first_bad_seq) == (EDITED, 2)
+
+
+# ---- issue 21, low item: the audit key ----
+
+
+def test_a_checkpoint_signed_with_a_foreign_key_fails_verification(db: Database, anchor: AuditAnchor,
+                                                                    tmp_path: Path) -> None:
+    _append(db, 3)
+    anchor.checkpoint(db, "test")
+    other = AuditAnchor.load(tmp_path / "other.key", tmp_path / "other-checkpoints.jsonl")
+    other.checkpoint(db, "elsewhere")  # stored in the database beside the real ones
+    report = verify_chain(db, anchor)
+    assert not report.ok and report.kind == FORGED_CHECKPOINT and other.key_id in (report.reason or "")
+
+
+def test_after_a_rotation_old_checkpoints_still_verify_and_new_ones_use_the_new_key(db: Database, tmp_path: Path
+                                                                                   ) -> None:
+    key_file, cp_file = tmp_path / "audit.key", tmp_path / "audit-checkpoints.jsonl"
+    old = AuditAnchor.load(key_file, cp_file)
+    _append(db, 3)
+    old.checkpoint(db, "before")
+    new, details = audit_q.rotate_key(db, key_file, cp_file, actor="cli", reason="yearly rotation")
+    assert details["old_key_kept"] and details["lost_key_ids"] == [] and new.key_id != old.key_id
+    _append(db, 2, start=10)
+    new.checkpoint(db, "after")
+    reloaded = AuditAnchor.load(key_file, cp_file, create=False)
+    assert reloaded.key_id == new.key_id
+    report = verify_chain(db, reloaded)
+    assert report.ok and report.checkpoints_checked == 4 and report.warnings == ()  # before, rotate, rotated, after
+    with db.session(readonly=True) as s:
+        [rotated] = list(audit_q.iter_events(s, action=audit_q.KEY_ROTATED_ACTION))
+    assert rotated.details["old_key_id"] == old.key_id and rotated.details["new_key_id"] == new.key_id
+
+
+def test_a_lost_key_is_rotated_only_explicitly_and_its_checkpoints_before_the_rotation_are_accepted(
+        db: Database, tmp_path: Path) -> None:
+    key_file, cp_file = tmp_path / "audit.key", tmp_path / "audit-checkpoints.jsonl"
+    lost = AuditAnchor.load(key_file, cp_file)
+    _append(db, 3)
+    lost.checkpoint(db, "before")
+    key_file.unlink()
+    new, details = audit_q.rotate_key(db, key_file, cp_file, actor="cli", reason="key file lost in a disk crash")
+    assert details["lost_key_ids"] == [lost.key_id] and not details["old_key_kept"]
+    report = verify_chain(db, new)
+    assert report.ok and any("cannot be checked" in w for w in report.warnings)
+    # A checkpoint with the lost key dated after the rotation is a forgery.
+    late = audit_q.Checkpoint(report.checked, "0" * 64, datetime.now(UTC), lost.key_id, "a" * 64)
+    audit_q.append_checkpoint_line(cp_file, late)
+    assert verify_chain(db, new).kind == FORGED_CHECKPOINT
+
+
+def test_a_missing_key_stops_the_console_when_checkpoints_exist(ctx) -> None:
+    from console.services import audit as audit_svc
+    from console.services.errors import StorageUnavailable
+
+    audit_svc.checkpoint(ctx, "init")  # a new installation: nothing signed yet, so the key is made
+    key_file = ctx.settings.audit_key_file
+    key_file.unlink()
+    with pytest.raises(StorageUnavailable, match=f"{key_file}.*is missing.*rotate-key"):
+        audit_svc.check_key(ctx)
+    assert not key_file.exists()  # not re-created behind anyone's back
+    details = audit_svc.rotate_key_cli(ctx, "the key file was lost with the old disk")
+    assert details["lost_key_ids"] and key_file.exists()
+    audit_svc.check_key(ctx)
+    assert audit_svc.verify_cli(ctx).ok

@@ -22,6 +22,7 @@ from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound, StorageUnavailable
 from console.services.periodic import PeriodicTask
+from console.services.text import clean_text
 from db import audit as audit_q
 from db import audit_queries as audit_search
 
@@ -234,18 +235,69 @@ _ANCHORS: dict[tuple[Path, Path], audit_q.AuditAnchor] = {}
 _ANCHOR_LOCK = threading.Lock()
 
 
+class AuditKeyMissing(StorageUnavailable):
+    """The audit key file is gone while checkpoints signed with it exist: restore it or rotate the key."""
+
+
+def _signed_key_ids(ctx: AppContext) -> set[str]:
+    with ctx.db.session(readonly=True) as s:
+        ids = {c.key_id for c in audit_q.stored_checkpoints(s)}
+    path = ctx.settings.audit_checkpoint_file
+    if path.exists():
+        ids |= {c.key_id for c in audit_q.read_checkpoint_file(path)[0]}
+    return ids
+
+
 def anchor(ctx: AppContext) -> audit_q.AuditAnchor:
-    """The anchor that signs this console's checkpoints: its key file is created (owner-only) on first use."""
+    """The anchor that signs this console's checkpoints.
+
+    Its key file is created (owner-only) only while nothing was signed yet (a new installation). When checkpoints exist and the file is missing, :class:`AuditKeyMissing` says which file
+    and how to go on: a silently new key would sign over the old ones, and verification would no longer check them.
+    """
     key = (ctx.settings.audit_key_file, ctx.settings.audit_checkpoint_file)
     with _ANCHOR_LOCK:
         found = _ANCHORS.get(key)
         if found is None:
+            created = not key[0].exists()
+            if created:
+                signed = _signed_key_ids(ctx)
+                if signed:
+                    raise AuditKeyMissing(
+                        f"The audit key file {key[0]} is missing, but {len(signed)} key(s) signed the audit "
+                        f"checkpoints ({', '.join(sorted(signed))}). Restore the file from your backup (chmod 600), "
+                        "or start a new key with `llm-console audit rotate-key --reason TEXT` (recorded in the audit "
+                        "log). The console does not start without it.")
             try:
                 found = audit_q.AuditAnchor.load(*key)
             except (OSError, ValueError) as exc:
                 raise StorageUnavailable(f"The audit key cannot be used: {exc}") from None
             _ANCHORS[key] = found
         return found
+
+
+def check_key(ctx: AppContext) -> None:
+    """At start-up: raise :class:`AuditKeyMissing` (or :class:`StorageUnavailable`) if the audit key cannot sign."""
+    with _ANCHOR_LOCK:
+        _ANCHORS.pop((ctx.settings.audit_key_file, ctx.settings.audit_checkpoint_file), None)  # look at the file now
+    anchor(ctx)
+
+
+def rotate_key_cli(ctx: AppContext, reason: str) -> dict[str, Any]:
+    """Start a new audit key from the shell (actor ``cli``); the rotation is an ``audit.key_rotated`` event.
+
+    The old key, when still there, is kept beside it so its checkpoints still verify; a lost one is recorded as
+    lost. Returns the event's details."""
+    text = clean_text(reason if isinstance(reason, str) else "").strip()
+    if len(text) < 10:
+        raise InvalidInput("Say why the key is rotated (at least 10 characters); it is recorded in the audit log.")
+    key = (ctx.settings.audit_key_file, ctx.settings.audit_checkpoint_file)
+    with _ANCHOR_LOCK:
+        try:
+            new, details = audit_q.rotate_key(ctx.db, key[0], key[1], actor="cli", reason=text[:2000])
+        except (OSError, ValueError) as exc:
+            raise StorageUnavailable(f"The audit key cannot be rotated: {exc}") from None
+        _ANCHORS[key] = new
+    return details
 
 
 def checkpoint(ctx: AppContext, reason: str) -> audit_q.Checkpoint:

@@ -3,7 +3,8 @@
 Two in-process vLLM engines cannot be started and stopped independently (vLLM's model-parallel state is per
 process), so a candidate version runs here, in its own process, behind a line protocol on stdin/stdout:
 
-    parent -> child  {"spec": {...}, "kv_cache_gib": 0.25, "nice": 0}      first line (nice: lower the CPU priority)
+    parent -> child  {"spec": {...}, "kv_cache_gib": 0.25, "nice": 0, "trust_remote_code": false}   first line
+                     (nice: lower the CPU priority; trust_remote_code: the installation's setting)
     child -> parent  {"event": "ready"} | {"event": "failed", "error": "..."}
     parent -> child  {"op": "chat", "id": "r1", "messages": [...], "sampling": {...}} | {"op": "cancel", "id": "r1"}
     child -> parent  {"id": "r1", "delta": "..."} ... then {"id": "r1", "result": {...}} or {"id": "r1", "error": "..."}
@@ -66,7 +67,9 @@ def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
         if int(first.get("nice") or 0) > 0:
             os.nice(int(first["nice"]))  # evaluations: live chats win when both compete for the cores
         spec = ModelSpec.from_dict(first["spec"])
-        host = EngineHost.start(spec, HostConfig(kv_cache_gib=float(first.get("kv_cache_gib", 0.25))), wait=True)
+        config = HostConfig(kv_cache_gib=float(first.get("kv_cache_gib", 0.25)),
+                            trust_remote_code=first.get("trust_remote_code") is True)
+        host = EngineHost.start(spec, config, wait=True)  # refuses engine arguments outside the allowlist
     except Exception as exc:  # the parent reports why the candidate could not start
         out.send({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
         return 1

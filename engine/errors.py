@@ -47,3 +47,8 @@ class ModelLoadError(EngineError):
 
 class InvalidSamplingError(EngineError, ValueError):
     """Sampling settings are out of range; the message names the setting and the allowed range."""
+
+
+class EngineArgsError(ModelLoadError, ValueError):
+    """A model version carries vLLM engine arguments the engine does not allow; the message names them and
+    lists the allowed ones."""

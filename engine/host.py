@@ -348,7 +348,8 @@ class EngineHost:
             if tokenizer is None:
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+                tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision,
+                                                          trust_remote_code=self._config.trust_remote_code)
                 self._tokenizers[key] = tokenizer
             return tokenizer
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.errors import EngineDeadError, EngineError, EngineNotReadyError, ModelLoadError
-from engine.types import ChatMessage, GenerationResult, ModelSpec, SamplingSettings
+from engine.types import ChatMessage, GenerationResult, ModelSpec, SamplingSettings, check_engine_args
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +115,14 @@ class ChildEngine:
 
     @classmethod
     def start(cls, spec: ModelSpec, *, kv_cache_gib: float = 0.25, log_path: Path | None = None,
-              timeout_s: float = 600.0, nice: int = 0) -> ChildEngine:
+              timeout_s: float = 600.0, nice: int = 0, trust_remote_code: bool = False) -> ChildEngine:
         """Start the child, wait until its engine is ready; raise ModelLoadError if it cannot load.
 
-        ``nice`` > 0 lowers the child's CPU priority by that much (evaluations, so live chats win)."""
+        ``nice`` > 0 lowers the child's CPU priority by that much (evaluations, so live chats win).
+        ``trust_remote_code`` is the installation's setting (``HostConfig.trust_remote_code`` in the child). A
+        spec with engine arguments outside the allowlist is refused here, before any process starts (and again
+        by the child's own host)."""
+        check_engine_args(spec.engine_args, version=spec.name)
         env = dict(os.environ)
         env["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"  # stdout carries the protocol only
         log: IO[str] | int = subprocess.DEVNULL if log_path is None else log_path.open("a")
@@ -128,7 +132,7 @@ class ChildEngine:
         )
         engine = cls(spec, process)
         engine.send({"spec": dataclasses.asdict(spec) | {"engine_args": dict(spec.engine_args)},
-                     "kv_cache_gib": kv_cache_gib, "nice": nice})
+                     "kv_cache_gib": kv_cache_gib, "nice": nice, "trust_remote_code": trust_remote_code})
         if not engine._ready.wait(timeout_s) or engine._error is not None:
             engine.shutdown()
             raise ModelLoadError(f"Model version {spec.name} could not start for comparison: "

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.errors import InvalidSamplingError
+from engine.errors import EngineArgsError, InvalidSamplingError
 
 HostState = Literal["stopped", "loading", "ready", "failed", "dead"]
 Role = Literal["system", "user", "assistant"]
@@ -34,14 +34,67 @@ class LoraAdapter:
         raise ValueError(f"LoRA rank {self.rank} is above vLLM's largest ({LORA_RANKS[-1]})")
 
 
+# The vLLM engine arguments a model version may carry, and why each is safe. They tune performance and memory only:
+# none loads code (a class, module, plugin or processor by name), names a file, directory or host, or changes what
+# is logged, traced or sent elsewhere. Everything else vLLM's ``EngineArgs`` takes is refused, when a version is
+# registered and again whenever a spec is loaded (``check_engine_args``), so a row written straight into the
+# database cannot smuggle one in. Left out on purpose, among others: trust_remote_code (an installation setting,
+# ``HostConfig.trust_remote_code``), worker_cls/worker_extension_cls/scheduler_cls/logits_processors/
+# distributed_executor_backend (load code by name), hf_overrides/model_impl/tokenizer_mode/load_format/
+# speculative_config (can pull in other code, models or loaders), download_dir/allowed_local_media_path/
+# hf_config_path/tokenizer (paths), otlp_traces_endpoint/kv_transfer_config/kv_events_config/master_addr/
+# data_parallel_address (hosts), disable_log_stats/served_model_name/log_* (what is logged and under which name).
+ALLOWED_ENGINE_ARGS: Mapping[str, str] = {
+    "dtype": "numeric type of weights and activations (a fixed set of names)",
+    "quantization": "which of vLLM's built-in quantization kernels reads the model's own weights",
+    "max_model_len": "longest context, in tokens",
+    "gpu_memory_utilization": "share of GPU memory vLLM may use (0-1)",
+    "kv_cache_memory_bytes": "size of the KV cache, in bytes",
+    "tensor_parallel_size": "GPUs of this machine a layer is split over",
+    "pipeline_parallel_size": "GPUs of this machine the layers are spread over",
+    "enforce_eager": "run without compiled/captured graphs",
+    "max_num_seqs": "most requests in one batch",
+    "max_num_batched_tokens": "most tokens in one engine step",
+    "kv_cache_dtype": "numeric type of the KV cache",
+    "enable_prefix_caching": "reuse the KV cache of shared prompt prefixes",
+    "enable_chunked_prefill": "split long prompts over several steps",
+    "block_size": "tokens per KV-cache block",
+    "cpu_offload_gb": "GiB of weights kept in CPU memory",
+    "disable_custom_all_reduce": "use NCCL instead of vLLM's all-reduce kernel between GPUs",
+    "long_prefill_token_threshold": "prompt length above which a prefill counts as long when scheduling",
+    "seed": "seed of the engine's random numbers (reproducible sampling)",
+}
+
+
+def check_engine_args(args: Mapping[str, Any], *, version: str | None = None) -> None:
+    """Refuse engine arguments outside :data:`ALLOWED_ENGINE_ARGS`, or whose value is not a plain JSON scalar.
+
+    Raises :class:`~engine.errors.EngineArgsError`, whose one-line message names the refused argument(s) and
+    lists the allowed ones (``version`` names the model version in it).
+    """
+    where = f"Model version {version} has " if version else "Found "
+    refused = sorted(str(name) for name in args if name not in ALLOWED_ENGINE_ARGS)
+    if refused:
+        raise EngineArgsError(
+            f"{where}vLLM engine argument(s) the console does not allow: {', '.join(refused)}. "
+            f"Allowed: {', '.join(sorted(ALLOWED_ENGINE_ARGS))}."
+        )
+    odd = sorted(name for name, value in args.items()
+                 if not (value is None or isinstance(value, bool | int | str)
+                         or (isinstance(value, float) and math.isfinite(value))))
+    if odd:
+        raise EngineArgsError(f"{where}engine argument(s) whose value is not a single number, true/false or "
+                              f"text: {', '.join(odd)}.")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One registered model version: what the host loads and which name it reports as serving.
 
-    ``source`` is a local directory or a hub id. ``engine_args`` are passed to vLLM's ``EngineArgs`` as given
-    (tensor_parallel_size, pipeline_parallel_size, distributed_executor_backend, quantization,
-    gpu_memory_utilization, kv_cache_memory_bytes...), so the same record serves a laptop model and a
-    multi-GPU one.
+    ``source`` is a local directory or a hub id. ``engine_args`` are passed to vLLM's ``EngineArgs`` (only those
+    in :data:`ALLOWED_ENGINE_ARGS`: tensor_parallel_size, quantization, gpu_memory_utilization,
+    kv_cache_memory_bytes...; the host refuses a spec with any other), so the same record serves a laptop model
+    and a multi-GPU one.
     """
 
     name: str
@@ -73,6 +126,8 @@ class HostConfig:
     """How the host runs engines, independent of the model version.
 
     ``kv_cache_gib`` becomes vLLM's ``kv_cache_memory_bytes`` unless the spec's engine_args set it.
+    ``trust_remote_code`` lets a model's own Python code (a hub model's ``auto_map``) run, for its config,
+    tokenizer and weights alike; it is the installation's choice (off by default), never a model version's.
     ``enforce_eager=None`` means eager on the CPU (skips torch.compile; start-up in seconds) and
     vLLM's default (compiled graphs) on a GPU. ``stream_interval_s`` is the shortest time between two hand-offs
     of one request's tokens from the engine thread to its reader (the last one goes at once): readers do not
@@ -86,6 +141,7 @@ class HostConfig:
     drain_timeout_s: float = 30.0
     stream_interval_s: float = 0.02
     switch_wait_s: float = 300.0
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if not self.kv_cache_gib > 0:

@@ -26,7 +26,7 @@ from typing import Any
 
 from engine.errors import EngineDeadError, EngineError, EngineNotReadyError
 from engine.stats import EngineStats
-from engine.types import HostConfig, HostState, HostStatus, ModelSpec
+from engine.types import HostConfig, HostState, HostStatus, ModelSpec, check_engine_args
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,34 @@ class Failed:
 def summarize(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:500]
+    return f"{type(exc).__name__}: {first}"[:800]  # room for a refused engine argument's list of allowed ones
+
+
+def engine_args_for(spec: ModelSpec, config: HostConfig, *, on_cpu: bool) -> dict[str, Any]:
+    """The keyword arguments of vLLM's ``EngineArgs`` for ``spec`` on this host.
+
+    The spec's ``engine_args`` are checked against the allowlist first (:func:`~engine.types.check_engine_args`,
+    raising :class:`~engine.errors.EngineArgsError`): this is the last line of defence for a version written
+    straight into the database. ``trust_remote_code`` comes from the host's config only.
+    """
+    check_engine_args(spec.engine_args)
+    args: dict[str, Any] = {
+        "model": spec.source,
+        "revision": spec.revision,
+        "dtype": spec.dtype,
+        "max_model_len": spec.max_model_len,
+        # Eager on the CPU: torch.compile costs minutes there and gains little for small models.
+        "enforce_eager": on_cpu if config.enforce_eager is None else config.enforce_eager,
+        # Needed for RequestOutput.metrics (queued/scheduled/first/last token timestamps).
+        "disable_log_stats": False,
+    }
+    if on_cpu:
+        args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * _GIB)
+    if spec.lora is not None:
+        args.update(enable_lora=True, max_loras=1, max_lora_rank=spec.lora.max_lora_rank)
+    args.update(spec.engine_args)
+    args["trust_remote_code"] = config.trust_remote_code  # after the spec's: never a version's choice
+    return args
 
 
 class Worker:
@@ -164,6 +191,8 @@ class Worker:
     def _run(self) -> None:
         started = time.monotonic()
         try:
+            # Refused before anything of the model is read (the tokenizer included).
+            check_engine_args(self.spec.engine_args)
             self._set(progress=0.05, message=f"Loading the tokenizer of {self.spec.name}")
             self._preload(self.spec)
             self._set(progress=0.15, message=f"Loading {self.spec.name} into vLLM (weights, KV cache)")
@@ -213,22 +242,7 @@ class Worker:
         from vllm.platforms import current_platform
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        on_cpu = current_platform.is_cpu()
-        args: dict[str, Any] = {
-            "model": self.spec.source,
-            "revision": self.spec.revision,
-            "dtype": self.spec.dtype,
-            "max_model_len": self.spec.max_model_len,
-            # Eager on the CPU: torch.compile costs minutes there and gains little for small models.
-            "enforce_eager": on_cpu if self.config.enforce_eager is None else self.config.enforce_eager,
-            # Needed for RequestOutput.metrics (queued/scheduled/first/last token timestamps).
-            "disable_log_stats": False,
-        }
-        if on_cpu:
-            args["kv_cache_memory_bytes"] = int(self.config.kv_cache_gib * _GIB)
-        if self.spec.lora is not None:
-            args.update(enable_lora=True, max_loras=1, max_lora_rank=self.spec.lora.max_lora_rank)
-        args.update(self.spec.engine_args)
+        args = engine_args_for(self.spec, self.config, on_cpu=current_platform.is_cpu())
         logger.info("creating vLLM engine for %s from %s", self.spec.name, self.spec.source)
         engine = LLMEngine.from_engine_args(EngineArgs(**args))
         # Per-request stats (RequestOutput.metrics) need log_stats on, but vLLM then also feeds its default

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError
+from engine.errors import EngineArgsError, EngineError
 from engine.evals.latency import BASELINE, CANDIDATE, PairedTiming, abba_first
 from engine.evals.report import Answer
 from engine.evals.run import spec_to_dict
 from engine.evals.suite import Suite, SuiteRecord
 from engine.remote import ChildEngine
-from engine.types import ChatMessage, ModelSpec, SamplingSettings
+from engine.types import ChatMessage, ModelSpec, SamplingSettings, check_engine_args
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class ChildConfig:
     latency_prompts: int = 40
     latency_max_tokens: int = 8
     latency_warmup: int = 2
+    trust_remote_code: bool = False  # the installation's setting, passed on to the child's engine
 
     def __post_init__(self) -> None:
         if not self.kv_cache_gib > 0:
@@ -122,6 +123,10 @@ def run_suite_in_child(
     :class:`EvaluationRunError` if the child fails, exceeds ``config.timeout_s`` or ``cancel`` is set.
     """
     config = config or ChildConfig()
+    try:  # before a process starts; the child's own host refuses it again
+        check_engine_args(spec.engine_args, version=spec.name)
+    except EngineArgsError as exc:
+        raise EvaluationRunError(f"The evaluation of {spec.name} cannot start: {exc}") from None
     progress = on_progress or (lambda phase, done, total: None)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llm-console-eval-") as tmp:
@@ -135,6 +140,7 @@ def run_suite_in_child(
             "--concurrency", str(config.concurrency), "--kv-cache-gib", str(config.kv_cache_gib),
             "--max-tokens", str(config.max_tokens), "--temperature", str(config.temperature),
             "--seed", str(config.seed), "--nice", str(config.nice),
+            *(["--trust-remote-code"] if config.trust_remote_code else []),
         ]
         with log_path.open("w", encoding="utf-8") as log:
             proc = subprocess.Popen(
@@ -289,7 +295,7 @@ def run_latency_comparison(
     engines: dict[str, ChildEngine] = {}
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="latency-load") as pool:
         futures = {role: pool.submit(ChildEngine.start, spec, kv_cache_gib=config.kv_cache_gib, nice=config.nice,
-                                     timeout_s=config.timeout_s)
+                                     timeout_s=config.timeout_s, trust_remote_code=config.trust_remote_code)
                    for role, spec in ((CANDIDATE, candidate), (BASELINE, baseline))}
         failures = []
         for role, future in futures.items():

@@ -1,6 +1,7 @@
 """The evaluation child process: load one model version, answer every prompt of a suite, report as JSON lines.
 
     python -m engine.evals.run --spec SPEC.json --suite SUITE.jsonl [--out ANSWERS.jsonl] [--concurrency 8] ...
+                               [--trust-remote-code]
 
 Why a separate process: vLLM keeps its model-parallel state per process, so a second in-process engine beside the
 console's live one breaks it (shutting one down tore the other down). This short-lived process owns its own
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the same answer every run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nice", type=int, default=5, help="lower this process's CPU priority by this much")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the model run its own Python code (the installation's setting; off by default)")
     args = parser.parse_args(argv)
 
     protocol = _Protocol(_take_stdout())
@@ -168,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     try:
-        host = EngineHost.start(spec, HostConfig(kv_cache_gib=args.kv_cache_gib, drain_timeout_s=0.0), wait=True)
+        # The host refuses engine arguments outside the allowlist (EngineArgsError, a ModelLoadError).
+        config = HostConfig(kv_cache_gib=args.kv_cache_gib, drain_timeout_s=0.0,
+                            trust_remote_code=args.trust_remote_code)
+        host = EngineHost.start(spec, config, wait=True)
     except EngineError as exc:
         protocol.send("error", message=str(exc))
         return EXIT_FAILED

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.host import EngineHost
-from engine.types import ChatMessage, HostConfig, ModelSpec, SamplingSettings
+from engine.types import ChatMessage, HostConfig, ModelSpec, SamplingSettings, check_engine_args
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,9 @@ class _RawEngine:
 
         spec, config, conversations, sampling = self._args
         try:
-            tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+            check_engine_args(spec.engine_args, version=spec.name)  # the host's allowlist, before any loading
+            tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision,
+                                                      trust_remote_code=config.trust_remote_code)
             prompts: list[Any] = []
             for messages in conversations:
                 text = tokenizer.apply_chat_template(
@@ -138,6 +140,7 @@ class _RawEngine:
             if current_platform.is_cpu():
                 args["kv_cache_memory_bytes"] = int(config.kv_cache_gib * _GIB)
             args.update(spec.engine_args)
+            args["trust_remote_code"] = config.trust_remote_code
             llm = LLM(**args)
             params = SamplingParams(
                 temperature=sampling.temperature, max_tokens=sampling.max_tokens, ignore_eos=sampling.ignore_eos

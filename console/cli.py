@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from console.services.access import ALL_ROLES
-from console.services.models import DTYPES
+from console.services.models import DTYPES, ENGINE_ARGS_HELP
 from console.settings import PROJECT_ROOT, Settings, SettingsError, mask_url
 
 if TYPE_CHECKING:
@@ -253,11 +253,56 @@ def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _move_reason(args: argparse.Namespace) -> str:
+    reason = args.reason or args.break_glass
+    if not reason:
+        raise CliError("give --reason (recorded in the audit log)")
+    return str(reason)
+
+
+def _glass_warning(args: argparse.Namespace) -> None:
+    if args.break_glass:
+        print("break glass: recorded as model.break_glass and shown to every admin until another admin "
+              "acknowledges it (Promotions page)", file=sys.stderr)
+
+
 def cmd_model_serve(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import serving as serving_svc
 
-    name = serving_svc.serve_cli(_services(settings), args.name, args.reason)
+    name = serving_svc.serve_cli(_services(settings), args.name, _move_reason(args), args.break_glass)
+    _glass_warning(args)
     print(f"{name} now holds production; running consoles switch to it within seconds")
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import promotion as promotion_svc
+
+    done = promotion_svc.rollback_cli(_services(settings), args.reason)
+    print(f"emergency rollback: production returns from {done.from_version} to {done.to_version}; recorded as "
+          "model.emergency_rollback and shown to every admin until an admin acknowledges it")
+    return 0
+
+
+def cmd_model_protect(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import serving as serving_svc
+
+    ctx = _services(settings)
+    if args.off:
+        if not args.break_glass:
+            raise CliError("removing an alias's protection needs --break-glass REASON (recorded, and shown to every "
+                           "admin until another admin acknowledges it)")
+        changed = serving_svc.unprotect_alias_cli(ctx, args.alias, args.break_glass)
+        _glass_warning(args)
+        print(f"{args.alias} is no longer protected" if changed else f"{args.alias} was not protected")
+        return 0
+    if args.break_glass:
+        raise CliError("--break-glass is only for --off")
+    if not args.reason:
+        raise CliError("give --reason (recorded in the audit log)")
+    changed = serving_svc.protect_alias_cli(ctx, args.alias, args.reason)
+    print(f"{args.alias} is protected: once a version holds it, it moves only through an approved promotion"
+          if changed else f"{args.alias} was already protected")
     return 0
 
 
@@ -272,7 +317,9 @@ def cmd_model_restart(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import serving as serving_svc
 
-    alias = serving_svc.set_alias_cli(_services(settings), args.name, args.alias, args.reason)
+    alias = serving_svc.set_alias_cli(_services(settings), args.name, args.alias, _move_reason(args),
+                                      args.break_glass)
+    _glass_warning(args)
     print(f"{alias} now points at {args.name}")
     return 0
 
@@ -703,22 +750,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", help="hub revision (commit hash or tag)")
     s.add_argument("--dtype", default="auto", choices=DTYPES)
     s.add_argument("--max-model-len", type=_positive, help="maximum context length in tokens")
-    s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'')
+    s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'. '
+                   + ENGINE_ARGS_HELP)
     s.add_argument("--quantization", help="vLLM quantization method (awq, gptq, fp8, ...)")
     s.add_argument("--base", help="register SOURCE as a LoRA adapter (PEFT directory) served on this version")
     s.add_argument("--description", help="notes shown on the Models page")
     s.set_defaults(func=cmd_model_register)
-    s = model.add_parser("serve", help="give NAME the production alias; running consoles switch to it")
+    glass = ("move a protected alias without an approved promotion, saying why: recorded as model.break_glass "
+             "and shown to every admin until another admin acknowledges it")
+    s = model.add_parser("serve", help="give NAME the production alias while no version holds it (the first "
+                         "version); later moves need an approved promotion (or --break-glass)")
     s.add_argument("name")
-    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.add_argument("--reason", help="why (recorded in the audit log)")
+    s.add_argument("--break-glass", metavar="REASON", help=glass)
     s.set_defaults(func=cmd_model_serve)
+    s = model.add_parser("rollback", help="emergency rollback: return production to the version that held it "
+                         "just before (shown to every admin until another admin acknowledges it)")
+    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_model_rollback)
+    s = model.add_parser("protect", help="protect an alias: once a version holds it, it moves only through an "
+                         "approved promotion")
+    s.add_argument("alias")
+    s.add_argument("--reason", help="why (recorded in the audit log)")
+    s.add_argument("--off", action="store_true", help="remove the protection (needs --break-glass)")
+    s.add_argument("--break-glass", metavar="REASON", help="with --off: " + glass)
+    s.set_defaults(func=cmd_model_protect)
     s = model.add_parser("restart", help="restart the engine of every running console")
     s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     s.set_defaults(func=cmd_model_restart)
-    s = model.add_parser("alias", help="point an alias (staging, candidate, ...) at a version")
+    s = model.add_parser("alias", help="point an alias (staging, candidate, ...) at a version; a protected alias "
+                         "a version holds moves only through an approved promotion (or --break-glass)")
     s.add_argument("name")
     s.add_argument("alias")
-    s.add_argument("--reason", required=True, help="why (recorded in the audit log)")
+    s.add_argument("--reason", help="why (recorded in the audit log)")
+    s.add_argument("--break-glass", metavar="REASON", help=glass)
     s.set_defaults(func=cmd_model_alias)
     s = model.add_parser("eval", help="run a prompt suite against a version (in a separate engine process)")
     s.add_argument("name")

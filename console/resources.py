@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -20,6 +21,9 @@ from console.services.errors import ConsoleError
 from console.settings import Settings
 from db.config import DbConfig
 from db.database import Database, make_private_dir
+
+if TYPE_CHECKING:
+    from engine.types import HostConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,14 @@ def database() -> Database:
     return db
 
 
+def host_config(cfg: Settings) -> HostConfig:
+    """The engine host's typed config from the installation's settings (trust_remote_code included)."""
+    from engine.types import HostConfig
+
+    return HostConfig(kv_cache_gib=cfg.kv_cache_gib, drain_timeout_s=cfg.drain_seconds,
+                      trust_remote_code=cfg.trust_remote_code)
+
+
 @st.cache_resource(show_spinner=False)
 def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     """Start serving the desired version in the background, and its reconciler; pages render while it loads.
@@ -51,7 +63,6 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     """
     from console.services import chat, promotion, serving
     from engine.host import EngineHost
-    from engine.types import HostConfig
 
     cfg = settings()
     ctx = AppContext(cfg, database())
@@ -69,7 +80,7 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     metrics_endpoint()  # once per process, engine or not (its engine gauges start when the host does)
     if not cfg.engine_autostart:
         return None
-    config = HostConfig(kv_cache_gib=cfg.kv_cache_gib, drain_timeout_s=cfg.drain_seconds)
+    config = host_config(cfg)
     name = serving.desired_state(ctx).version
     nothing_to_load = False
     try:
@@ -197,7 +208,8 @@ def candidate_pool():  # noqa: ANN201 - console.services.compare.CandidatePool
     from console.services.compare import CandidatePool
 
     cfg = settings()
-    pool = CandidatePool(kv_cache_gib=min(cfg.kv_cache_gib, 0.5), log_dir=cfg.data_dir).start_reaper()
+    pool = CandidatePool(kv_cache_gib=min(cfg.kv_cache_gib, 0.5), log_dir=cfg.data_dir,
+                         trust_remote_code=cfg.trust_remote_code).start_reaper()
     atexit.register(pool.shutdown)
     return pool
 

@@ -73,6 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", None, "SQLAlchemy URL of the store; default: sqlite:///<data_dir>/console.db."),
     Setting("default_model", "support-demo-v1", "Model version given the production alias at set-up when none holds it."),
     Setting("kv_cache_gib", "1", "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE).", _positive_float),
+    Setting("trust_remote_code", "false", "Let every model version run its own Python code (hub models' "
+            "trust_remote_code): config, tokenizer and engine; off unless all registered sources are trusted.", _bool),
     Setting("engine_autostart", "true", "Start the engine when the console starts.", _bool),
     Setting("drain_seconds", "30", "Seconds in-flight answers may finish on the old version during a switch.",
             _positive_float),
@@ -158,6 +160,7 @@ class Settings:
     database_url: str
     default_model: str
     kv_cache_gib: float
+    trust_remote_code: bool
     engine_autostart: bool
     drain_seconds: float
     reconcile_seconds: float

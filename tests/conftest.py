@@ -27,9 +27,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine_host(tiny_model_dir: Path) -> Iterator[EngineHost]:
-    """A real in-process vLLM engine host serving the tiny model, shared by a test module."""
+    """A real in-process vLLM engine host serving the tiny model, shared by a test module.
+
+    Its spec carries allowed engine arguments (their values are vLLM's CPU defaults), so every engine test also
+    shows that arguments on the allowlist pass the host's check and reach vLLM."""
     host = EngineHost.start(
-        ModelSpec(name="tiny-test", source=str(tiny_model_dir)),
+        ModelSpec(name="tiny-test", source=str(tiny_model_dir), engine_args={"enforce_eager": True, "seed": 0}),
         HostConfig(kv_cache_gib=0.25, drain_timeout_s=10.0),
         wait=True,
     )

@@ -40,8 +40,10 @@ TITLE_PREFIX = chat_svc.COMPARISON_TITLE
 class CandidatePool:
     """At most one candidate engine (a child process) per console process; ended after ``idle_s`` unused."""
 
-    def __init__(self, *, kv_cache_gib: float = 0.25, idle_s: float = 600.0, log_dir: Path | None = None) -> None:
+    def __init__(self, *, kv_cache_gib: float = 0.25, idle_s: float = 600.0, log_dir: Path | None = None,
+                 trust_remote_code: bool = False) -> None:
         self.kv_cache_gib, self.idle_s, self.log_dir = kv_cache_gib, idle_s, log_dir
+        self.trust_remote_code = trust_remote_code  # the installation's setting, for every candidate
         self._engine: ChildEngine | None = None
         self._lock = threading.Lock()
         self._reaper: _Reaper | None = None
@@ -55,7 +57,9 @@ class CandidatePool:
                 current = self._engine = None
             if current is None:
                 log = None if self.log_dir is None else self.log_dir / "candidate-engine.log"
-                current = self._engine = ChildEngine.start(spec, kv_cache_gib=self.kv_cache_gib, log_path=log)
+                # Refuses a spec with engine arguments outside the allowlist before any process starts.
+                current = self._engine = ChildEngine.start(spec, kv_cache_gib=self.kv_cache_gib, log_path=log,
+                                                           trust_remote_code=self.trust_remote_code)
             return current
 
     def reap(self) -> bool:

@@ -27,7 +27,7 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -415,6 +415,8 @@ def _queue(ctx: AppContext, actor: str, actor_id: int | None, version_name: str,
         )
         view = _view(s, row)
     config = child or ChildConfig(latency_prompts=ctx.settings.evaluation_latency_prompts)
+    # The installation decides whether model code may run, never the caller.
+    config = replace(config, trust_remote_code=ctx.settings.trust_remote_code)
     return _Job(ctx, view.id, spec, chosen, config, threading.Event(), baseline=base_spec, baseline_name=base_name,
                 baseline_error=base_error), view
 

@@ -20,7 +20,9 @@ from console.services.context import AppContext
 from console.services.errors import InvalidInput
 from db import model_versions as model_versions_q
 from db import state as state_q
+from engine.errors import EngineArgsError
 from engine.fingerprint import fingerprint_dir
+from engine.types import ALLOWED_ENGINE_ARGS, check_engine_args
 
 if TYPE_CHECKING:
     from db.tables import ModelVersion
@@ -68,7 +70,7 @@ def _view(m: ModelVersion, aliases: Sequence[str] = (), base: str | None = None)
 
 
 def _engine_arg_names() -> set[str]:
-    from vllm.engine.arg_utils import EngineArgs  # heavy import: only when validating engine arguments
+    from vllm.engine.arg_utils import EngineArgs  # heavy import: only when an argument is not an allowed one
 
     return {f.name for f in dataclasses.fields(EngineArgs)}
 
@@ -76,9 +78,17 @@ def _engine_arg_names() -> set[str]:
 # Arguments the record sets through its own columns; giving them in engine_args too would be ambiguous.
 _RESERVED_ARGS = {"model", "tokenizer", "revision", "dtype", "max_model_len", "quantization"}
 
+# What a version may carry in its engine arguments (the engine's allowlist, less the record's own fields),
+# for the registration form's and the CLI's help.
+ENGINE_ARGS_ALLOWED = tuple(sorted(set(ALLOWED_ENGINE_ARGS) - _RESERVED_ARGS))
+ENGINE_ARGS_HELP = ("Only arguments that tune performance and memory: " + ", ".join(ENGINE_ARGS_ALLOWED)
+                    + ". Anything that loads code, names a path or host, or changes logging is refused; "
+                    "trust_remote_code is an installation setting (LLM_CONSOLE_TRUST_REMOTE_CODE).")
+
 
 def parse_engine_args(raw: str | dict[str, Any] | None) -> dict[str, Any]:
-    """Parse and check vLLM engine arguments given as a JSON object; unknown names are refused."""
+    """Parse and check vLLM engine arguments given as a JSON object: unknown names and names outside the
+    engine's allowlist (:data:`engine.types.ALLOWED_ENGINE_ARGS`) are refused, each named."""
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):
@@ -93,9 +103,21 @@ def parse_engine_args(raw: str | dict[str, Any] | None) -> dict[str, Any]:
     reserved = sorted(set(value) & _RESERVED_ARGS)
     if reserved:
         raise InvalidInput(f"Set {', '.join(reserved)} with the version's own fields, not in engine arguments.")
-    unknown = sorted(set(value) - _engine_arg_names())
+    outside = set(value) - set(ALLOWED_ENGINE_ARGS)
+    unknown = sorted(outside - _engine_arg_names()) if outside else []
     if unknown:
-        raise InvalidInput(f"Unknown vLLM engine argument(s): {', '.join(unknown)}.")
+        raise InvalidInput(f"Unknown vLLM engine argument(s): {', '.join(unknown)}. "
+                           f"Allowed: {', '.join(ENGINE_ARGS_ALLOWED)}.")
+    refused = sorted(outside)
+    if refused:
+        raise InvalidInput(f"Engine argument(s) not allowed: {', '.join(refused)}. The console takes only "
+                           f"arguments that tune performance and memory: {', '.join(ENGINE_ARGS_ALLOWED)}."
+                           + (" trust_remote_code is a setting of the installation (LLM_CONSOLE_TRUST_REMOTE_CODE),"
+                              " never of a version." if "trust_remote_code" in refused else ""))
+    try:
+        check_engine_args(value)  # the engine's own check (values), as it runs again at every load
+    except EngineArgsError as exc:
+        raise InvalidInput(str(exc).replace("Found engine", "Engine", 1)) from None
     return value
 
 
@@ -123,15 +145,20 @@ def _quantization_methods() -> list[str]:
     return list(QUANTIZATION_METHODS)
 
 
-def _check_config(source: str) -> None:
-    """A local directory must hold a config vLLM can read (transformers' AutoConfig, as vLLM uses)."""
+def _check_config(source: str, *, trust_remote_code: bool) -> None:
+    """A local directory must hold a config vLLM can read (transformers' AutoConfig, as vLLM uses).
+
+    The model's own code (``auto_map``) runs only if the installation allows it, as the engine would."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(source)
+        AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:  # any reason the config cannot be read: say which, store nothing
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise InvalidInput(f"vLLM cannot read the model config in {source}: {first}") from None
+        hint = ("" if trust_remote_code or "trust_remote_code" not in str(exc) else
+                " (this model needs its own code to run, which this installation does not allow:"
+                " LLM_CONSOLE_TRUST_REMOTE_CODE is off)")
+        raise InvalidInput(f"vLLM cannot read the model config in {source}: {first}{hint}") from None
 
 
 def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, source: str, revision: str | None,
@@ -165,7 +192,7 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
     fingerprint = None
     if Path(source).is_dir():
         if base_id is None:
-            _check_config(source)
+            _check_config(source, trust_remote_code=ctx.settings.trust_remote_code)
         try:
             fingerprint = fingerprint_dir(source)
         except ValueError as exc:

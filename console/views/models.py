@@ -142,7 +142,8 @@ with register_tab, st.form(f"register_model_{state.round}"):
     max_len = st.number_input("Max context (tokens, 0 = the model's own)", min_value=0, value=0, step=256,
                               key=f"model_max_len_{state.round}")
     engine_args = st.text_area("vLLM engine arguments (JSON)", key=f"model_engine_args_{state.round}",
-                               placeholder='{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}')
+                               placeholder='{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}',
+                               help=models_svc.ENGINE_ARGS_HELP)
     base = st.selectbox("Base version (only for a LoRA adapter: Source is then the adapter's directory)",
                         [v.name for v in versions if not v.retired and v.base is None], index=None,
                         key=f"model_base_{state.round}")

@@ -261,3 +261,37 @@ def test_the_registration_form_says_which_arguments_are_allowed_and_shows_a_refu
         assert models_svc.list_versions_cli(ctx) == []
     finally:
         st.cache_resource.clear()
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["off", "on"])
+def test_the_evaluation_child_is_told_the_installation_setting(tmp_path: Path, trusted: bool) -> None:
+    """``ChildConfig.python`` is our seam: a stand-in interpreter that reports the command line it was given."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nprintf \'{"event": "error", "message": "argv: %s"}\\n\' "$*"\n')
+    fake.chmod(0o755)
+    spec = ModelSpec(name="v1", source=str(tmp_path), engine_args={"max_num_seqs": 4})
+    with pytest.raises(EvaluationRunError) as failed:
+        run_suite_in_child(spec, load_builtin("standard"), ChildConfig(python=str(fake), trust_remote_code=trusted))
+    assert "argv: -m engine.evals.run" in str(failed.value)
+    assert ("--trust-remote-code" in str(failed.value)) is trusted
+
+
+def test_the_evaluation_child_refuses_a_bad_spec_on_its_own(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``python -m engine.evals.run`` given a spec file no parent checked: its host refuses before loading."""
+    import subprocess
+    import sys
+
+    from engine.evals.process import PACKAGE_ROOT
+    from engine.evals.run import EXIT_FAILED, spec_to_dict
+
+    spec = ModelSpec(name="bad-eval", source=str(tiny_model_dir), engine_args={"otlp_traces_endpoint": "http://x:1"})
+    (tmp_path / "spec.json").write_text(json.dumps(spec_to_dict(spec)))
+    (tmp_path / "suite.jsonl").write_text(load_builtin("standard").to_jsonl())
+    done = subprocess.run(  # noqa: S603 - our own module
+        [sys.executable, "-m", "engine.evals.run", "--spec", str(tmp_path / "spec.json"), "--suite",
+         str(tmp_path / "suite.jsonl"), "--nice", "0", "--trust-remote-code"],
+        cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == EXIT_FAILED
+    assert events[-1]["event"] == "error" and "does not allow: otlp_traces_endpoint" in events[-1]["message"]

@@ -39,6 +39,7 @@ with st.sidebar:
     principal = state.principal
     st.markdown(f"**{escape_markdown(principal.username)}**  \n{escape_markdown(', '.join(sorted(principal.roles)))}")
     ui.live_model(principal)  # refreshes itself every few seconds
+    ui.emergency_notice(principal)  # admins: emergency moves no second admin has acknowledged
     judge = resources.toxicity_judge()
     if judge:
         st.caption(f"Toxicity judged by: {escape_markdown(judge)}")

@@ -392,3 +392,44 @@ def live_model(principal: Principal) -> None:
     """The sidebar's model line, read again every LIVE_MODEL_REFRESH_S seconds by itself (a fragment: only this
     line reruns), so a switch made elsewhere shows without a click."""
     st.caption(live_model_line(app_context(), principal))
+
+
+def page_link(page: str, label: str, icon: str | None = None) -> None:
+    """A link to another page of the console (``st.page_link``); where the page is not registered (a page run on
+    its own, as in a test), a plain link to its address."""
+    from streamlit.errors import StreamlitAPIException
+
+    from console.app_pages import PAGE_PATHS, PAGE_TABLE, PAGES_DIR
+
+    _, _, page_icon, file = PAGE_TABLE[page]
+    try:
+        st.page_link(str(PAGES_DIR / file), label=label, icon=icon or page_icon)
+    except StreamlitAPIException:
+        st.markdown(f"[{escape_markdown(label)}](/{PAGE_PATHS[page]})")
+
+
+def emergency_warnings(ctx: AppContext, principal: Principal, *, link: bool = True) -> list[Any]:
+    """For admins: a warning per emergency rollback or break-glass move no second admin has acknowledged yet
+    (with a link to the Promotions page, where another admin acknowledges it). Returns what it showed."""
+    if not access.allowed(principal.roles, "models.view"):
+        return []
+    moves = call(serving_svc.unacknowledged_emergencies, ctx, principal) or []
+    for move in moves:
+        own = " You made it: another admin must acknowledge it." if move.actor_id == principal.user_id else ""
+        st.warning(f"{move.at:%Y-%m-%d %H:%M} UTC · {escape_markdown(move.summary)}. Shown to every admin until "
+                   f"another admin acknowledges it.{own}", icon=":material/emergency_home:")
+    if moves and link:
+        page_link("promotions", "Review and acknowledge on the Promotions page")
+    return moves
+
+
+@st.fragment(run_every=LIVE_MODEL_REFRESH_S * 6)
+def emergency_notice(principal: Principal) -> None:
+    """The sidebar's short notice for admins of unacknowledged emergency moves (looked at again by itself)."""
+    if not access.allowed(principal.roles, "models.view"):
+        return
+    moves = call(serving_svc.unacknowledged_emergencies, app_context(), principal) or []
+    if moves:
+        st.warning(f"{len(moves)} emergency production move(s) wait for a second admin's acknowledgement.",
+                   icon=":material/emergency_home:")
+        page_link("promotions", "Promotions")

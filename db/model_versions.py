@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.audit import append_event
-from db.tables import AliasMove, ModelAlias, ModelVersion
+from db.tables import AliasMove, EmergencyMove, ModelAlias, ModelVersion, ProtectedAlias
 from db.types import utcnow
 
 logger = logging.getLogger(__name__)
@@ -211,3 +211,93 @@ def retire_version(session: Session, version: ModelVersion, *, actor: str, actor
     session.flush()
     append_event(session, actor=actor, actor_id=actor_id, action="model.retire", object_type="model_version",
                  object_id=version.id, details={"name": version.name, "reason": reason})
+
+
+# --- four eyes: protected aliases and the single-person moves still allowed -----------------------------------
+
+
+def protected_aliases(session: Session) -> dict[str, ProtectedAlias | None]:
+    """Every protected alias by name: ``production`` (always, with no row) and those an admin marked."""
+    out: dict[str, ProtectedAlias | None] = {PRODUCTION: None}
+    for row in session.scalars(select(ProtectedAlias).order_by(ProtectedAlias.alias)):
+        out[row.alias] = row
+    return out
+
+
+def is_protected(session: Session, alias: str) -> bool:
+    """True for ``production`` and every alias an admin marked protected."""
+    return alias == PRODUCTION or session.get(ProtectedAlias, alias) is not None
+
+
+def protect_alias(session: Session, alias: str, *, actor: str, actor_id: int | None, reason: str) -> bool:
+    """Mark ``alias`` protected (False if it already was); audited as ``model.alias_protect``."""
+    if is_protected(session, alias):
+        return False
+    session.add(ProtectedAlias(alias=alias, protected_by=actor, protected_by_id=actor_id, reason=reason,
+                               created_at=utcnow()))
+    session.flush()
+    append_event(session, actor=actor, actor_id=actor_id, action="model.alias_protect", object_type="model_alias",
+                 object_id=alias, details={"alias": alias, "reason": reason})
+    return True
+
+
+def unprotect_alias(session: Session, alias: str) -> bool:
+    """Remove the protection row of ``alias`` (never ``production``); the caller records it as an emergency move.
+    False if it was not protected."""
+    if alias == PRODUCTION:
+        raise ValueError("the production alias is always protected")
+    row = session.get(ProtectedAlias, alias)
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True
+
+
+EMERGENCY_ACTIONS = {False: "model.emergency_rollback", True: "model.break_glass"}
+
+
+def record_emergency(session: Session, *, kind: str, alias: str, from_version: ModelVersion | None,
+                     to_version: ModelVersion | None, actor: str, actor_id: int | None, reason: str,
+                     break_glass: bool, details: Mapping[str, Any] | None = None) -> EmergencyMove:
+    """Store a single-person move of a protected alias, to be shown until another admin acknowledges it; audited
+    as ``model.emergency_rollback`` (or ``model.break_glass`` for a shell command with ``--break-glass``)."""
+    move = EmergencyMove(kind=kind, alias=alias, from_version_id=from_version.id if from_version else None,
+                         to_version_id=to_version.id if to_version else None, actor=actor, actor_id=actor_id,
+                         reason=reason, break_glass=break_glass, created_at=utcnow())
+    session.add(move)
+    session.flush()
+    append_event(session, actor=actor, actor_id=actor_id, action=EMERGENCY_ACTIONS[break_glass],
+                 object_type="emergency_move", object_id=move.id,
+                 details={**dict(details or {}), "kind": kind, "alias": alias,
+                          "from": from_version.name if from_version else None,
+                          "to": to_version.name if to_version else None, "reason": reason,
+                          "break_glass": break_glass})
+    return move
+
+
+def get_emergency(session: Session, move_id: int, *, lock: bool = False) -> EmergencyMove | None:
+    """One emergency move (``lock``: re-read and locked for the rest of the transaction)."""
+    stmt = select(EmergencyMove).where(EmergencyMove.id == move_id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(stmt).one_or_none()
+
+
+def unacknowledged_emergencies(session: Session) -> list[EmergencyMove]:
+    """Emergency moves no second admin has acknowledged yet, newest first."""
+    stmt = select(EmergencyMove).where(EmergencyMove.acknowledged_at.is_(None)).order_by(EmergencyMove.id.desc())
+    return list(session.scalars(stmt))
+
+
+def acknowledge_emergency(session: Session, move: EmergencyMove, *, actor: str, actor_id: int,
+                          note: str | None) -> None:
+    """Record that ``actor`` (another admin) saw and accepts the move; audited as
+    ``model.emergency_acknowledged``."""
+    move.acknowledged_by, move.acknowledged_by_id, move.acknowledged_at = actor, actor_id, utcnow()
+    move.ack_note = note
+    session.flush()
+    append_event(session, actor=actor, actor_id=actor_id, action="model.emergency_acknowledged",
+                 object_type="emergency_move", object_id=move.id,
+                 details={"kind": move.kind, "alias": move.alias, "by": move.actor, "note": note,
+                          "break_glass": move.break_glass})

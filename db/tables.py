@@ -368,6 +368,45 @@ class AliasMove(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# ---- 0015_four_eyes ----
+
+
+class ProtectedAlias(Base):
+    """An alias an admin marked protected: like ``production`` (always protected, no row needed), it moves only
+    through an approved promotion once a version holds it."""
+
+    __tablename__ = "protected_aliases"
+
+    alias: Mapped[str] = mapped_column(String(60), primary_key=True)
+    protected_by: Mapped[str] = mapped_column(String(200))
+    protected_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmergencyMove(Base):
+    """A single-person move of a protected alias: an emergency rollback (``kind`` rollback) or a shell command
+    with ``--break-glass`` (``break_glass``: kind serve, alias or unprotect). Shown to every admin until another
+    admin acknowledges it (``acknowledged_*``)."""
+
+    __tablename__ = "emergency_moves"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    alias: Mapped[str] = mapped_column(String(60))
+    from_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    to_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    actor: Mapped[str] = mapped_column(String(200))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    break_glass: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200))
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(index=True)
+    ack_note: Mapped[str | None] = mapped_column(Text)
+
+
 # ---- 0005_evaluations ----
 
 EVALUATION_STATUSES = ("queued", "running", "done", "failed")

@@ -387,9 +387,19 @@ def test_model_serve_alias_retire_and_restart_write_the_desired_state(env, tiny_
     other = shutil.copytree(tiny_model_dir, env / "other")
     assert cli.main(["model", "register", "v-a", str(tiny_model_dir)]) == 0
     assert cli.main(["model", "register", "v-b", str(other), "--description", "second"]) == 0
-    assert cli.main(["model", "serve", "v-a", "--reason", "first"]) == 0
-    assert cli.main(["model", "serve", "v-b", "--reason", "better"]) == 0
+    assert cli.main(["model", "serve", "v-a", "--reason", "first"]) == 0  # the first version: one person
+    capsys.readouterr()
+    assert cli.main(["model", "serve", "v-b", "--reason", "better"]) == 1  # then: an approved promotion
+    assert "--break-glass" in capsys.readouterr().err
+    assert cli.main(["model", "serve", "v-b", "--reason", "better", "--break-glass", "the approvers are away"]) == 0
+    assert "model.break_glass" in capsys.readouterr().err
     assert cli.main(["model", "alias", "v-a", "staging", "--reason", "keep around"]) == 0
+    assert cli.main(["model", "protect", "staging", "--reason", "QA reads it"]) == 0
+    assert cli.main(["model", "alias", "v-b", "staging", "--reason", "newer"]) == 1
+    assert "staging is protected" in capsys.readouterr().err
+    assert cli.main(["model", "protect", "staging", "--off"]) == 1
+    assert "--break-glass" in capsys.readouterr().err
+    assert cli.main(["model", "protect", "staging", "--off", "--break-glass", "QA moved to another alias"]) == 0
     assert cli.main(["model", "restart", "--reason", "stuck"]) == 0
     capsys.readouterr()
     assert cli.main(["model", "list", "--json"]) == 0
@@ -407,7 +417,9 @@ def test_model_serve_alias_retire_and_restart_write_the_desired_state(env, tiny_
     (["model", "serve", "nope", "--reason", "x"], "No model version named"),
     (["model", "serve", "nope", "--reason", "  "], "Give a reason"),
     (["model", "alias", "nope", "Bad Alias", "--reason", "x"], "lower-case"),
-], ids=["unknown-version", "blank-reason", "bad-alias"])
+    (["model", "serve", "nope"], "give --reason"),
+    (["model", "rollback", "--reason", "nothing to go back to"], "nothing to roll back"),
+], ids=["unknown-version", "blank-reason", "bad-alias", "no-reason", "nothing-to-roll-back"])
 def test_lifecycle_commands_refuse_bad_input_with_one_line(env, capsys, args, message):
     assert cli.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()

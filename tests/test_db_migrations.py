@@ -36,6 +36,7 @@ AUDIT_TABLES = {"audit_checkpoints", "export_requests"}  # 0009_audit_anchor
 METRICS_TABLES = {"latency_buckets", "slos", "engine_health"}  # 0010_latency_buckets, 0011_engine_health
 SESSION_TABLES = {"browser_sessions"}  # 0012_browser_sessions
 ERASURE_TABLES = {"erasure_requests"}  # 0016_erasure
+FOUR_EYES_TABLES = {"protected_aliases", "emergency_moves"}  # 0015_four_eyes
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -137,7 +138,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:
@@ -565,3 +566,47 @@ def test_0016_downgrades_and_upgrades_again(empty_db: Database) -> None:
     assert "remains_hash" not in [c["name"] for c in inspect(empty_db.engine).get_columns("audit_events")]
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD and "erasure_requests" in _tables(empty_db)
+
+
+# --- 0015_four_eyes ---------------------------------------------------------------------------------------------
+
+BEFORE_0015 = "0014_one_open_review_item"
+
+
+def test_0015_adds_protected_aliases_and_emergency_moves_to_an_older_database(empty_db: Database) -> None:
+    from db import model_versions as versions_q
+
+    empty_db.migrate(BEFORE_0015)
+    with empty_db.engine.begin() as conn:  # an installation with a production version before the upgrade
+        conn.execute(text("INSERT INTO model_versions (name, source, engine_args, status, created_at, "
+                          "fingerprint_files) VALUES ('v1', '/m/v1', '{}', 'registered', '2026-01-01 00:00:00', "
+                          "'[]')"))
+        conn.execute(text("INSERT INTO model_aliases (alias, version_id, updated_at) VALUES ('production', 1, "
+                          "'2026-01-01 00:00:00')"))
+    assert not FOUR_EYES_TABLES & _tables(empty_db)
+    empty_db.migrate()
+    assert FOUR_EYES_TABLES <= _tables(empty_db)
+    with empty_db.session() as s:
+        assert versions_q.is_protected(s, "production") and not versions_q.is_protected(s, "staging")
+        versions_q.protect_alias(s, "staging", actor="cli", actor_id=None, reason="QA")
+        v1 = versions_q.get_model_version_by_name(s, "v1")
+        versions_q.record_emergency(s, kind="rollback", alias="production", from_version=v1, to_version=v1,
+                                    actor="cli", actor_id=None, reason="test", break_glass=False)
+    with empty_db.session(readonly=True) as s:
+        assert versions_q.is_protected(s, "staging")
+        [move] = versions_q.unacknowledged_emergencies(s)
+        assert move.break_glass is False and move.acknowledged_at is None
+
+
+def test_0015_downgrades_and_upgrades_again(empty_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    empty_db.migrate("0015_four_eyes")
+    with empty_db.engine.connect() as conn:
+        command.downgrade(alembic_config(empty_db.config.url, conn), BEFORE_0015)
+        conn.commit()
+    assert not FOUR_EYES_TABLES & _tables(empty_db)
+    empty_db.migrate()
+    assert empty_db.current_revision() == HEAD and FOUR_EYES_TABLES <= _tables(empty_db)

@@ -13,6 +13,7 @@ from console import app_pages
 from console.services import models as models_svc
 from console.services import serving
 from console.ui import UiSession
+from db import audit as audit_q
 from db import model_versions as versions_q
 from db import state as state_q
 from tests.conftest import console_env
@@ -20,8 +21,7 @@ from tests.conftest import console_env
 SESSION_KEY = "llm_console_session"
 
 
-@pytest.fixture
-def page(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir):  # noqa: ANN001
+def _open(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir, *, first: str | None):  # noqa: ANN001, ANN202
     for key, value in console_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
@@ -29,13 +29,33 @@ def page(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir):  # noqa: ANN001
     for name, source in (("tiny-a", tiny_model_dir), ("tiny-b", copy)):
         models_svc.register_cli(ctx, name=name, source=str(source), revision=None, dtype="float32",
                                 max_model_len=None, engine_args={}, description=f"{name} notes")
-    serving.serve_cli(ctx, "tiny-a", "first")
+    if first is not None:
+        serving.serve_cli(ctx, first, "first")
     at = AppTest.from_file(str(app_pages.PAGES_DIR / "models.py"), default_timeout=60)
     at.session_state[SESSION_KEY] = UiSession(principal=make_user("ada", "admin"))
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    yield at
+    return at
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir):  # noqa: ANN001
+    """tiny-a holds production (served as the installation's first version)."""
+    yield _open(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir, first="tiny-a")
     st.cache_resource.clear()
+
+
+@pytest.fixture
+def empty_page(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir):  # noqa: ANN001
+    """A new installation: two versions registered, none holds production yet."""
+    yield _open(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir, first=None)
+    st.cache_resource.clear()
+
+
+def _links_to_promotions(at: AppTest) -> bool:
+    # st.page_link where the Promotions page is registered (the app); a plain link where the page runs alone.
+    links = [e for e in at.get("page_link") if "promotions" in str(getattr(e, "proto", e))]
+    return bool(links) or any("](/promotions)" in m.value for m in at.markdown)
 
 
 def _table(at: AppTest, column: str):  # noqa: ANN202 - a pandas DataFrame
@@ -54,7 +74,9 @@ def test_versions_table_shows_stage_aliases_and_fingerprint(page: AppTest) -> No
     assert len(rows["tiny-a"]["fingerprint"]) == 12
 
 
-def test_serving_a_version_moves_production_and_the_form_opens_empty(page: AppTest, ctx) -> None:  # noqa: ANN001
+def test_serving_the_first_version_moves_production_and_then_the_serve_form_is_gone(empty_page: AppTest,  # noqa: ANN001
+                                                                                      ctx) -> None:
+    page = empty_page
     r = _round(page)
     page.selectbox(key=f"serve_version_{r}").select("tiny-b")
     page.text_input(key=f"serve_reason_{r}").input("answers better")
@@ -66,18 +88,65 @@ def test_serving_a_version_moves_production_and_the_form_opens_empty(page: AppTe
         assert versions_q.version_for_alias(s, "production").name == "tiny-b"
     r2 = _round(page)
     assert r2 == r + 1
-    assert page.selectbox(key=f"serve_version_{r2}").value is None
-    assert page.text_input(key=f"serve_reason_{r2}").value == ""
+    # Production is held now: the page offers no one-person move of it, only the way to a promotion.
+    assert not [w for w in page.selectbox if w.key == f"serve_version_{r2}"]
+    assert any("Production (tiny-b) is protected" in i.value.replace("\\", "") for i in page.info)
+    assert _links_to_promotions(page)
 
 
-def test_serving_without_a_reason_is_refused_and_nothing_moves(page: AppTest, ctx) -> None:  # noqa: ANN001
+def test_serving_without_a_reason_is_refused_and_nothing_moves(empty_page: AppTest, ctx) -> None:  # noqa: ANN001
+    page = empty_page
     r = _round(page)
     page.selectbox(key=f"serve_version_{r}").select("tiny-b")
     page.button(key=f"FormSubmitter:serve_form_{r}-Serve this version").click()
     page.run()
     assert any("Give a reason" in e.value for e in page.error)
     with ctx.db.session() as s:
-        assert versions_q.version_for_alias(s, "production").name == "tiny-a"
+        assert versions_q.get_alias(s, "production") is None
+
+
+def test_production_shows_as_protected_with_a_link_and_no_control_moves_it(page: AppTest) -> None:
+    r = _round(page)
+    assert not [w for w in page.selectbox if w.key == f"serve_version_{r}"]
+    assert any("Production (tiny-a) is protected" in i.value.replace("\\", "") for i in page.info)
+    assert any("Protected aliases" in m.value and "production" in m.value for m in page.markdown)
+    assert _links_to_promotions(page)
+    assert "tiny-a" not in page.selectbox(key=f"retire_version_{r}").options  # retiring would free production
+
+
+def test_protecting_an_alias_is_audited_and_its_holder_can_no_longer_be_retired(page: AppTest, ctx) -> None:  # noqa: ANN001
+    r = _round(page)
+    page.selectbox(key=f"alias_version_{r}").select("tiny-b")
+    page.text_input(key=f"alias_name_{r}").input("staging")
+    page.text_input(key=f"alias_reason_{r}").input("QA")
+    page.button(key=f"FormSubmitter:alias_form_{r}-Point the alias at this version").click()
+    page.run()
+    r = _round(page)
+    page.text_input(key=f"protect_alias_{r}").input("staging")
+    page.text_input(key=f"protect_reason_{r}").input("the partner API reads it")
+    page.button(key=f"FormSubmitter:protect_form_{r}-Protect this alias").click()
+    page.run()
+    assert any("staging is protected" in s.value.replace("\\", "") for s in page.success)
+    with ctx.db.session() as s:
+        assert versions_q.is_protected(s, "staging")
+        assert [e.details["alias"] for e in audit_q.iter_events(s, action="model.alias_protect")] == ["staging"]
+    r = _round(page)
+    assert page.selectbox(key=f"retire_version_{r}").options == []
+
+
+def test_an_emergency_rollback_is_shown_until_acknowledged(page: AppTest, ctx, make_user) -> None:  # noqa: ANN001
+    from console.services import promotion as promotion_svc
+
+    bob, cy = make_user("bob", "admin"), make_user("cy", "admin")
+    request = promotion_svc.request_promotion(ctx, bob, "tiny-b", "production", "better")
+    promotion_svc.approve(ctx, cy, request.id, "ok", "no evaluation here")
+    promotion_svc.rollback(ctx, bob, "tiny-b leaks card numbers")
+    page.run()
+    assert any("emergency rollback" in w.value and "card numbers" in w.value for w in page.warning)
+    move = serving.unacknowledged_emergencies(ctx, cy)[0]
+    serving.acknowledge_emergency(ctx, cy, move.id, "seen")
+    page.run()
+    assert not any("emergency rollback" in w.value for w in page.warning)
 
 
 def test_restart_request_bumps_the_generation(page: AppTest, ctx) -> None:  # noqa: ANN001
@@ -108,7 +177,8 @@ def test_alias_then_retire_shows_in_history(page: AppTest, ctx) -> None:  # noqa
     assert list(history["alias"])[:2] == ["staging", "staging"]
     assert list(history["to"])[:2] == ["(removed)", "tiny-b"]
     r = _round(page)
-    assert "tiny-b" not in page.selectbox(key=f"serve_version_{r}").options
+    assert "tiny-b" not in page.selectbox(key=f"retire_version_{r}").options
+    assert "tiny-b" not in page.selectbox(key=f"alias_version_{r}").options
 
 
 def test_registering_a_directory_without_a_readable_config_stores_nothing(page: AppTest, ctx, tmp_path) -> None:  # noqa: ANN001

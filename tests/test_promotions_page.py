@@ -84,7 +84,7 @@ def test_the_requester_sees_their_request_but_no_approve_button(ctx, setup) -> N
     rid = setup["request"].id
     assert any("Your request: another reviewer or admin decides it." in c.value for c in at.caption)
     assert not [b for b in at.button if b.key and b.key.startswith(f"FormSubmitter:decide_{rid}")]
-    assert [t.label for t in at.tabs] == ["Pending", "Request", "Rollback", "History"]
+    assert [t.label for t in at.tabs] == ["Pending", "Request", "Emergency rollback", "History"]
     assert _production(ctx) == "v1"
 
 
@@ -128,6 +128,40 @@ def test_right_after_a_rollback_the_banner_says_rolled_back_by_whom_not_watching
     at.run()  # what the page shows right after the rollback, before any console switched back
     assert not at.exception
     assert not any("Watching" in i.value for i in at.info)
-    (banner,) = [w.value for w in at.warning]
+    (banner,) = [w.value for w in at.warning if "Rolled back at " in w.value]
     assert "by otto: production returned from v2 to v1 (customers complain)" in banner
-    assert "v2 is no longer watched" in banner and "Rolled back at " in banner
+    assert "v2 is no longer watched" in banner
+
+
+def test_an_emergency_rollback_from_the_page_stays_shown_until_another_admin_acknowledges_it(  # noqa: ANN001
+        ctx, setup, make_user) -> None:
+    from db import audit as audit_q
+
+    promotion.approve(ctx, setup["rita"], setup["request"].id, "numbers hold up")
+    otto = make_user("otto", "admin")
+    at = _open(otto)
+    at.button(key="FormSubmitter:rollback_form_0-Roll back now").click()
+    at.run()
+    assert any("Give a reason" in e.value for e in at.error) and _production(ctx) == "v2"
+    at.text_input(key="rollback_reason_0").input("customers complain")
+    at.button(key="FormSubmitter:rollback_form_0-Roll back now").click()
+    at.run()
+    assert _production(ctx) == "v1"
+    warnings = [w.value for w in at.warning if "emergency rollback" in w.value]
+    assert len(warnings) == 1 and "You made it: another admin must acknowledge it." in warnings[0]
+    assert not [b for b in at.button if b.key and b.key.startswith("FormSubmitter:ack_")]  # not for otto
+
+    assert not [w for w in _open(setup["rita"]).warning if "emergency" in w.value]  # a reviewer is no admin
+    other = _open(setup["ada"])
+    [shown] = [w.value for w in other.warning if "emergency rollback" in w.value]
+    assert "otto moved production from v2 to v1" in shown.replace("\\", "")
+    [button] = [b for b in other.button if b.key and b.key.startswith("FormSubmitter:ack_")]
+    [note] = [t for t in other.text_input if t.key and t.key.startswith("ack_note_")]
+    note.input("checked: right call")
+    button.click()
+    other.run()
+    assert not other.exception
+    assert not [w for w in other.warning if "emergency rollback" in w.value]
+    with ctx.db.session(readonly=True) as s:
+        [ack] = [e for e in audit_q.iter_events(s, action="model.emergency_acknowledged")]
+    assert ack.actor == "ada" and ack.details["by"] == "otto" and ack.details["note"] == "checked: right call"

@@ -52,17 +52,22 @@ def test_fingerprint_names_the_file_that_changed(tiny_model_dir: Path, tmp_path:
     assert fingerprint_dir(copy).sha256 != fp.sha256
 
 
-def test_serve_moves_production_and_records_who_and_why(ctx, versions, make_user) -> None:  # noqa: ANN001
-    admin = make_user("ada", "admin")
+def test_an_approved_promotion_moves_production_and_records_who_and_why(ctx, versions, make_user) -> None:  # noqa: ANN001
+    from console.services import promotion
+
+    ada, bob = make_user("ada", "admin"), make_user("bob", "admin")
     assert serving.desired_state(ctx).version == "tiny-a"
-    serving.serve(ctx, admin, "tiny-b", "better answers")
+    with pytest.raises(AccessDenied, match="approved promotion"):  # one admin alone (issue 21)
+        serving.serve(ctx, ada, "tiny-b", "better answers")
+    request = promotion.request_promotion(ctx, ada, "tiny-b", "production", "better answers")
+    promotion.approve(ctx, bob, request.id, "ok", "no evaluation in this test")
     desired = serving.desired_state(ctx)
     assert desired.version == "tiny-b"
-    history = serving.alias_history(ctx, admin)
+    history = serving.alias_history(ctx, ada)
     assert (history[0].alias, history[0].from_version, history[0].to_version) == ("production", "tiny-a", "tiny-b")
-    assert history[0].actor == "ada" and history[0].reason == "better answers"
+    assert history[0].actor == "bob" and history[0].reason == f"promotion #{request.id}: better answers"
     assert _events(ctx, "model.alias")[-1] == {"alias": "production", "from": "tiny-a", "to": "tiny-b",
-                                               "reason": "better answers"}
+                                               "reason": f"promotion #{request.id}: better answers"}
 
 
 @pytest.mark.parametrize(
@@ -172,7 +177,7 @@ def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_fail
         reconciler = serving.Reconciler(ctx, host)
         assert reconciler.run_once() is None  # already serving what is desired
 
-        serving.serve_cli(ctx, "tiny-b", "new weights")
+        serving.serve_cli(ctx, "tiny-b", "new weights", break_glass="the test moves production from the shell")
         outcome = reconciler.run_once()
         assert outcome is not None and outcome.ok and (outcome.from_version, outcome.to_version) == ("tiny-a", "tiny-b")
         assert host.serving is not None and host.serving.name == "tiny-b"
@@ -185,7 +190,7 @@ def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_fail
         broken = Path(shutil.copytree(versions["tiny-a"], tmp_path / "broken"))
         _register(ctx, "broken", broken, fingerprint=False)
         (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-        serving.serve_cli(ctx, "broken", "try it")
+        serving.serve_cli(ctx, "broken", "try it", break_glass="the test moves production from the shell")
         failed = reconciler.run_once()
         assert failed is not None and not failed.ok and "broken" in (failed.error or "")
         assert host.serving is not None and host.serving.name == "tiny-b"
@@ -245,7 +250,7 @@ def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_ver
         for t in threads:
             t.start()
         time.sleep(1.0)
-        serving.serve_cli(ctx, "tiny-b", "switch under load")
+        serving.serve_cli(ctx, "tiny-b", "switch under load", break_glass="the test switches from the shell")
         switched = reconciler.run_once()
         time.sleep(1.0)
         stop.set()

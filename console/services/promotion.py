@@ -12,6 +12,7 @@ version's for ``watch_minutes`` and, on a regression, rolls back (or only propos
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -443,8 +444,9 @@ def _rollback_plan(s: Session, *, expect_current: str | None = None, target: str
     if expect_current is not None and current.name != expect_current:
         raise InvalidInput(f"Production moved on to {current.name} meanwhile; nothing was rolled back.")
     if target is None:
-        moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
-        previous_id = moves[0].from_version_id if moves else None
+        # The version that held production just before the current one (a retried switch moves nothing).
+        moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=50)
+        previous_id = next((m.from_version_id for m in moves if m.from_version_id != m.to_version_id), None)
         previous = None if previous_id is None else versions_q.get_model_version(s, previous_id)
     else:
         previous = versions_q.get_model_version_by_name(s, target)
@@ -468,38 +470,122 @@ def _do_rollback(s: Session, current: ModelVersion, target: ModelVersion, *, act
     return RollbackResult(current.name, target.name, reason, auto)
 
 
-@requires("models.switch")
-def rollback(ctx: AppContext, actor: Principal, reason: str) -> RollbackResult:
-    """Return production to the version that held it before the current one; every console switches back."""
-    reason = _text(reason, "a reason for the rollback")
+def _emergency_rollback(ctx: AppContext, actor: str, actor_id: int | None, reason: str) -> RollbackResult:
+    reason = _text(reason, "a reason for the emergency rollback")
     with ctx.db.session(readonly=True) as s:
         current, target = _rollback_plan(s, check=True)
     with ctx.db.session() as s:
         current, target = _rollback_plan(s, expect_current=current.name, target=target.name)
-        return _do_rollback(s, current, target, actor=actor.username, actor_id=actor.user_id, reason=reason,
-                            auto=False)
+        result = _do_rollback(s, current, target, actor=actor, actor_id=actor_id, reason=reason, auto=False)
+        versions_q.record_emergency(s, kind="rollback", alias=PRODUCTION, from_version=current, to_version=target,
+                                    actor=actor, actor_id=actor_id, reason=reason, break_glass=False)
+        return result
+
+
+@requires("models.emergency_rollback")
+def rollback(ctx: AppContext, actor: Principal, reason: str) -> RollbackResult:
+    """The emergency rollback: one admin returns production to the version that held it just before the current
+    one (no other), with a reason; every console switches back. Audited as ``model.emergency_rollback`` and shown
+    to every admin until another admin acknowledges it (:func:`serving.acknowledge_emergency`)."""
+    return _emergency_rollback(ctx, actor.username, actor.user_id, reason)
+
+
+def rollback_cli(ctx: AppContext, reason: str) -> RollbackResult:
+    """:func:`rollback` from the command line (actor ``cli``)."""
+    return _emergency_rollback(ctx, "cli", None, reason)
 
 
 # --- the watch window ------------------------------------------------------------------------------------------
 
 
 def _stats(w: WindowStats) -> dict[str, Any]:
-    return {"requests": w.requests, "error_rate": round(w.error_rate, 4), "flag_rate": round(w.flag_rate, 4),
+    return {"requests": w.requests, "errors": w.errors, "flagged": w.flagged, "error_rate": round(w.error_rate, 4),
+            "flag_rate": round(w.flag_rate, 4), "ttft_count": w.ttft_count,
             "ttft_p95_ms": None if w.ttft_p95_ms is None else round(w.ttft_p95_ms, 1)}
 
 
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_greater(k_after: int, n_after: int, k_before: int, n_before: int) -> float:
+    """One-sided Fisher exact p-value that the after rate is higher than the before rate: the chance, with both
+    windows' events shared out at random over their exchanges, that the after window gets ``k_after`` or more.
+    Exact at any sample size (no normal approximation), so a handful of events cannot look significant."""
+    total, events = n_after + n_before, k_after + k_before
+    if n_after <= 0 or n_before <= 0 or events == 0:
+        return 1.0
+    log_all = _log_comb(total, n_after)
+    top = min(events, n_after)
+    p = sum(math.exp(_log_comb(events, x) + _log_comb(total - events, n_after - x) - log_all)
+            for x in range(k_after, top + 1) if n_after - x <= total - events)
+    return min(1.0, p)
+
+
+@dataclass(frozen=True)
+class WatchTest:
+    """One comparison the watch made: a rate (Fisher exact, one-sided, at ``alpha``, and past ``margin``) or the
+    p95 time to first token (past ``margin`` of the old one), with the sample sizes on each side."""
+
+    metric: str  # "error_rate", "flag_rate" (answers the policy flagged or blocked) or "ttft_p95_ms"
+    before: float | None
+    after: float | None
+    n_before: int
+    n_after: int
+    enough: bool  # both sides have watch_min_samples
+    regression: bool
+    p_value: float | None = None
+    k_before: int | None = None
+    k_after: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "before": self.before, "after": self.after, "n_before": self.n_before,
+                "n_after": self.n_after, "k_before": self.k_before, "k_after": self.k_after,
+                "p_value": None if self.p_value is None else float(f"{self.p_value:.3g}"), "enough": self.enough,
+                "regression": self.regression}
+
+
+def watch_tests(settings: Settings, before: WindowStats, after: WindowStats) -> list[WatchTest]:
+    """The watch's comparisons of the new version's window with the old one's.
+
+    A rate regresses only when both sides have ``watch_min_samples`` exchanges, it rose by more than its margin,
+    *and* a one-sided Fisher exact test puts the rise below ``watch_significance``: a few unlucky answers, or a
+    few users set on tripping the policy, cannot undo an approved promotion. The p95 time to first token regresses
+    when both sides have ``watch_min_samples`` timed answers and it rose by more than ``watch_ttft_margin``.
+    """
+    n = settings.watch_min_samples
+    rates = [("error_rate", before.errors, after.errors, settings.watch_error_margin),
+             ("flag_rate", before.flagged, after.flagged, settings.watch_flag_margin)]
+    out = []
+    for metric, k_before, k_after, margin in rates:
+        enough = min(before.requests, after.requests) >= n
+        rate_before = k_before / before.requests if before.requests else 0.0
+        rate_after = k_after / after.requests if after.requests else 0.0
+        p = fisher_greater(k_after, after.requests, k_before, before.requests)
+        regression = enough and rate_after > rate_before + margin + EPSILON and p < settings.watch_significance
+        out.append(WatchTest(metric, round(rate_before, 4), round(rate_after, 4), before.requests, after.requests,
+                             enough, regression, p, k_before, k_after))
+    enough = min(before.ttft_count, after.ttft_count) >= n
+    slower = before.ttft_p95_ms is not None and after.ttft_p95_ms is not None and \
+        after.ttft_p95_ms > before.ttft_p95_ms * (1 + settings.watch_ttft_margin)
+    out.append(WatchTest("ttft_p95_ms", None if before.ttft_p95_ms is None else round(before.ttft_p95_ms, 1),
+                         None if after.ttft_p95_ms is None else round(after.ttft_p95_ms, 1), before.ttft_count,
+                         after.ttft_count, enough, enough and slower))
+    return out
+
+
+def _reason(settings: Settings, t: WatchTest) -> str:
+    if t.metric == "ttft_p95_ms":
+        return (f"p95 time to first token rose from {t.before:.0f} ms to {t.after:.0f} ms "
+                f"(more than {settings.watch_ttft_margin:.0%}; {t.n_before} and {t.n_after} answers)")
+    what = "error rate" if t.metric == "error_rate" else "flag rate of answers"
+    return (f"{what} rose from {t.before or 0:.1%} ({t.k_before}/{t.n_before}) to {t.after or 0:.1%} "
+            f"({t.k_after}/{t.n_after}); one-sided Fisher exact p = {t.p_value:.2g} < {settings.watch_significance}")
+
+
 def regressions(settings: Settings, before: WindowStats, after: WindowStats) -> list[str]:
-    """Why the new version's window is worse than the old one's past the watch margins (empty: it is not)."""
-    found = []
-    if before.ttft_p95_ms is not None and after.ttft_p95_ms is not None and \
-            after.ttft_p95_ms > before.ttft_p95_ms * (1 + settings.watch_ttft_margin):
-        found.append(f"p95 time to first token rose from {before.ttft_p95_ms:.0f} ms to {after.ttft_p95_ms:.0f} ms "
-                     f"(more than {settings.watch_ttft_margin:.0%})")
-    if after.error_rate > before.error_rate + settings.watch_error_margin + EPSILON:
-        found.append(f"error rate rose from {before.error_rate:.1%} to {after.error_rate:.1%}")
-    if after.flag_rate > before.flag_rate + settings.watch_flag_margin + EPSILON:
-        found.append(f"flag rate rose from {before.flag_rate:.1%} to {after.flag_rate:.1%}")
-    return found
+    """Why the new version's window is worse than the old one's (empty: it is not), see :func:`watch_tests`."""
+    return [_reason(settings, t) for t in watch_tests(settings, before, after) if t.regression]
 
 
 @dataclass(frozen=True)
@@ -517,6 +603,7 @@ class WatchFinding:
     after: dict[str, Any]
     at: datetime
     error: str | None = None
+    tests: tuple[dict[str, Any], ...] = ()  # each comparison: statistic, sample sizes, decision (WatchTest)
 
 
 def _finding(event: AuditEvent | audit_q.AppendedEvent) -> WatchFinding:
@@ -524,7 +611,7 @@ def _finding(event: AuditEvent | audit_q.AppendedEvent) -> WatchFinding:
     return WatchFinding(int(event.object_id or 0), d.get("from") or "", d.get("to") or "",
                         datetime.fromisoformat(d["switched_at"]), d.get("verdict", ""), d.get("action", "none"),
                         tuple(d.get("reasons") or ()), d.get("before") or {}, d.get("after") or {}, event.ts,
-                        d.get("error"))
+                        d.get("error"), tuple(d.get("tests") or ()))
 
 
 def _watched(event: AuditEvent | None) -> bool:
@@ -538,8 +625,10 @@ class Watcher(PeriodicTask):
     """Watches the version a production switch brought in; one per console process, on its own thread.
 
     For ``watch_minutes`` after the latest ``model.switch`` it compares the new version's p95 time to first token,
-    error rate and flag rate since the switch with the previous version's over the same length of time before it
-    (once each side has ``watch_min_samples`` requests). On a regression it rolls back (``watch_auto_rollback``)
+    error rate and flag rate of answers since the switch with the previous version's over the same length of time
+    before it: real users' exchanges only, outside load tests, and only the policy's verdicts on answers (not on
+    prompts); each comparison needs ``watch_min_samples`` on both sides, and a rate a significant rise
+    (:func:`watch_tests`). On a regression it rolls back (``watch_auto_rollback``)
     or only proposes a rollback; either way it writes ``model.watch_regression`` saying why. A window that ends
     without one gets ``model.watch_ended``. Each switch gets one finding, even with several console processes.
     A rollback's own switch is not watched (it returns to the version just compared against).
@@ -564,18 +653,21 @@ class Watcher(PeriodicTask):
                 window = timedelta(minutes=settings.watch_minutes)
                 now, start = self.ctx.now(), switch.ts
                 ended = now >= start + window
-                after = promo_q.window_stats(s, new, start, min(now, start + window))
-                before = promo_q.window_stats(s, old, start - window, start)
+                # Real users' traffic only: a load test slows every answer while it runs, so its time is left out.
+                loaded = promo_q.load_test_periods(s, start - window, min(now, start + window))
+                after = promo_q.window_stats(s, new, start, min(now, start + window), exclude=loaded)
+                before = promo_q.window_stats(s, old, start - window, start, exclude=loaded)
             enough = min(after.requests, before.requests) >= settings.watch_min_samples
-            reasons = regressions(settings, before, after) if enough else []
+            tests = watch_tests(settings, before, after)
+            reasons = [_reason(settings, t) for t in tests if t.regression]
             if reasons:
-                return self._record(switch, "regression", reasons, before, after)
+                return self._record(switch, "regression", reasons, before, after, tests)
             if ended:
-                return self._record(switch, "passed" if enough else "too_few_samples", [], before, after)
+                return self._record(switch, "passed" if enough else "too_few_samples", [], before, after, tests)
             return None
 
     def _record(self, switch: AuditEvent, verdict: str, reasons: list[str], before: WindowStats,
-                after: WindowStats) -> WatchFinding | None:
+                after: WindowStats, tests: list[WatchTest]) -> WatchFinding | None:
         old, new = str(switch.details["from"]), str(switch.details["to"])
         files_error = None
         if verdict == "regression":
@@ -602,7 +694,10 @@ class Watcher(PeriodicTask):
                     action, error = "rollback_failed", str(exc)
             details = {"from": old, "to": new, "switched_at": switch.ts.isoformat(), "verdict": verdict,
                        "action": action, "reasons": reasons, "before": _stats(before), "after": _stats(after),
-                       "window_minutes": self.ctx.settings.watch_minutes, "error": error}
+                       "window_minutes": self.ctx.settings.watch_minutes, "error": error,
+                       "min_samples": self.ctx.settings.watch_min_samples,
+                       "significance": self.ctx.settings.watch_significance,
+                       "tests": [t.as_dict() for t in tests]}
             action_name = "model.watch_regression" if verdict == "regression" else "model.watch_ended"
             event = audit_q.append_event(s, actor=WATCH_ACTOR, actor_id=None, action=action_name,
                                          object_type="model_switch", object_id=switch.seq, details=details)

@@ -17,9 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from console.services.access import Principal, requires
+from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
-from console.services.errors import InvalidInput, ModelUnavailable, NotFound
+from console.services.errors import AccessDenied, InvalidInput, ModelUnavailable, NotFound
 from console.services.periodic import PeriodicTask
 from console.services.text import clean_text
 from db import audit as audit_q
@@ -153,30 +153,66 @@ def desired_state(ctx: AppContext) -> DesiredState:
     return DesiredState(name, moves[0].id if moves else None, int(restart.get("generation", 0)))
 
 
-def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str) -> str:
+def protected_move_refused(alias: str, holder: str, *, shell: bool) -> AccessDenied:
+    """The refusal of a one-person move of a protected alias, saying which ways are open."""
+    way = ("on the server, `--break-glass REASON` moves it anyway (recorded, and shown to every admin until "
+           "another admin acknowledges it)" if shell else
+           "a shell command with `--break-glass REASON` on the server is the last resort")
+    rollback = (" In an emergency, production can be rolled back to the version that held it before "
+                "(Promotions page, Emergency rollback, or `llm-console model rollback`);" if alias == PRODUCTION
+                else "")
+    return AccessDenied(f"{alias} is protected (it points at {holder}): it moves only through an approved "
+                        f"promotion, which one person asks for and another approves (Promotions page).{rollback} "
+                        f"{way[0].upper() + way[1:]}.")
+
+
+def _break_glass(value: str | None) -> str | None:
+    return None if value is None else _reason(value, "breaking the glass")
+
+
+def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str,
+           break_glass: str | None = None) -> str:
     reason = _reason(reason, "serving a version")
+    glass = _break_glass(break_glass)
+    with ctx.db.session(readonly=True) as s:
+        version = _version(s, name)
+        if version.retired_at is not None:
+            raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
+        check_files(version)  # hashes the weights: never inside the write transaction (it holds the writer lock)
+        name = version.name
     with ctx.db.session() as s:
         version = _version(s, name)
         if version.retired_at is not None:
             raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
-        check_files(version)
         current = versions_q.version_for_alias(s, PRODUCTION)
         if current is not None and current.id == version.id and serving_status(ctx).model_version == version.name:
             raise InvalidInput(f"{version.name} already holds the production alias and is being served.")
-        # Serving the production version again while it is not served (its switch failed) retries the switch.
+        # Serving the production version again while it is not served (its switch failed) retries the switch;
+        # it moves nothing. Only the first version of an installation may be given production by one person.
+        moving = current is not None and current.id != version.id
+        if moving and glass is None:
+            assert current is not None
+            raise protected_move_refused(PRODUCTION, current.name, shell=actor == "cli")
         versions_q.move_alias(s, PRODUCTION, version, actor=actor, actor_id=actor_id, reason=reason)
+        if moving and glass is not None:
+            versions_q.record_emergency(s, kind="serve", alias=PRODUCTION, from_version=current, to_version=version,
+                                        actor=actor, actor_id=actor_id, reason=glass, break_glass=True)
+            logger.warning("break glass: %s moved production from %s to %s: %s", actor,
+                           current.name if current else None, version.name, glass)
         return version.name
 
 
 @requires("models.switch")
 def serve(ctx: AppContext, actor: Principal, name: str, reason: str) -> str:
-    """Make ``name`` the production version; every running console switches to it within seconds."""
+    """Give ``name`` the production alias while no version holds it (the first version of an installation), or
+    retry the switch to the version that holds it; any other move of production needs an approved promotion."""
     return _serve(ctx, actor.username, actor.user_id, name, reason)
 
 
-def serve_cli(ctx: AppContext, name: str, reason: str) -> str:
-    """:func:`serve` from the command line (the shell user is trusted, as with ``init``)."""
-    return _serve(ctx, "cli", None, name, reason)
+def serve_cli(ctx: AppContext, name: str, reason: str, break_glass: str | None = None) -> str:
+    """:func:`serve` from the command line; with ``break_glass`` (its reason) it moves production without a
+    promotion, recorded as ``model.break_glass`` and shown to every admin until another admin acknowledges it."""
+    return _serve(ctx, "cli", None, name, reason, break_glass)
 
 
 def _request_restart(ctx: AppContext, actor: str, actor_id: int | None, reason: str) -> int:
@@ -200,30 +236,83 @@ def request_restart_cli(ctx: AppContext, reason: str) -> int:
     return _request_restart(ctx, "cli", None, reason)
 
 
-def _set_alias(ctx: AppContext, actor: str, actor_id: int | None, name: str, alias: str, reason: str) -> str:
+def _alias_name(alias: str) -> str:
     alias = (alias or "").strip().lower()
     if not ALIAS.match(alias):
         raise InvalidInput("An alias has 1-60 lower-case letters, digits, '-' or '_' and starts with a letter.")
+    return alias
+
+
+def _set_alias(ctx: AppContext, actor: str, actor_id: int | None, name: str, alias: str, reason: str,
+               break_glass: str | None = None) -> str:
+    alias = _alias_name(alias)
     if alias == PRODUCTION:
-        raise InvalidInput("The production alias moves by serving a version (or an approved promotion).")
+        raise InvalidInput("The production alias moves through an approved promotion (Promotions page).")
     reason = _reason(reason, "moving an alias")
+    glass = _break_glass(break_glass)
     with ctx.db.session() as s:
         version = _version(s, name)
         if version.retired_at is not None:
             raise InvalidInput(f"Model version {version.name} is retired; it cannot hold an alias.")
+        holder = versions_q.version_for_alias(s, alias)
+        # A protected alias no version holds yet may be set by one person, like production's first version.
+        moving = holder is not None and holder.id != version.id and versions_q.is_protected(s, alias)
+        if moving and glass is None:
+            assert holder is not None
+            raise protected_move_refused(alias, holder.name, shell=actor == "cli")
         versions_q.move_alias(s, alias, version, actor=actor, actor_id=actor_id, reason=reason)
+        if moving and glass is not None:
+            versions_q.record_emergency(s, kind="alias", alias=alias, from_version=holder, to_version=version,
+                                        actor=actor, actor_id=actor_id, reason=glass, break_glass=True)
     return alias
 
 
 @requires("models.register")
 def set_alias(ctx: AppContext, actor: Principal, name: str, alias: str, reason: str) -> str:
-    """Point an alias such as ``staging`` or ``candidate`` at a version; returns the alias as stored."""
+    """Point an alias such as ``staging`` or ``candidate`` at a version; returns the alias as stored. A protected
+    alias a version holds moves only through an approved promotion."""
     return _set_alias(ctx, actor.username, actor.user_id, name, alias, reason)
 
 
-def set_alias_cli(ctx: AppContext, name: str, alias: str, reason: str) -> str:
-    """:func:`set_alias` from the command line."""
-    return _set_alias(ctx, "cli", None, name, alias, reason)
+def set_alias_cli(ctx: AppContext, name: str, alias: str, reason: str, break_glass: str | None = None) -> str:
+    """:func:`set_alias` from the command line (``break_glass``: see :func:`serve_cli`)."""
+    return _set_alias(ctx, "cli", None, name, alias, reason, break_glass)
+
+
+def _protect(ctx: AppContext, actor: str, actor_id: int | None, alias: str, reason: str) -> bool:
+    alias = _alias_name(alias)
+    reason = _reason(reason, "protecting an alias")
+    with ctx.db.session() as s:
+        return versions_q.protect_alias(s, alias, actor=actor, actor_id=actor_id, reason=reason)
+
+
+@requires("models.protect")
+def protect_alias(ctx: AppContext, actor: Principal, alias: str, reason: str) -> bool:
+    """Mark an alias protected: from now on, once a version holds it, it moves only through an approved
+    promotion. Audited (``model.alias_protect``); False if it already was. There is no page action to undo it."""
+    return _protect(ctx, actor.username, actor.user_id, alias, reason)
+
+
+def protect_alias_cli(ctx: AppContext, alias: str, reason: str) -> bool:
+    """:func:`protect_alias` from the command line."""
+    return _protect(ctx, "cli", None, alias, reason)
+
+
+def unprotect_alias_cli(ctx: AppContext, alias: str, break_glass: str) -> bool:
+    """Remove an alias's protection: only from the shell, with ``--break-glass REASON``, recorded as
+    ``model.break_glass`` and shown to every admin until another admin acknowledges it. ``production`` stays
+    protected. False if the alias was not protected."""
+    alias = _alias_name(alias)
+    if alias == PRODUCTION:
+        raise InvalidInput("The production alias is always protected.")
+    glass = _reason(break_glass, "breaking the glass")
+    with ctx.db.session() as s:
+        if not versions_q.unprotect_alias(s, alias):
+            return False
+        holder = versions_q.version_for_alias(s, alias)
+        versions_q.record_emergency(s, kind="unprotect", alias=alias, from_version=holder, to_version=holder,
+                                    actor="cli", actor_id=None, reason=glass, break_glass=True)
+    return True
 
 
 def _retire(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str) -> str:
@@ -234,7 +323,13 @@ def _retire(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason
             raise InvalidInput(f"{version.name} is already retired.")
         aliases = versions_q.aliases_by_version(s).get(version.id, [])
         if PRODUCTION in aliases:
-            raise InvalidInput(f"{version.name} is the production version; serve another one before retiring it.")
+            raise InvalidInput(f"{version.name} is the production version; promote another one before retiring "
+                               "it.")
+        protected = [a for a in aliases if versions_q.is_protected(s, a)]
+        if protected:
+            # Retiring would free the alias, and a free protected alias may be set by one person.
+            raise InvalidInput(f"{version.name} holds the protected alias {', '.join(protected)}; move it to "
+                               "another version through an approved promotion before retiring this one.")
         for alias in aliases:
             versions_q.remove_alias(s, alias, actor=actor, actor_id=actor_id, reason=f"retired: {reason}")
         versions_q.retire_version(s, version, actor=actor, actor_id=actor_id, reason=reason)
@@ -348,6 +443,95 @@ def alias_history(ctx: AppContext, actor: Principal, limit: int = 200) -> list[A
                               names.get(m.to_version_id) if m.to_version_id else None, m.actor, m.reason,
                               m.created_at)
                 for m in versions_q.alias_moves(s, limit=limit)]
+
+
+@dataclass(frozen=True)
+class ProtectedAliasView:
+    alias: str
+    version: str | None  # the version holding it, if any
+    protected_by: str  # "always" for production
+    reason: str
+
+
+@requires("models.view")
+def protected_aliases(ctx: AppContext, actor: Principal) -> list[ProtectedAliasView]:
+    """Every protected alias (``production`` first) and the version holding it."""
+    with ctx.db.session(readonly=True) as s:
+        out = []
+        for alias, row in versions_q.protected_aliases(s).items():
+            holder = versions_q.version_for_alias(s, alias)
+            out.append(ProtectedAliasView(alias, holder.name if holder else None,
+                                          "always" if row is None else row.protected_by,
+                                          "" if row is None else row.reason))
+        return out
+
+
+@dataclass(frozen=True)
+class EmergencyView:
+    """A single-person move of a protected alias no second admin has acknowledged yet."""
+
+    id: int
+    kind: str  # rollback, serve, alias or unprotect
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    actor: str
+    actor_id: int | None
+    reason: str
+    break_glass: bool
+    at: datetime
+
+    @property
+    def summary(self) -> str:
+        how = "break-glass shell command" if self.break_glass else "emergency rollback"
+        if self.kind == "unprotect":
+            what = f"removed the protection of {self.alias}"
+        else:
+            what = f"moved {self.alias} from {self.from_version or 'nothing'} to {self.to_version or 'nothing'}"
+        return f"{how} #{self.id}: {self.actor} {what} without a second approval ({self.reason})"
+
+
+def _emergency_owner(session: Session, move_id: str) -> int | None:
+    move = versions_q.get_emergency(session, int(move_id))
+    return None if move is None else move.actor_id
+
+
+ACK_RULE = register_duty_rule(DutyRule("model.emergency_acknowledge",
+                                       "nobody acknowledges their own emergency move", owner_of=_emergency_owner))
+
+
+@requires("models.view")
+def unacknowledged_emergencies(ctx: AppContext, actor: Principal) -> list[EmergencyView]:
+    """Emergency rollbacks and break-glass moves no second admin has acknowledged yet, newest first."""
+    with ctx.db.session(readonly=True) as s:
+        names = {v.id: v.name for v in versions_q.list_model_versions(s)}
+        return [EmergencyView(m.id, m.kind, m.alias, names.get(m.from_version_id or -1),
+                              names.get(m.to_version_id or -1), m.actor, m.actor_id, m.reason, m.break_glass,
+                              m.created_at)
+                for m in versions_q.unacknowledged_emergencies(s)]
+
+
+MAX_NOTE_CHARS = MAX_REASON_CHARS
+
+
+@requires("models.acknowledge_emergency")
+def acknowledge_emergency(ctx: AppContext, actor: Principal, move_id: int, note: str | None = None) -> int:
+    """A second admin (never the one who made the move) acknowledges an emergency move; audited as
+    ``model.emergency_acknowledged``. A break-glass command from the shell has no user, so any admin may."""
+    with ctx.db.session(readonly=True) as s:
+        ensure_separation(ctx, s, actor, ACK_RULE.name, str(int(move_id)))
+    text = clean_text(note or "").strip() or None
+    if text is not None and len(text) > MAX_NOTE_CHARS:
+        raise InvalidInput(f"Keep the note under {MAX_NOTE_CHARS:,} characters.")
+    with ctx.db.session() as s:
+        move = versions_q.get_emergency(s, int(move_id), lock=True)
+        if move is None:
+            raise NotFound(f"There is no emergency move #{move_id}.")
+        if move.acknowledged_at is not None:
+            raise InvalidInput(f"Emergency move #{move_id} was already acknowledged by {move.acknowledged_by}.")
+        versions_q.acknowledge_emergency(s, move, actor=actor.username, actor_id=actor.user_id, note=text)
+        logger.info("emergency move #%s acknowledged by %s", move.id, actor.username)
+        return move.id
 
 
 class Reconciler(PeriodicTask):

@@ -20,6 +20,7 @@ st.title("Model versions")
 if state.flash:
     st.success(escape_markdown(state.flash))
     state.flash = None
+ui.emergency_warnings(ctx, principal)
 
 
 @st.fragment(run_every=3)
@@ -38,8 +39,8 @@ def _serving() -> None:
     problem = serving_svc.last_switch_problem(ctx)
     if problem is not None:
         st.warning(f"The last {problem.action} to {escape_markdown(problem.version or '?')} failed at "
-                   f"{problem.at:%Y-%m-%d %H:%M} UTC: {escape_markdown(problem.error)}. Serve it again to retry, "
-                   "or serve another version.")
+                   f"{problem.at:%Y-%m-%d %H:%M} UTC: {escape_markdown(problem.error)}. Retry it in the Serve tab, "
+                   "or request the promotion of another version.")
 
 
 _serving()
@@ -80,22 +81,49 @@ st.dataframe(
     hide_index=True, width="stretch", key="versions_table",
 )
 servable = [v.name for v in versions if not v.retired]
+protected = ui.call(serving_svc.protected_aliases, ctx, principal) or []
+held = {p.alias: p.version for p in protected if p.version is not None}
+production = held.get("production")
+if held:
+    st.markdown("**Protected aliases** move only through an approved promotion (one admin asks, another "
+                "approves): " + ", ".join(f"`{escape_markdown(a)}` → {escape_markdown(v)}" for a, v in held.items()))
+    ui.page_link("promotions", "Request a promotion on the Promotions page")
 
 serve_tab, restart_tab, alias_tab, register_tab, history_tab = st.tabs(
     ["Serve", "Restart engine", "Aliases and retirement", "Register", "History"])
 
-with serve_tab, st.form(f"serve_form_{state.round}"):
-    st.caption("Serving moves the production alias. Every running console switches within seconds; chats that "
-               "arrive meanwhile wait and are answered by the new version (or by the old one if it fails to load).")
-    name = st.selectbox("Version", servable, index=None, key=f"serve_version_{state.round}")
-    reason = st.text_input("Reason (recorded in the audit log)", key=f"serve_reason_{state.round}", max_chars=1000)
-    if st.form_submit_button("Serve this version", type="primary"):
-        if name is None:
-            st.error("Choose a version to serve.")
-        elif ui.call(serving_svc.serve, ctx, principal, name, reason) is not None:
-            state.flash = f"{name} now holds production; the console is switching to it."
-            state.round += 1
-            st.rerun()
+with serve_tab:
+    if production is None:
+        with st.form(f"serve_form_{state.round}"):
+            st.caption("No version holds production yet: the first version may be served by one admin. From then "
+                       "on, production moves only through an approved promotion.")
+            name = st.selectbox("Version", servable, index=None, key=f"serve_version_{state.round}")
+            reason = st.text_input("Reason (recorded in the audit log)", key=f"serve_reason_{state.round}",
+                                   max_chars=1000)
+            if st.form_submit_button("Serve this version", type="primary"):
+                if name is None:
+                    st.error("Choose a version to serve.")
+                elif ui.call(serving_svc.serve, ctx, principal, name, reason) is not None:
+                    state.flash = f"{name} now holds production; the console is switching to it."
+                    state.round += 1
+                    st.rerun()
+    else:
+        st.info(f"Production ({escape_markdown(production)}) is protected: moving it to another version needs an "
+                "approved promotion (one admin asks, another approves). In an emergency, one admin may roll it "
+                "back to the version that held it just before, on the Promotions page.", icon=":material/lock:")
+        ui.page_link("promotions", "Request a promotion or roll back on the Promotions page")
+        failed = serving_svc.last_switch_problem(ctx)
+        if failed is not None and failed.version == production:
+            with st.form(f"retry_form_{state.round}"):
+                st.caption(f"The switch to {escape_markdown(production)} failed; retrying loads it again (it "
+                           "moves nothing).")
+                reason = st.text_input("Reason (recorded in the audit log)", key=f"retry_reason_{state.round}",
+                                       max_chars=1000)
+                if st.form_submit_button(f"Retry the switch to {production}"):
+                    if ui.call(serving_svc.serve, ctx, principal, production, reason) is not None:
+                        state.flash = f"Retrying the switch to {production}."
+                        state.round += 1
+                        st.rerun()
 
 with restart_tab, st.form(f"restart_form_{state.round}"):
     st.caption("Restarts the engine of the version being served (for example after it stopped working). "
@@ -108,6 +136,8 @@ with restart_tab, st.form(f"restart_form_{state.round}"):
             st.rerun()
 
 with alias_tab:
+    st.caption("Aliases other versions point at freely. A protected alias that a version holds moves only through "
+               "an approved promotion" + (f" ({', '.join(held)})" if held else "") + ".")
     with st.form(f"alias_form_{state.round}"):
         name = st.selectbox("Version", servable, index=None, key=f"alias_version_{state.round}")
         alias = st.text_input("Alias", key=f"alias_name_{state.round}", placeholder="staging, candidate, ...",
@@ -120,8 +150,22 @@ with alias_tab:
                 state.flash = f"{alias.strip().lower()} now points at {name}."
                 state.round += 1
                 st.rerun()
+    with st.form(f"protect_form_{state.round}"):
+        st.caption("Protecting an alias is recorded in the audit log. It cannot be undone on this page: only on the "
+                   "server, with `llm-console model protect ALIAS --off --break-glass REASON`, which every admin "
+                   "sees until another admin acknowledges it.")
+        alias = st.text_input("Alias to protect", key=f"protect_alias_{state.round}", max_chars=60,
+                              placeholder="staging")
+        reason = st.text_input("Reason", key=f"protect_reason_{state.round}", max_chars=1000)
+        if st.form_submit_button("Protect this alias"):
+            if ui.call(serving_svc.protect_alias, ctx, principal, alias, reason) is not None:
+                state.flash = f"{alias.strip().lower()} is protected: it now moves only through a promotion."
+                state.round += 1
+                st.rerun()
+    # A version holding a protected alias is not offered: retiring it would free the alias for one person.
+    retirable = [v.name for v in versions if not v.retired and v.name not in held.values()]
     with st.form(f"retire_form_{state.round}"):
-        name = st.selectbox("Version to retire", servable, index=None, key=f"retire_version_{state.round}")
+        name = st.selectbox("Version to retire", retirable, index=None, key=f"retire_version_{state.round}")
         reason = st.text_input("Reason", key=f"retire_reason_{state.round}", max_chars=1000)
         if st.form_submit_button("Retire"):
             if name is None:

@@ -10,6 +10,7 @@ import streamlit as st
 
 from console import ui
 from console.services import promotion as promotion_svc
+from console.services import serving as serving_svc
 from console.services.access import allowed
 from console.textsafe import escape_markdown as esc
 
@@ -18,7 +19,8 @@ ctx = ui.app_context()
 state = ui.session().promotions
 can_request = allowed(principal.roles, "promotion.request")
 can_decide = allowed(principal.roles, "promotion.approve")
-can_rollback = allowed(principal.roles, "models.switch")
+can_rollback = allowed(principal.roles, "models.emergency_rollback")
+can_acknowledge = allowed(principal.roles, "models.acknowledge_emergency")
 
 st.title("Promotions")
 if state.flash:
@@ -30,6 +32,14 @@ def _done(message: str) -> None:
     state.flash, state.round = message, state.round + 1
     st.rerun()
 
+
+for move in ui.emergency_warnings(ctx, principal, link=False):
+    if can_acknowledge and move.actor_id != principal.user_id:
+        with st.form(f"ack_{move.id}_{state.round}"):
+            note = st.text_input("Note (recorded)", key=f"ack_note_{move.id}_{state.round}", max_chars=1000)
+            if st.form_submit_button(f"Acknowledge emergency move #{move.id}"):
+                if ui.call(serving_svc.acknowledge_emergency, ctx, principal, move.id, note) is not None:
+                    _done(f"Emergency move #{move.id} is acknowledged.")
 
 production = ui.call(promotion_svc.production_state, ctx, principal)
 if production is not None:
@@ -52,7 +62,8 @@ if production is not None:
         st.error(f"{f.at:%Y-%m-%d %H:%M} UTC: the watch window found a regression of {esc(f.to_version)} against "
                  f"{esc(f.from_version)}: {esc('; '.join(f.reasons))}. {esc(what)}.", icon=":material/warning:")
 
-tab_names = ["Pending", *(["Request"] if can_request else []), *(["Rollback"] if can_rollback else []), "History"]
+tab_names = ["Pending", *(["Request"] if can_request else []), *(["Emergency rollback"] if can_rollback else []),
+             "History"]
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
 
 
@@ -118,19 +129,23 @@ if "Request" in tabs:
                 _done(f"Request #{made.id} to move {made.alias} to {made.version} waits for another person's "
                       f"decision ({len(made.failed_gates)} gate(s) failed).")
 
-if "Rollback" in tabs:
-    with tabs["Rollback"]:
+if "Emergency rollback" in tabs:
+    with tabs["Emergency rollback"]:
         target = production.previous if production is not None else None
         if target is None:
             st.info("There is no previous production version to roll back to.")
         else:
             with st.form(f"rollback_form_{state.round}"):
-                st.caption(f"Returns production from {esc(production.current or '-')} to {esc(target)}; every "
-                           "console switches back within seconds.")
-                reason = st.text_input("Reason (recorded)", key=f"rollback_reason_{state.round}", max_chars=1000)
-                if st.form_submit_button("Roll back"):
+                st.caption(f"Returns production from {esc(production.current or '-')} to {esc(target)}, the version "
+                           "that held it just before (no other), without a second approval; every console switches "
+                           "back within seconds. Recorded as an emergency rollback and shown to every admin until "
+                           "another admin acknowledges it.")
+                reason = st.text_input("Reason (required, recorded)", key=f"rollback_reason_{state.round}",
+                                       max_chars=1000)
+                if st.form_submit_button("Roll back now"):
                     if (done := ui.call(promotion_svc.rollback, ctx, principal, reason)) is not None:
-                        _done(f"Rolled back: production returns from {done.from_version} to {done.to_version}.")
+                        _done(f"Rolled back: production returns from {done.from_version} to {done.to_version}. "
+                              "Another admin must acknowledge it.")
 
 with tabs["History"]:
     days = st.selectbox("Served in the last", [1, 7, 30, 90], index=1, format_func=lambda d: f"{d} day(s)",

@@ -1,0 +1,218 @@
+"""Four eyes on every move of a protected alias (issue 21, item 1): production moves only through an approved
+promotion; the only one-person moves are the emergency rollback and a shell command with --break-glass, each shown
+to every admin until another admin acknowledges it. And the weights are hashed before the write transaction."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from console import cli
+from console.services import promotion as promotion_svc
+from console.services import serving
+from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties
+from db import audit as audit_q
+from db import model_versions as versions_q
+from engine.fingerprint import fingerprint_dir
+from tests.conftest import console_env
+
+
+def _register(ctx, name: str, source: Path) -> None:  # noqa: ANN001
+    fp = fingerprint_dir(source)
+    with ctx.db.session() as s:
+        versions_q.register_model_version(s, name=name, source=str(source), actor="test", dtype="float32",
+                                          fingerprint=fp.sha256, fingerprint_files=fp.as_records())
+
+
+@pytest.fixture
+def installed(ctx, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Three versions; tiny-a is the first version (served by one person, as `init` does)."""
+    _register(ctx, "tiny-a", tiny_model_dir)
+    for name in ("tiny-b", "tiny-c"):
+        _register(ctx, name, Path(shutil.copytree(tiny_model_dir, tmp_path / name)))
+    serving.serve_cli(ctx, "tiny-a", "first version")
+
+
+def _production(ctx) -> str:  # noqa: ANN001
+    return serving.desired_state(ctx).version
+
+
+def _events(ctx, action: str) -> list[dict]:  # noqa: ANN001
+    with ctx.db.session(readonly=True) as s:
+        return [e.details for e in audit_q.iter_events(s, action=action)]
+
+
+def _promote(ctx, asker, approver, name: str, alias: str = "production") -> None:  # noqa: ANN001
+    request = promotion_svc.request_promotion(ctx, asker, name, alias, "better answers")
+    promotion_svc.approve(ctx, approver, request.id, "looked at it", "no evaluation in this test")
+
+
+def test_the_first_version_of_an_empty_installation_may_be_served_by_one_admin(ctx, tiny_model_dir,  # noqa: ANN001
+                                                                              make_user) -> None:
+    _register(ctx, "tiny-a", tiny_model_dir)
+    serving.serve(ctx, make_user("ada", "admin"), "tiny-a", "first version")
+    assert _production(ctx) == "tiny-a"
+    assert _events(ctx, "model.emergency_rollback") == [] and _events(ctx, "model.break_glass") == []
+
+
+def test_one_admin_cannot_move_production_by_serving(ctx, installed, make_user) -> None:  # noqa: ANN001
+    ada = make_user("ada", "admin")
+    with pytest.raises(AccessDenied, match="production is protected .*approved promotion"):
+        serving.serve(ctx, ada, "tiny-b", "better answers")
+    assert _production(ctx) == "tiny-a"
+    assert [e["to"] for e in _events(ctx, "model.alias")] == ["tiny-a"]
+
+
+def test_one_admin_cannot_move_production_by_setting_the_alias(ctx, installed, make_user) -> None:  # noqa: ANN001
+    ada = make_user("ada", "admin")
+    with pytest.raises(InvalidInput, match="approved promotion"):
+        serving.set_alias(ctx, ada, "tiny-b", "production", "better answers")
+    with pytest.raises(InvalidInput, match="approved promotion"):
+        serving.set_alias_cli(ctx, "tiny-b", "Production", "better answers", break_glass="it is urgent")
+    assert _production(ctx) == "tiny-a"
+
+
+def test_an_approved_promotion_still_moves_production(ctx, installed, make_user) -> None:  # noqa: ANN001
+    _promote(ctx, make_user("ada", "admin"), make_user("bob", "admin"), "tiny-b")
+    assert _production(ctx) == "tiny-b"
+    assert serving.unacknowledged_emergencies(ctx, make_user("cy", "admin")) == []
+
+
+def test_the_shell_refuses_to_move_production_without_break_glass(ctx, installed, tmp_path, monkeypatch,  # noqa: ANN001
+                                                                  capsys) -> None:
+    for key, value in console_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["model", "serve", "tiny-b", "--reason", "better answers"]) == 1
+    err = capsys.readouterr().err
+    assert "production is protected" in err and "--break-glass" in err
+    assert _production(ctx) == "tiny-a"
+    assert cli.main(["model", "serve", "tiny-b", "--break-glass", "the approver is on a plane, answers are "
+                     "leaking card numbers"]) == 0
+    assert _production(ctx) == "tiny-b"
+    [event] = _events(ctx, "model.break_glass")
+    assert event["break_glass"] is True and event["from"] == "tiny-a" and event["to"] == "tiny-b"
+    assert "card numbers" in event["reason"]
+    [shown] = serving.unacknowledged_emergencies(ctx, _admin(ctx))
+    assert shown.break_glass and shown.actor == "cli" and "break-glass" in shown.summary
+
+
+def _admin(ctx):  # noqa: ANN001, ANN202
+    from console.services import users as users_svc
+    from console.services.access import Principal
+    from tests.conftest import STRONG_PASSWORD
+
+    view = users_svc.create_user_cli(ctx, "zed", STRONG_PASSWORD, ["admin"])
+    return Principal(view.id, view.username, frozenset(view.roles))
+
+
+def test_a_protected_alias_moves_only_through_a_promotion_and_protecting_is_audited(ctx, installed,  # noqa: ANN001
+                                                                                    make_user) -> None:
+    ada, bob = make_user("ada", "admin"), make_user("bob", "admin")
+    serving.set_alias(ctx, ada, "tiny-b", "staging", "trying it")  # a free alias: one person
+    assert serving.protect_alias(ctx, ada, "Staging", "the partner API reads staging") is True
+    assert [e["alias"] for e in _events(ctx, "model.alias_protect")] == ["staging"]
+    with pytest.raises(AccessDenied, match="staging is protected"):
+        serving.set_alias(ctx, ada, "tiny-c", "staging", "newer")
+    with pytest.raises(AccessDenied, match="staging is protected"):
+        serving.set_alias_cli(ctx, "tiny-c", "staging", "newer")
+    with pytest.raises(InvalidInput, match="protected alias staging"):
+        serving.retire(ctx, ada, "tiny-b", "old")  # retiring would free the alias for one person
+    _promote(ctx, ada, bob, "tiny-c", alias="staging")
+    with ctx.db.session(readonly=True) as s:
+        assert versions_q.version_for_alias(s, "staging").name == "tiny-c"
+    views = {p.alias: p for p in serving.protected_aliases(ctx, ada)}
+    assert views["production"].version == "tiny-a" and views["production"].protected_by == "always"
+    assert views["staging"].version == "tiny-c" and views["staging"].protected_by == "ada"
+
+
+def test_unprotecting_is_only_a_break_glass_shell_command_shown_until_acknowledged(ctx, installed,  # noqa: ANN001
+                                                                                   make_user) -> None:
+    ada = make_user("ada", "admin")
+    serving.protect_alias(ctx, ada, "staging", "partner API")
+    with pytest.raises(InvalidInput, match="always protected"):
+        serving.unprotect_alias_cli(ctx, "production", "tired of promotions")
+    with pytest.raises(InvalidInput, match="reason"):
+        serving.unprotect_alias_cli(ctx, "staging", "  ")
+    assert serving.unprotect_alias_cli(ctx, "staging", "the partner API is gone") is True
+    [shown] = serving.unacknowledged_emergencies(ctx, ada)
+    assert shown.kind == "unprotect" and "removed the protection of staging" in shown.summary
+    assert _events(ctx, "model.break_glass")[0]["kind"] == "unprotect"
+
+
+def test_the_emergency_rollback_returns_only_to_the_previous_version_needs_a_reason_and_is_audited(  # noqa: ANN001
+        ctx, installed, make_user) -> None:
+    ada, bob = make_user("ada", "admin"), make_user("bob", "admin")
+    with pytest.raises(InvalidInput, match="no previous production version"):
+        promotion_svc.rollback(ctx, ada, "nothing came before the first version")
+    _promote(ctx, ada, bob, "tiny-b")
+    with pytest.raises(InvalidInput, match="reason"):
+        promotion_svc.rollback(ctx, ada, "   ")
+    assert _production(ctx) == "tiny-b" and _events(ctx, "model.emergency_rollback") == []
+    done = promotion_svc.rollback(ctx, ada, "tiny-b leaks card numbers")
+    assert (done.from_version, done.to_version) == ("tiny-b", "tiny-a") and _production(ctx) == "tiny-a"
+    [event] = _events(ctx, "model.emergency_rollback")
+    assert event["from"] == "tiny-b" and event["to"] == "tiny-a" and event["break_glass"] is False
+    assert event["reason"] == "tiny-b leaks card numbers"
+    # The rule is "the version that held production just before": never a version that held it earlier or never.
+    with pytest.raises(AccessDenied, match="production is protected"):
+        serving.serve(ctx, ada, "tiny-c", "never approved")
+    assert _production(ctx) == "tiny-a"
+
+
+def test_an_emergency_rollback_stays_shown_until_a_different_admin_acknowledges_it(ctx, installed,  # noqa: ANN001
+                                                                                  make_user) -> None:
+    ada, bob, cy = make_user("ada", "admin"), make_user("bob", "admin"), make_user("cy", "admin")
+    _promote(ctx, ada, bob, "tiny-b")
+    promotion_svc.rollback(ctx, ada, "tiny-b leaks card numbers")
+    [shown] = serving.unacknowledged_emergencies(ctx, bob)
+    assert shown.actor == "ada" and shown.kind == "rollback" and not shown.break_glass
+    with pytest.raises(SeparationOfDuties):
+        serving.acknowledge_emergency(ctx, ada, shown.id, "I did it")
+    assert [e.id for e in serving.unacknowledged_emergencies(ctx, cy)] == [shown.id]
+    with pytest.raises(AccessDenied):
+        serving.acknowledge_emergency(ctx, make_user("rita", "reviewer"), shown.id)
+    serving.acknowledge_emergency(ctx, bob, shown.id, "checked the transcripts: right call")
+    assert serving.unacknowledged_emergencies(ctx, cy) == []
+    [ack] = _events(ctx, "model.emergency_acknowledged")
+    assert ack["by"] == "ada" and ack["note"] == "checked the transcripts: right call"
+    with pytest.raises(InvalidInput, match="already acknowledged by bob"):
+        serving.acknowledge_emergency(ctx, cy, shown.id)
+
+
+def test_the_shell_rollback_is_an_emergency_rollback(ctx, installed, tmp_path, monkeypatch, make_user) -> None:  # noqa: ANN001
+    for key, value in console_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    _promote(ctx, make_user("ada", "admin"), make_user("bob", "admin"), "tiny-b")
+    assert cli.main(["model", "rollback", "--reason", "answers in the wrong language"]) == 0
+    assert _production(ctx) == "tiny-a"
+    [event] = _events(ctx, "model.emergency_rollback")
+    assert event["reason"] == "answers in the wrong language"
+    assert serving.unacknowledged_emergencies(ctx, make_user("cy", "admin"))[0].actor == "cli"
+
+
+def test_the_weights_are_hashed_before_the_write_transaction(ctx, tiny_model_dir, monkeypatch,  # noqa: ANN001
+                                                             make_user) -> None:
+    """A long hash must not hold the database's writer lock: while the files are checked, another connection can
+    still take it at once."""
+    _register(ctx, "tiny-a", tiny_model_dir)
+    path = ctx.db.engine.url.database
+    seen: list[str] = []
+
+    def hashing(records, root):  # noqa: ANN001, ANN202
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            seen.append("writer lock free")
+        except sqlite3.OperationalError as exc:
+            seen.append(str(exc))
+        finally:
+            other.close()
+        return []
+
+    monkeypatch.setattr(serving, "changed_files", hashing)
+    serving.serve(ctx, make_user("ada", "admin"), "tiny-a", "first version")
+    assert seen == ["writer lock free"]

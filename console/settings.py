@@ -118,13 +118,19 @@ SETTINGS: tuple[Setting, ...] = (
             "their time to first token in the same run.", _positive_int),
     Setting("watch_minutes", "30", "Minutes after a production switch during which the new version is watched.",
             _positive_int),
-    Setting("watch_min_samples", "20", "Requests each version needs in the watch window before they are compared.",
-            _positive_int),
+    Setting("watch_min_samples", "20",
+            "Real users' exchanges (and timed answers, for latency) each version needs in the watch window before "
+            "they are compared.", _positive_int),
     Setting("watch_ttft_margin", "0.5",
             "Share by which p95 time to first token may grow after a switch before it is a regression.",
             _positive_float),
     Setting("watch_error_margin", "0.05", "Error rate a switch may add before it is a regression (0-1).", _share),
-    Setting("watch_flag_margin", "0.05", "Flag rate a switch may add before it is a regression (0-1).", _share),
+    Setting("watch_flag_margin", "0.05",
+            "Share of answers flagged or blocked by the policy that a switch may add before it is a regression (0-1).",
+            _share),
+    Setting("watch_significance", "0.01",
+            "Significance level of the one-sided Fisher exact test a rise in the error or flag rate must pass "
+            "(besides its margin) before the watch calls it a regression (0-1).", _share),
     Setting("watch_auto_rollback", "true",
             "Roll back by itself on a regression in the watch window (false: only propose the rollback).", _bool),
     Setting("watch_check_seconds", "15", "How often a running console checks the watch window.", _positive_float),
@@ -190,6 +196,7 @@ class Settings:
     watch_ttft_margin: float
     watch_error_margin: float
     watch_flag_margin: float
+    watch_significance: float
     watch_auto_rollback: bool
     watch_check_seconds: float
     audit_key_file: Path

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from db import flags
-from db.audit import append_event
+from db.audit import append_event, iter_events
 from db.tables import AliasMove, Exchange, ModelAlias, PromotionRequest
 from db.types import utcnow
 
@@ -161,7 +161,12 @@ def lock_alias(session: Session, alias: str) -> ModelAlias | None:
 
 @dataclass(frozen=True)
 class WindowStats:
-    """What one version's exchanges in a time window did: counts, error and flag rates, p95 time to first token."""
+    """What one version's answers in a time window did: counts, error and flag rates, p95 time to first token.
+
+    ``requests`` counts the exchanges the model was asked to answer (a prompt the policy blocked never reached it);
+    ``flagged`` counts those whose *answer* the policy flagged or blocked: what users typed is no measure of the
+    version. ``ttft_count`` is how many answers the p95 is taken over.
+    """
 
     requests: int
     errors: int
@@ -178,16 +183,44 @@ class WindowStats:
         return self.flagged / self.requests if self.requests else 0.0
 
 
-def window_stats(session: Session, model_version: str, start: datetime, end: datetime) -> WindowStats:
+LOADTEST_GRACE = timedelta(minutes=1)  # answers still under way when a load test ends are slowed by it too
+LOADTEST_LONGEST = timedelta(days=1)  # how far back a load test that overlaps a window may have started
+
+
+def load_test_periods(session: Session, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """The times console load tests ran that overlap ``[start, end)``, from their ``loadtest.start`` and
+    ``loadtest.end`` audit events, each extended by :data:`LOADTEST_GRACE`; a run without an end event (still
+    running, or its process died) counts until its planned duration is over."""
+    runs: dict[str, list[datetime]] = {}
+    for event in iter_events(session, since=start - LOADTEST_LONGEST, until=end, object_type="loadtest"):
+        key = str(event.object_id)
+        if event.action == "loadtest.start":
+            seconds = float((event.details or {}).get("seconds") or 0)
+            runs[key] = [event.ts, event.ts + timedelta(seconds=seconds)]
+        elif event.action == "loadtest.end" and key in runs:
+            runs[key][1] = event.ts
+    periods = [(a, b + LOADTEST_GRACE) for a, b in runs.values()]
+    return sorted((a, b) for a, b in periods if b > start and a < end)
+
+
+def window_stats(session: Session, model_version: str, start: datetime, end: datetime, *,
+                 exclude: Sequence[tuple[datetime, datetime]] = ()) -> WindowStats:
     """Aggregates over the exchanges ``model_version`` answered in ``[start, end)``, computed by the database.
+
+    Only real users' finished exchanges count: a load test's synthetic chats, answers still being written, and
+    anything sent during ``exclude`` (the periods a load test slowed every answer, :func:`load_test_periods`).
+    Prompts the policy blocked are not counted (the version never saw them) and only the policy's verdict on the
+    answer makes an exchange flagged.
 
     The p95 of time to first token interpolates linearly between the two ranks around 0.95 (as numpy's default),
     reading two rows through ORDER BY/OFFSET instead of loading the window.
     """
-    # Real, finished traffic only: a load test's synthetic chats and answers still being written do not count.
-    in_window = (Exchange.model_version == model_version, Exchange.created_at >= start, Exchange.created_at < end,
-                 Exchange.synthetic.is_(False), Exchange.status.not_in(("pending", "interrupted")))
-    flagged = flags.flagged_sql()
+    in_window = [Exchange.model_version == model_version, Exchange.created_at >= start, Exchange.created_at < end,
+                 Exchange.synthetic.is_(False), Exchange.status.not_in(("pending", "interrupted")),
+                 or_(Exchange.prompt_action.is_(None), Exchange.prompt_action != "block")]
+    for a, b in exclude:
+        in_window.append(or_(Exchange.created_at < a, Exchange.created_at >= b))
+    flagged = flags.action_flags_sql(Exchange.output_action)
     answered = (*in_window, Exchange.status.in_(("ok", "aborted")), Exchange.ttft_ms.is_not(None))
     row = session.execute(
         select(func.count(), func.coalesce(func.sum(case((Exchange.status == "error", 1), else_=0)), 0),

@@ -237,7 +237,7 @@ def test_only_the_requester_cancels(ctx, team) -> None:  # noqa: ANN001
 def test_approval_is_refused_when_the_alias_moved_since_the_request(ctx, team) -> None:  # noqa: ANN001
     _register(ctx, "v3")
     request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "better")
-    serving.serve_cli(ctx, "v3", "hotfix")
+    serving.serve_cli(ctx, "v3", "hotfix", break_glass="a hotfix from the shell while the request waits")
     with pytest.raises(InvalidInput, match="moved since the request"):
         promotion.approve(ctx, team["rita"], request.id, "ok")
     assert _production(ctx) == "v3" and _status(ctx, request.id) == "pending"
@@ -302,15 +302,17 @@ class StubHost:
 
 
 def _traffic(ctx, user: Principal, version: str, start, count: int, *, ttft: float,  # noqa: ANN001
-             errors: int = 0, flagged: int = 0, synthetic: bool = False) -> None:
+             errors: int = 0, flagged: int = 0, synthetic: bool = False, prompt_action: str = "allow",
+             step_s: float = 10) -> None:
     with ctx.db.session() as s:
         conv = chat_q.create_conversation(s, user_id=user.user_id, actor=user.username, title="t")
         for i in range(count):
-            status = "error" if i < errors else "ok"
+            status = "error" if i < errors else "blocked" if prompt_action == "block" else "ok"
             chat_q.store_turn(s, chat_q.TurnRecord(
                 conversation_id=conv.id, user_id=user.user_id, actor=user.username, model_version=version,
-                prompt="p", response="r", status=status, created_at=start + timedelta(seconds=10 * i),
-                output_action="flag" if i >= count - flagged else "allow",
+                prompt="p", response="r", status=status, created_at=start + timedelta(seconds=step_s * i),
+                prompt_action=prompt_action, output_action=None if prompt_action == "block" else
+                "flag" if i >= count - flagged else "allow",
                 timings=chat_q.ExchangeTimings(ttft_ms=None if status == "error" else ttft + i, e2e_ms=10 * ttft),
                 synthetic=synthetic,
             ))
@@ -340,7 +342,8 @@ def test_watch_rolls_back_by_itself_on_a_slower_version_and_the_reconciler_switc
     finding = promotion.Watcher(ctx).run_once()
     assert finding is not None and (finding.verdict, finding.action) == ("regression", "rolled_back")
     assert any("time to first token" in r for r in finding.reasons)
-    assert any("error rate rose from 0.0% to 30.0%" in r for r in finding.reasons)
+    # 3 errors in 10 against none in 10 is no significant rise on its own (one-sided Fisher p = 0.11).
+    assert not any("error rate" in r for r in finding.reasons)
     assert _production(ctx) == "v1"
     (event,) = _events(ctx, "model.watch_regression")
     assert event.actor == "watch" and event.details["after"]["error_rate"] == 0.3
@@ -358,10 +361,11 @@ def test_watch_rolls_back_by_itself_on_a_slower_version_and_the_reconciler_switc
 
 def test_watch_only_proposes_a_rollback_when_auto_rollback_is_off(ctx, team, switched) -> None:  # noqa: ANN001
     ctx.settings = dataclasses.replace(ctx.settings, watch_auto_rollback=False)
-    _traffic(ctx, switched["operator"], "v2", switched["switch"].ts, 10, ttft=20.0, flagged=4)
+    _traffic(ctx, switched["operator"], "v2", switched["switch"].ts, 20, ttft=20.0, flagged=10)
     finding = promotion.Watcher(ctx).run_once()
     assert finding is not None and (finding.verdict, finding.action) == ("regression", "proposed")
-    assert finding.reasons == ("flag rate rose from 0.0% to 40.0%",)
+    assert finding.reasons == ("flag rate of answers rose from 0.0% (0/10) to 50.0% (10/20); one-sided Fisher "
+                               "exact p = 0.0061 < 0.01",)
     assert _production(ctx) == "v2" and _events(ctx, "model.rollback") == []
     view = promotion.production_state(ctx, team["rita"])
     assert view.watch is not None and view.watch.state == "regression" and view.previous == "v1"
@@ -438,7 +442,7 @@ def test_old_reports_without_paired_timings_fail_the_latency_gate_with_their_num
 
 def test_the_latency_gate_needs_no_baseline_report_when_both_were_timed_in_one_run(ctx, team, make_user) -> None:  # noqa: ANN001
     _register(ctx, "v0")
-    serving.serve_cli(ctx, "v0", "a version never evaluated")
+    serving.serve_cli(ctx, "v0", "a version never evaluated", break_glass="the test puts v0 in production")
     _evaluate(ctx, "v2", latency_comparison={"baseline_version": "v0"})
     request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "better")
     gates = {g.name: g for g in request.gates}
@@ -474,3 +478,80 @@ def test_served_timeline_gives_one_interval_per_production_holder(ctx, team, clo
     assert intervals[-1].end == clock.now
     later = promotion.served_timeline(ctx, team["rita"], clock.now)
     assert [(i.version, i.start) for i in later] == [("v1", clock.now)]
+
+
+# --- the watch cannot be forced (issue 21, item 6) -------------------------------------------------------------
+
+
+def test_fisher_exact_one_sided_matches_the_textbook_tea_tasting() -> None:
+    # Fisher's lady tasting tea: 3 of 4 right against 1 of 4, one-sided p = 17/70.
+    assert promotion.fisher_greater(3, 4, 1, 4) == pytest.approx(17 / 70)
+    assert promotion.fisher_greater(0, 10, 0, 10) == 1.0 and promotion.fisher_greater(0, 0, 3, 10) == 1.0
+
+
+@pytest.mark.parametrize("prompt_action", ["flag", "block"], ids=["flagged-prompts", "blocked-prompts"])
+def test_a_dozen_toxic_prompts_with_clean_answers_do_not_roll_a_promotion_back(
+        ctx, team, switched, clock, prompt_action) -> None:  # noqa: ANN001
+    # An operator types a dozen toxic prompts at the new version; the policy flags (or blocks) the prompts, the
+    # answers are clean. What users type is no measure of the version.
+    _traffic(ctx, switched["operator"], "v2", switched["switch"].ts, 12, ttft=20.0, prompt_action=prompt_action)
+    _traffic(ctx, switched["operator"], "v2", switched["switch"].ts + timedelta(minutes=3), 10, ttft=20.0)
+    assert promotion.Watcher(ctx).run_once() is None
+    clock.now = switched["switch"].ts + timedelta(minutes=31)
+    finding = promotion.Watcher(ctx).run_once()
+    assert finding is not None and (finding.verdict, finding.action) == ("passed", "none")
+    assert _production(ctx) == "v2" and _events(ctx, "model.rollback") == []
+    flag = next(t for t in finding.tests if t["metric"] == "flag_rate")
+    assert (flag["k_after"], flag["regression"]) == (0, False)
+    assert flag["n_after"] == (22 if prompt_action == "flag" else 10)  # a blocked prompt never reached the model
+
+
+def test_real_answers_slowed_by_a_load_test_do_not_roll_a_promotion_back(ctx, team, switched, clock) -> None:  # noqa: ANN001
+    ts = switched["switch"].ts
+    # Someone runs a load test on the new version: its own chats are synthetic and slow, and it slows the real
+    # users' answers sent meanwhile. Its start is in the audit log (no end yet: it counts for its planned time).
+    with ctx.db.session() as s:
+        began = audit_q.append_event(s, actor="olivia", actor_id=switched["operator"].user_id,
+                                     action="loadtest.start", object_type="loadtest", object_id="run1",
+                                     details={"seconds": 300}).ts
+    assert began >= ts
+    _traffic(ctx, switched["operator"], "v2", began, 30, ttft=900.0, synthetic=True, step_s=5)
+    _traffic(ctx, switched["operator"], "v2", began + timedelta(seconds=2), 20, ttft=900.0, step_s=5)
+    _traffic(ctx, switched["operator"], "v2", ts + timedelta(minutes=10), 10, ttft=20.0)
+    assert promotion.Watcher(ctx).run_once() is None
+    clock.now = ts + timedelta(minutes=31)
+    finding = promotion.Watcher(ctx).run_once()
+    assert finding is not None and (finding.verdict, finding.action) == ("passed", "none")
+    assert finding.after["requests"] == 10 and _production(ctx) == "v2"
+
+
+@pytest.mark.parametrize(("errors", "flagged", "ttft"), [(0, 2, 20.0), (3, 0, 900.0)],
+                         ids=["2-of-5-answers-flagged", "3-of-5-errors-2-slow-answers"])
+def test_too_few_exchanges_do_not_roll_a_promotion_back(ctx, team, switched, clock, errors, flagged, ttft) -> None:  # noqa: ANN001
+    # Five exchanges (watch_min_samples) with a few bad ones: 40-60% looks dramatic, but against 0 of 10 before it
+    # is within chance (one-sided Fisher p 0.10 and 0.02, not below 0.01), and three errors leave two timed
+    # answers: too few for a p95 however slow they are.
+    _traffic(ctx, switched["operator"], "v2", switched["switch"].ts, 5, ttft=ttft, errors=errors, flagged=flagged)
+    assert promotion.Watcher(ctx).run_once() is None
+    clock.now = switched["switch"].ts + timedelta(minutes=31)
+    finding = promotion.Watcher(ctx).run_once()
+    assert finding is not None and (finding.verdict, finding.action) == ("passed", "none")
+    assert _production(ctx) == "v2"
+    tests = {t["metric"]: t for t in finding.tests}
+    assert not any(t["regression"] for t in tests.values())
+    assert tests["ttft_p95_ms"]["enough"] is (errors == 0)
+
+
+def test_a_significant_rise_in_flagged_answers_still_rolls_back_with_its_statistics(ctx, team, switched) -> None:  # noqa: ANN001
+    ts = switched["switch"].ts
+    _traffic(ctx, switched["operator"], "v1", ts - timedelta(minutes=10), 20, ttft=20.0)
+    _traffic(ctx, switched["operator"], "v2", ts, 30, ttft=20.0, flagged=12)
+    finding = promotion.Watcher(ctx).run_once()
+    assert finding is not None and (finding.verdict, finding.action) == ("regression", "rolled_back")
+    assert _production(ctx) == "v1"
+    (event,) = _events(ctx, "model.watch_regression")
+    assert (event.details["min_samples"], event.details["significance"]) == (5, 0.01)
+    flag = next(t for t in event.details["tests"] if t["metric"] == "flag_rate")
+    assert (flag["k_before"], flag["n_before"], flag["k_after"], flag["n_after"]) == (0, 30, 12, 30)
+    assert flag["regression"] is True and flag["p_value"] < 0.001
+    assert finding.reasons[0].startswith("flag rate of answers rose from 0.0% (0/30) to 40.0% (12/30); one-sided")

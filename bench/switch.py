@@ -2,7 +2,8 @@
 
 Two versions of the tiny model (the same weights under two names) are registered in a throwaway database; a
 host serves the first, its reconciler watches the desired state, and ``concurrency`` caller threads chat in a
-loop. Then the production alias moves to the second version (what an approved promotion or "serve" writes).
+loop. Then the production alias moves to the second version (what an approved promotion writes; the bench writes
+it as a shell command with ``--break-glass`` would, in its throwaway database).
 
 ``switch_s`` is the time from that write to the first token streamed by the new version; ``failed`` counts the
 requests that raised during the whole run (the target is 0).
@@ -75,7 +76,7 @@ def run_switch_bench(*, concurrency: int = 8, max_tokens: int = 32, kv_cache_gib
                 t.start()
             time.sleep(settle_s)
             asked = time.monotonic()
-            serving.serve_cli(ctx, "bench-b", "switch bench: switch")
+            serving.serve_cli(ctx, "bench-b", "switch bench: switch", break_glass="switch bench (throwaway database)")
             deadline = asked + 300
             while time.monotonic() < deadline:
                 with lock:

@@ -156,7 +156,9 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
     env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data)}
     other = shutil.copytree(tiny_model_dir, tmp_path / "tiny-e2e-b")
     cli(env, "model", "register", "tiny-e2e-b", str(other), "--max-model-len", "512")
-    cli(env, "model", "serve", "tiny-e2e-b", "--reason", "end-to-end switch")
+    # Production is held: from the shell it moves only with --break-glass (issue 21), as an approved promotion would.
+    cli(env, "model", "serve", "tiny-e2e-b", "--reason", "end-to-end switch", "--break-glass",
+        "the end-to-end test switches from another process")
     from db import audit as audit_q
     from db.config import DbConfig
     from db.database import Database

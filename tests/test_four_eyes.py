@@ -64,6 +64,8 @@ def test_one_admin_cannot_move_production_by_serving(ctx, installed, make_user) 
         serving.serve(ctx, ada, "tiny-b", "better answers")
     assert _production(ctx) == "tiny-a"
     assert [e["to"] for e in _events(ctx, "model.alias")] == ["tiny-a"]
+    [refusal] = _events(ctx, "access.denied")  # the attempt stays on record
+    assert refusal["alias"] == "production" and refusal["to"] == "tiny-b" and "four eyes" in refusal["reason"]
 
 
 def test_one_admin_cannot_move_production_by_setting_the_alias(ctx, installed, make_user) -> None:  # noqa: ANN001
@@ -216,3 +218,33 @@ def test_the_weights_are_hashed_before_the_write_transaction(ctx, tiny_model_dir
     monkeypatch.setattr(serving, "changed_files", hashing)
     serving.serve(ctx, make_user("ada", "admin"), "tiny-a", "first version")
     assert seen == ["writer lock free"]
+
+
+def test_the_sidebar_warns_every_admin_until_the_emergency_is_acknowledged(ctx, installed, tmp_path,  # noqa: ANN001
+                                                                          monkeypatch, make_user) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from console.ui import UiSession
+
+    for key, value in console_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("LLM_CONSOLE_ENGINE_AUTOSTART", "false")
+    st.cache_resource.clear()
+    ada, bob = make_user("ada", "admin"), make_user("bob", "admin")
+    serving.serve_cli(ctx, "tiny-b", "hotfix", break_glass="the approvers are away")
+
+    def sidebar_warnings(principal) -> list[str]:  # noqa: ANN001
+        at = AppTest.from_file(str(Path(cli.__file__).parent / "app.py"), default_timeout=60)
+        at.session_state["llm_console_session"] = UiSession(principal=principal)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return [w.value for w in at.sidebar.warning]
+
+    try:
+        assert any("1 emergency production move(s)" in w for w in sidebar_warnings(ada))
+        assert not any("emergency" in w for w in sidebar_warnings(make_user("olga", "operator")))
+        serving.acknowledge_emergency(ctx, bob, serving.unacknowledged_emergencies(ctx, bob)[0].id)
+        assert not any("emergency" in w for w in sidebar_warnings(ada))
+    finally:
+        st.cache_resource.clear()

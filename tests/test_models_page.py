@@ -72,6 +72,7 @@ def test_versions_table_shows_stage_aliases_and_fingerprint(page: AppTest) -> No
     rows = {r["name"]: r for r in table.to_dict("records")}
     assert rows["tiny-a"]["stage"] == "production" and rows["tiny-b"]["stage"] == "registered"
     assert len(rows["tiny-a"]["fingerprint"]) == 12
+    assert rows["tiny-a"]["aliases"] == "production (protected: needs a promotion)"
 
 
 def test_serving_the_first_version_moves_production_and_then_the_serve_form_is_gone(empty_page: AppTest,  # noqa: ANN001

@@ -159,11 +159,22 @@ def protected_move_refused(alias: str, holder: str, *, shell: bool) -> AccessDen
            "another admin acknowledges it)" if shell else
            "a shell command with `--break-glass REASON` on the server is the last resort")
     rollback = (" In an emergency, production can be rolled back to the version that held it before "
-                "(Promotions page, Emergency rollback, or `llm-console model rollback`);" if alias == PRODUCTION
+                "(Promotions page, Emergency rollback, or `llm-console model rollback`)." if alias == PRODUCTION
                 else "")
     return AccessDenied(f"{alias} is protected (it points at {holder}): it moves only through an approved "
                         f"promotion, which one person asks for and another approves (Promotions page).{rollback} "
                         f"{way[0].upper() + way[1:]}.")
+
+
+def _record_refusal(ctx: AppContext, actor: str, actor_id: int | None, action: str, alias: str, version: str,
+                    refusal: AccessDenied) -> AccessDenied:
+    # In its own unit of work, after the refused one ended: the attempt stays on record.
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor=actor, actor_id=actor_id, action="access.denied", object_type="model_alias",
+                             object_id=alias, details={"action": action, "reason": "four eyes: protected alias",
+                                                       "alias": alias, "to": version})
+    logger.warning("refused: %s tried to move the protected alias %s to %s alone", actor, alias, version)
+    return refusal
 
 
 def _break_glass(value: str | None) -> str | None:
@@ -192,14 +203,17 @@ def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason:
         moving = current is not None and current.id != version.id
         if moving and glass is None:
             assert current is not None
-            raise protected_move_refused(PRODUCTION, current.name, shell=actor == "cli")
-        versions_q.move_alias(s, PRODUCTION, version, actor=actor, actor_id=actor_id, reason=reason)
-        if moving and glass is not None:
-            versions_q.record_emergency(s, kind="serve", alias=PRODUCTION, from_version=current, to_version=version,
-                                        actor=actor, actor_id=actor_id, reason=glass, break_glass=True)
-            logger.warning("break glass: %s moved production from %s to %s: %s", actor,
-                           current.name if current else None, version.name, glass)
-        return version.name
+            refused = protected_move_refused(PRODUCTION, current.name, shell=actor == "cli")
+        else:
+            versions_q.move_alias(s, PRODUCTION, version, actor=actor, actor_id=actor_id, reason=reason)
+            if moving and glass is not None:
+                versions_q.record_emergency(s, kind="serve", alias=PRODUCTION, from_version=current,
+                                            to_version=version, actor=actor, actor_id=actor_id, reason=glass,
+                                            break_glass=True)
+                logger.warning("break glass: %s moved production from %s to %s: %s", actor,
+                               current.name if current else None, version.name, glass)
+            return version.name
+    raise _record_refusal(ctx, actor, actor_id, "models.switch", PRODUCTION, name, refused)
 
 
 @requires("models.switch")
@@ -259,12 +273,14 @@ def _set_alias(ctx: AppContext, actor: str, actor_id: int | None, name: str, ali
         moving = holder is not None and holder.id != version.id and versions_q.is_protected(s, alias)
         if moving and glass is None:
             assert holder is not None
-            raise protected_move_refused(alias, holder.name, shell=actor == "cli")
-        versions_q.move_alias(s, alias, version, actor=actor, actor_id=actor_id, reason=reason)
-        if moving and glass is not None:
-            versions_q.record_emergency(s, kind="alias", alias=alias, from_version=holder, to_version=version,
-                                        actor=actor, actor_id=actor_id, reason=glass, break_glass=True)
-    return alias
+            refused = protected_move_refused(alias, holder.name, shell=actor == "cli")
+        else:
+            versions_q.move_alias(s, alias, version, actor=actor, actor_id=actor_id, reason=reason)
+            if moving and glass is not None:
+                versions_q.record_emergency(s, kind="alias", alias=alias, from_version=holder, to_version=version,
+                                            actor=actor, actor_id=actor_id, reason=glass, break_glass=True)
+            return alias
+    raise _record_refusal(ctx, actor, actor_id, "models.register", alias, name, refused)
 
 
 @requires("models.register")

@@ -71,8 +71,12 @@ def _building() -> None:
 _building()
 
 versions = ui.call(models_svc.list_versions, ctx, principal) or []
+protected = ui.call(serving_svc.protected_aliases, ctx, principal) or []
+locked = {p.alias for p in protected}
 st.dataframe(
-    pd.DataFrame([{"name": v.name, "stage": v.stage, "aliases": ", ".join(v.aliases), "source": v.source,
+    pd.DataFrame([{"name": v.name, "stage": v.stage,
+                   "aliases": ", ".join(a + (" (protected: needs a promotion)" if a in locked else "")
+                                        for a in v.aliases), "source": v.source,
                    "revision": v.revision or "", "dtype": v.dtype or "auto", "quantization": v.quantization or "",
                    "max context (tokens)": v.max_model_len,
                    "engine args": json.dumps(v.engine_args) if v.engine_args else "",
@@ -81,7 +85,6 @@ st.dataframe(
     hide_index=True, width="stretch", key="versions_table",
 )
 servable = [v.name for v in versions if not v.retired]
-protected = ui.call(serving_svc.protected_aliases, ctx, principal) or []
 held = {p.alias: p.version for p in protected if p.version is not None}
 production = held.get("production")
 if held:

@@ -158,6 +158,8 @@ def test_the_emergency_rollback_returns_only_to_the_previous_version_needs_a_rea
     [event] = _events(ctx, "model.emergency_rollback")
     assert event["from"] == "tiny-b" and event["to"] == "tiny-a" and event["break_glass"] is False
     assert event["reason"] == "tiny-b leaks card numbers"
+    timeline = promotion_svc.version_history(ctx, bob, "tiny-b")
+    assert [t.actor for t in timeline if t.kind == "emergency"] == ["ada"]
     # The rule is "the version that held production just before": never a version that held it earlier or never.
     with pytest.raises(AccessDenied, match="production is protected"):
         serving.serve(ctx, ada, "tiny-c", "never approved")

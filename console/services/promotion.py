@@ -816,12 +816,13 @@ def version_choices(ctx: AppContext, actor: Principal) -> list[VersionChoice]:
 class TimelineEntry:
     at: datetime
     kind: str  # registered, alias, evaluation, request, approved, rejected, cancelled, switch, switch_failed,
-    #            rollback, watch, retired
+    #            rollback, emergency, watch, retired
     summary: str
     actor: str | None
 
 
-HISTORY_EVENTS = ("model.switch", "model.switch_failed", "model.rollback", *WATCH_ACTIONS)
+HISTORY_EVENTS = ("model.switch", "model.switch_failed", "model.rollback", *WATCH_ACTIONS,
+                  *versions_q.EMERGENCY_ACTIONS.values())
 
 
 def _event_entry(e: AuditEvent) -> TimelineEntry:
@@ -830,6 +831,10 @@ def _event_entry(e: AuditEvent) -> TimelineEntry:
         how = "automatic rollback" if d.get("auto") else "rollback"
         return TimelineEntry(e.ts, "rollback", f"{how} from {d.get('from')} to {d.get('to')}: {d.get('reason')}",
                              e.actor)
+    if e.action in versions_q.EMERGENCY_ACTIONS.values():
+        how = "break-glass shell command" if d.get("break_glass") else "emergency rollback"
+        return TimelineEntry(e.ts, "emergency", f"{how}: {d.get('alias')} from {d.get('from')} to {d.get('to')} "
+                             f"without a second approval: {d.get('reason')}", e.actor)
     if e.action in WATCH_ACTIONS:
         reasons = "; ".join(d.get("reasons") or []) or d.get("verdict", "")
         return TimelineEntry(e.ts, "watch", f"watch after the switch {d.get('from')} → {d.get('to')}: {reasons} "

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 APP = Path(__file__).resolve().parent / "app.py"
 SESSION_PATH = "/auth/session"
 LOGOUT_PATH = "/auth/logout"
+EXPORT_PATH = "/exports/{file_id:int}"  # an export file's download (console.services.exports.open_download)
 MAX_FORM_BYTES = 4096
 # A page path of this console: letters, digits and - _ . / only, one leading slash (never "//host" or "/\\host").
 _SAFE_NEXT = re.compile(r"/(?![/\\])[A-Za-z0-9_./-]{0,200}")
@@ -191,6 +192,36 @@ async def logout_route(request: Request) -> Response:
     return response
 
 
+async def export_route(request: Request) -> Response:
+    """Stream one's own export file (``GET /exports/<id>``) in chunks, so memory stays flat however large it is;
+    the signed-in session's cookie says who asks and the export service checks it is theirs and that they may
+    still export. Sent whole, the file is deleted (``console.services.exports.open_download``)."""
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import PlainTextResponse, StreamingResponse
+
+    from console.services import exports, sessions
+    from console.services.errors import ConsoleError, NotFound
+
+    if not same_origin(request.headers, request.url.scheme, request.headers.get("host")):
+        return _refused("This request did not come from the console's own pages.")
+    token = request.cookies.get(sessions.COOKIE_NAME)
+    if not token:
+        return _refused("Sign in to download an export.")
+    try:
+        principal, _ = await run_in_threadpool(sessions.resume, _context(), token)
+        download = await run_in_threadpool(exports.open_download, _context(), principal,
+                                           int(request.path_params["file_id"]))
+    except NotFound as exc:
+        return PlainTextResponse(str(exc), status_code=404, headers={"Cache-Control": "no-store"})
+    except ConsoleError as exc:
+        return _refused(str(exc))
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", download.file_name)
+    return StreamingResponse(download.chunks, media_type=download.media_type,
+                             headers={"Content-Disposition": f'attachment; filename="{name}"',
+                                      "Content-Length": str(download.size), "Cache-Control": "no-store",
+                                      "X-Content-Type-Options": "nosniff"})
+
+
 def make_app() -> Any:
     """Streamlit's ASGI app on ``console/app.py`` with the console's cookie routes and page addresses."""
     from starlette.routing import Route
@@ -200,6 +231,7 @@ def make_app() -> Any:
 
     return App(APP, routes=[Route(SESSION_PATH, session_route, methods=["GET", "POST"]),
                             Route(LOGOUT_PATH, logout_route, methods=["POST"]),
+                            Route(EXPORT_PATH, export_route, methods=["GET"]),
                             Route("/", page_route),
                             *[Route(f"/{path}", page_route) for path in PAGE_PATHS.values()],
                             *[Route(f"/{old}", moved_route(f"/{PAGE_PATHS[old]}")) for old in OLD_PATHS]])

@@ -97,6 +97,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("detoxify_checkpoint", None, "Local Detoxify checkpoint file (used with detoxify_config_dir)."),
     Setting("detoxify_config_dir", None, "Local directory with the Hugging Face config/tokenizer for the checkpoint."),
     Setting("safety_enabled", "true", "Scan prompts and outputs with the safety scanners.", _bool),
+    Setting("scan_timeout_seconds", "2", "Longest one safety scan may take; a longer prompt is refused and a longer "
+            "answer withheld.", _positive_float),
     Setting("review_claim_minutes", "15", "Minutes a reviewer's claim on a review item lasts.", _positive_int),
     Setting("review_second_share", "0.1", "Share of decided review items sent blind to a second reviewer (0-1).",
             _share),
@@ -142,6 +144,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit_checkpoint_seconds", "60", "How often a running console signs a checkpoint of the audit chain "
             "(only when it grew).", _positive_float),
     Setting("export_dir", None, "Directory where exports and their manifests are written; default: <data_dir>/exports."),
+    Setting("export_file_hours", "24",
+            "Hours an export file (and its manifest) is kept when nobody downloads it; a download deletes it at once, "
+            "and a raw-text export never outlives the raw-text retention of what it holds.", _positive_float),
+    Setting("export_rows_per_hour", "1000000",
+            "Rows one person may export within any hour (all kinds together); an export beyond it is refused.",
+            _positive_int),
     Setting("retention_raw_days", "30", "Days unredacted (raw) text is kept before retention drops it.", _positive_int),
     Setting("retention_text_days", "365",
             "Days the stored (redacted) prompt and answer text is kept; metadata and the audit chain stay.", _positive_int),
@@ -183,6 +191,7 @@ class Settings:
     detoxify_checkpoint: str | None
     detoxify_config_dir: str | None
     safety_enabled: bool
+    scan_timeout_seconds: float
     review_claim_minutes: int
     review_second_share: float
     promotion_accuracy_margin: float
@@ -203,6 +212,8 @@ class Settings:
     audit_checkpoint_file: Path
     audit_checkpoint_seconds: float
     export_dir: Path
+    export_file_hours: float
+    export_rows_per_hour: int
     retention_raw_days: int
     retention_text_days: int
     retention_check_seconds: float

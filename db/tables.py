@@ -513,6 +513,28 @@ class ExportRequest(Base):
     used_at: Mapped[datetime | None]
 
 
+class ExportFile(Base):
+    """An export file the console wrote (0017_export_files): it is deleted after its download or at
+    ``expires_at`` (by retention), or by an erasure; the row stays as the record of it."""
+
+    __tablename__ = "export_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    what: Mapped[str] = mapped_column(String(20))
+    format: Mapped[str] = mapped_column(String(20))
+    raw_text: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    rows: Mapped[int]
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    downloaded_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
+    deleted_reason: Mapped[str | None] = mapped_column(String(20))
+
+
 # ---- 0011_engine_health ----
 
 

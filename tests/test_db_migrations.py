@@ -37,6 +37,7 @@ METRICS_TABLES = {"latency_buckets", "slos", "engine_health"}  # 0010_latency_bu
 SESSION_TABLES = {"browser_sessions"}  # 0012_browser_sessions
 ERASURE_TABLES = {"erasure_requests"}  # 0016_erasure
 FOUR_EYES_TABLES = {"protected_aliases", "emergency_moves"}  # 0015_four_eyes
+EXPORT_FILE_TABLES = {"export_files"}  # 0017_export_files
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -138,7 +139,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:
@@ -610,3 +611,50 @@ def test_0015_downgrades_and_upgrades_again(empty_db: Database) -> None:
     assert not FOUR_EYES_TABLES & _tables(empty_db)
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD and FOUR_EYES_TABLES <= _tables(empty_db)
+
+
+# --- 0017_export_files ------------------------------------------------------------------------------------------
+
+BEFORE_0017 = "0016_erasure"
+
+
+def _export_file_row(database: Database) -> None:
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO export_files (path, what, format, raw_text, rows, size, created_by, "
+                          "created_at, expires_at) VALUES ('/x/e.csv', 'events', 'csv', false, 3, 10, 'cli', "
+                          "'2026-12-06 12:00:00', '2026-12-07 12:00:00')"))
+
+
+def test_0017_adds_export_files_to_an_older_database_and_downgrades(empty_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    empty_db.migrate(BEFORE_0017)
+    assert "export_files" not in _tables(empty_db)
+    empty_db.migrate()
+    assert empty_db.current_revision() == HEAD and "export_files" in _tables(empty_db)
+    columns = [c["name"] for c in inspect(empty_db.engine).get_columns("export_files")]
+    assert {"expires_at", "downloaded_at", "deleted_at", "deleted_reason", "raw_text", "rows"} <= set(columns)
+    _export_file_row(empty_db)
+    with empty_db.engine.connect() as conn:
+        command.downgrade(alembic_config(empty_db.config.url, conn), BEFORE_0017)
+        conn.commit()
+    assert "export_files" not in _tables(empty_db)
+    empty_db.migrate()
+    assert "export_files" in _tables(empty_db)
+
+
+def test_0017_export_files_on_postgresql(pg_db: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    pg_db.migrate()
+    _export_file_row(pg_db)
+    with pg_db.engine.connect() as conn:
+        command.downgrade(alembic_config(pg_db.config.url, conn), BEFORE_0017)
+        conn.commit()
+    assert "export_files" not in _tables(pg_db)
+    pg_db.migrate()
+    assert "export_files" in _tables(pg_db)

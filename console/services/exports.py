@@ -41,14 +41,21 @@ import secrets
 import tempfile
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services.access import (
+    DutyRule,
+    Principal,
+    authorize,
+    ensure_separation,
+    register_duty_rule,
+    requires,
+)
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound, StorageUnavailable
 from console.services.text import clean_text
@@ -62,7 +69,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMATS", "KINDS", "ExportFilter", "ExportRequestView", "ExportResult", "ExportSpec", "cancel_raw_export",
-    "decide_raw_export", "default_export_path", "list_export_requests", "request_raw_export",
+    "decide_raw_export", "default_export_path", "delete_expired_exports", "delete_exports_for_erasure",
+    "list_export_requests", "open_download", "request_raw_export",
     "run_approved_raw_export", "run_export", "run_export_cli",
 ]
 
@@ -75,6 +83,7 @@ MAX_ACTOR_CHARS = 200
 MAX_PREFIX_CHARS = 100
 MAX_MODEL_VERSION_CHARS = 200
 MANIFEST_SUFFIX = ".manifest.json"
+SYSTEM_ACTOR = "system"  # retention's deletions of expired export files
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,8 @@ class ExportResult:
     sha256: str
     size: int
     manifest: dict[str, Any]
+    file_id: int | None = None  # the export file's record (export_files): download, expiry, deletion
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,44 @@ def default_export_path(ctx: AppContext, spec: ExportSpec) -> Path:
     make_private_dir(folder, tighten=True)
     stamp = ctx.now().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return folder / f"{spec.what}-{stamp}-{secrets.token_hex(4)}.{EXTENSIONS[spec.format]}"
+
+
+# --- how much one person may export, and for how long a file lives ---------------------------------------------
+
+
+class ExportQuotaExceeded(InvalidInput):
+    """The export would take its person past ``export_rows_per_hour``."""
+
+
+QUOTA_WINDOW = timedelta(hours=1)
+
+
+def _quota(ctx: AppContext, actor_name: str, actor_id: int | None) -> tuple[int | None, str]:
+    """Rows ``actor_id`` may still export this hour and the message for going past them; raises
+    :class:`ExportQuotaExceeded` when none are left. The shell (no user id) is not bounded."""
+    if actor_id is None:
+        return None, ""
+    limit, now = ctx.settings.export_rows_per_hour, ctx.now()
+    with ctx.db.session(readonly=True) as s:
+        used, oldest = exports_q.exported_since(s, actor_id, now - QUOTA_WINDOW)
+    resets = (oldest or now) + QUOTA_WINDOW
+    where = f"the limit is {limit:,} rows per person and hour (LLM_CONSOLE_EXPORT_ROWS_PER_HOUR)"
+    if used >= limit:
+        raise ExportQuotaExceeded(f"{actor_name} exported {used:,} rows in the past hour and {where}; you can "
+                                  f"export again from {resets.astimezone(UTC):%Y-%m-%d %H:%M} UTC.")
+    return limit - used, (f"This export has more than the {limit - used:,} rows left to {actor_name} this hour "
+                          f"({used:,} exported already; {where}); nothing was kept. Narrow the filters, or wait "
+                          f"until {resets.astimezone(UTC):%Y-%m-%d %H:%M} UTC.")
+
+
+def _expiry(ctx: AppContext, raw: bool, oldest_exchange: str | None) -> datetime:
+    """When an export file is deleted if nobody downloads it: ``export_file_hours`` from now, and a raw-text
+    export no later than the raw-text retention of the oldest exchange in it."""
+    expires = ctx.now() + timedelta(hours=ctx.settings.export_file_hours)
+    if raw and oldest_exchange is not None:
+        raw_gone = datetime.fromisoformat(oldest_exchange) + timedelta(days=ctx.settings.retention_raw_days)
+        expires = min(expires, raw_gone)
+    return expires
 
 
 # --- writers --------------------------------------------------------------------------------------------------
@@ -365,15 +414,24 @@ def _write(fmt: str, chunks: Chunks, out: Any, cols: dict[str, str], what: str) 
 class _Tally:
     """Counts the rows passing through and keeps the first and last event hash (events exports)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int | None = None, over_budget: str = "") -> None:
         self.rows = 0
         self.first: tuple[int, str] | None = None
         self.last: tuple[int, str] | None = None
+        self.oldest: str | None = None  # the oldest exchange's created_at (ISO text), for a raw export's expiry
+        self.budget = budget
+        self.over_budget = over_budget
 
     def track(self, chunks: Iterable[list[dict[str, Any]]], what: str) -> Iterator[list[dict[str, Any]]]:
         for chunk in chunks:
             if chunk:
                 self.rows += len(chunk)
+                if self.budget is not None and self.rows > self.budget:
+                    raise ExportQuotaExceeded(self.over_budget)
+                if what == "exchanges":
+                    oldest = min((r["created_at"] for r in chunk if r.get("created_at")), default=None)
+                    if oldest is not None and (self.oldest is None or oldest < self.oldest):
+                        self.oldest = oldest
                 if what == "events":
                     if self.first is None:
                         self.first = (chunk[0]["seq"], chunk[0]["hash"])
@@ -449,9 +507,10 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
     tmp: Path | None = None
     placed: list[Path] = []
     try:
+        budget, over_budget = _quota(ctx, actor_name, actor_id)
         checkpoint = _take_checkpoint(ctx)
         cols = exports_q.columns(spec.what, include_raw=include_raw)
-        tally = _Tally()
+        tally = _Tally(budget, over_budget)
         fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".part")
         tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as raw:
@@ -495,6 +554,8 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
             manifest["jsonl"] = {"encoding": "utf-8", "json_columns": sorted(exports_q.json_columns(spec.what))}
         if request_id is not None:
             manifest["request_id"] = request_id
+        expires_at = _expiry(ctx, include_raw, tally.oldest)
+        manifest["expires_at"] = expires_at.astimezone(UTC).isoformat()
         _write_private(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
                                        + "\n").encode("utf-8"))
         placed.append(manifest_path)
@@ -506,7 +567,14 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
         for key in ("first_event", "last_event", "request_id"):
             if key in manifest:
                 essentials[key] = manifest[key]
+        essentials["expires_at"] = manifest["expires_at"]
         with ctx.db.session() as s:
+            record = exports_q.add_export_file(
+                s, path=str(out_path), what=spec.what, format=spec.format, raw_text=include_raw, rows=tally.rows,
+                size=sink.size, created_by=actor_name, created_by_id=actor_id, created_at=ctx.now(),
+                expires_at=expires_at)
+            file_id = record.id
+            essentials["file_id"] = file_id
             audit_q.append_event(s, actor=actor_name, actor_id=actor_id, action="audit.export",
                                  object_type="export", object_id=out_path.name, details=essentials)
     except BaseException as exc:
@@ -521,7 +589,8 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
         raise user_error from exc
     logger.info("export written: %s rows of %s as %s to %s by %s", tally.rows, spec.what, spec.format,
                 out_path.name, actor_name)
-    return ExportResult(out_path, manifest_path, tally.rows, manifest["sha256"], manifest["size"], manifest)
+    return ExportResult(out_path, manifest_path, tally.rows, manifest["sha256"], manifest["size"], manifest,
+                        file_id, expires_at)
 
 
 @requires("audit.export")
@@ -537,6 +606,138 @@ def run_export_cli(ctx: AppContext, spec: ExportSpec, out_path: Path, actor_name
     spec = validated_spec(spec)
     path = check_out_path(out_path)
     return _export(ctx, actor_name, None, spec, path)
+
+
+# --- download and deletion of export files --------------------------------------------------------------------
+
+DOWNLOAD_CHUNK = 64 * 1024
+DELETE_ACTION = "audit.export_deleted"
+DOWNLOAD_ACTION = "audit.export_downloaded"
+MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8",
+               "parquet": "application/vnd.apache.parquet"}
+
+
+@dataclass(frozen=True)
+class ExportDownload:
+    """An export file being downloaded: its name and size for the response headers, and its bytes in chunks."""
+
+    file_id: int
+    file_name: str
+    size: int
+    media_type: str
+    chunks: Iterator[bytes]
+
+
+def _unlink(path: Path) -> None:
+    for target in (path, _manifest_path(path)):
+        try:
+            target.unlink(missing_ok=True)
+        except OSError:
+            logger.exception("could not delete the export file %s", target.name)
+
+
+def _delete_files(ctx: AppContext, s: Session, rows: list[Any], reason: str, actor_name: str,
+                  actor_id: int | None, extra: dict[str, Any] | None = None) -> int:
+    """Delete these export files (and manifests) and mark their rows, with one ``audit.export_deleted`` event."""
+    if not rows:
+        return 0
+    now = ctx.now()
+    for row in rows:
+        row.deleted_at, row.deleted_reason = now, reason
+    s.flush()
+    audit_q.append_event(s, actor=actor_name, actor_id=actor_id, action=DELETE_ACTION, object_type="export",
+                         object_id=Path(rows[0].path).name if len(rows) == 1 else None,
+                         details={"reason": reason, "files": [r.id for r in rows],
+                                  "names": [Path(r.path).name for r in rows], "raw_text": any(r.raw_text for r in rows),
+                                  **(extra or {})})
+    for row in rows:
+        _unlink(Path(row.path))
+    return len(rows)
+
+
+def _finish_download(ctx: AppContext, actor: Principal, file_id: int) -> None:
+    """A download was sent whole: the file has done its job and is deleted (a cut download keeps it till expiry)."""
+    with ctx.db.session() as s:
+        row = exports_q.lock_export_file(s, file_id)
+        if row is None or row.deleted_at is not None:
+            return
+        row.downloaded_at = ctx.now()
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=DOWNLOAD_ACTION,
+                             object_type="export", object_id=Path(row.path).name,
+                             details={"file_id": row.id, "size": row.size, "raw_text": row.raw_text})
+        _delete_files(ctx, s, [row], "downloaded", actor.username, actor.user_id)
+
+
+def _chunks(ctx: AppContext, actor: Principal, file_id: int, handle: IO[bytes]) -> Iterator[bytes]:
+    try:
+        while block := handle.read(DOWNLOAD_CHUNK):
+            yield block
+    finally:
+        handle.close()
+    _finish_download(ctx, actor, file_id)  # only reached when every chunk was taken
+
+
+@requires("audit.export")
+def open_download(ctx: AppContext, actor: Principal, file_id: int) -> ExportDownload:
+    """One's own export file, read in chunks as the response is sent (memory stays flat); once the last chunk is
+    taken the file and its manifest are deleted (``audit.export_downloaded``, ``audit.export_deleted``).
+
+    Only the person who made the export may download it (a raw-text one only while they may export raw text);
+    a deleted or expired file is gone (NotFound)."""
+    if isinstance(file_id, bool) or not isinstance(file_id, int):
+        raise InvalidInput("An export file is named by its number.")
+    with ctx.db.session(readonly=True) as s:
+        row = exports_q.get_export_file(s, file_id)
+        if row is None or row.created_by_id != actor.user_id:
+            raise NotFound(f"There is no export #{file_id} of yours to download.")
+        if row.deleted_at is not None or row.expires_at <= ctx.now():
+            raise NotFound(f"Export #{file_id} is no longer kept ({row.deleted_reason or 'expired'}); export again.")
+        path, size, fmt, raw = Path(row.path), row.size, row.format, row.raw_text
+    if raw:
+        authorize(ctx, actor, "audit.export_raw")
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise NotFound(f"Export #{file_id} is no longer kept; export again.") from None
+    return ExportDownload(file_id, path.name, size, MEDIA_TYPES.get(fmt, "application/octet-stream"),
+                          _chunks(ctx, actor, file_id, handle))
+
+
+def delete_expired_exports(ctx: AppContext, *, now: datetime | None = None) -> int:
+    """Delete export files past their ``expires_at`` (the retention task calls this), and any other file in the
+    export folder older than ``export_file_hours`` that no live export owns (files from before 0017, a crashed
+    export's leftovers). Returns how many files went; audited as ``audit.export_deleted`` (``expired``)."""
+    now = now or ctx.now()
+    with ctx.db.session() as s:
+        deleted = _delete_files(ctx, s, exports_q.live_export_files(s, expired_by=now), "expired", SYSTEM_ACTOR, None)
+        known = exports_q.known_export_paths(s)
+    folder = ctx.settings.export_dir
+    cutoff = (now - timedelta(hours=ctx.settings.export_file_hours)).timestamp()
+    strays: list[str] = []
+    if folder.is_dir():
+        live = known | {k + MANIFEST_SUFFIX for k in known}
+        for entry in folder.iterdir():
+            try:
+                if entry.is_file() and not entry.is_symlink() and str(entry) not in live \
+                        and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    strays.append(entry.name)
+            except OSError:
+                logger.exception("could not delete the stray export file %s", entry.name)
+    if strays:
+        with ctx.db.session() as s:
+            audit_q.append_event(s, actor=SYSTEM_ACTOR, action=DELETE_ACTION, object_type="export",
+                                 details={"reason": "expired", "files": [], "names": sorted(strays)})
+    return deleted + len(strays)
+
+
+def delete_exports_for_erasure(ctx: AppContext, user_id: int, actor_name: str, actor_id: int | None) -> int:
+    """Delete every export file still kept when a person's content is erased: any export (events name actors,
+    exchanges and decisions carry user ids, raw exports the text itself) may hold their data, and a file written
+    before the erasure cannot be edited in place. Returns how many went; audited (``erasure``, the user id)."""
+    with ctx.db.session() as s:
+        return _delete_files(ctx, s, exports_q.live_export_files(s, created_before=ctx.now()), "erasure",
+                             actor_name, actor_id, {"user": user_id})
 
 
 # --- exports with raw text (four eyes) ------------------------------------------------------------------------

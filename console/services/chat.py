@@ -162,13 +162,17 @@ class ChatTurn:
         self.overhead["scan_after_ms"] = (time.perf_counter() - started) * 1000
         shown = gate.text_for_user
         if gate.action == "block":
-            self.notices.append(moderation.BLOCKED_OUTPUT_NOTICE)
+            self.notices.append((gate.notice if gate.timed_out else None) or moderation.BLOCKED_OUTPUT_NOTICE)
         self.outcome = _store(
             self.ctx, self.actor, self.conversation_id, self.request_id, self.prompt_gate, gate,
             status=status, error=str(error) if error else None, sampling=self.sampling, result=result,
             system_gate=self.system_gate, exchange_id=self.exchange_id, synthetic=self.synthetic,
             overhead=self.overhead,
         )
+        if gate.timed_out is not None:  # withheld unchecked (fail closed): on the audit chain, like a refused prompt
+            moderation.record_scan_timeout(self.ctx, self.actor, direction="output", source="", chars=len(text),
+                                           timeout=gate.timed_out, request_id=self.request_id,
+                                           exchange_id=self.outcome.exchange_id)
         if self.outcome.notice:  # not saved
             self.notices.append(self.outcome.notice)
         self.outcome.notice = " ".join(self.notices) or None
@@ -453,9 +457,14 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
         raise ModelUnavailable("No model is being served; ask an admin.")
 
     started = time.perf_counter()
-    prompt_gate = moderation.check_prompt(ctx, prompt)
-    # The system prompt is judged like a prompt; what the conversation keeps is its stored (redacted) text.
-    system_gate = moderation.check_system_prompt(ctx, system_prompt) if system_prompt else None
+    try:
+        prompt_gate = moderation.check_prompt(ctx, prompt)
+        # The system prompt is judged like a prompt; what the conversation keeps is its stored (redacted) text.
+        system_gate = moderation.check_system_prompt(ctx, system_prompt) if system_prompt else None
+    except moderation.ScanTooSlow as exc:  # refused before anything is stored or sent; the refusal is audited
+        moderation.record_scan_timeout(ctx, actor, direction=exc.direction, source=exc.source, chars=exc.chars,
+                                       timeout=exc.timeout)
+        raise
     overhead = {"scan_before_ms": (time.perf_counter() - started) * 1000}
     prompt_blocked = moderation.strongest_action([system_gate, prompt_gate]) == "block"
     if conversation_id is None and not prompt_blocked:

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from console.services.access import Principal
 from console.services.context import AppContext
+from console.services.errors import InvalidInput
+from db import audit as audit_q
 from db import safety as safety_q
 from db import state as state_q
 from db.review import items as review_items
 from db.review.items import ReviewItemRecord
 from db.safety import FindingRecord, RawTextRecord
 from engine.safety.base import Finding
+from engine.safety.deadline import ScanTimeout
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -41,6 +44,16 @@ REDACTED_SYSTEM_PROMPT_NOTICE = "Personal data in the system prompt was replaced
 # exchange's prompt.
 SYSTEM_PROMPT = "system_prompt"
 SYSTEM_PROMPT_DETECTOR_PREFIX = "system prompt/"
+# A scan over the time limit (setting scan_timeout_seconds): the prompt is refused, the answer withheld (fail closed:
+# an answer nobody could check is neither shown nor stored; the stored exchange keeps this marker instead).
+SLOW_PROMPT_NOTICE = ("Your message took longer than {limit:g} s to check for safety, so it was not sent to the model. "
+                      "Shorten it, or split it into several messages.")
+SLOW_SYSTEM_PROMPT_NOTICE = ("The system prompt took longer than {limit:g} s to check for safety, so nothing was sent "
+                             "to the model. Shorten the system prompt.")
+SLOW_OUTPUT_NOTICE = ("The answer was withheld: it took longer than {limit:g} s to check for safety. Ask for a shorter "
+                      "answer.")
+SLOW_OUTPUT_STORED = "[answer withheld: its safety check took longer than {limit:g} s]"
+SCAN_TIMEOUT_ACTION = "safety.scan_timeout"
 # Hours a reviewer has to decide an item, by severity (3 = highest).
 REVIEW_DEADLINE_HOURS = {3: 4, 2: 24, 1: 72, 0: 168}
 
@@ -72,10 +85,22 @@ class GateResult:
     policy_version: int | None = None
     keep_raw: bool = False
     source: str = ""  # "system_prompt" for the conversation's system prompt (judged as a prompt)
+    timed_out: ScanTimeout | None = None  # the scan went over its time limit: the answer is withheld unchecked
 
     @property
     def is_system_prompt(self) -> bool:
         return self.source == SYSTEM_PROMPT
+
+
+class ScanTooSlow(InvalidInput):
+    """A prompt (or system prompt) whose safety scan went over the time limit: refused, nothing sent or stored."""
+
+    def __init__(self, message: str, timeout: ScanTimeout, direction: str, source: str, chars: int) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.direction = direction
+        self.source = source
+        self.chars = chars
 
 
 @dataclass
@@ -107,7 +132,7 @@ def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
     file_policy = Policy.load(path)
     tox = ToxicityConfig(model_type=settings.detoxify_model, checkpoint=_path(settings.detoxify_checkpoint),
                          huggingface_config_dir=_path(settings.detoxify_config_dir))
-    runner, notice = build_runner(PiiConfig(), tox)
+    runner, notice = build_runner(PiiConfig(), tox, settings.scan_timeout_seconds)
     with db.session() as s:
         latest = safety_q.latest_policy_version(s)
         if latest is None or state_q.get_state(s, POLICY_FILE_STATE_KEY) != file_policy.sha256:
@@ -148,7 +173,10 @@ def _gate(ctx: AppContext, direction: str, text: str, source: str = "", report: 
     if stack is None or not text:
         return GateResult(direction, text, "allow", text, text, text, source=source)
     if report is None:
-        report = stack.runner.scan(text)
+        try:
+            report = stack.runner.scan(text)
+        except ScanTimeout as exc:
+            return _scan_timed_out(direction, text, source, exc, stack.policy_version)
     decision: Decision = stack.policy.decide(direction, report.findings)  # type: ignore[arg-type]
     applied = decision.apply(text) if decision.action == "redact" else text
     # Stored text is redacted by default: every PII span is cut, whatever the enforced action.
@@ -170,6 +198,31 @@ def _gate(ctx: AppContext, direction: str, text: str, source: str = "", report: 
                       notice, stack.policy_version, stack.policy.keep_raw_text, source)
 
 
+def _scan_timed_out(direction: str, text: str, source: str, exc: ScanTimeout, policy_version: int) -> GateResult:
+    """A prompt over the limit raises :class:`ScanTooSlow`; an answer over it is withheld (fail closed)."""
+    logger.warning("%s scan of %s characters stopped: %s", source or direction, len(text), exc)
+    if direction == "prompt":
+        notice = SLOW_SYSTEM_PROMPT_NOTICE if source == SYSTEM_PROMPT else SLOW_PROMPT_NOTICE
+        raise ScanTooSlow(notice.format(limit=exc.limit_seconds), exc, direction, source, len(text))
+    shown = SLOW_OUTPUT_NOTICE.format(limit=exc.limit_seconds)
+    return GateResult(direction, text, "block", text, shown, SLOW_OUTPUT_STORED.format(limit=exc.limit_seconds),
+                      notice=shown, policy_version=policy_version, source=source, timed_out=exc)
+
+
+def record_scan_timeout(ctx: AppContext, actor: Principal, *, direction: str, source: str, chars: int,
+                        timeout: ScanTimeout, request_id: str | None = None, exchange_id: int | None = None) -> None:
+    """Put a scan that went over its time limit on the audit chain (sizes and the step it stopped at, no text)."""
+    details = {"direction": direction, "source": source or direction, "chars": chars,
+               "limit_seconds": timeout.limit_seconds, "stopped_at": timeout.where,
+               "outcome": "refused" if direction == "prompt" else "withheld"}
+    if request_id:
+        details["request_id"] = request_id
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=SCAN_TIMEOUT_ACTION,
+                             object_type="exchange" if exchange_id is not None else "chat",
+                             object_id=exchange_id, details=details)
+
+
 def check_prompt(ctx: AppContext, text: str) -> GateResult:
     return _gate(ctx, "prompt", text)
 
@@ -181,8 +234,15 @@ def check_system_prompt(ctx: AppContext, text: str) -> GateResult:
 
 def check_output(ctx: AppContext, text: str, scan: StreamingScan | None = None) -> GateResult:
     """The policy's verdict on an answer. ``scan`` is the answer's :func:`streaming_scan`, fed while it streamed:
-    only its tail is scanned now."""
-    return _gate(ctx, "output", text, report=scan.finish(text) if scan is not None else None)
+    only its tail is scanned now. A scan over the time limit withholds the answer (``timed_out`` is set)."""
+    report = None
+    stack: SafetyStack | None = ctx.safety
+    if scan is not None and stack is not None and text:
+        try:
+            report = scan.finish(text)
+        except ScanTimeout as exc:
+            return _scan_timed_out("output", text, "", exc, stack.policy_version)
+    return _gate(ctx, "output", text, report=report)
 
 
 def streaming_scan(ctx: AppContext) -> StreamingScan | None:

@@ -13,6 +13,7 @@ A pure library: no database, no Streamlit, no environment variables. Typical use
 from __future__ import annotations
 
 from engine.safety.base import Finding, Scanner, ScannerLoadError
+from engine.safety.deadline import ScanTimeout
 from engine.safety.pii import DEFAULT_ENTITIES, PiiConfig, PresidioScanner
 from engine.safety.policy import (
     DEFAULT_POLICY_PATH,
@@ -46,6 +47,7 @@ __all__ = [
     "Rule",
     "RuleHit",
     "ScanReport",
+    "ScanTimeout",
     "Scanner",
     "ScannerLoadError",
     "ScannerRunner",

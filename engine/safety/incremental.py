@@ -28,8 +28,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from engine.safety import deadline
 from engine.safety.base import Finding, Scanner
 from engine.safety.chunking import SENTENCE_END_RE, sentence_spans
+from engine.safety.deadline import ScanTimeout
 from engine.safety.runner import ScannerRunner, ScanReport
 
 logger = logging.getLogger(__name__)
@@ -61,13 +63,16 @@ class _Segment:
     timings_ms: dict[str, float]
 
 
-def _scan_segment(scanners: Sequence[Scanner], text: str, start: int) -> _Segment:
+def _scan_segment(scanners: Sequence[Scanner], text: str, start: int, timeout_seconds: float | None) -> _Segment:
+    """Scan one segment; each segment has the runner's whole time limit (raises ScanTimeout past it)."""
     results = []
     timings: dict[str, float] = {}
-    for scanner in scanners:
-        began = time.perf_counter()
-        results.append((scanner, scanner.scan(text)))
-        timings[scanner.name] = (time.perf_counter() - began) * 1000.0
+    with deadline.scope(timeout_seconds):
+        for scanner in scanners:
+            deadline.check(scanner.name)
+            began = time.perf_counter()
+            results.append((scanner, scanner.scan(text)))
+            timings[scanner.name] = (time.perf_counter() - began) * 1000.0
     return _Segment(start, tuple(results), timings)
 
 
@@ -181,7 +186,8 @@ class StreamingScan:
             return
         start = _segment_start(text, self._scanned_to, self._overlap) if self._scanned_to else 0
         pool = self._pool or _shared_pool()
-        self._running = pool.submit(_scan_segment, self._runner.scanners, text[start:end], start)
+        self._running = pool.submit(_scan_segment, self._runner.scanners, text[start:end], start,
+                                    self._runner.timeout_seconds)
         self._scanned_to = end
 
     def wait(self) -> None:
@@ -196,6 +202,10 @@ class StreamingScan:
             return not self._failed
         try:
             segment = running.result()
+        except ScanTimeout as exc:  # finish() rescans everything, under the limit again
+            logger.warning("background output scan stopped (%s); the whole answer is scanned at its end", exc)
+            self._failed = True
+            return False
         except Exception:  # noqa: BLE001 - a scanner failed in the background: finish() rescans everything
             logger.exception("background output scan failed; the whole answer is scanned at its end")
             self._failed = True
@@ -220,7 +230,7 @@ class StreamingScan:
             start = len(text)
         else:
             start = _segment_start(text, self._scanned_to, self._overlap) if self._scanned_to else 0
-            tail = _scan_segment(self._runner.scanners, text[start:], start)
+            tail = _scan_segment(self._runner.scanners, text[start:], start, self._runner.timeout_seconds)
         findings = merge_findings([*self._done, tail])
         logger.debug("streamed scan: %s chars, %s in the background (%.1f ms), tail from %s (%s)", len(text),
                      self._scanned_to, self.background_ms, start, tail.timings_ms)

@@ -12,14 +12,15 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from engine.safety import deadline
 from engine.safety.base import Finding, ScannerLoadError
 from engine.safety.normalize import normalize
 
 if TYPE_CHECKING:
     # Imported where used: loading Presidio pulls in spaCy, which takes seconds.
-    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer import AnalyzerEngine, EntityRecognizer
     from presidio_analyzer.predefined_recognizers import EmailRecognizer
     from presidio_anonymizer import AnonymizerEngine
     from tldextract import TLDExtract
@@ -157,20 +158,33 @@ class PresidioScanner:
         from engine.safety.names import GazetteerPersonRecognizer
 
         registry.add_recognizer(GazetteerPersonRecognizer(lang))
+        for recognizer in registry.recognizers:
+            _check_deadline_before(recognizer)
         return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[lang])
+
+    def add_recognizer(self, recognizer: EntityRecognizer) -> None:
+        """Add a recognizer after the stock and our own ones (the scan's deadline is checked before it runs)."""
+        _check_deadline_before(recognizer)
+        self._analyzer.registry.add_recognizer(recognizer)
 
     def scan(self, text: str) -> tuple[Finding, ...]:
         """Report each entity found in ``text`` at or above the score threshold, with its span in ``text``."""
         if not text.strip():
             return ()
         norm = normalize(text)
-        with self._lock:
+        # Under the lock the scan's deadline is checked after spaCy and before each recognizer: a scan over its
+        # limit lets go of the lock within one step (engine.safety.deadline); the wait for the lock is not charged.
+        with deadline.hold(self._lock):
+            deadline.check("spaCy")
+            artifacts = self._analyzer.nlp_engine.process_text(norm.text, self.config.language)
             results = self._analyzer.analyze(
                 text=norm.text,
                 language=self.config.language,
                 entities=list(self.config.entities),
                 score_threshold=self.config.score_threshold,
+                nlp_artifacts=artifacts,
             )
+        deadline.check("refining the results")
         results = self._refine(norm.text, results)
         findings = []
         for r in sorted(results, key=lambda r: (r.start, -r.end, r.entity_type)):
@@ -193,6 +207,18 @@ class PresidioScanner:
                 )
             )
         return tuple(findings)
+
+
+def _check_deadline_before(recognizer: EntityRecognizer) -> None:
+    """Make ``recognizer`` check the current scan's deadline before each run (Presidio calls them one by one)."""
+    analyze = recognizer.analyze
+    name: str = getattr(recognizer, "name", type(recognizer).__name__)
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        deadline.check(f"recognizer {name}")
+        return analyze(*args, **kwargs)
+
+    setattr(recognizer, "analyze", checked)  # noqa: B010 - an instance attribute over the method, on our registry only
 
 
 _anonymizer_lock = threading.Lock()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from engine.safety import deadline
 from engine.safety.base import Finding, Scanner
 
 if TYPE_CHECKING:
@@ -39,10 +40,17 @@ class ScanReport:
 
 
 class ScannerRunner:
-    """Runs its scanners one after another on a text; safe to share across threads (the scanners are)."""
+    """Runs its scanners one after another on a text; safe to share across threads (the scanners are).
 
-    def __init__(self, scanners: Iterable[Scanner]) -> None:
+    With ``timeout_seconds``, a scan that takes longer raises :class:`~engine.safety.deadline.ScanTimeout` at its next
+    step (between scanners, and inside the scanners that check: see engine.safety.deadline); None: no limit.
+    """
+
+    def __init__(self, scanners: Iterable[Scanner], timeout_seconds: float | None = None) -> None:
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive (or None for no limit)")
         self.scanners: Sequence[Scanner] = tuple(scanners)
+        self.timeout_seconds = timeout_seconds
         names = [s.name for s in self.scanners]
         if len(set(names)) != len(names):
             raise ValueError(f"scanner names must be unique, got {names}")
@@ -53,27 +61,33 @@ class ScannerRunner:
         return MappingProxyType({s.name: s.version for s in self.scanners})
 
     def scan(self, text: str) -> ScanReport:
-        """Scan ``text`` with every scanner; spans in the findings refer to ``text``."""
+        """Scan ``text`` with every scanner; spans in the findings refer to ``text``.
+
+        Raises :class:`~engine.safety.deadline.ScanTimeout` when the scan takes longer than ``timeout_seconds``.
+        """
         findings: list[Finding] = []
         timings: dict[str, float] = {}
-        for scanner in self.scanners:
-            began = time.perf_counter()
-            findings.extend(scanner.scan(text))
-            timings[scanner.name] = (time.perf_counter() - began) * 1000.0
+        with deadline.scope(self.timeout_seconds):
+            for scanner in self.scanners:
+                deadline.check(scanner.name)
+                began = time.perf_counter()
+                findings.extend(scanner.scan(text))
+                timings[scanner.name] = (time.perf_counter() - began) * 1000.0
         logger.debug("scanned %s chars: %s findings in %s", len(text), len(findings), timings)
         return ScanReport(tuple(findings), MappingProxyType(timings))
 
 
 def build_runner(
-    pii_config: PiiConfig | None = None, toxicity_config: ToxicityConfig | None = None
+    pii_config: PiiConfig | None = None, toxicity_config: ToxicityConfig | None = None,
+    timeout_seconds: float | None = None,
 ) -> tuple[ScannerRunner, str | None]:
     """Build the standard runner (Presidio, then Detoxify or its fallback) and the toxicity notice, if any.
 
     Call once per process (the console caches it): loading spaCy and a toxicity model takes seconds.
-    A config left as None means that scanner's defaults.
+    A config left as None means that scanner's defaults; ``timeout_seconds`` limits each scan (see ScannerRunner).
     """
     from engine.safety.pii import PresidioScanner
     from engine.safety.toxicity import load_toxicity_scanner
 
     toxicity, notice = load_toxicity_scanner(toxicity_config)
-    return ScannerRunner([PresidioScanner(pii_config), toxicity]), notice
+    return ScannerRunner([PresidioScanner(pii_config), toxicity], timeout_seconds), notice

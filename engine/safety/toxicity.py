@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from engine.safety import deadline
 from engine.safety.base import Finding, ScannerLoadError
 from engine.safety.chunking import (
     Chunk,
@@ -214,10 +215,11 @@ class DetoxifyScanner:
         if not text.strip():
             return ()
         norm = normalize(text)
-        with self._lock:
+        with deadline.hold(self._lock):
             chunks = self._chunks(norm.text)
             per_chunk: list[dict[str, float]] = []
             for i in range(0, len(chunks), self._batch_size):
+                deadline.check(f"{self.name} windows {i}-")  # a scan over its limit stops between batches
                 batch = [c.text for c in chunks[i : i + self._batch_size]]
                 raw = self._model.predict(batch)
                 # Detoxify squeezes a batch of one to a bare float per label.
@@ -297,11 +299,10 @@ class OfflineToxicityScanner:
                 sequences.append([t.id for t in tokens[first + a : first + b]])
         if len(sentences) == 1 and len(sequences) == 1:
             spans = [(0, len(norm.text))]
-        scores = [
-            row
-            for i in range(0, len(sequences), OFFLINE_BATCH_SIZE)
-            for row in self._model.predict_ids(sequences[i : i + OFFLINE_BATCH_SIZE]).tolist()
-        ]
+        scores: list[list[float]] = []
+        for i in range(0, len(sequences), OFFLINE_BATCH_SIZE):
+            deadline.check(f"{self.name} windows {i}-")  # a scan over its limit stops between batches
+            scores.extend(self._model.predict_ids(sequences[i : i + OFFLINE_BATCH_SIZE]).tolist())
         if self._head is not None and scores:
             # The head rescores toxicity from each window's words and tox-block's six probabilities for it.
             column = self.labels.index(self._head.label)

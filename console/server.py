@@ -12,6 +12,8 @@ A Streamlit script cannot set cookies, so the signed-in session's HttpOnly cooki
   made (valid 60 s, single use, stored hashed) for the session cookie: 204 for the console's own ``fetch``, else
   a 303 redirect to ``next`` (a same-origin path only). ``GET`` with ``?ticket=`` works the same for a link.
 * ``POST /auth/logout`` ends the cookie's session and clears the cookie.
+* ``GET /exports/<id>`` streams one's own export file in chunks (the cookie's session says who asks; the export
+  service checks it is theirs and that they may still export) and deletes it once it was sent whole.
 
 Each page's address (``/latency``, ``/review-queue``...: ``console.app_pages.PAGE_PATHS``) gets Streamlit's
 ``index.html`` with the server's base URL set in it (``window.__streamlit``). Without it the frontend guesses the

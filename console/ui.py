@@ -107,6 +107,8 @@ class AuditPageState:
     # started): the manifest of the last export this session made, and why the last one failed.
     last_manifest: bytes | None = None
     export_error: str | None = None
+    # The last export file this session wrote, served by the console's own /exports/<id> route: (id, name, expiry).
+    last_export: tuple[int, str, datetime] | None = None
 
 
 @dataclass

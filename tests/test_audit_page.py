@@ -185,18 +185,27 @@ def test_verify_names_the_kind_of_damage_and_the_first_bad_event(app_env, make_u
     assert len(damage) == 1 and "edited" in damage[0] and f"at event {seqs[2]}" in damage[0]
 
 
-def test_the_export_is_one_download_button_that_runs_the_export_on_click(app_env, make_user):
+def test_the_export_button_writes_the_file_and_links_to_its_streamed_download(app_env, make_user):
+    from db.tables import ExportFile
+
     ana = make_user("ana", "analyst")
     at = _page(ana).run()
-    download = at.download_button(key="audit_export_download")
-    assert not download.disabled
-    # Deferred data: the export runs when the button is clicked, not when the page is drawn.
-    assert download.proto.deferred_file_id and not download.proto.url
-    assert _count(app_env, "audit.export") == 0
-    assert not [b for b in at.button if "prepare" in b.label.lower()]
+    assert _count(app_env, "audit.export") == 0 and not at.get("link_button")
+    # The file is no longer read whole into the page: no download button carries the export's bytes.
+    assert not [b for b in at.get("download_button") if b.proto.id and "audit_export_download" in b.proto.id]
     at.selectbox(key="audit_export_what").select("exchanges").run()
     at.selectbox(key="audit_export_format").select("parquet").run()
-    assert "Parquet" in at.download_button(key="audit_export_download").label
+    assert "Parquet" in at.button(key="audit_export_run").label
+    at.button(key="audit_export_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _count(app_env, "audit.export") == 1
+    with app_env.db.session(readonly=True) as s:
+        (row,) = s.query(ExportFile).all()
+        file_id, name = row.id, row.path.rsplit("/", 1)[-1]
+    (link,) = at.get("link_button")
+    # The console's own route streams it (the signed-in session's cookie) and deletes it once sent.
+    assert link.proto.url == f"exports/{file_id}" and link.proto.label == f"Download {name}"
+    assert any("Kept until it is downloaded" in c.value for c in at.caption)
     assert not [b for b in at.button if b.key and b.key.startswith("audit_raw")]  # no raw exports for analysts
 
 
@@ -234,10 +243,15 @@ def test_admins_ask_for_raw_exports_and_decide_other_admins_requests(app_env, ma
     assert not at.exception
     decided = {r.id: r.status for r in exports_svc.list_export_requests(app_env, adam)}
     assert decided[theirs.id] == "approved"
-    # Approved for alice: the run-and-download button is hers, not adam's.
-    assert f"audit_raw_download_{theirs.id}" not in {b.key for b in at.download_button}
+    # Approved for alice: the run button is hers, not adam's. Run, the file waits for her one streamed download.
+    assert f"audit_raw_run_{theirs.id}" not in {b.key for b in at.button}
     at_alice = _page(alice).run()
-    assert at_alice.download_button(key=f"audit_raw_download_{theirs.id}").proto.deferred_file_id
+    at_alice.button(key=f"audit_raw_run_{theirs.id}").click().run()
+    assert not at_alice.exception, [e.value for e in at_alice.exception]
+    assert any("raw text export is written" in s.value for s in at_alice.success)
+    (link,) = at_alice.get("link_button")
+    assert link.proto.url.startswith("exports/") and "exchanges-" in link.proto.label
+    assert f"audit_raw_run_{theirs.id}" not in {b.key for b in at_alice.button}  # used: once
 
 
 def test_an_operator_is_refused_the_page(app_env, make_user):

@@ -13,13 +13,12 @@ from console import ui
 from console.services import access
 from console.services import audit as audit_svc
 from console.services import exports as exports_svc
-from console.services.errors import ConsoleError, InvalidInput
+from console.services.errors import InvalidInput
 from console.textsafe import escape_markdown
 
 PAGE_ROWS = 100
 EXPORT_KINDS = {"events": "Audit events", "exchanges": "Exchanges", "decisions": "Review decisions"}
 EXPORT_FORMATS = {"csv": "CSV", "jsonl": "JSON Lines", "parquet": "Parquet"}
-EXPORT_MIME = {"csv": "text/csv", "jsonl": "application/jsonl", "parquet": "application/vnd.apache.parquet"}
 
 principal = ui.require_page("audit")
 ctx = ui.app_context()
@@ -54,31 +53,25 @@ def _table(rows: list[dict], marked: int | None = None) -> pd.DataFrame:
     return frame if rows else pd.DataFrame(columns=["Event", "Time (UTC)", "Actor", "Action", "Target", "Details"])
 
 
-def _export_data(spec: exports_svc.ExportSpec) -> Callable[[], bytes]:
-    """The download's data: Streamlit calls it on a worker thread when the button is clicked (no ``st`` there), so
-    the export runs on that one click; the manifest and any error are left in the page state for the next rerun."""
-    def make() -> bytes:
-        try:
-            result = exports_svc.run_export(ctx, principal, spec, exports_svc.default_export_path(ctx, spec))
-        except ConsoleError as exc:
-            state.export_error = f"The export failed: {exc}"
-            raise
+def _run_export(run: Callable[[], exports_svc.ExportResult]) -> bool:
+    """Write the export into the export folder; the browser then fetches it from the console's own route, which
+    streams the file in chunks (never whole in memory) and deletes it once sent."""
+    with ui.shows_errors():
+        result = run()
         state.last_manifest = result.manifest_path.read_bytes()
-        return result.path.read_bytes()
-    return make
+        if result.file_id is not None and result.expires_at is not None:
+            state.last_export = (result.file_id, result.path.name, result.expires_at)
+        return True
+    return False
 
 
-def _raw_export_data(request_id: int, fmt: str) -> Callable[[], bytes]:
-    def make() -> bytes:
-        try:
-            out = exports_svc.default_export_path(ctx, exports_svc.ExportSpec("exchanges", fmt))
-            result = exports_svc.run_approved_raw_export(ctx, principal, request_id, out)
-        except ConsoleError as exc:
-            state.export_error = f"The raw text export failed: {exc}"
-            raise
-        state.last_manifest = result.manifest_path.read_bytes()
-        return result.path.read_bytes()
-    return make
+def _export_link() -> None:
+    if state.last_export is None:
+        return
+    file_id, name, expires = state.last_export
+    st.link_button(f"Download {name}", f"exports/{file_id}", key="audit_export_link", icon=":material/download:",
+                   help="One download: the file is deleted once it has been sent.")
+    st.caption(f"Kept until it is downloaded, or until {expires.astimezone(UTC):%Y-%m-%d %H:%M} UTC.")
 
 
 def _manifest_data() -> bytes:
@@ -230,9 +223,11 @@ if access.allowed(principal.roles, "audit.export"):
     except InvalidInput:  # the search above already says what is wrong with the filter
         st.caption("Correct the filters above to export.")
     else:
-        st.download_button(f"Export and download {EXPORT_KINDS[what].lower()} ({EXPORT_FORMATS[fmt]})",
-                           _export_data(spec), file_name=f"{what}.{fmt}", mime=EXPORT_MIME[fmt],
-                           key="audit_export_download", icon=":material/download:")
+        if st.button(f"Export {EXPORT_KINDS[what].lower()} ({EXPORT_FORMATS[fmt]})", key="audit_export_run",
+                     icon=":material/file_export:"):
+            _run_export(lambda: exports_svc.run_export(ctx, principal, spec,
+                                                       exports_svc.default_export_path(ctx, spec)))
+        _export_link()
         st.download_button("Download the manifest of my last export", _manifest_data,
                            file_name=f"{what}.{fmt}.manifest.json", mime="application/json",
                            key="audit_export_manifest", disabled=state.last_manifest is None,
@@ -270,9 +265,12 @@ if access.allowed(principal.roles, "audit.export_raw"):
                 continue
             a, b, _ = st.columns([2, 1, 2])
             if r.status == "approved":
-                a.download_button("Run and download (once)", _raw_export_data(r.id, r.format),
-                                  file_name=f"exchanges-raw-{r.id}.{r.format}", mime=EXPORT_MIME.get(r.format),
-                                  key=f"audit_raw_download_{r.id}", icon=":material/download:")
+                if a.button("Run the export (once)", key=f"audit_raw_run_{r.id}", icon=":material/file_export:"):
+                    out = exports_svc.default_export_path(ctx, exports_svc.ExportSpec("exchanges", r.format))
+                    if _run_export(lambda rid=r.id, out=out: exports_svc.run_approved_raw_export(
+                            ctx, principal, rid, out)):
+                        state.flash = "The raw text export is written: download it above (once)."
+                        st.rerun()
             if b.button("Cancel", key=f"audit_raw_cancel_{r.id}"):
                 with ui.shows_errors():
                     exports_svc.cancel_raw_export(ctx, principal, r.id)

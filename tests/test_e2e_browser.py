@@ -178,8 +178,16 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
     page.locator("[data-testid='stSidebarNav']").get_by_text("Models").click()
     page.get_by_text("Model versions").wait_for(timeout=60_000)
     page.locator("[data-testid='stDataFrame']").first.wait_for(timeout=60_000)
-    page.get_by_role("button", name="Serve this version").wait_for(timeout=60_000)
+    # Production is held: the page offers no one-person move, it links to the promotion, and every admin sees the
+    # break-glass move until another admin acknowledges it (issue 21).
+    page.get_by_text("is protected: moving it to another version needs an approved promotion").wait_for(
+        timeout=60_000)
+    page.get_by_text("without a second approval").first.wait_for(timeout=60_000)
+    page.get_by_role("link", name="Request a promotion on the Promotions page").wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="Serve this version").count() == 0
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
+    page.get_by_role("link", name="Request a promotion on the Promotions page").click()
+    page.get_by_role("button", name="Acknowledge emergency move #1").wait_for(timeout=60_000)
     page.close()
 
 

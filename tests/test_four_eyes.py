@@ -58,6 +58,20 @@ def test_the_first_version_of_an_empty_installation_may_be_served_by_one_admin(c
     assert _events(ctx, "model.emergency_rollback") == [] and _events(ctx, "model.break_glass") == []
 
 
+def test_the_configured_default_version_counts_as_holding_production_before_its_alias_is_set(  # noqa: ANN001
+        ctx, tiny_model_dir, tmp_path, make_user) -> None:
+    # The consoles serve the default version while no alias row exists: serving another one is a move.
+    _register(ctx, ctx.settings.default_model, tiny_model_dir)
+    _register(ctx, "tiny-b", Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b")))
+    ada = make_user("ada", "admin")
+    assert [(p.alias, p.version) for p in serving.protected_aliases(ctx, ada)] == [
+        ("production", ctx.settings.default_model)]
+    with pytest.raises(AccessDenied, match="production is protected"):
+        serving.serve(ctx, ada, "tiny-b", "better answers")
+    serving.serve(ctx, ada, ctx.settings.default_model, "set the alias of what is served")
+    assert _production(ctx) == ctx.settings.default_model
+
+
 def test_one_admin_cannot_move_production_by_serving(ctx, installed, make_user) -> None:  # noqa: ANN001
     ada = make_user("ada", "admin")
     with pytest.raises(AccessDenied, match="production is protected .*approved promotion"):

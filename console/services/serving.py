@@ -181,6 +181,15 @@ def _break_glass(value: str | None) -> str | None:
     return None if value is None else _reason(value, "breaking the glass")
 
 
+def _production_holder(ctx: AppContext, s: Session) -> ModelVersion | None:
+    """The version production points at; with no alias row yet, the configured default version if registered
+    (the consoles serve it: see :func:`desired_state`), so serving another one is a move like any other."""
+    row = versions_q.get_alias(s, PRODUCTION)
+    if row is not None:
+        return versions_q.get_model_version(s, row.version_id)
+    return versions_q.get_model_version_by_name(s, ctx.settings.default_model)
+
+
 def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str,
            break_glass: str | None = None) -> str:
     reason = _reason(reason, "serving a version")
@@ -195,11 +204,12 @@ def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason:
         version = _version(s, name)
         if version.retired_at is not None:
             raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
-        current = versions_q.version_for_alias(s, PRODUCTION)
+        current = _production_holder(ctx, s)
         if current is not None and current.id == version.id and serving_status(ctx).model_version == version.name:
             raise InvalidInput(f"{version.name} already holds the production alias and is being served.")
         # Serving the production version again while it is not served (its switch failed) retries the switch;
-        # it moves nothing. Only the first version of an installation may be given production by one person.
+        # it moves nothing. Only the first version of an installation (nothing holds production, no default
+        # version is registered) may be given production by one person.
         moving = current is not None and current.id != version.id
         if moving and glass is None:
             assert current is not None
@@ -475,7 +485,7 @@ def protected_aliases(ctx: AppContext, actor: Principal) -> list[ProtectedAliasV
     with ctx.db.session(readonly=True) as s:
         out = []
         for alias, row in versions_q.protected_aliases(s).items():
-            holder = versions_q.version_for_alias(s, alias)
+            holder = _production_holder(ctx, s) if alias == PRODUCTION else versions_q.version_for_alias(s, alias)
             out.append(ProtectedAliasView(alias, holder.name if holder else None,
                                           "always" if row is None else row.protected_by,
                                           "" if row is None else row.reason))

@@ -6,6 +6,7 @@ environment themselves: the console turns these settings into their typed config
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +27,11 @@ def _bool(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"expected true/false, got {value!r}")
+
+
+def _tristate(value: str) -> bool | None:
+    """auto (None), or a bool."""
+    return None if value.strip().lower() in {"auto", ""} else _bool(value)
 
 
 def _positive_float(value: str) -> float:
@@ -54,6 +60,14 @@ def _port(value: str) -> int:
     if not 0 <= number <= 65535:
         raise ValueError(f"must be a TCP port (1-65535) or 0 for off, got {value!r}")
     return number
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """Addresses and CIDR networks separated by commas or spaces (``10.0.0.0/8, 192.0.2.1``)."""
+    return tuple(ipaddress.ip_network(part, strict=False) for part in value.replace(",", " ").split())
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("lockout_threshold", "5", "Failed logins in a row that lock an account.", _positive_int),
     Setting("lockout_minutes", "15", "Minutes an account stays locked after too many failed logins.", _positive_int),
     Setting("min_password_length", "12", "Minimum length of a local account's password.", _positive_int),
+    Setting("trusted_proxies", "", "Addresses/CIDR networks of the reverse proxies in front of the console "
+            "(comma-separated); only then is X-Forwarded-For read: the right-most hop that is not one of them is the "
+            "client. Empty: the connection's own address.", parse_networks),
+    Setting("cookie_secure", "auto", "Mark the session cookie Secure: auto (when the console serves https itself, "
+            "or is on localhost), true (TLS ends at a proxy in front), false (plain http on a private network; the "
+            "cookie then loses its __Host- prefix).", _tristate),
     Setting("login_attempts_per_minute", "10",
             "Sign-in attempts allowed per minute from one client (its address, else its browser session).",
             _positive_int),
@@ -185,6 +205,8 @@ class Settings:
     lockout_threshold: int
     lockout_minutes: int
     min_password_length: int
+    trusted_proxies: tuple[Network, ...]
+    cookie_secure: bool | None
     login_attempts_per_minute: int
     policy_file: Path
     detoxify_model: str
@@ -262,6 +284,10 @@ class Settings:
                 shown = "***"
             elif f.name == "database_url":
                 shown = mask_url(value)
+            elif f.name == "trusted_proxies":
+                shown = ", ".join(str(network) for network in value) or "(none)"
+            elif f.name == "cookie_secure":
+                shown = "auto" if value is None else str(value).lower()
             else:
                 shown = str(value)
             rows.append((setting.env, shown, setting.help))

@@ -316,7 +316,8 @@ def client_key() -> str:
         pass
     run = get_script_run_ctx()
     return auth.client_key(forwarded if isinstance(forwarded, str) else None,
-                           remote if isinstance(remote, str) else None, run.session_id if run else None)
+                           remote if isinstance(remote, str) else None, run.session_id if run else None,
+                           app_context().settings.trusted_proxies)
 
 
 def end_session(message: str, reason: str = "signed out") -> None:

@@ -7,6 +7,7 @@ import pytest
 from console.services import auth
 from console.services import users as users_svc
 from console.services.errors import InvalidInput, LoginFailed, SessionEnded
+from console.settings import parse_networks
 from db import audit as audit_q
 from db import users as users_q
 from tests.conftest import STRONG_PASSWORD
@@ -168,15 +169,60 @@ def test_the_limiter_keeps_a_bounded_number_of_clients():
 
 
 @pytest.mark.parametrize("forwarded,remote,session,key", [
-    ("203.0.113.7", "10.0.0.2", "s1", "ip:203.0.113.7"),
-    ("198.51.100.9, 203.0.113.7", "10.0.0.2", "s1", "ip:203.0.113.7"),
+    ("203.0.113.7", "10.0.0.2", "s1", "ip:10.0.0.2"),
+    ("198.51.100.9, 203.0.113.7", "10.0.0.2", "s1", "ip:10.0.0.2"),
     (None, "10.0.0.2", "s1", "ip:10.0.0.2"),
     ("  ", None, "s1", "session:s1"),
+    ("203.0.113.7", None, "s1", "session:s1"),
     (None, None, None, "unknown"),
-], ids=["forwarded", "last-proxy-hop", "remote-address", "session", "nothing"])
-def test_the_client_key_prefers_the_proxys_view_then_the_address_then_the_session(forwarded, remote, session,
-                                                                                   key):
+], ids=["forwarded-ignored", "hops-ignored", "remote-address", "session", "forwarded-without-socket", "nothing"])
+def test_without_trusted_proxies_the_client_key_is_the_socket_address_never_a_header(forwarded, remote, session,
+                                                                                       key):
+    # X-Forwarded-For is whatever the client wrote unless a proxy we trust wrote it: with no trusted proxy
+    # configured, every new forged value would have been a fresh throttle key (issue 21).
     assert auth.client_key(forwarded, remote, session) == key
+
+
+TRUSTED = parse_networks("10.0.0.0/8, 192.0.2.1, 2001:db8::/32")
+
+
+@pytest.mark.parametrize("forwarded,remote,key", [
+    ("203.0.113.7", "10.0.0.2", "ip:203.0.113.7"),
+    ("198.51.100.9, 203.0.113.7", "10.0.0.2", "ip:203.0.113.7"),
+    ("198.51.100.9, 203.0.113.7, 10.1.2.3, 192.0.2.1", "10.0.0.2", "ip:203.0.113.7"),
+    ("198.51.100.9, 2001:db8::5", "2001:db8::1", "ip:198.51.100.9"),
+    ("10.9.9.9, 10.1.1.1", "10.0.0.2", "ip:10.9.9.9"),
+    ("203.0.113.7", "198.51.100.50", "ip:198.51.100.50"),
+    (None, "10.0.0.2", "ip:10.0.0.2"),
+    ("not-an-address, 10.1.1.1", "10.0.0.2", "ip:not-an-address"),
+], ids=["one-hop", "forged-left-hop", "chain-of-proxies", "ipv6-proxy", "all-trusted", "untrusted-socket",
+        "no-header", "garbage-hop"])
+def test_with_trusted_proxies_the_client_key_is_the_right_most_untrusted_hop(forwarded, remote, key):
+    assert auth.client_key(forwarded, remote, "s1", TRUSTED) == key
+
+
+def test_a_forged_forwarded_for_does_not_escape_the_sign_in_throttle(ctx, monkeypatch):
+    # No trusted proxy: a client rotating X-Forwarded-For is still one client (its socket address).
+    limit = ctx.settings.login_attempts_per_minute
+    for n in range(limit):
+        with pytest.raises(LoginFailed):
+            auth.login(ctx, "nobody", "wrong", client=auth.client_key(f"198.51.100.{n}", "203.0.113.7", "s"))
+    with pytest.raises(LoginFailed, match="Too many"):
+        auth.login(ctx, "nobody", "wrong", client=auth.client_key("198.51.100.250", "203.0.113.7", "s"))
+
+
+@pytest.mark.parametrize("value,error", [
+    ("", None), ("10.0.0.0/8", None), ("10.0.0.1 ,fd00::/8", None), ("10.0.0.300", "LLM_CONSOLE_TRUSTED_PROXIES"),
+    ("proxy.example", "LLM_CONSOLE_TRUSTED_PROXIES"),
+], ids=["empty", "cidr", "list", "bad-address", "hostname"])
+def test_the_trusted_proxies_setting_takes_addresses_and_networks(value, error):
+    from console.settings import Settings, SettingsError
+
+    if error is None:
+        assert Settings.from_env({"LLM_CONSOLE_TRUSTED_PROXIES": value}).trusted_proxies == parse_networks(value)
+    else:
+        with pytest.raises(SettingsError, match=error):
+            Settings.from_env({"LLM_CONSOLE_TRUSTED_PROXIES": value})
 
 
 # --- bounded input ----------------------------------------------------------------------------------------------
@@ -349,11 +395,13 @@ GOOD_SECRET = "k3Jx9vQ2mT7pW4sL8nB6cR1yH5gF0dZa"
     ({"cookie_secret": "replace-with-a-long-random-string"}, "placeholder"),
     ({"cookie_secret": "  replace-with-a-long-random-string "}, "placeholder"),
     ({"cookie_secret": GOOD_SECRET[:31]}, "shorter than 32"),
+    ({"cookie_secret": "short" + " " * 40}, "shorter than 32"),
+    ({"cookie_secret": "\t" + GOOD_SECRET[:20] + " " * 20 + "\n"}, "shorter than 32"),
     ({"cookie_secret": ""}, "without a cookie_secret"),
     ({"client_id": "console"}, "without a cookie_secret"),
     ({"cookie_secret": 12345678901234567890123456789012345}, "without a cookie_secret"),
-], ids=["not-configured", "empty-section", "good", "placeholder", "placeholder-padded", "31-chars", "empty",
-        "missing", "not-a-string"])
+], ids=["not-configured", "empty-section", "good", "placeholder", "placeholder-padded", "31-chars",
+        "short-padded-with-spaces", "short-padded-around", "empty", "missing", "not-a-string"])
 def test_single_sign_on_with_a_weak_cookie_secret_is_refused(config, problem):
     found = auth.sso_config_problem(config)
     if problem is None:

@@ -7,12 +7,13 @@ locked or the password wrong); the audit log keeps the real reason.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import threading
 import unicodedata
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
@@ -23,6 +24,7 @@ from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, LoginFailed, SessionEnded
 from console.services.text import clean_text, is_clean
+from console.settings import Network
 from db import audit as audit_q
 from db import users as users_q
 
@@ -108,7 +110,7 @@ def sso_config_problem(auth_config: Mapping[str, object] | None) -> str | None:
         return f"Single sign-on is configured without a cookie_secret: {fix}."
     if secret.strip() == COOKIE_SECRET_PLACEHOLDER:
         return f"Single sign-on is configured with the example's placeholder cookie_secret: {fix}."
-    if len(secret) < MIN_COOKIE_SECRET_CHARS:
+    if len(secret.strip()) < MIN_COOKIE_SECRET_CHARS:  # spaces around a short secret add nothing to guess
         return f"Single sign-on is configured with a cookie_secret shorter than {MIN_COOKIE_SECRET_CHARS} characters: {fix}."
     return None
 
@@ -162,17 +164,35 @@ def login_limiter(ctx: AppContext) -> SlidingWindowLimiter:
         return _limiters.setdefault(ctx.settings.database_url, SlidingWindowLimiter())
 
 
-def client_key(forwarded_for: str | None, remote_address: str | None, session_id: str | None) -> str:
-    """The key sign-in attempts are counted under: the address the nearest proxy saw (the last
-    X-Forwarded-For hop), else the connection's address, else the browser session."""
-    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
-    if hops:
-        return "ip:" + hops[-1][:64]
+def client_key(forwarded_for: str | None, remote_address: str | None, session_id: str | None,
+               trusted_proxies: Sequence[Network] = ()) -> str:
+    """The key sign-in attempts are counted under: the connection's address, else the browser session.
+
+    ``X-Forwarded-For`` is read only when the connection comes from one of ``trusted_proxies``
+    (``LLM_CONSOLE_TRUSTED_PROXIES``): then the right-most hop that is not a trusted proxy is the client (every hop
+    left of it was written by the client and can be anything). Without trusted proxies the header is ignored:
+    anyone could otherwise send a fresh value with every attempt and never be throttled.
+    """
+    if remote_address and trusted_proxies and _trusted(remote_address, trusted_proxies):
+        hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not _trusted(hop, trusted_proxies):
+                return "ip:" + hop[:64]
+        if hops:  # every hop a proxy of ours: the first one is as near the client as we know
+            return "ip:" + hops[0][:64]
     if remote_address:
         return "ip:" + remote_address[:64]
     if session_id:
         return "session:" + session_id[:64]
     return "unknown"
+
+
+def _trusted(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 # --- local accounts ---------------------------------------------------------------------------------------------

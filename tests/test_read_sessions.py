@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from console.services import audit, dashboard, evaluation, models, promotion, serving
+from console.services import audit, dashboard, evaluation, models, promotion, serving, users
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import StorageUnavailable
@@ -92,6 +92,7 @@ READS: dict[str, Callable[[Seeded], Any]] = {
     "promotion requests": lambda d: _body(promotion.list_requests)(d.ctx, d.admin),
     "promotion production state": lambda d: _body(promotion.production_state)(d.ctx, d.admin),
     "evaluation listing": lambda d: _body(evaluation.list_evaluations)(d.ctx, d.admin, "v1"),
+    "users listing": lambda d: _body(users.list_users)(d.ctx, d.admin),  # issue 21: it read through a write session
 }
 
 
@@ -108,6 +109,8 @@ def _expect_ok(name: str, result: Any) -> None:
         assert result.rows and all(r["actor"] == "olivia" for r in result.rows)
     if name == "audit actions":
         assert "chat.exchange" in result
+    if name == "users listing":
+        assert {u.username for u in result} == {"olivia", "ana", "adam"}
 
 
 @pytest.mark.parametrize("name", list(READS))

@@ -133,7 +133,7 @@ def create_user_cli(ctx: AppContext, username: str, password: str | None, roles:
 
 @requires("users.manage")
 def list_users(ctx: AppContext, actor: Principal) -> list[UserView]:
-    with ctx.db.session() as s:
+    with ctx.db.session(readonly=True) as s:
         return [_view(u) for u in users_q.list_users(s)]
 
 

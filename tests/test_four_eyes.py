@@ -72,6 +72,21 @@ def test_the_configured_default_version_counts_as_holding_production_before_its_
     assert _production(ctx) == ctx.settings.default_model
 
 
+def test_a_version_a_console_serves_counts_as_holding_production_before_its_alias_is_set(  # noqa: ANN001
+        ctx, tiny_model_dir, tmp_path, make_user) -> None:
+    # A console started with another default version serves it (and audits the switch); the shell's settings
+    # name no registered default.
+    _register(ctx, "tiny-a", tiny_model_dir)
+    _register(ctx, "tiny-b", Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b")))
+    with ctx.db.session() as s:
+        audit_q.append_event(s, actor="system", actor_id=None, action="model.switch", object_type="model_version",
+                             object_id="tiny-a", details={"from": None, "to": "tiny-a", "seconds": 1.0})
+    with pytest.raises(AccessDenied, match="production is protected"):
+        serving.serve_cli(ctx, "tiny-b", "better answers")
+    serving.serve_cli(ctx, "tiny-b", "better answers", break_glass="the test")
+    assert serving.unacknowledged_emergencies(ctx, make_user("ada", "admin"))[0].from_version == "tiny-a"
+
+
 def test_one_admin_cannot_move_production_by_serving(ctx, installed, make_user) -> None:  # noqa: ANN001
     ada = make_user("ada", "admin")
     with pytest.raises(AccessDenied, match="production is protected .*approved promotion"):

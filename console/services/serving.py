@@ -182,12 +182,18 @@ def _break_glass(value: str | None) -> str | None:
 
 
 def _production_holder(ctx: AppContext, s: Session) -> ModelVersion | None:
-    """The version production points at; with no alias row yet, the configured default version if registered
-    (the consoles serve it: see :func:`desired_state`), so serving another one is a move like any other."""
+    """The version production points at. With no alias row yet: the configured default version if registered
+    (the consoles serve it: see :func:`desired_state`), else the version a console last switched to (a console
+    started with another default), so serving another one is a move like any other."""
     row = versions_q.get_alias(s, PRODUCTION)
     if row is not None:
         return versions_q.get_model_version(s, row.version_id)
-    return versions_q.get_model_version_by_name(s, ctx.settings.default_model)
+    default = versions_q.get_model_version_by_name(s, ctx.settings.default_model)
+    if default is not None:
+        return default
+    switched = audit_q.latest_event(s, "model.switch")
+    served = None if switched is None else (switched.details or {}).get("to")
+    return None if not served else versions_q.get_model_version_by_name(s, str(served))
 
 
 def _serve(ctx: AppContext, actor: str, actor_id: int | None, name: str, reason: str,

@@ -188,3 +188,44 @@ if __name__ == "__main__":
     import json
 
     print(json.dumps(run_safety_bench(), indent=2))
+
+
+# Issue 21's adversarial shapes (runs the regexes and spaCy's tokenizer once read in quadratic time), and the
+# punctuation runs spaCy's tokenizer alone was quadratic on (see engine.safety.pii.spacy_text).
+ADVERSARIAL_SHAPES: dict[str, str] = {
+    "capitalised-words": "PLEASE HELP ME NOW ",
+    "title-case-words": "Please Help Me Now ",
+    "aa-words": "Aa ",
+    "digits-and-spaces": "12 34 5 ",
+    "commas": ",",
+    "commas-and-spaces": ", ",
+    "parentheses": "(",
+    "colons-and-digits": "1:",
+}
+ADVERSARIAL_CHARS = 20_000
+
+
+def adversarial_text(unit: str, size: int = ADVERSARIAL_CHARS) -> str:
+    """``unit`` repeated to exactly ``size`` characters."""
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def run_adversarial_bench(size: int = ADVERSARIAL_CHARS, runner: ScannerRunner | None = None,
+                          shapes: dict[str, str] | None = None) -> dict[str, Any]:
+    """One whole prompt scan (Presidio with spaCy and our recognizers, then toxicity) of ``size`` characters of each
+    adversarial shape, with no time limit: the time each scanner took and the total, in ms (one scan each: the
+    figure is what one such paste costs, measured on whatever else the machine is doing)."""
+    if runner is None:
+        runner, _ = build_runner(PiiConfig(), ToxicityConfig())
+    runner = ScannerRunner(runner.scanners)  # no limit: the bench measures how long the whole scan takes
+    runner.scan(sample_text(40, seed=0))  # warm: the first scan loads lazily built parts
+    result: dict[str, Any] = {"chars": size, "shapes": {}}
+    for name, unit in (shapes or ADVERSARIAL_SHAPES).items():
+        text = adversarial_text(unit, size)
+        began = time.perf_counter()
+        report = runner.scan(text)
+        total_ms = (time.perf_counter() - began) * 1000.0
+        result["shapes"][name] = {"total_ms": round(total_ms, 1), "findings": len(report.findings),
+                                  **{f"{scanner}_ms": round(ms, 1) for scanner, ms in report.timings_ms.items()}}
+    result["slowest_ms"] = max((s["total_ms"] for s in result["shapes"].values()), default=0.0)
+    return result

@@ -530,8 +530,11 @@ def cmd_bench_switch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.safety import run_safety_bench
+    from bench.safety import run_adversarial_bench, run_safety_bench
 
+    if args.adversarial:
+        _print_result(run_adversarial_bench(), args.json)
+        return 0
     _print_result(run_safety_bench(iterations=args.iterations, stream_tokens_per_s=args.stream_rate,
                                    stream_iterations=args.exchanges), args.json)
     return 0
@@ -903,6 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streamed exchanges for total_p95_ms (default 20; each streams a 100-word answer)")
     s.add_argument("--stream-rate", type=_positive, default=60,
                    help="tokens per second the answer streams at (default 60, the demo model's rate here)")
+    s.add_argument("--adversarial", action="store_true",
+                   help="instead: one whole scan of 20,000 characters of each adversarial shape (capitalised words, "
+                        "'Aa ', digits and spaces, commas...), per scanner and in total")
     s.set_defaults(func=cmd_bench_safety)
     s = bench.add_parser("review", help="review queue: first page with filters and claim-next, 100,000 items")
     s.add_argument("--json", action="store_true")

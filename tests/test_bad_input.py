@@ -1248,6 +1248,37 @@ def test_a_version_still_registers_after_the_bad_ones(world, tiny_model_dir):
     _assert_inert(view.description or "")
 
 
+# --- adversarial regex shapes: every whole prompt scan finishes (issue 21) --------------------------------------------
+# 20,000 characters each of capitalised words, of "Aa ", of digits and spaces, of commas (and the punctuation runs
+# spaCy's tokenizer read in quadratic time: 20,000 commas took 61 s) go through the whole prompt scan (Presidio with
+# spaCy and our recognizers, then toxicity) in a child process, as ``llm-console bench safety --adversarial`` runs
+# it. The test asserts that every scan finishes (the child has a generous 15 minutes for all of them) and prints the
+# time of each; it asserts no time (that depends on the machine): tests/test_recognizers_redos.py checks the
+# regexes' growth and what spaCy is given, tests/test_scan_timeout.py what a scan over the console's limit does.
+
+ADVERSARIAL_BENCH = "import json; from bench.safety import run_adversarial_bench; print(json.dumps(run_adversarial_bench()))"
+
+
+def test_every_adversarial_shape_of_20000_characters_is_scanned_whole_and_its_time_reported():
+    import subprocess
+
+    from bench.safety import ADVERSARIAL_CHARS, ADVERSARIAL_SHAPES
+
+    assert {"capitalised-words", "aa-words", "digits-and-spaces", "commas"} <= set(ADVERSARIAL_SHAPES)
+    done = subprocess.run([sys.executable, "-c", ADVERSARIAL_BENCH], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["chars"] == ADVERSARIAL_CHARS == 20_000
+    assert set(result["shapes"]) == set(ADVERSARIAL_SHAPES)
+    for name, shape in result["shapes"].items():
+        scanners = {k: v for k, v in shape.items() if k.endswith("_ms") and k != "total_ms"}
+        assert "presidio_ms" in scanners and len(scanners) == 2, (name, shape)  # Presidio and a toxicity model
+        assert shape["total_ms"] >= 0 and all(v >= 0 for v in scanners.values()) and shape["findings"] >= 0
+        print(f"whole prompt scan, {ADVERSARIAL_CHARS:,} characters of {name}: {shape['total_ms']:.0f} ms "
+              f"({', '.join(f'{k[:-3]} {v:.0f} ms' for k, v in scanners.items())})")
+
+
 # --- the end: nothing seeded was lost, normal work goes on, the chain verifies ------------------------------------
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import sqlite3
 import textwrap
 import threading
-import time
 
 import pytest
 from sqlalchemy import func, select
@@ -671,10 +670,15 @@ def test_a_lock_released_during_the_retry_wait_lets_the_turn_be_stored(chat, imp
     monkeypatch.setattr(chat_svc, "STORE_RETRY_WAIT_S", 1.0)
     turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
     impatient_db.execute("BEGIN IMMEDIATE")
-    threading.Timer(0.6, lambda: impatient_db.execute("ROLLBACK")).start()
-    began = time.monotonic()
+    releasing = threading.Event()
+
+    def release() -> None:
+        releasing.set()  # before the lock goes: a turn stored after this waited for it
+        impatient_db.execute("ROLLBACK")
+
+    threading.Timer(0.6, release).start()
     text = _run(turn)
-    assert time.monotonic() - began >= 0.6
+    assert releasing.is_set()  # the turn was stored only once the lock was let go (no wall-clock comparison)
     assert turn.outcome.saved and turn.outcome.notice is None
     with ctx.db.session() as s:
         assert chat_q.get_exchange(s, turn.outcome.exchange_id).response == text

@@ -34,7 +34,10 @@ def console_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     data = tmp_path_factory.mktemp("e2e-bad-input")
     env = console_env(data, LLM_CONSOLE_DEFAULT_MODEL="tiny-e2e", LLM_CONSOLE_KV_CACHE_GIB="0.25",
                       # Every case signs in from the same address; the sign-in throttle is not under test here.
-                      LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE="1000")
+                      LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE="1000",
+                      # The 20,000-character cases test the box's and the model's limits; their scan takes seconds on
+                      # a busy machine, and the scan's own limit (2 s) is tested in tests/test_scan_timeout.py.
+                      LLM_CONSOLE_SCAN_TIMEOUT_SECONDS="120")
     cli(env, "init", "--skip-models")
     cli(env, "model", "register", "tiny-e2e", str(tiny_model_dir), "--max-model-len", "512")
     with running_console(env, data) as url:

@@ -210,9 +210,13 @@ def test_bench_reports_percentiles_per_scanner_and_total(runner):
         assert size["prompt_plus_answer"]["p50_ms"] <= size["prompt_plus_answer"]["p95_ms"]
     streamed = result["streamed_100_words"]
     assert streamed["exchanges"] == 3 and streamed["answer_deltas"] > 100
-    assert streamed["before_first_token"]["p95_ms"] > 0 and streamed["after_last_token"]["p95_ms"] > 0
-    assert result["total_p95_ms"] <= streamed["before_first_token"]["p95_ms"] + streamed["after_last_token"]["p95_ms"]
-    assert result["total_p95_ms"] > 0 and result["whole_answer_p95_ms"] > 0
+    # Structure and signs only: no figure is compared with another one measured apart (rounded p95s of different
+    # samples; total <= before + after failed once under load, 50.49 vs 25.01 + 25.47).
+    for part in ("before_first_token", "after_last_token", "background_while_streaming", "whole_answer_at_end"):
+        assert set(streamed[part]) == {"p50_ms", "p95_ms"} and 0 <= streamed[part]["p50_ms"] <= streamed[part]["p95_ms"]
+    assert streamed["before_first_token"]["p95_ms"] > 0  # a real Presidio scan of 100 words
+    assert 0 < result["total_p50_ms"] <= result["total_p95_ms"] and result["whole_answer_p95_ms"] > 0
+    assert result["meets_target"] is (result["total_p95_ms"] <= TARGET_TOTAL_P95_MS)
 
 
 def test_an_answer_streamed_slowly_leaves_only_its_tail_for_after_the_last_token(runner):
@@ -264,17 +268,19 @@ class SleepingScanner:
         return ()
 
 
-@pytest.mark.parametrize(
-    ("scan_seconds", "meets"),
-    [(0.0, True), (0.6 * TARGET_TOTAL_P95_MS / 1000, False)],
-    ids=["instant-scans-meet-the-target", "prompt-plus-answer-over-the-target-misses-it"],
-)
-def test_bench_meets_target_exactly_when_the_prompt_plus_answer_p95_is_under_it(scan_seconds, meets):
-    # The total scans a prompt and an answer: the slow case takes 1.2x the target per exchange.
-    runner = ScannerRunner([SleepingScanner("sleeper", scan_seconds)])
-    result = run_safety_bench(iterations=3, runner=runner, **FAST_STREAM)
-    assert (result["total_p95_ms"] <= TARGET_TOTAL_P95_MS) is meets
-    assert result["meets_target"] is meets
+def test_bench_meets_target_exactly_when_the_total_p95_is_under_it():
+    # Instant scans: the verdict follows the figure (whether it is under the target depends on the machine's
+    # thread hand-offs, so it is not asserted).
+    result = run_safety_bench(iterations=3, runner=ScannerRunner([SleepingScanner("instant", 0.0)]), **FAST_STREAM)
+    assert result["meets_target"] is (result["total_p95_ms"] <= TARGET_TOTAL_P95_MS)
+
+
+def test_bench_misses_the_target_when_the_prompt_scan_alone_takes_longer():
+    # Every scan sleeps 1.2x the target, so the prompt's scan before the first token alone is over it: a sleep
+    # lasts at least what it was asked, on any machine (an answer's tail may have been scanned in the background).
+    runner = ScannerRunner([SleepingScanner("sleeper", 1.2 * TARGET_TOTAL_P95_MS / 1000)])
+    result = run_safety_bench(iterations=1, runner=runner, stream_tokens_per_s=5000, stream_iterations=2)
+    assert result["total_p95_ms"] > TARGET_TOTAL_P95_MS and result["meets_target"] is False
 
 
 # Every invisible format (Cf) character is stripped before scanning, with spans mapped back to the original.

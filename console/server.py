@@ -116,13 +116,38 @@ def same_origin(headers: Mapping[str, str], scheme: str, host: str | None) -> bo
     if origin is not None:
         parts = urlsplit(origin)
         return parts.scheme == scheme and parts.netloc == (host or "")
-    return True  # a client that sends neither (curl, an old browser without Origin on a GET)
+    # Neither: an old browser (no fetch metadata, no Origin on a form or link), where a page on another site could
+    # sign the victim in with the attacker's own ticket (login CSRF). Refused; a script can send the header.
+    return False
+
+
+_LOOPBACK_NAMES = ("localhost", "localhost.")
 
 
 def _secure(request: Request) -> bool:
+    """Whether the session cookie is marked Secure (and so named with the __Host- prefix).
+
+    ``LLM_CONSOLE_COOKIE_SECURE`` decides when set (true: TLS ends at a proxy in front, which uvicorn cannot see;
+    false: plain http on a private network). Unset (auto): when the console serves https itself, or the browser
+    talks to this machine (localhost, 127.0.0.1, ::1), which browsers treat as a secure context and where they keep
+    a Secure cookie over plain http; otherwise not, since a browser drops a Secure cookie set over plain http.
+    """
+    import ipaddress
+
     from streamlit import config
 
-    return request.url.scheme == "https" or bool(config.get_option("server.sslCertFile"))
+    setting = _context().settings.cookie_secure
+    if setting is not None:
+        return setting
+    if request.url.scheme == "https" or config.get_option("server.sslCertFile"):
+        return True
+    host = (request.url.hostname or "").strip("[]").lower()
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _context() -> AppContext:
@@ -172,9 +197,10 @@ async def session_route(request: Request) -> Response:
     # SameSite=Lax, not Strict: Strict would leave the cookie off a link to a page opened from another site
     # (mail, a chat message), which is exactly the deep link that must land signed in. Lax still keeps it off
     # cross-site POSTs and sub-requests; every change in the console goes through its websocket anyway.
-    response.set_cookie(sessions.COOKIE_NAME, token, max_age=max(0, int((expires_at - datetime.now(UTC))
-                                                                         .total_seconds())),
-                        path="/", httponly=True, samesite="lax", secure=_secure(request))
+    secure = _secure(request)
+    response.set_cookie(sessions.cookie_name(secure), token,
+                        max_age=max(0, int((expires_at - datetime.now(UTC)).total_seconds())),
+                        path="/", httponly=True, samesite="lax", secure=secure)
     return response
 
 
@@ -186,11 +212,15 @@ async def logout_route(request: Request) -> Response:
 
     if not same_origin(request.headers, request.url.scheme, request.headers.get("host")):
         return _refused("This request did not come from the console's own pages.")
-    token = request.cookies.get(sessions.COOKIE_NAME)
+    token = sessions.cookie_token(request.cookies)
     if token:
         await run_in_threadpool(sessions.close_by_token, _context(), token)
     response = _done(request, "/")
-    response.delete_cookie(sessions.COOKIE_NAME, path="/", httponly=True, samesite="lax", secure=_secure(request))
+    # Both names: the one in use, and one left from before the setting or the address changed. The __Host- one
+    # is cleared Secure (a browser ignores a __Host- cookie without it, even to delete it).
+    response.delete_cookie(sessions.COOKIE_NAME, path="/", httponly=True, samesite="lax", secure=True)
+    response.delete_cookie(sessions.PLAIN_COOKIE_NAME, path="/", httponly=True, samesite="lax",
+                           secure=_secure(request))
     return response
 
 
@@ -206,7 +236,7 @@ async def export_route(request: Request) -> Response:
 
     if not same_origin(request.headers, request.url.scheme, request.headers.get("host")):
         return _refused("This request did not come from the console's own pages.")
-    token = request.cookies.get(sessions.COOKIE_NAME)
+    token = sessions.cookie_token(request.cookies)
     if not token:
         return _refused("Sign in to download an export.")
     try:

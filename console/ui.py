@@ -208,10 +208,9 @@ def session_cookie() -> str | None:
     """The session cookie the browser sent when this Streamlit session connected (HttpOnly: scripts cannot read
     it, the server can), or None."""
     try:
-        value = st.context.cookies.get(sessions.COOKIE_NAME)
+        return sessions.cookie_token(st.context.cookies)
     except Exception:  # no request behind this run (AppTest)
         return None
-    return value if isinstance(value, str) and value else None
 
 
 def user_agent() -> str | None:

@@ -88,6 +88,13 @@ def redeem_ticket(session: Session, ticket_hash: str, token_hash: str, now: date
     return row
 
 
+def has_ticket(session: Session, ticket_hash: str) -> bool:
+    """Whether any session holds this one-time ticket's digest (a read: an unknown ticket needs no write)."""
+    return session.scalars(
+        select(BrowserSession.id).where(BrowserSession.ticket_hash == ticket_hash)
+    ).first() is not None
+
+
 def get(session: Session, session_id: int) -> BrowserSession | None:
     return session.get(BrowserSession, session_id)
 

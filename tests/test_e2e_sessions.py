@@ -12,7 +12,7 @@ from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_con
 
 pytestmark = pytest.mark.e2e
 
-COOKIE = "llm_console_session"
+COOKIE = "__Host-llm_console_session"  # http://localhost is a secure context: Chromium keeps a Secure cookie
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ def test_reloading_every_page_and_opening_links_in_new_tabs_stays_signed_in(cons
     _sign_in_at(page, f"{url}/{app_pages.PAGE_PATHS[first]}", username)
     _signed_in_on(page, url, first, username)
     cookie = next(c for c in context.cookies() if c["name"] == COOKIE)
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/" and cookie["secure"]
+    assert not cookie["domain"].startswith(".")  # host-only: no Domain attribute (the __Host- rule)
     assert page.evaluate("() => document.cookie").find(COOKIE) == -1  # scripts cannot read it
     allowed = access.allowed_pages(roles)
     for key in allowed:

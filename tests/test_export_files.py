@@ -91,7 +91,8 @@ def client(ctx, monkeypatch):  # noqa: ANN001
 
     monkeypatch.setattr(server, "_context", lambda: ctx)
     app = Starlette(routes=[Route(server.EXPORT_PATH, server.export_route, methods=["GET"])])
-    with TestClient(app, base_url="http://console.test") as c:
+    # What a browser sends on a same-site link (a request with neither it nor Origin is refused).
+    with TestClient(app, base_url="http://console.test", headers={"Sec-Fetch-Site": "same-origin"}) as c:
         yield c
 
 

@@ -231,17 +231,28 @@ def test_cross_site_requests_are_refused():
     assert not server.same_origin({"origin": "https://h:1"}, "http", "h:1")
 
 
+def test_a_request_with_neither_fetch_metadata_nor_origin_is_refused():
+    # An old browser sends neither on a cross-site form: a page elsewhere could sign the victim in with the
+    # attacker's own ticket (login CSRF). Every browser since 2020 sends Sec-Fetch-Site; curl can add it.
+    assert not server.same_origin({}, "http", "h:1")
+    assert server.same_origin({"sec-fetch-site": "none"}, "http", "h:1")  # typed in the address bar
+
+
 @pytest.fixture
 def client(ctx, monkeypatch):
-    from starlette.applications import Starlette
-    from starlette.routing import Route
     from starlette.testclient import TestClient
 
     monkeypatch.setattr(server, "_context", lambda: ctx)
-    app = Starlette(routes=[Route(server.SESSION_PATH, server.session_route, methods=["GET", "POST"]),
-                            Route(server.LOGOUT_PATH, server.logout_route, methods=["POST"])])
-    with TestClient(app, base_url="http://console.test") as c:
+    with TestClient(_cookie_app(), base_url="http://console.test", headers={"Sec-Fetch-Site": "same-origin"}) as c:
         yield c
+
+
+def _cookie_app():
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    return Starlette(routes=[Route(server.SESSION_PATH, server.session_route, methods=["GET", "POST"]),
+                             Route(server.LOGOUT_PATH, server.logout_route, methods=["POST"])])
 
 
 def test_the_session_route_sets_an_httponly_lax_cookie_once_and_redirects_to_a_safe_path(ctx, make_user, client):
@@ -251,7 +262,9 @@ def test_the_session_route_sets_an_httponly_lax_cookie_once_and_redirects_to_a_s
                            follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"] == "/"
     cookie = response.headers["set-cookie"]
-    assert cookie.startswith(f"{sessions.COOKIE_NAME}=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    # Plain http to a host that is not this machine: browsers refuse a Secure cookie there, so it has no
+    # __Host- prefix either (LLM_CONSOLE_COOKIE_SECURE=true when TLS ends at a proxy in front).
+    assert cookie.startswith(f"{sessions.PLAIN_COOKIE_NAME}=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
     assert "Path=/" in cookie and "Secure" not in cookie
     token = cookie.split(";")[0].split("=", 1)[1]
     assert sessions.resume(ctx, token)[0].username == "op"
@@ -263,7 +276,7 @@ def test_the_console_fetch_gets_204_and_a_redirect_keeps_a_deep_link(ctx, make_u
     op = make_user("op", "operator")
     fetched = client.post(server.SESSION_PATH, data={"ticket": sessions.start(ctx, op).ticket},
                           headers={"X-Requested-With": "llm-console"})
-    assert fetched.status_code == 204 and sessions.COOKIE_NAME in fetched.headers["set-cookie"]
+    assert fetched.status_code == 204 and sessions.PLAIN_COOKIE_NAME in fetched.headers["set-cookie"]
     linked = client.get(server.SESSION_PATH, params={"ticket": sessions.start(ctx, op).ticket, "next": "/review"},
                         follow_redirects=False)
     assert linked.status_code == 303 and linked.headers["location"] == "/review"
@@ -272,7 +285,8 @@ def test_the_console_fetch_gets_204_and_a_redirect_keeps_a_deep_link(ctx, make_u
 def test_a_cross_site_form_cannot_sign_someone_in(ctx, make_user, client):
     started = sessions.start(ctx, make_user("op", "operator"))
     response = client.post(server.SESSION_PATH, data={"ticket": started.ticket},
-                           headers={"Origin": "http://evil.example"}, follow_redirects=False)
+                           headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"},
+                           follow_redirects=False)
     assert response.status_code == 403 and "set-cookie" not in response.headers
     assert sessions.redeem(ctx, started.ticket) is not None  # the refused request did not use it up
 
@@ -280,11 +294,99 @@ def test_a_cross_site_form_cannot_sign_someone_in(ctx, make_user, client):
 def test_logout_ends_the_cookies_session_and_clears_the_cookie(ctx, make_user, client):
     op = make_user("op", "operator")
     session_id, token = _signed_in(ctx, op)
-    client.cookies.set(sessions.COOKIE_NAME, token)
+    client.cookies.set(sessions.PLAIN_COOKIE_NAME, token)
     response = client.post(server.LOGOUT_PATH, headers={"X-Requested-With": "llm-console"})
     assert response.status_code == 204
-    assert 'llm_console_session=""' in response.headers["set-cookie"] and "Max-Age=0" in response.headers["set-cookie"]
+    cleared = response.headers.get_list("set-cookie")
+    assert any(c.startswith('llm_console_session=""') and "Max-Age=0" in c for c in cleared)
+    assert any(c.startswith('__Host-llm_console_session=""') and "Max-Age=0" in c for c in cleared)
     assert [(o, d["reason"]) for o, d in _ends(ctx)] == [(str(session_id), "logout")]
+
+
+def _cookie_client(ctx, monkeypatch, base_url: str, cookie_secure: bool | None):
+    from dataclasses import replace
+
+    from starlette.testclient import TestClient
+
+    from console.services.context import AppContext
+
+    there = AppContext(replace(ctx.settings, cookie_secure=cookie_secure), ctx.db, clock=ctx.clock)
+    monkeypatch.setattr(server, "_context", lambda: there)
+    return TestClient(_cookie_app(), base_url=base_url, headers={"Sec-Fetch-Site": "same-origin"})
+
+
+@pytest.mark.parametrize("base_url,cookie_secure,host_prefixed", [
+    ("http://localhost:8501", None, True),  # browsers treat http://localhost as a secure context
+    ("http://127.0.0.1:8501", None, True),
+    ("https://console.example", None, True),
+    ("http://console.example", True, True),  # TLS ends at a proxy in front
+    ("http://console.example", None, False),
+    ("http://localhost:8501", False, False),
+], ids=["localhost", "loopback-ip", "https", "tls-at-proxy", "plain-http", "turned-off"])
+def test_the_session_cookie_is_host_prefixed_and_secure_wherever_a_browser_keeps_it(ctx, make_user, monkeypatch,
+                                                                                    base_url, cookie_secure,
+                                                                                    host_prefixed):
+    op = make_user("op", "operator")
+    with _cookie_client(ctx, monkeypatch, base_url, cookie_secure) as client:
+        response = client.post(server.SESSION_PATH, data={"ticket": sessions.start(ctx, op).ticket},
+                               headers={"X-Requested-With": "llm-console"})
+    assert response.status_code == 204
+    cookie = response.headers["set-cookie"]
+    attributes = [a.strip().lower() for a in cookie.split(";")[1:]]
+    assert not any(a.startswith("domain") for a in attributes) and "path=/" in attributes
+    if host_prefixed:
+        assert cookie.startswith("__Host-llm_console_session=") and "secure" in attributes
+    else:
+        assert cookie.startswith("llm_console_session=") and "secure" not in attributes
+    token = cookie.split(";")[0].split("=", 1)[1]
+    name = cookie.split("=", 1)[0]
+    assert sessions.cookie_token({name: token}) == token and sessions.resume(ctx, token)[0].username == "op"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.example"}],
+                         ids=["neither-header", "cross-site", "foreign-origin"])
+def test_the_session_route_refuses_a_request_not_known_to_come_from_the_console(ctx, make_user, headers):
+    from starlette.testclient import TestClient
+
+    started = sessions.start(ctx, make_user("op", "operator"))
+    with TestClient(_cookie_app(), base_url="http://console.test") as bare:
+        server_context = server._context
+        try:
+            server._context = lambda: ctx  # type: ignore[assignment]
+            response = bare.post(server.SESSION_PATH, data={"ticket": started.ticket}, headers=headers,
+                                 follow_redirects=False)
+        finally:
+            server._context = server_context  # type: ignore[assignment]
+    assert response.status_code == 403 and "set-cookie" not in response.headers
+    assert sessions.redeem(ctx, started.ticket) is not None  # not used up
+
+
+def test_an_anonymous_hit_on_the_cookie_routes_opens_no_write_transaction(ctx, make_user, monkeypatch, tmp_path):
+    import sqlite3
+
+    from starlette.testclient import TestClient
+
+    from console.services.context import AppContext
+    from db import Database, DbConfig
+
+    # Another connection holds the SQLite write lock; a route that opened a write transaction would wait out the
+    # short busy timeout and fail ("database is locked"): anonymous traffic could queue every sign-in behind it.
+    short = Database(DbConfig(url=ctx.db.config.url, busy_timeout_ms=300))
+    monkeypatch.setattr(server, "_context", lambda: AppContext(ctx.settings, short, clock=ctx.clock))
+    holder = sqlite3.connect(ctx.db.url.database, isolation_level=None, timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with TestClient(_cookie_app(), base_url="http://console.test",
+                        headers={"Sec-Fetch-Site": "same-origin"}) as client:
+            for data in ({"ticket": "not-a-ticket"}, {"ticket": ""}, {}):
+                assert client.post(server.SESSION_PATH, data=data).status_code == 403
+            assert client.get(server.SESSION_PATH, params={"ticket": "x" * 43}).status_code == 403
+            client.cookies.set(sessions.COOKIE_NAME, "not-a-token")
+            assert client.post(server.LOGOUT_PATH, headers={"X-Requested-With": "llm-console"}).status_code == 204
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        short.dispose()
 
 
 def test_streamlit_options_are_parsed_to_their_types():

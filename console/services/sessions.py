@@ -11,6 +11,7 @@ reset, disabling, a role change, or by an admin on the Users page; every start a
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +22,13 @@ from db import sessions as sessions_q
 from db import users as users_q
 from db.tables import BrowserSession
 
-COOKIE_NAME = "llm_console_session"
+# The cookie's name: with the __Host- prefix a browser keeps it only if it is Secure, for Path=/ and without a
+# Domain, so no sibling subdomain (or a plain-http man in the middle) can plant or overwrite it. Where the console
+# cannot mark it Secure (plain http to a host other than this machine, LLM_CONSOLE_COOKIE_SECURE=false) it is set
+# under the plain name instead: a browser would refuse a __Host- cookie there.
+COOKIE_NAME = "__Host-llm_console_session"
+PLAIN_COOKIE_NAME = "llm_console_session"
+COOKIE_NAMES = (COOKIE_NAME, PLAIN_COOKIE_NAME)
 TICKET_SECONDS = 60
 TOKEN_BYTES = 32
 MAX_SECRET_CHARS = 100  # a token or ticket longer than this is not ours: refused before hashing
@@ -55,6 +62,20 @@ class Started:
 
     session_id: int
     ticket: str
+
+
+def cookie_name(secure: bool) -> str:
+    """The session cookie's name when it is (or is not) marked Secure."""
+    return COOKIE_NAME if secure else PLAIN_COOKIE_NAME
+
+
+def cookie_token(cookies: Mapping[str, str]) -> str | None:
+    """The session token among a request's cookies (the __Host- one first), or None."""
+    for name in COOKIE_NAMES:
+        value = cookies.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _idle(ctx: AppContext) -> timedelta:
@@ -99,9 +120,15 @@ def redeem(ctx: AppContext, ticket: str) -> tuple[str, datetime] | None:
     is unknown, used, older than :data:`TICKET_SECONDS` or its session ended. Only the token's digest is stored."""
     if not ticket or len(ticket) > MAX_SECRET_CHARS:
         return None
+    ticket_hash = sessions_q.digest(ticket)
+    # Looked up in a read session first: anyone can post a ticket, and an unknown one must not take the write
+    # lock (on SQLite every sign-in and answer would queue behind a stream of them).
+    with ctx.db.session(readonly=True) as s:
+        if not sessions_q.has_ticket(s, ticket_hash):
+            return None
     token = secrets.token_urlsafe(TOKEN_BYTES)
     with ctx.db.session() as s:
-        row = sessions_q.redeem_ticket(s, sessions_q.digest(ticket), sessions_q.digest(token), ctx.now())
+        row = sessions_q.redeem_ticket(s, ticket_hash, sessions_q.digest(token), ctx.now())
         if row is None:
             return None
         return token, row.expires_at

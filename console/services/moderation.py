@@ -10,6 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import OperationalError
+
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import InvalidInput
@@ -217,10 +219,14 @@ def record_scan_timeout(ctx: AppContext, actor: Principal, *, direction: str, so
                "outcome": "refused" if direction == "prompt" else "withheld"}
     if request_id:
         details["request_id"] = request_id
-    with ctx.db.session() as s:
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=SCAN_TIMEOUT_ACTION,
-                             object_type="exchange" if exchange_id is not None else "chat",
-                             object_id=exchange_id, details=details)
+    try:
+        with ctx.db.session() as s:
+            audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=SCAN_TIMEOUT_ACTION,
+                                 object_type="exchange" if exchange_id is not None else "chat",
+                                 object_id=exchange_id, details=details)
+    except OperationalError as exc:  # a busy or full database must not turn the refusal into an error page
+        logger.error("recording a scan over its time limit failed (%s): %s", details,
+                     exc.orig if exc.orig is not None else exc)
 
 
 def check_prompt(ctx: AppContext, text: str) -> GateResult:

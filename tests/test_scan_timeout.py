@@ -267,3 +267,18 @@ def test_an_answer_whose_scan_goes_over_the_limit_is_withheld_stored_as_withheld
 def test_the_scan_limit_is_a_setting_of_two_seconds_by_default(tmp_path):
     assert Settings.from_env(console_env(tmp_path)).scan_timeout_seconds == 2.0
     assert Settings.from_env(console_env(tmp_path, LLM_CONSOLE_SCAN_TIMEOUT_SECONDS="5")).scan_timeout_seconds == 5.0
+
+
+def test_the_consoles_safety_stack_scans_with_the_settings_limit(tmp_path, ctx, monkeypatch):
+    from engine.safety import runner as runner_module
+
+    built: list[float | None] = []
+
+    def build_runner(pii_config=None, toxicity_config=None, timeout_seconds=None):  # noqa: ANN001
+        built.append(timeout_seconds)
+        return ScannerRunner([], timeout_seconds), None
+
+    monkeypatch.setattr(runner_module, "build_runner", build_runner)  # our own seam: no models loaded here
+    settings = Settings.from_env(console_env(tmp_path, LLM_CONSOLE_SCAN_TIMEOUT_SECONDS="3.5"))
+    stack = moderation.build_safety_stack(settings, ctx.db)
+    assert built == [3.5] and stack.runner.timeout_seconds == 3.5

@@ -511,7 +511,8 @@ def test_the_sidebar_follows_a_switch_made_elsewhere_without_a_click(admin, cons
     _fresh(page, "Audit log", "Audit log")  # a page with nothing else that reruns by itself
     sidebar = page.locator("[data-testid='stSidebar']")
     sidebar.get_by_text("Live model: tiny-e2e · ready").first.wait_for(timeout=TIMEOUT_MS)
-    cli(console_env(data), "model", "serve", "e2e-good", "--reason", "browser test: the sidebar follows",
+    cli(console_env(data, LLM_CONSOLE_DEFAULT_MODEL="tiny-e2e"), "model", "serve", "e2e-good", "--reason",
+        "browser test: the sidebar follows",
         "--break-glass", "the browser test moves production from another process")
     sidebar.get_by_text("Live model: e2e-good · ready").first.wait_for(timeout=300_000)  # the switch; no click
     _assert_sound(admin)

@@ -153,7 +153,8 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
                                                                                tiny_model_dir, tmp_path):
     # Runs last: it changes the served version. The CLI is another process; only the database connects them.
     url, data = console_server
-    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data)}
+    # The shell shares the console's settings (its default version is what production holds before any move).
+    env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data), "LLM_CONSOLE_DEFAULT_MODEL": "tiny-e2e"}
     other = shutil.copytree(tiny_model_dir, tmp_path / "tiny-e2e-b")
     cli(env, "model", "register", "tiny-e2e-b", str(other), "--max-model-len", "512")
     # Production is held: from the shell it moves only with --break-glass (issue 21), as an approved promotion would.

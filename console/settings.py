@@ -55,6 +55,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return number
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 <= number <= 65535:
@@ -96,6 +103,9 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_float),
     Setting("admin_username", "admin", "Username of the first admin account created by `llm-console init`."),
     Setting("admin_password", None, "Password of the first admin; if unset, one is generated and printed once."),
+    Setting("interrupted_after_minutes", "60", "At start-up, a prompt left pending by a console on another host "
+            "(which cannot be asked whether it still runs) is marked interrupted once older than this.",
+            _positive_int),
     Setting("session_idle_minutes", "30", "Idle minutes after which a browser session is logged out.", _positive_int),
     Setting("session_max_hours", "12", "Hours a sign-in lasts at most (its cookie and server-side session), "
             "however active the browser.", _positive_int),
@@ -183,6 +193,8 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int),
     Setting("loadtest_max_seconds", "120", "Longest a load test from the console may run, in seconds.",
             _positive_int),
+    Setting("loadtest_cooldown_seconds", "60", "Seconds after a load test ends before the next may start "
+            "(the live version's real users get the machine back in between); 0: none.", _non_negative_int),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -200,6 +212,7 @@ class Settings:
     reconcile_seconds: float
     admin_username: str
     admin_password: str | None
+    interrupted_after_minutes: int
     session_idle_minutes: int
     session_max_hours: int
     lockout_threshold: int
@@ -244,6 +257,7 @@ class Settings:
     metrics_bind: str
     loadtest_max_concurrency: int
     loadtest_max_seconds: int
+    loadtest_cooldown_seconds: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -4,9 +4,11 @@ before the model sees it and completed when the answer ends, a turn stored whole
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -109,6 +111,42 @@ class ExchangeTimings:
 # answer ends; ``interrupted`` marks one still pending when its console process stopped (see mark_interrupted).
 FINISHED_STATUSES = ("ok", "error", "aborted", "blocked")
 INTERRUPTED_ERROR = "The console stopped while the model was answering."
+
+
+def process_owner() -> str:
+    """``<host>:<pid>`` of this process: stored with each pending exchange, so that a console starting up closes
+    only what a process that is gone left pending (see :func:`owner_gone`)."""
+    return f"{socket.gethostname()[:240]}:{os.getpid()}"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # it runs, as another user (or the check is not possible: assume it runs)
+        return True
+    return True
+
+
+def owner_gone(owner: str | None, created_at: datetime, now: datetime, other_hosts_after: timedelta | None) -> bool:
+    """Whether the process that stored a pending exchange can no longer complete it.
+
+    No owner (stored before 0018): gone. On this host: gone when that process id no longer runs, or is this
+    process's own (a restarted container gets the same pid; this process's exchanges are never older than its
+    start, which the caller checks). On another host, which cannot be asked: gone once older than
+    ``other_hosts_after`` (None: never).
+    """
+    if not owner:
+        return True
+    host, _, pid_text = owner.rpartition(":")
+    if host != socket.gethostname()[:240]:
+        return other_hosts_after is not None and created_at < now - other_hosts_after
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    return pid == os.getpid() or pid <= 0 or not _pid_running(pid)
 
 
 class ExchangeNotPending(RuntimeError):
@@ -277,6 +315,7 @@ def begin_exchange(session: Session, record: PendingRecord) -> Exchange:
         response="",
         sampling=dict(record.sampling),
         status="pending",
+        owner=process_owner(),
         created_at=record.created_at or now,
         prompt_action=record.prompt_action,
         policy_version=record.policy_version,
@@ -345,12 +384,14 @@ def complete_exchange(session: Session, exchange_id: int, turn: TurnRecord) -> E
     return exchange
 
 
-def mark_interrupted(session: Session, before: datetime, *, actor: str = "system") -> list[int]:
-    """Mark every exchange still ``pending`` that was submitted before ``before`` as ``interrupted``.
+def mark_interrupted(session: Session, before: datetime, *, actor: str = "system",
+                     other_hosts_after: timedelta | None = None) -> list[int]:
+    """Mark every exchange still ``pending`` that was submitted before ``before`` by a process that is gone
+    (:func:`owner_gone`) as ``interrupted``.
 
-    Called when a console process starts, with its start time: whatever was pending then belonged to a process
-    that stopped while the model answered. Audited as one ``chat.interrupted`` event listing the ids (none is
-    written when there are none). Returns the ids, ascending.
+    Called when a console process starts, with its start time: what another console process on the same database
+    is still answering stays pending (it completes it); what a stopped process left is closed. Audited as one
+    ``chat.interrupted`` event listing the ids (none is written when there are none). Returns the ids, ascending.
     """
     stmt = (
         select(Exchange)
@@ -358,10 +399,14 @@ def mark_interrupted(session: Session, before: datetime, *, actor: str = "system
         .order_by(Exchange.id)
         .with_for_update()
     )
-    exchanges = list(session.scalars(stmt))
+    now = utcnow()
+    candidates = list(session.scalars(stmt))
+    exchanges = [e for e in candidates if owner_gone(e.owner, _aware(e.created_at), now, other_hosts_after)]
+    live = len(candidates) - len(exchanges)
+    if live:
+        logger.info("%d exchange(s) pending from before this start belong to a console still running: kept", live)
     if not exchanges:
         return []
-    now = utcnow()
     for exchange in exchanges:
         exchange.status = "interrupted"
         exchange.error = INTERRUPTED_ERROR
@@ -373,12 +418,17 @@ def mark_interrupted(session: Session, before: datetime, *, actor: str = "system
         actor=actor,
         action="chat.interrupted",
         object_type="exchange",
-        details={"exchange_ids": ids, "before": before.isoformat(), "count": len(ids)},
+        details={"exchange_ids": ids, "before": before.isoformat(), "count": len(ids),
+                 "kept_pending_of_live_consoles": live},
     )
     for exchange in exchanges:
         metrics_q.record_exchange_row(session, exchange)
     logger.warning("marked %d exchange(s) interrupted: %s", len(ids), ids)
     return ids
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def list_recent_exchanges(

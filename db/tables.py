@@ -184,6 +184,8 @@ class Exchange(Base):
     text_erased_at: Mapped[datetime | None]
     # Synthetic load (a load test from the console), excluded from dashboards by default.
     synthetic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Added by 0018_exchange_owner: "<host>:<pid>" of the console process that stored the prompt (db.chat).
+    owner: Mapped[str | None] = mapped_column(String(300))
 
 
 class AuditEvent(Base):

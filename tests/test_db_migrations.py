@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "0017_export_files"
+HEAD = "0018_exchange_owner"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -658,3 +658,48 @@ def test_0017_export_files_on_postgresql(pg_db: Database) -> None:
     assert "export_files" not in _tables(pg_db)
     pg_db.migrate()
     assert "export_files" in _tables(pg_db)
+
+
+# --- 0018_exchange_owner ----------------------------------------------------------------------------------------
+
+BEFORE_0018 = "0017_export_files"
+
+
+def _owner_round_trip(database: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    database.migrate(BEFORE_0018)
+    with database.engine.begin() as conn:
+        at = {"at": "2026-12-06 12:00:00"}
+        conn.execute(text("INSERT INTO users (id, username, disabled, failed_login_count, created_at, updated_at) "
+                          "VALUES (1, 'olivia', false, 0, :at, :at)"), at)
+        conn.execute(text("INSERT INTO conversations (id, user_id, title, created_at, updated_at) "
+                          "VALUES (1, 1, 't', :at, :at)"), at)
+        conn.execute(text("INSERT INTO exchanges (id, conversation_id, user_id, model_version, prompt, response, "
+                          "sampling, status, created_at) VALUES (1, 1, 1, 'v1', 'p', '', '{}', 'pending', :at)"),
+                     at)
+    database.migrate()
+    assert database.current_revision() == HEAD
+    assert "owner" in {c["name"] for c in inspect(database.engine).get_columns("exchanges")}
+    with database.engine.begin() as conn:
+        # An exchange from before 0018 has no owner (swept as before); a new one records its process.
+        assert conn.execute(text("SELECT owner, status FROM exchanges WHERE id = 1")).one() == (None, "pending")
+        conn.execute(text("UPDATE exchanges SET owner = 'host:1' WHERE id = 1"))
+    with database.engine.connect() as conn:
+        command.downgrade(alembic_config(database.config.url, conn), BEFORE_0018)
+        conn.commit()
+    assert "owner" not in {c["name"] for c in inspect(database.engine).get_columns("exchanges")}
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT status FROM exchanges WHERE id = 1")).scalar_one() == "pending"
+    database.migrate()
+    assert database.current_revision() == HEAD
+
+
+def test_0018_adds_the_exchange_owner_to_an_older_database_and_downgrades(empty_db: Database) -> None:
+    _owner_round_trip(empty_db)
+
+
+def test_0018_exchange_owner_on_postgresql(pg_db: Database) -> None:
+    _owner_round_trip(pg_db)

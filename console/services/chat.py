@@ -593,16 +593,19 @@ _INTERRUPTED_FLAG_SEVERITY = 2
 
 
 def mark_interrupted(ctx: AppContext, *, before: datetime) -> list[int]:
-    """At console start-up: every exchange still ``pending`` from before ``before`` (this process's start) was
-    being answered when its console process stopped. Marks them ``interrupted`` in one transaction with one
-    ``chat.interrupted`` audit event listing their ids; one whose prompt the policy flagged enters the review queue
-    (its answer, which would have taken it there, never came). Returns the ids.
+    """At console start-up: every exchange still ``pending`` from before ``before`` (this process's start) whose
+    console process is gone (``db.chat.owner_gone``: another console on the same database keeps its own; one on
+    another host counts as gone after ``interrupted_after_minutes``) was being answered when it stopped. Marks
+    them ``interrupted`` in one transaction with one ``chat.interrupted`` audit event listing their ids; one whose
+    prompt the policy flagged enters the review queue (its answer, which would have taken it there, never came).
+    Returns the ids.
 
     Not a user action (no access guard): the console's start-up calls it (``console.resources``).
     Raises :class:`StorageUnavailable` when the database cannot take it.
     """
     def sweep(s: Session) -> list[int]:
-        ids = chat_q.mark_interrupted(s, before)
+        ids = chat_q.mark_interrupted(s, before,
+                                      other_hosts_after=timedelta(minutes=ctx.settings.interrupted_after_minutes))
         for exchange_id in ids:
             ex = chat_q.get_exchange(s, exchange_id)
             if ex is not None and ex.prompt_action == "flag" and ex.review_status == "none":

@@ -432,3 +432,20 @@ def test_operators_start_a_load_test_from_the_page_and_analysts_do_not_see_it(pa
     # This test process serves no model: the refusal says why, and nothing started.
     assert [e.value for e in at.error] == ["No model is being served, so there is nothing to load\\-test\\."]
     assert "No load test has run in this console process yet." in _texts(at)
+
+
+def test_only_the_starter_or_an_admin_is_offered_the_stop_button(page_env, make_user, monkeypatch):
+    from console.services import loadtest
+
+    olivia = make_user("olivia", "operator")
+    otto = make_user("otto", "operator")
+    ada = make_user("ada", "admin")
+    run = loadtest.LoadRun(run_id="r1", prompt_set="support", concurrency=1, seconds=60, model_version="v1",
+                           started_by="olivia", started_at=datetime.now(UTC), started_by_id=olivia.user_id)
+    # A run as the page sees it (its threads not started: the page only reads its report).
+    monkeypatch.setattr(loadtest, "_current", loadtest._Runner(page_env, olivia, run, ("hi",), 8))
+    for who, offered in [(olivia, True), (ada, True), (otto, False)]:
+        at = _page(who).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert ("Stop the load test" in [b.label for b in at.button]) is offered, who.username
+        assert ("Only olivia, who started it, or an admin can stop it." in _texts(at)) is not offered

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +20,8 @@ LONG_RUN_S = 60  # long enough never to end by itself before the test stops it
 def load(ctx, engine_host, make_user):
     """An operator, an admin and a context whose host is the real engine; no run is left behind."""
     ctx.host_factory = lambda: engine_host
+    # No pause between runs unless a test sets one: the runs of earlier tests in this process ended just now.
+    ctx.settings = dataclasses.replace(ctx.settings, loadtest_cooldown_seconds=0)
     op = make_user("olivia", "operator")
     admin = make_user("ada", "admin")
     yield ctx, op, admin
@@ -66,26 +71,43 @@ def test_a_short_run_sends_synthetic_chats_and_reports_when_it_ends(load) -> Non
     assert loadtest.load_status(ctx, op) == report  # the last run's report stays readable
 
 
-def test_a_second_start_is_refused_while_one_runs_and_a_stop_ends_it(load) -> None:
+def test_a_second_start_is_refused_while_one_runs_and_a_stop_ends_it(load, make_user, clock) -> None:
     ctx, op, admin = load
-    run = loadtest.start_load(ctx, admin, "off_topic", 1, LONG_RUN_S)  # an admin without the operator role
+    other = make_user("otto", "operator")
+    run = loadtest.start_load(ctx, op, "off_topic", 1, LONG_RUN_S)
+    ctx.settings = dataclasses.replace(ctx.settings, loadtest_cooldown_seconds=90)  # from this run's end on
     with pytest.raises(InvalidInput, match="already running"):
-        loadtest.start_load(ctx, op, "support", 1, 5)
-    status = loadtest.load_status(ctx, op)
+        loadtest.start_load(ctx, admin, "support", 1, 5)
+    status = loadtest.load_status(ctx, other)
     assert status is not None and status.run == run and status.state == "running"
+    assert loadtest.may_stop(op, run) and loadtest.may_stop(admin, run) and not loadtest.may_stop(other, run)
 
-    stopping = loadtest.stop_load(ctx, op)
-    assert stopping.state == "stopping" and stopping.stopped_by == "olivia"
+    # Another operator may watch it but not stop it (issue 21): refused, audited, the run goes on.
+    with pytest.raises(AccessDenied, match="started by olivia"):
+        loadtest.stop_load(ctx, other)
+    [denied] = [e for e in _events(ctx, "access.denied") if e.object_type == "loadtest"]
+    assert (denied.actor, denied.object_id, denied.details["action"]) == ("otto", run.run_id, "loadtest.stop")
+    assert loadtest.load_status(ctx, op).state == "running"
+
+    stopping = loadtest.stop_load(ctx, admin)  # an admin may stop anyone's (an admin without the operator role)
+    assert stopping.state == "stopping" and stopping.stopped_by == "ada"
     report = loadtest.wait_for_load(timeout=180)
-    assert report.state == "stopped" and report.stopped_by == "olivia"
+    assert report.state == "stopped" and report.stopped_by == "ada"
     assert report.elapsed_s < LONG_RUN_S
-    assert all(ex.synthetic for ex in _exchanges(ctx, admin.user_id))
-    assert [e.actor for e in _events(ctx, "loadtest.stop")] == ["olivia"]
-    assert _events(ctx, "loadtest.end")[0].details["stopped_by"] == "olivia"
+    assert all(ex.synthetic for ex in _exchanges(ctx, op.user_id))
+    [stop] = _events(ctx, "loadtest.stop")
+    assert (stop.actor, stop.details["started_by"]) == ("ada", "olivia")
+    assert _events(ctx, "loadtest.end")[0].details["stopped_by"] == "ada"
     with pytest.raises(NotFound):
         loadtest.stop_load(ctx, op)
-    # Ended: a new one may start.
-    loadtest.start_load(ctx, op, "long", 1, 1)
+    # Ended: the next may start after the pause, and the refusal says when.
+    ended = loadtest._current.finished_at
+    clock.advance(seconds=89)
+    with pytest.raises(InvalidInput, match=f"next may start at {(ended + timedelta(seconds=90)):%H:%M:%S} UTC"):
+        loadtest.start_load(ctx, other, "long", 1, 1)
+    clock.advance(seconds=1)
+    mine = loadtest.start_load(ctx, other, "long", 1, 1)
+    assert mine.started_by == "otto" and loadtest.may_stop(other, mine) and not loadtest.may_stop(op, mine)
     assert loadtest.wait_for_load(timeout=180).state == "finished"
 
 

@@ -15,7 +15,9 @@ may run one, and a user disabled during a run ends it at their next chat.
 The report (:func:`load_status`, live while it runs) counts requests, errors and statuses and gives p50/p95 time to
 first token and end-to-end latency in ms as a chat user sees them (measured at the console: scans and storage
 included, unlike the engine's own timings on the dashboard), and output tokens per second over the run. The start,
-a stop and the end are audit events (``loadtest.start``, ``loadtest.stop``, ``loadtest.end``).
+a stop and the end are audit events (``loadtest.start``, ``loadtest.stop``, ``loadtest.end``). Only the user who
+started a run, or an admin, may stop it (a refused stop is audited as ``access.denied``); after a run ends the
+next waits ``LLM_CONSOLE_LOADTEST_COOLDOWN_SECONDS`` (60), refused with the time it may start.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from console.services import access
@@ -58,6 +60,7 @@ class LoadRun:
     model_version: str
     started_by: str
     started_at: datetime
+    started_by_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,19 @@ def prompt_sets() -> dict[str, str]:
     return {name: spec.label for name, spec in PROMPT_SETS.items()}
 
 
+def may_stop(actor: Principal, run: LoadRun) -> bool:
+    """Whether ``actor`` may stop ``run``: the user who started it, or an admin."""
+    return "admin" in actor.roles or (run.started_by_id is not None and run.started_by_id == actor.user_id)
+
+
+def _cooldown_left(ctx: AppContext, runner: _Runner | None) -> datetime | None:
+    """When the next load test may start, if the last one ended less than ``loadtest_cooldown_seconds`` ago."""
+    if runner is None or runner.final is None or runner.finished_at is None or not ctx.settings.loadtest_cooldown_seconds:
+        return None
+    next_start = runner.finished_at + timedelta(seconds=ctx.settings.loadtest_cooldown_seconds)
+    return next_start if ctx.now() < next_start else None
+
+
 def _whole_number(value: object, what: str, limit: int, setting: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"The {what} must be a whole number, got {value!r}.")
@@ -320,9 +336,16 @@ def start_load(ctx: AppContext, actor: Principal, prompt_set: str, concurrency: 
         if current is not None and current.final is None:
             raise InvalidInput(f"A load test is already running (started by {current.run.started_by}); stop it or "
                                "wait for its report.")
+        next_start = _cooldown_left(ctx, current)
+        if next_start is not None:
+            assert current is not None and current.finished_at is not None
+            raise InvalidInput(
+                f"The last load test ended at {current.finished_at:%H:%M:%S} UTC; the next may start at "
+                f"{next_start:%H:%M:%S} UTC (a pause of {ctx.settings.loadtest_cooldown_seconds} s between runs, "
+                "LLM_CONSOLE_LOADTEST_COOLDOWN_SECONDS).")
         run = LoadRun(run_id=uuid.uuid4().hex[:12], prompt_set=prompt_set, concurrency=concurrency,
                       seconds=seconds, model_version=serving.name, started_by=actor.username,
-                      started_at=ctx.now())
+                      started_at=ctx.now(), started_by_id=actor.user_id)
         # The host is held for the run: its workers do not go back to a page's factory from their threads.
         runner = _Runner(dataclasses.replace(ctx, host_factory=lambda: host), actor, run, spec.prompts,
                          spec.max_tokens)
@@ -349,14 +372,25 @@ def load_status(ctx: AppContext, actor: Principal) -> LoadReport | None:
 
 @requires("loadtest.run")
 def stop_load(ctx: AppContext, actor: Principal) -> LoadReport:
-    """Stop the running load test: no new chats, answers under way are cut. Raises NotFound if none runs."""
+    """Stop the running load test: no new chats, answers under way are cut. Raises NotFound if none runs, and
+    AccessDenied (audited as ``access.denied``) unless ``actor`` started it or is an admin."""
     with _lock:
         runner = _current
         if runner is None or runner.final is not None or runner.stop_event.is_set():
             raise NotFound("No load test is running.")
+        if not may_stop(actor, runner.run):
+            reason = f"only {runner.run.started_by}, who started it, or an admin may stop it"
+            with ctx.db.session() as s:
+                audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="access.denied",
+                                     object_type="loadtest", object_id=runner.run.run_id,
+                                     details={"action": "loadtest.stop", "reason": reason,
+                                              "started_by": runner.run.started_by})
+            logger.warning("load test %s: stop refused for %s (%s)", runner.run.run_id, actor.username, reason)
+            raise AccessDenied(f"This load test was started by {runner.run.started_by}: {reason}.")
         with ctx.db.session() as s:
             audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="loadtest.stop",
-                                 object_type="loadtest", object_id=runner.run.run_id, details={})
+                                 object_type="loadtest", object_id=runner.run.run_id,
+                                 details={"started_by": runner.run.started_by})
         runner.stop(actor.username)
     return runner.report()
 

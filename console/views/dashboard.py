@@ -113,8 +113,11 @@ def _load_status() -> None:
     }]), hide_index=True, width="stretch", key="load_report")
     for message in report.error_messages:
         st.caption(f"Error: {escape_markdown(message)}")
-    if report.running and st.button("Stop the load test", key="load_stop"):
-        ui.call(load_svc.stop_load, ctx, principal)
+    if report.running and load_svc.may_stop(principal, run):
+        if st.button("Stop the load test", key="load_stop"):
+            ui.call(load_svc.stop_load, ctx, principal)
+    elif report.running:
+        st.caption(f"Only {escape_markdown(run.started_by)}, who started it, or an admin can stop it.")
 
 
 if access.allowed(principal.roles, "loadtest.run"):

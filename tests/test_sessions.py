@@ -466,3 +466,16 @@ def test_the_users_page_lists_a_users_sessions_and_ends_one(app_env, make_user):
     with app_env.db.session(readonly=True) as s:
         (event,) = audit_q.iter_events(s, action="auth.session_end")
     assert event.actor == "boss" and event.details["reason"] == "ended by an admin"
+
+
+@pytest.mark.parametrize("value,parsed", [(None, None), ("auto", None), ("true", True), ("off", False)])
+def test_the_cookie_secure_setting_is_auto_true_or_false(value, parsed):
+    from console.settings import Settings, SettingsError
+
+    env = {} if value is None else {"LLM_CONSOLE_COOKIE_SECURE": value}
+    settings = Settings.from_env(env)
+    assert settings.cookie_secure is parsed
+    shown = dict((name, value) for name, value, _ in settings.describe())["LLM_CONSOLE_COOKIE_SECURE"]
+    assert shown == {None: "auto", True: "true", False: "false"}[parsed]
+    with pytest.raises(SettingsError, match="LLM_CONSOLE_COOKIE_SECURE"):
+        Settings.from_env({"LLM_CONSOLE_COOKIE_SECURE": "sometimes"})

@@ -555,3 +555,6 @@ def test_a_significant_rise_in_flagged_answers_still_rolls_back_with_its_statist
     assert (flag["k_before"], flag["n_before"], flag["k_after"], flag["n_after"]) == (0, 30, 12, 30)
     assert flag["regression"] is True and flag["p_value"] < 0.001
     assert finding.reasons[0].startswith("flag rate of answers rose from 0.0% (0/30) to 40.0% (12/30); one-sided")
+    words = [promotion.describe_test(t) for t in finding.tests]
+    assert "flagged answers 0/30 → 12/30, one-sided Fisher p = " in words[1] and words[1].endswith(": regression")
+    assert words[0] == "error rate 0/30 → 0/30, one-sided Fisher p = 1.0: compared"

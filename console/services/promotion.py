@@ -583,6 +583,18 @@ def _reason(settings: Settings, t: WatchTest) -> str:
             f"({t.k_after}/{t.n_after}); one-sided Fisher exact p = {t.p_value:.2g} < {settings.watch_significance}")
 
 
+def describe_test(test: dict[str, Any]) -> str:
+    """One comparison of a watch finding (its ``tests``) in words: the metric, both sides with their sample
+    sizes, the statistic and the decision."""
+    decision = "regression" if test.get("regression") else ("compared" if test.get("enough") else "too few to compare")
+    if test.get("metric") == "ttft_p95_ms":
+        return (f"p95 time to first token {test.get('before')} → {test.get('after')} ms "
+                f"({test.get('n_before')} / {test.get('n_after')} answers): {decision}")
+    what = "error rate" if test.get("metric") == "error_rate" else "flagged answers"
+    return (f"{what} {test.get('k_before')}/{test.get('n_before')} → {test.get('k_after')}/{test.get('n_after')}, "
+            f"one-sided Fisher p = {test.get('p_value')}: {decision}")
+
+
 def regressions(settings: Settings, before: WindowStats, after: WindowStats) -> list[str]:
     """Why the new version's window is worse than the old one's (empty: it is not), see :func:`watch_tests`."""
     return [_reason(settings, t) for t in watch_tests(settings, before, after) if t.regression]

@@ -56,6 +56,10 @@ if production is not None:
         st.info(f"Production moved from {esc(watch.to_version)} to {esc(m.to_version or 'nothing')} at "
                 f"{m.at:%Y-%m-%d %H:%M} UTC by {esc(m.by)} ({esc(m.reason)}); {esc(watch.to_version)} is no longer "
                 "watched, and the consoles switch within seconds.", icon=":material/arrow_forward:")
+    if watch is not None and watch.finding is not None and watch.finding.tests:
+        st.caption(f"Watch of {esc(watch.to_version)} against {esc(watch.from_version or '-')} "
+                   f"({esc(watch.finding.verdict)}): "
+                   + esc("; ".join(promotion_svc.describe_test(t) for t in watch.finding.tests)) + ".")
     if (f := production.recent_regression) is not None:
         what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
                 "rollback_failed": f"the rollback failed: {f.error}"}.get(f.action, f.action)

@@ -2,7 +2,8 @@
 
 A known mix of chat turns goes through the chat service (a scripted scanner gives every message a finding, most
 of them toxicity scores under the policy's thresholds; a stand-in host answers with known text); then the Latency
-page's service, the watch window's aggregates and the Prometheus counter must agree, and equal the known count.
+page's service and the Prometheus counter must agree, and equal the known count; the watch window's aggregates count
+the answered exchanges and the flags on answers only.
 """
 
 from __future__ import annotations
@@ -147,9 +148,15 @@ def test_the_page_the_watch_window_and_prometheus_count_the_same_flagged_exchang
         window = promotions_q.window_stats(s, "v1", clock.now - timedelta(hours=1), clock.now + timedelta(hours=1))
     prometheus = {name: read() - before[name] for name, read in counted.items()}
 
-    assert page["requests"] == window.requests == prometheus["requests"] == len(TURNS)
-    assert page["flagged"] == window.flagged == prometheus["exchanges"] == FLAGGED
-    assert page["flag_rate"] == pytest.approx(window.flag_rate) == pytest.approx(FLAGGED / len(TURNS))
+    assert page["requests"] == prometheus["requests"] == len(TURNS)
+    assert page["flagged"] == prometheus["exchanges"] == FLAGGED
+    assert page["flag_rate"] == pytest.approx(FLAGGED / len(TURNS))
+    # The watch window judges the model, not its users (issue 21): only exchanges the model answered, and only the
+    # policy's verdicts on answers, so prompts a user typed can never roll a version back.
+    answered = [t for t in TURNS if t[1] is not None]
+    assert window.requests == len(answered)
+    assert window.flagged == OUTPUT_FLAGGED
+    assert window.flag_rate == pytest.approx(OUTPUT_FLAGGED / len(answered))
     # And by direction: the page's columns and the per-direction counter.
     assert page["prompt_flagged"] == prometheus["prompt"] == PROMPT_FLAGGED
     assert page["output_flagged"] == prometheus["output"] == OUTPUT_FLAGGED

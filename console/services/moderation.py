@@ -211,9 +211,12 @@ def _scan_timed_out(direction: str, text: str, source: str, exc: ScanTimeout, po
                       notice=shown, policy_version=policy_version, source=source, timed_out=exc)
 
 
-def record_scan_timeout(ctx: AppContext, actor: Principal, *, direction: str, source: str, chars: int,
+def record_scan_timeout(ctx: AppContext, by: Principal, *, direction: str, source: str, chars: int,
                         timeout: ScanTimeout, request_id: str | None = None, exchange_id: int | None = None) -> None:
-    """Put a scan that went over its time limit on the audit chain (sizes and the step it stopped at, no text)."""
+    """Put a scan that went over its time limit on the audit chain (sizes and the step it stopped at, no text).
+
+    Not an action of its own (so not guarded): the chat or evaluation service that ran the scan checked ``by``.
+    """
     details = {"direction": direction, "source": source or direction, "chars": chars,
                "limit_seconds": timeout.limit_seconds, "stopped_at": timeout.where,
                "outcome": "refused" if direction == "prompt" else "withheld"}
@@ -221,7 +224,7 @@ def record_scan_timeout(ctx: AppContext, actor: Principal, *, direction: str, so
         details["request_id"] = request_id
     try:
         with ctx.db.session() as s:
-            audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=SCAN_TIMEOUT_ACTION,
+            audit_q.append_event(s, actor=by.username, actor_id=by.user_id, action=SCAN_TIMEOUT_ACTION,
                                  object_type="exchange" if exchange_id is not None else "chat",
                                  object_id=exchange_id, details=details)
     except OperationalError as exc:  # a busy or full database must not turn the refusal into an error page

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from engine.types import GenerationResult
 
 # The Jigsaw Toxic Comment classes of Detoxify's "original" model, as stored in its checkpoint.
 JIGSAW_ORIGINAL_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -88,3 +91,36 @@ def network_blocked() -> Iterator[None]:
         mp.setattr(socket, "getaddrinfo", refuse)
         mp.setattr(socket, "create_connection", refuse)
         yield
+
+
+@dataclass(frozen=True)
+class _Served:
+    name: str
+
+
+class _CannedStream:
+    def __init__(self, answer: str, request_id: str) -> None:
+        self.answer = answer
+        self.result = GenerationResult(request_id=request_id, model_version="v1", text=answer, finish_reason="stop",
+                                       prompt_tokens=5, output_tokens=4, queue_s=0.001, ttft_s=0.02,
+                                       mean_itl_s=0.01, e2e_s=0.05, aborted=False)
+
+    def __iter__(self):
+        yield self.answer
+
+    def cancel(self) -> None:
+        pass
+
+
+class CannedHost:
+    """A stand-in engine host at our own seam: serves "v1" and answers with the next canned text."""
+
+    serving = _Served("v1")
+
+    def __init__(self) -> None:
+        self.answers: list[str] = []
+        self.asked = 0
+
+    def stream_chat(self, messages, sampling, *, request_id=None):  # noqa: ANN001
+        self.asked += 1
+        return _CannedStream(self.answers.pop(0), request_id or "r")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
@@ -25,7 +24,7 @@ from db.types import utcnow
 from engine.safety.base import Finding
 from engine.safety.policy import Policy
 from engine.safety.runner import ScannerRunner
-from engine.types import GenerationResult
+from tests.safety_fixtures import CannedHost
 
 POLICY = textwrap.dedent("""
     version = "flagged-test"
@@ -76,37 +75,6 @@ class ScriptedToxicity:
         found += [Finding(self.name, label, float(score), None, None, self.version)
                   for label, score in re.findall(r"(\w+)=([01]\.\d+)", text)]
         return tuple(found)
-
-
-@dataclass
-class _Served:
-    name: str
-
-
-class _Stream:
-    def __init__(self, answer: str, request_id: str) -> None:
-        self.answer = answer
-        self.result = GenerationResult(request_id=request_id, model_version="v1", text=answer, finish_reason="stop",
-                                       prompt_tokens=5, output_tokens=4, queue_s=0.001, ttft_s=0.02,
-                                       mean_itl_s=0.01, e2e_s=0.05, aborted=False)
-
-    def __iter__(self):
-        yield self.answer
-
-    def cancel(self) -> None:
-        pass
-
-
-class CannedHost:
-    """A stand-in engine host at our own seam: serves "v1" and answers with the next canned text."""
-
-    serving = _Served("v1")
-
-    def __init__(self) -> None:
-        self.answers: list[str] = []
-
-    def stream_chat(self, messages, sampling, *, request_id=None):  # noqa: ANN001
-        return _Stream(self.answers.pop(0), request_id or "r")
 
 
 def _prometheus(name: str, **labels: str) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -28,8 +27,8 @@ from engine.safety.deadline import Deadline, ScanTimeout
 from engine.safety.incremental import StreamingScan
 from engine.safety.policy import Policy
 from engine.safety.runner import ScannerRunner
-from engine.types import GenerationResult
 from tests.conftest import console_env
+from tests.safety_fixtures import CannedHost
 
 MARKER = "SLOWDOWN"
 STEP_SECONDS = 0.4
@@ -168,39 +167,6 @@ POLICY = textwrap.dedent("""
     [rules.output.default]
     action = "allow"
 """)
-
-
-@dataclass(frozen=True)
-class _Served:
-    name: str
-
-
-class _Stream:
-    def __init__(self, answer: str, request_id: str) -> None:
-        self.answer = answer
-        self.result = GenerationResult(request_id=request_id, model_version="v1", text=answer, finish_reason="stop",
-                                       prompt_tokens=5, output_tokens=4, queue_s=0.001, ttft_s=0.02,
-                                       mean_itl_s=0.01, e2e_s=0.05, aborted=False)
-
-    def __iter__(self):
-        yield self.answer
-
-    def cancel(self) -> None:
-        pass
-
-
-class CannedHost:
-    """A stand-in engine host at our own seam: serves "v1" and answers with the next canned text."""
-
-    serving = _Served("v1")
-
-    def __init__(self) -> None:
-        self.answers: list[str] = []
-        self.asked = 0
-
-    def stream_chat(self, messages, sampling, *, request_id=None):  # noqa: ANN001
-        self.asked += 1
-        return _Stream(self.answers.pop(0), request_id or "r")
 
 
 @pytest.fixture

@@ -432,6 +432,7 @@ def emergency_notice(principal: Principal) -> None:
         return
     moves = call(serving_svc.unacknowledged_emergencies, app_context(), principal) or []
     if moves:
-        st.warning(f"{len(moves)} emergency production move(s) wait for a second admin's acknowledgement.",
+        waits = "1 emergency move waits" if len(moves) == 1 else f"{len(moves)} emergency moves wait"
+        st.warning(f"{waits} for another admin's acknowledgement.",
                    icon=":material/emergency_home:")
         page_link("promotions", "Promotions")

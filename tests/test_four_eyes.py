@@ -273,7 +273,7 @@ def test_the_sidebar_warns_every_admin_until_the_emergency_is_acknowledged(ctx, 
         return [w.value for w in at.sidebar.warning]
 
     try:
-        assert any("1 emergency production move(s)" in w for w in sidebar_warnings(ada))
+        assert any("1 emergency move waits for another admin's acknowledgement." in w for w in sidebar_warnings(ada))
         assert not any("emergency" in w for w in sidebar_warnings(make_user("olga", "operator")))
         serving.acknowledge_emergency(ctx, bob, serving.unacknowledged_emergencies(ctx, bob)[0].id)
         assert not any("emergency" in w for w in sidebar_warnings(ada))

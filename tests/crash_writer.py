@@ -1,4 +1,4 @@
-"""A console process that does nothing but write, for the crash battery (tests/test_crash.py kills it with SIGKILL).
+"""A console process that does nothing but write, for the crash battery (tests/db/test_crash.py kills it with SIGKILL).
 
 ``python -m tests.crash_writer DATA_DIR USER_ID:USERNAME[:hang] ...`` runs one thread per operator. Each thread
 chats through the real chat service (``chat.start_turn`` and its stream; the engine is a scripted host at our own

@@ -4,7 +4,7 @@ Python cannot stop a thread in the middle of a regex or a model call, so the lim
 checks it between scanners, Presidio between spaCy and each recognizer (under its lock), the toxicity models between
 batches of windows. A scan over the limit raises :class:`ScanTimeout` at the next check and lets go of every lock on
 the way out, so it holds the scanner at most one step past its limit (every regex step is linear: see
-tests/test_recognizers_redos.py). Time spent waiting for a scanner's lock does not count against the limit: a scan
+tests/safety/test_recognizers_redos.py). Time spent waiting for a scanner's lock does not count against the limit: a scan
 queued behind another one gets its whole budget once it runs, so one slow text cannot get other people's refused.
 
 The deadline in force travels in a context variable (:func:`scope`), so scanners need no extra argument and a

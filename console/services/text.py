@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from console.services.errors import InvalidInput
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -29,3 +31,55 @@ def visible(text: str) -> str:
 def is_clean(text: str) -> bool:
     """True if ``text`` holds no NUL and no lone surrogate (what :func:`clean_text` would change)."""
     return "\x00" not in text and _LONE_SURROGATE.search(text) is None
+
+
+def _named(what: str) -> str:
+    return what[:1].upper() + what[1:]
+
+
+def _cleaned(value: object, what: str, strip: bool) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{_named(what)} must be text.")
+    text = clean_text(value)
+    return text.strip() if strip else text
+
+
+def _bounded(text: str, what: str, max_len: int) -> str:
+    if len(text) > max_len:
+        raise InvalidInput(f"{_named(what)} has {len(text):,} characters; the limit is {max_len:,}.")
+    return text
+
+
+def required_text(value: object, what: str, max_len: int, *, min_len: int = 1, strip: bool = True) -> str:
+    """``value`` cleaned (:func:`clean_text`) and stripped, as a service stores it; :class:`InvalidInput` if
+    nothing visible was typed, if it is shorter than ``min_len`` or longer than ``max_len`` characters.
+
+    ``what`` names the field as it reads at the start of a sentence once capitalised, with its article:
+    ``"the reason for the switch"``, ``"the note"``, ``"the message"``. The errors, one wording everywhere:
+
+    - ``None``, blank, only NULs or only invisible format characters: ``"The note is required."``
+    - under ``min_len`` (e.g. a reason that must quote a reference):
+      ``"The reason needs at least 10 characters; it has 5."``
+    - over ``max_len``: ``"The note has 2,001 characters; the limit is 2,000."``
+    - not a ``str`` (a caller's bug, or JSON from the shell): ``"The note must be text."``
+
+    Lengths are counted on the cleaned text. ``strip=False`` keeps surrounding whitespace (a chat prompt is sent as
+    typed); emptiness is judged on the stripped visible text either way."""
+    text = _cleaned(value, what, strip)
+    if not visible(text).strip():
+        raise InvalidInput(f"{_named(what)} is required.")
+    if len(text) < min_len:
+        raise InvalidInput(f"{_named(what)} needs at least {min_len:,} characters; it has {len(text):,}.")
+    return _bounded(text, what, max_len)
+
+
+def optional_text(value: object, what: str, max_len: int, *, strip: bool = True) -> str | None:
+    """Like :func:`required_text` for a field that may be left out: ``None`` when nothing visible was typed
+    (``None``, blank, only NULs or invisible characters), else the cleaned, stripped text; :class:`InvalidInput`
+    (same wording) when it is over ``max_len`` characters or not text."""
+    text = _cleaned(value, what, strip)
+    if not visible(text).strip():
+        return None
+    return _bounded(text, what, max_len)

@@ -1,4 +1,4 @@
-"""What "flagged" means, defined once for every count of it (DESIGN.md, "One word, one meaning").
+"""What "flagged" means, defined once for every count of it (docs/architecture.md, "One word, one meaning").
 
 An exchange is *flagged* when the safety policy's action on its prompt or on its output was ``flag`` or ``block``
 (:data:`FLAG_ACTIONS`). A stored finding whose score is below its threshold (every message gets toxicity scores)

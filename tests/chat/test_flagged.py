@@ -1,4 +1,4 @@
-"""One meaning of "flagged" (DESIGN.md): the policy's action on the prompt or the output was flag or block.
+"""One meaning of "flagged" (docs/architecture.md): the policy's action on the prompt or the output was flag or block.
 
 A known mix of chat turns goes through the chat service (a scripted scanner gives every message a finding, most
 of them toxicity scores under the policy's thresholds; a stand-in host answers with known text); then the Latency

@@ -46,7 +46,9 @@ def _cleaned(value: object, what: str, strip: bool) -> str:
     return text.strip() if strip else text
 
 
-def _bounded(text: str, what: str, max_len: int) -> str:
+def _bounded(text: str, what: str, min_len: int, max_len: int) -> str:
+    if len(text) < min_len:
+        raise InvalidInput(f"{_named(what)} needs at least {min_len:,} characters; it has {len(text):,}.")
     if len(text) > max_len:
         raise InvalidInput(f"{_named(what)} has {len(text):,} characters; the limit is {max_len:,}.")
     return text
@@ -59,7 +61,8 @@ def required_text(value: object, what: str, max_len: int, *, min_len: int = 1, s
     ``what`` names the field as it reads at the start of a sentence once capitalised, with its article:
     ``"the reason for the switch"``, ``"the note"``, ``"the message"``. The errors, one wording everywhere:
 
-    - ``None``, blank, only NULs or only invisible format characters: ``"The note is required."``
+    - ``None``, blank, only NULs or only invisible format characters: ``"The note is required."`` (with
+      ``min_len`` over 1: ``"The reason is required (at least 10 characters)."``)
     - under ``min_len`` (e.g. a reason that must quote a reference):
       ``"The reason needs at least 10 characters; it has 5."``
     - over ``max_len``: ``"The note has 2,001 characters; the limit is 2,000."``
@@ -69,17 +72,16 @@ def required_text(value: object, what: str, max_len: int, *, min_len: int = 1, s
     typed); emptiness is judged on the stripped visible text either way."""
     text = _cleaned(value, what, strip)
     if not visible(text).strip():
-        raise InvalidInput(f"{_named(what)} is required.")
-    if len(text) < min_len:
-        raise InvalidInput(f"{_named(what)} needs at least {min_len:,} characters; it has {len(text):,}.")
-    return _bounded(text, what, max_len)
+        at_least = f" (at least {min_len:,} characters)" if min_len > 1 else ""
+        raise InvalidInput(f"{_named(what)} is required{at_least}.")
+    return _bounded(text, what, min_len, max_len)
 
 
-def optional_text(value: object, what: str, max_len: int, *, strip: bool = True) -> str | None:
+def optional_text(value: object, what: str, max_len: int, *, min_len: int = 1, strip: bool = True) -> str | None:
     """Like :func:`required_text` for a field that may be left out: ``None`` when nothing visible was typed
     (``None``, blank, only NULs or invisible characters), else the cleaned, stripped text; :class:`InvalidInput`
-    (same wording) when it is over ``max_len`` characters or not text."""
+    (same wording) when it is typed but under ``min_len`` or over ``max_len`` characters, or not text."""
     text = _cleaned(value, what, strip)
     if not visible(text).strip():
         return None
-    return _bounded(text, what, max_len)
+    return _bounded(text, what, min_len, max_len)

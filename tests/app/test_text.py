@@ -71,3 +71,14 @@ def test_optional_text_cleans_strips_and_bounds_like_required_text():
     assert optional_text(" a\x00b ", "the note", 100) == "ab"
     with pytest.raises(InvalidInput, match=r"^The note has 101 characters; the limit is 100\.$"):
         optional_text("n" * 101, "the note", 100)
+
+
+def test_optional_text_refuses_typed_text_under_min_len_but_not_nothing():
+    assert optional_text("  ", "the legal basis", 100, min_len=10) is None
+    with pytest.raises(InvalidInput, match=r"^The legal basis needs at least 10 characters; it has 3\.$"):
+        optional_text("law", "the legal basis", 100, min_len=10)
+
+
+def test_a_blank_required_text_with_a_minimum_says_the_minimum():
+    with pytest.raises(InvalidInput, match=r"^The reason is required \(at least 10 characters\)\.$"):
+        required_text(" \x00 ", "the reason", 100, min_len=10)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from console.services import models as models_svc
-from console.services import serving
+from console.services import registry, serving
+from console.services.access import Principal
 from console.services.context import AppContext
 from console.settings import Settings
 from db.config import DbConfig
@@ -43,11 +43,12 @@ def run_switch_bench(*, concurrency: int = 8, max_tokens: int = 32, kv_cache_gib
         db = Database(DbConfig(settings.database_url))
         db.migrate()
         ctx = AppContext(settings, db)
+        shell = Principal.shell(ctx, "bench switch")  # the throwaway database's own shell user
         for name, path in (("bench-a", first), ("bench-b", second)):
-            models_svc.register_cli(ctx, name=name, source=str(path), revision=None, dtype="float32",
-                                    max_model_len=None, engine_args={}, description="switch bench")
-        serving.serve_cli(ctx, "bench-a", "switch bench: start")
-        host = EngineHost.start(serving.loadable_spec(ctx, "bench-a"), HostConfig(kv_cache_gib=kv_cache_gib),
+            registry.register(ctx, shell, name=name, source=str(path), revision=None, dtype="float32",
+                              max_model_len=None, engine_args={}, description="switch bench")
+        serving.serve(ctx, shell, "bench-a", "switch bench: start")
+        host = EngineHost.start(registry.loadable_spec(ctx, "bench-a"), HostConfig(kv_cache_gib=kv_cache_gib),
                                 wait=True)
         reconciler = serving.Reconciler(ctx, host, interval_s=0.1).start()
         lock = threading.Lock()
@@ -76,7 +77,7 @@ def run_switch_bench(*, concurrency: int = 8, max_tokens: int = 32, kv_cache_gib
                 t.start()
             time.sleep(settle_s)
             asked = time.monotonic()
-            serving.serve_cli(ctx, "bench-b", "switch bench: switch", break_glass="switch bench (throwaway database)")
+            serving.serve(ctx, shell, "bench-b", "switch bench: switch", break_glass="switch bench (throwaway database)")
             deadline = asked + 300
             while time.monotonic() < deadline:
                 with lock:

@@ -61,7 +61,7 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     First, exchanges left pending by an earlier process (it stopped while the model answered) are marked
     interrupted: every turn asks for the host, so none of this process's can be pending before that.
     """
-    from console.services import chat, promotion, serving
+    from console.services import chat, registry, serving, watch
     from engine.host import EngineHost
 
     cfg = settings()
@@ -84,7 +84,7 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     name = serving.desired_state(ctx).version
     nothing_to_load = False
     try:
-        host = EngineHost.start(serving.loadable_spec(ctx, name), config, wait=False)
+        host = EngineHost.start(registry.loadable_spec(ctx, name), config, wait=False)
     except ConsoleError as exc:
         # Serve nothing for now; the reconciler still runs, so serving another version starts it (or the
         # background demo build giving its first version the production alias).
@@ -104,7 +104,7 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
 
     atexit.register(health.HealthSampler(ctx, host, interval_s=cfg.health_sample_seconds).start().stop)
     telemetry.watch_host(host)
-    atexit.register(promotion.Watcher(ctx, interval_s=cfg.watch_check_seconds).start().stop)
+    atexit.register(watch.Watcher(ctx, interval_s=cfg.watch_check_seconds).start().stop)
     atexit.register(host.shutdown)
     atexit.register(reconciler.stop)
     return host

@@ -13,11 +13,10 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from console import resources
-from console.services import access, auth, sessions
-from console.services import models as models_svc
+from console.services import access, auth, demo_builds, registry, sessions
 from console.services import serving as serving_svc
 from console.services.access import Principal
-from console.services.audit import AuditFilter, AuditPage
+from console.services.audit_search import AuditFilter, AuditPage
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, ConsoleError, SessionEnded
 from console.textsafe import escape_markdown
@@ -381,7 +380,7 @@ def live_model_line(ctx: AppContext, principal: Principal) -> str:
         return f"Live model: **{escape_markdown(serving.model_version or '?')}** · ready"
     if serving.model_version is None and access.allowed(principal.roles, "chat.use"):
         # Nothing loaded yet: most often the served demo version is still being built (`llm-console run`).
-        build = models_svc.served_version_build(ctx, principal)
+        build = demo_builds.served_version_build(ctx, principal)
         if build is not None and build.state in ("building", "built"):
             return (f"Model: {escape_markdown(build.name)} "
                     + (f"being built ({build.fraction:.0%})" if build.state == "building" else "built, loading"))
@@ -415,7 +414,7 @@ def emergency_warnings(ctx: AppContext, principal: Principal, *, link: bool = Tr
     (with a link to the Promotions page, where another admin acknowledges it). Returns what it showed."""
     if not access.allowed(principal.roles, "models.view"):
         return []
-    moves = call(serving_svc.unacknowledged_emergencies, ctx, principal) or []
+    moves = call(registry.unacknowledged_emergencies, ctx, principal) or []
     for move in moves:
         own = " You made it: another admin must acknowledge it." if move.actor_id == principal.user_id else ""
         st.warning(f"{move.at:%Y-%m-%d %H:%M} UTC · {escape_markdown(move.summary)}. Shown to every admin until "
@@ -430,7 +429,7 @@ def emergency_notice(principal: Principal) -> None:
     """The sidebar's short notice for admins of unacknowledged emergency moves (looked at again by itself)."""
     if not access.allowed(principal.roles, "models.view"):
         return
-    moves = call(serving_svc.unacknowledged_emergencies, app_context(), principal) or []
+    moves = call(registry.unacknowledged_emergencies, app_context(), principal) or []
     if moves:
         waits = "1 emergency move waits" if len(moves) == 1 else f"{len(moves)} emergency moves wait"
         st.warning(f"{waits} for another admin's acknowledgement.",

@@ -1,31 +1,27 @@
-"""Four-eyes promotion of model versions, the watch window after a production switch, rollback, and history.
+"""Four-eyes promotion of model versions: requests with frozen gates, approval by another person, and rollback.
 
 A request to move an alias freezes the candidate's latest evaluation report, the alias holder's (the baseline) and
 the gates computed from both. Somebody else approves or rejects it: the requester never can, whatever roles they
 hold (duty rule ``promotion.decide``). A failed gate needs an override reason, recorded with the approval. An
-approved ``production`` request moves the production alias, the desired state every console's reconciler serves.
-
-After a production switch the :class:`Watcher` compares the new version's live traffic with the previous
-version's for ``watch_minutes`` and, on a regression, rolls back (or only proposes it) and says why.
+approved ``production`` request moves the production alias, the desired state every console's reconciler serves
+(:mod:`console.services.serving`). The watch window that may roll a switch back is :mod:`console.services.watch`;
+the History tab's timelines are :mod:`console.services.timelines`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import threading
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from console.services import serving
+from console.services import registry
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound
-from console.services.periodic import PeriodicTask
-from console.services.text import clean_text
+from console.services.errors import AccessDenied, InvalidInput, NotFound
+from console.services.text import optional_text, required_text
 from console.settings import Settings
 from db import audit as audit_q
 from db import evaluations as evaluations_q
@@ -33,26 +29,17 @@ from db import model_versions as versions_q
 from db import promotions as promo_q
 from db import users as users_q
 from db.model_versions import PRODUCTION
-from db.promotions import WindowStats
-from db.tables import AuditEvent, ModelVersion, PromotionRequest
+from db.tables import ModelVersion, PromotionRequest
 
 logger = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 1000
-WATCH_ACTOR = "watch"  # the actor of everything the watch window does by itself
 ROLLBACK_PREFIX = "rollback: "  # starts the reason of every alias move a rollback makes (the switch event shows it)
-WATCH_ACTIONS = ("model.watch_regression", "model.watch_ended")
 EPSILON = 1e-9
-RECENT = timedelta(days=1)  # how long the page keeps showing a regression the watch found
 
 
 def _text(value: str | None, what: str) -> str:
-    text = clean_text(value or "").strip()
-    if not text:
-        raise InvalidInput(f"Give {what}; it is recorded in the audit log.")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InvalidInput(f"Keep {what} under {MAX_TEXT_CHARS:,} characters.")
-    return text
+    return required_text(value, what, MAX_TEXT_CHARS)
 
 
 def _requester_of(session: Session, request_id: str) -> int | None:
@@ -272,22 +259,13 @@ def _view(s: Session, r: PromotionRequest) -> RequestView:
     )
 
 
-def _version(s: Session, name: str) -> ModelVersion:
-    version = versions_q.get_model_version_by_name(s, (name or "").strip())
-    if version is None:
-        raise NotFound(f"No model version named {name!r} is registered.")
-    return version
-
-
 @requires("promotion.request")
 def request_promotion(ctx: AppContext, actor: Principal, version_name: str, alias: str, reason: str) -> RequestView:
     """Ask to move ``alias`` to a version; freezes its latest evaluation, the alias holder's and the gates."""
-    alias = (alias or "").strip().lower()
-    if not serving.ALIAS.match(alias):
-        raise InvalidInput("An alias has 1-60 lower-case letters, digits, '-' or '_' and starts with a letter.")
-    reason = _text(reason, "a reason for the promotion")
+    alias = registry.alias_name(alias)
+    reason = _text(reason, "the reason for the promotion")
     with ctx.db.session() as s:
-        version = _version(s, version_name)
+        version = registry.find_version(s, version_name)
         if version.retired_at is not None:
             raise InvalidInput(f"Model version {version.name} is retired; it cannot be promoted.")
         holder = versions_q.version_for_alias(s, alias)
@@ -360,21 +338,19 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
     compared with another version) or the version was retired meanwhile.
     """
     _ensure_not_own(ctx, actor, request_id)
-    note = _text(note, "a note")
-    override = (override_reason or "").strip() or None
+    note = _text(note, "the note")
+    override = optional_text(override_reason, "the override reason", MAX_TEXT_CHARS)
     with ctx.db.session(readonly=True) as s:
         asked = promo_q.get_request(s, request_id)
         wanted = None if asked is None else versions_q.get_model_version(s, asked.version_id)
         if asked is not None and wanted is not None and asked.alias == PRODUCTION:
-            serving.check_files(wanted)  # hashes the weights: outside the write transaction
+            registry.check_files(wanted)  # hashes the weights: outside the write transaction
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
         failed = [Gate.from_record(g) for g in request.gates or [] if not g.get("passed")]
         if failed and override is None:
             names = ", ".join(g.label for g in failed)
             raise InvalidInput(f"Gates failed ({names}): approving needs an override reason, which is recorded.")
-        if override is not None and len(override) > MAX_TEXT_CHARS:
-            raise InvalidInput(f"Keep the override reason under {MAX_TEXT_CHARS:,} characters.")
         version = versions_q.get_model_version(s, request.version_id)
         if version is None or version.retired_at is not None:
             raise InvalidInput("The requested version is retired; reject the request.")
@@ -398,7 +374,7 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
 def reject(ctx: AppContext, actor: Principal, request_id: int, note: str) -> RequestView:
     """Reject someone else's request, saying why."""
     _ensure_not_own(ctx, actor, request_id)
-    note = _text(note, "a note saying why")
+    note = _text(note, "the note saying why")
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
         promo_q.decide(s, request.id, status="rejected", actor=actor.username, actor_id=actor.user_id, note=note)
@@ -408,15 +384,13 @@ def reject(ctx: AppContext, actor: Principal, request_id: int, note: str) -> Req
 @requires("promotion.request")
 def cancel(ctx: AppContext, actor: Principal, request_id: int, note: str | None = None) -> RequestView:
     """Withdraw one's own pending request (only the requester may)."""
-    if note is not None and len(note) > MAX_TEXT_CHARS:
-        raise InvalidInput(f"Keep the note under {MAX_TEXT_CHARS:,} characters.")
-    note = None if note is None else clean_text(note)
+    note = optional_text(note, "the note", MAX_TEXT_CHARS)
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
         if request.requested_by_id != actor.user_id:
             raise AccessDenied("Only the person who asked for a promotion can cancel it; reject it instead.")
         promo_q.decide(s, request.id, status="cancelled", actor=actor.username, actor_id=actor.user_id,
-                       note=(note or "").strip() or None)
+                       note=note)
         return _view(s, request)
 
 
@@ -431,8 +405,8 @@ class RollbackResult:
     auto: bool
 
 
-def _rollback_plan(s: Session, *, expect_current: str | None = None, target: str | None = None,
-                   check: bool = False) -> tuple[ModelVersion, ModelVersion]:
+def rollback_plan(s: Session, *, expect_current: str | None = None, target: str | None = None,
+                  check: bool = False) -> tuple[ModelVersion, ModelVersion]:
     """(current production version, the one a rollback returns to), or a ConsoleError saying why there is none.
 
     ``check`` also hashes the target's files (slow for large weights): do it in a read-only unit of work, never
@@ -455,11 +429,11 @@ def _rollback_plan(s: Session, *, expect_current: str | None = None, target: str
     if previous.retired_at is not None:
         raise InvalidInput(f"The previous production version {previous.name} is retired; serve another one.")
     if check:
-        serving.check_files(previous)
+        registry.check_files(previous)
     return current, previous
 
 
-def _do_rollback(s: Session, current: ModelVersion, target: ModelVersion, *, actor: str, actor_id: int | None,
+def apply_rollback(s: Session, current: ModelVersion, target: ModelVersion, *, actor: str, actor_id: int | None,
                  reason: str, auto: bool) -> RollbackResult:
     move = versions_q.move_alias(s, PRODUCTION, target, actor=actor, actor_id=actor_id,
                                  reason=ROLLBACK_PREFIX + reason)
@@ -470,468 +444,18 @@ def _do_rollback(s: Session, current: ModelVersion, target: ModelVersion, *, act
     return RollbackResult(current.name, target.name, reason, auto)
 
 
-def _emergency_rollback(ctx: AppContext, actor: str, actor_id: int | None, reason: str) -> RollbackResult:
-    reason = _text(reason, "a reason for the emergency rollback")
-    with ctx.db.session(readonly=True) as s:
-        current, target = _rollback_plan(s, check=True)
-    with ctx.db.session() as s:
-        current, target = _rollback_plan(s, expect_current=current.name, target=target.name)
-        result = _do_rollback(s, current, target, actor=actor, actor_id=actor_id, reason=reason, auto=False)
-        versions_q.record_emergency(s, kind="rollback", alias=PRODUCTION, from_version=current, to_version=target,
-                                    actor=actor, actor_id=actor_id, reason=reason, break_glass=False)
-        return result
-
-
 @requires("models.emergency_rollback")
 def rollback(ctx: AppContext, actor: Principal, reason: str) -> RollbackResult:
     """The emergency rollback: one admin returns production to the version that held it just before the current
     one (no other), with a reason; every console switches back. Audited as ``model.emergency_rollback`` and shown
-    to every admin until another admin acknowledges it (:func:`serving.acknowledge_emergency`)."""
-    return _emergency_rollback(ctx, actor.username, actor.user_id, reason)
-
-
-def rollback_cli(ctx: AppContext, reason: str) -> RollbackResult:
-    """:func:`rollback` from the command line (actor ``cli``)."""
-    return _emergency_rollback(ctx, "cli", None, reason)
-
-
-# --- the watch window ------------------------------------------------------------------------------------------
-
-
-def _stats(w: WindowStats) -> dict[str, Any]:
-    return {"requests": w.requests, "errors": w.errors, "flagged": w.flagged, "error_rate": round(w.error_rate, 4),
-            "flag_rate": round(w.flag_rate, 4), "ttft_count": w.ttft_count,
-            "ttft_p95_ms": None if w.ttft_p95_ms is None else round(w.ttft_p95_ms, 1)}
-
-
-def _log_comb(n: int, k: int) -> float:
-    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-
-
-def fisher_greater(k_after: int, n_after: int, k_before: int, n_before: int) -> float:
-    """One-sided Fisher exact p-value that the after rate is higher than the before rate: the chance, with both
-    windows' events shared out at random over their exchanges, that the after window gets ``k_after`` or more.
-    Exact at any sample size (no normal approximation), so a handful of events cannot look significant."""
-    total, events = n_after + n_before, k_after + k_before
-    if n_after <= 0 or n_before <= 0 or events == 0:
-        return 1.0
-    log_all = _log_comb(total, n_after)
-    top = min(events, n_after)
-    p = sum(math.exp(_log_comb(events, x) + _log_comb(total - events, n_after - x) - log_all)
-            for x in range(k_after, top + 1) if n_after - x <= total - events)
-    return min(1.0, p)
-
-
-@dataclass(frozen=True)
-class WatchTest:
-    """One comparison the watch made: a rate (Fisher exact, one-sided, at ``alpha``, and past ``margin``) or the
-    p95 time to first token (past ``margin`` of the old one), with the sample sizes on each side."""
-
-    metric: str  # "error_rate", "flag_rate" (answers the policy flagged or blocked) or "ttft_p95_ms"
-    before: float | None
-    after: float | None
-    n_before: int
-    n_after: int
-    enough: bool  # both sides have watch_min_samples
-    regression: bool
-    p_value: float | None = None
-    k_before: int | None = None
-    k_after: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "before": self.before, "after": self.after, "n_before": self.n_before,
-                "n_after": self.n_after, "k_before": self.k_before, "k_after": self.k_after,
-                "p_value": None if self.p_value is None else float(f"{self.p_value:.3g}"), "enough": self.enough,
-                "regression": self.regression}
-
-
-def watch_tests(settings: Settings, before: WindowStats, after: WindowStats) -> list[WatchTest]:
-    """The watch's comparisons of the new version's window with the old one's.
-
-    A rate regresses only when both sides have ``watch_min_samples`` exchanges, it rose by more than its margin,
-    *and* a one-sided Fisher exact test puts the rise below ``watch_significance``: a few unlucky answers, or a
-    few users set on tripping the policy, cannot undo an approved promotion. The p95 time to first token regresses
-    when both sides have ``watch_min_samples`` timed answers and it rose by more than ``watch_ttft_margin``.
-    """
-    n = settings.watch_min_samples
-    rates = [("error_rate", before.errors, after.errors, settings.watch_error_margin),
-             ("flag_rate", before.flagged, after.flagged, settings.watch_flag_margin)]
-    out = []
-    for metric, k_before, k_after, margin in rates:
-        enough = min(before.requests, after.requests) >= n
-        rate_before = k_before / before.requests if before.requests else 0.0
-        rate_after = k_after / after.requests if after.requests else 0.0
-        p = fisher_greater(k_after, after.requests, k_before, before.requests)
-        regression = enough and rate_after > rate_before + margin + EPSILON and p < settings.watch_significance
-        out.append(WatchTest(metric, round(rate_before, 4), round(rate_after, 4), before.requests, after.requests,
-                             enough, regression, p, k_before, k_after))
-    enough = min(before.ttft_count, after.ttft_count) >= n
-    slower = before.ttft_p95_ms is not None and after.ttft_p95_ms is not None and \
-        after.ttft_p95_ms > before.ttft_p95_ms * (1 + settings.watch_ttft_margin)
-    out.append(WatchTest("ttft_p95_ms", None if before.ttft_p95_ms is None else round(before.ttft_p95_ms, 1),
-                         None if after.ttft_p95_ms is None else round(after.ttft_p95_ms, 1), before.ttft_count,
-                         after.ttft_count, enough, enough and slower))
-    return out
-
-
-def _reason(settings: Settings, t: WatchTest) -> str:
-    if t.metric == "ttft_p95_ms":
-        return (f"p95 time to first token rose from {t.before:.0f} ms to {t.after:.0f} ms "
-                f"(more than {settings.watch_ttft_margin:.0%}; {t.n_before} and {t.n_after} answers)")
-    what = "error rate" if t.metric == "error_rate" else "flag rate of answers"
-    return (f"{what} rose from {t.before or 0:.1%} ({t.k_before}/{t.n_before}) to {t.after or 0:.1%} "
-            f"({t.k_after}/{t.n_after}); one-sided Fisher exact p = {t.p_value:.2g} < {settings.watch_significance}")
-
-
-def describe_test(test: dict[str, Any]) -> str:
-    """One comparison of a watch finding (its ``tests``) in words: the metric, both sides with their sample
-    sizes, the statistic and the decision."""
-    decision = "regression" if test.get("regression") else ("compared" if test.get("enough") else "too few to compare")
-    if test.get("metric") == "ttft_p95_ms":
-        return (f"p95 time to first token {test.get('before')} → {test.get('after')} ms "
-                f"({test.get('n_before')} / {test.get('n_after')} answers): {decision}")
-    what = "error rate" if test.get("metric") == "error_rate" else "flagged answers"
-    return (f"{what} {test.get('k_before')}/{test.get('n_before')} → {test.get('k_after')}/{test.get('n_after')}, "
-            f"one-sided Fisher p = {test.get('p_value')}: {decision}")
-
-
-def regressions(settings: Settings, before: WindowStats, after: WindowStats) -> list[str]:
-    """Why the new version's window is worse than the old one's (empty: it is not), see :func:`watch_tests`."""
-    return [_reason(settings, t) for t in watch_tests(settings, before, after) if t.regression]
-
-
-@dataclass(frozen=True)
-class WatchFinding:
-    """What the watch concluded about one production switch (the ``model.watch_*`` audit event as a view)."""
-
-    switch_seq: int
-    from_version: str
-    to_version: str
-    switched_at: datetime
-    verdict: str  # "regression", "passed" or "too_few_samples"
-    action: str  # "rolled_back", "proposed", "rollback_failed" or "none"
-    reasons: tuple[str, ...]
-    before: dict[str, Any]
-    after: dict[str, Any]
-    at: datetime
-    error: str | None = None
-    tests: tuple[dict[str, Any], ...] = ()  # each comparison: statistic, sample sizes, decision (WatchTest)
-
-
-def _finding(event: AuditEvent | audit_q.AppendedEvent) -> WatchFinding:
-    d = event.details
-    return WatchFinding(int(event.object_id or 0), d.get("from") or "", d.get("to") or "",
-                        datetime.fromisoformat(d["switched_at"]), d.get("verdict", ""), d.get("action", "none"),
-                        tuple(d.get("reasons") or ()), d.get("before") or {}, d.get("after") or {}, event.ts,
-                        d.get("error"), tuple(d.get("tests") or ()))
-
-
-def _watched(event: AuditEvent | None) -> bool:
-    """A switch the watch looks at: from one version to another, not itself a rollback."""
-    if event is None or not event.details.get("from") or not event.details.get("to"):
-        return False
-    return not str(event.details.get("reason") or "").startswith(ROLLBACK_PREFIX)
-
-
-class Watcher(PeriodicTask):
-    """Watches the version a production switch brought in; one per console process, on its own thread.
-
-    For ``watch_minutes`` after the latest ``model.switch`` it compares the new version's p95 time to first token,
-    error rate and flag rate of answers since the switch with the previous version's over the same length of time
-    before it: real users' exchanges only, outside load tests, and only the policy's verdicts on answers (not on
-    prompts); each comparison needs ``watch_min_samples`` on both sides, and a rate a significant rise
-    (:func:`watch_tests`). On a regression it rolls back (``watch_auto_rollback``)
-    or only proposes a rollback; either way it writes ``model.watch_regression`` saying why. A window that ends
-    without one gets ``model.watch_ended``. Each switch gets one finding, even with several console processes.
-    A rollback's own switch is not watched (it returns to the version just compared against).
-    """
-
-    def __init__(self, ctx: AppContext, *, interval_s: float | None = None) -> None:
-        super().__init__(ctx.settings.watch_check_seconds if interval_s is None else interval_s, name="model-watch")
-        self.ctx = ctx
-        self._lock = threading.Lock()
-
-    def run_once(self) -> WatchFinding | None:
-        """Look at the latest production switch once; returns the finding recorded now, if any."""
-        with self._lock:
-            settings = self.ctx.settings
-            with self.ctx.db.session(readonly=True) as s:
-                switch = audit_q.latest_event(s, "model.switch")
-                if switch is None or not _watched(switch):
-                    return None
-                if audit_q.events_about(s, WATCH_ACTIONS, object_type="model_switch", object_id=str(switch.seq)):
-                    return None
-                old, new = str(switch.details["from"]), str(switch.details["to"])
-                window = timedelta(minutes=settings.watch_minutes)
-                now, start = self.ctx.now(), switch.ts
-                ended = now >= start + window
-                # Real users' traffic only: a load test slows every answer while it runs, so its time is left out.
-                loaded = promo_q.load_test_periods(s, start - window, min(now, start + window))
-                after = promo_q.window_stats(s, new, start, min(now, start + window), exclude=loaded)
-                before = promo_q.window_stats(s, old, start - window, start, exclude=loaded)
-            enough = min(after.requests, before.requests) >= settings.watch_min_samples
-            tests = watch_tests(settings, before, after)
-            reasons = [_reason(settings, t) for t in tests if t.regression]
-            if reasons:
-                return self._record(switch, "regression", reasons, before, after, tests)
-            if ended:
-                return self._record(switch, "passed" if enough else "too_few_samples", [], before, after, tests)
-            return None
-
-    def _record(self, switch: AuditEvent, verdict: str, reasons: list[str], before: WindowStats,
-                after: WindowStats, tests: list[WatchTest]) -> WatchFinding | None:
-        old, new = str(switch.details["from"]), str(switch.details["to"])
-        files_error = None
-        if verdict == "regression":
-            try:
-                with self.ctx.db.session(readonly=True) as s:
-                    _rollback_plan(s, expect_current=new, target=old, check=True)
-            except ConsoleError as exc:
-                files_error = str(exc)
-        with self.ctx.db.session() as s:
-            promo_q.lock_alias(s, PRODUCTION)  # one finding per switch, even with several console processes
-            if audit_q.events_about(s, WATCH_ACTIONS, object_type="model_switch", object_id=str(switch.seq)):
-                return None
-            holder = versions_q.version_for_alias(s, PRODUCTION)
-            if verdict == "regression" and (holder is None or holder.name != new):
-                return None  # production moved on meanwhile: the next switch is watched instead
-            action, error, plan = "none", None, None
-            if verdict == "regression":
-                try:
-                    if files_error is not None:
-                        raise InvalidInput(files_error)
-                    plan = _rollback_plan(s, expect_current=new, target=old)
-                    action = "rolled_back" if self.ctx.settings.watch_auto_rollback else "proposed"
-                except ConsoleError as exc:
-                    action, error = "rollback_failed", str(exc)
-            details = {"from": old, "to": new, "switched_at": switch.ts.isoformat(), "verdict": verdict,
-                       "action": action, "reasons": reasons, "before": _stats(before), "after": _stats(after),
-                       "window_minutes": self.ctx.settings.watch_minutes, "error": error,
-                       "min_samples": self.ctx.settings.watch_min_samples,
-                       "significance": self.ctx.settings.watch_significance,
-                       "tests": [t.as_dict() for t in tests]}
-            action_name = "model.watch_regression" if verdict == "regression" else "model.watch_ended"
-            event = audit_q.append_event(s, actor=WATCH_ACTOR, actor_id=None, action=action_name,
-                                         object_type="model_switch", object_id=switch.seq, details=details)
-            if plan is not None and action == "rolled_back":
-                _do_rollback(s, *plan, actor=WATCH_ACTOR, actor_id=None, auto=True,
-                             reason=f"watch window after the switch to {new}: " + "; ".join(reasons))
-            if verdict == "regression":
-                logger.warning("watch: %s regressed against %s (%s); %s", new, old, "; ".join(reasons), action)
-            return _finding(event)
-
-
-@dataclass(frozen=True)
-class AliasMoveView:
-    """A move of the production alias: from which version to which, who, when and why (``rollback``: a rollback,
-    whose reason is shown without its prefix)."""
-
-    from_version: str | None
-    to_version: str | None
-    by: str
-    at: datetime
-    reason: str
-    rollback: bool
-
-
-@dataclass(frozen=True)
-class WatchView:
-    """The latest production switch as the watch sees it: ``state`` is watching, regression, passed,
-    too_few_samples, not_watched (a rollback's own switch, or the first version loaded), or, when production
-    moved away from the watched version before the watch concluded, rolled_back or moved (``moved_away`` says
-    who, when and why; the consoles may not have switched yet)."""
-
-    from_version: str | None
-    to_version: str
-    switched_at: datetime
-    ends_at: datetime
-    state: str
-    finding: WatchFinding | None
-    moved_away: AliasMoveView | None = None
-
-
-@dataclass(frozen=True)
-class ProductionView:
-    current: str | None
-    previous: str | None  # where a rollback would return to
-    watch: WatchView | None
-    recent_regression: WatchFinding | None  # the last regression the watch found in the past day, if any
-    last_rollback: AliasMoveView | None = None  # the latest move of production, if it was a rollback in the past day
-
-
-def _move_view(s: Session, move: Any) -> AliasMoveView:
-    def name(version_id: int | None) -> str | None:
-        version = None if version_id is None else versions_q.get_model_version(s, version_id)
-        return None if version is None else version.name
-
-    rolled = move.reason.startswith(ROLLBACK_PREFIX)
-    return AliasMoveView(name(move.from_version_id), name(move.to_version_id), move.actor, move.created_at,
-                         move.reason.removeprefix(ROLLBACK_PREFIX), rolled)
-
-
-@requires("promotion.view")
-def production_state(ctx: AppContext, actor: Principal) -> ProductionView:
-    """Which version holds production, where a rollback would go, and what the watch window says."""
+    to every admin until another admin acknowledges it (:func:`registry.acknowledge_emergency`)."""
+    reason = _text(reason, "the reason for the emergency rollback")
     with ctx.db.session(readonly=True) as s:
-        current = versions_q.version_for_alias(s, PRODUCTION)
-        try:
-            previous: str | None = _rollback_plan(s)[1].name
-        except ConsoleError:
-            previous = None
-        switch = audit_q.latest_event(s, "model.switch")
-        last_move = next(iter(versions_q.alias_moves(s, alias=PRODUCTION, limit=1)), None)
-        moved_view = None if last_move is None else _move_view(s, last_move)
-        watch = None
-        if switch is not None:
-            events = audit_q.events_about(s, WATCH_ACTIONS, object_type="model_switch", object_id=str(switch.seq))
-            finding = _finding(events[-1]) if events else None
-            ends = switch.ts + timedelta(minutes=ctx.settings.watch_minutes)
-            state = finding.verdict if finding else ("watching" if _watched(switch) and ctx.now() < ends
-                                                     else "not_watched")
-            watched = str(switch.details.get("to"))
-            moved = None
-            if (current is None or current.name != watched) and last_move is not None \
-                    and last_move.created_at >= switch.ts:
-                # The alias left the switched-to version (a rollback, a promotion, a serve) and the switch that
-                # follows has not happened yet: that version is no longer being watched.
-                moved = moved_view
-                if state == "watching" and moved_view is not None:
-                    state = "rolled_back" if moved_view.rollback else "moved"
-            watch = WatchView(switch.details.get("from"), watched, switch.ts, ends, state, finding, moved)
-        last = audit_q.latest_event(s, "model.watch_regression")
-        recent = _finding(last) if last is not None and last.ts >= ctx.now() - RECENT else None
-        rollback = moved_view if moved_view is not None and moved_view.rollback \
-            and moved_view.at >= ctx.now() - RECENT else None
-    return ProductionView(current.name if current else None, previous, watch, recent, rollback)
-
-
-# --- history ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionChoice:
-    name: str
-    retired: bool
-    aliases: tuple[str, ...]
-
-
-@requires("promotion.view")
-def version_choices(ctx: AppContext, actor: Principal) -> list[VersionChoice]:
-    """Every registered version (newest first) with its aliases, for the request form and the history."""
-    with ctx.db.session(readonly=True) as s:
-        aliases = versions_q.aliases_by_version(s)
-        return [VersionChoice(v.name, v.retired_at is not None, tuple(aliases.get(v.id, [])))
-                for v in versions_q.list_model_versions(s)]
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    at: datetime
-    kind: str  # registered, alias, evaluation, request, approved, rejected, cancelled, switch, switch_failed,
-    #            rollback, emergency, watch, retired
-    summary: str
-    actor: str | None
-
-
-HISTORY_EVENTS = ("model.switch", "model.switch_failed", "model.rollback", *WATCH_ACTIONS,
-                  *versions_q.EMERGENCY_ACTIONS.values())
-
-
-def _event_entry(e: AuditEvent) -> TimelineEntry:
-    d = e.details
-    if e.action == "model.rollback":
-        how = "automatic rollback" if d.get("auto") else "rollback"
-        return TimelineEntry(e.ts, "rollback", f"{how} from {d.get('from')} to {d.get('to')}: {d.get('reason')}",
-                             e.actor)
-    if e.action in versions_q.EMERGENCY_ACTIONS.values():
-        how = "break-glass shell command" if d.get("break_glass") else "emergency rollback"
-        return TimelineEntry(e.ts, "emergency", f"{how}: {d.get('alias')} from {d.get('from')} to {d.get('to')} "
-                             f"without a second approval: {d.get('reason')}", e.actor)
-    if e.action in WATCH_ACTIONS:
-        reasons = "; ".join(d.get("reasons") or []) or d.get("verdict", "")
-        return TimelineEntry(e.ts, "watch", f"watch after the switch {d.get('from')} → {d.get('to')}: {reasons} "
-                             f"({d.get('action')})", e.actor)
-    if e.action == "model.switch_failed":
-        return TimelineEntry(e.ts, "switch_failed", f"switch from {d.get('from')} to {d.get('to')} failed: "
-                             f"{d.get('error')}", d.get("requested_by") or e.actor)
-    return TimelineEntry(e.ts, "switch", f"served: switched from {d.get('from') or 'nothing'} to {d.get('to')} in "
-                         f"{d.get('seconds')} s", d.get("requested_by") or e.actor)
-
-
-@requires("promotion.view")
-def version_history(ctx: AppContext, actor: Principal, name: str) -> list[TimelineEntry]:
-    """One version's timeline, oldest first: registration, alias moves, evaluations, promotion requests and their
-    decisions, switches, rollbacks and watch findings, retirement."""
-    with ctx.db.session(readonly=True) as s:
-        version = _version(s, name)
-        names = {v.id: v.name for v in versions_q.list_model_versions(s)}
-        users: dict[int, str] = {}
-
-        def username(user_id: int | None) -> str | None:
-            if user_id is None:
-                return None
-            if user_id not in users:
-                user = users_q.get_user(s, user_id)
-                users[user_id] = user.username if user else "?"
-            return users[user_id]
-
-        out = [TimelineEntry(version.created_at, "registered", f"registered from {version.source}",
-                             username(version.created_by_id))]
-        for m in versions_q.alias_moves(s, version_id=version.id, limit=1000):
-            if m.to_version_id == version.id:
-                came = names.get(m.from_version_id) if m.from_version_id else None
-                text = f"{m.alias} moved here" + (f" from {came}" if came else "") + f": {m.reason}"
-            else:
-                went = names.get(m.to_version_id) if m.to_version_id else None
-                text = f"{m.alias} moved to {went}: {m.reason}" if went else f"{m.alias} removed: {m.reason}"
-            out.append(TimelineEntry(m.created_at, "alias", text, m.actor))
-        for ev in evaluations_q.list_evaluations(s, version.id, limit=1000):
-            if ev.status != "done":
-                continue
-            report = ev.report or {}
-            out.append(TimelineEntry(ev.finished_at or version.created_at, "evaluation",
-                                     f"evaluation #{ev.id} ({ev.suite}): {report.get('n', '?')} prompts, topic "
-                                     f"accuracy {report.get('topic_accuracy')}, flag rate "
-                                     f"{report.get('flag_rate_any')}", None))
-        for r in promo_q.list_requests(s, version_id=version.id, limit=1000):
-            failed = [g["name"] for g in r.gates or [] if not g.get("passed")]
-            out.append(TimelineEntry(r.created_at, "request", f"request #{r.id} to move {r.alias} here: {r.reason}"
-                                     + (f" (failed gates: {', '.join(failed)})" if failed else ""),
-                                     username(r.requested_by_id)))
-            if r.decided_at is not None:
-                text = f"request #{r.id} {r.status}" + (f": {r.decision_note}" if r.decision_note else "")
-                if r.override_reason:
-                    text += f" (override: {r.override_reason})"
-                out.append(TimelineEntry(r.decided_at, r.status, text, username(r.decided_by_id)))
-        for e in audit_q.events_about(s, HISTORY_EVENTS, limit=5000):
-            if version.name in (e.details.get("from"), e.details.get("to")):
-                out.append(_event_entry(e))
-        if version.retired_at is not None:
-            out.append(TimelineEntry(version.retired_at, "retired", "retired", None))
-    return sorted(out, key=lambda t: t.at)
-
-
-@dataclass(frozen=True)
-class ServedInterval:
-    version: str
-    start: datetime
-    end: datetime
-    current: bool
-
-
-@requires("promotion.view")
-def served_timeline(ctx: AppContext, actor: Principal, since: datetime) -> list[ServedInterval]:
-    """Which version held production when, since ``since``: one interval per holder, oldest first."""
-    now = ctx.now()
-    with ctx.db.session(readonly=True) as s:
-        names = {v.id: v.name for v in versions_q.list_model_versions(s)}
-        moves = promo_q.alias_moves_since(s, PRODUCTION, since)
-    out = []
-    for i, move in enumerate(moves):
-        if move.to_version_id is None:
-            continue
-        start = max(move.created_at, since)
-        last = i + 1 == len(moves)
-        end = max(now, start) if last else moves[i + 1].created_at
-        out.append(ServedInterval(names.get(move.to_version_id, "?"), start, end, last))
-    return out
+        current, target = rollback_plan(s, check=True)
+    with ctx.db.session() as s:
+        current, target = rollback_plan(s, expect_current=current.name, target=target.name)
+        result = apply_rollback(s, current, target, actor=actor.username, actor_id=actor.user_id, reason=reason,
+                                auto=False)
+        versions_q.record_emergency(s, kind="rollback", alias=PRODUCTION, from_version=current, to_version=target,
+                                    actor=actor.username, actor_id=actor.user_id, reason=reason, break_glass=False)
+        return result

@@ -9,7 +9,7 @@ import streamlit as st
 
 from console import ui
 from console.services import chat as chat_svc
-from console.services import models as models_svc
+from console.services import demo_builds
 from console.services import serving as serving_svc
 from console.services.chat import ExchangeView
 from console.services.errors import InvalidInput
@@ -177,7 +177,7 @@ if page_state.notice:
 # --- what is served ---------------------------------------------------------------------------------------------
 
 
-def _show_build(build: models_svc.DemoBuildView) -> None:
+def _show_build(build: demo_builds.DemoBuildView) -> None:
     """The version the console is to serve is still being built (``llm-console run`` builds it in the background)."""
     name = escape_markdown(build.name)
     if build.state == "building":
@@ -189,7 +189,7 @@ def _show_build(build: models_svc.DemoBuildView) -> None:
                 "ready.")
     elif build.state == "failed":
         st.error(f"Building {name} failed: {escape_markdown(build.message)}. The chat opens once it is built; "
-                 f"the build's log is `{str(build.log or models_svc.BUILD_LOG).replace('`', '')}`. Ask an admin: "
+                 f"the build's log is `{str(build.log or demo_builds.BUILD_LOG).replace('`', '')}`. Ask an admin: "
                  "starting the console again (`llm-console run`) retries the build.")
     else:
         st.warning(f"Building {name} stopped at {build.fraction:.0%}: its process is gone. Ask an admin: starting "
@@ -199,7 +199,7 @@ def _show_build(build: models_svc.DemoBuildView) -> None:
 def _show_serving(serving: serving_svc.ServingView) -> None:
     model = escape_markdown(serving.model_version or "?")
     if serving.model_version is None and serving.state in ("none", "stopped"):  # nothing loaded yet
-        build = ui.call(models_svc.served_version_build, ctx, principal)
+        build = ui.call(demo_builds.served_version_build, ctx, principal)
         if build is not None:
             _show_build(build)
         elif serving.state == "none":
@@ -221,7 +221,7 @@ def _show_serving(serving: serving_svc.ServingView) -> None:
 
 serving = serving_svc.serving_status(ctx)
 page_state.engine_was_ready = serving.ready
-if serving.state == "none" and ui.call(models_svc.served_version_build, ctx, principal) is None:
+if serving.state == "none" and ui.call(demo_builds.served_version_build, ctx, principal) is None:
     st.warning("No model is being served; ask an admin.")
 else:  # refreshed every 2 s: loading progress, or the served version's build until the model is up
 

@@ -9,7 +9,7 @@ import streamlit as st
 from console import ui
 from console.services import evaluation as eval_svc
 from console.services import evaluation_report as report_view
-from console.services import promotion as promotion_svc
+from console.services import timelines
 from console.textsafe import escape_markdown
 
 principal = ui.require_page("evaluations")
@@ -24,7 +24,7 @@ if state.flash:
     st.success(escape_markdown(state.flash))
     state.flash = None
 
-versions = [v.name for v in ui.call(promotion_svc.version_choices, ctx, principal) or [] if not v.retired]
+versions = [v.name for v in ui.call(timelines.version_choices, ctx, principal) or [] if not v.retired]
 suites = ui.call(eval_svc.list_suites, ctx, principal) or []
 run_tab, reports_tab, compare_tab = st.tabs(["Run", "Reports", "Compare two reports"])
 

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from console import ui
-from console.services import models as models_svc
+from console.services import demo_builds, registry
 from console.services import serving as serving_svc
 from console.textsafe import escape_markdown
 
@@ -45,13 +45,13 @@ def _serving() -> None:
 
 _serving()
 
-building_at_start = {b.name for b in ui.call(models_svc.demo_build_status, ctx, principal) or []
+building_at_start = {b.name for b in ui.call(demo_builds.demo_build_status, ctx, principal) or []
                      if b.state == "building"}
 
 
 @st.fragment(run_every=3)
 def _building() -> None:
-    builds = ui.call(models_svc.demo_build_status, ctx, principal) or []
+    builds = ui.call(demo_builds.demo_build_status, ctx, principal) or []
     now_building = {b.name for b in builds if b.state == "building"}
     if building_at_start - now_building:  # a build finished (or stopped): show the table with it registered
         st.rerun(scope="app")
@@ -70,8 +70,8 @@ def _building() -> None:
 
 _building()
 
-versions = ui.call(models_svc.list_versions, ctx, principal) or []
-protected = ui.call(serving_svc.protected_aliases, ctx, principal) or []
+versions = ui.call(registry.list_versions, ctx, principal) or []
+protected = ui.call(registry.protected_aliases, ctx, principal) or []
 locked = {p.alias for p in protected}
 st.dataframe(
     pd.DataFrame([{"name": v.name, "stage": v.stage,
@@ -149,7 +149,7 @@ with alias_tab:
         if st.form_submit_button("Point the alias at this version"):
             if name is None:
                 st.error("Choose a version.")
-            elif ui.call(serving_svc.set_alias, ctx, principal, name, alias, reason) is not None:
+            elif ui.call(registry.set_alias, ctx, principal, name, alias, reason) is not None:
                 state.flash = f"{alias.strip().lower()} now points at {name}."
                 state.round += 1
                 st.rerun()
@@ -161,7 +161,7 @@ with alias_tab:
                               placeholder="staging")
         reason = st.text_input("Reason", key=f"protect_reason_{state.round}", max_chars=1000)
         if st.form_submit_button("Protect this alias"):
-            if ui.call(serving_svc.protect_alias, ctx, principal, alias, reason) is not None:
+            if ui.call(registry.protect_alias, ctx, principal, alias, reason) is not None:
                 state.flash = f"{alias.strip().lower()} is protected: it now moves only through a promotion."
                 state.round += 1
                 st.rerun()
@@ -173,7 +173,7 @@ with alias_tab:
         if st.form_submit_button("Retire"):
             if name is None:
                 st.error("Choose a version to retire.")
-            elif ui.call(serving_svc.retire, ctx, principal, name, reason) is not None:
+            elif ui.call(registry.retire, ctx, principal, name, reason) is not None:
                 state.flash = f"{name} is retired."
                 state.round += 1
                 st.rerun()
@@ -183,20 +183,20 @@ with register_tab, st.form(f"register_model_{state.round}"):
     source = st.text_input("Source", key=f"model_source_{state.round}",
                            placeholder="meta-llama/Llama-3.1-8B-Instruct or /models/my-model")
     revision = st.text_input("Revision (hub commit or tag; pin one for a hub id)", key=f"model_revision_{state.round}")
-    dtype = st.selectbox("dtype", models_svc.DTYPES, key=f"model_dtype_{state.round}")
+    dtype = st.selectbox("dtype", registry.DTYPES, key=f"model_dtype_{state.round}")
     quantization = st.text_input("Quantization (vLLM method, e.g. awq, gptq, fp8; empty for none)",
                                  key=f"model_quantization_{state.round}")
     max_len = st.number_input("Max context (tokens, 0 = the model's own)", min_value=0, value=0, step=256,
                               key=f"model_max_len_{state.round}")
     engine_args = st.text_area("vLLM engine arguments (JSON)", key=f"model_engine_args_{state.round}",
                                placeholder='{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}',
-                               help=models_svc.ENGINE_ARGS_HELP)
+                               help=registry.ENGINE_ARGS_HELP)
     base = st.selectbox("Base version (only for a LoRA adapter: Source is then the adapter's directory)",
                         [v.name for v in versions if not v.retired and v.base is None], index=None,
                         key=f"model_base_{state.round}")
     description = st.text_input("Notes", key=f"model_description_{state.round}")
     if st.form_submit_button("Register", type="primary"):
-        created = ui.call(models_svc.register, ctx, principal, name=name, source=source, revision=revision,
+        created = ui.call(registry.register, ctx, principal, name=name, source=source, revision=revision,
                           dtype=dtype, max_model_len=int(max_len) or None, engine_args=engine_args,
                           description=description, quantization=quantization, base=base)
         if created:
@@ -205,7 +205,7 @@ with register_tab, st.form(f"register_model_{state.round}"):
             st.rerun()
 
 with history_tab:
-    moves = ui.call(serving_svc.alias_history, ctx, principal) or []
+    moves = ui.call(registry.alias_history, ctx, principal) or []
     if not moves:
         st.info("No alias has moved yet.")
     else:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from console import ui
 from console.services import promotion as promotion_svc
-from console.services import serving as serving_svc
+from console.services import registry, timelines, watch
 from console.services.access import allowed
 from console.textsafe import escape_markdown as esc
 
@@ -38,10 +38,10 @@ for move in ui.emergency_warnings(ctx, principal, link=False):
         with st.form(f"ack_{move.id}_{state.round}"):
             note = st.text_input("Note (recorded)", key=f"ack_note_{move.id}_{state.round}", max_chars=1000)
             if st.form_submit_button(f"Acknowledge emergency move #{move.id}"):
-                if ui.call(serving_svc.acknowledge_emergency, ctx, principal, move.id, note) is not None:
+                if ui.call(registry.acknowledge_emergency, ctx, principal, move.id, note) is not None:
                     _done(f"Emergency move #{move.id} is acknowledged.")
 
-production = ui.call(promotion_svc.production_state, ctx, principal)
+production = ui.call(watch.production_state, ctx, principal)
 if production is not None:
     st.markdown(f"**Production:** {esc(production.current or 'none')}")
     watch = production.watch
@@ -59,7 +59,7 @@ if production is not None:
     if watch is not None and watch.finding is not None and watch.finding.tests:
         st.caption(f"Watch of {esc(watch.to_version)} against {esc(watch.from_version or '-')} "
                    f"({esc(watch.finding.verdict)}): "
-                   + esc("; ".join(promotion_svc.describe_test(t) for t in watch.finding.tests)) + ".")
+                   + esc("; ".join(watch.describe_test(t) for t in watch.finding.tests)) + ".")
     if (f := production.recent_regression) is not None:
         what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
                 "rollback_failed": f"the rollback failed: {f.error}"}.get(f.action, f.action)
@@ -118,7 +118,7 @@ with tabs["Pending"]:
                                     "note": r.decision_note or "", "override": r.override_reason or "",
                                     "decided": r.decided_at} for r in decided]), hide_index=True, key="decided")
 
-choices = ui.call(promotion_svc.version_choices, ctx, principal) or []
+choices = ui.call(timelines.version_choices, ctx, principal) or []
 
 if "Request" in tabs:
     with tabs["Request"], st.form(f"request_form_{state.round}"):
@@ -154,13 +154,13 @@ if "Emergency rollback" in tabs:
 with tabs["History"]:
     days = st.selectbox("Served in the last", [1, 7, 30, 90], index=1, format_func=lambda d: f"{d} day(s)",
                         key="history_days")
-    served = ui.call(promotion_svc.served_timeline, ctx, principal, ctx.now() - timedelta(days=days)) or []
+    served = ui.call(timelines.served_timeline, ctx, principal, ctx.now() - timedelta(days=days)) or []
     if served:
         chart = pd.DataFrame([{"version": i.version, "start": i.start, "end": i.end} for i in served])
         st.plotly_chart(px.timeline(chart, x_start="start", x_end="end", y="version", color="version",
                                     title="Which version served production"), width="stretch")
     name = st.selectbox("Version", [c.name for c in choices], index=None, key="history_version")
     if name is not None:
-        timeline = ui.call(promotion_svc.version_history, ctx, principal, name) or []
+        timeline = ui.call(timelines.version_history, ctx, principal, name) or []
         st.dataframe(pd.DataFrame([{"when": t.at, "what": t.kind, "by": t.actor or "", "details": t.summary}
                                    for t in timeline]), hide_index=True, width="stretch", key="history_timeline")

@@ -92,7 +92,7 @@ class DemoRecipe:
 # Training is step-based: a build always takes ``max_steps`` optimiser steps on the same seeded batches, so a
 # version is the same model on a fast and on a slow machine (only the wall-clock differs). support-demo-v1 is
 # kept small and short because the console starts as soon as it is built; support-demo-v2 is built in the
-# background afterwards (see console.services.models) and may take longer: a wider model, three times the steps
+# background afterwards (see console.services.demo_builds) and may take longer: a wider model, three times the steps
 # on a larger, differently seeded corpus sample.
 DEMO_VERSIONS: dict[str, DemoRecipe] = {
     recipe.name: recipe

@@ -12,7 +12,8 @@ import pytest
 
 from console import cli
 from console.services import promotion as promotion_svc
-from console.services import serving
+from console.services import registry, serving, timelines
+from console.services.access import Principal
 from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties
 from db import audit as audit_q
 from db import model_versions as versions_q
@@ -33,7 +34,7 @@ def installed(ctx, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: ANN00
     _register(ctx, "tiny-a", tiny_model_dir)
     for name in ("tiny-b", "tiny-c"):
         _register(ctx, name, Path(shutil.copytree(tiny_model_dir, tmp_path / name)))
-    serving.serve_cli(ctx, "tiny-a", "first version")
+    serving.serve(ctx, Principal.shell(ctx), "tiny-a", "first version")
 
 
 def _production(ctx) -> str:  # noqa: ANN001
@@ -64,7 +65,7 @@ def test_the_configured_default_version_counts_as_holding_production_before_its_
     _register(ctx, ctx.settings.default_model, tiny_model_dir)
     _register(ctx, "tiny-b", Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b")))
     ada = make_user("ada", "admin")
-    assert [(p.alias, p.version) for p in serving.protected_aliases(ctx, ada)] == [
+    assert [(p.alias, p.version) for p in registry.protected_aliases(ctx, ada)] == [
         ("production", ctx.settings.default_model)]
     with pytest.raises(AccessDenied, match="production is protected"):
         serving.serve(ctx, ada, "tiny-b", "better answers")
@@ -82,9 +83,9 @@ def test_a_version_a_console_serves_counts_as_holding_production_before_its_alia
         audit_q.append_event(s, actor="system", actor_id=None, action="model.switch", object_type="model_version",
                              object_id="tiny-a", details={"from": None, "to": "tiny-a", "seconds": 1.0})
     with pytest.raises(AccessDenied, match="production is protected"):
-        serving.serve_cli(ctx, "tiny-b", "better answers")
-    serving.serve_cli(ctx, "tiny-b", "better answers", break_glass="the test")
-    assert serving.unacknowledged_emergencies(ctx, make_user("ada", "admin"))[0].from_version == "tiny-a"
+        serving.serve(ctx, Principal.shell(ctx), "tiny-b", "better answers")
+    serving.serve(ctx, Principal.shell(ctx), "tiny-b", "better answers", break_glass="the test")
+    assert registry.unacknowledged_emergencies(ctx, make_user("ada", "admin"))[0].from_version == "tiny-a"
 
 
 def test_one_admin_cannot_move_production_by_serving(ctx, installed, make_user) -> None:  # noqa: ANN001
@@ -100,16 +101,16 @@ def test_one_admin_cannot_move_production_by_serving(ctx, installed, make_user) 
 def test_one_admin_cannot_move_production_by_setting_the_alias(ctx, installed, make_user) -> None:  # noqa: ANN001
     ada = make_user("ada", "admin")
     with pytest.raises(InvalidInput, match="approved promotion"):
-        serving.set_alias(ctx, ada, "tiny-b", "production", "better answers")
+        registry.set_alias(ctx, ada, "tiny-b", "production", "better answers")
     with pytest.raises(InvalidInput, match="approved promotion"):
-        serving.set_alias_cli(ctx, "tiny-b", "Production", "better answers", break_glass="it is urgent")
+        registry.set_alias(ctx, Principal.shell(ctx), "tiny-b", "Production", "better answers", break_glass="it is urgent")
     assert _production(ctx) == "tiny-a"
 
 
 def test_an_approved_promotion_still_moves_production(ctx, installed, make_user) -> None:  # noqa: ANN001
     _promote(ctx, make_user("ada", "admin"), make_user("bob", "admin"), "tiny-b")
     assert _production(ctx) == "tiny-b"
-    assert serving.unacknowledged_emergencies(ctx, make_user("cy", "admin")) == []
+    assert registry.unacknowledged_emergencies(ctx, make_user("cy", "admin")) == []
 
 
 def test_the_shell_refuses_to_move_production_without_break_glass(ctx, installed, tmp_path, monkeypatch,  # noqa: ANN001
@@ -126,35 +127,34 @@ def test_the_shell_refuses_to_move_production_without_break_glass(ctx, installed
     [event] = _events(ctx, "model.break_glass")
     assert event["break_glass"] is True and event["from"] == "tiny-a" and event["to"] == "tiny-b"
     assert "card numbers" in event["reason"]
-    [shown] = serving.unacknowledged_emergencies(ctx, _admin(ctx))
-    assert shown.break_glass and shown.actor == "cli" and "break-glass" in shown.summary
+    [shown] = registry.unacknowledged_emergencies(ctx, _admin(ctx))
+    assert shown.break_glass and shown.actor == Principal.shell(ctx).username and "break-glass" in shown.summary
 
 
 def _admin(ctx):  # noqa: ANN001, ANN202
     from console.services import users as users_svc
-    from console.services.access import Principal
     from tests.conftest import STRONG_PASSWORD
 
-    view = users_svc.create_user_cli(ctx, "zed", STRONG_PASSWORD, ["admin"])
+    view = users_svc.add_user(ctx, Principal.shell(ctx), "zed", STRONG_PASSWORD, ["admin"])
     return Principal(view.id, view.username, frozenset(view.roles))
 
 
 def test_a_protected_alias_moves_only_through_a_promotion_and_protecting_is_audited(ctx, installed,  # noqa: ANN001
                                                                                     make_user) -> None:
     ada, bob = make_user("ada", "admin"), make_user("bob", "admin")
-    serving.set_alias(ctx, ada, "tiny-b", "staging", "trying it")  # a free alias: one person
-    assert serving.protect_alias(ctx, ada, "Staging", "the partner API reads staging") is True
+    registry.set_alias(ctx, ada, "tiny-b", "staging", "trying it")  # a free alias: one person
+    assert registry.protect_alias(ctx, ada, "Staging", "the partner API reads staging") is True
     assert [e["alias"] for e in _events(ctx, "model.alias_protect")] == ["staging"]
     with pytest.raises(AccessDenied, match="staging is protected"):
-        serving.set_alias(ctx, ada, "tiny-c", "staging", "newer")
+        registry.set_alias(ctx, ada, "tiny-c", "staging", "newer")
     with pytest.raises(AccessDenied, match="staging is protected"):
-        serving.set_alias_cli(ctx, "tiny-c", "staging", "newer")
+        registry.set_alias(ctx, Principal.shell(ctx), "tiny-c", "staging", "newer")
     with pytest.raises(InvalidInput, match="protected alias staging"):
-        serving.retire(ctx, ada, "tiny-b", "old")  # retiring would free the alias for one person
+        registry.retire(ctx, ada, "tiny-b", "old")  # retiring would free the alias for one person
     _promote(ctx, ada, bob, "tiny-c", alias="staging")
     with ctx.db.session(readonly=True) as s:
         assert versions_q.version_for_alias(s, "staging").name == "tiny-c"
-    views = {p.alias: p for p in serving.protected_aliases(ctx, ada)}
+    views = {p.alias: p for p in registry.protected_aliases(ctx, ada)}
     assert views["production"].version == "tiny-a" and views["production"].protected_by == "always"
     assert views["staging"].version == "tiny-c" and views["staging"].protected_by == "ada"
 
@@ -162,13 +162,13 @@ def test_a_protected_alias_moves_only_through_a_promotion_and_protecting_is_audi
 def test_unprotecting_is_only_a_break_glass_shell_command_shown_until_acknowledged(ctx, installed,  # noqa: ANN001
                                                                                    make_user) -> None:
     ada = make_user("ada", "admin")
-    serving.protect_alias(ctx, ada, "staging", "partner API")
+    registry.protect_alias(ctx, ada, "staging", "partner API")
     with pytest.raises(InvalidInput, match="always protected"):
-        serving.unprotect_alias_cli(ctx, "production", "tired of promotions")
+        registry.unprotect_alias(ctx, Principal.shell(ctx), "production", "tired of promotions")
     with pytest.raises(InvalidInput, match="reason"):
-        serving.unprotect_alias_cli(ctx, "staging", "  ")
-    assert serving.unprotect_alias_cli(ctx, "staging", "the partner API is gone") is True
-    [shown] = serving.unacknowledged_emergencies(ctx, ada)
+        registry.unprotect_alias(ctx, Principal.shell(ctx), "staging", "  ")
+    assert registry.unprotect_alias(ctx, Principal.shell(ctx), "staging", "the partner API is gone") is True
+    [shown] = registry.unacknowledged_emergencies(ctx, ada)
     assert shown.kind == "unprotect" and "removed the protection of staging" in shown.summary
     assert _events(ctx, "model.break_glass")[0]["kind"] == "unprotect"
 
@@ -187,7 +187,7 @@ def test_the_emergency_rollback_returns_only_to_the_previous_version_needs_a_rea
     [event] = _events(ctx, "model.emergency_rollback")
     assert event["from"] == "tiny-b" and event["to"] == "tiny-a" and event["break_glass"] is False
     assert event["reason"] == "tiny-b leaks card numbers"
-    timeline = promotion_svc.version_history(ctx, bob, "tiny-b")
+    timeline = timelines.version_history(ctx, bob, "tiny-b")
     assert [t.actor for t in timeline if t.kind == "emergency"] == ["ada"]
     # The rule is "the version that held production just before": never a version that held it earlier or never.
     with pytest.raises(AccessDenied, match="production is protected"):
@@ -200,19 +200,19 @@ def test_an_emergency_rollback_stays_shown_until_a_different_admin_acknowledges_
     ada, bob, cy = make_user("ada", "admin"), make_user("bob", "admin"), make_user("cy", "admin")
     _promote(ctx, ada, bob, "tiny-b")
     promotion_svc.rollback(ctx, ada, "tiny-b leaks card numbers")
-    [shown] = serving.unacknowledged_emergencies(ctx, bob)
+    [shown] = registry.unacknowledged_emergencies(ctx, bob)
     assert shown.actor == "ada" and shown.kind == "rollback" and not shown.break_glass
     with pytest.raises(SeparationOfDuties):
-        serving.acknowledge_emergency(ctx, ada, shown.id, "I did it")
-    assert [e.id for e in serving.unacknowledged_emergencies(ctx, cy)] == [shown.id]
+        registry.acknowledge_emergency(ctx, ada, shown.id, "I did it")
+    assert [e.id for e in registry.unacknowledged_emergencies(ctx, cy)] == [shown.id]
     with pytest.raises(AccessDenied):
-        serving.acknowledge_emergency(ctx, make_user("rita", "reviewer"), shown.id)
-    serving.acknowledge_emergency(ctx, bob, shown.id, "checked the transcripts: right call")
-    assert serving.unacknowledged_emergencies(ctx, cy) == []
+        registry.acknowledge_emergency(ctx, make_user("rita", "reviewer"), shown.id)
+    registry.acknowledge_emergency(ctx, bob, shown.id, "checked the transcripts: right call")
+    assert registry.unacknowledged_emergencies(ctx, cy) == []
     [ack] = _events(ctx, "model.emergency_acknowledged")
     assert ack["by"] == "ada" and ack["note"] == "checked the transcripts: right call"
     with pytest.raises(InvalidInput, match="already acknowledged by bob"):
-        serving.acknowledge_emergency(ctx, cy, shown.id)
+        registry.acknowledge_emergency(ctx, cy, shown.id)
 
 
 def test_the_shell_rollback_is_an_emergency_rollback(ctx, installed, tmp_path, monkeypatch, make_user) -> None:  # noqa: ANN001
@@ -223,7 +223,7 @@ def test_the_shell_rollback_is_an_emergency_rollback(ctx, installed, tmp_path, m
     assert _production(ctx) == "tiny-a"
     [event] = _events(ctx, "model.emergency_rollback")
     assert event["reason"] == "answers in the wrong language"
-    assert serving.unacknowledged_emergencies(ctx, make_user("cy", "admin"))[0].actor == "cli"
+    assert registry.unacknowledged_emergencies(ctx, make_user("cy", "admin"))[0].actor == Principal.shell(ctx).username
 
 
 def test_the_weights_are_hashed_before_the_write_transaction(ctx, tiny_model_dir, monkeypatch,  # noqa: ANN001
@@ -246,7 +246,7 @@ def test_the_weights_are_hashed_before_the_write_transaction(ctx, tiny_model_dir
             other.close()
         return []
 
-    monkeypatch.setattr(serving, "changed_files", hashing)
+    monkeypatch.setattr(registry, "changed_files", hashing)
     serving.serve(ctx, make_user("ada", "admin"), "tiny-a", "first version")
     assert seen == ["writer lock free"]
 
@@ -263,7 +263,7 @@ def test_the_sidebar_warns_every_admin_until_the_emergency_is_acknowledged(ctx, 
     monkeypatch.setenv("LLM_CONSOLE_ENGINE_AUTOSTART", "false")
     st.cache_resource.clear()
     ada, bob = make_user("ada", "admin"), make_user("bob", "admin")
-    serving.serve_cli(ctx, "tiny-b", "hotfix", break_glass="the approvers are away")
+    serving.serve(ctx, Principal.shell(ctx), "tiny-b", "hotfix", break_glass="the approvers are away")
 
     def sidebar_warnings(principal) -> list[str]:  # noqa: ANN001
         at = AppTest.from_file(str(Path(cli.__file__).parent / "app.py"), default_timeout=60)
@@ -275,7 +275,7 @@ def test_the_sidebar_warns_every_admin_until_the_emergency_is_acknowledged(ctx, 
     try:
         assert any("1 emergency move waits for another admin's acknowledgement." in w for w in sidebar_warnings(ada))
         assert not any("emergency" in w for w in sidebar_warnings(make_user("olga", "operator")))
-        serving.acknowledge_emergency(ctx, bob, serving.unacknowledged_emergencies(ctx, bob)[0].id)
+        registry.acknowledge_emergency(ctx, bob, registry.unacknowledged_emergencies(ctx, bob)[0].id)
         assert not any("emergency" in w for w in sidebar_warnings(ada))
     finally:
         st.cache_resource.clear()

@@ -10,8 +10,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from console import app_pages
-from console.services import models as models_svc
-from console.services import serving
+from console.services import registry, serving
+from console.services.access import Principal
 from console.ui import UiSession
 from db import audit as audit_q
 from db import model_versions as versions_q
@@ -27,10 +27,10 @@ def _open(tmp_path, monkeypatch, ctx, make_user, tiny_model_dir, *, first: str |
     st.cache_resource.clear()
     copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b"))
     for name, source in (("tiny-a", tiny_model_dir), ("tiny-b", copy)):
-        models_svc.register_cli(ctx, name=name, source=str(source), revision=None, dtype="float32",
+        registry.register(ctx, Principal.shell(ctx), name=name, source=str(source), revision=None, dtype="float32",
                                 max_model_len=None, engine_args={}, description=f"{name} notes")
     if first is not None:
-        serving.serve_cli(ctx, first, "first")
+        serving.serve(ctx, Principal.shell(ctx), first, "first")
     at = AppTest.from_file(str(app_pages.PAGES_DIR / "models.py"), default_timeout=60)
     at.session_state[SESSION_KEY] = UiSession(principal=make_user("ada", "admin"))
     at.run()
@@ -101,7 +101,7 @@ def test_serving_without_a_reason_is_refused_and_nothing_moves(empty_page: AppTe
     page.selectbox(key=f"serve_version_{r}").select("tiny-b")
     page.button(key=f"FormSubmitter:serve_form_{r}-Serve this version").click()
     page.run()
-    assert any("Give a reason" in e.value for e in page.error)
+    assert any("The reason for serving a version is required" in e.value for e in page.error)
     with ctx.db.session() as s:
         assert versions_q.get_alias(s, "production") is None
 
@@ -144,8 +144,8 @@ def test_an_emergency_rollback_is_shown_until_acknowledged(page: AppTest, ctx, m
     promotion_svc.rollback(ctx, bob, "tiny-b leaks card numbers")
     page.run()
     assert any("emergency rollback" in w.value and "card numbers" in w.value for w in page.warning)
-    move = serving.unacknowledged_emergencies(ctx, cy)[0]
-    serving.acknowledge_emergency(ctx, cy, move.id, "seen")
+    move = registry.unacknowledged_emergencies(ctx, cy)[0]
+    registry.acknowledge_emergency(ctx, cy, move.id, "seen")
     page.run()
     assert not any("emergency rollback" in w.value for w in page.warning)
 

@@ -38,7 +38,7 @@ def setup(tmp_path, monkeypatch, ctx, make_user):  # noqa: ANN001
             version = versions_q.register_model_version(s, name=name, source=f"/models/{name}", actor="test")
             s.add(Evaluation(version_id=version.id, suite="support", suite_sha256="0" * 64, n_prompts=40,
                              status="done", progress=1.0, report={**REPORT, "version": name}, finished_at=utcnow()))
-    serving.serve_cli(ctx, "v1", "first")
+    serving.serve(ctx, Principal.shell(ctx), "v1", "first")
     people = {"ada": make_user("ada", "admin"), "rita": make_user("rita", "reviewer")}
     request = promotion.request_promotion(ctx, people["ada"], "v2", "production", "faster *and* better")
     yield {**people, "request": request}
@@ -142,7 +142,7 @@ def test_an_emergency_rollback_from_the_page_stays_shown_until_another_admin_ack
     at = _open(otto)
     at.button(key="FormSubmitter:rollback_form_0-Roll back now").click()
     at.run()
-    assert any("Give a reason" in e.value for e in at.error) and _production(ctx) == "v2"
+    assert any("The reason for the emergency rollback is required" in e.value for e in at.error) and _production(ctx) == "v2"
     at.text_input(key="rollback_reason_0").input("customers complain")
     at.button(key="FormSubmitter:rollback_form_0-Roll back now").click()
     at.run()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from console.services import serving
+from console.services import registry, serving
+from console.services.access import Principal
 from console.services.errors import AccessDenied, InvalidInput, ModelUnavailable, NotFound
 from db import audit as audit_q
 from db import model_versions as versions_q
@@ -31,7 +32,7 @@ def versions(ctx, tiny_model_dir: Path, tmp_path: Path) -> dict[str, Path]:  # n
     copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b"))
     _register(ctx, "tiny-a", tiny_model_dir)
     _register(ctx, "tiny-b", copy)
-    serving.serve_cli(ctx, "tiny-a", "first version")
+    serving.serve(ctx, Principal.shell(ctx), "tiny-a", "first version")
     return {"tiny-a": tiny_model_dir, "tiny-b": copy}
 
 
@@ -63,7 +64,7 @@ def test_an_approved_promotion_moves_production_and_records_who_and_why(ctx, ver
     promotion.approve(ctx, bob, request.id, "ok", "no evaluation in this test")
     desired = serving.desired_state(ctx)
     assert desired.version == "tiny-b"
-    history = serving.alias_history(ctx, ada)
+    history = registry.alias_history(ctx, ada)
     assert (history[0].alias, history[0].from_version, history[0].to_version) == ("production", "tiny-a", "tiny-b")
     assert history[0].actor == "bob" and history[0].reason == f"promotion #{request.id}: better answers"
     assert _events(ctx, "model.alias")[-1] == {"alias": "production", "from": "tiny-a", "to": "tiny-b",
@@ -74,14 +75,14 @@ def test_an_approved_promotion_moves_production_and_records_who_and_why(ctx, ver
     ("name", "reason", "error", "message"),
     [
         pytest.param("tiny-b", "", InvalidInput, "reason", id="no-reason"),
-        pytest.param("tiny-b", "x" * 1001, InvalidInput, "under 1,000", id="reason-too-long"),
+        pytest.param("tiny-b", "x" * 1001, InvalidInput, "the limit is 1,000", id="reason-too-long"),
         pytest.param("nope", "why", NotFound, "nope", id="unknown-version"),
     ],
 )
 def test_serve_refuses_bad_requests_and_stores_nothing(ctx, versions, name, reason, error, message) -> None:  # noqa: ANN001
     before = serving.desired_state(ctx)
     with pytest.raises(error, match=message):
-        serving.serve_cli(ctx, name, reason)
+        serving.serve(ctx, Principal.shell(ctx), name, reason)
     assert serving.desired_state(ctx) == before
 
 
@@ -98,10 +99,10 @@ class _ServingHost:
 def test_serving_the_production_version_again_retries_only_when_it_is_not_served(ctx, versions) -> None:  # noqa: ANN001
     ctx.host_factory = lambda: _ServingHost("tiny-a")
     with pytest.raises(InvalidInput, match="already holds the production alias and is being served"):
-        serving.serve_cli(ctx, "tiny-a", "again")
+        serving.serve(ctx, Principal.shell(ctx), "tiny-a", "again")
     ctx.host_factory = lambda: _ServingHost("tiny-b")  # the switch to tiny-a failed; tiny-b still serves
     before = serving.desired_state(ctx)
-    serving.serve_cli(ctx, "tiny-a", "retry the switch")
+    serving.serve(ctx, Principal.shell(ctx), "tiny-a", "retry the switch")
     after = serving.desired_state(ctx)
     assert after.version == "tiny-a" and after.move_id != before.move_id  # a new move: the reconciler retries
 
@@ -116,23 +117,23 @@ def test_only_admins_serve(ctx, versions, make_user) -> None:  # noqa: ANN001
 def test_a_version_whose_files_changed_is_refused_naming_the_file(ctx, versions) -> None:  # noqa: ANN001
     (versions["tiny-b"] / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelUnavailable, match="tokenizer.json"):
-        serving.serve_cli(ctx, "tiny-b", "try")
+        serving.serve(ctx, Principal.shell(ctx), "tiny-b", "try")
     with pytest.raises(ModelUnavailable, match="tokenizer.json"):
-        serving.loadable_spec(ctx, "tiny-b")
+        registry.loadable_spec(ctx, "tiny-b")
 
 
 def test_aliases_move_and_a_retired_version_cannot_be_served(ctx, versions, make_user) -> None:  # noqa: ANN001
     admin = make_user("ada", "admin")
-    serving.set_alias(ctx, admin, "tiny-b", "staging", "for QA")
+    registry.set_alias(ctx, admin, "tiny-b", "staging", "for QA")
     with ctx.db.session() as s:
         assert versions_q.version_for_alias(s, "staging").name == "tiny-b"
     with pytest.raises(InvalidInput, match="lower-case"):
-        serving.set_alias(ctx, admin, "tiny-b", "Bad Alias!", "x")
+        registry.set_alias(ctx, admin, "tiny-b", "Bad Alias!", "x")
     with pytest.raises(InvalidInput, match="production alias moves"):
-        serving.set_alias(ctx, admin, "tiny-b", "production", "x")
+        registry.set_alias(ctx, admin, "tiny-b", "production", "x")
     with pytest.raises(InvalidInput, match="production version"):
-        serving.retire(ctx, admin, "tiny-a", "old")
-    serving.retire(ctx, admin, "tiny-b", "superseded")
+        registry.retire(ctx, admin, "tiny-a", "old")
+    registry.retire(ctx, admin, "tiny-b", "superseded")
     with ctx.db.session() as s:
         assert versions_q.get_alias(s, "staging") is None
     with pytest.raises(InvalidInput, match="retired"):
@@ -172,25 +173,25 @@ HELLO = [ChatMessage("user", "hi")]
 def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_failed_load(
     ctx, versions, tmp_path: Path  # noqa: ANN001
 ) -> None:
-    host = EngineHost.start(serving.loadable_spec(ctx, "tiny-a"), HostConfig(kv_cache_gib=0.25), wait=True)
+    host = EngineHost.start(registry.loadable_spec(ctx, "tiny-a"), HostConfig(kv_cache_gib=0.25), wait=True)
     try:
         reconciler = serving.Reconciler(ctx, host)
         assert reconciler.run_once() is None  # already serving what is desired
 
-        serving.serve_cli(ctx, "tiny-b", "new weights", break_glass="the test moves production from the shell")
+        serving.serve(ctx, Principal.shell(ctx), "tiny-b", "new weights", break_glass="the test moves production from the shell")
         outcome = reconciler.run_once()
         assert outcome is not None and outcome.ok and (outcome.from_version, outcome.to_version) == ("tiny-a", "tiny-b")
         assert host.serving is not None and host.serving.name == "tiny-b"
         switch = _events(ctx, "model.switch")[-1]
         assert (switch["from"], switch["to"], switch["requested_by"], switch["reason"]) == (
-            "tiny-a", "tiny-b", "cli", "new weights")
+            "tiny-a", "tiny-b", Principal.shell(ctx).username, "new weights")
         assert switch["seconds"] > 0
 
         # A version whose config vLLM cannot read: the switch fails, tiny-b keeps serving, no retry loop.
         broken = Path(shutil.copytree(versions["tiny-a"], tmp_path / "broken"))
         _register(ctx, "broken", broken, fingerprint=False)
         (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
-        serving.serve_cli(ctx, "broken", "try it", break_glass="the test moves production from the shell")
+        serving.serve(ctx, Principal.shell(ctx), "broken", "try it", break_glass="the test moves production from the shell")
         failed = reconciler.run_once()
         assert failed is not None and not failed.ok and "broken" in (failed.error or "")
         assert host.serving is not None and host.serving.name == "tiny-b"
@@ -202,7 +203,7 @@ def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_fail
         assert problem is not None and problem.action == "switch" and problem.version == "broken"
         assert reconciler.run_once() is None
 
-        serving.request_restart_cli(ctx, "engine looks stuck")
+        serving.request_restart(ctx, Principal.shell(ctx), "engine looks stuck")
         restarted = reconciler.run_once()
         assert restarted is not None and restarted.action == "restart" and restarted.ok
         assert _events(ctx, "model.restart")[-1]["to"] == "tiny-b"
@@ -215,7 +216,7 @@ def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_fail
 
 
 def test_spec_of_passes_engine_arguments_through(ctx, versions) -> None:  # noqa: ANN001
-    spec = serving.loadable_spec(ctx, "tiny-a")
+    spec = registry.loadable_spec(ctx, "tiny-a")
     assert isinstance(spec, ModelSpec) and spec.name == "tiny-a" and spec.dtype == "float32"
 
 
@@ -228,7 +229,7 @@ def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_ver
     from console.services import chat as chat_svc
     from db import chat as chat_q
 
-    host = EngineHost.start(serving.loadable_spec(ctx, "tiny-a"), HostConfig(kv_cache_gib=0.25), wait=True)
+    host = EngineHost.start(registry.loadable_spec(ctx, "tiny-a"), HostConfig(kv_cache_gib=0.25), wait=True)
     ctx.host_factory = lambda: host
     operator = make_user("olivia", "operator")
     outcomes, errors = [], []
@@ -250,7 +251,7 @@ def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_ver
         for t in threads:
             t.start()
         time.sleep(1.0)
-        serving.serve_cli(ctx, "tiny-b", "switch under load", break_glass="the test switches from the shell")
+        serving.serve(ctx, Principal.shell(ctx), "tiny-b", "switch under load", break_glass="the test switches from the shell")
         switched = reconciler.run_once()
         time.sleep(1.0)
         stop.set()
@@ -270,21 +271,20 @@ def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_ver
 
 
 def test_a_lora_adapter_registers_on_a_base_and_serves_through_it(ctx, versions, tmp_path: Path) -> None:  # noqa: ANN001
-    from console.services import models as models_svc
     from engine.demo.tiny import build_tiny_lora
 
     adapter = build_tiny_lora(versions["tiny-a"], tmp_path / "adapter", rank=8)
-    view = models_svc.register_cli(ctx, name="tiny-a-lora", source=str(adapter), revision=None, dtype=None,
+    view = registry.register(ctx, Principal.shell(ctx), name="tiny-a-lora", source=str(adapter), revision=None, dtype=None,
                                    max_model_len=None, engine_args={}, description="tuned", base="tiny-a")
     assert view.base == "tiny-a" and view.fingerprint is not None
-    spec = serving.loadable_spec(ctx, "tiny-a-lora")
+    spec = registry.loadable_spec(ctx, "tiny-a-lora")
     assert spec.source == str(versions["tiny-a"]) and spec.lora is not None and spec.lora.rank == 8
     assert spec.lora.path == str(adapter) and spec.name == "tiny-a-lora"
-    listed = {v.name: v for v in models_svc.list_versions_cli(ctx)}
+    listed = {v.name: v for v in registry.list_versions(ctx, Principal.shell(ctx))}
     assert listed["tiny-a-lora"].base == "tiny-a"
     (adapter / "adapter_model.safetensors").write_bytes(b"changed")
     with pytest.raises(ModelUnavailable, match="adapter_model.safetensors"):
-        serving.loadable_spec(ctx, "tiny-a-lora")
+        registry.loadable_spec(ctx, "tiny-a-lora")
 
 
 @pytest.mark.parametrize(
@@ -301,12 +301,11 @@ def test_a_lora_adapter_registers_on_a_base_and_serves_through_it(ctx, versions,
 )
 def test_bad_lora_registrations_are_refused_and_nothing_is_stored(ctx, versions, tmp_path, make, base,  # noqa: ANN001
                                                                   message) -> None:
-    from console.services import models as models_svc
 
     folder = tmp_path / "adapter"
     folder.mkdir()
     make(folder)
     with pytest.raises(InvalidInput, match=message):
-        models_svc.register_cli(ctx, name="bad-lora", source=str(folder), revision=None, dtype=None,
+        registry.register(ctx, Principal.shell(ctx), name="bad-lora", source=str(folder), revision=None, dtype=None,
                                 max_model_len=None, engine_args={}, description=None, base=base)
-    assert "bad-lora" not in {v.name for v in models_svc.list_versions_cli(ctx)}
+    assert "bad-lora" not in {v.name for v in registry.list_versions(ctx, Principal.shell(ctx))}

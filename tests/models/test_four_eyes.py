@@ -107,6 +107,26 @@ def test_one_admin_cannot_move_production_by_setting_the_alias(ctx, installed, m
     assert _production(ctx) == "tiny-a"
 
 
+@pytest.mark.parametrize("move", ["serve", "alias", "unprotect"])
+def test_breaking_the_glass_is_refused_to_a_signed_in_admin_and_audited(ctx, installed, make_user, move) -> None:  # noqa: ANN001
+    ada = make_user("ada", "admin")
+    registry.set_alias(ctx, ada, "tiny-b", "staging", "QA")
+    registry.protect_alias(ctx, ada, "staging", "the partner API reads it")
+    with pytest.raises(AccessDenied, match="only possible from a shell on the server"):
+        if move == "serve":
+            serving.serve(ctx, ada, "tiny-b", "better answers", break_glass="it is urgent")
+        elif move == "alias":
+            registry.set_alias(ctx, ada, "tiny-c", "staging", "newer", break_glass="it is urgent")
+        else:
+            registry.unprotect_alias(ctx, ada, "staging", "it is urgent")
+    assert _production(ctx) == "tiny-a"
+    assert _events(ctx, "model.break_glass") == []
+    with ctx.db.session(readonly=True) as s:
+        assert versions_q.version_for_alias(s, "staging").name == "tiny-b" and versions_q.is_protected(s, "staging")
+    [refusal] = _events(ctx, "access.denied")
+    assert refusal["reason"] == "break glass: shell only"
+
+
 def test_an_approved_promotion_still_moves_production(ctx, installed, make_user) -> None:  # noqa: ANN001
     _promote(ctx, make_user("ada", "admin"), make_user("bob", "admin"), "tiny-b")
     assert _production(ctx) == "tiny-b"

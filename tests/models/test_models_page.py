@@ -67,6 +67,16 @@ def _round(at: AppTest) -> int:
     return at.session_state[SESSION_KEY].models.round
 
 
+def _point_alias(at: AppTest, version: str, alias: str, reason: str) -> None:
+    """Fill in and send the Aliases tab's form: point ``alias`` at ``version``."""
+    r = _round(at)
+    at.selectbox(key=f"alias_version_{r}").select(version)
+    at.text_input(key=f"alias_name_{r}").input(alias)
+    at.text_input(key=f"alias_reason_{r}").input(reason)
+    at.button(key=f"FormSubmitter:alias_form_{r}-Point the alias at this version").click()
+    at.run()
+
+
 def test_versions_table_shows_stage_aliases_and_fingerprint(page: AppTest) -> None:
     table = _table(page, "fingerprint")
     rows = {r["name"]: r for r in table.to_dict("records")}
@@ -116,12 +126,7 @@ def test_production_shows_as_protected_with_a_link_and_no_control_moves_it(page:
 
 
 def test_protecting_an_alias_is_audited_and_its_holder_can_no_longer_be_retired(page: AppTest, ctx) -> None:  # noqa: ANN001
-    r = _round(page)
-    page.selectbox(key=f"alias_version_{r}").select("tiny-b")
-    page.text_input(key=f"alias_name_{r}").input("staging")
-    page.text_input(key=f"alias_reason_{r}").input("QA")
-    page.button(key=f"FormSubmitter:alias_form_{r}-Point the alias at this version").click()
-    page.run()
+    _point_alias(page, "tiny-b", "staging", "QA")
     r = _round(page)
     page.text_input(key=f"protect_alias_{r}").input("staging")
     page.text_input(key=f"protect_reason_{r}").input("the partner API reads it")
@@ -161,12 +166,7 @@ def test_restart_request_bumps_the_generation(page: AppTest, ctx) -> None:  # no
 
 
 def test_alias_then_retire_shows_in_history(page: AppTest, ctx) -> None:  # noqa: ANN001
-    r = _round(page)
-    page.selectbox(key=f"alias_version_{r}").select("tiny-b")
-    page.text_input(key=f"alias_name_{r}").input("staging")
-    page.text_input(key=f"alias_reason_{r}").input("QA")
-    page.button(key=f"FormSubmitter:alias_form_{r}-Point the alias at this version").click()
-    page.run()
+    _point_alias(page, "tiny-b", "staging", "QA")
     assert any("staging now points at tiny-b" in s.value.replace("\\", "") for s in page.success)
     r = _round(page)
     page.selectbox(key=f"retire_version_{r}").select("tiny-b")

@@ -103,6 +103,24 @@ def test_failed_gate_needs_an_override_reason_which_is_recorded(ctx, team) -> No
     assert sorted(event.details["failed_gates"]) == ["topic_accuracy", "ttft_p95"]
 
 
+def test_the_override_reason_is_cleaned_like_every_other_text(ctx, team) -> None:  # noqa: ANN001
+    # NUL (PostgreSQL refuses it) and a lone surrogate (no UTF-8 for the database or the audit hash): issue 22.
+    evaluate(ctx, "v2", topic_accuracy=0.70)
+    request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "new prompts")
+    approved = promotion.approve(ctx, team["rita"], request.id, "ok", override_reason="  stale\x00 suite \ud800  ")
+    assert approved.override_reason == "stale suite \ufffd"
+    (event,) = events(ctx, "promotion.approve")
+    assert event.details["override_reason"] == "stale suite \ufffd"
+
+
+def test_an_override_reason_of_only_invisible_characters_is_no_override(ctx, team) -> None:  # noqa: ANN001
+    evaluate(ctx, "v2", topic_accuracy=0.70)
+    request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "new prompts")
+    with pytest.raises(InvalidInput, match="override reason"):
+        promotion.approve(ctx, team["rita"], request.id, "ok", override_reason="\x00 \u200b ")
+    assert _status(ctx, request.id) == "pending" and production(ctx) == "v1"
+
+
 def test_a_version_without_an_evaluation_gets_gates_marked_no_evaluation(ctx, team) -> None:  # noqa: ANN001
     register_version(ctx, "v3")
     request = promotion.request_promotion(ctx, team["ada"], "v3", "production", "try it")

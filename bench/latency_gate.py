@@ -3,7 +3,7 @@
     python -m bench.latency_gate [--rounds 5] [--prompts 40] [--model DIR] [--json]
 
 The same weights are served under two names by two child engines side by side, as an evaluation's latency
-comparison does (:func:`engine.evals.process.time_pairs`: the same prompts, one request at a time, ABBA). Each
+comparison does (:func:`engine.evals.runner.time_pairs`: the same prompts, one request at a time, ABBA). Each
 round times ``prompts`` pairs and judges them with the console's gate at its default settings; since both
 "versions" are one model, every failed round is a false fail. ``false_fail_rate`` is failed rounds / rounds.
 ``old_rule_false_fails`` applies the gate this replaced to the same timings: one round's candidate p95 against
@@ -22,10 +22,10 @@ from typing import Any
 
 from console.services.promotion import ttft_gate
 from console.settings import Settings
+from engine.child_client import ChildEngineClient
 from engine.evals.latency import compare_paired
-from engine.evals.process import ChildConfig, latency_prompts, time_pairs
+from engine.evals.runner import ChildConfig, latency_prompts, time_pairs
 from engine.evals.suite import load_builtin
-from engine.remote import ChildEngine
 from engine.types import ModelSpec
 
 
@@ -41,9 +41,10 @@ def run_latency_gate_bench(*, rounds: int = 5, prompts: int = 40, max_tokens: in
         config = ChildConfig(latency_prompts=prompts, latency_max_tokens=max_tokens)
         records = latency_prompts(load_builtin("standard").records, prompts)
         started = time.monotonic()
-        a = ChildEngine.start(ModelSpec(name="same-a", source=str(model)), nice=config.nice)
+        a = ChildEngineClient.start(ModelSpec(name="same-a", source=str(model)), config.host_config(), nice=config.nice)
         try:
-            b = ChildEngine.start(ModelSpec(name="same-b", source=str(model)), nice=config.nice)
+            b = ChildEngineClient.start(ModelSpec(name="same-b", source=str(model)), config.host_config(),
+                                        nice=config.nice)
         except BaseException:
             a.shutdown()
             raise

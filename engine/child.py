@@ -1,95 +1,107 @@
-"""A model version served in a child process, for side-by-side comparisons beside the live engine.
+"""The child process behind :class:`engine.child_client.ChildEngineClient`: one model version in its own process.
 
 Two in-process vLLM engines cannot be started and stopped independently (vLLM's model-parallel state is per
-process), so a candidate version runs here, in its own process, behind a line protocol on stdin/stdout:
-
-    parent -> child  {"spec": {...}, "kv_cache_gib": 0.25, "nice": 0, "trust_remote_code": false}   first line
-                     (nice: lower the CPU priority; trust_remote_code: the installation's setting)
-    child -> parent  {"event": "ready"} | {"event": "failed", "error": "..."}
-    parent -> child  {"op": "chat", "id": "r1", "messages": [...], "sampling": {...}} | {"op": "cancel", "id": "r1"}
-    child -> parent  {"id": "r1", "delta": "..."} ... then {"id": "r1", "result": {...}} or {"id": "r1", "error": "..."}
-
-End of stdin shuts the engine down and ends the process. Run as ``python -m engine.child``.
+process), so a second version beside the console's live engine (a side-by-side candidate, an evaluation, the
+latency comparison's two versions) runs here: an :class:`~engine.host.EngineHost` answering the line protocol of
+:mod:`engine.child_wire` on stdin/stdout until stdin ends. Run as ``python -m engine.child``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import logging
 import os
 import sys
 import threading
+import time
+from collections.abc import Mapping
 from typing import IO, Any
 
+from engine import child_wire as wire
 from engine.errors import EngineError
 from engine.host import EngineHost
-from engine.stream import GenerationStream
-from engine.types import ChatMessage, HostConfig, ModelSpec, SamplingSettings
+from engine.types import ChatMessage
+
+logger = logging.getLogger(__name__)
 
 
-class _Out:
-    """Line-at-a-time JSON writer shared by the request threads."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-        self._lock = threading.Lock()
-
-    def send(self, message: dict[str, Any]) -> None:
-        line = json.dumps(message, ensure_ascii=True)
-        with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+def _messages(raw: Any) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m["content"]) for m in raw]
 
 
-def _serve_request(host: EngineHost, out: _Out, streams: dict[str, GenerationStream], message: dict[str, Any]
-                   ) -> None:
+def _serve_request(host: EngineHost, out: wire.LineWriter, message: Mapping[str, Any]) -> None:
+    """One chat or prompt: accepted (or refused), its deltas, then its result; on a thread of its own."""
     rid = str(message["id"])
     try:
-        messages = [ChatMessage(m["role"], m["content"]) for m in message["messages"]]
-        stream = host.stream_chat(messages, SamplingSettings(**message["sampling"]), request_id=rid)
-        streams[rid] = stream
+        sampling = wire.sampling_from_wire(message["sampling"])
+        if message["op"] == "chat":
+            stream = host.stream_chat(_messages(message["messages"]), sampling, request_id=rid)
+        else:
+            stream = host.stream_prompt(str(message["prompt"]), sampling, request_id=rid)
+        out.send({"id": rid, "accepted": {"prompt_tokens": stream.prompt_tokens}})
         for delta in stream:
             out.send({"id": rid, "delta": delta})
-        out.send({"id": rid, "result": dataclasses.asdict(stream.result)})
-    except EngineError as exc:
-        out.send({"id": rid, "error": str(exc), "kind": type(exc).__name__})
-    except Exception as exc:  # a bug; the parent shows it as a failed answer rather than hanging
-        out.send({"id": rid, "error": f"{type(exc).__name__}: {exc}", "kind": "EngineError"})
-    finally:
-        streams.pop(rid, None)
+        out.send({"id": rid, "result": wire.result_to_wire(stream.result)})
+    except Exception as exc:  # an EngineError as its own type; anything else (a bug) fails the request, not the child
+        if not isinstance(exc, EngineError):
+            logger.exception("request %s failed", rid)
+        out.send({"id": rid, "error": wire.error_to_wire(exc)})
+
+
+def _answer(host: EngineHost, out: wire.LineWriter, message: Mapping[str, Any]) -> None:
+    """A quick question (check, status, health), answered on the reading thread."""
+    rid = str(message["id"])
+    try:
+        if message["op"] == "check":
+            host.check_chat(_messages(message["messages"]))
+            reply: dict[str, Any] = {}
+        elif message["op"] == "status":
+            reply = wire.status_to_wire(host.status())
+        else:
+            reply = wire.health_to_wire(host.health())
+    except Exception as exc:
+        out.send({"id": rid, "error": wire.error_to_wire(exc)})
+        return
+    out.send({"id": rid, "reply": reply})
 
 
 def main(stdin: IO[str] = sys.stdin, stdout: IO[str] = sys.stdout) -> int:
-    """Serve one model version over the line protocol until stdin ends."""
-    out = _Out(stdout)
-    first = json.loads(stdin.readline() or "{}")
+    """Load the version the first line names, then serve requests until stdin ends; returns the exit status."""
+    out = wire.LineWriter(stdout)
+    started = time.monotonic()
     try:
-        if int(first.get("nice") or 0) > 0:
-            os.nice(int(first["nice"]))  # evaluations: live chats win when both compete for the cores
-        spec = ModelSpec.from_dict(first["spec"])
-        config = HostConfig(kv_cache_gib=float(first.get("kv_cache_gib", 0.25)),
-                            trust_remote_code=first.get("trust_remote_code") is True)
+        spec, config, nice = wire.parse_start(wire.decode(stdin.readline()))
+        if nice > 0:
+            try:
+                os.nice(nice)  # evaluations: live chats win when both compete for the cores
+            except OSError:
+                logger.warning("could not lower the CPU priority by %s", nice)
         host = EngineHost.start(spec, config, wait=True)  # refuses engine arguments outside the allowlist
-    except Exception as exc:  # the parent reports why the candidate could not start
+    except Exception as exc:  # the parent reports why the version could not start
         out.send({"event": "failed", "error": f"{type(exc).__name__}: {exc}"})
         return 1
-    out.send({"event": "ready"})
-    streams: dict[str, GenerationStream] = {}
+    out.send({"event": "ready", "load_s": round(time.monotonic() - started, 3)})
     try:
         for line in stdin:
             if not line.strip():
                 continue
-            message = json.loads(line)
-            if message.get("op") == "chat":
-                threading.Thread(target=_serve_request, args=(host, out, streams, message), daemon=True).start()
-            elif message.get("op") == "cancel":
-                stream = streams.get(str(message.get("id")))
-                if stream is not None:
-                    stream.cancel()
+            message = wire.decode(line)
+            op = message.get("op")
+            if op in ("chat", "prompt"):
+                threading.Thread(target=_serve_request, args=(host, out, message), daemon=True,
+                                 name=f"request-{message.get('id')}").start()
+            elif op == "cancel":
+                host.cancel(str(message.get("id")))
+            elif op in ("check", "status", "health"):
+                _answer(host, out, message)
+            else:
+                out.send({"id": message.get("id"), "error": {"kind": "EngineError",
+                                                             "message": f"Unknown operation {op!r}."}})
     finally:
-        host.shutdown()
+        host.shutdown()  # explicitly: vLLM's own finalisers raised at interpreter exit
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    protocol = wire.take_stdout()  # before vLLM is first imported: it prints while loading
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    sys.exit(main(sys.stdin, protocol))

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 class EngineHost:
     """Serves one model version at a time through an in-process vLLM engine; safe to share across threads.
 
+    An :class:`~engine.client.EngineClient` (requests, status, health, cancel, shutdown), plus the lifecycle the
+    serving side drives: :meth:`switch`, :meth:`restart`, :meth:`wait_ready`.
+
     Build it with :meth:`start`. Every public method may be called from any thread; only each engine's own
     thread touches vLLM.
 
@@ -206,6 +209,12 @@ class EngineHost:
             sampling,
             request_id or f"cmpl-{uuid.uuid4().hex[:16]}",
         )
+
+    def cancel(self, request_id: str) -> None:
+        """Abort a running request by its id; its stream ends with an aborted result. Unknown ids are ignored."""
+        worker = self._worker
+        if worker is not None:
+            worker.abort(request_id)
 
     def switch(self, spec: ModelSpec, *, drain: bool = True) -> float:
         """Serve ``spec`` instead of the current version; returns the seconds the switch took.

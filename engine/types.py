@@ -105,9 +105,16 @@ class ModelSpec:
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     lora: LoraAdapter | None = None  # ``source`` is then the base model; ``name`` the adapter's version
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-able data (the LoRA adapter included), the inverse of :meth:`from_dict`."""
+        return {"name": self.name, "source": self.source, "revision": self.revision, "dtype": self.dtype,
+                "max_model_len": self.max_model_len, "engine_args": dict(self.engine_args),
+                "lora": None if self.lora is None else {"name": self.lora.name, "path": self.lora.path,
+                                                        "rank": self.lora.rank}}
+
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> ModelSpec:
-        """The spec from ``dataclasses.asdict`` output (e.g. JSON handed to a child process)."""
+        """The spec from :meth:`to_dict` output (e.g. JSON handed to a child process)."""
         values = dict(fields)
         lora = values.pop("lora", None)
         return cls(**values, lora=LoraAdapter(**lora) if lora else None)

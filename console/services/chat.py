@@ -18,7 +18,7 @@ from console.services import moderation, telemetry
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
-from console.services.text import clean_text, visible
+from console.services.text import clean_text, optional_text, required_text
 from db import chat as chat_q
 from db.chat import ExchangeNotPending, ExchangeTimings, PendingRecord, TurnRecord
 from db.review import items as review_items
@@ -29,14 +29,14 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from db.tables import Conversation
-    from engine.host import EngineHost
+    from engine.client import EngineClient, ResponseStream
     from engine.safety.incremental import StreamingScan
-    from engine.stream import GenerationStream
 
 logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SYSTEM_PROMPT_CHARS = 4_000
+MAX_REVIEW_NOTE_CHARS = 2_000  # a note sent with an exchange to the review queue
 # A write that found the database locked (SQLite waits busy_timeout first) is tried once more after this wait.
 STORE_RETRY_WAIT_S = 1.0
 
@@ -373,8 +373,8 @@ def _title(prompt: str) -> str:
     return first[:60] + ("…" if len(first) > 60 else "")
 
 
-def _stream_with_history(host: EngineHost, history: list[ChatMessage], prompt: str, sampling: SamplingSettings,
-                         request_id: str) -> GenerationStream:
+def _stream_with_history(host: EngineClient, history: list[ChatMessage], prompt: str, sampling: SamplingSettings,
+                         request_id: str) -> ResponseStream:
     """Start the request; when the conversation outgrows the context, drop its oldest turns (keep the system)."""
     system = [m for m in history[:1] if m.role == "system"]
     turns = history[len(system):]
@@ -387,14 +387,14 @@ def _stream_with_history(host: EngineHost, history: list[ChatMessage], prompt: s
             turns = turns[2:]  # one user/assistant pair
 
 
-def _check_first_prompt_fits(host: EngineHost, system_gate: moderation.GateResult | None,
+def _check_first_prompt_fits(host: EngineClient, system_gate: moderation.GateResult | None,
                              prompt_gate: moderation.GateResult) -> None:
     """A conversation's first prompt that the model's context cannot hold is refused before anything is stored, like
     one over MAX_PROMPT_CHARS: no conversation is left behind, and the message says the limit in tokens. (A later
     turn's history is cut to fit when it is sent; a prompt too long on its own is then recorded in its conversation
     as an error.)"""
     check = getattr(host, "check_chat", None)
-    if check is None:  # a host that cannot measure a prompt before it is asked (side by side's child engine)
+    if check is None:  # a test's stand-in host that cannot measure a prompt before it is asked
         return
     system = [ChatMessage("system", system_gate.text_for_model)] if system_gate is not None else []
     try:
@@ -440,17 +440,10 @@ def start_comparison_turn(ctx: AppContext, actor: Principal, prompt: str, *, tem
 def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, prompt: str, *,
                 temperature: float, top_p: float, max_tokens: int, system_prompt: str | None = None,
                 title_prefix: str = "", request_prefix: str = "chat", synthetic: bool = False) -> ChatTurn:
-    prompt = clean_text(prompt or "")
-    if not visible(prompt).strip():  # only spaces or invisible format characters: nothing was typed
-        raise InvalidInput("Type a message first.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"The message has {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
-    system_prompt = clean_text(system_prompt or "").strip() or None
-    if conversation_id is not None:
-        system_prompt = None  # a conversation keeps the system prompt it was started with
-    if system_prompt and len(system_prompt) > MAX_SYSTEM_PROMPT_CHARS:
-        raise InvalidInput(f"The system prompt has {len(system_prompt):,} characters; the limit is "
-                           f"{MAX_SYSTEM_PROMPT_CHARS:,}.")
+    prompt = required_text(prompt, "the message", MAX_PROMPT_CHARS, strip=False)  # sent as typed
+    # A conversation keeps the system prompt it was started with.
+    system_prompt = None if conversation_id is not None else optional_text(
+        system_prompt, "the system prompt", MAX_SYSTEM_PROMPT_CHARS)
     sampling = _sampling(temperature, top_p, max_tokens)
     host = ctx.host
     if host is None:
@@ -570,11 +563,7 @@ def send_to_review(ctx: AppContext, actor: Principal, exchange_id: int, note: st
     """Put one of the user's own exchanges in the review queue with a note (stored with personal data cut); the
     review item's id. An exchange has one item waiting for a decision at most: sent again (or flagged by the
     policy already), the note is added to that item (audited as ``review.note``) instead of a second item."""
-    note = clean_text(note or "").strip()
-    if not note:
-        raise InvalidInput("Add a note that says what a reviewer should look at.")
-    if len(note) > 2000:
-        raise InvalidInput("Keep the note under 2,000 characters.")
+    note = required_text(note, "the note for the reviewer", MAX_REVIEW_NOTE_CHARS)
     note = moderation.redact_pii(ctx, note)
 
     def send(s: Session) -> int:

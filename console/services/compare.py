@@ -1,8 +1,9 @@
 """Side-by-side chats: one prompt to the live version and to a candidate at once, both streamed and stored.
 
-The candidate runs in a short-lived child process (:class:`engine.remote.ChildEngine`), because a second vLLM
-engine cannot live in the console's process beside the live one. A :class:`CandidatePool` keeps at most one such
-child per console process and ends it after ``idle_s`` without use.
+The candidate runs in a short-lived child process (:class:`engine.child_client.ChildEngineClient`), because a
+second vLLM engine cannot live in the console's process beside the live one; it is an engine client like the live
+host, so the chat pipeline answers with it unchanged. A :class:`CandidatePool` keeps at most one such child per
+console process and ends it after ``idle_s`` without use.
 
 Both answers go through the whole chat pipeline (prompt scan and policy, output scan, one transaction with
 findings and review items), each in its own conversation titled ``Comparison · ...`` with request ids
@@ -16,21 +17,20 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from console.services import chat as chat_svc
-from console.services import serving
+from console.services import registry, serving
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, ModelUnavailable
 from console.services.periodic import PeriodicTask
 from db import audit as audit_q
+from engine.child_client import ChildEngineClient
 from engine.errors import EngineError
-from engine.remote import ChildEngine, RemoteStream
-from engine.types import ChatMessage, ModelSpec, SamplingSettings
+from engine.types import HostConfig, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,12 @@ class CandidatePool:
                  trust_remote_code: bool = False) -> None:
         self.kv_cache_gib, self.idle_s, self.log_dir = kv_cache_gib, idle_s, log_dir
         self.trust_remote_code = trust_remote_code  # the installation's setting, for every candidate
-        self._engine: ChildEngine | None = None
+        self._engine: ChildEngineClient | None = None
         self._lock = threading.Lock()
         self._reaper: _Reaper | None = None
 
-    def engine_for(self, spec: ModelSpec) -> ChildEngine:
-        """The running child for ``spec``, started (and any other candidate ended) if needed."""
+    def engine_for(self, spec: ModelSpec) -> ChildEngineClient:
+        """The running child engine for ``spec``, started (and any other candidate ended) if needed."""
         with self._lock:
             current = self._engine
             if current is not None and (current.spec != spec or not current.alive()):
@@ -58,8 +58,8 @@ class CandidatePool:
             if current is None:
                 log = None if self.log_dir is None else self.log_dir / "candidate-engine.log"
                 # Refuses a spec with engine arguments outside the allowlist before any process starts.
-                current = self._engine = ChildEngine.start(spec, kv_cache_gib=self.kv_cache_gib, log_path=log,
-                                                           trust_remote_code=self.trust_remote_code)
+                config = HostConfig(kv_cache_gib=self.kv_cache_gib, trust_remote_code=self.trust_remote_code)
+                current = self._engine = ChildEngineClient.start(spec, config, log_path=log)
             return current
 
     def reap(self) -> bool:
@@ -97,21 +97,6 @@ class _Reaper(PeriodicTask):
         return self.pool.reap()
 
 
-class _CandidateHost:
-    """The slice of the engine host's API the chat pipeline uses, answered by a child engine."""
-
-    def __init__(self, engine: ChildEngine) -> None:
-        self._engine = engine
-
-    @property
-    def serving(self) -> ModelSpec:
-        return self._engine.spec
-
-    def stream_chat(self, messages: Sequence[ChatMessage], sampling: SamplingSettings, *,
-                    request_id: str | None = None) -> RemoteStream:
-        return self._engine.stream_chat(messages, sampling, request_id=request_id)
-
-
 @dataclass
 class Comparison:
     """Two chat turns on the same prompt; iterate each side's ``deltas()`` (on threads, to stream both)."""
@@ -142,7 +127,7 @@ def start_comparison(ctx: AppContext, actor: Principal, candidate: str, prompt: 
     live = serving.serving_status(ctx)
     if not live.ready or not live.model_version:
         raise ModelUnavailable("No model is being served right now, so there is nothing to compare with.")
-    spec = serving.loadable_spec(ctx, candidate)
+    spec = registry.loadable_spec(ctx, candidate)
     if spec.name == live.model_version:
         raise InvalidInput(f"{spec.name} is the live version; choose another version to compare with it.")
     sampling = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
@@ -151,7 +136,7 @@ def start_comparison(ctx: AppContext, actor: Principal, candidate: str, prompt: 
     except EngineError as exc:
         raise ModelUnavailable(str(exc)) from exc
     live_turn = chat_svc.start_comparison_turn(ctx, actor, prompt, **sampling, side="live")
-    candidate_ctx = dataclasses.replace(ctx, host_factory=lambda: _CandidateHost(engine))
+    candidate_ctx = dataclasses.replace(ctx, host_factory=lambda: engine)  # the candidate answers as the host
     candidate_turn = chat_svc.start_comparison_turn(candidate_ctx, actor, prompt, **sampling, side="candidate")
     with ctx.db.session() as s:
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="model.compare",

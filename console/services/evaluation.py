@@ -1,9 +1,9 @@
 """Evaluating model versions: prompt suites (built-in or uploaded), runs, reports, and two reports side by side.
 
 An evaluation never runs beside the live engine in this process: two vLLM engines in one process break each other
-(vLLM's model-parallel state is process-global). Each run starts a short-lived child process
-(``python -m engine.evals.run``, see :mod:`engine.evals.process`) that loads the version with its own small KV
-cache, answers the suite and exits; other users' chats go on meanwhile. Any registered, unretired version whose
+(vLLM's model-parallel state is process-global). Each run starts a short-lived child engine process
+(:class:`engine.child_client.ChildEngineClient`, driven by :mod:`engine.evals.runner`) that loads the version with
+its own small KV cache, answers the suite and exits; other users' chats go on meanwhile. Any registered, unretired version whose
 files are unchanged can be evaluated, served or not. Runs go one at a time per console process, on a background
 thread; the rest wait in a queue (status ``queued``). The thread writes progress to the database as answers come,
 then scans every answer with this console's safety stack (policy in force, output direction), computes the
@@ -11,7 +11,7 @@ report (:mod:`engine.evals.report`) and stores it.
 
 When another version holds production (or a ``baseline`` is named), the run also times both versions' first
 tokens on the same prompts, alternately, in two child processes side by side
-(:func:`engine.evals.process.run_latency_comparison`), and stores the paired summary as
+(:func:`engine.evals.runner.run_latency_comparison`), and stores the paired summary as
 ``report["latency_comparison"]`` (keys: :func:`engine.evals.latency.compare_paired`); the promotion's latency gate
 reads it. A baseline that cannot load leaves the summary with its ``error`` and ``n`` 0; the evaluation still ends.
 
@@ -35,7 +35,7 @@ from console.services import moderation
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound
-from console.services.serving import loadable_spec
+from console.services.registry import loadable_spec
 from console.services.text import is_clean
 from db import evaluations as evaluations_q
 from db import model_versions as versions_q
@@ -43,8 +43,8 @@ from db import users as users_q
 from db.model_versions import PRODUCTION
 from engine.errors import EngineError
 from engine.evals.latency import compare_paired, failed_comparison
-from engine.evals.process import ChildConfig, latency_prompts, run_latency_comparison, run_suite_in_child
 from engine.evals.report import AnswerScan, ComparisonRow, compare_reports, compute_report, scan_of
+from engine.evals.runner import ChildConfig, latency_prompts, run_latency_comparison, run_suite_in_child
 from engine.evals.suite import (
     BUILTIN_DESCRIPTIONS,
     DEFAULT_SUITE,

@@ -1,9 +1,9 @@
-"""Evaluating a model version on a prompt suite: built-in and uploaded suites, the child process that answers
-them (``python -m engine.evals.run``), and the report computed from the answers and their safety scans."""
+"""Evaluating a model version on a prompt suite: built-in and uploaded suites (``suite``), the run that answers
+them through an engine client in a child process (``runner``), the paired latency comparison (``latency``), how
+answers are judged (``judge``) and the report computed from the answers and their safety scans (``report``)."""
 
 from __future__ import annotations
 
-from engine.evals.process import ChildConfig, ChildRun, EvaluationRunError, run_suite_in_child
 from engine.evals.report import (
     Answer,
     AnswerScan,
@@ -14,6 +14,7 @@ from engine.evals.report import (
     percentile,
     scan_of,
 )
+from engine.evals.runner import ChildConfig, ChildRun, EvaluationRunError, run_suite_in_child
 from engine.evals.suite import (
     BUILTIN_DESCRIPTIONS,
     DEFAULT_SUITE,

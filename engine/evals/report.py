@@ -54,7 +54,7 @@ NO_SCANNER_NOTE = "No safety scanners were loaded: flag rates and toxicity were 
 
 @dataclass(frozen=True)
 class Answer:
-    """What the model answered to one suite row, as the child process reports it (timings in seconds)."""
+    """What the model answered to one suite row (timings in seconds)."""
 
     id: str
     text: str
@@ -66,28 +66,8 @@ class Answer:
     finish_reason: str | None = None
     error: str | None = None
 
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Answer:
-        """An answer from its JSON form (unknown keys ignored)."""
-
-        def num(key: str) -> float | None:
-            value = raw.get(key)
-            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-        return cls(
-            id=str(raw["id"]),
-            text=str(raw.get("text") or ""),
-            ttft_s=num("ttft_s"),
-            itl_s=num("itl_s"),
-            e2e_s=num("e2e_s"),
-            output_tokens=int(raw.get("output_tokens") or 0),
-            tokens_per_s=num("tokens_per_s"),
-            finish_reason=raw.get("finish_reason"),
-            error=raw.get("error"),
-        )
-
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form the child process writes."""
+        """The JSON form stored in the report's ``answers``."""
         return {
             "id": self.id, "text": self.text, "ttft_s": self.ttft_s, "itl_s": self.itl_s, "e2e_s": self.e2e_s,
             "output_tokens": self.output_tokens, "tokens_per_s": self.tokens_per_s,

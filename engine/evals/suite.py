@@ -103,7 +103,7 @@ class Suite:
         return counts
 
     def to_jsonl(self) -> str:
-        """The records as JSONL (sorted keys), the form the child process reads and the hash covers."""
+        """The records as JSONL (sorted keys), the form the hash covers."""
         return "".join(json.dumps(r.as_dict(), sort_keys=True, ensure_ascii=False) + "\n" for r in self.records)
 
     def __len__(self) -> int:
@@ -360,13 +360,3 @@ def load_builtin(name: str) -> Suite:
     if errors:  # a packaging bug, not a user error
         raise ValueError(f"built-in suite {name} is invalid: {errors.final()}")
     return Suite(name, tuple(records), builtin=True)
-
-
-def suite_from_jsonl(name: str, text: str) -> Suite:
-    """Read back a suite written by :meth:`Suite.to_jsonl` (the child process's input)."""
-    errors = _Errors()
-    checked = [(line, r) for line, raw in _jsonl_rows(text, errors) if (r := _record(raw, line, errors)) is not None]
-    records = _check_suite(checked, errors)
-    if errors:
-        raise SuiteError(errors.final())
-    return Suite(name, tuple(records))

@@ -13,17 +13,18 @@ import pytest
 from sqlalchemy import update
 
 from console.services import evaluation as evaluation_svc
-from console.services import models as models_svc
-from console.services import serving
+from console.services import registry
+from console.services.access import Principal
 from console.services.compare import CandidatePool
 from console.services.errors import ConsoleError, InvalidInput
 from console.settings import Settings
 from db.tables import ModelVersion
+from engine import child_wire
+from engine.child_client import ChildEngineClient
 from engine.errors import EngineArgsError, ModelLoadError
-from engine.evals.process import ChildConfig, EvaluationRunError, run_suite_in_child
+from engine.evals.runner import ChildConfig, EvaluationRunError, run_suite_in_child
 from engine.evals.suite import load_builtin
 from engine.host import EngineHost
-from engine.remote import ChildEngine
 from engine.types import ALLOWED_ENGINE_ARGS, HostConfig, ModelSpec, check_engine_args
 from engine.worker import engine_args_for
 from tests.conftest import console_env
@@ -40,8 +41,8 @@ DANGEROUS: dict[str, Any] = {
 }
 
 
-def _register(ctx: Any, actor: Any, name: str, source: str, engine_args: Any) -> models_svc.ModelVersionView:
-    return models_svc.register(ctx, actor, name=name, source=source, revision=None, dtype=None, max_model_len=None,
+def _register(ctx: Any, actor: Any, name: str, source: str, engine_args: Any) -> registry.ModelVersionView:
+    return registry.register(ctx, actor, name=name, source=source, revision=None, dtype=None, max_model_len=None,
                                engine_args=engine_args, description=None)
 
 
@@ -56,7 +57,7 @@ def tampered(ctx: Any, make_user: Any, tiny_model_dir: Path) -> ModelSpec:
     """The spec of a version registered cleanly whose row then got ``trust_remote_code`` written into it."""
     _register(ctx, make_user("ada", "admin"), "tiny-tampered", str(tiny_model_dir), {"max_num_seqs": 4})
     _tamper(ctx, "tiny-tampered", {"max_num_seqs": 4, "trust_remote_code": True})
-    return serving.loadable_spec(ctx, "tiny-tampered")
+    return registry.loadable_spec(ctx, "tiny-tampered")
 
 
 # --- registration ------------------------------------------------------------------------------------------
@@ -72,7 +73,7 @@ def test_registering_with_an_engine_argument_outside_the_allowlist_is_refused_na
     message = str(refused.value)
     assert name in message and "not allowed" in message
     assert "max_num_seqs" in message and "gpu_memory_utilization" in message  # says which are allowed
-    assert models_svc.list_versions_cli(ctx) == []
+    assert registry.list_versions(ctx, Principal.shell(ctx)) == []
 
 
 def test_trust_remote_code_in_engine_arguments_points_to_the_installation_setting(ctx: Any, make_user: Any) -> None:
@@ -82,7 +83,7 @@ def test_trust_remote_code_in_engine_arguments_points_to_the_installation_settin
 
 def test_the_cli_registration_path_refuses_them_too(ctx: Any) -> None:
     with pytest.raises(InvalidInput, match="worker_extension_cls"):
-        models_svc.register_cli(ctx, name="cli-risky", source="org/model", revision=None, dtype=None,
+        registry.register(ctx, Principal.shell(ctx), name="cli-risky", source="org/model", revision=None, dtype=None,
                                 max_model_len=None, engine_args='{"worker_extension_cls": "x.Y"}', description=None)
 
 
@@ -175,7 +176,7 @@ def test_a_tampered_row_is_refused_by_the_side_by_side_pool_before_a_process_sta
         with pytest.raises(EngineArgsError, match="trust_remote_code"):
             pool.engine_for(tampered)
         with pytest.raises(EngineArgsError, match="trust_remote_code"):
-            ChildEngine.start(tampered, kv_cache_gib=0.25)
+            ChildEngineClient.start(tampered, HostConfig(kv_cache_gib=0.25), python="/nonexistent/python")
     finally:
         pool.shutdown()
 
@@ -186,7 +187,7 @@ def test_the_child_process_refuses_a_bad_spec_on_its_own(tiny_model_dir: Path) -
 
     spec = ModelSpec(name="bad-child", source=str(tiny_model_dir),
                      engine_args={"logits_processors": ["evil.module:Processor"]})
-    first = {"spec": dataclasses.asdict(spec) | {"engine_args": dict(spec.engine_args)}, "kv_cache_gib": 0.25}
+    first = child_wire.start_message(spec, HostConfig(kv_cache_gib=0.25))
     out = io.StringIO()
     assert child.main(io.StringIO(json.dumps(first) + "\n"), out) == 1
     event = json.loads(out.getvalue().splitlines()[0])
@@ -258,40 +259,44 @@ def test_the_registration_form_says_which_arguments_are_allowed_and_shows_a_refu
         at.run()
         shown = [e.value.replace("\\", "") for e in at.error]  # the page escapes Markdown
         assert any("not allowed: trust_remote_code" in text for text in shown), shown
-        assert models_svc.list_versions_cli(ctx) == []
+        assert registry.list_versions(ctx, Principal.shell(ctx)) == []
     finally:
         st.cache_resource.clear()
 
 
 @pytest.mark.parametrize("trusted", [False, True], ids=["off", "on"])
 def test_the_evaluation_child_is_told_the_installation_setting(tmp_path: Path, trusted: bool) -> None:
-    """``ChildConfig.python`` is our seam: a stand-in interpreter that reports the command line it was given."""
+    """``ChildConfig.python`` is our seam: a stand-in interpreter that reports its command line and the first
+    protocol line it was given (the version and its host config) as its failure."""
+    import sys
+
     fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\nprintf \'{"event": "error", "message": "argv: %s"}\\n\' "$*"\n')
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\nfirst = json.loads(sys.stdin.readline())\n"
+                    "print(json.dumps({'event': 'failed', 'error': 'argv: ' + ' '.join(sys.argv[1:]) + ' trust: '"
+                    " + json.dumps(first['host']['trust_remote_code']) + ' nice: ' + str(first['nice'])}))\n")
     fake.chmod(0o755)
     spec = ModelSpec(name="v1", source=str(tmp_path), engine_args={"max_num_seqs": 4})
     with pytest.raises(EvaluationRunError) as failed:
         run_suite_in_child(spec, load_builtin("standard"), ChildConfig(python=str(fake), trust_remote_code=trusted))
-    assert "argv: -m engine.evals.run" in str(failed.value)
-    assert ("--trust-remote-code" in str(failed.value)) is trusted
+    assert "argv: -m engine.child" in str(failed.value)
+    assert f"trust: {json.dumps(trusted)}" in str(failed.value) and "nice: 5" in str(failed.value)
 
 
-def test_the_evaluation_child_refuses_a_bad_spec_on_its_own(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """``python -m engine.evals.run`` given a spec file no parent checked: its host refuses before loading."""
+def test_the_child_process_run_as_a_program_refuses_a_bad_spec_on_its_own(tiny_model_dir: Path) -> None:
+    """``python -m engine.child`` given a first line no parent checked: its host refuses before loading, and its
+    stdout holds the protocol's lines only."""
     import subprocess
     import sys
 
-    from engine.evals.process import PACKAGE_ROOT
-    from engine.evals.run import EXIT_FAILED, spec_to_dict
+    from engine.child_client import PACKAGE_ROOT
 
     spec = ModelSpec(name="bad-eval", source=str(tiny_model_dir), engine_args={"otlp_traces_endpoint": "http://x:1"})
-    (tmp_path / "spec.json").write_text(json.dumps(spec_to_dict(spec)))
-    (tmp_path / "suite.jsonl").write_text(load_builtin("standard").to_jsonl())
+    first = child_wire.start_message(spec, HostConfig(kv_cache_gib=0.25, trust_remote_code=True))
     done = subprocess.run(  # noqa: S603 - our own module
-        [sys.executable, "-m", "engine.evals.run", "--spec", str(tmp_path / "spec.json"), "--suite",
-         str(tmp_path / "suite.jsonl"), "--nice", "0", "--trust-remote-code"],
+        [sys.executable, "-m", "engine.child"], input=json.dumps(first) + "\n",
         cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    assert done.returncode == EXIT_FAILED
-    assert events[-1]["event"] == "error" and "does not allow: otlp_traces_endpoint" in events[-1]["message"]
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1
+    assert [e["event"] for e in events] == ["failed"]
+    assert "does not allow: otlp_traces_endpoint" in events[0]["error"]

@@ -10,10 +10,10 @@ import shutil
 import pytest
 
 from console.services import evaluation as evaluation_svc
-from console.services import models as models_svc
-from console.services import promotion, serving
+from console.services import promotion, registry, serving
+from console.services.access import Principal
 from engine.evals.latency import BASELINE, CANDIDATE
-from engine.evals.process import ChildConfig
+from engine.evals.runner import ChildConfig
 from engine.evals.suite import Suite, SuiteRecord
 
 SUITE = Suite("tiny-four", (
@@ -31,9 +31,9 @@ def test_an_evaluation_times_candidate_and_production_alternately_in_the_same_ru
     ada, rita = make_user("ada", "admin"), make_user("rita", "reviewer")
     for name in ("tiny-base", "tiny-cand"):  # the same weights under two names, each in its own directory
         source = shutil.copytree(tiny_model_dir, tmp_path / name)
-        models_svc.register_cli(ctx, name=name, source=str(source), revision=None, dtype="float32",
+        registry.register(ctx, Principal.shell(ctx), name=name, source=str(source), revision=None, dtype="float32",
                                 max_model_len=256, engine_args={}, description="latency comparison test")
-    serving.serve_cli(ctx, "tiny-base", "the version in production")
+    serving.serve(ctx, Principal.shell(ctx), "tiny-base", "the version in production")
 
     report = evaluation_svc.run_evaluation_blocking(
         ctx, "tiny-cand", SUITE, child=ChildConfig(max_tokens=8, concurrency=2, latency_prompts=6, latency_warmup=1))

@@ -9,8 +9,9 @@ import random
 import pytest
 
 from console.services import promotion
+from console.services.access import Principal
 from engine.evals.latency import BASELINE, CANDIDATE, PairedTiming, abba_first, bootstrap_ci, compare_paired
-from engine.evals.process import latency_prompts
+from engine.evals.runner import latency_prompts
 from engine.evals.suite import SuiteRecord
 
 KEYS = {"baseline_version", "n", "candidate_ttft_p95_ms", "baseline_ttft_p95_ms", "diff_ms", "ci_low_ms",
@@ -156,14 +157,14 @@ def test_an_evaluation_times_against_the_production_holder_unless_told_otherwise
     from console.services import evaluation as evaluation_svc
     from console.services import serving
     from db import model_versions as versions_q
-    from engine.evals.process import ChildConfig
+    from engine.evals.runner import ChildConfig
     from engine.evals.suite import Suite
 
     with ctx.db.session() as s:
         for name in ("v1", "v2", "v3"):
             versions_q.register_model_version(s, name=name, source=f"/models/{name}", actor="test")
     assert evaluation_svc._baseline(ctx, "v2", None, True) == (None, None, None)  # nobody holds production
-    serving.serve_cli(ctx, "v1", "first")
+    serving.serve(ctx, Principal.shell(ctx), "v1", "first")
     spec, name, error = evaluation_svc._baseline(ctx, "v2", None, True)
     assert (spec.name if spec else None, name, error) == ("v1", "v1", None)
     assert evaluation_svc._baseline(ctx, "v1", None, True) == (None, None, None)  # production itself: no pair

@@ -21,7 +21,7 @@ from console.services.access import DutyRule, Principal, ensure_separation, regi
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound, StorageUnavailable
 from console.services.moderation import FindingView, redact_pii
-from console.services.text import clean_text
+from console.services.text import optional_text, required_text
 from db import audit as audit_q
 from db import chat as chat_q
 from db import safety as safety_q
@@ -217,9 +217,7 @@ def _redact_note(ctx: AppContext, note: str | None) -> str | None:
 def _validate(decision: str, category: str | None, note: str | None) -> tuple[str | None, str | None]:
     if decision not in DECISION_LABELS:
         raise InvalidInput(f"Choose a decision: {', '.join(DECISION_LABELS.values())}.")
-    if note is not None and len(note) > MAX_NOTE_CHARS:  # as typed, before trimming
-        raise InvalidInput(f"A note has at most {MAX_NOTE_CHARS:,} characters.")
-    note = clean_text(note or "").strip() or None
+    note = optional_text(note, "the note", MAX_NOTE_CHARS)
     if decision == "violation":
         if category not in CATEGORIES:
             raise InvalidInput("A confirmed violation needs a category.")
@@ -431,11 +429,7 @@ def item_view(ctx: AppContext, actor: Principal, item_id: int) -> ItemView:
 @requires("review.reveal_raw")
 def reveal_raw(ctx: AppContext, actor: Principal, item_id: int, direction: str, reason: str) -> str | None:
     """The raw text of one side of the item's exchange, for this call only; the reason and the view are audited."""
-    reason = clean_text(reason or "").strip()
-    if len(reason) > MAX_NOTE_CHARS:
-        raise InvalidInput(f"A reason has at most {MAX_NOTE_CHARS:,} characters.")
-    if not reason:
-        raise InvalidInput("Type a reason to reveal the raw text.")
+    reason = required_text(reason, "the reason to reveal the raw text", MAX_NOTE_CHARS)
     if direction not in ("prompt", "output"):
         raise InvalidInput("Choose the prompt or the output.")
     reason = redact_pii(ctx, reason)

@@ -303,7 +303,7 @@ def test_a_chat_message_of_only_whitespace_sends_nothing_or_asks_for_a_message(a
     box.fill("   \n\t  ")
     box.press("Enter")
     time.sleep(2)
-    asked = page.get_by_text("Type a message first").count() > 0
+    asked = page.get_by_text("The message is required").count() > 0
     assert asked or page.locator("[data-testid='stChatMessage']").count() == before
     _assert_sound(admin)
 

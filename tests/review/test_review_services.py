@@ -405,7 +405,7 @@ def test_the_escalation_rule_is_in_the_one_duty_rule_registry():
 def test_an_escalation_note_longer_than_2000_characters_is_refused(ctx, people):
     item = flag(ctx, people["op"])
     review.decide(ctx, people["alice"], item, "escalate", note="unsure")
-    with pytest.raises(InvalidInput, match="at most 2,000"):
+    with pytest.raises(InvalidInput, match="2,001 characters; the limit is 2,000"):
         review.decide_escalation(ctx, people["admin"], item, "false_positive", note="n" * 2001)
 
 

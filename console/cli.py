@@ -9,36 +9,37 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
+from console.cli_support import (
+    CliError,
+    Parser,
+    leaf_commands,
+    open_context,
+    positive,
+    registered_commands,
+    shell_context,
+)
 from console.services.access import ALL_ROLES
-from console.services.models import DTYPES, ENGINE_ARGS_HELP
+from console.services.registry import DTYPES, ENGINE_ARGS_HELP
 from console.settings import PROJECT_ROOT, Settings, SettingsError, mask_url
 
-if TYPE_CHECKING:
-    from console.services.context import AppContext
-    from engine.types import ModelSpec
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as one line, exit status 1."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One clear line instead of argparse's usage block.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _services(settings: Settings) -> AppContext:
-    from console.services.context import AppContext
-    from db.config import DbConfig
-    from db.database import Database, make_private_dir
-
-    make_private_dir(settings.data_dir, tighten=True)  # the database, models and logs: owner-only
-    db = Database(DbConfig(url=settings.database_url))
-    db.migrate()
-    return AppContext(settings, db)
+# Every other command acts as the shell principal (console/cli_support.py: shell_context) and calls the same
+# @requires-guarded services the pages call. These are the exceptions, and why; tests/access/test_shell_principal.py
+# reads them (a new command is guarded, or named here).
+BOOTSTRAP_COMMANDS: dict[str, str] = {
+    "init": "creates and migrates the database, the audit signing key and the first admin: it must work on an empty "
+            "database, before any account exists",
+    "build-demo-models": "started by `run` in the background to build the demo versions `init` recorded as wanted "
+                         "(registered by the system)",
+    "run": "starts the console itself; every action in it is checked for the user signed in",
+}
+OFFLINE_COMMANDS: dict[str, str] = {
+    "settings": "prints the settings read from the environment; opens no database",
+    "eval safety": "measures the scanners on generated or given labelled texts; opens no database",
+    "eval thresholds": "measures toxicity thresholds on the demo corpus and given texts; opens no database",
+}
+UNGUARDED_COMMANDS: dict[str, str] = {**BOOTSTRAP_COMMANDS, **OFFLINE_COMMANDS}
 
 
 class _Progress:
@@ -56,10 +57,10 @@ class _Progress:
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import models as models_svc
+    from console.services import demo_builds
     from console.services import users as users_svc
 
-    ctx = _services(settings)
+    ctx = open_context(settings)
     print(f"database ready: {mask_url(settings.database_url)} (revision {ctx.db.current_revision()})")
     from console.services import audit as audit_svc
 
@@ -68,22 +69,22 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
           f"database) and also written to {settings.audit_checkpoint_file}")
     from console.services import serving as serving_svc
 
-    models_svc.record_demo_models_cli(ctx, wanted=not args.skip_models)
+    demo_builds.record_demo_models(ctx, wanted=not args.skip_models, by="init")
     if args.skip_models:
         print("demo models: none wanted (`llm-console run` builds none); register and serve your own with "
               "`llm-console model register` and `llm-console model serve`")
     elif args.wait_for_all:
         print(f"building every demo model now in {settings.models_dir} (built once, then cached)")
-        for name in models_svc.ensure_demo_versions(ctx, progress=_Progress()):
+        for name in demo_builds.ensure_demo_versions(ctx, progress=_Progress()):
             print(f"registered model version {name}")
     else:
-        pending = models_svc.pending_demo_versions(ctx)
+        pending = demo_builds.pending_demo_versions(ctx)
         if pending:
             # Nothing is trained here: `run` builds them in the background while the console starts, so the
             # console's own start-up (scanners, vLLM) overlaps the training of the version it serves.
             print(f"demo models: {', '.join(pending)} will be built in the background by `llm-console run` "
-                  f"(cached in {settings.models_dir}; log: {settings.data_dir / models_svc.BUILD_LOG})")
-            served = models_svc.served_demo_version(ctx)
+                  f"(cached in {settings.models_dir}; log: {settings.data_dir / demo_builds.BUILD_LOG})")
+            served = demo_builds.served_demo_version(ctx)
             if served in pending:
                 print(f"  the console starts at once and serves {served} as soon as it is built (the Chat page "
                       "says how far it is and opens by itself); the others follow at a lower priority")
@@ -138,9 +139,9 @@ def _check_sso_secrets(*paths: Path) -> None:
 def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
     """The background build `run` starts: build and register the demo versions not registered yet (the served one
     first, given production at once; the rest at a lower CPU priority)."""
-    from console.services import models as models_svc
+    from console.services import demo_builds
 
-    for name in models_svc.build_pending_demo_versions(_services(settings), progress=_Progress()):
+    for name in demo_builds.build_pending_demo_versions(open_context(settings), progress=_Progress()):
         print(f"registered model version {name}", flush=True)
     return 0
 
@@ -150,15 +151,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
 
     _check_sso_secrets(Path.home() / ".streamlit" / "secrets.toml", PROJECT_ROOT / ".streamlit" / "secrets.toml")
     from console.services import audit as audit_svc
-    from console.services import models as models_svc
+    from console.services import demo_builds
 
-    ctx = _services(settings)
+    ctx = open_context(settings)
     audit_svc.check_key(ctx)  # a missing audit key stops the start with the file's name and the fix
-    building = models_svc.start_background_demo_build(
+    building = demo_builds.start_background_demo_build(
         ctx, [sys.executable, "-m", "console.cli", "build-demo-models"])
     if building:
         print(f"building {', '.join(building)} in the background (the Models page shows its progress; log: "
-              f"{settings.data_dir / models_svc.BUILD_LOG})", flush=True)
+              f"{settings.data_dir / demo_builds.BUILD_LOG})", flush=True)
     # console.server starts Streamlit on app.py and starts loading the model before the first browser connects.
     argv = [sys.executable, "-m", "console.server", "--server.port", str(args.port),
             "--server.address", args.address]
@@ -184,27 +185,27 @@ def _read_password(args: argparse.Namespace) -> str | None:
 def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import users as users_svc
 
-    ctx = _services(settings)
-    user = users_svc.create_user_cli(ctx, args.username, _read_password(args), args.role, email=args.email)
+    ctx, me = shell_context(args, settings)
+    user = users_svc.add_user(ctx, me, args.username, _read_password(args), args.role, email=args.email)
     print(f"created user {user.username} with roles {', '.join(user.roles)}")
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
-    from db import users as users_q
+    from console.services import users as users_svc
 
-    ctx = _services(settings)
-    with ctx.db.session() as s:
-        for u in users_q.list_users(s):
-            state = "disabled" if u.disabled else "active"
-            print(f"{u.username}\t{','.join(sorted(u.roles))}\t{state}\t{u.email or ''}")
+    ctx, me = shell_context(args, settings)
+    for u in users_svc.list_users(ctx, me):
+        state = "disabled" if u.disabled else "active"
+        print(f"{u.username}\t{','.join(sorted(u.roles))}\t{state}\t{u.email or ''}")
     return 0
 
 
 def cmd_user_unlock(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import users as users_svc
 
-    user = users_svc.unlock_cli(_services(settings), args.username)
+    ctx, me = shell_context(args, settings)
+    user = users_svc.unlock(ctx, me, users_svc.find_user(ctx, me, args.username).id)
     print(f"unlocked {user.username}: failed sign-ins cleared")
     return 0
 
@@ -212,20 +213,22 @@ def cmd_user_unlock(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_user_reset_password(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import users as users_svc
 
+    ctx, me = shell_context(args, settings)
+    target = users_svc.find_user(ctx, me, args.username)
     password = _read_password(args)
     assert password is not None  # no --sso here
-    user = users_svc.reset_password_cli(_services(settings), args.username, password)
+    user = users_svc.reset_password(ctx, me, target.id, password)
     print(f"new password set for {user.username}; the account is unlocked and its open sessions end")
     return 0
 
 
 def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import models as models_svc
+    from console.services import registry
     from console.services import serving as serving_svc
 
-    ctx = _services(settings)
+    ctx, shell = shell_context(args, settings)
+    versions = registry.list_versions(ctx, shell)
     live = serving_svc.desired_state(ctx).version
-    versions = models_svc.list_versions_cli(ctx)
     if args.json:
         print(json.dumps([{"name": v.name, "source": v.source, "revision": v.revision, "dtype": v.dtype,
                            "quantization": v.quantization, "max_model_len": v.max_model_len,
@@ -242,12 +245,12 @@ def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import models as models_svc
+    from console.services import registry
 
-    ctx = _services(settings)
-    v = models_svc.register_cli(ctx, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
-                                max_model_len=args.max_model_len, engine_args=args.engine_args,
-                                description=args.description, quantization=args.quantization, base=args.base)
+    ctx, shell = shell_context(args, settings)
+    v = registry.register(ctx, shell, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
+                          max_model_len=args.max_model_len, engine_args=args.engine_args,
+                          description=args.description, quantization=args.quantization, base=args.base)
     print(f"registered model version {v.name} from {v.source}"
           + (f" (fingerprint {v.fingerprint[:12]})" if v.fingerprint else ""))
     return 0
@@ -269,7 +272,7 @@ def _glass_warning(args: argparse.Namespace) -> None:
 def cmd_model_serve(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import serving as serving_svc
 
-    name = serving_svc.serve_cli(_services(settings), args.name, _move_reason(args), args.break_glass)
+    name = serving_svc.serve(*shell_context(args, settings), args.name, _move_reason(args), args.break_glass)
     _glass_warning(args)
     print(f"{name} now holds production; running consoles switch to it within seconds")
     return 0
@@ -278,21 +281,20 @@ def cmd_model_serve(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import promotion as promotion_svc
 
-    done = promotion_svc.rollback_cli(_services(settings), args.reason)
+    done = promotion_svc.rollback(*shell_context(args, settings), args.reason)
     print(f"emergency rollback: production returns from {done.from_version} to {done.to_version}; recorded as "
           "model.emergency_rollback and shown to every admin until an admin acknowledges it")
     return 0
 
 
 def cmd_model_protect(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import serving as serving_svc
+    from console.services import registry
 
-    ctx = _services(settings)
     if args.off:
         if not args.break_glass:
             raise CliError("removing an alias's protection needs --break-glass REASON (recorded, and shown to every "
                            "admin until another admin acknowledges it)")
-        changed = serving_svc.unprotect_alias_cli(ctx, args.alias, args.break_glass)
+        changed = registry.unprotect_alias(*shell_context(args, settings), args.alias, args.break_glass)
         _glass_warning(args)
         print(f"{args.alias} is no longer protected" if changed else f"{args.alias} was not protected")
         return 0
@@ -300,7 +302,7 @@ def cmd_model_protect(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError("--break-glass is only for --off")
     if not args.reason:
         raise CliError("give --reason (recorded in the audit log)")
-    changed = serving_svc.protect_alias_cli(ctx, args.alias, args.reason)
+    changed = registry.protect_alias(*shell_context(args, settings), args.alias, args.reason)
     print(f"{args.alias} is protected: once a version holds it, it moves only through an approved promotion"
           if changed else f"{args.alias} was already protected")
     return 0
@@ -309,16 +311,16 @@ def cmd_model_protect(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_model_restart(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import serving as serving_svc
 
-    generation = serving_svc.request_restart_cli(_services(settings), args.reason)
+    generation = serving_svc.request_restart(*shell_context(args, settings), args.reason)
     print(f"restart requested (generation {generation}); running consoles restart their engine within seconds")
     return 0
 
 
 def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import serving as serving_svc
+    from console.services import registry
 
-    alias = serving_svc.set_alias_cli(_services(settings), args.name, args.alias, _move_reason(args),
-                                      args.break_glass)
+    alias = registry.set_alias(*shell_context(args, settings), args.name, args.alias, _move_reason(args),
+                               args.break_glass)
     _glass_warning(args)
     print(f"{alias} now points at {args.name}")
     return 0
@@ -327,8 +329,10 @@ def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import evaluation as eval_svc
     from console.services import moderation
+    from console.services.access import authorize
 
-    ctx = _services(settings)
+    ctx, shell = shell_context(args, settings)
+    authorize(ctx, shell, "models.evaluate")  # as the Evaluations page's start_evaluation
     suite: object = args.suite
     if args.suite_file:
         from pathlib import Path
@@ -345,7 +349,7 @@ def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     if settings.safety_enabled:  # every answer is scanned, as on the page
         stack = moderation.build_safety_stack(settings, ctx.db)
         ctx.safety_factory = lambda: stack
-    report = eval_svc.run_evaluation_blocking(ctx, args.name, suite)  # type: ignore[arg-type]
+    report = eval_svc.run_evaluation_blocking(ctx, args.name, suite, actor=shell.username)  # type: ignore[arg-type]
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "answers"}, default=str))
     else:
@@ -358,9 +362,9 @@ def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_model_retire(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import serving as serving_svc
+    from console.services import registry
 
-    name = serving_svc.retire_cli(_services(settings), args.name, args.reason)
+    name = registry.retire(*shell_context(args, settings), args.name, args.reason)
     print(f"{name} is retired")
     return 0
 
@@ -369,9 +373,9 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import audit as audit_svc
     from console.services.errors import ConsoleError
 
-    ctx = _services(settings)
+    ctx, me = shell_context(args, settings)
     try:
-        report = audit_svc.verify_cli(ctx, [Path(p) for p in args.checkpoints])
+        report = audit_svc.verify(ctx, me, [Path(p) for p in args.checkpoints])
     except ConsoleError as exc:
         raise CliError(str(exc)) from None
     for warning in report.warnings:
@@ -389,18 +393,20 @@ def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import audit as audit_svc
     from console.services.errors import ConsoleError
 
-    ctx = _services(settings)
+    ctx, me = shell_context(args, settings)
     try:
         if args.export:
-            rows = audit_svc.checkpoints_cli(ctx)
             out = Path(args.export)
             if out.exists():
                 raise CliError(f"{out} exists; choose a new file")
-            out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
-            print(f"{len(rows)} checkpoints written to {out} (keep it somewhere the database's owners cannot write; "
-                  "`llm-console audit verify --checkpoints FILE` checks the log against it)")
+            data = audit_svc.checkpoints_file(ctx, me)  # signs one for the chain as it is now; audited
+            with out.open("xb") as f:
+                f.write(data)
+            count = data.count(b"\n")
+            print(f"{count} checkpoints written to {out} (keep it somewhere the database's owners "
+                  "cannot write; `llm-console audit verify --checkpoints FILE` checks the log against it)")
             return 0
-        cp = audit_svc.checkpoint(ctx, "cli")
+        cp = audit_svc.sign_checkpoint(ctx, me)
     except (ConsoleError, OSError) as exc:
         raise CliError(str(exc)) from None
     print(f"checkpoint signed: {cp.seq} events, head {cp.head_hash[:16]}..., {cp.ts.isoformat()}")
@@ -410,7 +416,8 @@ def cmd_audit_checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audit_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import audit as audit_svc
 
-    details = audit_svc.rotate_key_cli(_services(settings), args.reason)
+    ctx, me = shell_context(args, settings)
+    details = audit_svc.rotate_key(ctx, me, args.reason)
     kept = (f"the old key {details['old_key_id']} is kept in {settings.audit_key_file.name}.retired, so the "
             "checkpoints it signed still verify" if details["old_key_kept"] else "there was no old key")
     lost = (f"; recorded as lost: {', '.join(details['lost_key_ids'])} (their checkpoints before the rotation are "
@@ -423,7 +430,8 @@ def cmd_audit_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_retention_apply(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import retention
 
-    result = retention.apply_retention(_services(settings), dry_run=args.dry_run)
+    ctx, me = shell_context(args, settings)
+    result = retention.run_retention(ctx, me, dry_run=args.dry_run)
     verb = "would erase" if result.dry_run else "erased"
     print(f"retention {verb}: {result.exchanges} exchange texts (older than {result.text_cutoff:%Y-%m-%d %H:%M} UTC), "
           f"{result.raw_texts} raw texts (older than {result.raw_cutoff:%Y-%m-%d %H:%M} UTC), "
@@ -434,10 +442,12 @@ def cmd_retention_apply(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_erase_request(args: argparse.Namespace, settings: Settings) -> int:
     """Ask for an erasure; another admin approves it on the Users page, which carries it out."""
     from console.services import retention
+    from console.services import users as users_svc
 
-    ctx = _services(settings)
+    ctx, me = shell_context(args, settings)
     # Checks the name, the reason and the legal basis and counts, changing nothing: bad input stops here.
-    preview = retention.preview_erasure_cli(ctx, args.user, args.legal_basis)
+    user_id = users_svc.find_user(ctx, me, args.user).id
+    preview = retention.preview_erasure_of(ctx, me, user_id, args.legal_basis)
     retention.check_reason(args.reason)
     held = (f"; kept, being younger than six months: {preview.held_exchanges} exchanges and "
             f"{preview.held_events} audit events (a legal basis reaches them)" if preview.floor is not None else "")
@@ -448,7 +458,7 @@ def cmd_erase_request(args: argparse.Namespace, settings: Settings) -> int:
               f"{retention.KEEPS}.\nFound now: {preview.summary}{held}. Once approved it cannot be undone.")
         if input(f"Type the username ({preview.username}) to ask for it: ").strip() != preview.username:
             raise CliError("not confirmed; nothing was asked for")
-    request = retention.request_erasure_cli(ctx, args.user, args.reason, args.legal_basis)
+    request = retention.request_erasure(ctx, me, user_id, args.reason, args.legal_basis)
     print(f"erasure request #{request.id} for {request.username} (user id {request.user_id}) is waiting: another "
           f"admin approves it on the Users page, which erases {preview.summary}{held}")
     return 0
@@ -457,7 +467,8 @@ def cmd_erase_request(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_erase_list(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import retention
 
-    requests = retention.list_erasure_requests_cli(_services(settings), args.status)
+    ctx, me = shell_context(args, settings)
+    requests = retention.list_erasure_requests(ctx, me, args.status)
     if not requests:
         print("no erasure requests")
     for r in requests:
@@ -479,7 +490,8 @@ def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
         model_version=args.model_version, include_synthetic=args.include_synthetic))
     spec = exports_svc.validated_spec(spec)  # bad arguments: one line, before the database is touched
     exports_svc.check_out_path(Path(args.out))
-    result = exports_svc.run_export_cli(_services(settings), spec, Path(args.out))
+    ctx, me = shell_context(args, settings)
+    result = exports_svc.run_export(ctx, me, spec, Path(args.out))
     print(f"exported {result.rows} rows of {spec.what} as {spec.format}")
     print(f"file: {result.path}")
     print(f"manifest: {result.manifest_path}")
@@ -501,42 +513,6 @@ def _iso_time(value: str) -> Any:
 def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
     for env, value, help_text in settings.describe():
         print(f"{env}={value}\n    {help_text}")
-    return 0
-
-
-def cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.engine import run_engine_bench
-
-    spec: ModelSpec | Path
-    if args.model:
-        from console.services import serving as serving_svc
-
-        spec = serving_svc.loadable_spec(_services(settings), args.model)
-    else:
-        from engine.demo.tiny import build_tiny_model
-
-        spec = build_tiny_model(settings.models_dir / "tiny-bench")
-    result = run_engine_bench(spec, concurrency=args.concurrency, max_tokens=args.max_tokens,
-                              kv_cache_gib=settings.kv_cache_gib, rounds=args.rounds)
-    _print_result(result, args.json)
-    return 0
-
-
-def cmd_bench_switch(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.switch import run_switch_bench
-
-    _print_result(run_switch_bench(concurrency=args.concurrency), args.json)
-    return 0
-
-
-def cmd_bench_safety(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.safety import run_adversarial_bench, run_safety_bench
-
-    if args.adversarial:
-        _print_result(run_adversarial_bench(), args.json)
-        return 0
-    _print_result(run_safety_bench(iterations=args.iterations, stream_tokens_per_s=args.stream_rate,
-                                   stream_iterations=args.exchanges), args.json)
     return 0
 
 
@@ -573,10 +549,10 @@ def _print_public_report(result: dict[str, Any]) -> None:
 
 
 def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.safety.evaluation import safety_report
+    from engine.safety.measure_pii import safety_report
 
     if args.dataset is not None:
-        from engine.safety.public_eval import DATASET_KINDS, DatasetError, public_report
+        from engine.safety.measure_public import DATASET_KINDS, DatasetError, public_report
 
         kind, path = args.dataset
         if kind not in DATASET_KINDS:
@@ -616,7 +592,7 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_eval_thresholds(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.safety.evaluation_toxicity import DAVIDSON_PATH, ordinary_report
+    from engine.safety.measure_toxicity import DAVIDSON_PATH, ordinary_report
 
     result = ordinary_report(policy_path=args.policy, max_flagged=args.max_flagged, dialogues=args.dialogues,
                              davidson_path=None if args.no_davidson else (args.davidson or DAVIDSON_PATH),
@@ -654,57 +630,18 @@ def cmd_eval_thresholds(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_bench_review(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.review import run_review_bench
-
-    _print_result(run_review_bench(items=args.items), args.json)
-    return 0
-
-
-def cmd_bench_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.audit import run_audit_bench
-
-    _print_result(run_audit_bench(events=args.events, appends=args.appends,
-                                  progress=lambda m: print(m, file=sys.stderr, flush=True)), args.json)
-    return 0
-
-
-def cmd_bench_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.dashboard import run_dashboard_bench
-
-    _print_result(run_dashboard_bench(rows=args.rows), args.json)
-    return 0
-
-
 def cmd_metrics_rebuild(args: argparse.Namespace, settings: Settings) -> int:
-    from console.services import dashboard as dashboard_svc
+    from console.services import latency as latency_svc
 
-    counted = dashboard_svc.rebuild_buckets_cli(_services(settings))
+    ctx, me = shell_context(args, settings)
+    counted = latency_svc.rebuild_buckets(ctx, me)
     print(f"latency buckets rebuilt from {counted} exchanges")
     return 0
 
 
-def _print_result(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be greater than 0")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="llm-console", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="llm-console", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     s = sub.add_parser("init", help="create the database and the first admin; say whether the demo models are wanted")
     which = s.add_mutually_exclusive_group()
@@ -718,12 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_build_demo)
 
     s = sub.add_parser("run", help="start the console (Streamlit) on http://localhost:8501")
-    s.add_argument("--port", type=_positive, default=8501)
+    s.add_argument("--port", type=positive, default=8501)
     s.add_argument("--address", default="localhost")
     s.set_defaults(func=cmd_run)
 
     user = sub.add_parser("user", help="manage local accounts").add_subparsers(dest="user_cmd", required=True,
-                                                                             parser_class=_Parser)
+                                                                             parser_class=Parser)
     s = user.add_parser("add", help="add a user")
     s.add_argument("username")
     s.add_argument("--role", action="append", required=True,
@@ -743,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_user_reset_password)
 
     model = sub.add_parser("model", help="model versions").add_subparsers(dest="model_cmd", required=True,
-                                                                          parser_class=_Parser)
+                                                                          parser_class=Parser)
     s = model.add_parser("list", help="list registered versions (* = production)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_model_list)
@@ -752,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("source", help="local model directory or hub id (meta-llama/Llama-3.1-8B-Instruct)")
     s.add_argument("--revision", help="hub revision (commit hash or tag)")
     s.add_argument("--dtype", default="auto", choices=DTYPES)
-    s.add_argument("--max-model-len", type=_positive, help="maximum context length in tokens")
+    s.add_argument("--max-model-len", type=positive, help="maximum context length in tokens")
     s.add_argument("--engine-args", help='vLLM engine arguments as JSON, e.g. \'{"tensor_parallel_size": 2}\'. '
                    + ENGINE_ARGS_HELP)
     s.add_argument("--quantization", help="vLLM quantization method (awq, gptq, fp8, ...)")
@@ -801,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_model_retire)
 
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_cmd", required=True,
-                                                                         parser_class=_Parser)
+                                                                         parser_class=Parser)
     s = audit.add_parser("verify", help="check the hash chain of the whole audit log against the signed checkpoints")
     s.add_argument("--checkpoints", action="append", default=[], metavar="FILE",
                    help="also compare with checkpoints kept elsewhere (a file from `audit checkpoint --export`)")
@@ -827,13 +764,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_audit_export)
 
     s = sub.add_parser("retention", help="drop stored text past its retention").add_subparsers(
-        dest="retention_cmd", required=True, parser_class=_Parser).add_parser(
+        dest="retention_cmd", required=True, parser_class=Parser).add_parser(
         "apply", help="erase raw texts and exchange texts older than the retention settings (metadata stays)")
     s.add_argument("--dry-run", action="store_true", help="only count what would be erased")
     s.set_defaults(func=cmd_retention_apply)
     erase = sub.add_parser("erase", help="erasure of every text a person stored (the account stays): asked for "
                                          "here, approved by another admin on the Users page").add_subparsers(
-        dest="erase_cmd", required=True, parser_class=_Parser)
+        dest="erase_cmd", required=True, parser_class=Parser)
     s = erase.add_parser("request", help="ask for the erasure of one account's content; audited")
     s.add_argument("--user", required=True, help="the person's username (the request holds the account's id)")
     s.add_argument("--reason", required=True,
@@ -850,15 +787,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_settings)
 
     metrics = sub.add_parser("metrics", help="latency buckets").add_subparsers(dest="metrics_cmd", required=True,
-                                                                           parser_class=_Parser)
+                                                                           parser_class=Parser)
     s = metrics.add_parser("rebuild", help="rebuild the latency buckets from the exchanges (drops console overhead)")
     s.set_defaults(func=cmd_metrics_rebuild)
 
     evals = sub.add_parser("eval", help="measured quality of the scanners").add_subparsers(dest="eval_cmd", required=True,
-                                                                                      parser_class=_Parser)
+                                                                                      parser_class=Parser)
     s = evals.add_parser("safety", help="PII recall/precision/leak rate on a generated labelled set; toxicity ROC AUC")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--texts", type=_positive, default=2000, help="labelled texts to generate (default 2000)")
+    s.add_argument("--texts", type=positive, default=2000, help="labelled texts to generate (default 2000)")
     s.add_argument("--family", choices=("heldout", "dev"), default="heldout",
                    help="template family: heldout (reported) or dev (what the recognizers were tuned on)")
     s.add_argument("--seed", type=int, default=13)
@@ -866,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-toxicity", action="store_true", help="PII only")
     s.add_argument("--dataset", nargs=2, metavar=("KIND", "FILE"),
                    help="measure on a labelled file instead of generated texts; KIND is presidio-synth, pii-jsonl, "
-                        "davidson or toxicity-jsonl (formats: engine/safety/public_eval.py)")
+                        "davidson or toxicity-jsonl (formats: engine/safety/measure_public.py)")
     s.add_argument("--split", choices=("all", "tune", "report"), default="all",
                    help="with --dataset: the texts of one half (by a hash of each text) or all (default)")
     s.set_defaults(func=cmd_eval_safety)
@@ -877,7 +814,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", help="policy file to measure (default: the shipped default policy)")
     s.add_argument("--max-flagged", type=float, default=0.01,
                    help="budget: share of ordinary prompts flagged or blocked, in each group (default 0.01)")
-    s.add_argument("--dialogues", type=_positive, default=8000,
+    s.add_argument("--dialogues", type=positive, default=8000,
                    help="demo corpus dialogues whose user turns are ordinary prompts (default 8000)")
     s.add_argument("--davidson", default=None,
                    help="Davidson et al.'s labelled tweets (CSV; default: ../shared/data/toxicity_dev_davidson.csv "
@@ -885,44 +822,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-davidson", action="store_true", help="skip the tweets")
     s.set_defaults(func=cmd_eval_thresholds)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
-                                                                      parser_class=_Parser)
-    s = bench.add_parser("engine", help="engine host vs vLLM's LLM.generate: output tokens/s")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--model", help="registered version to use (default: a tiny model built on the spot)")
-    s.add_argument("--concurrency", type=_positive, default=16)
-    s.add_argument("--max-tokens", type=_positive, default=128)
-    s.add_argument("--rounds", type=_positive, default=9, help="interleaved rounds per side (median ratio)")
-    s.set_defaults(func=cmd_bench_engine)
-    s = bench.add_parser("switch", help="switch the served version under concurrent chats: seconds, failures")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--concurrency", type=_positive, default=8)
-    s.set_defaults(func=cmd_bench_switch)
-    s = bench.add_parser("safety", help="time the safety scans add to an exchange (before the first token, after "
-                                        "the last), p50/p95, and per scanner")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--iterations", type=_positive, default=50, help="scans per figure (default 50)")
-    s.add_argument("--exchanges", type=_positive, default=20,
-                   help="streamed exchanges for total_p95_ms (default 20; each streams a 100-word answer)")
-    s.add_argument("--stream-rate", type=_positive, default=60,
-                   help="tokens per second the answer streams at (default 60, the demo model's rate here)")
-    s.add_argument("--adversarial", action="store_true",
-                   help="instead: one whole scan of 20,000 characters of each adversarial shape (capitalised words, "
-                        "'Aa ', digits and spaces, commas...), per scanner and in total")
-    s.set_defaults(func=cmd_bench_safety)
-    s = bench.add_parser("review", help="review queue: first page with filters and claim-next, 100,000 items")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--items", type=_positive, default=100_000)
-    s.set_defaults(func=cmd_bench_review)
-    s = bench.add_parser("dashboard", help="latency page over 1,000,000 exchanges: 7 and 30 days, store overhead")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--rows", type=_positive, default=1_000_000)
-    s.set_defaults(func=cmd_bench_dashboard)
-    s = bench.add_parser("audit", help="audit log: appends/s, verify and export 1,000,000 events, export memory")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("--events", type=_positive, default=1_000_000)
-    s.add_argument("--appends", type=_positive, default=4_000, help="events appended, one per transaction")
-    s.set_defaults(func=cmd_bench_audit)
+    registered_commands(sub)  # `bench ...` (bench/cli.py) and any other package's commands
+    for path, leaf in leaf_commands(p).items():
+        leaf.set_defaults(command_path=path)
+        if path in UNGUARDED_COMMANDS:
+            leaf.set_defaults(unguarded=UNGUARDED_COMMANDS[path])
     return p
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.demo.corpus import REFUSAL, TOPICS, Dialogue, build_corpus
-from engine.demo.evaluate import EvalReport, evaluate
+from engine.demo.scoring import DemoScore, score_model
 from engine.demo.tiny import build_tiny_model
 from engine.demo.train import (
     DEMO_VERSIONS,
@@ -23,11 +23,11 @@ __all__ = [
     "DemoBuildError",
     "DemoRecipe",
     "Dialogue",
-    "EvalReport",
+    "DemoScore",
     "build_corpus",
     "build_tiny_model",
     "ensure_demo_model",
-    "evaluate",
+    "score_model",
     "is_complete",
     "train_demo_model",
 ]

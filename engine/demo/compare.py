@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.demo.evaluate import QUESTION_SETS, EvalAnswer, EvalReport, converse, evaluate, load_conversations
+from engine.demo.scoring import (
+    QUESTION_SETS,
+    DemoAnswer,
+    DemoScore,
+    converse,
+    load_conversations,
+    score_model,
+)
 
 CHAT_TEMPERATURE = 0.3  # console/views/chat.py: the Temperature slider's default
 CHAT_TOP_P = 0.95  # and the Top-p slider's
@@ -47,7 +54,7 @@ class Score:
     garbled: int = 0
 
     @classmethod
-    def of(cls, answers: Sequence[EvalAnswer]) -> Score:
+    def of(cls, answers: Sequence[DemoAnswer]) -> Score:
         support = [a for a in answers if a.topic != "out_of_domain"]
         off_topic = [a for a in answers if a.topic == "out_of_domain"]
         chats = [a for a in answers if a.multi_turn]
@@ -69,7 +76,7 @@ class Score:
                 f"garbled {self.garbled}/{self.total}")
 
 
-def scores(report: EvalReport) -> dict[float, Score]:
+def scores(report: DemoScore) -> dict[float, Score]:
     """The report's scores per temperature."""
     temps = sorted({a.temperature for a in report.answers})
     return {t: Score.of([a for a in report.answers if a.temperature == t]) for t in temps}
@@ -81,13 +88,13 @@ def compare(
     sets: Sequence[str] = DEFAULT_SETS,
     seeds: tuple[int, ...] = DEFAULT_SEEDS,
     temperature: float = CHAT_TEMPERATURE,
-) -> dict[str, dict[str, EvalReport]]:
-    """Evaluate every model on every set; returns ``{model name: {set name: report}}``."""
+) -> dict[str, dict[str, DemoScore]]:
+    """Score every model on every set; returns ``{model name: {set name: report}}``."""
     from vllm import LLM
 
-    from engine.demo.evaluate import _shutdown
+    from engine.demo.scoring import _shutdown
 
-    results: dict[str, dict[str, EvalReport]] = {}
+    results: dict[str, dict[str, DemoScore]] = {}
     for name, model_dir in model_dirs.items():
         config = json.loads((model_dir / "config.json").read_text())
         llm = LLM(model=str(model_dir), enforce_eager=True, max_model_len=int(config["max_position_embeddings"]),
@@ -97,7 +104,7 @@ def compare(
                 set_name: converse(llm, load_conversations(), temperatures=(0.0, temperature), seeds=seeds,
                                    top_p=CHAT_TOP_P, max_tokens=CHAT_MAX_TOKENS, model_dir=str(model_dir))
                 if set_name == CONVERSATIONS else
-                evaluate(model_dir, llm=llm, questions=QUESTION_SETS[set_name],
+                score_model(model_dir, llm=llm, questions=QUESTION_SETS[set_name],
                          temperatures=(0.0, temperature), seeds=seeds, top_p=CHAT_TOP_P,
                          max_tokens=CHAT_MAX_TOKENS)
                 for set_name in sets
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def garbled_lines(by_set: dict[str, EvalReport], *, seeds: int) -> list[str]:
+def garbled_lines(by_set: dict[str, DemoScore], *, seeds: int) -> list[str]:
     """Garbled answers over every set run, greedy and sampled; then those after earlier turns of a chat."""
     answers = [a for report in by_set.values() for a in report.answers]
     lines = []

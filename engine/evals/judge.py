@@ -1,8 +1,8 @@
 """Judging one answer without a model: did it decline, which support topic is it about, how alike are two answers.
 
 Built on the demo support models' own vocabulary (``engine.demo``): the refusal mark of
-``engine.demo.evaluate`` and the intents' answers of ``engine.demo.corpus``. An answer close to one of the corpus
-answers takes that intent's topic; otherwise topic keywords (the words ``engine.demo.evaluate`` judges answers
+``engine.demo.scoring`` and the intents' answers of ``engine.demo.corpus``. An answer close to one of the corpus
+answers takes that intent's topic; otherwise topic keywords (the words ``engine.demo.scoring`` judges answers
 by) vote. Keyword judging is a coarse instrument: good for comparing versions of the same model family on the
 same suite, not an absolute quality score.
 """
@@ -14,7 +14,7 @@ import re
 from functools import lru_cache
 
 from engine.demo.corpus import INTENTS
-from engine.demo.evaluate import REFUSAL_MARK
+from engine.demo.scoring import REFUSAL_MARK
 
 OUT_OF_DOMAIN = "out_of_domain"
 
@@ -32,7 +32,7 @@ _DECLINE_PATTERNS = re.compile(
     )
 )
 
-# Topic words, as engine.demo.evaluate's questions judge answers by them; a phrase counts once per answer.
+# Topic words, as engine.demo.scoring's questions judge answers by them; a phrase counts once per answer.
 TOPIC_KEYWORDS: dict[str, tuple[str, ...]] = {
     "greeting": ("hello", "you're welcome", "goodbye", "what can i do for you", "anything else"),
     "account": ("password", "sign-in", "sign in", "locked", "unlock", "email address", "two-factor",

@@ -12,11 +12,11 @@ you a bunch." 0.69). The head is a logistic regression over
 trained by :func:`train` (``python -m engine.safety.toxicity_head train``) on
 
 - Davidson et al.'s tweets (``shared/data/toxicity_dev_davidson.csv``, MIT), the ``tune`` half only (a hash of the
-  text, the split ``engine.safety.evaluation_toxicity`` uses): hate speech or offensive against neither;
+  text, the split ``engine.safety.measure_toxicity`` uses): hate speech or offensive against neither;
 - ``engine/safety/data/toxicity_eval.jsonl``, its ``tune`` half: any label against none;
 - ``engine/safety/data/toxigen_subset.jsonl``: 310 sentences of microsoft/TOXIGEN (MIT; data CDLA-Permissive-2.0,
   see ``TOXIGEN_LICENSE.txt``), implicit hate against neutral sentences about the same groups;
-- ordinary support prompts of the ``tune`` split (``evaluation_toxicity.ordinary_traffic``), as not toxic.
+- ordinary support prompts of the ``tune`` split (``measure_toxicity.ordinary_traffic``), as not toxic.
 
 Only the ``toxicity`` label comes from the head; the other five stay tox-block's (its ``identity_attack`` ranks
 hate without swear words better than any head trained here did). The weights, ``data/toxicity_head.npz``
@@ -161,7 +161,7 @@ def training_sources(davidson_path: Path | str, *, dialogues: int = 8000) -> lis
     """The tune halves the shipped head is trained on (see the module docstring)."""
     import csv
 
-    from engine.safety.evaluation_toxicity import _hash_split, load_eval_set, ordinary_traffic
+    from engine.safety.measure_toxicity import _hash_split, load_eval_set, ordinary_traffic
 
     with Path(davidson_path).open(encoding="utf-8", newline="") as f:
         tweets = [(row["tweet"], row["class"] in ("0", "1")) for row in csv.DictReader(f)]

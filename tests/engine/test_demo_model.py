@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from console.services.access import Principal
 from engine.demo import (
     DEMO_VERSIONS,
     REFUSAL,
@@ -24,20 +25,20 @@ from engine.demo import (
     is_complete,
 )
 from engine.demo.corpus import INTENTS, SYNONYM_FAMILIES, as_stored
-from engine.demo.evaluate import (
+from engine.demo.scoring import (
     CONVERSATIONS_FILE,
-    EVAL_QUESTIONS,
+    DEMO_QUESTIONS,
     HELD_OUT_2,
     HELD_OUT_CHATS,
     HELD_OUT_FILE,
     HELD_OUT_QUESTIONS,
     Conversation,
-    EvalQuestion,
+    DemoQuestion,
     _answer,
     converse,
-    evaluate,
     judge,
     load_conversations,
+    score_model,
 )
 from engine.demo.tokenizer import CHAT_TEMPLATE, EOS, train_tokenizer
 from engine.demo.train import REQUIRED_FILES, _cut_final_answers, _encode_dialogues, _lr_at
@@ -170,10 +171,10 @@ def test_corpus_has_keyword_only_typo_and_lowercase_questions(corpus):
 
 
 @pytest.mark.parametrize(
-    "questions", [EVAL_QUESTIONS, HELD_OUT_QUESTIONS, HELD_OUT_2, HELD_OUT_CHATS],
+    "questions", [DEMO_QUESTIONS, HELD_OUT_QUESTIONS, HELD_OUT_2, HELD_OUT_CHATS],
     ids=["dev", "held-out", "held-out-2", "held-out-chats"],
 )
-def test_evaluation_questions_are_unseen_phrasings(v1_corpus, questions):
+def test_scoring_questions_are_unseen_phrasings(v1_corpus, questions):
     v2 = DEMO_VERSIONS["support-demo-v2"]
     seen = {m.lower() for m in _user_messages(v1_corpus + build_corpus(v2.n_dialogues, seed=v2.corpus_seed))}
     templates = {q.lower() for intent in INTENTS for q in intent.questions}
@@ -200,8 +201,8 @@ def test_evaluation_questions_are_unseen_phrasings(v1_corpus, questions):
         "answering-out-of-domain-fails",
     ],
 )
-def test_evaluation_judges_relevance_and_refusal(topic, answer, passed):
-    question = next(q for q in EVAL_QUESTIONS if q.topic == topic)
+def test_scoring_judges_relevance_and_refusal(topic, answer, passed):
+    question = next(q for q in DEMO_QUESTIONS if q.topic == topic)
     assert judge(question, answer) is passed
 
 
@@ -269,8 +270,8 @@ class _ScriptedLLM:
 def test_conversations_are_played_after_the_models_own_answers_as_the_console_stores_them():
     human_agent = next(i.answer for i in INTENTS if i.name == "human_agent")
     turns = (
-        EvalQuestion("escalation", "hi, I'm Lena, can I talk to someone?", ("human agent",)),
-        EvalQuestion("refunds", "and my money back for the lamp?", ("request a refund",)),
+        DemoQuestion("escalation", "hi, I'm Lena, can I talk to someone?", ("human agent",)),
+        DemoQuestion("refunds", "and my money back for the lamp?", ("request a refund",)),
     )
     conversation = Conversation("c", turns, system="Be concise.")
     llm = _ScriptedLLM([human_agent, REFUND_ANSWER])
@@ -553,8 +554,8 @@ def test_training_runs_the_same_steps_and_weights_however_slow_the_machine(tmp_p
 @pytest.mark.slow
 def test_built_model_loads_in_vllm_and_its_answers_stop_at_the_end_token(built):
     _, path, _ = built
-    report = evaluate(path, temperatures=(0.0,), max_model_len=TINY.max_model_len, kv_cache_gib=0.25)
-    assert [a.question for a in report.answers] == [q.question for q in EVAL_QUESTIONS]
+    report = score_model(path, temperatures=(0.0,), max_model_len=TINY.max_model_len, kv_cache_gib=0.25)
+    assert [a.question for a in report.answers] == [q.question for q in DEMO_QUESTIONS]
     for answer in report.answers:
         assert "<|end|>" not in answer.answer and "<|assistant|>" not in answer.answer
     # generation_config.json names <|end|> as eos, so vLLM stops there instead of running to max_tokens.
@@ -575,57 +576,57 @@ def _admin(make_user):
 
 
 def test_init_path_builds_the_first_version_and_leaves_the_rest_pending(ctx):
-    from console.services import models as models_svc
+    from console.services import demo_builds
 
-    assert models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES) == ["bg-demo-v1"]
-    assert models_svc.pending_demo_versions(ctx, BG_RECIPES) == ["bg-demo-v2"]
+    assert demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES) == ["bg-demo-v1"]
+    assert demo_builds.pending_demo_versions(ctx, BG_RECIPES) == ["bg-demo-v2"]
     assert not (ctx.settings.models_dir / "bg-demo-v2").exists()
-    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []  # nothing is building: no status, no row
+    assert demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES) == []  # nothing is building: no status, no row
 
 
 def test_a_demo_version_shows_as_building_with_progress_and_then_as_registered(ctx, make_user):
-    from console.services import models as models_svc
+    from console.services import demo_builds, registry
 
     admin = _admin(make_user)
-    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
-    seen: list[list[models_svc.DemoBuildView]] = []
+    demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    seen: list[list[demo_builds.DemoBuildView]] = []
 
     def look(message: str, fraction: float) -> None:
         if message.startswith("training bg-demo-v2: step"):
-            seen.append(models_svc.demo_build_status_cli(ctx, BG_RECIPES))
-            assert "bg-demo-v2" not in {v.name for v in models_svc.list_versions(ctx, admin)}
+            seen.append(demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES))
+            assert "bg-demo-v2" not in {v.name for v in registry.list_versions(ctx, admin)}
 
-    assert models_svc.ensure_demo_versions(ctx, look, names=["bg-demo-v2"], recipes=BG_RECIPES) == ["bg-demo-v2"]
+    assert demo_builds.ensure_demo_versions(ctx, look, names=["bg-demo-v2"], recipes=BG_RECIPES) == ["bg-demo-v2"]
     assert seen, "no training step was reported"
     [first] = seen[0]
     assert (first.name, first.state) == ("bg-demo-v2", "building")
     assert 0 < first.fraction < 1 and "step" in first.message and "of 4" in first.message
     assert [s[0].fraction for s in seen] == sorted(s[0].fraction for s in seen)
-    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
-    versions = {v.name: v for v in models_svc.list_versions(ctx, admin)}
+    assert demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES) == []
+    versions = {v.name: v for v in registry.list_versions(ctx, admin)}
     assert versions["bg-demo-v2"].source == str(ctx.settings.models_dir / "bg-demo-v2")
     assert not (ctx.settings.models_dir / ".bg-demo-v2.status.json").exists()
 
 
 def test_a_failed_background_build_says_so(ctx, monkeypatch):
-    from console.services import models as models_svc
+    from console.services import demo_builds
     from engine.demo import train
 
-    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
 
     def broken(*args, **kwargs):
         raise DemoBuildError("disk full")
 
     monkeypatch.setattr(train, "train_demo_model", broken)
     with pytest.raises(DemoBuildError):
-        models_svc.ensure_demo_versions(ctx, names=["bg-demo-v2"], recipes=BG_RECIPES)
-    [view] = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+        demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v2"], recipes=BG_RECIPES)
+    [view] = demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES)
     assert (view.name, view.state) == ("bg-demo-v2", "failed") and "disk full" in view.message
 
 
 _CHILD = """
 import json, os, sys
-from console.services import models
+from console.services import demo_builds
 from console.services.context import AppContext
 from console.settings import Settings
 from db.config import DbConfig
@@ -637,7 +638,7 @@ with open(gate) as handle:  # blocks until the test opens the gate for writing
     handle.read()
 settings = Settings.from_env(env)
 ctx = AppContext(settings, Database(DbConfig(url=settings.database_url)))
-models.build_pending_demo_versions(ctx, recipes=BG_RECIPES)  # what `llm-console build-demo-models` runs
+demo_builds.build_pending_demo_versions(ctx, recipes=BG_RECIPES)  # what `llm-console build-demo-models` runs
 """
 
 
@@ -645,46 +646,46 @@ def test_run_starts_a_background_child_that_builds_and_registers_the_pending_ver
     import os
     import sys
 
-    from console.services import models as models_svc
+    from console.services import demo_builds, registry
     from tests.conftest import console_env
 
     admin = _admin(make_user)
-    assert models_svc.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []  # v1 not built: no child
-    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    assert demo_builds.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []  # v1 not built: no child
+    demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     command = [sys.executable, "-c", _CHILD, json.dumps(console_env(tmp_path)), str(gate)]
-    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == ["bg-demo-v2"]
-    [view] = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    assert demo_builds.start_background_demo_build(ctx, command, BG_RECIPES) == ["bg-demo-v2"]
+    [view] = demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES)
     assert (view.name, view.state, view.fraction) == ("bg-demo-v2", "building", 0.0)
     # A second console start while the child is alive does not start another build.
-    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == []
+    assert demo_builds.start_background_demo_build(ctx, command, BG_RECIPES) == []
     with open(gate, "w") as handle:  # let the child run
         handle.write("go")
     _, status = os.waitpid(view.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, (ctx.settings.data_dir / models_svc.BUILD_LOG).read_text()
-    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
-    assert "bg-demo-v2" in {v.name for v in models_svc.list_versions(ctx, admin)}
-    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == []  # nothing left to build
+    assert os.waitstatus_to_exitcode(status) == 0, (ctx.settings.data_dir / demo_builds.BUILD_LOG).read_text()
+    assert demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES) == []
+    assert "bg-demo-v2" in {v.name for v in registry.list_versions(ctx, admin)}
+    assert demo_builds.start_background_demo_build(ctx, command, BG_RECIPES) == []  # nothing left to build
 
 
 def test_run_builds_nothing_when_init_skipped_the_demo_models_or_never_said(ctx):
-    from console.services import models as models_svc
+    from console.services import demo_builds
 
-    assert models_svc.demo_models_wanted(ctx) is None  # an installation from before init recorded it
-    assert models_svc.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []
-    assert models_svc.record_demo_models_cli(ctx, wanted=False) is True
-    assert models_svc.demo_models_wanted(ctx) is False
-    assert models_svc.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []
-    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []  # no status file: nothing shows as building
+    assert demo_builds.demo_models_wanted(ctx) is None  # an installation from before init recorded it
+    assert demo_builds.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []
+    assert demo_builds.record_demo_models(ctx, wanted=False, by="init") is True
+    assert demo_builds.demo_models_wanted(ctx) is False
+    assert demo_builds.start_background_demo_build(ctx, ["false"], BG_RECIPES) == []
+    assert demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES) == []  # no status file: nothing shows as building
 
 
 def test_recording_the_same_answer_again_changes_and_audits_nothing(ctx):
-    from console.services import models as models_svc
+    from console.services import demo_builds
     from db import audit as audit_q
 
-    assert models_svc.record_demo_models_cli(ctx, wanted=True) is True
-    assert models_svc.record_demo_models_cli(ctx, wanted=True) is False
+    assert demo_builds.record_demo_models(ctx, wanted=True, by="init") is True
+    assert demo_builds.record_demo_models(ctx, wanted=True, by="init") is False
     with ctx.db.session() as s:
         events = [e.details for e in audit_q.iter_events(s, action="state.set")]
     assert events == [{"key": "demo_models", "before": None, "after": "wanted"}]
@@ -694,27 +695,26 @@ def test_run_builds_every_wanted_demo_version_in_the_background_and_serves_the_f
     import os
     import sys
 
-    from console.services import models as models_svc
-    from console.services import serving
+    from console.services import demo_builds, registry, serving
     from tests.conftest import console_env
 
     admin = _admin(make_user)
     ctx.settings = dataclasses.replace(ctx.settings, default_model="bg-demo-v1")
-    models_svc.record_demo_models_cli(ctx, wanted=True)  # `llm-console init` without flags
+    demo_builds.record_demo_models(ctx, wanted=True, by="init")  # `llm-console init` without flags
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     env = console_env(tmp_path, LLM_CONSOLE_DEFAULT_MODEL="bg-demo-v1")
     command = [sys.executable, "-c", _CHILD, json.dumps(env), str(gate)]
-    assert models_svc.start_background_demo_build(ctx, command, BG_RECIPES) == ["bg-demo-v1", "bg-demo-v2"]
-    views = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    assert demo_builds.start_background_demo_build(ctx, command, BG_RECIPES) == ["bg-demo-v1", "bg-demo-v2"]
+    views = demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES)
     assert [(v.name, v.state) for v in views] == [("bg-demo-v1", "building"), ("bg-demo-v2", "building")]
-    assert views[0].log == ctx.settings.data_dir / models_svc.BUILD_LOG
+    assert views[0].log == ctx.settings.data_dir / demo_builds.BUILD_LOG
     with open(gate, "w") as handle:  # let the child run
         handle.write("go")
     _, status = os.waitpid(views[0].pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, (ctx.settings.data_dir / models_svc.BUILD_LOG).read_text()
-    assert models_svc.demo_build_status_cli(ctx, BG_RECIPES) == []
-    assert {"bg-demo-v1", "bg-demo-v2"} <= {v.name for v in models_svc.list_versions(ctx, admin)}
+    assert os.waitstatus_to_exitcode(status) == 0, (ctx.settings.data_dir / demo_builds.BUILD_LOG).read_text()
+    assert demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES) == []
+    assert {"bg-demo-v1", "bg-demo-v2"} <= {v.name for v in registry.list_versions(ctx, admin)}
     desired = serving.desired_state(ctx)
     assert (desired.version, desired.move_id is not None) == ("bg-demo-v1", True)  # the child gave it production
 
@@ -722,8 +722,7 @@ def test_run_builds_every_wanted_demo_version_in_the_background_and_serves_the_f
 def test_the_build_serves_the_first_version_before_training_the_next_at_a_lower_priority(ctx, monkeypatch):
     import os
 
-    from console.services import models as models_svc
-    from console.services import serving
+    from console.services import demo_builds, serving
     from db import model_versions as versions_q
 
     ctx.settings = dataclasses.replace(ctx.settings, default_model="bg-demo-v1")
@@ -741,24 +740,24 @@ def test_the_build_serves_the_first_version_before_training_the_next_at_a_lower_
         elif message.startswith("training bg-demo-v1: step"):
             events.append(("training v1", None))
 
-    assert models_svc.build_pending_demo_versions(ctx, progress, recipes=BG_RECIPES) == ["bg-demo-v1", "bg-demo-v2"]
+    assert demo_builds.build_pending_demo_versions(ctx, progress, recipes=BG_RECIPES) == ["bg-demo-v1", "bg-demo-v2"]
     v1_steps = [e for e in events if e[0] == "training v1"]
-    assert v1_steps and events.index(v1_steps[-1]) < events.index(("nice", models_svc.BACKGROUND_NICENESS))
-    assert events.count(("nice", models_svc.BACKGROUND_NICENESS)) == 1  # lowered once, after v1, before v2
+    assert v1_steps and events.index(v1_steps[-1]) < events.index(("nice", demo_builds.BACKGROUND_NICENESS))
+    assert events.count(("nice", demo_builds.BACKGROUND_NICENESS)) == 1  # lowered once, after v1, before v2
     v2_steps = [e for e in events if e[0] == "training v2"]
-    assert v2_steps and events.index(v2_steps[0]) > events.index(("nice", models_svc.BACKGROUND_NICENESS))
+    assert v2_steps and events.index(v2_steps[0]) > events.index(("nice", demo_builds.BACKGROUND_NICENESS))
     assert {who for _, who in v2_steps} == {"bg-demo-v1"}  # production already held by v1 while v2 trained
     assert serving.desired_state(ctx).move_id is not None
 
 
 def test_a_build_whose_process_is_gone_shows_as_interrupted(ctx):
-    from console.services import models as models_svc
+    from console.services import demo_builds
 
-    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
     status = ctx.settings.models_dir / ".bg-demo-v2.status.json"
     status.write_text(json.dumps({"name": "bg-demo-v2", "state": "building", "fraction": 0.5,
                                   "message": "training", "pid": 2**22 + 12345, "started_at": 0}))
-    [view] = models_svc.demo_build_status_cli(ctx, BG_RECIPES)
+    [view] = demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES)
     assert (view.state, view.fraction) == ("interrupted", 0.5)
 
 
@@ -769,15 +768,15 @@ def test_models_page_shows_the_building_version_with_its_progress(tmp_path, monk
     from streamlit.testing.v1 import AppTest
 
     from console import app_pages
-    from console.services import models as models_svc
+    from console.services import demo_builds
     from console.ui import UiSession
     from tests.conftest import console_env
 
     for key, value in console_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     st.cache_resource.clear()
-    monkeypatch.setattr(models_svc, "_demo_recipes", lambda recipes: recipes or BG_RECIPES)
-    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
+    monkeypatch.setattr(demo_builds, "_demo_recipes", lambda recipes: recipes or BG_RECIPES)
+    demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v1"], recipes=BG_RECIPES)
     (ctx.settings.models_dir / ".bg-demo-v2.status.json").write_text(json.dumps({
         "name": "bg-demo-v2", "state": "building", "fraction": 0.42, "pid": os.getpid(), "started_at": 0,
         "message": "training bg-demo-v2: step 500 of 1200, loss 0.100"}))
@@ -790,7 +789,7 @@ def test_models_page_shows_the_building_version_with_its_progress(tmp_path, monk
     assert bar.proto.value == 42
     assert list(at.dataframe[0].value["name"]) == ["bg-demo-v1"]
 
-    models_svc.ensure_demo_versions(ctx, names=["bg-demo-v2"], recipes=BG_RECIPES)  # the build finishes
+    demo_builds.ensure_demo_versions(ctx, names=["bg-demo-v2"], recipes=BG_RECIPES)  # the build finishes
     at.run()
     assert not at.exception
     assert at.get("progress") == []

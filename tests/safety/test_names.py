@@ -147,7 +147,7 @@ def test_dialogue_speakers_need_a_listed_name_or_two_speaker_lines():
 @pytest.mark.skipif(not PRESIDIO_SYNTH_DEV_PATH.exists(), reason="the public dev file is not at ../shared/data")
 def test_person_names_of_the_public_dev_file_are_not_stored(pii, policy):
     """A fixed slice: the first 60 texts with a person of the ``tune`` half (recall 0.71 before this work)."""
-    from engine.safety.public_eval import load_presidio_synth, split_of
+    from engine.safety.measure_public import load_presidio_synth, split_of
 
     samples = [s for s in load_presidio_synth(PRESIDIO_SYNTH_DEV_PATH)
                if split_of(s.text) == "tune" and any(g.kind == "PERSON" for g in s.spans)][:60]

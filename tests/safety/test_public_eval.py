@@ -10,7 +10,7 @@ import pytest
 
 from console import cli
 from engine.safety.base import Finding
-from engine.safety.public_eval import (
+from engine.safety.measure_public import (
     PRESIDIO_SYNTH_DEV_PATH,
     DatasetError,
     GoldSpan,
@@ -221,7 +221,7 @@ def test_a_tweet_with_a_line_break_inside_its_quotes_keeps_it(tmp_path):
 @pytest.mark.skipif(not PRESIDIO_SYNTH_DEV_PATH.exists(), reason="the public dev file is not at ../shared/data")
 def test_on_a_fixed_slice_of_the_public_dev_file_personal_values_are_cut_from_the_stored_text():
     """100 texts of the tune half, through the stored path: a floor that the scanner before issue 20 missed (0.61)."""
-    from engine.safety.public_eval import pii_public_report
+    from engine.safety.measure_public import pii_public_report
 
     samples = [s for s in load_presidio_synth(PRESIDIO_SYNTH_DEV_PATH) if split_of(s.text) == "tune"][:100]
     report = pii_public_report(samples, examples=1000)

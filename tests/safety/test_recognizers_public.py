@@ -204,9 +204,9 @@ MY_KINDS = ("STREET_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD")
 def test_addresses_phones_and_cards_of_the_public_dev_file_are_not_stored(pii):
     """A fixed slice: the first 100 texts of the ``tune`` half holding an address, a phone or a card number, stored
     as the chat service stores them (before issue 20: addresses 0.40, phones 0.65, cards 0.87 found on that half)."""
-    from engine.safety.evaluation import stored_text
+    from engine.safety.measure_pii import stored_text
+    from engine.safety.measure_public import load_presidio_synth, split_of
     from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
-    from engine.safety.public_eval import load_presidio_synth, split_of
 
     policy = Policy.load(DEFAULT_POLICY_PATH)
     samples = [s for s in load_presidio_synth(PRESIDIO_SYNTH_DEV_PATH)

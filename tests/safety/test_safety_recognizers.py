@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from engine.safety.evaluation import (
+from engine.safety.measure_pii import (
     FAMILIES,
     generate_pii_set,
     load_templates,
@@ -354,9 +354,9 @@ def test_eval_safety_command_prints_pii_numbers_as_json(cli_env, capsys):
 def test_eval_safety_command_adds_the_toxicity_part_where_its_module_exists(cli_env, capsys, monkeypatch):
     from console import cli
 
-    fake = types.ModuleType("engine.safety.evaluation_toxicity")
+    fake = types.ModuleType("engine.safety.measure_toxicity")
     fake.toxicity_report = lambda: {"roc_auc": {"toxicity": 0.93}, "detector": "fake"}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "engine.safety.evaluation_toxicity", fake)
+    monkeypatch.setitem(sys.modules, "engine.safety.measure_toxicity", fake)
     assert cli.main(["eval", "safety", "--texts", "5"]) == 0
     out = capsys.readouterr().out
     assert "overall" in out and '"roc_auc": {"toxicity": 0.93}' in out

@@ -25,7 +25,7 @@ from engine.safety import (
 )
 from engine.safety import offline_model as om
 from engine.safety.chunking import chunk_by_chars, chunk_by_token_offsets, sentence_spans, token_windows
-from engine.safety.evaluation_toxicity import EVAL_SET_PATH, load_eval_set, roc_auc, toxicity_report
+from engine.safety.measure_toxicity import EVAL_SET_PATH, load_eval_set, roc_auc, toxicity_report
 from engine.safety.runner import ScannerRunner
 from engine.safety.toxicity import (
     DETOXIFY_LABELS,

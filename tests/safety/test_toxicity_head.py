@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from engine.safety import toxicity_head as th
-from engine.safety.evaluation_toxicity import DAVIDSON_PATH, roc_auc
+from engine.safety.measure_toxicity import DAVIDSON_PATH, roc_auc
 from engine.safety.toxicity import OfflineToxicityScanner
 
 REPO = Path(__file__).resolve().parents[2]

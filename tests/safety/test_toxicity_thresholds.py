@@ -9,7 +9,7 @@ import pytest
 
 from console import cli
 from engine.demo.corpus import build_corpus
-from engine.safety.evaluation_toxicity import (
+from engine.safety.measure_toxicity import (
     DAVIDSON_PATH,
     ORDINARY_MAX_FLAGGED,
     choose_ordinary_thresholds,

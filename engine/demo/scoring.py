@@ -3,7 +3,7 @@
 Scoring is keyword based: an in-domain answer must mention what was asked about (a refund question gets an
 answer that says "refund") and must not refuse; an out-of-domain answer must contain the refusal.
 
-Run ``python -m engine.demo.evaluate DIR [DIR...]``; vLLM is started in-process (no engine process).
+Run ``python -m engine.demo.scoring DIR [DIR...]``; vLLM is started in-process (no engine process).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ REFUSAL_MARK = "I can only help"
 
 
 @dataclass(frozen=True)
-class EvalQuestion:
+class DemoQuestion:
     """A question phrased differently from every training template, and words a good answer contains."""
 
     topic: str
@@ -40,136 +40,136 @@ class EvalQuestion:
 
 
 # None of these is a training template (a test checks it); several mix words from different intents.
-EVAL_QUESTIONS: tuple[EvalQuestion, ...] = (
-    EvalQuestion("greeting", "hello! anybody around to help me?", ("hello",)),
-    EvalQuestion("account", "I can't sign in because I don't remember my password anymore", ("password",)),
-    EvalQuestion("account", "my account seems to be locked, what now", ("locked", "unlock")),
-    EvalQuestion("billing", "Somebody charged my card two times for the same month", ("charge",)),
-    EvalQuestion("billing", "Where do I download the receipt for my March payment?", ("invoice",)),
-    EvalQuestion("billing", "I have a new Visa card and want to use it for payments", ("payment method", "card")),
-    EvalQuestion("orders", "Where's the package I ordered last Tuesday? It still hasn't come", ("track", "order")),
-    EvalQuestion("orders", "My new headphones came in broken", ("damaged", "replacement", "problem")),
-    EvalQuestion("refunds", "I would like my money back for the blender I bought", ("refund",)),
-    EvalQuestion("refunds", "How long until the refund shows up in my bank?", ("refund",)),
-    EvalQuestion("cancellations", "How can I stop paying for my Premium subscription?", ("cancel",)),
-    EvalQuestion("privacy", "Please wipe all the personal information you hold about me", ("delete", "data")),
-    EvalQuestion("escalation", "I need to speak with an actual human being", ("human", "agent")),
-    EvalQuestion(
+DEMO_QUESTIONS: tuple[DemoQuestion, ...] = (
+    DemoQuestion("greeting", "hello! anybody around to help me?", ("hello",)),
+    DemoQuestion("account", "I can't sign in because I don't remember my password anymore", ("password",)),
+    DemoQuestion("account", "my account seems to be locked, what now", ("locked", "unlock")),
+    DemoQuestion("billing", "Somebody charged my card two times for the same month", ("charge",)),
+    DemoQuestion("billing", "Where do I download the receipt for my March payment?", ("invoice",)),
+    DemoQuestion("billing", "I have a new Visa card and want to use it for payments", ("payment method", "card")),
+    DemoQuestion("orders", "Where's the package I ordered last Tuesday? It still hasn't come", ("track", "order")),
+    DemoQuestion("orders", "My new headphones came in broken", ("damaged", "replacement", "problem")),
+    DemoQuestion("refunds", "I would like my money back for the blender I bought", ("refund",)),
+    DemoQuestion("refunds", "How long until the refund shows up in my bank?", ("refund",)),
+    DemoQuestion("cancellations", "How can I stop paying for my Premium subscription?", ("cancel",)),
+    DemoQuestion("privacy", "Please wipe all the personal information you hold about me", ("delete", "data")),
+    DemoQuestion("escalation", "I need to speak with an actual human being", ("human", "agent")),
+    DemoQuestion(
         "orders",
         "my parcel is super late, where is it?",
         ("track", "order"),
         history=(("system", "You are a helpful support assistant for an online shop."),),
     ),
-    EvalQuestion(
+    DemoQuestion(
         "cancellations",
         "please terminate my Plus plan",
         ("cancel",),
         history=(("user", "Hi"), ("assistant", INTENTS[0].answer)),
     ),
-    EvalQuestion("out_of_domain", "Can you tell me tomorrow's forecast for Lisbon?", ()),
-    EvalQuestion("out_of_domain", "Which team won the Super Bowl this year?", ()),
-    EvalQuestion("out_of_domain", "What is 17 multiplied by 23?", ()),
-    EvalQuestion("out_of_domain", "How do I bake sourdough bread?", ()),
-    EvalQuestion("out_of_domain", "Write a Python script that reads a CSV file", ()),
-    EvalQuestion("out_of_domain", "Who painted the Mona Lisa?", ()),
+    DemoQuestion("out_of_domain", "Can you tell me tomorrow's forecast for Lisbon?", ()),
+    DemoQuestion("out_of_domain", "Which team won the Super Bowl this year?", ()),
+    DemoQuestion("out_of_domain", "What is 17 multiplied by 23?", ()),
+    DemoQuestion("out_of_domain", "How do I bake sourdough bread?", ()),
+    DemoQuestion("out_of_domain", "Write a Python script that reads a CSV file", ()),
+    DemoQuestion("out_of_domain", "Who painted the Mona Lisa?", ()),
 )
 
-# Written after the corpus was last tuned against EVAL_QUESTIONS and never used to tune it: the honest score.
-HELD_OUT_QUESTIONS: tuple[EvalQuestion, ...] = (
-    EvalQuestion("account", "The site keeps rejecting my password, how do I get a new one?", ("password",)),
-    EvalQuestion("account", "How can I put a different e-mail on my profile?", ("email",)),
-    EvalQuestion("account", "how to enable two step login", ("two-factor",)),
-    EvalQuestion("billing", "Why did my bill go up after I upgraded?", ("plan",)),
-    EvalQuestion("orders", "My shipment never showed up, can you check it?", ("track", "order")),
-    EvalQuestion("orders", "Can you send my order to my office instead of my home?", ("address",)),
-    EvalQuestion("refunds", "Can I send the jacket back? It's too small", ("return",)),
-    EvalQuestion("cancellations", "I ordered two laptops by accident, please cancel one", ("cancel",)),
-    EvalQuestion("privacy", "Are you selling my information to third parties?", ("data", "privacy")),
-    EvalQuestion("privacy", "I keep getting promo emails, make it stop", ("unsubscribe", "marketing")),
-    EvalQuestion("escalation", "Is there a phone number where I can reach a real agent?", ("human", "agent")),
-    EvalQuestion("out_of_domain", "What's the best way to learn the guitar?", ()),
-    EvalQuestion("out_of_domain", "Who won the Oscar for best picture?", ()),
-    EvalQuestion("out_of_domain", "Convert 30 degrees Celsius to Fahrenheit", ()),
-    EvalQuestion("out_of_domain", "Suggest a good pasta recipe", ()),
-    EvalQuestion("out_of_domain", "Explain how a neural network works", ()),
-    EvalQuestion("out_of_domain", "Is it going to snow in Denver this weekend?", ()),
+# Written after the corpus was last tuned against DEMO_QUESTIONS and never used to tune it: the honest score.
+HELD_OUT_QUESTIONS: tuple[DemoQuestion, ...] = (
+    DemoQuestion("account", "The site keeps rejecting my password, how do I get a new one?", ("password",)),
+    DemoQuestion("account", "How can I put a different e-mail on my profile?", ("email",)),
+    DemoQuestion("account", "how to enable two step login", ("two-factor",)),
+    DemoQuestion("billing", "Why did my bill go up after I upgraded?", ("plan",)),
+    DemoQuestion("orders", "My shipment never showed up, can you check it?", ("track", "order")),
+    DemoQuestion("orders", "Can you send my order to my office instead of my home?", ("address",)),
+    DemoQuestion("refunds", "Can I send the jacket back? It's too small", ("return",)),
+    DemoQuestion("cancellations", "I ordered two laptops by accident, please cancel one", ("cancel",)),
+    DemoQuestion("privacy", "Are you selling my information to third parties?", ("data", "privacy")),
+    DemoQuestion("privacy", "I keep getting promo emails, make it stop", ("unsubscribe", "marketing")),
+    DemoQuestion("escalation", "Is there a phone number where I can reach a real agent?", ("human", "agent")),
+    DemoQuestion("out_of_domain", "What's the best way to learn the guitar?", ()),
+    DemoQuestion("out_of_domain", "Who won the Oscar for best picture?", ()),
+    DemoQuestion("out_of_domain", "Convert 30 degrees Celsius to Fahrenheit", ()),
+    DemoQuestion("out_of_domain", "Suggest a good pasta recipe", ()),
+    DemoQuestion("out_of_domain", "Explain how a neural network works", ()),
+    DemoQuestion("out_of_domain", "Is it going to snow in Denver this weekend?", ()),
 )
 
 # Second held-out set, written before the phrasing-variety rework of the corpus (corpus version 5) and never
 # used to tune it. Keywords are specific to one intent's answer (not just the topic), so an answer from a
 # neighbouring intent of the same topic fails; mixed registers, typos, keyword-only queries and context.
-HELD_OUT_2: tuple[EvalQuestion, ...] = (
-    EvalQuestion("greeting", "good evening, is the support chat open?", ("hello",)),
-    EvalQuestion("greeting", "cool, appreciate it", ("welcome",)),
-    EvalQuestion("account", "forgot my pasword again, help", ("password",)),
-    EvalQuestion(
+HELD_OUT_2: tuple[DemoQuestion, ...] = (
+    DemoQuestion("greeting", "good evening, is the support chat open?", ("hello",)),
+    DemoQuestion("greeting", "cool, appreciate it", ("welcome",)),
+    DemoQuestion("account", "forgot my pasword again, help", ("password",)),
+    DemoQuestion(
         "account", "I just got a new phone and cannot remember the login password for the app", ("password",)
     ),
-    EvalQuestion("account", "it won't let me in, says the account is blocked for too many tries", ("locked",)),
-    EvalQuestion(
+    DemoQuestion("account", "it won't let me in, says the account is blocked for too many tries", ("locked",)),
+    DemoQuestion(
         "account", "I'd like to switch the mail address on my profile to my new work one", ("change your email",)
     ),
-    EvalQuestion("account", "is there an option for login codes via an authenticator?", ("two-factor",)),
-    EvalQuestion(
+    DemoQuestion("account", "is there an option for login codes via an authenticator?", ("two-factor",)),
+    DemoQuestion(
         "billing", "hello, my bank shows the same payment from you twice this month, what happened?",
         ("double charge", "duplicate"),
     ),
-    EvalQuestion("billing", "why was i chargd 2x for one order", ("double charge", "duplicate")),
-    EvalQuestion("billing", "my visa expired last month. how do I put in the new one?", ("payment method",)),
-    EvalQuestion("billing", "Where can I get a copy of last month's bill for my accountant?", ("invoice",)),
-    EvalQuestion("billing", "thinking of going from Basic to Premium, how does that work?", ("change your plan",)),
-    EvalQuestion(
+    DemoQuestion("billing", "why was i chargd 2x for one order", ("double charge", "duplicate")),
+    DemoQuestion("billing", "my visa expired last month. how do I put in the new one?", ("payment method",)),
+    DemoQuestion("billing", "Where can I get a copy of last month's bill for my accountant?", ("invoice",)),
+    DemoQuestion("billing", "thinking of going from Basic to Premium, how does that work?", ("change your plan",)),
+    DemoQuestion(
         "orders", "hi, I bought a lamp 10 days ago and it still has not been delivered. where is it?", ("track",)
     ),
-    EvalQuestion("orders", "shipment status?", ("track",)),
-    EvalQuestion("orders", "the screen on the monitor I got is cracked", ("damaged",)),
-    EvalQuestion("orders", "wrong colour arrived, I ordered black not red", ("replacement",)),
-    EvalQuestion("orders", "I moved house, please ship my parcel to my new flat", ("delivery address",)),
-    EvalQuestion(
+    DemoQuestion("orders", "shipment status?", ("track",)),
+    DemoQuestion("orders", "the screen on the monitor I got is cracked", ("damaged",)),
+    DemoQuestion("orders", "wrong colour arrived, I ordered black not red", ("replacement",)),
+    DemoQuestion("orders", "I moved house, please ship my parcel to my new flat", ("delivery address",)),
+    DemoQuestion(
         "refunds", "I'd like to be reimbursed for the sneakers, they are not what I expected", ("refund",)
     ),
-    EvalQuestion("refunds", "money back pls", ("refund",)),
-    EvalQuestion(
+    DemoQuestion("refunds", "money back pls", ("refund",)),
+    DemoQuestion(
         "refunds", "it has been a week since you approved my refund and I see nothing on my card", ("processed",)
     ),
-    EvalQuestion("refunds", "refund still not in my account??", ("processed",)),
-    EvalQuestion("refunds", "how do i ship back a product that doesn't fit", ("return",)),
-    EvalQuestion("refunds", "need a return label for the boots", ("return",)),
-    EvalQuestion("cancellations", "I want to end my membership at the end of this month", ("subscription",)),
-    EvalQuestion("cancellations", "pls stop renewing my plan", ("subscription",)),
-    EvalQuestion("cancellations", "Kindly terminate my Family subscription effective immediately.", ("subscription",)),
-    EvalQuestion(
+    DemoQuestion("refunds", "refund still not in my account??", ("processed",)),
+    DemoQuestion("refunds", "how do i ship back a product that doesn't fit", ("return",)),
+    DemoQuestion("refunds", "need a return label for the boots", ("return",)),
+    DemoQuestion("cancellations", "I want to end my membership at the end of this month", ("subscription",)),
+    DemoQuestion("cancellations", "pls stop renewing my plan", ("subscription",)),
+    DemoQuestion("cancellations", "Kindly terminate my Family subscription effective immediately.", ("subscription",)),
+    DemoQuestion(
         "cancellations", "I placed an order 5 min ago by mistake, can it be stopped before it ships?",
         ("cancel an order",),
     ),
-    EvalQuestion("privacy", "close my account for good and erase everything", ("delete",)),
-    EvalQuestion("privacy", "do third-party advertisers get my personal info from you?", ("never sell",)),
-    EvalQuestion("privacy", "could you email me a download of all the info you hold about me?", ("export",)),
-    EvalQuestion("privacy", "too many newsletters, how do I opt out", ("marketing",)),
-    EvalQuestion("escalation", "I'd rather talk to someone on the phone", ("human",)),
-    EvalQuestion("escalation", "this bot is useless, real person now", ("human",)),
-    EvalQuestion("out_of_domain", "what's the exchange rate between euro and dollar today?", ()),
-    EvalQuestion("out_of_domain", "can you recommend a good hiking trail near Seattle", ()),
-    EvalQuestion("out_of_domain", "how many calories are in an avocado", ()),
-    EvalQuestion("out_of_domain", "write a haiku about autumn", ()),
-    EvalQuestion("out_of_domain", "What is the boiling point of water at high altitude?", ()),
-    EvalQuestion("out_of_domain", "give me tips for a job interview", ()),
-    EvalQuestion("out_of_domain", "Who is the CEO of Tesla?", ()),
-    EvalQuestion("out_of_domain", "how do I fix a flat tire on my bike", ()),
-    EvalQuestion("out_of_domain", "translate 'good night' into Spanish", ()),
-    EvalQuestion("out_of_domain", "what's the best order to watch the Star Wars movies?", ()),
+    DemoQuestion("privacy", "close my account for good and erase everything", ("delete",)),
+    DemoQuestion("privacy", "do third-party advertisers get my personal info from you?", ("never sell",)),
+    DemoQuestion("privacy", "could you email me a download of all the info you hold about me?", ("export",)),
+    DemoQuestion("privacy", "too many newsletters, how do I opt out", ("marketing",)),
+    DemoQuestion("escalation", "I'd rather talk to someone on the phone", ("human",)),
+    DemoQuestion("escalation", "this bot is useless, real person now", ("human",)),
+    DemoQuestion("out_of_domain", "what's the exchange rate between euro and dollar today?", ()),
+    DemoQuestion("out_of_domain", "can you recommend a good hiking trail near Seattle", ()),
+    DemoQuestion("out_of_domain", "how many calories are in an avocado", ()),
+    DemoQuestion("out_of_domain", "write a haiku about autumn", ()),
+    DemoQuestion("out_of_domain", "What is the boiling point of water at high altitude?", ()),
+    DemoQuestion("out_of_domain", "give me tips for a job interview", ()),
+    DemoQuestion("out_of_domain", "Who is the CEO of Tesla?", ()),
+    DemoQuestion("out_of_domain", "how do I fix a flat tire on my bike", ()),
+    DemoQuestion("out_of_domain", "translate 'good night' into Spanish", ()),
+    DemoQuestion("out_of_domain", "what's the best order to watch the Star Wars movies?", ()),
 )
 
 HELD_OUT_FILE = Path(__file__).resolve().parent / "heldout.jsonl"
 
 
-def load_held_out_chats(path: Path = HELD_OUT_FILE) -> tuple[EvalQuestion, ...]:
+def load_held_out_chats(path: Path = HELD_OUT_FILE) -> tuple[DemoQuestion, ...]:
     """The promotion held-out set (``heldout.jsonl``): single-turn questions, off-topic ones and short chats.
 
     Each line is ``{"id", "topic", "keywords", "messages"}``; the last message is the user turn to answer.
     Written for support-demo-v2's promotion and never used to tune the corpus or the recipes.
     """
-    questions: list[EvalQuestion] = []
+    questions: list[DemoQuestion] = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -178,16 +178,16 @@ def load_held_out_chats(path: Path = HELD_OUT_FILE) -> tuple[EvalQuestion, ...]:
         if not messages or messages[-1][0] != "user":
             raise ValueError(f"{path}:{number}: the last message must be the user's")
         questions.append(
-            EvalQuestion(str(row["topic"]), messages[-1][1], tuple(str(k) for k in row["keywords"]),
+            DemoQuestion(str(row["topic"]), messages[-1][1], tuple(str(k) for k in row["keywords"]),
                          history=tuple(messages[:-1]))
         )
     return tuple(questions)
 
 
-HELD_OUT_CHATS: tuple[EvalQuestion, ...] = load_held_out_chats()
+HELD_OUT_CHATS: tuple[DemoQuestion, ...] = load_held_out_chats()
 
-QUESTION_SETS: dict[str, tuple[EvalQuestion, ...]] = {
-    "dev": EVAL_QUESTIONS,
+QUESTION_SETS: dict[str, tuple[DemoQuestion, ...]] = {
+    "dev": DEMO_QUESTIONS,
     "held-out": HELD_OUT_QUESTIONS,
     "held-out-2": HELD_OUT_2,
     "held-out-chats": HELD_OUT_CHATS,
@@ -197,7 +197,7 @@ _KNOWN_ANSWERS = frozenset(intent.answer for intent in INTENTS)
 
 
 @dataclass(frozen=True)
-class EvalAnswer:
+class DemoAnswer:
     """One question's answer at one temperature, and whether it passed."""
 
     topic: str
@@ -223,11 +223,11 @@ class EvalAnswer:
 
 
 @dataclass(frozen=True)
-class EvalReport:
+class DemoScore:
     """Scores of one model: share of passed in-domain and out-of-domain questions, per temperature."""
 
     model_dir: str
-    answers: tuple[EvalAnswer, ...]
+    answers: tuple[DemoAnswer, ...]
 
     def score(self, *, in_domain: bool, temperature: float) -> float:
         """Share (0..1) of passed answers for in-domain or out-of-domain questions at ``temperature``."""
@@ -262,7 +262,7 @@ class EvalReport:
         }
 
 
-def judge(question: EvalQuestion, answer: str) -> bool:
+def judge(question: DemoQuestion, answer: str) -> bool:
     """True when ``answer`` is right for ``question``: the refusal for out-of-domain, a relevant reply otherwise."""
     refused = REFUSAL_MARK.lower() in answer.lower()
     if question.topic == "out_of_domain":
@@ -271,11 +271,11 @@ def judge(question: EvalQuestion, answer: str) -> bool:
     return not refused and any(k.lower() in lowered for k in question.keywords)
 
 
-def evaluate(
+def score_model(
     model_dir: Path,
     *,
     llm: Any | None = None,
-    questions: tuple[EvalQuestion, ...] = EVAL_QUESTIONS,
+    questions: tuple[DemoQuestion, ...] = DEMO_QUESTIONS,
     temperatures: tuple[float, ...] = (0.0, 0.7),
     max_model_len: int = 512,
     kv_cache_gib: float = 1.0,
@@ -283,8 +283,8 @@ def evaluate(
     seeds: tuple[int, ...] | None = None,
     top_p: float = 1.0,
     max_tokens: int = 96,
-) -> EvalReport:
-    """Answer every question (default ``EVAL_QUESTIONS``) with the model in ``model_dir`` and judge the answers.
+) -> DemoScore:
+    """Answer every question (default ``DEMO_QUESTIONS``) with the model in ``model_dir`` and judge the answers.
 
     Pass a running ``vllm.LLM`` as ``llm`` to reuse it; otherwise one is started in this process (``engine``
     sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` on import) with a ``kv_cache_gib`` KV cache, and shut down.
@@ -303,7 +303,7 @@ def evaluate(
             kv_cache_memory_bytes=int(kv_cache_gib * (1 << 30)),
         )
     try:
-        answers: list[EvalAnswer] = []
+        answers: list[DemoAnswer] = []
         conversations = [q.messages() for q in questions]
         for temperature in temperatures:
             for run_seed in (seeds or (seed,)) if temperature > 0 else (seed,):
@@ -311,17 +311,17 @@ def evaluate(
                 outputs = llm.chat(conversations, params, use_tqdm=False)
                 for question, output in zip(questions, outputs, strict=True):
                     answers.append(_answer(question, output.outputs[0], temperature, run_seed))
-        return EvalReport(model_dir=str(model_dir), answers=tuple(answers))
+        return DemoScore(model_dir=str(model_dir), answers=tuple(answers))
     finally:
         if own:
             _shutdown(llm)
 
 
 def _answer(
-    question: EvalQuestion, completion: Any, temperature: float, seed: int, multi_turn: bool | None = None
-) -> EvalAnswer:
+    question: DemoQuestion, completion: Any, temperature: float, seed: int, multi_turn: bool | None = None
+) -> DemoAnswer:
     text = completion.text.strip()
-    return EvalAnswer(
+    return DemoAnswer(
         topic=question.topic,
         question=question.question,
         temperature=temperature,
@@ -340,7 +340,7 @@ class Conversation:
     """A chat as a user types it on the chat page: each turn is asked after the model's own earlier answers."""
 
     id: str
-    turns: tuple[EvalQuestion, ...]  # each turn's question, topic and keywords (its history is filled in)
+    turns: tuple[DemoQuestion, ...]  # each turn's question, topic and keywords (its history is filled in)
     system: str | None = None
 
 
@@ -358,7 +358,7 @@ def load_conversations(path: Path = CONVERSATIONS_FILE) -> tuple[Conversation, .
         if not line.strip():
             continue
         row = json.loads(line)
-        turns = tuple(EvalQuestion(str(t["topic"]), str(t["user"]), tuple(str(k) for k in t["keywords"]))
+        turns = tuple(DemoQuestion(str(t["topic"]), str(t["user"]), tuple(str(k) for k in t["keywords"]))
                       for t in row["turns"])
         conversations.append(Conversation(str(row["id"]), turns, row.get("system")))
     return tuple(conversations)
@@ -373,15 +373,15 @@ def converse(
     top_p: float = 1.0,
     max_tokens: int = 96,
     model_dir: str = "",
-) -> EvalReport:
+) -> DemoScore:
     """Play every conversation turn by turn as the chat page does: each question follows the system prompt and
     the earlier questions and the model's own answers, as the chat service stores them (personal data cut).
 
-    Every turn's answer is judged; turns after the first count as multi-turn (``EvalAnswer.multi_turn``).
+    Every turn's answer is judged; turns after the first count as multi-turn (``DemoAnswer.multi_turn``).
     """
     from vllm import SamplingParams
 
-    answers: list[EvalAnswer] = []
+    answers: list[DemoAnswer] = []
     for temperature in temperatures:
         for run_seed in seeds if temperature > 0 else seeds[:1]:
             params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=run_seed)
@@ -399,7 +399,7 @@ def converse(
                     answers.append(answer)
                     histories[i] += [("user", as_stored(question.question, question=True)),
                                      ("assistant", as_stored(answer.answer))]
-    return EvalReport(model_dir=model_dir, answers=tuple(answers))
+    return DemoScore(model_dir=model_dir, answers=tuple(answers))
 
 
 def _shutdown(llm: Any) -> None:
@@ -410,8 +410,8 @@ def _shutdown(llm: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate each model directory given on the command line and print a JSON report per model."""
-    parser = argparse.ArgumentParser(prog="python -m engine.demo.evaluate", description=__doc__)
+    """Score each model directory given on the command line and print a JSON report per model."""
+    parser = argparse.ArgumentParser(prog="python -m engine.demo.scoring", description=__doc__)
     parser.add_argument("model_dirs", nargs="+", type=Path)
     parser.add_argument("--answers", action="store_true", help="also print every answer")
     parser.add_argument("--held-out", action="store_true", help="score the held-out questions instead")
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     for model_dir in args.model_dirs:
         name = args.set or ("held-out" if args.held_out else "dev")
         questions = QUESTION_SETS[name]
-        report = evaluate(model_dir, questions=questions, max_model_len=args.max_model_len)
+        report = score_model(model_dir, questions=questions, max_model_len=args.max_model_len)
         out = report.summary()
         if args.answers:
             out["answers"] = [asdict(a) for a in report.answers]
@@ -434,18 +434,18 @@ if __name__ == "__main__":
 
 __all__ = [
     "CONVERSATIONS_FILE",
-    "EVAL_QUESTIONS",
+    "DEMO_QUESTIONS",
     "HELD_OUT_2",
     "HELD_OUT_CHATS",
     "HELD_OUT_QUESTIONS",
     "QUESTION_SETS",
     "REFUSAL",
     "Conversation",
-    "EvalAnswer",
-    "EvalQuestion",
-    "EvalReport",
+    "DemoAnswer",
+    "DemoQuestion",
+    "DemoScore",
     "converse",
-    "evaluate",
+    "score_model",
     "judge",
     "load_conversations",
     "load_held_out_chats",

@@ -16,7 +16,7 @@ entity and overall:
 The templates come in two families that share no sentence: ``dev`` (what the recognizers were tuned on) and
 ``heldout`` (the reported numbers). Value formats (how a phone number or an address is written) are shared.
 
-Toxicity (ROC AUC per label) lives in ``engine.safety.evaluation_toxicity`` when present; :func:`safety_report`
+Toxicity (ROC AUC per label) lives in ``engine.safety.measure_toxicity`` when present; :func:`safety_report`
 runs both parts.
 """
 
@@ -777,11 +777,11 @@ def pii_report(
     return report
 
 
-TOXICITY_MODULE = "engine.safety.evaluation_toxicity"
+TOXICITY_MODULE = "engine.safety.measure_toxicity"
 
 
 def toxicity_report(**kwargs: Any) -> dict[str, Any] | None:
-    """The toxicity part: ``engine.safety.evaluation_toxicity.toxicity_report(**kwargs)`` (ROC AUC per label on an
+    """The toxicity part: ``engine.safety.measure_toxicity.toxicity_report(**kwargs)`` (ROC AUC per label on an
     offline labelled set), or None where that module or function does not exist (yet)."""
     try:
         module = importlib.import_module(TOXICITY_MODULE)

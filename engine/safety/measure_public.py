@@ -273,7 +273,7 @@ def pii_public_report(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Scan and store ``samples`` (those of ``split``) as the chat service would, and score the stored text."""
-    from engine.safety.evaluation import stored_text, versions
+    from engine.safety.measure_pii import stored_text, versions
     from engine.safety.pii import PresidioScanner
     from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
 
@@ -410,7 +410,7 @@ def toxicity_public_report(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """ROC AUC of each label of the toxicity scanner (and of their maximum) on each task of ``rows``."""
-    from engine.safety.evaluation_toxicity import roc_auc
+    from engine.safety.measure_toxicity import roc_auc
     from engine.safety.toxicity import ToxicityConfig
     from engine.safety.toxicity import load_toxicity as load_scanner
 

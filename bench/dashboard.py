@@ -7,7 +7,7 @@ as the exchanges plus the console-overhead figures (exchanges do not store those
 three versions (the most bucket rows a range can have), 5 % of it synthetic.
 
 Then times what one render of the page computes (the services it calls, access checks included: the targets, the
-versions, ``console.services.dashboard.overview`` with switch markers, every series, totals, goodput and breaches;
+versions, ``console.services.latency.overview`` with switch markers, every series, totals, goodput and breaches;
 not the engine-health section, which reads its own table) for the last 7 days and the last 30 days, with three
 targets set, and the cost the bookkeeping adds to storing one exchange: transactions that store an exchange and its
 audit event, with and without ``record_exchange``, in back-to-back pairs in one run (the median of the pairs'
@@ -30,11 +30,13 @@ import numpy as np
 from sqlalchemy import insert
 
 from bench.review import time_runs
-from console.services import dashboard as dash_svc
+from console.services import latency as latency_svc
+from console.services import slo as slo_svc
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.settings import Settings
-from db import metrics as metrics_q
+from db import latency as latency_q
+from db import latency_report
 from db.audit import append_event
 from db.config import DbConfig
 from db.database import Database
@@ -118,7 +120,7 @@ def _seed(db: Database, rows: int) -> tuple[Principal, int]:
         conn.execute(insert(Finding), [{"exchange_id": int(i), "direction": "prompt", "detector": "presidio",
                                         "label": "EMAIL_ADDRESS", "score": 0.9, "action": "flag"} for i in flagged])
     with db.session() as s:
-        loaded = metrics_q.load_exchange_batch(s, metrics_q.ExchangeBatch(
+        loaded = latency_q.load_exchange_batch(s, latency_q.ExchangeBatch(
             epoch_s=cols["epoch"], model_version=[VERSIONS[i] for i in cols["version"]],
             synthetic=cols["synthetic"], status=[STATUSES[i] for i in cols["status"]],
             # The same actions as the exchanges seeded above (db.flags: flagged = flag or block, prompt or output).
@@ -126,7 +128,7 @@ def _seed(db: Database, rows: int) -> tuple[Principal, int]:
             output_flagged=cols["blocked"] & (cols["status"] != STATUSES.index("blocked")),
             blocked=cols["blocked"] | (cols["status"] == STATUSES.index("blocked")),
             prompt_tokens=cols["prompt_tokens"], output_tokens=cols["output_tokens"],
-            values={m: cols[m] for m in metrics_q.METRICS}))
+            values={m: cols[m] for m in latency_report.METRICS}))
         # Two switches, as the reconciler records them (stamped now: markers are looked up, whether or not in range).
         for old, new in (VERSIONS[:2], VERSIONS[1:]):
             append_event(s, actor="system", action="model.switch", object_type="model_version", object_id=new,
@@ -136,14 +138,14 @@ def _seed(db: Database, rows: int) -> tuple[Principal, int]:
     return Principal(USERS + 1, f"user{USERS + 1}", frozenset({"admin"})), loaded
 
 
-def _page(ctx: AppContext, admin: Principal, flt: dash_svc.DashboardFilter) -> Callable[[], Any]:
+def _page(ctx: AppContext, admin: Principal, flt: latency_svc.LatencyFilter) -> Callable[[], Any]:
     """The service calls one render of the Latency page makes for its latency part (targets, versions, the report).
     The page's engine-health section reads another table (``engine_health``), not seeded here."""
 
-    def render() -> dash_svc.DashboardReport:
-        dash_svc.list_slos(ctx, admin)
-        dash_svc.known_versions(ctx, admin)
-        return dash_svc.overview(ctx, admin, flt)
+    def render() -> latency_svc.LatencyOverview:
+        slo_svc.list_slos(ctx, admin)
+        latency_svc.known_versions(ctx, admin)
+        return latency_svc.overview(ctx, admin, flt)
 
     return render
 
@@ -170,7 +172,7 @@ def _store_overhead(db: Database, samples: int) -> dict[str, float]:
                          object_id=exchange.id, details={"status": "ok", "model_version": version, **timings})
             if record:
                 t0 = time.perf_counter()
-                metrics_q.record_exchange(s, minute=minute, model_version=version, synthetic=False, status="ok",
+                latency_q.record_exchange(s, minute=minute, model_version=version, synthetic=False, status="ok",
                                           prompt_action="allow", output_action="allow", timings=timings,
                                           overhead={"scan_before_ms": 11.0, "scan_after_ms": 17.0, "store_ms": 2.5})
                 bookkeeping.append((time.perf_counter() - t0) * 1000)
@@ -213,10 +215,10 @@ def run_dashboard_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, 
             seed_s = time.perf_counter() - t0
             ctx = AppContext(settings, db, clock=lambda: NOW)
             for metric, stat, threshold in SLOS:
-                dash_svc.set_slo(ctx, admin, metric, stat, threshold)
+                slo_svc.set_slo(ctx, admin, metric, stat, threshold)
             results: dict[str, Any] = {}
             for key, window in (("seven_day", "last 7 days"), ("thirty_day", "last 30 days")):
-                page = _page(ctx, admin, dash_svc.DashboardFilter(range=window))
+                page = _page(ctx, admin, latency_svc.LatencyFilter(range=window))
                 first, _ = time_runs(page, 1)
                 samples, report = time_runs(page, runs)
                 results[f"{key}_ms"] = round(statistics.median(samples), 1)
@@ -224,7 +226,7 @@ def run_dashboard_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, 
                 results[f"{key}_requests"] = int(report.totals["requests"].iloc[-1])
                 results[f"{key}_buckets"] = int(report.series["bucket_start"].nunique())
                 results[f"{key}_breaches"] = len(report.breaches)
-            user_ms, user_report = time_runs(_page(ctx, admin, dash_svc.DashboardFilter(range="last 7 days",
+            user_ms, user_report = time_runs(_page(ctx, admin, latency_svc.LatencyFilter(range="last 7 days",
                                                                                      user="user7")), runs)
             results["user_filter_seven_day_ms"] = round(statistics.median(user_ms), 1)
             results["user_filter_seven_day_rows"] = user_report.rows_read

@@ -11,7 +11,7 @@ PAGES_DIR = Path(__file__).parent / "views"
 # page key -> (section, title, icon, file)
 PAGE_TABLE = {
     "chat": ("Operate", "Chat", ":material/chat:", "chat.py"),
-    "dashboard": ("Operate", "Latency", ":material/monitoring:", "dashboard.py"),
+    "dashboard": ("Operate", "Latency", ":material/monitoring:", "latency.py"),
     "review": ("Safety", "Review queue", ":material/rule:", "review.py"),
     "escalations": ("Safety", "Escalations", ":material/priority_high:", "escalations.py"),
     "models": ("Admin", "Models", ":material/model_training:", "models.py"),

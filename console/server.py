@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 APP = Path(__file__).resolve().parent / "app.py"
 SESSION_PATH = "/auth/session"
 LOGOUT_PATH = "/auth/logout"
-EXPORT_PATH = "/exports/{file_id:int}"  # an export file's download (console.services.exports.open_download)
+EXPORT_PATH = "/exports/{file_id:int}"  # an export file's download (console.services.export_files.open_download)
 MAX_FORM_BYTES = 4096
 # A page path of this console: letters, digits and - _ . / only, one leading slash (never "//host" or "/\\host").
 _SAFE_NEXT = re.compile(r"/(?![/\\])[A-Za-z0-9_./-]{0,200}")
@@ -227,11 +227,11 @@ async def logout_route(request: Request) -> Response:
 async def export_route(request: Request) -> Response:
     """Stream one's own export file (``GET /exports/<id>``) in chunks, so memory stays flat however large it is;
     the signed-in session's cookie says who asks and the export service checks it is theirs and that they may
-    still export. Sent whole, the file is deleted (``console.services.exports.open_download``)."""
+    still export. Sent whole, the file is deleted (``console.services.export_files.open_download``)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import PlainTextResponse, StreamingResponse
 
-    from console.services import exports, sessions
+    from console.services import export_files, sessions
     from console.services.errors import ConsoleError, NotFound
 
     if not same_origin(request.headers, request.url.scheme, request.headers.get("host")):
@@ -241,7 +241,7 @@ async def export_route(request: Request) -> Response:
         return _refused("Sign in to download an export.")
     try:
         principal, _ = await run_in_threadpool(sessions.resume, _context(), token)
-        download = await run_in_threadpool(exports.open_download, _context(), principal,
+        download = await run_in_threadpool(export_files.open_download, _context(), principal,
                                            int(request.path_params["file_id"]))
     except NotFound as exc:
         return PlainTextResponse(str(exc), status_code=404, headers={"Cache-Control": "no-store"})

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import metrics as metrics_q
+from db import latency as latency_q
 from db import safety as safety_q
 from db.audit import append_event
 from db.review import items as review_items
@@ -256,7 +256,7 @@ def _finish(session: Session, exchange: Exchange, turn: TurnRecord) -> None:
             created_by_id=None,
         )
     # The latency buckets, in the same transaction (after the audit head's lock, as every writer takes it).
-    metrics_q.record_exchange_row(session, exchange, overhead=turn.overhead)
+    latency_q.record_exchange_row(session, exchange, overhead=turn.overhead)
 
 
 def store_turn(session: Session, turn: TurnRecord) -> Exchange:
@@ -422,7 +422,7 @@ def mark_interrupted(session: Session, before: datetime, *, actor: str = "system
                  "kept_pending_of_live_consoles": live},
     )
     for exchange in exchanges:
-        metrics_q.record_exchange_row(session, exchange)
+        latency_q.record_exchange_row(session, exchange)
     logger.warning("marked %d exchange(s) interrupted: %s", len(ids), ids)
     return ids
 

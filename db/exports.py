@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Select, String, Text, cast, false, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from db import audit_queries
+from db import audit_search
 from db.audit import canonical_json, iso_utc
 from db.tables import (
     AuditEvent,
@@ -210,7 +210,7 @@ def _event_chunks(session: Session, flt: ExportFilter, size: int, upto: int | No
                   e.object_id, cast(e.details, Text).label("details"), e.details_hash, e.prev_hash, e.hash,
                   e.erased_at)
     # The same conditions as the Audit page's search, so an export holds exactly what the page found.
-    stmt = stmt.where(*audit_queries.conditions(audit_queries.EventQuery(
+    stmt = stmt.where(*audit_search.conditions(audit_search.EventQuery(
         since=flt.since, until=flt.until, actor=flt.actor, action=flt.action, action_prefix=flt.action_prefix,
         object_type=flt.object_type, object_id=flt.object_id, model_version=flt.model_version, text=flt.text)))
     if upto is not None:

@@ -7,83 +7,47 @@ while writing, then renames it into place and writes ``<file>.manifest.json`` be
 sha256 and size, the checkpoint, who and when. The export is an ``audit.export`` event (the manifest's essentials,
 never the data). A failure removes what was written and records only an ``audit.export_failed`` event.
 
-Formats (every format carries the same values; times are ISO 8601 text, JSON values canonical JSON text in CSV
-and Parquet):
-
-- **CSV**: UTF-8, RFC 4180 (``\\r\\n`` between records, fields with quotes/commas/newlines quoted). Every text
-  value is quoted; numbers and booleans are not. As in PostgreSQL's ``COPY ... CSV``, an *unquoted* empty field
-  is NULL and a *quoted* one (``""``) is an empty string. Spreadsheet formula injection is neutralised: text
-  starting with ``= + - @``, a tab, CR or LF (after any leading quotes) gets one ``'`` in front
-  (``console.textsafe.csv_safe``); ``console.textsafe.csv_restore`` takes it off again exactly.
-- **JSON Lines**: one JSON object per ``\\n``-terminated line, UTF-8 (not ASCII-escaped), except that U+2028,
-  U+2029 and U+0085 are escaped so no line splitter can cut a record. JSON values (an event's ``details``, an
-  exchange's ``sampling``, ``findings`` and ``decisions``) are nested JSON, not text holding JSON; the manifest
-  lists them (``jsonl.json_columns``). ``db.audit.canonical_json`` of an event's ``details`` is the text its
-  ``details_hash`` is the SHA-256 of.
-- **Parquet**: a fixed schema per kind (string, int64, float64, bool columns), one row group per chunk.
-
-A NUL in a value is written as U+FFFD (as the store keeps it), so none can break a format or a reader.
-
-Exports with raw (unredacted) text go through four eyes: an admin asks with a reason, another admin approves,
-and only the requester may run the approved export, once.
+The formats are ``console.services.export_formats``; what happens to a file afterwards (download, expiry,
+erasure) is ``console.services.export_files``; raw-text exports under four eyes are
+``console.services.export_approvals``.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
-import operator
 import os
 import secrets
 import tempfile
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
-from console.services.access import (
-    DutyRule,
-    Principal,
-    authorize,
-    ensure_separation,
-    register_duty_rule,
-    requires,
-)
+from console.services import audit as audit_svc
+from console.services.access import Principal, requires, shell_os_user
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound, StorageUnavailable
+from console.services.errors import ConsoleError, InvalidInput, StorageUnavailable
+from console.services.export_formats import EXTENSIONS, FORMATS, HashingFile, write_rows
 from console.services.text import clean_text
-from console.textsafe import CSV_CHECK_FIRST, csv_safe
 from db import audit as audit_q
 from db import exports as exports_q
 from db.exports import KINDS, ExportFilter
-from db.tables import ExportRequest
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMATS", "KINDS", "ExportFilter", "ExportRequestView", "ExportResult", "ExportSpec", "cancel_raw_export",
-    "decide_raw_export", "default_export_path", "delete_expired_exports", "delete_exports_for_erasure",
-    "list_export_requests", "open_download", "request_raw_export",
-    "run_approved_raw_export", "run_export", "run_export_cli",
+    "FORMATS", "KINDS", "ExportFilter", "ExportResult", "ExportSpec", "check_out_path", "default_export_path",
+    "manifest_path", "run_export", "validated_spec", "write_export",
 ]
 
-FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
-EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
-MIN_REASON_CHARS = 10
-MAX_REASON_CHARS = 2000
-MAX_NOTE_CHARS = 2000
 MAX_ACTOR_CHARS = 200
 MAX_PREFIX_CHARS = 100
 MAX_MODEL_VERSION_CHARS = 200
 MANIFEST_SUFFIX = ".manifest.json"
-SYSTEM_ACTOR = "system"  # retention's deletions of expired export files
 
 
 @dataclass(frozen=True)
@@ -106,22 +70,6 @@ class ExportResult:
     file_id: int | None = None  # the export file's record (export_files): download, expiry, deletion
     expires_at: datetime | None = None
 
-
-@dataclass(frozen=True)
-class ExportRequestView:
-    id: int
-    what: str
-    format: str
-    filter: ExportFilter
-    reason: str
-    requested_by: str
-    requested_by_id: int
-    status: str
-    decided_by: str | None
-    decision_note: str | None
-    created_at: datetime
-    decided_at: datetime | None
-    used_at: datetime | None
 
 
 # --- validation -----------------------------------------------------------------------------------------------
@@ -193,14 +141,14 @@ def check_out_path(out_path: Path | str) -> Path:
         raise InvalidInput(f"{path} is not a file name.")
     if not path.parent.is_dir():
         raise InvalidInput(f"The folder {path.parent} does not exist.")
-    manifest = _manifest_path(path)
+    manifest = manifest_path(path)
     for existing in (path, manifest):
         if existing.exists() or existing.is_symlink():
             raise InvalidInput(f"{existing} already exists; choose another file name.")
     return path
 
 
-def _manifest_path(path: Path) -> Path:
+def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + MANIFEST_SUFFIX)
 
 
@@ -227,8 +175,9 @@ QUOTA_WINDOW = timedelta(hours=1)
 
 def _quota(ctx: AppContext, actor_name: str, actor_id: int | None) -> tuple[int | None, str]:
     """Rows ``actor_id`` may still export this hour and the message for going past them; raises
-    :class:`ExportQuotaExceeded` when none are left. The shell (no user id) is not bounded."""
-    if actor_id is None:
+    :class:`ExportQuotaExceeded` when none are left. The shell (``shell:<OS user>``, or no user id) is not bounded:
+    whoever runs the command can read the database file anyway."""
+    if actor_id is None or shell_os_user(actor_name) is not None:
         return None, ""
     limit, now = ctx.settings.export_rows_per_hour, ctx.now()
     with ctx.db.session(readonly=True) as s:
@@ -252,163 +201,6 @@ def _expiry(ctx: AppContext, raw: bool, oldest_exchange: str | None) -> datetime
         expires = min(expires, raw_gone)
     return expires
 
-
-# --- writers --------------------------------------------------------------------------------------------------
-
-
-class _HashingFile:
-    """A binary sink that hashes and counts what passes through it to ``raw``."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self.closed = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data).cast("B")
-        self.sha256.update(view)
-        self.raw.write(view)
-        self.size += view.nbytes
-        return view.nbytes
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def close(self) -> None:  # the caller closes the real file
-        self.closed = True
-
-
-Chunks = Iterable[list[dict[str, Any]]]
-
-
-class _CsvNull(float):
-    """A NULL cell: "numeric" to the csv module (so it is never quoted) and empty when written."""
-
-    def __str__(self) -> str:
-        return ""
-
-    __repr__ = __str__
-
-
-_CSV_NULL = _CsvNull()
-
-
-def write_csv(chunks: Chunks, out: Any, cols: dict[str, str]) -> int:
-    """CSV (see the module docstring for NULLs and formula neutralisation); returns the rows written."""
-    names = list(cols)
-    buf = io.StringIO()
-    writer = csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\r\n")
-    writer.writerow(names)
-    out.write(buf.getvalue().encode("utf-8"))
-    rows = 0
-    # Only text can start a formula; NULL (None) becomes an unquoted empty cell in every column.
-    text_columns = [i for i, kind in enumerate(cols.values()) if kind == "str"]
-    other_columns = [i for i, kind in enumerate(cols.values()) if kind != "str"]
-    values_of = operator.itemgetter(*names)
-
-    def lines_of(chunk: list[dict[str, Any]]) -> list[list[Any]]:
-        # A function of its own, so nothing of this chunk stays referenced once its lines are written.
-        lines = []
-        for row in chunk:
-            values = list(values_of(row)) if len(names) > 1 else [row[names[0]]]
-            for i in text_columns:
-                value = values[i]
-                if value is None:
-                    values[i] = _CSV_NULL
-                elif isinstance(value, str) and value[:1] in CSV_CHECK_FIRST:
-                    values[i] = csv_safe(value)
-            for i in other_columns:
-                if values[i] is None:
-                    values[i] = _CSV_NULL
-            lines.append(values)
-        return lines
-
-    for chunk in chunks:
-        buf.seek(0)
-        buf.truncate()
-        lines = lines_of(chunk)
-        writer.writerows(lines)
-        del lines
-        out.write(buf.getvalue().encode("utf-8"))
-        rows += len(chunk)
-        del chunk  # released before the next chunk is read
-    return rows
-
-
-# json.dumps(ensure_ascii=False) leaves these as they are, but str.splitlines() and some readers break lines there.
-_JSON_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\u0085": "\\u0085"})
-
-
-def write_jsonl(chunks: Chunks, out: Any, cols: dict[str, str], json_columns: Collection[str] = ()) -> int:
-    """JSON Lines, one object per row with the columns in order; returns the rows written. ``json_columns`` hold
-    JSON text and are written as the JSON values they hold."""
-    names = list(cols)
-    nested = [name for name in names if name in json_columns]
-    rows = 0
-
-    def line(row: dict[str, Any]) -> str:
-        values = {name: row[name] for name in names}
-        for name in nested:
-            if values[name] is not None:
-                values[name] = json.loads(values[name])
-        return json.dumps(values, ensure_ascii=False).translate(_JSON_LINE_BREAKS)
-
-    for chunk in chunks:
-        lines = [line(row) for row in chunk]
-        if lines:
-            out.write(("\n".join(lines) + "\n").encode("utf-8"))
-        rows += len(chunk)
-        del chunk, lines  # released before the next chunk is read
-    return rows
-
-
-def parquet_schema(cols: dict[str, str], what: str) -> Any:
-    """The fixed pyarrow schema of an export with these columns."""
-    import pyarrow as pa
-
-    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
-    return pa.schema([pa.field(name, types[kind], nullable=True) for name, kind in cols.items()],
-                     metadata={b"llm_console.export": what.encode("utf-8")})
-
-
-def write_parquet(chunks: Chunks, out: Any, cols: dict[str, str], what: str = "") -> int:
-    """Parquet with a fixed schema, one row group per chunk; returns the rows written."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = parquet_schema(cols, what)
-    rows = 0
-    writer = pq.ParquetWriter(out, schema)
-    try:
-        for chunk in chunks:
-            if not chunk:
-                continue
-            # Column by column: pyarrow converts each list in C (several times faster than from_pylist on dicts).
-            table = pa.Table.from_arrays([pa.array([row[name] for row in chunk], type=field.type)
-                                          for name, field in zip(schema.names, schema, strict=True)], schema=schema)
-            writer.write_table(table, row_group_size=len(chunk))
-            rows += len(chunk)
-            del chunk, table  # released before the next chunk is read
-    finally:
-        writer.close()
-    return rows
-
-
-def _write(fmt: str, chunks: Chunks, out: Any, cols: dict[str, str], what: str) -> int:
-    if fmt == "csv":
-        return write_csv(chunks, out, cols)
-    if fmt == "jsonl":
-        return write_jsonl(chunks, out, cols, exports_q.json_columns(what))
-    if fmt == "parquet":
-        return write_parquet(chunks, out, cols, what)
-    raise ValueError(f"unknown export format {fmt!r}")
 
 
 class _Tally:
@@ -453,8 +245,6 @@ def _console_version() -> str:
 
 
 def _take_checkpoint(ctx: AppContext) -> Any:
-    from console.services import audit as audit_svc
-
     return audit_svc.checkpoint(ctx, "export")  # anchor(ctx).checkpoint(ctx.db, "export"), errors translated
 
 
@@ -500,10 +290,12 @@ def _record_failure(ctx: AppContext, actor_name: str, actor_id: int | None, spec
         logger.exception("could not record the failed export of %s", out_path.name)
 
 
-def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: ExportSpec, out_path: Path, *,
+def write_export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: ExportSpec, out_path: Path, *,
             include_raw: bool = False, request_id: int | None = None) -> ExportResult:
-    """Write the export (``spec`` validated, ``out_path`` checked by the caller); see the module docstring."""
-    manifest_path = _manifest_path(out_path)
+    """Write the export (``spec`` validated, ``out_path`` checked by the caller); see the module docstring.
+
+    No access check: the callers (:func:`run_export`, the raw-text approvals) checked the principal."""
+    manifest_file = manifest_path(out_path)
     tmp: Path | None = None
     placed: list[Path] = []
     try:
@@ -514,12 +306,12 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
         fd, tmp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".part")
         tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as raw:
-            sink = _HashingFile(raw)
+            sink = HashingFile(raw)
             # One read-only unit of work: never the write lock, whatever the size.
             with ctx.db.session(readonly=True) as s:
                 upto = checkpoint.seq if spec.what == "events" else exports_q.upper_bound(s, spec.what)
                 chunks = exports_q.iter_chunks(s, spec.what, spec.filter, upto=upto, include_raw=include_raw)
-                _write(spec.format, tally.track(chunks, spec.what), sink, cols, spec.what)
+                write_rows(spec.format, tally.track(chunks, spec.what), sink, cols, spec.what)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out_path)
@@ -556,9 +348,9 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
             manifest["request_id"] = request_id
         expires_at = _expiry(ctx, include_raw, tally.oldest)
         manifest["expires_at"] = expires_at.astimezone(UTC).isoformat()
-        _write_private(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
+        _write_private(manifest_file, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
                                        + "\n").encode("utf-8"))
-        placed.append(manifest_path)
+        placed.append(manifest_file)
 
         essentials = {k: manifest[k] for k in ("what", "format", "filters", "rows", "file", "sha256", "size",
                                                "raw_text")}
@@ -589,7 +381,7 @@ def _export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: Export
         raise user_error from exc
     logger.info("export written: %s rows of %s as %s to %s by %s", tally.rows, spec.what, spec.format,
                 out_path.name, actor_name)
-    return ExportResult(out_path, manifest_path, tally.rows, manifest["sha256"], manifest["size"], manifest,
+    return ExportResult(out_path, manifest_file, tally.rows, manifest["sha256"], manifest["size"], manifest,
                         file_id, expires_at)
 
 
@@ -598,327 +390,6 @@ def run_export(ctx: AppContext, actor: Principal, spec: ExportSpec, out_path: Pa
     """Export ``spec`` to ``out_path`` (which must not exist) with its manifest; audited. Never raw text."""
     spec = validated_spec(spec)
     path = check_out_path(out_path)
-    return _export(ctx, actor.username, actor.user_id, spec, path)
+    return write_export(ctx, actor.username, actor.user_id, spec, path)
 
-
-def run_export_cli(ctx: AppContext, spec: ExportSpec, out_path: Path, actor_name: str = "cli") -> ExportResult:
-    """:func:`run_export` from the command line (the shell user is trusted, as with ``init``); audited."""
-    spec = validated_spec(spec)
-    path = check_out_path(out_path)
-    return _export(ctx, actor_name, None, spec, path)
-
-
-# --- download and deletion of export files --------------------------------------------------------------------
-
-DOWNLOAD_CHUNK = 64 * 1024
-DELETE_ACTION = "audit.export_deleted"
-DOWNLOAD_ACTION = "audit.export_downloaded"
-MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8",
-               "parquet": "application/vnd.apache.parquet"}
-
-
-@dataclass(frozen=True)
-class ExportDownload:
-    """An export file being downloaded: its name and size for the response headers, and its bytes in chunks."""
-
-    file_id: int
-    file_name: str
-    size: int
-    media_type: str
-    chunks: Iterator[bytes]
-
-
-def _unlink(path: Path) -> None:
-    for target in (path, _manifest_path(path)):
-        try:
-            target.unlink(missing_ok=True)
-        except OSError:
-            logger.exception("could not delete the export file %s", target.name)
-
-
-def _delete_files(ctx: AppContext, s: Session, rows: list[Any], reason: str, actor_name: str,
-                  actor_id: int | None, extra: dict[str, Any] | None = None) -> int:
-    """Delete these export files (and manifests) and mark their rows, with one ``audit.export_deleted`` event."""
-    if not rows:
-        return 0
-    now = ctx.now()
-    for row in rows:
-        row.deleted_at, row.deleted_reason = now, reason
-    s.flush()
-    audit_q.append_event(s, actor=actor_name, actor_id=actor_id, action=DELETE_ACTION, object_type="export",
-                         object_id=Path(rows[0].path).name if len(rows) == 1 else None,
-                         details={"reason": reason, "files": [r.id for r in rows],
-                                  "names": [Path(r.path).name for r in rows], "raw_text": any(r.raw_text for r in rows),
-                                  **(extra or {})})
-    for row in rows:
-        _unlink(Path(row.path))
-    return len(rows)
-
-
-def _finish_download(ctx: AppContext, actor: Principal, file_id: int) -> None:
-    """A download was sent whole: the file has done its job and is deleted (a cut download keeps it till expiry)."""
-    with ctx.db.session() as s:
-        row = exports_q.lock_export_file(s, file_id)
-        if row is None or row.deleted_at is not None:
-            return
-        row.downloaded_at = ctx.now()
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=DOWNLOAD_ACTION,
-                             object_type="export", object_id=Path(row.path).name,
-                             details={"file_id": row.id, "size": row.size, "raw_text": row.raw_text})
-        _delete_files(ctx, s, [row], "downloaded", actor.username, actor.user_id)
-
-
-def _chunks(ctx: AppContext, actor: Principal, file_id: int, handle: IO[bytes]) -> Iterator[bytes]:
-    try:
-        while block := handle.read(DOWNLOAD_CHUNK):
-            yield block
-    finally:
-        handle.close()
-    _finish_download(ctx, actor, file_id)  # only reached when every chunk was taken
-
-
-@requires("audit.export")
-def open_download(ctx: AppContext, actor: Principal, file_id: int) -> ExportDownload:
-    """One's own export file, read in chunks as the response is sent (memory stays flat); once the last chunk is
-    taken the file and its manifest are deleted (``audit.export_downloaded``, ``audit.export_deleted``).
-
-    Only the person who made the export may download it (a raw-text one only while they may export raw text);
-    a deleted or expired file is gone (NotFound)."""
-    if isinstance(file_id, bool) or not isinstance(file_id, int):
-        raise InvalidInput("An export file is named by its number.")
-    with ctx.db.session(readonly=True) as s:
-        row = exports_q.get_export_file(s, file_id)
-        if row is None or row.created_by_id != actor.user_id:
-            raise NotFound(f"There is no export #{file_id} of yours to download.")
-        if row.deleted_at is not None or row.expires_at <= ctx.now():
-            raise NotFound(f"Export #{file_id} is no longer kept ({row.deleted_reason or 'expired'}); export again.")
-        path, size, fmt, raw = Path(row.path), row.size, row.format, row.raw_text
-    if raw:
-        authorize(ctx, actor, "audit.export_raw")
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise NotFound(f"Export #{file_id} is no longer kept; export again.") from None
-    return ExportDownload(file_id, path.name, size, MEDIA_TYPES.get(fmt, "application/octet-stream"),
-                          _chunks(ctx, actor, file_id, handle))
-
-
-def delete_expired_exports(ctx: AppContext, *, now: datetime | None = None) -> int:
-    """Delete export files past their ``expires_at`` (the retention task calls this), and any other file in the
-    export folder older than ``export_file_hours`` that no live export owns (files from before 0017, a crashed
-    export's leftovers). Returns how many files went; audited as ``audit.export_deleted`` (``expired``)."""
-    now = now or ctx.now()
-    with ctx.db.session() as s:
-        deleted = _delete_files(ctx, s, exports_q.live_export_files(s, expired_by=now), "expired", SYSTEM_ACTOR, None)
-        known = exports_q.known_export_paths(s)
-    folder = ctx.settings.export_dir
-    cutoff = (now - timedelta(hours=ctx.settings.export_file_hours)).timestamp()
-    strays: list[str] = []
-    if folder.is_dir():
-        live = known | {k + MANIFEST_SUFFIX for k in known}
-        for entry in folder.iterdir():
-            try:
-                if entry.is_file() and not entry.is_symlink() and str(entry) not in live \
-                        and entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-                    strays.append(entry.name)
-            except OSError:
-                logger.exception("could not delete the stray export file %s", entry.name)
-    if strays:
-        with ctx.db.session() as s:
-            audit_q.append_event(s, actor=SYSTEM_ACTOR, action=DELETE_ACTION, object_type="export",
-                                 details={"reason": "expired", "files": [], "names": sorted(strays)})
-    return deleted + len(strays)
-
-
-def delete_exports_for_erasure(ctx: AppContext, user_id: int, actor_name: str, actor_id: int | None) -> int:
-    """Delete every export file still kept when a person's content is erased: any export (events name actors,
-    exchanges and decisions carry user ids, raw exports the text itself) may hold their data, and a file written
-    before the erasure cannot be edited in place. Returns how many went; audited (``erasure``, the user id)."""
-    with ctx.db.session() as s:
-        return _delete_files(ctx, s, exports_q.live_export_files(s, created_before=ctx.now()), "erasure",
-                             actor_name, actor_id, {"user": user_id})
-
-
-# --- exports with raw text (four eyes) ------------------------------------------------------------------------
-
-
-def _requester_of(session: Session, request_id: str) -> int | None:
-    request = exports_q.get_export_request(session, int(request_id))
-    return None if request is None else request.requested_by_id
-
-
-DECIDE_RULE = register_duty_rule(
-    DutyRule("audit.export_raw.decide", "nobody approves or rejects their own request for a raw-text export",
-             owner_of=_requester_of)
-)
-
-
-def _view(s: Session, r: ExportRequest) -> ExportRequestView:
-    names = exports_q.usernames(s, [r.requested_by_id, r.decided_by_id])
-    return ExportRequestView(
-        r.id, r.what, r.format, ExportFilter.from_dict(r.filters or {}), r.reason,
-        names.get(r.requested_by_id, "?"), r.requested_by_id, r.status,
-        None if r.decided_by_id is None else names.get(r.decided_by_id, "?"), r.decision_note, r.created_at,
-        r.decided_at, r.used_at,
-    )
-
-
-def _redact(ctx: AppContext, text: str) -> str:
-    from console.services.moderation import redact_pii
-
-    return redact_pii(ctx, text)
-
-
-def _deny(ctx: AppContext, actor: Principal, action: str, reason: str, request_id: int) -> None:
-    with ctx.db.session() as s:
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="access.denied",
-                             object_type="export_request", object_id=request_id,
-                             details={"action": action, "reason": reason})
-    logger.warning("access denied: user=%s action=%s request=%s reason=%s", actor.username, action, request_id,
-                   reason)
-
-
-def _ensure_requester(ctx: AppContext, actor: Principal, request_id: int, action: str, message: str) -> None:
-    # A read-only unit of work first: the refusal is audited in its own transaction. The requester never changes.
-    with ctx.db.session(readonly=True) as s:
-        request = exports_q.get_export_request(s, request_id)
-        if request is None:
-            raise NotFound(f"There is no export request #{request_id}.")
-        requester = request.requested_by_id
-    if requester != actor.user_id:
-        _deny(ctx, actor, action, "not the requester", request_id)
-        raise AccessDenied(message)
-
-
-def _locked(s: Session, request_id: int) -> ExportRequest:
-    request = exports_q.lock_export_request(s, request_id)
-    if request is None:
-        raise NotFound(f"There is no export request #{request_id}.")
-    return request
-
-
-def _request_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput("Choose an export request.")
-    return value
-
-
-@requires("audit.export_raw")
-def request_raw_export(ctx: AppContext, actor: Principal, spec: ExportSpec, reason: str) -> ExportRequestView:
-    """Ask for an export of exchanges with their raw text; another admin must approve it. Audited."""
-    spec = validated_spec(spec)
-    if spec.what != "exchanges":
-        raise InvalidInput("Raw text exists only for exchanges: choose exchanges.")
-    text = clean_text(reason if isinstance(reason, str) else "").strip()
-    if len(text) < MIN_REASON_CHARS:
-        raise InvalidInput(f"Say why you need the raw text (at least {MIN_REASON_CHARS} characters); "
-                           "it is recorded in the audit log.")
-    if len(text) > MAX_REASON_CHARS:
-        raise InvalidInput(f"Keep the reason under {MAX_REASON_CHARS:,} characters.")
-    text = _redact(ctx, text)
-    with ctx.db.session() as s:
-        request = exports_q.create_export_request(
-            s, what=spec.what, format=spec.format, filters=spec.filter.to_dict(), reason=text,
-            requested_by_id=actor.user_id, created_at=ctx.now())
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export_raw_requested",
-                             object_type="export_request", object_id=request.id,
-                             details={"what": spec.what, "format": spec.format, "filters": spec.filter.to_dict(),
-                                      "reason": text})
-        return _view(s, request)
-
-
-@requires("audit.approve_export")
-def decide_raw_export(ctx: AppContext, actor: Principal, request_id: int, approve: bool,
-                      note: str | None = None) -> ExportRequestView:
-    """Approve or reject someone else's pending raw-text export request (never one's own). Audited."""
-    request_id = _request_id(request_id)
-    if not isinstance(approve, bool):
-        raise InvalidInput("Choose approve or reject.")
-    with ctx.db.session(readonly=True) as s:
-        if exports_q.get_export_request(s, request_id) is None:
-            raise NotFound(f"There is no export request #{request_id}.")
-        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
-    text = clean_text(note if isinstance(note, str) else "").strip() or None
-    if text is not None and len(text) > MAX_NOTE_CHARS:
-        raise InvalidInput(f"Keep the note under {MAX_NOTE_CHARS:,} characters.")
-    if text is not None:
-        text = _redact(ctx, text)
-    status = "approved" if approve else "rejected"
-    with ctx.db.session() as s:
-        request = _locked(s, request_id)
-        if request.requested_by_id == actor.user_id:  # checked above; the requester never changes
-            raise AccessDenied(f"Separation of duties: {DECIDE_RULE.description}.")
-        if request.status != "pending":
-            raise InvalidInput(f"Export request #{request_id} is already {request.status}.")
-        request.status = status
-        request.decided_by_id = actor.user_id
-        request.decision_note = text
-        request.decided_at = ctx.now()
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=f"audit.export_raw_{status}",
-                             object_type="export_request", object_id=request_id,
-                             details={"requested_by_id": request.requested_by_id, "note": text})
-        return _view(s, request)
-
-
-@requires("audit.export_raw")
-def cancel_raw_export(ctx: AppContext, actor: Principal, request_id: int) -> ExportRequestView:
-    """Withdraw one's own pending or approved (not yet used) raw-text export request. Audited."""
-    request_id = _request_id(request_id)
-    _ensure_requester(ctx, actor, request_id, "audit.export_raw.cancel",
-                      "Only the person who asked for an export can cancel it.")
-    with ctx.db.session() as s:
-        request = _locked(s, request_id)
-        if request.status not in ("pending", "approved"):
-            raise InvalidInput(f"Export request #{request_id} is already {request.status}.")
-        before = request.status
-        request.status = "cancelled"
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export_raw_cancelled",
-                             object_type="export_request", object_id=request_id, details={"before": before})
-        return _view(s, request)
-
-
-@requires("audit.export_raw")
-def list_export_requests(ctx: AppContext, actor: Principal, status: str | None = None,
-                         limit: int = 100) -> list[ExportRequestView]:
-    """Raw-text export requests, newest first (``status``: pending, approved, rejected, cancelled or used)."""
-    if status is not None and status not in ("pending", "approved", "rejected", "cancelled", "used"):
-        raise InvalidInput(f"Unknown request status {status!r}.")
-    with ctx.db.session(readonly=True) as s:
-        return [_view(s, r) for r in exports_q.list_export_requests(s, status=status, limit=max(1, min(limit, 1000)))]
-
-
-@requires("audit.export_raw")
-def run_approved_raw_export(ctx: AppContext, actor: Principal, request_id: int, out_path: Path) -> ExportResult:
-    """Run one's own approved request, once: exchanges with their raw text. Audited.
-
-    The approval is used up when the export starts; if the export fails (nothing is kept), it is approved again.
-    """
-    request_id = _request_id(request_id)
-    _ensure_requester(ctx, actor, request_id, "audit.export_raw.run",
-                      "Only the person who asked for a raw-text export can run it.")
-    path = check_out_path(out_path)
-    with ctx.db.session() as s:
-        request = _locked(s, request_id)
-        if request.status == "used":
-            raise InvalidInput(f"Export request #{request_id} was already used; ask again for another export.")
-        if request.status != "approved":
-            raise InvalidInput(f"Export request #{request_id} is {request.status}, not approved.")
-        spec = validated_spec(ExportSpec(request.what, request.format, ExportFilter.from_dict(request.filters or {})))
-        request.status = "used"
-        request.used_at = ctx.now()
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export_raw_run",
-                             object_type="export_request", object_id=request_id, details={"file": path.name})
-    try:
-        return _export(ctx, actor.username, actor.user_id, spec, path, include_raw=True, request_id=request_id)
-    except BaseException:
-        try:
-            with ctx.db.session() as s:  # nothing left the store: the approval may be used again
-                request = _locked(s, request_id)
-                if request.status == "used":
-                    request.status = "approved"
-                    request.used_at = None
-        except Exception:
-            logger.exception("could not restore the approval of export request #%s", request_id)
-        raise
 

@@ -198,7 +198,7 @@ def test_the_audit_filters_show_placeholders_not_values_and_export_is_one_button
 
 
 def test_the_throughput_charts_say_what_they_count(app_env, make_user):
-    from tests.latency.test_dashboard import _seed
+    from tests.latency.test_latency import _seed
 
     op = make_user("olga", "operator")
     _seed(app_env, datetime.now(UTC))

@@ -14,6 +14,8 @@ from streamlit.testing.v1 import AppTest
 
 from console import app_pages
 from console.services import audit as audit_svc
+from console.services import audit_search as search_svc
+from console.services import export_approvals as approvals_svc
 from console.services import exports as exports_svc
 from console.services.context import AppContext
 from console.ui import UiSession
@@ -214,11 +216,11 @@ def test_the_export_of_the_pages_filter_writes_the_file_and_its_manifest(app_env
     _seed(app_env, 3, actor="ada", action="auth.login")  # details {"n": 0}, {"n": 1}, {"n": 2}
     _seed(app_env, 2, actor="bob", action="auth.login")
     # An events export holds exactly what the page's search finds, text filter included.
-    flt = audit_svc.AuditFilter(actor="ada", action_prefix="auth.", text='"n":1')
-    spec = audit_svc.export_spec(flt, "events", "jsonl")
-    assert audit_svc.not_exported(flt, "events") == []
-    assert audit_svc.not_exported(flt, "exchanges") == ["text", "action prefix"]
-    found = audit_svc.search(app_env, ana, flt).rows
+    flt = search_svc.AuditFilter(actor="ada", action_prefix="auth.", text='"n":1')
+    spec = search_svc.export_spec(flt, "events", "jsonl")
+    assert search_svc.not_exported(flt, "events") == []
+    assert search_svc.not_exported(flt, "exchanges") == ["text", "action prefix"]
+    found = search_svc.search(app_env, ana, flt).rows
     result = exports_svc.run_export(app_env, ana, spec, exports_svc.default_export_path(app_env, spec))
     assert result.rows == len(found) == 1 and result.manifest_path.exists()
     exported = [json.loads(line) for line in result.path.read_text(encoding="utf-8").splitlines()]
@@ -228,7 +230,7 @@ def test_the_export_of_the_pages_filter_writes_the_file_and_its_manifest(app_env
 def test_admins_ask_for_raw_exports_and_decide_other_admins_requests(app_env, make_user):
     adam = make_user("adam", "admin")
     alice = make_user("alice", "admin")
-    theirs = exports_svc.request_raw_export(app_env, alice, exports_svc.ExportSpec("exchanges", "csv"),
+    theirs = approvals_svc.request_raw_export(app_env, alice, exports_svc.ExportSpec("exchanges", "csv"),
                                             "incident 42 needs the original wording")
     at = _page(adam).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -236,12 +238,12 @@ def test_admins_ask_for_raw_exports_and_decide_other_admins_requests(app_env, ma
     at.text_area(key="audit_raw_reason").input("audit of the flagged answers in March")
     at.button(key="audit_raw_submit").click().run()
     assert any("requested" in s.value for s in at.success)
-    mine = [r for r in exports_svc.list_export_requests(app_env, adam) if r.requested_by_id == adam.user_id]
+    mine = [r for r in approvals_svc.list_export_requests(app_env, adam) if r.requested_by_id == adam.user_id]
     assert len(mine) == 1 and mine[0].status == "pending"
     assert f"audit_raw_approve_{mine[0].id}" not in {b.key for b in at.button}  # nobody approves their own
     at.button(key=f"audit_raw_approve_{theirs.id}").click().run()
     assert not at.exception
-    decided = {r.id: r.status for r in exports_svc.list_export_requests(app_env, adam)}
+    decided = {r.id: r.status for r in approvals_svc.list_export_requests(app_env, adam)}
     assert decided[theirs.id] == "approved"
     # Approved for alice: the run button is hers, not adam's. Run, the file waits for her one streamed download.
     assert f"audit_raw_run_{theirs.id}" not in {b.key for b in at.button}
@@ -281,6 +283,6 @@ def test_the_signed_checkpoints_download_checks_a_wiped_log(app_env, make_user, 
                           "DELETE FROM audit_checkpoints", "UPDATE audit_head SET seq = 0, hash = '" + "0" * 64 + "'"):
             conn.execute(text(statement))
     app_env.settings.audit_checkpoint_file.unlink()
-    assert audit_svc.verify_cli(app_env).ok
-    report = audit_svc.verify_cli(app_env, [kept])
+    assert audit_svc.verify(app_env, ana).ok
+    report = audit_svc.verify(app_env, ana, [kept])
     assert (report.ok, report.kind, report.first_bad_seq) == (False, "wiped", 1)

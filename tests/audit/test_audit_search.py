@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from console.services import audit as audit_svc
+from console.services import audit_search as search_svc
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, NotFound
 from db import Database
 from db import audit as audit_q
-from db import audit_queries as aq
+from db import audit_search as aq
 from db import model_versions as versions_q
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -64,20 +64,20 @@ def test_the_time_range_is_to_the_minute_since_inclusive_until_exclusive(ctx, an
         event_clock.now = at
         seqs[label] = _add(ctx, action=f"range.{label}")
     # Seconds in a bound are dropped: 09:01:45 means 09:01, so the event at 09:01:00 is in.
-    flt = audit_svc.AuditFilter(since=T0 + timedelta(minutes=1, seconds=45), until=T0 + timedelta(minutes=6, seconds=30),
+    flt = search_svc.AuditFilter(since=T0 + timedelta(minutes=1, seconds=45), until=T0 + timedelta(minutes=6, seconds=30),
                                 action_prefix="range.")
-    page = audit_svc.search(ctx, analyst, flt)
+    page = search_svc.search(ctx, analyst, flt)
     assert [r["seq"] for r in page.rows] == [seqs["inside"], seqs["start"]]
     # A naive bound is UTC.
-    naive = audit_svc.AuditFilter(since=datetime(2026, 11, 26, 9, 6), action_prefix="range.")
-    assert [r["seq"] for r in audit_svc.search(ctx, analyst, naive).rows] == [seqs["after"], seqs["end"]]
+    naive = search_svc.AuditFilter(since=datetime(2026, 11, 26, 9, 6), action_prefix="range.")
+    assert [r["seq"] for r in search_svc.search(ctx, analyst, naive).rows] == [seqs["after"], seqs["end"]]
 
 
 def test_the_actor_filter_is_exact(ctx, analyst):
     ada = _add(ctx, actor="ada")
     _add(ctx, actor="ada2")
     _add(ctx, actor="ADA")
-    rows = audit_svc.search(ctx, analyst, audit_svc.AuditFilter(actor=" ada ")).rows
+    rows = search_svc.search(ctx, analyst, search_svc.AuditFilter(actor=" ada ")).rows
     assert [r["seq"] for r in rows] == [ada]
 
 
@@ -90,7 +90,7 @@ def test_the_action_prefix_escapes_like_wildcards_and_the_exact_action_is_exact(
     assert _find(ctx, action_prefix="p%") == [percent]
     assert _find(ctx, action_prefix="%") == []
     assert _find(ctx, action="x_y.done") == [underscore]
-    rows = audit_svc.search(ctx, analyst, audit_svc.AuditFilter(action_prefix="x_y.", action="x_y.done")).rows
+    rows = search_svc.search(ctx, analyst, search_svc.AuditFilter(action_prefix="x_y.", action="x_y.done")).rows
     assert [r["seq"] for r in rows] == [underscore]
 
 
@@ -112,7 +112,7 @@ def test_the_model_version_filter_finds_exchanges_and_events_about_the_version(c
     _add(ctx, action="chat.exchange", details={"model_version": "v10"})
     _add(ctx, action="chat.exchange", details={"note": "about v1"})
     _add(ctx, action="user.create", object_type="user", object_id=version_id)  # same id, other kind of object
-    rows = audit_svc.search(ctx, analyst, audit_svc.AuditFilter(model_version="v1")).rows
+    rows = search_svc.search(ctx, analyst, search_svc.AuditFilter(model_version="v1")).rows
     assert [r["seq"] for r in rows] == [exchange, *register]
     assert register and rows[-1]["object_id"] == str(version_id)
 
@@ -124,7 +124,7 @@ def test_the_model_version_filter_finds_exchanges_and_events_about_the_version(c
 def test_free_text_is_a_case_insensitive_substring_of_the_details_with_wildcards_literal(ctx, analyst, needle, hit):
     wanted = _add(ctx, action="text.case", details={"reason": f"prefix {hit} suffix"})
     _add(ctx, action="text.case", details={"reason": "50 percent, ab, zoe, say hi, backslash"})
-    rows = audit_svc.search(ctx, analyst, audit_svc.AuditFilter(action_prefix="text.", text=needle)).rows
+    rows = search_svc.search(ctx, analyst, search_svc.AuditFilter(action_prefix="text.", text=needle)).rows
     assert [r["seq"] for r in rows] == [wanted]
 
 
@@ -141,13 +141,13 @@ def test_filters_combine(ctx):
 def test_keyset_pages_never_skip_or_repeat_while_events_are_appended_between_fetches(ctx, analyst):
     for n in range(23):
         _add(ctx, action="page.event", details={"n": n})
-    flt = audit_svc.AuditFilter(action_prefix="page.")
+    flt = search_svc.AuditFilter(action_prefix="page.")
     expected = _find(ctx, action_prefix="page.")
     seen: list[int] = []
     before: int | None = None
     pages = 0
     while True:
-        page = audit_svc.search(ctx, analyst, flt, before_seq=before, limit=5)
+        page = search_svc.search(ctx, analyst, flt, before_seq=before, limit=5)
         pages += 1
         seen += [r["seq"] for r in page.rows]
         for n in range(3):  # matching events arrive between every two fetches
@@ -159,15 +159,15 @@ def test_keyset_pages_never_skip_or_repeat_while_events_are_appended_between_fet
     assert seen == expected  # every event that existed at the first fetch, once, newest first
     assert pages == 5
     # The newest page now starts with the late arrivals.
-    assert audit_svc.search(ctx, analyst, flt, limit=1).rows[0]["seq"] > expected[0]
+    assert search_svc.search(ctx, analyst, flt, limit=1).rows[0]["seq"] > expected[0]
 
 
 def test_the_last_page_has_no_next_cursor_even_when_it_is_full(ctx, analyst):
     for _ in range(4):
         _add(ctx, action="full.event")
-    flt = audit_svc.AuditFilter(action_prefix="full.")
-    first = audit_svc.search(ctx, analyst, flt, limit=2)
-    second = audit_svc.search(ctx, analyst, flt, before_seq=first.next_before_seq, limit=2)
+    flt = search_svc.AuditFilter(action_prefix="full.")
+    first = search_svc.search(ctx, analyst, flt, limit=2)
+    second = search_svc.search(ctx, analyst, flt, before_seq=first.next_before_seq, limit=2)
     assert len(first.rows) == len(second.rows) == 2
     assert first.next_before_seq is not None and second.next_before_seq is None
 
@@ -187,20 +187,20 @@ def test_events_around_gives_n_before_the_event_and_n_after_in_seq_order(ctx):
 
 def test_opening_an_event_returns_it_with_its_neighbours_and_is_audited(ctx, analyst):
     seqs = [_add(ctx, action="open.event", details={"n": n}) for n in range(12)]
-    event, around = audit_svc.event_detail(ctx, analyst, seqs[6])
+    event, around = search_svc.event_detail(ctx, analyst, seqs[6])
     assert event["seq"] == seqs[6] and event["details"] == {"n": 6}
-    assert [r["seq"] for r in around] == list(range(seqs[6] - audit_svc.AROUND, seqs[6] + audit_svc.AROUND + 1))
+    assert [r["seq"] for r in around] == list(range(seqs[6] - search_svc.AROUND, seqs[6] + search_svc.AROUND + 1))
     with ctx.db.session(readonly=True) as s:
         last = audit_q.latest_event(s, "audit.view_event")
     assert last is not None and last.actor == "ana" and last.object_id == str(seqs[6])
     with pytest.raises(NotFound):
-        audit_svc.event_detail(ctx, analyst, seqs[-1] + 1000)
+        search_svc.event_detail(ctx, analyst, seqs[-1] + 1000)
 
 
 def test_distinct_actions_are_listed_once_and_sorted(ctx, analyst):
     for action in ("b.two", "a.one", "b.two"):
         _add(ctx, action=action)
-    listed = audit_svc.actions(ctx, analyst)
+    listed = search_svc.actions(ctx, analyst)
     assert listed == sorted(set(listed)) and {"a.one", "b.two"} <= set(listed)
 
 
@@ -209,13 +209,13 @@ def test_distinct_actions_are_listed_once_and_sorted(ctx, analyst):
 
 def test_every_search_is_audited_with_its_filter_and_cursor_and_does_not_list_itself(ctx, analyst):
     _add(ctx, actor="ada", action="audited.event")
-    page = audit_svc.search(ctx, analyst, audit_svc.AuditFilter(actor="ada", text="x%y"), before_seq=999, limit=10)
+    page = search_svc.search(ctx, analyst, search_svc.AuditFilter(actor="ada", text="x%y"), before_seq=999, limit=10)
     with ctx.db.session(readonly=True) as s:
         last = audit_q.latest_event(s, "audit.search")
     assert last is not None and last.actor == "ana" and last.actor_id == analyst.user_id
     assert last.details == {"filter": {"actor": "ada", "text": "x%y"}, "before_seq": 999, "limit": 10,
                             "rows": len(page.rows)}
-    newest = audit_svc.search(ctx, analyst, audit_svc.AuditFilter())
+    newest = search_svc.search(ctx, analyst, search_svc.AuditFilter())
     assert newest.rows[0]["seq"] == last.seq  # the previous search is in the log; this one is not yet
     with ctx.db.session(readonly=True) as s:
         assert audit_q.latest_event(s, "audit.search").seq == last.seq + 1
@@ -224,7 +224,7 @@ def test_every_search_is_audited_with_its_filter_and_cursor_and_does_not_list_it
 def test_an_operator_may_not_search_and_the_refusal_is_recorded(ctx, make_user):
     olivia = make_user("olivia", "operator")
     with pytest.raises(AccessDenied):
-        audit_svc.search(ctx, olivia, audit_svc.AuditFilter())
+        search_svc.search(ctx, olivia, search_svc.AuditFilter())
     with ctx.db.session(readonly=True) as s:
         denied = audit_q.latest_event(s, "access.denied")
         searched = audit_q.latest_event(s, "audit.search")
@@ -235,39 +235,39 @@ def test_an_operator_may_not_search_and_the_refusal_is_recorded(ctx, make_user):
 
 
 @pytest.mark.parametrize("flt,message", [
-    (audit_svc.AuditFilter(since=T0 + timedelta(hours=1), until=T0), "start"),
-    (audit_svc.AuditFilter(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=50)), "before the end"),
-    (audit_svc.AuditFilter(actor="a" * 201), "actor filter is too long"),
-    (audit_svc.AuditFilter(action_prefix="a" * 101), "action prefix filter is too long"),
-    (audit_svc.AuditFilter(text="t" * 201), "text filter is too long"),
-    (audit_svc.AuditFilter(object_id="12\n13"), "target id filter contains control characters"),
-    (audit_svc.AuditFilter(text="nul\x00"), "text filter contains control characters"),
-    (audit_svc.AuditFilter(model_version="v\x1b[31m"), "model version filter contains control characters"),
-    (audit_svc.AuditFilter(actor=42), "actor filter must be text"),  # type: ignore[arg-type]
-    (audit_svc.AuditFilter(since="yesterday"), "start must be a date"),  # type: ignore[arg-type]
+    (search_svc.AuditFilter(since=T0 + timedelta(hours=1), until=T0), "start"),
+    (search_svc.AuditFilter(since=T0 + timedelta(seconds=10), until=T0 + timedelta(seconds=50)), "before the end"),
+    (search_svc.AuditFilter(actor="a" * 201), "actor filter is too long"),
+    (search_svc.AuditFilter(action_prefix="a" * 101), "action prefix filter is too long"),
+    (search_svc.AuditFilter(text="t" * 201), "text filter is too long"),
+    (search_svc.AuditFilter(object_id="12\n13"), "target id filter contains control characters"),
+    (search_svc.AuditFilter(text="nul\x00"), "text filter contains control characters"),
+    (search_svc.AuditFilter(model_version="v\x1b[31m"), "model version filter contains control characters"),
+    (search_svc.AuditFilter(actor=42), "actor filter must be text"),  # type: ignore[arg-type]
+    (search_svc.AuditFilter(since="yesterday"), "start must be a date"),  # type: ignore[arg-type]
 ], ids=["start-after-end", "same-minute", "long-actor", "long-prefix", "long-text", "newline", "nul", "escape",
         "not-text", "not-a-time"])
 def test_bad_filter_input_is_refused_with_a_clear_message_and_nothing_is_audited(ctx, analyst, flt, message):
     with pytest.raises(InvalidInput, match=message):
-        audit_svc.search(ctx, analyst, flt)
+        search_svc.search(ctx, analyst, flt)
     with ctx.db.session(readonly=True) as s:
         assert audit_q.latest_event(s, "audit.search") is None
 
 
 @pytest.mark.parametrize("kwargs", [{"before_seq": 0}, {"before_seq": "5"}, {"before_seq": True}, {"limit": 0},
-                                    {"limit": audit_svc.MAX_PAGE_ROWS + 1}, {"limit": 2.5}],
+                                    {"limit": search_svc.MAX_PAGE_ROWS + 1}, {"limit": 2.5}],
                          ids=["zero-cursor", "text-cursor", "bool-cursor", "zero-limit", "huge-limit", "float-limit"])
 def test_bad_cursors_and_page_sizes_are_refused(ctx, analyst, kwargs):
     with pytest.raises(InvalidInput):
-        audit_svc.search(ctx, analyst, audit_svc.AuditFilter(), **kwargs)
+        search_svc.search(ctx, analyst, search_svc.AuditFilter(), **kwargs)
 
 
 def test_a_filter_round_trips_through_its_dict_form(ctx):
-    flt = audit_svc.AuditFilter(since=T0, until=T0 + timedelta(days=1), actor="ada", action_prefix="auth.",
+    flt = search_svc.AuditFilter(since=T0, until=T0 + timedelta(days=1), actor="ada", action_prefix="auth.",
                                 object_type="user", object_id="3", model_version="v1", text="x", action="auth.login")
-    assert audit_svc.AuditFilter.from_dict(flt.to_dict()) == flt.validated()
+    assert search_svc.AuditFilter.from_dict(flt.to_dict()) == flt.validated()
     with pytest.raises(InvalidInput):
-        audit_svc.AuditFilter.from_dict({"colour": "red"})
+        search_svc.AuditFilter.from_dict({"colour": "red"})
 
 
 # --- the same queries on PostgreSQL (JSON path, JSON as text, LIKE escapes) -----------------------------------------

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from console import server
+from console.services import export_approvals as approvals_svc
+from console.services import export_files as files_svc
 from console.services import exports as exports_svc
 from console.services import retention, sessions
 from console.services.access import Principal
@@ -36,7 +38,7 @@ def people(ctx) -> dict[str, Principal]:
 @pytest.fixture(autouse=True)
 def quick_redaction(monkeypatch):
     """Raw-export reasons go through the PII redaction; its Presidio start-up is replaced here."""
-    monkeypatch.setattr(exports_svc, "_redact", lambda ctx, text: text)
+    monkeypatch.setattr(approvals_svc, "_redact", lambda ctx, text: text)
 
 
 def _exchanges(ctx, user: Principal, n: int, *, at=None, raw: str | None = None) -> None:  # noqa: ANN001
@@ -60,11 +62,11 @@ def _export(ctx, who: Principal, what: str = "exchanges", fmt: str = "jsonl") ->
 
 
 def _raw_export(ctx, people) -> exports_svc.ExportResult:  # noqa: ANN001
-    request = exports_svc.request_raw_export(ctx, people["ada"], ExportSpec("exchanges", "jsonl"),
+    request = approvals_svc.request_raw_export(ctx, people["ada"], ExportSpec("exchanges", "jsonl"),
                                              "legal hold for case 12345")
-    exports_svc.decide_raw_export(ctx, people["abe"], request.id, True, "ok")
+    approvals_svc.decide_raw_export(ctx, people["abe"], request.id, True, "ok")
     out = exports_svc.default_export_path(ctx, ExportSpec("exchanges", "jsonl"))
-    return exports_svc.run_approved_raw_export(ctx, people["ada"], request.id, out)
+    return approvals_svc.run_approved_raw_export(ctx, people["ada"], request.id, out)
 
 
 def _row(ctx, file_id: int) -> ExportFile:  # noqa: ANN001
@@ -143,7 +145,7 @@ def test_a_download_holds_one_chunk_in_memory_not_the_file(ctx, people) -> None:
         row.size = size
     tracemalloc.start()
     try:
-        download = exports_svc.open_download(ctx, people["ana"], result.file_id)
+        download = files_svc.open_download(ctx, people["ana"], result.file_id)
         received = sum(len(chunk) for chunk in download.chunks)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -157,7 +159,7 @@ def test_a_cut_download_keeps_the_file_until_it_expires(ctx, people) -> None:  #
     _exchanges(ctx, people["olga"], 5)
     result = _export(ctx, people["ana"])
     assert result.file_id is not None
-    download = exports_svc.open_download(ctx, people["ana"], result.file_id)
+    download = files_svc.open_download(ctx, people["ana"], result.file_id)
     next(download.chunks)
     download.chunks.close()  # type: ignore[attr-defined]  # the browser went away mid-download
     assert result.path.exists() and _row(ctx, result.file_id).deleted_at is None
@@ -186,7 +188,7 @@ def test_retention_deletes_export_files_after_export_file_hours(ctx, people, clo
     reasons = [(e.actor, e.details["reason"], tuple(e.details["names"])) for e in _events(ctx, "audit.export_deleted")]
     assert reasons == [("system", "expired", (stray.name,)), ("system", "expired", (result.path.name,))]
     with pytest.raises(NotFound, match="no longer kept"):
-        exports_svc.open_download(ctx, people["ana"], result.file_id)
+        files_svc.open_download(ctx, people["ana"], result.file_id)
 
 
 def test_a_raw_text_export_never_outlives_the_raw_text_retention(ctx, people, clock) -> None:  # noqa: ANN001
@@ -248,5 +250,5 @@ def test_an_analyst_cannot_export_more_rows_an_hour_than_the_setting(ctx, people
 def test_the_shell_is_not_bounded_by_the_hourly_rows(ctx, people, tmp_path: Path) -> None:  # noqa: ANN001
     ctx.settings = dataclasses.replace(ctx.settings, export_rows_per_hour=5)
     _exchanges(ctx, people["olga"], 20)
-    result = exports_svc.run_export_cli(ctx, ExportSpec("exchanges", "csv"), tmp_path / "all.csv")
+    result = exports_svc.run_export(ctx, Principal.shell(ctx), ExportSpec("exchanges", "csv"), tmp_path / "all.csv")
     assert result.rows == 20

@@ -18,8 +18,9 @@ from sqlalchemy import insert, select, update
 
 from console import cli
 from console.services import audit as audit_svc
+from console.services import export_approvals as approvals_svc
 from console.services import exports as exports_svc
-from console.services.access import Principal
+from console.services.access import Principal, os_user
 from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties, StorageUnavailable
 from console.services.exports import ExportFilter, ExportSpec
 from console.textsafe import csv_restore, csv_safe
@@ -236,7 +237,7 @@ def quick_redaction(monkeypatch):
         calls.append(text)
         return text.replace("+44 20 7946 0958", "<PHONE_NUMBER>")
 
-    monkeypatch.setattr(exports_svc, "_redact", redact)
+    monkeypatch.setattr(approvals_svc, "_redact", redact)
     return calls
 
 
@@ -707,15 +708,15 @@ def test_an_ordinary_export_never_holds_raw_text(ctx, people, raw_data, tmp_path
 def test_an_analyst_can_never_get_raw_text(ctx, people, raw_data, tmp_path):
     ana, ada, abe = people["ana"], people["ada"], people["abe"]
     with pytest.raises(AccessDenied):
-        exports_svc.request_raw_export(ctx, ana, _raw_spec(), REASON)
-    request = exports_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
+        approvals_svc.request_raw_export(ctx, ana, _raw_spec(), REASON)
+    request = approvals_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
     with pytest.raises(AccessDenied):
-        exports_svc.decide_raw_export(ctx, ana, request.id, True, "ok")
-    exports_svc.decide_raw_export(ctx, abe, request.id, True, "ok")
+        approvals_svc.decide_raw_export(ctx, ana, request.id, True, "ok")
+    approvals_svc.decide_raw_export(ctx, abe, request.id, True, "ok")
     with pytest.raises(AccessDenied):
-        exports_svc.run_approved_raw_export(ctx, ana, request.id, tmp_path / "raw.jsonl")
+        approvals_svc.run_approved_raw_export(ctx, ana, request.id, tmp_path / "raw.jsonl")
     with pytest.raises(AccessDenied):
-        exports_svc.list_export_requests(ctx, ana)
+        approvals_svc.list_export_requests(ctx, ana)
     assert not (tmp_path / "raw.jsonl").exists()
     assert "access.denied" in _all_actions(ctx)
     with ctx.db.session(readonly=True) as s:
@@ -724,27 +725,27 @@ def test_an_analyst_can_never_get_raw_text(ctx, people, raw_data, tmp_path):
 
 def test_the_four_eyes_flow_exports_raw_text_once(ctx, people, raw_data, tmp_path):
     ada, abe = people["ada"], people["abe"]
-    request = exports_svc.request_raw_export(ctx, ada, _raw_spec("csv"), REASON)
+    request = approvals_svc.request_raw_export(ctx, ada, _raw_spec("csv"), REASON)
     assert request.status == "pending" and request.requested_by == "ada" and request.what == "exchanges"
     with pytest.raises(SeparationOfDuties):
-        exports_svc.decide_raw_export(ctx, ada, request.id, True, "my own")
+        approvals_svc.decide_raw_export(ctx, ada, request.id, True, "my own")
     with pytest.raises(InvalidInput, match="not approved|pending"):
-        exports_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "early.csv")
-    decided = exports_svc.decide_raw_export(ctx, abe, request.id, True, "for the legal hold")
+        approvals_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "early.csv")
+    decided = approvals_svc.decide_raw_export(ctx, abe, request.id, True, "for the legal hold")
     assert decided.status == "approved" and decided.decided_by == "abe"
     with pytest.raises(InvalidInput, match="already approved"):
-        exports_svc.decide_raw_export(ctx, abe, request.id, False, "changed my mind")
+        approvals_svc.decide_raw_export(ctx, abe, request.id, False, "changed my mind")
     with pytest.raises(AccessDenied, match="Only the person who asked"):  # the approver cannot run it
-        exports_svc.run_approved_raw_export(ctx, abe, request.id, tmp_path / "abe.csv")
-    result = exports_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "raw.csv")
+        approvals_svc.run_approved_raw_export(ctx, abe, request.id, tmp_path / "abe.csv")
+    result = approvals_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "raw.csv")
     (row,) = read_export(result.path, "csv", "exchanges", include_raw=True)
     assert row["raw_prompt"] == RAW_SECRET and row["raw_response"] is None  # erased raw text is not exported
     assert row["prompt"] == "call me on <PHONE_NUMBER>"
     assert result.manifest["raw_text"] is True and result.manifest["request_id"] == request.id
     with pytest.raises(InvalidInput, match="already used"):
-        exports_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "again.csv")
+        approvals_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "again.csv")
     assert not (tmp_path / "again.csv").exists() and not (tmp_path / "abe.csv").exists()
-    (listed,) = exports_svc.list_export_requests(ctx, abe)
+    (listed,) = approvals_svc.list_export_requests(ctx, abe)
     assert listed.status == "used" and listed.used_at is not None
     actions = [a for a in _all_actions(ctx) if a.startswith("audit.export")]
     assert actions == ["audit.export_raw_requested", "audit.export_raw_approved", "audit.export_raw_run",
@@ -755,8 +756,8 @@ def test_the_four_eyes_flow_exports_raw_text_once(ctx, people, raw_data, tmp_pat
 
 
 def test_reasons_and_notes_are_stored_redacted(ctx, people, quick_redaction):
-    request = exports_svc.request_raw_export(ctx, people["ada"], _raw_spec(), "Caller +44 20 7946 0958 asked.")
-    decided = exports_svc.decide_raw_export(ctx, people["abe"], request.id, False, "call +44 20 7946 0958 first")
+    request = approvals_svc.request_raw_export(ctx, people["ada"], _raw_spec(), "Caller +44 20 7946 0958 asked.")
+    decided = approvals_svc.decide_raw_export(ctx, people["abe"], request.id, False, "call +44 20 7946 0958 first")
     assert request.reason == "Caller <PHONE_NUMBER> asked." and decided.decision_note == "call <PHONE_NUMBER> first"
     assert quick_redaction == ["Caller +44 20 7946 0958 asked.", "call +44 20 7946 0958 first"]
     with ctx.db.session(readonly=True) as s:
@@ -766,17 +767,17 @@ def test_reasons_and_notes_are_stored_redacted(ctx, people, quick_redaction):
 
 def test_rejected_and_cancelled_requests_cannot_run(ctx, people, raw_data, tmp_path):
     ada, abe = people["ada"], people["abe"]
-    rejected = exports_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
-    exports_svc.decide_raw_export(ctx, abe, rejected.id, False, "no legal basis")
+    rejected = approvals_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
+    approvals_svc.decide_raw_export(ctx, abe, rejected.id, False, "no legal basis")
     with pytest.raises(InvalidInput, match="rejected"):
-        exports_svc.run_approved_raw_export(ctx, ada, rejected.id, tmp_path / "r.jsonl")
-    cancelled = exports_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
-    exports_svc.decide_raw_export(ctx, abe, cancelled.id, True, None)
+        approvals_svc.run_approved_raw_export(ctx, ada, rejected.id, tmp_path / "r.jsonl")
+    cancelled = approvals_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
+    approvals_svc.decide_raw_export(ctx, abe, cancelled.id, True, None)
     with pytest.raises(AccessDenied):
-        exports_svc.cancel_raw_export(ctx, abe, cancelled.id)
-    assert exports_svc.cancel_raw_export(ctx, ada, cancelled.id).status == "cancelled"
+        approvals_svc.cancel_raw_export(ctx, abe, cancelled.id)
+    assert approvals_svc.cancel_raw_export(ctx, ada, cancelled.id).status == "cancelled"
     with pytest.raises(InvalidInput, match="cancelled"):
-        exports_svc.run_approved_raw_export(ctx, ada, cancelled.id, tmp_path / "c.jsonl")
+        approvals_svc.run_approved_raw_export(ctx, ada, cancelled.id, tmp_path / "c.jsonl")
     assert list(tmp_path.glob("*.jsonl")) == []
 
 
@@ -788,15 +789,15 @@ def test_rejected_and_cancelled_requests_cannot_run(ctx, people, raw_data, tmp_p
 ])
 def test_raw_requests_need_a_reason_and_exchanges(ctx, people, spec, reason, message):
     with pytest.raises(InvalidInput, match=message):
-        exports_svc.request_raw_export(ctx, people["ada"], spec, reason)
+        approvals_svc.request_raw_export(ctx, people["ada"], spec, reason)
     with ctx.db.session(readonly=True) as s:
         assert s.scalars(select(ExportRequest)).first() is None
 
 
 def test_a_failed_raw_export_keeps_its_approval(ctx, people, raw_data, tmp_path, monkeypatch):
     ada, abe = people["ada"], people["abe"]
-    request = exports_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
-    exports_svc.decide_raw_export(ctx, abe, request.id, True, "ok")
+    request = approvals_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
+    approvals_svc.decide_raw_export(ctx, abe, request.id, True, "ok")
 
     def full_disk(*args: Any, **kwargs: Any):
         raise OSError(28, "No space left on device")
@@ -805,9 +806,9 @@ def test_a_failed_raw_export_keeps_its_approval(ctx, people, raw_data, tmp_path,
     with monkeypatch.context() as m:
         m.setattr(exports_q, "iter_chunks", full_disk)
         with pytest.raises(StorageUnavailable):
-            exports_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "raw.jsonl")
+            approvals_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "raw.jsonl")
     assert not (tmp_path / "raw.jsonl").exists()
-    result = exports_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "raw.jsonl")
+    result = approvals_svc.run_approved_raw_export(ctx, ada, request.id, tmp_path / "raw.jsonl")
     assert RAW_SECRET in result.path.read_text(encoding="utf-8")
 
 
@@ -843,15 +844,18 @@ def test_cli_export_writes_the_file_and_manifest_and_audits_it(cli_env, capsys):
     manifest = json.loads((cli_env / "events.jsonl.manifest.json").read_text())
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     assert f"sha256: {sha}" in printed and f"file: {out}" in printed and "manifest: " in printed
-    assert "exported 1 rows" in printed and manifest["rows"] == 1
-    assert manifest["exported_by"] == "cli" and manifest["filters"]["since"] == "2000-01-01T00:00:00+00:00"
-    (row,) = read_export(out, "jsonl", "events")
-    assert row["action"] == "seed.event" and json.loads(row["details"]) == {"text": "a,b\n=c"}
+    # The seeded event, and the creation of the shell user the command acts as (its first command creates it).
+    assert "exported 2 rows" in printed and manifest["rows"] == 2
+    shell = f"shell:{os_user()}"
+    assert manifest["exported_by"] == shell and manifest["filters"]["since"] == "2000-01-01T00:00:00+00:00"
+    seeded, created = read_export(out, "jsonl", "events")
+    assert seeded["action"] == "seed.event" and json.loads(seeded["details"]) == {"text": "a,b\n=c"}
+    assert created["action"] == "user.create" and json.loads(created["details"])["username"] == shell
     db = _cli_db()
     with db.session(readonly=True) as s:
         event = audit_q.latest_event(s, "audit.export")
     db.dispose()
-    assert event.actor == "cli" and event.actor_id is None and event.details["sha256"] == sha
+    assert event.actor == shell and event.actor_id == int(created["object_id"]) and event.details["sha256"] == sha
 
 
 @pytest.mark.parametrize("args,status,message", [

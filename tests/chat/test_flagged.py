@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from console.services import chat as chat_svc
-from console.services import dashboard, moderation
+from console.services import latency, moderation
 from console.services.telemetry import TELEMETRY
 from db import promotions as promotions_q
 from db import safety as safety_q
@@ -110,7 +110,7 @@ def test_the_page_the_watch_window_and_prometheus_count_the_same_flagged_exchang
         with_findings = {f.exchange_id for f in s.query(FindingRow)}
     assert len(with_findings) == len(TURNS)
 
-    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour"))
+    report = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour"))
     (page,) = report.totals[report.totals["model_version"] == "v1"].to_dict("records")
     with ctx.db.session(readonly=True) as s:
         window = promotions_q.window_stats(s, "v1", clock.now - timedelta(hours=1), clock.now + timedelta(hours=1))
@@ -129,6 +129,6 @@ def test_the_page_the_watch_window_and_prometheus_count_the_same_flagged_exchang
     assert page["prompt_flagged"] == prometheus["prompt"] == PROMPT_FLAGGED
     assert page["output_flagged"] == prometheus["output"] == OUTPUT_FLAGGED
     # The summary table says what the rate means and splits it.
-    table = dashboard.summary_table(report.totals).set_index("model version")
+    table = latency.summary_table(report.totals).set_index("model version")
     assert table.loc["v1", "flagged (prompt or answer)"] == "62.50 %"
     assert table.loc["v1", "prompt flagged"] == "50.00 %" and table.loc["v1", "answer flagged"] == "25.00 %"

@@ -371,7 +371,8 @@ def test_0013_recounts_old_buckets_on_postgresql(pg_db: Database) -> None:
 def _check_0013(database: Database) -> None:
     from datetime import UTC, datetime
 
-    from db import metrics as metrics_q
+    from db import latency as latency_q
+    from db import latency_report
 
     # Before: every finished exchange counts as flagged (each has a finding), the page showed 100 %.
     assert _0013_counters(database, "requests, flagged")[(60, "v1", False, "ok")] == (5, 5)
@@ -388,7 +389,7 @@ def _check_0013(database: Database) -> None:
 
     # The page reads 4 flagged of 7 real requests (prompt 3, answer 2), not 100 %.
     with database.session(readonly=True) as s:
-        report = metrics_q.bucket_report(s, metrics_q.MetricsQuery(
+        report = latency_q.bucket_report(s, latency_report.MetricsQuery(
             since=datetime(2026, 1, 2, tzinfo=UTC), until=datetime(2026, 1, 3, tzinfo=UTC), versions=("v1",)))
     (total,) = [t for t in report.totals if t["model_version"] is None]
     assert (total["requests"], total["flagged"], total["prompt_flagged"], total["output_flagged"]) == (7, 4, 3, 2)
@@ -396,7 +397,7 @@ def _check_0013(database: Database) -> None:
     # The same counts as rebuilding from the exchanges with today's code (db.flags), but the overhead is kept.
     migrated = {k: v[:4] for k, v in after.items() if k[1] != "gone"}
     with database.session() as s:
-        metrics_q.rebuild_buckets(s)
+        latency_q.rebuild_buckets(s)
     assert _0013_counters(database, "requests, flagged, prompt_flagged, output_flagged") == migrated
 
 

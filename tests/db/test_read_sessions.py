@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from console.services import audit, dashboard, evaluation, models, promotion, serving, users
+from console.services import audit_search, evaluation, latency, promotion, registry, serving, users, watch
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import StorageUnavailable
@@ -78,19 +78,18 @@ def _body(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 READS: dict[str, Callable[[Seeded], Any]] = {
-    "dashboard latency": lambda d: _body(dashboard.latency)(d.ctx, d.operator, "last 24 hours"),
+    "dashboard latency": lambda d: _body(latency.latency)(d.ctx, d.operator, "last 24 hours"),
     # The search's read (the search itself then records an audit event: a write, see the test at the end).
-    "audit search": lambda d: audit._read_page(d.ctx, audit.AuditFilter(actor="olivia"), None, 100),
-    "audit actions": lambda d: _body(audit.actions)(d.ctx, d.analyst),
+    "audit search": lambda d: audit_search._read_page(d.ctx, audit_search.AuditFilter(actor="olivia"), None, 100),
+    "audit actions": lambda d: _body(audit_search.actions)(d.ctx, d.analyst),
     "audit verify chain": lambda d: audit_q.verify_chain(d.ctx.db),
-    "models listing": lambda d: _body(models.list_versions)(d.ctx, d.admin),
-    "models listing (cli)": lambda d: models.list_versions_cli(d.ctx),
+    "models listing": lambda d: _body(registry.list_versions)(d.ctx, d.admin),
     "serving desired state": lambda d: serving.desired_state(d.ctx),
     "serving status": lambda d: serving.serving_status(d.ctx),
-    "serving alias history": lambda d: _body(serving.alias_history)(d.ctx, d.admin),
+    "serving alias history": lambda d: _body(registry.alias_history)(d.ctx, d.admin),
     "serving last switch problem": lambda d: serving.last_switch_problem(d.ctx),
     "promotion requests": lambda d: _body(promotion.list_requests)(d.ctx, d.admin),
-    "promotion production state": lambda d: _body(promotion.production_state)(d.ctx, d.admin),
+    "promotion production state": lambda d: _body(watch.production_state)(d.ctx, d.admin),
     "evaluation listing": lambda d: _body(evaluation.list_evaluations)(d.ctx, d.admin, "v1"),
     "users listing": lambda d: _body(users.list_users)(d.ctx, d.admin),  # issue 21: it read through a write session
 }
@@ -101,7 +100,7 @@ def _expect_ok(name: str, result: Any) -> None:
         assert result.ok, result
     if name == "dashboard latency":
         assert list(result.summary["requests"]) == [3]
-    if name in ("models listing", "models listing (cli)"):
+    if name == "models listing":
         assert [(v.name, v.aliases) for v in result] == [("v1", ("production",))]
     if name == "serving desired state":
         assert result.version == "v1"
@@ -127,10 +126,10 @@ def test_a_read_answers_while_another_connection_holds_the_write_lock(seeded: Se
 def test_the_dashboard_answers_through_its_access_check_while_the_write_lock_is_held_and_a_search_waits(
         seeded: Seeded) -> None:
     with WriteLockHeld(seeded.path):
-        report = dashboard.latency(seeded.ctx, seeded.operator, "last 24 hours")
+        report = latency.latency(seeded.ctx, seeded.operator, "last 24 hours")
         # A search is recorded in the audit log (a write): without that record it shows nothing.
         with pytest.raises(StorageUnavailable, match="could not record"):
-            audit.search(seeded.ctx, seeded.analyst, audit.AuditFilter(actor="olivia"))
+            audit_search.search(seeded.ctx, seeded.analyst, audit_search.AuditFilter(actor="olivia"))
     assert list(report.summary["requests"]) == [3]
-    page = audit.search(seeded.ctx, seeded.analyst, audit.AuditFilter(actor="olivia"))
+    page = audit_search.search(seeded.ctx, seeded.analyst, audit_search.AuditFilter(actor="olivia"))
     assert page.rows and all(r["actor"] == "olivia" for r in page.rows)

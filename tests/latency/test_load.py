@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from console.services import audit, chat, dashboard, exports, moderation, review
+from console.services import audit_search, chat, exports, latency, moderation, review
 from console.services.access import Principal
 from console.services.context import AppContext, utcnow
 from db import audit as audit_q
@@ -105,20 +105,20 @@ def _reviewer(ctx: AppContext, who: Principal, deadline: float, tally: Tally) ->
 
 
 def _analyst(ctx: AppContext, who: Principal, deadline: float, tally: Tally) -> None:
-    filters = (audit.AuditFilter(action_prefix="chat."), audit.AuditFilter(action_prefix="review."),
-               audit.AuditFilter(actor="op3"), audit.AuditFilter())
+    filters = (audit_search.AuditFilter(action_prefix="chat."), audit_search.AuditFilter(action_prefix="review."),
+               audit_search.AuditFilter(actor="op3"), audit_search.AuditFilter())
     n = 0
     while time.monotonic() < deadline:
         flt = filters[n % len(filters)]
-        audit.search(ctx, who, flt)
+        audit_search.search(ctx, who, flt)
         tally.searches += 1
         if n % 3 == 0:
-            spec = audit.export_spec(flt, "events", "csv")
+            spec = audit_search.export_spec(flt, "events", "csv")
             exported = exports.run_export(ctx, who, spec, exports.default_export_path(ctx, spec))
             assert exported.path.read_bytes().startswith(b'"seq","ts","actor"')
             tally.exports += 1
         if n % 5 == 0:
-            dashboard.latency(ctx, who, "last hour")
+            latency.latency(ctx, who, "last hour")
         n += 1
         time.sleep(0.2)
 

@@ -1,8 +1,9 @@
-"""Latency, traffic and service-level objectives per model version, for operators, analysts and admins.
+"""The Latency page's figures: latency, traffic and service-level compliance per model version, for operators,
+analysts and admins, and the tables the page shows them in.
 
-Every figure comes from the pre-aggregated buckets of ``db/metrics.py`` (never from loading exchanges), except with
+Every figure comes from the pre-aggregated buckets of ``db/latency.py`` (never from loading exchanges), except with
 a user filter: the buckets do not know users, so that view reads the user's newest exchanges (at most
-``db.metrics.RAW_ROW_CAP``) and says so. Admins set the targets (``slo.manage``); every change is audited.
+``db.latency.RAW_ROW_CAP``) and says so. The targets themselves are ``console.services.slo``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 
 import pandas as pd  # type: ignore[import-untyped]  # (no pandas-stubs in the venv)
 
+from console.services import slo as slo_svc
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
 from db import audit as audit_q
-from db import metrics as metrics_q
+from db import latency as latency_q
+from db import latency_report
 from db import users as users_q
 
 RANGES: dict[str, timedelta] = {
@@ -35,31 +38,17 @@ WINDOWS = RANGES  # the older name, for callers of :func:`latency`
 MAX_CUSTOM_DAYS = 400
 MAX_VERSIONS = 20
 TRAFFIC: dict[str, bool | None] = {"real traffic": False, "synthetic (load tests)": True, "both": None}
-STATUSES = metrics_q.RECORDED_STATUSES
-LATENCY_METRICS = metrics_q.ENGINE_METRICS
-OVERHEAD_METRICS = metrics_q.OVERHEAD_METRICS
-METRIC_LABELS: dict[str, str] = {
-    "ttft_ms": "time to first token",
-    "itl_ms": "inter-token latency",
-    "e2e_ms": "end-to-end latency",
-    "queue_ms": "queue time",
-    "scan_before_ms": "prompt scan, before the first token",
-    "scan_after_ms": "answer scan after the last token",
-    "store_ms": "storage",
-    "error_rate": "error rate",
-    "abort_rate": "abort rate (stopped, cut or interrupted)",
-    "flag_rate": "flag rate (prompt or answer flagged or blocked)",
-    "block_rate": "block rate (prompt or answer)",
-}
-RATE_METRICS = metrics_q.RATE_METRICS
-SLO_METRICS = metrics_q.SLO_METRICS
+STATUSES = latency_report.RECORDED_STATUSES
+LATENCY_METRICS = latency_report.ENGINE_METRICS
+OVERHEAD_METRICS = latency_report.OVERHEAD_METRICS
+RATE_METRICS = latency_report.RATE_METRICS
 SWITCH_ACTIONS = ("model.switch", "model.switch_failed")
-MAX_RELATIVE_ERROR = metrics_q.MAX_RELATIVE_ERROR
-RAW_ROW_CAP = metrics_q.RAW_ROW_CAP
+MAX_RELATIVE_ERROR = latency_report.MAX_RELATIVE_ERROR
+RAW_ROW_CAP = latency_q.RAW_ROW_CAP
 
 
 @dataclass(frozen=True)
-class DashboardFilter:
+class LatencyFilter:
     """What the page asks for. ``range`` is a key of :data:`RANGES` or ``"custom"`` (then ``since``/``until``);
     empty ``versions``/``statuses`` mean all; ``traffic`` is a key of :data:`TRAFFIC`; ``user`` a username."""
 
@@ -71,27 +60,6 @@ class DashboardFilter:
     traffic: str = "real traffic"
     user: str | None = None
 
-
-@dataclass(frozen=True)
-class SloView:
-    id: int
-    metric: str
-    stat: str
-    threshold: float  # ms, or a fraction for a rate
-    set_by: str | None
-    set_at: datetime
-
-    @property
-    def label(self) -> str:
-        """E.g. "p95 time to first token <= 500 ms" or "error rate <= 1 %"."""
-        return slo_label(self.metric, self.stat, self.threshold)
-
-
-def slo_label(metric: str, stat: str, threshold: float) -> str:
-    name = METRIC_LABELS.get(metric, metric)
-    if stat == "rate":
-        return f"{name} <= {threshold * 100:g} %"
-    return f"{stat} {name} <= {threshold:g} ms"
 
 
 @dataclass(frozen=True)
@@ -106,7 +74,7 @@ class SwitchMarker:
 
 
 @dataclass(frozen=True)
-class DashboardReport:
+class LatencyOverview:
     """Everything the page shows. ``series``: one row per bucket and version; ``totals``: one per version and one
     for every version (``model_version`` "all versions"); rates are fractions, times milliseconds, throughput per
     second averaged over the (passed part of the) bucket. ``goodput`` as bounds (equal when exact)."""
@@ -121,7 +89,7 @@ class DashboardReport:
     breaches: pd.DataFrame
     compliance: pd.DataFrame
     switches: list[SwitchMarker]
-    slos: list[SloView]
+    slos: list[slo_svc.SloView]
     versions: list[str]  # every version with traffic (for the version filter)
     overhead_recorded: bool  # any console-overhead figure in the range
     source_note: str | None  # set when the figures come from raw exchanges (user filter)
@@ -144,7 +112,7 @@ def bucket_label(seconds: int) -> str:
     return f"{seconds // 60}-minute"
 
 
-def _range(ctx: AppContext, flt: DashboardFilter) -> tuple[datetime, datetime]:
+def _range(ctx: AppContext, flt: LatencyFilter) -> tuple[datetime, datetime]:
     if flt.range == CUSTOM:
         since, until = flt.since, flt.until
         if since is None or until is None:
@@ -163,7 +131,7 @@ def _range(ctx: AppContext, flt: DashboardFilter) -> tuple[datetime, datetime]:
     return now - RANGES[flt.range], now + timedelta(microseconds=1)
 
 
-def _query(ctx: AppContext, flt: DashboardFilter) -> metrics_q.MetricsQuery:
+def _query(ctx: AppContext, flt: LatencyFilter) -> latency_report.MetricsQuery:
     since, until = _range(ctx, flt)
     bad = [s for s in flt.statuses if s not in STATUSES]
     if bad:
@@ -172,7 +140,7 @@ def _query(ctx: AppContext, flt: DashboardFilter) -> metrics_q.MetricsQuery:
         raise InvalidInput(f"Unknown traffic kind {flt.traffic!r}; choose one of {', '.join(TRAFFIC)}.")
     if len(flt.versions) > MAX_VERSIONS:
         raise InvalidInput(f"Choose at most {MAX_VERSIONS} model versions.")
-    return metrics_q.MetricsQuery(since=since, until=until, versions=tuple(str(v) for v in flt.versions),
+    return latency_report.MetricsQuery(since=since, until=until, versions=tuple(str(v) for v in flt.versions),
                                   statuses=tuple(flt.statuses), synthetic=TRAFFIC[flt.traffic], now=ctx.now())
 
 
@@ -189,16 +157,6 @@ def _frame(columns: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
-def _slo_views(session: Any) -> list[SloView]:
-    slos = metrics_q.list_slos(session)
-    names: dict[int, str] = {}
-    for slo in slos:
-        if slo.set_by_id is not None and slo.set_by_id not in names:
-            user = users_q.get_user(session, slo.set_by_id)
-            names[slo.set_by_id] = user.username if user is not None else f"user {slo.set_by_id}"
-    return [SloView(s.id, s.metric, s.stat, s.threshold, names.get(s.set_by_id) if s.set_by_id else None, s.set_at)
-            for s in slos]
-
 
 def _switches(session: Any, since: datetime, until: datetime) -> list[SwitchMarker]:
     markers = []
@@ -211,24 +169,24 @@ def _switches(session: Any, since: datetime, until: datetime) -> list[SwitchMark
     return sorted(markers, key=lambda m: m.at)
 
 
-def _overview(ctx: AppContext, flt: DashboardFilter) -> DashboardReport:
+def _overview(ctx: AppContext, flt: LatencyFilter) -> LatencyOverview:
     query = _query(ctx, flt)
     with ctx.db.session(readonly=True) as s:
-        slo_views = _slo_views(s)
-        targets = [metrics_q.SloTarget(v.metric, v.stat, v.threshold) for v in slo_views]
+        slo_views = slo_svc.slo_views(s)
+        targets = [latency_report.SloTarget(v.metric, v.stat, v.threshold) for v in slo_views]
         source_note = None
         if flt.user:
             user = users_q.get_user_by_username(s, flt.user.strip())
             if user is None:
                 raise NotFound(f"No user named {flt.user.strip()!r}.")
-            report = metrics_q.raw_report(s, query, user_id=user.id, slos=targets)
+            report = latency_q.raw_report(s, query, user_id=user.id, slos=targets)
             source_note = (f"Figures for {user.username} alone come from their requests themselves (the pre-computed "
                            f"buckets do not record who asked): {report.rows_read:,} requests read"
                            + (f", the newest {RAW_ROW_CAP:,} of more in this window" if report.capped else "")
                            + ". The console's own overhead is not recorded per user.")
         else:
-            report = metrics_q.bucket_report(s, query, targets)
-        versions = metrics_q.bucket_versions(s)
+            report = latency_q.bucket_report(s, query, targets)
+        versions = latency_q.bucket_versions(s)
         switches = _switches(s, query.start, query.end)
     totals = _frame(report.totals_columns)
     overhead = not totals.empty and sum(int(totals[f"{m}_n"].iloc[-1]) for m in OVERHEAD_METRICS) > 0
@@ -237,15 +195,15 @@ def _overview(ctx: AppContext, flt: DashboardFilter) -> DashboardReport:
         "good_low": g.good_low, "good_high": g.good_high, "share_low": g.share_low, "share_high": g.share_high,
         "exact": g.exact} for g in report.goodput])
     breaches = pd.DataFrame([{
-        "bucket_start": b.bucket_start, "model_version": b.model_version, "target": slo_label(b.metric, b.stat,
+        "bucket_start": b.bucket_start, "model_version": b.model_version, "target": slo_svc.slo_label(b.metric, b.stat,
                                                                                             b.threshold),
         "metric": b.metric, "stat": b.stat, "threshold": b.threshold, "measured": b.measured,
         "requests": b.requests} for b in report.breaches])
     compliance = pd.DataFrame([{
-        "model_version": c.model_version or ALL_VERSIONS, "target": slo_label(c.metric, c.stat, c.threshold),
+        "model_version": c.model_version or ALL_VERSIONS, "target": slo_svc.slo_label(c.metric, c.stat, c.threshold),
         "metric": c.metric, "stat": c.stat, "threshold": c.threshold, "measured": c.measured, "met": c.met}
         for c in report.compliance])
-    return DashboardReport(
+    return LatencyOverview(
         since=report.start, until=report.end, bucket_s=report.bucket_s, bucket_label=bucket_label(report.bucket_s),
         series=_frame(report.series_columns), totals=totals, goodput=goodput, breaches=breaches, compliance=compliance,
         switches=switches, slos=slo_views, versions=versions, overhead_recorded=overhead, source_note=source_note,
@@ -254,16 +212,16 @@ def _overview(ctx: AppContext, flt: DashboardFilter) -> DashboardReport:
 
 
 @requires("dashboard.view")
-def overview(ctx: AppContext, actor: Principal, flt: DashboardFilter | None = None) -> DashboardReport:
-    """Everything the Latency page shows for a range and filters (see :class:`DashboardReport`)."""
-    return _overview(ctx, flt or DashboardFilter())
+def overview(ctx: AppContext, actor: Principal, flt: LatencyFilter | None = None) -> LatencyOverview:
+    """Everything the Latency page shows for a range and filters (see :class:`LatencyOverview`)."""
+    return _overview(ctx, flt or LatencyFilter())
 
 
 @requires("dashboard.view")
 def known_versions(ctx: AppContext, actor: Principal) -> list[str]:
     """Every model version that has had traffic (for the version filter)."""
     with ctx.db.session(readonly=True) as s:
-        return metrics_q.bucket_versions(s)
+        return latency_q.bucket_versions(s)
 
 
 # ---- a short summary, for callers outside the page (and older ones) --------------------------------------------
@@ -271,7 +229,7 @@ def known_versions(ctx: AppContext, actor: Principal) -> list[str]:
 
 @dataclass(frozen=True)
 class LatencyReport:
-    series: pd.DataFrame  # per bucket and version (see DashboardReport.series)
+    series: pd.DataFrame  # per bucket and version (see LatencyOverview.series)
     summary: pd.DataFrame  # one row per model version: requests, p50/p95 of each latency (ms), output tokens
     versions: list[str]
     throughput: pd.DataFrame  # per bucket and version: requests and output tokens per second
@@ -288,7 +246,7 @@ def latency(ctx: AppContext, actor: Principal, window: str = "last 24 hours",
     """Requests and latency percentiles per version over a named window (a key of :data:`RANGES`)."""
     if window not in RANGES:
         raise InvalidInput(f"Unknown time window {window!r}; choose one of {', '.join(RANGES)}.")
-    report = _overview(ctx, DashboardFilter(range=window, versions=(model_version,) if model_version else ()))
+    report = _overview(ctx, LatencyFilter(range=window, versions=(model_version,) if model_version else ()))
     rows = []
     totals = report.totals[report.totals["model_version"] != ALL_VERSIONS] if not report.totals.empty else []
     for row in (totals.to_dict("records") if isinstance(totals, pd.DataFrame) else []):
@@ -309,64 +267,14 @@ def latency(ctx: AppContext, actor: Principal, window: str = "last 24 hours",
     return LatencyReport(report.series, pd.DataFrame(rows, columns=summary_columns), report.versions, throughput)
 
 
-# ---- service-level objectives ---------------------------------------------------------------------------------
-
-
-@requires("dashboard.view")
-def list_slos(ctx: AppContext, actor: Principal) -> list[SloView]:
-    """Every target, by metric and statistic."""
-    with ctx.db.session(readonly=True) as s:
-        return _slo_views(s)
-
-
-@requires("slo.manage")
-def set_slo(ctx: AppContext, actor: Principal, metric: str, stat: str, threshold: float) -> SloView:
-    """Set (or replace) the target for ``metric``/``stat``: milliseconds for a percentile, a fraction (0.01 = 1 %)
-    for a rate. Audited as ``slo.set`` with the threshold it replaced."""
-    if metric not in SLO_METRICS:
-        raise InvalidInput(f"Targets can be set on {', '.join(METRIC_LABELS[m] for m in SLO_METRICS)}, "
-                           f"not {metric!r}.")
-    if stat not in SLO_METRICS[metric]:
-        raise InvalidInput(f"A target on {METRIC_LABELS[metric]} is one of: {', '.join(SLO_METRICS[metric])}.")
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise InvalidInput("The threshold must be a number.") from None
-    if not math.isfinite(value) or value <= 0 and stat != "rate" or value < 0:
-        raise InvalidInput("A latency threshold is a number of milliseconds greater than 0."
-                           if stat != "rate" else "A rate threshold is between 0 % and 100 %.")
-    if stat == "rate" and value > 1:
-        raise InvalidInput("A rate threshold is between 0 % and 100 %.")
-    if stat != "rate" and value > 3_600_000:
-        raise InvalidInput("A latency threshold is at most one hour (3,600,000 ms).")
+@requires("latency.rebuild")
+def rebuild_buckets(ctx: AppContext, actor: Principal) -> int:
+    """``llm-console metrics rebuild``: rebuild the latency buckets from the exchanges; audited. Returns the number
+    of exchanges counted."""
     with ctx.db.session() as s:
-        slo, previous = metrics_q.set_slo(s, metric=metric, stat=stat, threshold=value, set_by_id=actor.user_id,
-                                          now=ctx.now())
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="slo.set", object_type="slo",
-                             object_id=f"{metric}/{stat}",
-                             details={"metric": metric, "stat": stat, "threshold": value, "previous": previous})
-        return SloView(slo.id, slo.metric, slo.stat, slo.threshold, actor.username, slo.set_at)
-
-
-@requires("slo.manage")
-def delete_slo(ctx: AppContext, actor: Principal, slo_id: int) -> str:
-    """Remove a target; audited as ``slo.delete``. Returns what it was (e.g. "p95 time to first token <= 500 ms")."""
-    with ctx.db.session() as s:
-        slo = metrics_q.delete_slo(s, int(slo_id))
-        if slo is None:
-            raise NotFound(f"No target with id {slo_id}.")
-        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="slo.delete",
-                             object_type="slo", object_id=f"{slo.metric}/{slo.stat}",
-                             details={"metric": slo.metric, "stat": slo.stat, "threshold": slo.threshold})
-        return slo_label(slo.metric, slo.stat, slo.threshold)
-
-
-def rebuild_buckets_cli(ctx: AppContext) -> int:
-    """``llm-console metrics rebuild``: rebuild the latency buckets from the exchanges; audited. Not a user action
-    (whoever runs the command can write the database). Returns the number of exchanges counted."""
-    with ctx.db.session() as s:
-        counted = metrics_q.rebuild_buckets(s)
-        audit_q.append_event(s, actor="cli", action="metrics.rebuild", object_type="latency_buckets",
+        counted = latency_q.rebuild_buckets(s)
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="metrics.rebuild",
+                             object_type="latency_buckets",
                              details={"exchanges": counted})
     return counted
 

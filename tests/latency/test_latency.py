@@ -13,22 +13,23 @@ from streamlit.testing.v1 import AppTest
 
 from console import app_pages
 from console.cli import main as cli_main
-from console.services import dashboard
+from console.services import latency, slo
 from console.services.errors import AccessDenied, InvalidInput, NotFound
 from console.ui import UiSession
 from db import audit as audit_q
 from db import chat as chat_q
-from db import metrics as metrics_q
+from db import latency as latency_q
+from db import latency_report
 from db.types import utcnow
 from tests.conftest import console_env
 
-ERR = metrics_q.MAX_RELATIVE_ERROR
+ERR = latency_report.MAX_RELATIVE_ERROR
 
 
 def _record(ctx, when, version="v1", *, status="ok", synthetic=False, prompt_action=None, output_action=None,
             overhead=None, **timings):
     with ctx.db.session() as s:
-        metrics_q.record_exchange(s, minute=when, model_version=version, synthetic=synthetic, status=status,
+        latency_q.record_exchange(s, minute=when, model_version=version, synthetic=synthetic, status=status,
                                   prompt_action=prompt_action, output_action=output_action, timings=timings,
                                   overhead=overhead or {})
 
@@ -56,11 +57,11 @@ def _by_version(frame):
 
 
 def test_the_report_gives_per_version_figures_worked_out_by_hand(ctx, operator):
-    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour"))
+    report = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour"))
     assert report.bucket_s == 60 and report.bucket_label == "1-minute"
     totals = _by_version(report.totals)
     assert totals["v1"]["requests"] == 4 and totals["v2"]["requests"] == 2
-    assert totals[dashboard.ALL_VERSIONS]["requests"] == 6  # neither the synthetic nor the old one
+    assert totals[latency.ALL_VERSIONS]["requests"] == 6  # neither the synthetic nor the old one
     assert totals["v1"]["ttft_ms_p50"] == pytest.approx(20, rel=ERR)  # nearest rank of 10, 20, 30, 40
     assert totals["v1"]["e2e_ms_p95"] == pytest.approx(400, rel=ERR)
     assert totals["v1"]["ttft_ms_mean"] == 25.0
@@ -76,34 +77,34 @@ def test_the_report_gives_per_version_figures_worked_out_by_hand(ctx, operator):
 
 
 def test_filters_by_version_status_and_synthetic_traffic(ctx, operator):
-    only_v2 = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour", versions=("v2",)))
-    assert list(only_v2.totals["model_version"]) == ["v2", dashboard.ALL_VERSIONS]
-    errors = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour", statuses=("error",)))
-    assert _by_version(errors.totals)[dashboard.ALL_VERSIONS]["requests"] == 1
-    synthetic = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour",
+    only_v2 = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour", versions=("v2",)))
+    assert list(only_v2.totals["model_version"]) == ["v2", latency.ALL_VERSIONS]
+    errors = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour", statuses=("error",)))
+    assert _by_version(errors.totals)[latency.ALL_VERSIONS]["requests"] == 1
+    synthetic = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour",
                                                                           traffic="synthetic (load tests)"))
     assert _by_version(synthetic.totals)["v2"]["ttft_ms_p50"] == pytest.approx(5000, rel=ERR)
-    both = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last 7 days", traffic="both"))
-    assert _by_version(both.totals)[dashboard.ALL_VERSIONS]["requests"] == 8
+    both = latency.overview(ctx, operator, latency.LatencyFilter(range="last 7 days", traffic="both"))
+    assert _by_version(both.totals)[latency.ALL_VERSIONS]["requests"] == 8
     assert both.bucket_s == 3600
 
 
 def test_an_empty_window_and_bad_filters(ctx, operator, clock):
-    empty = dashboard.overview(ctx, operator, dashboard.DashboardFilter(
+    empty = latency.overview(ctx, operator, latency.LatencyFilter(
         range="custom", since=clock.now - timedelta(days=20), until=clock.now - timedelta(days=10)))
     assert empty.empty and empty.totals.empty and empty.breaches.empty
     for flt, message in [
-        (dashboard.DashboardFilter(range="since forever"), "Unknown time window"),
-        (dashboard.DashboardFilter(range="custom"), "needs a start and an end"),
-        (dashboard.DashboardFilter(range="custom", since=clock.now, until=clock.now - timedelta(hours=1)), "after"),
-        (dashboard.DashboardFilter(range="custom", since=clock.now - timedelta(days=500), until=clock.now), "at most"),
-        (dashboard.DashboardFilter(statuses=("pending",)), "Unknown status"),
-        (dashboard.DashboardFilter(traffic="robots"), "Unknown traffic"),
+        (latency.LatencyFilter(range="since forever"), "Unknown time window"),
+        (latency.LatencyFilter(range="custom"), "needs a start and an end"),
+        (latency.LatencyFilter(range="custom", since=clock.now, until=clock.now - timedelta(hours=1)), "after"),
+        (latency.LatencyFilter(range="custom", since=clock.now - timedelta(days=500), until=clock.now), "at most"),
+        (latency.LatencyFilter(statuses=("pending",)), "Unknown status"),
+        (latency.LatencyFilter(traffic="robots"), "Unknown traffic"),
     ]:
         with pytest.raises(InvalidInput, match=message):
-            dashboard.overview(ctx, operator, flt)
+            latency.overview(ctx, operator, flt)
     with pytest.raises(NotFound, match="No user named"):
-        dashboard.overview(ctx, operator, dashboard.DashboardFilter(user="nobody"))
+        latency.overview(ctx, operator, latency.LatencyFilter(user="nobody"))
 
 
 def test_one_users_figures_come_from_their_exchanges(ctx, make_user, clock):
@@ -116,8 +117,8 @@ def test_one_users_figures_come_from_their_exchanges(ctx, make_user, clock):
                     conversation_id=conv.id, user_id=who.user_id, actor=who.username, model_version="v1",
                     prompt="p", created_at=clock.now - timedelta(minutes=10),
                     timings=chat_q.ExchangeTimings(ttft_ms=ttft, output_tokens=4)))
-    report = dashboard.overview(ctx, alice, dashboard.DashboardFilter(range="last hour", user="alice"))
-    total = _by_version(report.totals)[dashboard.ALL_VERSIONS]
+    report = latency.overview(ctx, alice, latency.LatencyFilter(range="last hour", user="alice"))
+    total = _by_version(report.totals)[latency.ALL_VERSIONS]
     assert total["requests"] == 3 and total["ttft_ms_p50"] == pytest.approx(200, rel=ERR)
     assert report.rows_read == 3 and "alice" in report.source_note and "3 requests read" in report.source_note
     assert not report.overhead_recorded
@@ -125,18 +126,18 @@ def test_one_users_figures_come_from_their_exchanges(ctx, make_user, clock):
 
 def test_admins_set_and_remove_targets_and_every_change_is_audited(ctx, operator, make_user):
     admin = make_user("ada", "admin")
-    first = dashboard.set_slo(ctx, admin, "ttft_ms", "p95", 30.0)
+    first = slo.set_slo(ctx, admin, "ttft_ms", "p95", 30.0)
     assert first.label == "p95 time to first token <= 30 ms" and first.set_by == "ada"
-    dashboard.set_slo(ctx, admin, "ttft_ms", "p95", 35.0)
-    rate = dashboard.set_slo(ctx, admin, "error_rate", "rate", 0.01)
+    slo.set_slo(ctx, admin, "ttft_ms", "p95", 35.0)
+    rate = slo.set_slo(ctx, admin, "error_rate", "rate", 0.01)
     assert rate.label == "error rate <= 1 %"
-    assert [s.threshold for s in dashboard.list_slos(ctx, operator)] == [0.01, 35.0]
+    assert [s.threshold for s in slo.list_slos(ctx, operator)] == [0.01, 35.0]
     with ctx.db.session(readonly=True) as s:
         events = list(audit_q.iter_events(s, action="slo.set"))
     assert [e.details["previous"] for e in events] == [None, 30.0, None]
     assert events[1].details["threshold"] == 35.0 and events[1].actor == "ada"
 
-    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last hour"))
+    report = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour"))
     breaches = {(b["model_version"], b["metric"]) for b in report.breaches.to_dict("records")}
     assert breaches == {("v1", "ttft_ms"), ("v2", "ttft_ms"), ("v2", "error_rate")}
     goodput = _by_version(report.goodput)
@@ -147,13 +148,13 @@ def test_admins_set_and_remove_targets_and_every_change_is_audited(ctx, operator
     compliance = {(c["model_version"], c["metric"]): c["met"] for c in report.compliance.to_dict("records")}
     assert compliance[("v1", "error_rate")] is True and compliance[("v2", "error_rate")] is False
 
-    dashboard.delete_slo(ctx, admin, rate.id)
-    assert [s.metric for s in dashboard.list_slos(ctx, operator)] == ["ttft_ms"]
+    slo.delete_slo(ctx, admin, rate.id)
+    assert [s.metric for s in slo.list_slos(ctx, operator)] == ["ttft_ms"]
     with ctx.db.session(readonly=True) as s:
         (deleted,) = list(audit_q.iter_events(s, action="slo.delete"))
     assert deleted.details == {"metric": "error_rate", "stat": "rate", "threshold": 0.01}
     with pytest.raises(NotFound):
-        dashboard.delete_slo(ctx, admin, rate.id)
+        slo.delete_slo(ctx, admin, rate.id)
 
 
 @pytest.mark.parametrize("metric,stat,threshold,message", [
@@ -165,18 +166,18 @@ def test_admins_set_and_remove_targets_and_every_change_is_audited(ctx, operator
 def test_bad_targets_are_refused(ctx, make_user, metric, stat, threshold, message):
     admin = make_user("ada", "admin")
     with pytest.raises(InvalidInput, match=message):
-        dashboard.set_slo(ctx, admin, metric, stat, threshold)
-    assert dashboard.list_slos(ctx, admin) == []
+        slo.set_slo(ctx, admin, metric, stat, threshold)
+    assert slo.list_slos(ctx, admin) == []
 
 
 def test_only_admins_set_targets_and_operators_analysts_and_admins_may_look(ctx, make_user):
     for role in ("operator", "analyst", "admin"):
         user = make_user(f"u-{role}", role)
-        assert dashboard.overview(ctx, user).empty
+        assert latency.overview(ctx, user).empty
     with pytest.raises(AccessDenied):
-        dashboard.overview(ctx, make_user("rita", "reviewer"))
+        latency.overview(ctx, make_user("rita", "reviewer"))
     with pytest.raises(AccessDenied):
-        dashboard.set_slo(ctx, make_user("otto", "operator"), "ttft_ms", "p95", 500.0)
+        slo.set_slo(ctx, make_user("otto", "operator"), "ttft_ms", "p95", 500.0)
     with ctx.db.session(readonly=True) as s:
         denied = [e.details["action"] for e in audit_q.iter_events(s, action="access.denied")]
     assert denied == ["dashboard.view", "slo.manage"]
@@ -188,28 +189,29 @@ def test_switches_in_the_window_are_markers(ctx, operator):
                              details={"from": "v1", "to": "v2", "seconds": 3.5})
         audit_q.append_event(s, actor="system", action="model.switch_failed", object_type="model_version",
                              object_id="v3", details={"from": "v2", "to": "v3", "seconds": 1.0, "error": "x"})
-    flt = dashboard.DashboardFilter(range="custom", since=utcnow() - timedelta(hours=1),
+    flt = latency.LatencyFilter(range="custom", since=utcnow() - timedelta(hours=1),
                                     until=utcnow() + timedelta(minutes=5))
-    report = dashboard.overview(ctx, operator, flt)
+    report = latency.overview(ctx, operator, flt)
     assert [(m.ok, m.from_version, m.to_version, m.seconds) for m in report.switches] == [
         (True, "v1", "v2", 3.5), (False, "v2", "v3", 1.0)]
-    old = dashboard.overview(ctx, operator, dashboard.DashboardFilter(
+    old = latency.overview(ctx, operator, latency.LatencyFilter(
         range="custom", since=utcnow() - timedelta(days=9), until=utcnow() - timedelta(days=8)))
     assert old.switches == []
 
 
 def test_the_short_summary_keeps_its_shape_for_older_callers(ctx, operator):
-    report = dashboard.latency(ctx, operator, "last 24 hours")
+    report = latency.latency(ctx, operator, "last 24 hours")
     rows = {r["model version"]: r for r in report.summary.to_dict("records")}
     assert rows["v1"]["requests"] == 4 and rows["v1"]["output tokens"] == 240
     assert rows["v1"]["ttft_ms p50"] == pytest.approx(20, rel=ERR)
-    assert dashboard.latency(ctx, operator, "last 24 hours", "nope").exchanges.empty
+    assert latency.latency(ctx, operator, "last 24 hours", "nope").exchanges.empty
     with pytest.raises(InvalidInput, match="Unknown time window"):
-        dashboard.latency(ctx, operator, "since forever")
+        latency.latency(ctx, operator, "since forever")
 
 
 def test_rebuilding_the_buckets_from_the_command_line_is_audited(ctx, make_user, clock):
     alice = make_user("alice", "operator")
+    ada = make_user("ada", "admin")
     with ctx.db.session() as s:
         conv = chat_q.create_conversation(s, user_id=alice.user_id, actor="alice")
         for _ in range(3):
@@ -217,12 +219,12 @@ def test_rebuilding_the_buckets_from_the_command_line_is_audited(ctx, make_user,
                                                    model_version="v9", prompt="p",
                                                    created_at=clock.now - timedelta(minutes=2),
                                                    timings=chat_q.ExchangeTimings(ttft_ms=70.0)))
-    assert dashboard.rebuild_buckets_cli(ctx) == 3
-    report = dashboard.overview(ctx, alice, dashboard.DashboardFilter(range="last hour"))
+    assert latency.rebuild_buckets(ctx, ada) == 3
+    report = latency.overview(ctx, alice, latency.LatencyFilter(range="last hour"))
     assert _by_version(report.totals)["v9"]["requests"] == 3  # however many store_turn recorded before
     with ctx.db.session(readonly=True) as s:
         (event,) = list(audit_q.iter_events(s, action="metrics.rebuild"))
-    assert event.details == {"exchanges": 3}
+    assert event.details == {"exchanges": 3} and (event.actor, event.actor_id) == ("ada", ada.user_id)
 
 
 # --- the page ------------------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def page_env(ctx, tmp_path, monkeypatch):
 
 
 def _page(principal) -> AppTest:
-    at = AppTest.from_file(str(app_pages.PAGES_DIR / "dashboard.py"), default_timeout=60)
+    at = AppTest.from_file(str(app_pages.PAGES_DIR / "latency.py"), default_timeout=60)
     at.session_state["llm_console_session"] = UiSession(principal=principal)
     return at
 
@@ -287,8 +289,8 @@ def test_the_page_draws_every_chart_with_units(page_env, make_user):
 
 
 def test_low_traffic_reads_in_requests_per_minute_not_zero(ctx, operator):
-    report = dashboard.overview(ctx, operator, dashboard.DashboardFilter(range="last 24 hours"))
-    table = dashboard.summary_table(report.totals).set_index("model version")
+    report = latency.overview(ctx, operator, latency.LatencyFilter(range="last 24 hours"))
+    table = latency.summary_table(report.totals).set_index("model version")
     # v1: 4 requests in a day = 0.0028 per minute (0.000046 per second read "0.0" before).
     assert table.loc["v1", "requests/min (avg)"] == "0.0028"
     assert "requests/s (avg)" not in table.columns
@@ -301,7 +303,7 @@ def test_low_traffic_reads_in_requests_per_minute_not_zero(ctx, operator):
     (1234.4, "1,234"), (float("nan"), "–"), (None, "–"),
 ], ids=["zero", "tiny", "low", "fraction", "units", "tens", "thousands", "nan", "none"])
 def test_rates_keep_two_significant_digits(value, shown):
-    assert dashboard.format_rate(value) == shown
+    assert latency.format_rate(value) == shown
 
 
 def _health(ctx, now, **fields) -> None:

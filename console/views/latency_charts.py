@@ -1,0 +1,207 @@
+"""The Latency page's charts and tables for one report: engine latency percentiles, throughput, status rates, where
+a request's time goes, engine health and version switches (marked on every chart). Figures are built here; the page
+decides what to show."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from console import ui
+from console.services import health as health_svc
+from console.services import latency as latency_svc
+from console.services.access import Principal
+from console.services.context import AppContext
+from console.textsafe import defang_links
+
+PERCENTILE_DASH = {"p50": "solid", "p95": "dash", "p99": "dot"}
+# Equal percentiles (few requests) draw on top of each other: p99 goes first, widest, with an open square, then p95
+# (a diamond inside the square), then p50, so every line that exists stays visible; the hover lists all three.
+PERCENTILE_STYLE = {"p99": (3.5, "square-open", 11), "p95": (2.0, "diamond", 7), "p50": (1.5, "circle", 4)}
+LATENCY_TITLES = {
+    "ttft_ms": "Time to first token",
+    "itl_ms": "Inter-token latency",
+    "e2e_ms": "End-to-end latency",
+    "queue_ms": "Queue time (waiting for the engine)",
+}
+RATE_NAMES = {"error_rate": "errors", "abort_rate": "aborted", "flag_rate": "flagged (prompt or answer)",
+              "block_rate": "blocked"}
+TIME_AXIS = "time (UTC)"
+
+
+def _plain(text: object) -> str:
+    """Text from the database as Plotly shows it: links defanged, markup shown as text."""
+    return html.escape(defang_links(str(text)))
+
+
+
+def _markers(fig: go.Figure, report: latency_svc.LatencyOverview) -> None:
+    for switch in report.switches:
+        color = "#2e7d32" if switch.ok else "#c62828"
+        fig.add_vline(x=switch.at, line_width=1, line_dash="dashdot", line_color=color)
+        text = f"{'switch' if switch.ok else 'failed switch'} to {_plain(switch.to_version or '?')}"
+        fig.add_annotation(x=switch.at, y=1.0, yref="paper", text=text, showarrow=False, textangle=-90,
+                           xanchor="right", yanchor="top", font={"size": 10, "color": color})
+
+
+def _target_lines(fig: go.Figure, report: latency_svc.LatencyOverview, metric: str, scale: float = 1.0) -> None:
+    for slo in report.slos:
+        if slo.metric == metric:
+            fig.add_hline(y=slo.threshold * scale, line_dash="dot", line_color="#ef6c00",
+                          annotation_text=_plain(f"target: {slo.label}"), annotation_position="top left")
+
+
+def _layout(fig: go.Figure, title: str, y_title: str, y_range: list[float] | None = None,
+            x_title: str = TIME_AXIS) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=360,
+                      legend_title_text="", margin={"t": 50, "b": 40})
+    # Nothing drawn here can be negative: an all-zero line would otherwise get an axis from -1 to 1.
+    fig.update_yaxes(rangemode="nonnegative")
+    if x_title == TIME_AXIS:  # a point is its bucket: the hover says so
+        fig.update_xaxes(hoverformat="bucket from %Y-%m-%d %H:%M UTC")
+    if y_range is not None:
+        fig.update_yaxes(range=y_range)
+    return fig
+
+
+def _latency_figure(report: latency_svc.LatencyOverview, frame: pd.DataFrame, metric: str,
+                    y_range: list[float] | None) -> go.Figure:
+    fig = go.Figure()
+    for version, rows in frame.groupby("model_version", sort=True):
+        for stat, (width, symbol, size) in PERCENTILE_STYLE.items():
+            fig.add_trace(go.Scatter(x=rows["bucket_start"], y=rows[f"{metric}_{stat}"], mode="lines+markers",
+                                     line={"dash": PERCENTILE_DASH[stat], "width": width},
+                                     marker={"symbol": symbol, "size": size},
+                                     legendrank=list(PERCENTILE_DASH).index(stat),  # the legend reads p50, p95, p99
+                                     name=f"{_plain(version)} {stat}", legendgroup=_plain(version)))
+    _target_lines(fig, report, metric)
+    _markers(fig, report)
+    fig.update_layout(hovermode="x unified")
+    return _layout(fig, f"{LATENCY_TITLES[metric]}: p50 (solid), p95 (dashed), p99 (dotted) per "
+                        f"{report.bucket_label} bucket", "milliseconds", y_range)
+
+
+def _per_version(report: latency_svc.LatencyOverview, chosen: tuple[str, ...],
+                 side_by_side: bool) -> list[pd.DataFrame]:
+    if side_by_side:  # the two chosen versions, left and right
+        return [report.series[report.series["model_version"] == v] for v in chosen]
+    return [report.series]
+
+
+def latency_charts(report: latency_svc.LatencyOverview, chosen: tuple[str, ...], side_by_side: bool) -> None:
+    """The engine's latency percentiles over time, per version (two side by side on one scale when chosen)."""
+    st.subheader("Engine latency")
+    for metric in latency_svc.LATENCY_METRICS:
+        frames = _per_version(report, chosen, side_by_side)
+        top = pd.concat([f[f"{metric}_p99"] for f in frames]).max()
+        y_range = [0.0, float(top) * 1.1] if side_by_side and pd.notna(top) else None
+        columns = st.columns(len(frames))
+        for column, frame in zip(columns, frames, strict=True):
+            if frame[f"{metric}_n"].sum() == 0:
+                column.caption(f"{LATENCY_TITLES[metric]}: no values in this window.")
+                continue
+            column.plotly_chart(_latency_figure(report, frame, metric, y_range), width="stretch")
+
+
+def throughput_charts(report: latency_svc.LatencyOverview) -> None:
+    st.subheader("Throughput")
+    st.caption(f"What the engine delivered: the requests, and the output tokens generated by all of them, "
+               f"in each {report.bucket_label} bucket divided by its length in minutes or seconds (an idle bucket is "
+               "near 0). "
+               "Not one answer's speed: the chat shows that under each answer, and the table above averages over "
+               "the whole window.")
+    t1, t2 = st.columns(2)
+    for column, field, title, unit in (
+        (t1, "requests_per_min", "Requests per minute", "requests/min"),
+        (t2, "output_tokens_per_s", "Output tokens per second", "output tokens/s"),
+    ):
+        fig = go.Figure()
+        for version, rows in report.series.groupby("model_version", sort=True):
+            fig.add_trace(go.Scatter(x=rows["bucket_start"], y=rows[field], mode="lines+markers", name=_plain(version),
+                                     marker={"size": 4}))
+        _markers(fig, report)
+        column.plotly_chart(_layout(fig, f"{title}, averaged per {report.bucket_label} bucket", unit),
+                            width="stretch")
+
+
+def rate_chart(report: latency_svc.LatencyOverview) -> None:
+    st.subheader("Errors, aborts, flags and blocks")
+    fig = go.Figure()
+    for version, rows in report.series.groupby("model_version", sort=True):
+        for field, name in RATE_NAMES.items():
+            split = {}
+            if field == "flag_rate":  # which side the policy flagged (an exchange flagged both ways is in both)
+                split = {"customdata": rows[["prompt_flag_rate", "output_flag_rate"]].to_numpy() * 100,
+                         "hovertemplate": "%{y:.2f} % (prompt %{customdata[0]:.2f} %, answer %{customdata[1]:.2f} %)"}
+            fig.add_trace(go.Scatter(x=rows["bucket_start"], y=rows[field] * 100, mode="lines+markers",
+                                     marker={"size": 4}, name=f"{_plain(version)}: {name}", **split))
+    for metric in RATE_NAMES:
+        _target_lines(fig, report, metric, scale=100.0)
+    _markers(fig, report)
+    st.plotly_chart(_layout(fig, f"Share of requests per {report.bucket_label} bucket: errors, aborted (stopped, cut "
+                                 "or interrupted), flagged (prompt or answer), blocked (prompt or answer)",
+                            "% of the bucket's requests"), width="stretch")
+
+
+def overhead(report: latency_svc.LatencyOverview, totals: pd.DataFrame) -> None:
+    st.subheader("Where a request's time goes: the engine and the console")
+    if not report.overhead_recorded:
+        st.info("The console's own overhead (safety scans before and after, storage) is not recorded for these "
+                "requests" + (" (one user's figures come from their requests, which do not keep it)."
+                              if report.source_note else "."))
+    st.caption("The prompt is scanned whole before the model sees it (added before the first token). The answer is "
+               "scanned while it streams, finished sentences in the background; only its last sentences are scanned "
+               "after the last token, and that is the time shown here.")
+    st.dataframe(latency_svc.overhead_table(totals), hide_index=True, width="stretch", key="overhead_table")
+    fig = go.Figure()
+    for _, total in totals.iterrows():
+        fig.add_trace(go.Bar(x=[part for _, part in latency_svc.OVERHEAD_PARTS], name=_plain(total["model_version"]),
+                             y=latency_svc.overhead_medians(total)))
+    fig.update_layout(barmode="group")
+    st.plotly_chart(_layout(fig, "Median (p50) of each part over the window; missing bars were not recorded",
+                            "milliseconds", x_title="part of the request"), width="stretch")
+
+
+def summary(report: latency_svc.LatencyOverview, totals: pd.DataFrame) -> None:
+    table = latency_svc.summary_table(totals)
+    st.dataframe(table, hide_index=True, width="stretch", key="summary_table")
+
+
+
+def engine_health(ctx: AppContext, principal: Principal, report: latency_svc.LatencyOverview) -> None:
+    """The engine's own load over the same window (sampled by each console process; not per version or user)."""
+    st.subheader("Engine health")
+    since = max(report.since, report.until - health_svc.MAX_RANGE)
+    history = ui.call(health_svc.health_history, ctx, principal, since, report.until)
+    if history is None:
+        return
+    if history.empty:
+        st.caption("No engine health samples in this window.")
+        return
+    if since > report.since:
+        st.caption(f"Engine health covers the last {health_svc.MAX_RANGE.days} days of the window.")
+    columns = st.columns(2)
+    for i, chart in enumerate(history.charts):
+        fig = px.line(**chart.line_args())
+        # Counts, shares and rates: never below 0 (an idle engine's zeros would get an axis from -1 to 1).
+        fig.update_yaxes(rangemode="nonnegative")
+        fig.update_xaxes(title_text=TIME_AXIS)
+        _markers(fig, report)
+        columns[i % 2].plotly_chart(fig, width="stretch")
+    if not history.errors.empty:
+        st.markdown("**Recent engine errors**")
+        st.dataframe(history.errors, hide_index=True, width="stretch", key="engine_errors_table")
+
+
+def switch_table(report: latency_svc.LatencyOverview) -> None:
+    if report.switches:
+        st.markdown("**Version switches in this window** (vertical lines on the charts)")
+        st.dataframe(pd.DataFrame([{"at (UTC)": s.at, "from": s.from_version or "", "to": s.to_version or "",
+                                    "switched": "yes" if s.ok else "failed",
+                                    "took (s)": s.seconds} for s in report.switches]),
+                     hide_index=True, width="stretch", key="switch_table")
+

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from console.services import exports as exports_svc
+from console.services import export_files as export_files_svc
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, NotFound
@@ -266,7 +266,7 @@ def apply_retention(ctx: AppContext, *, now: datetime | None = None, dry_run: bo
     for kind, work in (("text", texts), ("raw", raws), ("conversations", conversations)):
         while batch(kind, work):  # each batch erases what it selected, so the next one selects what is left
             pass
-    exports_svc.delete_expired_exports(ctx, now=now)  # export files past their hours (or raw retention)
+    export_files_svc.delete_expired_exports(ctx, now=now)  # export files past their hours (or raw retention)
     log_truncated = _truncate_log(ctx) if batches else None
     result = RetentionResult(raw_cutoff, text_cutoff, exchanges=totals["exchanges"], raw_texts=totals["raw_texts"],
                              conversations=totals["conversations"], review_notes=totals["review_notes"],
@@ -590,7 +590,7 @@ def decide_erasure(ctx: AppContext, actor: Principal, request_id: int, approve: 
         view = _request_view(s, request)
     logger.warning("erased the content of user id %s (request %s) approved by %s: %s", user.id, request_id,
                    actor.username, view.summary)
-    exports_svc.delete_exports_for_erasure(ctx, user.id, actor.username, actor.user_id)  # files may hold them
+    export_files_svc.delete_exports_for_erasure(ctx, user.id, actor.username, actor.user_id)  # files may hold them
     _truncate_log(ctx)
     return view
 

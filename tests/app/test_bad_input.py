@@ -34,11 +34,12 @@ from markdown_it import MarkdownIt
 from sqlalchemy import func, select
 
 from console.services import audit as audit_svc
+from console.services import audit_search as search_svc
 from console.services import auth, moderation, review
 from console.services import chat as chat_svc
-from console.services import dashboard as dashboard_svc
 from console.services import evaluation as evaluation_svc
 from console.services import exports as exports_svc
+from console.services import latency as latency_svc
 from console.services import models as models_svc
 from console.services import policy as policy_svc
 from console.services import promotion as promotion_svc
@@ -557,23 +558,23 @@ def _total_events(w: World) -> int:
 
 
 def _box_audit_actor(w: World, s: str) -> None:
-    rows = audit_svc.search(w.ctx, w.people["ana"], audit_svc.AuditFilter(actor=s)).rows
+    rows = search_svc.search(w.ctx, w.people["ana"], search_svc.AuditFilter(actor=s)).rows
     assert all(r["actor"] == s.strip() for r in rows) and len(rows) < _total_events(w)
 
 
 def _box_audit_action(w: World, s: str) -> None:
-    rows = audit_svc.search(w.ctx, w.people["ana"], audit_svc.AuditFilter(action_prefix=s)).rows
+    rows = search_svc.search(w.ctx, w.people["ana"], search_svc.AuditFilter(action_prefix=s)).rows
     assert all(r["action"].startswith(s) for r in rows) and len(rows) < _total_events(w)
 
 
-def _export_events_csv(ctx: AppContext, who: Principal, flt: audit_svc.AuditFilter) -> bytes:
+def _export_events_csv(ctx: AppContext, who: Principal, flt: search_svc.AuditFilter) -> bytes:
     """The audit events matching ``flt`` as the Audit page exports them (CSV)."""
-    spec = audit_svc.export_spec(flt, "events", "csv")
+    spec = search_svc.export_spec(flt, "events", "csv")
     return exports_svc.run_export(ctx, who, spec, exports_svc.default_export_path(ctx, spec)).path.read_bytes()
 
 
 def _box_audit_export(w: World, s: str) -> None:
-    data = _export_events_csv(w.ctx, w.people["ana"], audit_svc.AuditFilter(actor=s, action_prefix=s))
+    data = _export_events_csv(w.ctx, w.people["ana"], search_svc.AuditFilter(actor=s, action_prefix=s))
     rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert rows[0][:5] == ["seq", "ts", "actor", "actor_id", "action"] and len(rows) - 1 < _total_events(w)
 
@@ -678,11 +679,11 @@ def _box_suite_name(w: World, s: str) -> None:
 
 def _box_dashboard_window(w: World, s: str) -> None:
     with refused(w, "Unknown time window", InvalidInput):
-        dashboard_svc.latency(w.ctx, w.people["olga"], window=s)
+        latency_svc.latency(w.ctx, w.people["olga"], window=s)
 
 
 def _box_dashboard_version(w: World, s: str) -> None:
-    report = dashboard_svc.latency(w.ctx, w.people["olga"], model_version=s)
+    report = latency_svc.latency(w.ctx, w.people["olga"], model_version=s)
     assert report.exchanges.empty
 
 
@@ -755,7 +756,7 @@ def test_sql_metacharacters_are_plain_text_in_every_filter_and_search_box(world,
 def test_the_tables_survive_the_sql_boxes_and_searches_still_find_real_rows(world):
     with world.db.session(readonly=True) as s:
         assert {u.username for u in users_q.list_users(s)} >= set(world.people)
-    rows = audit_svc.search(world.ctx, world.people["ana"], audit_svc.AuditFilter(actor="ada")).rows
+    rows = search_svc.search(world.ctx, world.people["ana"], search_svc.AuditFilter(actor="ada")).rows
     assert rows and all(r["actor"] == "ada" for r in rows)
     page = review.list_queue(world.ctx, world.people["rita"], review.QueueFilter(detector="presidio"))
     assert world.open_item in [r.item_id for r in page.rows]
@@ -783,7 +784,7 @@ def test_formula_prefixes_in_any_exported_audit_cell_are_neutralised(world, name
     with world.db.session() as s:  # whatever reached the log: a name, an id, a reason
         audit_q.append_event(s, actor=payload, action=action, object_type=payload, object_id=payload,
                              details={"reason": payload})
-    data = _export_events_csv(world.ctx, world.people["ana"], audit_svc.AuditFilter(action_prefix=action))
+    data = _export_events_csv(world.ctx, world.people["ana"], search_svc.AuditFilter(action_prefix=action))
     header, *rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert len(rows) == 1
     row = dict(zip(header, rows[0], strict=True))
@@ -796,7 +797,7 @@ def test_a_formula_typed_as_a_username_on_the_sign_in_form_is_neutralised_in_the
     name = f"{prefix}hyperlink(\"https://evil.example\")"
     with pytest.raises(LoginFailed):
         auth.login(world.ctx, name, "wrong password here")
-    data = _export_events_csv(world.ctx, world.people["ana"], audit_svc.AuditFilter(action="auth.login_failed",
+    data = _export_events_csv(world.ctx, world.people["ana"], search_svc.AuditFilter(action="auth.login_failed",
                                                                                      text=name))
     header, *rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
     assert rows, "the failed sign-in is in the log"

@@ -166,7 +166,7 @@ def _export_child(db_path: str, fmt: str, out: str) -> None:
     import os
 
     from console.services.context import AppContext
-    from console.services.exports import ExportSpec, run_export_cli
+    from console.services.exports import ExportSpec, check_out_path, validated_spec, write_export
     from console.settings import Settings
 
     root = Path(db_path).parent
@@ -176,7 +176,8 @@ def _export_child(db_path: str, fmt: str, out: str) -> None:
                                   "LLM_CONSOLE_AUDIT_CHECKPOINT_FILE": str(root / "checkpoints.jsonl")})
     db = Database(DbConfig(settings.database_url))
     started = time.perf_counter()
-    result = run_export_cli(AppContext(settings, db), ExportSpec(what="events", format=fmt), Path(out))
+    spec = validated_spec(ExportSpec(what="events", format=fmt))
+    result = write_export(AppContext(settings, db), "bench", None, spec, check_out_path(Path(out)))
     print(json.dumps({"seconds": time.perf_counter() - started, "rows": result.rows}))
 
 

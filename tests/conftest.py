@@ -14,6 +14,42 @@ from db import Database, DbConfig
 from engine.host import EngineHost
 from engine.types import HostConfig, ModelSpec
 
+# --- test tiers ---------------------------------------------------------------------------------------------
+# `pytest --fast` (scripts/test.sh --fast) is the developers' tier: no browser, no PostgreSQL, no real engine start,
+# nothing marked slow. Marks come from the fixtures a test uses, so a new test that takes `engine_host` is left out
+# of the fast tier without anyone marking it; a test that starts an engine by other means (a child process, the
+# CLI, EngineHost.start in its body) carries `@pytest.mark.engine` itself. The full run (`.ci/run`) runs them all.
+
+FULL_TIER_MARKS = ("e2e", "engine", "postgres", "slow")
+MARKS_BY_FIXTURE = {
+    "engine_host": "engine",  # a real in-process vLLM engine (module-scoped)
+    "pg_db": "postgres",
+    "browser": "e2e",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true", default=False,
+                     help=f"run the fast tier only: leave out the tests marked {', '.join(FULL_TIER_MARKS)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in MARKS_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+        if "e2e" in item.path.parts:
+            item.add_marker("e2e")
+    if not config.getoption("--fast"):
+        return
+    kept, left_out = [], []
+    for item in items:
+        (left_out if any(item.get_closest_marker(m) for m in FULL_TIER_MARKS) else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
+
+
 # --- engine -------------------------------------------------------------------------------------------------
 
 
@@ -111,15 +147,19 @@ def ctx(tmp_path: Path, clock: FakeClock, migrated_db_file: Path):
 
 @pytest.fixture
 def make_user(ctx):
-    """Create a user with roles (through the CLI path) and return their principal."""
-    from console.services import users as users_svc
+    """Create a user with roles (as the system, like the first admin: no other account is needed) and return their
+    principal."""
     from console.services.access import Principal
+    from console.services.auth import canonical_email, hash_password
+    from db import users as users_q
 
     def make(
         username: str, *roles: str, password: str = STRONG_PASSWORD, email: str | None = None
     ) -> Principal:
-        view = users_svc.create_user_cli(ctx, username, password, roles, email=email)
-        return Principal(view.id, view.username, frozenset(view.roles))
+        with ctx.db.session() as s:
+            user = users_q.create_user(s, username, hash_password(password), roles,
+                                       email=canonical_email(email) or None, actor="system")
+            return Principal(user.id, user.username, frozenset(user.roles))
 
     return make
 

@@ -38,11 +38,18 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from console.services import export_files as export_files_svc
-from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services.access import (
+    DutyRule,
+    Principal,
+    ensure_separation,
+    register_duty_rule,
+    requires,
+    same_person,
+)
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, NotFound
 from console.services.periodic import PeriodicTask
-from console.services.text import clean_text
+from console.services.text import optional_text, required_text
 from db import audit as audit_q
 from db import erasure as erasure_q
 from db import exports as exports_q
@@ -64,7 +71,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SYSTEM_ACTOR = "system"
-CLI_ACTOR = "cli"
 RETENTION_ACTION = "retention.apply"
 BATCH_SIZE = 500
 MIN_REASON_CHARS = 10
@@ -208,11 +214,12 @@ def _strip_conversations(session: Session, where: sa.ColumnElement[bool]) -> int
 
 
 def apply_retention(ctx: AppContext, *, now: datetime | None = None, dry_run: bool = False,
-                    batch_size: int = BATCH_SIZE) -> RetentionResult:
+                    batch_size: int = BATCH_SIZE, by: Principal | None = None) -> RetentionResult:
     """Erase the text that is past retention (a system job; see the module's docstring). Idempotent.
 
     Each batch of at most ``batch_size`` rows is its own transaction with one ``retention.apply`` event holding
-    its counts and the cut-offs; a run with nothing to erase writes nothing. ``dry_run`` only counts.
+    its counts and the cut-offs; a run with nothing to erase writes nothing. ``dry_run`` only counts. The events'
+    actor is the system, or ``by`` when someone asked for the run (:func:`run_retention`).
     """
     raw_cutoff, text_cutoff = cutoffs(ctx, now)
     if dry_run:
@@ -242,7 +249,9 @@ def apply_retention(ctx: AppContext, *, now: datetime | None = None, dry_run: bo
             counts = work(s)
             if not any(counts.values()):
                 return 0
-            audit_q.append_event(s, actor=SYSTEM_ACTOR, action=RETENTION_ACTION, object_type="retention",
+            audit_q.append_event(s, actor=SYSTEM_ACTOR if by is None else by.username,
+                                 actor_id=None if by is None else by.user_id, action=RETENTION_ACTION,
+                                 object_type="retention",
                                  details={"batch": kind, **counts, **cut})
         batches += 1
         for key, value in counts.items():
@@ -277,6 +286,13 @@ def apply_retention(ctx: AppContext, *, now: datetime | None = None, dry_run: bo
     return result
 
 
+@requires("retention.apply")
+def run_retention(ctx: AppContext, actor: Principal, *, dry_run: bool = False) -> RetentionResult:
+    """Apply retention now (``llm-console retention apply``) rather than at the periodic job's next run; the
+    events name ``actor``. ``dry_run`` only counts."""
+    return apply_retention(ctx, dry_run=dry_run, by=actor)
+
+
 class RetentionTask(PeriodicTask):
     """Applies retention every ``retention_check_seconds`` in a console process (several processes may: each batch
     re-selects what is left inside its own write transaction)."""
@@ -298,24 +314,15 @@ class RetentionTask(PeriodicTask):
 # unless a legal basis is typed (it is recorded in the request and in the audit events).
 
 
-def _clean_reason(reason: str | None, what: str = "reason for the erasure") -> str:
-    text = clean_text(reason if isinstance(reason, str) else "").strip()
-    if len(text) < MIN_REASON_CHARS:
-        raise InvalidInput(f"Give the {what} ({MIN_REASON_CHARS} characters at least, e.g. the request's "
-                           "reference).")
-    if len(text) > MAX_REASON_CHARS:
-        raise InvalidInput(f"Keep the {what} under {MAX_REASON_CHARS:,} characters.")
-    return text
+def check_reason(reason: object) -> str:
+    """The reason for an erasure as it is stored (e.g. the request's reference); InvalidInput if it is blank,
+    shorter than MIN_REASON_CHARS or longer than MAX_REASON_CHARS."""
+    return required_text(reason, "the reason for the erasure", MAX_REASON_CHARS, min_len=MIN_REASON_CHARS)
 
 
-def check_reason(reason: str | None) -> str:
-    return _clean_reason(reason)
-
-
-def _clean_legal_basis(legal_basis: str | None) -> str | None:
-    if legal_basis is None or not clean_text(legal_basis if isinstance(legal_basis, str) else "").strip():
-        return None
-    return _clean_reason(legal_basis, "legal basis for erasing logs younger than six months")
+def _clean_legal_basis(legal_basis: object) -> str | None:
+    return optional_text(legal_basis, "the legal basis for erasing logs younger than six months", MAX_REASON_CHARS,
+                         min_len=MIN_REASON_CHARS)
 
 
 def _target(session: Session, user_id: int) -> Any:
@@ -326,16 +333,6 @@ def _target(session: Session, user_id: int) -> Any:
     if user is None:
         raise NotFound(f"No user with id {user_id}.")
     return user
-
-
-def _user_id_of(ctx: AppContext, username: str) -> int:
-    """The id of the account named ``username`` (the shell names people; requests hold ids)."""
-    name = (username or "").strip().lower()
-    with ctx.db.session(readonly=True) as s:
-        user = users_q.get_user_by_username(s, name[:200]) if name else None
-        if user is None:
-            raise NotFound(f"No user named {clean_text(name)[:64]!r}.")
-        return int(user.id)
 
 
 def _personal_events(session: Session, user_id: int, username: str, floor: datetime | None) -> list[AuditEvent]:
@@ -483,26 +480,6 @@ def _request_id(value: object) -> int:
     return value
 
 
-def _request(ctx: AppContext, actor_name: str, actor_id: int | None, user_id: int, reason: str,
-             legal_basis: str | None) -> ErasureRequestView:
-    text = check_reason(reason)
-    basis = _clean_legal_basis(legal_basis)
-    with ctx.db.session() as s:
-        user = _target(s, user_id)
-        if actor_id is not None and user.id == actor_id:
-            raise InvalidInput("You cannot ask for the erasure of your own content; ask another admin.")
-        if erasure_q.pending_request_for(s, user.id) is not None:
-            raise InvalidInput(f"An erasure request for {user.username} is already waiting for approval.")
-        request = erasure_q.create_erasure_request(s, user_id=user.id, reason=text, legal_basis=basis,
-                                                   requested_by_id=actor_id, created_at=ctx.now())
-        # No username and no reason here: both may identify the person. The legal basis is the record.
-        audit_q.append_event(s, actor=actor_name, actor_id=actor_id, action=REQUEST_ACTION,
-                             object_type="erasure_request", object_id=request.id,
-                             details={"user": user.id, "legal_basis": basis,
-                                      "floor_days": None if basis else LOG_FLOOR_DAYS})
-        return _request_view(s, request)
-
-
 @requires("users.erase")
 def request_erasure(ctx: AppContext, actor: Principal, user_id: int, reason: str,
                     legal_basis: str | None = None) -> ErasureRequestView:
@@ -510,16 +487,25 @@ def request_erasure(ctx: AppContext, actor: Principal, user_id: int, reason: str
 
     ``reason`` (10 to 2,000 characters) is shown to the approver and blanked once the request is decided. Without a
     ``legal_basis``, logs younger than six months (``LOG_FLOOR_DAYS``) stay; with one, it is recorded in the
-    request and the audit events. Audited as ``privacy.erase_requested``. Nobody asks for their own erasure here.
+    request and the audit events. Audited as ``privacy.erase_requested``. Nobody asks for their own erasure here
+    (``shell:alice`` not for ``alice``'s either).
     """
-    return _request(ctx, actor.username, actor.user_id, user_id, reason, legal_basis)
-
-
-def request_erasure_cli(ctx: AppContext, username: str, reason: str,
-                        legal_basis: str | None = None) -> ErasureRequestView:
-    """The same from the shell (actor ``cli``): the account is named, the request holds its id; an admin approves
-    it on the Users page."""
-    return _request(ctx, CLI_ACTOR, None, _user_id_of(ctx, username), reason, legal_basis)
+    text = check_reason(reason)
+    basis = _clean_legal_basis(legal_basis)
+    with ctx.db.session() as s:
+        user = _target(s, user_id)
+        if user.id == actor.user_id or same_person(user.username, actor.username):
+            raise InvalidInput("You cannot ask for the erasure of your own content; ask another admin.")
+        if erasure_q.pending_request_for(s, user.id) is not None:
+            raise InvalidInput(f"An erasure request for {user.username} is already waiting for approval.")
+        request = erasure_q.create_erasure_request(s, user_id=user.id, reason=text, legal_basis=basis,
+                                                   requested_by_id=actor.user_id, created_at=ctx.now())
+        # No username and no reason here: both may identify the person. The legal basis is the record.
+        audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=REQUEST_ACTION,
+                             object_type="erasure_request", object_id=request.id,
+                             details={"user": user.id, "legal_basis": basis,
+                                      "floor_days": None if basis else LOG_FLOOR_DAYS})
+        return _request_view(s, request)
 
 
 @requires("users.erase_approve")
@@ -617,21 +603,20 @@ def cancel_erasure(ctx: AppContext, actor: Principal, request_id: int) -> Erasur
 @requires("users.erase")
 def list_erasure_requests(ctx: AppContext, actor: Principal, status: str | None = None) -> list[ErasureRequestView]:
     """Erasure requests, newest first (``status``: pending, done, rejected or cancelled)."""
-    return list_erasure_requests_cli(ctx, status)
-
-
-def list_erasure_requests_cli(ctx: AppContext, status: str | None = None) -> list[ErasureRequestView]:
     if status is not None and status not in ERASURE_REQUEST_STATUSES:
         raise InvalidInput(f"Unknown request status {status!r}.")
     with ctx.db.session(readonly=True) as s:
         return [_request_view(s, r) for r in erasure_q.list_erasure_requests(s, status=status)]
 
 
-def preview_erasure_cli(ctx: AppContext, username: str, legal_basis: str | None = None) -> ErasureResult:
-    """What an erasure of ``username``'s content would erase now (and keep under the floor); changes nothing."""
-    uid = _user_id_of(ctx, username)
+@requires("users.erase")
+def preview_erasure_of(ctx: AppContext, actor: Principal, user_id: int,
+                       legal_basis: str | None = None) -> ErasureResult:
+    """What asking for the erasure of account ``user_id``'s content would erase now, and keep under the floor
+    without ``legal_basis``; changes nothing (the command line shows it before asking)."""
     with ctx.db.session(readonly=True) as s:
-        result, _ = _erase_in(ctx, s, _target(s, uid), _floor(ctx, _clean_legal_basis(legal_basis)), dry_run=True)
+        user = _target(s, user_id)
+        result, _ = _erase_in(ctx, s, user, _floor(ctx, _clean_legal_basis(legal_basis)), dry_run=True)
         return result
 
 

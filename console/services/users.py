@@ -1,4 +1,8 @@
-"""User administration (admins only) and the first admin created by ``llm-console init``."""
+"""User administration (admins only) and the first admin created by ``llm-console init``.
+
+The command line acts as the users row ``shell:<OS user>`` (:meth:`console.services.access.Principal.shell`): it is
+listed here like any account and an admin can disable it (then that OS user's commands are refused), but it has no
+password and no email, and never gets either, so neither sign-in reaches it. No console username holds ':'."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from console.services.access import ALL_ROLES, Principal, requires
+from console.services.access import ALL_ROLES, Principal, requires, shell_os_user
 from console.services.auth import MAX_USERNAME_CHARS, canonical_email, check_password_rules, hash_password
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
@@ -125,12 +129,6 @@ def bootstrap_admin(ctx: AppContext, username: str, password: str) -> UserView |
     return _create(ctx, SYSTEM_ACTOR, None, username, password, ["admin", "operator"], "Administrator", None)
 
 
-def create_user_cli(ctx: AppContext, username: str, password: str | None, roles: Iterable[str],
-                    email: str | None = None) -> UserView:
-    """Create a user from the command line (the shell user is trusted, as with ``init``)."""
-    return _create(ctx, "cli", None, username, password, roles, None, email)
-
-
 @requires("users.manage")
 def list_users(ctx: AppContext, actor: Principal) -> list[UserView]:
     with ctx.db.session(readonly=True) as s:
@@ -150,21 +148,19 @@ def _by_name(s: Session, username: str) -> User:
     return user
 
 
-def unlock_cli(ctx: AppContext, username: str) -> UserView:
-    """Clear a user's failed sign-ins and lock from the command line; audited as ``user.unlock`` by "cli"."""
-    with ctx.db.session() as s:
-        user = _by_name(s, username)
-        users_q.unlock(s, user.id, actor="cli")
-        return _view(user)
+@requires("users.manage")
+def find_user(ctx: AppContext, actor: Principal, username: str) -> UserView:
+    """The user named ``username`` (the command line names people; the other services take ids)."""
+    with ctx.db.session(readonly=True) as s:
+        return _view(_by_name(s, username))
 
 
-def reset_password_cli(ctx: AppContext, username: str, new_password: str) -> UserView:
-    """Set a new password from the command line: clears the lock and ends the user's open sessions; audited."""
-    check_password_rules(new_password, ctx.settings.min_password_length)
+@requires("users.manage")
+def unlock(ctx: AppContext, actor: Principal, user_id: int) -> UserView:
+    """Clear a user's failed sign-ins and lock; audited as ``user.unlock``."""
     with ctx.db.session() as s:
-        user = _by_name(s, username)
-        users_q.set_password_hash(s, user.id, hash_password(new_password), actor="cli")
-        sessions_q.end_user_sessions(s, user.id, sessions_q.PASSWORD_RESET, ctx.now(), actor="cli", actor_id=None)
+        user = _load(s, user_id)
+        users_q.unlock(s, user.id, actor=actor.username, actor_id=actor.user_id)
         return _view(user)
 
 
@@ -209,6 +205,9 @@ def reset_password(ctx: AppContext, actor: Principal, user_id: int, new_password
     check_password_rules(new_password, ctx.settings.min_password_length)
     with ctx.db.session() as s:
         user = _load(s, user_id)
+        if shell_os_user(user.username) is not None:
+            raise InvalidInput(f"{user.username} is the command line of the OS user {shell_os_user(user.username)}: "
+                               "it has no password and never signs in to the console.")
         users_q.set_password_hash(s, user.id, hash_password(new_password), actor=actor.username,
                                   actor_id=actor.user_id)
         sessions_q.end_user_sessions(s, user.id, sessions_q.PASSWORD_RESET, ctx.now(), actor=actor.username,

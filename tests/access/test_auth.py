@@ -6,6 +6,7 @@ import pytest
 
 from console.services import auth
 from console.services import users as users_svc
+from console.services.access import Principal
 from console.services.errors import InvalidInput, LoginFailed, SessionEnded
 from console.settings import parse_networks
 from db import audit as audit_q
@@ -291,7 +292,7 @@ def test_logout_is_audited(ctx, make_user):
 @pytest.mark.parametrize("password", ["short", "", "            "], ids=["too-short", "empty", "blank"])
 def test_weak_passwords_are_refused(ctx, password):
     with pytest.raises(InvalidInput):
-        users_svc.create_user_cli(ctx, "weak", password, ["operator"])
+        users_svc.add_user(ctx, Principal.shell(ctx), "weak", password, ["operator"])
 
 
 IDP = "https://idp.example.com"

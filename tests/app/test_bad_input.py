@@ -35,12 +35,11 @@ from sqlalchemy import func, select
 
 from console.services import audit as audit_svc
 from console.services import audit_search as search_svc
-from console.services import auth, moderation, review
+from console.services import auth, moderation, registry, review, timelines
 from console.services import chat as chat_svc
 from console.services import evaluation as evaluation_svc
 from console.services import exports as exports_svc
 from console.services import latency as latency_svc
-from console.services import models as models_svc
 from console.services import policy as policy_svc
 from console.services import promotion as promotion_svc
 from console.services import serving as serving_svc
@@ -211,8 +210,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, migrated_db_file: Path, engi
     roles = {"ada": ("admin",), "otto": ("admin",), "olga": ("operator",), "oscar": ("operator",),
              "rita": ("reviewer",), "rex": ("reviewer",), "ana": ("analyst",)}
     people = {}
+    shell = Principal.shell(ctx)
     for name, rs in roles.items():
-        view = users_svc.create_user_cli(ctx, name, STRONG_PASSWORD, rs)
+        view = users_svc.add_user(ctx, shell, name, STRONG_PASSWORD, rs)
         people[name] = Principal(view.id, view.username, frozenset(view.roles))
     w = World(db, ctx, chat, host, stack, people)
 
@@ -224,9 +224,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, migrated_db_file: Path, engi
     review.decide(ctx, people["rex"], w.escalated_item, "escalate", note="not sure", share=0.0)
     w.decided_item = flag(ctx, people["olga"])
     review.decide(ctx, people["rita"], w.decided_item, "false_positive", share=0.0)
-    models_svc.register_cli(ctx, name="tiny-a", source=str(tiny_model_dir), revision=None, dtype=None,
+    registry.register(ctx, Principal.shell(ctx), name="tiny-a", source=str(tiny_model_dir), revision=None, dtype=None,
                             max_model_len=None, engine_args=None, description="the battery's version")
-    serving_svc.serve_cli(ctx, "tiny-a", "battery set-up")
+    serving_svc.serve(ctx, Principal.shell(ctx), "tiny-a", "battery set-up")
     w.request_id = promotion_svc.request_promotion(ctx, people["ada"], "tiny-a", "staging", "battery").id
     w.seeded = _snapshot(w)
     yield w
@@ -328,16 +328,16 @@ def cases(group: str, rows: list[tuple[Any, ...]]) -> list[Any]:
 # --- chat: prompts that are refused -------------------------------------------------------------------------
 
 REFUSED_PROMPTS = [
-    ("empty", "", "Type a message first"),
-    ("spaces", "     ", "Type a message first"),
-    ("tabs-and-newlines", "\t\n\r\n\t", "Type a message first"),
-    ("unicode-spaces", "\u00a0\u2003\u3000\u2029", "Type a message first"),
-    ("only-nul", "\x00\x00\x00", "Type a message first"),
-    ("nul-and-spaces", " \x00 \n\x00 ", "Type a message first"),
+    ("empty", "", "The message is required"),
+    ("spaces", "     ", "The message is required"),
+    ("tabs-and-newlines", "\t\n\r\n\t", "The message is required"),
+    ("unicode-spaces", "\u00a0\u2003\u3000\u2029", "The message is required"),
+    ("only-nul", "\x00\x00\x00", "The message is required"),
+    ("nul-and-spaces", " \x00 \n\x00 ", "The message is required"),
     ("one-over-the-limit", "y" * (chat_svc.MAX_PROMPT_CHARS + 1), "the limit is 20,000"),
     ("one-megabyte", HUGE, "the limit is 20,000"),
     ("one-megabyte-of-nul-padding", "x" + "\x00" * MB + "y" * (chat_svc.MAX_PROMPT_CHARS + 1), "the limit is 20,000"),
-    ("one-megabyte-of-whitespace", " " * MB, "Type a message first"),
+    ("one-megabyte-of-whitespace", " " * MB, "The message is required"),
 ]
 
 
@@ -393,7 +393,7 @@ def test_a_prompt_with_odd_characters_is_stored_cleaned_and_nothing_else_changes
 
 
 def test_a_prompt_of_only_invisible_characters_is_refused_like_an_empty_one(world):
-    with refused(world, "Type a message first", InvalidInput):
+    with refused(world, "The message is required", InvalidInput):
         _turn(world, "\u200b\u200d\u2060\ufeff")
 
 
@@ -598,7 +598,7 @@ def _box_assignee(w: World, s: str) -> None:
 
 def _box_unlock_user(w: World, s: str) -> None:
     with refused(w, "No user named", NotFound):
-        users_svc.unlock_cli(w.ctx, s)
+        users_svc.find_user(w.ctx, w.people["ada"], s)
 
 
 def _box_new_username(w: World, s: str) -> None:
@@ -613,13 +613,13 @@ def _box_new_email(w: World, s: str) -> None:
 
 def _box_register_name(w: World, s: str) -> None:
     with refused(w, "A version name has", InvalidInput):
-        models_svc.register(w.ctx, w.people["ada"], name=s, source="org/model", revision="main", dtype=None,
+        registry.register(w.ctx, w.people["ada"], name=s, source="org/model", revision="main", dtype=None,
                             max_model_len=None, engine_args=None, description=None)
 
 
 def _box_register_source(w: World, s: str) -> None:
     with refused(w, "neither an existing local directory nor a hub id", InvalidInput):
-        models_svc.register(w.ctx, w.people["ada"], name="sql-source", source=s, revision=None, dtype=None,
+        registry.register(w.ctx, w.people["ada"], name="sql-source", source=s, revision=None, dtype=None,
                             max_model_len=None, engine_args=None, description=None)
 
 
@@ -630,17 +630,17 @@ def _box_serve(w: World, s: str) -> None:
 
 def _box_alias_name(w: World, s: str) -> None:
     with refused(w, "An alias has", InvalidInput):
-        serving_svc.set_alias(w.ctx, w.people["ada"], "tiny-a", s, "a reason")
+        registry.set_alias(w.ctx, w.people["ada"], "tiny-a", s, "a reason")
 
 
 def _box_alias_version(w: World, s: str) -> None:
     with refused(w, "No model version named", NotFound):
-        serving_svc.set_alias(w.ctx, w.people["ada"], s, "staging", "a reason")
+        registry.set_alias(w.ctx, w.people["ada"], s, "staging", "a reason")
 
 
 def _box_retire(w: World, s: str) -> None:
     with refused(w, "No model version named", NotFound):
-        serving_svc.retire(w.ctx, w.people["ada"], s, "a reason")
+        registry.retire(w.ctx, w.people["ada"], s, "a reason")
 
 
 def _box_promotion_alias(w: World, s: str) -> None:
@@ -655,7 +655,7 @@ def _box_promotion_version(w: World, s: str) -> None:
 
 def _box_version_history(w: World, s: str) -> None:
     with refused(w, "No model version named", NotFound):
-        promotion_svc.version_history(w.ctx, w.people["ada"], s)
+        timelines.version_history(w.ctx, w.people["ada"], s)
 
 
 def _box_request_status(w: World, s: str) -> None:
@@ -1009,11 +1009,11 @@ def _reviewable_item(w: World) -> int:
 NOTE_CASES: list[tuple[str, Callable[[World], Any], str]] = [
     ("send-to-review-1mb", lambda w: chat_svc.send_to_review(w.ctx, w.people["olga"], w.exchange_id, HUGE), "2,000"),
     ("send-to-review-empty", lambda w: chat_svc.send_to_review(w.ctx, w.people["olga"], w.exchange_id, ""),
-     "Add a note"),
+     "The note for the reviewer is required"),
     ("send-to-review-whitespace", lambda w: chat_svc.send_to_review(w.ctx, w.people["olga"], w.exchange_id, " \n "),
-     "Add a note"),
+     "The note for the reviewer is required"),
     ("send-to-review-only-nul", lambda w: chat_svc.send_to_review(w.ctx, w.people["olga"], w.exchange_id, "\x00\x00"),
-     "Add a note"),
+     "The note for the reviewer is required"),
     ("decide-1mb-note", lambda w: review.decide(w.ctx, w.people["rita"], w.open_item, "false_positive", note=HUGE),
      "2,000"),
     ("decide-bulk-1mb-note", lambda w: review.decide_bulk(w.ctx, w.people["rita"], [w.open_item], "false_positive",
@@ -1027,7 +1027,7 @@ NOTE_CASES: list[tuple[str, Callable[[World], Any], str]] = [
     ("reveal-1mb-reason", lambda w: review.reveal_raw(w.ctx, w.people["rita"], w.open_item, "prompt", HUGE),
      "2,000"),
     ("reveal-empty-reason", lambda w: review.reveal_raw(w.ctx, w.people["rita"], w.open_item, "prompt", "  "),
-     "Type a reason"),
+     "The reason to reveal the raw text is required"),
     ("reveal-bad-direction", lambda w: review.reveal_raw(w.ctx, w.people["rita"], w.open_item, "both", "why"),
      "Choose the prompt or the output"),
     ("decide-unknown-decision", lambda w: review.decide(w.ctx, w.people["rita"], w.open_item, "approve"),
@@ -1038,19 +1038,19 @@ NOTE_CASES: list[tuple[str, Callable[[World], Any], str]] = [
                                                     category="other' --"), "needs a category"),
     ("escalate-without-note", lambda w: review.decide(w.ctx, w.people["rita"], w.open_item, "escalate", note="  "),
      "a note is required"),
-    ("serve-1mb-reason", lambda w: serving_svc.serve(w.ctx, w.people["ada"], "tiny-a", HUGE), "under 1,000"),
-    ("serve-empty-reason", lambda w: serving_svc.serve(w.ctx, w.people["ada"], "tiny-a", "\n\t "), "Give a reason"),
-    ("restart-1mb-reason", lambda w: serving_svc.request_restart(w.ctx, w.people["ada"], HUGE), "under 1,000"),
-    ("alias-1mb-reason", lambda w: serving_svc.set_alias(w.ctx, w.people["ada"], "tiny-a", "qa", HUGE),
-     "under 1,000"),
-    ("retire-1mb-reason", lambda w: serving_svc.retire(w.ctx, w.people["ada"], "tiny-a", HUGE), "under 1,000"),
+    ("serve-1mb-reason", lambda w: serving_svc.serve(w.ctx, w.people["ada"], "tiny-a", HUGE), "the limit is 1,000"),
+    ("serve-empty-reason", lambda w: serving_svc.serve(w.ctx, w.people["ada"], "tiny-a", "\n\t "), "reason for serving a version is required"),
+    ("restart-1mb-reason", lambda w: serving_svc.request_restart(w.ctx, w.people["ada"], HUGE), "the limit is 1,000"),
+    ("alias-1mb-reason", lambda w: registry.set_alias(w.ctx, w.people["ada"], "tiny-a", "qa", HUGE),
+     "the limit is 1,000"),
+    ("retire-1mb-reason", lambda w: registry.retire(w.ctx, w.people["ada"], "tiny-a", HUGE), "the limit is 1,000"),
     ("promotion-1mb-reason", lambda w: promotion_svc.request_promotion(w.ctx, w.people["ada"], "tiny-a", "qa",
-                                                                       HUGE), "under 1,000"),
+                                                                       HUGE), "the limit is 1,000"),
     ("approve-1mb-note", lambda w: promotion_svc.approve(w.ctx, w.people["rita"], w.request_id, HUGE),
-     "under 1,000"),
+     "the limit is 1,000"),
     ("approve-1mb-override", lambda w: promotion_svc.approve(w.ctx, w.people["rita"], w.request_id, "ok",
-                                                             override_reason=HUGE), "under 1,000"),
-    ("reject-1mb-note", lambda w: promotion_svc.reject(w.ctx, w.people["rita"], w.request_id, HUGE), "under 1,000"),
+                                                             override_reason=HUGE), "the limit is 1,000"),
+    ("reject-1mb-note", lambda w: promotion_svc.reject(w.ctx, w.people["rita"], w.request_id, HUGE), "the limit is 1,000"),
     ("reset-password-10mb", lambda w: users_svc.reset_password(w.ctx, w.people["ada"], w.people["olga"].user_id,
                                                                HUGE_NAME), "at most 1,024"),
 ]
@@ -1072,7 +1072,7 @@ def test_a_one_megabyte_cancel_note_is_refused(world):
 
 def test_a_one_megabyte_model_description_is_refused(world, tiny_model_dir):
     with refused(world, "characters"):
-        models_svc.register(world.ctx, world.people["ada"], name="tiny-huge-notes", source=str(tiny_model_dir),
+        registry.register(world.ctx, world.people["ada"], name="tiny-huge-notes", source=str(tiny_model_dir),
                             revision=None, dtype=None, max_model_len=None, engine_args=None, description=HUGE)
 
 
@@ -1126,7 +1126,7 @@ STORED_TEXT_SINKS: list[tuple[str, Sink]] = [
     ("reveal-reason", lambda w, i, t: (review.reveal_raw(w.ctx, w.people["rita"], w.open_item, "prompt", t),
                                        _last_event_detail(w, "review.reveal_reason", "reason"))[1]),
     ("alias-reason", lambda w, i, t: _stored_alias_reason(
-        w, serving_svc.set_alias(w.ctx, w.people["ada"], "tiny-a", f"alias-{i}", t))),
+        w, registry.set_alias(w.ctx, w.people["ada"], "tiny-a", f"alias-{i}", t))),
     ("restart-reason", lambda w, i, t: (serving_svc.request_restart(w.ctx, w.people["ada"], t),
                                         _stored_restart_reason(w))[1]),
     ("promotion-reason", lambda w, i, t: _stored_request_reason(
@@ -1200,7 +1200,7 @@ UNKNOWN = [
     ("user-disable", lambda w: users_svc.set_disabled(w.ctx, w.people["ada"], UNKNOWN_ID, True), "No user with id"),
     ("user-reset-password", lambda w: users_svc.reset_password(w.ctx, w.people["ada"], UNKNOWN_ID, STRONG_PASSWORD),
      "No user with id"),
-    ("user-unlock-by-10mb-name", lambda w: users_svc.unlock_cli(w.ctx, HUGE_NAME), "No user named"),
+    ("user-unlock-by-10mb-name", lambda w: users_svc.find_user(w.ctx, w.people["ada"], HUGE_NAME), "No user named"),
 ]
 
 
@@ -1238,11 +1238,11 @@ def test_a_bad_model_registration_is_refused_with_a_clear_message(world, tiny_mo
     fields = {"name": "tiny-new", "source": str(tiny_model_dir), "revision": None, "dtype": None,
               "max_model_len": None, "engine_args": None, "description": None, **change}
     with refused(world, fragment, InvalidInput):
-        models_svc.register(world.ctx, world.people["ada"], **fields)
+        registry.register(world.ctx, world.people["ada"], **fields)
 
 
 def test_a_version_still_registers_after_the_bad_ones(world, tiny_model_dir):
-    view = models_svc.register(world.ctx, world.people["ada"], name="tiny-after", source=str(tiny_model_dir),
+    view = registry.register(world.ctx, world.people["ada"], name="tiny-after", source=str(tiny_model_dir),
                                revision=None, dtype=None, max_model_len=None, engine_args='{"enforce_eager": true}',
                                description="<b>notes</b>")
     assert view.name == "tiny-after" and view.engine_args == {"enforce_eager": True}

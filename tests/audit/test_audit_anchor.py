@@ -500,6 +500,7 @@ def test_a_lost_key_is_rotated_only_explicitly_and_its_checkpoints_before_the_ro
 
 def test_a_missing_key_stops_the_console_when_checkpoints_exist(ctx) -> None:
     from console.services import audit as audit_svc
+    from console.services.access import Principal
     from console.services.errors import StorageUnavailable
 
     audit_svc.checkpoint(ctx, "init")  # a new installation: nothing signed yet, so the key is made
@@ -508,7 +509,8 @@ def test_a_missing_key_stops_the_console_when_checkpoints_exist(ctx) -> None:
     with pytest.raises(StorageUnavailable, match=f"{key_file}.*is missing.*rotate-key"):
         audit_svc.check_key(ctx)
     assert not key_file.exists()  # not re-created behind anyone's back
-    details = audit_svc.rotate_key_cli(ctx, "the key file was lost with the old disk")
+    shell = Principal.shell(ctx)
+    details = audit_svc.rotate_key(ctx, shell, "the key file was lost with the old disk")
     assert details["lost_key_ids"] and key_file.exists()
     audit_svc.check_key(ctx)
-    assert audit_svc.verify_cli(ctx).ok
+    assert audit_svc.verify(ctx, shell).ok

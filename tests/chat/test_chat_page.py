@@ -7,6 +7,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from console import app_pages, resources
+from console.services.access import Principal
 from console.ui import UiSession
 from db import chat as chat_q
 from tests.conftest import console_env
@@ -19,7 +20,7 @@ def served(tmp_path_factory, tiny_model_dir, migrated_db_file):
     """Console resources over a fresh database whose live model is the tiny model; one engine per module."""
     import shutil
 
-    from console.services import models as models_svc
+    from console.services import registry
     from console.services.context import AppContext
     from console.settings import Settings
     from db.config import DbConfig
@@ -34,7 +35,7 @@ def served(tmp_path_factory, tiny_model_dir, migrated_db_file):
     shutil.copy(migrated_db_file, data / "console.db")
     settings = Settings.from_env()
     ctx = AppContext(settings, Database(DbConfig(settings.database_url)))
-    models_svc.register_cli(ctx, name="tiny-page", source=str(tiny_model_dir), revision=None, dtype="float32",
+    registry.register(ctx, Principal.shell(ctx), name="tiny-page", source=str(tiny_model_dir), revision=None, dtype="float32",
                             max_model_len=512, engine_args={}, description="test")
     st.cache_resource.clear()
     yield ctx
@@ -55,7 +56,7 @@ def test_the_chat_page_says_the_model_is_loading_then_streams_and_stores_an_answ
     from console.services import users as users_svc
     from console.services.access import Principal
 
-    view = users_svc.create_user_cli(served, "paula", "correct horse battery staple", ["operator"])
+    view = users_svc.add_user(served, Principal.shell(served), "paula", "correct horse battery staple", ["operator"])
     principal = Principal(view.id, view.username, frozenset(view.roles))
     at = _chat_page(principal)
     at.run()
@@ -95,7 +96,7 @@ def test_a_prompt_left_pending_or_interrupted_is_not_shown_as_an_answer(served):
     from console.services import users as users_svc
     from console.services.access import Principal
 
-    view = users_svc.create_user_cli(served, "pia", "correct horse battery staple", ["operator"])
+    view = users_svc.add_user(served, Principal.shell(served), "pia", "correct horse battery staple", ["operator"])
     principal = Principal(view.id, view.username, frozenset(view.roles))
     with served.db.session() as s:
         conv = chat_q.create_conversation(s, user_id=principal.user_id, actor=principal.username).id
@@ -129,7 +130,7 @@ def _operator(ctx, name: str):
     from console.services import users as users_svc
     from console.services.access import Principal
 
-    view = users_svc.create_user_cli(ctx, name, "correct horse battery staple", ["operator"])
+    view = users_svc.add_user(ctx, Principal.shell(ctx), name, "correct horse battery staple", ["operator"])
     return Principal(view.id, view.username, frozenset(view.roles))
 
 

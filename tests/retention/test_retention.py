@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 from console import app_pages, cli
 from console.services import retention
 from console.services import users as users_svc
+from console.services.access import Principal, os_user
 from console.services.errors import AccessDenied, InvalidInput, NotFound, SeparationOfDuties
 from console.ui import UiSession
 from db import audit as audit_q
@@ -370,7 +371,7 @@ def test_reserved_actor_names_are_refused_as_usernames(ctx, people, name):
     with pytest.raises(InvalidInput, match="reserved"):
         users_svc.add_user(ctx, people["ada"], name, "correct horse battery staple", ["operator"])
     with pytest.raises(InvalidInput, match="reserved"):
-        users_svc.create_user_cli(ctx, name, None, ["operator"], email=f"{name.lower()}@example.com")
+        users_svc.add_user(ctx, Principal.shell(ctx), name, None, ["operator"], email=f"{name.lower()}@example.com")
     with ctx.db.session() as s, pytest.raises(users_q.ReservedUsernameError):
         users_q.create_user(s, name, None, ["operator"])
 
@@ -504,10 +505,11 @@ def test_cli_erase_request_waits_for_an_admin_and_the_shell_cannot_erase_alone(c
     assert "is waiting: another admin approves it on the Users page" in out and "3 exchanges, 5 raw texts" in out
     assert _exchange(cli_env, people["olga_ex"]).prompt == f"prompt {MARK}"
     [event] = _events(cli_env, retention.REQUEST_ACTION)
-    assert event.actor == "cli" and event.actor_id is None
+    shell = Principal.shell(cli_env)
+    assert event.actor == shell.username == f"shell:{os_user()}" and event.actor_id == shell.user_id
     assert cli.main(["erase", "list", "--status", "pending"]) == 0
-    assert "pending: user olga" in capsys.readouterr().out
-    [request] = retention.list_erasure_requests_cli(cli_env, "pending")
+    assert f"pending: user olga (id {people['olga'].user_id}), asked by {shell.username}" in capsys.readouterr().out
+    [request] = retention.list_erasure_requests(cli_env, people["ada"], "pending")
     done = retention.decide_erasure(cli_env, people["ada"], request.id, True)
     assert done.status == "done" and _exchange(cli_env, people["olga_ex"]).prompt == ""
 
@@ -521,18 +523,20 @@ def test_cli_erase_asks_on_a_terminal_and_stops_unless_the_name_is_typed(cli_env
     assert "Found now: 0 exchanges" in captured.out and "It keeps the account itself" in captured.out
     assert "younger than six months: 3 exchanges" in captured.out
     assert captured.err == "llm-console: error: not confirmed; nothing was asked for\n"
-    assert not retention.list_erasure_requests_cli(cli_env)
+    assert not retention.list_erasure_requests(cli_env, people["ada"])
     assert cli.main(["erase", "request", "--user", "olga", "--reason", REASON]) == 0
-    assert len(retention.list_erasure_requests_cli(cli_env, "pending")) == 1
+    assert len(retention.list_erasure_requests(cli_env, people["ada"], "pending")) == 1
 
 
 @pytest.mark.parametrize("argv,message", [
     (["erase", "request", "--user", "nobody", "--reason", REASON, "--yes"], "No user named 'nobody'."),
-    (["erase", "request", "--user", "olga", "--reason", "short", "--yes"], "Give the reason for the erasure"),
+    (["erase", "request", "--user", "olga", "--reason", "short", "--yes"],
+     "reason for the erasure needs at least 10 characters"),
     (["erase", "request", "--user", "olga", "--reason", REASON, "--legal-basis", "law", "--yes"], "legal basis"),
     (["erase", "request", "--user", "olga", "--reason", REASON], "add --yes"),  # standard input is no terminal
 ])
 def test_cli_erase_bad_input_is_one_line_and_changes_nothing(cli_env, people, capsys, argv, message):
+    Principal.shell(cli_env)  # the shell user exists already (its first command creates it, audited)
     head = _head(cli_env)
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
@@ -580,7 +584,7 @@ def test_the_users_page_asks_and_another_admin_approves_and_erases(app_env, peop
     at.button(key="erase_submit").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    [request] = retention.list_erasure_requests_cli(app_env, "pending")
+    [request] = retention.list_erasure_requests(app_env, people["ada"], "pending")
     assert any(f"request #{request.id}" in s.value.replace("\\", "") for s in at.success)
     assert _exchange(app_env, people["olga_ex"]).prompt == f"prompt {MARK}"
     assert not [b for b in at.button if b.key == f"erase_approve_{request.id}"]  # not for the one who asked
@@ -600,7 +604,7 @@ def test_the_users_page_asks_for_nothing_without_the_confirmation_box(app_env, p
     at.button(key="erase_submit").click()
     at.run()
     assert [e.value for e in at.error] == ["Tick the box to confirm the request; nothing was asked for."]
-    assert not retention.list_erasure_requests_cli(app_env)
+    assert not retention.list_erasure_requests(app_env, people["ada"])
 
 
 def test_the_users_page_shows_a_short_reason_as_a_clear_error(app_env, people):
@@ -610,7 +614,7 @@ def test_the_users_page_shows_a_short_reason_as_a_clear_error(app_env, people):
     at.button(key="erase_submit").click()
     at.run()
     assert any("10 characters" in e.value for e in at.error)
-    assert not retention.list_erasure_requests_cli(app_env)
+    assert not retention.list_erasure_requests(app_env, people["ada"])
 
 
 def test_an_admin_is_not_offered_to_erase_their_own_content(app_env, people):

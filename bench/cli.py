@@ -1,0 +1,123 @@
+"""``llm-console bench ...``: the benchmarks' own commands, registered through the ``llm_console.commands`` entry
+point (pyproject.toml), so the console never imports this package.
+
+Every benchmark seeds and measures a throwaway database or model of its own; ``bench engine --model NAME`` alone
+reads the console's database (the version's files), as the shell principal like any other command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from console.cli_support import Parser, positive, print_result, shell_context
+
+if TYPE_CHECKING:
+    from console.settings import Settings
+    from engine.types import ModelSpec
+
+# Why a benchmark runs without the shell principal (tests/access/test_shell_principal.py reads it).
+THROWAWAY = "measures on a throwaway database and model of its own; touches no console data"
+
+
+def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.engine import run_engine_bench
+
+    spec: ModelSpec | Path
+    if args.model:
+        from console.services import registry
+
+        ctx, _shell = shell_context(args, settings)
+        spec = registry.loadable_spec(ctx, args.model)
+    else:
+        from engine.demo.tiny import build_tiny_model
+
+        spec = build_tiny_model(settings.models_dir / "tiny-bench")
+    result = run_engine_bench(spec, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                              kv_cache_gib=settings.kv_cache_gib, rounds=args.rounds)
+    print_result(result, args.json)
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.switch import run_switch_bench
+
+    print_result(run_switch_bench(concurrency=args.concurrency), args.json)
+    return 0
+
+
+def cmd_safety(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.safety import run_adversarial_bench, run_safety_bench
+
+    if args.adversarial:
+        print_result(run_adversarial_bench(), args.json)
+        return 0
+    print_result(run_safety_bench(iterations=args.iterations, stream_tokens_per_s=args.stream_rate,
+                                  stream_iterations=args.exchanges), args.json)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.review import run_review_bench
+
+    print_result(run_review_bench(items=args.items), args.json)
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.audit import run_audit_bench
+
+    print_result(run_audit_bench(events=args.events, appends=args.appends,
+                                 progress=lambda m: print(m, file=sys.stderr, flush=True)), args.json)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.dashboard import run_dashboard_bench
+
+    print_result(run_dashboard_bench(rows=args.rows), args.json)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench`` and its subcommands to ``llm-console`` (the ``llm_console.commands`` entry point)."""
+    bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
+                                                                             parser_class=Parser)
+    s = bench.add_parser("engine", help="engine host vs vLLM's LLM.generate: output tokens/s")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--model", help="registered version to use (default: a tiny model built on the spot)")
+    s.add_argument("--concurrency", type=positive, default=16)
+    s.add_argument("--max-tokens", type=positive, default=128)
+    s.add_argument("--rounds", type=positive, default=9, help="interleaved rounds per side (median ratio)")
+    s.set_defaults(func=cmd_engine, unguarded=THROWAWAY + " (with --model: as the shell principal)")
+    s = bench.add_parser("switch", help="switch the served version under concurrent chats: seconds, failures")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--concurrency", type=positive, default=8)
+    s.set_defaults(func=cmd_switch, unguarded=THROWAWAY)
+    s = bench.add_parser("safety", help="time the safety scans add to an exchange (before the first token, after "
+                                        "the last), p50/p95, and per scanner")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--iterations", type=positive, default=50, help="scans per figure (default 50)")
+    s.add_argument("--exchanges", type=positive, default=20,
+                   help="streamed exchanges for total_p95_ms (default 20; each streams a 100-word answer)")
+    s.add_argument("--stream-rate", type=positive, default=60,
+                   help="tokens per second the answer streams at (default 60, the demo model's rate here)")
+    s.add_argument("--adversarial", action="store_true",
+                   help="instead: one whole scan of 20,000 characters of each adversarial shape (capitalised words, "
+                        "'Aa ', digits and spaces, commas...), per scanner and in total")
+    s.set_defaults(func=cmd_safety, unguarded=THROWAWAY)
+    s = bench.add_parser("review", help="review queue: first page with filters and claim-next, 100,000 items")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--items", type=positive, default=100_000)
+    s.set_defaults(func=cmd_review, unguarded=THROWAWAY)
+    s = bench.add_parser("dashboard", help="latency page over 1,000,000 exchanges: 7 and 30 days, store overhead")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--rows", type=positive, default=1_000_000)
+    s.set_defaults(func=cmd_dashboard, unguarded=THROWAWAY)
+    s = bench.add_parser("audit", help="audit log: appends/s, verify and export 1,000,000 events, export memory")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--events", type=positive, default=1_000_000)
+    s.add_argument("--appends", type=positive, default=4_000, help="events appended, one per transaction")
+    s.set_defaults(func=cmd_audit, unguarded=THROWAWAY)

@@ -3,7 +3,7 @@
 - ``bench.engine``: output tokens/s through the engine host versus vLLM's own ``LLM.generate``.
 - ``bench.safety``: latency of the safety scanners on prompt- and answer-sized texts.
 - ``bench.review``: the review queue's first page and "take next" over a seeded queue of 100,000 items.
-- ``bench.switch``, ``bench.audit``, ``bench.dashboard``: a switch under load, the audit log's appends, verify and
+- ``bench.switch``, ``bench.audit``, ``bench.latency``: a switch under load, the audit log's appends, verify and
   export, the Latency page over 1,000,000 exchanges.
 - ``bench.cli``: the ``llm-console bench ...`` commands.
 

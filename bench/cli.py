@@ -75,9 +75,9 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.dashboard import run_dashboard_bench
+    from bench.latency import run_latency_bench
 
-    print_result(run_dashboard_bench(rows=args.rows), args.json)
+    print_result(run_latency_bench(rows=args.rows), args.json)
     return 0
 
 

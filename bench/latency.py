@@ -2,7 +2,7 @@
 
 Seeds a temporary SQLite file: users, conversations and the exchanges themselves with Core executemany inserts (no
 audit events for the seed rows; the page never reads them), and their latency buckets in bulk with
-``db.metrics.load_exchange_batch``, the same aggregation ``llm-console metrics rebuild`` uses, fed the same columns
+``db.latency.load_exchange_batch``, the same aggregation ``llm-console metrics rebuild`` uses, fed the same columns
 as the exchanges plus the console-overhead figures (exchanges do not store those). Every minute has traffic of all
 three versions (the most bucket rows a range can have), 5 % of it synthetic.
 
@@ -197,7 +197,7 @@ def _store_overhead(db: Database, samples: int) -> dict[str, float]:
     }
 
 
-def run_dashboard_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, runs: int = 5,
+def run_latency_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, runs: int = 5,
                         store_samples: int = 300) -> dict[str, Any]:
     """Seed ``rows`` exchanges and time the page's computations for 7 and 30 days, and the store overhead.
 
@@ -239,5 +239,5 @@ def run_dashboard_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, 
         "targets_ms": TARGETS,
     }
     result["within_target"] = all(result[k] <= v for k, v in TARGETS.items())
-    logger.info("dashboard bench: %s", result)
+    logger.info("latency bench: %s", result)
     return result

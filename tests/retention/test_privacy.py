@@ -136,12 +136,12 @@ def test_init_prints_the_database_url_without_its_password(tmp_path, monkeypatch
     for key, value in console_env(tmp_path).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("LLM_CONSOLE_DATABASE_URL", "postgresql+psycopg://console:hunter2@db.internal:5432/console")
-    real_services = cli._services
+    real_services = cli.open_context
 
     def on_sqlite(settings: Settings):  # our own seam: the PostgreSQL server is stood in for by a SQLite file
         return real_services(Settings.from_env(console_env(tmp_path)))
 
-    monkeypatch.setattr(cli, "_services", on_sqlite)
+    monkeypatch.setattr(cli, "open_context", on_sqlite)
     assert cli.main(["init", "--skip-models"]) == 0
     out = capsys.readouterr().out
     assert "database ready: postgresql+psycopg://console:***@db.internal:5432/console" in out
@@ -180,7 +180,7 @@ def test_a_new_database_file_its_wal_and_shm_and_their_directory_are_owner_only(
 
 def test_the_cli_creates_the_data_directory_owner_only(tmp_path, open_umask):
     settings = Settings.from_env(console_env(tmp_path / "data"))
-    ctx = cli._services(settings)
+    ctx = cli.open_context(settings)
     try:
         assert _mode(settings.data_dir) == 0o700 and _mode(settings.data_dir / "console.db") == 0o600
     finally:

@@ -100,9 +100,9 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
                          daemon=True).start()
     else:
         reconciler.start()
-    from console.services import health, telemetry
+    from console.services import engine_health, telemetry
 
-    atexit.register(health.HealthSampler(ctx, host, interval_s=cfg.health_sample_seconds).start().stop)
+    atexit.register(engine_health.HealthSampler(ctx, host, interval_s=cfg.health_sample_seconds).start().stop)
     telemetry.watch_host(host)
     atexit.register(watch.Watcher(ctx, interval_s=cfg.watch_check_seconds).start().stop)
     atexit.register(host.shutdown)

@@ -541,7 +541,7 @@ class ExportFile(Base):
 
 
 class EngineHealthSample(Base):
-    """The serving engine's load, sampled every few seconds by each console process (console/services/health.py).
+    """The serving engine's load, sampled every few seconds by each console process (services/engine_health.py).
 
     ``epoch_s`` (Unix seconds of ``ts``) lets queries bucket by time with integer arithmetic on every database.
     ``preemptions`` counts since the previous sample; ``errors`` holds the engine errors noted since then

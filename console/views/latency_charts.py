@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from console import ui
-from console.services import health as health_svc
+from console.services import engine_health as health_svc
 from console.services import latency as latency_svc
 from console.services.access import Principal
 from console.services.context import AppContext

@@ -307,7 +307,7 @@ def test_rates_keep_two_significant_digits(value, shown):
 
 
 def _health(ctx, now, **fields) -> None:
-    from db import health as health_q
+    from db import engine_health as health_q
 
     with ctx.db.session() as s:
         for minutes in (20, 10, 2):  # an idle engine: every figure 0

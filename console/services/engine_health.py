@@ -22,8 +22,8 @@ from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput
 from console.services.periodic import PeriodicTask
-from db import health as health_q
-from db.health import HealthRecord
+from db import engine_health as health_q
+from db.engine_health import HealthRecord
 
 if TYPE_CHECKING:
     from engine.host import EngineHost

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import func, select
 
-from console.services import health as health_svc
+from console.services import engine_health as health_svc
 from console.services.errors import AccessDenied, InvalidInput
 from db.tables import EngineHealthSample
 from engine.host import EngineHost
@@ -194,7 +194,7 @@ def test_sampler_deletes_samples_older_than_the_retention(ctx, clock) -> None:
 
 
 def _sample(ctx, clock, seconds_after: float, **fields) -> None:
-    from db import health as health_q
+    from db import engine_health as health_q
 
     start = clock.now
     with ctx.db.session() as s:

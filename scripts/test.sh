@@ -1,8 +1,28 @@
 #!/usr/bin/env bash
 # One command: install (with test tools) and run the whole test suite: lint, unit, integration, browser.
+#   scripts/test.sh                   # everything (what .ci/run runs): PostgreSQL and Chromium set up when possible
+#   scripts/test.sh --fast            # ruff, mypy and the fast tier: no browser, no PostgreSQL, no engine start,
+#                                     # nothing marked slow (markers in pyproject.toml, tiers in tests/conftest.py)
+#   scripts/test.sh --fast tests/chat # other arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+fast=""
+for arg in "$@"; do
+    if [[ "$arg" == "--fast" ]]; then fast=1; fi  # pytest itself takes --fast too (tests/conftest.py)
+done
+
 scripts/setup.sh --test
+
+if [[ -n "$fast" ]]; then
+    echo "test: ruff"
+    .venv/bin/ruff check console engine db tests bench
+    echo "test: mypy"
+    .venv/bin/mypy
+    echo "test: pytest (fast tier)"
+    # No PostgreSQL here even when the shell has its URL: its tests are marked and left out anyway.
+    exec env -u LLM_CONSOLE_TEST_POSTGRES_URL .venv/bin/pytest "$@"
+fi
 
 # The end-to-end tests drive Debian's Chromium through Playwright (Playwright's own browser download
 # cannot work offline). Install it when missing and we are allowed to.

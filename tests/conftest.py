@@ -50,6 +50,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+# Argon2id at the console's cost (64 MiB, 3 passes) takes about a second a hash on a loaded 2-core machine, and most
+# tests make several users. Tests in this process hash with argon2id's cheapest parameters instead: still real
+# argon2id hashes, verified by the same code (the parameters travel in each hash). Subprocesses (the CLI, the
+# browser tests' server) keep the real cost.
+CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 8, "parallelism": 1}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cheap_password_hashes() -> Iterator[None]:
+    from argon2 import PasswordHasher
+
+    from console.services import auth
+
+    cheap = PasswordHasher(**CHEAP_ARGON2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(auth, "_hasher", cheap)
+        patch.setattr(auth, "_DUMMY_HASH", cheap.hash("not-a-real-password"))
+        yield
+
+
 # --- engine -------------------------------------------------------------------------------------------------
 
 

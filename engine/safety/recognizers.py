@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from presidio_analyzer import EntityRecognizer, LocalRecognizer, Pattern, PatternRecognizer, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpArtifacts
 from presidio_analyzer.predefined_recognizers import PhoneRecognizer, SpacyRecognizer
+
+from engine.safety.name_words import NOT_NAMES, ORG_WORDS, PLACE_STOP, is_lower_case_writer, sentence_around
 
 RECOGNIZERS_VERSION = "pii-recognizers-2"  # 2: issue 20 (linear regexes, public-data formats)
 
@@ -656,27 +657,6 @@ def iban_ok(iban: str) -> bool:
 
 # --- names -----------------------------------------------------------------------------------------------------
 
-# Words that look like names after "Hi", "Dear", "I'm" or at a signature's place, but are not.
-NOT_NAMES = frozenset(
-    """support team sir madam all everyone there customer service services sales folks guys again both
-    friend friends colleagues partner partners regards thanks thank you cheers best sincerely kind warm
-    everybody hello hi hey dear good morning afternoon evening night day sorry happy glad fine ok okay sure
-    not new back here ready able unable interested afraid available home still just also now really very so
-    the a an and or but this that it its my your our their his her we they he she i me us them
-    name email mail phone tel telephone mobile fax address street city country postcode zip code number
-    account card order ticket invoice customer client user admin manager director head senior junior
-    operations facilities accounting finance billing legal marketing engineering office department desk
-    success care center centre help helpdesk info information team-lead lead buyer seller owner member
-    monday tuesday wednesday thursday friday saturday sunday january february march july
-    september october november december today tomorrow yesterday please refund refunds thanks
-    english french german spanish italian dutch portuguese hebrew hindi american british canadian
-    australian indian israeli brazilian sent from iphone android regards best wishes yours faithfully truly
-    reply re fw fwd subject to cc bcc date attachment note message comment comments reference ref regarding
-    mr mrs ms miss mx dr prof professor sir dame mme mlle herr frau sr sra srta dott rev capt lt col hon
-    applicant surname first last full middle given family contact recipient sender holder signed
-    amount total price plan version build app application screen page error issue problem question
-    """.split()
-)
 _NAME_PARTICLES = r"(?:van|von|de|da|del|della|der|den|di|du|dos|das|le|la|ben|bin|al|el|ter|ten|zu)(?:[ \t]+(?:den|der|de|la|le|del|da|het|ten|zu))?"
 _NAME_SEQ = rf"{_NAME_WORD}(?:[ \t]+(?:[{_UP}]\.|{_NAME_WORD}|{_NAME_PARTICLES}(?=[ \t]+[{_UP}]))){{0,4}}"
 _TITLED_NAME = rf"(?:{_NAME_PARTICLES}[ \t]+)?{_NAME_SEQ}"
@@ -783,16 +763,6 @@ _TITLE_WORDS = frozenset("mr mrs ms miss mx dr prof professor sir dame mme mlle 
 _NOT_NAME_TAIL = frozenset("here speaking again".split())
 
 
-def _load_words(name: str) -> frozenset[str]:
-    path = Path(__file__).parent / "data" / name
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return frozenset(w.strip().lower() for w in lines if w.strip() and not w.startswith("#"))
-
-
-# Team, company, product and screen words: a candidate holding one is no person (data/not_name_words.txt).
-ORG_WORDS = _load_words("not_name_words.txt")
-
-
 def _has_org_word(candidate: str) -> bool:
     return any(w.lower().strip(".,()") in ORG_WORDS for w in candidate.split())
 
@@ -811,7 +781,7 @@ def _english_lower_case(text: str, start: int, end: int, nlp_artifacts: NlpArtif
 
 def _common_lower_case_words(candidate: str) -> bool:
     """A lower-case candidate holding an everyday word ("parcel is here") is no name."""
-    return candidate.islower() and any(w in _PLACE_STOP or w in NOT_NAMES for w in candidate.split())
+    return candidate.islower() and any(w in PLACE_STOP or w in NOT_NAMES for w in candidate.split())
 
 
 def _strip_not_names(text: str, start: int, end: int) -> tuple[int, int]:
@@ -853,12 +823,6 @@ _PERSONAL_PLACE_CUE = re.compile(
 )
 _PLACE_CHAIN = re.compile(r"^\s*(?:,|/|-|and|or|near|outside)?\s*(?:the\s+)?$", re.IGNORECASE)
 _PLACE_NAME = rf"{_CAP}(?:[ -](?:{_CAP}|(?:de|da|do|dos|das|di|del|la|le|am|an|aan|upon|on|sur)(?![\w'’]))){{0,3}}"
-_PLACE_STOP = frozenset(
-    """a an the my our your his her their this that these those some another new old last next first same other
-    month week year day time ago recently soon now today tomorrow yesterday and or but with for because so
-    since when while after before to from in on at by of as it its is was be been being i we you he she they
-    there here please thanks thank can could would will should may might must need want just also""".split()
-)
 _LOWER_PERSONAL_PLACE_RE = re.compile(
     r"\b(?:live[sd]?|living|reside[sd]?|based|born|moved|moving|relocat(?:ed|ing)|(?:i'?m|i\s+am|we'?re)\s+from|"
     r"originally\s+from|staying)\s+(?:in|to|from|at)?\s*(?P<p>[a-zß-öø-ÿ][a-zß-öø-ÿ'-]+(?:\s+[a-zß-öø-ÿ][a-zß-öø-ÿ'-]+){0,3})"
@@ -901,11 +865,11 @@ class PersonalPlaceRecognizer(LocalRecognizer):
         if not text.isupper():
             # Someone who types without capitals: take the words after the cue up to a common word.
             for m in _LOWER_PERSONAL_PLACE_RE.finditer(text):
-                if not is_lower_case_writer(_sentence_around(text, m.start(), m.end())):
+                if not is_lower_case_writer(sentence_around(text, m.start(), m.end())):
                     continue
                 words = []
                 for w in re.finditer(r"\S+", m.group("p")):
-                    if w.group().strip(",.;:!?") in _PLACE_STOP or w.group().strip(",.;:!?") in NOT_NAMES:
+                    if w.group().strip(",.;:!?") in PLACE_STOP or w.group().strip(",.;:!?") in NOT_NAMES:
                         break
                     words.append((m.start("p") + w.start(), m.start("p") + w.start() + len(w.group().rstrip(",.;:!?"))))
                     if w.group()[-1] in ",.;:!?":
@@ -915,17 +879,6 @@ class PersonalPlaceRecognizer(LocalRecognizer):
         return [RecognizerResult("LOCATION", start, end, self.SCORE,
                                  recognition_metadata=_metadata(self))
                 for start, end in spans]
-
-
-def _sentence_around(text: str, start: int, end: int) -> str:
-    left = max(text.rfind("\n", 0, start), *(text.rfind(p, 0, start) + 1 for p in (". ", "! ", "? ")))
-    right = min([i for i in (text.find("\n", end), text.find(". ", end)) if i != -1] or [len(text)])
-    return text[left + 1:right]
-
-
-def is_lower_case_writer(text: str) -> bool:
-    """True for a text with letters but no capital letter at all (some people chat like that)."""
-    return text == text.lower() and any(ch.isalpha() for ch in text)
 
 
 def personal_place_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[bool]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engine.safety import toxicity_head as th
+from engine.safety import toxicity_training as tt
 from engine.safety.measure_toxicity import DAVIDSON_PATH, roc_auc
 from engine.safety.toxicity import OfflineToxicityScanner
 
@@ -32,9 +33,9 @@ def test_the_head_ships_as_small_package_data_and_names_what_it_was_trained_on()
     package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "safety/data/*.npz" in package_data["engine"]
     # ToxiGen's sentences are shipped with its licence (CDLA-Permissive-2.0 asks for the agreement's text).
-    licence = (th.TOXIGEN_PATH.parent / "TOXIGEN_LICENSE.txt").read_text()
+    licence = (tt.TOXIGEN_PATH.parent / "TOXIGEN_LICENSE.txt").read_text()
     assert "Community Data License Agreement - Permissive - Version 2.0" in licence
-    assert len(th.load_toxigen()) == 310
+    assert len(tt.load_toxigen()) == 310
 
 
 def test_the_scanners_toxicity_comes_from_the_head_and_its_version_says_so(offline_scanner):
@@ -82,9 +83,9 @@ def test_the_head_ranks_davidsons_held_out_tweets_better_than_tox_block_alone(of
 def test_training_writes_a_head_that_loads_and_separates_its_labels(tmp_path):
     toxic = ["you people are vermin and should disappear", "go back where you came from, parasites"] * 10
     benign = ["my parcel arrived late, can you check it", "thanks for the quick refund"] * 10
-    source = th.Source("tiny", toxic + benign, [True] * len(toxic) + [False] * len(benign), 1.0)
+    source = tt.Source("tiny", toxic + benign, [True] * len(toxic) + [False] * len(benign), 1.0)
     probs = np.full((len(source.texts), 6), 0.1, np.float32)
-    out = th.train([source], [probs], tmp_path / "head.npz")
+    out = tt.train([source], [probs], tmp_path / "head.npz")
     head = th.ToxicityHead(out)
     scores = head.score(["parasites should disappear", "can you check my refund"], np.full((2, 6), 0.1))
     assert scores[0] > 0.5 > scores[1]

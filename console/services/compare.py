@@ -29,8 +29,8 @@ from console.services.errors import InvalidInput, ModelUnavailable
 from console.services.periodic import PeriodicTask
 from db import audit as audit_q
 from engine.child_client import ChildEngineClient
-from engine.errors import EngineError
-from engine.types import HostConfig, ModelSpec
+from engine.errors import EmptyPromptError, EngineError, PromptTooLongError
+from engine.types import ChatMessage, HostConfig, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,12 @@ def start_comparison(ctx: AppContext, actor: Principal, candidate: str, prompt: 
         engine = pool.engine_for(spec)
     except EngineError as exc:
         raise ModelUnavailable(str(exc)) from exc
+    try:  # a prompt the candidate's context cannot hold is refused before either side stores anything
+        engine.check_chat([ChatMessage("user", prompt)])
+    except EmptyPromptError:
+        pass  # the live side's turn refuses it in the chat page's words
+    except PromptTooLongError as exc:
+        raise InvalidInput(f"{spec.name}: {exc}") from exc
     live_turn = chat_svc.start_comparison_turn(ctx, actor, prompt, **sampling, side="live")
     candidate_ctx = dataclasses.replace(ctx, host_factory=lambda: engine)  # the candidate answers as the host
     candidate_turn = chat_svc.start_comparison_turn(candidate_ctx, actor, prompt, **sampling, side="candidate")

@@ -14,6 +14,7 @@ from engine.types import ChatMessage, HostConfig, ModelSpec, SamplingSettings
 HELLO = [ChatMessage("user", "Where is my order?")]
 
 
+@pytest.mark.engine  # starts python -m engine.child
 def test_a_version_that_cannot_load_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="could not start in its own process") as refused:
         ChildEngineClient.start(ModelSpec(name="missing", source=str(tmp_path / "nowhere")), timeout_s=300)
@@ -34,6 +35,7 @@ def test_a_process_that_ends_before_it_is_ready_says_how_with_its_log(tmp_path: 
     assert "out of memory while loading" in message  # the log's last lines
 
 
+@pytest.mark.engine  # starts python -m engine.child
 def test_an_engine_process_killed_mid_answer_ends_the_stream_with_engine_dead(tiny_model_dir: Path) -> None:
     client = ChildEngineClient.start(ModelSpec(name="tiny-doomed", source=str(tiny_model_dir)),
                                      HostConfig(kv_cache_gib=0.25), timeout_s=300)

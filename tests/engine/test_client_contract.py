@@ -19,6 +19,8 @@ from engine.errors import EmptyPromptError, EngineNotReadyError, PromptTooLongEr
 from engine.host import EngineHost
 from engine.types import ChatMessage, EngineHealth, HostConfig, HostStatus, ModelSpec, SamplingSettings
 
+pytestmark = pytest.mark.engine  # every test here talks to a real engine (one of them in a child process)
+
 HELLO = [ChatMessage("system", "You are a support agent."), ChatMessage("user", "Where is my order?")]
 TOO_LONG = [ChatMessage("user", "Where is my order? " * 400)]  # the tiny model's context holds 512 tokens
 CONFIG = HostConfig(kv_cache_gib=0.25, drain_timeout_s=10.0)

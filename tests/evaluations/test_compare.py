@@ -13,7 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from console import app_pages
 from console.services import compare as compare_svc
-from console.services import models as models_svc
+from console.services import registry
+from console.services.access import Principal
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput
 from console.textsafe import escape_markdown
@@ -27,7 +28,7 @@ from tests.conftest import console_env
 def comparing(ctx, engine_host, tiny_model_dir: Path, tmp_path: Path, make_user):  # noqa: ANN001
     candidate_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "candidate"))
     for name, source in (("tiny-test", tiny_model_dir), ("tiny-cand", candidate_dir)):
-        models_svc.register_cli(ctx, name=name, source=str(source), revision=None, dtype="auto",
+        registry.register(ctx, Principal.shell(ctx), name=name, source=str(source), revision=None, dtype="auto",
                                 max_model_len=None, engine_args={}, description=None)
     pool = compare_svc.CandidatePool(kv_cache_gib=0.25)
     ctx.host_factory = lambda: engine_host
@@ -55,6 +56,18 @@ def test_one_prompt_is_answered_by_both_versions_and_both_exchanges_are_stored(c
     assert all(e.request_id.startswith("cmp-") for e in stored)
     assert all(t.startswith(compare_svc.TITLE_PREFIX) for t in titles)
     assert event.details["live"] == "tiny-test" and event.details["candidate"] == "tiny-cand"
+
+
+def test_a_prompt_too_long_for_the_candidate_is_refused_before_either_side_stores_anything(comparing) -> None:  # noqa: ANN001
+    ctx, reviewer = comparing
+    with ctx.db.session() as s:
+        before = len(list(audit_q.iter_events(s)))
+    with pytest.raises(InvalidInput, match=r"tiny-cand: The prompt is too long: \d+ tokens, but the model's context holds 512"):
+        compare_svc.start_comparison(ctx, reviewer, "tiny-cand", "Where is my order? " * 400, temperature=0.0,
+                                     top_p=1.0, max_tokens=4)
+    with ctx.db.session() as s:
+        assert chat_q.list_conversations(s, reviewer.user_id) == []
+        assert len(list(audit_q.iter_events(s))) == before
 
 
 def test_comparing_the_live_version_with_itself_is_refused(comparing) -> None:  # noqa: ANN001

@@ -19,7 +19,7 @@ from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, StorageUnavailable
 from console.services.periodic import PeriodicTask
-from console.services.text import clean_text
+from console.services.text import required_text
 from db import audit as audit_q
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 _ANCHORS: dict[tuple[Path, Path], audit_q.AuditAnchor] = {}
 _ANCHOR_LOCK = threading.Lock()
+MAX_ROTATION_REASON_CHARS = 2000
 
 
 class AuditKeyMissing(StorageUnavailable):
@@ -83,13 +84,11 @@ def rotate_key(ctx: AppContext, actor: Principal, reason: str) -> dict[str, Any]
 
     The old key, when still there, is kept beside it so its checkpoints still verify; a lost one is recorded as
     lost. Returns the event's details."""
-    text = clean_text(reason if isinstance(reason, str) else "").strip()
-    if len(text) < 10:
-        raise InvalidInput("Say why the key is rotated (at least 10 characters); it is recorded in the audit log.")
+    text = required_text(reason, "the reason for the key rotation", MAX_ROTATION_REASON_CHARS, min_len=10)
     key = (ctx.settings.audit_key_file, ctx.settings.audit_checkpoint_file)
     with _ANCHOR_LOCK:
         try:
-            new, details = audit_q.rotate_key(ctx.db, key[0], key[1], actor=actor.username, reason=text[:2000])
+            new, details = audit_q.rotate_key(ctx.db, key[0], key[1], actor=actor.username, reason=text)
         except (OSError, ValueError) as exc:
             raise StorageUnavailable(f"The audit key cannot be rotated: {exc}") from None
         _ANCHORS[key] = new

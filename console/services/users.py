@@ -16,7 +16,7 @@ from console.services.access import ALL_ROLES, Principal, requires, shell_os_use
 from console.services.auth import MAX_USERNAME_CHARS, canonical_email, check_password_rules, hash_password
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
-from console.services.text import clean_text, has_format_characters, is_clean
+from console.services.text import clean_text, has_format_characters, is_clean, optional_text
 from db import sessions as sessions_q
 from db import users as users_q
 
@@ -84,10 +84,7 @@ def _validate_email(email: str | None) -> str | None:
 
 
 def _validate_display_name(display_name: str | None) -> str | None:
-    display_name = clean_text(display_name or "").strip() or None
-    if display_name is not None and len(display_name) > MAX_DISPLAY_NAME_CHARS:
-        raise InvalidInput(f"A display name has at most {MAX_DISPLAY_NAME_CHARS} characters.")
-    return display_name
+    return optional_text(display_name, "the display name", MAX_DISPLAY_NAME_CHARS)
 
 
 def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, password: str | None,

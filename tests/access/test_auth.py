@@ -254,7 +254,7 @@ def test_a_huge_password_is_refused_without_hashing_it(ctx, make_user):
     ("username", "a" * 65, "at most 64 characters; this one has 65"),
     ("password", "p" * 1025, "at most 1,024 characters"),
     ("email", "a" * 250 + "@example.com", "at most 254 characters"),
-    ("display_name", "D" * 201, "at most 200 characters"),
+    ("display_name", "D" * 201, "201 characters; the limit is 200"),
 ], ids=["username", "password", "email", "display-name"])
 def test_every_user_field_is_bounded_with_a_clear_message(ctx, make_user, field, value, message):
     admin = make_user("boss", "admin")

@@ -1,4 +1,7 @@
-"""The engine side of the console: an in-process vLLM host, model versions and safety scanners.
+"""The engine side of the console: model versions, the engines that serve them and the safety scanners.
+
+Every engine is reached through one interface, :class:`engine.client.EngineClient`: the in-process vLLM host
+(:mod:`engine.host`) and a host in a child process (:mod:`engine.child_client`) implement it.
 
 Nothing here imports Streamlit or the console, and nothing reads the environment for configuration:
 callers pass typed config objects (see ``engine.types``).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -288,3 +288,11 @@ def record_successful_login(
         details={"method": method},
     )
     return user
+
+
+def usernames(session: Session, user_ids: Sequence[int | None]) -> dict[int, str]:
+    """Usernames of the given user ids (unknown ids are left out)."""
+    wanted = sorted({i for i in user_ids if i is not None})
+    if not wanted:
+        return {}
+    return {uid: name for uid, name in session.execute(select(User.id, User.username).where(User.id.in_(wanted)))}

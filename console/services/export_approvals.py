@@ -16,9 +16,10 @@ from console.services import exports as exports_svc
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, NotFound
-from console.services.text import clean_text
+from console.services.text import optional_text, required_text
 from db import audit as audit_q
-from db import exports as exports_q
+from db import export_approvals as approvals_q
+from db import users as users_q
 from db.exports import ExportFilter
 from db.tables import ExportRequest
 
@@ -48,7 +49,7 @@ class ExportRequestView:
 
 
 def _requester_of(session: Session, request_id: str) -> int | None:
-    request = exports_q.get_export_request(session, int(request_id))
+    request = approvals_q.get_export_request(session, int(request_id))
     return None if request is None else request.requested_by_id
 
 
@@ -59,7 +60,7 @@ DECIDE_RULE = register_duty_rule(
 
 
 def _view(s: Session, r: ExportRequest) -> ExportRequestView:
-    names = exports_q.usernames(s, [r.requested_by_id, r.decided_by_id])
+    names = users_q.usernames(s, [r.requested_by_id, r.decided_by_id])
     return ExportRequestView(
         r.id, r.what, r.format, ExportFilter.from_dict(r.filters or {}), r.reason,
         names.get(r.requested_by_id, "?"), r.requested_by_id, r.status,
@@ -86,7 +87,7 @@ def _deny(ctx: AppContext, actor: Principal, action: str, reason: str, request_i
 def _ensure_requester(ctx: AppContext, actor: Principal, request_id: int, action: str, message: str) -> None:
     # A read-only unit of work first: the refusal is audited in its own transaction. The requester never changes.
     with ctx.db.session(readonly=True) as s:
-        request = exports_q.get_export_request(s, request_id)
+        request = approvals_q.get_export_request(s, request_id)
         if request is None:
             raise NotFound(f"There is no export request #{request_id}.")
         requester = request.requested_by_id
@@ -96,7 +97,7 @@ def _ensure_requester(ctx: AppContext, actor: Principal, request_id: int, action
 
 
 def _locked(s: Session, request_id: int) -> ExportRequest:
-    request = exports_q.lock_export_request(s, request_id)
+    request = approvals_q.lock_export_request(s, request_id)
     if request is None:
         raise NotFound(f"There is no export request #{request_id}.")
     return request
@@ -114,15 +115,10 @@ def request_raw_export(ctx: AppContext, actor: Principal, spec: exports_svc.Expo
     spec = exports_svc.validated_spec(spec)
     if spec.what != "exchanges":
         raise InvalidInput("Raw text exists only for exchanges: choose exchanges.")
-    text = clean_text(reason if isinstance(reason, str) else "").strip()
-    if len(text) < MIN_REASON_CHARS:
-        raise InvalidInput(f"Say why you need the raw text (at least {MIN_REASON_CHARS} characters); "
-                           "it is recorded in the audit log.")
-    if len(text) > MAX_REASON_CHARS:
-        raise InvalidInput(f"Keep the reason under {MAX_REASON_CHARS:,} characters.")
+    text = required_text(reason, "the reason for the raw text", MAX_REASON_CHARS, min_len=MIN_REASON_CHARS)
     text = _redact(ctx, text)
     with ctx.db.session() as s:
-        request = exports_q.create_export_request(
+        request = approvals_q.create_export_request(
             s, what=spec.what, format=spec.format, filters=spec.filter.to_dict(), reason=text,
             requested_by_id=actor.user_id, created_at=ctx.now())
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export_raw_requested",
@@ -140,12 +136,10 @@ def decide_raw_export(ctx: AppContext, actor: Principal, request_id: int, approv
     if not isinstance(approve, bool):
         raise InvalidInput("Choose approve or reject.")
     with ctx.db.session(readonly=True) as s:
-        if exports_q.get_export_request(s, request_id) is None:
+        if approvals_q.get_export_request(s, request_id) is None:
             raise NotFound(f"There is no export request #{request_id}.")
         ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
-    text = clean_text(note if isinstance(note, str) else "").strip() or None
-    if text is not None and len(text) > MAX_NOTE_CHARS:
-        raise InvalidInput(f"Keep the note under {MAX_NOTE_CHARS:,} characters.")
+    text = optional_text(note, "the note", MAX_NOTE_CHARS)
     if text is not None:
         text = _redact(ctx, text)
     status = "approved" if approve else "rejected"
@@ -189,7 +183,7 @@ def list_export_requests(ctx: AppContext, actor: Principal, status: str | None =
     if status is not None and status not in ("pending", "approved", "rejected", "cancelled", "used"):
         raise InvalidInput(f"Unknown request status {status!r}.")
     with ctx.db.session(readonly=True) as s:
-        return [_view(s, r) for r in exports_q.list_export_requests(s, status=status, limit=max(1, min(limit, 1000)))]
+        return [_view(s, r) for r in approvals_q.list_export_requests(s, status=status, limit=max(1, min(limit, 1000)))]
 
 
 @requires("audit.export_raw")

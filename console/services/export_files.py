@@ -19,7 +19,7 @@ from console.services.access import Principal, authorize, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
 from db import audit as audit_q
-from db import exports as exports_q
+from db import export_files as files_q
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _delete_files(ctx: AppContext, s: Session, rows: list[Any], reason: str, act
 def _finish_download(ctx: AppContext, actor: Principal, file_id: int) -> None:
     """A download was sent whole: the file has done its job and is deleted (a cut download keeps it till expiry)."""
     with ctx.db.session() as s:
-        row = exports_q.lock_export_file(s, file_id)
+        row = files_q.lock_export_file(s, file_id)
         if row is None or row.deleted_at is not None:
             return
         row.downloaded_at = ctx.now()
@@ -101,7 +101,7 @@ def open_download(ctx: AppContext, actor: Principal, file_id: int) -> ExportDown
     if isinstance(file_id, bool) or not isinstance(file_id, int):
         raise InvalidInput("An export file is named by its number.")
     with ctx.db.session(readonly=True) as s:
-        row = exports_q.get_export_file(s, file_id)
+        row = files_q.get_export_file(s, file_id)
         if row is None or row.created_by_id != actor.user_id:
             raise NotFound(f"There is no export #{file_id} of yours to download.")
         if row.deleted_at is not None or row.expires_at <= ctx.now():
@@ -123,8 +123,8 @@ def delete_expired_exports(ctx: AppContext, *, now: datetime | None = None) -> i
     export's leftovers). Returns how many files went; audited as ``audit.export_deleted`` (``expired``)."""
     now = now or ctx.now()
     with ctx.db.session() as s:
-        deleted = _delete_files(ctx, s, exports_q.live_export_files(s, expired_by=now), "expired", SYSTEM_ACTOR, None)
-        known = exports_q.known_export_paths(s)
+        deleted = _delete_files(ctx, s, files_q.live_export_files(s, expired_by=now), "expired", SYSTEM_ACTOR, None)
+        known = files_q.known_export_paths(s)
     folder = ctx.settings.export_dir
     cutoff = (now - timedelta(hours=ctx.settings.export_file_hours)).timestamp()
     strays: list[str] = []
@@ -150,5 +150,5 @@ def delete_exports_for_erasure(ctx: AppContext, user_id: int, actor_name: str, a
     exchanges and decisions carry user ids, raw exports the text itself) may hold their data, and a file written
     before the erasure cannot be edited in place. Returns how many went; audited (``erasure``, the user id)."""
     with ctx.db.session() as s:
-        return _delete_files(ctx, s, exports_q.live_export_files(s, created_before=ctx.now()), "erasure",
+        return _delete_files(ctx, s, files_q.live_export_files(s, created_before=ctx.now()), "erasure",
                              actor_name, actor_id, {"user": user_id})

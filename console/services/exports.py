@@ -34,6 +34,7 @@ from console.services.errors import ConsoleError, InvalidInput, StorageUnavailab
 from console.services.export_formats import EXTENSIONS, FORMATS, HashingFile, write_rows
 from console.services.text import clean_text
 from db import audit as audit_q
+from db import export_files as files_q
 from db import exports as exports_q
 from db.exports import KINDS, ExportFilter
 
@@ -181,7 +182,7 @@ def _quota(ctx: AppContext, actor_name: str, actor_id: int | None) -> tuple[int 
         return None, ""
     limit, now = ctx.settings.export_rows_per_hour, ctx.now()
     with ctx.db.session(readonly=True) as s:
-        used, oldest = exports_q.exported_since(s, actor_id, now - QUOTA_WINDOW)
+        used, oldest = files_q.exported_since(s, actor_id, now - QUOTA_WINDOW)
     resets = (oldest or now) + QUOTA_WINDOW
     where = f"the limit is {limit:,} rows per person and hour (LLM_CONSOLE_EXPORT_ROWS_PER_HOUR)"
     if used >= limit:
@@ -361,7 +362,7 @@ def write_export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: E
                 essentials[key] = manifest[key]
         essentials["expires_at"] = manifest["expires_at"]
         with ctx.db.session() as s:
-            record = exports_q.add_export_file(
+            record = files_q.add_export_file(
                 s, path=str(out_path), what=spec.what, format=spec.format, raw_text=include_raw, rows=tally.rows,
                 size=sink.size, created_by=actor_name, created_by_id=actor_id, created_at=ctx.now(),
                 expires_at=expires_at)

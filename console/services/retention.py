@@ -52,7 +52,6 @@ from console.services.periodic import PeriodicTask
 from console.services.text import optional_text, required_text
 from db import audit as audit_q
 from db import erasure as erasure_q
-from db import exports as exports_q
 from db import users as users_q
 from db.tables import (
     ERASURE_REQUEST_STATUSES,
@@ -458,7 +457,7 @@ class ErasureRequestView:
 
 
 def _request_view(s: Session, r: ErasureRequest) -> ErasureRequestView:
-    names = exports_q.usernames(s, [r.user_id, r.requested_by_id, r.decided_by_id])
+    names = users_q.usernames(s, [r.user_id, r.requested_by_id, r.decided_by_id])
     return ErasureRequestView(
         r.id, r.user_id, names.get(r.user_id, "?"), r.reason, r.legal_basis,
         SHELL if r.requested_by_id is None else names.get(r.requested_by_id, "?"), r.requested_by_id, r.status,

@@ -54,9 +54,10 @@ from tests.db.test_db_queries import (  # noqa: F401
 
 SERVER_URL = os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
 
-pytestmark = pytest.mark.skipif(
-    not SERVER_URL, reason="set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL"
-)
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(not SERVER_URL, reason="set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL"),
+]
 
 
 @pytest.fixture

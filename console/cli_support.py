@@ -20,6 +20,8 @@ import json
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from console.services.access import Principal
     from console.services.context import AppContext
     from console.settings import Settings
@@ -72,12 +74,26 @@ def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, 
     return {path: parser}
 
 
+def command_entry_points() -> list[EntryPoint]:
+    """The ``llm_console.commands`` entry points of every installed distribution, by name.
+
+    Read from each distribution's metadata rather than through ``entry_points()``, which keeps only the first copy
+    of a distribution on ``sys.path``: a stale ``llm_console.egg-info`` in the working directory (from an older
+    install) would otherwise hide the commands the installed metadata declares."""
+    from importlib.metadata import distributions
+
+    found: dict[str, EntryPoint] = {}
+    for dist in distributions():
+        for entry in dist.entry_points:
+            if entry.group == COMMANDS_ENTRY_POINT:
+                found.setdefault(entry.name, entry)
+    return [found[name] for name in sorted(found)]
+
+
 def registered_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> list[str]:
     """Add the commands of every installed package's ``llm_console.commands`` entry point; returns their names."""
-    from importlib.metadata import entry_points
-
     names = []
-    for entry in sorted(entry_points(group=COMMANDS_ENTRY_POINT), key=lambda e: e.name):
+    for entry in command_entry_points():
         entry.load()(subparsers)
         names.append(entry.name)
     return names

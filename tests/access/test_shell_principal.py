@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import shutil
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from console import cli
-from console.cli_support import COMMANDS_ENTRY_POINT, leaf_commands
+from console.cli_support import COMMANDS_ENTRY_POINT, command_entry_points, leaf_commands
 from console.services import access, auth, retention
 from console.services import users as users_svc
 from console.services.access import Principal
@@ -81,8 +80,8 @@ def test_every_command_is_guarded_or_a_named_exception_with_its_reason():
 
 
 def test_the_benchmarks_register_their_commands_through_the_entry_point():
-    [entry] = [e for e in entry_points(group=COMMANDS_ENTRY_POINT) if e.name == "bench"]
-    assert entry.value == "bench.cli:register"
+    [entry] = [e for e in command_entry_points() if e.name == "bench"]
+    assert (entry.group, entry.value) == (COMMANDS_ENTRY_POINT, "bench.cli:register")
     assert {p for p in _commands() if p.startswith("bench ")} == {
         "bench engine", "bench switch", "bench safety", "bench review", "bench dashboard", "bench audit"}
 
@@ -288,3 +287,29 @@ def test_the_shell_cannot_ask_to_erase_the_content_of_its_own_os_users_account(d
     users_svc.add_user(ctx, _principal(ctx, "admin"), access.os_user() or "", STRONG_PASSWORD, ["operator"])
     assert cli.main(["erase", "request", "--user", access.os_user() or "", "--reason", REASON, "--yes"]) == 1
     assert "your own content" in capsys.readouterr().err
+
+
+def test_a_console_admin_named_like_the_os_user_cannot_acknowledge_the_shells_break_glass_move(data, tiny_model_dir,
+                                                                                              capsys):
+    """Issue 21 left this open: the OS user who broke the glass in the shell, signed in to the console as an admin
+    under the same name, would acknowledge their own move. The move records the shell user, who is that person."""
+    from console.services import registry
+
+    other = shutil.copytree(tiny_model_dir, data / "other")
+    assert cli.main(["model", "register", "v-a", str(tiny_model_dir)]) == 0
+    assert cli.main(["model", "register", "v-b", str(other)]) == 0
+    assert cli.main(["model", "serve", "v-a", "--reason", "the first version"]) == 0
+    assert cli.main(["model", "serve", "v-b", "--reason", "better answers",
+                     "--break-glass", "the approvers are away"]) == 0
+    ctx = _ctx()
+    admin = _principal(ctx, "admin")
+    me = _principal(ctx, users_svc.add_user(ctx, admin, access.os_user() or "", STRONG_PASSWORD, ["admin"]).username)
+    [move] = registry.unacknowledged_emergencies(ctx, admin)
+    assert (move.actor, move.actor_id, move.break_glass) == (SHELL, _principal(ctx, SHELL).user_id, True)
+    with pytest.raises(SeparationOfDuties, match="nobody acknowledges their own emergency move"):
+        registry.acknowledge_emergency(ctx, me, move.id)
+    with ctx.db.session(readonly=True) as s:
+        denial = audit_q.latest_event(s, "access.denied")
+    assert denial is not None and (denial.actor, denial.details["action"]) == (me.username, registry.ACK_RULE.name)
+    registry.acknowledge_emergency(ctx, admin, move.id)  # another admin may
+    assert registry.unacknowledged_emergencies(ctx, admin) == []

@@ -42,6 +42,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 MAX_NOTES_CHARS = 2000
+ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,59}$")
+MAX_REASON_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,11 @@ def _check_config(source: str, *, trust_remote_code: bool) -> None:
                 " (this model needs its own code to run, which this installation does not allow:"
                 " LLM_CONSOLE_TRUST_REMOTE_CODE is off)")
         raise InvalidInput(f"vLLM cannot read the model config in {source}: {first}{hint}") from None
+
+
+def required_reason(reason: str | None, what: str) -> str:
+    """``reason`` cleaned and bounded, for the audit log; InvalidInput naming ``what`` it is for if empty."""
+    return required_text(reason, f"the reason for {what}", MAX_REASON_CHARS)
 
 
 # ---------------------------------------------------------------------------------------------------- versions
@@ -341,15 +348,6 @@ def loadable_spec(ctx: AppContext, name: str) -> ModelSpec:
 
 # ------------------------------------------------------------------------------------- aliases and protection
 
-ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,59}$")
-MAX_REASON_CHARS = 1000
-
-
-def required_reason(reason: str | None, what: str) -> str:
-    """``reason`` cleaned and bounded, for the audit log; InvalidInput naming ``what`` it is for if empty."""
-    return required_text(reason, f"the reason for {what}", MAX_REASON_CHARS)
-
-
 def alias_name(alias: str) -> str:
     """``alias`` as stored (trimmed, lower case); InvalidInput if it is not a valid alias name."""
     alias = (alias or "").strip().lower()
@@ -378,13 +376,13 @@ def _record_denial(ctx: AppContext, actor: Principal, action: str, object_id: st
                              object_type="model_alias", object_id=object_id, details={"action": action, **details})
 
 
-def break_glass_reason(ctx: AppContext, actor: Principal, value: str | None, action: str) -> str | None:
+def break_glass_reason(ctx: AppContext, principal: Principal, value: str | None, action: str) -> str | None:
     """The cleaned break-glass reason, or None without one. Breaking the glass is a power of the shell on the
     server only: a signed-in user who tries is refused, and the attempt is audited."""
     if value is None:
         return None
-    if not actor.is_shell:
-        _record_denial(ctx, actor, action, action, {"reason": "break glass: shell only"})
+    if not principal.is_shell:
+        _record_denial(ctx, principal, action, action, {"reason": "break glass: shell only"})
         raise AccessDenied("Breaking the glass is only possible from a shell on the server "
                            "(`llm-console ... --break-glass REASON`).")
     return required_reason(value, "breaking the glass")
@@ -425,11 +423,11 @@ def move_protected(s: Session, actor: Principal, alias: str, version: ModelVersi
     return None
 
 
-def refuse_move(ctx: AppContext, actor: Principal, action: str, alias: str, version: str,
+def refuse_move(ctx: AppContext, principal: Principal, action: str, alias: str, version: str,
                 refusal: AccessDenied) -> AccessDenied:
     """Audit a refused move of a protected alias (``access.denied``) and return the refusal to raise."""
-    _record_denial(ctx, actor, action, alias, {"reason": "four eyes: protected alias", "alias": alias, "to": version})
-    logger.warning("refused: %s tried to move the protected alias %s to %s alone", actor.username, alias, version)
+    _record_denial(ctx, principal, action, alias, {"reason": "four eyes: protected alias", "alias": alias, "to": version})
+    logger.warning("refused: %s tried to move the protected alias %s to %s alone", principal.username, alias, version)
     return refusal
 
 

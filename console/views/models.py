@@ -1,4 +1,7 @@
-"""Admin: registered model versions and their aliases, serving one, restarting the engine, registering."""
+"""Admin: registered model versions and their aliases, serving one, restarting the engine, registering.
+
+The page shows what is served and the versions; each tab is a module of its own: Serve and Restart
+(``models_serving``), Aliases and retirement and History (``models_aliases``), Register (``models_register``)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from console import ui
 from console.services import demo_builds, registry
 from console.services import serving as serving_svc
 from console.textsafe import escape_markdown
+from console.views import models_aliases, models_register, models_serving
 
 principal = ui.require_page("models")
 ctx = ui.app_context()
@@ -96,119 +100,12 @@ serve_tab, restart_tab, alias_tab, register_tab, history_tab = st.tabs(
     ["Serve", "Restart engine", "Aliases and retirement", "Register", "History"])
 
 with serve_tab:
-    if production is None:
-        with st.form(f"serve_form_{state.round}"):
-            st.caption("No version holds production yet: the first version may be served by one admin. From then "
-                       "on, production moves only through an approved promotion.")
-            name = st.selectbox("Version", servable, index=None, key=f"serve_version_{state.round}")
-            reason = st.text_input("Reason (recorded in the audit log)", key=f"serve_reason_{state.round}",
-                                   max_chars=1000)
-            if st.form_submit_button("Serve this version", type="primary"):
-                if name is None:
-                    st.error("Choose a version to serve.")
-                elif ui.call(serving_svc.serve, ctx, principal, name, reason) is not None:
-                    state.flash = f"{name} now holds production; the console is switching to it."
-                    state.round += 1
-                    st.rerun()
-    else:
-        st.info(f"Production ({escape_markdown(production)}) is protected: moving it to another version needs an "
-                "approved promotion (one admin asks, another approves). In an emergency, one admin may roll it "
-                "back to the version that held it just before, on the Promotions page.", icon=":material/lock:")
-        ui.page_link("promotions", "Request a promotion or roll back on the Promotions page")
-        failed = serving_svc.last_switch_problem(ctx)
-        if failed is not None and failed.version == production:
-            with st.form(f"retry_form_{state.round}"):
-                st.caption(f"The switch to {escape_markdown(production)} failed; retrying loads it again (it "
-                           "moves nothing).")
-                reason = st.text_input("Reason (recorded in the audit log)", key=f"retry_reason_{state.round}",
-                                       max_chars=1000)
-                if st.form_submit_button(f"Retry the switch to {production}"):
-                    if ui.call(serving_svc.serve, ctx, principal, production, reason) is not None:
-                        state.flash = f"Retrying the switch to {production}."
-                        state.round += 1
-                        st.rerun()
-
-with restart_tab, st.form(f"restart_form_{state.round}"):
-    st.caption("Restarts the engine of the version being served (for example after it stopped working). "
-               "Answers in progress are cut; new chats wait for the engine to be back.")
-    reason = st.text_input("Reason (recorded in the audit log)", key=f"restart_reason_{state.round}", max_chars=1000)
-    if st.form_submit_button("Restart the engine"):
-        if ui.call(serving_svc.request_restart, ctx, principal, reason) is not None:
-            state.flash = "Restart requested; the engine restarts within seconds."
-            state.round += 1
-            st.rerun()
-
+    models_serving.serve_tab(ctx, principal, state, servable, production)
+with restart_tab:
+    models_serving.restart_tab(ctx, principal, state)
 with alias_tab:
-    st.caption("Aliases other versions point at freely. A protected alias that a version holds moves only through "
-               "an approved promotion" + (f" ({', '.join(held)})" if held else "") + ".")
-    with st.form(f"alias_form_{state.round}"):
-        name = st.selectbox("Version", servable, index=None, key=f"alias_version_{state.round}")
-        alias = st.text_input("Alias", key=f"alias_name_{state.round}", placeholder="staging, candidate, ...",
-                              max_chars=60)
-        reason = st.text_input("Reason", key=f"alias_reason_{state.round}", max_chars=1000)
-        if st.form_submit_button("Point the alias at this version"):
-            if name is None:
-                st.error("Choose a version.")
-            elif ui.call(registry.set_alias, ctx, principal, name, alias, reason) is not None:
-                state.flash = f"{alias.strip().lower()} now points at {name}."
-                state.round += 1
-                st.rerun()
-    with st.form(f"protect_form_{state.round}"):
-        st.caption("Protecting an alias is recorded in the audit log. It cannot be undone on this page: only on the "
-                   "server, with `llm-console model protect ALIAS --off --break-glass REASON`, which every admin "
-                   "sees until another admin acknowledges it.")
-        alias = st.text_input("Alias to protect", key=f"protect_alias_{state.round}", max_chars=60,
-                              placeholder="staging")
-        reason = st.text_input("Reason", key=f"protect_reason_{state.round}", max_chars=1000)
-        if st.form_submit_button("Protect this alias"):
-            if ui.call(registry.protect_alias, ctx, principal, alias, reason) is not None:
-                state.flash = f"{alias.strip().lower()} is protected: it now moves only through a promotion."
-                state.round += 1
-                st.rerun()
-    # A version holding a protected alias is not offered: retiring it would free the alias for one person.
-    retirable = [v.name for v in versions if not v.retired and v.name not in held.values()]
-    with st.form(f"retire_form_{state.round}"):
-        name = st.selectbox("Version to retire", retirable, index=None, key=f"retire_version_{state.round}")
-        reason = st.text_input("Reason", key=f"retire_reason_{state.round}", max_chars=1000)
-        if st.form_submit_button("Retire"):
-            if name is None:
-                st.error("Choose a version to retire.")
-            elif ui.call(registry.retire, ctx, principal, name, reason) is not None:
-                state.flash = f"{name} is retired."
-                state.round += 1
-                st.rerun()
-
-with register_tab, st.form(f"register_model_{state.round}"):
-    name = st.text_input("Version name", key=f"model_name_{state.round}", placeholder="llama-3.1-8b-instruct-v1")
-    source = st.text_input("Source", key=f"model_source_{state.round}",
-                           placeholder="meta-llama/Llama-3.1-8B-Instruct or /models/my-model")
-    revision = st.text_input("Revision (hub commit or tag; pin one for a hub id)", key=f"model_revision_{state.round}")
-    dtype = st.selectbox("dtype", registry.DTYPES, key=f"model_dtype_{state.round}")
-    quantization = st.text_input("Quantization (vLLM method, e.g. awq, gptq, fp8; empty for none)",
-                                 key=f"model_quantization_{state.round}")
-    max_len = st.number_input("Max context (tokens, 0 = the model's own)", min_value=0, value=0, step=256,
-                              key=f"model_max_len_{state.round}")
-    engine_args = st.text_area("vLLM engine arguments (JSON)", key=f"model_engine_args_{state.round}",
-                               placeholder='{"tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}',
-                               help=registry.ENGINE_ARGS_HELP)
-    base = st.selectbox("Base version (only for a LoRA adapter: Source is then the adapter's directory)",
-                        [v.name for v in versions if not v.retired and v.base is None], index=None,
-                        key=f"model_base_{state.round}")
-    description = st.text_input("Notes", key=f"model_description_{state.round}")
-    if st.form_submit_button("Register", type="primary"):
-        created = ui.call(registry.register, ctx, principal, name=name, source=source, revision=revision,
-                          dtype=dtype, max_model_len=int(max_len) or None, engine_args=engine_args,
-                          description=description, quantization=quantization, base=base)
-        if created:
-            state.flash = f"Registered {created.name} (fingerprint {(created.fingerprint or 'none: hub id')[:12]})."
-            state.round += 1
-            st.rerun()
-
+    models_aliases.aliases_tab(ctx, principal, state, versions, held)
+with register_tab:
+    models_register.register_tab(ctx, principal, state, versions)
 with history_tab:
-    moves = ui.call(registry.alias_history, ctx, principal) or []
-    if not moves:
-        st.info("No alias has moved yet.")
-    else:
-        st.dataframe(pd.DataFrame([{"when": m.created_at, "alias": m.alias, "from": m.from_version or "",
-                                    "to": m.to_version or "(removed)", "by": m.actor, "reason": m.reason}
-                                   for m in moves]), hide_index=True, width="stretch", key="alias_history")
+    models_aliases.history_tab(ctx, principal)

@@ -394,16 +394,17 @@ def test_evaluating_an_unknown_version_is_a_clear_error_and_stores_nothing(ctx, 
     with pytest.raises(NotFound):
         evaluation_svc.start_evaluation(ctx, admin, "no-such-version", "standard")
     with pytest.raises(NotFound):
-        evaluation_svc.run_evaluation_blocking(ctx, "no-such-version", "standard")
+        evaluation_svc.run_evaluation_blocking(ctx, admin, "no-such-version", "standard")
     with ctx.db.session(readonly=True) as s:
         assert s.scalars(select(Evaluation)).all() == []
 
 
 def _register_tiny(ctx, tiny_model_dir, name: str = "tiny-eval") -> None:
-    from console.services.models import register_cli
+    from console.services import registry
+    from console.services.access import Principal
 
-    register_cli(ctx, name=name, source=str(tiny_model_dir), revision=None, dtype="float32", max_model_len=256,
-                 engine_args={}, description="tiny test model")
+    registry.register(ctx, Principal.shell(ctx), name=name, source=str(tiny_model_dir), revision=None,
+                      dtype="float32", max_model_len=256, engine_args={}, description="tiny test model")
 
 
 def _events(ctx, evaluation_id: int) -> list[AuditEvent]:

@@ -329,10 +329,8 @@ def cmd_model_alias(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import evaluation as eval_svc
     from console.services import moderation
-    from console.services.access import authorize
 
     ctx, shell = shell_context(args, settings)
-    authorize(ctx, shell, "models.evaluate")  # as the Evaluations page's start_evaluation
     suite: object = args.suite
     if args.suite_file:
         from pathlib import Path
@@ -349,7 +347,7 @@ def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     if settings.safety_enabled:  # every answer is scanned, as on the page
         stack = moderation.build_safety_stack(settings, ctx.db)
         ctx.safety_factory = lambda: stack
-    report = eval_svc.run_evaluation_blocking(ctx, args.name, suite, actor=shell.username)  # type: ignore[arg-type]
+    report = eval_svc.run_evaluation_blocking(ctx, shell, args.name, suite)  # type: ignore[arg-type]
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "answers"}, default=str))
     else:

@@ -42,6 +42,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 MAX_NOTES_CHARS = 2000
+MAX_REVISION_CHARS = 200  # a hub commit hash or tag; also bounds a base version's name
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,59}$")
 MAX_REASON_CHARS = 1000
 
@@ -188,8 +189,9 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
               dtype: str | None, max_model_len: int | None, engine_args: Any, description: str | None,
               quantization: str | None = None, base: str | None = None) -> ModelVersionView:
     name, source = _validate(name, source, dtype, max_model_len)
-    description = optional_text(description, "the notes", MAX_NOTES_CHARS)
-    base = (base or "").strip() or None
+    description = optional_text(description, "the notes field", MAX_NOTES_CHARS)
+    revision = optional_text(revision, "the revision", MAX_REVISION_CHARS)
+    base = optional_text(base, "the base version", MAX_REVISION_CHARS)
     base_id: int | None = None
     if base is not None:  # a LoRA adapter on a registered base version
         if not Path(source).is_dir():
@@ -217,13 +219,13 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
             fingerprint = fingerprint_dir(source)
         except ValueError as exc:
             raise InvalidInput(f"{source} holds no model files (weights, config or tokenizer).") from exc
-    elif not (revision or "").strip():
+    elif revision is None:
         logger.warning("hub model %s registered without a pinned revision", source)
     with ctx.db.session() as s:
         if versions_q.get_model_version_by_name(s, name) is not None:  # registered meanwhile
             raise InvalidInput(f"A model version named {name!r} is already registered.")
         m = versions_q.register_model_version(
-            s, name=name, source=source, revision=(revision or "").strip() or None, dtype=dtype or "auto",
+            s, name=name, source=source, revision=revision, dtype=dtype or "auto",
             max_model_len=max_model_len, engine_args=args, description=description,
             actor=actor, actor_id=actor_id, quantization=quantization,
             fingerprint=fingerprint.sha256 if fingerprint else None,

@@ -227,7 +227,7 @@ def run_latency_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, ru
                 results[f"{key}_buckets"] = int(report.series["bucket_start"].nunique())
                 results[f"{key}_breaches"] = len(report.breaches)
             user_ms, user_report = time_runs(_page(ctx, admin, latency_svc.LatencyFilter(range="last 7 days",
-                                                                                     user="user7")), runs)
+                                                                                         user="user7")), runs)
             results["user_filter_seven_day_ms"] = round(statistics.median(user_ms), 1)
             results["user_filter_seven_day_rows"] = user_report.rows_read
             store = _store_overhead(db, store_samples)

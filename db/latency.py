@@ -421,7 +421,7 @@ def raw_report(session: Session, query: MetricsQuery, *, user_id: int, slos: Seq
     sums = np.column_stack([np.nan_to_num(batch.values[m]) if m in batch.values else np.zeros(len(rows))
                             for m in METRICS])
     frame = BucketFrame(batch.epoch_s.astype(np.int64), list(batch.model_version), list(batch.status), counts, sums,
-                   entry_row, entry_key, np.ones(len(entry_row)))
+                        entry_row, entry_key, np.ones(len(entry_row)))
     return summarize(frame, query, slos, source="exchanges", rows_read=len(rows), capped=capped)
 
 

@@ -328,13 +328,13 @@ class BucketFrame:
 
 
 COUNT_COLUMNS = ("requests", "flagged", "blocked", "prompt_tokens", "output_tokens", "prompt_flagged",
-                  "output_flagged")
+                 "output_flagged")
 N_COUNTS = len(COUNT_COLUMNS)
 
 
 def empty_frame() -> BucketFrame:
     return BucketFrame(np.zeros(0, np.int64), [], [], np.zeros((0, N_COUNTS)), np.zeros((0, len(METRICS))),
-                  np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+                       np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
 
 
 def _percentiles(hist: FloatArray) -> dict[str, FloatArray]:
@@ -448,14 +448,14 @@ def summarize(frame: BucketFrame, query: MetricsQuery, slos: Sequence[SloTarget]
         sums = np.stack([_weighted_count(rb, weights=frame.sums[rows, m], minlength=n_buckets)
                          for m in range(n_metrics)], axis=1)
         status_counts = _weighted_count(rb * n_status + s[rows], weights=frame.counts[rows, 0],
-                                    minlength=n_buckets * n_status).reshape(n_buckets, n_status)
+                                        minlength=n_buckets * n_status).reshape(n_buckets, n_status)
         entries = rows[frame.entry_row]
         er = frame.entry_row[entries]
         hist = _weighted_count(b[er] * (n_metrics * width) + entry_key[entries], weights=frame.entry_count[entries],
-                           minlength=n_buckets * n_metrics * width).reshape(n_buckets, n_metrics, width)
+                               minlength=n_buckets * n_metrics * width).reshape(n_buckets, n_metrics, width)
         ok_entries = entries & entry_ok
         ok_hists.append(_weighted_count(entry_key[ok_entries], weights=frame.entry_count[ok_entries],
-                                    minlength=n_metrics * width).reshape(n_metrics, width))
+                                        minlength=n_metrics * width).reshape(n_metrics, width))
         used = np.flatnonzero(counts[:, 0] > 0)
         part = _figure_columns(counts[used], status_counts[used], sums[used], _percentiles(hist[used]),
                                covered[used])

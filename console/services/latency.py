@@ -141,7 +141,7 @@ def _query(ctx: AppContext, flt: LatencyFilter) -> latency_report.MetricsQuery:
     if len(flt.versions) > MAX_VERSIONS:
         raise InvalidInput(f"Choose at most {MAX_VERSIONS} model versions.")
     return latency_report.MetricsQuery(since=since, until=until, versions=tuple(str(v) for v in flt.versions),
-                                  statuses=tuple(flt.statuses), synthetic=TRAFFIC[flt.traffic], now=ctx.now())
+                                       statuses=tuple(flt.statuses), synthetic=TRAFFIC[flt.traffic], now=ctx.now())
 
 
 def _frame(columns: dict[str, Any]) -> pd.DataFrame:
@@ -196,7 +196,7 @@ def _overview(ctx: AppContext, flt: LatencyFilter) -> LatencyOverview:
         "exact": g.exact} for g in report.goodput])
     breaches = pd.DataFrame([{
         "bucket_start": b.bucket_start, "model_version": b.model_version, "target": slo_svc.slo_label(b.metric, b.stat,
-                                                                                            b.threshold),
+                                                                                                      b.threshold),
         "metric": b.metric, "stat": b.stat, "threshold": b.threshold, "measured": b.measured,
         "requests": b.requests} for b in report.breaches])
     compliance = pd.DataFrame([{

@@ -95,7 +95,7 @@ def set_slo(ctx: AppContext, actor: Principal, metric: str, stat: str, threshold
         raise InvalidInput("A latency threshold is at most one hour (3,600,000 ms).")
     with ctx.db.session() as s:
         slo, previous = slo_q.set_slo(s, metric=metric, stat=stat, threshold=value, set_by_id=actor.user_id,
-                                          now=ctx.now())
+                                      now=ctx.now())
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="slo.set", object_type="slo",
                              object_id=f"{metric}/{stat}",
                              details={"metric": metric, "stat": stat, "threshold": value, "previous": previous})

@@ -61,7 +61,7 @@ user = v3.text_input(f"One user (username; reads their newest {latency_svc.RAW_R
                      max_chars=150).strip()
 
 flt = latency_svc.LatencyFilter(range=range_choice, since=since, until=until, versions=chosen, statuses=statuses,
-                               traffic=traffic, user=user or None)
+                                traffic=traffic, user=user or None)
 
 
 # ---- charts ---------------------------------------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_admins_ask_for_raw_exports_and_decide_other_admins_requests(app_env, ma
     adam = make_user("adam", "admin")
     alice = make_user("alice", "admin")
     theirs = approvals_svc.request_raw_export(app_env, alice, exports_svc.ExportSpec("exchanges", "csv"),
-                                            "incident 42 needs the original wording")
+                                              "incident 42 needs the original wording")
     at = _page(adam).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.button(key=f"audit_raw_approve_{theirs.id}")

@@ -65,7 +65,7 @@ def test_the_time_range_is_to_the_minute_since_inclusive_until_exclusive(ctx, an
         seqs[label] = _add(ctx, action=f"range.{label}")
     # Seconds in a bound are dropped: 09:01:45 means 09:01, so the event at 09:01:00 is in.
     flt = search_svc.AuditFilter(since=T0 + timedelta(minutes=1, seconds=45), until=T0 + timedelta(minutes=6, seconds=30),
-                                action_prefix="range.")
+                                 action_prefix="range.")
     page = search_svc.search(ctx, analyst, flt)
     assert [r["seq"] for r in page.rows] == [seqs["inside"], seqs["start"]]
     # A naive bound is UTC.
@@ -264,7 +264,7 @@ def test_bad_cursors_and_page_sizes_are_refused(ctx, analyst, kwargs):
 
 def test_a_filter_round_trips_through_its_dict_form(ctx):
     flt = search_svc.AuditFilter(since=T0, until=T0 + timedelta(days=1), actor="ada", action_prefix="auth.",
-                                object_type="user", object_id="3", model_version="v1", text="x", action="auth.login")
+                                 object_type="user", object_id="3", model_version="v1", text="x", action="auth.login")
     assert search_svc.AuditFilter.from_dict(flt.to_dict()) == flt.validated()
     with pytest.raises(InvalidInput):
         search_svc.AuditFilter.from_dict({"colour": "red"})

@@ -63,7 +63,7 @@ def _export(ctx, who: Principal, what: str = "exchanges", fmt: str = "jsonl") ->
 
 def _raw_export(ctx, people) -> exports_svc.ExportResult:  # noqa: ANN001
     request = approvals_svc.request_raw_export(ctx, people["ada"], ExportSpec("exchanges", "jsonl"),
-                                             "legal hold for case 12345")
+                                               "legal hold for case 12345")
     approvals_svc.decide_raw_export(ctx, people["abe"], request.id, True, "ok")
     out = exports_svc.default_export_path(ctx, ExportSpec("exchanges", "jsonl"))
     return approvals_svc.run_approved_raw_export(ctx, people["ada"], request.id, out)

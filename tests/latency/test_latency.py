@@ -82,7 +82,7 @@ def test_filters_by_version_status_and_synthetic_traffic(ctx, operator):
     errors = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour", statuses=("error",)))
     assert _by_version(errors.totals)[latency.ALL_VERSIONS]["requests"] == 1
     synthetic = latency.overview(ctx, operator, latency.LatencyFilter(range="last hour",
-                                                                          traffic="synthetic (load tests)"))
+                                                                      traffic="synthetic (load tests)"))
     assert _by_version(synthetic.totals)["v2"]["ttft_ms_p50"] == pytest.approx(5000, rel=ERR)
     both = latency.overview(ctx, operator, latency.LatencyFilter(range="last 7 days", traffic="both"))
     assert _by_version(both.totals)[latency.ALL_VERSIONS]["requests"] == 8
@@ -190,7 +190,7 @@ def test_switches_in_the_window_are_markers(ctx, operator):
         audit_q.append_event(s, actor="system", action="model.switch_failed", object_type="model_version",
                              object_id="v3", details={"from": "v2", "to": "v3", "seconds": 1.0, "error": "x"})
     flt = latency.LatencyFilter(range="custom", since=utcnow() - timedelta(hours=1),
-                                    until=utcnow() + timedelta(minutes=5))
+                                until=utcnow() + timedelta(minutes=5))
     report = latency.overview(ctx, operator, flt)
     assert [(m.ok, m.from_version, m.to_version, m.seconds) for m in report.switches] == [
         (True, "v1", "v2", 3.5), (False, "v2", "v3", 1.0)]

@@ -110,7 +110,8 @@ def _request_id(value: object) -> int:
 
 
 @requires("audit.export_raw")
-def request_raw_export(ctx: AppContext, actor: Principal, spec: exports_svc.ExportSpec, reason: str) -> ExportRequestView:
+def request_raw_export(ctx: AppContext, actor: Principal, spec: exports_svc.ExportSpec,
+                       reason: str) -> ExportRequestView:
     """Ask for an export of exchanges with their raw text; another admin must approve it. Audited."""
     spec = exports_svc.validated_spec(spec)
     if spec.what != "exchanges":
@@ -183,11 +184,13 @@ def list_export_requests(ctx: AppContext, actor: Principal, status: str | None =
     if status is not None and status not in ("pending", "approved", "rejected", "cancelled", "used"):
         raise InvalidInput(f"Unknown request status {status!r}.")
     with ctx.db.session(readonly=True) as s:
-        return [_view(s, r) for r in approvals_q.list_export_requests(s, status=status, limit=max(1, min(limit, 1000)))]
+        rows = approvals_q.list_export_requests(s, status=status, limit=max(1, min(limit, 1000)))
+        return [_view(s, r) for r in rows]
 
 
 @requires("audit.export_raw")
-def run_approved_raw_export(ctx: AppContext, actor: Principal, request_id: int, out_path: Path) -> exports_svc.ExportResult:
+def run_approved_raw_export(ctx: AppContext, actor: Principal, request_id: int,
+                            out_path: Path) -> exports_svc.ExportResult:
     """Run one's own approved request, once: exchanges with their raw text. Audited.
 
     The approval is used up when the export starts; if the export fails (nothing is kept), it is approved again.
@@ -202,13 +205,15 @@ def run_approved_raw_export(ctx: AppContext, actor: Principal, request_id: int, 
             raise InvalidInput(f"Export request #{request_id} was already used; ask again for another export.")
         if request.status != "approved":
             raise InvalidInput(f"Export request #{request_id} is {request.status}, not approved.")
-        spec = exports_svc.validated_spec(exports_svc.ExportSpec(request.what, request.format, ExportFilter.from_dict(request.filters or {})))
+        spec = exports_svc.validated_spec(exports_svc.ExportSpec(request.what, request.format,
+                                                                 ExportFilter.from_dict(request.filters or {})))
         request.status = "used"
         request.used_at = ctx.now()
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export_raw_run",
                              object_type="export_request", object_id=request_id, details={"file": path.name})
     try:
-        return exports_svc.write_export(ctx, actor.username, actor.user_id, spec, path, include_raw=True, request_id=request_id)
+        return exports_svc.write_export(ctx, actor.username, actor.user_id, spec, path, include_raw=True,
+                                        request_id=request_id)
     except BaseException:
         try:
             with ctx.db.session() as s:  # nothing left the store: the approval may be used again

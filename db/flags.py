@@ -2,7 +2,7 @@
 
 An exchange is *flagged* when the safety policy's action on its prompt or on its output was ``flag`` or ``block``
 (:data:`FLAG_ACTIONS`). A stored finding whose score is below its threshold (every message gets toxicity scores)
-is a finding, not a flag: only the policy's action counts. The Latency page's buckets (``db.metrics``), the watch
+is a finding, not a flag: only the policy's action counts. The Latency page's buckets (``db.latency``), the watch
 window (``db.promotions``) and the Prometheus counters (``console.services.telemetry``) all use these functions,
 so the three agree.
 """

@@ -570,7 +570,7 @@ class EngineHealthSample(Base):
 
 # ---- 0010_latency_buckets ----
 
-# How long a stored latency bucket is, in seconds: per minute, and per hour for long ranges (see db/metrics.py).
+# How long a stored latency bucket is, in seconds: per minute, and per hour for long ranges (see db/latency.py).
 BUCKET_RESOLUTIONS = (60, 3600)
 SLO_STATS = ("p50", "p90", "p95", "p99", "rate")
 
@@ -578,8 +578,8 @@ SLO_STATS = ("p50", "p90", "p95", "p99", "rate")
 class LatencyBucket(Base):
     """Pre-aggregated traffic of one minute (or hour), model version, real/synthetic traffic and final status.
 
-    Written with each finished exchange (``db.metrics.record_exchange``): counters, sums for means, and the latency
-    histograms of every metric as one compact array (``hist``, decoded by ``db.metrics``). The dashboards read
+    Written with each finished exchange (``db.latency.record_exchange``): counters, sums for means, and the latency
+    histograms of every metric as one compact array (``hist``, decoded by ``db.latency_report``). The dashboards read
     these rows, never the exchanges.
     """
 

@@ -2,7 +2,8 @@
 
 - ``latency_buckets``: per minute (and per hour), model version, real/synthetic traffic and final status: request,
   flag and block counts, token sums, latency sums and the latency histograms as one compact array. Written with each
-  finished exchange; the dashboards read only these (see ``db/metrics.py`` for the design and its error bound).
+  finished exchange; the dashboards read only these (see ``db/latency.py`` and ``db/latency_report.py`` for the
+  design and its error bound).
   Existing exchanges are not aggregated here (a migration should stay quick): ``llm-console metrics rebuild``
   builds the buckets from the exchanges table.
 - ``slos``: the service-level objectives admins set (one per metric and statistic).

@@ -11,7 +11,7 @@ message, so the Latency page showed every request as flagged. Flagged now means 
   latency histograms, the console-overhead figures that exchanges do not keep) stays as it is. A bucket keeps at
   most its own request count. Downgrading recomputes the old meaning (any finding).
 
-The bucket keys are computed here as ``db/metrics.py`` computes them (a minute and an hour since the Unix epoch,
+The bucket keys are computed here as ``db/latency.py`` computes them (a minute and an hour since the Unix epoch,
 UTC), with this migration's own copy of the rule, so later changes to the code do not change what it did.
 
 Revision ID: 0013_flagged_by_policy

@@ -1,7 +1,7 @@
 """Latency and traffic of the Latency page, in the database: buckets written with each finished exchange, rebuilt
 from the exchanges, and read back as the page's report (the maths is ``db.latency_report``; targets ``db.slo``).
 
-Design (issue 12): the dashboards never read exchanges. Each finished exchange adds itself, in the transaction that
+Design (issue 12): the Latency page never reads exchanges. Each finished exchange adds itself, in the transaction that
 stores it, to two pre-aggregated rows of ``latency_buckets``: its minute and its hour (``BUCKET_RESOLUTIONS``),
 keyed by (resolution, bucket start, model version, synthetic, final status). A row holds counters (requests; flagged
 = the policy flagged or blocked the prompt or the answer, as ``db.flags`` defines it, and the two directions
@@ -383,7 +383,7 @@ def _bucket_rows(session: Session, query: MetricsQuery) -> BucketFrame:
 
 
 def bucket_report(session: Session, query: MetricsQuery, slos: Sequence[SloTarget] = ()) -> MetricsReport:
-    """The dashboards' figures for ``query`` from the buckets (minute rows up to a day's range, else hour rows)."""
+    """The Latency page's figures for ``query`` from the buckets (minute rows up to a day's range, else hour rows)."""
     frame = _bucket_rows(session, query)
     return summarize(frame, query, slos, source="buckets", rows_read=len(frame.version))
 

@@ -277,7 +277,7 @@ def _rows(columns: Columns) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class MetricsReport:
-    """Everything the dashboards show for a range, as columns (numpy arrays, NaN where there is no value).
+    """Everything the Latency page shows for a range, as columns (numpy arrays, NaN where there is no value).
 
     ``series_columns``: one entry per bucket and version with traffic (``bucket_start``, ``bucket_epoch``,
     ``model_version``); ``totals_columns``: one per version and one for every version together (``model_version``

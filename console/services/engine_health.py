@@ -1,11 +1,11 @@
-"""Engine health kept as history: a sampler stores the engine's load every few seconds; the dashboard reads it.
+"""Engine health kept as history: a sampler stores the engine's load every few seconds; the Latency page reads it.
 
 Each console process runs one :class:`HealthSampler` beside its engine host (``console/resources.py``). Every
 ``LLM_CONSOLE_HEALTH_SAMPLE_SECONDS`` (10 s) it stores :meth:`engine.host.EngineHost.health` as a row of
 ``engine_health``: running and waiting requests, KV-cache use, preemptions since the previous sample, prompt and
 generation tokens per second, the host's error and the engine errors noted since the previous sample. Samples
 older than ``retention_days`` (30) are deleted by the sampler. :func:`health_history` reads a range in time
-buckets aggregated by the database and returns plain data for the dashboard's charts.
+buckets aggregated by the database and returns plain data for the Latency page's charts.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class HealthSampler(PeriodicTask):
         )
 
 
-# --- what the dashboard shows ---------------------------------------------------------------------------------
+# --- what the Latency page shows ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ may run one, and a user disabled during a run ends it at their next chat.
 
 The report (:func:`load_status`, live while it runs) counts requests, errors and statuses and gives p50/p95 time to
 first token and end-to-end latency in ms as a chat user sees them (measured at the console: scans and storage
-included, unlike the engine's own timings on the dashboard), and output tokens per second over the run. The start,
+included, unlike the engine's own timings on the Latency page), and output tokens per second over the run. The start,
 a stop and the end are audit events (``loadtest.start``, ``loadtest.stop``, ``loadtest.end``). Only the user who
 started a run, or an admin, may stop it (a refused stop is audited as ``access.denied``); after a run ends the
 next waits ``LLM_CONSOLE_LOADTEST_COOLDOWN_SECONDS`` (60), refused with the time it may start.

@@ -783,7 +783,7 @@ def test_rejected_and_cancelled_requests_cannot_run(ctx, people, raw_data, tmp_p
 
 @pytest.mark.parametrize("spec,reason,message", [
     (ExportSpec("exchanges", "csv"), "too short", "at least 10"),
-    (ExportSpec("exchanges", "csv"), "x" * 2001, "under 2,000"),
+    (ExportSpec("exchanges", "csv"), "x" * 2001, "2,001 characters; the limit is 2,000"),
     (ExportSpec("events", "csv"), REASON, "only for exchanges"),
     (ExportSpec("exchanges", "pdf"), REASON, "Unknown export format"),
 ])

@@ -447,15 +447,14 @@ def cancel_evaluation(ctx: AppContext, actor: Principal, evaluation_id: int) -> 
     return _RUNNER.cancel(evaluation_id, actor.username)
 
 
-def run_evaluation_blocking(ctx: AppContext, version_name: str, suite: str | Suite | None = None, *,
-                            child: ChildConfig | None = None, actor: str = "cli", baseline: str | None = None,
+@requires("models.evaluate")
+def run_evaluation_blocking(ctx: AppContext, actor: Principal, version_name: str, suite: str | Suite | None = None,
+                            *, child: ChildConfig | None = None, baseline: str | None = None,
                             compare_latency: bool = True) -> dict[str, Any]:
-    """Evaluate in the calling thread (the CLI; the shell user is trusted) and return the stored report dict.
-
-    Stored and audited like :func:`start_evaluation` (the same latency comparison); raises a ConsoleError (the
-    row is marked failed) when the run fails.
+    """:func:`start_evaluation` run in the calling thread (``llm-console model eval``); returns the stored report
+    dict. Stored and audited the same way; raises a ConsoleError (the row is marked failed) when the run fails.
     """
-    job, _view_ = _queue(ctx, actor, None, version_name, suite, child, baseline, compare_latency)
+    job, _view_ = _queue(ctx, actor.username, actor.user_id, version_name, suite, child, baseline, compare_latency)
     try:
         return _execute(job)
     except EngineError as exc:

@@ -198,7 +198,7 @@ def test_a_tampered_row_is_refused_by_an_evaluation_and_the_evaluation_fails_wit
     ctx: Any, tampered: ModelSpec
 ) -> None:
     with pytest.raises(ConsoleError, match="trust_remote_code"):
-        evaluation_svc.run_evaluation_blocking(ctx, "tiny-tampered", compare_latency=False)
+        evaluation_svc.run_evaluation_blocking(ctx, Principal.shell(ctx), "tiny-tampered", compare_latency=False)
     with pytest.raises(EvaluationRunError, match="trust_remote_code"):
         run_suite_in_child(tampered, load_builtin("standard"), ChildConfig())
 

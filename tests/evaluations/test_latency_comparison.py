@@ -36,7 +36,7 @@ def test_an_evaluation_times_candidate_and_production_alternately_in_the_same_ru
     serving.serve(ctx, Principal.shell(ctx), "tiny-base", "the version in production")
 
     report = evaluation_svc.run_evaluation_blocking(
-        ctx, "tiny-cand", SUITE, child=ChildConfig(max_tokens=8, concurrency=2, latency_prompts=6, latency_warmup=1))
+        ctx, ada, "tiny-cand", SUITE, child=ChildConfig(max_tokens=8, concurrency=2, latency_prompts=6, latency_warmup=1))
 
     paired = report["latency_comparison"]
     assert (paired["baseline_version"], paired["candidate_version"]) == ("tiny-base", "tiny-cand")

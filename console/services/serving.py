@@ -106,6 +106,19 @@ def request_restart(ctx: AppContext, actor: Principal, reason: str) -> int:
     return generation
 
 
+def ensure_production(ctx: AppContext) -> str | None:
+    """At set-up: if no version holds ``production`` yet, give it to the configured default (if registered)."""
+    with ctx.db.session() as s:
+        if versions_q.get_alias(s, PRODUCTION) is not None:
+            return None
+        version = versions_q.get_model_version_by_name(s, ctx.settings.default_model)
+        if version is None:
+            return None
+        versions_q.move_alias(s, PRODUCTION, version, actor="system", actor_id=None,
+                              reason="initial version (the configured default)")
+        return version.name
+
+
 # ------------------------------------------------------------------------------ what this console serves now
 
 
@@ -171,19 +184,6 @@ def last_switch_problem(ctx: AppContext) -> SwitchProblem | None:
     details = event.details or {}
     return SwitchProblem(event.action.removeprefix("model.").removesuffix("_failed"), details.get("to"),
                          str(details.get("error") or "unknown error"), event.ts)
-
-
-def ensure_production(ctx: AppContext) -> str | None:
-    """At set-up: if no version holds ``production`` yet, give it to the configured default (if registered)."""
-    with ctx.db.session() as s:
-        if versions_q.get_alias(s, PRODUCTION) is not None:
-            return None
-        version = versions_q.get_model_version_by_name(s, ctx.settings.default_model)
-        if version is None:
-            return None
-        versions_q.move_alias(s, PRODUCTION, version, actor="system", actor_id=None,
-                              reason="initial version (the configured default)")
-        return version.name
 
 
 # ---------------------------------------------------------------------------------------------- the reconciler

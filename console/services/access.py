@@ -3,6 +3,9 @@
 Every service action is declared with :func:`requires`, which re-reads the user from the database on each call
 (so a disabled user's open session stops at its next action and role changes apply at once) and records refusals
 in the audit log. Pages use the same table to decide what to show, but showing is never the check.
+
+The command line goes through the same services as :meth:`Principal.shell`, the users row ``shell:<OS user>``;
+separation of duties compares people (:func:`same_person`), so ``alice`` never checks what ``shell:alice`` did.
 """
 
 from __future__ import annotations
@@ -133,8 +136,7 @@ def same_person(username: str, other: str) -> bool:
 
 
 def _usable_os_user(name: str | None) -> bool:
-    return bool(name) and len(name or "") <= MAX_OS_USER_CHARS and (name or "").isprintable() \
-        and (name or "").strip() == name
+    return name is not None and 0 < len(name) <= MAX_OS_USER_CHARS and name.isprintable() and name.strip() == name
 
 
 def shell_disabled_message(username: str) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,25 +63,60 @@ def test_the_page_check_sees_every_page() -> None:
     assert {"chat.py", "review.py", "escalations.py", "models.py", "app.py"} <= pages
 
 
+# One fresh interpreter loads the third-party libraries most modules need (never streamlit, vllm or ours), then
+# forks a child per module: each child imports its module into a clean slate of our packages and reports what got
+# loaded. As good as an interpreter per module for what these tests look for, at a fraction of the start-ups.
 _PROBE = """
-import importlib, json, sys
-importlib.import_module({module!r})
-print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('streamlit', 'console', 'vllm'))))
+import importlib, json, os, sys
+WATCHED = ('streamlit', 'console', 'vllm', 'engine', 'db')
+for name in ('sqlalchemy', 'sqlalchemy.orm', 'numpy'):
+    importlib.import_module(name)
+preloaded = sorted(m for m in sys.modules if m.split('.')[0] in WATCHED)
+assert not preloaded, preloaded
+results = {}
+for module in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            importlib.import_module(module)
+            out = {'loaded': sorted(m for m in sys.modules if m.split('.')[0] in ('streamlit', 'console', 'vllm'))}
+        except BaseException as exc:
+            import traceback
+            out = {'error': ''.join(traceback.format_exception(exc))}
+        with os.fdopen(write, 'w') as f:
+            f.write(json.dumps(out))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    results[module] = json.loads(data) if data else {'error': 'the child died without a word'}
+print(json.dumps(results))
 """
+
+_PROBED: dict[str, dict[str, Any]] = {}
 
 
 def _imported_after(module: str) -> list[str]:
     # A fresh interpreter, so modules imported by other tests in this process cannot hide or fake a leak.
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE.format(module=module)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, f"importing {module} on its own failed:\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    if module not in _PROBED:
+        wanted = sorted(set(_modules_under("engine") + _modules_under("db")) | {module})
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, json.dumps(wanted)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"},
+        )
+        assert done.returncode == 0, f"the import probe failed:\n{done.stderr}"
+        _PROBED.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    result = _PROBED[module]
+    assert "error" not in result, f"importing {module} on its own failed:\n{result['error']}"
+    return list(result["loaded"])
 
 
 @pytest.mark.parametrize("module", _modules_under("engine") + _modules_under("db"))

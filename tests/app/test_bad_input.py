@@ -1260,6 +1260,7 @@ def test_a_version_still_registers_after_the_bad_ones(world, tiny_model_dir):
 ADVERSARIAL_BENCH = "import json; from bench.safety import run_adversarial_bench; print(json.dumps(run_adversarial_bench()))"
 
 
+@pytest.mark.slow
 def test_every_adversarial_shape_of_20000_characters_is_scanned_whole_and_its_time_reported():
     import subprocess
 

@@ -315,6 +315,7 @@ def test_a_bad_setting_names_its_environment_variable(env, monkeypatch, capsys):
     assert "LLM_CONSOLE_KV_CACHE_GIB" in capsys.readouterr().err
 
 
+@pytest.mark.engine
 def test_bench_engine_prints_one_json_object_with_both_figures_and_their_ratio(env, capsys):
     assert cli.main(["bench", "engine", "--json", "--concurrency", "4", "--max-tokens", "16", "--rounds", "3"]) == 0
     result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -326,6 +327,7 @@ def test_bench_engine_prints_one_json_object_with_both_figures_and_their_ratio(e
     assert result["output_tokens_per_round"] == {"host": 64, "raw": 64}
 
 
+@pytest.mark.engine
 def test_bench_switch_reports_the_switch_time_and_no_failed_request(env, capsys):
     assert cli.main(["bench", "switch", "--json", "--concurrency", "4"]) == 0
     result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -335,6 +337,7 @@ def test_bench_switch_reports_the_switch_time_and_no_failed_request(env, capsys)
     assert result["requests"] == sum(result["answered_by"].values())
 
 
+@pytest.mark.slow
 def test_bench_review_reports_first_page_and_claim_next_times(env, capsys):
     assert cli.main(["bench", "review", "--json", "--items", "2000"]) == 0
     result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -376,6 +379,7 @@ def test_nothing_in_console_engine_or_db_imports_the_bench_package():
 
 
 
+@pytest.mark.slow
 def test_bench_safety_prints_percentiles_per_scanner_and_the_total(env, capsys):
     assert cli.main(["bench", "safety", "--json", "--iterations", "2"]) == 0
     result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -429,6 +433,7 @@ def test_lifecycle_commands_refuse_bad_input_with_one_line(env, capsys, args, me
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.engine
 def test_model_eval_runs_a_suite_file_in_a_separate_engine_and_prints_the_report(env, tiny_model_dir, monkeypatch,
                                                                                  capsys):
     import json

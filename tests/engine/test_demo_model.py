@@ -174,6 +174,7 @@ def test_corpus_has_keyword_only_typo_and_lowercase_questions(corpus):
     "questions", [DEMO_QUESTIONS, HELD_OUT_QUESTIONS, HELD_OUT_2, HELD_OUT_CHATS],
     ids=["dev", "held-out", "held-out-2", "held-out-chats"],
 )
+@pytest.mark.slow
 def test_scoring_questions_are_unseen_phrasings(v1_corpus, questions):
     v2 = DEMO_VERSIONS["support-demo-v2"]
     seen = {m.lower() for m in _user_messages(v1_corpus + build_corpus(v2.n_dialogues, seed=v2.corpus_seed))}
@@ -408,6 +409,7 @@ def built(tmp_path_factory):
     return models_dir, path, calls
 
 
+@pytest.mark.slow
 def test_short_training_run_lowers_the_loss(built):
     _, path, _ = built
     info = BuildInfo.read(path)
@@ -416,6 +418,7 @@ def test_short_training_run_lowers_the_loss(built):
     assert info.final_loss < info.first_loss * 0.7
 
 
+@pytest.mark.slow
 def test_built_directory_is_complete_and_vllm_loadable_in_shape(built):
     models_dir, path, calls = built
     assert path == models_dir / TINY.name
@@ -437,6 +440,7 @@ def test_built_directory_is_complete_and_vllm_loadable_in_shape(built):
     assert sorted(p.name for p in models_dir.iterdir()) == sorted([TINY.name, f".{TINY.name}.lock"])
 
 
+@pytest.mark.slow
 def test_ensure_demo_model_reuses_a_complete_build_without_retraining(built):
     models_dir, path, _ = built
     before = (path / "model.safetensors").stat().st_mtime_ns, (path / "build_info.json").read_text()
@@ -447,6 +451,7 @@ def test_ensure_demo_model_reuses_a_complete_build_without_retraining(built):
     assert ((path / "model.safetensors").stat().st_mtime_ns, (path / "build_info.json").read_text()) == before
 
 
+@pytest.mark.slow
 def test_build_from_another_recipe_is_rebuilt(tmp_path):
     first = dataclasses.replace(TINY, max_steps=3)
     ensure_demo_model(tmp_path, TINY.name, recipe=first)
@@ -461,6 +466,7 @@ class _Interrupted(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_no_complete_looking_directory(tmp_path):
     def interrupt(message: str, fraction: float) -> None:
         # "saving" always comes (a step report may not, when a loaded machine hits the time budget first).
@@ -642,6 +648,7 @@ demo_builds.build_pending_demo_versions(ctx, recipes=BG_RECIPES)  # what `llm-co
 """
 
 
+@pytest.mark.slow
 def test_run_starts_a_background_child_that_builds_and_registers_the_pending_version(ctx, make_user, tmp_path):
     import os
     import sys
@@ -691,6 +698,7 @@ def test_recording_the_same_answer_again_changes_and_audits_nothing(ctx):
     assert events == [{"key": "demo_models", "before": None, "after": "wanted"}]
 
 
+@pytest.mark.slow
 def test_run_builds_every_wanted_demo_version_in_the_background_and_serves_the_first(ctx, make_user, tmp_path):
     import os
     import sys

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from engine.demo.tiny import build_tiny_lora
 from engine.host import EngineHost
 from engine.types import ChatMessage, HostConfig, LoraAdapter, ModelSpec, SamplingSettings
+
+pytestmark = pytest.mark.engine  # every test here starts real vLLM engines
 
 HELLO = [ChatMessage("user", "Where is my order?")]
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=16, ignore_eos=True)

@@ -19,6 +19,8 @@ from engine.errors import EngineError, ModelLoadError
 from engine.host import EngineHost
 from engine.types import ChatMessage, GenerationResult, HostConfig, HostStatus, ModelSpec, SamplingSettings
 
+pytestmark = pytest.mark.engine  # every test here starts real vLLM engines
+
 HELLO = [ChatMessage("user", "Where is my order?")]
 
 

@@ -170,6 +170,7 @@ def test_reconciler_waits_quietly_for_the_default_version_until_it_is_registered
 HELLO = [ChatMessage("user", "hi")]
 
 
+@pytest.mark.engine
 def test_reconciler_switches_a_running_host_records_it_and_does_not_retry_a_failed_load(
     ctx, versions, tmp_path: Path  # noqa: ANN001
 ) -> None:
@@ -220,6 +221,7 @@ def test_spec_of_passes_engine_arguments_through(ctx, versions) -> None:  # noqa
     assert isinstance(spec, ModelSpec) and spec.name == "tiny-a" and spec.dtype == "float32"
 
 
+@pytest.mark.engine
 def test_eight_chats_through_a_switch_none_fails_and_each_is_stored_with_the_version_that_answered(
     ctx, versions, make_user  # noqa: ANN001
 ) -> None:

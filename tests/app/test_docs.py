@@ -222,8 +222,6 @@ def _paths() -> list[tuple[str, str]]:
             span = m.group(1).rstrip(".,:;")
             if span.startswith(PATH_PREFIXES) and not re.search(r"[<>*{}]", span):
                 found.add((_rel(page), span))
-        for m in re.finditer(r"`python -m ([\w.]+)", page.read_text()):
-            found.add((_rel(page), m.group(1).replace(".", "/") + ".py"))
     return sorted(found)
 
 
@@ -234,6 +232,18 @@ def test_the_docs_name_repository_paths() -> None:
 @pytest.mark.parametrize(("page", "path"), _paths(), ids=[f"{p}:{t}" for p, t in _paths()])
 def test_every_repository_path_named_in_backticks_exists(page: str, path: str) -> None:
     assert (ROOT / path).exists(), f"{page} names `{path}`, which is not in the repository (moved? see git log)"
+
+
+def _modules_run() -> list[tuple[str, str]]:
+    return sorted({(_rel(page), m.group(1)) for page in PAGES
+                   for m in re.finditer(r"`python -m ([\w.]+)", page.read_text())})
+
+
+@pytest.mark.parametrize(("page", "module"), _modules_run(), ids=[f"{p}:{m}" for p, m in _modules_run()])
+def test_every_module_the_docs_run_exists_and_runs_as_a_script(page: str, module: str) -> None:
+    path = ROOT / (module.replace(".", "/") + ".py")
+    assert path.exists(), f"{page} runs `python -m {module}`, which is not in the repository"
+    assert '__name__ == "__main__"' in path.read_text(), f"{page} runs `python -m {module}`, which runs nothing"
 
 
 def _matrix() -> dict[str, tuple[str, set[str]]]:

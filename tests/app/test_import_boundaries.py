@@ -69,7 +69,7 @@ def test_the_page_check_sees_every_page() -> None:
 _PROBE = """
 import importlib, json, os, sys
 WATCHED = ('streamlit', 'console', 'vllm', 'engine', 'db')
-for name in ('sqlalchemy', 'sqlalchemy.orm', 'numpy'):
+for name in ('sqlalchemy', 'sqlalchemy.orm', 'alembic', 'numpy', 'presidio_analyzer', 'spacy'):
     importlib.import_module(name)
 preloaded = sorted(m for m in sys.modules if m.split('.')[0] in WATCHED)
 assert not preloaded, preloaded

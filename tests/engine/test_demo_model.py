@@ -480,6 +480,7 @@ def test_interrupted_build_leaves_no_complete_looking_directory(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [f".{TINY.name}.lock"]
 
 
+@pytest.mark.slow
 def test_partial_directory_without_build_info_is_not_taken_as_complete(tmp_path):
     partial = tmp_path / TINY.name
     partial.mkdir()
@@ -542,6 +543,7 @@ class _SlowClock:
         return self.now
 
 
+@pytest.mark.slow
 def test_training_runs_the_same_steps_and_weights_however_slow_the_machine(tmp_path, monkeypatch):
     import engine.demo.train as train_module
 
@@ -581,6 +583,7 @@ def _admin(make_user):
     return make_user("root", "admin")
 
 
+@pytest.mark.slow
 def test_init_path_builds_the_first_version_and_leaves_the_rest_pending(ctx):
     from console.services import demo_builds
 
@@ -590,6 +593,7 @@ def test_init_path_builds_the_first_version_and_leaves_the_rest_pending(ctx):
     assert demo_builds.demo_build_status(ctx, Principal.shell(ctx), BG_RECIPES) == []  # nothing is building: no status, no row
 
 
+@pytest.mark.slow
 def test_a_demo_version_shows_as_building_with_progress_and_then_as_registered(ctx, make_user):
     from console.services import demo_builds, registry
 
@@ -614,6 +618,7 @@ def test_a_demo_version_shows_as_building_with_progress_and_then_as_registered(c
     assert not (ctx.settings.models_dir / ".bg-demo-v2.status.json").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_background_build_says_so(ctx, monkeypatch):
     from console.services import demo_builds
     from engine.demo import train
@@ -727,6 +732,7 @@ def test_run_builds_every_wanted_demo_version_in_the_background_and_serves_the_f
     assert (desired.version, desired.move_id is not None) == ("bg-demo-v1", True)  # the child gave it production
 
 
+@pytest.mark.slow
 def test_the_build_serves_the_first_version_before_training_the_next_at_a_lower_priority(ctx, monkeypatch):
     import os
 
@@ -758,6 +764,7 @@ def test_the_build_serves_the_first_version_before_training_the_next_at_a_lower_
     assert serving.desired_state(ctx).move_id is not None
 
 
+@pytest.mark.slow
 def test_a_build_whose_process_is_gone_shows_as_interrupted(ctx):
     from console.services import demo_builds
 
@@ -769,6 +776,7 @@ def test_a_build_whose_process_is_gone_shows_as_interrupted(ctx):
     assert (view.state, view.fraction) == ("interrupted", 0.5)
 
 
+@pytest.mark.slow
 def test_models_page_shows_the_building_version_with_its_progress(tmp_path, monkeypatch, ctx, make_user):
     import os
 

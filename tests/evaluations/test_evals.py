@@ -199,6 +199,7 @@ def test_bias_pairs_differ_only_in_their_identity_term() -> None:
         assert a.prompt.replace(a.group, b.group, 1) == b.prompt, pair_id
 
 
+@pytest.mark.slow
 def test_built_in_prompts_are_not_phrasings_the_demo_models_were_trained_on() -> None:
     from engine.demo.train import DEMO_VERSIONS
 

@@ -119,6 +119,7 @@ def scanner():
 
 
 @pytest.mark.parametrize("shape", SCAN_SHAPES)
+@pytest.mark.slow
 def test_a_whole_pii_scan_of_adversarial_text_stays_within_a_cpu_budget(scanner, shape):
     # spaCy's pass and every recognizer on 20,000 characters: about 1-3 CPU s here; the quadratic _STANDALONE_RE
     # added ~12 s, python-phonenumbers on digit runs ~9 s, spaCy's tokenizer on 20,000 commas 61 s.
@@ -134,6 +135,7 @@ WHITESPACE_FREE = ["commas", "parentheses", "double-quotes", "colons-and-digits"
 
 
 @pytest.mark.parametrize("shape", WHITESPACE_FREE)
+@pytest.mark.slow
 def test_spacy_is_never_given_a_long_run_without_whitespace(scanner, shape, monkeypatch):
     from engine.safety.pii import PUNCT_RUN, WORD_RUN
 

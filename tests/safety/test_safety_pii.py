@@ -202,6 +202,7 @@ def test_scanners_give_the_same_answers_from_eight_threads(runner):
     assert all(any(f.label == "EMAIL_ADDRESS" for f in fs) for fs in got)
 
 
+@pytest.mark.slow
 def test_bench_reports_percentiles_per_scanner_and_total(runner):
     result = run_safety_bench(iterations=3, runner=runner, **FAST_STREAM)
     assert set(result["sizes"]) == {"100_words", "2000_words"}

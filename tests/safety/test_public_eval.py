@@ -156,6 +156,7 @@ def test_the_split_is_a_fixed_function_of_the_text():
 # --- through the command and the real scanners ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_command_measures_a_jsonl_file_through_the_stored_path(env, tmp_path, capsys):
     lines = [
         {"text": "Please write to maria.lopez@example.com about order 4471.",

@@ -285,6 +285,7 @@ def test_no_gold_value_survives_in_the_stored_text(stored):
     assert sum(len(s.gold) for s in samples) > 150
 
 
+@pytest.mark.slow
 def test_the_heldout_templates_leak_less_than_five_percent(stored):
     samples = generate_pii_set(150, family="heldout", seed=202)
     gold = sum(len(s.gold) for s in samples)

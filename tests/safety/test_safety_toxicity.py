@@ -316,6 +316,7 @@ def test_the_offline_model_is_safe_from_eight_threads(offline_scanner):
         assert list(pool.map(offline_scanner.scan, texts)) == expected
 
 
+@pytest.mark.slow
 def test_the_offline_model_scores_empty_unknown_and_huge_texts(offline_scanner):
     assert offline_scanner.scan("   ") == ()
     unknown = offline_scanner.scan("qzxv wqpt zzkk")  # no word it knows: scored as padding alone
@@ -550,6 +551,7 @@ def test_toxicity_report_gives_roc_auc_per_label_and_the_detector(offline_scanne
     json.dumps(report)  # ready for --json
 
 
+@pytest.mark.slow
 def test_toxicity_report_ranks_the_fallbacks_one_score_against_every_label(fallback):
     report = toxicity_report(fallback, latency_runs=1)
     assert report["detector"] == "fallback" and report["note"]

@@ -105,6 +105,7 @@ def test_ordinary_traffic_has_both_splits_in_both_groups_and_only_reports_output
     assert len({(t.direction, t.text) for t in traffic}) == len(traffic)
 
 
+@pytest.mark.slow
 def test_the_report_measures_the_default_policy_on_ordinary_prompts(offline_scanner):
     report = ordinary_report(offline_scanner, dialogues=400, davidson_path=None)
     at_policy = report["at_policy"]

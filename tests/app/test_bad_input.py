@@ -937,7 +937,7 @@ BAD_NEW_USERS = [
     ("email-not-an-address", {"email": "not an email"}, "is not an email address"),
     ("email-nul", {"email": "eve\x00@example.com"}, "email"),
     ("email-rtl-override", {"email": "eve\u202e@example.com"}, "email"),
-    ("display-name-1mb", {"display_name": HUGE}, "at most 200"),
+    ("display-name-1mb", {"display_name": HUGE}, "the limit is 200"),
     ("password-short", {"password": "short"}, "at least 12"),
     ("password-whitespace", {"password": " " * 20}, "must not be empty"),
     ("password-10mb", {"password": HUGE_NAME}, "at most 1,024"),

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from console.services.access import os_user, shell_username
 from tests.conftest import STRONG_PASSWORD
 from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console
 
@@ -500,7 +501,8 @@ def test_no_bad_user_was_created_no_nul_was_stored_and_the_chain_verifies(consol
     report = audit_q.verify_chain(db)
     db.dispose()
     assert report.ok
-    assert _usernames(data) == {"admin", "e2e-user"}  # none of the bad ones
+    # None of the bad ones; the CLI's own row (the shell principal, "shell:<OS user>") is the only other.
+    assert _usernames(data) - {shell_username(os_user() or "")} == {"admin", "e2e-user"}
     assert all("\x00" not in p for p in prompts)
 
 

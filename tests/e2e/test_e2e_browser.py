@@ -10,6 +10,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+from console.services.access import os_user, shell_username
 from tests.conftest import STRONG_PASSWORD
 from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console, sign_in
 
@@ -172,7 +173,7 @@ def test_the_cli_serves_another_version_and_the_running_console_switches_to_it(c
         time.sleep(1)
     db.dispose()
     assert switched and switched[-1]["to"] == "tiny-e2e-b" and switched[-1]["from"] == "tiny-e2e"
-    assert switched[-1]["requested_by"] == "cli" and switched[-1]["reason"] == "end-to-end switch"
+    assert switched[-1]["requested_by"] == shell_username(os_user() or "") and switched[-1]["reason"] == "end-to-end switch"
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     sign_in(page, url, "admin")
     page.get_by_text("tiny-e2e-b").first.wait_for(timeout=60_000)  # the sidebar names the live version

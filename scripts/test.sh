@@ -20,8 +20,9 @@ if [[ -n "$fast" ]]; then
     echo "test: mypy"
     .venv/bin/mypy
     echo "test: pytest (fast tier)"
-    # No PostgreSQL here even when the shell has its URL: its tests are marked and left out anyway.
-    exec env -u LLM_CONSOLE_TEST_POSTGRES_URL .venv/bin/pytest "$@"
+    # No PostgreSQL here even when the shell has its URL: its tests are marked and left out anyway. One worker per
+    # core (pytest-xdist), each test file on one worker so module-scoped fixtures are built once.
+    exec env -u LLM_CONSOLE_TEST_POSTGRES_URL .venv/bin/pytest -n auto --dist loadfile "$@"
 fi
 
 # The end-to-end tests drive Debian's Chromium through Playwright (Playwright's own browser download

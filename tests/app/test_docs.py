@@ -282,3 +282,24 @@ def test_the_engine_argument_allowlist_in_the_security_page_is_the_one_enforced(
     listed = section.split("`ALLOWED_ENGINE_ARGS`:", 1)[1].split(";", 1)[0]
     own_fields = {"dtype", "quantization", "max_model_len"}  # "have their own fields", said after the list
     assert set(re.findall(r"`(\w+)`", listed)) == set(ALLOWED_ENGINE_ARGS) - own_fields
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            listed = {choice.dest for choice in action._choices_actions if choice.help != argparse.SUPPRESS}
+            hidden = set(action.choices) - listed  # e.g. the background demo build `run` starts
+            for name, child in action.choices.items():
+                if name not in hidden:
+                    yield from _leaf_commands(child, (*path, name))
+            return
+    yield path
+
+
+def test_the_cli_page_shows_every_command() -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    leaves = list(_leaf_commands(_parser()))
+    missing = [" ".join(leaf) for leaf in leaves
+               if not re.search(r"llm-console " + r"\s+".join(map(re.escape, leaf)) + r"\b", text)]
+    assert len(leaves) > 20
+    assert not missing, f"docs/cli.md shows no `llm-console {missing[0]}` (missing: {missing})"

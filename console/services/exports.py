@@ -137,7 +137,9 @@ def validated_spec(spec: ExportSpec) -> ExportSpec:
 
 
 def check_out_path(out_path: Path | str) -> Path:
-    path = Path(out_path)
+    """``out_path`` made absolute (the file is recorded, and deleted when it expires, by a console process whose
+    working folder is not the shell's), once it is a new file name in a folder that exists."""
+    path = Path(out_path).absolute()
     if not path.name or path.name in (".", ".."):
         raise InvalidInput(f"{path} is not a file name.")
     if not path.parent.is_dir():

@@ -252,3 +252,13 @@ def test_the_shell_is_not_bounded_by_the_hourly_rows(ctx, people, tmp_path: Path
     _exchanges(ctx, people["olga"], 20)
     result = exports_svc.run_export(ctx, Principal.shell(ctx), ExportSpec("exchanges", "csv"), tmp_path / "all.csv")
     assert result.rows == 20
+
+
+def test_a_relative_out_path_is_recorded_absolute_so_a_console_elsewhere_deletes_the_right_file(tmp_path, monkeypatch):
+    # The shell's `audit export --out x.csv` is recorded, and deleted when it expires, by a console process whose
+    # working folder is another one: a relative path would name another file there.
+    monkeypatch.chdir(tmp_path)
+    path = exports_svc.check_out_path("relative.csv")
+    assert path.is_absolute() and path == tmp_path / "relative.csv"
+    monkeypatch.chdir(tmp_path.parent)
+    assert exports_svc.check_out_path(path) == path  # an absolute one is kept as it is

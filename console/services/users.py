@@ -117,9 +117,10 @@ def _create(ctx: AppContext, actor: str, actor_id: int | None, username: str, pa
 
 
 def bootstrap_admin(ctx: AppContext, username: str, password: str) -> UserView | None:
-    """Create the first admin if no user exists yet; return it, or None when users already exist."""
+    """Create the first admin if no console account exists yet; return it, or None when one does. The shell's
+    own row (``shell:<OS user>``, made by a command run before this) is not an account anyone can sign in with."""
     with ctx.db.session() as s:
-        if users_q.list_users(s):
+        if any(shell_os_user(u.username) is None for u in users_q.list_users(s)):
             return None
     # The first account can also chat, so a new installation can be tried at once; the other duties
     # (reviewer, analyst) are given to other people on the Users page.

@@ -313,3 +313,18 @@ def test_a_console_admin_named_like_the_os_user_cannot_acknowledge_the_shells_br
     assert denial is not None and (denial.actor, denial.details["action"]) == (me.username, registry.ACK_RULE.name)
     registry.acknowledge_emergency(ctx, admin, move.id)  # another admin may
     assert registry.unacknowledged_emergencies(ctx, admin) == []
+
+
+def test_a_command_run_before_the_first_admin_exists_does_not_stop_init_from_creating_it(tmp_path, monkeypatch):
+    # The shell's own row is no account anyone signs in with: the first admin is still created after it.
+    for key, value in console_env(tmp_path, LLM_CONSOLE_ADMIN_PASSWORD=STRONG_PASSWORD).items():
+        monkeypatch.setenv(key, value)
+    ctx = _ctx()
+    ctx.db.migrate()
+    Principal.shell(ctx)
+    created = users_svc.bootstrap_admin(ctx, "first-admin", STRONG_PASSWORD)
+    assert created is not None and created.username == "first-admin" and "admin" in created.roles
+    assert users_svc.bootstrap_admin(ctx, "second", STRONG_PASSWORD) is None  # once there is an account, never again
+    with ctx.db.session(readonly=True) as s:
+        assert sorted(u.username for u in users_q.list_users(s)) == sorted(["first-admin", SHELL])
+    ctx.db.dispose()

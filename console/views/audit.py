@@ -22,9 +22,7 @@ if state.flash:
 
 flt = audit_search.search_panel(ctx, principal, state)
 
-# --- the hash chain ------------------------------------------------------------------------------------------------
-st.divider()
-st.subheader("Integrity")
+# --- the hash chain (the panel draws its own heading) ---------------------------------------------------------------
 audit_verify.verify_panel(ctx, principal)
 
 # --- exports: one click runs the export (into the export folder, with its manifest) and downloads it ---------------

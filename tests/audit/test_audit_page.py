@@ -287,3 +287,13 @@ def test_the_signed_checkpoints_download_checks_a_wiped_log(app_env, make_user, 
     report = audit_svc.verify(app_env, ana, [kept])
     assert (report.ok, report.kind, report.first_bad_seq) == (False, "wiped", 1)
     assert audit_svc.verify(app_env, ana).ok
+
+
+def test_each_section_of_the_page_has_one_heading(app_env, make_user):
+    # The page is a shell over one module per panel; each panel draws its own heading, once.
+    admin = make_user("adm", "admin")
+    at = _page(admin).run()
+    assert not at.exception, [e.value for e in at.exception]
+    headings = [h.value for h in at.subheader]
+    assert {"Integrity", "Export"} <= set(headings)
+    assert len(headings) == len(set(headings)), headings

@@ -9,9 +9,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.types import ServerOptions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +65,16 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+SWITCH_MODES = ("blue-green", "stop-then-load")
+
+
+def _switch_mode(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in SWITCH_MODES:
+        raise ValueError(f"must be {' or '.join(SWITCH_MODES)}, got {value!r}")
+    return mode
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 <= number <= 65535:
@@ -101,6 +114,16 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_float),
     Setting("reconcile_seconds", "2", "How often a running console checks which version it should serve.",
             _positive_float),
+    Setting("switch_mode", "blue-green", "How a switch involving a vLLM server (server or managed-server backend) "
+            "runs: blue-green (bring the new version up beside the old one; no request waits for a load) or "
+            "stop-then-load (stop the old engine first: for a machine that cannot hold both; requests wait). "
+            "Two in-process versions always stop-then-load.", _switch_mode),
+    Setting("server_api_key", None, "API key (bearer token) the console sends to external vLLM servers "
+            "(server backend); prefer LLM_CONSOLE_SERVER_API_KEY_FILE. Never stored in the database."),
+    Setting("server_api_key_file", None, "File holding the API key for external vLLM servers (one line; "
+            "owner-only). Set this or LLM_CONSOLE_SERVER_API_KEY, not both."),
+    Setting("server_start_seconds", "600", "How long a managed vLLM server (managed-server backend) may take to "
+            "answer /health after it starts before the switch to it fails.", _positive_float),
     Setting("admin_username", "admin", "Username of the first admin account created by `llm-console init`."),
     Setting("admin_password", None, "Password of the first admin; if unset, one is generated and printed once."),
     Setting("interrupted_after_minutes", "60", "At start-up, a prompt left pending by a console on another host "
@@ -210,6 +233,10 @@ class Settings:
     engine_autostart: bool
     drain_seconds: float
     reconcile_seconds: float
+    switch_mode: str
+    server_api_key: str | None = field(repr=False)
+    server_api_key_file: Path | None
+    server_start_seconds: float
     admin_username: str
     admin_password: str | None
     interrupted_after_minutes: int
@@ -280,6 +307,11 @@ class Settings:
         values["audit_checkpoint_file"] = Path(values["audit_checkpoint_file"]
                                                or data_dir / "audit-checkpoints.jsonl").expanduser()
         values["export_dir"] = Path(values["export_dir"] or data_dir / "exports").expanduser()
+        if values["server_api_key_file"]:
+            if values["server_api_key"]:
+                raise SettingsError("LLM_CONSOLE_SERVER_API_KEY and LLM_CONSOLE_SERVER_API_KEY_FILE are both set; "
+                                    "set one of them.")
+            values["server_api_key_file"] = Path(values["server_api_key_file"]).expanduser()
         if not values["database_url"]:
             values["database_url"] = f"sqlite:///{data_dir / 'console.db'}"
         return cls(**values)
@@ -288,13 +320,41 @@ class Settings:
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
+    @property
+    def servers_dir(self) -> Path:
+        """Where managed vLLM servers write their logs."""
+        return self.data_dir / "servers"
+
+    def server_api_key_value(self) -> str | None:
+        """The API key for external vLLM servers: the setting, or the first line of its file (read now, so a
+        rotated key is picked up); None when neither is set. SettingsError when the file cannot be read or is
+        empty."""
+        if self.server_api_key_file is None:
+            return self.server_api_key or None
+        try:
+            key = self.server_api_key_file.read_text().strip().splitlines()
+        except OSError as exc:
+            raise SettingsError(f"LLM_CONSOLE_SERVER_API_KEY_FILE: cannot read {self.server_api_key_file}: "
+                                f"{exc.strerror or exc}") from None
+        if not key or not key[0].strip():
+            raise SettingsError(f"LLM_CONSOLE_SERVER_API_KEY_FILE: {self.server_api_key_file} is empty.")
+        return key[0].strip()
+
+    def server_options(self) -> ServerOptions:
+        """How the engine reaches and runs vLLM servers (engine.types.ServerOptions), from these settings."""
+        from engine.types import ServerOptions
+
+        return ServerOptions(api_key=self.server_api_key_value(), log_dir=str(self.servers_dir),
+                             blue_green=self.switch_mode == "blue-green",
+                             start_timeout_s=self.server_start_seconds)
+
     def describe(self) -> list[tuple[str, str, str]]:
         """(environment variable, current value, help) for every setting; secrets are masked."""
         rows = []
         for f in fields(self):
             setting = _BY_NAME[f.name]
             value = getattr(self, f.name)
-            if "password" in f.name and value:
+            if ("password" in f.name or f.name == "server_api_key") and value:
                 shown = "***"
             elif f.name == "database_url":
                 shown = mask_url(value)

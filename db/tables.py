@@ -137,6 +137,12 @@ class ModelVersion(Base):
     retired_at: Mapped[datetime | None]
     # 0008_lora_adapters: a LoRA adapter version names the version it is served on.
     base_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # 0019_server_backends: where the engine runs (engine.types.BACKENDS); for "server", its base URLs, the model
+    # name they serve and what they reported at registration (model, root, max_model_len).
+    backend: Mapped[str] = mapped_column(String(20), default="in-process", server_default="in-process")
+    server_urls: Mapped[list[str] | None] = mapped_column(JSON)
+    server_model: Mapped[str | None] = mapped_column(String(200))
+    server_info: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Conversation(Base):
@@ -186,6 +192,8 @@ class Exchange(Base):
     synthetic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Added by 0018_exchange_owner: "<host>:<pid>" of the console process that stored the prompt (db.chat).
     owner: Mapped[str | None] = mapped_column(String(300))
+    # Added by 0019_server_backends: the base URL of the vLLM server that answered (NULL in-process).
+    engine_server: Mapped[str | None] = mapped_column(String(300))
 
 
 class AuditEvent(Base):
@@ -566,6 +574,10 @@ class EngineHealthSample(Base):
     error: Mapped[str | None] = mapped_column(Text)
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # 0019_server_backends: NULL for the whole engine's row; a base URL for one vLLM server's row, whose
+    # ``queue_ms`` is that server's mean queue time over the sample.
+    server: Mapped[str | None] = mapped_column(String(300))
+    queue_ms: Mapped[float | None] = mapped_column(Float)
 
 
 # ---- 0010_latency_buckets ----

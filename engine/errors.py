@@ -52,3 +52,18 @@ class InvalidSamplingError(EngineError, ValueError):
 class EngineArgsError(ModelLoadError, ValueError):
     """A model version carries vLLM engine arguments the engine does not allow; the message names them and
     lists the allowed ones."""
+
+
+class ServerUnavailableError(EngineNotReadyError):
+    """A vLLM server does not answer, refuses the API key, or does not serve the model it should; the message names
+    the server and what went wrong."""
+
+
+class ServerStartError(ModelLoadError):
+    """A managed vLLM server did not come up (its process ended or never answered ``/health``); the message carries
+    the tail of its log. ``out_of_memory`` is True when the log says it ran out of memory, so a blue-green switch
+    may fall back to stopping the old engine first."""
+
+    def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory

@@ -12,6 +12,15 @@ from engine.errors import EngineArgsError, InvalidSamplingError
 HostState = Literal["stopped", "loading", "ready", "failed", "dead"]
 Role = Literal["system", "user", "assistant"]
 
+# Where a model version's engine runs (``ModelSpec.backend``):
+# - ``in-process``: vLLM inside the console process (the embedded default; a switch stops the old engine first);
+# - ``server``: vLLM OpenAI-compatible servers someone else runs (``server_urls``: one or more base URLs, or one
+#   router in front of them), serving the model under ``server_model``;
+# - ``managed-server``: the console starts vLLM's OpenAI-compatible server itself as a child process on a loopback
+#   port (``source`` is then the model directory, as in-process), so a switch can bring it up beside the old one.
+Backend = Literal["in-process", "server", "managed-server"]
+BACKENDS: tuple[Backend, ...] = ("in-process", "server", "managed-server")
+
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's max_lora_rank accepts
 
@@ -104,19 +113,30 @@ class ModelSpec:
     max_model_len: int | None = None
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     lora: LoraAdapter | None = None  # ``source`` is then the base model; ``name`` the adapter's version
+    backend: Backend = "in-process"
+    server_urls: tuple[str, ...] = ()  # backend "server": base URLs (``http://host:port``, without ``/v1``)
+    server_model: str | None = None  # backend "server": the model name the servers serve (default: ``name``)
+
+    @property
+    def model_on_server(self) -> str:
+        """The model name requests to a server carry: ``server_model`` for an external server, else ``name``
+        (a managed server serves the version under its own name)."""
+        return self.server_model or self.name
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON-able data (the LoRA adapter included), the inverse of :meth:`from_dict`."""
         return {"name": self.name, "source": self.source, "revision": self.revision, "dtype": self.dtype,
                 "max_model_len": self.max_model_len, "engine_args": dict(self.engine_args),
                 "lora": None if self.lora is None else {"name": self.lora.name, "path": self.lora.path,
-                                                        "rank": self.lora.rank}}
+                                                        "rank": self.lora.rank},
+                "backend": self.backend, "server_urls": list(self.server_urls), "server_model": self.server_model}
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> ModelSpec:
         """The spec from :meth:`to_dict` output (e.g. JSON handed to a child process)."""
         values = dict(fields)
         lora = values.pop("lora", None)
+        values["server_urls"] = tuple(values.get("server_urls") or ())
         return cls(**values, lora=LoraAdapter(**lora) if lora else None)
 
     def __post_init__(self) -> None:
@@ -126,6 +146,10 @@ class ModelSpec:
             raise ValueError("ModelSpec.source must not be empty")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"ModelSpec.max_model_len must be >= 2, got {self.max_model_len}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"ModelSpec.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "server" and not self.server_urls:
+            raise ValueError("ModelSpec.server_urls must name at least one server for backend 'server'")
 
 
 @dataclass(frozen=True)
@@ -211,11 +235,14 @@ class ChatMessage:
 class GenerationResult:
     """What one request produced, with vLLM's own token counts and timings (seconds).
 
-    Timings come from vLLM's per-request stats, all on the engine core's monotonic clock and measured from
+    In-process, timings come from vLLM's per-request stats, all on the engine core's monotonic clock and measured from
     the moment the engine core queued the request (``queued_ts``):
     ``queue_s`` = scheduled - queued, ``ttft_s`` = first token - queued, ``e2e_s`` = last token - queued
     (or abort time - queued for an aborted request), ``mean_itl_s`` = (last - first) / (tokens - 1).
-    A timing is ``None`` only when an aborted request never reached that point.
+    A timing is ``None`` only when an aborted request never reached that point. From a vLLM server the client
+    measures them on its side (``ttft_s`` from sending the request, ``e2e_s`` to the last chunk, ``mean_itl_s``
+    over the tokens the server's usage reports) and ``queue_s`` is ``None``: a server reports queue time only in
+    aggregate (``/metrics``, see :class:`ServerHealth`).
     """
 
     request_id: str
@@ -230,6 +257,7 @@ class GenerationResult:
     e2e_s: float | None
     aborted: bool
     token_ids: tuple[int, ...] = ()
+    server: str | None = None  # the base URL of the vLLM server that answered (server backends); None in-process
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -265,6 +293,53 @@ class EngineErrorNote:
 
 
 @dataclass(frozen=True)
+class ServerHealth:
+    """One vLLM server's load and state, from its ``/health`` and ``/metrics`` (server backends only).
+
+    ``state`` is ``ready`` (answers ``/health``), ``unreachable`` (no answer, or an error) or ``starting`` (a
+    managed server still loading). Gauges as in :class:`EngineHealth`; the ``*_total`` counters are the server's
+    own (since it started); ``queue_s_mean`` is the mean time requests waited in its queue over the last
+    ``window_s`` seconds (from vLLM's ``vllm:request_queue_time_seconds`` histogram), None when none finished.
+    """
+
+    url: str
+    state: str
+    model: str | None = None
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    preemptions_total: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
+    requests_finished_total: int = 0
+    prompt_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0
+    queue_s_mean: float | None = None
+    window_s: float = 0.0
+    error: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the console reaches and runs vLLM servers (server and managed-server backends); the installation's
+    settings, not a model version's.
+
+    ``api_key`` is sent as a bearer token to external servers (from a setting or a file, never the database; a
+    managed server gets a fresh random key of its own instead). ``log_dir`` holds managed servers' logs.
+    ``blue_green`` brings a new version up beside the old one on a switch; False (a machine that cannot hold both)
+    stops the old engine first, as in-process. ``python`` runs managed servers (a seam for tests).
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    log_dir: str | None = None
+    blue_green: bool = True
+    start_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0
+    python: str | None = None
+
+
+@dataclass(frozen=True)
 class EngineHealth:
     """How loaded the serving engine is, from vLLM's own scheduler and iteration stats (``EngineHost.health``).
 
@@ -290,3 +365,4 @@ class EngineHealth:
     error: str | None = None
     recent_errors: tuple[EngineErrorNote, ...] = ()
     at: float = 0.0
+    servers: tuple[ServerHealth, ...] = ()  # server backends: one entry per base URL

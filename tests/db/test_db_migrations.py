@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0018_exchange_owner"
+HEAD = "0019_server_backends"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -704,3 +704,46 @@ def test_0018_adds_the_exchange_owner_to_an_older_database_and_downgrades(empty_
 
 def test_0018_exchange_owner_on_postgresql(pg_db: Database) -> None:
     _owner_round_trip(pg_db)
+
+
+# --- 0019_server_backends ---------------------------------------------------------------------------------------
+
+BEFORE_0019 = "0018_exchange_owner"
+
+
+def _server_backends_round_trip(database: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    database.migrate(BEFORE_0019)
+    with database.engine.begin() as conn:
+        at = {"at": "2026-12-06 12:00:00"}
+        conn.execute(text("INSERT INTO model_versions (id, name, source, engine_args, status, created_at) "
+                          "VALUES (1, 'v1', '/models/v1', '{}', 'registered', :at)"), at)
+    database.migrate()
+    assert database.current_revision() == HEAD
+    columns = {c["name"] for c in inspect(database.engine).get_columns("model_versions")}
+    assert {"backend", "server_urls", "server_model", "server_info"} <= columns
+    assert "engine_server" in {c["name"] for c in inspect(database.engine).get_columns("exchanges")}
+    assert {"server", "queue_ms"} <= {c["name"] for c in inspect(database.engine).get_columns("engine_health")}
+    with database.engine.begin() as conn:
+        # A version from before 0019 runs in-process, as it always did.
+        assert conn.execute(text("SELECT backend, server_urls FROM model_versions WHERE id = 1")).one() == (
+            "in-process", None)
+    with database.engine.connect() as conn:
+        command.downgrade(alembic_config(database.config.url, conn), BEFORE_0019)
+        conn.commit()
+    assert "backend" not in {c["name"] for c in inspect(database.engine).get_columns("model_versions")}
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM model_versions WHERE id = 1")).scalar_one() == "v1"
+    database.migrate()
+    assert database.current_revision() == HEAD
+
+
+def test_0019_adds_server_backends_to_an_older_database_and_downgrades(empty_db: Database) -> None:
+    _server_backends_round_trip(empty_db)
+
+
+def test_0019_server_backends_on_postgresql(pg_db: Database) -> None:
+    _server_backends_round_trip(pg_db)

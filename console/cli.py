@@ -21,8 +21,9 @@ from console.cli_support import (
     shell_context,
 )
 from console.services.access import ALL_ROLES
-from console.services.registry import DTYPES, ENGINE_ARGS_HELP
+from console.services.registry import DTYPES, ENGINE_ARGS_HELP, SERVER_KEY_HELP
 from console.settings import PROJECT_ROOT, Settings, SettingsError, mask_url
+from engine.types import BACKENDS
 
 # Every other command acts as the shell principal (console/cli_support.py: shell_context) and calls the same
 # @requires-guarded services the pages call. These are the exceptions, and why; tests/access/test_shell_principal.py
@@ -230,16 +231,19 @@ def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
     versions = registry.list_versions(ctx, shell)
     live = serving_svc.desired_state(ctx).version
     if args.json:
-        print(json.dumps([{"name": v.name, "source": v.source, "revision": v.revision, "dtype": v.dtype,
-                           "quantization": v.quantization, "max_model_len": v.max_model_len,
-                           "engine_args": v.engine_args, "aliases": list(v.aliases), "retired": v.retired,
+        print(json.dumps([{"name": v.name, "backend": v.backend, "source": v.source, "revision": v.revision,
+                           "dtype": v.dtype, "quantization": v.quantization, "max_model_len": v.max_model_len,
+                           "engine_args": v.engine_args, "server_urls": list(v.server_urls),
+                           "server_model": v.server_model, "aliases": list(v.aliases), "retired": v.retired,
                            "fingerprint": v.fingerprint, "live": v.name == live} for v in versions], indent=2))
         return 0
     if not versions:
         print("no model versions registered; run `llm-console init` or `llm-console model register`")
     for v in versions:
         marker = "*" if v.name == live else " "
-        print(f"{marker} {v.name}\t{v.stage}\t{v.source}\t{v.dtype or 'auto'}"
+        where = (f"{v.server_model} at {', '.join(v.server_urls)}" if v.backend == "server"
+                 else f"{v.source}\t{v.dtype or 'auto'}")
+        print(f"{marker} {v.name}\t{v.stage}\t{v.backend}\t{where}"
               f"\tctx={v.max_model_len or 'model default'}\t{json.dumps(v.engine_args) if v.engine_args else ''}")
     return 0
 
@@ -247,11 +251,24 @@ def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_model_register(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import registry
 
+    if args.source and args.source_option and args.source != args.source_option:
+        raise CliError("give SOURCE once: as the argument or as --source")
+    source = args.source or args.source_option
+    if args.backend == "server":
+        if source:
+            raise CliError("a server version has no SOURCE (the server loads its model): give its servers with --url")
+    elif args.url or args.server_model:
+        raise CliError("--url and --server-model are for --backend server")
+    elif not source:
+        raise CliError("give SOURCE: a local model directory or a hub id (or --backend server with --url)")
     ctx, shell = shell_context(args, settings)
-    v = registry.register(ctx, shell, name=args.name, source=args.source, revision=args.revision, dtype=args.dtype,
+    v = registry.register(ctx, shell, name=args.name, source=source, revision=args.revision, dtype=args.dtype,
                           max_model_len=args.max_model_len, engine_args=args.engine_args,
-                          description=args.description, quantization=args.quantization, base=args.base)
-    print(f"registered model version {v.name} from {v.source}"
+                          description=args.description, quantization=args.quantization, base=args.base,
+                          backend=args.backend, server_urls=args.url, server_model=args.server_model)
+    where = (f"{v.server_model} at {', '.join(v.server_urls)}, {v.max_model_len} tokens of context"
+             if v.backend == "server" else v.source)
+    print(f"registered model version {v.name} ({v.backend}) from {where}"
           + (f" (fingerprint {v.fingerprint[:12]})" if v.fingerprint else ""))
     return 0
 
@@ -682,9 +699,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = model.add_parser("list", help="list registered versions (* = production)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_model_list)
-    s = model.add_parser("register", help="register a version from a local directory or a hub id")
+    s = model.add_parser("register", help="register a version from a local directory or a hub id, or one that "
+                         "vLLM servers serve (--backend server --url URL)")
     s.add_argument("name", help="version name, e.g. llama-3.1-8b-instruct-v1")
-    s.add_argument("source", help="local model directory or hub id (meta-llama/Llama-3.1-8B-Instruct)")
+    s.add_argument("source", nargs="?", help="local model directory or hub id (meta-llama/Llama-3.1-8B-Instruct); "
+                   "none for --backend server")
+    s.add_argument("--source", dest="source_option", metavar="SOURCE", help="the same as the SOURCE argument")
+    s.add_argument("--backend", choices=BACKENDS, help="where the engine runs: in-process (the default), "
+                   "managed-server (the console starts vLLM's OpenAI-compatible server for it) or server (vLLM "
+                   "servers someone else runs; give --url)")
+    s.add_argument("--url", action="append", metavar="URL", help="--backend server: a server's base URL, e.g. "
+                   "http://vllm-1:8000 (repeat for several, at most 8, or give a router's). " + SERVER_KEY_HELP)
+    s.add_argument("--server-model", metavar="M", help="--backend server: the model name the servers serve "
+                   "(their --served-model-name; default: NAME)")
     s.add_argument("--revision", help="hub revision (commit hash or tag)")
     s.add_argument("--dtype", default="auto", choices=DTYPES)
     s.add_argument("--max-model-len", type=positive, help="maximum context length in tokens")

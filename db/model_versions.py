@@ -36,10 +36,17 @@ def register_model_version(
     fingerprint: str | None = None,
     fingerprint_files: list[dict[str, Any]] | None = None,
     base_version_id: int | None = None,
+    backend: str = "in-process",
+    server_urls: list[str] | None = None,
+    server_model: str | None = None,
+    server_info: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
     """Register a model version (``source``: local path or hub id; ``engine_args`` pass to vLLM); audited.
 
     With ``base_version_id`` the version is a LoRA adapter (``source`` its directory) served on that base.
+    ``backend`` says where its engine runs (engine.types.BACKENDS); a ``server`` version names its servers' base
+    URLs, the model name they serve and what they reported at registration (``server_info``: model, root,
+    max_model_len). No API key is ever passed here: it is a setting of the installation.
     """
     version = ModelVersion(
         name=name,
@@ -55,6 +62,10 @@ def register_model_version(
         fingerprint=fingerprint,
         fingerprint_files=list(fingerprint_files or []),
         base_version_id=base_version_id,
+        backend=backend,
+        server_urls=list(server_urls) if server_urls else None,
+        server_model=server_model,
+        server_info=dict(server_info) if server_info is not None else None,
     )
     session.add(version)
     session.flush()
@@ -76,6 +87,10 @@ def register_model_version(
             "quantization": quantization,
             "fingerprint": fingerprint,
             "base_version_id": base_version_id,
+            "backend": backend,
+            "server_urls": version.server_urls,
+            "server_model": server_model,
+            "server_info": version.server_info,
         },
     )
     return version

@@ -11,10 +11,12 @@ with ``--break-glass`` -- each one-person move shown to every admin until anothe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,17 +26,27 @@ from console.services.access import DutyRule, Principal, ensure_separation, regi
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, ModelUnavailable, NotFound
 from console.services.text import optional_text, required_text
+from console.settings import SettingsError
 from db import audit as audit_q
 from db import model_versions as versions_q
 from db.model_versions import PRODUCTION
-from engine.errors import EngineArgsError
+from engine.errors import EngineArgsError, EngineError
 from engine.fingerprint import changed_files, fingerprint_dir
-from engine.types import ALLOWED_ENGINE_ARGS, LORA_RANKS, LoraAdapter, ModelSpec, check_engine_args
+from engine.types import (
+    ALLOWED_ENGINE_ARGS,
+    BACKENDS,
+    LORA_RANKS,
+    Backend,
+    LoraAdapter,
+    ModelSpec,
+    check_engine_args,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from db.tables import ModelVersion
+    from engine.server_client import ServerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,12 @@ MAX_NOTES_CHARS = 2000
 MAX_REVISION_CHARS = 200  # a hub commit hash or tag; also bounds a base version's name
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,59}$")
 MAX_REASON_CHARS = 1000
+MAX_SERVER_URLS = 8
+# How each backend is called where people choose one (the Models page; the CLI takes the names themselves).
+BACKEND_LABELS: dict[str, str] = {"in-process": "in-process", "managed-server": "managed server",
+                                  "server": "vLLM server"}
+SERVER_KEY_HELP = ("The console sends the API key of LLM_CONSOLE_SERVER_API_KEY_FILE (or LLM_CONSOLE_SERVER_API_KEY) "
+                   "on the console's machine to the servers; it is a setting, never stored in the database.")
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,10 @@ class ModelVersionView:
     aliases: tuple[str, ...] = ()
     retired: bool = False
     base: str | None = None  # for a LoRA adapter: the version it is served on
+    backend: str = "in-process"  # engine.types.BACKENDS
+    server_urls: tuple[str, ...] = ()  # backend "server": the servers' base URLs
+    server_model: str | None = None  # backend "server": the model name the servers serve
+    server_info: Mapping[str, Any] | None = None  # backend "server": what they reported (model, root, max length)
 
     @property
     def stage(self) -> str:
@@ -77,7 +99,8 @@ class ModelVersionView:
 def _view(m: ModelVersion, aliases: Sequence[str] = (), base: str | None = None) -> ModelVersionView:
     return ModelVersionView(m.id, m.name, m.source, m.revision, m.dtype, m.max_model_len, dict(m.engine_args or {}),
                             m.description, m.status, m.created_at, m.quantization, m.fingerprint, tuple(aliases),
-                            m.retired_at is not None, base)
+                            m.retired_at is not None, base, m.backend or "in-process", tuple(m.server_urls or ()),
+                            m.server_model, dict(m.server_info) if m.server_info else None)
 
 
 def _engine_arg_names() -> set[str]:
@@ -185,10 +208,22 @@ def register_as_system(ctx: AppContext, **fields: Any) -> ModelVersionView:
     return _register(ctx, "system", None, **fields)
 
 
-def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, source: str, revision: str | None,
-              dtype: str | None, max_model_len: int | None, engine_args: Any, description: str | None,
-              quantization: str | None = None, base: str | None = None) -> ModelVersionView:
-    name, source = _validate(name, source, dtype, max_model_len)
+def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, source: str | None = None,
+              revision: str | None = None, dtype: str | None = None, max_model_len: int | None = None,
+              engine_args: Any = None, description: str | None = None, quantization: str | None = None,
+              base: str | None = None, backend: str | None = None, server_urls: Sequence[str] | str | None = None,
+              server_model: str | None = None) -> ModelVersionView:
+    chosen = _backend(backend)
+    if chosen == "server":
+        return _register_server(ctx, actor, actor_id, name=name, source=source, revision=revision, dtype=dtype,
+                                max_model_len=max_model_len, engine_args=engine_args, description=description,
+                                quantization=quantization, base=base, server_urls=server_urls,
+                                server_model=server_model)
+    if server_urls or (server_model or "").strip():
+        raise InvalidInput("Server URLs and a served model name belong to a vLLM server version (backend server); "
+                           f"{'a managed-server' if chosen == 'managed-server' else 'an in-process'} version loads "
+                           "its model from its source.")
+    name, source = _validate(name, source or "", dtype, max_model_len)
     description = optional_text(description, "the notes field", MAX_NOTES_CHARS)
     revision = optional_text(revision, "the revision", MAX_REVISION_CHARS)
     base = optional_text(base, "the base version", MAX_REVISION_CHARS)
@@ -203,6 +238,15 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
                 raise InvalidInput(f"No model version named {base!r} is registered to serve the adapter on.")
             if base_version.retired_at is not None or base_version.base_version_id is not None:
                 raise InvalidInput(f"{base} cannot be a base: it is retired or itself a LoRA adapter.")
+            base_backend = base_version.backend or "in-process"
+            if base_backend == "server":
+                raise InvalidInput(f"{base} is a vLLM server version: its server serves its LoRA adapters. Register "
+                                   "an adapter it serves as a server version of its own, with the adapter's served "
+                                   "name as the served model name.")
+            if chosen is not None and chosen != base_backend:
+                raise InvalidInput(f"A LoRA adapter is served where its base is: the backend of {base} is "
+                                   f"{BACKEND_LABELS[base_backend]}, not {BACKEND_LABELS[chosen]}.")
+            chosen = base_backend  # type: ignore[assignment]  # a stored backend is one of BACKENDS
             base_id = base_version.id
     args = parse_engine_args(engine_args)
     quantization = (quantization or "").strip() or None
@@ -230,14 +274,166 @@ def _register(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, s
             actor=actor, actor_id=actor_id, quantization=quantization,
             fingerprint=fingerprint.sha256 if fingerprint else None,
             fingerprint_files=fingerprint.as_records() if fingerprint else None, base_version_id=base_id,
+            backend=chosen or "in-process",
         )
         return _view(m, base=base)
+
+
+def _backend(value: str | None) -> Backend | None:
+    """The backend named by ``value`` (None when not given: in-process, or a LoRA adapter's base's)."""
+    chosen = (value or "").strip().lower() or None
+    if chosen is not None and chosen not in BACKENDS:
+        raise InvalidInput(f"Unknown backend {value!r}: choose in-process, managed-server or server.")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ server versions
+
+
+def server_url_list(raw: Sequence[str] | str | None) -> list[str]:
+    """The base URLs of a server version, each checked (http/https, a host, no credentials, query or fragment;
+    a trailing ``/`` or ``/v1`` is dropped) and given once: 1 to :data:`MAX_SERVER_URLS`. A string holds one URL a
+    line (the Models page's text area). InvalidInput naming the bad URL otherwise."""
+    from engine.errors import BadServerURL
+    from engine.server_client import check_base_url
+
+    lines = raw.splitlines() if isinstance(raw, str) else list(raw or [])
+    given = [str(u).strip() for u in lines if str(u).strip()]
+    if not given:
+        raise InvalidInput("The server URL is required: the base URL of a vLLM server or of a router in front of "
+                           "several, such as http://vllm-1:8000.")
+    if len(given) > MAX_SERVER_URLS:
+        raise InvalidInput(f"A server version names at most {MAX_SERVER_URLS} server URLs; {len(given)} were given "
+                           "(put a router in front of more).")
+    urls: list[str] = []
+    for url in given:
+        try:
+            checked = check_base_url(url)
+        except BadServerURL as exc:
+            raise InvalidInput(_bad_url_message(url, exc)) from None
+        if checked in urls:
+            raise InvalidInput(f"The server URL {checked} is given twice.")
+        urls.append(checked)
+    return urls
+
+
+def _bad_url_message(url: str, exc: Exception) -> str:
+    """The refusal of a bad base URL, naming it (without a password someone typed into it)."""
+    shown = re.sub(r"//[^/@\s]*@", "//***@", url)[:200]
+    text = str(exc).replace(url, shown)
+    return text if shown in text else f"{shown!r} is not a server base URL: {text}"
+
+
+def _identity(info: ServerInfo) -> dict[str, Any]:
+    """What a server reports about the model it serves, as recorded at registration (``server_info``)."""
+    return {"model": info.model, "root": info.root, "max_model_len": info.max_model_len}
+
+
+def _identity_text(identity: Mapping[str, Any]) -> str:
+    return (f"model {identity.get('model')} (root {identity.get('root')}, max length "
+            f"{identity.get('max_model_len')})")
+
+
+def server_fingerprint(identity: Mapping[str, Any]) -> str:
+    """sha256 of what a server reported about its model (model, root, max_model_len): a server version's
+    fingerprint, shown like a local version's."""
+    canonical = json.dumps({k: identity.get(k) for k in ("model", "root", "max_model_len")}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _probe_all(urls: Sequence[str], model: str, api_key: str | None) -> list[tuple[str, ServerInfo | None, str | None]]:
+    """Ask every server at once which models it serves: (url, what it reported or None, why not or None)."""
+    from engine.server_client import probe
+
+    def one(url: str) -> tuple[str, ServerInfo | None, str | None]:
+        try:
+            return url, probe(url, model, api_key=api_key), None
+        except EngineError as exc:
+            return url, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=len(urls), thread_name_prefix="probe") as pool:
+        return list(pool.map(one, urls))
+
+
+def _server_key(ctx: AppContext, error: type[InvalidInput] | type[ModelUnavailable]) -> str | None:
+    try:
+        return ctx.settings.server_api_key_value()
+    except SettingsError as exc:
+        raise error(str(exc)) from None
+
+
+_SERVER_OWNS = "of a server version {verb} set where the server starts; leave {pronoun} empty."
+
+
+def _register_server(ctx: AppContext, actor: str, actor_id: int | None, *, name: str, source: str | None,
+                     revision: str | None, dtype: str | None, max_model_len: int | None, engine_args: Any,
+                     description: str | None, quantization: str | None, base: str | None,
+                     server_urls: Sequence[str] | str | None, server_model: str | None) -> ModelVersionView:
+    """Register a version served by vLLM servers someone else runs: every server must answer and serve the model;
+    what they report (model, root, max length) is recorded and fingerprinted."""
+    name = (name or "").strip()
+    if not _NAME.match(name):
+        raise InvalidInput("A version name has 1-100 letters, digits, '.', '_' or '-' (e.g. llama-3.1-8b-v2).")
+    if (source or "").strip():
+        raise InvalidInput("A server version has no source: the server loads its model. Give the servers' base "
+                           "URLs and the model name they serve.")
+    if base is not None and base.strip():
+        raise InvalidInput("A LoRA adapter of a server version is served by its server: register it as a server "
+                           "version with the adapter's served name as the served model name.")
+    if engine_args.strip() if isinstance(engine_args, str) else engine_args:
+        raise InvalidInput("Engine arguments " + _SERVER_OWNS.format(verb="are", pronoun="them"))
+    owned = [label for label, value in (("The dtype", dtype not in (None, "", "auto")),
+                                        ("The quantization", bool((quantization or "").strip())),
+                                        ("The revision", bool((revision or "").strip())),
+                                        ("The max context", max_model_len is not None)) if value]
+    if owned:
+        raise InvalidInput(f"{owned[0]} " + _SERVER_OWNS.format(verb="is", pronoun="it")
+                           + (" The server reports its max length." if owned[0] == "The max context" else ""))
+    urls = server_url_list(server_urls)
+    model = (server_model or "").strip() or name
+    if len(model) > MAX_REVISION_CHARS or any(c.isspace() for c in model) or not model.isprintable():
+        raise InvalidInput(f"The served model name has at most {MAX_REVISION_CHARS} characters and no spaces, as "
+                           "the server's --served-model-name.")
+    description = optional_text(description, "the notes field", MAX_NOTES_CHARS)
+    with ctx.db.session(readonly=True) as s:
+        if versions_q.get_model_version_by_name(s, name) is not None:
+            raise InvalidInput(f"A model version named {name!r} is already registered.")
+    answers = _probe_all(urls, model, _server_key(ctx, InvalidInput))
+    failed = [why or url for url, info, why in answers if info is None]
+    if failed:
+        raise InvalidInput(" ".join(failed) + " Every server of a version must answer and serve its model.")
+    identities = {url: _identity(info) for url, info, _ in answers if info is not None}
+    first_url, identity = next(iter(identities.items()))
+    for url, other in identities.items():
+        if other != identity:
+            raise InvalidInput(f"The servers disagree: {first_url} serves {_identity_text(identity)}, {url} serves "
+                               f"{_identity_text(other)}. A version's servers must serve the same model.")
+    root = str(identity.get("root") or model)
+    with ctx.db.session() as s:
+        if versions_q.get_model_version_by_name(s, name) is not None:  # registered meanwhile
+            raise InvalidInput(f"A model version named {name!r} is already registered.")
+        m = versions_q.register_model_version(
+            s, name=name, source=root[:1000], revision=None, dtype=None, max_model_len=identity.get("max_model_len"),
+            engine_args={}, description=description, actor=actor, actor_id=actor_id,
+            fingerprint=server_fingerprint(identity), backend="server", server_urls=urls,
+            server_model=model, server_info=identity,
+        )
+        return _view(m)
 
 
 @requires("models.register")
 def register(ctx: AppContext, actor: Principal, **fields: Any) -> ModelVersionView:
     """Register a version (fields: name, source, revision, dtype, max_model_len, engine_args, description,
-    quantization, base): checked, fingerprinted if local, audited."""
+    quantization, base, backend, server_urls, server_model): checked, fingerprinted, audited.
+
+    ``backend`` (engine.types.BACKENDS) is ``in-process`` (the default) or ``managed-server`` for a version loaded
+    from ``source`` (a local directory, checked and fingerprinted, or a hub id; a managed server gets the engine
+    arguments as its flags), or ``server`` for one that vLLM servers someone else runs already serve:
+    ``server_urls`` (1 to 8 base URLs, or a string with one a line) and ``server_model`` (the model name they
+    serve; default the version's name). Every server must answer, with the API key of the installation's setting,
+    and serve that model; what they report (model, root, max length) is recorded and fingerprinted, and a server
+    version carries no engine arguments, dtype, quantization, revision or max context of its own (the server's
+    are). A LoRA adapter is served where its base is."""
     return _register(ctx, actor.username, actor.user_id, **fields)
 
 
@@ -288,8 +484,9 @@ def retire(ctx: AppContext, actor: Principal, name: str, reason: str) -> str:
 
 
 def check_files(version: ModelVersion) -> None:
-    """Refuse a local version whose weight or tokenizer files changed since it was registered."""
-    if not version.fingerprint:
+    """Refuse a local version whose weight or tokenizer files changed since it was registered. (A server version's
+    fingerprint is of what its servers reported: :func:`loadable_spec` asks them again.)"""
+    if not version.fingerprint or version.backend == "server":
         return  # a hub id (pinned by revision) or a version registered before fingerprints
     try:
         changed = changed_files(version.fingerprint_files or [], version.source)
@@ -327,12 +524,16 @@ def spec_of(version: ModelVersion, base: ModelVersion | None = None) -> ModelSpe
     lora = None
     if base is not None:
         lora = LoraAdapter(name=version.name, path=version.source, rank=adapter_rank(version.source))
+    backend: Backend = model.backend if model.backend in BACKENDS else "in-process"
     return ModelSpec(name=version.name, source=model.source, revision=model.revision, dtype=model.dtype or "auto",
-                     max_model_len=model.max_model_len, engine_args=engine_args, lora=lora)
+                     max_model_len=model.max_model_len, engine_args=engine_args, lora=lora, backend=backend,
+                     server_urls=tuple(model.server_urls or ()) if backend == "server" else (),
+                     server_model=model.server_model if backend == "server" else None)
 
 
 def loadable_spec(ctx: AppContext, name: str) -> ModelSpec:
-    """The spec of a registered, not retired version whose files (and its base's) are unchanged; else a clear
+    """The spec of a registered, not retired version whose files (and its base's) are unchanged, or, for a
+    server version, whose servers answer now and still report what they did at registration; else a clear
     error."""
     with ctx.db.session(readonly=True) as s:
         version = find_version(s, name)
@@ -345,7 +546,28 @@ def loadable_spec(ctx: AppContext, name: str) -> ModelSpec:
             if base is None or base.retired_at is not None:
                 raise InvalidInput(f"The base version of LoRA adapter {version.name} is retired or gone.")
             check_files(base)
-        return spec_of(version, base)
+        spec = spec_of(version, base)
+        recorded = dict(version.server_info) if version.server_info else None
+    if spec.backend == "server":
+        check_server(ctx, spec, recorded)  # over the network: after the unit of work
+    return spec
+
+
+def check_server(ctx: AppContext, spec: ModelSpec, recorded: Mapping[str, Any] | None) -> None:
+    """Refuse a server version none of whose servers serves its model now (ModelUnavailable naming them and
+    why), or one a server of which now reports another model, root or max length than ``recorded`` at
+    registration -- like a changed weight file."""
+    answers = _probe_all(spec.server_urls, spec.model_on_server, _server_key(ctx, ModelUnavailable))
+    for url, info, _ in answers:
+        if info is not None and recorded is not None and _identity(info) != {
+                k: recorded.get(k) for k in ("model", "root", "max_model_len")}:
+            raise ModelUnavailable(
+                f"The server at {url} now serves {_identity_text(_identity(info))}; version {spec.name} was "
+                f"registered with {_identity_text(recorded)}; it will not be served. Register the new model under "
+                "a new version name.")
+    if not any(info is not None for _, info, _ in answers):
+        reasons = " ".join(why or url for url, _, why in answers)
+        raise ModelUnavailable(f"No server of version {spec.name} serves it now: {reasons}")
 
 
 # ------------------------------------------------------------------------------------- aliases and protection

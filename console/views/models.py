@@ -80,8 +80,11 @@ locked = {p.alias for p in protected}
 st.dataframe(
     pd.DataFrame([{"name": v.name, "stage": v.stage,
                    "aliases": ", ".join(a + (" (protected: needs a promotion)" if a in locked else "")
-                                        for a in v.aliases), "source": v.source,
-                   "revision": v.revision or "", "dtype": v.dtype or "auto", "quantization": v.quantization or "",
+                                        for a in v.aliases),
+                   "backend": registry.BACKEND_LABELS.get(v.backend, v.backend), "source": v.source,
+                   "servers": ", ".join(v.server_urls), "served model": v.server_model or "",
+                   "revision": v.revision or "", "dtype": v.dtype or ("" if v.backend == "server" else "auto"),
+                   "quantization": v.quantization or "",
                    "max context (tokens)": v.max_model_len,
                    "engine args": json.dumps(v.engine_args) if v.engine_args else "",
                    "LoRA on": v.base or "", "fingerprint": (v.fingerprint or "")[:12], "registered": v.created_at,

@@ -5,10 +5,14 @@ where the engine runs. Implementations today:
 
 - :class:`engine.host.EngineHost`: vLLM in this process (the console's live engine);
 - :class:`engine.child_client.ChildEngineClient`: an ``EngineHost`` in a child process (``python -m engine.child``),
-  for a second version beside the live one (side by side, evaluations, the latency comparison).
+  for a second version beside the live one (side by side, evaluations, the latency comparison);
+- :class:`engine.server_client.ServerEngineClient`: one or more vLLM OpenAI-compatible servers (backend ``server``:
+  servers someone else runs, or a router in front of them), over HTTP;
+- :class:`engine.managed.ManagedServerClient`: a vLLM OpenAI-compatible server the console starts itself as a child
+  process on a loopback port (backend ``managed-server``).
 
 The protocol assumes no shared memory and no local process, so a client of a remote vLLM OpenAI-compatible
-server fits it too: requests are named by id (``cancel`` takes the id), state and load come back as data
+server fits it: requests are named by id (``cancel`` takes the id), state and load come back as data
 (:class:`~engine.types.HostStatus`, :class:`~engine.types.EngineHealth`), a finished request's counts and timings
 as a :class:`~engine.types.GenerationResult` (measured where the implementation can: vLLM's own per-request
 timestamps in-process and in the child; a network client measures them on its side), and every failure a caller
@@ -98,5 +102,6 @@ class EngineClient(Protocol):
 if TYPE_CHECKING:  # the type checker proves that each implementation satisfies the protocol; nothing at run time
     from engine.child_client import ChildEngineClient
     from engine.host import EngineHost
+    from engine.server_client import ServerEngineClient
 
-    _IMPLEMENTATIONS: tuple[type[EngineClient], ...] = (EngineHost, ChildEngineClient)
+    _IMPLEMENTATIONS: tuple[type[EngineClient], ...] = (EngineHost, ChildEngineClient, ServerEngineClient)

@@ -67,3 +67,8 @@ class ServerStartError(ModelLoadError):
     def __init__(self, message: str, *, out_of_memory: bool = False) -> None:
         super().__init__(message)
         self.out_of_memory = out_of_memory
+
+
+class BadServerURL(EngineError, ValueError):
+    """A vLLM server's base URL is malformed (not http/https, no host, or carrying credentials, a query or a
+    fragment); the message says what to fix."""

@@ -23,6 +23,7 @@ from engine.types import HostConfig, ModelSpec
 FULL_TIER_MARKS = ("e2e", "engine", "postgres", "slow")
 MARKS_BY_FIXTURE = {
     "engine_host": "engine",  # a real in-process vLLM engine (module-scoped)
+    "vllm_server": "engine",  # a real vLLM OpenAI-compatible server process (session-scoped)
     "pg_db": "postgres",
     "browser": "e2e",
 }
@@ -94,6 +95,22 @@ def engine_host(tiny_model_dir: Path) -> Iterator[EngineHost]:
     )
     yield host
     host.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real vLLM OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``) serving the tiny
+    model as ``tiny-server`` on a loopback port, with an API key (``.api_key``), started once per test session
+    (30-60 s) and stopped at its end. A :class:`tests.server_support.RunningServer`: ``url``, ``api_key``,
+    ``log_path``, ``process``. Tests must not stop it or change what it serves."""
+    import secrets
+
+    from tests.server_support import start_vllm_server
+
+    server = start_vllm_server(tiny_model_dir, "tiny-server", api_key=secrets.token_urlsafe(16),
+                               log_path=tmp_path_factory.mktemp("vllm-server") / "server.log")
+    yield server
+    server.stop()
 
 
 # --- console (services over a real SQLite file) -------------------------------------------------------------

@@ -158,7 +158,9 @@ class Conversation(Base):
 
 class Exchange(Base):
     __tablename__ = "exchanges"
-    __table_args__ = (CheckConstraint(_in("status", EXCHANGE_STATUSES), name="status"),)
+    __table_args__ = (CheckConstraint(_in("status", EXCHANGE_STATUSES), name="status"),
+                      # 0019_server_backends: the Latency page's per-server figures over a time range.
+                      Index("ix_exchanges_engine_server_created_at", "engine_server", "created_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)

@@ -185,7 +185,8 @@ class TurnRecord(PendingRecord):
     ``prompt``/``response`` are the texts as they should be stored (redacted where the policy says so);
     the unredacted texts the policy keeps go in ``raw_texts``. ``review`` is set when the turn enters the
     review queue. Given to :func:`complete_exchange`, ``findings`` and ``raw_texts`` are only those not stored
-    with the pending exchange (the answer's).
+    with the pending exchange (the answer's). ``engine_server`` (the vLLM server that answered, server backends)
+    is stored on the exchange and named in its ``chat.exchange`` event.
     """
 
     response: str = ""
@@ -197,6 +198,8 @@ class TurnRecord(PendingRecord):
     review: ReviewItemRecord | None = None
     # The console's own time around the engine's, in ms (scan_before_ms, scan_after_ms, store_ms), for the Latency page.
     overhead: Mapping[str, float] = field(default_factory=dict)
+    # The base URL of the vLLM server that answered (``GenerationResult.server``); None in-process or unanswered.
+    engine_server: str | None = None
 
 
 def _check_finished(status: str) -> None:
@@ -239,6 +242,7 @@ def _finish(session: Session, exchange: Exchange, turn: TurnRecord) -> None:
             "policy_version": exchange.policy_version,
             "synthetic": exchange.synthetic,
             **timings,
+            **({"engine_server": turn.engine_server} if turn.engine_server else {}),
         },
     )
     _store_side(session, exchange.id, turn)
@@ -287,6 +291,7 @@ def store_turn(session: Session, turn: TurnRecord) -> Exchange:
         output_action=turn.output_action,
         policy_version=turn.policy_version,
         synthetic=turn.synthetic,
+        engine_server=turn.engine_server,
         **asdict(turn.timings),
     )
     session.add(exchange)
@@ -377,6 +382,7 @@ def complete_exchange(session: Session, exchange_id: int, turn: TurnRecord) -> E
         exchange.model_version_id = turn.model_version_id
     for name, value in asdict(turn.timings).items():
         setattr(exchange, name, value)
+    exchange.engine_server = turn.engine_server
     _touch(session, exchange.conversation_id, now)
     session.flush()
     _finish(session, exchange, turn)

@@ -21,6 +21,12 @@ histograms when the rows existed; about 0.4 ms per exchange on SQLite.
 A user filter cannot use the buckets (the user is not part of the key: it would multiply the rows by the number of
 users); :func:`raw_report` reads that user's exchanges instead (indexed by user, newest first, at most
 ``RAW_ROW_CAP`` rows; the page says so), and has no console-overhead figures (they are not stored on exchanges).
+
+Per vLLM server (server backends) the same: the server is not part of the key, so :func:`server_report` reads the
+exchanges each server answered (``exchanges.engine_server``), server by server on the ``(engine_server,
+created_at)`` index, at most ``SERVER_ROW_CAP`` per server. Measured on the benchmark's database (1,000,000
+exchanges over 30 days): with no server traffic it costs 0.3 ms whatever the range; with a third of them answered
+by two servers, 0.16 s for a day and 0.43 s for 7 to 90 days (two servers capped at 10,000 rows each).
 """
 
 from __future__ import annotations
@@ -391,28 +397,8 @@ def bucket_report(session: Session, query: MetricsQuery, slos: Sequence[SloTarge
 RAW_ROW_CAP = 50_000
 
 
-def raw_report(session: Session, query: MetricsQuery, *, user_id: int, slos: Sequence[SloTarget] = (),
-               cap: int = RAW_ROW_CAP) -> MetricsReport:
-    """The same figures for one user's requests, from their exchanges (the buckets do not know users).
-
-    Reads the newest ``cap`` finished exchanges of the user in the range (``capped`` says when there were more);
-    indexed by user. No console-overhead figures (they are not stored on exchanges).
-    """
-    stmt = (select(*_EXCHANGE_COLUMNS)
-            .where(Exchange.user_id == user_id, Exchange.status != "pending",
-                   Exchange.created_at >= query.start, Exchange.created_at < query.end)
-            .order_by(Exchange.created_at.desc()).limit(cap + 1))
-    if query.synthetic is not None:
-        stmt = stmt.where(Exchange.synthetic == query.synthetic)
-    if query.versions:
-        stmt = stmt.where(Exchange.model_version.in_(query.versions))
-    if query.statuses:
-        stmt = stmt.where(Exchange.status.in_(query.statuses))
-    rows = session.execute(stmt).all()
-    capped = len(rows) > cap
-    rows = rows[:cap]
-    if not rows:
-        return summarize(empty_frame(), query, slos, source="exchanges", rows_read=0)
+def _frame_of(rows: Sequence[Any]) -> tuple[BucketFrame, int]:
+    """Exchange rows (``_EXCHANGE_COLUMNS``' shape; the second column is the group: version or server) as a frame."""
     batch = _batch_from_rows(rows)
     entry_row, entry_key = _entries(batch)
     counts = np.column_stack([np.ones(len(rows)), batch.flagged, batch.blocked,
@@ -422,7 +408,91 @@ def raw_report(session: Session, query: MetricsQuery, *, user_id: int, slos: Seq
                             for m in METRICS])
     frame = BucketFrame(batch.epoch_s.astype(np.int64), list(batch.model_version), list(batch.status), counts, sums,
                         entry_row, entry_key, np.ones(len(entry_row)))
-    return summarize(frame, query, slos, source="exchanges", rows_read=len(rows), capped=capped)
+    return frame, len(rows)
+
+
+def _filtered(stmt: Any, query: MetricsQuery) -> Any:
+    if query.synthetic is not None:
+        stmt = stmt.where(Exchange.synthetic == query.synthetic)
+    if query.versions:
+        stmt = stmt.where(Exchange.model_version.in_(query.versions))
+    if query.statuses:
+        stmt = stmt.where(Exchange.status.in_(query.statuses))
+    return stmt
+
+
+def raw_report(session: Session, query: MetricsQuery, *, user_id: int, slos: Sequence[SloTarget] = (),
+               cap: int = RAW_ROW_CAP) -> MetricsReport:
+    """The same figures for one user's requests, from their exchanges (the buckets do not know users).
+
+    Reads the newest ``cap`` finished exchanges of the user in the range (``capped`` says when there were more);
+    indexed by user. No console-overhead figures (they are not stored on exchanges).
+    """
+    stmt = _filtered(select(*_EXCHANGE_COLUMNS)
+                     .where(Exchange.user_id == user_id, Exchange.status != "pending",
+                            Exchange.created_at >= query.start, Exchange.created_at < query.end)
+                     .order_by(Exchange.created_at.desc()).limit(cap + 1), query)
+    rows = session.execute(stmt).all()
+    capped = len(rows) > cap
+    rows = rows[:cap]
+    if not rows:
+        return summarize(empty_frame(), query, slos, source="exchanges", rows_read=0)
+    frame, read = _frame_of(rows)
+    return summarize(frame, query, slos, source="exchanges", rows_read=read, capped=capped)
+
+
+SERVER_ROW_CAP = 10_000  # per server
+MAX_SERVERS = 50
+_SERVER_COLUMNS = (Exchange.created_at, Exchange.engine_server, *_EXCHANGE_COLUMNS[2:])
+
+
+def servers_in_range(session: Session, since: datetime, until: datetime, *, limit: int = MAX_SERVERS) -> list[str]:
+    """The vLLM servers (base URLs, sorted) that answered exchanges created in [since, until), at most ``limit``.
+
+    Walks the distinct servers on the ``(engine_server, created_at)`` index, one seek per server: no exchange of
+    the in-process engine is read, however many the range holds.
+    """
+    servers: list[str] = []
+    last: str | None = None
+    while len(servers) < limit:
+        after = Exchange.engine_server.is_not(None) if last is None else Exchange.engine_server > last
+        following = session.scalar(select(func.min(Exchange.engine_server)).where(after))
+        if following is None:
+            return servers
+        last = str(following)
+        hit = session.scalar(select(Exchange.id).where(Exchange.engine_server == last, Exchange.created_at >= since,
+                                                       Exchange.created_at < until).limit(1))
+        if hit is not None:
+            servers.append(last)
+    return servers
+
+
+def server_report(session: Session, query: MetricsQuery, *, user_id: int | None = None,
+                  cap: int = SERVER_ROW_CAP) -> MetricsReport:
+    """Per vLLM server: the figures of the exchanges a server answered (``exchanges.engine_server``) in the range,
+    with the same filters and maths as the page's, the server's base URL in place of the model version
+    (``versions`` of the report are the servers; the totals' None row is every server together).
+
+    Read from the exchanges (the buckets do not know servers), server by server on the ``(engine_server,
+    created_at)`` index: each server's newest ``cap`` finished exchanges in the range (``capped`` says when a
+    server had more). In-process exchanges (``engine_server`` NULL) are never read. ``user_id``: that user's only.
+    """
+    rows: list[Any] = []
+    capped = False
+    for server in servers_in_range(session, query.start, query.end):
+        stmt = _filtered(select(*_SERVER_COLUMNS)
+                         .where(Exchange.engine_server == server, Exchange.created_at >= query.start,
+                                Exchange.created_at < query.end, Exchange.status != "pending")
+                         .order_by(Exchange.created_at.desc()).limit(cap + 1), query)
+        if user_id is not None:
+            stmt = stmt.where(Exchange.user_id == user_id)
+        found = session.execute(stmt).all()
+        capped = capped or len(found) > cap
+        rows += found[:cap]
+    if not rows:
+        return summarize(empty_frame(), query, source="exchanges", rows_read=0)
+    frame, read = _frame_of(rows)
+    return summarize(frame, query, source="exchanges", rows_read=read, capped=capped)
 
 
 def bucket_versions(session: Session) -> list[str]:

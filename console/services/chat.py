@@ -333,6 +333,7 @@ def _turn_record(ctx: AppContext, actor: Principal, conversation_id: int, reques
         output_action=output_gate.action if output_gate is not None else None,
         review=moderation.review_item_for(ctx, gates),
         overhead=dict(overhead or {}),
+        engine_server=result.server if result is not None else None,  # which vLLM server answered (server backends)
     )
 
 

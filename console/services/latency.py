@@ -3,13 +3,17 @@ analysts and admins, and the tables the page shows them in.
 
 Every figure comes from the pre-aggregated buckets of ``db/latency.py`` (never from loading exchanges), except with
 a user filter: the buckets do not know users, so that view reads the user's newest exchanges (at most
-``db.latency.RAW_ROW_CAP``) and says so. The targets themselves are ``console.services.slo``.
+``db.latency.RAW_ROW_CAP``) and says so. The per-server figures (server backends) come from the exchanges each
+vLLM server answered (``db.latency.server_report``, on the ``(engine_server, created_at)`` index, the newest
+``SERVER_ROW_CAP`` per server) and the newest per-server engine-health sample. The targets themselves are
+``console.services.slo``. The charts' lines are shaped here too (:func:`latency_lines`, :func:`version_lines`,
+:func:`rate_lines`): the view only draws them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +24,7 @@ from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
 from db import audit as audit_q
+from db import engine_health as health_q
 from db import latency as latency_q
 from db import latency_report
 from db import users as users_q
@@ -45,6 +50,13 @@ RATE_METRICS = latency_report.RATE_METRICS
 SWITCH_ACTIONS = ("model.switch", "model.switch_failed")
 MAX_RELATIVE_ERROR = latency_report.MAX_RELATIVE_ERROR
 RAW_ROW_CAP = latency_q.RAW_ROW_CAP
+SERVER_ROW_CAP = latency_q.SERVER_ROW_CAP
+LATENCY_HEALTH_MINUTES = 60  # the Servers table's state: each server's newest sample this recent in the window
+LATEST_HEALTH_WITHIN = timedelta(minutes=LATENCY_HEALTH_MINUTES)
+# The Servers table's raw columns (LatencyOverview.servers), in the order it shows them.
+SERVER_COLUMNS = ["server", "requests", "ttft_p50_ms", "ttft_p95_ms", "itl_p50_ms", "e2e_p95_s",
+                  "output_tokens_per_s", "errors", "state", "running", "waiting", "kv_cache_pct", "queue_ms",
+                  "sampled_at"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,9 @@ class LatencyOverview:
     overhead_recorded: bool  # any console-overhead figure in the range
     source_note: str | None  # set when the figures come from raw exchanges (user filter)
     rows_read: int
+    # One row per vLLM server with exchanges or health samples in the range (SERVER_COLUMNS; empty without any).
+    servers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SERVER_COLUMNS))
+    servers_note: str | None = None  # set when a server had more exchanges than were read
 
     @property
     def empty(self) -> bool:
@@ -169,16 +184,49 @@ def _switches(session: Any, since: datetime, until: datetime) -> list[SwitchMark
     return sorted(markers, key=lambda m: m.at)
 
 
+def _number(value: Any, digits: int = 1, scale: float = 1.0) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value) * scale, digits)
+
+
+def _servers(session: Any, query: latency_report.MetricsQuery,
+             user_id: int | None) -> tuple[pd.DataFrame, str | None]:
+    """The Servers table's rows: each server's exchanges over the range, and its newest health sample in it."""
+    report = latency_q.server_report(session, query, user_id=user_id)
+    figures = {row["model_version"]: row for row in report.totals if row["model_version"] is not None}
+    # The newest sample of each server in the window's last hour (a sampled server has one every few seconds).
+    since = max(query.start, query.end - LATEST_HEALTH_WITHIN)
+    latest = {row.server: row for row in health_q.latest_per_server(session, since=since, until=query.end)}
+    rows = []
+    for server in sorted({*figures, *latest}):
+        f, h = figures.get(server, {}), latest.get(server)
+        rows.append({
+            "server": server, "requests": int(f.get("requests") or 0),
+            "ttft_p50_ms": _number(f.get("ttft_ms_p50")), "ttft_p95_ms": _number(f.get("ttft_ms_p95")),
+            "itl_p50_ms": _number(f.get("itl_ms_p50"), 2), "e2e_p95_s": _number(f.get("e2e_ms_p95"), 3, 0.001),
+            "output_tokens_per_s": _number(f.get("output_tokens_per_s"), 4), "errors": int(f.get("error") or 0),
+            "state": h.state if h is not None else None, "running": h.running if h is not None else None,
+            "waiting": h.waiting if h is not None else None,
+            "kv_cache_pct": _number(h.kv_cache_usage, 1, 100.0) if h is not None else None,
+            "queue_ms": _number(h.queue_ms) if h is not None else None,
+            "sampled_at": h.ts if h is not None else None,
+        })
+    note = (f"A server answered more than {SERVER_ROW_CAP:,} requests in this window: its figures are over its "
+            f"newest {SERVER_ROW_CAP:,}." if report.capped else None)
+    return pd.DataFrame(rows, columns=SERVER_COLUMNS), note
+
+
 def _overview(ctx: AppContext, flt: LatencyFilter) -> LatencyOverview:
     query = _query(ctx, flt)
     with ctx.db.session(readonly=True) as s:
         slo_views = slo_svc.slo_views(s)
         targets = [latency_report.SloTarget(v.metric, v.stat, v.threshold) for v in slo_views]
         source_note = None
+        user_id = None
         if flt.user:
             user = users_q.get_user_by_username(s, flt.user.strip())
             if user is None:
                 raise NotFound(f"No user named {flt.user.strip()!r}.")
+            user_id = user.id
             report = latency_q.raw_report(s, query, user_id=user.id, slos=targets)
             source_note = (f"Figures for {user.username} alone come from their requests themselves (the pre-computed "
                            f"buckets do not record who asked): {report.rows_read:,} requests read"
@@ -188,6 +236,7 @@ def _overview(ctx: AppContext, flt: LatencyFilter) -> LatencyOverview:
             report = latency_q.bucket_report(s, query, targets)
         versions = latency_q.bucket_versions(s)
         switches = _switches(s, query.start, query.end)
+        servers, servers_note = _servers(s, query, user_id)
     totals = _frame(report.totals_columns)
     overhead = not totals.empty and sum(int(totals[f"{m}_n"].iloc[-1]) for m in OVERHEAD_METRICS) > 0
     goodput = pd.DataFrame([{
@@ -207,7 +256,7 @@ def _overview(ctx: AppContext, flt: LatencyFilter) -> LatencyOverview:
         since=report.start, until=report.end, bucket_s=report.bucket_s, bucket_label=bucket_label(report.bucket_s),
         series=_frame(report.series_columns), totals=totals, goodput=goodput, breaches=breaches, compliance=compliance,
         switches=switches, slos=slo_views, versions=versions, overhead_recorded=overhead, source_note=source_note,
-        rows_read=report.rows_read,
+        rows_read=report.rows_read, servers=servers, servers_note=servers_note,
     )
 
 
@@ -354,3 +403,73 @@ def summary_table(totals: pd.DataFrame) -> pd.DataFrame:
         "end-to-end p95": totals["e2e_ms_p95"].map(format_ms),
         "queue p95": totals["queue_ms_p95"].map(format_ms),
     })
+
+
+SERVER_HEADERS = {"server": "server", "requests": "requests", "ttft_p50_ms": "TTFT p50 (ms)",
+                  "ttft_p95_ms": "TTFT p95 (ms)", "itl_p50_ms": "ITL p50 (ms)", "e2e_p95_s": "E2E p95 (s)",
+                  "output_tokens_per_s": "output tokens/s (avg)", "errors": "errors", "state": "state",
+                  "running": "running", "waiting": "waiting", "kv_cache_pct": "KV cache (%)",
+                  "queue_ms": "mean queue (ms)", "sampled_at": "sampled at (UTC)"}
+
+
+def servers_table(servers: pd.DataFrame) -> pd.DataFrame:
+    """The Servers table as the page shows it: the figures of :attr:`LatencyOverview.servers`, units in the headers
+    (empty cells: not measured, e.g. a server with health samples but no requests in the window)."""
+    return servers[list(SERVER_HEADERS)].rename(columns=SERVER_HEADERS)
+
+
+# --- the charts' lines (the view draws them) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a chart: its points, its legend name (raw text: the view makes it safe to show), the legend
+    group (the version), the percentile it draws (latency lines) and per-point hover figures (``extra``)."""
+
+    name: str
+    x: list[Any]
+    y: list[Any]
+    group: str = ""
+    stat: str = ""
+    extra: Any = None
+
+
+def chart_frames(report: LatencyOverview, chosen: tuple[str, ...], side_by_side: bool) -> list[pd.DataFrame]:
+    """The series each latency chart column draws: the two chosen versions side by side, else all in one."""
+    if side_by_side:
+        return [report.series[report.series["model_version"] == v] for v in chosen]
+    return [report.series]
+
+
+def shared_range(frames: list[pd.DataFrame], metric: str, side_by_side: bool) -> list[float] | None:
+    """One y-axis range for side-by-side charts of ``metric`` (0 to 10 % above the highest p99), else None."""
+    top = pd.concat([f[f"{metric}_p99"] for f in frames]).max()
+    return [0.0, float(top) * 1.1] if side_by_side and pd.notna(top) else None
+
+
+def latency_lines(frame: pd.DataFrame, metric: str, stats: tuple[str, ...] = ("p99", "p95", "p50")) -> list[Line]:
+    """Per version (sorted), one line per percentile of ``stats`` in that order: ``<version> <stat>``."""
+    return [Line(f"{version} {stat}", list(rows["bucket_start"]), list(rows[f"{metric}_{stat}"]), str(version), stat)
+            for version, rows in frame.groupby("model_version", sort=True) for stat in stats]
+
+
+def version_lines(report: LatencyOverview, column: str) -> list[Line]:
+    """One line per version (sorted) of a series column (``requests_per_min``, ``output_tokens_per_s``...)."""
+    return [Line(str(version), list(rows["bucket_start"]), list(rows[column]), str(version))
+            for version, rows in report.series.groupby("model_version", sort=True)]
+
+
+RATE_NAMES = {"error_rate": "errors", "abort_rate": "aborted", "flag_rate": "flagged (prompt or answer)",
+              "block_rate": "blocked"}
+
+
+def rate_lines(report: LatencyOverview) -> list[Line]:
+    """Per version, one line per status rate of :data:`RATE_NAMES` in percent (``<version>: <rate>``); the flag
+    line's ``extra`` holds each point's prompt and answer shares (%), which side the policy flagged."""
+    lines = []
+    for version, rows in report.series.groupby("model_version", sort=True):
+        for column, name in RATE_NAMES.items():
+            extra = rows[["prompt_flag_rate", "output_flag_rate"]].to_numpy() * 100 if column == "flag_rate" else None
+            lines.append(Line(f"{version}: {name}", list(rows["bucket_start"]), list(rows[column] * 100),
+                              str(version), extra=extra))
+    return lines

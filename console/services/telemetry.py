@@ -9,6 +9,9 @@ vLLM registers its metrics in prometheus_client's global registry, and the conso
   are ``traffic="real"``), so a dashboard filters it out with ``{traffic="real"}`` and a load test can be watched.
 - The engine gauges are read from :meth:`engine.host.EngineHost.health` at each scrape (a cheap read of what the
   engine thread recorded; it never calls into vLLM).
+- On the server backends, each vLLM server's gauges (``llm_console_server_*``) carry a ``server`` label (its
+  base URL) besides ``model_version``: whether it answers, its running and waiting requests, KV-cache use, token
+  rates and mean queue time, from its ``/health`` and ``/metrics`` as the engine client last read them.
 
 Every series carries ``model_version`` (the version that answered; ``none`` when no model did, e.g. a blocked
 prompt). The inter-token latency histogram takes one observation per request: its mean inter-token latency.
@@ -28,10 +31,10 @@ from prometheus_client.registry import Collector
 
 from console.settings import Settings
 from db import flags
-from engine.types import GenerationResult
+from engine.types import GenerationResult, ServerHealth
 
 if TYPE_CHECKING:
-    from engine.host import EngineHost
+    from engine.client import EngineClient as EngineHost  # any engine client: only health() is read
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +93,37 @@ class _EngineCollector(Collector):
             counter = CounterMetricFamily(f"{PREFIX}_{name}", help_text, labels=["model_version"])
             counter.add_metric([version], float(value))
             yield counter
+        if health.servers:
+            yield from _server_families(version, health.servers)
+
+
+def _server_families(version: str, servers: tuple[ServerHealth, ...]) -> Iterator[Any]:
+    """Per-server gauges, labelled ``model_version`` and ``server`` (the base URL)."""
+    labels = ["model_version", "server"]
+    up = GaugeMetricFamily(f"{PREFIX}_server_ready", "1 when the vLLM server answers /health, else 0.",
+                           labels=[*labels, "state"])
+    for server in servers:
+        up.add_metric([version, server.url, server.state], 1.0 if server.state == "ready" else 0.0)
+    yield up
+    gauges: tuple[tuple[str, str, Callable[[ServerHealth], float | None]], ...] = (
+        ("server_running_requests", "Requests in the vLLM server's running batch.", lambda h: h.running),
+        ("server_waiting_requests", "Requests waiting in the vLLM server's queue.", lambda h: h.waiting),
+        ("server_kv_cache_usage_ratio", "Share of the vLLM server's KV-cache blocks in use (0-1).",
+         lambda h: h.kv_cache_usage),
+        ("server_prompt_tokens_per_second", "Prompt tokens the vLLM server processed per second, recently.",
+         lambda h: h.prompt_tokens_per_s),
+        ("server_generation_tokens_per_second", "Tokens the vLLM server generated per second, recently.",
+         lambda h: h.generation_tokens_per_s),
+        ("server_queue_time_seconds", "Mean time requests waited in the vLLM server's queue, recently (absent "
+         "when none finished).", lambda h: h.queue_s_mean),
+    )
+    for name, help_text, read in gauges:
+        family = GaugeMetricFamily(f"{PREFIX}_{name}", help_text, labels=labels)
+        for server in servers:
+            value = read(server)
+            if value is not None:
+                family.add_metric([version, server.url], float(value))
+        yield family
 
 
 class Telemetry:

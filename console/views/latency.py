@@ -79,10 +79,12 @@ def _charts() -> None:
         st.info(escape_markdown(report.source_note))
     if report.empty:
         st.info("No requests in this window with these filters.")
+        latency_charts.servers(report)
         latency_charts.switch_table(report)
         return
     totals = report.totals
     latency_charts.summary(report, totals)
+    latency_charts.servers(report)
     latency_slo.slo_tables(report)
     latency_charts.latency_charts(report, chosen, side_by_side)
     latency_charts.throughput_charts(report)

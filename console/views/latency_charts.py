@@ -28,8 +28,6 @@ LATENCY_TITLES = {
     "e2e_ms": "End-to-end latency",
     "queue_ms": "Queue time (waiting for the engine)",
 }
-RATE_NAMES = {"error_rate": "errors", "abort_rate": "aborted", "flag_rate": "flagged (prompt or answer)",
-              "block_rate": "blocked"}
 TIME_AXIS = "time (UTC)"
 
 
@@ -71,13 +69,13 @@ def _layout(fig: go.Figure, title: str, y_title: str, y_range: list[float] | Non
 def _latency_figure(report: latency_svc.LatencyOverview, frame: pd.DataFrame, metric: str,
                     y_range: list[float] | None) -> go.Figure:
     fig = go.Figure()
-    for version, rows in frame.groupby("model_version", sort=True):
-        for stat, (width, symbol, size) in PERCENTILE_STYLE.items():
-            fig.add_trace(go.Scatter(x=rows["bucket_start"], y=rows[f"{metric}_{stat}"], mode="lines+markers",
-                                     line={"dash": PERCENTILE_DASH[stat], "width": width},
-                                     marker={"symbol": symbol, "size": size},
-                                     legendrank=list(PERCENTILE_DASH).index(stat),  # the legend reads p50, p95, p99
-                                     name=f"{_plain(version)} {stat}", legendgroup=_plain(version)))
+    for line in latency_svc.latency_lines(frame, metric, tuple(PERCENTILE_STYLE)):
+        width, symbol, size = PERCENTILE_STYLE[line.stat]
+        fig.add_trace(go.Scatter(x=line.x, y=line.y, mode="lines+markers",
+                                 line={"dash": PERCENTILE_DASH[line.stat], "width": width},
+                                 marker={"symbol": symbol, "size": size},
+                                 legendrank=list(PERCENTILE_DASH).index(line.stat),  # the legend reads p50, p95, p99
+                                 name=_plain(line.name), legendgroup=_plain(line.group)))
     _target_lines(fig, report, metric)
     _markers(fig, report)
     fig.update_layout(hovermode="x unified")
@@ -85,20 +83,12 @@ def _latency_figure(report: latency_svc.LatencyOverview, frame: pd.DataFrame, me
                         f"{report.bucket_label} bucket", "milliseconds", y_range)
 
 
-def _per_version(report: latency_svc.LatencyOverview, chosen: tuple[str, ...],
-                 side_by_side: bool) -> list[pd.DataFrame]:
-    if side_by_side:  # the two chosen versions, left and right
-        return [report.series[report.series["model_version"] == v] for v in chosen]
-    return [report.series]
-
-
 def latency_charts(report: latency_svc.LatencyOverview, chosen: tuple[str, ...], side_by_side: bool) -> None:
     """The engine's latency percentiles over time, per version (two side by side on one scale when chosen)."""
     st.subheader("Engine latency")
     for metric in latency_svc.LATENCY_METRICS:
-        frames = _per_version(report, chosen, side_by_side)
-        top = pd.concat([f[f"{metric}_p99"] for f in frames]).max()
-        y_range = [0.0, float(top) * 1.1] if side_by_side and pd.notna(top) else None
+        frames = latency_svc.chart_frames(report, chosen, side_by_side)
+        y_range = latency_svc.shared_range(frames, metric, side_by_side)
         columns = st.columns(len(frames))
         for column, frame in zip(columns, frames, strict=True):
             if frame[f"{metric}_n"].sum() == 0:
@@ -120,8 +110,8 @@ def throughput_charts(report: latency_svc.LatencyOverview) -> None:
         (t2, "output_tokens_per_s", "Output tokens per second", "output tokens/s"),
     ):
         fig = go.Figure()
-        for version, rows in report.series.groupby("model_version", sort=True):
-            fig.add_trace(go.Scatter(x=rows["bucket_start"], y=rows[field], mode="lines+markers", name=_plain(version),
+        for line in latency_svc.version_lines(report, field):
+            fig.add_trace(go.Scatter(x=line.x, y=line.y, mode="lines+markers", name=_plain(line.name),
                                      marker={"size": 4}))
         _markers(fig, report)
         column.plotly_chart(_layout(fig, f"{title}, averaged per {report.bucket_label} bucket", unit),
@@ -131,15 +121,14 @@ def throughput_charts(report: latency_svc.LatencyOverview) -> None:
 def rate_chart(report: latency_svc.LatencyOverview) -> None:
     st.subheader("Errors, aborts, flags and blocks")
     fig = go.Figure()
-    for version, rows in report.series.groupby("model_version", sort=True):
-        for field, name in RATE_NAMES.items():
-            split = {}
-            if field == "flag_rate":  # which side the policy flagged (an exchange flagged both ways is in both)
-                split = {"customdata": rows[["prompt_flag_rate", "output_flag_rate"]].to_numpy() * 100,
-                         "hovertemplate": "%{y:.2f} % (prompt %{customdata[0]:.2f} %, answer %{customdata[1]:.2f} %)"}
-            fig.add_trace(go.Scatter(x=rows["bucket_start"], y=rows[field] * 100, mode="lines+markers",
-                                     marker={"size": 4}, name=f"{_plain(version)}: {name}", **split))
-    for metric in RATE_NAMES:
+    for line in latency_svc.rate_lines(report):
+        split = {}
+        if line.extra is not None:  # which side the policy flagged (an exchange flagged both ways is in both)
+            split = {"customdata": line.extra,
+                     "hovertemplate": "%{y:.2f} % (prompt %{customdata[0]:.2f} %, answer %{customdata[1]:.2f} %)"}
+        fig.add_trace(go.Scatter(x=line.x, y=line.y, mode="lines+markers", marker={"size": 4},
+                                 name=_plain(line.name), **split))
+    for metric in latency_svc.RATE_NAMES:
         _target_lines(fig, report, metric, scale=100.0)
     _markers(fig, report)
     st.plotly_chart(_layout(fig, f"Share of requests per {report.bucket_label} bucket: errors, aborted (stopped, cut "
@@ -164,6 +153,20 @@ def overhead(report: latency_svc.LatencyOverview, totals: pd.DataFrame) -> None:
     fig.update_layout(barmode="group")
     st.plotly_chart(_layout(fig, "Median (p50) of each part over the window; missing bars were not recorded",
                             "milliseconds", x_title="part of the request"), width="stretch")
+
+
+def servers(report: latency_svc.LatencyOverview) -> None:
+    """Per vLLM server (server backends): its requests and latency over the window, and its newest load."""
+    if report.servers.empty:
+        return
+    st.subheader("Servers")
+    st.caption("Requests, latency and throughput of the requests each vLLM server answered in this window, measured "
+               "by the console (time to first token, inter-token and end-to-end latency from sending the request); "
+               "state, load, KV cache and mean queue time from the server's own /health and /metrics at its newest "
+               f"sample in the window's last {latency_svc.LATENCY_HEALTH_MINUTES} minutes.")
+    if report.servers_note:
+        st.info(report.servers_note)
+    st.dataframe(latency_svc.servers_table(report.servers), hide_index=True, width="stretch", key="servers_table")
 
 
 def summary(report: latency_svc.LatencyOverview, totals: pd.DataFrame) -> None:
@@ -192,6 +195,16 @@ def engine_health(ctx: AppContext, principal: Principal, report: latency_svc.Lat
         fig.update_xaxes(title_text=TIME_AXIS)
         _markers(fig, report)
         columns[i % 2].plotly_chart(fig, width="stretch")
+    if not history.servers.empty:
+        st.markdown("**Per server** (each vLLM server's own /health and /metrics over the window)")
+        st.dataframe(history.servers, hide_index=True, width="stretch", key="engine_servers_table")
+        columns = st.columns(2)
+        for i, server_chart in enumerate(history.server_charts):
+            fig = px.line(**server_chart.line_args())
+            fig.update_yaxes(rangemode="nonnegative")
+            fig.update_xaxes(title_text=TIME_AXIS)
+            _markers(fig, report)
+            columns[i % 2].plotly_chart(fig, width="stretch")
     if not history.errors.empty:
         st.markdown("**Recent engine errors**")
         st.dataframe(history.errors, hide_index=True, width="stretch", key="engine_errors_table")

@@ -319,9 +319,13 @@ def server_url_list(raw: Sequence[str] | str | None) -> list[str]:
 
 def _bad_url_message(url: str, exc: Exception) -> str:
     """The refusal of a bad base URL, naming it (without a password someone typed into it)."""
-    shown = re.sub(r"//[^/@\s]*@", "//***@", url)[:200]
+    shown = re.sub(r"//[^/\s]*@", "//***@", url)[:200]
     text = str(exc).replace(url, shown)
-    return text if shown in text else f"{shown!r} is not a server base URL: {text}"
+    if shown in text:
+        return text
+    if text.startswith("The server URL "):
+        return text.replace("The server URL", f"The server URL {shown}", 1)
+    return f"The server URL {shown}: {text}"
 
 
 def _identity(info: ServerInfo) -> dict[str, Any]:

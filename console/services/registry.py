@@ -58,6 +58,7 @@ MAX_REVISION_CHARS = 200  # a hub commit hash or tag; also bounds a base version
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,59}$")
 MAX_REASON_CHARS = 1000
 MAX_SERVER_URLS = 8
+MAX_URL_CHARS = 500
 # How each backend is called where people choose one (the Models page; the CLI takes the names themselves).
 BACKEND_LABELS: dict[str, str] = {"in-process": "in-process", "managed-server": "managed server",
                                   "server": "vLLM server"}
@@ -307,6 +308,8 @@ def server_url_list(raw: Sequence[str] | str | None) -> list[str]:
                            "(put a router in front of more).")
     urls: list[str] = []
     for url in given:
+        if len(url) > MAX_URL_CHARS:
+            raise InvalidInput(f"A server URL has at most {MAX_URL_CHARS} characters; one has {len(url):,}.")
         try:
             checked = check_base_url(url)
         except BadServerURL as exc:

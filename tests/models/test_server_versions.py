@@ -77,6 +77,7 @@ _NINE = "\n".join(f"http://vllm-{i}:8000" for i in range(9))
     pytest.param(["http://vllm-1:8000", "http://vllm-1:8000/v1/"], "http://vllm-1:8000 is given twice",
                  id="twice"),
     pytest.param(_NINE, "at most 8 server URLs; 9 were given", id="nine"),
+    pytest.param("http://vllm-1:8000/" + "x" * 500, "at most 500 characters; one has 519", id="too-long"),
 ])
 def test_a_bad_server_url_is_refused_naming_it_and_nothing_is_registered(ctx, make_user, urls, message) -> None:  # noqa: ANN001
     with pytest.raises(InvalidInput) as refused:

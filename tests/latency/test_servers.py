@@ -270,3 +270,41 @@ def test_telemetry_exports_per_server_gauges_with_a_server_label():
     assert f'llm_console_server_ready{{{a},state="ready"}} 1.0' in text
     assert f'llm_console_server_ready{{{b},state="unreachable"}} 0.0' in text
     assert 'llm_console_engine_running_requests{model_version="v-server"} 2.0' in text  # the engine's, unchanged
+
+
+# --- a real vLLM server -------------------------------------------------------------------------------------------
+
+
+def test_a_chat_through_a_real_vllm_server_records_its_url_and_the_sampler_its_load(ctx, make_user, vllm_server):
+    from engine.server_client import ServerEngineClient
+
+    spec = ModelSpec("tiny-server", vllm_server.url, backend="server", server_urls=(vllm_server.url,),
+                     server_model="tiny-server")
+    op = make_user("olivia", "operator")
+    client = ServerEngineClient(spec, api_key=vllm_server.api_key)
+    try:
+        # The real clock: the exchange is stamped with it, and the page's "last hour" must cover it.
+        served = AppContext(ctx.settings, ctx.db, host_factory=lambda: client, clock=lambda: datetime.now(UTC))
+        turn = chat_svc.start_turn(served, op, None, "Where is my order?", temperature=0.0, top_p=1.0,
+                                   max_tokens=8)
+        assert "".join(turn.deltas()) == turn.outcome.text
+        assert turn.outcome.saved and turn.outcome.result.output_tokens > 0
+        with ctx.db.session(readonly=True) as s:
+            exchange = s.get(Exchange, turn.outcome.exchange_id)
+            assert (exchange.status, exchange.engine_server) == ("ok", client.urls[0])
+            assert exchange.ttft_ms > 0 and exchange.output_tokens == turn.outcome.result.output_tokens
+    finally:
+        client.shutdown()
+    # A fresh client's first look at /metrics covers the server's whole life: our chat's tokens are in it.
+    watcher = ServerEngineClient(spec, api_key=vllm_server.api_key)
+    try:
+        health_svc.HealthSampler(served, watcher).run_once()
+    finally:
+        watcher.shutdown()
+    with ctx.db.session(readonly=True) as s:
+        (row,) = list(s.scalars(select(EngineHealthSample).where(EngineHealthSample.server.is_not(None))))
+    assert (row.server, row.state, row.model_version, row.error) == (client.urls[0], "ready", "tiny-server", None)
+    assert row.generation_tokens_per_s > 0 and row.prompt_tokens_per_s > 0
+    report = latency.overview(served, op, latency.LatencyFilter(range="last hour"))
+    (figures,) = report.servers.to_dict("records")
+    assert (figures["server"], figures["requests"], figures["state"]) == (client.urls[0], 1, "ready")

@@ -173,8 +173,8 @@ def probe(url: str, model: str, *, api_key: str | None = None, timeout_s: float 
         if api_key:
             raise ServerUnavailableError(f"The vLLM server at {base} refused the API key (HTTP "
                                          f"{response.status_code}); check the server API key setting.")
-        raise ServerUnavailableError(f"The vLLM server at {base} asks for an API key (HTTP {response.status_code}), "
-                                     "and none is set; set the server API key.")
+        raise ServerUnavailableError(f"The vLLM server at {base} asks for an API key, and none is set (HTTP "
+                                     f"{response.status_code}); set the server API key.")
     not_vllm = f"The server at {base} is not a vLLM (OpenAI-compatible) server: "
     if response.status_code != 200:
         raise ServerUnavailableError(not_vllm + f"it answered HTTP {response.status_code} to /v1/models.")
@@ -543,6 +543,16 @@ class ServerEngineClient:
         self.infos = infos
         return infos
 
+    def retarget(self, urls: Sequence[str]) -> None:
+        """Send new requests to ``urls`` from now on (a managed server that had to move to another port); requests
+        in flight finish where they are."""
+        servers = [_Server(url) for url in dict.fromkeys(check_base_url(url) for url in urls)]
+        if not servers:
+            raise BadServerURL("A server URL is required.")
+        with self._lock:
+            if [s.url for s in self._servers] != [s.url for s in servers]:
+                self._servers = servers
+
     @property
     def max_model_len(self) -> int | None:
         """The context length the servers reported at :meth:`check_servers` (the smallest), if any."""
@@ -801,13 +811,12 @@ class ServerEngineClient:
             raise _ConnectFailed(_unreachable(server.url, exc, CHECK_TIMEOUT_S)) from None
         except httpx.HTTPError as exc:
             raise _unreachable(server.url, exc, 30.0) from None
-        if response.status_code in (404, 405):
-            server.tokenize = False  # not there (a router in front): the server itself refuses a prompt too long
-            return None
         if response.status_code != 200:
             error = self._http_error(server, response)
             if isinstance(error, NoChatTemplateError | ServerUnavailableError):
-                raise error
+                raise error  # no chat template; the model is not served; the key is refused
+            if response.status_code in (404, 405):
+                server.tokenize = False  # not there (a router in front): the server itself refuses a prompt too long
             return None
         try:
             data = response.json()

@@ -12,39 +12,66 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from console.cli_support import Parser, positive, print_result, shell_context
+from console.cli_support import CliError, Parser, positive, print_result, shell_context
+from engine.types import ModelSpec, ServerOptions
 
 if TYPE_CHECKING:
     from console.settings import Settings
-    from engine.types import ModelSpec
 
 # Why a benchmark runs without the shell principal (tests/access/test_shell_principal.py reads it).
 THROWAWAY = "measures on a throwaway database and model of its own; touches no console data"
 
 
 def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.engine import run_engine_bench
+    from engine.errors import EngineError
 
-    spec: ModelSpec | Path
+    if args.backend != "server" and (args.url or args.server_model):
+        raise CliError("--url and --server-model are for --backend server")
+    if args.url and not args.server_model:
+        raise CliError("--url needs --server-model: the model name that server serves")
+    if args.server_model and not args.url:
+        raise CliError("--server-model needs --url: the server to measure")
+    if args.url and args.model:
+        raise CliError("give --url (a running server) or --model (a registered version), not both")
+    spec: ModelSpec | Path | None = None
     if args.model:
         from console.services import registry
 
         ctx, _shell = shell_context(args, settings)
         spec = registry.loadable_spec(ctx, args.model)
-    else:
+    elif not args.url:
         from engine.demo.tiny import build_tiny_model
 
         spec = build_tiny_model(settings.models_dir / "tiny-bench")
-    result = run_engine_bench(spec, concurrency=args.concurrency, max_tokens=args.max_tokens,
-                              kv_cache_gib=settings.kv_cache_gib, rounds=args.rounds)
+    try:
+        if args.backend == "server":
+            from bench.engine import run_server_bench
+
+            url, server_model = args.url, args.server_model
+            if isinstance(spec, ModelSpec) and spec.backend == "server":  # a registered server version
+                url, server_model, spec = spec.server_urls[0], spec.model_on_server, None
+            api_key = settings.server_api_key_value() if url else None
+            result = run_server_bench(spec, url=url, server_model=server_model, api_key=api_key,
+                                      concurrency=args.concurrency, max_tokens=args.max_tokens,
+                                      kv_cache_gib=settings.kv_cache_gib, rounds=args.rounds,
+                                      options=ServerOptions(start_timeout_s=settings.server_start_seconds))
+        else:
+            from bench.engine import run_engine_bench
+
+            assert spec is not None
+            result = run_engine_bench(spec, concurrency=args.concurrency, max_tokens=args.max_tokens,
+                                      kv_cache_gib=settings.kv_cache_gib, rounds=args.rounds)
+    except (EngineError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     print_result(result, args.json)
     return 0
 
 
 def cmd_switch(args: argparse.Namespace, settings: Settings) -> int:
-    from bench.switch import run_switch_bench
+    from bench.switch import SWITCH_BACKENDS, run_switch_bench
 
-    print_result(run_switch_bench(concurrency=args.concurrency), args.json)
+    backends = SWITCH_BACKENDS if args.backend == "both" else (args.backend,)
+    print_result(run_switch_bench(backends=backends, concurrency=args.concurrency), args.json)
     return 0
 
 
@@ -85,15 +112,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``bench`` and its subcommands to ``llm-console`` (the ``llm_console.commands`` entry point)."""
     bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
                                                                              parser_class=Parser)
-    s = bench.add_parser("engine", help="engine host vs vLLM's LLM.generate: output tokens/s")
+    s = bench.add_parser("engine", help="engine host vs vLLM's LLM.generate, or (--backend server) the console's "
+                                        "server client vs the openai client on one vLLM server: output tokens/s")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--backend", choices=("in-process", "server"), default="in-process",
+                   help="in-process: the engine host vs LLM.generate (default); server: the console's client vs "
+                        "the openai client against one vLLM OpenAI-compatible server (started for the run on the "
+                        "model, unless --url names a running one)")
     s.add_argument("--model", help="registered version to use (default: a tiny model built on the spot)")
+    s.add_argument("--url", help="with --backend server: base URL of a running vLLM server or router to measure "
+                                 "(its API key from LLM_CONSOLE_SERVER_API_KEY or _FILE)")
+    s.add_argument("--server-model", help="with --url: the model name that server serves")
     s.add_argument("--concurrency", type=positive, default=16)
     s.add_argument("--max-tokens", type=positive, default=128)
     s.add_argument("--rounds", type=positive, default=9, help="interleaved rounds per side (median ratio)")
     s.set_defaults(func=cmd_engine, unguarded=THROWAWAY + " (with --model: as the shell principal)")
-    s = bench.add_parser("switch", help="switch the served version under concurrent chats: seconds, failures")
+    s = bench.add_parser("switch", help="switch the served version under concurrent chats, in-process and on "
+                                        "managed vLLM servers: seconds, failures, the longest wait it caused")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--backend", choices=("in-process", "managed-server", "both"), default="both",
+                   help="which backend's switch to measure (default both, one after the other)")
     s.add_argument("--concurrency", type=positive, default=8)
     s.set_defaults(func=cmd_switch, unguarded=THROWAWAY)
     s = bench.add_parser("safety", help="time the safety scans add to an exchange (before the first token, after "

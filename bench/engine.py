@@ -1,4 +1,6 @@
-"""Benchmark: output tokens/s through the engine host versus vLLM's own ``LLM.generate`` on the same model.
+"""Benchmarks: output tokens/s through the engine host versus vLLM's own ``LLM.generate`` on the same model
+(:func:`run_engine_bench`), and through the console's vLLM server client versus the ``openai`` client on the same
+server (:func:`run_server_bench`).
 
 Both sides get the same chat prompts (the model's own chat template, as token ids) and the same sampling:
 greedy (temperature 0) with ``ignore_eos=True``, so every request produces exactly ``max_tokens`` tokens and
@@ -19,8 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.client import EngineClient
 from engine.host import EngineHost
-from engine.types import ChatMessage, HostConfig, ModelSpec, SamplingSettings, check_engine_args
+from engine.types import (
+    ChatMessage,
+    HostConfig,
+    ModelSpec,
+    SamplingSettings,
+    ServerOptions,
+    check_engine_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +73,7 @@ def _prompt_messages(concurrency: int) -> list[list[ChatMessage]]:
 
 
 def _host_round(
-    host: EngineHost, conversations: list[list[ChatMessage]], sampling: SamplingSettings
+    host: EngineClient, conversations: list[list[ChatMessage]], sampling: SamplingSettings
 ) -> tuple[int, float]:
     barrier = threading.Barrier(len(conversations) + 1)
     tokens = [0] * len(conversations)
@@ -284,4 +294,146 @@ def run_engine_bench(
         "host_rounds_tokens_per_s": [round(x, 1) for x in host_all],
         "raw_rounds_tokens_per_s": [round(x, 1) for x in raw_all],
         "output_tokens_per_round": {"host": host_rounds[0][0], "raw": raw_rounds[0][0]},
+    }
+
+
+def _openai_round(client: Any, model: str, conversations: list[list[ChatMessage]], sampling: SamplingSettings
+                  ) -> tuple[int, float]:
+    """One round through the ``openai`` package's client: the same threads, barrier and requests as the console's
+    round (streamed chat completions, the usage chunk's ``completion_tokens`` counted)."""
+    barrier = threading.Barrier(len(conversations) + 1)
+    tokens = [0] * len(conversations)
+    errors: list[BaseException] = []
+
+    def caller(i: int) -> None:
+        try:
+            barrier.wait()
+            stream = client.chat.completions.create(
+                model=model, messages=[m.as_dict() for m in conversations[i]], stream=True,
+                stream_options={"include_usage": True}, max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed,
+                extra_body={"ignore_eos": sampling.ignore_eos},
+            )
+            for chunk in stream:
+                if chunk.usage is not None:
+                    tokens[i] = chunk.usage.completion_tokens
+        except BaseException as exc:  # re-raised on the main thread below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=caller, args=(i,), name=f"bench-openai-{i}") for i in range(len(tokens))
+    ]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return sum(tokens), elapsed
+
+
+def run_server_bench(
+    model_dir_or_spec: str | Path | ModelSpec | None = None,
+    *,
+    url: str | None = None,
+    server_model: str | None = None,
+    api_key: str | None = None,
+    concurrency: int = 16,
+    max_tokens: int = 128,
+    kv_cache_gib: float = 1.0,
+    rounds: int = 9,
+    options: ServerOptions | None = None,
+) -> dict[str, Any]:
+    """Output tokens/s of ``concurrency`` streaming chats through the console's ``ServerEngineClient`` vs the
+    ``openai`` package's client, both against the same vLLM OpenAI-compatible server.
+
+    Without ``url`` a server is started on ``model_dir_or_spec`` with the managed-server launcher
+    (:class:`engine.managed.ManagedServer`: the project's one server command line; its log in a directory of its
+    own unless ``options.log_dir`` names one, never a running console's) and stopped at the end; with
+    ``url`` (and ``server_model``, the model name that server serves; ``api_key`` if it wants one) an existing
+    server or router is measured and left running.
+
+    Both sides send the same requests: the same chats, greedy (temperature 0), ``ignore_eos`` so every request
+    streams exactly ``max_tokens`` tokens, streamed with usage; each runs ``concurrency`` caller threads released
+    together. After one warm-up request per side, rounds interleave in ABBA order (console, openai, openai,
+    console...), so a slow spell of the shared machine hits both sides alike; each round gives output tokens/s
+    (tokens / wall time of the round), each pair of neighbouring rounds one ratio console / openai.
+    ``ratio_median`` is the median of those ratios (the target is >= 0.97: the console's client costs at most 3%).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    import openai
+
+    from engine.server_client import ServerEngineClient, check_base_url
+
+    if url is not None:
+        if not server_model:
+            raise ValueError("The server model is required with a server URL (the model name the server serves).")
+        url = check_base_url(url)
+        model = server_model
+        started = None
+    else:
+        if model_dir_or_spec is None:
+            raise ValueError("The model is required when no server URL is given.")
+        from engine.managed import ManagedServer
+
+        spec = _as_spec(model_dir_or_spec)
+        started = ManagedServer.start(spec, HostConfig(kv_cache_gib=kv_cache_gib),
+                                      options or ServerOptions(), wait=True)
+        url, model, api_key = started.url, spec.name, started.api_key
+
+    sampling = SamplingSettings(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    conversations = _prompt_messages(concurrency)
+    console_rounds: list[tuple[int, float]] = []
+    openai_rounds: list[tuple[int, float]] = []
+    console: ServerEngineClient | None = None
+    reference = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=0, timeout=600.0)
+    try:
+        server_spec = ModelSpec(name=model, source=url, backend="server", server_urls=(url,), server_model=model)
+        console = ServerEngineClient(server_spec, api_key=api_key)
+        warm = SamplingSettings(temperature=0.0, max_tokens=4)
+        _host_round(console, conversations[:1], warm)
+        _openai_round(reference, model, conversations[:1], warm)
+        for r in range(rounds):
+            for side in (("console", "openai") if r % 2 == 0 else ("openai", "console")):
+                if side == "console":
+                    console_rounds.append(_host_round(console, conversations, sampling))
+                else:
+                    openai_rounds.append(_openai_round(reference, model, conversations, sampling))
+    finally:
+        reference.close()
+        if console is not None:
+            console.shutdown()
+        if started is not None:
+            started.stop()
+    logger.info("server bench rounds (tokens, s): console %s openai %s", console_rounds, openai_rounds)
+
+    console_all = [n / s for n, s in console_rounds]
+    openai_all = [n / s for n, s in openai_rounds]
+    ratios = [c / o for c, o in zip(console_all, openai_all, strict=True)]
+    return {
+        "backend": "server",
+        "console_tokens_per_s": round(statistics.median(console_all), 1),
+        "openai_tokens_per_s": round(statistics.median(openai_all), 1),
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratios": [round(x, 3) for x in ratios],
+        "ratio_spread": _spread(ratios),
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "max_tokens": max_tokens,
+        "model": model,
+        "server": url,
+        "started_server": started is not None,
+        "sampling": {"temperature": 0.0, "ignore_eos": True, "max_tokens": max_tokens},
+        "note": "same streamed chat requests on the same server; rounds interleave ABBA (console, openai, openai, "
+                "console...), ratio = console / openai tokens/s per pair of neighbouring rounds, ratio_median their "
+                "median",
+        "console_rounds_tokens_per_s": [round(x, 1) for x in console_all],
+        "openai_rounds_tokens_per_s": [round(x, 1) for x in openai_all],
+        "output_tokens_per_round": {"console": console_rounds[0][0], "openai": openai_rounds[0][0]},
     }

@@ -327,16 +327,6 @@ def test_bench_engine_prints_one_json_object_with_both_figures_and_their_ratio(e
     assert result["output_tokens_per_round"] == {"host": 64, "raw": 64}
 
 
-@pytest.mark.engine
-def test_bench_switch_reports_the_switch_time_and_no_failed_request(env, capsys):
-    assert cli.main(["bench", "switch", "--json", "--concurrency", "4"]) == 0
-    result = __import__("json").loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["failed"] == 0, result["errors"]
-    assert result["switch_s"] is not None and result["switch_s"] > 0
-    assert result["answered_by"]["bench-a"] > 0 and result["answered_by"]["bench-b"] > 0
-    assert result["requests"] == sum(result["answered_by"].values())
-
-
 @pytest.mark.slow
 def test_bench_review_reports_first_page_and_claim_next_times(env, capsys):
     assert cli.main(["bench", "review", "--json", "--items", "2000"]) == 0

@@ -1,6 +1,7 @@
 """The process-wide objects, built once per server process with ``st.cache_resource``.
 
-vLLM does not give memory back when a second engine is made, so the engine host must only ever be built here.
+vLLM does not give memory back when a second engine is made, so the served engine (and the one in-process engine
+host it keeps) must only ever be built here.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import streamlit as st
 
 from console.services.context import AppContext
 from console.services.errors import ConsoleError
-from console.settings import Settings
+from console.settings import Settings, SettingsError
 from db.config import DbConfig
 from db.database import Database, make_private_dir
 
 if TYPE_CHECKING:
-    from engine.types import HostConfig
+    from engine.types import HostConfig, ServerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +54,30 @@ def host_config(cfg: Settings) -> HostConfig:
                       trust_remote_code=cfg.trust_remote_code)
 
 
+def server_options(cfg: Settings) -> ServerOptions:
+    """How engines reach and run vLLM servers (``Settings.server_options``). An unreadable API key file does not
+    stop the console: the options then carry no key, and an external server that wants one refuses (and says so)."""
+    try:
+        return cfg.server_options()
+    except SettingsError as exc:
+        logger.warning("no API key for vLLM servers: %s", exc)
+        from engine.types import ServerOptions
+
+        return ServerOptions(log_dir=str(cfg.servers_dir), blue_green=cfg.switch_mode == "blue-green",
+                             start_timeout_s=cfg.server_start_seconds)
+
+
 @st.cache_resource(show_spinner=False)
-def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
-    """Start serving the desired version in the background, and its reconciler; pages render while it loads.
+def engine_host():  # noqa: ANN201 - engine.switching.SwitchingEngine | None; vLLM is imported lazily
+    """Start serving the desired version in the background on its backend (in-process, a vLLM server, a managed
+    server: :class:`engine.switching.SwitchingEngine`), and its reconciler; pages render while it loads.
 
     ``llm-console run`` calls this before the first browser connects, so the model loads at server start.
     First, exchanges left pending by an earlier process (it stopped while the model answered) are marked
     interrupted: every turn asks for the host, so none of this process's can be pending before that.
     """
     from console.services import chat, registry, serving, watch
-    from engine.host import EngineHost
+    from engine.switching import SwitchingEngine
 
     cfg = settings()
     ctx = AppContext(cfg, database())
@@ -81,15 +96,16 @@ def engine_host():  # noqa: ANN201 - EngineHost | None; vLLM is imported lazily
     if not cfg.engine_autostart:
         return None
     config = host_config(cfg)
+    options = server_options(cfg)
     name = serving.desired_state(ctx).version
     nothing_to_load = False
     try:
-        host = EngineHost.start(registry.loadable_spec(ctx, name), config, wait=False)
+        host = SwitchingEngine.start(registry.loadable_spec(ctx, name), config, options, wait=False)
     except ConsoleError as exc:
         # Serve nothing for now; the reconciler still runs, so serving another version starts it (or the
         # background demo build giving its first version the production alias).
         logger.warning("cannot serve the desired model version %s yet: %s", name, exc)
-        host = EngineHost(config)
+        host = SwitchingEngine(config, options)
         nothing_to_load = True
     reconciler = serving.Reconciler(ctx, host, interval_s=cfg.reconcile_seconds)
     if nothing_to_load:
@@ -209,7 +225,7 @@ def candidate_pool():  # noqa: ANN201 - console.services.compare.CandidatePool
 
     cfg = settings()
     pool = CandidatePool(kv_cache_gib=min(cfg.kv_cache_gib, 0.5), log_dir=cfg.data_dir,
-                         trust_remote_code=cfg.trust_remote_code).start_reaper()
+                         trust_remote_code=cfg.trust_remote_code, options=server_options(cfg)).start_reaper()
     atexit.register(pool.shutdown)
     return pool
 

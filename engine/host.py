@@ -299,6 +299,24 @@ class EngineHost:
         if wait:
             self.wait_ready()
 
+    def stop_engine(self, *, drain: bool = True, reason: str = "switch") -> None:
+        """Stop the engine but keep the host for a later version (serving moved to a vLLM server).
+
+        Stops taking requests at once; in-flight ones finish (``drain``, up to ``HostConfig.drain_timeout_s``) or end
+        with ``finish_reason == reason``. The host stays open: :meth:`switch` loads the next in-process version in
+        it (a process keeps one host: vLLM does not give all of an engine's memory back). No-op without an engine.
+        """
+        with self._lifecycle:
+            self._check_open()
+            worker = self._worker
+            if worker is None:
+                return
+            worker.stop(drain=drain, timeout_s=self._config.drain_timeout_s if drain else 0.0, reason=reason)
+            with self._changed:
+                self._changed.notify_all()
+            gc.collect()
+            logger.info("engine for %s stopped (%s); the host stays for a later version", worker.spec.name, reason)
+
     def shutdown(self) -> None:
         """Abort in-flight requests, shut the engine down and release it; safe to call more than once."""
         with self._lifecycle:

@@ -1,9 +1,11 @@
 """Side-by-side chats: one prompt to the live version and to a candidate at once, both streamed and stored.
 
-The candidate runs in a short-lived child process (:class:`engine.child_client.ChildEngineClient`), because a
-second vLLM engine cannot live in the console's process beside the live one; it is an engine client like the live
-host, so the chat pipeline answers with it unchanged. A :class:`CandidatePool` keeps at most one such child per
-console process and ends it after ``idle_s`` without use.
+The candidate's engine is started on its backend (:func:`engine.backends.start_client`): an in-process version runs
+in a short-lived child process (:class:`engine.child_client.ChildEngineClient`), because a second vLLM engine cannot
+live in the console's process beside the live one; a managed-server version gets its own vLLM server; a server
+version is simply connected (nothing starts). Each is an engine client like the live one, so the chat pipeline
+answers with it unchanged. A :class:`CandidatePool` keeps at most one candidate engine per console process and
+ends it after ``idle_s`` without use.
 
 Both answers go through the whole chat pipeline (prompt scan and policy, output scan, one transaction with
 findings and review items), each in its own conversation titled ``Comparison · ...`` with request ids
@@ -28,9 +30,10 @@ from console.services.context import AppContext
 from console.services.errors import InvalidInput, ModelUnavailable
 from console.services.periodic import PeriodicTask
 from db import audit as audit_q
-from engine.child_client import ChildEngineClient
+from engine import backends
+from engine.client import EngineClient
 from engine.errors import EmptyPromptError, EngineError, PromptTooLongError
-from engine.types import ChatMessage, HostConfig, ModelSpec
+from engine.types import ChatMessage, HostConfig, ModelSpec, ServerOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,37 +41,43 @@ TITLE_PREFIX = chat_svc.COMPARISON_TITLE
 
 
 class CandidatePool:
-    """At most one candidate engine (a child process) per console process; ended after ``idle_s`` unused."""
+    """At most one candidate engine (a child process, a managed server, or a connected server) per console process;
+    ended after ``idle_s`` unused. ``options`` reach and run vLLM servers (the installation's settings)."""
 
     def __init__(self, *, kv_cache_gib: float = 0.25, idle_s: float = 600.0, log_dir: Path | None = None,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, options: ServerOptions | None = None) -> None:
         self.kv_cache_gib, self.idle_s, self.log_dir = kv_cache_gib, idle_s, log_dir
         self.trust_remote_code = trust_remote_code  # the installation's setting, for every candidate
-        self._engine: ChildEngineClient | None = None
+        self.options = options or ServerOptions()
+        self._engine: EngineClient | None = None
+        self._spec: ModelSpec | None = None
+        self._used_at = 0.0
         self._lock = threading.Lock()
         self._reaper: _Reaper | None = None
 
-    def engine_for(self, spec: ModelSpec) -> ChildEngineClient:
-        """The running child engine for ``spec``, started (and any other candidate ended) if needed."""
+    def engine_for(self, spec: ModelSpec) -> EngineClient:
+        """The running candidate engine for ``spec``, started (and any other candidate ended) if needed."""
         with self._lock:
             current = self._engine
-            if current is not None and (current.spec != spec or not current.alive()):
+            if current is not None and (self._spec != spec or not _running(current)):
                 current.shutdown()
                 current = self._engine = None
             if current is None:
                 log = None if self.log_dir is None else self.log_dir / "candidate-engine.log"
                 # Refuses a spec with engine arguments outside the allowlist before any process starts.
                 config = HostConfig(kv_cache_gib=self.kv_cache_gib, trust_remote_code=self.trust_remote_code)
-                current = self._engine = ChildEngineClient.start(spec, config, log_path=log)
+                current = backends.start_client(spec, config, self.options, in_process="child", log_path=log)
+                self._engine, self._spec = current, spec
+            self._used_at = time.monotonic()
             return current
 
     def reap(self) -> bool:
         """End the candidate if it has been idle for ``idle_s``; True if it did."""
         with self._lock:
             engine = self._engine
-            if engine is None or time.monotonic() - engine.last_used < self.idle_s:
+            if engine is None or time.monotonic() - max(self._used_at, getattr(engine, "last_used", 0.0)) < self.idle_s:
                 return False
-            self._engine = None
+            self._engine = self._spec = None
         engine.shutdown()
         return True
 
@@ -84,6 +93,14 @@ class CandidatePool:
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+
+
+def _running(engine: EngineClient) -> bool:
+    """True while a candidate engine may still answer (a child process runs; a server's client is not dead)."""
+    alive = getattr(engine, "alive", None)
+    if callable(alive):
+        return bool(alive())
+    return engine.status().state in ("ready", "loading")
 
 
 class _Reaper(PeriodicTask):

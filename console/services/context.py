@@ -11,7 +11,7 @@ from console.settings import Settings
 
 if TYPE_CHECKING:
     from db.database import Database
-    from engine.host import EngineHost
+    from engine.switching import ServedEngine
 
 
 def utcnow() -> datetime:
@@ -20,22 +20,23 @@ def utcnow() -> datetime:
 
 @dataclass
 class AppContext:
-    """Settings, the database, and lazily the engine host and safety stack.
+    """Settings, the database, and lazily the served engine and safety stack.
 
-    The engine host and the scanners are slow to build, so they come from factories that the console
+    The served engine and the scanners are slow to build, so they come from factories that the console
     (``console/resources.py``, with ``st.cache_resource``) or a test supplies.
     """
 
     settings: Settings
     db: Database
-    host_factory: Callable[[], EngineHost | None] = lambda: None
+    # The served engine (engine.switching.SwitchingEngine in the console; an EngineHost or any ServedEngine in tests).
+    host_factory: Callable[[], ServedEngine | None] = lambda: None
     safety_factory: Callable[[], Any] = lambda: None
     clock: Callable[[], datetime] = field(default=utcnow)
     # Child-process engines for candidate versions (side-by-side chats); console.services.compare.CandidatePool.
     candidates_factory: Callable[[], Any] = lambda: None
 
     @property
-    def host(self) -> EngineHost | None:
+    def host(self) -> ServedEngine | None:
         return self.host_factory()
 
     @property

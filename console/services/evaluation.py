@@ -1,9 +1,11 @@
 """Evaluating model versions: prompt suites (built-in or uploaded), runs, reports, and two reports side by side.
 
 An evaluation never runs beside the live engine in this process: two vLLM engines in one process break each other
-(vLLM's model-parallel state is process-global). Each run starts a short-lived child engine process
-(:class:`engine.child_client.ChildEngineClient`, driven by :mod:`engine.evals.runner`) that loads the version with
-its own small KV cache, answers the suite and exits; other users' chats go on meanwhile. Any registered, unretired version whose
+(vLLM's model-parallel state is process-global). Each run starts the version's engine on its backend
+(:func:`engine.backends.start_client`, driven by :mod:`engine.evals.runner`): an in-process version in a short-lived
+child engine process (:class:`engine.child_client.ChildEngineClient`) with its own small KV cache, a managed-server
+version on a vLLM server of its own, a server version on its servers (connected, nothing started); it answers the
+suite and is ended; other users' chats go on meanwhile. The report's ``run`` says which backend ran it. Any registered, unretired version whose
 files are unchanged can be evaluated, served or not. Runs go one at a time per console process, on a background
 thread; the rest wait in a queue (status ``queued``). The thread writes progress to the database as answers come,
 then scans every answer with this console's safety stack (policy in force, output direction), computes the
@@ -37,6 +39,7 @@ from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, NotFound
 from console.services.registry import loadable_spec
 from console.services.text import is_clean
+from console.settings import SettingsError
 from db import evaluations as evaluations_q
 from db import model_versions as versions_q
 from db import users as users_q
@@ -55,6 +58,7 @@ from engine.evals.suite import (
     load_builtin,
     parse_suite,
 )
+from engine.types import ServerOptions
 
 if TYPE_CHECKING:
     from db.tables import Evaluation
@@ -398,6 +402,17 @@ def _baseline(ctx: AppContext, candidate: str, baseline: str | None, compare_lat
         return None, name, str(exc)
 
 
+def _server_options(ctx: AppContext, *specs: ModelSpec | None) -> ServerOptions:
+    """The installation's server options for the run; an unreadable API key file fails the run only when a version
+    on an external server needs it."""
+    try:
+        return ctx.settings.server_options()
+    except SettingsError as exc:
+        if any(spec is not None and spec.backend == "server" for spec in specs):
+            raise InvalidInput(str(exc)) from None
+        return ServerOptions(log_dir=str(ctx.settings.servers_dir), start_timeout_s=ctx.settings.server_start_seconds)
+
+
 def _queue(ctx: AppContext, actor: str, actor_id: int | None, version_name: str, suite: str | Suite | None,
            child: ChildConfig | None, baseline: str | None = None, compare_latency: bool = True
            ) -> tuple[_Job, EvaluationView]:
@@ -415,8 +430,9 @@ def _queue(ctx: AppContext, actor: str, actor_id: int | None, version_name: str,
         )
         view = _view(s, row)
     config = child or ChildConfig(latency_prompts=ctx.settings.evaluation_latency_prompts)
-    # The installation decides whether model code may run, never the caller.
-    config = replace(config, trust_remote_code=ctx.settings.trust_remote_code)
+    # The installation decides whether model code may run, and how vLLM servers are reached, never the caller.
+    config = replace(config, trust_remote_code=ctx.settings.trust_remote_code,
+                     server_options=_server_options(ctx, spec, base_spec))
     return _Job(ctx, view.id, spec, chosen, config, threading.Event(), baseline=base_spec, baseline_name=base_name,
                 baseline_error=base_error), view
 

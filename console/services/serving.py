@@ -7,8 +7,9 @@ runs a :class:`Reconciler` that makes its engine match it (see docs/architecture
 reconciler"). So the Models page, the CLI (from another process) and a promotion steer every running console the
 same way, and several consoles on one database converge on the same version.
 
-The reconciler drives anything that is a :class:`ServedEngine` (today the in-process :class:`engine.host.EngineHost`):
-an engine in another process or on a vLLM server plugs in here by implementing that protocol.
+The reconciler drives anything that is a :class:`ServedEngine` (:mod:`engine.switching`): in the console a
+:class:`engine.switching.SwitchingEngine`, which serves a version on any backend (in-process, a vLLM server, a managed
+server) and switches blue-green where a server is involved; a bare :class:`engine.host.EngineHost` in tests.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import Any, Self
 
 from console.services import registry
 from console.services.access import Principal, requires
@@ -30,9 +31,8 @@ from db import model_versions as versions_q
 from db import state as state_q
 from db.model_versions import PRODUCTION
 from engine.errors import EngineError
-
-if TYPE_CHECKING:
-    from engine.types import HostStatus, ModelSpec
+from engine.switching import ServedEngine as _ServedEngine
+from engine.switching import switch_message
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class ServingView:
     """What this console process serves right now, for the sidebar and the pages.
 
     ``state`` is one of ``none`` (no engine host: nothing is served), ``loading``, ``ready``, ``switching``
-    (chats may be sent: they wait and are answered once the switch ends), ``failed`` or ``stopped``;
+    (chats may be sent: ``message`` says whether they wait for the new version -- a stop-then-load switch -- or are
+    answered by the old one meanwhile -- blue-green), ``failed`` or ``stopped``;
     ``progress`` is 0..1 while loading; ``error`` says why it failed; ``switching_to`` names the version a switch
     under way moves to.
     """
@@ -157,7 +158,11 @@ def serving_status(ctx: AppContext) -> ServingView:
         return ServingView(None, "none", 0.0, "No model is being served.")
     status = host.status()
     if status.switching_to is not None:
-        return ServingView(status.model_version, "switching", min(max(status.progress, 0.0), 1.0), status.message,
+        # The served engine says whether chats wait (engine.switching.switch_message); a bare in-process host
+        # reports its loading step only, and its switches always hold chats.
+        message = status.message if status.message.startswith("Switching to ") else switch_message(
+            "in-process", status.switching_to, detail=status.message)
+        return ServingView(status.model_version, "switching", min(max(status.progress, 0.0), 1.0), message,
                            None, status.switching_to)
     return ServingView(status.model_version, _SERVING_STATES.get(status.state, "failed"),
                        min(max(status.progress, 0.0), 1.0), status.message, status.error, status.switching_to)
@@ -201,33 +206,18 @@ class SwitchOutcome:
     error: str | None = None
 
 
-class ServedEngine(Protocol):
-    """What the :class:`Reconciler` needs of the engine it keeps on the desired version.
-
-    :class:`engine.host.EngineHost` (in-process vLLM) is one. An engine in a child process or on vLLM servers
-    (issue 23) is another: its ``switch`` may bring the new version up beside the old one and move traffic over
-    only once it is healthy; the reconciler does not care how, only that ``switch`` returns once the new version
-    serves (or raises an :class:`engine.errors.EngineError` and keeps serving what it served).
-    """
-
-    def status(self) -> HostStatus:
-        """The version served now and its state (``loading``, ``ready``, ``failed``, ``dead``, ``stopped``)."""
-        ...
-
-    def switch(self, spec: ModelSpec) -> Any:
-        """Serve ``spec`` instead of the current version; returns once it serves, raises EngineError if not."""
-        ...
-
-    def restart(self, *, wait: bool = True) -> Any:
-        """Restart the engine of the version served now."""
-        ...
+# What the Reconciler needs of the engine it keeps on the desired version (status, switch, restart; the rest of the
+# protocol is what the pages and the chat read): engine.switching.ServedEngine. SwitchingEngine.switch returns once
+# the new version serves, or raises an EngineError and keeps serving what it served (blue-green: the old engine
+# never stopped; stop-then-load: it was started again).
+ServedEngine = _ServedEngine
 
 
 class Reconciler(PeriodicTask):
-    """Makes one console process's engine host serve the desired version; one per process, on its own thread.
+    """Makes one console process's served engine serve the desired version; one per process, on its own thread.
 
     Every ``interval_s`` it reads the desired state; when the production alias names another version than the
-    host serves, it switches (the host holds requests meanwhile); when the restart generation grew, it
+    engine serves, it switches (blue-green where a vLLM server is involved; else requests wait meanwhile); when the restart generation grew, it
     restarts the engine. Each switch, failure and restart is an audit event with who asked, why, from, to and
     how long it took. A version that failed to load is not retried until the alias moves again.
     """

@@ -208,8 +208,9 @@ def _show_serving(serving: serving_svc.ServingView) -> None:
             st.error(f"{escape_markdown(serving.message)} Chat is paused; ask an admin.")
         return
     if serving.state == "switching":
-        st.info(f"Switching to {escape_markdown(serving.switching_to or '?')}: messages sent now are answered "
-                "as soon as it is ready.")
+        # The served engine's own words: whether messages wait for the new version (stop-then-load) and why, or
+        # are answered by the old one meanwhile (blue-green).
+        st.info(escape_markdown(serving.message))
     elif serving.state == "loading":
         st.info(f"The model {model} is loading: {escape_markdown(serving.message)}")
         st.progress(serving.progress)

@@ -1,9 +1,12 @@
 """Running an evaluation: answer every prompt of a suite with one model version (:func:`run_suite_in_child`), and
 time the candidate against a baseline version in the same run (:func:`run_latency_comparison`).
 
-Both talk to their engines only through :class:`~engine.client.EngineClient`. The versions run in child processes
+Both talk to their engines only through :class:`~engine.client.EngineClient`, started on each version's backend by
+:func:`engine.backends.start_client`: an in-process version runs in a child process
 (:class:`~engine.child_client.ChildEngineClient`: a second vLLM engine cannot live beside the console's live one
-in its process), at a lower CPU priority so live chats win; the child is ended when the run ends. This module adds
+in its process) at a lower CPU priority so live chats win; a managed-server version gets its own vLLM server; a
+server version is connected (nothing starts). The engine is ended (a child or managed server stopped, a server's
+client closed) when the run ends. This module adds
 what an evaluation needs on top: progress for the caller, a time limit, cancellation, and an
 :class:`EvaluationRunError` whose message says why a run failed (the child's own error, or the tail of its log).
 """
@@ -17,17 +20,24 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.child_client import ChildEngineClient
+from engine import backends
 from engine.client import EngineClient
 from engine.errors import EngineArgsError, EngineError, EngineNotReadyError
 from engine.evals.latency import BASELINE, CANDIDATE, PairedTiming, abba_first
 from engine.evals.report import Answer
 from engine.evals.suite import Suite, SuiteRecord
-from engine.types import ChatMessage, HostConfig, ModelSpec, SamplingSettings, check_engine_args
+from engine.types import (
+    ChatMessage,
+    HostConfig,
+    ModelSpec,
+    SamplingSettings,
+    ServerOptions,
+    check_engine_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +55,8 @@ class ChildConfig:
 
     The paired latency comparison (when the evaluation has a baseline) sends ``latency_prompts`` prompts to both
     versions, answers cut at ``latency_max_tokens`` tokens (only the first token is compared), after
-    ``latency_warmup`` unmeasured requests to each. ``python`` is the child's interpreter (a seam for tests)."""
+    ``latency_warmup`` unmeasured requests to each. ``python`` is the child's interpreter (a seam for tests).
+    ``server_options`` reach and run vLLM servers (server and managed-server versions; the installation's)."""
 
     kv_cache_gib: float = 0.25
     concurrency: int = 8
@@ -59,6 +70,7 @@ class ChildConfig:
     latency_max_tokens: int = 8
     latency_warmup: int = 2
     trust_remote_code: bool = False  # the installation's setting, passed on to the child's engine
+    server_options: ServerOptions = field(default_factory=ServerOptions)
 
     def __post_init__(self) -> None:
         if not self.kv_cache_gib > 0:
@@ -85,10 +97,11 @@ class ChildConfig:
         """The sampling the answers were made with, for the report."""
         return {"temperature": self.temperature, "top_p": 1.0, "max_tokens": self.max_tokens, "seed": self.seed}
 
-    def start(self, spec: ModelSpec, log_path: Path | None) -> ChildEngineClient:
-        """Start a child engine for ``spec`` without waiting for it to load."""
-        return ChildEngineClient.start(spec, self.host_config(), wait=False, nice=self.nice, log_path=log_path,
-                                       python=self.python)
+    def start(self, spec: ModelSpec, log_path: Path | None) -> EngineClient:
+        """Start ``spec``'s engine on its backend without waiting for it to load (an external server is checked
+        at once: ServerUnavailableError)."""
+        return backends.start_client(spec, self.host_config(), self.server_options, wait=False, in_process="child",
+                                     log_path=log_path, nice=self.nice, python=self.python)
 
 
 @dataclass(frozen=True)
@@ -99,12 +112,14 @@ class ChildRun:
     load_s: float | None
     generate_s: float | None
     wall_s: float
+    backend: str = "in-process"  # the version's backend (ModelSpec.backend)
+    engine: str = "separate process"  # where its engine ran (engine.backends.backend_of)
 
     def run_info(self, config: ChildConfig) -> dict[str, Any]:
         """The run's facts for the report's ``run`` entry."""
         return {"load_s": self.load_s, "generate_s": self.generate_s, "wall_s": round(self.wall_s, 3),
                 "concurrency": config.concurrency, "kv_cache_gib": config.kv_cache_gib,
-                "sampling": config.sampling(), "engine": "separate process"}
+                "sampling": config.sampling(), "engine": self.engine, "backend": self.backend}
 
 
 ProgressFn = Callable[[str, int, int], None]  # (phase "loading"/"answering"/"comparing", done, total)
@@ -129,18 +144,18 @@ class _Watch:
         return f"took longer than {timeout_s:.0f} s" if self.stopped == "timeout" else "was cancelled"
 
 
-def _wait_loaded(clients: Sequence[ChildEngineClient], watch: _Watch) -> None:
+def _wait_loaded(clients: Sequence[EngineClient], watch: _Watch) -> None:
     """Wait until every client's engine is ready; ModelLoadError if one cannot load. On timeout or cancellation
     the children are killed and this returns (``watch.stopped`` says so)."""
     for client in clients:
         while True:
             try:
-                client.wait_ready(WATCH_INTERVAL_S)
+                backends.wait_ready(client, WATCH_INTERVAL_S)
                 break
             except EngineNotReadyError:
                 if watch.why() is not None:
                     for other in clients:
-                        other.kill()
+                        backends.end(other)
                     return
 
 
@@ -240,8 +255,12 @@ def run_suite_in_child(
     total = len(suite.records)
     with tempfile.TemporaryDirectory(prefix="llm-console-eval-") as tmp:
         progress("loading", 0, total)
-        client = config.start(spec, Path(tmp) / "engine.log")
-        logger.info("evaluation of %s on %s: engine process %s started", spec.name, suite.name, client.pid)
+        try:
+            client = config.start(spec, Path(tmp) / "engine.log")
+        except EngineError as exc:
+            raise EvaluationRunError(f"The evaluation of {spec.name} failed: {exc}") from None
+        engine = backends.backend_of(client)
+        logger.info("evaluation of %s on %s: engine started (%s)", spec.name, suite.name, engine)
         try:
             try:
                 _wait_loaded([client], watch)
@@ -256,7 +275,7 @@ def run_suite_in_child(
                 def stop() -> bool:
                     if watch.why() is None:
                         return False
-                    client.kill()  # ends the requests in flight at once
+                    backends.end(client)  # ends the requests in flight at once
                     return True
 
                 answers = answer_suite(client, suite.records, config.answer_sampling(),
@@ -270,12 +289,12 @@ def run_suite_in_child(
             died = client.status()
             if died.state != "ready":  # the engine died under the answers: they are not a measurement of it
                 raise EvaluationRunError(f"The evaluation of {spec.name} failed: {died.error or died.message}")
-            load_s = client.load_s
+            load_s = getattr(client, "load_s", None)
         finally:
             client.shutdown()
     wall_s = time.monotonic() - started
     logger.info("evaluation of %s on %s: %s answers in %.1f s", spec.name, suite.name, len(answers), wall_s)
-    return ChildRun(tuple(answers), load_s, generate_s, wall_s)
+    return ChildRun(tuple(answers), load_s, generate_s, wall_s, spec.backend, engine)
 
 
 # --- the paired latency comparison ------------------------------------------------------------------------------
@@ -344,7 +363,8 @@ def run_latency_comparison(
 ) -> list[PairedTiming]:
     """Time the first token of both versions on the same prompts, in the same run; blocks until it ends.
 
-    Each version is served by its own child engine process, both started side by side and both idle but for the
+    Each version is served by its own engine (a child process, a managed server or a connected server), both
+    started side by side and both idle but for the
     one request this thread sends at a time. Prompt ``i`` goes to both versions back to back, the candidate first
     for even ``i`` and the baseline first for odd ``i`` (ABBA), so drifts in the machine's load hit both alike.
     Greedy, answers cut at ``config.latency_max_tokens``. Raises :class:`EvaluationRunError` when a version
@@ -354,11 +374,16 @@ def run_latency_comparison(
     progress = on_progress or (lambda phase, done, total: None)
     watch = _Watch(time.monotonic() + config.timeout_s, cancel)
     progress("comparing", 0, len(records))
-    clients: dict[str, ChildEngineClient] = {}
+    clients: dict[str, EngineClient] = {}
     try:
-        for role, spec in ((CANDIDATE, candidate), (BASELINE, baseline)):  # both load at once
-            clients[role] = config.start(spec, None)
         failures = []
+        for role, spec in ((CANDIDATE, candidate), (BASELINE, baseline)):  # both load at once
+            try:
+                clients[role] = config.start(spec, None)
+            except EngineError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise EvaluationRunError("The latency comparison could not start: " + "; ".join(failures))
         for client in clients.values():
             try:
                 _wait_loaded([client], watch)
@@ -372,7 +397,7 @@ def run_latency_comparison(
             while not ended.wait(WATCH_INTERVAL_S):
                 if watch.why() is not None:
                     for client in clients.values():
-                        client.kill()
+                        backends.end(client)
                     return
 
         guard = threading.Thread(target=watchdog, name="latency-watchdog", daemon=True)

@@ -243,3 +243,176 @@ def test_a_side_by_side_turn_with_a_server_candidate_is_answered_by_the_server(s
     assert live.status == candidate.status == "ok"
     assert candidate.result is not None and candidate.result.server == vllm_server.url
     assert isinstance(ctx.candidates.engine_for(registry.loadable_spec(ctx, "srv-cand")), ServerEngineClient)
+
+
+@pytest.mark.engine
+def test_a_restart_of_a_server_version_connects_again_and_is_audited(server_versions, vllm_server) -> None:  # noqa: ANN001
+    from db import audit as audit_q
+
+    ctx, ada = server_versions
+    live = ctx.host
+    reconciler = serving.Reconciler(ctx, live)
+    assert reconciler.run_once() is None  # serves the desired version already
+    before = live.current
+    serving.request_restart(ctx, ada, "the server was redeployed")
+    outcome = reconciler.run_once()
+    assert outcome is not None and (outcome.action, outcome.ok, outcome.to_version) == ("restart", True, "srv-live")
+    assert live.current is not before and live.wait_retired(timeout=WAIT_S)
+    result = answer(live)
+    assert (result.model_version, result.server) == ("srv-live", vllm_server.url)
+    with ctx.db.session(readonly=True) as s:
+        event = audit_q.events_about(s, ("model.restart",), limit=1)[0]
+    assert event.details["reason"] == "the server was redeployed" and isinstance(event.details["seconds"], float)
+
+
+# --- the out-of-memory fallback (a managed server that cannot start beside the old one) ------------------------
+# Running out of memory cannot be caused reliably on a shared machine, so the backends are fakes at our own seam
+# (engine.backends.start_client); everything else is the real SwitchingEngine.
+
+
+class FakeStream:
+    def __init__(self, spec: ModelSpec, request_id: str) -> None:
+        from engine.types import GenerationResult
+
+        self.request_id, self.model_version = request_id, spec.name
+        self._result = GenerationResult(request_id, spec.name, "hi", "length", 3, 1, None, 0.01, None, 0.01, False,
+                                        server=f"http://{spec.name}")
+        self._left = ["hi"]
+
+    @property
+    def done(self) -> bool:
+        return not self._left
+
+    @property
+    def result(self):  # noqa: ANN201
+        return self._result
+
+    def __iter__(self) -> FakeStream:
+        return self
+
+    def __next__(self) -> str:
+        if not self._left:
+            raise StopIteration
+        return self._left.pop()
+
+    def cancel(self):  # noqa: ANN201
+        self._left = []
+        return self._result
+
+    def close(self) -> None:
+        self._left = []
+
+
+class FakeServer:
+    """A server backend's client that answers at once (or cannot start: ``error``)."""
+
+    def __init__(self, spec: ModelSpec, log: list[str]) -> None:
+        self.spec, self.log, self.stopped = spec, log, False
+
+    @property
+    def serving(self) -> ModelSpec | None:
+        return None if self.stopped else self.spec
+
+    def status(self):  # noqa: ANN201
+        from engine.types import HostStatus
+
+        return HostStatus("stopped" if self.stopped else "ready", self.spec.name, f"Serving {self.spec.name}", 1.0)
+
+    def health(self):  # noqa: ANN201
+        from engine.types import EngineHealth
+
+        return EngineHealth(self.status().state, self.spec.name)
+
+    def wait_ready(self, timeout: float | None = None):  # noqa: ANN201
+        return self.status()
+
+    def stream_chat(self, messages, sampling, *, request_id=None) -> FakeStream:  # noqa: ANN001
+        return FakeStream(self.spec, request_id or "r")
+
+    def stream_prompt(self, prompt, sampling, *, request_id=None) -> FakeStream:  # noqa: ANN001
+        return FakeStream(self.spec, request_id or "r")
+
+    def check_chat(self, messages) -> None:  # noqa: ANN001
+        pass
+
+    def cancel(self, request_id: str) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.log.append(f"stop {self.spec.name}")
+
+
+@pytest.fixture
+def fake_servers(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """Managed servers that start at once; a version named in ``out_of_memory`` fails beside another one (with
+    ``ServerStartError.out_of_memory``), one in ``broken`` always fails. Returns (log, out_of_memory, broken)."""
+    from engine.errors import ServerStartError
+
+    log: list[str] = []
+    out_of_memory: set[str] = set()
+    broken: set[str] = set()
+    running: list[FakeServer] = []
+
+    def start_client(spec, config, options, *, wait=True, **_ignored):  # noqa: ANN001, ANN202
+        beside = [c for c in running if not c.stopped]
+        if spec.name in broken or (spec.name in out_of_memory and beside):
+            log.append(f"fail {spec.name}")
+            raise ServerStartError(f"The vLLM server for {spec.name} did not start: out of memory",
+                                   out_of_memory=spec.name not in broken)
+        log.append(f"start {spec.name}")
+        client = FakeServer(spec, log)
+        running.append(client)
+        return client
+
+    monkeypatch.setattr(backends, "start_client", start_client)
+    return log, out_of_memory, broken
+
+
+def managed_spec(name: str) -> ModelSpec:
+    return ModelSpec(name=name, source="/models/" + name, backend="managed-server")
+
+
+def test_a_managed_server_that_cannot_start_beside_the_old_one_falls_back_to_stop_then_load(fake_servers) -> None:  # noqa: ANN001
+    log, out_of_memory, _ = fake_servers
+    out_of_memory.add("big")
+    engine = SwitchingEngine.start(managed_spec("small"), HostConfig(), ServerOptions(), wait=True)
+    try:
+        engine.switch(managed_spec("big"))
+        assert log == ["start small", "fail big", "stop small", "start big"]  # the old stopped before the new
+        assert answer(engine).model_version == "big"
+        assert (engine.status().state, engine.status().switching_to) == ("ready", None)
+    finally:
+        engine.shutdown()
+
+
+def test_stop_then_load_starts_the_old_version_again_when_the_new_one_fails(fake_servers) -> None:  # noqa: ANN001
+    from engine.errors import ModelLoadError
+
+    log, _, broken = fake_servers
+    broken.add("bad")
+    engine = SwitchingEngine.start(managed_spec("good"), HostConfig(), ServerOptions(blue_green=False), wait=True)
+    try:
+        with pytest.raises(ModelLoadError, match="Model version bad failed to start .*; still serving good"):
+            engine.switch(managed_spec("bad"))
+        assert log == ["start good", "stop good", "fail bad", "start good"]
+        assert answer(engine).model_version == "good" and engine.status().state == "ready"
+    finally:
+        engine.shutdown()
+
+
+def test_a_blue_green_switch_whose_new_server_fails_changes_nothing(fake_servers) -> None:  # noqa: ANN001
+    from engine.errors import ServerStartError
+
+    log, _, broken = fake_servers
+    broken.add("bad")
+    engine = SwitchingEngine.start(managed_spec("good"), HostConfig(), ServerOptions(), wait=True)
+    try:
+        old = engine.current
+        with pytest.raises(ServerStartError, match="bad did not start"):
+            engine.switch(managed_spec("bad"))
+        assert log == ["start good", "fail bad"] and engine.current is old
+        assert answer(engine).model_version == "good"
+    finally:
+        engine.shutdown()

@@ -25,8 +25,9 @@ users); :func:`raw_report` reads that user's exchanges instead (indexed by user,
 Per vLLM server (server backends) the same: the server is not part of the key, so :func:`server_report` reads the
 exchanges each server answered (``exchanges.engine_server``), server by server on the ``(engine_server,
 created_at)`` index, at most ``SERVER_ROW_CAP`` per server. Measured on the benchmark's database (1,000,000
-exchanges over 30 days): with no server traffic it costs 0.3 ms whatever the range; with a third of them answered
-by two servers, 0.16 s for a day and 0.43 s for 7 to 90 days (two servers capped at 10,000 rows each).
+exchanges over 30 days): with no server traffic it costs about 1 ms whatever the range; with a third of them
+answered by two servers, 0.18 s for a day and 0.4 s for 7 to 90 days (10,000 rows read per server), on the busy
+shared 2-core machine.
 """
 
 from __future__ import annotations

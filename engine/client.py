@@ -102,6 +102,8 @@ class EngineClient(Protocol):
 if TYPE_CHECKING:  # the type checker proves that each implementation satisfies the protocol; nothing at run time
     from engine.child_client import ChildEngineClient
     from engine.host import EngineHost
+    from engine.managed import ManagedServerClient
     from engine.server_client import ServerEngineClient
 
-    _IMPLEMENTATIONS: tuple[type[EngineClient], ...] = (EngineHost, ChildEngineClient, ServerEngineClient)
+    _IMPLEMENTATIONS: tuple[type[EngineClient], ...] = (EngineHost, ChildEngineClient, ServerEngineClient,
+                                                        ManagedServerClient)

@@ -124,6 +124,7 @@ POLL_S = 0.5  # how often a start looks at /health
 PORT_ATTEMPTS = 3  # a port taken between picking it and the server binding it: pick another
 _OOM = re.compile(r"out of memory|outofmemoryerror|cannot allocate memory|\bOOM\b|no available memory for the cache"
                   r"|larger than the available kv cache memory|insufficient (?:kv cache )?memory", re.IGNORECASE)
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit)\b(?::|$)")
 _PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
 
 
@@ -132,6 +133,15 @@ def is_out_of_memory(log_tail: str, returncode: int | None = None) -> bool:
     sends, when we did not) say it ran out of memory: CUDA/torch OOM, ``Cannot allocate memory``, vLLM's KV cache
     that does not fit ("No available memory for the cache blocks", "larger than the available KV cache memory")."""
     return bool(_OOM.search(log_tail)) or returncode == -signal.SIGKILL
+
+
+def last_error_line(log_tail: str) -> str | None:
+    """The last line of a log that states an exception (``OSError: ...``), shortened; None when there is none."""
+    for line in reversed(log_tail.splitlines()):
+        line = line.strip()
+        if _ERROR_LINE.match(line):
+            return line if len(line) <= 300 else line[:300] + "..."
+    return None
 
 
 def pick_port() -> int:
@@ -163,13 +173,18 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, ended but not yet reaped by its parent, does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True
 
 
 def _stop_group(pid: int, timeout_s: float, wait: Callable[[float], bool]) -> None:
@@ -362,8 +377,10 @@ class ManagedServer:
 
     def _start_error(self, why: str, tail: str) -> ServerStartError:
         oom = is_out_of_memory(tail, self.returncode)
+        reason = last_error_line(tail)
         hint = " It ran out of memory." if oom else ""
-        return ServerStartError(f"The vLLM server for {self.spec.name} did not start: {why}.{hint}"
+        return ServerStartError(f"The vLLM server for {self.spec.name} did not start: {why}"
+                                + (f" ({reason})" if reason else "") + f".{hint}"
                                 + (f" Its last log lines:\n{tail}" if tail else ""), out_of_memory=oom)
 
     def _launch(self) -> None:

@@ -2,7 +2,7 @@
 
 Each test runs against every entry of ``IMPLEMENTATIONS``, on the tiny model; one engine per implementation is
 shared by the module (starts are expensive); "server" is a client of the session's vLLM OpenAI-compatible server
-(the ``vllm_server`` fixture). A new implementation is one more entry there. The last test shuts the shared client
+(the ``vllm_server`` fixture), "managed-server" starts its own. A new implementation is one more entry there. The last test shuts the shared client
 down, so it stays last (for "server" that closes the client, not the shared server).
 """
 
@@ -19,6 +19,7 @@ from engine.child_client import ChildEngineClient
 from engine.client import EngineClient
 from engine.errors import EmptyPromptError, EngineNotReadyError, PromptTooLongError
 from engine.host import EngineHost
+from engine.managed import ManagedServerClient
 from engine.server_client import ServerEngineClient
 from engine.types import (
     ChatMessage,
@@ -44,10 +45,17 @@ def _server_client(spec: ModelSpec, request: pytest.FixtureRequest) -> EngineCli
     return ServerEngineClient.connect(spec, ServerOptions(api_key=server.api_key))
 
 
+def _managed_client(spec: ModelSpec, request: pytest.FixtureRequest) -> EngineClient:
+    log_dir = request.getfixturevalue("tmp_path_factory").mktemp("managed-servers")
+    return ManagedServerClient.start(dataclasses.replace(spec, backend="managed-server"), CONFIG,
+                                     ServerOptions(log_dir=str(log_dir)))
+
+
 IMPLEMENTATIONS: dict[str, Callable[[ModelSpec, pytest.FixtureRequest], EngineClient]] = {
     "in-process": lambda spec, _: EngineHost.start(spec, CONFIG, wait=True),
     "child-process": lambda spec, _: ChildEngineClient.start(spec, CONFIG),
     "server": _server_client,
+    "managed-server": _managed_client,
 }
 
 

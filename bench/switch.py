@@ -20,6 +20,8 @@ submitted the request, so it includes any time the request was held during a swi
   ``baseline_ttft_ms``, floored at 0 (0 when no request was submitted in the window). The target for
   ``managed-server`` is under 1,000 ms; ``in-process`` shows the load;
 - ``max_ttft_ms``: the largest TTFT of the whole run; ``window_requests``: requests submitted in the window;
+  ``max_wait_submitted_s`` and ``max_wait_version``: when (after the alias move) the request that waited longest
+  was submitted, and which version answered it;
 - ``answered_by``: answered requests per version; ``cut_by_switch``: answers a drain ended early
   (``finish_reason == "switch"``).
 """
@@ -162,7 +164,8 @@ def _figures(backend: str, answers: list[_Answer], errors: list[str], asked: flo
     baseline = statistics.median(before) if before else None
     end = switched if switched is not None else max((a.submitted for a in answers), default=asked)
     in_window = [(a, t) for a, t in timed if asked is not None and end is not None and asked <= a.submitted <= end]
-    max_wait = (max(0.0, max(t for _, t in in_window) - baseline) if in_window and baseline is not None else 0.0)
+    longest = max(in_window, key=lambda pair: pair[1]) if in_window else None
+    max_wait = max(0.0, longest[1] - baseline) if longest is not None and baseline is not None else 0.0
     return {
         "backend": backend,
         "switch_s": round(switched - asked, 3) if switched is not None and asked is not None else None,
@@ -175,5 +178,8 @@ def _figures(backend: str, answers: list[_Answer], errors: list[str], asked: flo
         "max_wait_ms": round(max_wait * 1000, 1),
         "max_ttft_ms": round(max((t for _, t in timed), default=0.0) * 1000, 1),
         "window_requests": len(in_window),
+        # Where the longest wait was: submitted this long after the alias move, answered by this version.
+        "max_wait_submitted_s": round(longest[0].submitted - asked, 3) if longest and asked is not None else None,
+        "max_wait_version": longest[0].version if longest else None,
         "concurrency": concurrency,
     }

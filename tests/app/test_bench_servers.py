@@ -114,6 +114,7 @@ def test_max_wait_is_the_longest_ttft_in_the_switch_window_above_the_median_befo
     assert figures["baseline_ttft_ms"] == 65.0
     assert figures["max_wait_ms"] == 1195.0  # 1.26 - 0.065
     assert figures["window_requests"] == 3
+    assert (figures["max_wait_submitted_s"], figures["max_wait_version"]) == (1.0, "bench-a")
     assert figures["max_ttft_ms"] == 9000.0
     assert figures["switch_s"] == 2.01
     assert figures["failed"] == 1 and figures["requests"] == len(answers) + 1

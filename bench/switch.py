@@ -14,7 +14,8 @@ submitted the request, so it includes any time the request was held during a swi
 
 - ``switch_s``: from the alias move to the first token streamed by the new version;
 - ``failed``: requests that raised during the whole run (the target is 0);
-- ``baseline_ttft_ms``: the median TTFT of the requests submitted before the alias moved;
+- ``baseline_ttft_ms``: the median TTFT of the requests submitted before the alias moved, and
+  ``before_max_ttft_ms`` their longest (what the machine's own noise does with no switch running);
 - ``max_wait_ms``: the longest time any request waited because of the switch: over the requests submitted in the
   switch window (from the alias move to the new version's first token, both included), the largest TTFT minus
   ``baseline_ttft_ms``, floored at 0 (0 when no request was submitted in the window). The target for
@@ -175,6 +176,8 @@ def _figures(backend: str, answers: list[_Answer], errors: list[str], asked: flo
         "answered_by": {v: sum(1 for a in answers if a.version == v) for v in ("bench-a", "bench-b")},
         "cut_by_switch": sum(1 for a in answers if a.finish_reason == "switch"),
         "baseline_ttft_ms": round(baseline * 1000, 1) if baseline is not None else None,
+        # The noise floor: the longest TTFT before the move (a busy machine's spikes, with no switch running).
+        "before_max_ttft_ms": round(max(before) * 1000, 1) if before else None,
         "max_wait_ms": round(max_wait * 1000, 1),
         "max_ttft_ms": round(max((t for _, t in timed), default=0.0) * 1000, 1),
         "window_requests": len(in_window),

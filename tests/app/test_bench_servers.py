@@ -73,7 +73,7 @@ def test_bench_switch_runs_in_process_and_managed_server_side_by_side(env, capsy
         assert figures["requests"] == sum(figures["answered_by"].values())
         assert figures["switch_s"] is not None and figures["switch_s"] > 0
         assert figures["window_requests"] > 0
-        assert figures["baseline_ttft_ms"] > 0
+        assert 0 < figures["baseline_ttft_ms"] <= figures["before_max_ttft_ms"] <= figures["max_ttft_ms"]
         assert 0 <= figures["max_wait_ms"] <= figures["max_ttft_ms"]
         assert figures["concurrency"] == 4
     assert result["concurrency"] == 4 and "max_wait_ms" in result["note"]
@@ -112,6 +112,7 @@ def test_max_wait_is_the_longest_ttft_in_the_switch_window_above_the_median_befo
     figures = _figures("managed-server", answers, ["EngineDeadError: gone"], asked=10.0, switched=12.01,
                        concurrency=2)
     assert figures["baseline_ttft_ms"] == 65.0
+    assert figures["before_max_ttft_ms"] == 3000.0
     assert figures["max_wait_ms"] == 1195.0  # 1.26 - 0.065
     assert figures["window_requests"] == 3
     assert (figures["max_wait_submitted_s"], figures["max_wait_version"]) == (1.0, "bench-a")

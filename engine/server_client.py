@@ -189,6 +189,8 @@ def probe(url: str, model: str, *, api_key: str | None = None, timeout_s: float 
     entry = entries[ids.index(model)]
     root = entry.get("root")
     length = entry.get("max_model_len")
+    if length is None and entry.get("parent") in ids:  # a LoRA adapter: its base model's context
+        length = entries[ids.index(entry["parent"])].get("max_model_len")
     return ServerInfo(url=base, model=model, root=str(root) if root is not None else None,
                       max_model_len=length if isinstance(length, int) and not isinstance(length, bool) else None,
                       models=tuple(ids))
@@ -901,8 +903,10 @@ class ServerEngineClient:
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
-        request = self._http.build_request("POST", f"{server.url}{path}", json=body,
-                                           headers=_auth(self._api_key) | {"X-Request-Id": request_id})
+        headers = _auth(self._api_key)
+        if request_id.isascii() and request_id.isprintable():  # a header carries no other characters
+            headers["X-Request-Id"] = request_id
+        request = self._http.build_request("POST", f"{server.url}{path}", json=body, headers=headers)
         sent = time.monotonic()
         try:
             response = self._http.send(request, stream=True)

@@ -175,9 +175,13 @@ def _group_members(group: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def managed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedServerClient]:
+    # A LoRA version, so the one real start also shows the adapter served under the version's name.
+    from engine.demo.tiny import build_tiny_lora
+
+    adapter = build_tiny_lora(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "adapter", rank=8)
     log_dir = tmp_path_factory.mktemp("managed") / "servers"
     spec = ModelSpec(name="tiny-managed", source=str(tiny_model_dir), max_model_len=512, backend="managed-server",
-                     engine_args={"enforce_eager": True})
+                     engine_args={"enforce_eager": True}, lora=LoraAdapter("tiny-managed", str(adapter), rank=8))
     client = ManagedServerClient.start(spec, CONFIG, ServerOptions(log_dir=str(log_dir), start_timeout_s=600))
     yield client
     client.shutdown()
@@ -188,7 +192,8 @@ def test_the_server_runs_the_command_line_with_its_key_only_in_its_environment(m
     server = managed.server
     argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().decode().split("\0")
     assert SERVER_MODULE in argv and flag_value(argv, "--port") == str(server.port)
-    assert flag_value(argv, "--host") == "127.0.0.1" and flag_value(argv, "--served-model-name") == "tiny-managed"
+    assert flag_value(argv, "--host") == "127.0.0.1" and flag_value(argv, "--served-model-name") == "tiny-managed.base"
+    assert flag_value(argv, "--lora-modules").startswith("tiny-managed=") and "--enable-lora" in argv
     assert len(server.api_key) >= 32 and not any(server.api_key in part for part in argv)  # not in `ps`
     environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
     assert f"VLLM_API_KEY={server.api_key}".encode() in environ
@@ -217,7 +222,8 @@ def test_the_server_is_ready_wants_its_key_and_answers(managed: ManagedServerCli
     with pytest.raises(ServerUnavailableError, match="asks for an API key"):
         probe(server.url, "tiny-managed")
     info = probe(server.url, "tiny-managed", api_key=server.api_key)
-    assert info.max_model_len == 512 and info.models == ("tiny-managed",)
+    assert info.max_model_len == 512 and set(info.models) == {"tiny-managed", "tiny-managed.base"}
+    assert info.root == str(managed.spec.lora.path)  # type: ignore[union-attr]  # the adapter answers as the version
     stream = managed.stream_chat([ChatMessage("user", "Hello?")], SamplingSettings(temperature=0.0, max_tokens=5,
                                                                                    ignore_eos=True))
     assert "".join(stream) == stream.result.text and stream.result.output_tokens == 5

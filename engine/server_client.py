@@ -89,6 +89,8 @@ _START = "process_start_time_seconds"
 # your prompt contains at least 513 input tokens, ..." (older: "However, you requested 600 tokens (...)").
 _TOO_LONG = re.compile(r"maximum context length is (\d+) tokens.*?(?:contains at least|requested|has) (\d+)",
                        re.IGNORECASE | re.DOTALL)
+# Other vLLM versions: "Input length (600) exceeds model's maximum context length (512)."
+_INPUT_LENGTH = re.compile(r"input length \((\d+)\) exceeds .*?maximum context length \((\d+)\)", re.IGNORECASE)
 
 
 def check_base_url(url: str) -> str:
@@ -840,6 +842,9 @@ class ServerEngineClient:
             too_long = _TOO_LONG.search(message)
             if too_long:
                 return PromptTooLongError(int(too_long.group(2)), int(too_long.group(1)))
+            too_long = _INPUT_LENGTH.search(message)
+            if too_long:
+                return PromptTooLongError(int(too_long.group(1)), int(too_long.group(2)))
             if "chat template" in message.lower():
                 return NoChatTemplateError(f"Model version {self.spec.name} has no chat template on its server, so "
                                            "it cannot chat. Serve a chat (instruct) model or give the server a chat "

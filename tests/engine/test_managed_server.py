@@ -182,7 +182,23 @@ def managed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     log_dir = tmp_path_factory.mktemp("managed") / "servers"
     spec = ModelSpec(name="tiny-managed", source=str(tiny_model_dir), max_model_len=512, backend="managed-server",
                      engine_args={"enforce_eager": True}, lora=LoraAdapter("tiny-managed", str(adapter), rank=8))
-    client = ManagedServerClient.start(spec, CONFIG, ServerOptions(log_dir=str(log_dir), start_timeout_s=600))
+    # The first port it picks is taken meanwhile (held here), as when another program binds it between the pick
+    # and the server's bind: the server must move to another port by itself.
+    import socket
+
+    import engine.managed as managed_module
+
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    picks = iter([held.getsockname()[1]])
+    real_pick = managed_module.pick_port
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(managed_module, "pick_port", lambda: next(picks, None) or real_pick())
+        try:
+            client = ManagedServerClient.start(spec, CONFIG, ServerOptions(log_dir=str(log_dir), start_timeout_s=600))
+        finally:
+            held.close()
     yield client
     client.shutdown()
 
@@ -199,6 +215,16 @@ def test_the_server_runs_the_command_line_with_its_key_only_in_its_environment(m
     assert f"VLLM_API_KEY={server.api_key}".encode() in environ
     assert server.url == f"http://127.0.0.1:{server.port}" and managed.urls == (server.url,)
     assert server.api_key not in repr(managed) and server.api_key not in repr(server)
+
+
+@pytest.mark.engine
+def test_a_port_taken_before_the_server_bound_it_is_replaced_by_another(managed: ManagedServerClient) -> None:
+    server = managed.server
+    logs = sorted(server.log_dir.glob("tiny-managed-*.log"))
+    (first,) = [log for log in logs if log != server.log_path]  # the attempt on the taken port
+    assert "address already in use" in first.read_text(errors="replace").lower()
+    assert not first.with_suffix(".pid").exists() and server.pid_path.exists()
+    assert managed.urls == (server.url,) and managed.status().ready  # the client follows the server's new port
 
 
 @pytest.mark.engine

@@ -206,6 +206,22 @@ def test_a_raw_prompt_too_long_for_the_context_is_refused_before_streaming(clien
     assert refused.value.limit == 512 and refused.value.prompt_tokens >= 512
 
 
+def test_behind_a_router_without_tokenize_the_servers_own_refusal_is_prompt_too_long(
+        vllm_server: RunningServer) -> None:
+    engine = ServerEngineClient(spec_for(vllm_server), api_key=vllm_server.api_key)
+    try:
+        for server in engine._servers:  # as when /tokenize is not there (a router in front of the servers)
+            server.tokenize = False
+        for submit in (lambda: engine.stream_prompt("order " * 600, exactly(4)),
+                       lambda: engine.stream_chat([ChatMessage("user", "order " * 600)], exactly(4))):
+            with pytest.raises(PromptTooLongError) as refused:
+                submit()
+            assert refused.value.limit == 512 and refused.value.prompt_tokens > 512  # vLLM's "at least" count
+        engine.check_chat([ChatMessage("user", "order " * 600)])  # nothing to ask: check_chat lets it through
+    finally:
+        engine.shutdown()
+
+
 def test_cancel_from_another_thread_ends_the_stream_and_the_server_stops_generating(
         client: ServerEngineClient, vllm_server: RunningServer) -> None:
     before = _generated(vllm_server)

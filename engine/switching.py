@@ -9,8 +9,8 @@ went to (so ``cancel`` finds it, and a switch knows what is still running on the
   are answered by the new version;
 - **blue-green** (the old or the new version runs in another process, ``ServerOptions.blue_green``): the new engine
   is brought up beside the old one (a managed server started and healthy, an external server checked, or an
-  in-process engine loaded while a server serves), then new requests go to it while in-flight ones finish on the
-  old one, which is drained in the background (up to ``HostConfig.drain_timeout_s``, then the rest end with
+  in-process engine loaded while a server serves) and answers one warm-up request, then new requests go to it
+  while in-flight ones finish on the old one, which is drained in the background (up to ``HostConfig.drain_timeout_s``, then the rest end with
   ``finish_reason == "switch"``) and stopped. No request waits for a load. If the new engine never comes up,
   nothing changes and the error is raised;
 - **stop-then-load** (``blue_green`` off, or a managed server that failed to start for lack of memory): new
@@ -556,6 +556,18 @@ class SwitchingEngine:
             raise
         return client
 
+    @staticmethod
+    def _warm_up(client: EngineClient, spec: ModelSpec) -> None:
+        """One short request before any chat goes to a freshly started engine: the first request of an engine pays
+        for cold caches, and one that cannot answer at all must not take over (ModelLoadError: nothing changes)."""
+        try:
+            stream = client.stream_prompt("Hello", SamplingSettings(temperature=0.0, max_tokens=1))
+            for _ in stream:
+                pass
+        except EngineError as exc:
+            raise ModelLoadError(f"Model version {spec.name} started but could not answer a first request: "
+                                 f"{exc}") from None
+
     def _blue_green(self, old: EngineClient, spec: ModelSpec, drain: bool, note: str = "") -> None:
         old_name = self._current_spec.name if self._current_spec else None
         message = (f"Restarting {spec.name}: a fresh engine starts beside the old one, which answers chats "
@@ -563,6 +575,14 @@ class SwitchingEngine:
                                                                                           old_name))
         self._set(_switching_to=spec, _switch_note=message)
         new = self._bring_up(spec)  # raises: nothing changed, the old engine keeps serving
+        try:
+            self._warm_up(new, spec)
+        except EngineError:
+            if new is not self._host:
+                new.shutdown()
+            else:
+                self._host.stop_engine(drain=False)
+            raise
         self._adopt(new, spec)
         self._retire(old, drain=drain)
 

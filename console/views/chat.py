@@ -211,6 +211,7 @@ def _show_serving(serving: serving_svc.ServingView) -> None:
         # The served engine's own words: whether messages wait for the new version (stop-then-load) and why, or
         # are answered by the old one meanwhile (blue-green).
         st.info(escape_markdown(serving.message))
+        st.progress(serving.progress)
     elif serving.state == "loading":
         st.info(f"The model {model} is loading: {escape_markdown(serving.message)}")
         st.progress(serving.progress)

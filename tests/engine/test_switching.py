@@ -7,7 +7,11 @@
 - Evaluations and side by side on a server version, against the session's shared vLLM server (no start of its
   own): ``backends.start_client`` connects a ``ServerEngineClient``, the evaluation's report says which backend
   ran it, and a side-by-side turn is answered by the server.
-- The wording the pages show during a switch, and request routing over a switch, without an engine.
+- A restart of a server version through the reconciler: a new client once the server answers, audited.
+- The fallbacks, with fake backends at our own seam (``engine.backends.start_client``: running out of memory cannot
+  be caused reliably): out of memory beside the old engine -> stop-then-load; a failed stop-then-load starts the old
+  version again; a failed blue-green start changes nothing; a first server version starts in the background.
+- The wording the pages show during a switch (the serving view, the chat page), without an engine.
 """
 
 from __future__ import annotations
@@ -416,3 +420,69 @@ def test_a_blue_green_switch_whose_new_server_fails_changes_nothing(fake_servers
         assert answer(engine).model_version == "good"
     finally:
         engine.shutdown()
+
+
+def test_a_first_server_version_starts_in_the_background_and_a_failed_one_is_shown(fake_servers) -> None:  # noqa: ANN001
+    from engine.errors import ModelLoadError
+
+    log, _, broken = fake_servers
+    engine = SwitchingEngine.start(managed_spec("first"), HostConfig(), ServerOptions())  # returns at once
+    try:
+        assert engine.wait_ready(timeout=WAIT_S).state == "ready"
+        assert answer(engine).model_version == "first" and engine.host is None  # no in-process host was made
+    finally:
+        engine.shutdown()
+    assert log == ["start first", "stop first"]
+    broken.add("never")
+    engine = SwitchingEngine.start(managed_spec("never"), HostConfig(), ServerOptions())
+    try:
+        with pytest.raises(ModelLoadError, match="never failed to start"):
+            engine.wait_ready(timeout=WAIT_S)
+        status = engine.status()
+        assert (status.state, status.model_version) == ("failed", "never") and "did not start" in (status.error or "")
+    finally:
+        engine.shutdown()
+
+
+class _StatusOnly:
+    """A stand-in served engine at our own seam: only the status the chat page reads."""
+
+    def __init__(self, status) -> None:  # noqa: ANN001
+        self.now = status
+
+    def status(self):  # noqa: ANN201
+        return self.now
+
+    @property
+    def serving(self) -> None:
+        return None
+
+
+def test_the_chat_page_says_during_a_switch_whether_chats_wait_and_why(tmp_path, monkeypatch, ctx,  # noqa: ANN001
+                                                                        make_user) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from console import app_pages, resources
+    from console.ui import UiSession
+    from engine.types import HostStatus
+
+    for key, value in console_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()
+    waiting = switch_message("memory", "v2")
+    host = _StatusOnly(HostStatus("loading", "v2", waiting, 0.4, switching_to="v2"))
+    monkeypatch.setattr(resources, "engine_host", lambda: host)
+    try:
+        at = AppTest.from_file(str(app_pages.PAGES_DIR / "chat.py"), default_timeout=60)
+        at.session_state["llm_console_session"] = UiSession(principal=make_user("olga", "operator"))
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        shown = [i.value.replace("\\", "") for i in at.info]
+        assert waiting in shown and [p.value for p in at.get("progress")] == [40]
+        host.now = HostStatus("ready", "v1", switch_message("blue-green", "v2", "v1"), 1.0, switching_to="v2")
+        at.run()
+        shown = [i.value.replace("\\", "") for i in at.info]
+        assert any("no chat waits" in text for text in shown) and not any("chats wait" in text for text in shown)
+    finally:
+        st.cache_resource.clear()

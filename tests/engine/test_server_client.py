@@ -5,6 +5,7 @@ engine client does alike is in test_client_contract.py."""
 
 from __future__ import annotations
 
+import gc
 import http.server
 import threading
 import time
@@ -236,6 +237,22 @@ def test_cancel_from_another_thread_ends_the_stream_and_the_server_stops_generat
     assert 1 <= result.output_tokens < 480 and result.server == vllm_server.url
     _wait_idle(vllm_server)
     assert _generated(vllm_server) - before < 480  # vLLM aborted the request when its connection closed
+
+
+def test_an_abandoned_stream_closes_its_connection_and_the_server_stops_generating(
+        vllm_server: RunningServer) -> None:
+    engine = ServerEngineClient(spec_for(vllm_server), api_key=vllm_server.api_key)
+    try:
+        before = _generated(vllm_server)
+        stream = engine.stream_chat(HELLO, exactly(480))
+        assert next(stream)
+        del stream  # dropped unfinished, as a page that stops reading does
+        gc.collect()
+        _wait_idle(vllm_server)
+        assert _generated(vllm_server) - before < 480
+        assert [server.in_flight for server in engine._servers] == [0]  # its slot was given back
+    finally:
+        engine.shutdown()
 
 
 def test_several_urls_skip_one_that_does_not_answer_and_health_names_it(vllm_server: RunningServer) -> None:

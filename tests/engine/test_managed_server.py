@@ -280,6 +280,9 @@ def test_a_server_that_dies_ends_its_streams_then_shutdown_stops_the_whole_group
     assert status.state == "dead" and "exit status" in (status.error or "")
     managed.shutdown()
     managed.shutdown()
+    deadline = time.monotonic() + 30  # SIGKILL is delivered at once, but a process takes a moment to end
+    while _group_members(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _group_members(group) == []  # no process of the group runs (the engine core included)
     assert managed.status().state == "stopped" and not server.pid_path.exists()
 

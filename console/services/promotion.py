@@ -344,7 +344,7 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
         asked = promo_q.get_request(s, request_id)
         wanted = None if asked is None else versions_q.get_model_version(s, asked.version_id)
         if asked is not None and wanted is not None and asked.alias == PRODUCTION:
-            registry.check_files(wanted)  # hashes the weights: outside the write transaction
+            registry.check_serveable(ctx, wanted)  # hashes the weights or asks the servers: outside the write transaction
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
         failed = [Gate.from_record(g) for g in request.gates or [] if not g.get("passed")]

@@ -490,6 +490,16 @@ def retire(ctx: AppContext, actor: Principal, name: str, reason: str) -> str:
 # ------------------------------------------------------------------------------- what a version is to the engine
 
 
+def check_serveable(ctx: AppContext, version: ModelVersion) -> None:
+    """Before production moves to ``version``: its files are unchanged (:func:`check_files`), and a server version's
+    servers answer and still report what was registered (:func:`check_server`), so an admin hears at once, not
+    from a failed switch, that a version cannot be served. Never inside a write transaction: it hashes files or
+    asks servers over the network."""
+    check_files(version)
+    if version.backend == "server":
+        check_server(ctx, spec_of(version), version.server_info)
+
+
 def check_files(version: ModelVersion) -> None:
     """Refuse a local version whose weight or tokenizer files changed since it was registered. (A server version's
     fingerprint is of what its servers reported: :func:`loadable_spec` asks them again.)"""

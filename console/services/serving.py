@@ -75,7 +75,7 @@ def serve(ctx: AppContext, actor: Principal, name: str, reason: str, break_glass
         version = registry.find_version(s, name)
         if version.retired_at is not None:
             raise InvalidInput(f"Model version {version.name} is retired and cannot be served.")
-        registry.check_files(version)  # hashes the weights: never inside the write transaction (the writer lock)
+        registry.check_serveable(ctx, version)  # hashes the weights or asks the servers: never inside the write transaction (the writer lock)
         name = version.name
     with ctx.db.session() as s:
         version = registry.find_version(s, name)

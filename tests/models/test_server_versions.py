@@ -273,6 +273,22 @@ def test_a_server_version_is_loadable_while_one_of_its_servers_answers(ctx, make
         registry.loadable_spec(ctx, "srv-v1")
 
 
+def test_production_moves_to_a_server_version_only_while_its_servers_serve_it(ctx, make_user, vllm_server) -> None:  # noqa: ANN001
+    from console.services import serving
+
+    _with_key(ctx, vllm_server.api_key)
+    admin = make_user("ada", "admin")
+    _register_server(ctx, admin, server_urls=[vllm_server.url], server_model=SERVED)
+    _edit_row(ctx, "srv-v1", server_urls=[_closed_port_url()])
+    with pytest.raises(ModelUnavailable, match="^No server of version srv-v1 serves it now:"):
+        serving.serve(ctx, admin, "srv-v1", "first version")  # refused at once, not by a failed switch later
+    with ctx.db.session(readonly=True) as s:
+        assert versions_q.get_alias(s, versions_q.PRODUCTION) is None  # nothing moved
+    _edit_row(ctx, "srv-v1", server_urls=[vllm_server.url])
+    assert serving.serve(ctx, admin, "srv-v1", "first version") == "srv-v1"
+    assert serving.desired_state(ctx).version == "srv-v1"
+
+
 # --- the command line --------------------------------------------------------------------------------------------
 
 

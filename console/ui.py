@@ -375,7 +375,10 @@ def live_model_line(ctx: AppContext, principal: Principal) -> str:
     if serving.state == "none":
         return "Model: none served"
     if serving.state == "switching":
-        return f"Live model: switching to **{escape_markdown(serving.switching_to or '?')}**"
+        target = f"switching to **{escape_markdown(serving.switching_to or '?')}**"
+        if serving.answering and serving.model_version:  # blue-green: the old version answers meanwhile
+            return f"Live model: **{escape_markdown(serving.model_version)}** · {target}"
+        return f"Live model: {target}"
     if serving.ready:
         return f"Live model: **{escape_markdown(serving.model_version or '?')}** · ready"
     if serving.model_version is None and access.allowed(principal.roles, "chat.use"):

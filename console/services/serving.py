@@ -144,6 +144,7 @@ class ServingView:
     message: str
     error: str | None = None
     switching_to: str | None = None
+    answering: bool = False  # during a switch: ``model_version`` still answers chats (blue-green)
 
     @property
     def ready(self) -> bool:
@@ -163,7 +164,8 @@ def serving_status(ctx: AppContext) -> ServingView:
         message = status.message if status.message.startswith("Switching to ") else switch_message(
             "in-process", status.switching_to, detail=status.message)
         return ServingView(status.model_version, "switching", min(max(status.progress, 0.0), 1.0), message,
-                           None, status.switching_to)
+                           None, status.switching_to,
+                           answering=status.state == "ready" and status.model_version != status.switching_to)
     return ServingView(status.model_version, _SERVING_STATES.get(status.state, "failed"),
                        min(max(status.progress, 0.0), 1.0), status.message, status.error, status.switching_to)
 

@@ -63,3 +63,8 @@ def test_the_sidebar_model_line_is_a_fragment_that_reads_the_version_served_now(
     host.now = HostStatus("loading", "support-demo-v1", "Loading.", switching_to="support-demo-v3")
     at.run()
     assert [c.value for c in at.sidebar.caption] == ["Live model: switching to **support\\-demo\\-v3**"]
+    # A blue-green switch: the old version answers until the new one is up, and the line says so.
+    host.now = HostStatus("ready", "support-demo-v2", "Switching.", switching_to="support-demo-v3")
+    at.run()
+    assert [c.value for c in at.sidebar.caption] == [
+        "Live model: **support\\-demo\\-v2** · switching to **support\\-demo\\-v3**"]

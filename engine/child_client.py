@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from engine import child_wire as wire
 from engine.errors import EmptyPromptError, EngineDeadError, EngineError, EngineNotReadyError, ModelLoadError
+from engine.stream import StreamBase
 from engine.types import (
     ChatMessage,
     EngineHealth,
@@ -59,7 +60,7 @@ def log_tail(path: Path | None, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(kept[-lines:])
 
 
-class ChildStream(Iterator[str]):
+class ChildStream(StreamBase):
     """One request answered by the child: an iterator of text deltas, then ``result`` (a
     :class:`~engine.client.ResponseStream`). Dropping it unfinished cancels the request."""
 
@@ -74,21 +75,6 @@ class ChildStream(Iterator[str]):
         self._result: GenerationResult | None = None
         self._finalizer = weakref.finalize(self, client.cancel, request_id)
         self._finalizer.atexit = False
-
-    @property
-    def done(self) -> bool:
-        """True once the request finished, was aborted or failed."""
-        return self._result is not None
-
-    @property
-    def result(self) -> GenerationResult:
-        """The finished request's text, counts and timings (vLLM's, measured in the child)."""
-        if self._result is None:
-            raise RuntimeError(f"request {self.request_id} has not finished: iterate the stream or cancel it first")
-        return self._result
-
-    def __iter__(self) -> ChildStream:
-        return self
 
     def __next__(self) -> str:
         while self._result is None:
@@ -122,16 +108,6 @@ class ChildStream(Iterator[str]):
             self._finish_aborted()
         assert self._result is not None
         return self._result
-
-    def close(self) -> None:
-        """Abort the request if it still runs."""
-        self.cancel()
-
-    def __enter__(self) -> ChildStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _finish(self, result: GenerationResult) -> None:
         self._finalizer.detach()

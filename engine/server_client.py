@@ -39,7 +39,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +56,7 @@ from engine.errors import (
     PromptTooLongError,
     ServerUnavailableError,
 )
+from engine.stream import StreamBase
 from engine.types import (
     ChatMessage,
     EngineErrorNote,
@@ -268,7 +269,7 @@ class _Server:
         self.sample: tuple[float, dict[str, float]] | None = None  # (time.time(), counters) of the last health()
 
 
-class ServerStream(Iterator[str]):
+class ServerStream(StreamBase):
     """One request answered by a vLLM server: an iterator of text deltas, then ``result`` (a
     :class:`~engine.client.ResponseStream`).
 
@@ -302,21 +303,6 @@ class ServerStream(Iterator[str]):
         # stream is collected and its connection closed (the server then aborts the request).
         self._finalizer = weakref.finalize(self, _release, response, client.release, server)
         self._finalizer.atexit = False
-
-    @property
-    def done(self) -> bool:
-        """True once the request finished, was aborted or failed."""
-        return self._result is not None
-
-    @property
-    def result(self) -> GenerationResult:
-        """The finished request's text, counts and timings (measured here); after iteration ended or cancel()."""
-        if self._result is None:
-            raise RuntimeError(f"request {self.request_id} has not finished: iterate the stream or cancel it first")
-        return self._result
-
-    def __iter__(self) -> ServerStream:
-        return self
 
     def __next__(self) -> str:
         while self._result is None:
@@ -353,16 +339,6 @@ class ServerStream(Iterator[str]):
             self._finish(aborted=True)
         assert self._result is not None
         return self._result
-
-    def close(self) -> None:
-        """Abort the request if it still runs."""
-        self.cancel()
-
-    def __enter__(self) -> ServerStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def interrupt(self) -> None:
         """Mark the request cancelled and shut its connection down, from any thread: a read blocked on it returns

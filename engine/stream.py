@@ -7,7 +7,7 @@ import queue
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 from engine.errors import EngineDeadError
 from engine.types import GenerationResult
@@ -19,7 +19,45 @@ logger = logging.getLogger(__name__)
 LIVENESS_POLL_S = 1.0
 
 
-class GenerationStream(Iterator[str]):
+class StreamBase(Iterator[str]):
+    """What every :class:`~engine.client.ResponseStream` implementation shares: ``done``, ``result`` once the
+    request ended, ``close`` and ``with`` blocks. A subclass sets ``request_id`` and ``_result`` and implements
+    ``__next__`` and ``cancel``."""
+
+    request_id: str
+    _result: GenerationResult | None
+
+    @property
+    def done(self) -> bool:
+        """True once the request finished, was aborted or failed."""
+        return self._result is not None
+
+    @property
+    def result(self) -> GenerationResult:
+        """The finished request's text, counts and timings; available once iteration ended (or after cancel)."""
+        if self._result is None:
+            raise RuntimeError(f"request {self.request_id} has not finished: iterate the stream or cancel it first")
+        return self._result
+
+    def __iter__(self) -> Self:
+        return self
+
+    def cancel(self) -> GenerationResult:
+        """Abort the request (no-op if it already ended) and return the result with what was generated."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Abort the request if it is still running (for ``with`` blocks and abandoned streams)."""
+        self.cancel()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class GenerationStream(StreamBase):
     """A plain iterator of text deltas (for ``st.write_stream``), then ``.result``.
 
     ``cancel()`` or ``close()`` aborts the vLLM request; so does dropping the stream unfinished (garbage
@@ -53,23 +91,6 @@ class GenerationStream(Iterator[str]):
         # collected unfinished, the request stops using the engine.
         self._finalizer = weakref.finalize(self, abort, request_id)
         self._finalizer.atexit = False
-
-    @property
-    def done(self) -> bool:
-        """True once the request finished, was aborted or failed."""
-        return self._result is not None
-
-    @property
-    def result(self) -> GenerationResult:
-        """The finished request's text, counts and timings; available once iteration ended (or after cancel)."""
-        if self._result is None:
-            raise RuntimeError(
-                f"request {self.request_id} has not finished: iterate the stream or cancel it first"
-            )
-        return self._result
-
-    def __iter__(self) -> GenerationStream:
-        return self
 
     def __next__(self) -> str:
         if self._min_interval_s and self._result is None:
@@ -110,16 +131,6 @@ class GenerationStream(Iterator[str]):
                     pass  # the request is gone either way; the result says aborted
         assert self._result is not None  # the loop above ends only once a result is set
         return self._result
-
-    def close(self) -> None:
-        """Abort the request if it is still running (for ``with`` blocks and abandoned streams)."""
-        self.cancel()
-
-    def __enter__(self) -> GenerationStream:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _next_item(self) -> Any:
         while True:

@@ -18,6 +18,7 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,23 @@ def _prompt_messages(concurrency: int) -> list[list[ChatMessage]]:
     ]
 
 
+def _timed_round(caller: Callable[[int], None], barrier: threading.Barrier, tokens: list[int],
+                 errors: list[BaseException], name: str) -> tuple[int, float]:
+    """Run ``caller(i)`` on one thread per request, all released together by ``barrier``; returns the output
+    tokens they counted and the seconds from the release to the last one's end (the first error re-raised)."""
+    threads = [threading.Thread(target=caller, args=(i,), name=f"bench-{name}-{i}") for i in range(len(tokens))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return sum(tokens), elapsed
+
+
 def _host_round(
     host: EngineClient, conversations: list[list[ChatMessage]], sampling: SamplingSettings
 ) -> tuple[int, float]:
@@ -89,19 +107,7 @@ def _host_round(
         except BaseException as exc:  # re-raised on the main thread below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=caller, args=(i,), name=f"bench-caller-{i}") for i in range(len(tokens))
-    ]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return sum(tokens), elapsed
+    return _timed_round(caller, barrier, tokens, errors, "caller")
 
 
 class _RawEngine:
@@ -320,19 +326,7 @@ def _openai_round(client: Any, model: str, conversations: list[list[ChatMessage]
         except BaseException as exc:  # re-raised on the main thread below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=caller, args=(i,), name=f"bench-openai-{i}") for i in range(len(tokens))
-    ]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return sum(tokens), elapsed
+    return _timed_round(caller, barrier, tokens, errors, "openai")
 
 
 def run_server_bench(

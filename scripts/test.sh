@@ -60,8 +60,8 @@ if [[ -z "${LLM_CONSOLE_TEST_POSTGRES_URL:-}" ]] && command -v initdb >/dev/null
 fi
 
 echo "test: ruff"
-.venv/bin/ruff check console engine db tests
+.venv/bin/ruff check console engine db tests bench
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: pytest"
-.venv/bin/pytest "$@"
+.venv/bin/pytest --durations=15 "$@"  # the 15 slowest tests at the end: where the time goes

@@ -1,7 +1,9 @@
 """The engine side of the console: model versions, the engines that serve them and the safety scanners.
 
 Every engine is reached through one interface, :class:`engine.client.EngineClient`: the in-process vLLM host
-(:mod:`engine.host`) and a host in a child process (:mod:`engine.child_client`) implement it.
+(:mod:`engine.host`), a host in a child process (:mod:`engine.child_client`) and vLLM's OpenAI-compatible servers
+(:mod:`engine.server_client`; :mod:`engine.managed` starts them) implement it; :mod:`engine.switching` is the served
+engine that moves between them.
 
 Nothing here imports Streamlit or the console, and nothing reads the environment for configuration:
 callers pass typed config objects (see ``engine.types``).
@@ -13,5 +15,8 @@ import os
 
 # vLLM reads this once, when it is first imported. Unset, its LLMEngine starts a separate EngineCore process,
 # which under `streamlit run` re-executes the app script and crashes; 0 keeps the engine core in this process.
-# This is the package's one deliberate side effect, and setdefault lets an operator still override it.
+# These are the package's deliberate side effects, and setdefault lets an operator still override them.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# vLLM logs to stdout unless told otherwise; a command's stdout is its output (`llm-console bench ... --json`
+# must print JSON only), so its logs go to stderr with every other log.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")

@@ -31,9 +31,12 @@ PWNED = "window.__pwned"
 
 
 @pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
+def console_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path,
+                   vllm_server: Any) -> Iterator[tuple[str, Path]]:
     data = tmp_path_factory.mktemp("e2e-bad-input")
     env = console_env(data, LLM_CONSOLE_DEFAULT_MODEL="tiny-e2e", LLM_CONSOLE_KV_CACHE_GIB="0.25",
+                      # The key of the session's vLLM server (tests/conftest.py), for the server form's cases.
+                      LLM_CONSOLE_SERVER_API_KEY=vllm_server.api_key,
                       # Every case signs in from the same address; the sign-in throttle is not under test here.
                       LLM_CONSOLE_LOGIN_ATTEMPTS_PER_MINUTE="1000",
                       # The 20,000-character cases test the box's and the model's limits; their scan takes seconds on
@@ -488,6 +491,50 @@ def test_the_models_page_registers_a_version_after_the_bad_ones(admin, tiny_mode
     _assert_sound(admin)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "bad-input-models.png"), full_page=True)
+
+
+def _register_server(page: Any, name: str, urls: str, model: str) -> None:
+    _fresh(page, "Models", "Model versions")
+    page.get_by_role("tab", name="Register").click()
+    page.get_by_text("vLLM server", exact=True).click()
+    page.get_by_role("textbox", name="Version name").fill(name)
+    page.get_by_role("textbox", name="Server base URLs (one a line)").fill(urls)
+    page.get_by_role("textbox", name="Served model name (empty = the version name)").fill(model)
+    page.get_by_role("button", name="Register", exact=True).click()
+
+
+SERVER_REGISTRATIONS = [
+    ("not-http", {"urls": "ftp://10.0.0.1:8000"}, "ftp://10.0.0.1:8000"),
+    ("script-url", {"urls": "javascript:alert(1)"}, "javascript:alert(1)"),
+    ("wrong-model", {"model": "not-served-here"}, "not not-served-here"),
+]
+
+
+@pytest.mark.parametrize("fields,message", _params(SERVER_REGISTRATIONS))
+def test_a_bad_server_registration_on_the_models_page_gets_a_clear_message(admin, vllm_server, fields, message):
+    page = admin.page
+    _register_server(page, **{"name": "e2e-srv-bad", "urls": vllm_server.url, "model": vllm_server.name, **fields})
+    _shows(page, message, 60_000)
+    _assert_sound(admin)
+
+
+def test_the_models_page_registers_a_server_version_asking_the_real_server(admin, console_server, vllm_server):
+    page = admin.page
+    _register_server(page, "e2e-srv", vllm_server.url, vllm_server.name)
+    _shows(page, "Registered e2e-srv (vLLM server", 60_000)
+    _assert_sound(admin)
+    from db import model_versions as versions_q
+
+    db = _db(console_server[1])
+    with db.session(readonly=True) as s:
+        row = versions_q.get_model_version_by_name(s, "e2e-srv")
+        stored = None if row is None else (row.backend, row.server_urls, (row.server_info or {}).get("model"))
+        bad = versions_q.get_model_version_by_name(s, "e2e-srv-bad")
+    db.dispose()
+    assert stored == ("server", [vllm_server.url], vllm_server.name)  # what the real server reported
+    assert bad is None  # none of the refused registrations left a row
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "models-server-version.png"), full_page=True)
 
 
 def test_no_bad_user_was_created_no_nul_was_stored_and_the_chain_verifies(console_server):

@@ -5,6 +5,7 @@ decides what to show."""
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import pandas as pd
 import plotly.express as px
@@ -187,27 +188,26 @@ def engine_health(ctx: AppContext, principal: Principal, report: latency_svc.Lat
         return
     if since > report.since:
         st.caption(f"Engine health covers the last {health_svc.MAX_RANGE.days} days of the window.")
+    _health_charts(history.charts, report)
+    if not history.servers.empty:
+        st.markdown("**Per server** (each vLLM server's own /health and /metrics over the window)")
+        st.dataframe(history.servers, hide_index=True, width="stretch", key="engine_servers_table")
+        _health_charts(history.server_charts, report)
+    if not history.errors.empty:
+        st.markdown("**Recent engine errors**")
+        st.dataframe(history.errors, hide_index=True, width="stretch", key="engine_errors_table")
+
+
+def _health_charts(charts: Any, report: latency_svc.LatencyOverview) -> None:
+    """Engine health line charts, two a row, with the window's switch markers."""
     columns = st.columns(2)
-    for i, chart in enumerate(history.charts):
+    for i, chart in enumerate(charts):
         fig = px.line(**chart.line_args())
         # Counts, shares and rates: never below 0 (an idle engine's zeros would get an axis from -1 to 1).
         fig.update_yaxes(rangemode="nonnegative")
         fig.update_xaxes(title_text=TIME_AXIS)
         _markers(fig, report)
         columns[i % 2].plotly_chart(fig, width="stretch")
-    if not history.servers.empty:
-        st.markdown("**Per server** (each vLLM server's own /health and /metrics over the window)")
-        st.dataframe(history.servers, hide_index=True, width="stretch", key="engine_servers_table")
-        columns = st.columns(2)
-        for i, server_chart in enumerate(history.server_charts):
-            fig = px.line(**server_chart.line_args())
-            fig.update_yaxes(rangemode="nonnegative")
-            fig.update_xaxes(title_text=TIME_AXIS)
-            _markers(fig, report)
-            columns[i % 2].plotly_chart(fig, width="stretch")
-    if not history.errors.empty:
-        st.markdown("**Recent engine errors**")
-        st.dataframe(history.errors, hide_index=True, width="stretch", key="engine_errors_table")
 
 
 def switch_table(report: latency_svc.LatencyOverview) -> None:

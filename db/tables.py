@@ -450,7 +450,8 @@ class Evaluation(Base):
 
 # ---- 0006_promotions ----
 
-PROMOTION_STATUSES = ("pending", "approved", "rejected", "cancelled")
+# "canary": approved with a canary plan and running; it ends "approved" (promoted) or "rolled_back" (0020).
+PROMOTION_STATUSES = ("pending", "approved", "rejected", "cancelled", "canary", "rolled_back")
 
 
 class PromotionRequest(Base):
@@ -479,6 +480,40 @@ class PromotionRequest(Base):
     override_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
+    # 0020: a canary plan approved with the request (share, duration, margins...), when the canary ran, and the
+    # statistics that decided it.
+    canary_plan: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    canary_started_at: Mapped[datetime | None]
+    canary_ends_at: Mapped[datetime | None]
+    canary_result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CanaryCheck(Base):
+    """One round of a canary's sequential test: sample sizes, statistics and the decision it reached (0020)."""
+
+    __tablename__ = "canary_checks"
+    __table_args__ = (Index("ix_canary_checks_request_id_checked_at", "request_id", "checked_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("promotion_requests.id"))
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    candidate_n: Mapped[int]
+    live_n: Mapped[int]
+    decision: Mapped[str] = mapped_column(String(20))  # continue | promote | rollback
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class JobRun(Base):
+    """A periodic job that runs once per interval across console replicas: who holds it, until when (0020)."""
+
+    __tablename__ = "job_runs"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None]
+    last_started_at: Mapped[datetime | None]
+    last_finished_at: Mapped[datetime | None]
+    runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 # ---- 0009_audit_anchor ----

@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0019_server_backends"
+HEAD = "0020_replicas_canary"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -38,6 +38,7 @@ SESSION_TABLES = {"browser_sessions"}  # 0012_browser_sessions
 ERASURE_TABLES = {"erasure_requests"}  # 0016_erasure
 FOUR_EYES_TABLES = {"protected_aliases", "emergency_moves"}  # 0015_four_eyes
 EXPORT_FILE_TABLES = {"export_files"}  # 0017_export_files
+REPLICA_TABLES = {"job_runs", "canary_checks"}  # 0020_replicas_canary
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES | REPLICA_TABLES
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -139,7 +140,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES | REPLICA_TABLES
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:

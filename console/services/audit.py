@@ -110,18 +110,23 @@ def sign_checkpoint(ctx: AppContext, actor: Principal) -> audit_q.Checkpoint:
 
 
 class Checkpointer(PeriodicTask):
-    """Signs a checkpoint every ``audit_checkpoint_seconds`` when the chain grew, and one more when it stops."""
+    """Signs a checkpoint every ``audit_checkpoint_seconds`` when the chain grew, and one more when it stops.
+
+    With several console replicas, one of them signs each interval's checkpoint (the ``audit-checkpoint`` lease);
+    each signs its own at shutdown, covering what it wrote last.
+    """
 
     def __init__(self, ctx: AppContext) -> None:
-        super().__init__(ctx.settings.audit_checkpoint_seconds, name="audit-checkpointer")
+        super().__init__(ctx.settings.audit_checkpoint_seconds, name="audit-checkpointer", job="audit-checkpoint",
+                         db=ctx.db)
         self.ctx = ctx
         self.last_seq: int | None = None
 
     def run_once(self) -> audit_q.Checkpoint | None:
         with self.ctx.db.session(readonly=True) as s:
             head = audit_q.head_seq(s)
-        if self.last_seq is None:
-            self.last_seq = audit_q.last_checkpoint_seq(self.ctx.db)
+        # Read every round: another replica may have signed since this one last did.
+        self.last_seq = audit_q.last_checkpoint_seq(self.ctx.db)
         if head == self.last_seq:
             return None
         cp = checkpoint(self.ctx, "periodic")

@@ -293,12 +293,13 @@ def run_retention(ctx: AppContext, actor: Principal, *, dry_run: bool = False) -
 
 
 class RetentionTask(PeriodicTask):
-    """Applies retention every ``retention_check_seconds`` in a console process (several processes may: each batch
-    re-selects what is left inside its own write transaction)."""
+    """Applies retention every ``retention_check_seconds``: in one console replica per interval (the ``retention``
+    lease). A run that overlaps another anyway (an expired lease) is safe: each batch re-selects what is left
+    inside its own write transaction."""
 
     def __init__(self, ctx: AppContext, *, interval_s: float | None = None) -> None:
         super().__init__(ctx.settings.retention_check_seconds if interval_s is None else interval_s,
-                         name="retention")
+                         name="retention", job="retention", db=ctx.db)
         self.ctx = ctx
         self._lock = threading.Lock()
 

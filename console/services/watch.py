@@ -182,12 +182,14 @@ class Watcher(PeriodicTask):
     prompts); each comparison needs ``watch_min_samples`` on both sides, and a rate a significant rise
     (:func:`watch_tests`). On a regression it rolls back (``watch_auto_rollback``)
     or only proposes a rollback; either way it writes ``model.watch_regression`` saying why. A window that ends
-    without one gets ``model.watch_ended``. Each switch gets one finding, even with several console processes.
+    without one gets ``model.watch_ended``. Each switch gets one finding, even with several console processes; one
+    replica per interval looks (the ``model-watch`` lease).
     A rollback's own switch is not watched (it returns to the version just compared against).
     """
 
     def __init__(self, ctx: AppContext, *, interval_s: float | None = None) -> None:
-        super().__init__(ctx.settings.watch_check_seconds if interval_s is None else interval_s, name="model-watch")
+        super().__init__(ctx.settings.watch_check_seconds if interval_s is None else interval_s, name="model-watch",
+                         job="model-watch", db=ctx.db)
         self.ctx = ctx
         self._lock = threading.Lock()
 

@@ -68,6 +68,7 @@ PERSONAL_DETAIL_KEYS: dict[str, tuple[str, ...]] = {
     "promotion.approve": ("note", "override_reason"),
     "promotion.reject": ("note", "override_reason"),
     "promotion.cancel": ("note", "override_reason"),
+    "promotion.canary_started": ("note", "override_reason"),
     "model.alias": ("reason",),
     "model.alias_removed": ("reason",),
     "model.retire": ("reason",),

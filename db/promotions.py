@@ -1,7 +1,9 @@
 """Promotion requests (four eyes), the evaluation reports they freeze, and the aggregates the watch window compares.
 
 A request asks to move an alias to a version; another person approves or rejects it. Deciding locks the request
-row first, so two approvers deciding at once serialise and only the first decision counts.
+row first, so two approvers deciding at once serialise and only the first decision counts. A request of the
+production alias may carry a canary plan: approving it starts the canary (status ``canary``) instead of moving the
+alias (``console.services.canary`` decides it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from db.types import utcnow
 
 logger = logging.getLogger(__name__)
 
-DECISION_ACTIONS = {"approved": "promotion.approve", "rejected": "promotion.reject", "cancelled": "promotion.cancel"}
+DECISION_ACTIONS = {"approved": "promotion.approve", "rejected": "promotion.reject", "cancelled": "promotion.cancel",
+                    "canary": "promotion.canary_started"}
+CANARY_RUNNING = "canary"  # the status of an approved canary under way
 # An exchange counts as flagged when the policy flagged or blocked its prompt or its output (db.flags).
 FLAG_ACTIONS = flags.FLAG_ACTIONS
 
@@ -45,17 +49,19 @@ def create_request(
     actor: str,
     actor_id: int,
     details: Mapping[str, Any] | None = None,
+    canary_plan: Mapping[str, Any] | None = None,
 ) -> PromotionRequest:
     """Store a pending request with its frozen reports and gates; audited as ``promotion.request``.
 
-    ``details`` adds readable context (version names) to the audit event.
+    ``details`` adds readable context (version names) to the audit event; ``canary_plan`` (a checked plan's
+    ``to_dict()``) makes it a canary request, its plan in the audit event too.
     """
     request = PromotionRequest(
         alias=alias, version_id=version_id, from_version_id=from_version_id, evaluation_id=evaluation_id,
         report=None if report is None else dict(report),
         baseline_report=None if baseline_report is None else dict(baseline_report),
         gates=[dict(g) for g in gates], reason=reason, requested_by_id=actor_id, status="pending",
-        created_at=utcnow(),
+        created_at=utcnow(), canary_plan=None if canary_plan is None else dict(canary_plan),
     )
     session.add(request)
     session.flush()
@@ -64,7 +70,7 @@ def create_request(
         object_id=request.id,
         details={**dict(details or {}), "alias": alias, "version_id": version_id, "from_version_id": from_version_id,
                  "evaluation_id": evaluation_id, "failed_gates": [g["name"] for g in gates if not g.get("passed")],
-                 "reason": reason},
+                 "reason": reason, "canary_plan": None if canary_plan is None else dict(canary_plan)},
     )
     return request
 
@@ -99,6 +105,13 @@ def pending_request_for(session: Session, alias: str, version_id: int) -> Promot
     return session.scalars(stmt.limit(1)).first()
 
 
+def running_canary(session: Session, alias: str) -> PromotionRequest | None:
+    """The canary of ``alias`` under way (status ``canary``), if one runs (at most one does)."""
+    stmt = select(PromotionRequest).where(PromotionRequest.alias == alias,
+                                          PromotionRequest.status == CANARY_RUNNING)
+    return session.scalars(stmt.order_by(PromotionRequest.id.desc()).limit(1)).first()
+
+
 def decide(
     session: Session,
     request_id: int,
@@ -109,14 +122,18 @@ def decide(
     note: str | None,
     override_reason: str | None = None,
     details: Mapping[str, Any] | None = None,
+    canary_window: tuple[datetime, datetime] | None = None,
 ) -> PromotionRequest:
     """Approve, reject or cancel a pending request; audited (``promotion.approve``/``.reject``/``.cancel``).
 
-    The row is locked first; a request that is no longer pending raises :class:`PromotionStateError`, so of two
-    concurrent decisions only the first is stored.
+    ``status="canary"`` approves a canary request and starts its canary over ``canary_window`` (start, end),
+    audited as ``promotion.canary_started``: the alias does not move. The row is locked first; a request that is
+    no longer pending raises :class:`PromotionStateError`, so of two concurrent decisions only the first is stored.
     """
     if status not in DECISION_ACTIONS:
         raise ValueError(f"status must be one of {sorted(DECISION_ACTIONS)}, got {status!r}")
+    if (status == CANARY_RUNNING) != (canary_window is not None):
+        raise ValueError("a canary window goes with status 'canary', and only with it")
     request = lock_request(session, request_id)
     if request is None:
         raise LookupError(f"promotion request {request_id} does not exist")
@@ -127,12 +144,16 @@ def decide(
     request.decision_note = note
     request.override_reason = override_reason
     request.decided_at = utcnow()
+    window: dict[str, Any] = {}
+    if canary_window is not None:
+        request.canary_started_at, request.canary_ends_at = canary_window
+        window = {"started_at": canary_window[0].isoformat(), "ends_at": canary_window[1].isoformat()}
     session.flush()
     append_event(
         session, actor=actor, actor_id=actor_id, action=DECISION_ACTIONS[status], object_type="promotion_request",
         object_id=request.id,
-        details={**dict(details or {}), "alias": request.alias, "version_id": request.version_id, "note": note,
-                 "override_reason": override_reason},
+        details={**dict(details or {}), **window, "alias": request.alias, "version_id": request.version_id,
+                 "note": note, "override_reason": override_reason},
     )
     return request
 

@@ -6,19 +6,25 @@ hold (duty rule ``promotion.decide``). A failed gate needs an override reason, r
 approved ``production`` request moves the production alias, the desired state every console's reconciler serves
 (:mod:`console.services.serving`). The watch window that may roll a switch back is :mod:`console.services.watch`;
 the History tab's timelines are :mod:`console.services.timelines`.
+
+A production request may carry a canary plan (:class:`console.services.canary.CanaryPlan`), frozen with it and
+approved with it. Approving it starts the canary (status ``canary``) instead of moving the alias: a share of new
+conversations goes to the candidate until :mod:`console.services.canary` promotes it (the alias moves, status
+``approved``) or rolls it back (``rolled_back``). One canary runs at a time.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from console.services import registry
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services.canary import METRIC_LABELS, CanaryPlan, parse_plan
 from console.services.context import AppContext
 from console.services.errors import AccessDenied, InvalidInput, NotFound
 from console.services.text import optional_text, required_text
@@ -29,7 +35,7 @@ from db import model_versions as versions_q
 from db import promotions as promo_q
 from db import users as users_q
 from db.model_versions import PRODUCTION
-from db.tables import ModelVersion, PromotionRequest
+from db.tables import PROMOTION_STATUSES, ModelVersion, PromotionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -236,10 +242,34 @@ class RequestView:
     override_reason: str | None
     created_at: datetime
     decided_at: datetime | None
+    plan: CanaryPlan | None = None  # a canary request's plan (frozen with it)
+    canary_started_at: datetime | None = None
+    canary_ends_at: datetime | None = None
+    canary_result: dict[str, Any] | None = None  # the canary's latest statistics and decision (canary.py)
 
     @property
     def failed_gates(self) -> tuple[Gate, ...]:
         return tuple(g for g in self.gates if not g.passed)
+
+    @property
+    def is_canary(self) -> bool:
+        return self.plan is not None
+
+
+def _pp(rate: float) -> str:
+    return f"{rate * 100:g} percentage points"
+
+
+def describe_plan(plan: CanaryPlan) -> str:
+    """A canary plan in plain words, every number with its unit."""
+    margins = {"flag_rate": f"may be up to {_pp(plan.flag_margin)} higher",
+               "error_rate": f"may be up to {_pp(plan.error_margin)} higher",
+               "p95_ttft": f"may be up to {plan.ttft_margin * 100:g}% higher"}
+    metrics = "; ".join(f"{METRIC_LABELS[m]} {margins[m]}" for m in plan.metrics)
+    return (f"{plan.share * 100:g}% of new conversations go to the candidate for up to {plan.minutes} minutes. "
+            f"Against the live version in the same minutes: {metrics}. Error level (alpha) {plan.alpha:g} per "
+            f"metric; no decision before {plan.min_exchanges} exchanges per arm; undecided at the end of the time "
+            "box means rolled back.")
 
 
 def _view(s: Session, r: PromotionRequest) -> RequestView:
@@ -256,14 +286,26 @@ def _view(s: Session, r: PromotionRequest) -> RequestView:
         r.baseline_report, tuple(Gate.from_record(g) for g in r.gates or []), r.reason,
         username(r.requested_by_id) or "?", r.requested_by_id, r.status, username(r.decided_by_id), r.decision_note,
         r.override_reason, r.created_at, r.decided_at,
+        None if r.canary_plan is None else CanaryPlan.from_dict(r.canary_plan), r.canary_started_at,
+        r.canary_ends_at, r.canary_result,
     )
 
 
 @requires("promotion.request")
-def request_promotion(ctx: AppContext, actor: Principal, version_name: str, alias: str, reason: str) -> RequestView:
-    """Ask to move ``alias`` to a version; freezes its latest evaluation, the alias holder's and the gates."""
+def request_promotion(ctx: AppContext, actor: Principal, version_name: str, alias: str, reason: str,
+                      plan: CanaryPlan | None = None) -> RequestView:
+    """Ask to move ``alias`` to a version; freezes its latest evaluation, the alias holder's and the gates.
+
+    With ``plan`` (checked by :func:`console.services.canary.parse_plan`) the request is a canary of the
+    production alias: approving it starts the canary instead of moving the alias.
+    """
     alias = registry.alias_name(alias)
     reason = _text(reason, "the reason for the promotion")
+    if plan is not None:
+        if alias != PRODUCTION:
+            raise InvalidInput(f"A canary release is only for the {PRODUCTION} alias, not {alias}: request a plain "
+                               "promotion (untick the canary).")
+        plan = parse_plan(**plan.to_dict())  # however it was made, only a plan within every bound is stored
     with ctx.db.session() as s:
         version = registry.find_version(s, version_name)
         if version.retired_at is not None:
@@ -274,6 +316,12 @@ def request_promotion(ctx: AppContext, actor: Principal, version_name: str, alia
         pending = promo_q.pending_request_for(s, alias, version.id)
         if pending is not None:
             raise InvalidInput(f"Request #{pending.id} to move {alias} to {version.name} is already pending.")
+        running = promo_q.running_canary(s, alias)
+        if running is not None and running.version_id == version.id:
+            raise InvalidInput(f"{version.name} is in canary #{running.id} now; wait for its decision.")
+        if plan is not None and holder is None:
+            raise InvalidInput(f"No version holds {PRODUCTION}: a canary needs a live version to compare with. "
+                               "Request a plain promotion.")
         evaluation = evaluations_q.latest_done(s, version.id)
         baseline = None
         if holder is not None:
@@ -290,15 +338,20 @@ def request_promotion(ctx: AppContext, actor: Principal, version_name: str, alia
             evaluation_id=evaluation.id if evaluation else None, report=report, baseline_report=baseline_report,
             gates=[asdict(g) for g in gates], reason=reason, actor=actor.username, actor_id=actor.user_id,
             details={"version": version.name, "from": holder.name if holder else None},
+            canary_plan=None if plan is None else plan.to_dict(),
         )
-        logger.info("promotion requested: #%s %s -> %s by %s", request.id, alias, version.name, actor.username)
+        logger.info("promotion requested: #%s %s -> %s by %s%s", request.id, alias, version.name, actor.username,
+                    " (canary)" if plan is not None else "")
         return _view(s, request)
 
 
 @requires("promotion.view")
 def list_requests(ctx: AppContext, actor: Principal, status: str | None = None, limit: int = 100
                   ) -> list[RequestView]:
-    """Promotion requests, newest first (``status``: pending, approved, rejected or cancelled)."""
+    """Promotion requests, newest first (``status``: pending, approved, rejected, cancelled, canary (running) or
+    rolled_back (a canary that ended without moving the alias))."""
+    if status is not None and status not in PROMOTION_STATUSES:
+        raise InvalidInput(f"Unknown request status {status!r}; choose from {', '.join(PROMOTION_STATUSES)}.")
     with ctx.db.session(readonly=True) as s:
         return [_view(s, r) for r in promo_q.list_requests(s, status=status, limit=limit)]
 
@@ -335,7 +388,9 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
     """Approve someone else's request and move the alias (production: every console switches to it).
 
     A failed gate needs ``override_reason``; the approval fails if the alias moved since the request (its gates
-    compared with another version) or the version was retired meanwhile.
+    compared with another version) or the version was retired meanwhile. A canary request starts its canary
+    instead (status ``canary``, for the plan's minutes from now; the alias stays), refused while another canary
+    runs.
     """
     _ensure_not_own(ctx, actor, request_id)
     note = _text(note, "the note")
@@ -347,6 +402,12 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
             registry.check_serveable(ctx, wanted)  # hashes the weights or asks the servers: outside the write transaction
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
+        plan = None if request.canary_plan is None else CanaryPlan.from_dict(request.canary_plan)
+        if plan is not None:
+            promo_q.lock_alias(s, request.alias)  # two canary approvals at once serialise here: one runs at a time
+            running = promo_q.running_canary(s, request.alias)
+            if running is not None:
+                raise InvalidInput(f"Canary #{running.id} is running; stop it or wait for its decision.")
         failed = [Gate.from_record(g) for g in request.gates or [] if not g.get("passed")]
         if failed and override is None:
             names = ", ".join(g.label for g in failed)
@@ -359,6 +420,16 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
             raise InvalidInput(f"{request.alias} moved since the request (it now points at "
                                f"{holder.name if holder else 'nothing'}), so its gates compared with another "
                                "version. Reject it and request again.")
+        if plan is not None:
+            start = ctx.now()
+            promo_q.decide(s, request.id, status="canary", actor=actor.username, actor_id=actor.user_id, note=note,
+                           override_reason=override if failed else None,
+                           canary_window=(start, start + timedelta(minutes=plan.minutes)),
+                           details={"version": version.name, "from": holder.name if holder else None,
+                                    "plan": plan.to_dict(), "failed_gates": [g.name for g in failed]})
+            logger.info("promotion #%s approved by %s as a canary: %s beside %s for %s min", request.id,
+                        actor.username, version.name, holder.name if holder else None, plan.minutes)
+            return _view(s, request)
         # The alias move is the desired state: for production, every console's reconciler switches to it.
         versions_q.move_alias(s, request.alias, version, actor=actor.username, actor_id=actor.user_id,
                               reason=f"promotion #{request.id}: {request.reason}")

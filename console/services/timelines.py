@@ -9,6 +9,7 @@ from datetime import datetime
 
 from console.services import registry
 from console.services.access import Principal, requires
+from console.services.canary import CanaryPlan
 from console.services.context import AppContext
 from console.services.watch import WATCH_ACTIONS
 from db import audit as audit_q
@@ -39,8 +40,8 @@ def version_choices(ctx: AppContext, actor: Principal) -> list[VersionChoice]:
 @dataclass(frozen=True)
 class TimelineEntry:
     at: datetime
-    kind: str  # registered, alias, evaluation, request, approved, rejected, cancelled, switch, switch_failed,
-    #            rollback, emergency, watch, retired
+    kind: str  # registered, alias, evaluation, request, approved, rejected, cancelled, canary, rolled_back,
+    #            switch, switch_failed, rollback, emergency, watch, retired
     summary: str
     actor: str | None
 
@@ -107,14 +108,20 @@ def version_history(ctx: AppContext, actor: Principal, name: str) -> list[Timeli
                                      f"{report.get('flag_rate_any')}", None))
         for r in promo_q.list_requests(s, version_id=version.id, limit=1000):
             failed = [g["name"] for g in r.gates or [] if not g.get("passed")]
-            out.append(TimelineEntry(r.created_at, "request", f"request #{r.id} to move {r.alias} here: {r.reason}"
+            plan = CanaryPlan.from_dict(r.canary_plan) if r.canary_plan is not None else None
+            what = "canary request" if plan is not None else "request"
+            out.append(TimelineEntry(r.created_at, "request", f"{what} #{r.id} to move {r.alias} here: {r.reason}"
                                      + (f" (failed gates: {', '.join(failed)})" if failed else ""),
                                      username(r.requested_by_id)))
             if r.decided_at is not None:
-                text = f"request #{r.id} {r.status}" + (f": {r.decision_note}" if r.decision_note else "")
+                # A canary's approval started it (its end is the canary's own audit event, or the alias move).
+                status = "canary" if plan is not None and r.canary_started_at is not None else r.status
+                how = (f"approved as a canary ({plan.share * 100:g}% of new conversations for up to {plan.minutes} "
+                       "minutes)") if status == "canary" and plan is not None else r.status
+                text = f"request #{r.id} {how}" + (f": {r.decision_note}" if r.decision_note else "")
                 if r.override_reason:
                     text += f" (override: {r.override_reason})"
-                out.append(TimelineEntry(r.decided_at, r.status, text, username(r.decided_by_id)))
+                out.append(TimelineEntry(r.decided_at, status, text, username(r.decided_by_id)))
         for e in audit_q.events_about(s, HISTORY_EVENTS, limit=5000):
             if version.name in (e.details.get("from"), e.details.get("to")):
                 out.append(_event_entry(e))

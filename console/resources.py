@@ -76,7 +76,7 @@ def engine_host():  # noqa: ANN201 - engine.switching.SwitchingEngine | None; vL
     First, exchanges left pending by an earlier process (it stopped while the model answered) are marked
     interrupted: every turn asks for the host, so none of this process's can be pending before that.
     """
-    from console.services import chat, registry, serving, watch
+    from console.services import canary, chat, registry, serving, watch
     from engine.switching import SwitchingEngine
 
     cfg = settings()
@@ -121,6 +121,7 @@ def engine_host():  # noqa: ANN201 - engine.switching.SwitchingEngine | None; vL
     atexit.register(engine_health.HealthSampler(ctx, host, interval_s=cfg.health_sample_seconds).start().stop)
     telemetry.watch_host(host)
     atexit.register(watch.Watcher(ctx, interval_s=cfg.watch_check_seconds).start().stop)
+    atexit.register(canary.CanaryJudge(ctx, interval_s=cfg.canary_check_seconds).start().stop)
     atexit.register(host.shutdown)
     atexit.register(reconciler.stop)
     return host

@@ -189,6 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("watch_auto_rollback", "true",
             "Roll back by itself on a regression in the watch window (false: only propose the rollback).", _bool),
     Setting("watch_check_seconds", "15", "How often a running console checks the watch window.", _positive_float),
+    Setting("canary_check_seconds", "30",
+            "How often the running canary's sequential test is checked (once per interval across consoles).",
+            _positive_float),
     Setting("audit_key_file", None,
             "File holding the key that signs audit checkpoints (owner-only; generated at init); "
             "default: <data_dir>/audit.key. Keep a copy outside the database's backups."),
@@ -270,6 +273,7 @@ class Settings:
     watch_significance: float
     watch_auto_rollback: bool
     watch_check_seconds: float
+    canary_check_seconds: float
     audit_key_file: Path
     audit_checkpoint_file: Path
     audit_checkpoint_seconds: float

@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +28,9 @@ from db.config import DbConfig
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# PostgreSQL advisory lock key held while migrating (any fixed 64-bit number no other lock of the database uses).
+_MIGRATION_LOCK_KEY = 0x6C6C6D2D6D6967  # "llm-mig"
 
 # Engine-level execution option marking read-only sessions (SQLite: deferred BEGIN, no write lock).
 _READONLY_OPTION = "llm_console_readonly"
@@ -83,11 +86,25 @@ class Database:
             yield session
 
     def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to ``revision`` (default: the newest) with Alembic."""
+        """Upgrade the schema to ``revision`` (default: the newest) with Alembic.
+
+        On PostgreSQL it holds an advisory lock meanwhile: console replicas starting together on a new database
+        migrate one after the other (the later ones find it done) instead of creating the same tables at once.
+        """
         with self.engine.connect() as connection:
-            cfg = alembic_config(self.config.url, connection)
-            command.upgrade(cfg, revision)
-            connection.commit()
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                connection.commit()  # the lock is the session's: it outlives this transaction
+            try:
+                cfg = alembic_config(self.config.url, connection)
+                command.upgrade(cfg, revision)
+                connection.commit()
+            finally:
+                if postgres:
+                    connection.rollback()
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                    connection.commit()
         logger.info("database migrated to %s", self.current_revision())
 
     def current_revision(self) -> str | None:

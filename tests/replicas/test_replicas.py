@@ -272,3 +272,52 @@ def test_replicas_starting_together_on_a_new_database_migrate_it_once() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+RECONCILER = """
+import sys, time
+from console.services import serving
+from console.services.context import AppContext
+from console.settings import Settings
+from db import Database, DbConfig
+from tests.models.promotion_support import StubHost
+url, data, target = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = AppContext(Settings.from_env({"LLM_CONSOLE_DATA_DIR": data, "LLM_CONSOLE_DATABASE_URL": url}),
+                 Database(DbConfig(url=url)))
+host = StubHost(serving.desired_state(ctx).version)  # serving what production named when this replica started
+reconciler = serving.Reconciler(ctx, host, interval_s=0.2).start()
+print("ready", host.name, flush=True)
+deadline = time.monotonic() + 120
+while host.name != target and time.monotonic() < deadline:
+    time.sleep(0.1)
+reconciler.stop()
+print(host.name, flush=True)
+"""
+
+
+def test_the_reconcilers_of_two_processes_converge_on_the_version_production_moves_to(
+        pg_db: Database, tmp_path: Path) -> None:
+    """Each process's reconciler drives its own engine (the stub at the reconciler's seam: no model loads) to the
+    desired state both read from the database: `model serve` in a third process steers them both."""
+    from console.services import serving
+    from tests.models.promotion_support import register_version
+
+    ctx = AppContext(Settings.from_env({"LLM_CONSOLE_DATA_DIR": str(tmp_path),
+                                        "LLM_CONSOLE_DATABASE_URL": pg_db.url.render_as_string(hide_password=False)}),
+                     pg_db)
+    for name in ("v1", "v2"):
+        register_version(ctx, name)
+    shell = Principal.shell(ctx, "llm-console model serve")
+    serving.serve(ctx, shell, "v1", "the first version of the installation")
+    url = pg_db.url.render_as_string(hide_password=False)
+    procs = [subprocess.Popen([sys.executable, "-c", RECONCILER, url, str(tmp_path / f"r{i}"), "v2"], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().split() == ["ready", "v1"]
+    serving.serve(ctx, shell, "v2", "v1 answers badly", break_glass="v1 answers badly right now")
+    assert [p.communicate(timeout=180)[0].strip() for p in procs] == ["v2", "v2"]
+    assert all(p.returncode == 0 for p in procs)
+    with pg_db.session(readonly=True) as s:
+        switches = [(e.details["from"], e.details["to"]) for e in audit_q.iter_events(s, action="model.switch")]
+    assert switches == [("v1", "v2"), ("v1", "v2")]  # one per replica: each switched its own engine
+    assert audit_q.verify_chain(pg_db).ok

@@ -17,6 +17,13 @@ went to (so ``cancel`` finds it, and a switch knows what is still running on the
   requests are held (up to ``HostConfig.switch_wait_s``), the old engine is drained and stopped, the new one
   started; if it fails the old one is started again.
 
+**A canary** (:meth:`SwitchingEngine.start_canary`): a second version brought up beside the current one with the same
+bring-up and warm-up as blue-green (an in-process candidate in a child process, since the current engine may be the
+process's host), serving only the requests that ask for it (``stream_chat(..., arm="candidate")``); a request that
+asks for it while it is not up, or finds it dead, is answered by the current engine instead. A switch to the version
+the canary serves adopts its engine (no second start) and retires the old one; :meth:`~SwitchingEngine.stop_canary`
+drains and stops it in the background.
+
 One ``EngineHost`` object per process, ever: when serving moves to a server the in-process engine is stopped and
 the host kept for a later in-process version (vLLM does not give all of an engine's memory back).
 """
@@ -30,7 +37,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from engine import backends
 from engine.client import EngineClient, ResponseStream
@@ -86,6 +93,33 @@ class ServedEngine(EngineClient, Protocol):
         """Block until the engine serves; ModelLoadError if it failed, EngineNotReadyError on timeout."""
 
 
+Arm = Literal["live", "candidate"]
+ARMS: tuple[Arm, ...] = ("live", "candidate")
+
+
+@runtime_checkable
+class CanaryEngine(Protocol):
+    """A served engine that can run a canary: a second version beside the current one for the requests that ask for
+    it (:class:`SwitchingEngine`; a bare :class:`~engine.host.EngineHost` cannot: one engine per process)."""
+
+    @property
+    def canary(self) -> ModelSpec | None:
+        """The version the canary slot serves now (up and warmed), or None."""
+
+    def start_canary(self, spec: ModelSpec) -> float:
+        """Bring ``spec`` up beside the current engine as the canary; returns the seconds it took."""
+
+    def stop_canary(self, *, drain: bool = True) -> bool:
+        """Stop the canary (drained in the background); False when none was up."""
+
+    def canary_status(self) -> HostStatus | None:
+        """The canary's engine state, or None when the slot is empty."""
+
+    def stream_chat(self, messages: Sequence[ChatMessage], sampling: SamplingSettings, *,
+                    request_id: str | None = None, arm: Arm = "live") -> ResponseStream:
+        """Submit a chat to the current engine, or to the canary (``arm="candidate"``) when it is up."""
+
+
 def switch_message(mode: str, target: str, old: str | None = None, detail: str = "") -> str:
     """What the pages show while a switch runs (``HostStatus.message``); says whether chats wait, and why.
 
@@ -109,6 +143,7 @@ class _Route:
     request_id: str
     client: EngineClient
     cut: str | None = None
+    canary: bool = False  # sent to the canary slot
 
 
 class RoutedStream(Iterator[str]):
@@ -192,6 +227,10 @@ class SwitchingEngine:
         self._routes: dict[str, _Route] = {}
         self._retiring: dict[int, threading.Thread] = {}  # old engines being drained and stopped, by id(client)
         self._starter: threading.Thread | None = None
+        self._canary: EngineClient | None = None  # the canary slot's engine, once up and warmed
+        self._canary_spec: ModelSpec | None = None
+        self._canary_incoming: EngineClient | None = None  # a canary being brought up (shutdown stops it too)
+        self._canary_starting: ModelSpec | None = None
 
     @classmethod
     def start(cls, spec: ModelSpec, config: HostConfig | None = None, options: ServerOptions | None = None, *,
@@ -263,9 +302,42 @@ class SwitchingEngine:
             return None
         return current.serving
 
+    @property
+    def canary(self) -> ModelSpec | None:
+        """The version the canary slot serves (up and warmed: requests asking for the candidate go to it), or None."""
+        with self._changed:
+            return self._canary_spec if self._canary is not None and not self._closed else None
+
+    @property
+    def canary_starting(self) -> ModelSpec | None:
+        """The version a :meth:`start_canary` under way brings up, or None."""
+        return self._canary_starting
+
+    def canary_status(self) -> HostStatus | None:
+        """The canary slot's engine state (up, or being brought up), or None when the slot is empty."""
+        with self._changed:
+            client = self._canary or self._canary_incoming
+            starting = self._canary_starting
+        if client is not None:
+            return client.status()
+        if starting is not None:
+            return HostStatus("loading", starting.name, f"Starting {starting.name} beside the live version")
+        return None
+
+    def canary_health(self) -> EngineHealth | None:
+        """The canary engine's load (as :meth:`health` for the current one), or None when no canary is up."""
+        client = self._canary
+        return client.health() if client is not None else None
+
     def status(self) -> HostStatus:
         """The current engine's state; while a switch runs, with ``switching_to`` and a message saying whether
-        chats wait (see :func:`switch_message`)."""
+        chats wait (see :func:`switch_message`). ``canary`` names the version the canary slot serves (the message
+        never mentions it: chat users do not see a canary)."""
+        status = self._status()
+        canary = self.canary
+        return dataclasses.replace(status, canary=canary.name) if canary is not None else status
+
+    def _status(self) -> HostStatus:
         with self._changed:
             if self._closed:
                 return HostStatus("stopped", None, "The engine has been shut down.")
@@ -325,12 +397,18 @@ class SwitchingEngine:
     # -- requests --
 
     def stream_chat(self, messages: Sequence[ChatMessage], sampling: SamplingSettings, *,
-                    request_id: str | None = None) -> RoutedStream:
-        """Submit a chat to the engine serving now (during a stop-then-load switch: once the new one serves)."""
+                    request_id: str | None = None, arm: Arm = "live") -> RoutedStream:
+        """Submit a chat to the engine serving now (during a stop-then-load switch: once the new one serves).
+
+        ``arm="candidate"``: to the canary's engine when it is up; when it is not (or it refuses the request as
+        not ready or dead) to the engine serving now, so a canary that is down never fails a chat. The stream's
+        ``model_version`` says which version answers."""
         if not messages or not messages[-1].content.strip():
             raise EmptyPromptError()
+        if arm not in ARMS:
+            raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
         rid = request_id or f"chat-{uuid.uuid4().hex[:16]}"
-        return self._submit(lambda client: client.stream_chat(messages, sampling, request_id=rid), rid)
+        return self._submit(lambda client: client.stream_chat(messages, sampling, request_id=rid), rid, arm)
 
     def stream_prompt(self, prompt: str, sampling: SamplingSettings, *,
                       request_id: str | None = None) -> RoutedStream:
@@ -360,30 +438,41 @@ class SwitchingEngine:
         with self._changed:
             return sum(1 for r in self._routes.values() if client is None or r.client is client)
 
-    def _submit(self, send: Callable[[EngineClient], ResponseStream], request_id: str) -> RoutedStream:
+    def _submit(self, send: Callable[[EngineClient], ResponseStream], request_id: str,
+                arm: Arm = "live") -> RoutedStream:
         # A request that raced a switch to the old engine (it stopped taking requests between our look and our
         # submit) goes to the engine that serves now.
-        for attempt in range(3):
-            route = self._route(request_id)
+        attempt = 0
+        while True:
+            route = self._route(request_id, arm)
             try:
                 inner = send(route.client)
-            except (EngineNotReadyError, EngineDeadError):
+            except (EngineNotReadyError, EngineDeadError) as exc:
                 self._release(route)
+                if route.canary:  # the canary is down: the engine serving now answers
+                    logger.warning("canary engine refused request %s (%s); sending it to the live version",
+                                   request_id, exc)
+                    arm = "live"
+                    continue
                 with self._changed:
                     moved = self._current is not route.client or self._holding or self._switching_to is not None
                 if attempt == 2 or not moved:
                     raise
+                attempt += 1
                 continue
             except BaseException:
                 self._release(route)
                 raise
             return RoutedStream(inner, route, self._release)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
-    def _route(self, request_id: str) -> _Route:
+    def _route(self, request_id: str, arm: Arm = "live") -> _Route:
         """The client a new request goes to, recorded before it is submitted (so a drain waits for it)."""
         deadline = time.monotonic() + self._config.switch_wait_s
         with self._changed:
+            if arm == "candidate" and self._canary is not None and not self._closed:
+                route = _Route(request_id, self._canary, canary=True)
+                self._routes[request_id] = route
+                return route
             while True:
                 if self._closed:
                     raise EngineNotReadyError("The engine has been shut down.")
@@ -434,7 +523,9 @@ class SwitchingEngine:
             self._check_open()
             old, old_spec = self._current, self._current_spec
             try:
-                if spec.backend == "in-process" and (old is None or old is self._host):
+                if self._adopt_canary(spec, old, drain):
+                    pass  # the canary's engine serves it already: no second start
+                elif spec.backend == "in-process" and (old is None or old is self._host):
                     self._switch_in_process(spec, drain)
                 elif old is None:
                     self._start_first(spec)
@@ -459,6 +550,62 @@ class SwitchingEngine:
         seconds = time.monotonic() - started
         logger.info("now serving %s on %s (switch took %.1f s)", spec.name, spec.backend, seconds)
         return seconds
+
+    def start_canary(self, spec: ModelSpec) -> float:
+        """Bring ``spec`` up beside the engine serving now as the canary, with the same bring-up and warm-up as a
+        blue-green switch (a managed server started, an external server checked, an in-process version in a child
+        process); returns the seconds it took. From then on requests asking for the candidate go to it.
+
+        A canary of another version is stopped first; the same version already up is left as it is (0 s). Raises
+        ModelLoadError (or ServerStartError / ServerUnavailableError) when ``spec`` cannot start or answer: the
+        slot stays empty and nothing else changes. Raises EngineNotReadyError when ``spec`` is the version serving
+        now (it cannot be its own canary) or the engine was shut down."""
+        started = time.monotonic()
+        with self._lifecycle:
+            self._check_open()
+            with self._changed:
+                up, up_spec = self._canary, self._canary_spec
+            if up is not None and up_spec == spec:
+                return 0.0
+            if self._current_spec == spec and self._current is not None:
+                raise EngineNotReadyError(f"{spec.name} is the version serving now; it cannot be its own canary.")
+            if up is not None:
+                self._drop_canary(drain=True)
+            self._set(_canary_starting=spec)
+            try:
+                client = backends.start_client(spec, self._config, self._options, wait=False, in_process="child")
+                self._set(_canary_incoming=client)
+                try:
+                    backends.wait_ready(client, self._options.start_timeout_s)
+                    self._warm_up(client, spec)
+                except EngineNotReadyError as exc:
+                    client.shutdown()
+                    raise ServerStartError(f"{spec.name} did not start within {self._options.start_timeout_s:.0f} "
+                                           f"s: {exc}") from None
+                except BaseException:
+                    client.shutdown()
+                    raise
+                with self._changed:
+                    closed = self._closed
+                    if not closed:
+                        self._canary, self._canary_spec = client, spec
+                        self._changed.notify_all()
+                if closed:
+                    client.shutdown()
+                    raise EngineNotReadyError("The engine has been shut down.")
+            finally:
+                self._set(_canary_starting=None, _canary_incoming=None)
+        seconds = time.monotonic() - started
+        logger.info("canary %s up beside %s (took %.1f s)", spec.name,
+                    self._current_spec.name if self._current_spec else "nothing", seconds)
+        return seconds
+
+    def stop_canary(self, *, drain: bool = True) -> bool:
+        """Empty the canary slot: requests asking for the candidate go to the engine serving now from this moment,
+        and the canary's engine is drained (``drain``, up to ``drain_timeout_s``) and stopped in the background
+        (:meth:`wait_retired` waits for it). Returns False when no canary was up."""
+        with self._lifecycle:
+            return self._drop_canary(drain=drain)
 
     def restart(self, *, wait: bool = True) -> None:
         """Start the current version's engine again: in-process, the host's restart; a managed server, a fresh one
@@ -497,8 +644,9 @@ class SwitchingEngine:
                 return
             self._closed = True
             current, incoming, self._current, self._incoming = self._current, self._incoming, None, None
+            canary, canary_incoming, self._canary, self._canary_spec = self._canary, self._canary_incoming, None, None
             self._changed.notify_all()
-        for client in (incoming, current):
+        for client in (canary_incoming, canary, incoming, current):
             if client is not None and client is not self._host:
                 client.shutdown()
         if self._host is not None:
@@ -506,6 +654,36 @@ class SwitchingEngine:
         self.wait_retired(timeout=60)
 
     # -- internals --
+
+    def _drop_canary(self, *, drain: bool) -> bool:
+        with self._changed:
+            client, self._canary, self._canary_spec = self._canary, None, None
+            self._changed.notify_all()
+        if client is None:
+            return False
+        self._retire(client, drain=drain)
+        return True
+
+    def _adopt_canary(self, spec: ModelSpec, old: EngineClient | None, drain: bool) -> bool:
+        """A switch to the version the canary serves: its engine becomes the current one (no second start) and
+        ``old`` is retired. False (nothing changed) when the canary serves another version or is not up; a canary
+        of ``spec`` that died is stopped, and the switch starts ``spec`` the usual way."""
+        with self._changed:
+            canary, canary_spec = self._canary, self._canary_spec
+        if canary is None or canary_spec != spec:
+            return False
+        if canary.status().state != "ready":
+            logger.warning("the canary of %s is not ready (%s); starting %s afresh", spec.name,
+                           canary.status().state, spec.name)
+            self._drop_canary(drain=False)
+            return False
+        with self._changed:
+            self._canary, self._canary_spec = None, None
+        self._adopt(canary, spec)
+        if old is not None:
+            self._retire(old, drain=drain)
+        logger.info("switch to %s adopted the canary's engine", spec.name)
+        return True
 
     def _check_open(self) -> None:
         if self._closed:

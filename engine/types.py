@@ -277,6 +277,7 @@ class HostStatus:
     progress: float = 0.0
     error: str | None = None
     switching_to: str | None = None
+    canary: str | None = None  # the version a canary serves beside this one (engine.switching.SwitchingEngine)
 
     @property
     def ready(self) -> bool:

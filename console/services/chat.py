@@ -1,12 +1,20 @@
 """One chat turn: prompt scan and policy, the prompt stored (pending) before the model sees it, streaming from the
-engine host, output scan, one transaction to complete the stored exchange."""
+engine host, output scan, one transaction to complete the stored exchange.
+
+During a canary (:mod:`console.services.canary`) a turn of a conversation on the candidate's arm
+(:func:`~console.services.canary.conversation_arm`: sticky per conversation) is sent to the candidate's engine
+when it is up on this console (``stream_chat(..., arm="candidate")``), else to the live version; the exchange
+records the version that answered (or, for a turn that failed before anything streamed, the one it was sent to).
+Nothing on the chat page says which arm a conversation is on."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -14,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
+from console.services import canary as canary_svc
 from console.services import moderation, telemetry
 from console.services.access import Principal, requires
 from console.services.context import AppContext
@@ -23,11 +32,13 @@ from db import chat as chat_q
 from db.chat import ExchangeNotPending, ExchangeTimings, PendingRecord, TurnRecord
 from db.review import items as review_items
 from engine.errors import EmptyPromptError, EngineError, InvalidSamplingError, PromptTooLongError
+from engine.switching import CanaryEngine
 from engine.types import ChatMessage, GenerationResult, SamplingSettings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from db import Database
     from db.tables import Conversation
     from engine.client import EngineClient, ResponseStream
     from engine.safety.incremental import StreamingScan
@@ -39,6 +50,9 @@ MAX_SYSTEM_PROMPT_CHARS = 4_000
 MAX_REVIEW_NOTE_CHARS = 2_000  # a note sent with an exchange to the review queue
 # A write that found the database locked (SQLite waits busy_timeout first) is tried once more after this wait.
 STORE_RETRY_WAIT_S = 1.0
+# The running canary is read at most this often per process (and only while a canary engine is up here): a canary
+# that ends is left by new turns within these seconds (the reconciler stops its engine within its interval anyway).
+CANARY_CACHE_S = 5.0
 
 T = TypeVar("T")
 
@@ -108,6 +122,7 @@ class ChatTurn:
     outcome: TurnOutcome | None = None
     exchange_id: int | None = None  # the pending exchange; None for a blocked prompt (stored in one go)
     synthetic: bool = False
+    model_version: str | None = None  # a canary's candidate the turn was sent to (a failure without a result is its)
     # The console's own time around the engine's, in ms: scan_before_ms, store_ms (the pending prompt), scan_after_ms.
     overhead: dict[str, float] = field(default_factory=dict)
     _hold: bool = False
@@ -167,7 +182,7 @@ class ChatTurn:
             self.ctx, self.actor, self.conversation_id, self.request_id, self.prompt_gate, gate,
             status=status, error=str(error) if error else None, sampling=self.sampling, result=result,
             system_gate=self.system_gate, exchange_id=self.exchange_id, synthetic=self.synthetic,
-            overhead=self.overhead,
+            overhead=self.overhead, model_version=self.model_version,
         )
         if gate.timed_out is not None:  # withheld unchecked (fail closed): on the audit chain, like a refused prompt
             moderation.record_scan_timeout(self.ctx, self.actor, direction="output", source="", chars=len(text),
@@ -232,10 +247,12 @@ def _store(ctx: AppContext, actor: Principal, conversation_id: int, request_id: 
            prompt_gate: moderation.GateResult, output_gate: moderation.GateResult | None, *, status: str,
            error: str | None, sampling: SamplingSettings | None, result: GenerationResult | None,
            system_gate: moderation.GateResult | None = None, exchange_id: int | None = None,
-           synthetic: bool = False, overhead: dict[str, float] | None = None) -> TurnOutcome:
+           synthetic: bool = False, overhead: dict[str, float] | None = None,
+           model_version: str | None = None) -> TurnOutcome:
     """Complete the pending exchange ``exchange_id`` (or, without one, store the whole turn at once); if the
-    database cannot take it, the outcome says so (``saved`` False) instead of raising."""
-    model_version = result.model_version if result is not None else _served(ctx)
+    database cannot take it, the outcome says so (``saved`` False) instead of raising. The exchange's version is
+    the one that answered (``result``), else ``model_version`` (the one it was sent to), else the one served."""
+    model_version = result.model_version if result is not None else model_version or _served(ctx)
     # Everything is worked out first (findings, raw texts, severity, deadline); the store only writes.
     record = _turn_record(ctx, actor, conversation_id, request_id, prompt_gate, output_gate, status=status,
                           error=error, sampling=sampling, result=result, model_version=model_version,
@@ -284,6 +301,37 @@ def _served(ctx: AppContext) -> str | None:
     host = ctx.host
     spec = host.serving if host is not None else None
     return spec.name if spec is not None else None
+
+
+_canary_cache: weakref.WeakKeyDictionary[Database, tuple[float, canary_svc.ActiveCanary | None]] = (
+    weakref.WeakKeyDictionary())
+_canary_cache_lock = threading.Lock()
+
+
+def _running_canary(ctx: AppContext) -> canary_svc.ActiveCanary | None:
+    """The running canary, read at most every ``CANARY_CACHE_S`` seconds per database (not once per turn)."""
+    now = time.monotonic()
+    with _canary_cache_lock:
+        cached = _canary_cache.get(ctx.db)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    with ctx.db.session(readonly=True) as s:
+        canary = canary_svc.active_canary(s)
+    with _canary_cache_lock:
+        _canary_cache[ctx.db] = (now + CANARY_CACHE_S, canary)
+    return canary
+
+
+def _canary_for_turn(ctx: AppContext, host: EngineClient) -> canary_svc.ActiveCanary | None:
+    """The running canary when its candidate's engine is up on this console (else None: every turn goes to the
+    live version, and nothing is read)."""
+    if not isinstance(host, CanaryEngine):
+        return None
+    up = host.canary
+    if up is None:
+        return None
+    canary = _running_canary(ctx)
+    return canary if canary is not None and canary.candidate == up.name else None
 
 
 def _pending_record(actor: Principal, conversation_id: int, request_id: str, prompt_gate: moderation.GateResult,
@@ -375,13 +423,17 @@ def _title(prompt: str) -> str:
 
 
 def _stream_with_history(host: EngineClient, history: list[ChatMessage], prompt: str, sampling: SamplingSettings,
-                         request_id: str) -> ResponseStream:
-    """Start the request; when the conversation outgrows the context, drop its oldest turns (keep the system)."""
+                         request_id: str, *, candidate: bool = False) -> ResponseStream:
+    """Start the request (``candidate``: on the canary's engine); when the conversation outgrows the context, drop
+    its oldest turns (keep the system)."""
     system = [m for m in history[:1] if m.role == "system"]
     turns = history[len(system):]
     while True:
+        messages = [*system, *turns, ChatMessage("user", prompt)]
         try:
-            return host.stream_chat([*system, *turns, ChatMessage("user", prompt)], sampling, request_id=request_id)
+            if candidate and isinstance(host, CanaryEngine):
+                return host.stream_chat(messages, sampling, request_id=request_id, arm="candidate")
+            return host.stream_chat(messages, sampling, request_id=request_id)
         except PromptTooLongError:
             if not turns:
                 raise
@@ -465,8 +517,12 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
         _check_first_prompt_fits(host, system_gate, prompt_gate)
     request_id = f"{request_prefix}-{uuid.uuid4().hex[:12]}"
     served = host.serving.name if host.serving is not None else None
+    # A canary takes a share of users' conversations, not side-by-side comparisons or load tests.
+    canary = _canary_for_turn(ctx, host) if request_prefix == "chat" and not synthetic else None
+    sent_to = served
 
     def open_conversation(s: Session) -> tuple[int, list[ChatMessage], bool, int | None]:
+        nonlocal sent_to
         if conversation_id is None:
             conv = chat_q.create_conversation(
                 s, user_id=actor.user_id, title=title_prefix + _title(prompt_gate.text_for_storage),
@@ -485,9 +541,10 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
                 history.append(ChatMessage("assistant", ex.response))
         if system_blocked or prompt_blocked:
             return conv.id, history, system_blocked, None
+        sent_to = canary.candidate if canary_svc.conversation_arm(canary, conv.id, conv.created_at) else served
         # The prompt is on record before the model sees it, in the same transaction as its conversation.
         pending = chat_q.begin_exchange(s, _pending_record(actor, conv.id, request_id, prompt_gate, system_gate,
-                                                           sampling, served, synthetic))
+                                                           sampling, sent_to, synthetic))
         return conv.id, history, False, pending.id
 
     started = time.perf_counter()
@@ -499,9 +556,10 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
     if system_blocked:  # its first turn was refused for the system prompt: so is every later one
         raise InvalidInput(moderation.BLOCKED_SYSTEM_PROMPT_NOTICE)
 
+    on_candidate = canary is not None and sent_to == canary.candidate
     turn = ChatTurn(ctx, actor, conversation_id, prompt_gate, request_id=request_id, sampling=sampling,
-                    system_gate=system_gate, exchange_id=exchange_id, synthetic=synthetic,
-                    overhead=overhead, _hold=moderation.hold_output(ctx))
+                    system_gate=system_gate, exchange_id=exchange_id, synthetic=synthetic, overhead=overhead,
+                    model_version=sent_to if on_candidate else None, _hold=moderation.hold_output(ctx))
     for gate in (system_gate, prompt_gate):
         if gate is not None and gate.notice:
             turn.notices.append(gate.notice)
@@ -514,11 +572,12 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
         turn.outcome.notice = " ".join(turn.notices)
         return turn
     try:
-        turn.stream = _stream_with_history(host, history, prompt_gate.text_for_model, sampling, request_id)
+        turn.stream = _stream_with_history(host, history, prompt_gate.text_for_model, sampling, request_id,
+                                           candidate=on_candidate)
     except EngineError as exc:
         _store(ctx, actor, conversation_id, request_id, prompt_gate, None, status="error", error=str(exc),
                sampling=sampling, result=None, system_gate=system_gate, exchange_id=exchange_id,
-               synthetic=synthetic)
+               synthetic=synthetic, model_version=turn.model_version)
         raise _console_error(exc) from exc
     return turn
 

@@ -19,8 +19,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+from console.services import canary as canary_svc
 from console.services import registry
 from console.services.access import Principal, requires
 from console.services.context import AppContext
@@ -31,12 +32,17 @@ from db import model_versions as versions_q
 from db import state as state_q
 from db.model_versions import PRODUCTION
 from engine.errors import EngineError
+from engine.switching import CanaryEngine, switch_message
 from engine.switching import ServedEngine as _ServedEngine
-from engine.switching import switch_message
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 logger = logging.getLogger(__name__)
 
 RESTART_KEY = "engine_restart"
+# A canary whose candidate failed to start (or died) is tried again after this long, not every round.
+CANARY_RETRY_S = 120.0
 
 
 # ---------------------------------------------------------------------------------------------- desired state
@@ -55,10 +61,14 @@ class DesiredState:
 def desired_state(ctx: AppContext) -> DesiredState:
     """The production alias (else the configured default version) and the restart generation."""
     with ctx.db.session(readonly=True) as s:
-        row = versions_q.get_alias(s, PRODUCTION)
-        version = None if row is None else versions_q.get_model_version(s, row.version_id)
-        moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
-        restart = state_q.get_state(s, RESTART_KEY) or {}
+        return _desired_state(ctx, s)
+
+
+def _desired_state(ctx: AppContext, s: Session) -> DesiredState:
+    row = versions_q.get_alias(s, PRODUCTION)
+    version = None if row is None else versions_q.get_model_version(s, row.version_id)
+    moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=1)
+    restart = state_q.get_state(s, RESTART_KEY) or {}
     name = version.name if version is not None else ctx.settings.default_model
     return DesiredState(name, moves[0].id if moves else None, int(restart.get("generation", 0)))
 
@@ -208,6 +218,19 @@ class SwitchOutcome:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class CanaryOutcome:
+    """What one reconciliation did to the engine's canary slot: started the candidate beside the live version,
+    stopped it (the canary ended), or failed to start it."""
+
+    action: str  # "start" or "stop"
+    version: str
+    request_id: int | None
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
 # What the Reconciler needs of the engine it keeps on the desired version (status, switch, restart; the rest of the
 # protocol is what the pages and the chat read): engine.switching.ServedEngine. SwitchingEngine.switch returns once
 # the new version serves, or raises an EngineError and keeps serving what it served (blue-green: the old engine
@@ -222,14 +245,27 @@ class Reconciler(PeriodicTask):
     engine serves, it switches (blue-green where a vLLM server is involved; else requests wait meanwhile); when the restart generation grew, it
     restarts the engine. Each switch, failure and restart is an audit event with who asked, why, from, to and
     how long it took. A version that failed to load is not retried until the alias moves again.
+
+    It also keeps the engine's canary slot on the running canary (:func:`console.services.canary.active_canary`):
+    the candidate is brought up beside the live version while a canary runs (``model.canary_started``), and stopped
+    once it ended (``model.canary_stopped``: rolled back, stopped, or promoted -- then the production alias names
+    the candidate, and the switch to it adopts the canary's engine before the slot is looked at). A candidate that
+    cannot start (or died) is audited once as ``model.canary_failed`` and tried again after ``canary_retry_s``;
+    meanwhile every chat goes to the live version.
     """
 
-    def __init__(self, ctx: AppContext, host: ServedEngine, *, interval_s: float = 2.0) -> None:
+    def __init__(self, ctx: AppContext, host: ServedEngine, *, interval_s: float = 2.0,
+                 canary_retry_s: float = CANARY_RETRY_S) -> None:
         super().__init__(interval_s, name="model-reconciler")
         self.ctx, self.host = ctx, host
         self._failed: tuple[str, int | None] | None = None
         self._restart_seen: int | None = None
         self._lock = threading.Lock()  # one reconciliation at a time (the thread, or a test calling run_once)
+        self.canary_retry_s = canary_retry_s
+        self._canary_failed: tuple[int, str] | None = None  # (request id, version) whose start failed
+        self._canary_retry_at = 0.0  # time.monotonic() after which that start is tried again
+        self._canary_request: int | None = None  # the canary whose candidate this engine's slot serves
+        self.canary_outcome: CanaryOutcome | None = None  # what the last round did to the canary slot, if anything
 
     def start(self) -> Self:
         """Start the rounds; restart requests made before the process started are not replayed."""
@@ -237,26 +273,96 @@ class Reconciler(PeriodicTask):
         return super().start()
 
     def run_once(self) -> SwitchOutcome | None:
-        """Compare desired and served once; switch or restart if needed. Returns what it did, if anything."""
+        """Compare desired and served once; switch or restart if needed, then bring the canary slot to the running
+        canary (what that did is :attr:`canary_outcome`). Returns what the switch or restart did, if anything."""
         with self._lock:
-            desired = desired_state(self.ctx)
-            if self._restart_seen is None:
-                self._restart_seen = desired.restart_generation
-            status = self.host.status()
-            if desired.restart_generation > self._restart_seen:
-                self._restart_seen = desired.restart_generation
-                if status.model_version == desired.version or self._failed == (desired.version, desired.move_id):
-                    return self._restart()  # the engine serving now (the desired one, or the one kept after a failure)
-                # Production moved too: the switch starts a fresh engine anyway, so do not load the old one twice.
-                self._failed = None
-                return self._switch(desired, status.model_version)
-            if status.model_version == desired.version and status.state not in ("failed",):
-                return None
-            if self._failed == (desired.version, desired.move_id):
-                return None
-            if desired.move_id is None and not self._registered(desired.version):
-                return None  # only the configured default, not registered (yet: e.g. the demo build is under way)
+            with self.ctx.db.session(readonly=True) as s:  # one short read per round, on every replica
+                desired = _desired_state(self.ctx, s)
+                canary = canary_svc.active_canary(s)
+            outcome = self._converge(desired)
+            # After the switch: a promoted canary's engine was adopted by it, so the slot is empty by now.
+            self.canary_outcome = self._converge_canary(canary)
+            return outcome
+
+    def _converge(self, desired: DesiredState) -> SwitchOutcome | None:
+        if self._restart_seen is None:
+            self._restart_seen = desired.restart_generation
+        status = self.host.status()
+        if desired.restart_generation > self._restart_seen:
+            self._restart_seen = desired.restart_generation
+            if status.model_version == desired.version or self._failed == (desired.version, desired.move_id):
+                return self._restart()  # the engine serving now (the desired one, or the one kept after a failure)
+            # Production moved too: the switch starts a fresh engine anyway, so do not load the old one twice.
+            self._failed = None
             return self._switch(desired, status.model_version)
+        if status.model_version == desired.version and status.state not in ("failed",):
+            return None
+        if self._failed == (desired.version, desired.move_id):
+            return None
+        if desired.move_id is None and not self._registered(desired.version):
+            return None  # only the configured default, not registered (yet: e.g. the demo build is under way)
+        return self._switch(desired, status.model_version)
+
+    def _converge_canary(self, canary: canary_svc.ActiveCanary | None) -> CanaryOutcome | None:
+        host = self.host
+        if not isinstance(host, CanaryEngine):
+            if canary is not None and self._canary_failed != (canary.request_id, canary.candidate):
+                self._canary_failed = (canary.request_id, canary.candidate)
+                self._audit_canary("model.canary_failed", canary.candidate, canary.request_id, {
+                    "error": "this console's engine cannot serve a second version beside the live one"})
+            return None
+        up = host.canary
+        serving_now = self.host.status().model_version
+        want = canary.candidate if canary is not None and canary.candidate != serving_now else None
+        if up is not None and up.name == want and canary is not None:
+            status = host.canary_status()
+            if status is not None and status.state in ("failed", "dead", "stopped"):  # it died while serving
+                host.stop_canary(drain=False)
+                error = f"the candidate's engine stopped working ({status.error or status.message})"
+                logger.warning("canary %s: %s; every chat goes to %s", want, error, serving_now)
+                self._canary_failure(canary, want, error, 0.0, serving_now)
+                return CanaryOutcome("start", want, canary.request_id, False, 0.0, error)
+        if up is not None and up.name != want:
+            started = time.monotonic()
+            host.stop_canary(drain=True)
+            seconds = time.monotonic() - started
+            request_id, self._canary_request = self._canary_request, None
+            self._audit_canary("model.canary_stopped", up.name, request_id,
+                               {"seconds": round(seconds, 3), "serving": serving_now})
+            return CanaryOutcome("stop", up.name, request_id, True, seconds)
+        if want is None or up is not None or canary is None:
+            return None
+        key = (canary.request_id, want)
+        if self._canary_failed == key and time.monotonic() < self._canary_retry_at:
+            return None  # failed a moment ago: tried again after the back-off, not every round
+        started = time.monotonic()
+        try:
+            spec = registry.loadable_spec(self.ctx, want)
+            host.start_canary(spec)
+        except (EngineError, InvalidInput, NotFound, ModelUnavailable) as exc:
+            seconds = time.monotonic() - started
+            logger.warning("canary %s could not start: %s (every chat goes to %s)", want, exc, serving_now)
+            self._canary_failure(canary, want, str(exc), seconds, serving_now)
+            return CanaryOutcome("start", want, canary.request_id, False, seconds, str(exc))
+        seconds = time.monotonic() - started
+        self._canary_failed, self._canary_request = None, canary.request_id
+        logger.info("canary %s up beside %s in %.1f s", want, serving_now, seconds)
+        self._audit_canary("model.canary_started", want, canary.request_id,
+                           {"seconds": round(seconds, 3), "live": serving_now, "share": canary.plan.share})
+        return CanaryOutcome("start", want, canary.request_id, True, seconds)
+
+    def _canary_failure(self, canary: canary_svc.ActiveCanary, version: str, error: str, seconds: float,
+                        serving_now: str | None) -> None:
+        """Audited once per canary however often it is retried; the next try after the back-off."""
+        key = (canary.request_id, version)
+        if self._canary_failed != key:
+            self._audit_canary("model.canary_failed", version, canary.request_id,
+                               {"seconds": round(seconds, 3), "error": error, "serving": serving_now,
+                                "retry_s": self.canary_retry_s})
+        self._canary_failed, self._canary_retry_at = key, time.monotonic() + self.canary_retry_s
+
+    def _audit_canary(self, action: str, version: str, request_id: int | None, details: dict[str, Any]) -> None:
+        self._audit(action, {"to": version, "request_id": request_id, **details})
 
     def _registered(self, name: str) -> bool:
         with self.ctx.db.session(readonly=True) as s:

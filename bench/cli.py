@@ -108,6 +108,17 @@ def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.canary import SCENARIOS, run_canary_bench
+
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()] if args.scenarios else None
+    known = {s.name for s in SCENARIOS}
+    if names is not None and (not names or set(names) - known):
+        raise CliError(f"--scenarios takes names from {', '.join(sorted(known))}")
+    print_result(run_canary_bench(seeds=args.seeds, max_per_arm=args.max_per_arm, scenarios=names), args.json)
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``bench`` and its subcommands to ``llm-console`` (the ``llm_console.commands`` entry point)."""
     bench = subparsers.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_cmd", required=True,
@@ -159,3 +170,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--events", type=positive, default=1_000_000)
     s.add_argument("--appends", type=positive, default=4_000, help="events appended, one per transaction")
     s.set_defaults(func=cmd_audit, unguarded=THROWAWAY)
+    s = bench.add_parser("canary", help="canary decisions on scripted traffic with known answers (equal, worse, "
+                                        "slightly better candidates), decided by the real judge: correct decisions "
+                                        "and exchanges to decision")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--seeds", type=positive, default=5, help="canaries per scenario (default 5)")
+    s.add_argument("--max-per-arm", type=positive, default=20_000,
+                   help="exchanges per arm when the time box ends undecided (default 20,000)")
+    s.add_argument("--scenarios", help="comma-separated scenario names (default: all)")
+    s.set_defaults(func=cmd_canary, unguarded=THROWAWAY)

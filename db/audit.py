@@ -69,6 +69,7 @@ PERSONAL_DETAIL_KEYS: dict[str, tuple[str, ...]] = {
     "promotion.reject": ("note", "override_reason"),
     "promotion.cancel": ("note", "override_reason"),
     "promotion.canary_started": ("note", "override_reason"),
+    "promotion.canary_stopped": ("note",),
     "model.alias": ("reason",),
     "model.alias_removed": ("reason",),
     "model.retire": ("reason",),

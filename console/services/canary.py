@@ -550,7 +550,7 @@ class CanaryView:
 
 def describe_test(plan: CanaryPlan) -> str:
     """The sequential test in one paragraph, for the page."""
-    return (f"Every {'look'} compares the candidate's exchanges with the live version's in the same minutes (real "
+    return ("Every look compares the candidate's exchanges with the live version's in the same minutes (real "
             "users' traffic only). For the flag and error rates it bounds the difference candidate minus live with "
             f"a {1 - plan.alpha:.0%} confidence sequence (valid however often it is looked at): the candidate is "
             "shown worse when even the lower bound is above 0 (rolled back at once) and shown no worse when the "
@@ -631,7 +631,8 @@ def canary_view(ctx: AppContext, actor: Principal, request_id: int) -> CanaryVie
 @requires("promotion.approve")
 def end_canary(ctx: AppContext, actor: Principal, request_id: int, note: str) -> CanaryView:
     """Stop a running canary now, saying why: rolled back (the alias never moved; every console stops the
-    candidate), audited ``promotion.canary_stopped`` with the statistics of this last look."""
+    candidate), audited ``promotion.canary_stopped`` with the statistics of this last look. The note is personal
+    free text: it is kept only in the audit event (erasable), not in the stored statistics."""
     note = required_text(note, "the note saying why", 1000)
     with ctx.db.session() as s:
         request = promo_q.lock_request(s, request_id)
@@ -641,7 +642,7 @@ def end_canary(ctx: AppContext, actor: Principal, request_id: int, note: str) ->
         if running is None:
             raise InvalidInput(f"Request #{request_id} is not a running canary (it is {request.status}).")
         evaluation = replace(evaluate(s, running, ctx.now()), decision="rollback", undecided=False,
-                             reason=f"stopped by {actor.username}: {note}")
+                             reason=f"stopped by {actor.username}")
         _end(s, request, evaluation, action="promotion.canary_stopped", actor=actor.username,
              actor_id=actor.user_id, note=note)
         view = _view(ctx, s, request)

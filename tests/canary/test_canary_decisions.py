@@ -323,9 +323,11 @@ def test_an_approver_stops_a_canary_and_other_roles_cannot(ctx, team, clock) -> 
     assert running.metrics == () and "has not looked yet" in running.reason
     view = canary.end_canary(ctx, team["otto"], request_id, "users complain")
     assert view.status == "rolled_back" and not view.running and view.decision == "rollback"
-    assert view.reason == "stopped by otto: users complain" and view.candidate_n == 30
+    assert view.reason == "stopped by otto" and view.candidate_n == 30
     (event,) = events(ctx, "promotion.canary_stopped")
     assert event.actor == "otto" and event.details["note"] == "users complain"
+    assert "users complain" not in str(_request(ctx, request_id).canary_result)  # personal: only in the event
+    assert audit_q.PERSONAL_DETAIL_KEYS["promotion.canary_stopped"] == ("note",)
     assert production(ctx) == "v1" and CanaryJudge(ctx).run_once() is None
     with pytest.raises(InvalidInput, match="is not a running canary"):
         canary.end_canary(ctx, team["otto"], request_id, "again")

@@ -6,9 +6,11 @@ Services over a real SQLite file, the canary started by the real request and app
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -344,3 +346,54 @@ def test_two_judges_on_one_database_decide_once(ctx, team, clock) -> None:  # no
         assert len(canary_q.checks(s, request_id)) == 1
     # Even without the lease (its interval over), a second look finds the canary decided and does nothing.
     assert CanaryJudge(ctx).run_once() is None
+
+
+# --- PostgreSQL: two judges looking at once ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_ctx(pg_db, tmp_path, clock) -> Iterator[AppContext]:  # noqa: ANN001
+    from console.settings import Settings
+    from tests.conftest import console_env
+
+    settings = dataclasses.replace(Settings.from_env(console_env(tmp_path)), database_url=pg_db.config.url)
+    yield AppContext(settings, pg_db, clock=clock)
+
+
+@pytest.mark.postgres
+def test_two_judges_looking_at_once_on_postgresql_promote_once(pg_ctx, clock) -> None:  # noqa: ANN001
+    from console.services.auth import hash_password
+    from db import users as users_q
+    from tests.conftest import STRONG_PASSWORD
+
+    ctx = pg_ctx
+    people = {}
+    for username, roles in (("ada", ("admin", "reviewer")), ("rita", ("reviewer",)), ("olivia", ("operator",))):
+        with ctx.db.session() as s:
+            user = users_q.create_user(s, username, hash_password(STRONG_PASSWORD), roles, actor="system")
+            people[username] = Principal(user.id, user.username, frozenset(user.roles))
+    for name in ("v1", "v2"):
+        register_version(ctx, name)
+        evaluate(ctx, name)
+    serving.serve(ctx, Principal.shell(ctx), "v1", "first version")
+    request_id = _start(ctx, people)
+    _traffic(ctx, people, clock)
+    barrier = threading.Barrier(2)
+    found: list[object] = []
+
+    def look() -> None:
+        barrier.wait()
+        found.append(CanaryJudge(ctx).run_once())  # run_once: no lease, so both really look
+
+    threads = [threading.Thread(target=look) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    decided = [f for f in found if f is not None]
+    assert len(found) == 2 and len(decided) == 1  # the request row's lock: the second sees it decided
+    assert decided[0].decision == "promote"  # type: ignore[attr-defined]
+    assert production(ctx) == "v2" and len(events(ctx, "promotion.canary_promoted")) == 1
+    with ctx.db.session() as s:
+        assert len(canary_q.checks(s, request_id)) == 1
+    assert _chain_ok(ctx)

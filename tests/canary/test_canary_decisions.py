@@ -19,7 +19,7 @@ from console.services import canary, promotion, serving
 from console.services.access import Principal
 from console.services.canary import CanaryJudge, CanaryPlan, MetricResult
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, InvalidInput
+from console.services.errors import AccessDenied, InvalidInput, NotFound
 from db import audit as audit_q
 from db import canary as canary_q
 from db import chat as chat_q
@@ -334,6 +334,12 @@ def test_an_approver_stops_a_canary_and_other_roles_cannot(ctx, team, clock) -> 
     with pytest.raises(InvalidInput, match="is not a running canary"):
         canary.end_canary(ctx, team["otto"], request_id, "again")
     assert _chain_ok(ctx)
+    plain = promotion.request_promotion(ctx, team["ada"], "v3", "staging", "for QA")
+    assert canary.canary_view(ctx, team["rita"], plain.id) is None  # no plan, no canary
+    with pytest.raises(InvalidInput, match="is not a running canary \\(it is pending\\)"):
+        canary.end_canary(ctx, team["otto"], plain.id, "stop")
+    with pytest.raises(NotFound):
+        canary.canary_view(ctx, team["rita"], 999)
 
 
 def test_two_judges_on_one_database_decide_once(ctx, team, clock) -> None:  # noqa: ANN001

@@ -1,4 +1,5 @@
-"""Reviewers and admins: promotion requests (four eyes), rollback, the watch window and each version's history."""
+"""Reviewers and admins: promotion requests (four eyes), canaries, rollback, the watch window and each version's
+history. The canary parts are :mod:`console.views.promotions_canary`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import plotly.express as px
 import streamlit as st
 
 from console import ui
+from console.services import canary as canary_svc
 from console.services import promotion as promotion_svc
 from console.services import registry, timelines, watch
 from console.services.access import allowed
 from console.textsafe import escape_markdown as esc
+from console.views import promotions_canary
 
 principal = ui.require_page("promotions")
 ctx = ui.app_context()
@@ -66,6 +69,11 @@ if production is not None:
         st.error(f"{f.at:%Y-%m-%d %H:%M} UTC: the watch window found a regression of {esc(f.to_version)} against "
                  f"{esc(f.from_version)}: {esc('; '.join(f.reasons))}. {esc(what)}.", icon=":material/warning:")
 
+for running in ui.call(promotion_svc.list_requests, ctx, principal, canary_svc.RUNNING) or []:
+    if (stopped := promotions_canary.running_panel(ctx, principal, running, can_stop=can_decide,
+                                                   round_=state.round)) is not None:
+        _done(stopped)
+
 tab_names = ["Pending", *(["Request"] if can_request else []), *(["Emergency rollback"] if can_rollback else []),
              "History"]
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
@@ -91,6 +99,7 @@ with tabs["Pending"]:
             st.markdown(f"**#{r.id}** · move **{esc(r.alias)}** to **{esc(r.version)}** (now "
                         f"{esc(r.from_version or 'nobody')}) · asked by {esc(r.requested_by)} "
                         f"· {r.created_at:%Y-%m-%d %H:%M}  \n{esc(r.reason)}")
+            promotions_canary.show_plan(r)
             _gates(r)
             if r.requested_by_id == principal.user_id:
                 st.caption("Your request: another reviewer or admin decides it.")
@@ -103,8 +112,14 @@ with tabs["Pending"]:
                     override = st.text_input(
                         f"Override reason ({len(r.failed_gates)} gate(s) failed: required to approve)",
                         key=f"decide_override_{r.id}_{state.round}", max_chars=1000) if r.failed_gates else None
-                    if st.form_submit_button("Approve", type="primary"):
-                        if ui.call(promotion_svc.approve, ctx, principal, r.id, note, override) is not None:
+                    if st.form_submit_button("Approve and start the canary" if r.is_canary else "Approve",
+                                             type="primary"):
+                        if (done := ui.call(promotion_svc.approve, ctx, principal, r.id, note, override)) is None:
+                            pass
+                        elif done.canary_ends_at is not None:
+                            _done(f"Approved: the canary of {r.version} runs until {done.canary_ends_at:%H:%M} UTC; "
+                                  f"{r.alias} stays on {r.from_version or 'its version'} until it is decided.")
+                        else:
                             _done(f"Approved: {r.alias} now points at {r.version}.")
                     if st.form_submit_button("Reject"):
                         if ui.call(promotion_svc.reject, ctx, principal, r.id, note) is not None:
@@ -116,22 +131,34 @@ with tabs["Pending"]:
         st.dataframe(pd.DataFrame([{"#": r.id, "alias": r.alias, "version": r.version, "status": r.status,
                                     "asked by": r.requested_by, "decided by": r.decided_by or "",
                                     "note": r.decision_note or "", "override": r.override_reason or "",
-                                    "decided": r.decided_at} for r in decided]), hide_index=True, key="decided")
+                                    "decided": r.decided_at, "canary": "yes" if r.is_canary else ""}
+                                   for r in decided]), hide_index=True, key="decided")
+        for r in [r for r in decided if r.is_canary and r.status in ("approved", "rolled_back")][:3]:
+            promotions_canary.ended(ctx, principal, r)
 
 choices = ui.call(timelines.version_choices, ctx, principal) or []
 
 if "Request" in tabs:
-    with tabs["Request"], st.form(f"request_form_{state.round}"):
-        version = st.selectbox("Version", [c.name for c in choices if not c.retired], index=None,
-                               key=f"request_version_{state.round}")
-        alias = st.text_input("Alias", value="production", key=f"request_alias_{state.round}", max_chars=60)
-        reason = st.text_input("Reason (recorded)", key=f"request_reason_{state.round}", max_chars=1000)
-        if st.form_submit_button("Request promotion", type="primary"):
-            if version is None:
-                st.error("Choose a version.")
-            elif (made := ui.call(promotion_svc.request_promotion, ctx, principal, version, alias, reason)):
-                _done(f"Request #{made.id} to move {made.alias} to {made.version} waits for another person's "
-                      f"decision ({len(made.failed_gates)} gate(s) failed).")
+    with tabs["Request"]:
+        as_canary = st.checkbox("Release as a canary (production only: a share of new conversations first, "
+                                "decided by a sequential test)", key=f"request_canary_{state.round}")
+        with st.form(f"request_form_{state.round}"):
+            version = st.selectbox("Version", [c.name for c in choices if not c.retired], index=None,
+                                   key=f"request_version_{state.round}")
+            alias = st.text_input("Alias", value="production", key=f"request_alias_{state.round}", max_chars=60)
+            reason = st.text_input("Reason (recorded)", key=f"request_reason_{state.round}", max_chars=1000)
+            fields = promotions_canary.plan_fields(f"request_plan_{state.round}") if as_canary else None
+            if st.form_submit_button("Request promotion", type="primary"):
+                plan = None if fields is None else ui.call(canary_svc.parse_plan, **fields)
+                if version is None:
+                    st.error("Choose a version.")
+                elif fields is not None and plan is None:
+                    pass  # parse_plan's error is shown; nothing is stored
+                elif (made := ui.call(promotion_svc.request_promotion, ctx, principal, version, alias, reason,
+                                      plan)):
+                    kind = "Canary request" if made.is_canary else "Request"
+                    _done(f"{kind} #{made.id} to move {made.alias} to {made.version} waits for another person's "
+                          f"decision ({len(made.failed_gates)} gate(s) failed).")
 
 if "Emergency rollback" in tabs:
     with tabs["Emergency rollback"]:

@@ -165,3 +165,97 @@ def test_an_emergency_rollback_from_the_page_stays_shown_until_another_admin_ack
     with ctx.db.session(readonly=True) as s:
         [ack] = [e for e in audit_q.iter_events(s, action="model.emergency_acknowledged")]
     assert ack.actor == "ada" and ack.details["by"] == "otto" and ack.details["note"] == "checked: right call"
+
+
+# --- canaries ----------------------------------------------------------------------------------------------------
+
+
+def test_an_admin_requests_a_canary_with_a_plan_and_a_bad_plan_stores_nothing(ctx, setup, make_user) -> None:  # noqa: ANN001
+    from console.services.canary import CanaryPlan
+
+    promotion.cancel(ctx, setup["ada"], setup["request"].id)
+    at = _open(make_user("otto", "admin"))
+    assert not [n for n in at.number_input if n.key and n.key.startswith("request_plan_")]  # a plain request
+    at.checkbox(key="request_canary_0").check()
+    at.run()
+    # The plan's fields open with the defaults, each with its unit.
+    assert at.number_input(key="request_plan_0_share").value == 10.0
+    assert at.number_input(key="request_plan_0_share").label == "Share of new conversations sent to the candidate (%)"
+    assert at.number_input(key="request_plan_0_flag_margin").label == "Flag rate margin (percentage points)"
+    assert at.multiselect(key="request_plan_0_metrics").value == ["flag_rate", "error_rate", "p95_ttft"]
+    at.selectbox(key="request_version_0").select("v2")
+    at.text_input(key="request_reason_0").input("a fifth first")
+    at.number_input(key="request_plan_0_share").set_value(20.0)
+    at.number_input(key="request_plan_0_flag_margin").set_value(3.0)
+    at.multiselect(key="request_plan_0_metrics").set_value([])
+    at.button(key="FormSubmitter:request_form_0-Request promotion").click()
+    at.run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("Choose at least one canary metric")
+    assert [r.status for r in promotion.list_requests(ctx, setup["rita"])] == ["cancelled"]  # nothing new stored
+    at.multiselect(key="request_plan_0_metrics").set_value(["flag_rate", "p95_ttft"])
+    at.button(key="FormSubmitter:request_form_0-Request promotion").click()
+    at.run()
+    assert not at.exception
+    assert any("Canary request \\#" in s.value and "to move production to v2 waits" in s.value for s in at.success)
+    made = promotion.list_requests(ctx, setup["rita"], "pending")[0]
+    assert made.plan == CanaryPlan(share=0.2, flag_margin=0.03, metrics=("flag_rate", "p95_ttft"))
+    # The form opens again as a plain request with the defaults.
+    assert at.checkbox(key="request_canary_1").value is False
+    assert at.selectbox(key="request_version_1").value is None
+    # A canary of another alias is refused with the reason, and nothing is stored.
+    at.checkbox(key="request_canary_1").check()
+    at.run()
+    at.selectbox(key="request_version_1").select("v2")
+    at.text_input(key="request_alias_1").input("staging")
+    at.text_input(key="request_reason_1").input("for QA")
+    at.button(key="FormSubmitter:request_form_1-Request promotion").click()
+    at.run()
+    assert any("only for the production alias" in e.value for e in at.error)
+    assert len(promotion.list_requests(ctx, setup["rita"])) == 2
+
+
+def test_a_reviewer_approves_a_canary_sees_it_run_and_stops_it(ctx, setup, make_user) -> None:  # noqa: ANN001
+    from console.services import canary
+    from console.services.canary import CanaryPlan
+
+    promotion.cancel(ctx, setup["ada"], setup["request"].id)
+    plan = CanaryPlan(share=0.25, minutes=45, metrics=("flag_rate",))
+    rid = promotion.request_promotion(ctx, setup["ada"], "v2", "production", "a quarter first", plan=plan).id
+    at = _open(setup["rita"])
+    shown = [i.value for i in at.info if "of new conversations go to the candidate" in i.value]
+    assert len(shown) == 1 and "25% of new conversations go to the candidate for up to 45 minutes" in shown[0]
+    assert any(":orange-badge[Canary release]" in m.value for m in at.markdown)
+    at.text_input(key=f"decide_note_{rid}_0").input("go")
+    at.button(key=f"FormSubmitter:decide_{rid}_0-Approve and start the canary").click()
+    at.run()
+    assert not at.exception
+    assert any("the canary of v2 runs until" in s.value and "production stays on v1" in s.value for s in at.success)
+    assert _production(ctx) == "v1"
+    assert [h.value for h in at.subheader if h.value.startswith("Canary #")] == [f"Canary #{rid}: v2 beside v1"]
+    assert any("45 min left" in m.value and "approved by rita: go" in m.value for m in at.markdown)
+    assert any("The judge has not looked yet" in m.value for m in at.markdown)
+
+    canary.CanaryJudge(ctx).run_once()  # one look without traffic: too few exchanges, keep going
+    at.run()
+    metrics = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    assert list(metrics["metric"]) == ["output flag rate"]
+    assert list(metrics["verdict"]) == ["too few exchanges yet"]
+    rounds = next(d.value for d in at.dataframe if "candidate exchanges" in d.value.columns)
+    assert list(rounds["decision"]) == ["keep going"]
+
+    at.button(key=f"FormSubmitter:canary_stop_{rid}_1-Stop canary (roll back)").click()
+    at.run()
+    assert any("note saying why is required" in e.value for e in at.error)
+    assert promotion.get_request(ctx, setup["rita"], rid).status == "canary"
+    at.text_input(key=f"canary_stop_note_{rid}_1").input("users complain")
+    at.button(key=f"FormSubmitter:canary_stop_{rid}_1-Stop canary (roll back)").click()
+    at.run()
+    assert not at.exception
+    assert any(f"Canary #{rid} is stopped: every conversation goes to v1 again" in s.value.replace("\\", "")
+               for s in at.success)
+    assert promotion.get_request(ctx, setup["rita"], rid).status == "rolled_back" and _production(ctx) == "v1"
+    assert not [h for h in at.subheader if h.value.startswith("Canary #")]
+    assert [e.label for e in at.expander if e.label.startswith("Canary #")] == [f"Canary #{rid} of v2: rolled back"]
+    assert any("roll back: stopped by rita" in m.value.replace("\\", "") for m in at.markdown)

@@ -34,6 +34,9 @@ BOOTSTRAP_COMMANDS: dict[str, str] = {
     "build-demo-models": "started by `run` in the background to build the demo versions `init` recorded as wanted "
                          "(registered by the system)",
     "run": "starts the console itself; every action in it is checked for the user signed in",
+    "db copy": "copies the SQLite file as a whole (whoever runs it can already read every row) into an empty "
+               "PostgreSQL database that has no accounts yet; it writes nothing to the source and no event to the "
+               "copy, whose audit chain must end exactly where the source's does",
 }
 OFFLINE_COMMANDS: dict[str, str] = {
     "settings": "prints the settings read from the environment; opens no database",
@@ -654,6 +657,30 @@ def cmd_metrics_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_db_copy(args: argparse.Namespace, settings: Settings) -> int:
+    from db.copy import BATCH_ROWS, CopyError, copy_database, describe
+
+    def progress(table: str, rows: int) -> None:
+        if not args.json and rows >= 100_000 and rows % 100_000 < BATCH_ROWS:
+            print(f"  {table}: {rows:,} rows", file=sys.stderr, flush=True)
+
+    try:
+        report = copy_database(args.source or settings.database_url, args.to, key_file=settings.audit_key_file,
+                               checkpoint_file=settings.audit_checkpoint_file, on_batch=progress)
+    except CopyError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report.to_dict()))
+        return 0
+    for line in describe(report):
+        print(line)
+    print(f"to use it: set LLM_CONSOLE_DATABASE_URL to the target's URL; keep {settings.audit_key_file} and "
+          f"{settings.audit_checkpoint_file} (the copy's checkpoints are signed with that key)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="llm-console", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -807,6 +834,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = erase.add_parser("list", help="list erasure requests")
     s.add_argument("--status", choices=("pending", "done", "rejected", "cancelled"))
     s.set_defaults(func=cmd_erase_list)
+
+    s = sub.add_parser("db", help="the console's database").add_subparsers(
+        dest="db_cmd", required=True, parser_class=Parser).add_parser(
+        "copy", help="copy the SQLite console database into an empty PostgreSQL database, then verify the row "
+                     "counts and the audit chain there (refuses a target that is not empty)")
+    s.add_argument("--to", required=True, metavar="URL", help="the empty PostgreSQL database, e.g. "
+                   "postgresql+psycopg://console@db.internal/console (migrated by the copy)")
+    s.add_argument("--from", dest="source", metavar="URL", help="the SQLite database to copy (default: the "
+                   "configured one, LLM_CONSOLE_DATABASE_URL or <data_dir>/console.db); never changed")
+    s.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    s.set_defaults(func=cmd_db_copy)
 
     s = sub.add_parser("settings", help="show every setting, its value and its environment variable")
     s.set_defaults(func=cmd_settings)

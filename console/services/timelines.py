@@ -9,7 +9,7 @@ from datetime import datetime
 
 from console.services import registry
 from console.services.access import Principal, requires
-from console.services.canary import CanaryPlan
+from console.services.canary import CANARY_ACTIONS, CanaryPlan
 from console.services.context import AppContext
 from console.services.watch import WATCH_ACTIONS
 from db import audit as audit_q
@@ -40,8 +40,9 @@ def version_choices(ctx: AppContext, actor: Principal) -> list[VersionChoice]:
 @dataclass(frozen=True)
 class TimelineEntry:
     at: datetime
-    kind: str  # registered, alias, evaluation, request, approved, rejected, cancelled, canary, rolled_back,
-    #            switch, switch_failed, rollback, emergency, watch, retired
+    kind: str  # registered, alias, evaluation, request, approved, rejected, cancelled, canary (approved as one),
+    #            canary_promoted, rolled_back (a canary's end), switch, switch_failed, rollback, emergency, watch,
+    #            retired
     summary: str
     actor: str | None
 
@@ -125,6 +126,15 @@ def version_history(ctx: AppContext, actor: Principal, name: str) -> list[Timeli
         for e in audit_q.events_about(s, HISTORY_EVENTS, limit=5000):
             if version.name in (e.details.get("from"), e.details.get("to")):
                 out.append(_event_entry(e))
+        for e in audit_q.events_about(s, CANARY_ACTIONS, object_type="promotion_request", limit=1000):
+            if e.details.get("version") == version.name:
+                d = e.details
+                promoted = e.action == "promotion.canary_promoted"
+                out.append(TimelineEntry(
+                    e.ts, "canary_promoted" if promoted else "rolled_back",
+                    f"canary #{e.object_id} {'promoted' if promoted else 'rolled back'}: {d.get('reason')} "
+                    f"({d.get('candidate_n')} exchanges answered by {version.name}, {d.get('live_n')} by "
+                    f"{d.get('live') or 'the live version'})", e.actor))
         if version.retired_at is not None:
             out.append(TimelineEntry(version.retired_at, "retired", "retired", None))
     return sorted(out, key=lambda t: t.at)

@@ -177,6 +177,11 @@ def test_the_history_names_the_canary_approval(ctx, team) -> None:  # noqa: ANN0
     assert "canary request" in timeline[2].summary
     assert timeline[3].actor == "rita" and timeline[3].summary.startswith(
         f"request #{request.id} approved as a canary (20% of new conversations for up to 30 minutes): go")
+    canary.end_canary(ctx, team["otto"], request.id, "enough")
+    timeline = timelines.version_history(ctx, team["rita"], "v2")
+    assert [t.kind for t in timeline][-2:] == ["canary", "rolled_back"]
+    assert timeline[-1].actor == "otto" and timeline[-1].summary == (
+        f"canary #{request.id} rolled back: stopped by otto (0 exchanges answered by v2, 0 by v1)")
 
 
 # --- PostgreSQL: two approvals of two canaries at once -----------------------------------------------------------

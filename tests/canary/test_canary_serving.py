@@ -282,6 +282,25 @@ def test_a_promoted_canary_is_served_by_the_canary_engine_without_a_second_start
     assert events(ctx, "model.switch")[0]["to"] == "cs-cand"
 
 
+def test_an_in_process_candidate_runs_in_a_child_process_beside_the_live_engine(site: Site,
+                                                                                 tiny_model_dir: Path) -> None:
+    """The console's live engine may be the process's one in-process host: an in-process candidate starts in a
+    child process (one real child start), answers only the candidate's requests, and is gone once stopped."""
+    from engine.child_client import ChildEngineClient
+
+    ctx, engine = site.ctx, site.engine
+    registry.register(ctx, Principal.shell(ctx, "canary serving test"), name="cs-local", source=str(tiny_model_dir),
+                      dtype="float32", max_model_len=512, engine_args={"enforce_eager": True},
+                      description="an in-process candidate")
+    engine.start_canary(registry.loadable_spec(ctx, "cs-local"))
+    child = site.starts[-1]
+    assert isinstance(child, ChildEngineClient) and backends.backend_of(child) == "separate process"
+    assert engine.canary is not None and engine.canary.name == "cs-local" and engine.host is None
+    assert answer(engine, "candidate") == "cs-local" and answer(engine) == "cs-cand"
+    assert engine.stop_canary() and engine.wait_retired(timeout=WAIT_S)
+    assert child.status().state == "stopped" and answer(engine, "candidate") == "cs-cand"
+
+
 # --- stand-in servers at our own seam ---------------------------------------------------------------------------
 
 

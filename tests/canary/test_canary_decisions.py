@@ -6,6 +6,7 @@ Services over a real SQLite file, the canary started by the real request and app
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import random
@@ -159,6 +160,40 @@ def test_the_test_keeps_its_error_level_however_often_it_is_looked_at() -> None:
     assert sequential <= bound
     # The same bound fails a fixed-sample test peeked at every round: peeking is what the sequence protects from.
     assert naive > bound
+
+
+def _p95(ordered: list[float]) -> float:
+    rank = 0.95 * (len(ordered) - 1)
+    low = int(rank)
+    return ordered[low] + (ordered[min(low + 1, len(ordered) - 1)] - ordered[low]) * (rank - low)
+
+
+def _wrong_latency_rollbacks(runs: int, most: int, seed: int) -> float:
+    """Equal log-normal TTFTs on both arms, a look after every 15 % more answers up to ``most`` per arm (the live
+    p95 re-estimated at each look, as the judge does): the share of canaries rolled back on latency."""
+    rng = random.Random(seed)
+    wrong = 0
+    for _ in range(runs):
+        candidate: list[float] = []
+        live: list[float] = []
+        target = 100
+        while len(candidate) < most:
+            while len(candidate) < target:
+                bisect.insort(candidate, 300 * math.exp(rng.gauss(0, 0.4)))
+                bisect.insort(live, 300 * math.exp(rng.gauss(0, 0.4)))
+            live_p95 = _p95(live)
+            slower = len(candidate) - bisect.bisect_right(candidate, 1.2 * live_p95)
+            result = canary.ttft_test(slower, len(candidate), _p95(candidate), live_p95, len(live), margin=0.2,
+                                      alpha=0.05, min_n=100)
+            if result.verdict == "worse":
+                wrong += 1
+                break
+            target = int(target * 1.15)
+    return wrong / runs
+
+
+def test_the_latency_test_does_not_roll_back_an_equal_candidate_for_the_noise_of_the_live_p95() -> None:
+    assert _wrong_latency_rollbacks(runs=100, most=2000, seed=24) <= 0.05 + 0.03
 
 
 # --- the judge on scripted traffic -----------------------------------------------------------------------------

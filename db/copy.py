@@ -123,7 +123,10 @@ def copy_database(source_url: str, target_url: str, *, key_file: Path | None = N
         target_db = _open_target(target, target_url, shown_target)
         try:
             _check_target_empty(target_db, shown_target)
-            target_db.migrate()
+            try:
+                target_db.migrate()
+            except DBAPIError as exc:
+                raise CopyError(f"cannot migrate {shown_target}: {_first_line(exc.orig)}") from None
             anchor, warnings = _anchor(key_file, checkpoint_file)
             copy_started = time.perf_counter()
             with src_engine.connect() as src, target_db.engine.connect() as dst:
@@ -247,11 +250,13 @@ def _check_target_empty(database: Database, shown: str) -> None:
         if unknown:
             raise CopyError(f"{shown} is not empty: it has tables that are not the console's "
                             f"({', '.join(unknown)}); copy into a new database")
-        if VERSION_TABLE in tables:
-            revision = MigrationContext.configure(conn).get_current_revision()
-            script = ScriptDirectory.from_config(alembic_config(database.config.url))
-            if revision is not None and revision not in {r.revision for r in script.walk_revisions()}:
-                raise CopyError(f"{shown} was migrated by a newer release (revision {revision})")
+        if VERSION_TABLE not in tables:
+            raise CopyError(f"{shown} has console tables that the console's migrations did not make (no "
+                            f"{VERSION_TABLE} table); copy into a new database")
+        revision = MigrationContext.configure(conn).get_current_revision()
+        script = ScriptDirectory.from_config(alembic_config(database.config.url))
+        if revision is not None and revision not in {r.revision for r in script.walk_revisions()}:
+            raise CopyError(f"{shown} was migrated by a newer release (revision {revision})")
         _refuse_rows(conn, tables, shown)
 
 
@@ -318,8 +323,12 @@ def _copy_tables(src: Connection, dst: Connection, batch_rows: int, on_batch: Ba
                         if on_batch is not None:
                             on_batch(table.name, copied)
             except psycopg.Error as exc:
+                # The primary message only: the context PostgreSQL adds quotes the refused value.
                 primary = getattr(exc.diag, "message_primary", None) or type(exc).__name__
-                raise CopyError(f"PostgreSQL refused a row of {table.name}: {primary}; nothing was copied") from None
+                if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError)):
+                    raise CopyError(f"PostgreSQL refused a row of {table.name}: {primary}; nothing was "
+                                    "copied") from None
+                raise CopyError(f"copying {table.name} failed: {primary}; nothing was copied") from None
             counts[table.name] = copied
     finally:
         cursor.close()

@@ -282,6 +282,15 @@ def test_a_target_with_tables_that_are_not_the_consoles_is_refused(source):
         engine.dispose()
 
 
+def test_a_target_with_console_tables_the_migrations_did_not_make_is_refused(source):
+    with empty_postgres() as url:
+        engine = sa.create_engine(url)
+        Base.metadata.create_all(engine)
+        with pytest.raises(CopyError, match=r"has console tables that the console's migrations did not make"):
+            _copy(source, url)
+        engine.dispose()
+
+
 def test_a_failure_mid_copy_leaves_the_target_without_rows_and_the_source_untouched(source):
     settings = _settings(source)
     before = _sha256(Path(make_url(settings.database_url).database or ""))

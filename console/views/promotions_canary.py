@@ -121,7 +121,8 @@ def running_panel(ctx: AppContext, principal: Principal, request: promotion_svc.
 def ended(ctx: AppContext, principal: Principal, request: promotion_svc.RequestView) -> None:
     """An ended canary: promoted or rolled back, with the statistics of its last round."""
     outcome = "promoted" if request.status == "approved" else "rolled back"
-    with st.expander(f"Canary #{request.id} of {request.version}: {outcome}"):
+    why = str((request.canary_result or {}).get("reason") or "")
+    with st.expander(esc(f"Canary #{request.id} of {request.version}: {outcome}" + (f" ({why})" if why else ""))):
         view = ui.call(canary_svc.canary_view, ctx, principal, request.id)
         if view is not None:
             st.caption(esc(promotion_svc.describe_plan(view.plan)))

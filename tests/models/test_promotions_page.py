@@ -257,5 +257,6 @@ def test_a_reviewer_approves_a_canary_sees_it_run_and_stops_it(ctx, setup, make_
                for s in at.success)
     assert promotion.get_request(ctx, setup["rita"], rid).status == "rolled_back" and _production(ctx) == "v1"
     assert not [h for h in at.subheader if h.value.startswith("Canary #")]
-    assert [e.label for e in at.expander if e.label.startswith("Canary #")] == [f"Canary #{rid} of v2: rolled back"]
+    assert [e.label.replace("\\", "") for e in at.expander if e.label.startswith("Canary \\#")] == [
+        f"Canary #{rid} of v2: rolled back (stopped by rita)"]
     assert any("roll back: stopped by rita" in m.value.replace("\\", "") for m in at.markdown)

@@ -117,6 +117,7 @@ def copy_database(source_url: str, target_url: str, *, key_file: Path | None = N
                         f"{shown_target}")
     head = ScriptDirectory.from_config(alembic_config(source_url)).get_current_head()
     assert head is not None
+    anchor, warnings = _anchor(key_file, checkpoint_file)  # an unusable key stops here, before anything is written
     src_engine = _open_source(source)
     try:
         _check_source(src_engine, shown_source, head)
@@ -127,7 +128,6 @@ def copy_database(source_url: str, target_url: str, *, key_file: Path | None = N
                 target_db.migrate()
             except DBAPIError as exc:
                 raise CopyError(f"cannot migrate {shown_target}: {_first_line(exc.orig)}") from None
-            anchor, warnings = _anchor(key_file, checkpoint_file)
             copy_started = time.perf_counter()
             with src_engine.connect() as src, target_db.engine.connect() as dst:
                 with src.begin(), dst.begin():

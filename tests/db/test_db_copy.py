@@ -44,10 +44,16 @@ from db.safety import FindingRecord, RawTextRecord
 from db.tables import AuditEvent, Base, ReviewItem, User
 from tests.conftest import POSTGRES_URL, console_env
 
-pytestmark = [pytest.mark.postgres,
-              pytest.mark.skipif(not POSTGRES_URL, reason="set LLM_CONSOLE_TEST_POSTGRES_URL to run on PostgreSQL")]
+
+def needs_postgres(test: Any) -> Any:
+    """A test on the server at ``LLM_CONSOLE_TEST_POSTGRES_URL`` (the full tier; skipped without it). The refusals
+    that stop before any server is reached run in the fast tier too."""
+    return pytest.mark.postgres(pytest.mark.skipif(not POSTGRES_URL, reason="set LLM_CONSOLE_TEST_POSTGRES_URL to "
+                                                   "run on PostgreSQL")(test))
+
 
 ROOT = Path(__file__).resolve().parents[2]
+NOWHERE = "postgresql+psycopg://console@127.0.0.1:9/console"  # no server listens on port 9
 NOW = datetime(2026, 11, 20, 9, 30, 15, 123456, tzinfo=UTC)
 BASIS = "court order 2026/77 (art. 17 GDPR)"
 
@@ -182,6 +188,7 @@ def copied(source: Path) -> Iterator[tuple[Any, Database]]:
 # --- the copy -------------------------------------------------------------------------------------------------------
 
 
+@needs_postgres
 def test_the_copy_has_every_row_and_a_chain_that_verifies_against_the_signed_checkpoints(source, copied):
     report, target = copied
     src = Database(DbConfig(url=_settings(source).database_url))
@@ -203,6 +210,7 @@ def test_the_copy_has_every_row_and_a_chain_that_verifies_against_the_signed_che
     src.dispose()
 
 
+@needs_postgres
 def test_every_row_compares_equal_column_by_column_json_text_included(source, copied):
     _, target = copied
     src = Database(DbConfig(url=_settings(source).database_url))
@@ -222,6 +230,7 @@ def test_every_row_compares_equal_column_by_column_json_text_included(source, co
         src.dispose()
 
 
+@needs_postgres
 def test_the_copy_goes_on_from_where_the_source_stopped(source, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(source, data)  # the key and the checkpoint file stay with the console: it signs more below
@@ -246,6 +255,7 @@ def test_the_copy_goes_on_from_where_the_source_stopped(source, tmp_path):
             target.dispose()
 
 
+@needs_postgres
 def test_a_database_the_console_migrated_and_never_used_is_an_empty_target(source):
     with empty_postgres() as url:
         fresh = Database(DbConfig(url=url))
@@ -257,6 +267,7 @@ def test_a_database_the_console_migrated_and_never_used_is_an_empty_target(sourc
 # --- refusals: nothing written --------------------------------------------------------------------------------------
 
 
+@needs_postgres
 def test_a_target_with_rows_is_refused_by_name_and_left_as_it_was(source):
     with empty_postgres() as url:
         used = Database(DbConfig(url=url))
@@ -270,6 +281,7 @@ def test_a_target_with_rows_is_refused_by_name_and_left_as_it_was(source):
         used.dispose()
 
 
+@needs_postgres
 def test_a_target_with_tables_that_are_not_the_consoles_is_refused(source):
     with empty_postgres() as url:
         engine = sa.create_engine(url)
@@ -282,6 +294,7 @@ def test_a_target_with_tables_that_are_not_the_consoles_is_refused(source):
         engine.dispose()
 
 
+@needs_postgres
 def test_a_target_with_console_tables_the_migrations_did_not_make_is_refused(source):
     with empty_postgres() as url:
         engine = sa.create_engine(url)
@@ -291,6 +304,7 @@ def test_a_target_with_console_tables_the_migrations_did_not_make_is_refused(sou
         engine.dispose()
 
 
+@needs_postgres
 def test_a_failure_mid_copy_leaves_the_target_without_rows_and_the_source_untouched(source):
     settings = _settings(source)
     before = _sha256(Path(make_url(settings.database_url).database or ""))
@@ -310,6 +324,7 @@ def test_a_failure_mid_copy_leaves_the_target_without_rows_and_the_source_untouc
     assert _sha256(Path(make_url(settings.database_url).database or "")) == before
 
 
+@needs_postgres
 def test_a_row_postgresql_refuses_stops_the_copy_naming_its_table_without_the_value(source, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(source, data)
@@ -329,6 +344,7 @@ def test_a_row_postgresql_refuses_stops_the_copy_naming_its_table_without_the_va
         target.dispose()
 
 
+@needs_postgres
 def test_a_copy_whose_chain_does_not_verify_is_rolled_back(source, tmp_path):
     other_key = tmp_path / "other.key"
     audit_q.AuditAnchor.load(other_key)  # a key that signed none of the checkpoints
@@ -370,8 +386,8 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(source, tmp_path, case
         old.dispose()
     settings = _settings(source)
     before = _sha256(Path(make_url(settings.database_url).database or ""))
-    src = src_tmpl.format(src=settings.database_url, tmp=tmp_path, pg=POSTGRES_URL)
-    dst = dst_tmpl.format(src=settings.database_url, tmp=tmp_path, pg=POSTGRES_URL)
+    src = src_tmpl.format(src=settings.database_url, tmp=tmp_path, pg=NOWHERE)
+    dst = dst_tmpl.format(src=settings.database_url, tmp=tmp_path, pg=NOWHERE)
     with pytest.raises(CopyError, match=message) as caught:
         copy_database(src, dst, key_file=settings.audit_key_file, checkpoint_file=settings.audit_checkpoint_file)
     assert "hunter2" not in str(caught.value) and "\n" not in str(caught.value)
@@ -389,6 +405,7 @@ def _llm_console(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*command, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
 
 
+@needs_postgres
 def test_the_command_copies_says_so_and_refuses_a_second_copy_into_the_same_database(source):
     with empty_postgres() as url:
         done = _llm_console(source, "db", "copy", "--to", url)

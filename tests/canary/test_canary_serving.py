@@ -11,11 +11,14 @@ run in file order on one SwitchingEngine:
 2. the candidate's engine down: a turn of a candidate-arm conversation is answered by the live version; the next
    round brings the candidate up again;
 3. the canary rolled back: the reconciler stops the candidate (drained, audited), every turn goes to live;
-4. a new canary promoted (the alias moved to the candidate): the switch adopts the canary's engine, no second start.
+4. a new canary promoted (the alias moved to the candidate): the switch adopts the canary's engine, no second start;
+5. an in-process candidate runs in a child process beside the live engine (the one real engine start here).
 
 The second part uses stand-in servers at our own seam (``engine.backends.start_client``), for what a real engine
 cannot be made to do on demand: a candidate that cannot start (audited once, retried after the back-off, not every
-round), one that dies while serving, and one that fails a request (recorded against the candidate).
+round), one that dies while serving, and one that fails a request (recorded against the candidate); chat reads the
+running canary once per few seconds, and not at all while no candidate is up; an engine without a canary slot (a
+bare in-process host) is audited once.
 """
 
 from __future__ import annotations
@@ -498,3 +501,49 @@ def _candidate_conversation_failing(site: FakeSite) -> int:
             return turn.conversation_id
         assert turn.outcome is not None and turn.outcome.model_version == "fk-live"
     raise AssertionError("no conversation landed on the candidate's arm in 40 tries")
+
+
+def test_chat_reads_the_running_canary_once_per_few_seconds_and_not_at_all_without_a_canary_engine(
+        fake_site, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    from console.services import canary as canary_svc
+
+    site = fake_site
+    reads: list[int] = []
+    real = canary_svc.active_canary
+
+    def counted(session):  # noqa: ANN001, ANN202
+        reads.append(1)
+        return real(session)
+
+    monkeypatch.setattr(canary_svc, "active_canary", counted)
+    monkeypatch.setattr(chat_svc, "CANARY_CACHE_S", 60.0)
+    open_canary(site.ctx, "fk-cand", site.admin)
+    for n in range(3):
+        chat_turn(site.ctx, site.user, None, f"Before the candidate is up ({n})")
+    assert reads == []  # no canary engine on this console: nothing to decide, nothing read
+    site.reconciler.run_once()
+    assert site.engine.canary is not None
+    reads.clear()
+    versions = {chat_turn(site.ctx, site.user, None, f"During the canary ({n})").model_version for n in range(8)}
+    assert reads == [1] and versions == {"fk-live", "fk-cand"}  # one read for eight turns, both arms used
+
+
+def test_a_console_whose_engine_cannot_run_a_canary_says_so_once(ctx, tiny_model_dir: Path) -> None:  # noqa: ANN001
+    """A bare in-process host (one engine per process) has no canary slot: audited once, chats stay on live."""
+
+    class BareHost:
+        def status(self) -> HostStatus:
+            return HostStatus("ready", "fk-live", "Serving fk-live", 1.0)
+
+    shell = Principal.shell(ctx, "canary serving test")
+    for name in ("fk-live", "fk-cand"):
+        registry.register(ctx, shell, name=name, source=str(tiny_model_dir), dtype="float32", max_model_len=512,
+                          description="canary serving test")
+    serving.serve(ctx, shell, "fk-live", "canary serving test: start")
+    reconciler = serving.Reconciler(ctx, BareHost())  # type: ignore[arg-type]
+    request_id = open_canary(ctx, "fk-cand", make_user(ctx, "ada", "admin"))
+    for _ in range(3):
+        assert reconciler.run_once() is None
+    failed = events(ctx, "model.canary_failed")
+    assert len(failed) == 1 and (failed[0]["to"], failed[0]["request_id"]) == ("fk-cand", request_id)
+    assert "cannot serve a second version" in failed[0]["error"]

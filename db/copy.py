@@ -387,6 +387,9 @@ def _verify(src: Connection, dst: Connection, counts: dict[str, int],
         where = (f"the source's chain is broken at the same place ({source_report.kind} at event "
                  f"{source_report.first_bad_seq}): check it with `llm-console audit verify`"
                  if not source_report.ok else "the source's chain verifies: the copy differs from it")
+        if report.kind == audit_q.TAIL_CUT:
+            # A console still running on the source signs checkpoints past the snapshot the copy read.
+            where += "; if a console still runs on the source, stop it and copy again"
         raise CopyError(f"the copied audit chain does not verify ({report.kind} at event {report.first_bad_seq}: "
                         f"{report.reason}); {where}; nothing was copied")
     return report, src_head[0].seq if src_head else 0

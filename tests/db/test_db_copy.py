@@ -359,6 +359,25 @@ def test_a_copy_whose_chain_does_not_verify_is_rolled_back(source, tmp_path):
         target.dispose()
 
 
+@needs_postgres
+def test_a_console_still_running_on_the_source_is_named_when_its_checkpoint_passes_the_copy(source, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    ctx = AppContext(_settings(data), Database(DbConfig(url=_settings(data).database_url)))
+
+    def console_goes_on(table: str, rows: int) -> None:  # after the copy's snapshot was taken
+        if table == "audit_events":
+            with ctx.db.session() as s:
+                audit_q.append_event(s, actor="olga", action="chat.prompt", details={"n": 1})
+            audit_svc.checkpoint(ctx, "periodic")
+
+    with empty_postgres() as url:
+        with pytest.raises(CopyError, match=r"tail cut.*if a console still runs on the source, stop it and copy again"):
+            _copy(data, url, on_batch=console_goes_on)
+        assert _copy(data, url).checkpoints_checked == 3  # stopped: the second attempt has it all
+    ctx.db.dispose()
+
+
 BAD_INPUT = {
     "bad-url": ("{src}", "not a url", r"--to: not a database URL"),
     "sqlite-target": ("{src}", "sqlite:///{tmp}/other.db", r"the target must be a PostgreSQL database"),

@@ -64,20 +64,24 @@ def claim(db: Database, name: str, *, holder: str, interval_s: float, lease_s: f
     _check(name, holder)
     if interval_s < 0 or lease_s <= 0:
         raise ValueError("the interval must be >= 0 and the lease > 0 seconds")
+    claim_round = (
+        update(JobRun)
+        .where(JobRun.name == name,
+               or_(JobRun.lease_until.is_(None), JobRun.lease_until <= now),
+               or_(JobRun.last_started_at.is_(None), JobRun.last_started_at <= now - timedelta(seconds=interval_s)))
+        .values(holder=holder, lease_until=now + timedelta(seconds=lease_s), last_started_at=now,
+                runs=JobRun.runs + 1)
+        .execution_options(synchronize_session=False)
+    )
     with db.session() as s:
+        if s.execute(claim_round).rowcount == 1:  # type: ignore[attr-defined]
+            return True
+        if s.get(JobRun, name) is not None:
+            return False  # another replica holds the job or ran it within the interval
+    with db.session() as s:  # the job's first round anywhere: insert its row, then claim it like any other
         _ensure_row(s, name)
     with db.session() as s:
-        result = s.execute(
-            update(JobRun)
-            .where(JobRun.name == name,
-                   or_(JobRun.lease_until.is_(None), JobRun.lease_until <= now),
-                   or_(JobRun.last_started_at.is_(None),
-                       JobRun.last_started_at <= now - timedelta(seconds=interval_s)))
-            .values(holder=holder, lease_until=now + timedelta(seconds=lease_s), last_started_at=now,
-                    runs=JobRun.runs + 1)
-            .execution_options(synchronize_session=False)
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return bool(s.execute(claim_round).rowcount == 1)  # type: ignore[attr-defined]
 
 
 def finish(db: Database, name: str, *, holder: str, now: datetime) -> bool:

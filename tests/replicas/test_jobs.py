@@ -189,3 +189,17 @@ def test_processes_racing_on_postgresql_never_start_two_rounds_within_an_interva
     # clocks, one machine's here).
     gaps = [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
     assert all(g >= interval for g in gaps), gaps
+
+
+def test_the_jobs_that_must_run_once_take_a_lease_and_the_per_process_ones_do_not(ctx) -> None:  # noqa: ANN001
+    from console.services import audit, canary, engine_health, serving, watch
+    from console.services.compare import CandidatePool, _Reaper
+    from console.services.retention import RetentionTask
+
+    once = [audit.Checkpointer(ctx), RetentionTask(ctx), watch.Watcher(ctx), canary.CanaryJudge(ctx)]
+    assert [t.job for t in once] == ["audit-checkpoint", "retention", "model-watch", "canary-judge"]
+    assert all(t.db is ctx.db for t in once)
+    per_process = [serving.Reconciler(ctx, object()),  # type: ignore[arg-type]
+                   engine_health.HealthSampler(ctx, object()),  # type: ignore[arg-type]
+                   _Reaper(CandidatePool(), 60)]
+    assert [t.job for t in per_process] == [None, None, None]

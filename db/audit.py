@@ -11,7 +11,23 @@ structural field (``failed_gates`` of an approval, say) no longer matches ``rema
 ``remains_hash`` existed (migration 0016) are pinned by the ``remains`` map of the chained event that erased them
 (or that sealed them at the upgrade).
 The position in the chain is the order of ``seq``; the hash links make any edit, deletion, insertion or reordering
-show at that point. The one-row ``audit_head`` table records the last seq and hash (the lock appends serialize on).
+show at that point. The one-row ``audit_head`` table records the last seq and hash.
+
+Sequencing (how an event gets its place in the chain) depends on the dialect (``use_sequencing`` overrides it for
+one engine, as the benchmark does to measure both on PostgreSQL):
+
+- **inline** (SQLite): ``append_event`` locks ``audit_head`` and chains the event at once. A SQLite write transaction
+  holds the whole database anyway, so nothing is gained by waiting.
+- **batched** (PostgreSQL): ``append_event`` queues the event, a row of ``audit_events`` with ``seq``, ``prev_hash``
+  and ``hash`` NULL, in the caller's transaction (the change and its event still commit or roll back together) and
+  takes no lock. ``integrate_pending`` chains queued events in id order, up to ``BATCH_SIZE`` at a time, under the
+  head row's lock and one head update, one transaction per batch (a crash mid-batch leaves the events queued and
+  the chain as it was), like a transparency log's sequencer (Trillian). A commit that queued events wakes its
+  process's integrator thread, which tries it at once (skipping when another process holds the head: that one looks
+  again after letting go), and the Checkpointer sweeps what is left. Checkpoints, verification, key rotation and erasure integrate first
+  (``hold_chain`` keeps the head for the rest of a transaction, whose events are then chained inline). Readers of
+  events as application state (``latest_event``, ``events_about``, ``iter_events``) see queued events too, after
+  the chained ones (``seq`` NULL sorts last in PostgreSQL), in id order among themselves.
 
 Whoever can write the database could still cut the tail or re-compute the whole chain; checkpoints stop that:
 ``AuditAnchor.checkpoint`` signs (HMAC-SHA256, with a key kept in a file outside the database) the statement
@@ -21,26 +37,47 @@ bad event and the kind of damage: edited, deleted, reordered, inserted, tail cut
 rewritten (re-computed after a checkpoint), forged checkpoint.
 
 Events are written with ``append_event`` inside the caller's transaction, so the change and its audit event commit
-or roll back together. Database triggers (migration 0009) refuse UPDATE and DELETE on the events outside the
-erasure path.
+or roll back together. Database triggers (migrations 0009, 0016, 0021) refuse UPDATE and DELETE on the events outside
+the erasure path and the one fill-in of a queued event's chain columns.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+import threading
+import time
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from typing import cast as typing_cast
 
-from sqlalchemy import String, Table, Text, bindparam, cast, func, insert, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
@@ -121,10 +158,13 @@ class ChainReport:
 
 @dataclass(frozen=True, slots=True)
 class AppendedEvent:
-    """An event as ``append_event`` wrote it: the columns of an ``AuditEvent`` row, without the ORM."""
+    """An event as ``append_event`` wrote it: the columns of an ``AuditEvent`` row, without the ORM.
+
+    ``seq``, ``prev_hash`` and ``hash`` are None for a queued event (batched sequencing): it is chained later.
+    """
 
     id: int
-    seq: int
+    seq: int | None
     ts: datetime
     actor: str
     actor_id: int | None
@@ -133,8 +173,8 @@ class AppendedEvent:
     object_id: str | None
     details: dict[str, Any]
     details_hash: str
-    prev_hash: str
-    hash: str
+    prev_hash: str | None
+    hash: str | None
     erased_at: datetime | None = None
     remains_hash: str | None = None
 
@@ -215,34 +255,72 @@ def append_event(
     if session.new or session.dirty or session.deleted:
         session.flush()  # pending rows first (the event may refer to them), as an ORM query would autoflush
     # Core statements on the session's connection: no ORM unit of work per event (the chain is the hot path of
-    # every click). Lock the head row first: PostgreSQL serialises concurrent appends here; on SQLite the write
-    # transaction already holds the database lock (BEGIN IMMEDIATE).
+    # every click).
     conn = session.connection()
-    # The head is read (and locked) once per transaction; later appends in it continue from what they wrote.
-    cached = session.info.get(_HEAD_KEY)
-    head_seq, head_hash = cached if cached is not None else conn.execute(_HEAD_FOR_UPDATE).one()
     # Round-trip through JSON so the stored details are exactly what was hashed.
     rendered = canonical_json(dict(details or {}))
     stored_details: dict[str, Any] = json.loads(rendered)
     details_hash = _sha256(rendered)
-    remains_hash = remains_digest(action, stored_details)
-    seq = head_seq + 1
-    ts = utcnow()
-    oid = None if object_id is None else str(object_id)
-    digest = compute_hash(ts=ts, actor=actor, actor_id=actor_id, action=action, object_type=object_type,
-                          object_id=oid, details_hash=details_hash, prev_hash=head_hash, remains_hash=remains_hash)
-    values = {"seq": seq, "ts": ts, "actor": actor, "actor_id": actor_id, "action": action,
-              "object_type": object_type, "object_id": oid, "details": stored_details,
-              "details_hash": details_hash, "prev_hash": head_hash, "hash": digest, "remains_hash": remains_hash}
-    event_id = conn.execute(insert(_EVENTS), values).inserted_primary_key[0]  # type: ignore[index]
-    conn.execute(_MOVE_HEAD, {"seq": seq, "hash": digest})
-    session.info[_HEAD_KEY] = (seq, digest)
-    logger.debug("audit seq=%s action=%s actor=%s object=%s:%s", seq, action, actor, object_type, oid)
+    values: dict[str, Any] = {
+        "seq": None, "ts": utcnow(), "actor": actor, "actor_id": actor_id, "action": action,
+        "object_type": object_type, "object_id": None if object_id is None else str(object_id),
+        "details": stored_details, "details_hash": details_hash, "prev_hash": None, "hash": None,
+        "remains_hash": remains_digest(action, stored_details)}
+    if _queues(session, conn):
+        # Batched sequencing: no lock; the event is chained after the commit (see _poke_integrator).
+        event_id = conn.execute(insert(_EVENTS), values).inserted_primary_key[0]  # type: ignore[index]
+        session.info[_QUEUED_KEY] = True
+    else:
+        # Inline: lock the head row first (on SQLite the write transaction already holds the database lock). The
+        # head is read (and locked) once per transaction; later appends in it continue from what they wrote.
+        cached = session.info.get(_HEAD_KEY)
+        head_seq, head_hash = cached if cached is not None else conn.execute(_HEAD_FOR_UPDATE).one()
+        values.update(_chained(values, head_seq + 1, head_hash))
+        event_id = conn.execute(insert(_EVENTS), values).inserted_primary_key[0]  # type: ignore[index]
+        conn.execute(_MOVE_HEAD, {"seq": values["seq"], "hash": values["hash"]})
+        session.info[_HEAD_KEY] = (values["seq"], values["hash"])
+    logger.debug("audit seq=%s action=%s actor=%s object=%s:%s", values["seq"], action, actor, object_type,
+                 values["object_id"])
     # A plain record of what was written (an ORM instance costs more to build than the insert itself).
     return AppendedEvent(id=event_id, **values)
 
 
+def _chained(event: Mapping[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
+    """The chain columns of ``event`` (its content columns) placed at ``seq`` after ``prev_hash``: the one place
+    both sequencing modes compute an event's hash."""
+    digest = compute_hash(ts=event["ts"], actor=event["actor"], actor_id=event["actor_id"], action=event["action"],
+                          object_type=event["object_type"], object_id=event["object_id"],
+                          details_hash=event["details_hash"], prev_hash=prev_hash,
+                          remains_hash=event["remains_hash"])
+    return {"seq": seq, "prev_hash": prev_hash, "hash": digest}
+
+
 _HEAD_KEY = "llm_console_audit_head"
+_QUEUED_KEY = "llm_console_audit_queued"
+_COMMITTED_KEY = "llm_console_audit_queued_committed"
+# Engine execution option (set by use_sequencing): "auto" (by dialect), "inline" or "batched".
+SEQUENCING_OPTION = "llm_console_audit_sequencing"
+SEQUENCING_MODES = ("auto", "inline", "batched")
+BATCH_SIZE = 1000  # events chained per integration transaction (bounds how long the head row stays locked)
+_AFTER_COMMIT_BATCHES = 20  # batches per integrator round before it leaves the rest to others (or its next round)
+
+
+def _queues(session: Session, conn: Connection) -> bool:
+    """True when this append is queued (batched sequencing), False when it is chained at once."""
+    if _HEAD_KEY in session.info:
+        return False  # this transaction holds the head (inline appends, or hold_chain): keep chaining inline
+    mode = conn.get_execution_options().get(SEQUENCING_OPTION, "auto")
+    if mode == "auto":
+        return conn.dialect.name != "sqlite"
+    return bool(mode == "batched")
+
+
+def use_sequencing(engine: Engine, mode: str) -> None:
+    """Make ``engine``'s appends ``"inline"`` (chained at once under the head lock), ``"batched"`` (queued, then
+    integrated) or ``"auto"`` (batched on PostgreSQL, inline on SQLite: the default)."""
+    if mode not in SEQUENCING_MODES:
+        raise ValueError(f"audit sequencing must be one of {', '.join(SEQUENCING_MODES)}, not {mode!r}")
+    engine.update_execution_options(**{SEQUENCING_OPTION: mode})
 
 
 @sa_event.listens_for(Session, "after_commit")
@@ -253,10 +331,210 @@ def _forget_head(session: Session, *args: Any) -> None:
     session.info.pop(_HEAD_KEY, None)
 
 
+@sa_event.listens_for(Session, "after_rollback")
+@sa_event.listens_for(Session, "after_soft_rollback")
+def _forget_queued(session: Session, *args: Any) -> None:
+    session.info.pop(_QUEUED_KEY, None)  # the queued events went with the transaction
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _queued_committed(session: Session) -> None:
+    if session.info.pop(_QUEUED_KEY, False):
+        session.info[_COMMITTED_KEY] = True
+
+
+@sa_event.listens_for(Session, "after_transaction_end")
+def _poke_integrator(session: Session, transaction: Any) -> None:
+    """After a commit that queued events, wake this process's integrator for the engine (the commit returns at
+    once: the caller does not wait for the chain)."""
+    if transaction.parent is not None or not session.info.pop(_COMMITTED_KEY, False):
+        return
+    bind = session.get_bind()
+    engine = bind.engine if isinstance(bind, Connection) else bind
+    with _INTEGRATORS_LOCK:
+        integrator = _INTEGRATORS.get(engine)
+        if integrator is None:
+            integrator = _INTEGRATORS[engine] = _Integrator(engine)
+    integrator.poke()
+
+
+class _Integrator:
+    """One per engine and process: a daemon thread that integrates queued events when a commit pokes it, at most
+    once per ``PAUSE_S`` (commits in between are integrated together), and ends after ``IDLE_S`` without work.
+
+    It gives up a round at once when another process holds the head (that one looks again after letting go).
+    At interpreter exit, what it was poked for is integrated one last time (``_integrate_at_exit``); events of a
+    process killed before that wait for the next commit anywhere, or the Checkpointer's sweep.
+    """
+
+    PAUSE_S = 0.01
+    IDLE_S = 5.0
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def poke(self) -> None:
+        self.wake.set()
+        with self.lock:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="audit-integrator", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            if not self.wake.wait(self.IDLE_S):
+                with self.lock:
+                    if not self.wake.is_set():
+                        self.thread = None
+                        return
+                continue
+            self.wake.clear()
+            self.integrate()
+            time.sleep(self.PAUSE_S)
+
+    def integrate(self, *, quiet: bool = False) -> None:
+        try:
+            integrate_pending(self.engine, wait=False, max_batches=_AFTER_COMMIT_BATCHES)
+        except Exception as exc:
+            if quiet:  # at exit (the database may be gone: a test's, dropped)
+                logger.debug("no integration at exit: %s", exc)
+                return  # the appends are committed; a later round, another process or the sweep chains them
+            logger.warning("could not integrate queued audit events (%s); they wait for the next round or sweep",
+                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+_INTEGRATORS: weakref.WeakKeyDictionary[Engine, _Integrator] = weakref.WeakKeyDictionary()
+_INTEGRATORS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _integrate_at_exit() -> None:
+    with _INTEGRATORS_LOCK:
+        integrators = list(_INTEGRATORS.values())
+    for integrator in integrators:
+        if integrator.thread is not None:
+            integrator.integrate(quiet=True)
+
+
+# ---- batched sequencing: the integrator ----
+
+
+def _integrate_batch(conn: Connection, *, wait: bool, limit: int = BATCH_SIZE) -> int | None:
+    """Chain up to ``limit`` queued events, in id order, under the head row's lock, on ``conn`` (in a transaction).
+
+    Returns how many were chained, or None when ``wait`` is False and another transaction holds the head.
+    """
+    head = conn.execute(_HEAD_FOR_UPDATE if wait else _HEAD_FOR_UPDATE_SKIP_LOCKED).first()
+    if head is None:
+        return None
+    rows = conn.execute(_PENDING.limit(limit)).mappings().all()
+    if not rows:
+        return 0
+    seq, prev = head
+    chained = []
+    for row in rows:
+        seq += 1
+        values = _chained(dict(row), seq, prev)
+        prev = values["hash"]
+        chained.append({"b_id": row["id"], "b_seq": seq, "b_prev": values["prev_hash"], "b_hash": prev})
+    conn.execute(_CHAIN_EVENT, chained)
+    conn.execute(_MOVE_HEAD, {"seq": seq, "hash": prev})
+    logger.debug("audit integrated %s queued events, head at seq %s", len(rows), seq)
+    return len(rows)
+
+
+def _transactions(target: Engine | _HasSession, readonly: bool = False
+                  ) -> Callable[[], AbstractContextManager[Connection]]:
+    if isinstance(target, Engine):
+        return target.connect if readonly else target.begin
+
+    @contextmanager
+    def via_session() -> Iterator[Connection]:
+        with target.session(readonly=readonly) as session:
+            yield session.connection()
+
+    return via_session
+
+
+def pending_count(target: Engine | _HasSession | Session) -> int:
+    """How many events are queued, not chained yet (always 0 with inline sequencing)."""
+    if isinstance(target, Session):
+        return target.scalar(_PENDING_COUNT) or 0
+    with _transactions(target, readonly=True)() as conn:
+        return conn.execute(_PENDING_COUNT).scalar() or 0
+
+
+def _has_pending(target: Engine | _HasSession) -> bool:
+    with _transactions(target, readonly=True)() as conn:
+        return bool(conn.execute(_PENDING_ANY).scalar())
+
+
+def integrate_pending(target: Engine | _HasSession, *, wait: bool = True, max_batches: int = 1_000_000) -> int:
+    """Chain the queued events in batches of ``BATCH_SIZE`` (one transaction each); return how many were chained.
+
+    With ``wait`` it waits for the head row's lock and chains every event queued before the call (checkpoints,
+    verification, the sweep). Without it, it gives up at once when another integrator holds the head: that one
+    looks for queued events again after it lets go (so none is left behind unseen), as this one does. At most
+    ``max_batches`` batches.
+    """
+    if not _has_pending(target):
+        return 0
+    begin = _transactions(target)
+    total, batches = 0, 0
+    while batches < max_batches:
+        with begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # A crash may lose this commit: the events are then queued again and chained again. Whatever used
+                # their seqs (a checkpoint, an erasure, a reader's write) commits later, synchronously, and
+                # PostgreSQL flushes the log in order, which makes this integration durable first.
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
+            n = _integrate_batch(conn, wait=wait)
+        batches += 1
+        if n is None:
+            break  # another integrator holds the head and looks again after it lets go
+        total += n
+        if n == BATCH_SIZE:
+            continue
+        # Look again after letting go: an event committed while the head was held may have been skipped by its
+        # own session's try, which gave up because this one held the head.
+        wait = False
+        if not _has_pending(target):
+            break
+    return total
+
+
+def hold_chain(session: Session) -> tuple[int, str]:
+    """Lock the chain's head for the rest of this transaction after integrating every queued event; later appends
+    in it are chained at once. For transactions that must see every event with its seq (erasure, key rotation).
+    Returns the head (seq, hash)."""
+    cached = session.info.get(_HEAD_KEY)
+    if cached is not None:
+        return typing_cast(tuple[int, str], cached)
+    conn = session.connection()
+    while _integrate_batch(conn, wait=True) == BATCH_SIZE:
+        pass
+    head_seq_, head_hash = conn.execute(_HEAD_FOR_UPDATE).one()
+    session.info[_HEAD_KEY] = (head_seq_, head_hash)
+    return head_seq_, head_hash
+
+
 _EVENTS = typing_cast(Table, AuditEvent.__table__)
 _HEAD = typing_cast(Table, AuditHead.__table__)
 _HEAD_FOR_UPDATE = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+_HEAD_FOR_UPDATE_SKIP_LOCKED = (select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID)
+                                .with_for_update(skip_locked=True))
 _MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=bindparam("seq"), hash=bindparam("hash"))
+_PENDING = (select(_EVENTS.c.id, _EVENTS.c.ts, _EVENTS.c.actor, _EVENTS.c.actor_id, _EVENTS.c.action,
+                   _EVENTS.c.object_type, _EVENTS.c.object_id, _EVENTS.c.details_hash, _EVENTS.c.remains_hash)
+            .where(_EVENTS.c.seq.is_(None)).order_by(_EVENTS.c.id))
+_PENDING_ANY = select(exists().where(_EVENTS.c.seq.is_(None)))
+_PENDING_COUNT = select(func.count()).select_from(_EVENTS).where(_EVENTS.c.seq.is_(None))
+# The one change the triggers allow on a queued event (0021): its chain columns, NULL until now, filled in.
+_CHAIN_EVENT = (update(_EVENTS).where(_EVENTS.c.id == bindparam("b_id"), _EVENTS.c.seq.is_(None))
+                .values(seq=bindparam("b_seq"), prev_hash=bindparam("b_prev"), hash=bindparam("b_hash")))
 
 
 class TamperedEvent(ValueError):
@@ -277,6 +555,8 @@ def erase_event_details(session: Session, events: Sequence[AuditEvent], keys: Co
     table = typing_cast(Table, AuditEvent.__table__)
     now = utcnow()
     for event in events:
+        if event.seq is None:
+            raise ValueError("erase only chained audit events: call hold_chain(session) before loading them")
         if event.erased_at is not None:
             continue
         details = dict(event.details or {})
@@ -422,7 +702,9 @@ class AuditAnchor:
         return [k.hex() for k in self._retired.values()]
 
     def checkpoint(self, db: _HasSession, reason: str) -> Checkpoint:
-        """Sign the chain's current head; store the checkpoint in the database, then append it to the file."""
+        """Sign the chain's current head (after integrating the queued events); store the checkpoint in the
+        database, then append it to the file."""
+        integrate_pending(db)
         with db.session() as session:
             head = session.scalars(select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()).one()
             ts = utcnow()
@@ -478,6 +760,7 @@ def rotate_key(db: _HasSession, key_file: Path, checkpoint_file: Path | None, *,
     details = {"old_key_id": None if old is None else old.key_id, "new_key_id": new.key_id,
                "old_key_kept": old is not None, "lost_key_ids": lost, "reason": reason}
     with db.session() as session:
+        hold_chain(session)  # chained at once: the new key's first checkpoint must cover it
         append_event(session, actor=actor, action=KEY_ROTATED_ACTION, object_type="audit_key",
                      object_id=new.key_id, details=details)
     key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -567,11 +850,18 @@ def verify_chain(
     Without an ``anchor`` only the chain's inner consistency and ``audit_head`` are checked (a re-computed chain or
     a cut tail with a matching head then goes unnoticed). With it, every checkpoint in the database, in the
     anchor's checkpoint file and in ``checkpoint_files`` (e.g. a copy kept elsewhere) must be validly signed and
-    match the chain. Accepts a ``Database`` (opens its own read-only session) or an open ``Session``.
+    match the chain. Accepts a ``Database`` (opens its own read-only session) or an open ``Session``. Queued events
+    are integrated first; events queued while it walks are not part of the walk (they are not in the chain yet).
     """
     if isinstance(db_or_session, Session):
+        bind = db_or_session.get_bind()
+        integrate_pending(bind.engine if isinstance(bind, Connection) else bind)
         return _verify(db_or_session, anchor, list(checkpoint_files))
+    integrate_pending(db_or_session)
     with db_or_session.session(readonly=True) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            # One snapshot for the walk and the head: events integrated meanwhile are not a cut tail.
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         return _verify(session, anchor, list(checkpoint_files))
 
 
@@ -725,7 +1015,7 @@ def _details_digest_of(text: str | None) -> str:
 
 def _rows(session: Session) -> Iterator[Any]:
     """The walk's columns in seq order, streamed; on SQLite straight from the driver's cursor (no row objects)."""
-    stmt = select(*_WALK_COLUMNS).order_by(AuditEvent.seq)
+    stmt = select(*_WALK_COLUMNS).where(AuditEvent.seq.is_not(None)).order_by(AuditEvent.seq)
     conn = session.connection()
     if conn.dialect.name != "sqlite":
         yield from session.execute(stmt.execution_options(yield_per=5000))
@@ -815,7 +1105,7 @@ def _classify_link(session: Session, seq: int, prev_hash: str, content_ok: bool,
 
 
 def _count(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+    return session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.seq.is_not(None))) or 0
 
 
 def _classify_content(session: Session, seq: int, digest: str) -> _Damage:
@@ -872,7 +1162,8 @@ def iter_events(
     after_seq: int | None = None,
     limit: int | None = None,
 ) -> Iterator[AuditEvent]:
-    """Events in seq order matching every given filter (``since`` inclusive, ``until`` exclusive).
+    """Events in seq order matching every given filter (``since`` inclusive, ``until`` exclusive); queued events
+    (batched sequencing) come last, in id order (``after_seq`` leaves them out).
 
     Streams in batches, so exporting a large log does not load it all at once.
     """
@@ -893,10 +1184,19 @@ def iter_events(
         stmt = stmt.where(AuditEvent.object_id == str(object_id))
     if after_seq is not None:
         stmt = stmt.where(AuditEvent.seq > after_seq)
-    stmt = stmt.order_by(AuditEvent.seq)
+    stmt = _in_order(session, stmt)
     if limit is not None:
         stmt = stmt.limit(limit)
     yield from session.scalars(stmt.execution_options(yield_per=500))
+
+
+def _in_order(session: Session, stmt: Select[Any], *, newest_first: bool = False) -> Select[Any]:
+    """``stmt`` in chain order, queued events after the chained ones in id order (PostgreSQL sorts NULL seqs last
+    ascending and first descending). SQLite never queues (inline sequencing): plain seq order keeps its index."""
+    seq = AuditEvent.seq.desc() if newest_first else AuditEvent.seq
+    if session.get_bind().dialect.name == "sqlite":
+        return stmt.order_by(seq)
+    return stmt.order_by(seq, AuditEvent.id.desc() if newest_first else AuditEvent.id)
 
 
 def event_to_dict(event: AuditEvent) -> dict[str, Any]:
@@ -920,8 +1220,8 @@ def event_to_dict(event: AuditEvent) -> dict[str, Any]:
 
 def latest_event(session: Session, action: str) -> AuditEvent | None:
     """The newest audit event with this action, or None."""
-    return session.scalars(select(AuditEvent).where(AuditEvent.action == action)
-                           .order_by(AuditEvent.seq.desc()).limit(1)).first()
+    stmt = _in_order(session, select(AuditEvent).where(AuditEvent.action == action), newest_first=True)
+    return session.scalars(stmt.limit(1)).first()
 
 
 def events_about(session: Session, actions: Sequence[str], *, object_type: str | None = None,
@@ -932,5 +1232,5 @@ def events_about(session: Session, actions: Sequence[str], *, object_type: str |
         stmt = stmt.where(AuditEvent.object_type == object_type)
     if object_id is not None:
         stmt = stmt.where(AuditEvent.object_id == object_id)
-    newest = list(session.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit)))
+    newest = list(session.scalars(_in_order(session, stmt, newest_first=True).limit(limit)))
     return newest[::-1]

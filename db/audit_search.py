@@ -105,7 +105,8 @@ def search_events(session: Session, flt: EventQuery, *, before_seq: int | None, 
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    stmt = select(AuditEvent).where(*conditions(flt))
+    # Chained events only: on PostgreSQL a new event waits (milliseconds) to be chained before it has a seq.
+    stmt = select(AuditEvent).where(AuditEvent.seq.is_not(None), *conditions(flt))
     if before_seq is not None:
         stmt = stmt.where(AuditEvent.seq < before_seq)
     return list(session.scalars(stmt.order_by(AuditEvent.seq.desc()).limit(limit)))

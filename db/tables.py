@@ -206,10 +206,14 @@ class AuditEvent(Base):
     """
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_object", "object_type", "object_id"),)
+    __table_args__ = (Index("ix_audit_events_object", "object_type", "object_id"),
+                      # 0021_audit_sequencer: the integrator's queue (events not chained yet).
+                      Index("ix_audit_events_pending", "id", sqlite_where=text("seq IS NULL"),
+                            postgresql_where=text("seq IS NULL")))
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    # seq, prev_hash and hash are NULL only while the event is queued for integration (PostgreSQL; 0021).
+    seq: Mapped[int | None] = mapped_column(Integer, unique=True)
     ts: Mapped[datetime] = mapped_column(index=True)
     actor: Mapped[str] = mapped_column(String(200), index=True)
     actor_id: Mapped[int | None]
@@ -217,8 +221,8 @@ class AuditEvent(Base):
     object_type: Mapped[str | None] = mapped_column(String(100))
     object_id: Mapped[str | None] = mapped_column(String(200))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
     # Added by 0009_audit_anchor: the SHA-256 of the canonical details, which the chained hash covers (so details
     # can be erased without breaking the chain), and when they were erased.
     details_hash: Mapped[str | None] = mapped_column(String(64))

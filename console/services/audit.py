@@ -123,6 +123,7 @@ class Checkpointer(PeriodicTask):
         self.last_seq: int | None = None
 
     def run_once(self) -> audit_q.Checkpoint | None:
+        audit_q.integrate_pending(self.ctx.db)  # the sweep: events no integrator took yet (batched sequencing)
         with self.ctx.db.session(readonly=True) as s:
             head = audit_q.head_seq(s)
         # Read every round: another replica may have signed since this one last did.

@@ -385,6 +385,8 @@ def _erase_in(ctx: AppContext, s: Session, user: Any, floor: datetime | None, *,
     decision_where = sa.and_(ReviewDecision.reviewer_id == uid, ReviewDecision.note.is_not(None), decision_old)
     item_where = sa.and_(sa.or_(ReviewItem.exchange_id.in_(ex_ids), sa.and_(ReviewItem.created_by_id == uid, item_old)),
                          ReviewItem.note.is_not(None))
+    if not dry_run:
+        audit_q.hold_chain(s)  # every event chained (with its seq) before any is erased and listed
     events = [e for e in _personal_events(s, uid, user.username, floor) if _has_personal(e)]
     held_ex = 0 if floor is None else _count(s, sa.select(Exchange.id).where(mine, Exchange.created_at >= floor,
                                                                              with_text))

@@ -359,17 +359,18 @@ def _shown(s: Session, view: ItemView) -> _Shown:
 
 def _seen_since_sign_in(s: Session, actor: Principal, item_id: int) -> bool:
     """True when ``actor`` was already shown this item since they last signed in (their view is on record)."""
+    # By id (the order events were written), not seq: on PostgreSQL an event may still wait to be chained.
     last_view = s.scalar(
-        select(AuditEvent.seq)
+        select(AuditEvent.id)
         .where(AuditEvent.object_type == "review_item", AuditEvent.object_id == str(item_id),
                AuditEvent.action == VIEW_ACTION, AuditEvent.actor_id == actor.user_id)
-        .order_by(AuditEvent.seq.desc())
+        .order_by(AuditEvent.id.desc())
         .limit(1)
     )
     if last_view is None:
         return False
     signed_in_since = s.scalar(select(exists().where(
-        AuditEvent.seq > last_view, AuditEvent.action == SIGN_IN_ACTION, AuditEvent.actor_id == actor.user_id)))
+        AuditEvent.id > last_view, AuditEvent.action == SIGN_IN_ACTION, AuditEvent.actor_id == actor.user_id)))
     return not signed_in_since
 
 

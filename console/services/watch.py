@@ -199,8 +199,8 @@ class Watcher(PeriodicTask):
             settings = self.ctx.settings
             with self.ctx.db.session(readonly=True) as s:
                 switch = audit_q.latest_event(s, "model.switch")
-                if switch is None or not _watched(switch):
-                    return None
+                if switch is None or switch.seq is None or not _watched(switch):
+                    return None  # (a switch not chained yet, on PostgreSQL: the next round, milliseconds later)
                 if audit_q.events_about(s, WATCH_ACTIONS, object_type="model_switch", object_id=str(switch.seq)):
                     return None
                 old, new = str(switch.details["from"]), str(switch.details["to"])

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from console.services import audit_search as search_svc
 from console.services.access import Principal
@@ -17,6 +18,7 @@ from db import Database
 from db import audit as audit_q
 from db import audit_search as aq
 from db import model_versions as versions_q
+from db.tables import AuditEvent
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
@@ -281,7 +283,10 @@ def _exercise_every_filter(database: Database) -> None:
 
     def add(**kw: Any) -> int:
         with database.session() as s:
-            return audit_q.append_event(s, **{"actor": "someone", "action": "pg.event", **kw}).seq
+            event_id = audit_q.append_event(s, **{"actor": "someone", "action": "pg.event", **kw}).id
+        audit_q.integrate_pending(database)  # on PostgreSQL the event is queued, then chained (its seq)
+        with database.session(readonly=True) as s:
+            return s.scalar(select(AuditEvent.seq).where(AuditEvent.id == event_id))
 
     chat = add(actor="ada", action="chat.exchange", object_type="exchange", object_id=5,
                details={"model_version": "v1", "note": "Zoë said 50% a_b"})

@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import StatementError
 
 from db import Database, DbConfig
-from db.audit import GENESIS_HASH, append_event, iter_events, verify_chain
+from db.audit import GENESIS_HASH, append_event, integrate_pending, iter_events, verify_chain
 from db.chat import ExchangeTimings, TurnRecord, create_conversation, store_turn
 from db.review.decisions import record_decision
 from db.review.items import create_review_item
@@ -35,6 +35,7 @@ def _seed(db: Database) -> tuple[int, int]:
 
 
 def _events(db: Database) -> list[AuditEvent]:
+    integrate_pending(db)  # PostgreSQL queues appends and chains them just after (a no-op on SQLite)
     with db.session(readonly=True) as s:
         return list(iter_events(s))
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db import Database, DbConfig
-from db.audit import iter_events, verify_chain
+from db.audit import integrate_pending, iter_events, verify_chain
 from db.chat import TurnRecord, create_conversation, get_conversation, store_turn
 from db.review.claims import claim_item
 from db.review.items import create_review_item
@@ -82,6 +82,7 @@ def test_sixteen_threads_writing_exchanges_lose_nothing_and_the_chain_verifies(d
     assert errors == []
     written = sorted(i for ids in results for i in ids)  # type: ignore[union-attr]
     assert len(written) == THREADS * EXCHANGES_PER_THREAD == len(set(written))
+    integrate_pending(db)  # PostgreSQL queues appends and chains them just after (a no-op on SQLite)
     with db.session(readonly=True) as s:
         assert s.scalar(select(func.count()).select_from(Exchange)) == THREADS * EXCHANGES_PER_THREAD
         audited = [e.object_id for e in iter_events(s, action="chat.exchange")]

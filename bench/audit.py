@@ -5,6 +5,11 @@ Everything runs on a throwaway SQLite database in a temporary directory:
 - ``append_per_s``: events appended with ``db.audit.append_event``, each in its own transaction (what every click
   does), one writer; ``append_per_s_8t``: the same from 8 threads at once (they queue on the chain's lock);
   ``append_per_s_batch100``: one writer, 100 events per transaction (bulk decisions, retention batches).
+- ``append_per_s_4p`` (PostgreSQL only, on a throwaway database of the server at ``--postgres-url``): 4 writer
+  processes, each event in its own transaction, with batched sequencing (the default there), timed until every
+  event is integrated and the chain verifies; ``append_per_s_4p_inline``: the same with every append chained at
+  once under the head lock (the sequencing before issue 24), for the ratio; ``insert_per_s_4p``: the same 4
+  processes inserting rows of the same size into an unchained table, one per transaction (the server's ceiling).
 - ``verify_1m_s``: ``verify_chain`` over ``--events`` events (default 1,000,000) with a signed checkpoint to check.
 - ``export_csv_1m_s``, ``export_parquet_1m_s``: exporting them all (the CLI's path), each in a fresh child process
   whose peak resident memory is ``export_peak_mb`` (the larger of the two; the interpreter and pyarrow included).
@@ -17,21 +22,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Table, create_engine, insert, text, update
+from sqlalchemy.engine import make_url
 
 from db import Database, DbConfig
-from db.audit import AuditAnchor, append_event, canonical_json, compute_hash, verify_chain
+from db.audit import (
+    AuditAnchor,
+    append_event,
+    canonical_json,
+    compute_hash,
+    integrate_pending,
+    pending_count,
+    use_sequencing,
+    verify_chain,
+)
 from db.tables import AuditEvent, AuditHead
 
 _EVENTS = cast(Table, AuditEvent.__table__)
@@ -63,6 +81,106 @@ def _appends(db: Database, n: int, threads: int, per_transaction: int = 1) -> fl
     for t in pool:
         t.join()
     return per_thread * threads / (time.perf_counter() - started)
+
+
+PROCESSES = 4
+
+
+@contextmanager
+def throwaway_postgres(server_url: str) -> Iterator[str]:
+    """The URL of a new, migrated database on the server at ``server_url`` (a role that may create databases);
+    the database is dropped afterwards."""
+    server = make_url(server_url)
+    name = f"llm_console_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = server.set(database=name).render_as_string(hide_password=False)
+        db = Database(DbConfig(url))
+        db.migrate()
+        db.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _writer_process(url: str, mode: str, worker: int, n: int, start: Any) -> None:
+    """One writer: ``n`` events, one per transaction (``mode`` "plain": rows into an unchained table instead)."""
+    db = Database(DbConfig(url))
+    with db.session() as s:
+        s.execute(text("SELECT 1"))  # connected before the clock starts
+    if mode != "plain":
+        use_sequencing(db.engine, mode)
+    start.wait()
+    for i in range(n):
+        details = {"worker": worker, "i": i, "status": "ok", "ttft_ms": 12.5}
+        with db.session() as s:
+            if mode == "plain":
+                s.execute(text("INSERT INTO bench_plain (actor, action, object_id, details) VALUES (:a, :b, :c, :d)"),
+                          {"a": f"user{worker}", "b": "bench.append", "c": str(i), "d": canonical_json(details)})
+            else:
+                append_event(s, actor=f"user{worker}", action="bench.append", object_type="exchange", object_id=i,
+                             details=details)
+    db.dispose()
+
+
+def appends_4p(url: str, per_process: int, mode: str = "auto") -> float:
+    """Events per second from ``PROCESSES`` writer processes on the PostgreSQL database at ``url``, each event in
+    its own transaction, timed until every event is integrated and the chain verifies (``mode``: sequencing, or
+    "plain" for unchained inserts)."""
+    db = Database(DbConfig(url))
+    try:
+        if mode == "plain":
+            with db.session() as s:
+                s.execute(text("CREATE TABLE IF NOT EXISTS bench_plain (id serial PRIMARY KEY, ts timestamptz "
+                               "DEFAULT now(), actor text, action text, object_id text, details json)"))
+        with db.session(readonly=True) as s:
+            before = verify_chain(s).checked
+        spawn = multiprocessing.get_context("spawn")
+        start = spawn.Barrier(PROCESSES + 1)
+        procs = [spawn.Process(target=_writer_process, args=(url, mode, w, per_process, start))
+                 for w in range(PROCESSES)]
+        for proc in procs:
+            proc.start()
+        try:
+            start.wait(timeout=600)  # every writer connected (a busy machine takes a while to start 4 interpreters)
+        except threading.BrokenBarrierError:
+            for proc in procs:
+                proc.kill()
+            raise RuntimeError(f"the writer processes did not start: exit codes {[p.exitcode for p in procs]}"
+                               ) from None
+        started = time.perf_counter()
+        for proc in procs:
+            proc.join()
+        if any(proc.exitcode != 0 for proc in procs):
+            raise RuntimeError("an audit append writer process failed")
+        if mode != "plain":
+            integrate_pending(db)
+            report = verify_chain(db)
+        elapsed = time.perf_counter() - started
+        if mode != "plain":
+            if not report.ok or report.checked != before + PROCESSES * per_process or pending_count(db):
+                raise RuntimeError(f"after {PROCESSES} writer processes the chain holds {report.checked} events "
+                                   f"(expected {before + PROCESSES * per_process}): {report.reason}")
+        return PROCESSES * per_process / elapsed
+    finally:
+        db.dispose()
+
+
+def run_postgres_appends(server_url: str | None, appends: int) -> dict[str, Any]:
+    """``append_per_s_4p`` (batched), ``append_per_s_4p_inline`` and ``insert_per_s_4p`` on a throwaway database,
+    or a note saying why they were not measured."""
+    if not server_url:
+        return {"append_per_s_4p": None, "append_per_s_4p_note": "no PostgreSQL server: pass --postgres-url "
+                "postgresql+psycopg://... (or set LLM_CONSOLE_TEST_POSTGRES_URL) to measure 4 writer processes"}
+    per_process = max(appends // PROCESSES, 1)
+    with throwaway_postgres(server_url) as url:
+        return {"append_per_s_4p": round(appends_4p(url, per_process, "auto"), 1),
+                "append_per_s_4p_inline": round(appends_4p(url, per_process, "inline"), 1),
+                "insert_per_s_4p": round(appends_4p(url, per_process, "plain"), 1)}
 
 
 def _seed_rows(start_seq: int, prev: str, count: int, t0: datetime) -> Iterator[dict[str, Any]]:
@@ -118,8 +236,12 @@ def _export_in_child(db_path: Path, fmt: str, out: Path) -> tuple[float, float]:
 
 
 def run_audit_bench(*, events: int = 1_000_000, appends: int = 2_000, export: bool = True,
+                    postgres_url: str | None = None,
                     progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
     """Run every measurement and return the figures (see the module docstring)."""
+    progress(f"appending {appends} events from {PROCESSES} processes on PostgreSQL" if postgres_url else
+             "no PostgreSQL server given: append_per_s_4p is not measured")
+    on_postgres = run_postgres_appends(postgres_url, appends)
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
         root = Path(tmp)
         db = _database(root / "audit.db")
@@ -140,7 +262,7 @@ def run_audit_bench(*, events: int = 1_000_000, appends: int = 2_000, export: bo
                 raise RuntimeError(f"the seeded chain did not verify: {report.reason}")
             result: dict[str, Any] = {
                 "events": report.checked, "append_per_s": round(one, 1), "append_per_s_8t": round(eight, 1),
-                "append_per_s_batch100": round(batched, 1),
+                "append_per_s_batch100": round(batched, 1), **on_postgres,
                 "verify_1m_s": round(verify_s * 1_000_000 / max(report.checked, 1), 2),
                 "verify_s": round(verify_s, 2),
             }
@@ -156,7 +278,7 @@ def run_audit_bench(*, events: int = 1_000_000, appends: int = 2_000, export: bo
                 result[f"export_{fmt}_mb"] = round((root / f"events.{fmt}").stat().st_size / 1e6, 1)
                 peaks.append(peak)
             result["export_peak_mb"] = round(max(peaks), 1)
-        result["targets"] = {"append_per_s": ">= 5000", "verify_1m_s": "<= 10", "export_csv_1m_s": "<= 10",
+        result["targets"] = {"append_per_s": ">= 5000", "append_per_s_4p": ">= 5000", "verify_1m_s": "<= 10", "export_csv_1m_s": "<= 10",
                              "export_parquet_1m_s": "<= 10", "export_peak_mb": "<= 200"}
         return result
 

@@ -8,6 +8,7 @@ reads the console's database (the version's files), as the shell principal like 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,7 +97,8 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from bench.audit import run_audit_bench
 
-    print_result(run_audit_bench(events=args.events, appends=args.appends,
+    postgres_url = args.postgres_url or os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
+    print_result(run_audit_bench(events=args.events, appends=args.appends, postgres_url=postgres_url,
                                  progress=lambda m: print(m, file=sys.stderr, flush=True)), args.json)
     return 0
 
@@ -169,6 +171,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--json", action="store_true")
     s.add_argument("--events", type=positive, default=1_000_000)
     s.add_argument("--appends", type=positive, default=4_000, help="events appended, one per transaction")
+    s.add_argument("--postgres-url", default=None,
+                   help="a PostgreSQL server (a role that may create databases) for append_per_s_4p; default "
+                        "LLM_CONSOLE_TEST_POSTGRES_URL; without one it is not measured")
     s.set_defaults(func=cmd_audit, unguarded=THROWAWAY)
     s = bench.add_parser("canary", help="canary decisions on scripted traffic with known answers (equal, worse, "
                                         "slightly better candidates), decided by the real judge: correct decisions "

@@ -371,7 +371,7 @@ class _Integrator:
     IDLE_S = 5.0
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine = weakref.ref(engine)  # (the registry is keyed by the engine: a strong reference would keep it)
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
@@ -385,9 +385,9 @@ class _Integrator:
 
     def _run(self) -> None:
         while True:
-            if not self.wake.wait(self.IDLE_S):
+            if not self.wake.wait(self.IDLE_S) or self.engine() is None:
                 with self.lock:
-                    if not self.wake.is_set():
+                    if not self.wake.is_set() or self.engine() is None:
                         self.thread = None
                         return
                 continue
@@ -396,12 +396,15 @@ class _Integrator:
             time.sleep(self.PAUSE_S)
 
     def integrate(self, *, quiet: bool = False) -> None:
+        engine = self.engine()
+        if engine is None:
+            return
         try:
-            integrate_pending(self.engine, wait=False, max_batches=_AFTER_COMMIT_BATCHES)
-        except Exception as exc:
+            integrate_pending(engine, wait=False, max_batches=_AFTER_COMMIT_BATCHES)
+        except Exception as exc:  # the appends are committed: a later round, another process or the sweep chains them
             if quiet:  # at exit (the database may be gone: a test's, dropped)
                 logger.debug("no integration at exit: %s", exc)
-                return  # the appends are committed; a later round, another process or the sweep chains them
+                return
             logger.warning("could not integrate queued audit events (%s); they wait for the next round or sweep",
                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 

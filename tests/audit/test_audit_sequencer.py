@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +68,13 @@ def _assert_whole(db: Database) -> int:
     with db.session(readonly=True) as s:
         assert s.get(AuditHead, 1).seq == len(rows)  # type: ignore[union-attr]
     return len(rows)
+
+
+@pytest.fixture
+def no_integrator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits in this process do not wake its integrator thread: queued events wait for whoever integrates next
+    (as those of a process killed right after its commit do)."""
+    monkeypatch.setattr(audit_q._Integrator, "poke", lambda self: None)
 
 
 @pytest.fixture
@@ -175,14 +181,13 @@ def test_readers_see_a_committed_event_before_it_is_integrated(pg: Database, hea
 
 
 @pytest.mark.postgres
-def test_checkpoints_and_verification_integrate_the_queue_first(pg: Database, tmp_path: Path) -> None:
+def test_checkpoints_and_verification_integrate_the_queue_first(pg: Database, tmp_path: Path,
+                                                                no_integrator: None) -> None:
     anchor = audit_q.AuditAnchor.load(tmp_path / "audit.key", tmp_path / "checkpoints.jsonl")
+    audit_q.integrate_pending(pg)  # (what earlier tests left queued)
     for queue_then in ("checkpoint", "verify"):
-        with pg.engine.connect() as conn:  # the queue fills while the head is held elsewhere
-            conn.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
-            ids = [_append(pg, n=n).id for n in range(5)]
-            conn.rollback()
-        assert audit_q.pending_count(pg) >= 5
+        ids = [_append(pg, n=n).id for n in range(5)]
+        assert audit_q.pending_count(pg) == 5
         if queue_then == "checkpoint":
             cp = anchor.checkpoint(pg, "test")
             with pg.session(readonly=True) as s:
@@ -206,16 +211,13 @@ _CRASHING_INTEGRATOR = textwrap.dedent("""
 
 
 @pytest.mark.postgres
-def test_an_integrator_killed_mid_batch_leaves_the_chain_valid_and_its_events_queued(pg: Database) -> None:
+def test_an_integrator_killed_mid_batch_leaves_the_chain_valid_and_its_events_queued(
+        pg: Database, no_integrator: None) -> None:
     before = _assert_whole(pg)
-    with pg.engine.connect() as conn:
-        conn.execute(text("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE"))
-        for n in range(20):
-            _append(pg, action="test.crash", n=n)
-        child = subprocess.Popen([sys.executable, "-c", _CRASHING_INTEGRATOR, pg.config.url], cwd=ROOT,
-                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        time.sleep(0.5)  # (not a check: lets the child queue on the head's lock before it is let go)
-        conn.rollback()
+    for n in range(20):
+        _append(pg, action="test.crash", n=n)
+    child = subprocess.Popen([sys.executable, "-c", _CRASHING_INTEGRATOR, pg.config.url], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert child.stdout is not None
         assert int(child.stdout.readline()) == 20  # the child chained all 20 in its open transaction
@@ -226,3 +228,22 @@ def test_an_integrator_killed_mid_batch_leaves_the_chain_valid_and_its_events_qu
         child.wait()
     assert audit_q.verify_chain(pg).ok  # waits for the server to drop the dead transaction, then chains the 20
     assert _assert_whole(pg) == before + 20
+
+
+@pytest.mark.postgres
+def test_the_checkpointer_sweeps_events_no_integrator_took(pg_db: Database, tmp_path: Path,
+                                                           no_integrator: None) -> None:
+    from console.services.audit import Checkpointer
+    from console.services.context import AppContext
+    from console.settings import Settings
+    from tests.conftest import console_env
+
+    ctx = AppContext(Settings.from_env(console_env(tmp_path)), pg_db)
+    for n in range(3):
+        _append(pg_db, action="test.swept", n=n)
+    assert audit_q.pending_count(pg_db) == 3
+    cp = Checkpointer(ctx).run_once()
+    assert cp is not None and audit_q.pending_count(pg_db) == 0
+    with pg_db.session(readonly=True) as s:
+        assert cp.seq == s.scalar(select(func.max(AuditEvent.seq)))
+    _assert_whole(pg_db)

@@ -659,7 +659,8 @@ def _box_version_history(w: World, s: str) -> None:
 
 
 def _box_request_status(w: World, s: str) -> None:
-    assert promotion_svc.list_requests(w.ctx, w.people["ada"], status=s) == []
+    with refused(w, "Unknown request status", InvalidInput):
+        promotion_svc.list_requests(w.ctx, w.people["ada"], status=s)
 
 
 def _box_evaluations(w: World, s: str) -> None:

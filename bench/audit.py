@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import resource
 import subprocess
 import sys
@@ -107,14 +106,17 @@ def throwaway_postgres(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _writer_process(url: str, mode: str, worker: int, n: int, start: Any) -> None:
-    """One writer: ``n`` events, one per transaction (``mode`` "plain": rows into an unchained table instead)."""
+def _writer_process(url: str, mode: str, worker: int, n: int) -> None:
+    """One writer (``python -m bench.audit --writer``): says "ready" once connected, starts at "go" on stdin, then
+    writes ``n`` events, one per transaction (``mode`` "plain": rows into an unchained table instead)."""
     db = Database(DbConfig(url))
     with db.session() as s:
         s.execute(text("SELECT 1"))  # connected before the clock starts
     if mode != "plain":
         use_sequencing(db.engine, mode)
-    start.wait()
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
     for i in range(n):
         details = {"worker": worker, "i": i, "status": "ok", "ttft_ms": 12.5}
         with db.session() as s:
@@ -139,24 +141,29 @@ def appends_4p(url: str, per_process: int, mode: str = "auto") -> float:
                                "DEFAULT now(), actor text, action text, object_id text, details json)"))
         with db.session(readonly=True) as s:
             before = verify_chain(s).checked
-        spawn = multiprocessing.get_context("spawn")
-        start = spawn.Barrier(PROCESSES + 1)
-        procs = [spawn.Process(target=_writer_process, args=(url, mode, w, per_process, start))
-                 for w in range(PROCESSES)]
-        for proc in procs:
-            proc.start()
+        # Fresh interpreters (not multiprocessing: its children re-import the parent's main module, which a test
+        # runner or a -c script does not have on disk).
+        root = Path(__file__).resolve().parents[1]
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.audit", "--writer", url, mode, str(w),
+                                   str(per_process)], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) for w in range(PROCESSES)]
         try:
-            start.wait(timeout=600)  # every writer connected (a busy machine takes a while to start 4 interpreters)
-        except threading.BrokenBarrierError:
+            for proc in procs:  # every writer connected before the clock starts
+                assert proc.stdout is not None and proc.stdin is not None
+                if proc.stdout.readline().strip() != "ready":
+                    raise RuntimeError(f"an audit append writer process did not start (exit code {proc.wait()})")
+            started = time.perf_counter()
             for proc in procs:
-                proc.kill()
-            raise RuntimeError(f"the writer processes did not start: exit codes {[p.exitcode for p in procs]}"
-                               ) from None
-        started = time.perf_counter()
-        for proc in procs:
-            proc.join()
-        if any(proc.exitcode != 0 for proc in procs):
-            raise RuntimeError("an audit append writer process failed")
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            if any(proc.wait() != 0 for proc in procs):
+                raise RuntimeError("an audit append writer process failed")
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if mode != "plain":
             integrate_pending(db)
             report = verify_chain(db)
@@ -306,6 +313,8 @@ def _export_child(db_path: str, fmt: str, out: str) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--export-child":
         _export_child(*sys.argv[2:])
+    elif len(sys.argv) == 6 and sys.argv[1] == "--writer":
+        _writer_process(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         print(json.dumps(run_audit_bench(events=int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000,
                                          progress=lambda m: print(m, file=sys.stderr)), indent=2))

@@ -521,6 +521,9 @@ def hold_chain(session: Session) -> tuple[int, str]:
         pass
     head_seq_, head_hash = conn.execute(_HEAD_FOR_UPDATE).one()
     session.info[_HEAD_KEY] = (head_seq_, head_hash)
+    if conn.dialect.name != "sqlite":
+        # Integrators that found the head taken meanwhile gave up; after the commit this process looks for them.
+        session.info[_QUEUED_KEY] = True
     return head_seq_, head_hash
 
 

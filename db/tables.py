@@ -233,7 +233,8 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The single row holding the chain's last seq and hash: the lock appends serialize on."""
+    """The single row holding the chain's last seq and hash: its lock serializes chaining (inline appends on
+    SQLite, integration batches on PostgreSQL; db.audit)."""
 
     __tablename__ = "audit_head"
 

@@ -1,4 +1,4 @@
-"""The same store tests on PostgreSQL, where appends serialise on the audit_head row lock.
+"""The same store tests on PostgreSQL, where appends are queued and chained in batches (db.audit's sequencing).
 
 Opt-in: set LLM_CONSOLE_TEST_POSTGRES_URL to a server URL whose user may create databases, e.g.
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` (needs the ``psycopg`` driver). Each test gets

@@ -81,6 +81,7 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
+from db.database import READONLY_OPTION
 from db.tables import AuditCheckpoint, AuditEvent, AuditHead
 from db.types import utcnow
 
@@ -452,7 +453,9 @@ def _integrate_batch(conn: Connection, *, wait: bool, limit: int = BATCH_SIZE) -
 def _transactions(target: Engine | _HasSession, readonly: bool = False
                   ) -> Callable[[], AbstractContextManager[Connection]]:
     if isinstance(target, Engine):
-        return target.connect if readonly else target.begin
+        # A read-only look must not take SQLite's write lock (BEGIN IMMEDIATE): the caller may hold it in an open
+        # write session on the same thread (verify_chain inside a transaction), which would then wait on itself.
+        return target.execution_options(**{READONLY_OPTION: True}).connect if readonly else target.begin
 
     @contextmanager
     def via_session() -> Iterator[Connection]:

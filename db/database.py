@@ -33,7 +33,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x6C6C6D2D6D6967  # "llm-mig"
 
 # Engine-level execution option marking read-only sessions (SQLite: deferred BEGIN, no write lock).
-_READONLY_OPTION = "llm_console_readonly"
+READONLY_OPTION = "llm_console_readonly"
 
 
 _canonical_json = functools.partial(json.dumps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -68,9 +68,9 @@ class Database:
             _configure_sqlite(self.engine, config)
         self._write_sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = sessionmaker(
-            self.engine.execution_options(**{_READONLY_OPTION: True}),
+            self.engine.execution_options(**{READONLY_OPTION: True}),
             expire_on_commit=False,
-            info={_READONLY_OPTION: True},
+            info={READONLY_OPTION: True},
         )
         logger.info("database engine created for %s", url.render_as_string(hide_password=True))
 
@@ -134,7 +134,7 @@ def alembic_config(url: str, connection: Connection | None = None) -> Config:
 
 @event.listens_for(Session, "before_flush")
 def _refuse_readonly_writes(session: Session, flush_context: Any, instances: Any) -> None:
-    if session.info.get(_READONLY_OPTION) and (session.new or session.dirty or session.deleted):
+    if session.info.get(READONLY_OPTION) and (session.new or session.dirty or session.deleted):
         raise ReadOnlySessionError("this session was opened read-only")
 
 
@@ -220,7 +220,7 @@ def _configure_sqlite(engine: Engine, config: DbConfig) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get(_READONLY_OPTION):
+        if conn.get_execution_options().get(READONLY_OPTION):
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")

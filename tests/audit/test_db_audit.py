@@ -235,6 +235,7 @@ def test_iter_events_filters_by_action_actor_and_time(db: Database) -> None:
     with db.session() as s:
         append_event(s, actor="bob", action="review.claim", object_type="review_item", object_id=5)
         append_event(s, actor="bob", action="review.decision", object_type="review_item", object_id=5)
+    integrate_pending(db)  # after_seq reads chained events only (PostgreSQL chains them just after the commit)
     with db.session(readonly=True) as s:
         assert [e.action for e in iter_events(s, actor="bob")] == ["review.claim", "review.decision"]
         assert [e.action for e in iter_events(s, action_prefix="review.")] == [

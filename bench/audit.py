@@ -28,15 +28,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, create_engine, insert, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Table, insert, text, update
 
 from db import Database, DbConfig
 from db.audit import (
@@ -49,6 +47,7 @@ from db.audit import (
     use_sequencing,
     verify_chain,
 )
+from db.database import scratch_postgres_database
 from db.tables import AuditEvent, AuditHead
 
 _EVENTS = cast(Table, AuditEvent.__table__)
@@ -89,21 +88,11 @@ PROCESSES = 4
 def throwaway_postgres(server_url: str) -> Iterator[str]:
     """The URL of a new, migrated database on the server at ``server_url`` (a role that may create databases);
     the database is dropped afterwards."""
-    server = make_url(server_url)
-    name = f"llm_console_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = server.set(database=name).render_as_string(hide_password=False)
+    with scratch_postgres_database(server_url, prefix="llm_console_bench") as url:
         db = Database(DbConfig(url))
         db.migrate()
         db.dispose()
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _writer_process(url: str, mode: str, worker: int, n: int) -> None:

@@ -19,18 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from bench.audit import seed_events
 from bench.latency import _seed as seed_exchanges
 from db import audit as audit_q
 from db.config import DbConfig
-from db.database import Database
+from db.database import Database, scratch_postgres_database
 
 
 def _watch_peak(pid: int, proc: subprocess.Popen[str]) -> int:
@@ -62,23 +58,13 @@ def run_copy_bench(server_url: str, *, events: int = 200_000, exchanges: int = 5
         anchor.checkpoint(source, "bench")
         source.dispose()
         seed_s = time.perf_counter() - started
-        server = make_url(server_url)
-        name = f"llm_console_bench_copy_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
+        with scratch_postgres_database(server_url, prefix="llm_console_bench_copy") as target:
             # The real command in a fresh interpreter, so its peak memory is the copy's own.
             env = {**os.environ, "LLM_CONSOLE_DATA_DIR": str(data), "LLM_CONSOLE_DATABASE_URL": str(source.url)}
-            proc = subprocess.Popen([sys.executable, "-m", "console.cli", "db", "copy", "--json", "--to",
-                                     server.set(database=name).render_as_string(hide_password=False)],
+            proc = subprocess.Popen([sys.executable, "-m", "console.cli", "db", "copy", "--json", "--to", target],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             peak_kb = _watch_peak(proc.pid, proc)
             stdout, stderr = proc.communicate()
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
     if proc.returncode != 0:
         raise SystemExit(f"the copy failed: {stderr.strip()}")
     report = json.loads(stdout)

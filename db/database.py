@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +120,23 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection; call at shutdown or before discarding the object."""
         self.engine.dispose()
+
+
+@contextmanager
+def scratch_postgres_database(server_url: str, *, prefix: str = "llm_console_scratch") -> Iterator[str]:
+    """The URL of a new, empty database on the PostgreSQL server at ``server_url`` (a role that may create
+    databases), dropped afterwards with every connection to it: for tests and benchmarks, never for a console."""
+    server = make_url(server_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))  # (a generated name: no user input in the statement)
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def alembic_config(url: str, connection: Connection | None = None) -> Config:

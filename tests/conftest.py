@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -209,24 +208,16 @@ POSTGRES_URL = os.environ.get("LLM_CONSOLE_TEST_POSTGRES_URL")
 @contextmanager
 def postgres_database() -> Iterator[Database]:
     """A fresh database on the server at ``LLM_CONSOLE_TEST_POSTGRES_URL``, migrated to head, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from db.database import scratch_postgres_database
 
     assert POSTGRES_URL is not None
-    server = make_url(POSTGRES_URL)
-    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    database = Database(DbConfig(server.set(database=name).render_as_string(hide_password=False)))
-    try:
-        database.migrate()
-        yield database
-    finally:
-        database.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(POSTGRES_URL, prefix="llm_console_test") as url:
+        database = Database(DbConfig(url))
+        try:
+            database.migrate()
+            yield database
+        finally:
+            database.dispose()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,7 @@ from db import promotions as promotions_q
 from db import users as users_q
 from db.config import DbConfig
 from db.copy import CopyError, copy_database
-from db.database import Database
+from db.database import Database, scratch_postgres_database
 from db.review.decisions import record_decision
 from db.review.items import ReviewItemRecord
 from db.safety import FindingRecord, RawTextRecord
@@ -62,17 +61,8 @@ BASIS = "court order 2026/77 (art. 17 GDPR)"
 def empty_postgres() -> Iterator[str]:
     """The URL of a new database with nothing in it (not migrated), dropped afterwards."""
     assert POSTGRES_URL is not None
-    server = make_url(POSTGRES_URL)
-    name = f"llm_console_copy_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres_database(POSTGRES_URL, prefix="llm_console_copy") as url:
+        yield url
 
 
 # --- a realistic source, built once ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -264,17 +263,10 @@ MIGRATE = "import sys; from db import Database, DbConfig; Database(DbConfig(url=
 
 
 def test_replicas_starting_together_on_a_new_database_migrate_it_once() -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from db.database import scratch_postgres_database
 
     assert POSTGRES_URL is not None
-    server = make_url(POSTGRES_URL)
-    name = f"llm_console_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = server.set(database=name).render_as_string(hide_password=False)
+    with scratch_postgres_database(POSTGRES_URL, prefix="llm_console_test") as url:
         procs = [subprocess.Popen([sys.executable, "-c", MIGRATE, url], cwd=ROOT, stderr=subprocess.PIPE, text=True)
                  for _ in range(3)]
         errors = [p.communicate(timeout=300)[1] for p in procs]
@@ -284,10 +276,6 @@ def test_replicas_starting_together_on_a_new_database_migrate_it_once() -> None:
             assert db.current_revision() == db.head_revision()
         finally:
             db.dispose()
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 RECONCILER = """

@@ -173,6 +173,24 @@ def _watched(event: AuditEvent | None) -> bool:
     return not str(event.details.get("reason") or "").startswith(promotion.ROLLBACK_PREFIX)
 
 
+def watched_switch(session: Session) -> AuditEvent | None:
+    """The production switch the watch window is about: the newest ``model.switch``, or with several console
+    replicas (each records its own switch of one move, seconds or minutes apart) the first of the newest run of
+    switches between the same two versions, so one move gets one window, from when it first served."""
+    recent = audit_q.events_about(session, ("model.switch",), limit=SWITCH_RUN_LIMIT)  # oldest first
+    if not recent:
+        return None
+    first = recent[-1]
+    for event in reversed(recent[:-1]):
+        if (event.details.get("from"), event.details.get("to")) != (first.details.get("from"), first.details.get("to")):
+            break
+        first = event
+    return first
+
+
+SWITCH_RUN_LIMIT = 64  # more replicas than this switching for one move would each start a window of their own
+
+
 class Watcher(PeriodicTask):
     """Watches the version a production switch brought in; one per console process, on its own thread.
 
@@ -182,7 +200,8 @@ class Watcher(PeriodicTask):
     prompts); each comparison needs ``watch_min_samples`` on both sides, and a rate a significant rise
     (:func:`watch_tests`). On a regression it rolls back (``watch_auto_rollback``)
     or only proposes a rollback; either way it writes ``model.watch_regression`` saying why. A window that ends
-    without one gets ``model.watch_ended``. Each switch gets one finding, even with several console processes; one
+    without one gets ``model.watch_ended``. Each production move gets one finding, even though several console replicas
+    each record their own switch for it (:func:`watched_switch`); one
     replica per interval looks (the ``model-watch`` lease).
     A rollback's own switch is not watched (it returns to the version just compared against).
     """
@@ -198,7 +217,7 @@ class Watcher(PeriodicTask):
         with self._lock:
             settings = self.ctx.settings
             with self.ctx.db.session(readonly=True) as s:
-                switch = audit_q.latest_event(s, "model.switch")
+                switch = watched_switch(s)
                 if switch is None or switch.seq is None or not _watched(switch):
                     return None  # (a switch not chained yet, on PostgreSQL: the next round, milliseconds later)
                 if audit_q.events_about(s, WATCH_ACTIONS, object_type="model_switch", object_id=str(switch.seq)):
@@ -320,7 +339,7 @@ def production_state(ctx: AppContext, actor: Principal) -> ProductionView:
             previous: str | None = promotion.rollback_plan(s)[1].name
         except ConsoleError:
             previous = None
-        switch = audit_q.latest_event(s, "model.switch")
+        switch = watched_switch(s)
         last_move = next(iter(versions_q.alias_moves(s, alias=PRODUCTION, limit=1)), None)
         moved_view = None if last_move is None else _move_view(s, last_move)
         watch = None

@@ -10,10 +10,10 @@ from datetime import timedelta
 
 import pytest
 
-from console.services import promotion, watch
+from console.services import promotion, serving, watch
 from db import audit as audit_q
 from db.types import utcnow
-from tests.models.promotion_support import evaluate, events, production, register_version, traffic
+from tests.models.promotion_support import StubHost, evaluate, events, production, register_version, traffic
 
 
 def test_watch_rolls_back_by_itself_on_a_slower_version_and_the_reconciler_switches_back(
@@ -37,6 +37,25 @@ def test_watch_rolls_back_by_itself_on_a_slower_version_and_the_reconciler_switc
     view = watch.production_state(ctx, team["rita"])
     assert view.current == "v1" and view.watch is not None and view.watch.state == "not_watched"
     assert view.recent_regression is not None and view.recent_regression.action == "rolled_back"
+
+
+def test_a_move_switched_by_two_replicas_gets_one_watch_window_from_the_first_switch(
+        ctx, team, switched, clock) -> None:  # noqa: ANN001
+    first = switched["switch"]
+    clock.now = first.ts + timedelta(minutes=5)  # a second replica switches later (a slower load)
+    outcome = serving.Reconciler(ctx, StubHost("v1")).run_once()  # type: ignore[arg-type]
+    assert outcome is not None and outcome.ok
+    second = events(ctx, "model.switch")[-1]
+    assert second.seq != first.seq and (second.details["from"], second.details["to"]) == ("v1", "v2")
+    with ctx.db.session(readonly=True) as s:
+        assert watch.watched_switch(s).seq == first.seq
+    clock.now = first.ts + timedelta(minutes=10)
+    traffic(ctx, switched["operator"], "v2", first.ts, 10, ttft=200.0)
+    finding = watch.Watcher(ctx).run_once()
+    assert finding is not None and finding.verdict == "regression" and finding.switched_at == first.ts
+    assert watch.Watcher(ctx).run_once() is None
+    (regression,) = events(ctx, "model.watch_regression")
+    assert regression.object_id == str(first.seq)
 
 
 def test_watch_only_proposes_a_rollback_when_auto_rollback_is_off(ctx, team, switched) -> None:  # noqa: ANN001

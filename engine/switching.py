@@ -575,16 +575,7 @@ class SwitchingEngine:
             try:
                 client = backends.start_client(spec, self._config, self._options, wait=False, in_process="child")
                 self._set(_canary_incoming=client)
-                try:
-                    backends.wait_ready(client, self._options.start_timeout_s)
-                    self._warm_up(client, spec)
-                except EngineNotReadyError as exc:
-                    client.shutdown()
-                    raise ServerStartError(f"{spec.name} did not start within {self._options.start_timeout_s:.0f} "
-                                           f"s: {exc}") from None
-                except BaseException:
-                    client.shutdown()
-                    raise
+                self._await_ready(client, spec, warm_up=True)
                 with self._changed:
                     closed = self._closed
                     if not closed:
@@ -723,8 +714,16 @@ class SwitchingEngine:
             return self._host
         client = backends.start_client(spec, self._config, self._options, wait=False)
         self._set(_incoming=client)
+        self._await_ready(client, spec)
+        return client
+
+    def _await_ready(self, client: EngineClient, spec: ModelSpec, *, warm_up: bool = False) -> None:
+        """Wait until a freshly started ``client`` serves (and, with ``warm_up``, answers one warm-up request); on
+        any failure it is stopped, and one that never became ready raises :class:`ServerStartError`."""
         try:
             backends.wait_ready(client, self._options.start_timeout_s)
+            if warm_up:
+                self._warm_up(client, spec)
         except EngineNotReadyError as exc:
             client.shutdown()
             raise ServerStartError(f"{spec.name} did not start within {self._options.start_timeout_s:.0f} s: "
@@ -732,7 +731,6 @@ class SwitchingEngine:
         except BaseException:
             client.shutdown()
             raise
-        return client
 
     @staticmethod
     def _warm_up(client: EngineClient, spec: ModelSpec) -> None:

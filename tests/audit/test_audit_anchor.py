@@ -32,6 +32,7 @@ from db.audit import (
     compute_hash,
     details_digest,
     erase_event_details,
+    integrate_pending,
     verify_chain,
 )
 from db.chat import TurnRecord, create_conversation, store_turn
@@ -60,6 +61,8 @@ def _append(db: Database, n: int, start: int = 0) -> None:
     with db.session() as s:
         for i in range(start, start + n):
             append_event(s, actor="system", action="test.event", details={"i": i, "email": f"p{i}@example.com"})
+    # PostgreSQL queues appends and chains them just after the commit; the tests address events by seq at once.
+    integrate_pending(db)
 
 
 def _tamper(db: Database, work: Callable[[Connection], None]) -> None:

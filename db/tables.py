@@ -57,7 +57,8 @@ ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 EXCHANGE_STATUSES = ("ok", "error", "aborted", "blocked", "pending", "interrupted")
 REVIEW_STATUSES = ("none", "pending", "decided")
 DIRECTIONS = ("prompt", "output")
-ITEM_REASONS = ("flagged", "blocked", "manual")
+# "spot_check": drawn blind from unflagged exchanges (spot checks); "feedback": a thumbs-down sent to review.
+ITEM_REASONS = ("flagged", "blocked", "manual", "spot_check", "feedback")
 ITEM_STATUSES = ("open", "claimed", "decided", "escalated")
 # Items waiting for a reviewer: at most one per exchange (a partial unique index, 0014_one_open_review_item).
 OPEN_ITEM_STATUSES = ("open", "claimed")
@@ -738,6 +739,21 @@ class ErasureRequest(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     decided_at: Mapped[datetime | None]
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+# ---- 0023_feedback ---- (issue 25: add this part's tables under this line)
+
+
+# ---- 0024_spot_checks ---- (issue 25: add this part's tables under this line)
+
+
+# ---- 0025_quotas ---- (issue 25: add this part's tables under this line)
+
+
+# ---- 0026_alerts ---- (issue 25: add this part's tables under this line)
+
+
+# ---- 0027_policy_changes ---- (issue 25: add this part's tables under this line)
 
 
 # ---- append-only guards ----

@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0021_audit_sequencer"
+HEAD = "0027_policy_changes"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.exc import OperationalError
 
 from console.services import canary as canary_svc
-from console.services import moderation, telemetry
+from console.services import moderation, quotas, telemetry
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
@@ -501,6 +501,8 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
     host = ctx.host
     if host is None:
         raise ModelUnavailable("No model is being served; ask an admin.")
+    if request_prefix == "chat":  # quotas (issue 25): before anything is scanned, stored or sent; see quotas.py
+        quotas.enforce(ctx, actor, synthetic=synthetic)
 
     started = time.perf_counter()
     try:

@@ -79,6 +79,15 @@ class PromotionsPageState:
 
 
 @dataclass
+class PolicyPageState:
+    """The Policy page: a message for the next rerun, and the form round (the proposal and decision forms are keyed
+    by it, so each opens afresh after a success and keeps what was typed when it is refused)."""
+
+    flash: str | None = None
+    round: int = 0
+
+
+@dataclass
 class EvaluationsPageState:
     """The Evaluations page: a message for the next rerun, the form round, the evaluation being watched."""
 
@@ -147,6 +156,7 @@ class UiSession:
     promotions: PromotionsPageState = field(default_factory=PromotionsPageState)
     audit: AuditPageState = field(default_factory=AuditPageState)
     users: UsersPageState = field(default_factory=UsersPageState)
+    policy: PolicyPageState = field(default_factory=PolicyPageState)
 
     def reset_pages(self) -> None:
         """Forget every page's state (at sign-in and sign-out: the next user starts clean)."""
@@ -158,6 +168,7 @@ class UiSession:
         self.promotions = PromotionsPageState()
         self.audit = AuditPageState()
         self.users = UsersPageState()
+        self.policy = PolicyPageState()
 
 
 def session() -> UiSession:

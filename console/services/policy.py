@@ -1,14 +1,30 @@
-"""The moderation policy in force: view it (admins, reviewers) and replace it (admins); changes are versioned."""
+"""The moderation policy in force: view it (admins, reviewers); every console follows the newest stored version.
+
+Changing it is a request another admin approves (:mod:`console.services.policy_changes`): nobody replaces the
+policy in one step any more. The policy file seeds the first version at start-up, and a changed file on disk
+becomes a new version when a console starts with it (an operator's deployment, audited as ``policy.version`` by
+``system``; see docs/safety.md "Changing the policy").
+
+Each console process holds the policy it enforces in its safety stack. :func:`follow` makes it catch up with the
+newest stored version (one indexed ``SELECT version ... LIMIT 1``; the text is read only when the number moved), so
+a change approved on one replica reaches every replica: :class:`PolicyFollower` runs it on the reconciler's
+cadence, and the Policy page runs it before it shows the policy.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import ConsoleError, InvalidInput
+from console.services.periodic import PeriodicTask
 from console.services.text import is_clean
+from db import policy_changes as changes_q
 from db import safety as safety_q
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,33 +61,64 @@ def _stack(ctx: AppContext):  # noqa: ANN202
     return stack
 
 
-@requires("policy.view")
-def current(ctx: AppContext, actor: Principal) -> PolicyView:
-    stack = _stack(ctx)
-    p = stack.policy
-    return PolicyView(stack.policy_version, p.version, p.output_mode, p.keep_raw_text, p.source_text, stack.notice,
-                      dict(stack.runner.versions),
-                      raw_text_note(p.keep_raw_text, ctx.settings.retention_raw_days))
-
-
-@requires("policy.manage")
-def replace(ctx: AppContext, actor: Principal, content: str) -> PolicyView:
-    """Validate ``content`` (TOML), store it as a new policy version (audited) and put it in force."""
+def validate(content: object):  # noqa: ANN201 - engine.safety.policy.Policy
+    """Parse a proposed policy text; InvalidInput naming the bad key (as the policy file's own errors do)."""
     from engine.safety.policy import Policy, PolicyError
 
-    if not content or not content.strip():
+    if not isinstance(content, str) or not content.strip():
         raise InvalidInput("The policy is empty.")
     if not is_clean(content.replace("\x00", "")):  # a NUL is TOML's to refuse; a lone surrogate cannot be stored
         raise InvalidInput("The policy is not valid TOML: it holds a broken surrogate character.")
     try:
-        policy = Policy.from_toml(content)
+        return Policy.from_toml(content)
     except PolicyError as exc:
         raise InvalidInput(f"The policy is not valid: {exc}") from None
-    stack = _stack(ctx)
-    with ctx.db.session() as s:
-        stored = safety_q.store_policy_version(s, policy.source_text, actor.user_id, actor=actor.username)
-        version = stored.version
+
+
+def follow(ctx: AppContext) -> int | None:
+    """Put the newest stored policy version in force in this process if it is not yet; returns the version now in
+    force (None without a safety stack). Cheap when nothing changed: one indexed read of a number."""
+    stack = ctx.safety
+    if stack is None:
+        return None
+    with ctx.db.session(readonly=True) as s:
+        newest = changes_q.latest_version_number(s)
+        if newest is None or newest == stack.policy_version:
+            return stack.policy_version
+        row = safety_q.latest_policy_version(s)
+        if row is None:
+            return stack.policy_version
+        number, content = row.version, row.content
+    from engine.safety.policy import Policy
+
+    try:
+        policy = Policy.from_toml(content)
+    except Exception:  # noqa: BLE001 - a stored version that no longer parses must not stop serving
+        logger.exception("stored policy version %s does not parse; keeping version %s", number, stack.policy_version)
+        return stack.policy_version
     with stack.lock:
-        stack.policy = policy
-        stack.policy_version = version
-    return current(ctx, actor)
+        if stack.policy_version != number:
+            logger.info("policy version %s in force (was %s)", number, stack.policy_version)
+            stack.policy, stack.policy_version = policy, number
+    return number
+
+
+class PolicyFollower(PeriodicTask):
+    """Every few seconds (the reconciler's cadence), :func:`follow` in this process: every replica runs it."""
+
+    def __init__(self, ctx: AppContext, *, interval_s: float) -> None:
+        super().__init__(interval_s, name="policy-follower")
+        self.ctx = ctx
+
+    def run_once(self) -> int | None:
+        return follow(self.ctx)
+
+
+@requires("policy.view")
+def current(ctx: AppContext, actor: Principal) -> PolicyView:
+    stack = _stack(ctx)
+    follow(ctx)
+    p = stack.policy
+    return PolicyView(stack.policy_version, p.version, p.output_mode, p.keep_raw_text, p.source_text, stack.notice,
+                      dict(stack.runner.versions),
+                      raw_text_note(p.keep_raw_text, ctx.settings.retention_raw_days))

@@ -1,10 +1,12 @@
-"""The policy in force: seeded from the file, replaced by admins (validated, versioned, audited), kept on restart."""
+"""The policy in force: seeded from the file, changed through an approved request (validated, versioned, audited),
+kept on restart. (Until issue 25 an admin replaced it in one step with ``policy.replace``; that is gone: the
+change tests here now go through ``policy_changes.propose`` and another admin's ``approve``.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from console.services import moderation
+from console.services import moderation, policy_changes
 from console.services import policy as policy_svc
 from console.services.errors import AccessDenied, InvalidInput
 from db import audit as audit_q
@@ -36,11 +38,15 @@ def stacks(ctx, tmp_path, monkeypatch):
     return build
 
 
-def test_the_file_seeds_the_first_version_and_an_admins_change_survives_a_restart(ctx, make_user, stacks):
+def test_the_file_seeds_the_first_version_and_an_approved_change_survives_a_restart(ctx, make_user, stacks):
     admin = make_user("boss", "admin")
+    second = make_user("second", "admin")
     first = stacks(POLICY_A)
     assert (first.policy.version, first.policy_version) == ("a", 1)
-    view = policy_svc.replace(ctx, admin, POLICY_B)
+    request = policy_changes.propose(ctx, admin, POLICY_B, "hold answers until scanned", 7)
+    assert policy_svc.current(ctx, admin).version == 1  # a request alone changes nothing
+    policy_changes.approve(ctx, second, request.id)
+    view = policy_svc.current(ctx, admin)
     assert (view.version, view.file_version, view.output_mode) == (2, "b", "hold_until_scanned")
     restarted = stacks(POLICY_A)  # same file as before: the admin's version stays in force
     assert (restarted.policy.version, restarted.policy_version) == ("b", 2)
@@ -48,7 +54,8 @@ def test_the_file_seeds_the_first_version_and_an_admins_change_survives_a_restar
     assert (changed.policy.version, changed.policy_version) == ("c", 3)
     with ctx.db.session() as s:
         assert safety_q.latest_policy_version(s).version == 3
-        assert [e.actor for e in audit_q.iter_events(s, action="policy.version")] == ["system", "boss", "system"]
+        # The approver stores the version (the requester is on the policy.change_requested event).
+        assert [e.actor for e in audit_q.iter_events(s, action="policy.version")] == ["system", "second", "system"]
 
 
 @pytest.mark.parametrize("content,key", [
@@ -62,13 +69,14 @@ def test_an_invalid_policy_names_the_bad_key_and_changes_nothing(ctx, make_user,
     admin = make_user("boss", "admin")
     stacks(POLICY_A)
     with pytest.raises(InvalidInput, match=key.replace(".", r"\.")):
-        policy_svc.replace(ctx, admin, content)
+        policy_changes.propose(ctx, admin, content, "a change", 7)
     assert policy_svc.current(ctx, admin).version == 1
 
 
-def test_reviewers_read_the_policy_but_only_admins_change_it(ctx, make_user, stacks):
+def test_reviewers_read_the_policy_but_only_admins_propose_changes(ctx, make_user, stacks):
     stacks(POLICY_A)
     reviewer = make_user("rita", "reviewer")
     assert policy_svc.current(ctx, reviewer).file_version == "a"
     with pytest.raises(AccessDenied):
-        policy_svc.replace(ctx, reviewer, POLICY_B)
+        policy_changes.propose(ctx, reviewer, POLICY_B, "a change", 7)
+    assert not hasattr(policy_svc, "replace")  # no one-step replace is left to call

@@ -266,11 +266,15 @@ def set_role_limit(ctx: AppContext, actor: Principal, role: str, kind: str, valu
                              details={"scope": "role", "role": role, "kind": kind,
                                       "old": _as_detail(existed, old, "shipped default"),
                                       "new": _as_detail(True, limit, "")})
-    return next(r for r in role_defaults.__wrapped__(ctx, actor) if r.role == role)  # type: ignore[attr-defined]
+    return _role_quota(ctx, role)
+
+
+def _role_quota(ctx: AppContext, role: str) -> RoleQuota:
+    return next(r for r in _role_defaults(ctx) if r.role == role)
 
 
 @requires("users.manage")
-def reset_role_limit(ctx: AppContext, actor: Principal, role: str, kind: str) -> None:
+def reset_role_limit(ctx: AppContext, actor: Principal, role: str, kind: str) -> RoleQuota:
     """Put a role's ``kind`` limit back to the shipped default; audited (nothing when it is already there)."""
     role = _check_role(role)
     parse_limit(None, kind)
@@ -283,6 +287,7 @@ def reset_role_limit(ctx: AppContext, actor: Principal, role: str, kind: str) ->
                                  details={"scope": "role", "role": role, "kind": kind,
                                           "old": _as_detail(True, old, ""),
                                           "new": f"shipped default ({'no limit' if shipped is None else shipped})"})
+    return _role_quota(ctx, role)
 
 
 def _user(s: Session, user_id: object) -> User:
@@ -352,6 +357,10 @@ def quota_overview(ctx: AppContext, actor: Principal) -> list[UserQuota]:
 @requires("users.manage")
 def role_defaults(ctx: AppContext, actor: Principal) -> list[RoleQuota]:
     """Each role's default limits (set by an admin, or shipped)."""
+    return _role_defaults(ctx)
+
+
+def _role_defaults(ctx: AppContext) -> list[RoleQuota]:
     with ctx.db.session(readonly=True) as s:
         defaults = quotas_q.role_limits(s)
     rows = []

@@ -1,4 +1,4 @@
-"""Admin: add users, change roles, disable or enable accounts, reset passwords, erase a person's content."""
+"""Admin: add users, change roles, disable or enable accounts, reset passwords, set quotas, erase a person's content."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from console.services import sessions as sessions_svc
 from console.services import users as users_svc
 from console.services.access import ALL_ROLES
 from console.textsafe import escape_markdown
+from console.views import users_quotas
 
 principal = ui.require_page("users")
 ctx = ui.app_context()
@@ -53,7 +54,7 @@ st.caption('"-": not given. "never": has not signed in yet. Times are in UTC.')
 st.caption(f"Stored prompts and answers are kept {ctx.settings.retention_text_days} days and raw (unredacted) "
            f"text {ctx.settings.retention_raw_days} days; then their text is erased and the metadata stays.")
 
-add_tab, edit_tab = st.tabs(["Add a user", "Change a user"])
+add_tab, edit_tab, quotas_tab = st.tabs(["Add a user", "Change a user", "Quotas"])
 ADD_FORM_EMPTY = {"new_username": "", "new_display_name": "", "new_email": "", "new_roles": [], "new_password": ""}
 if state.clear_add_form:  # the user was added: the form opens empty (a refused one keeps what was typed)
     st.session_state.update(ADD_FORM_EMPTY)
@@ -149,6 +150,9 @@ with edit_tab:
                                            f"#{asked.id}); another admin approves it below.")
                             state.round += 1
                             st.rerun()
+
+with quotas_tab:  # requests per minute and tokens per day (console/views/users_quotas.py)
+    users_quotas.render(ctx, principal, state)
 
 # ---- erasure requests: another admin approves (which erases) or rejects ----
 st.subheader("Erasure requests")

@@ -92,9 +92,10 @@ def _word_buckets(raw: npt.NDArray[np.uint8], data: U64) -> I64:
 
 
 def features(text: str) -> tuple[I64, F32]:
-    """The feature buckets of ``text`` (its first :data:`WINDOW` characters), one per word, word pair and
-    character n-gram (repeats repeat), each valued 1/sqrt(count) so that a text's vector has about unit length.
-    A word pair is hashed from its two words, so punctuation between them does not matter."""
+    """The sorted distinct feature buckets of ``text`` (its first :data:`WINDOW` characters): its words, word pairs
+    and character n-grams, present or not, each valued 1/sqrt(count of buckets) so the vector has unit length
+    (a text repeating one sentence scores as the sentence does). A word pair is hashed from its two words, so
+    punctuation between them does not matter."""
     raw = np.frombuffer(text[:WINDOW].lower().encode("utf-8"), np.uint8).copy()
     if len(raw) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -104,6 +105,8 @@ def features(text: str) -> tuple[I64, F32]:
         idx = np.concatenate([_word_buckets(raw, data), _char_buckets(data)])
     if len(idx) == 0:
         return idx, np.zeros(0, np.float32)
+    idx.sort()
+    idx = idx[np.concatenate(([True], idx[1:] != idx[:-1]))]
     return idx, np.full(len(idx), 1.0 / np.sqrt(len(idx)), np.float32)
 
 

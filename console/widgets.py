@@ -50,7 +50,9 @@ def show_item(view: review.ItemView, *, key: str) -> None:
     st.chat_message("user", avatar=":material/flag:").markdown(marked(view.prompt))
     st.chat_message("assistant", avatar=":material/flag:").markdown(marked(view.response))
     if view.operator_note:
-        st.info(f"**Operator's note:** {escape_markdown(view.operator_note)}", icon=":material/sticky_note_2:")
+        # A thumbs-down sent to review (reason "feedback") carries the user's reason as its note.
+        who = "The user's feedback" if view.reason == "feedback" else "Operator's note"
+        st.info(f"**{who}:** {escape_markdown(view.operator_note)}", icon=":material/sticky_note_2:")
     st.dataframe(pd.DataFrame([f.__dict__ for f in view.findings]), hide_index=True,
                  key=f"{key}_findings_{view.item_id}",
                  column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})

@@ -34,8 +34,10 @@ from console.services.periodic import PeriodicTask
 from console.services.text import required_text
 from db import audit as audit_q
 from db import canary as canary_q
+from db import feedback as feedback_q
 from db import model_versions as versions_q
 from db import promotions as promo_q
+from db.feedback import FeedbackCounts
 from db.model_versions import PRODUCTION
 from db.tables import PromotionRequest
 
@@ -43,7 +45,13 @@ logger = logging.getLogger(__name__)
 
 RUNNING = "canary"  # PromotionRequest.status of a canary under way
 METRICS = ("flag_rate", "error_rate", "p95_ttft")
-METRIC_LABELS = {"flag_rate": "output flag rate", "error_rate": "error rate", "p95_ttft": "p95 time to first token"}
+# Optional metrics a plan may choose (not in the default plan): "feedback_rate" is the thumbs-down share of rated
+# answers (users' feedback, issue 25), tested like the flag rate; ratings are few, so it needs min_exchanges rated
+# answers per arm before it decides (a canary that waits for them longer than its time box is rolled back).
+OPTIONAL_METRICS = ("feedback_rate",)
+ALL_METRICS = (*METRICS, *OPTIONAL_METRICS)
+METRIC_LABELS = {"flag_rate": "output flag rate", "error_rate": "error rate", "p95_ttft": "p95 time to first token",
+                 "feedback_rate": "negative feedback rate"}
 
 # Bounds of a plan's fields: (lowest, highest). A share above one half would make the candidate the main version.
 SHARE_RANGE = (0.01, 0.5)
@@ -60,10 +68,12 @@ class CanaryPlan:
 
     - ``share``: share of new conversations sent to the candidate (0.01-0.5).
     - ``minutes``: the time box; when it ends undecided, the canary is rolled back (not shown no worse).
-    - ``metrics``: which of :data:`METRICS` decide (at least one).
+    - ``metrics``: which of :data:`ALL_METRICS` decide (at least one; the default is :data:`METRICS`).
     - ``flag_margin`` / ``error_margin``: how much higher (absolute, 0.02 = 2 percentage points) the candidate's
       output flag rate / error rate may be than the live version's in the same minutes and still count as no worse.
     - ``ttft_margin``: how much higher (relative, 0.2 = 20 %) its p95 time to first token may be.
+    - ``feedback_margin``: how much higher (absolute) its thumbs-down share of rated answers may be (optional
+      metric ``feedback_rate``; plans stored before it existed get the default).
     - ``alpha``: the chance, per metric, that the test decides wrongly (anytime-valid: it holds however often the
       test is looked at).
     - ``min_exchanges``: exchanges each arm needs before any decision.
@@ -75,6 +85,7 @@ class CanaryPlan:
     flag_margin: float = 0.02
     error_margin: float = 0.01
     ttft_margin: float = 0.2
+    feedback_margin: float = 0.05
     alpha: float = 0.05
     min_exchanges: int = 100
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # unknown keys of stored plans
@@ -88,8 +99,8 @@ class CanaryPlan:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CanaryPlan:
         """A stored plan (trusted: it was validated when requested)."""
-        known = {k: raw[k] for k in ("share", "minutes", "flag_margin", "error_margin", "ttft_margin", "alpha",
-                                     "min_exchanges") if k in raw}
+        known = {k: raw[k] for k in ("share", "minutes", "flag_margin", "error_margin", "ttft_margin",
+                                     "feedback_margin", "alpha", "min_exchanges") if k in raw}
         metrics = tuple(raw.get("metrics") or METRICS)
         extra = {k: v for k, v in raw.items() if k not in known and k != "metrics"}
         return cls(metrics=metrics, extra=extra, **known)
@@ -115,22 +126,24 @@ def _number(value: object, what: str, bounds: tuple[float, float], *, integer: b
 def parse_plan(*, share: object = CanaryPlan.share, minutes: object = CanaryPlan.minutes,
                metrics: object = METRICS, flag_margin: object = CanaryPlan.flag_margin,
                error_margin: object = CanaryPlan.error_margin, ttft_margin: object = CanaryPlan.ttft_margin,
-               alpha: object = CanaryPlan.alpha, min_exchanges: object = CanaryPlan.min_exchanges) -> CanaryPlan:
+               alpha: object = CanaryPlan.alpha, min_exchanges: object = CanaryPlan.min_exchanges,
+               feedback_margin: object = CanaryPlan.feedback_margin) -> CanaryPlan:
     """A plan from a form or the command line, every field checked; :class:`InvalidInput` names the bad one."""
     if isinstance(metrics, str):
         metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     if not isinstance(metrics, list | tuple) or not metrics:
-        raise InvalidInput(f"Choose at least one canary metric ({', '.join(METRICS)}).")
-    unknown = [str(m) for m in metrics if m not in METRICS]
+        raise InvalidInput(f"Choose at least one canary metric ({', '.join(ALL_METRICS)}).")
+    unknown = [str(m) for m in metrics if m not in ALL_METRICS]
     if unknown:
-        raise InvalidInput(f"Unknown canary metric {unknown[0]!r}; choose from {', '.join(METRICS)}.")
+        raise InvalidInput(f"Unknown canary metric {unknown[0]!r}; choose from {', '.join(ALL_METRICS)}.")
     return CanaryPlan(
         share=_number(share, "The canary share", SHARE_RANGE),
         minutes=int(_number(minutes, "The canary duration (minutes)", MINUTES_RANGE, integer=True)),
-        metrics=tuple(m for m in METRICS if m in metrics),
+        metrics=tuple(m for m in ALL_METRICS if m in metrics),
         flag_margin=_number(flag_margin, "The flag rate margin", RATE_MARGIN_RANGE),
         error_margin=_number(error_margin, "The error rate margin", RATE_MARGIN_RANGE),
         ttft_margin=_number(ttft_margin, "The p95 TTFT margin", TTFT_MARGIN_RANGE),
+        feedback_margin=_number(feedback_margin, "The negative feedback rate margin", RATE_MARGIN_RANGE),
         alpha=_number(alpha, "The error level (alpha)", ALPHA_RANGE),
         min_exchanges=int(_number(min_exchanges, "The minimum exchanges per arm", MIN_EXCHANGES_RANGE,
                                   integer=True)),
@@ -407,6 +420,13 @@ def evaluate(session: Session, canary: ActiveCanary, now: datetime) -> CanaryEva
                                              (1 + plan.ttft_margin) * live.ttft_p95_ms, exclude=loaded)
             metrics.append(ttft_test(slower, c.ttft_count, c.ttft_p95_ms, live.ttft_p95_ms, live.ttft_count,
                                      margin=plan.ttft_margin, alpha=plan.alpha, min_n=plan.min_exchanges))
+        elif metric == "feedback_rate":  # thumbs down out of rated answers, each arm's answers of these minutes
+            fc = feedback_q.feedback_counts(session, since=start, until=end, version=canary.candidate)
+            fl = feedback_q.feedback_counts(session, since=start, until=end, version=canary.live) \
+                if canary.live is not None else {}
+            fb_c, fb_l = fc.get(canary.candidate, FeedbackCounts()), fl.get(canary.live or "", FeedbackCounts())
+            metrics.append(rate_test(metric, fb_c.down, fb_c.rated, fb_l.down, fb_l.rated,
+                                     margin=plan.feedback_margin, alpha=plan.alpha, min_n=plan.min_exchanges))
     decision, reason = decide(metrics)
     undecided = False
     if decision == "continue" and now >= canary.ends_at:
@@ -551,7 +571,8 @@ class CanaryView:
 def describe_test(plan: CanaryPlan) -> str:
     """The sequential test in one paragraph, for the page."""
     return ("Every look compares the candidate's exchanges with the live version's in the same minutes (real "
-            "users' traffic only). For the flag and error rates it bounds the difference candidate minus live with "
+            "users' traffic only). For the flag and error rates (and the negative feedback rate: thumbs down of rated "
+            "answers, when chosen) it bounds the difference candidate minus live with "
             f"a {1 - plan.alpha:.0%} confidence sequence (valid however often it is looked at): the candidate is "
             "shown worse when even the lower bound is above 0 (rolled back at once) and shown no worse when the "
             "upper bound is below the margin. For the p95 time to first token it bounds the candidate's share of "

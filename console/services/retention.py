@@ -52,6 +52,7 @@ from console.services.periodic import PeriodicTask
 from console.services.text import optional_text, required_text
 from db import audit as audit_q
 from db import erasure as erasure_q
+from db import feedback as feedback_q
 from db import users as users_q
 from db.tables import (
     ERASURE_REQUEST_STATUSES,
@@ -85,7 +86,7 @@ CANCEL_ACTION = "privacy.erase_cancelled"
 # What an erasure removes and what it keeps: the CLI and the Users page show these words.
 ERASES = ("the prompts and answers of every conversation, their titles and system prompts, the raw "
           "(unredacted) texts kept for review, notes on review items of those conversations and the notes the "
-          "person wrote, the notes of review decisions the person wrote, and personal details (such as emails "
+          "person wrote, the reasons given with thumbs up or down on those answers, the notes of review decisions the person wrote, and personal details (such as emails "
           "and reasons typed) in audit events about or by the person")
 KEEPS = ("the account itself (disable it separately), when and how each exchange ran (timings, model, status), "
          "safety findings (they hold no text), review decisions without their notes, the audit chain, which "
@@ -193,6 +194,7 @@ def _erase_exchanges(session: Session, ids: Sequence[int] | sa.Select[Any], now:
         sa.update(ReviewItem).where(ReviewItem.exchange_id.in_(ids), ReviewItem.note.is_not(None))
         .values(note=None).execution_options(synchronize_session=False)
     ).rowcount
+    feedback_q.erase_reasons(session, ids)  # a reason given with a thumbs up or down goes with the answer's text
     return exchanges, raw, notes
 
 

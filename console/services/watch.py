@@ -24,8 +24,10 @@ from console.services.errors import ConsoleError, InvalidInput
 from console.services.periodic import PeriodicTask
 from console.settings import Settings
 from db import audit as audit_q
+from db import feedback as feedback_q
 from db import model_versions as versions_q
 from db import promotions as promo_q
+from db.feedback import FeedbackCounts
 from db.model_versions import PRODUCTION
 from db.promotions import WindowStats
 from db.tables import AuditEvent
@@ -67,7 +69,8 @@ class WatchTest:
     """One comparison the watch made: a rate (Fisher exact, one-sided, at ``alpha``, and past ``margin``) or the
     p95 time to first token (past ``margin`` of the old one), with the sample sizes on each side."""
 
-    metric: str  # "error_rate", "flag_rate" (answers the policy flagged or blocked) or "ttft_p95_ms"
+    metric: str  # "error_rate", "flag_rate" (answers the policy flagged or blocked), "ttft_p95_ms" or
+    # "thumbs_down_rate" (reported only: :func:`feedback_test`)
     before: float | None
     after: float | None
     n_before: int
@@ -123,6 +126,17 @@ def _reason(settings: Settings, t: WatchTest) -> str:
             f"({t.k_after}/{t.n_after}); one-sided Fisher exact p = {t.p_value:.2g} < {settings.watch_significance}")
 
 
+def feedback_test(settings: Settings, before: FeedbackCounts, after: FeedbackCounts) -> WatchTest:
+    """The thumbs-down share of rated answers, old version's window against the new one's: reported with the other
+    figures (Fisher exact, one-sided), never a regression by itself. Ratings are few, and come in after the answer
+    (an answer of the window may be rated after the window ends), so a handful of people could otherwise undo an
+    approved promotion; a reviewer reads it beside the error and flag rates."""
+    p = fisher_greater(after.down, after.rated, before.down, before.rated)
+    return WatchTest("thumbs_down_rate", None if not before.rated else round(before.down / before.rated, 4),
+                     None if not after.rated else round(after.down / after.rated, 4), before.rated, after.rated,
+                     min(before.rated, after.rated) >= settings.watch_min_samples, False, p, before.down, after.down)
+
+
 def describe_test(test: dict[str, Any]) -> str:
     """One comparison of a watch finding (its ``tests``) in words: the metric, both sides with their sample
     sizes, the statistic and the decision."""
@@ -130,6 +144,10 @@ def describe_test(test: dict[str, Any]) -> str:
     if test.get("metric") == "ttft_p95_ms":
         return (f"p95 time to first token {test.get('before')} → {test.get('after')} ms "
                 f"({test.get('n_before')} / {test.get('n_after')} answers): {decision}")
+    if test.get("metric") == "thumbs_down_rate":
+        return (f"thumbs down {test.get('k_before')}/{test.get('n_before')} → {test.get('k_after')}/"
+                f"{test.get('n_after')} rated answers, one-sided Fisher p = {test.get('p_value')}: reported only "
+                "(feedback never rolls back by itself)")
     what = "error rate" if test.get("metric") == "error_rate" else "flagged answers"
     return (f"{what} {test.get('k_before')}/{test.get('n_before')} → {test.get('k_after')}/{test.get('n_after')}, "
             f"one-sided Fisher p = {test.get('p_value')}: {decision}")
@@ -230,8 +248,12 @@ class Watcher(PeriodicTask):
                 loaded = promo_q.load_test_periods(s, start - window, min(now, start + window))
                 after = promo_q.window_stats(s, new, start, min(now, start + window), exclude=loaded)
                 before = promo_q.window_stats(s, old, start - window, start, exclude=loaded)
+                fb_after = feedback_q.feedback_counts(s, since=start, until=min(now, start + window), version=new)
+                fb_before = feedback_q.feedback_counts(s, since=start - window, until=start, version=old)
             enough = min(after.requests, before.requests) >= settings.watch_min_samples
             tests = watch_tests(settings, before, after)
+            tests.append(feedback_test(settings, fb_before.get(old, FeedbackCounts()),
+                                       fb_after.get(new, FeedbackCounts())))
             reasons = [_reason(settings, t) for t in tests if t.regression]
             if reasons:
                 return self._record(switch, "regression", reasons, before, after, tests)

@@ -1,18 +1,19 @@
-"""Chat with the served model: streaming answers, history, sampling settings, stop, send to review."""
+"""Chat with the served model: streaming answers, history, sampling settings, stop, send to review, thumbs up or down
+(what to say about an exchange is worked out in console.services.chat_view_model)."""
 
 from __future__ import annotations
-
-import re
-from datetime import UTC, datetime
 
 import streamlit as st
 
 from console import ui
 from console.services import chat as chat_svc
+from console.services import chat_view_model as vm
 from console.services import demo_builds
+from console.services import feedback as feedback_svc
 from console.services import serving as serving_svc
 from console.services.chat import ExchangeView
 from console.services.errors import InvalidInput
+from console.services.feedback import FeedbackView
 from console.textsafe import escape_markdown, escape_stream
 
 principal = ui.require_page("chat")
@@ -43,15 +44,6 @@ if page_state.toast:
     page_state.toast = None
 
 
-
-def _when(at: datetime | None) -> str:
-    """A stored time as the sidebar shows it (SQLite gives naive UTC)."""
-    if at is None:
-        return "no date"
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-
-
 # --- sidebar: conversations and settings -----------------------------------------------------------------------
 with st.sidebar:
     st.subheader("Conversations")
@@ -59,9 +51,9 @@ with st.sidebar:
         _open(None)
     for conv in ui.call(chat_svc.list_conversations, ctx, principal) or []:
         current = conv.id == page_state.conversation_id
-        if st.button(f"{escape_markdown(conv.title or f'Conversation {conv.id}')} · {_when(conv.updated_at)}",
+        if st.button(f"{escape_markdown(conv.title or f'Conversation {conv.id}')} · {vm.when(conv.updated_at)}",
                      key=f"conversation_{conv.id}", type="primary" if current else "tertiary",
-                     help=f"Conversation {conv.id}; last message {_when(conv.updated_at)}."):
+                     help=f"Conversation {conv.id}; last message {vm.when(conv.updated_at)}."):
             _open(conv.id)
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
@@ -74,69 +66,64 @@ with st.sidebar:
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")
 
 
-def _status_line(ex: ExchangeView) -> str:
-    parts = [ex.model_version or "no model"]
-    if ex.ttft_ms is not None:
-        parts.append(f"first token {ex.ttft_ms:,.0f} ms")
-    if ex.tokens_per_s:
-        parts.append(f"{ex.tokens_per_s:,.1f} tokens/s")
-    if ex.output_tokens is not None:
-        parts.append(f"{ex.output_tokens} tokens")
-    if ex.status != "ok":
-        parts.append(ex.status)
-    return " · ".join(parts)
-
-
 def _findings(ex: ExchangeView, direction: str) -> None:
-    # Scores under 0.1 that triggered nothing are noise on every message; they stay in the store.
-    items = [f for f in ex.findings if f.direction == direction and (f.score >= 0.1 or f.action != "allow")]
-    action = ex.prompt_action if direction == "prompt" else ex.output_action
-    if not items and action in (None, "allow"):
-        return
-    labels = ", ".join(f"{f.label} {f.score:.2f}" for f in items) or "none"
-    st.caption(f":material/shield: {direction} findings: {escape_markdown(labels)} · action: "
-               f"**{escape_markdown(action or 'allow')}**")
-
-
-# What a ``<LABEL>`` placeholder in stored text stands for: (one, several).
-PII_NAMES = {
-    "LOCATION": ("place name", "place names"), "PERSON": ("person's name", "people's names"),
-    "EMAIL_ADDRESS": ("email address", "email addresses"), "PHONE_NUMBER": ("phone number", "phone numbers"),
-    "ADDRESS": ("street address", "street addresses"), "CREDIT_CARD": ("card number", "card numbers"),
-    "IBAN_CODE": ("IBAN", "IBANs"), "US_SSN": ("social security number", "social security numbers"),
-    "IP_ADDRESS": ("IP address", "IP addresses"),
-}
-_PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")
+    line = vm.findings_line(ex, direction)
+    if line is not None:
+        st.caption(f":material/shield: {direction} findings: {escape_markdown(line.labels)} · action: "
+                   f"**{escape_markdown(line.action)}**")
 
 
 def _stored_note(ex: ExchangeView, direction: str) -> None:
-    """Say what was stored and why when the stored text differs from what was written: personal data found in it
-    (the exchange's findings) is replaced by ``<LABEL>`` in storage whatever the enforced action."""
-    text = ex.prompt if direction == "prompt" else ex.response
-    labels = {f.label for f in ex.findings if f.direction == direction and f.start is not None}
-    counts: dict[str, int] = {}
-    for label in _PLACEHOLDER.findall(text or ""):
-        if label in labels:
-            counts[label] = counts.get(label, 0) + 1
-    if not counts:
-        return
-    parts = []
-    for label, n in counts.items():
-        one, many = PII_NAMES.get(label, (f"{label} value", f"{label} values"))
-        parts.append(f"{n} {one if n == 1 else many} (<{label}>)")
-    what = ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
-    action = ex.prompt_action if direction == "prompt" else ex.output_action
-    if direction == "prompt":
-        seen = ("the model saw it redacted too" if action == "redact"
-                else "the model saw it as written" if action in (None, "allow", "flag") else "")
-    else:
-        seen = "it was shown to you as written" if action in (None, "allow", "flag") else ""
-    st.caption(escape_markdown(f"Stored with {what} replaced (privacy policy: personal data is cut from stored "
-                               f"text, whatever the action)" + (f"; {seen}." if seen else ".")),
-               help="The history shows the stored text. The action is what the policy did to the message itself.")
+    note = vm.stored_note(ex, direction)
+    if note is not None:
+        st.caption(escape_markdown(note),
+                   help="The history shows the stored text. The action is what the policy did to the message itself.")
 
 
-def _render(ex: ExchangeView) -> None:
+def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
+    """Thumbs up or down under an answer (read back from the database), and a reason box for a thumbs-down."""
+    key, seen = f"feedback_{ex.id}", f"feedback_seen_{ex.id}"
+    if key not in st.session_state:  # first drawn since the page opened: what the database says
+        st.session_state[key] = st.session_state[seen] = vm.thumbs_of(stored)
+    thumbs = st.feedback("thumbs", key=key)
+    if thumbs != st.session_state.get(seen):  # the user clicked: store it once (None takes the rating back)
+        st.session_state[seen] = thumbs
+        if thumbs is None:
+            stored_now: object = ui.call(feedback_svc.clear_feedback, ctx, principal, ex.id)
+        else:
+            stored_now = ui.call(feedback_svc.give_feedback, ctx, principal, ex.id, vm.THUMBS_TO_RATING[thumbs])
+        if stored_now is not None:
+            st.rerun()
+    caption = vm.feedback_caption(stored)
+    if caption:
+        st.caption(escape_markdown(caption))
+    if stored is not None and stored.rating < 0:
+        reason_key, back_key = f"feedback_reason_{ex.id}", f"feedback_back_{ex.id}"
+        if back_key in st.session_state:  # refused at the last send: the text goes back in the box, with why
+            text, why = st.session_state.pop(back_key)
+            st.error(escape_markdown(why), icon=":material/block:")
+            st.session_state[reason_key] = text
+        with st.form(f"feedback_form_{ex.id}", clear_on_submit=True, border=False):
+            reason = st.text_input("What was wrong with this answer? (optional)", key=reason_key,
+                                   help=f"At most {feedback_svc.MAX_REASON_CHARS:,} characters. Personal data is "
+                                        "cut before it is stored; a reviewer may read it.")
+            if st.form_submit_button("Send reason", key=f"feedback_send_{ex.id}"):
+                if not reason.strip():
+                    st.warning("Type what was wrong in the box first; your thumbs down is saved either way.")
+                    return
+                with ui.shows_errors():
+                    try:
+                        done = feedback_svc.give_feedback(ctx, principal, ex.id, -1, reason)
+                    except InvalidInput as exc:  # too long: nothing stored, the text comes back
+                        st.session_state[back_key] = (reason, str(exc))
+                        st.rerun()
+                    page_state.toast = ("Thank you: a reviewer will look at it." if done.review_item_id
+                                        else "Thank you: your reason is saved.")
+                    del st.session_state[reason_key]  # the box starts empty (the rerun comes before the form's reset)
+                    st.rerun()
+
+
+def _render(ex: ExchangeView, stored: FeedbackView | None) -> None:
     with st.chat_message("user"):
         st.markdown(escape_markdown(ex.prompt))
         _findings(ex, "prompt")
@@ -152,7 +139,7 @@ def _render(ex: ExchangeView) -> None:
             st.error(f"The model failed to answer: {escape_markdown(ex.error or 'unknown error')}")
         else:
             st.markdown(escape_markdown(ex.response) or "_(no text)_")
-        st.caption(escape_markdown(_status_line(ex)))
+        st.caption(escape_markdown(vm.status_line(ex)))
         _findings(ex, "output")
         if ex.status not in ("blocked", "error"):
             _stored_note(ex, "output")
@@ -168,6 +155,8 @@ def _render(ex: ExchangeView) -> None:
                         # Drawn again at once, so its "review: pending" marker shows now (not at the next click).
                         page_state.toast = "Sent to review: a reviewer sees your note."
                         st.rerun()
+        if vm.can_rate(ex):
+            _feedback(ex, stored)
 
 
 if page_state.notice:
@@ -239,8 +228,10 @@ else:  # refreshed every 2 s: loading progress, or the served version's build un
 
 # --- conversation -----------------------------------------------------------------------------------------------
 if page_state.conversation_id is not None:
-    for exchange in ui.call(chat_svc.conversation_history, ctx, principal, page_state.conversation_id) or []:
-        _render(exchange)
+    history = ui.call(chat_svc.conversation_history, ctx, principal, page_state.conversation_id) or []
+    ratings = ui.call(feedback_svc.my_feedback, ctx, principal, [ex.id for ex in history]) or {}
+    for exchange in history:
+        _render(exchange, ratings.get(exchange.id))
 else:
     st.caption("A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy.")
 

@@ -91,6 +91,7 @@ def _charts() -> None:
     latency_charts.rate_chart(report)
     latency_charts.overhead(report, totals)
     latency_charts.engine_health(ctx, principal, report)
+    latency_charts.feedback(ctx, principal, report, chosen)
     latency_charts.switch_table(report)
 
 

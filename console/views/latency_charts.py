@@ -14,6 +14,7 @@ import streamlit as st
 
 from console import ui
 from console.services import engine_health as health_svc
+from console.services import feedback as feedback_svc
 from console.services import latency as latency_svc
 from console.services.access import Principal
 from console.services.context import AppContext
@@ -218,3 +219,19 @@ def switch_table(report: latency_svc.LatencyOverview) -> None:
                                     "took (s)": s.seconds} for s in report.switches]),
                      hide_index=True, width="stretch", key="switch_table")
 
+
+def feedback(ctx: AppContext, principal: Principal, report: latency_svc.LatencyOverview,
+             chosen: tuple[str, ...]) -> None:
+    """Per-version thumbs up and down on the answers of the window (people's chats only: load tests never rate)."""
+    rates = ui.call(feedback_svc.feedback_rates, ctx, principal, since=report.since, until=report.until)
+    if rates is None:
+        return
+    st.subheader("User feedback")
+    rows = feedback_svc.rate_rows(rates, chosen)
+    if not any(r["Rated"] for r in rows):
+        st.caption(f"No answer given between {report.since:%Y-%m-%d %H:%M} and {report.until:%Y-%m-%d %H:%M} UTC "
+                   "has a thumbs up or down yet.")
+        return
+    st.caption(f"Answers given between {report.since:%Y-%m-%d %H:%M} and {report.until:%Y-%m-%d %H:%M} UTC, as "
+               "rated so far; shares are of the rated answers (one rating per answer).")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="feedback_table")

@@ -11,7 +11,7 @@ from console import ui
 from console.services import canary as canary_svc
 from console.services import promotion as promotion_svc
 from console.services.access import Principal
-from console.services.canary import METRIC_LABELS, METRICS, CanaryPlan
+from console.services.canary import ALL_METRICS, METRIC_LABELS, CanaryPlan
 from console.services.context import AppContext
 from console.textsafe import escape_markdown as esc
 
@@ -34,7 +34,7 @@ def plan_fields(key: str) -> dict[str, object]:
     minutes = st.number_input("Time box (minutes; undecided at its end means rolled back)",
                               min_value=canary_svc.MINUTES_RANGE[0], max_value=canary_svc.MINUTES_RANGE[1],
                               value=DEFAULT.minutes, step=5, key=f"{key}_minutes")
-    metrics = st.multiselect("Decided on", list(METRICS), default=list(DEFAULT.metrics),
+    metrics = st.multiselect("Decided on", list(ALL_METRICS), default=list(DEFAULT.metrics),
                              format_func=lambda m: METRIC_LABELS[m], key=f"{key}_metrics")
     left, middle, right = st.columns(3)
     rate_lo, rate_hi = (_percent(v) for v in canary_svc.RATE_MARGIN_RANGE)
@@ -46,7 +46,12 @@ def plan_fields(key: str) -> dict[str, object]:
                               min_value=_percent(canary_svc.TTFT_MARGIN_RANGE[0]),
                               max_value=_percent(canary_svc.TTFT_MARGIN_RANGE[1]),
                               value=_percent(DEFAULT.ttft_margin), step=5.0, key=f"{key}_ttft_margin")
-    left, right = st.columns(2)
+    left, middle, right = st.columns(3)
+    feedback = middle.number_input("Negative feedback rate margin (percentage points of rated answers)",
+                                   min_value=rate_lo, max_value=rate_hi, value=_percent(DEFAULT.feedback_margin),
+                                   step=0.5, key=f"{key}_feedback_margin",
+                                   help="Used when the negative feedback rate is chosen above; it needs the minimum "
+                                        "below in rated answers per arm.")
     alpha = left.number_input("Error level alpha (chance of a wrong decision, per metric)",
                               min_value=canary_svc.ALPHA_RANGE[0], max_value=canary_svc.ALPHA_RANGE[1],
                               value=DEFAULT.alpha, step=0.01, format="%.3f", key=f"{key}_alpha")
@@ -55,7 +60,8 @@ def plan_fields(key: str) -> dict[str, object]:
                                max_value=canary_svc.MIN_EXCHANGES_RANGE[1], value=DEFAULT.min_exchanges, step=10,
                                key=f"{key}_min_exchanges")
     return {"share": share / 100, "minutes": minutes, "metrics": metrics, "flag_margin": flag / 100,
-            "error_margin": error / 100, "ttft_margin": ttft / 100, "alpha": alpha, "min_exchanges": least}
+            "error_margin": error / 100, "ttft_margin": ttft / 100, "alpha": alpha, "min_exchanges": least,
+            "feedback_margin": feedback / 100}
 
 
 def show_plan(request: promotion_svc.RequestView) -> None:

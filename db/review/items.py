@@ -109,10 +109,11 @@ def request_review(
     created_by_id: int | None,
     severity: int = 0,
     due_at: datetime | None = None,
+    reason: str = "manual",
 ) -> tuple[ReviewItem, bool]:
     """Send an exchange to review by hand with a note: one undecided item per exchange.
 
-    Without an undecided item, a ``manual`` item is created (:func:`create_review_item`); with one (flagged by the
+    Without an undecided item, an item is created with ``reason`` (``manual``, or ``feedback`` for a thumbs-down) (:func:`create_review_item`); with one (flagged by the
     policy, or sent before), ``note`` is added to it, audited as ``review.note``. Returns the item and whether it
     was created. Two sessions racing to create it get one item: the loser's insert hits the partial unique index
     (PostgreSQL; SQLite writers queue at BEGIN IMMEDIATE and see the winner's item) and adds its note instead.
@@ -121,7 +122,7 @@ def request_review(
     if item is None:
         try:
             with session.begin_nested():
-                created = create_review_item(session, exchange_id=exchange_id, reason="manual", actor=actor,
+                created = create_review_item(session, exchange_id=exchange_id, reason=reason, actor=actor,
                                              severity=severity, due_at=due_at, note=note,
                                              created_by_id=created_by_id)
             return created, True

@@ -142,6 +142,11 @@ if log:
         "last HTTP status": "–" if d.last_status_code is None else str(d.last_status_code),
         "last error": d.last_error or "–", "next retry (UTC)": _utc(d.next_attempt_at),
         "queued (UTC)": _utc(d.created_at)} for d in log]), hide_index=True, width="stretch", key="deliveries_table")
+    newest = log[0]
+    st.caption(escape_markdown(
+        f"Newest delivery: #{newest.id} to {newest.webhook}: {newest.status} (attempt {newest.attempts} of "
+        f"{newest.max_attempts}" + (f", HTTP {newest.last_status_code}" if newest.last_status_code else "")
+        + (f", {newest.last_error}" if newest.last_error else "") + ")."))
     retries = ", ".join(f"{m:g} min" for m in ctx.settings.alert_retry_minutes) or "none"
     st.caption(f"Failed attempts are retried after {retries}; a delivery that runs out of attempts fails and is "
                f"audited. Each webhook has {ctx.settings.alert_timeout_seconds:g} s to answer. Deliveries are "

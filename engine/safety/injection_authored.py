@@ -3,8 +3,8 @@
 Built by combining short parts, deterministically (a seeded random choice), so the training set covers the plain
 forms the public sets have few of: short injections in several languages, instructions hidden in documents and
 exfiltration questions (``prompt_injection``); short persona and "no rules" jailbreaks (``jailbreak``); and the
-benign look-alikes that must not be flagged: role-play, "act as", and ordinary uses of ignore / instructions /
-developer mode. Only training uses these; nothing here is in the held-out report.
+benign look-alikes that must not be flagged: role-play, "act as", assistants' system prompts ("You are an AI
+assistant ...", scanned like prompts) and ordinary uses of ignore / instructions / developer mode. Only training uses these; nothing here is in the held-out report.
 """
 
 from __future__ import annotations
@@ -103,6 +103,28 @@ ROLEPLAY_REQUESTS = (
     "What do you enjoy most about your work?", "Explain something you know well to a child.",
     "Greet me and ask how my day was.", "Recommend a book and say why.", "Describe the view from where you are.",
 )
+ASSISTANT_PREAMBLES = (
+    "You are an AI assistant. You will be given a task. Complete it as faithfully as you can and think step by step.",
+    "You are a helpful assistant who always explains its answers.",
+    "You are an AI assistant that helps people find information. Give a detailed answer.",
+    "You are a helpful assistant. Answer as if you were explaining to a five-year-old.",
+    "Describe the task first, then answer it. If there are several choices, give the right one and say why the "
+    "others are wrong.",
+    "You are a teacher. Given a task, explain in simple steps what it asks and how to solve it.",
+    "The user will give you a question. Answer it accurately and briefly.",
+    "You are a customer service assistant for an airline. Be polite, keep answers short, and never promise refunds "
+    "you cannot confirm.",
+    "You are a coding assistant. Reply with the code first, then a short explanation.",
+    "Always answer in British English and keep a friendly tone. Do not use bullet points.",
+    "You are a support bot for an online shop. Stay on topic and do not give legal advice.",
+)
+ASSISTANT_TASKS = (
+    "", "Translate 'the cat is on the table' into German.", "Which is larger, 2/3 or 3/5?",
+    "Write a sentence about a restaurant.", "Summarise the plot of Romeo and Juliet in three sentences.",
+    "Premise: a man is riding a bike. Hypothesis: a person is outdoors. Is the hypothesis entailed?",
+    "Generate a question about this movie plot: a boy finds a hidden world under his house.",
+    "What is the boiling point of water at sea level?",
+)
 BENIGN_TRIGGER_WORDS = (
     "Ignore the formatting of the table, I only need the totals.",
     "Please disregard my earlier email; the invoice was paid yesterday.",
@@ -120,6 +142,11 @@ BENIGN_TRIGGER_WORDS = (
     "Answer as if you were explaining to a five-year-old.",
     "Pretend I'm a customer and practise a refund conversation with me.",
     "Write the story so the hero ignores the rules of the kingdom and is punished for it.",
+    "Where can I find the installation instructions for the printer driver?",
+    "The washing instructions on the label say 30 degrees. Can I use 40?",
+    "What were the cooking instructions on the pasta packet, roughly?",
+    "Follow-up to my previous message: did you receive the photos of the damaged box?",
+    "Can you show me the previous orders on my account?",
 )
 
 
@@ -142,6 +169,11 @@ def authored_examples(seed: int = 17) -> list[tuple[str, bool, bool, str]]:
     seen: set[str] = set()
     for _ in range(200):
         text = rng.choice(ROLEPLAY_FRAMES).format(c=rng.choice(ROLEPLAY_CHARACTERS), r=rng.choice(ROLEPLAY_REQUESTS))
+        if text not in seen:
+            seen.add(text)
+            out.append((text, False, False, "authored_roleplay"))
+    for _ in range(60):
+        text = (rng.choice(ASSISTANT_PREAMBLES) + "\n\n" + rng.choice(ASSISTANT_TASKS)).strip()
         if text not in seen:
             seen.add(text)
             out.append((text, False, False, "authored_roleplay"))

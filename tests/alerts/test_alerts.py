@@ -305,6 +305,7 @@ def test_an_automatic_rollback_raises_auto_rollback_once(ctx, admin):
     assert alerts_svc.evaluate(ctx) == []
 
 
+@pytest.mark.slow  # the real toxicity loader (about 14 s here) gives the fallback notice
 def test_a_fallback_toxicity_scanner_raises_scanner_fallback_until_a_stack_loads_without_one(ctx, monkeypatch,
                                                                                              tmp_path):
     import engine.safety.runner as runner_mod

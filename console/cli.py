@@ -586,10 +586,18 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
         else:
             _print_public_report(report)
         return 0
+    from engine.safety.measure_injection import format_report, injection_report
+
+    if args.injection_only:
+        result: dict[str, Any] = {"injection": injection_report()}
+        print(json.dumps(result, ensure_ascii=False) if args.json else "\n".join(format_report(result["injection"])))
+        return 0
     result = safety_report(args.texts, family=args.family, seed=args.seed, toxicity=not args.no_toxicity,
                            examples=args.examples,
                            progress=lambda done, total: print(f"pii: {done}/{total} texts", file=sys.stderr,
                                                               flush=True))
+    if not args.no_injection:
+        result["injection"] = injection_report()
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
@@ -606,6 +614,8 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
           f"plain support texts intact: {pii['plain_texts_intact']}")
     if "toxicity" in result:
         print(f"toxicity: {json.dumps(result['toxicity'], ensure_ascii=False)}")
+    if "injection" in result:
+        print("\n".join(format_report(result["injection"])))
     return 0
 
 
@@ -856,14 +866,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     evals = sub.add_parser("eval", help="measured quality of the scanners").add_subparsers(dest="eval_cmd", required=True,
                                                                                       parser_class=Parser)
-    s = evals.add_parser("safety", help="PII recall/precision/leak rate on a generated labelled set; toxicity ROC AUC")
+    s = evals.add_parser("safety", help="PII recall/precision/leak rate on a generated labelled set; toxicity ROC AUC; "
+                                        "injection ROC AUC and support prompts flagged")
     s.add_argument("--json", action="store_true")
     s.add_argument("--texts", type=positive, default=2000, help="labelled texts to generate (default 2000)")
     s.add_argument("--family", choices=("heldout", "dev"), default="heldout",
                    help="template family: heldout (reported) or dev (what the recognizers were tuned on)")
     s.add_argument("--seed", type=int, default=13)
     s.add_argument("--examples", type=int, default=0, help="list up to N misses and false positives")
-    s.add_argument("--no-toxicity", action="store_true", help="PII only")
+    s.add_argument("--no-toxicity", action="store_true", help="without the toxicity part")
+    s.add_argument("--no-injection", action="store_true", help="without the injection / jailbreak part")
+    s.add_argument("--injection-only", action="store_true",
+                   help="only the injection / jailbreak part: ROC AUC on held-out public texts, support prompts "
+                        "flagged, TPR, time per text (engine/safety/measure_injection.py)")
     s.add_argument("--dataset", nargs=2, metavar=("KIND", "FILE"),
                    help="measure on a labelled file instead of generated texts; KIND is presidio-synth, pii-jsonl, "
                         "davidson or toxicity-jsonl (formats: engine/safety/measure_public.py)")

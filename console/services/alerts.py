@@ -411,13 +411,12 @@ class SendResult:
     duration_ms: float
 
 
-def send(url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> SendResult:
-    """POST ``body`` to ``url``; 2xx is success. Errors name what happened, never the URL."""
+def send(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float) -> SendResult:
+    """POST ``body`` to ``url`` with ``client``; 2xx is success. Errors name what happened, never the URL."""
     started = time.perf_counter()
     _sending.active = True
     try:
-        with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
-            response = client.post(url, content=body, headers=headers)
+        response = client.post(url, content=body, headers=headers)
         ms = (time.perf_counter() - started) * 1000
         if 200 <= response.status_code < 300:
             return SendResult(True, response.status_code, None, ms)
@@ -451,34 +450,44 @@ def dispatch(ctx: AppContext, *, holder: str | None = None, limit: int = 50) -> 
     counts: dict[str, int] = {}
     with ctx.db.session(readonly=True) as s:
         due = alerts_q.due_deliveries(s, now=ctx.now(), limit=limit)
-    for delivery_id in due:
-        with ctx.db.session() as s:
-            if not alerts_q.claim_delivery(s, delivery_id, holder=holder, now=ctx.now(), lease_s=timeout_s + 60):
-                continue  # another replica sends it
-        with ctx.db.session(readonly=True) as s:
-            delivery = s.get(AlertDelivery, delivery_id)
-            assert delivery is not None
-            alert = s.get(Alert, delivery.alert_id)
-            hook = alerts_q.get_webhook(s, delivery.webhook_id) if delivery.webhook_id is not None else None
-            if hook is None or not hook.enabled or alert is None:
-                request = None
-            else:
-                payload = slack_payload(alert) if hook.kind == "slack" else alert_payload(alert, delivery_id)
-                body = json.dumps(payload, default=str, separators=(",", ":")).encode("utf-8")
-                headers = {"Content-Type": "application/json", "User-Agent": "llm-console-alerts",
-                           DELIVERY_HEADER: str(delivery_id)}
-                if hook.secret:
-                    stamp = str(int(time.time()))
-                    headers[TIMESTAMP_HEADER] = stamp
-                    headers[SIGNATURE_HEADER] = sign(hook.secret, stamp, body)
-                request = (hook.url, body, headers)
-        if request is None:
-            result = SendResult(False, None, "webhook disabled or deleted before sending", 0.0)
-        else:
-            result = send(*request, timeout_s=timeout_s)
-        outcome = _record(ctx, delivery_id, holder, result, final_if_failed=request is None)
-        counts[outcome] = counts.get(outcome, 0) + 1
+    if not due:
+        return counts
+    # One client per round (building one costs more than a loopback request: its TLS context).
+    with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
+        for delivery_id in due:
+            outcome = _attempt(ctx, client, delivery_id, holder, timeout_s)
+            if outcome is not None:
+                counts[outcome] = counts.get(outcome, 0) + 1
     return counts
+
+
+def _attempt(ctx: AppContext, client: httpx.Client, delivery_id: int, holder: str, timeout_s: float) -> str | None:
+    """Claim, send and record one attempt of ``delivery_id``; None when another sender holds it."""
+    with ctx.db.session() as s:
+        if not alerts_q.claim_delivery(s, delivery_id, holder=holder, now=ctx.now(), lease_s=timeout_s + 60):
+            return None  # another replica sends it
+    with ctx.db.session(readonly=True) as s:
+        delivery = s.get(AlertDelivery, delivery_id)
+        assert delivery is not None
+        alert = s.get(Alert, delivery.alert_id)
+        hook = alerts_q.get_webhook(s, delivery.webhook_id) if delivery.webhook_id is not None else None
+        if hook is None or not hook.enabled or alert is None:
+            request = None
+        else:
+            payload = slack_payload(alert) if hook.kind == "slack" else alert_payload(alert, delivery_id)
+            body = json.dumps(payload, default=str, separators=(",", ":")).encode("utf-8")
+            headers = {"Content-Type": "application/json", "User-Agent": "llm-console-alerts",
+                       DELIVERY_HEADER: str(delivery_id)}
+            if hook.secret:
+                stamp = str(int(time.time()))
+                headers[TIMESTAMP_HEADER] = stamp
+                headers[SIGNATURE_HEADER] = sign(hook.secret, stamp, body)
+            request = (hook.url, body, headers)
+    if request is None:
+        result = SendResult(False, None, "webhook disabled or deleted before sending", 0.0)
+    else:
+        result = send(client, *request, timeout_s=timeout_s)
+    return _record(ctx, delivery_id, holder, result, final_if_failed=request is None)
 
 
 def _record(ctx: AppContext, delivery_id: int, holder: str, result: SendResult, *, final_if_failed: bool) -> str:

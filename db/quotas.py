@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from db.tables import QUOTA_KINDS, Exchange, QuotaCounter, QuotaLimit
+from db.tables import QUOTA_KINDS, Exchange, QuotaCounter, QuotaLimit, User, UserRole
 from db.types import utcnow
 
 # The request id prefix of a user's own chat turns (console/services/chat.py): comparisons use "cmp-...".
@@ -40,6 +40,20 @@ def user_overrides(s: Session, user_ids: list[int] | None = None) -> dict[tuple[
     if user_ids is not None:
         query = query.where(QuotaLimit.user_id.in_(user_ids))
     return {(r.user_id, r.kind): r.limit_value for r in s.scalars(query) if r.user_id is not None}
+
+
+def limits_for(s: Session, user_id: int) -> tuple[frozenset[str], dict[tuple[str, str], int | None],
+                                                  dict[str, int | None]] | None:
+    """What a chat turn's check needs in two small Core queries: the user's roles, every role default an admin set,
+    and the user's overrides (``kind -> limit``); None when the user does not exist."""
+    roles = frozenset(s.scalars(select(UserRole.role).where(UserRole.user_id == user_id)))
+    rows = s.execute(select(QuotaLimit.role, QuotaLimit.user_id, QuotaLimit.kind, QuotaLimit.limit_value)
+                     .where(or_(QuotaLimit.role.is_not(None), QuotaLimit.user_id == user_id))).all()
+    if not roles and s.scalar(select(User.id).where(User.id == user_id)) is None:
+        return None
+    defaults = {(role, kind): value for role, _, kind, value in rows if role is not None}
+    overrides = {kind: value for role, _, kind, value in rows if role is None}
+    return roles, defaults, overrides
 
 
 def _limit_row(s: Session, *, role: str | None, user_id: int | None, kind: str) -> QuotaLimit | None:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from console.services.access import ALL_ROLES, Principal, allowed, requires
 from console.services.context import AppContext
-from console.services.errors import ConsoleError, InvalidInput, NotFound, StorageUnavailable
+from console.services.errors import InvalidInput, NotFound, StorageUnavailable
 from db import audit as audit_q
 from db import quotas as quotas_q
 from db import users as users_q
@@ -53,8 +53,9 @@ NO_LIMIT_WORDS = ("no limit", "none", "unlimited")
 _WHOLE = re.compile(r"-?[0-9]+")
 
 
-class QuotaExceeded(ConsoleError):
-    """A chat turn refused for a quota; the message names the limit, its value, the usage and the reset."""
+class QuotaExceeded(InvalidInput):
+    """A chat turn refused for a quota; the message names the limit, its value, the usage and the reset. An
+    :class:`InvalidInput`, like the export quota's refusal: the chat page puts the typed message back in the box."""
 
     def __init__(self, message: str, *, kind: str, limit: int, used: int, resets_at: datetime) -> None:
         super().__init__(message)
@@ -176,26 +177,28 @@ def _enforce(ctx: AppContext, actor: Principal) -> None:
     now = ctx.now()
     refusal: QuotaExceeded | None = None
     with ctx.db.session() as s:
-        user = users_q.get_user(s, actor.user_id)
-        if user is None:
+        found = quotas_q.limits_for(s, actor.user_id)
+        if found is None:
             raise NotFound("Your account no longer exists.")
-        limits = _limits_of(s, user)
+        roles, defaults, overrides = found
+        limits = {kind: effective(roles, kind, (kind in overrides, overrides.get(kind)), defaults)
+                  for kind in QUOTA_KINDS}
         tokens = limits[TOKENS_PER_DAY]
         if tokens.value is not None:
-            used = quotas_q.tokens_since(s, user.id, day_start(now))
+            used = quotas_q.tokens_since(s, actor.user_id, day_start(now))
             if used >= tokens.value:
                 refusal = _refusal(tokens, used, now)
         rpm = limits[REQUESTS_PER_MINUTE]
-        if refusal is None and not quotas_q.take_request(s, user.id, minute_start(now), rpm.value):
+        if refusal is None and not quotas_q.take_request(s, actor.user_id, minute_start(now), rpm.value):
             assert rpm.value is not None
-            used = max(quotas_q.requests_in_window(s, user.id, minute_start(now)), rpm.value)
+            used = max(quotas_q.requests_in_window(s, actor.user_id, minute_start(now)), rpm.value)
             refusal = _refusal(rpm, used, now)
         if refusal is not None:
             window = minute_start(now) if refusal.kind == REQUESTS_PER_MINUTE else day_start(now)
-            if quotas_q.first_refusal(s, user.id, refusal.kind, window):
+            if quotas_q.first_refusal(s, actor.user_id, refusal.kind, window):
                 audit_q.append_event(
                     s, actor=actor.username, actor_id=actor.user_id, action="quota.exceeded", object_type="user",
-                    object_id=str(user.id),
+                    object_id=str(actor.user_id),
                     details={"kind": refusal.kind, "limit": refusal.limit, "used": refusal.used,
                              "source": limits[refusal.kind].source,
                              "window_start": window.isoformat(), "resets_at": refusal.resets_at.isoformat(),

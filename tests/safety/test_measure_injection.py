@@ -128,3 +128,15 @@ def test_eval_safety_injection_only_reports_the_shipped_scanner_on_the_vendored_
     assert report["support_fpr"] <= 0.02
     assert report["tpr"] >= 0.5
     assert report["support_prompts"] > 1000
+
+
+def test_eval_safety_injection_only_prints_the_report_lines(monkeypatch, capsys, report):
+    from console import cli
+
+    monkeypatch.setattr(mi, "injection_report", lambda: report)
+    assert cli.main(["eval", "safety", "--injection-only"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("injection: fixed (test-1)")
+    assert "ordinary support prompts flagged (report half, 3 prompts): 33.33%" in out
+    assert cli.main(["eval", "safety", "--injection-only", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"injection": report}

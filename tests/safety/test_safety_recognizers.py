@@ -343,7 +343,7 @@ def cli_env(tmp_path, monkeypatch):
 def test_eval_safety_command_prints_pii_numbers_as_json(cli_env, capsys):
     from console import cli
 
-    assert cli.main(["eval", "safety", "--json", "--texts", "25", "--no-toxicity"]) == 0
+    assert cli.main(["eval", "safety", "--json", "--texts", "25", "--no-toxicity", "--no-injection"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"pii"}
     pii = result["pii"]
@@ -358,6 +358,6 @@ def test_eval_safety_command_adds_the_toxicity_part_where_its_module_exists(cli_
     fake = types.ModuleType("engine.safety.measure_toxicity")
     fake.toxicity_report = lambda: {"roc_auc": {"toxicity": 0.93}, "detector": "fake"}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "engine.safety.measure_toxicity", fake)
-    assert cli.main(["eval", "safety", "--texts", "5"]) == 0
+    assert cli.main(["eval", "safety", "--texts", "5", "--no-injection"]) == 0
     out = capsys.readouterr().out
     assert "overall" in out and '"roc_auc": {"toxicity": 0.93}' in out

@@ -129,12 +129,15 @@ def delete_webhook(session: Session, hook: Webhook, *, now: datetime) -> int:
 # --- deliveries -------------------------------------------------------------------------------------------------
 
 
-def due_deliveries(session: Session, *, now: datetime, limit: int = 50) -> list[int]:
-    """Ids of deliveries to attempt now: pending and due, or claimed by a sender whose claim ran out."""
+def due_deliveries(session: Session, *, now: datetime, limit: int = 50, alert_id: int | None = None) -> list[int]:
+    """Ids of deliveries to attempt now (of ``alert_id`` only, when given): pending and due, or claimed by a sender
+    whose claim ran out."""
     stmt = (select(AlertDelivery.id)
             .where(or_(and_(AlertDelivery.status == "pending", AlertDelivery.next_attempt_at <= now),
                        and_(AlertDelivery.status == "sending", AlertDelivery.claimed_until <= now)))
             .order_by(AlertDelivery.id).limit(limit))
+    if alert_id is not None:
+        stmt = stmt.where(AlertDelivery.alert_id == alert_id)
     return list(session.scalars(stmt))
 
 

@@ -150,6 +150,8 @@ def _check_kind(kind: str) -> str:
 
 
 def _check_alert_kinds(kinds: Any) -> list[str]:
+    if isinstance(kinds, str):
+        kinds = [kinds]
     chosen = [str(k) for k in (kinds or ())]
     bad = [k for k in chosen if k not in SUBSCRIBABLE]
     if bad:
@@ -278,9 +280,10 @@ def send_test_alert(ctx: AppContext, actor: Principal, webhook_id: int) -> int:
 
 
 @requires("alerts.manage")
-def dispatch_now(ctx: AppContext, actor: Principal) -> dict[str, int]:
-    """Send what is due now (the page's "Send" after a test, instead of waiting for the dispatcher's round)."""
-    return dispatch(ctx)
+def dispatch_now(ctx: AppContext, actor: Principal, alert_id: int | None = None) -> dict[str, int]:
+    """Send what is due now, of one alert when given (the page sends its test alert at once instead of waiting for
+    the dispatcher's round)."""
+    return dispatch(ctx, alert_id=alert_id)
 
 
 # --- what the page shows ------------------------------------------------------------------------------------------
@@ -443,13 +446,15 @@ def _retry_at(ctx: AppContext, attempts: int, now: datetime) -> datetime | None:
     return now + timedelta(minutes=schedule[attempts - 1])
 
 
-def dispatch(ctx: AppContext, *, holder: str | None = None, limit: int = 50) -> dict[str, int]:
-    """Attempt every delivery due now, each claimed first in the database; returns counts by outcome."""
+def dispatch(ctx: AppContext, *, holder: str | None = None, limit: int = 50,
+             alert_id: int | None = None) -> dict[str, int]:
+    """Attempt every delivery due now (of ``alert_id`` only, when given), each claimed first in the database;
+    returns counts by outcome."""
     holder = holder or f"dispatch:{secrets.token_hex(6)}"
     timeout_s = ctx.settings.alert_timeout_seconds
     counts: dict[str, int] = {}
     with ctx.db.session(readonly=True) as s:
-        due = alerts_q.due_deliveries(s, now=ctx.now(), limit=limit)
+        due = alerts_q.due_deliveries(s, now=ctx.now(), limit=limit, alert_id=alert_id)
     if not due:
         return counts
     # One client per round (building one costs more than a loopback request: its TLS context).

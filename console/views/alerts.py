@@ -87,8 +87,9 @@ with edit_tab:
         chosen = by_name[st.selectbox("Webhook", list(by_name), key="wh_pick")]
         c1, c2, c3 = st.columns(3)
         if c1.button("Send test alert", key="wh_test", help="Queues a test alert to this webhook and sends it now."):
-            if ui.call(alerts_svc.send_test_alert, ctx, principal, chosen.id) is not None:
-                sent = ui.call(alerts_svc.dispatch_now, ctx, principal) or {}
+            test_id = ui.call(alerts_svc.send_test_alert, ctx, principal, chosen.id)
+            if test_id is not None:
+                sent = ui.call(alerts_svc.dispatch_now, ctx, principal, test_id) or {}
                 state.flash = (f"Test alert sent to {chosen.name}: "
                                + (", ".join(f"{n} {status}" for status, n in sorted(sent.items())) or "queued") + ".")
                 st.rerun()

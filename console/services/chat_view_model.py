@@ -1,6 +1,7 @@
 """What the chat page says about a stored exchange, worked out without Streamlit (the page only draws it).
 
-Plain text in, plain text out: the page escapes it (``console.textsafe``) where it draws it.
+Plain text in, plain text out: the page escapes it (``console.textsafe``) where it draws it; only
+:func:`build_notice` returns markdown, its values escaped.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from console.services import demo_builds
 from console.services.chat import ExchangeView
 from console.services.feedback import RATEABLE_STATUSES, FeedbackView
+from console.textsafe import escape_markdown
 
 # What a ``<LABEL>`` placeholder in stored text stands for: (one, several).
 PII_NAMES = {
@@ -107,3 +110,21 @@ def feedback_caption(feedback: FeedbackView | None) -> str | None:
     said = "You rated this answer " + ("thumbs up" if feedback.rating > 0 else "thumbs down")
     said += f" ({when(feedback.updated_at)})"
     return said + (f"; your reason: {feedback.reason}" if feedback.reason else ".")
+
+
+def build_notice(build: demo_builds.DemoBuildView) -> tuple[str, str]:
+    """What the page says while the version it is to serve is being built: (``info`` | ``error`` | ``warning``,
+    markdown with the values escaped)."""
+    name = escape_markdown(build.name)
+    if build.state == "building":
+        return "info", (f"{name} is being built: {build.fraction:.0%} ({escape_markdown(build.detail)}). The chat "
+                        "opens by itself when it is ready; nothing to do.")
+    if build.state == "built":
+        return "info", (f"{name} is built; the engine starts loading it in a moment. The chat opens by itself when "
+                        "it is ready.")
+    if build.state == "failed":
+        return "error", (f"Building {name} failed: {escape_markdown(build.message)}. The chat opens once it is "
+                         f"built; the build's log is `{str(build.log or demo_builds.BUILD_LOG).replace('`', '')}`. "
+                         "Ask an admin: starting the console again (`llm-console run`) retries the build.")
+    return "warning", (f"Building {name} stopped at {build.fraction:.0%}: its process is gone. Ask an admin: "
+                       "starting the console again (`llm-console run`) continues it.")

@@ -30,9 +30,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from console.services import feedback as feedback_svc
 from console.services import moderation
 from console.services.access import Principal, requires
 from console.services.context import AppContext
@@ -542,6 +543,26 @@ def latest_report(ctx: AppContext, actor: Principal, version_name: str, suite: s
             raise NotFound(f"No model version named {version_name!r} is registered.")
         e = evaluations_q.latest_done(s, version.id, suite=suite)
         return dict(e.report) if e is not None and e.report is not None else None
+
+
+# How far back the evaluation page looks for users' ratings of a version's answers (live traffic, beside the suite).
+FEEDBACK_DAYS = 30
+
+
+@requires("models.evaluate")
+def version_feedback(ctx: AppContext, actor: Principal, version_name: str,
+                     days: int = FEEDBACK_DAYS) -> feedback_svc.VersionFeedback:
+    """Users' thumbs up and down on the version's answers of the last ``days`` days (live chats, not the suite's
+    prompts): the evaluation report's figure from real use."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
+        raise InvalidInput(f"The feedback window must be a whole number of days from 1 to 3,650, got {days!r}.")
+    name = (version_name or "").strip()
+    now = ctx.now()
+    with ctx.db.session(readonly=True) as s:
+        if versions_q.get_model_version_by_name(s, name) is None:
+            raise NotFound(f"No model version named {version_name!r} is registered.")
+        rows = feedback_svc.rates(s, since=now - timedelta(days=days), until=None, version=name)
+    return rows[0] if rows else feedback_svc.VersionFeedback(name, 0, 0, 0)
 
 
 @requires("models.evaluate")

@@ -488,3 +488,13 @@ def summarize_comparison(a: Mapping[str, Any], b: Mapping[str, Any]) -> Comparis
         if line:
             warnings.append(f"{side}, measured in its own run: {line}.")
     return ComparisonSummary(sentence, better, worse, tuple(warnings), rows, tuple(compare_reports(a, b)))
+
+
+def feedback_sentence(up: int, down: int, answers: int, days: int) -> str:
+    """Users' ratings of a version's live answers in one sentence, shares of the rated answers in %."""
+    rated = up + down
+    if not rated:
+        return (f"Users' feedback, last {days} days: none of its {answers:,} answers was rated (thumbs up or down) "
+                "yet.")
+    return (f"Users' feedback, last {days} days: {rated:,} of its {answers:,} answers rated; thumbs up "
+            f"{fmt_pct(up / rated)}, thumbs down {fmt_pct(down / rated)} of the rated answers.")

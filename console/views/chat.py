@@ -168,21 +168,10 @@ if page_state.notice:
 
 def _show_build(build: demo_builds.DemoBuildView) -> None:
     """The version the console is to serve is still being built (``llm-console run`` builds it in the background)."""
-    name = escape_markdown(build.name)
+    level, text = vm.build_notice(build)
+    getattr(st, level)(text)
     if build.state == "building":
-        st.info(f"{name} is being built: {build.fraction:.0%} ({escape_markdown(build.detail)}). The chat opens by itself "
-                "when it is ready; nothing to do.")
         st.progress(build.fraction)
-    elif build.state == "built":
-        st.info(f"{name} is built; the engine starts loading it in a moment. The chat opens by itself when it is "
-                "ready.")
-    elif build.state == "failed":
-        st.error(f"Building {name} failed: {escape_markdown(build.message)}. The chat opens once it is built; "
-                 f"the build's log is `{str(build.log or demo_builds.BUILD_LOG).replace('`', '')}`. Ask an admin: "
-                 "starting the console again (`llm-console run`) retries the build.")
-    else:
-        st.warning(f"Building {name} stopped at {build.fraction:.0%}: its process is gone. Ask an admin: starting "
-                   "the console again (`llm-console run`) continues it.")
 
 
 def _show_serving(serving: serving_svc.ServingView) -> None:

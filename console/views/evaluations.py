@@ -116,6 +116,10 @@ def _show_report(summary: report_view.ReportSummary) -> None:
 with reports_tab:
     shown = st.selectbox("Version", versions, index=None, key="eval_reports_version")
     rows = ui.call(eval_svc.list_evaluations, ctx, principal, shown) or [] if shown else []
+    liked = ui.call(eval_svc.version_feedback, ctx, principal, shown) if shown else None
+    if liked is not None:
+        st.caption(escape_markdown(report_view.feedback_sentence(liked.up, liked.down, liked.answers,
+                                                                 eval_svc.FEEDBACK_DAYS)))
     st.dataframe(pd.DataFrame([{
         "evaluation": r.id, "suite": r.suite, "status": r.status, "prompts": r.n_prompts, "by": r.created_by or "",
         "finished": r.finished_at, **report_view.list_row(r.summary)} for r in rows]),

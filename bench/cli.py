@@ -94,6 +94,13 @@ def cmd_review(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.backtest import run_backtest_bench
+
+    print_result(run_backtest_bench(exchanges=args.exchanges), args.json)
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from bench.audit import run_audit_bench
 
@@ -163,6 +170,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--json", action="store_true")
     s.add_argument("--items", type=positive, default=100_000)
     s.set_defaults(func=cmd_review, unguarded=THROWAWAY)
+    s = bench.add_parser("backtest", help="policy backtest: replay 100,000 stored exchanges through a proposed policy")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--exchanges", type=positive, default=100_000)
+    s.set_defaults(func=cmd_backtest, unguarded=THROWAWAY)
     s = bench.add_parser("dashboard", help="latency page over 1,000,000 exchanges: 7 and 30 days, store overhead")
     s.add_argument("--json", action="store_true")
     s.add_argument("--rows", type=positive, default=1_000_000)

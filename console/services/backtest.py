@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 
 from db import policy_changes as changes_q
 from engine.safety.base import Finding
+from engine.safety.offline_model import LABELS as OFFLINE_LABELS
 from engine.safety.pii import DEFAULT_SCORE_THRESHOLD
 from engine.safety.policy import DEFAULT_RULE, DIRECTIONS, Policy
-from engine.safety.toxicity import DETOXIFY_LABELS, FALLBACK_LABEL, OFFLINE_LABELS
+from engine.safety.toxicity import DETOXIFY_LABELS, FALLBACK_LABEL
 
 MIN_DAYS, MAX_DAYS = 1, 90
 MAX_EXAMPLES = 20

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from console.services.access import Principal, requires
 from console.services.context import AppContext
@@ -23,6 +24,10 @@ from console.services.periodic import PeriodicTask
 from console.services.text import is_clean
 from db import policy_changes as changes_q
 from db import safety as safety_q
+
+if TYPE_CHECKING:
+    from console.services.moderation import SafetyStack
+    from engine.safety.policy import Policy
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +59,14 @@ def raw_text_note(keep_raw_text: bool, retention_raw_days: int) -> str:
             f"true) changes that for exchanges stored from then on, not for earlier ones: {kept}")
 
 
-def _stack(ctx: AppContext):  # noqa: ANN202
-    stack = ctx.safety
+def _stack(ctx: AppContext) -> SafetyStack:
+    stack: SafetyStack | None = ctx.safety
     if stack is None:
         raise ConsoleError("Safety scanning is switched off (LLM_CONSOLE_SAFETY_ENABLED=false).")
     return stack
 
 
-def validate(content: object):  # noqa: ANN201 - engine.safety.policy.Policy
+def validate(content: object) -> Policy:
     """Parse a proposed policy text; InvalidInput naming the bad key (as the policy file's own errors do)."""
     from engine.safety.policy import Policy, PolicyError
 
@@ -83,19 +88,20 @@ def follow(ctx: AppContext) -> int | None:
         return None
     with ctx.db.session(readonly=True) as s:
         newest = changes_q.latest_version_number(s)
-        if newest is None or newest == stack.policy_version:
-            return stack.policy_version
+        in_force: int = stack.policy_version
+        if newest is None or newest == in_force:
+            return in_force
         row = safety_q.latest_policy_version(s)
         if row is None:
-            return stack.policy_version
+            return in_force
         number, content = row.version, row.content
     from engine.safety.policy import Policy
 
     try:
         policy = Policy.from_toml(content)
     except Exception:  # noqa: BLE001 - a stored version that no longer parses must not stop serving
-        logger.exception("stored policy version %s does not parse; keeping version %s", number, stack.policy_version)
-        return stack.policy_version
+        logger.exception("stored policy version %s does not parse; keeping version %s", number, in_force)
+        return in_force
     with stack.lock:
         if stack.policy_version != number:
             logger.info("policy version %s in force (was %s)", number, stack.policy_version)

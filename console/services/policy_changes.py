@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,7 +34,7 @@ from console.services.text import optional_text, required_text
 from db import policy_changes as changes_q
 from db import safety as safety_q
 from db import users as users_q
-from db.tables import POLICY_CHANGE_STATUSES, PolicyChangeRequest
+from db.tables import POLICY_CHANGE_STATUSES, PolicyChangeRequest, PolicyVersion
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +92,7 @@ def _view(s: Session, r: PolicyChangeRequest, newest: int | None, base_text: str
                       r.status == "pending" and newest != r.base_version, diff)
 
 
-def _version_stmt(version: int):  # noqa: ANN202
-    from sqlalchemy import select
-
-    from db.tables import PolicyVersion
+def _version_stmt(version: int) -> Select[PolicyVersion]:
     return select(PolicyVersion).where(PolicyVersion.version == version)
 
 

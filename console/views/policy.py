@@ -62,7 +62,7 @@ def _backtest(change: ChangeView) -> None:
     examples = ui.call(changes_svc.examples, ctx, principal, change.id) or []
     if examples:
         st.markdown(f"**Exchanges that change verdict** (the {len(examples)} most recent, stored redacted text; "
-                    "search the audit log for the exchange number)")
+                    "its events are on the Audit search page: target type exchange, target id the number)")
         st.dataframe(pd.DataFrame([{
             "exchange": f"#{e.id}", "at (UTC)": e.created_at, "before": e.before, "after": e.after,
             "labels": e.labels, "prompt (stored)": e.prompt, "answer (stored)": e.answer,

@@ -51,14 +51,27 @@ CATEGORIES: dict[str, str] = {
     "violence_or_threat": "Violence or threat",
     "self_harm": "Self-harm",
     "pii_leak": "PII leak",
+    "prompt_injection": "Prompt injection or jailbreak",
     "wrong_answer": "Wrong answer",  # what an operator most often sends a message to review for by hand
     "other": "Other",
 }
 DECISION_LABELS: dict[str, str] = {
     "violation": "Confirm violation",
-    "false_positive": "False positive",
+    # "No violation", not "False positive": a spot check (nothing was flagged) is decided with the same words as a
+    # flagged item, so the wording does not tell a reviewer which one they hold.
+    "false_positive": "No violation",
     "escalate": "Escalate to admins",
 }
+# Spot checks are blind (console.services.spot_checks): items the policy flagged and spot checks show alike, with the
+# reason "check", without the policy's actions and without the side that triggered. Blocked items keep theirs: their
+# answer is a refusal anyway, and a spot check (an answered, unflagged exchange) never looks like one.
+BLIND_REASONS = ("flagged", "spot_check")
+BLIND_REASON_SHOWN = "check"
+
+
+def shown_reason(reason: str) -> str:
+    """The reason a person is shown for an item: "check" for every item a flag or a spot check opened."""
+    return BLIND_REASON_SHOWN if reason in BLIND_REASONS else reason
 
 
 class ClaimLost(ConsoleError):
@@ -194,13 +207,18 @@ def _rows(ctx: AppContext, s: Session, items: Sequence[ReviewItem]) -> tuple[Que
     triggered = queue_q.triggered_findings(s, [item.exchange_id for item in items])
     for item in items:
         findings = triggered[item.exchange_id]
+        if item.reason == "spot_check":
+            # Nothing triggered: show its highest-scoring finding, as a flagged item shows what flagged it.
+            findings = sorted(safety_q.list_findings(s, item.exchange_id), key=lambda f: -f.score)[:1]
         exchange = chat_q.get_exchange(s, item.exchange_id)
         if item.claimed_by_id is not None and item.claimed_by_id not in names:
             user = users_q.get_user(s, item.claimed_by_id)
             names[item.claimed_by_id] = user.username if user else "?"
         live = item.status == "claimed" and item.claim_expires_at is not None and item.claim_expires_at > now
+        blind = item.reason in BLIND_REASONS
         rows.append(QueueRow(
-            item.id, item.exchange_id, item.severity, item.status, item.reason, item.direction, item.created_at,
+            item.id, item.exchange_id, item.severity, item.status, shown_reason(item.reason),
+            None if blind else item.direction, item.created_at,
             item.due_at, item.status in ("open", "claimed") and item.due_at is not None and item.due_at < now,
             names.get(item.claimed_by_id) if item.claimed_by_id and item.status != "open" else None, live,
             ", ".join(sorted({f.label for f in findings})), max((f.score for f in findings), default=0.0),
@@ -300,7 +318,8 @@ def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = F
     conversation = chat_q.get_conversation(s, exchange.conversation_id)
     earlier = [e for e in chat_q.list_exchanges(s, exchange.conversation_id) if e.id < exchange.id]
     context = tuple(TurnView(e.id, e.prompt, e.response) for e in earlier[-CONTEXT_EXCHANGES:])
-    findings = tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, f.action)
+    masked = item.reason in BLIND_REASONS  # the policy's actions would tell a spot check from a flagged item
+    findings = tuple(FindingView(f.direction, f.detector, f.label, f.score, f.start, f.end, "" if masked else f.action)
                      for f in safety_q.list_findings(s, exchange.id))
     raw_kept = safety_q.raw_text_directions(s, exchange.id)
     decisions: tuple[DecisionRow, ...] = ()
@@ -313,14 +332,14 @@ def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = F
         decisions = tuple(rows)
     now = ctx.now()
     return ItemView(
-        item_id=item.id, exchange_id=exchange.id, status=item.status, reason=item.reason,
-        direction=item.direction, severity=item.severity, due_at=item.due_at,
+        item_id=item.id, exchange_id=exchange.id, status=item.status, reason=shown_reason(item.reason),
+        direction=None if masked else item.direction, severity=item.severity, due_at=item.due_at,
         overdue=item.status in ("open", "claimed") and item.due_at is not None and item.due_at < now,
         # Only manual items carry a note: the operator's reason for sending the exchange to review.
         operator_note=item.note,
         prompt=exchange.prompt, response=exchange.response, model_version=exchange.model_version,
-        policy_version=exchange.policy_version, prompt_action=exchange.prompt_action,
-        output_action=exchange.output_action, context=context, findings=findings, raw_kept=raw_kept,
+        policy_version=exchange.policy_version, prompt_action=None if masked else exchange.prompt_action,
+        output_action=None if masked else exchange.output_action, context=context, findings=findings, raw_kept=raw_kept,
         decisions=decisions, sample_id=sample_id,
         system_prompt=conversation.system_prompt if conversation is not None else None,
     )
@@ -628,7 +647,7 @@ def decide_escalation(ctx: AppContext, actor: Principal, item_id: int, decision:
     Refused (duty rule ``review.decide_escalation``) to the person who escalated it, as to the conversation's owner.
     """
     if decision == "escalate":
-        raise InvalidInput("An escalated item needs a final decision: violation or false positive.")
+        raise InvalidInput("An escalated item needs a final decision: violation or no violation.")
     category, note = _validate(decision, category, note)
     note = _redact_note(ctx, note)
     _ensure_not_own(ctx, actor, item_id)

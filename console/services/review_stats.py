@@ -156,3 +156,56 @@ def suggest_thresholds(
         suggestions.append(ThresholdSuggestion(detector, label, threshold, len(fps), avoided, len(tps), kept))
     logger.debug("threshold suggestions: %s", len(suggestions))
     return suggestions
+
+
+# --- spot checks: how much the scanners miss ------------------------------------------------------------------
+
+Z_95 = 1.959963984540054  # the standard normal's 97.5th percentile: a two-sided 95 % interval
+
+
+def wilson_interval(successes: int, trials: int, *, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval for a binomial proportion ``successes / trials`` (95 % by default).
+
+    Chosen over the plain normal (Wald) interval because it stays inside [0, 1] and is not empty at 0 or n
+    successes, which is where a miss rate usually sits; it is close to Clopper-Pearson while a little narrower.
+    (0, 1) without trials: nothing is known yet.
+    """
+    if trials < 0 or successes < 0 or successes > trials:
+        raise ValueError(f"need 0 <= successes <= trials, got {successes} of {trials}")
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    z2 = z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    # At 0 and n successes the bound is exactly 0 or 1; float rounding would leave e.g. 1e-17.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
+
+
+@dataclass(frozen=True)
+class MissRate:
+    """Of ``checked`` spot-checked (unflagged) exchanges the reviewers decided for a label family, ``missed``
+    were judged a violation of that family: the share the scanners let through, with its 95 % Wilson interval,
+    and the missed exchanges per day that share implies at ``unflagged_per_day`` unflagged exchanges a day."""
+
+    family: str
+    checked: int
+    missed: int
+    unflagged_per_day: float
+    enough: bool  # at least the minimum number of spot checks the page asks for before it shows a rate
+
+    @property
+    def rate(self) -> float:
+        return self.missed / self.checked if self.checked else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.missed, self.checked)
+
+    @property
+    def missed_per_day(self) -> tuple[float, float, float]:
+        """(estimate, low, high) of the missed exchanges per day."""
+        low, high = self.interval
+        return (self.rate * self.unflagged_per_day, low * self.unflagged_per_day, high * self.unflagged_per_day)

@@ -275,3 +275,33 @@ def test_feedback_counts_for_one_version_and_no_ratings(ctx, people):
     with ctx.db.session(readonly=True) as s:
         counts = feedback_q.feedback_counts(s, version="v1")
     assert counts["v1"] == feedback_q.FeedbackCounts(0, 0, 1) and counts["v1"].down_share is None
+
+
+def test_ratings_and_counts_on_postgresql(pg_db):
+    """The same queries on PostgreSQL (the database replicas share): one row per answer and person, the counts."""
+    from sqlalchemy.exc import IntegrityError
+
+    from db import users as users_q
+    from db.types import utcnow
+
+    now = utcnow()
+    with pg_db.session() as s:
+        user = users_q.create_user(s, "pgolga", "x", ("operator",), actor="system")
+        conv = chat_q.create_conversation(s, user_id=user.id, actor="pgolga")
+        exchanges = [chat_q.store_turn(s, TurnRecord(conversation_id=conv.id, user_id=user.id, actor="pgolga",
+                                                     model_version="v-pg", prompt="p", response="r",
+                                                     created_at=now)) for _ in range(3)]
+        for ex, rating in zip(exchanges, (1, -1), strict=False):
+            feedback_q.set_feedback(s, exchange=ex, user_id=user.id, actor="pgolga", rating=rating, reason="why",
+                                    now=now)
+        _, action = feedback_q.set_feedback(s, exchange=exchanges[0], user_id=user.id, actor="pgolga", rating=-1,
+                                            reason=None, now=now)
+        assert action == "feedback.changed"
+        user_id, first = user.id, exchanges[0].id
+    with pg_db.session(readonly=True) as s:
+        assert feedback_q.feedback_counts(s, version="v-pg")["v-pg"] == feedback_q.FeedbackCounts(0, 2, 3)
+    with pytest.raises(IntegrityError), pg_db.session() as s:
+        s.add(Feedback(exchange_id=first, user_id=user_id, rating=1, model_version="v-pg", created_at=now,
+                       updated_at=now))
+        s.flush()
+    assert audit_q.verify_chain(pg_db).ok

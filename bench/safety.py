@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
 import statistics
 import time
@@ -82,15 +83,15 @@ def _time(fn: Callable[[], object], iterations: int) -> list[float]:
 
 
 def _scan_both(runner: ScannerRunner, prompt: str, answer: str) -> None:
-    runner.scan(prompt)
-    runner.scan(answer)
+    runner.scan(prompt, direction="prompt")
+    runner.scan(answer, direction="output")
 
 
 def _streamed_exchange(runner: ScannerRunner, prompt: str, pieces: list[str], pause_s: float) -> dict[str, float]:
     """One exchange as the chat service scans it: the prompt whole (before the first token), the answer while it
     streams at ``pause_s`` per delta, then its tail (after the last token). Milliseconds."""
     began = time.perf_counter()
-    runner.scan(prompt)
+    runner.scan(prompt, direction="prompt")
     before = (time.perf_counter() - began) * 1000.0
     scan = StreamingScan(runner)
     for piece in pieces:
@@ -114,7 +115,8 @@ def run_safety_bench(
 ) -> dict[str, Any]:
     """Scan latency as the chat service pays it, per scanner, on 100-word and 2,000-word texts.
 
-    Defaults to the offline set-up (Presidio + whichever toxicity scanner loads without a download).
+    Defaults to the offline set-up (Presidio + whichever toxicity scanner loads without a download + the injection
+    scanner, which judges prompts only under the default policy: answers are scanned without it).
     ``total_p95_ms`` is the p95, over ``stream_iterations`` exchanges, of the time scanning adds to one exchange
     with a 100-word prompt and a 100-word answer: the prompt's scan before the first token plus the answer's tail
     scan after the last token (the rest of the answer is scanned in the background while it streams at
@@ -137,12 +139,14 @@ def run_safety_bench(
         # Which toxicity detector was timed: detoxify, offline (tox-block in numpy) or fallback (profanity only).
         "toxicity_detector": getattr(toxicity_scanner_of(runner.scanners), "kind", None),
         "load_seconds": round(load_s, 2),
+        # The machine is shared and noisy: its 1-, 5- and 15-minute load averages when the bench started.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "sizes": {},
     }
     for words in (100, 2000):
         prompt = sample_text(words, seed=1)
         answer = sample_text(words, seed=2)
-        runner.scan(prompt)  # warm-up: first calls build caches
+        runner.scan(prompt, direction="prompt")  # warm-up: first calls build caches
         per_scanner: dict[str, dict[str, float]] = {}
         for scanner in runner.scanners:
             per_scanner[scanner.name] = _percentiles(_time(functools.partial(scanner.scan, prompt), iterations))
@@ -151,8 +155,8 @@ def run_safety_bench(
             "chars": len(prompt),
             "per_scanner": per_scanner,
             # Added before the first token (the prompt's scan) and after the last one (the answer's).
-            "prompt_scan": _percentiles(_time(functools.partial(runner.scan, prompt), iterations)),
-            "output_scan": _percentiles(_time(functools.partial(runner.scan, answer), iterations)),
+            "prompt_scan": _percentiles(_time(functools.partial(runner.scan, prompt, direction="prompt"), iterations)),
+            "output_scan": _percentiles(_time(functools.partial(runner.scan, answer, direction="output"), iterations)),
             "prompt_plus_answer": _percentiles(whole),
         }
     # The exchange as the chat service scans it: prompt before the first token, answer while it streams.
@@ -178,6 +182,12 @@ def run_safety_bench(
     result["whole_answer_p95_ms"] = _percentiles(whole)["p95_ms"]
     result["ratio_to_whole_answer"] = (round(total["p95_ms"] / result["whole_answer_p95_ms"], 3)
                                        if result["whole_answer_p95_ms"] else None)
+    # The injection scanner's own share (it runs on the prompt, before the first token): 100-word prompt.
+    injection = result["sizes"]["100_words"]["per_scanner"].get("injection")
+    if injection is not None:
+        result["injection_p50_ms"] = injection["p50_ms"]
+        result["injection_p95_ms"] = injection["p95_ms"]
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["target_total_p95_ms"] = TARGET_TOTAL_P95_MS
     result["meets_target"] = total["p95_ms"] <= TARGET_TOTAL_P95_MS
     logger.info("safety bench: total p95 %s ms (target %s ms)", result["total_p95_ms"], TARGET_TOTAL_P95_MS)

@@ -1,4 +1,4 @@
-"""Safety scanners (Presidio PII, Detoxify toxicity or its offline fallback) and the moderation policy.
+"""Safety scanners (Presidio PII, Detoxify toxicity or its offline fallback, prompt injection) and the moderation policy.
 
 A pure library: no database, no Streamlit, no environment variables. Typical use::
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from engine.safety.base import Finding, Scanner, ScannerLoadError
 from engine.safety.deadline import ScanTimeout
+from engine.safety.injection import InjectionScanner, load_injection_scanner
+from engine.safety.injection_patterns import INJECTION_LABELS
 from engine.safety.pii import DEFAULT_ENTITIES, PiiConfig, PresidioScanner
 from engine.safety.policy import (
     DEFAULT_POLICY_PATH,
@@ -39,6 +41,8 @@ __all__ = [
     "Decision",
     "DetoxifyScanner",
     "Finding",
+    "INJECTION_LABELS",
+    "InjectionScanner",
     "PiiConfig",
     "Policy",
     "PolicyError",
@@ -53,6 +57,7 @@ __all__ = [
     "ScannerRunner",
     "ToxicityConfig",
     "build_runner",
+    "load_injection_scanner",
     "load_toxicity",
     "load_toxicity_scanner",
     "redact",

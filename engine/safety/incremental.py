@@ -146,10 +146,13 @@ class StreamingScan:
     reader calls :meth:`feed` and :meth:`finish`; the background scans run on a shared pool."""
 
     def __init__(self, runner: ScannerRunner, *, overlap_chars: int = DEFAULT_OVERLAP_CHARS,
-                 min_chars: int = DEFAULT_MIN_CHARS, pool: ThreadPoolExecutor | None = None) -> None:
+                 min_chars: int = DEFAULT_MIN_CHARS, pool: ThreadPoolExecutor | None = None,
+                 asked: Sequence[str] = ()) -> None:
         if overlap_chars < 0 or min_chars < 1:
             raise ValueError("need overlap_chars >= 0 and min_chars >= 1")
         self._runner = runner
+        # An answer: the scanners for outputs (the injection scanner only when the policy asks for its labels).
+        self._scanners = runner.for_direction("output", asked)
         self._overlap = overlap_chars
         self._min = min_chars
         self._pool = pool
@@ -186,7 +189,7 @@ class StreamingScan:
             return
         start = _segment_start(text, self._scanned_to, self._overlap) if self._scanned_to else 0
         pool = self._pool or _shared_pool()
-        self._running = pool.submit(_scan_segment, self._runner.scanners, text[start:end], start,
+        self._running = pool.submit(_scan_segment, self._scanners, text[start:end], start,
                                     self._runner.timeout_seconds)
         self._scanned_to = end
 
@@ -230,7 +233,7 @@ class StreamingScan:
             start = len(text)
         else:
             start = _segment_start(text, self._scanned_to, self._overlap) if self._scanned_to else 0
-            tail = _scan_segment(self._runner.scanners, text[start:], start, self._runner.timeout_seconds)
+            tail = _scan_segment(self._scanners, text[start:], start, self._runner.timeout_seconds)
         findings = merge_findings([*self._done, tail])
         logger.debug("streamed scan: %s chars, %s in the background (%.1f ms), tail from %s (%s)", len(text),
                      self._scanned_to, self.background_ms, start, tail.timings_ms)

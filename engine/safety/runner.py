@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -60,15 +60,29 @@ class ScannerRunner:
         """Scanner name -> detector version, for the record of what judged an exchange."""
         return MappingProxyType({s.name: s.version for s in self.scanners})
 
-    def scan(self, text: str) -> ScanReport:
-        """Scan ``text`` with every scanner; spans in the findings refer to ``text``.
+    def for_direction(self, direction: str | None, asked: Collection[str] = ()) -> tuple[Scanner, ...]:
+        """The scanners that run on a text of ``direction`` ("prompt" or "output"; None: all of them).
+
+        A scanner with a ``directions`` attribute (the injection scanner: prompts only) runs in another direction
+        only when one of its labels is in ``asked`` (the labels the policy has rules for there:
+        Policy.ruled_labels); scanners without one run everywhere.
+        """
+        if direction is None:
+            return tuple(self.scanners)
+        wanted = set(asked)
+        return tuple(s for s in self.scanners
+                     if direction in getattr(s, "directions", (direction,)) or wanted.intersection(s.labels))
+
+    def scan(self, text: str, *, direction: str | None = None, asked: Collection[str] = ()) -> ScanReport:
+        """Scan ``text`` with the scanners for ``direction`` (see :meth:`for_direction`; None: every scanner);
+        spans in the findings refer to ``text``.
 
         Raises :class:`~engine.safety.deadline.ScanTimeout` when the scan takes longer than ``timeout_seconds``.
         """
         findings: list[Finding] = []
         timings: dict[str, float] = {}
         with deadline.scope(self.timeout_seconds):
-            for scanner in self.scanners:
+            for scanner in self.for_direction(direction, asked):
                 deadline.check(scanner.name)
                 began = time.perf_counter()
                 findings.extend(scanner.scan(text))
@@ -81,13 +95,18 @@ def build_runner(
     pii_config: PiiConfig | None = None, toxicity_config: ToxicityConfig | None = None,
     timeout_seconds: float | None = None,
 ) -> tuple[ScannerRunner, str | None]:
-    """Build the standard runner (Presidio, then Detoxify or its fallback) and the toxicity notice, if any.
+    """Build the standard runner (Presidio, then Detoxify or its fallback, then the injection scanner) and the
+    toxicity notice, if any.
 
     Call once per process (the console caches it): loading spaCy and a toxicity model takes seconds.
     A config left as None means that scanner's defaults; ``timeout_seconds`` limits each scan (see ScannerRunner).
+    The injection scanner runs on prompts only unless the policy has output rules for its labels (see
+    ScannerRunner.for_direction); without its model it runs on its patterns (its ``notice`` says so, logged).
     """
+    from engine.safety.injection import load_injection_scanner
     from engine.safety.pii import PresidioScanner
     from engine.safety.toxicity import load_toxicity_scanner
 
     toxicity, notice = load_toxicity_scanner(toxicity_config)
-    return ScannerRunner([PresidioScanner(pii_config), toxicity], timeout_seconds), notice
+    injection = load_injection_scanner()
+    return ScannerRunner([PresidioScanner(pii_config), toxicity, injection], timeout_seconds), notice

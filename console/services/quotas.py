@@ -44,9 +44,10 @@ logger = logging.getLogger(__name__)
 REQUESTS_PER_MINUTE = "requests_per_minute"
 TOKENS_PER_DAY = "tokens_per_day"
 KIND_LABELS = {REQUESTS_PER_MINUTE: "requests per minute", TOKENS_PER_DAY: "tokens per day"}
-# Shipped defaults: 60 requests a minute (one a second) is far above what a person types, and stops a runaway
-# script; tokens per day depend on the model and the hardware, so there is none until an admin sets one.
-SHIPPED_DEFAULTS: dict[str, int | None] = {REQUESTS_PER_MINUTE: 60, TOKENS_PER_DAY: None}
+# Shipped defaults: no limit. An upgrade must not start refusing anyone's chats unannounced (scripts and
+# integrations send faster than people type), and what fits depends on the model, the hardware and the team; the
+# Users page shows every role at "no limit (shipped)" until an admin sets its defaults.
+SHIPPED_DEFAULTS: dict[str, int | None] = {REQUESTS_PER_MINUTE: None, TOKENS_PER_DAY: None}
 # Larger values are refused as typing mistakes (and stay far below the columns' range).
 MAXIMUMS = {REQUESTS_PER_MINUTE: 100_000, TOKENS_PER_DAY: 10_000_000_000}
 NO_LIMIT_WORDS = ("no limit", "none", "unlimited")

@@ -42,14 +42,16 @@ def people(ctx, make_user):
 def test_shipped_defaults_apply_until_an_admin_sets_role_defaults(ctx, people) -> None:
     admin, op = people
     [row] = [q for q in quotas.quota_overview(ctx, admin) if q.username == "olivia"]
-    assert (row.requests_per_minute.value, row.requests_per_minute.source) == (60, "role operator (shipped default)")
+    assert (row.requests_per_minute.value, row.requests_per_minute.source) == (None, "role operator (shipped default)")
     assert (row.tokens_per_day.value, row.tokens_per_day.text) == (None, "no limit")
     quotas.set_role_limit(ctx, admin, "operator", "tokens_per_day", "50,000")
     [row] = [q for q in quotas.quota_overview(ctx, admin) if q.username == "olivia"]
     assert (row.tokens_per_day.value, row.tokens_per_day.source) == (50_000, "role operator")
     roles = {r.role: r for r in quotas.role_defaults(ctx, admin)}
     assert roles["operator"].tokens_per_day == 50_000 and roles["operator"].shipped == ("requests_per_minute",)
-    assert roles["analyst"].requests_per_minute == 60 and set(roles["analyst"].shipped) == set(quotas.KIND_LABELS)
+    assert roles["analyst"].requests_per_minute is None and set(roles["analyst"].shipped) == set(quotas.KIND_LABELS)
+    quotas.enforce(ctx, op)  # no limit: counted, never refused
+    assert [q.requests_this_minute for q in quotas.quota_overview(ctx, admin) if q.username == "olivia"] == [1]
 
 
 def test_several_roles_give_the_most_generous_and_no_limit_beats_any_number(ctx, people, make_user) -> None:
@@ -184,7 +186,7 @@ def test_every_change_is_audited_with_old_and_new(ctx, people) -> None:
     assert changes == [
         ("role", "operator", "requests_per_minute", "shipped default", 30),
         ("role", "operator", "requests_per_minute", 30, "no limit"),
-        ("role", "operator", "requests_per_minute", "no limit", "shipped default (60)"),
+        ("role", "operator", "requests_per_minute", "no limit", "shipped default (no limit)"),
         ("user", str(op.user_id), "tokens_per_day", "role default", 1000),
         ("user", str(op.user_id), "tokens_per_day", 1000, 2000),
         ("user", str(op.user_id), "tokens_per_day", 2000, "role default"),

@@ -112,12 +112,16 @@ def test_admin_sets_a_rule_the_job_draws_a_reviewer_decides_and_the_page_shows_t
         expect(page.get_by_text("check", exact=True).first).to_be_visible(timeout=60_000)
         assert page.get_by_text("spot", exact=False).count() == 0
         page.get_by_text("Confirm violation").first.click()
-        page.get_by_role("combobox", name="Category (for a violation)").click()
-        page.get_by_role("option", name="PII leak").click()
-        page.get_by_role("button", name="Decide", exact=True).click()
+        category = page.get_by_role("combobox", name="Category (for a violation)").first
+        category.click()
+        page.keyboard.type("PII leak")
+        page.keyboard.press("Enter")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "spot-check-item.png"), full_page=True)
+        page.get_by_role("button", name="Decide").first.click()
         expect(page.get_by_text("confirm violation recorded", exact=False)).to_be_visible(timeout=60_000)
         page.get_by_text("No violation").first.click()
-        page.get_by_role("button", name="Decide", exact=True).click()
+        page.get_by_role("button", name="Decide").first.click()
         expect(page.get_by_text("no violation recorded; the queue is empty", exact=False)).to_be_visible(
             timeout=60_000)
 

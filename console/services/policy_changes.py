@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from console.services import backtest as backtest_svc
 from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, InvalidInput, NotFound
+from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound
 from console.services.policy import follow, validate
 from console.services.text import optional_text, required_text
 from db import policy_changes as changes_q
@@ -181,7 +181,10 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str | None
     except IntegrityError:  # another approval stored the same revision number first (PostgreSQL)
         raise InvalidInput(f"Request #{request_id} is stale: another policy change was approved at the same "
                            "moment. Reject or cancel it and propose the change again.") from None
-    follow(ctx)
+    try:
+        follow(ctx)  # in force here now; the other consoles follow on their next round
+    except ConsoleError as exc:  # the scanners failed to load here: the approval stands, the follower retries
+        logger.warning("policy change #%s approved, not yet in force in this process: %s", request_id, exc)
     logger.info("policy change #%s approved by %s: revision %s in force", request_id, actor.username,
                 view.applied_version)
     return view

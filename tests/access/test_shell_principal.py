@@ -84,7 +84,7 @@ def test_the_benchmarks_register_their_commands_through_the_entry_point():
     assert (entry.group, entry.value) == (COMMANDS_ENTRY_POINT, "bench.cli:register")
     assert {p for p in _commands() if p.startswith("bench ")} == {
         "bench engine", "bench switch", "bench safety", "bench review", "bench dashboard", "bench audit",
-        "bench canary"}
+        "bench canary", "bench backtest"}
 
 
 # --- one installation, initialised once, copied for each test ----------------------------------------------------

@@ -586,10 +586,15 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
         else:
             _print_public_report(report)
         return 0
-    from engine.safety.measure_injection import format_report, injection_report
+    from console.services.loadtest_prompts import PROMPT_SETS
+    from engine.safety.measure_injection import format_report, injection_report, support_prompts
+
+    def injection() -> dict[str, Any]:
+        sets = {name: prompt_set.prompts for name, prompt_set in PROMPT_SETS.items()}
+        return injection_report(support=support_prompts(sets))
 
     if args.injection_only:
-        result: dict[str, Any] = {"injection": injection_report()}
+        result: dict[str, Any] = {"injection": injection()}
         print(json.dumps(result, ensure_ascii=False) if args.json else "\n".join(format_report(result["injection"])))
         return 0
     result = safety_report(args.texts, family=args.family, seed=args.seed, toxicity=not args.no_toxicity,
@@ -597,7 +602,7 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
                            progress=lambda done, total: print(f"pii: {done}/{total} texts", file=sys.stderr,
                                                               flush=True))
     if not args.no_injection:
-        result["injection"] = injection_report()
+        result["injection"] = injection()
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0

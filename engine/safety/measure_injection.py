@@ -92,15 +92,16 @@ def policy_thresholds(path: Path | str = POLICY_PATH) -> dict[str, float]:
     return out
 
 
-def support_prompts() -> list[tuple[str, str, str]]:
-    """``(text, source, split)`` of the ordinary support prompts (see the module docstring), deduplicated."""
-    from console.services.loadtest_prompts import PROMPT_SETS
+def support_prompts(extra_sets: Mapping[str, Sequence[str]] | None = None) -> list[tuple[str, str, str]]:
+    """``(text, source, split)`` of the ordinary support prompts (see the module docstring), deduplicated;
+    ``extra_sets`` (the console's load-test prompt sets, passed in by the CLI: engine does not import console) are
+    added as sources ``loadtest_<name>``."""
     from engine.safety.measure_toxicity import ordinary_traffic
 
     out = [(t.text, t.source, t.split) for t in ordinary_traffic() if t.direction == "prompt"]
     seen = {text for text, _, _ in out}
-    for name, prompt_set in PROMPT_SETS.items():
-        for text in prompt_set.prompts:
+    for name, prompts in (extra_sets or {}).items():
+        for text in prompts:
             if text not in seen:
                 seen.add(text)
                 out.append((text, f"loadtest_{name}", _hash_split(text)))

@@ -108,9 +108,9 @@ def test_policy_thresholds_come_from_the_prompt_rules(tmp_path):
 
 
 def test_the_support_prompts_include_the_load_tests_and_the_evaluation_suites():
-    rows = mi.support_prompts()
+    rows = mi.support_prompts({"support": ["Where is my order?", "How do I reset my password?"]})
     sources = {source for _, source, _ in rows}
-    assert {"corpus", "in_domain", "off_topic", "system_prompts", "loadtest_support", "loadtest_long"} <= sources
+    assert {"corpus", "in_domain", "off_topic", "system_prompts", "loadtest_support"} <= sources
     assert {split for *_, split in rows} == {"tune", "report"}
     assert len({text for text, _, _ in rows}) == len(rows)
 
@@ -133,7 +133,7 @@ def test_eval_safety_injection_only_reports_the_shipped_scanner_on_the_vendored_
 def test_eval_safety_injection_only_prints_the_report_lines(monkeypatch, capsys, report):
     from console import cli
 
-    monkeypatch.setattr(mi, "injection_report", lambda: report)
+    monkeypatch.setattr(mi, "injection_report", lambda **_: report)
     assert cli.main(["eval", "safety", "--injection-only"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("injection: fixed (test-1)")

@@ -226,7 +226,7 @@ def feedback(ctx: AppContext, principal: Principal, report: latency_svc.LatencyO
     rates = ui.call(feedback_svc.feedback_rates, ctx, principal, since=report.since, until=report.until)
     if rates is None:
         return
-    st.subheader("User feedback")
+    st.markdown("**User feedback** (thumbs up or down on answers)")
     rows = feedback_svc.rate_rows(rates, chosen)
     if not any(r["Rated"] for r in rows):
         st.caption(f"No answer given between {report.since:%Y-%m-%d %H:%M} and {report.until:%Y-%m-%d %H:%M} UTC "

@@ -14,6 +14,7 @@ PAGE_TABLE = {
     "dashboard": ("Operate", "Latency", ":material/monitoring:", "latency.py"),
     "review": ("Safety", "Review queue", ":material/rule:", "review.py"),
     "escalations": ("Safety", "Escalations", ":material/priority_high:", "escalations.py"),
+    "review_quality": ("Safety", "Review quality", ":material/query_stats:", "review_quality.py"),
     "models": ("Admin", "Models", ":material/model_training:", "models.py"),
     "promotions": ("Admin", "Promotions", ":material/published_with_changes:", "promotions.py"),
     "evaluations": ("Admin", "Evaluations", ":material/checklist:", "evaluations.py"),
@@ -21,6 +22,7 @@ PAGE_TABLE = {
     "users": ("Admin", "Users", ":material/group:", "users.py"),
     "policy": ("Safety", "Policy", ":material/policy:", "policy.py"),
     "audit": ("Compliance", "Audit log", ":material/fact_check:", "audit.py"),
+    "alerts": ("Admin", "Alerts", ":material/notifications:", "alerts.py"),
 }
 
 

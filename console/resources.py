@@ -92,6 +92,13 @@ def engine_host():  # noqa: ANN201 - engine.switching.SwitchingEngine | None; vL
     from console.services.retention import RetentionTask
 
     atexit.register(RetentionTask(ctx).start().stop)  # every retention_check_seconds, engine or not
+    from console.services.spot_checks import SpotCheckTask
+
+    atexit.register(SpotCheckTask(ctx).start().stop)  # every spot_check_seconds, one replica per round
+    from console.services.alerts import AlertDispatcher, AlertEvaluator
+
+    atexit.register(AlertEvaluator(ctx).start().stop)  # every alert_check_seconds, one replica per round
+    atexit.register(AlertDispatcher(ctx).start().stop)  # every alert_check_seconds, every replica
     metrics_endpoint()  # once per process, engine or not (its engine gauges start when the host does)
     if not cfg.engine_autostart:
         return None
@@ -170,9 +177,22 @@ def safety_loader() -> Future | None:
     if not cfg.safety_enabled:
         return None
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safety-load")
-    future = executor.submit(moderation.build_safety_stack, cfg, database())
+    db = database()
+    future = executor.submit(moderation.build_safety_stack, cfg, db)
     executor.shutdown(wait=False)
+    future.add_done_callback(lambda done: _follow_policy(cfg, db, done))
     return future
+
+
+def _follow_policy(cfg: Settings, db: Database, done: Future) -> None:
+    """Once the scanners are loaded, follow the newest stored policy version (a change approved on any replica)."""
+    if done.cancelled() or done.exception() is not None:
+        return
+    from console.services.policy import PolicyFollower
+
+    stack = done.result()
+    ctx = AppContext(cfg, db, safety_factory=lambda: stack)
+    atexit.register(PolicyFollower(ctx, interval_s=cfg.reconcile_seconds).start().stop)
 
 
 def safety_notice() -> str | None:

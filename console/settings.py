@@ -65,6 +65,15 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
+def _minutes_list(value: str) -> tuple[float, ...]:
+    """"1,5,30" -> (1.0, 5.0, 30.0): each > 0, at most 10; empty: no retries."""
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    numbers = tuple(float(p) for p in parts)
+    if any(not n > 0 or n > 10_080 for n in numbers) or len(numbers) > 10:
+        raise ValueError(f"expected up to 10 comma-separated minutes, each > 0 and at most a week, got {value!r}")
+    return numbers
+
+
 SWITCH_MODES = ("blue-green", "stop-then-load")
 
 
@@ -155,6 +164,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("review_claim_minutes", "15", "Minutes a reviewer's claim on a review item lasts.", _positive_int),
     Setting("review_second_share", "0.1", "Share of decided review items sent blind to a second reviewer (0-1).",
             _share),
+    Setting("spot_check_seconds", "600", "How often a running console draws the spot checks its rules ask for "
+            "(one replica per round).", _positive_float),
+    Setting("spot_check_min_decided", "30", "Decided spot checks a label family needs before the Review quality "
+            "page shows its miss rate.", _positive_int),
     Setting("promotion_accuracy_margin", "0.02",
             "Topic accuracy a candidate may lose against the live version's and still pass its gate (0-1).", _share),
     Setting("promotion_flag_margin", "0.02",
@@ -221,6 +234,14 @@ SETTINGS: tuple[Setting, ...] = (
             _positive_int),
     Setting("loadtest_cooldown_seconds", "60", "Seconds after a load test ends before the next may start "
             "(the live version's real users get the machine back in between); 0: none.", _non_negative_int),
+    Setting("alert_check_seconds", "30", "How often a running console looks for alert conditions (one replica per "
+            "round) and sends due webhook deliveries (every replica, each attempt claimed in the database).",
+            _positive_float),
+    Setting("alert_slo_minutes", "10", "Minutes of real traffic an SLO target is measured over before a miss raises "
+            "an slo_breach alert.", _positive_float),
+    Setting("alert_retry_minutes", "1,5,30", "Minutes to wait before each retry of a failed webhook delivery, "
+            "comma-separated; attempts = retries + 1, then the delivery fails (audited).", _minutes_list),
+    Setting("alert_timeout_seconds", "10", "Seconds a webhook has to answer one delivery attempt.", _positive_float),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -259,6 +280,8 @@ class Settings:
     scan_timeout_seconds: float
     review_claim_minutes: int
     review_second_share: float
+    spot_check_seconds: float
+    spot_check_min_decided: int
     promotion_accuracy_margin: float
     promotion_flag_margin: float
     promotion_bias_limit: float
@@ -289,6 +312,10 @@ class Settings:
     loadtest_max_concurrency: int
     loadtest_max_seconds: int
     loadtest_cooldown_seconds: int
+    alert_check_seconds: float
+    alert_slo_minutes: float
+    alert_retry_minutes: tuple[float, ...]
+    alert_timeout_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

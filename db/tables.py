@@ -23,9 +23,11 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     event,
     false,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, ORMExecuteState, Session, mapped_column, relationship
 
@@ -743,17 +745,210 @@ class ErasureRequest(Base):
 
 # ---- 0023_feedback ---- (issue 25: add this part's tables under this line)
 
+FEEDBACK_RATINGS = (-1, 1)
+
+
+class Feedback(Base):
+    """A user's current rating of one of their own exchanges (+1 thumbs up, -1 thumbs down), with an optional
+    reason. One row per (exchange, user), updated in place on a change; the audit chain holds every change.
+    ``model_version`` is the exchange's (the version that answered), so per-version rates need no join."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (CheckConstraint("rating IN (-1, 1)", name="rating"),
+                      UniqueConstraint("exchange_id", "user_id"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 
 # ---- 0024_spot_checks ---- (issue 25: add this part's tables under this line)
 
 
+class SpotCheck(Base):
+    """An exchange drawn blind into review as a spot check (console.services.spot_checks): the rule that drew it
+    (its scope key), the UTC day (YYYY-MM-DD) of the draw, and the item it opened. One row per exchange at most:
+    an exchange is never drawn twice, whichever replica draws."""
+
+    __tablename__ = "spot_checks"
+    __table_args__ = (UniqueConstraint("exchange_id"), Index("ix_spot_checks_day_rule", "day", "rule"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exchange_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id"))
+    item_id: Mapped[int] = mapped_column(ForeignKey("review_items.id"), index=True)
+    rule: Mapped[str] = mapped_column(String(300))
+    day: Mapped[str] = mapped_column(String(10))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # ---- 0025_quotas ---- (issue 25: add this part's tables under this line)
+
+# What a quota limits: requests per user and minute (a fixed window), tokens (prompt + answer) per user and UTC day.
+QUOTA_KINDS = ("requests_per_minute", "tokens_per_day")
+
+
+class QuotaLimit(Base):
+    """A limit an admin set: a role's default (``role``) or one user's override (``user_id``); exactly one of the
+    two. ``limit_value`` NULL is an explicit "no limit". Without a row the role's shipped default applies
+    (console/services/quotas.py), and a user has no override."""
+
+    __tablename__ = "quota_limits"
+    __table_args__ = (
+        CheckConstraint(_in("kind", QUOTA_KINDS), name="kind"),
+        CheckConstraint("role IS NULL OR " + _in("role", ROLES), name="role"),
+        CheckConstraint("(role IS NULL) <> (user_id IS NULL)", name="scope"),
+        CheckConstraint("limit_value IS NULL OR limit_value >= 0", name="value"),
+        Index("ix_quota_limits_role_kind", "role", "kind", unique=True),
+        Index("ix_quota_limits_user_id_kind", "user_id", "kind", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    role: Mapped[str | None] = mapped_column(String(20))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(30))
+    limit_value: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class QuotaCounter(Base):
+    """One user's requests in the current minute (``window_start``), raised by one conditional UPDATE (db.quotas),
+    and the window (minute, or UTC day) whose refusal was last audited, so a hammering client leaves one
+    ``quota.exceeded`` event per limit and window."""
+
+    __tablename__ = "quota_counters"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    window_start: Mapped[datetime]
+    requests: Mapped[int] = mapped_column(Integer)
+    rpm_refusal_audited: Mapped[datetime | None]
+    tpd_refusal_audited: Mapped[datetime | None]
+
 
 
 # ---- 0026_alerts ---- (issue 25: add this part's tables under this line)
 
+WEBHOOK_KINDS = ("json", "slack")
+ALERT_STATES = ("firing", "resolved", "event")  # event: a one-off (a rollback), never resolved
+DELIVERY_STATUSES = ("pending", "sending", "delivered", "failed")
+
+
+class Webhook(Base):
+    """Where alerts go: a generic JSON body or a Slack-compatible one, for the alert kinds in ``alert_kinds``.
+
+    ``url`` and ``secret`` are never shown back (URLs often embed a token); ``url_display`` is scheme and host."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (CheckConstraint(_in("kind", WEBHOOK_KINDS), name="kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), unique=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    url: Mapped[str] = mapped_column(Text)
+    url_display: Mapped[str] = mapped_column(String(300))
+    alert_kinds: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alert(Base):
+    """A condition raised once until it clears: ``dedup_key`` is ``kind:key`` while firing (unique), NULL once
+    resolved; one-off events keep it, so the same event is never raised twice."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (CheckConstraint(_in("state", ALERT_STATES), name="state"),
+                      Index("ix_alerts_kind_key", "kind", "key"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    key: Mapped[str] = mapped_column(String(200))
+    dedup_key: Mapped[str | None] = mapped_column(String(250), unique=True)
+    title: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(20))
+    raised_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    resolved_at: Mapped[datetime | None]
+
+
+class AlertDelivery(Base):
+    """One alert to one webhook: claimed in the database before each send (``claimed_by`` until
+    ``claimed_until``), retried with backoff until delivered or out of attempts."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+                      Index("ix_alert_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    webhook_id: Mapped[int | None] = mapped_column(ForeignKey("webhooks.id"))
+    webhook_name: Mapped[str] = mapped_column(String(80))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None]
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class AlertAttempt(Base):
+    """One attempt of a delivery: HTTP status (None when no answer), error text (never the URL), duration."""
+
+    __tablename__ = "alert_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("alert_deliveries.id"), index=True)
+    attempt: Mapped[int]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean)
+
 
 # ---- 0027_policy_changes ---- (issue 25: add this part's tables under this line)
+
+POLICY_CHANGE_STATUSES = ("pending", "approved", "rejected", "cancelled")
+
+
+class PolicyChangeRequest(Base):
+    """A proposed policy text with its backtest, waiting for a second admin (``console.services.policy_changes``).
+
+    ``base_version`` is the stored policy version in force when it was proposed: approving stores ``content`` as
+    the next ``policy_versions`` row (``applied_version``) only while ``base_version`` is still the newest.
+    ``backtest`` holds the replay's figures and the ids of exchanges whose verdict changes (never their text).
+    """
+
+    __tablename__ = "policy_change_requests"
+    __table_args__ = (CheckConstraint(_in("status", POLICY_CHANGE_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    base_version: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    file_version: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    days: Mapped[int] = mapped_column(Integer)
+    backtest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    decided_at: Mapped[datetime | None]
+    decision_note: Mapped[str | None] = mapped_column(Text)
+    applied_version: Mapped[int | None]
+
 
 
 # ---- append-only guards ----

@@ -39,6 +39,7 @@ ALL_ROLES: tuple[str, ...] = ROLES
 ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "chat.use": (frozenset({Role.OPERATOR}), "chatting with the served model"),
     "chat.send_to_review": (frozenset({Role.OPERATOR}), "sending a message to review"),
+    "chat.feedback": (frozenset({Role.OPERATOR}), "rating answers (thumbs up or down)"),
     "dashboard.view": (frozenset({Role.OPERATOR, Role.ANALYST, Role.ADMIN}), "viewing latency dashboards"),
     "slo.manage": (frozenset({Role.ADMIN}), "setting service-level objectives"),
     "latency.rebuild": (frozenset({Role.ADMIN}), "rebuilding the latency buckets"),
@@ -46,6 +47,8 @@ ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "review.work": (frozenset({Role.REVIEWER}), "working the review queue"),
     "review.reveal_raw": (frozenset({Role.REVIEWER}), "revealing raw text"),
     "review.escalations": (frozenset({Role.ADMIN}), "deciding escalated review items"),
+    "review.spot_checks": (frozenset({Role.REVIEWER, Role.ADMIN}), "viewing spot checks and the miss rate"),
+    "review.spot_check_rules": (frozenset({Role.ADMIN}), "changing the spot-check rules"),
     "promotion.approve": (frozenset({Role.REVIEWER, Role.ADMIN}), "approving or rejecting promotions"),
     "promotion.view": (frozenset({Role.REVIEWER, Role.ADMIN}), "viewing promotion requests and model history"),
     "models.evaluate": (frozenset({Role.ADMIN, Role.REVIEWER}), "evaluating model versions"),
@@ -68,6 +71,7 @@ ACTIONS: dict[str, tuple[frozenset[Role], str]] = {
     "audit.approve_export": (frozenset({Role.ADMIN}), "approving an export with raw text"),
     "audit.verify": (frozenset({Role.ANALYST, Role.ADMIN}), "verifying the audit chain"),
     "audit.rotate_key": (frozenset({Role.ADMIN}), "rotating the audit signing key"),
+    "alerts.manage": (frozenset({Role.ADMIN}), "managing alert webhooks and reading the delivery log"),
 }
 
 # page key -> the action that opens it. The navigation shows a page only when the action is allowed.
@@ -76,6 +80,7 @@ PAGES: dict[str, str] = {
     "dashboard": "dashboard.view",
     "review": "review.work",
     "escalations": "review.escalations",
+    "review_quality": "review.spot_checks",
     "models": "models.view",
     "promotions": "promotion.view",
     "compare": "models.evaluate",
@@ -83,6 +88,7 @@ PAGES: dict[str, str] = {
     "users": "users.manage",
     "policy": "policy.view",
     "audit": "audit.search",
+    "alerts": "alerts.manage",
 }
 
 

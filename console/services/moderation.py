@@ -41,6 +41,14 @@ REDACTED_PROMPT_NOTICE = "Personal data in your message was replaced before it r
 BLOCKED_SYSTEM_PROMPT_NOTICE = ("The system prompt was blocked by the safety policy: nothing was sent to the model. "
                                 "Start a new conversation with another system prompt.")
 REDACTED_SYSTEM_PROMPT_NOTICE = "Personal data in the system prompt was replaced before it reached the model."
+# Injection and jailbreak findings say why in words ({reason}: engine.safety.injection_patterns.LABEL_DESCRIPTIONS).
+BLOCKED_INJECTION_NOTICE = ("Your message was blocked by the safety policy and was not sent to the model: it looks "
+                            "like {reason}.")
+BLOCKED_INJECTION_SYSTEM_PROMPT_NOTICE = ("The system prompt was blocked by the safety policy: it looks like {reason}. "
+                                          "Nothing was sent to the model. Start a new conversation with another "
+                                          "system prompt.")
+FLAGGED_INJECTION_NOTICE = "Your message was sent, and flagged for review: it looks like {reason}."
+FLAGGED_INJECTION_SYSTEM_PROMPT_NOTICE = "The system prompt was flagged for review: it looks like {reason}."
 # The system prompt is judged as a prompt; its findings are stored as prompt findings whose detector names it
 # (the findings table knows two directions), without spans: those would point into the system prompt, not the
 # exchange's prompt.
@@ -142,6 +150,9 @@ def build_safety_stack(settings: Settings, db: Database) -> SafetyStack:
             state_q.set_state(s, POLICY_FILE_STATE_KEY, file_policy.sha256, actor="system")
         policy = file_policy if latest.content == file_policy.source_text else Policy.from_toml(latest.content)
         version = latest.version
+        from console.services.alerts import note_safety_stack
+
+        note_safety_stack(s, notice)  # scanner_fallback alert while a fallback judges toxicity
     if notice:
         logger.warning("toxicity scanner: %s", notice)
     return SafetyStack(runner=runner, policy=policy, policy_version=version, notice=notice)
@@ -176,7 +187,8 @@ def _gate(ctx: AppContext, direction: str, text: str, source: str = "", report: 
         return GateResult(direction, text, "allow", text, text, text, source=source)
     if report is None:
         try:
-            report = stack.runner.scan(text)
+            report = stack.runner.scan(text, direction=direction,
+                                       asked=stack.policy.ruled_labels(direction))  # type: ignore[arg-type]
         except ScanTimeout as exc:
             return _scan_timed_out(direction, text, source, exc, stack.policy_version)
     decision: Decision = stack.policy.decide(direction, report.findings)  # type: ignore[arg-type]
@@ -186,10 +198,17 @@ def _gate(ctx: AppContext, direction: str, text: str, source: str = "", report: 
     notice = None
     if direction == "prompt":
         system = source == SYSTEM_PROMPT
+        injection = _injection_reason(decision)
         if decision.action == "block":
             notice = BLOCKED_SYSTEM_PROMPT_NOTICE if system else BLOCKED_PROMPT_NOTICE
+            if injection:
+                notice = (BLOCKED_INJECTION_SYSTEM_PROMPT_NOTICE if system
+                          else BLOCKED_INJECTION_NOTICE).format(reason=injection)
         elif decision.action == "redact":
             notice = REDACTED_SYSTEM_PROMPT_NOTICE if system else REDACTED_PROMPT_NOTICE
+        elif decision.action == "flag" and injection:
+            notice = (FLAGGED_INJECTION_SYSTEM_PROMPT_NOTICE if system
+                      else FLAGGED_INJECTION_NOTICE).format(reason=injection)
         for_model, for_user = applied, text
     else:
         for_model = text
@@ -198,6 +217,13 @@ def _gate(ctx: AppContext, direction: str, text: str, source: str = "", report: 
             notice = BLOCKED_OUTPUT_NOTICE
     return GateResult(direction, text, decision.action, for_model, for_user, storage, report.findings, decision,
                       notice, stack.policy_version, stack.policy.keep_raw_text, source)
+
+
+def _injection_reason(decision: Decision) -> str | None:
+    """The injection labels among the enforced hits in words ("a prompt-injection attempt (...)"), or None."""
+    from engine.safety.injection import describe
+
+    return describe({h.finding.label for h in decision.triggered})
 
 
 def _scan_timed_out(direction: str, text: str, source: str, exc: ScanTimeout, policy_version: int) -> GateResult:
@@ -262,7 +288,7 @@ def streaming_scan(ctx: AppContext) -> StreamingScan | None:
         return None
     from engine.safety.incremental import StreamingScan
 
-    return StreamingScan(stack.runner)
+    return StreamingScan(stack.runner, asked=sorted(stack.policy.ruled_labels("output")))
 
 
 def strongest_action(gates: Sequence[GateResult | None]) -> str:

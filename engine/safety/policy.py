@@ -15,10 +15,18 @@ File shape (see ``default_policy.toml``)::
     action = "redact"                 # allow | flag | redact | block
     monitor_only = false              # true: record the would-be action, do not enforce it
 
+    [rules.prompt.jailbreak]          # injection labels (jailbreak, prompt_injection): allow, flag or block only
+    threshold = 0.5
+    action = "flag"
+    block_threshold = 0.95            # optional, with action = "flag": block from this score on
+
     [toxicity.thresholds.offline]     # optional, per toxicity detector: detoxify | offline | fallback
     threat = 0.3                      # replaces the rules' threshold for this detector's findings (both directions)
     [toxicity.thresholds.offline.output]
     threat = 0.4                      # ... or in one direction only
+
+    [feedback]
+    thumbs_down_to_review = true      # a user's thumbs-down with a reason opens a review item (default true)
 
 A rule's action applies whichever detector judged; each detector's scores have their own scale, so its table
 says where its scores cross the rule's line. A policy without these tables uses the rules' thresholds for all.
@@ -36,6 +44,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from engine.safety.base import Finding
+from engine.safety.injection_patterns import INJECTION_LABELS
 from engine.safety.pii import redact as _redact_spans
 from engine.safety.toxicity import (
     DETECTOR_KIND_BY_NAME,
@@ -69,8 +78,9 @@ DEFAULT_RULE = "default"
 # Labels judged on the text as a whole: there is no span to redact.
 _WHOLE_TEXT_LABELS = DETOXIFY_LABELS | {FALLBACK_LABEL}
 
-_TOP_KEYS = {"version", "description", "output_mode", "keep_raw_text", "redact_places", "rules", "toxicity"}
-_RULE_KEYS = {"threshold", "action", "monitor_only"}
+_TOP_KEYS = {"version", "description", "output_mode", "keep_raw_text", "redact_places", "rules", "toxicity",
+             "feedback"}
+_RULE_KEYS = {"threshold", "action", "monitor_only", "block_threshold"}
 
 
 class PolicyError(ValueError):
@@ -79,12 +89,16 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """What to do when a finding with this label scores at least ``threshold``."""
+    """What to do when a finding with this label scores at least ``threshold``.
+
+    ``block_threshold`` (rules whose action is flag, optional): from this score on, block instead of flag.
+    """
 
     label: str
     threshold: float
     action: Action
     monitor_only: bool = False
+    block_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,9 +175,20 @@ def _parse_rule(key: str, label: str, raw: Any) -> Rule:
     monitor_only = raw.get("monitor_only", False)
     if not isinstance(monitor_only, bool):
         raise _err(f"{key}.monitor_only", f"must be true or false, got {monitor_only!r}")
+    if action == "redact" and label in INJECTION_LABELS:
+        raise _err(f"{key}.action", f"redact is not meaningful for {label}: use allow, flag or block")
     if action == "redact" and label in _WHOLE_TEXT_LABELS:
         raise _err(f"{key}.action", f"{label} is judged on the whole text and has no span to redact; use flag or block")
-    return Rule(label=label, threshold=float(threshold), action=action, monitor_only=monitor_only)
+    block_threshold = raw.get("block_threshold")
+    if block_threshold is not None:
+        block_threshold = _parse_threshold(f"{key}.block_threshold", block_threshold)
+        if action != "flag":
+            raise _err(f"{key}.block_threshold", f"needs action = \"flag\" (flag from threshold, block from "
+                                                 f"block_threshold), got action {action!r}")
+        if block_threshold < float(threshold):
+            raise _err(f"{key}.block_threshold", f"must be at least the threshold ({float(threshold):g})")
+    return Rule(label=label, threshold=float(threshold), action=action, monitor_only=monitor_only,
+                block_threshold=block_threshold)
 
 
 def _parse_threshold(key: str, value: Any) -> float:
@@ -212,6 +237,19 @@ def _parse_detector_thresholds(raw: Any) -> Mapping[str, Mapping[str, Mapping[st
     return MappingProxyType(out)
 
 
+def _parse_feedback(raw: Any) -> bool:
+    """``[feedback]`` -> whether a thumbs-down with a reason goes to review (default true)."""
+    if not isinstance(raw, Mapping):
+        raise _err("feedback", "must be a table with thumbs_down_to_review = true or false")
+    unknown = sorted(set(raw) - {"thumbs_down_to_review"})
+    if unknown:
+        raise _err(f"feedback.{unknown[0]}", "unknown key (allowed: thumbs_down_to_review)")
+    value = raw.get("thumbs_down_to_review", True)
+    if not isinstance(value, bool):
+        raise _err("feedback.thumbs_down_to_review", f"must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Policy:
     """A validated moderation policy. Build it with ``from_toml`` or ``load``."""
@@ -229,6 +267,8 @@ class Policy:
     detector_thresholds: Mapping[str, Mapping[str, Mapping[str, float]]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # [feedback] thumbs_down_to_review: a user's thumbs-down with a reason opens a review item (reason "feedback").
+    feedback_to_review: bool = True
 
     @classmethod
     def from_toml(cls, text: str) -> Policy:
@@ -272,6 +312,7 @@ class Policy:
             parsed.setdefault(DEFAULT_RULE, Rule(DEFAULT_RULE, 0.0, "allow"))
             rules[direction] = MappingProxyType(parsed)
         detector_thresholds = _parse_detector_thresholds(data.get("toxicity", {}))
+        feedback_to_review = _parse_feedback(data.get("feedback", {}))
         return cls(
             version=version.strip(),
             description=description,
@@ -282,6 +323,7 @@ class Policy:
             sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
             redact_places=redact_places,
             detector_thresholds=detector_thresholds,
+            feedback_to_review=feedback_to_review,
         )
 
     @classmethod
@@ -334,6 +376,12 @@ class Policy:
             return label, rules[label]
         return DEFAULT_RULE, rules[DEFAULT_RULE]
 
+    def ruled_labels(self, direction: Direction) -> frozenset[str]:
+        """The labels with a rule of their own in ``direction`` that does something (not allow), enforced or
+        monitored: what a scanner that runs in that direction only on request is asked for (ScannerRunner)."""
+        return frozenset(label for label, rule in self.rules[direction].items()
+                         if label != DEFAULT_RULE and rule.action != "allow")
+
     def threshold_for(self, direction: Direction, finding: Finding, rule: Rule) -> float:
         """The threshold ``rule`` applies to ``finding``: its detector's own when the policy sets one, else the rule's."""
         kind = DETECTOR_KIND_BY_NAME.get(finding.detector)
@@ -353,16 +401,21 @@ class Policy:
             threshold = self.threshold_for(direction, finding, rule)
             if finding.score < threshold:
                 continue
-            hit = RuleHit(direction, key, rule.action, threshold, rule.monitor_only, finding)
+            action = rule.action
+            if action == "redact" and finding.label in INJECTION_LABELS:
+                action = "flag"  # a default rule's redact: an injection has nothing to cut, a reviewer should look
+            if rule.block_threshold is not None and finding.score >= rule.block_threshold:
+                action, threshold = "block", rule.block_threshold
+            hit = RuleHit(direction, key, action, threshold, rule.monitor_only, finding)
             (monitored if rule.monitor_only else triggered).append(hit)
-        action: Action = max((h.action for h in triggered), key=_PRECEDENCE.__getitem__, default="allow")
+        verdict: Action = max((h.action for h in triggered), key=_PRECEDENCE.__getitem__, default="allow")
         if triggered or monitored:
             logger.debug(
                 "policy %s %s: action=%s triggered=%s monitored=%s",
                 self.version,
                 direction,
-                action,
+                verdict,
                 len(triggered),
                 len(monitored),
             )
-        return Decision(direction, action, tuple(triggered), tuple(monitored), self.version)
+        return Decision(direction, verdict, tuple(triggered), tuple(monitored), self.version)

@@ -19,6 +19,8 @@ ROLES = access.ALL_ROLES
 EXPECTED = {
     "chat.use": {"operator"},
     "chat.send_to_review": {"operator"},
+    # Issue 25, item 2: everyone who chats rates the answers of their own conversations.
+    "chat.feedback": {"operator"},
     "dashboard.view": {"operator", "analyst", "admin"},
     "slo.manage": {"admin"},
     "loadtest.run": {"operator", "admin"},
@@ -50,6 +52,11 @@ EXPECTED = {
     "audit.export_raw": {"admin"},
     "audit.approve_export": {"admin"},
     "audit.verify": {"analyst", "admin"},
+    # Issue 25, item 3: reviewers and admins see spot checks and the miss rate; only admins change the rules.
+    "review.spot_checks": {"reviewer", "admin"},
+    "review.spot_check_rules": {"admin"},
+    # Issue 25, item 5: admins manage alert webhooks and read the delivery log.
+    "alerts.manage": {"admin"},
 }
 
 

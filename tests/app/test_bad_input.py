@@ -33,12 +33,14 @@ import pytest
 from markdown_it import MarkdownIt
 from sqlalchemy import func, select
 
+from console.services import alerts as alerts_svc
 from console.services import audit as audit_svc
 from console.services import audit_search as search_svc
-from console.services import auth, moderation, registry, review, timelines
+from console.services import auth, moderation, policy_changes, registry, review, timelines
 from console.services import chat as chat_svc
 from console.services import evaluation as evaluation_svc
 from console.services import exports as exports_svc
+from console.services import feedback as feedback_svc
 from console.services import latency as latency_svc
 from console.services import policy as policy_svc
 from console.services import promotion as promotion_svc
@@ -65,6 +67,7 @@ from db.tables import (
     Conversation,
     Evaluation,
     Exchange,
+    Feedback,
     Finding,
     ModelAlias,
     ModelVersion,
@@ -102,7 +105,7 @@ action = "allow"
 """
 # Every table a refused input must leave alone (the audit log may record the refusal).
 TABLES = (User, UserRole, Conversation, Exchange, Finding, RawText, ReviewItem, ReviewDecision, ReviewSample,
-          ModelVersion, ModelAlias, AliasMove, Evaluation, PromotionRequest, PolicyVersion, AppState)
+          ModelVersion, ModelAlias, AliasMove, Evaluation, PromotionRequest, PolicyVersion, AppState, Feedback)
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": True})
 _ACTIVE_HTML = re.compile(r"<(a|img|script|iframe|svg|style|object|embed|form|input|link|meta|h[1-6]|table|"
@@ -840,6 +843,19 @@ BAD_POLICIES = [
     ("monitor-only-string", 'version = "x"\n[rules.prompt.EMAIL_ADDRESS]\naction = "flag"\nmonitor_only = "no"',
      "monitor_only"),
     ("redact-a-whole-text-label", 'version = "x"\n[rules.prompt.toxicity]\naction = "redact"', "no span"),
+    ("redact-jailbreak", 'version = "x"\n[rules.prompt.jailbreak]\naction = "redact"',
+     "rules.prompt.jailbreak.action: redact is not meaningful for jailbreak: use allow, flag or block"),
+    ("redact-prompt-injection-output", 'version = "x"\n[rules.output.prompt_injection]\naction = "redact"',
+     "redact is not meaningful for prompt_injection"),
+    ("block-threshold-below-threshold",
+     'version = "x"\n[rules.prompt.jailbreak]\nthreshold = 0.8\naction = "flag"\nblock_threshold = 0.5',
+     "block_threshold: must be at least the threshold (0.8)"),
+    ("block-threshold-on-a-block-rule", 'version = "x"\n[rules.prompt.jailbreak]\naction = "block"\nblock_threshold = 0.9',
+     'needs action = "flag"'),
+    ("block-threshold-string", 'version = "x"\n[rules.prompt.jailbreak]\naction = "flag"\nblock_threshold = "high"',
+     "block_threshold: must be a number"),
+    ("block-threshold-nan", 'version = "x"\n[rules.prompt.jailbreak]\naction = "flag"\nblock_threshold = nan',
+     "between 0 and 1"),
     ("lone-surrogate", 'version = "x\ud800"', "policy"),
 ]
 
@@ -848,14 +864,39 @@ BAD_POLICIES = [
 def test_a_malformed_policy_is_refused_naming_the_problem_and_the_policy_in_force_stays(world, content, fragment):
     before = (world.stack.policy_version, world.stack.policy.sha256)
     with refused(world, fragment, InvalidInput):
-        policy_svc.replace(world.chat, world.people["ada"], content)
+        policy_changes.propose(world.chat, world.people["ada"], content, "a change", 7)
     assert (world.stack.policy_version, world.stack.policy.sha256) == before
     assert policy_svc.current(world.chat, world.people["ada"]).version == before[0]
 
 
+# A proposal's other fields (issue 25): the reason and the days to backtest.
+BAD_PROPOSALS = [
+    ("days-zero", {"days": 0}, "Days to backtest must be from 1 to 90 days, got 0"),
+    ("days-10000", {"days": 10_000}, "Days to backtest must be from 1 to 90 days, got 10000"),
+    ("days-negative", {"days": -3}, "from 1 to 90"),
+    ("days-fraction", {"days": 1.5}, "whole number"),
+    ("days-none", {"days": None}, "whole number"),
+    ("reason-empty", {"reason": ""}, "reason"),
+    ("reason-blank", {"reason": " \u200b\n"}, "reason"),
+    ("reason-too-long", {"reason": "x" * 1001}, "reason"),
+]
+
+
+@pytest.mark.parametrize("changes,fragment", cases("policy-proposal", BAD_PROPOSALS))
+def test_a_bad_policy_proposal_is_refused_naming_the_field_and_stores_no_request(world, changes, fragment):
+    args = {"content": POLICY + "\n# proposed\n", "reason": "a change", "days": 7, **changes}
+    with refused(world, fragment, InvalidInput):
+        policy_changes.propose(world.chat, world.people["ada"], **args)
+    assert [c for c in policy_changes.list_changes(world.chat, world.people["ada"], "pending")
+            if c.content == args["content"]] == []
+
+
 def test_a_valid_policy_is_still_accepted_after_the_malformed_ones(world):
-    view = policy_svc.replace(world.chat, world.people["ada"], POLICY)
-    assert view.version == world.stack.policy_version and view.content == POLICY
+    content = POLICY + "\n# still accepted\n"
+    request = policy_changes.propose(world.chat, world.people["ada"], content, "a valid change", 7)
+    policy_changes.approve(world.chat, world.people["otto"], request.id)
+    view = policy_svc.current(world.chat, world.people["ada"])
+    assert view.version == world.stack.policy_version and view.content == content
 
 
 # --- evaluation suites: malformed uploads ---------------------------------------------------------------------
@@ -1052,6 +1093,13 @@ NOTE_CASES: list[tuple[str, Callable[[World], Any], str]] = [
     ("approve-1mb-override", lambda w: promotion_svc.approve(w.ctx, w.people["rita"], w.request_id, "ok",
                                                              override_reason=HUGE), "the limit is 1,000"),
     ("reject-1mb-note", lambda w: promotion_svc.reject(w.ctx, w.people["rita"], w.request_id, HUGE), "the limit is 1,000"),
+    # Issue 25, item 2: a thumbs-down's reason, and a rating that is neither thumbs up nor down.
+    ("feedback-1mb-reason", lambda w: feedback_svc.give_feedback(w.ctx, w.people["olga"], w.exchange_id, -1, HUGE),
+     "the limit is 1,000"),
+    ("feedback-rating-5", lambda w: feedback_svc.give_feedback(w.ctx, w.people["olga"], w.exchange_id, 5),
+     "1 (thumbs up) or -1 (thumbs down)"),
+    ("feedback-not-yours", lambda w: feedback_svc.give_feedback(w.ctx, w.people["oscar"], w.exchange_id, -1, "x"),
+     "not yours"),
     ("reset-password-10mb", lambda w: users_svc.reset_password(w.ctx, w.people["ada"], w.people["olga"].user_id,
                                                                HUGE_NAME), "at most 1,024"),
 ]
@@ -1120,6 +1168,8 @@ ODD_TEXTS = [
 ]
 Sink = Callable[[World, str, str], str]
 STORED_TEXT_SINKS: list[tuple[str, Sink]] = [
+    ("feedback-reason", lambda w, i, t: feedback_svc.give_feedback(
+        w.ctx, w.people["olga"], _plain_exchange(w), -1, t).feedback.reason or ""),
     ("send-to-review-note", lambda w, i, t: _stored_note_of_manual_item(
         w, chat_svc.send_to_review(w.ctx, w.people["olga"], _plain_exchange(w), t))),
     ("decision-note", lambda w, i, t: _stored_decision_note(
@@ -1280,6 +1330,64 @@ def test_every_adversarial_shape_of_20000_characters_is_scanned_whole_and_its_ti
         assert shape["total_ms"] >= 0 and all(v >= 0 for v in scanners.values()) and shape["findings"] >= 0
         print(f"whole prompt scan, {ADVERSARIAL_CHARS:,} characters of {name}: {shape['total_ms']:.0f} ms "
               f"({', '.join(f'{k[:-3]} {v:.0f} ms' for k, v in scanners.items())})")
+
+
+# --- alert webhooks (issue 25, item 5) -----------------------------------------------------------------------
+
+WEBHOOK_OK = {"name": "ops", "kind": "json", "url": "https://hooks.example.com/services/T0/B0/tok",
+              "alert_kinds": ["slo_breach"], "secret": None}
+BAD_WEBHOOKS = [
+    ("ftp-url", {"url": "ftp://hooks.example.com/x"}, "URL: only http:// and https://"),
+    ("file-url", {"url": "file:///etc/passwd"}, "URL: only http:// and https://"),
+    ("javascript-url", {"url": "javascript:alert(1)"}, "URL: only http:// and https://"),
+    ("no-scheme", {"url": "hooks.example.com/x"}, "URL: only http:// and https://"),
+    ("empty-url", {"url": "   "}, "URL: enter the webhook's address"),
+    ("no-host", {"url": "https:///x"}, "URL: the address needs a host name"),
+    ("bad-port", {"url": "https://h:0x50/x"}, "URL: the port must be a number"),
+    ("nul-in-url", {"url": "https://h/x\x00y"}, "URL: no spaces or control characters"),
+    ("megabyte-url", {"url": "https://h/" + "a" * MB}, "URL: at most 2,000 characters"),
+    ("empty-name", {"name": ""}, "Name: enter a name"),
+    ("long-name", {"name": "n" * 81}, "Name: at most 80 characters"),
+    ("nul-name", {"name": "a\x00b"}, "Name: no control characters"),
+    ("unknown-body", {"kind": "teams"}, "Body format: one of json, slack"),
+    ("no-kinds", {"alert_kinds": []}, "Alert kinds: choose at least one"),
+    ("unknown-kind", {"alert_kinds": ["slo_breach", "<b>all</b>"]}, "Alert kinds: unknown kind"),
+    ("short-secret", {"secret": "abc"}, "Signing secret: 8 to 200 characters"),
+    ("megabyte-secret", {"secret": "s" * MB}, "Signing secret: 8 to 200 characters"),
+]
+
+
+@pytest.mark.parametrize("change,fragment", cases("webhook", BAD_WEBHOOKS))
+def test_a_bad_webhook_is_refused_with_a_clear_message_and_nothing_is_stored(world, change, fragment):
+    with refused(world, fragment, InvalidInput):
+        alerts_svc.create_webhook(world.ctx, world.people["ada"], **(WEBHOOK_OK | change))
+    assert alerts_svc.list_webhooks(world.ctx, world.people["ada"]) == []
+
+
+# --- spot-check rules (issue 25, item 3) -----------------------------------------------------------------------
+
+BAD_SPOT_CHECK_RULES = [
+    ("share-over-100", {"share_percent": 150}, "Share: a percentage above 0 and at most 100, got 150"),
+    ("share-zero", {"share_percent": 0}, "Share: a percentage above 0"),
+    ("share-nan", {"share_percent": float("nan")}, "Share"),
+    ("share-text", {"share_percent": "5%"}, "Share"),
+    ("cap-negative", {"daily_cap": -5}, "Daily cap: a whole number of items from 1 to 10,000, got -5"),
+    ("cap-huge", {"daily_cap": 10**9}, "Daily cap"),
+    ("cap-fraction", {"daily_cap": 2.5}, "Daily cap"),
+    ("version-unknown", {"model_version": "no-such-model'; DROP TABLE exchanges; --"}, "is not a registered version"),
+    ("version-blank", {"model_version": " \u200b"}, "Model version"),
+    ("family-unknown", {"family": "<b>spam</b>"}, "Label family: one of pii, toxicity, injection"),
+]
+
+
+@pytest.mark.parametrize("changes,fragment", cases("spot-check-rule", BAD_SPOT_CHECK_RULES))
+def test_a_bad_spot_check_rule_is_refused_naming_the_field_and_no_rule_changes(world, changes, fragment):
+    from console.services import spot_checks as spot_svc
+
+    before = spot_svc.list_rules(world.ctx, world.people["ada"])
+    with refused(world, fragment, InvalidInput):
+        spot_svc.set_rule(world.ctx, world.people["ada"], **{"share_percent": 1, "daily_cap": 20, **changes})
+    assert spot_svc.list_rules(world.ctx, world.people["ada"]) == before
 
 
 # --- the end: nothing seeded was lost, normal work goes on, the chain verifies ------------------------------------

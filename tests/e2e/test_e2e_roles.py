@@ -32,6 +32,7 @@ HEADINGS = {
     "dashboard": "Latency and traffic",
     "review": "Review queue",
     "escalations": "Escalations",
+    "review_quality": "Review quality",
     "models": "Model versions",
     "promotions": "Promotions",
     "evaluations": "Evaluations",
@@ -39,6 +40,7 @@ HEADINGS = {
     "users": "Users",
     "policy": "Safety policy",
     "audit": "Audit log",
+    "alerts": "Alerts",
 }
 REFUSAL = "do not allow"
 

@@ -55,7 +55,9 @@ def _events(ctx, action: str) -> list:
 
 
 def _use_policy(ctx, to_review: bool) -> None:
-    text = DEFAULT_POLICY_PATH.read_text() + f"\n[feedback]\nthumbs_down_to_review = {str(to_review).lower()}\n"
+    default = DEFAULT_POLICY_PATH.read_text()
+    assert "thumbs_down_to_review = true" in default  # the shipped policy sends a reasoned thumbs-down to review
+    text = default.replace("thumbs_down_to_review = true", f"thumbs_down_to_review = {str(to_review).lower()}")
     with ctx.db.session() as s:
         safety_q.store_policy_version(s, text, None, actor="system")
 

@@ -562,7 +562,7 @@ def version_feedback(ctx: AppContext, actor: Principal, version_name: str,
         if versions_q.get_model_version_by_name(s, name) is None:
             raise NotFound(f"No model version named {version_name!r} is registered.")
         rows = feedback_svc.rates(s, since=now - timedelta(days=days), until=None, version=name)
-    return rows[0] if rows else feedback_svc.VersionFeedback(name, 0, 0, 0)
+    return rows[0] if rows else feedback_svc.VersionFeedback(model_version=name)
 
 
 @requires("models.evaluate")

@@ -63,25 +63,10 @@ class FeedbackResult:
 
 
 @dataclass(frozen=True)
-class VersionFeedback:
+class VersionFeedback(FeedbackCounts):
     """One model version's ratings over a window: ``up_share`` / ``down_share`` are shares of the rated answers."""
 
-    model_version: str
-    up: int
-    down: int
-    answers: int
-
-    @property
-    def rated(self) -> int:
-        return self.up + self.down
-
-    @property
-    def up_share(self) -> float | None:
-        return self.up / self.rated if self.rated else None
-
-    @property
-    def down_share(self) -> float | None:
-        return self.down / self.rated if self.rated else None
+    model_version: str = ""
 
 
 def _rating(value: object) -> int:
@@ -176,7 +161,7 @@ def rates(s: Session, *, since: datetime | None, until: datetime | None,
     """Per-version ratings of the answers given in ``[since, until)`` (no access check: for services that made
     their own), sorted by version name."""
     counts: dict[str, FeedbackCounts] = feedback_q.feedback_counts(s, since=since, until=until, version=version)
-    return [VersionFeedback(v, c.up, c.down, c.answers) for v, c in sorted(counts.items())]
+    return [VersionFeedback(c.up, c.down, c.answers, model_version=v) for v, c in sorted(counts.items())]
 
 
 @requires("dashboard.view")

@@ -1390,6 +1390,38 @@ def test_a_bad_spot_check_rule_is_refused_naming_the_field_and_no_rule_changes(w
     assert spot_svc.list_rules(world.ctx, world.people["ada"]) == before
 
 
+# --- quotas and rate limits (issue 25, item 4) ----------------------------------------------------------------
+
+BAD_QUOTAS = [
+    ("negative", ("operator", "requests_per_minute", -1), "cannot be negative"),
+    ("huge-requests", ("operator", "requests_per_minute", 10**12), "more than the largest allowed"),
+    ("huge-tokens", ("operator", "tokens_per_day", 10**15), "more than the largest allowed"),
+    ("fraction", ("operator", "requests_per_minute", 2.5), "is not a whole number"),
+    ("text", ("operator", "requests_per_minute", "ten"), "is not a whole number"),
+    ("sql-text", ("operator", "tokens_per_day", "1; DROP TABLE quota_limits"), "is not a whole number"),
+    ("megabyte-text", ("operator", "tokens_per_day", "9" * MB), "is not a whole number"),
+    ("bool", ("operator", "requests_per_minute", True), "is not a whole number"),
+    ("unknown-kind", ("operator", "<b>per_hour</b>", 5), "Unknown limit"),
+    ("unknown-role", ("<script>root</script>", "requests_per_minute", 5), "Unknown role"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", cases("quota", BAD_QUOTAS))
+def test_a_bad_quota_is_refused_naming_the_limit_and_no_limit_changes(world, args, fragment):
+    from console.services import quotas as quotas_svc
+
+    ada = world.people["ada"]
+    before = quotas_svc.role_defaults(world.ctx, ada)
+    with refused(world, fragment, InvalidInput):
+        quotas_svc.set_role_limit(world.ctx, ada, *args)
+    users = quotas_svc.quota_overview(world.ctx, ada)
+    if args[0] == "operator":  # the same limit and value as one user's override
+        with refused(world, fragment, InvalidInput):
+            quotas_svc.set_user_override(world.ctx, ada, users[0].user_id, args[1], args[2])
+    assert quotas_svc.role_defaults(world.ctx, ada) == before
+    assert quotas_svc.quota_overview(world.ctx, ada) == users
+
+
 # --- the end: nothing seeded was lost, normal work goes on, the chain verifies ------------------------------------
 
 

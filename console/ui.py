@@ -41,6 +41,7 @@ class ChatPageState:
     # in the chat box (which empties itself when it sends) and shows why it was refused.
     refused_text: str | None = None
     refused_why: str | None = None
+    refused_hint: str | None = None  # what to do with the text that came back (chat_view_model.refusal_hint)
 
 
 @dataclass

@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from console.services import demo_builds
 from console.services.chat import ExchangeView
 from console.services.feedback import RATEABLE_STATUSES, FeedbackView
+from console.services.quotas import QuotaExceeded
 from console.textsafe import escape_markdown
+from engine.errors import PromptTooLongError
 
 # What a ``<LABEL>`` placeholder in stored text stands for: (one, several).
 PII_NAMES = {
@@ -27,6 +29,15 @@ _PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")
 # st.feedback("thumbs") gives 0 for thumbs down and 1 for thumbs up; the store keeps -1 and +1.
 THUMBS_TO_RATING = {0: -1, 1: 1}
 RATING_TO_THUMBS = {v: k for k, v in THUMBS_TO_RATING.items()}
+
+
+def refusal_hint(refusal: Exception) -> str:
+    """What the page says under a refused message about the text it put back in the box."""
+    if isinstance(refusal, QuotaExceeded):
+        return "Your message is back in the box below: send it again once the limit resets (the time is above)."
+    if isinstance(refusal.__cause__, PromptTooLongError) or "the limit is" in str(refusal):  # characters or tokens
+        return "Your message is back in the box below: shorten it and send it again."
+    return "Your message is back in the box below: change what the message above names and send it again."
 
 
 def when(at: datetime | None) -> str:

@@ -147,7 +147,8 @@ def _refusal(limit: EffectiveLimit, used: int, now: datetime) -> QuotaExceeded:
     assert limit.value is not None
     if limit.kind == REQUESTS_PER_MINUTE:
         resets = minute_start(now) + timedelta(minutes=1)
-        message = (f"Rate limit reached: {limit.value:,} requests per minute ({_source_words(limit)}); you sent "
+        requests = "request" if limit.value == 1 else "requests"
+        message = (f"Rate limit reached: {limit.value:,} {requests} per minute ({_source_words(limit)}); you sent "
                    f"{used:,} this minute. Your message was not sent to the model. You can send again at "
                    f"{resets:%H:%M:%S} UTC ({_in((resets - now).total_seconds())}).")
     else:

@@ -226,9 +226,9 @@ else:
 
 if page_state.refused_text is not None:  # refused at the last send: the text goes back in the box, with why
     st.error(escape_markdown(page_state.refused_why or "The message was refused."), icon=":material/block:")
-    st.caption("Your message is back in the box below: shorten it and send it again.")
+    st.caption(page_state.refused_hint or "Your message is back in the box below.")
     st.session_state[PROMPT_KEY] = page_state.refused_text
-    page_state.refused_text = page_state.refused_why = None
+    page_state.refused_text = page_state.refused_why = page_state.refused_hint = None
 
 # No max_chars: a browser box with a limit drops a longer paste whole and says nothing. The service refuses it
 # with the limit instead, and the text comes back.
@@ -247,6 +247,7 @@ if prompt:
                                            system_prompt=system_prompt if page_state.conversation_id is None else None)
             except InvalidInput as exc:  # too long, empty, bad settings: nothing sent (a new conversation not made)
                 page_state.refused_text, page_state.refused_why = prompt, str(exc)
+                page_state.refused_hint = vm.refusal_hint(exc)
                 st.rerun()
         if turn:
             _open(turn.conversation_id)

@@ -82,7 +82,7 @@ def test_a_user_limited_to_one_request_a_minute_sees_why_their_second_prompt_is_
         olivia.get_by_text("tokens/s").first.wait_for(timeout=TIMEOUT_MS)
         box.fill("And my refund?")
         box.press("Enter")
-        olivia.get_by_text("Rate limit reached: 1 requests per minute", exact=False).wait_for(timeout=60_000)
+        olivia.get_by_text("Rate limit reached: 1 request per minute", exact=False).wait_for(timeout=60_000)
         message = olivia.get_by_text("Rate limit reached", exact=False).first.inner_text()
         assert "set for your account" in message and "you sent 1 this minute" in message
         assert "UTC (in " in message and " s)" in message

@@ -81,7 +81,7 @@ def test_the_second_prompt_in_a_minute_over_a_limit_of_one_is_refused(chatting, 
     quotas.set_user_override(ctx, admin, op.user_id, "requests_per_minute", 1)
     turn = chat_svc.start_turn(ctx, op, None, "Hello", **SAMPLING)
     "".join(turn.deltas())
-    with pytest.raises(quotas.QuotaExceeded, match="Rate limit reached: 1 requests per minute"):
+    with pytest.raises(quotas.QuotaExceeded, match="Rate limit reached: 1 request per minute"):
         chat_svc.start_turn(ctx, op, turn.conversation_id, "Hello again", **SAMPLING)
     assert host.calls == 1 and len(_exchanges(ctx, op.user_id)) == 1
     clock.advance(minutes=1)

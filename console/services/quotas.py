@@ -71,7 +71,10 @@ class EffectiveLimit:
 
     @property
     def text(self) -> str:
-        return "no limit" if self.value is None else f"{self.value:,} {KIND_LABELS[self.kind]}"
+        if self.value is None:
+            return "no limit"
+        label = KIND_LABELS[self.kind]
+        return f"1 {label.replace('s per', ' per', 1)}" if self.value == 1 else f"{self.value:,} {label}"
 
 
 @dataclass(frozen=True)

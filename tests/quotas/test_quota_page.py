@@ -72,7 +72,7 @@ def test_an_admin_sets_a_users_override_and_the_form_opens_empty(page) -> None:
     at.button(key="quota_user_save").click()
     at.run()
     assert not at.exception and not at.error
-    assert any("olivia's own limit is now 1 requests per minute" in s.value for s in at.success)
+    assert any("olivia's own limit is now 1 request per minute" in s.value for s in at.success)
     assert _row(at, "olivia")["requests per minute (limit)"] == "1"
     assert _row(at, "olivia")["requests: from"] == "override"
     assert at.text_input(key="quota_user_value_1").value == ""  # the next round's form is empty

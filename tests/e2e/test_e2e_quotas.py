@@ -63,7 +63,7 @@ def test_a_user_limited_to_one_request_a_minute_sees_why_their_second_prompt_is_
         admin.get_by_role("option", name="olivia", exact=True).click()
         form.get_by_role("textbox", name="Value").fill("1")
         form.get_by_role("button", name="Save override").click()
-        admin.get_by_text("olivia's own limit is now 1 requests per minute").wait_for(timeout=60_000)
+        admin.get_by_text("olivia's own limit is now 1 request per minute").wait_for(timeout=60_000)
         admin.get_by_role("tab", name="Quotas").click()
         admin.get_by_text("override", exact=True).first.wait_for(state="attached", timeout=60_000)  # a grid cell
         ARTIFACTS.mkdir(exist_ok=True)

@@ -53,9 +53,12 @@ def show_item(view: review.ItemView, *, key: str) -> None:
         # A thumbs-down sent to review (reason "feedback") carries the user's reason as its note.
         who = "The user's feedback" if view.reason == "feedback" else "Operator's note"
         st.info(f"**{who}:** {escape_markdown(view.operator_note)}", icon=":material/sticky_note_2:")
-    st.dataframe(pd.DataFrame([f.__dict__ for f in view.findings]), hide_index=True,
-                 key=f"{key}_findings_{view.item_id}",
-                 column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})
+    if view.findings:
+        st.dataframe(pd.DataFrame([f.__dict__ for f in view.findings]), hide_index=True,
+                     key=f"{key}_findings_{view.item_id}",
+                     column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})
+    else:
+        st.caption("The scanners stored no findings for this exchange.")
     for d in view.decisions:
         st.markdown(f"**{escape_markdown(d.reviewer)}** · {review.DECISION_LABELS[d.decision]} · "
                     f"{d.created_at:%Y-%m-%d %H:%M}  \n{escape_markdown(d.note or '')}")

@@ -96,7 +96,7 @@ def build_runner(
     timeout_seconds: float | None = None,
 ) -> tuple[ScannerRunner, str | None]:
     """Build the standard runner (Presidio, then Detoxify or its fallback, then the injection scanner) and the
-    toxicity notice, if any.
+    notice of any scanner on its fallback (toxicity, injection), if any.
 
     Call once per process (the console caches it): loading spaCy and a toxicity model takes seconds.
     A config left as None means that scanner's defaults; ``timeout_seconds`` limits each scan (see ScannerRunner).
@@ -109,4 +109,6 @@ def build_runner(
 
     toxicity, notice = load_toxicity_scanner(toxicity_config)
     injection = load_injection_scanner()
+    # Either fallback is the stack's notice (the sidebar, the scanner_fallback alert); both when both fell back.
+    notice = " ".join(n for n in (notice, injection.notice) if n) or None
     return ScannerRunner([PresidioScanner(pii_config), toxicity, injection], timeout_seconds), notice

@@ -178,6 +178,29 @@ def test_the_default_runner_includes_the_injection_scanner():
     assert PROMPT_INJECTION in runner.scan(ATTACK, direction="prompt").labels
 
 
+
+def test_an_injection_model_that_does_not_load_is_the_stacks_notice_and_its_patterns_still_block(monkeypatch,
+                                                                                                    tmp_path):
+    import engine.safety.injection_model as injection_model
+    from engine.safety.base import ScannerLoadError
+    from engine.safety.pii import PiiConfig
+    from engine.safety.runner import build_runner
+    from engine.safety.toxicity import ToxicityConfig
+
+    broken = tmp_path / "injection_model.npz"
+    broken.write_bytes(b"not a weights file")
+    real_load = injection_model.load_injection_model
+
+    def load_broken(path=None):  # the shipped file, corrupted: the loader's own error
+        return real_load(broken)
+
+    monkeypatch.setattr(injection_model, "load_injection_model", load_broken)
+    with pytest.raises(ScannerLoadError):
+        load_broken()
+    runner, notice = build_runner(PiiConfig(), ToxicityConfig(allow_download=False))
+    assert notice is not None and "Injection scanner: patterns only" in notice
+    assert PROMPT_INJECTION in runner.scan(ATTACK, direction="prompt").labels  # a plain case, by its pattern
+
 # --- the policy ----------------------------------------------------------------------------------------------
 
 

@@ -26,7 +26,15 @@ from console.services import canary as canary_svc
 from console.services import moderation, quotas, telemetry
 from console.services.access import Principal, requires
 from console.services.context import AppContext
-from console.services.errors import ConsoleError, InvalidInput, ModelUnavailable, NotFound, StorageUnavailable
+from console.services.errors import (
+    ConsoleError,
+    InvalidInput,
+    ModelUnavailable,
+    NotFound,
+    StorageUnavailable,
+    is_locked,
+    storage_problem,
+)
 from console.services.text import clean_text, optional_text, required_text
 from db import chat as chat_q
 from db.chat import ExchangeNotPending, ExchangeTimings, PendingRecord, TurnRecord
@@ -208,21 +216,6 @@ def _console_error(exc: EngineError) -> ConsoleError:
     return ModelUnavailable(str(exc))
 
 
-def _is_locked(exc: OperationalError) -> bool:
-    # SQLite: "database is locked"/"busy"; PostgreSQL: a lock timeout, a deadlock or a serialization failure.
-    message = str(exc.orig if exc.orig is not None else exc).lower()
-    return any(word in message for word in ("locked", "busy", "lock timeout", "deadlock", "could not serialize"))
-
-
-def _storage_problem(exc: OperationalError) -> str:
-    message = str(exc.orig if exc.orig is not None else exc).lower()
-    if "full" in message or "no space" in message:
-        return "the database's disk is full (tell an admin)"
-    if _is_locked(exc):
-        return "the database is busy with another long write"
-    return "the database is not available right now"
-
-
 def _write(ctx: AppContext, what: str, work: Callable[[Session], T]) -> T:
     """Run ``work`` in one write transaction; a locked database gets one more try after a short wait.
 
@@ -234,12 +227,12 @@ def _write(ctx: AppContext, what: str, work: Callable[[Session], T]) -> T:
             with ctx.db.session() as s:
                 return work(s)
         except OperationalError as exc:
-            if attempt == 1 and _is_locked(exc):
+            if attempt == 1 and is_locked(exc):
                 logger.warning("storing %s: database locked, trying once more in %ss", what, STORE_RETRY_WAIT_S)
                 time.sleep(STORE_RETRY_WAIT_S)
                 continue
             logger.error("storing %s failed: %s", what, exc.orig if exc.orig is not None else exc)
-            raise StorageUnavailable(f"Could not save {what}: {_storage_problem(exc)}.") from exc
+            raise StorageUnavailable(f"Could not save {what}: {storage_problem(exc)}.") from exc
     raise AssertionError("unreachable")  # the loop returns or raises
 
 

@@ -43,3 +43,22 @@ class StorageUnavailable(ConsoleError):
 
     The message says what was and was not saved, and that trying again later may work.
     """
+
+
+def is_locked(exc: BaseException) -> bool:
+    """A database error that waiting may cure. SQLite: "database is locked"/"busy"; PostgreSQL: a lock timeout, a
+    deadlock or a serialization failure. ``exc`` is SQLAlchemy's OperationalError (its ``orig`` the driver's)."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig if orig is not None else exc).lower()
+    return any(word in message for word in ("locked", "busy", "lock timeout", "deadlock", "could not serialize"))
+
+
+def storage_problem(exc: BaseException) -> str:
+    """What a database error means for the person waiting, in words ("the database is busy with ...")."""
+    orig = getattr(exc, "orig", None)
+    message = str(orig if orig is not None else exc).lower()
+    if "full" in message or "no space" in message:
+        return "the database's disk is full (tell an admin)"
+    if is_locked(exc):
+        return "the database is busy with another long write"
+    return "the database is not available right now"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -28,7 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from console.services.access import ALL_ROLES, Principal, allowed, requires
 from console.services.context import AppContext
-from console.services.errors import InvalidInput, NotFound, StorageUnavailable
+from console.services.errors import InvalidInput, NotFound, StorageUnavailable, is_locked, storage_problem
 from db import audit as audit_q
 from db import quotas as quotas_q
 from db import users as users_q
@@ -50,6 +51,7 @@ KIND_LABELS = {REQUESTS_PER_MINUTE: "requests per minute", TOKENS_PER_DAY: "toke
 SHIPPED_DEFAULTS: dict[str, int | None] = {REQUESTS_PER_MINUTE: None, TOKENS_PER_DAY: None}
 # Larger values are refused as typing mistakes (and stay far below the columns' range).
 MAXIMUMS = {REQUESTS_PER_MINUTE: 100_000, TOKENS_PER_DAY: 10_000_000_000}
+LOCKED_RETRY_WAIT_S = 0.5  # seconds before the one retry of a locked quota check
 NO_LIMIT_WORDS = ("no limit", "none", "unlimited")
 _WHOLE = re.compile(r"-?[0-9]+")
 
@@ -170,12 +172,17 @@ def enforce(ctx: AppContext, by: Principal, *, synthetic: bool = False) -> None:
     exempt: neither counted nor refused."""
     if synthetic and allowed(by.roles, "loadtest.run"):
         return
-    try:
-        _enforce(ctx, by)
-    except OperationalError as exc:  # locked for too long, or the disk is full: fail closed, nothing sent
-        logger.error("quota check failed: user=%s %s", by.username, exc.orig if exc.orig is not None else exc)
-        raise StorageUnavailable("Could not check your quota: the database is not available right now. Your "
-                                 "message was not sent to the model; try again in a moment.") from exc
+    for attempt in (1, 2):  # a locked database gets one more try after a short wait, like the chat's own writes
+        try:
+            _enforce(ctx, by)
+            return
+        except OperationalError as exc:  # locked for too long, or the disk is full: fail closed, nothing sent
+            if attempt == 1 and is_locked(exc):
+                time.sleep(LOCKED_RETRY_WAIT_S)
+                continue
+            logger.error("quota check failed: user=%s %s", by.username, exc.orig if exc.orig is not None else exc)
+            raise StorageUnavailable(f"Could not check your quota: {storage_problem(exc)}. Your message was not "
+                                     "sent to the model; try again in a moment.") from exc
 
 
 def _enforce(ctx: AppContext, actor: Principal) -> None:

@@ -74,4 +74,6 @@ for key, (section, title, icon, file) in PAGE_TABLE.items():
     if landing:
         sections.setdefault("", []).append(
             st.Page(PAGES_DIR / file, title=title, icon=icon, url_path=path, visibility="hidden"))
-st.navigation(sections).run()
+# Always fully expanded: with more than twelve pages (an admin who holds every role has thirteen) Streamlit would
+# otherwise hide pages behind "View more", and a page a person may open must be in sight.
+st.navigation(sections, expanded=True).run()

@@ -34,7 +34,8 @@ def address(title: str) -> str:
 # page key -> the page's address (url_path, without the leading slash)
 PAGE_PATHS = {key: address(title) for key, (_, title, _, _) in PAGE_TABLE.items()}
 # Addresses pages had before they were named after their labels: the server redirects them (bookmarks).
-OLD_PATHS = {key: path for key, path in PAGE_PATHS.items() if key != path}
+# Pages added later (review_quality, alerts) never had another address: nothing to redirect.
+OLD_PATHS = {key: PAGE_PATHS[key] for key in ("dashboard", "review", "compare", "audit")}
 
 # The browser tab's icon, Material Symbols' "shield" (Apache-2.0) drawn inline: Streamlit makes an SVG page_icon a
 # data: URL, whereas a ":material/...:" page_icon makes the browser fetch the icon's SVG from fonts.gstatic.com

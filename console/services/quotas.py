@@ -152,13 +152,12 @@ def _refusal(limit: EffectiveLimit, used: int, now: datetime) -> QuotaExceeded:
     assert limit.value is not None
     if limit.kind == REQUESTS_PER_MINUTE:
         resets = minute_start(now) + timedelta(minutes=1)
-        requests = "request" if limit.value == 1 else "requests"
-        message = (f"Rate limit reached: {limit.value:,} {requests} per minute ({_source_words(limit)}); you sent "
+        message = (f"Rate limit reached: {limit.text} ({_source_words(limit)}); you sent "
                    f"{used:,} this minute. Your message was not sent to the model. You can send again at "
                    f"{resets:%H:%M:%S} UTC ({_in((resets - now).total_seconds())}).")
     else:
         resets = day_start(now) + timedelta(days=1)
-        message = (f"Daily token quota reached: {limit.value:,} tokens per day ({_source_words(limit)}); your chats "
+        message = (f"Daily token quota reached: {limit.text} ({_source_words(limit)}); your chats "
                    f"used {used:,} tokens (prompts and answers) since 00:00 UTC today. Your message was not sent "
                    f"to the model. The quota resets at {resets:%Y-%m-%d %H:%M} UTC "
                    f"({_in((resets - now).total_seconds())}).")

@@ -100,7 +100,9 @@ def test_a_session_an_admin_ends_is_signed_out_at_its_next_click(console_server,
     _sign_in_at(admin_page, f"{url}/{app_pages.PAGE_PATHS['users']}", "admin")
     _signed_in_on(admin_page, url, "users", "admin")
     admin_page.get_by_role("tab", name="Change a user").click()
-    admin_page.locator("[data-testid='stSelectbox']").filter(has_text="User").click()
+    # The tab's own "User" box (the Quotas tab has one too).
+    admin_page.get_by_role("tabpanel", name="Change a user").get_by_test_id("stSelectbox").filter(
+        has_text="User").click()
     admin_page.get_by_role("option", name="op", exact=True).click()
     admin_page.get_by_role("button", name="End session").first.wait_for(timeout=60_000)
     assert admin_page.get_by_role("button", name="End session").count() == 1  # op's one open session

@@ -18,6 +18,7 @@ from tests.conftest import STRONG_PASSWORD
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+DEFAULT_TIMEOUT_MS = 90_000
 
 
 def free_port() -> int:
@@ -73,6 +74,24 @@ def chromium() -> Iterator[Any]:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                           "--disable-component-update", "--no-first-run"])
+        new_context = browser.new_context
+
+        def patient_context(*args: Any, **kwargs: Any) -> Any:
+            # Playwright waits 30 s for an element by default; a loaded two-core machine (a vLLM engine loading
+            # beside the console) has taken longer than that to draw a list. Explicit timeouts still win.
+            context = new_context(*args, **kwargs)
+            context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+            return context
+
+        new_page = browser.new_page
+
+        def patient_page(*args: Any, **kwargs: Any) -> Any:
+            page = new_page(*args, **kwargs)  # a page in a context of its own
+            page.context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+            return page
+
+        browser.new_context = patient_context
+        browser.new_page = patient_page
         try:
             yield browser
         finally:
@@ -85,6 +104,24 @@ def sign_in(page: Any, url: str, username: str, password: str = STRONG_PASSWORD)
     page.get_by_role("textbox", name="Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+def choose_option(page: Any, selectbox: Any, option: str, *, attempts: int = 4) -> None:
+    """Open ``selectbox`` (a locator of a Streamlit select box) and pick ``option``. A rerun of the page while its
+    list is open (a busy machine finishing the previous one late) closes the list: open it again, a few times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(attempts):
+        selectbox.click()
+        choice = page.get_by_role("option", name=option, exact=True)
+        try:
+            choice.click(timeout=20_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            continue
+        if selectbox.get_by_text(option, exact=True).count():
+            return
+    raise AssertionError(f"could not choose {option!r} in the select box after {attempts} tries")
 
 
 def sign_in_with_cookie(page: Any, url: str, username: str, password: str = STRONG_PASSWORD) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import STRONG_PASSWORD
-from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console, sign_in
+from tests.e2e_support import ARTIFACTS, choose_option, chromium, cli, console_env, running_console, sign_in
 
 pytestmark = pytest.mark.e2e
 TIMEOUT_MS = 30_000
@@ -101,8 +101,8 @@ def test_a_canary_is_requested_approved_by_another_admin_shown_running_and_stopp
         ada.get_by_text("Release as a canary", exact=False).click()
         share = ada.get_by_role("spinbutton", name="Share of new conversations sent to the candidate (%)")
         share.wait_for(timeout=TIMEOUT_MS)
-        ada.get_by_test_id("stForm").get_by_test_id("stSelectbox").filter(has_text="Version").click()
-        ada.get_by_role("option", name="v2", exact=True).click()
+        choose_option(ada, ada.get_by_test_id("stForm").get_by_test_id("stSelectbox").filter(has_text="Version"),
+                      "v2")
         ada.get_by_role("textbox", name="Reason (recorded)").fill("a fifth of new chats first")
         share.fill("20")
         share.press("Tab")

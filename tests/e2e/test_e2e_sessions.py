@@ -8,7 +8,7 @@ import pytest
 from console import app_pages
 from console.services import access
 from tests.conftest import STRONG_PASSWORD
-from tests.e2e_support import ARTIFACTS, chromium, cli, console_env, running_console
+from tests.e2e_support import ARTIFACTS, choose_option, chromium, cli, console_env, running_console
 
 pytestmark = pytest.mark.e2e
 
@@ -101,9 +101,8 @@ def test_a_session_an_admin_ends_is_signed_out_at_its_next_click(console_server,
     _signed_in_on(admin_page, url, "users", "admin")
     admin_page.get_by_role("tab", name="Change a user").click()
     # The tab's own "User" box (the Quotas tab has one too).
-    admin_page.get_by_role("tabpanel", name="Change a user").get_by_test_id("stSelectbox").filter(
-        has_text="User").click()
-    admin_page.get_by_role("option", name="op", exact=True).click()
+    choose_option(admin_page, admin_page.get_by_role("tabpanel", name="Change a user").get_by_test_id(
+        "stSelectbox").filter(has_text="User"), "op")
     admin_page.get_by_role("button", name="End session").first.wait_for(timeout=60_000)
     assert admin_page.get_by_role("button", name="End session").count() == 1  # op's one open session
     admin_page.get_by_role("button", name="End session").click()

@@ -975,3 +975,9 @@ def _refuse_bulk_change(state: ORMExecuteState) -> None:
     if (state.is_update or state.is_delete) and state.bind_mapper is not None:
         if state.bind_mapper.class_ in APPEND_ONLY:
             raise AppendOnlyError(f"{state.bind_mapper.class_.__name__} rows are append-only")
+
+
+# ---- 0028_audit_verifications ---- (automatic audit verification: add its tables under this line)
+
+
+# ---- 0029_webhook_secrets ---- (webhook secrets at rest: add its tables under this line)

@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0027_policy_changes"
+HEAD = "0029_webhook_secrets"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",

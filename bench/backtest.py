@@ -11,7 +11,6 @@ over 30 days, and, in a second run under ``tracemalloc``, the replay's peak Pyth
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
@@ -20,13 +19,12 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from bench.store import throwaway_store
 from console.services import backtest as backtest_svc
 from console.services import policy_changes
 from console.services.access import Principal
 from console.services.context import AppContext
-from console.settings import Settings
 from db import safety as safety_q
-from db.config import DbConfig
 from db.database import Database
 from db.tables import Conversation, Exchange, Finding, User, UserRole
 from engine.safety.policy import DEFAULT_POLICY_PATH, Policy
@@ -93,32 +91,25 @@ def _seed(db: Database, exchanges: int, rng: random.Random) -> int:
 
 def run_backtest_bench(*, exchanges: int = 100_000, data_dir: Path | None = None) -> dict[str, Any]:
     """Seed ``exchanges`` and time one backtested proposal over them; see the module docs."""
-    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
-        settings = Settings.from_env({"LLM_CONSOLE_DATA_DIR": tmp, "LLM_CONSOLE_ENGINE_AUTOSTART": "false",
-                                      "LLM_CONSOLE_SAFETY_ENABLED": "false"})
-        db = Database(DbConfig(url=settings.database_url))
-        try:
-            db.migrate()
-            t0 = time.perf_counter()
-            findings = _seed(db, exchanges, random.Random(25))
-            seed_s = time.perf_counter() - t0
-            current = DEFAULT_POLICY_PATH.read_text(encoding="utf-8")
-            with db.session() as s:
-                safety_q.store_policy_version(s, current, None, actor="bench")
-            proposed = proposed_policy(current)
-            ctx = AppContext(settings, db, clock=lambda: NOW)
-            admin = Principal(2, "user2", frozenset({"admin"}))
-            t0 = time.perf_counter()
-            view = policy_changes.propose(ctx, admin, proposed, "bench: lower the prompt's toxicity threshold", DAYS)
-            propose_s = time.perf_counter() - t0
-            tracemalloc.start()
-            with db.session(readonly=True) as s:
-                replay = backtest_svc.run(s, Policy.from_toml(current), Policy.from_toml(proposed), days=DAYS,
-                                          now=NOW)
-            _, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-        finally:
-            db.dispose()
+    with throwaway_store(data_dir) as (settings, db):
+        t0 = time.perf_counter()
+        findings = _seed(db, exchanges, random.Random(25))
+        seed_s = time.perf_counter() - t0
+        current = DEFAULT_POLICY_PATH.read_text(encoding="utf-8")
+        with db.session() as s:
+            safety_q.store_policy_version(s, current, None, actor="bench")
+        proposed = proposed_policy(current)
+        ctx = AppContext(settings, db, clock=lambda: NOW)
+        admin = Principal(2, "user2", frozenset({"admin"}))
+        t0 = time.perf_counter()
+        view = policy_changes.propose(ctx, admin, proposed, "bench: lower the prompt's toxicity threshold", DAYS)
+        propose_s = time.perf_counter() - t0
+        tracemalloc.start()
+        with db.session(readonly=True) as s:
+            replay = backtest_svc.run(s, Policy.from_toml(current), Policy.from_toml(proposed), days=DAYS,
+                                      now=NOW)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
     bt = view.backtest
     assert replay.exchanges == bt["exchanges"] and replay.changed == bt["changed"]
     return {

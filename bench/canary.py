@@ -18,7 +18,6 @@ import logging
 import math
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from bench.store import throwaway_store
 from console.services.canary import CanaryJudge, CanaryPlan
 from console.services.context import AppContext
-from console.settings import Settings
 from db import model_versions as versions_q
 from db import promotions as promo_q
-from db.config import DbConfig
-from db.database import Database
 from db.model_versions import PRODUCTION
 from db.tables import Conversation, Exchange, User
 
@@ -144,30 +141,23 @@ def run_canary_bench(*, seeds: int = 3, max_per_arm: int = 20_000, scenarios: Se
     if unknown:
         raise ValueError(f"unknown scenario {unknown[0]!r}; choose from {', '.join(s.name for s in SCENARIOS)}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
-        settings = Settings.from_env({"LLM_CONSOLE_DATA_DIR": tmp, "LLM_CONSOLE_ENGINE_AUTOSTART": "false",
-                                      "LLM_CONSOLE_SAFETY_ENABLED": "false"})
-        db = Database(DbConfig(url=settings.database_url))
-        clock = [START]
-        try:
-            db.migrate()
-            with db.engine.begin() as conn:
-                conn.execute(insert(User), [{"id": 1, "username": "bench", "disabled": False,
-                                             "failed_login_count": 0, "created_at": START, "updated_at": START}])
-            ctx = AppContext(settings, db, clock=lambda: clock[0])
-            out, index = [], 0
-            for scenario in chosen:
-                runs = []
-                for seed in range(seeds):
-                    runs.append(_run(ctx, clock, scenario, seed, index, max_per_arm))
-                    index += 1
-                out.append({"scenario": scenario.name, "expected": scenario.expected,
-                            "decisions": [r["decision"] + (" (undecided)" if r["undecided"] else "") for r in runs],
-                            "correct": sum(r["correct"] for r in runs),
-                            "exchanges_to_decision": [r["exchanges_to_decision"] for r in runs],
-                            "worse": [r["worse"] for r in runs]})
-        finally:
-            db.dispose()
+    clock = [START]
+    with throwaway_store(data_dir) as (settings, db):
+        with db.engine.begin() as conn:
+            conn.execute(insert(User), [{"id": 1, "username": "bench", "disabled": False,
+                                         "failed_login_count": 0, "created_at": START, "updated_at": START}])
+        ctx = AppContext(settings, db, clock=lambda: clock[0])
+        out, index = [], 0
+        for scenario in chosen:
+            runs = []
+            for seed in range(seeds):
+                runs.append(_run(ctx, clock, scenario, seed, index, max_per_arm))
+                index += 1
+            out.append({"scenario": scenario.name, "expected": scenario.expected,
+                        "decisions": [r["decision"] + (" (undecided)" if r["undecided"] else "") for r in runs],
+                        "correct": sum(r["correct"] for r in runs),
+                        "exchanges_to_decision": [r["exchanges_to_decision"] for r in runs],
+                        "worse": [r["worse"] for r in runs]})
     every = [n for s in out for n in s["exchanges_to_decision"]]
     result = {
         "scenarios": len(out),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,15 +29,14 @@ import numpy as np
 from sqlalchemy import insert
 
 from bench.review import time_runs
+from bench.store import throwaway_store
 from console.services import latency as latency_svc
 from console.services import slo as slo_svc
 from console.services.access import Principal
 from console.services.context import AppContext
-from console.settings import Settings
 from db import latency as latency_q
 from db import latency_report
 from db.audit import append_event
-from db.config import DbConfig
 from db.database import Database
 from db.tables import Conversation, Exchange, Finding, User, UserRole
 
@@ -204,35 +202,28 @@ def run_latency_bench(*, rows: int = 1_000_000, data_dir: Path | None = None, ru
     Returns ``seven_day_ms`` and ``thirty_day_ms`` (medians of ``runs``, after one first run reported apart),
     ``store_overhead_ms`` (median with minus median without), the seeding times, row counts and the targets.
     """
-    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
-        settings = Settings.from_env({"LLM_CONSOLE_DATA_DIR": tmp, "LLM_CONSOLE_ENGINE_AUTOSTART": "false",
-                                      "LLM_CONSOLE_SAFETY_ENABLED": "false"})
-        db = Database(DbConfig(url=settings.database_url))
-        try:
-            db.migrate()
-            t0 = time.perf_counter()
-            admin, bucket_rows = _seed(db, rows)
-            seed_s = time.perf_counter() - t0
-            ctx = AppContext(settings, db, clock=lambda: NOW)
-            for metric, stat, threshold in SLOS:
-                slo_svc.set_slo(ctx, admin, metric, stat, threshold)
-            results: dict[str, Any] = {}
-            for key, window in (("seven_day", "last 7 days"), ("thirty_day", "last 30 days")):
-                page = _page(ctx, admin, latency_svc.LatencyFilter(range=window))
-                first, _ = time_runs(page, 1)
-                samples, report = time_runs(page, runs)
-                results[f"{key}_ms"] = round(statistics.median(samples), 1)
-                results[f"{key}_first_ms"] = round(first[0], 1)
-                results[f"{key}_requests"] = int(report.totals["requests"].iloc[-1])
-                results[f"{key}_buckets"] = int(report.series["bucket_start"].nunique())
-                results[f"{key}_breaches"] = len(report.breaches)
-            user_ms, user_report = time_runs(_page(ctx, admin, latency_svc.LatencyFilter(range="last 7 days",
-                                                                                         user="user7")), runs)
-            results["user_filter_seven_day_ms"] = round(statistics.median(user_ms), 1)
-            results["user_filter_seven_day_rows"] = user_report.rows_read
-            store = _store_overhead(db, store_samples)
-        finally:
-            db.dispose()
+    with throwaway_store(data_dir) as (settings, db):
+        t0 = time.perf_counter()
+        admin, bucket_rows = _seed(db, rows)
+        seed_s = time.perf_counter() - t0
+        ctx = AppContext(settings, db, clock=lambda: NOW)
+        for metric, stat, threshold in SLOS:
+            slo_svc.set_slo(ctx, admin, metric, stat, threshold)
+        results: dict[str, Any] = {}
+        for key, window in (("seven_day", "last 7 days"), ("thirty_day", "last 30 days")):
+            page = _page(ctx, admin, latency_svc.LatencyFilter(range=window))
+            first, _ = time_runs(page, 1)
+            samples, report = time_runs(page, runs)
+            results[f"{key}_ms"] = round(statistics.median(samples), 1)
+            results[f"{key}_first_ms"] = round(first[0], 1)
+            results[f"{key}_requests"] = int(report.totals["requests"].iloc[-1])
+            results[f"{key}_buckets"] = int(report.series["bucket_start"].nunique())
+            results[f"{key}_breaches"] = len(report.breaches)
+        user_ms, user_report = time_runs(_page(ctx, admin, latency_svc.LatencyFilter(range="last 7 days",
+                                                                                     user="user7")), runs)
+        results["user_filter_seven_day_ms"] = round(statistics.median(user_ms), 1)
+        results["user_filter_seven_day_rows"] = user_report.rows_read
+        store = _store_overhead(db, store_samples)
     result: dict[str, Any] = {
         "rows": rows, "days": DAYS, "versions": len(VERSIONS), "bucket_rows": bucket_rows,
         "seed_s": round(seed_s, 1), "runs": runs, **results, **store, "store_samples": store_samples,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,11 +18,10 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from bench.store import throwaway_store
 from console.services import review as review_svc
 from console.services.access import Principal
 from console.services.context import AppContext
-from console.settings import Settings
-from db.config import DbConfig
 from db.database import Database
 from db.review.queue import QueueFilter
 from db.tables import Conversation, Exchange, Finding, ReviewItem, User, UserRole
@@ -110,22 +108,15 @@ def run_review_bench(*, items: int = 100_000, data_dir: Path | None = None, runs
     Returns ``first_page_ms`` and ``claim_next_ms`` (medians) with p50/p95, the unfiltered first page for
     comparison, counts, the seeding time and the 200 ms target.
     """
-    with tempfile.TemporaryDirectory(dir=data_dir) as tmp:
-        settings = Settings.from_env({"LLM_CONSOLE_DATA_DIR": tmp, "LLM_CONSOLE_ENGINE_AUTOSTART": "false",
-                                      "LLM_CONSOLE_SAFETY_ENABLED": "false"})
-        db = Database(DbConfig(url=settings.database_url))
-        try:
-            db.migrate()
-            t0 = time.perf_counter()
-            reviewer = _seed(db, items, random.Random(5))
-            seed_s = time.perf_counter() - t0
-            ctx = AppContext(settings, db, clock=lambda: NOW)
-            review_svc.list_queue(ctx, reviewer, BENCH_FILTER)  # warm the connection pool and statement cache
-            page_ms, page = time_runs(lambda: review_svc.list_queue(ctx, reviewer, BENCH_FILTER), runs)
-            plain_ms, plain = time_runs(lambda: review_svc.list_queue(ctx, reviewer), runs)
-            claim_ms, claimed = time_runs(lambda: review_svc.claim_next(ctx, reviewer, BENCH_FILTER), runs)
-        finally:
-            db.dispose()
+    with throwaway_store(data_dir) as (settings, db):
+        t0 = time.perf_counter()
+        reviewer = _seed(db, items, random.Random(5))
+        seed_s = time.perf_counter() - t0
+        ctx = AppContext(settings, db, clock=lambda: NOW)
+        review_svc.list_queue(ctx, reviewer, BENCH_FILTER)  # warm the connection pool and statement cache
+        page_ms, page = time_runs(lambda: review_svc.list_queue(ctx, reviewer, BENCH_FILTER), runs)
+        plain_ms, plain = time_runs(lambda: review_svc.list_queue(ctx, reviewer), runs)
+        claim_ms, claimed = time_runs(lambda: review_svc.claim_next(ctx, reviewer, BENCH_FILTER), runs)
     result = {
         "items": items,
         "seed_s": round(seed_s, 2),

@@ -28,3 +28,20 @@ def test_the_bench_proposal_is_a_valid_policy_that_differs_from_the_shipped_one(
     proposed = Policy.from_toml(proposed_policy(shipped))
     assert proposed.detector_thresholds["detoxify"]["prompt"]["toxicity"] == 0.3
     assert proposed.sha256 != Policy.from_toml(shipped).sha256
+
+
+def test_the_benches_throwaway_store_is_migrated_and_removed_afterwards_even_on_an_error(tmp_path):
+    from sqlalchemy import inspect
+
+    from bench.store import throwaway_store
+
+    with throwaway_store(tmp_path) as (settings, db):
+        folder = settings.data_dir
+        assert folder.parent == tmp_path and folder.is_dir()
+        assert "policy_change_requests" in inspect(db.engine).get_table_names()  # migrated to the newest revision
+        assert not settings.engine_autostart and not settings.safety_enabled
+    assert not folder.exists()
+    with pytest.raises(RuntimeError, match="seeding failed"), throwaway_store(tmp_path) as (settings, db):
+        folder = settings.data_dir
+        raise RuntimeError("seeding failed")
+    assert not folder.exists() and list(tmp_path.iterdir()) == []

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 DETECTOR = "injection"
 # Bumped with every change to the patterns or to how evidence is combined (stored with every finding).
-PATTERNS_VERSION = "patterns-2026-12-07.1"
+PATTERNS_VERSION = "patterns-2026-12-07.2"
 # Windows for the model on long texts: about a paragraph, overlapping so an instruction cut by one boundary is
 # whole in the next window.
 WINDOW_CHARS = 600

@@ -11,6 +11,8 @@ Everything runs on a throwaway SQLite database in a temporary directory:
   once under the head lock (the sequencing before issue 24), for the ratio; ``insert_per_s_4p``: the same 4
   processes inserting rows of the same size into an unchained table, one per transaction (the server's ceiling).
 - ``verify_1m_s``: ``verify_chain`` over ``--events`` events (default 1,000,000) with a signed checkpoint to check.
+- ``verify_round_ms``: one round of the console's scheduled verification over the same events
+  (``console.services.audit_watch.AuditVerifier.run_round``: the lease, the full verify, the recorded run).
 - ``export_csv_1m_s``, ``export_parquet_1m_s``: exporting them all (the CLI's path), each in a fresh child process
   whose peak resident memory is ``export_peak_mb`` (the larger of the two; the interpreter and pyarrow included).
 
@@ -219,6 +221,24 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def _scheduled_round_ms(root: Path, db: Database) -> float:
+    """Milliseconds of one round of the console's scheduled verification over the seeded chain."""
+    import os
+
+    from console.services.audit_watch import AuditVerifier
+    from console.services.context import AppContext
+    from console.settings import Settings
+
+    settings = Settings.from_env({**os.environ, "LLM_CONSOLE_DATA_DIR": str(root),
+                                  "LLM_CONSOLE_DATABASE_URL": f"sqlite:///{root / 'audit.db'}",
+                                  "LLM_CONSOLE_AUDIT_KEY_FILE": str(root / "audit.key"),
+                                  "LLM_CONSOLE_AUDIT_CHECKPOINT_FILE": str(root / "checkpoints.jsonl")})
+    seconds, done = _timed(lambda: AuditVerifier(AppContext(settings, db)).run_round())
+    if not done.ran or not getattr(done.result, "ok", False):
+        raise RuntimeError(f"the scheduled verification round did not pass: {done}")
+    return seconds * 1000
+
+
 def _export_in_child(db_path: Path, fmt: str, out: Path) -> tuple[float, float]:
     """Seconds and peak MB of one export run in a fresh interpreter (``python -m bench.audit --export-child``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -262,6 +282,8 @@ def run_audit_bench(*, events: int = 1_000_000, appends: int = 2_000, export: bo
                 "verify_1m_s": round(verify_s * 1_000_000 / max(report.checked, 1), 2),
                 "verify_s": round(verify_s, 2),
             }
+            progress("one scheduled verification round")
+            result["verify_round_ms"] = round(_scheduled_round_ms(root, db))
         finally:
             db.dispose()
         if export:

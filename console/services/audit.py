@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from console.services.errors import ConsoleError, InvalidInput, StorageUnavailab
 from console.services.periodic import PeriodicTask
 from console.services.text import required_text
 from db import audit as audit_q
+from db import audit_verifications as verifications_q
 
 logger = logging.getLogger(__name__)
 
@@ -154,22 +156,35 @@ def checkpoints_file(ctx: AppContext, actor: Principal) -> bytes:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode("utf-8")
 
 
+MANUAL_TRIGGERS = ("manual", "cli")
+
+
 @requires("audit.verify")
-def verify(ctx: AppContext, actor: Principal, checkpoint_files: Sequence[Path] = ()) -> audit_q.ChainReport:
+def verify(ctx: AppContext, actor: Principal, checkpoint_files: Sequence[Path] = (), *,
+           trigger: str = "manual") -> audit_q.ChainReport:
     """Verify the chain against the signed checkpoints (the database's, the checkpoint file's, and those in
-    ``checkpoint_files``: copies kept elsewhere); the verdict is itself an audit event."""
+    ``checkpoint_files``: copies kept elsewhere); the verdict is itself an audit event, and the run is recorded with
+    the scheduled ones (``trigger``: ``manual`` from the Audit page, ``cli`` from ``llm-console audit verify``)."""
+    if trigger not in MANUAL_TRIGGERS:
+        raise InvalidInput(f"A verification asked for by someone is {' or '.join(MANUAL_TRIGGERS)}, not {trigger!r}.")
     for path in checkpoint_files:
         if not path.is_file():
             raise InvalidInput(f"{path} is not a file.")
+    started, t0 = ctx.now(), time.perf_counter()
     try:
         report = audit_q.verify_chain(ctx.db, anchor(ctx), checkpoint_files)
     except OperationalError:
         raise StorageUnavailable("The database is busy or unavailable; try verifying again.") from None
+    duration_ms = (time.perf_counter() - t0) * 1000.0
     with ctx.db.session() as s:
+        run = verifications_q.record_run(s, trigger=trigger, started_at=started, duration_ms=duration_ms,
+                                         ok=report.ok, checked=report.checked, kind=report.kind,
+                                         first_bad_seq=report.first_bad_seq, reason=report.reason)
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.verify",
                              details={"ok": report.ok, "checked": report.checked, "kind": report.kind,
                                       "first_bad_seq": report.first_bad_seq,
                                       "checkpoints_checked": report.checkpoints_checked,
                                       "anchored_seq": report.anchored_seq,
-                                      "checkpoint_files": len(checkpoint_files)})
+                                      "checkpoint_files": len(checkpoint_files), "trigger": trigger,
+                                      "run_id": run.id, "duration_ms": round(duration_ms, 1)})
     return report

@@ -39,19 +39,23 @@ class PeriodicTask:
 
     With ``job`` (a ``job_runs`` name) and ``db``, a round runs only in the replica that claims the job's lease for
     this interval (:meth:`run_round`); the others skip it. ``lease_s`` (default: the interval, at least a minute)
-    is how long a holder that dies mid-round keeps the job from the others.
+    is how long a holder that dies mid-round keeps the job from the others. ``tick_s`` (default: the interval) is
+    how often the thread tries a round: a leased job with a long interval ticks more often, so its first round comes
+    a tick after start and a replica restarted more often than the interval still runs it when it is due (the lease
+    row remembers when the job last ran anywhere).
 
     An error in one round is logged and the next round runs anyway: these jobs keep the console serving.
     Tests call :meth:`run_once` directly for one round's work (it never claims), or :meth:`run_round` for the lease.
     """
 
     def __init__(self, interval_s: float, *, name: str, job: str | None = None, db: Database | None = None,
-                 lease_s: float | None = None) -> None:
+                 lease_s: float | None = None, tick_s: float | None = None) -> None:
         if job is not None and db is None:
             raise ValueError("a job that runs once across replicas needs the database its lease is in")
         self.interval_s, self.name = interval_s, name
         self.job, self.db = job, db
         self.lease_s = max(interval_s, MIN_LEASE_S) if lease_s is None else lease_s
+        self.tick_s = interval_s if tick_s is None else tick_s
         self.holder = jobs.holder_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,7 +92,7 @@ class PeriodicTask:
             self._thread.join(timeout=self.interval_s + 5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.wait(self.tick_s):
             try:
                 self.run_round()
             except Exception:  # a bug in one round must not end the job for the rest of the process's life

@@ -56,7 +56,7 @@ def test_migrating_an_empty_database_creates_every_table_at_head(empty_db: Datab
     assert empty_db.current_revision() is None
     empty_db.migrate()
     assert empty_db.current_revision() == HEAD == empty_db.head_revision()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES | REPLICA_TABLES | {"feedback"} | {"spot_checks"} | {"quota_limits", "quota_counters"} | {"policy_change_requests"} | {"webhooks", "alerts", "alert_deliveries", "alert_attempts"}
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES | REPLICA_TABLES | {"feedback"} | {"spot_checks"} | {"quota_limits", "quota_counters"} | {"policy_change_requests"} | {"webhooks", "alerts", "alert_deliveries", "alert_attempts"} | {"audit_verifications"}
 
 
 def _is_queue_index(diff: object) -> bool:
@@ -140,7 +140,7 @@ def test_downgrading_to_0001_and_upgrading_again_works(empty_db: Database) -> No
     assert _tables(empty_db) == CORE_TABLES
     assert "review_status" not in {c["name"] for c in inspect(empty_db.engine).get_columns("exchanges")}
     empty_db.migrate()
-    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES | REPLICA_TABLES | {"feedback"} | {"spot_checks"} | {"quota_limits", "quota_counters"} | {"policy_change_requests"} | {"webhooks", "alerts", "alert_deliveries", "alert_attempts"}
+    assert _tables(empty_db) == CORE_TABLES | SAFETY_TABLES | LIFECYCLE_TABLES | RELEASE_TABLES | AUDIT_TABLES | METRICS_TABLES | SESSION_TABLES | ERASURE_TABLES | FOUR_EYES_TABLES | EXPORT_FILE_TABLES | REPLICA_TABLES | {"feedback"} | {"spot_checks"} | {"quota_limits", "quota_counters"} | {"policy_change_requests"} | {"webhooks", "alerts", "alert_deliveries", "alert_attempts"} | {"audit_verifications"}
 
 
 def test_audit_events_table_has_exactly_the_pinned_columns(empty_db: Database) -> None:

@@ -26,14 +26,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from console.services import backtest as backtest_svc
-from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services import four_eyes
+from console.services.access import Principal, requires
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, ConsoleError, InvalidInput, NotFound
+from console.services.errors import ConsoleError, InvalidInput, NotFound
 from console.services.policy import follow, validate
 from console.services.text import optional_text, required_text
 from db import policy_changes as changes_q
 from db import safety as safety_q
-from db import users as users_q
 from db.tables import POLICY_CHANGE_STATUSES, PolicyChangeRequest, PolicyVersion
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,8 @@ MAX_POLICY_CHARS = 100_000
 EXAMPLE_CHARS = 300  # of each stored text shown beside an example
 
 
-def _requester_of(session: Session, request_id: str) -> int | None:
-    request = changes_q.get_request(session, int(request_id))
-    return None if request is None else request.requested_by_id
-
-
-DECIDE_RULE = register_duty_rule(
-    DutyRule("policy.decide", "nobody approves or rejects their own policy change request", owner_of=_requester_of)
-)
+DECIDE_RULE = four_eyes.decide_rule("policy.decide", "nobody approves or rejects their own policy change request",
+                                     changes_q.get_request)
 
 
 @dataclass(frozen=True)
@@ -75,11 +69,6 @@ class ChangeView:
     diff: str  # unified diff of the base version's text against the proposed one
 
 
-def _username(s: Session, user_id: int | None) -> str | None:
-    user = None if user_id is None else users_q.get_user(s, user_id)
-    return None if user is None else user.username
-
-
 def _view(s: Session, r: PolicyChangeRequest, newest: int | None, base_text: str | None = None) -> ChangeView:
     if base_text is None:
         base = s.scalars(_version_stmt(r.base_version)).first()
@@ -87,8 +76,8 @@ def _view(s: Session, r: PolicyChangeRequest, newest: int | None, base_text: str
     diff = "".join(difflib.unified_diff(base_text.splitlines(keepends=True), r.content.splitlines(keepends=True),
                                         f"revision {r.base_version}", "proposed", n=2))
     return ChangeView(r.id, r.status, r.base_version, r.file_version, r.content, r.sha256, r.reason, r.days,
-                      r.backtest, _username(s, r.requested_by_id) or "?", r.requested_by_id, r.created_at,
-                      _username(s, r.decided_by_id), r.decided_at, r.decision_note, r.applied_version,
+                      r.backtest, four_eyes.username(s, r.requested_by_id) or "?", r.requested_by_id, r.created_at,
+                      four_eyes.username(s, r.decided_by_id), r.decided_at, r.decision_note, r.applied_version,
                       r.status == "pending" and newest != r.base_version, diff)
 
 
@@ -135,18 +124,9 @@ def propose(ctx: AppContext, actor: Principal, content: str, reason: str, days: 
         return _view(s, row, base_version, base_text)
 
 
-def _ensure_not_own(ctx: AppContext, actor: Principal, request_id: int) -> None:
-    with ctx.db.session(readonly=True) as s:
-        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
-
-
 def _locked_pending(s: Session, request_id: int) -> PolicyChangeRequest:
-    request = changes_q.lock_request(s, request_id)
-    if request is None:
-        raise NotFound(f"There is no policy change request #{request_id}.")
-    if request.status != "pending":
-        raise InvalidInput(f"Policy change request #{request_id} is already {request.status}.")
-    return request
+    return four_eyes.ensure_pending(changes_q.lock_request(s, request_id), request_id, "policy change request",
+                                    "Policy change request")
 
 
 def _check_id(request_id: object) -> int:
@@ -160,7 +140,7 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str | None
     """Approve someone else's request: store its policy as the next version and put it in force here (every other
     console follows within its reconcile interval). Refused when the request is stale."""
     request_id = _check_id(request_id)
-    _ensure_not_own(ctx, actor, request_id)
+    four_eyes.ensure_not_own(ctx, actor, DECIDE_RULE, request_id)
     note = optional_text(note, "the note", MAX_REASON_CHARS)
     try:
         with ctx.db.session() as s:
@@ -199,7 +179,7 @@ def _summary(backtest: dict[str, Any]) -> dict[str, Any]:
 def reject(ctx: AppContext, actor: Principal, request_id: int, note: str) -> ChangeView:
     """Reject someone else's request, saying why."""
     request_id = _check_id(request_id)
-    _ensure_not_own(ctx, actor, request_id)
+    four_eyes.ensure_not_own(ctx, actor, DECIDE_RULE, request_id)
     note = required_text(note, "the note saying why", MAX_REASON_CHARS)
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
@@ -222,8 +202,7 @@ def cancel(ctx: AppContext, actor: Principal, request_id: int, note: str | None 
     note = optional_text(note, "the note", MAX_REASON_CHARS)
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
-        if request.requested_by_id != actor.user_id:
-            raise AccessDenied("Only the admin who proposed a policy change can cancel it; reject it instead.")
+        four_eyes.ensure_requester(request, actor, "the admin who proposed a policy change")
         latest = safety_q.latest_policy_version(s)
         changes_q.decide(s, request, status="cancelled", actor=actor.username, actor_id=actor.user_id, note=note,
                          details=_hashes(s, request))

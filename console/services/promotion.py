@@ -22,18 +22,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from console.services import registry
-from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services import four_eyes, registry
+from console.services.access import Principal, requires
 from console.services.canary import METRIC_LABELS, CanaryPlan, parse_plan
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, InvalidInput, NotFound
+from console.services.errors import InvalidInput, NotFound
 from console.services.text import optional_text, required_text
 from console.settings import Settings
 from db import audit as audit_q
 from db import evaluations as evaluations_q
 from db import model_versions as versions_q
 from db import promotions as promo_q
-from db import users as users_q
 from db.model_versions import PRODUCTION
 from db.tables import PROMOTION_STATUSES, ModelVersion, PromotionRequest
 
@@ -48,14 +47,8 @@ def _text(value: str | None, what: str) -> str:
     return required_text(value, what, MAX_TEXT_CHARS)
 
 
-def _requester_of(session: Session, request_id: str) -> int | None:
-    request = promo_q.get_request(session, int(request_id))
-    return None if request is None else request.requested_by_id
-
-
-DECIDE_RULE = register_duty_rule(
-    DutyRule("promotion.decide", "nobody approves or rejects their own promotion request", owner_of=_requester_of)
-)
+DECIDE_RULE = four_eyes.decide_rule("promotion.decide", "nobody approves or rejects their own promotion request",
+                                     promo_q.get_request)
 
 
 # --- gates -----------------------------------------------------------------------------------------------------
@@ -277,14 +270,11 @@ def _view(s: Session, r: PromotionRequest) -> RequestView:
         version = None if version_id is None else versions_q.get_model_version(s, version_id)
         return None if version is None else version.name
 
-    def username(user_id: int | None) -> str | None:
-        user = None if user_id is None else users_q.get_user(s, user_id)
-        return None if user is None else user.username
-
     return RequestView(
         r.id, r.alias, version_name(r.version_id) or "?", version_name(r.from_version_id), r.evaluation_id, r.report,
         r.baseline_report, tuple(Gate.from_record(g) for g in r.gates or []), r.reason,
-        username(r.requested_by_id) or "?", r.requested_by_id, r.status, username(r.decided_by_id), r.decision_note,
+        four_eyes.username(s, r.requested_by_id) or "?", r.requested_by_id, r.status,
+        four_eyes.username(s, r.decided_by_id), r.decision_note,
         r.override_reason, r.created_at, r.decided_at,
         None if r.canary_plan is None else CanaryPlan.from_dict(r.canary_plan), r.canary_started_at,
         r.canary_ends_at, r.canary_result,
@@ -366,20 +356,8 @@ def get_request(ctx: AppContext, actor: Principal, request_id: int) -> RequestVi
         return _view(s, request)
 
 
-def _ensure_not_own(ctx: AppContext, actor: Principal, request_id: int) -> None:
-    # In a read-only unit of work before the write transaction: the refusal is audited in its own transaction,
-    # which on SQLite would wait behind a write lock held by the caller. The requester never changes.
-    with ctx.db.session(readonly=True) as s:
-        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
-
-
 def _locked_pending(s: Session, request_id: int) -> PromotionRequest:
-    request = promo_q.lock_request(s, request_id)
-    if request is None:
-        raise NotFound(f"There is no promotion request #{request_id}.")
-    if request.status != "pending":
-        raise InvalidInput(f"Request #{request_id} is already {request.status}.")
-    return request
+    return four_eyes.ensure_pending(promo_q.lock_request(s, request_id), request_id, "promotion request")
 
 
 @requires("promotion.approve")
@@ -392,7 +370,7 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
     instead (status ``canary``, for the plan's minutes from now; the alias stays), refused while another canary
     runs.
     """
-    _ensure_not_own(ctx, actor, request_id)
+    four_eyes.ensure_not_own(ctx, actor, DECIDE_RULE, request_id)
     note = _text(note, "the note")
     override = optional_text(override_reason, "the override reason", MAX_TEXT_CHARS)
     with ctx.db.session(readonly=True) as s:
@@ -444,7 +422,7 @@ def approve(ctx: AppContext, actor: Principal, request_id: int, note: str,
 @requires("promotion.approve")
 def reject(ctx: AppContext, actor: Principal, request_id: int, note: str) -> RequestView:
     """Reject someone else's request, saying why."""
-    _ensure_not_own(ctx, actor, request_id)
+    four_eyes.ensure_not_own(ctx, actor, DECIDE_RULE, request_id)
     note = _text(note, "the note saying why")
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
@@ -458,8 +436,7 @@ def cancel(ctx: AppContext, actor: Principal, request_id: int, note: str | None 
     note = optional_text(note, "the note", MAX_TEXT_CHARS)
     with ctx.db.session() as s:
         request = _locked_pending(s, request_id)
-        if request.requested_by_id != actor.user_id:
-            raise AccessDenied("Only the person who asked for a promotion can cancel it; reject it instead.")
+        four_eyes.ensure_requester(request, actor, "the person who asked for a promotion")
         promo_q.decide(s, request.id, status="cancelled", actor=actor.username, actor_id=actor.user_id,
                        note=note)
         return _view(s, request)

@@ -1,6 +1,6 @@
 """The Latency page's charts and tables for one report: engine latency percentiles, throughput, status rates, where
-a request's time goes, engine health and version switches (marked on every chart). Figures are built here; the page
-decides what to show."""
+a request's time goes, engine health and version switches (marked on every chart). Figures are built here from
+what :mod:`console.services.latency_view_model` shapes (tables, lines, titles); the page decides what to show."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from console import ui
 from console.services import engine_health as health_svc
 from console.services import feedback as feedback_svc
 from console.services import latency as latency_svc
+from console.services import latency_view_model as vm
 from console.services.access import Principal
 from console.services.context import AppContext
 from console.textsafe import defang_links
@@ -24,19 +25,12 @@ PERCENTILE_DASH = {"p50": "solid", "p95": "dash", "p99": "dot"}
 # Equal percentiles (few requests) draw on top of each other: p99 goes first, widest, with an open square, then p95
 # (a diamond inside the square), then p50, so every line that exists stays visible; the hover lists all three.
 PERCENTILE_STYLE = {"p99": (3.5, "square-open", 11), "p95": (2.0, "diamond", 7), "p50": (1.5, "circle", 4)}
-LATENCY_TITLES = {
-    "ttft_ms": "Time to first token",
-    "itl_ms": "Inter-token latency",
-    "e2e_ms": "End-to-end latency",
-    "queue_ms": "Queue time (waiting for the engine)",
-}
 TIME_AXIS = "time (UTC)"
 
 
 def _plain(text: object) -> str:
     """Text from the database as Plotly shows it: links defanged, markup shown as text."""
     return html.escape(defang_links(str(text)))
-
 
 
 def _markers(fig: go.Figure, report: latency_svc.LatencyOverview) -> None:
@@ -71,7 +65,7 @@ def _layout(fig: go.Figure, title: str, y_title: str, y_range: list[float] | Non
 def _latency_figure(report: latency_svc.LatencyOverview, frame: pd.DataFrame, metric: str,
                     y_range: list[float] | None) -> go.Figure:
     fig = go.Figure()
-    for line in latency_svc.latency_lines(frame, metric, tuple(PERCENTILE_STYLE)):
+    for line in vm.latency_lines(frame, metric, tuple(PERCENTILE_STYLE)):
         width, symbol, size = PERCENTILE_STYLE[line.stat]
         fig.add_trace(go.Scatter(x=line.x, y=line.y, mode="lines+markers",
                                  line={"dash": PERCENTILE_DASH[line.stat], "width": width},
@@ -81,20 +75,19 @@ def _latency_figure(report: latency_svc.LatencyOverview, frame: pd.DataFrame, me
     _target_lines(fig, report, metric)
     _markers(fig, report)
     fig.update_layout(hovermode="x unified")
-    return _layout(fig, f"{LATENCY_TITLES[metric]}: p50 (solid), p95 (dashed), p99 (dotted) per "
-                        f"{report.bucket_label} bucket", "milliseconds", y_range)
+    return _layout(fig, vm.latency_title(report, metric), "milliseconds", y_range)
 
 
 def latency_charts(report: latency_svc.LatencyOverview, chosen: tuple[str, ...], side_by_side: bool) -> None:
     """The engine's latency percentiles over time, per version (two side by side on one scale when chosen)."""
     st.subheader("Engine latency")
     for metric in latency_svc.LATENCY_METRICS:
-        frames = latency_svc.chart_frames(report, chosen, side_by_side)
-        y_range = latency_svc.shared_range(frames, metric, side_by_side)
+        frames = vm.chart_frames(report, chosen, side_by_side)
+        y_range = vm.shared_range(frames, metric, side_by_side)
         columns = st.columns(len(frames))
         for column, frame in zip(columns, frames, strict=True):
-            if frame[f"{metric}_n"].sum() == 0:
-                column.caption(f"{LATENCY_TITLES[metric]}: no values in this window.")
+            if not vm.has_values(frame, metric):
+                column.caption(vm.no_values(metric))
                 continue
             column.plotly_chart(_latency_figure(report, frame, metric, y_range), width="stretch")
 
@@ -106,52 +99,45 @@ def throughput_charts(report: latency_svc.LatencyOverview) -> None:
                "near 0). "
                "Not one answer's speed: the chat shows that under each answer, and the table above averages over "
                "the whole window.")
-    t1, t2 = st.columns(2)
-    for column, field, title, unit in (
-        (t1, "requests_per_min", "Requests per minute", "requests/min"),
-        (t2, "output_tokens_per_s", "Output tokens per second", "output tokens/s"),
-    ):
+    for column, (field, title, unit) in zip(st.columns(len(vm.THROUGHPUT_CHARTS)), vm.THROUGHPUT_CHARTS,
+                                            strict=True):
         fig = go.Figure()
-        for line in latency_svc.version_lines(report, field):
+        for line in vm.version_lines(report, field):
             fig.add_trace(go.Scatter(x=line.x, y=line.y, mode="lines+markers", name=_plain(line.name),
                                      marker={"size": 4}))
         _markers(fig, report)
-        column.plotly_chart(_layout(fig, f"{title}, averaged per {report.bucket_label} bucket", unit),
-                            width="stretch")
+        column.plotly_chart(_layout(fig, vm.throughput_title(report, title), unit), width="stretch")
 
 
 def rate_chart(report: latency_svc.LatencyOverview) -> None:
     st.subheader("Errors, aborts, flags and blocks")
     fig = go.Figure()
-    for line in latency_svc.rate_lines(report):
+    for line in vm.rate_lines(report):
         split = {}
         if line.extra is not None:  # which side the policy flagged (an exchange flagged both ways is in both)
             split = {"customdata": line.extra,
                      "hovertemplate": "%{y:.2f} % (prompt %{customdata[0]:.2f} %, answer %{customdata[1]:.2f} %)"}
         fig.add_trace(go.Scatter(x=line.x, y=line.y, mode="lines+markers", marker={"size": 4},
                                  name=_plain(line.name), **split))
-    for metric in latency_svc.RATE_NAMES:
+    for metric in vm.RATE_NAMES:
         _target_lines(fig, report, metric, scale=100.0)
     _markers(fig, report)
-    st.plotly_chart(_layout(fig, f"Share of requests per {report.bucket_label} bucket: errors, aborted (stopped, cut "
-                                 "or interrupted), flagged (prompt or answer), blocked (prompt or answer)",
-                            "% of the bucket's requests"), width="stretch")
+    st.plotly_chart(_layout(fig, vm.rate_title(report), "% of the bucket's requests"), width="stretch")
 
 
 def overhead(report: latency_svc.LatencyOverview, totals: pd.DataFrame) -> None:
     st.subheader("Where a request's time goes: the engine and the console")
-    if not report.overhead_recorded:
-        st.info("The console's own overhead (safety scans before and after, storage) is not recorded for these "
-                "requests" + (" (one user's figures come from their requests, which do not keep it)."
-                              if report.source_note else "."))
+    note = vm.overhead_note(report)
+    if note is not None:
+        st.info(note)
     st.caption("The prompt is scanned whole before the model sees it (added before the first token). The answer is "
                "scanned while it streams, finished sentences in the background; only its last sentences are scanned "
                "after the last token, and that is the time shown here.")
-    st.dataframe(latency_svc.overhead_table(totals), hide_index=True, width="stretch", key="overhead_table")
+    st.dataframe(vm.overhead_table(totals), hide_index=True, width="stretch", key="overhead_table")
     fig = go.Figure()
     for _, total in totals.iterrows():
-        fig.add_trace(go.Bar(x=[part for _, part in latency_svc.OVERHEAD_PARTS], name=_plain(total["model_version"]),
-                             y=latency_svc.overhead_medians(total)))
+        fig.add_trace(go.Bar(x=[part for _, part in vm.OVERHEAD_PARTS], name=_plain(total["model_version"]),
+                             y=vm.overhead_medians(total)))
     fig.update_layout(barmode="group")
     st.plotly_chart(_layout(fig, "Median (p50) of each part over the window; missing bars were not recorded",
                             "milliseconds", x_title="part of the request"), width="stretch")
@@ -168,27 +154,25 @@ def servers(report: latency_svc.LatencyOverview) -> None:
                f"sample in the window's last {latency_svc.LATENCY_HEALTH_MINUTES} minutes.")
     if report.servers_note:
         st.info(report.servers_note)
-    st.dataframe(latency_svc.servers_table(report.servers), hide_index=True, width="stretch", key="servers_table")
+    st.dataframe(vm.servers_table(report.servers), hide_index=True, width="stretch", key="servers_table")
 
 
 def summary(report: latency_svc.LatencyOverview, totals: pd.DataFrame) -> None:
-    table = latency_svc.summary_table(totals)
-    st.dataframe(table, hide_index=True, width="stretch", key="summary_table")
-
+    st.dataframe(vm.summary_table(totals), hide_index=True, width="stretch", key="summary_table")
 
 
 def engine_health(ctx: AppContext, principal: Principal, report: latency_svc.LatencyOverview) -> None:
     """The engine's own load over the same window (sampled by each console process; not per version or user)."""
     st.subheader("Engine health")
-    since = max(report.since, report.until - health_svc.MAX_RANGE)
+    since, note = vm.health_window(report)
     history = ui.call(health_svc.health_history, ctx, principal, since, report.until)
     if history is None:
         return
     if history.empty:
         st.caption("No engine health samples in this window.")
         return
-    if since > report.since:
-        st.caption(f"Engine health covers the last {health_svc.MAX_RANGE.days} days of the window.")
+    if note is not None:
+        st.caption(note)
     _health_charts(history.charts, report)
     if not history.servers.empty:
         st.markdown("**Per server** (each vLLM server's own /health and /metrics over the window)")
@@ -212,12 +196,10 @@ def _health_charts(charts: Any, report: latency_svc.LatencyOverview) -> None:
 
 
 def switch_table(report: latency_svc.LatencyOverview) -> None:
-    if report.switches:
+    table = vm.switch_table(report)
+    if table is not None:
         st.markdown("**Version switches in this window** (vertical lines on the charts)")
-        st.dataframe(pd.DataFrame([{"at (UTC)": s.at, "from": s.from_version or "", "to": s.to_version or "",
-                                    "switched": "yes" if s.ok else "failed",
-                                    "took (s)": s.seconds} for s in report.switches]),
-                     hide_index=True, width="stretch", key="switch_table")
+        st.dataframe(table, hide_index=True, width="stretch", key="switch_table")
 
 
 def feedback(ctx: AppContext, principal: Principal, report: latency_svc.LatencyOverview,
@@ -228,10 +210,8 @@ def feedback(ctx: AppContext, principal: Principal, report: latency_svc.LatencyO
         return
     st.markdown("**User feedback** (thumbs up or down on answers)")
     rows = feedback_svc.rate_rows(rates, chosen)
-    if not any(r["Rated"] for r in rows):
-        st.caption(f"No answer given between {report.since:%Y-%m-%d %H:%M} and {report.until:%Y-%m-%d %H:%M} UTC "
-                   "has a thumbs up or down yet.")
+    rated = any(r["Rated"] for r in rows)
+    st.caption(vm.feedback_caption(report, rated))
+    if not rated:
         return
-    st.caption(f"Answers given between {report.since:%Y-%m-%d %H:%M} and {report.until:%Y-%m-%d %H:%M} UTC, as "
-               "rated so far; shares are of the rated answers (one rating per answer).")
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="feedback_table")

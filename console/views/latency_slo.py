@@ -9,6 +9,7 @@ import streamlit as st
 from console import ui
 from console.services import access
 from console.services import latency as latency_svc
+from console.services import latency_view_model as latency_vm
 from console.services import slo as slo_svc
 from console.services.access import Principal
 from console.services.context import AppContext
@@ -80,7 +81,7 @@ def slo_tables(report: latency_svc.LatencyOverview) -> None:
     comp = report.compliance
     st.dataframe(pd.DataFrame({
         "target": comp["target"], "model version": comp["model_version"],
-        "measured over the window": latency_svc.format_measured(comp["measured"], comp["stat"]),
+        "measured over the window": latency_vm.format_measured(comp["measured"], comp["stat"]),
         "met": ["no data" if met is None or pd.isna(met) else ("yes" if met else "NO") for met in comp["met"]],
     }), hide_index=True, width="stretch", key="compliance_table")
     breaches = report.breaches
@@ -90,6 +91,6 @@ def slo_tables(report: latency_svc.LatencyOverview) -> None:
         st.dataframe(pd.DataFrame({
             "bucket start (UTC)": newest["bucket_start"], "model version": newest["model_version"],
             "target": newest["target"],
-            "measured": latency_svc.format_measured(newest["measured"], newest["stat"]),
+            "measured": latency_vm.format_measured(newest["measured"], newest["stat"]),
             "requests in the bucket": newest["requests"],
         }), hide_index=True, width="stretch", key="breaches_table")

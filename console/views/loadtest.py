@@ -11,7 +11,7 @@ from console.services import access
 from console.services import loadtest as load_svc
 from console.services.access import Principal
 from console.services.context import AppContext
-from console.services.latency import format_ms
+from console.services.latency_view_model import format_ms
 from console.textsafe import escape_markdown
 
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from console.services import chat as chat_svc
-from console.services import latency, moderation
+from console.services import latency, latency_view_model, moderation
 from console.services.telemetry import TELEMETRY
 from db import promotions as promotions_q
 from db import safety as safety_q
@@ -129,6 +129,6 @@ def test_the_page_the_watch_window_and_prometheus_count_the_same_flagged_exchang
     assert page["prompt_flagged"] == prometheus["prompt"] == PROMPT_FLAGGED
     assert page["output_flagged"] == prometheus["output"] == OUTPUT_FLAGGED
     # The summary table says what the rate means and splits it.
-    table = latency.summary_table(report.totals).set_index("model version")
+    table = latency_view_model.summary_table(report.totals).set_index("model version")
     assert table.loc["v1", "flagged (prompt or answer)"] == "62.50 %"
     assert table.loc["v1", "prompt flagged"] == "50.00 %" and table.loc["v1", "answer flagged"] == "25.00 %"

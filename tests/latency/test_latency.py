@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from console import app_pages
 from console.cli import main as cli_main
-from console.services import latency, slo
+from console.services import latency, latency_view_model, slo
 from console.services.errors import AccessDenied, InvalidInput, NotFound
 from console.ui import UiSession
 from db import audit as audit_q
@@ -290,7 +290,7 @@ def test_the_page_draws_every_chart_with_units(page_env, make_user):
 
 def test_low_traffic_reads_in_requests_per_minute_not_zero(ctx, operator):
     report = latency.overview(ctx, operator, latency.LatencyFilter(range="last 24 hours"))
-    table = latency.summary_table(report.totals).set_index("model version")
+    table = latency_view_model.summary_table(report.totals).set_index("model version")
     # v1: 4 requests in a day = 0.0028 per minute (0.000046 per second read "0.0" before).
     assert table.loc["v1", "requests/min (avg)"] == "0.0028"
     assert "requests/s (avg)" not in table.columns
@@ -303,7 +303,7 @@ def test_low_traffic_reads_in_requests_per_minute_not_zero(ctx, operator):
     (1234.4, "1,234"), (float("nan"), "–"), (None, "–"),
 ], ids=["zero", "tiny", "low", "fraction", "units", "tens", "thousands", "nan", "none"])
 def test_rates_keep_two_significant_digits(value, shown):
-    assert latency.format_rate(value) == shown
+    assert latency_view_model.format_rate(value) == shown
 
 
 def _health(ctx, now, **fields) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -99,8 +99,40 @@ def recent_alerts(session: Session, limit: int = 50) -> list[Alert]:
 # --- webhooks ---------------------------------------------------------------------------------------------------
 
 
-def list_webhooks(session: Session) -> list[Webhook]:
-    return list(session.scalars(select(Webhook).order_by(Webhook.name)))
+def list_webhooks(session: Session, *, for_update: bool = False) -> list[Webhook]:
+    stmt = select(Webhook).order_by(Webhook.name)
+    return list(session.scalars(stmt.with_for_update() if for_update else stmt))
+
+
+def store_webhook_secrets(session: Session, hook: Webhook, *, url: str, secret: str | None, secret_format: str,
+                          secret_key_id: str | None) -> None:
+    """Store ``hook``'s URL and secret as given (encrypted by the caller, console.services.secret_box)."""
+    hook.url, hook.secret, hook.secret_format, hook.secret_key_id = url, secret, secret_format, secret_key_id
+    session.flush()
+
+
+def plaintext_webhooks(session: Session) -> list[tuple[int, str, str, str | None]]:
+    """(id, name, url, secret) of the webhooks stored in plaintext (rows from before 0029_webhook_secrets)."""
+    stmt = (select(Webhook.id, Webhook.name, Webhook.url, Webhook.secret).where(Webhook.secret_format == "plain")
+            .order_by(Webhook.id))
+    return [(int(i), str(n), str(u), s) for i, n, u, s in session.execute(stmt)]
+
+
+def encrypt_plaintext_webhook(session: Session, hook_id: int, *, url: str, secret: str | None, key_id: str) -> bool:
+    """Replace webhook ``hook_id``'s plaintext URL and secret with their encrypted forms, if it is still plaintext
+    (one conditional UPDATE: of two replicas doing this at once, one changes the row). True when this call did."""
+    result = session.execute(
+        update(Webhook).where(Webhook.id == hook_id, Webhook.secret_format == "plain")
+        .values(url=url, secret=secret, secret_format="fernet", secret_key_id=key_id)
+        .execution_options(synchronize_session=False))
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def encrypted_webhook_key_ids(session: Session) -> dict[str, int]:
+    """How many webhooks each secrets key encrypted (key id: count)."""
+    stmt = (select(Webhook.secret_key_id, func.count()).where(Webhook.secret_format != "plain")
+            .group_by(Webhook.secret_key_id))
+    return {str(k): int(n) for k, n in session.execute(stmt)}
 
 
 def get_webhook(session: Session, webhook_id: int) -> Webhook | None:

@@ -13,6 +13,9 @@ Conditions (one alert per condition until it clears, :mod:`db.alerts`):
 - ``scanner_fallback``: a console's safety stack loaded the toxicity scanner's fallback (raised where the stack is
   built, console.services.moderation); clears when a stack loads without a notice.
 
+URLs and secrets are stored encrypted (console.services.secret_box: a Fernet key in a file outside the database)
+and decrypted only here, to send (the dispatcher, the test alert) and to tell whether an edit changed them.
+
 Bodies: ``json`` webhooks get ``{"alert": {...}, "delivery": id, "console": "llm-console"}``; ``slack`` webhooks get
 ``{"text": ..., "blocks": [...]}``. With a shared secret the body is signed: ``X-Console-Timestamp: <unix
 seconds>`` and ``X-Console-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``.
@@ -36,6 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy import func, select
 
+from console.services import secret_box
 from console.services.access import Principal, requires
 from console.services.context import AppContext
 from console.services.errors import InvalidInput, NotFound
@@ -194,8 +198,9 @@ def create_webhook(ctx: AppContext, actor: Principal, *, name: str, kind: str, u
     with ctx.db.session() as s:
         if alerts_q.webhook_by_name(s, name) is not None:
             raise InvalidInput(f"Name: a webhook named {name!r} exists already; choose another name.")
-        hook = Webhook(name=name, kind=kind, url=url, url_display=mask_url(url), alert_kinds=chosen, secret=secret,
-                       enabled=bool(enabled), created_by_id=actor.user_id, created_at=now, updated_at=now)
+        hook = Webhook(name=name, kind=kind, url_display=mask_url(url), alert_kinds=chosen, enabled=bool(enabled),
+                       created_by_id=actor.user_id, created_at=now, updated_at=now,
+                       **secret_box.seal(ctx, url, secret))
         s.add(hook)
         s.flush()
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="webhook.created",
@@ -218,10 +223,15 @@ def update_webhook(ctx: AppContext, actor: Principal, webhook_id: int, *, name: 
         if other is not None and other.id != hook.id:
             raise InvalidInput(f"Name: a webhook named {name!r} exists already; choose another name.")
         before = _audit_details(hook)
-        url_changed, secret_changed = hook.url != url, hook.secret != secret
-        hook.name, hook.kind, hook.url, hook.url_display = name, kind, url, mask_url(url)
-        hook.alert_kinds, hook.secret, hook.enabled, hook.updated_at = chosen, secret, bool(enabled), ctx.now()
-        s.flush()
+        try:
+            old_url, old_secret = secret_box.open_hook(ctx, hook)
+            url_changed, secret_changed = old_url != url, old_secret != secret
+        except secret_box.SecretsKeyWrong:  # entered again with the key there is now: it is readable from here on
+            url_changed = secret_changed = True
+        sealed = secret_box.seal(ctx, url, secret)
+        hook.name, hook.kind, hook.url_display = name, kind, mask_url(url)
+        hook.alert_kinds, hook.enabled, hook.updated_at = chosen, bool(enabled), ctx.now()
+        alerts_q.store_webhook_secrets(s, hook, **sealed)
         after = _audit_details(hook)
         changed = {k: after[k] for k in after if after[k] != before[k]}
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="webhook.changed",
@@ -272,11 +282,20 @@ def send_test_alert(ctx: AppContext, actor: Principal, webhook_id: int) -> int:
         hook = alerts_q.get_webhook(s, int(webhook_id))
         if hook is None:
             raise NotFound(f"No webhook with id {webhook_id}.")
+        secret_box.open_hook(ctx, hook)  # a webhook the key cannot decrypt says so here, before anything is queued
         alert_id = alerts_q.raise_alert(
             s, "test", f"{hook.id}:{secrets.token_hex(6)}", f"Test alert from the console, sent by {actor.username}",
             {"webhook": hook.name, "requested_by": actor.username}, now=ctx.now(), webhook_ids=[hook.id])
         assert alert_id is not None  # the key is new
         return alert_id
+
+
+@requires("alerts.manage")
+def secrets_problem(ctx: AppContext, actor: Principal) -> str | None:
+    """None when every webhook's URL and secret can be decrypted with the secrets key; else what is wrong and how
+    to fix it (the page shows it above the webhooks)."""
+    with ctx.db.session(readonly=True) as s:
+        return secret_box.readable(ctx, alerts_q.list_webhooks(s))
 
 
 @requires("alerts.manage")
@@ -476,18 +495,25 @@ def _attempt(ctx: AppContext, client: httpx.Client, delivery_id: int, holder: st
         assert delivery is not None
         alert = s.get(Alert, delivery.alert_id)
         hook = alerts_q.get_webhook(s, delivery.webhook_id) if delivery.webhook_id is not None else None
+        problem: str | None = None
         if hook is None or not hook.enabled or alert is None:
             request = None
         else:
+            try:
+                url, secret = secret_box.open_hook(ctx, hook)
+            except secret_box.SecretsKeyError as exc:  # retried on the schedule: restoring the key file fixes it
+                problem, url, secret = str(exc)[:MAX_ERROR_CHARS], "", None
             payload = slack_payload(alert) if hook.kind == "slack" else alert_payload(alert, delivery_id)
             body = json.dumps(payload, default=str, separators=(",", ":")).encode("utf-8")
             headers = {"Content-Type": "application/json", "User-Agent": "llm-console-alerts",
                        DELIVERY_HEADER: str(delivery_id)}
-            if hook.secret:
+            if secret:
                 stamp = str(int(time.time()))
                 headers[TIMESTAMP_HEADER] = stamp
-                headers[SIGNATURE_HEADER] = sign(hook.secret, stamp, body)
-            request = (hook.url, body, headers)
+                headers[SIGNATURE_HEADER] = sign(secret, stamp, body)
+            request = None if problem else (url, body, headers)
+    if problem is not None:
+        return _record(ctx, delivery_id, holder, SendResult(False, None, problem, 0.0), final_if_failed=False)
     if request is None:
         result = SendResult(False, None, "webhook disabled or deleted before sending", 0.0)
     else:

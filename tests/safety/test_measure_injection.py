@@ -121,7 +121,7 @@ def test_eval_safety_injection_only_reports_the_shipped_scanner_on_the_vendored_
                          capture_output=True, text=True, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)["injection"]
-    assert report["heldout"]["sources"] == ["bastioncorpus", "promptsource_report", "pyrit_templates"]
+    assert report["heldout"]["sources"] == ["aib_report", "bastioncorpus", "promptsource_report", "pyrit_templates"]
     # Loose floors that could still fail; the measured values are in docs/safety-measurements.md.
     assert report["roc_auc"] >= 0.95
     assert report["by_source"]["pyrit_templates"]["roc_auc"] >= 0.9

@@ -150,6 +150,19 @@ def cmd_build_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _encrypt_webhook_secrets(ctx: Any) -> None:
+    """Webhooks stored in plaintext before 0029 are encrypted with the secrets key; a missing key is a warning (the
+    alerts to those webhooks fail and say why; the rest of the console works)."""
+    from console.services import secret_box
+    from console.services.errors import ConsoleError
+
+    try:
+        if done := secret_box.encrypt_stored_secrets(ctx):
+            print(f"encrypted the URL and secret of {done} webhook(s) with {ctx.settings.secrets_key_file}", flush=True)
+    except ConsoleError as exc:
+        print(f"warning: {exc}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
     from pathlib import Path
 
@@ -159,6 +172,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> NoReturn:
 
     ctx = open_context(settings)
     audit_svc.check_key(ctx)  # a missing audit key stops the start with the file's name and the fix
+    _encrypt_webhook_secrets(ctx)
     building = demo_builds.start_background_demo_build(
         ctx, [sys.executable, "-m", "console.cli", "build-demo-models"])
     if building:
@@ -393,7 +407,7 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     ctx, me = shell_context(args, settings)
     try:
-        report = audit_svc.verify(ctx, me, [Path(p) for p in args.checkpoints])
+        report = audit_svc.verify(ctx, me, [Path(p) for p in args.checkpoints], trigger="cli")
     except ConsoleError as exc:
         raise CliError(str(exc)) from None
     for warning in report.warnings:
@@ -442,6 +456,17 @@ def cmd_audit_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
             "accepted unchecked)" if details["lost_key_ids"] else "")
     print(f"audit key rotated: new key {details['new_key_id']} in {settings.audit_key_file}; {kept}{lost}. "
           "Back the new key up apart from the database.")
+    return 0
+
+
+def cmd_alerts_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    from console.services import secret_box
+
+    ctx, me = shell_context(args, settings)
+    details = secret_box.rotate_key(ctx, me, args.reason)
+    print(f"secrets key rotated: new key {details['new_key_id']} in {settings.secrets_key_file}; "
+          f"{details['webhooks']} webhook(s) re-encrypted; the old key {details['old_key_id']} is kept in "
+          f"{details['retired_file']}. Copy the new key file to every replica, and back it up apart from the database.")
     return 0
 
 
@@ -830,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the file to write (must not exist); FILE.manifest.json beside it")
     s.set_defaults(func=cmd_audit_export)
 
+    alerts = sub.add_parser("alerts", help="alert webhooks").add_subparsers(dest="alerts_cmd", required=True,
+                                                                          parser_class=Parser)
+    s = alerts.add_parser("rotate-key", help="make a new key for the webhook URLs and signing secrets stored "
+                                             "encrypted and re-encrypt them (audited); the old key is kept beside it")
+    s.add_argument("--reason", help="why (recorded in the audit log)")
+    s.set_defaults(func=cmd_alerts_rotate_key)
     s = sub.add_parser("retention", help="drop stored text past its retention").add_subparsers(
         dest="retention_cmd", required=True, parser_class=Parser).add_parser(
         "apply", help="erase raw texts and exchange texts older than the retention settings (metadata stays)")

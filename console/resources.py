@@ -89,14 +89,24 @@ def engine_host():  # noqa: ANN201 - engine.switching.SwitchingEngine | None; vL
 
     # Registered first, so it stops last: its shutdown checkpoint covers everything the other jobs wrote.
     atexit.register(audit.Checkpointer(ctx).start().stop)
+    from console.services import audit_watch
+
+    verifier = audit_watch.start(ctx)  # every audit_verify_minutes, one replica per round; None when off
+    if verifier is not None:
+        atexit.register(verifier.stop)
     from console.services.retention import RetentionTask
 
     atexit.register(RetentionTask(ctx).start().stop)  # every retention_check_seconds, engine or not
     from console.services.spot_checks import SpotCheckTask
 
     atexit.register(SpotCheckTask(ctx).start().stop)  # every spot_check_seconds, one replica per round
+    from console.services import secret_box
     from console.services.alerts import AlertDispatcher, AlertEvaluator
 
+    try:  # webhooks stored in plaintext before 0029: encrypted once, whichever replica starts first
+        secret_box.encrypt_stored_secrets(ctx)
+    except ConsoleError as exc:  # a missing secrets key: deliveries and the Alerts page say so; the console starts
+        logger.error("webhook secrets: %s", exc)
     atexit.register(AlertEvaluator(ctx).start().stop)  # every alert_check_seconds, one replica per round
     atexit.register(AlertDispatcher(ctx).start().stop)  # every alert_check_seconds, every replica
     metrics_endpoint()  # once per process, engine or not (its engine gauges start when the host does)

@@ -74,6 +74,18 @@ def _minutes_list(value: str) -> tuple[float, ...]:
     return numbers
 
 
+MAX_SCHEDULE_MINUTES = 10_080  # a week
+
+
+def _minutes_or_off(value: str) -> int:
+    """Whole minutes between rounds of a scheduled job, 1 to a week; 0: off."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_SCHEDULE_MINUTES:
+        raise ValueError(f"expected whole minutes from 1 to {MAX_SCHEDULE_MINUTES:,} (a week), or 0 for off, "
+                         f"got {value!r}")
+    return int(text)
+
+
 SWITCH_MODES = ("blue-green", "stop-then-load")
 
 
@@ -210,8 +222,15 @@ SETTINGS: tuple[Setting, ...] = (
             "default: <data_dir>/audit.key. Keep a copy outside the database's backups."),
     Setting("audit_checkpoint_file", None,
             "Append-only file the signed audit checkpoints are also written to; default: <data_dir>/audit-checkpoints.jsonl."),
+    Setting("secrets_key_file", None,
+            "File holding the key that encrypts webhook URLs and signing secrets in the database (Fernet; owner-only; "
+            "generated at first use); default: <data_dir>/secrets.key. Every replica needs the same file; keep a copy "
+            "outside the database's backups."),
     Setting("audit_checkpoint_seconds", "60", "How often a running console signs a checkpoint of the audit chain "
             "(only when it grew).", _positive_float),
+    Setting("audit_verify_minutes", "60", "How often the console verifies the whole audit chain against the signed "
+            "checkpoints by itself (one replica per round; a failure is audited and raises the audit_verify_failed "
+            "alert); whole minutes, 0: off.", _minutes_or_off),
     Setting("export_dir", None, "Directory where exports and their manifests are written; default: <data_dir>/exports."),
     Setting("export_file_hours", "24",
             "Hours an export file (and its manifest) is kept when nobody downloads it; a download deletes it at once, "
@@ -299,7 +318,9 @@ class Settings:
     canary_check_seconds: float
     audit_key_file: Path
     audit_checkpoint_file: Path
+    secrets_key_file: Path
     audit_checkpoint_seconds: float
+    audit_verify_minutes: int
     export_dir: Path
     export_file_hours: float
     export_rows_per_hour: int
@@ -337,6 +358,7 @@ class Settings:
         values["audit_key_file"] = Path(values["audit_key_file"] or data_dir / "audit.key").expanduser()
         values["audit_checkpoint_file"] = Path(values["audit_checkpoint_file"]
                                                or data_dir / "audit-checkpoints.jsonl").expanduser()
+        values["secrets_key_file"] = Path(values["secrets_key_file"] or data_dir / "secrets.key").expanduser()
         values["export_dir"] = Path(values["export_dir"] or data_dir / "exports").expanduser()
         if values["server_api_key_file"]:
             if values["server_api_key"]:

@@ -837,6 +837,7 @@ class QuotaCounter(Base):
 WEBHOOK_KINDS = ("json", "slack")
 ALERT_STATES = ("firing", "resolved", "event")  # event: a one-off (a rollback), never resolved
 DELIVERY_STATUSES = ("pending", "sending", "delivered", "failed")
+SECRET_FORMATS = ("plain", "fernet")  # 0029_webhook_secrets
 
 
 class Webhook(Base):
@@ -845,7 +846,8 @@ class Webhook(Base):
     ``url`` and ``secret`` are never shown back (URLs often embed a token); ``url_display`` is scheme and host."""
 
     __tablename__ = "webhooks"
-    __table_args__ = (CheckConstraint(_in("kind", WEBHOOK_KINDS), name="kind"),)
+    __table_args__ = (CheckConstraint(_in("kind", WEBHOOK_KINDS), name="kind"),
+                      CheckConstraint(_in("secret_format", SECRET_FORMATS), name="secret_format"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
@@ -858,6 +860,10 @@ class Webhook(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # 0029_webhook_secrets: "fernet": url and secret hold Fernet tokens of the secrets key secret_key_id (a file
+    # outside the database, console.services.secret_box); "plain": rows stored before 0029, encrypted at start-up.
+    secret_format: Mapped[str] = mapped_column(String(10), server_default="plain")
+    secret_key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class Alert(Base):
@@ -979,5 +985,29 @@ def _refuse_bulk_change(state: ORMExecuteState) -> None:
 
 # ---- 0028_audit_verifications ---- (automatic audit verification: add its tables under this line)
 
+VERIFY_TRIGGERS = ("schedule", "manual", "cli")
+
+
+class AuditVerification(Base):
+    """One verification of the audit chain against the signed checkpoints: the console's own, on its schedule
+    (``schedule``), or asked for on the Audit page (``manual``) or by ``llm-console audit verify`` (``cli``). The
+    newest runs only are kept (``db.audit_verifications.KEEP_RUNS``)."""
+
+    __tablename__ = "audit_verifications"
+    __table_args__ = (CheckConstraint(_in("trigger", VERIFY_TRIGGERS), name="trigger"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    trigger: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(index=True)
+    finished_at: Mapped[datetime]
+    duration_ms: Mapped[float] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    checked: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str | None] = mapped_column(String(40))
+    first_bad_seq: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 
 # ---- 0029_webhook_secrets ---- (webhook secrets at rest: add its tables under this line)
+# No table: two columns of Webhook above (secret_format, secret_key_id).

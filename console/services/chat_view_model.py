@@ -1,7 +1,7 @@
 """What the chat page says about a stored exchange, worked out without Streamlit (the page only draws it).
 
 Plain text in, plain text out: the page escapes it (``console.textsafe``) where it draws it; only
-:func:`build_notice` returns markdown, its values escaped.
+:func:`build_notice` and the :class:`Notice` texts are markdown, their values escaped.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from console.services import demo_builds
-from console.services.chat import ExchangeView
-from console.services.feedback import RATEABLE_STATUSES, FeedbackView
+from console.services.chat import ChatTurn, ExchangeView
+from console.services.feedback import RATEABLE_STATUSES, FeedbackResult, FeedbackView
 from console.services.quotas import QuotaExceeded
+from console.services.serving import ServingView
 from console.textsafe import escape_markdown
 from engine.errors import PromptTooLongError
 
@@ -139,3 +140,155 @@ def build_notice(build: demo_builds.DemoBuildView) -> tuple[str, str]:
                          "Ask an admin: starting the console again (`llm-console run`) retries the build.")
     return "warning", (f"Building {name} stopped at {build.fraction:.0%}: its process is gone. Ask an admin: "
                        "starting the console again (`llm-console run`) continues it.")
+
+
+# --- one answer: what is said in its place, what can be done with it ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message the page shows with ``st.<level>`` (``info``, ``warning`` or ``error``): markdown, its values
+    escaped; ``progress`` (0..1) draws a bar under it."""
+
+    level: str
+    text: str
+    progress: float | None = None
+
+
+def answer_notice(ex: ExchangeView) -> Notice | None:
+    """What stands in place of an answer that is not one (blocked, interrupted, still pending, failed); None for an
+    answer, which the page shows as it was written."""
+    if ex.status == "blocked":
+        return Notice("warning", "This message was blocked by the safety policy and never reached the model.")
+    if ex.status == "interrupted":
+        return Notice("warning", "(no answer: the console stopped while the model was answering)")
+    if ex.status == "pending":
+        return Notice("info", "(no answer stored: the model is still answering, or its answer could not be saved)")
+    if ex.status == "error":
+        return Notice("error", f"The model failed to answer: {escape_markdown(ex.error or 'unknown error')}")
+    return None
+
+
+def answer_was_shown(ex: ExchangeView) -> bool:
+    """Whether the answer reached the user (so what was stored of it may differ from what they saw)."""
+    return ex.status not in ("blocked", "error")
+
+
+def review_status(ex: ExchangeView) -> str | None:
+    """The exchange's review state the page marks it with ("pending", "decided"...), None when it never went to
+    review."""
+    return ex.review_status if ex.review_status and ex.review_status != "none" else None
+
+
+def can_send_to_review(ex: ExchangeView) -> bool:
+    """A pending answer may still come (and be judged): nothing to send yet."""
+    return ex.status != "pending"
+
+
+SENT_TO_REVIEW = "Sent to review: a reviewer sees your note."
+
+
+# --- feedback on one answer ----------------------------------------------------------------------------------------
+
+NO_REASON = "Type what was wrong in the box first; your thumbs down is saved either way."
+
+
+def rating_of(thumbs: int | None) -> int | None:
+    """The stored rating for an st.feedback value (None: the user took their rating back)."""
+    return None if thumbs is None else THUMBS_TO_RATING[thumbs]
+
+
+def asks_reason(feedback: FeedbackView | None) -> bool:
+    """A thumbs down takes a reason (a thumbs up, or no rating, does not)."""
+    return feedback is not None and feedback.rating < 0
+
+
+def reason_problem(reason: str) -> str | None:
+    """Why a reason is not sent (an empty box), None when it is sent."""
+    return None if reason.strip() else NO_REASON
+
+
+def reason_thanks(result: FeedbackResult) -> str:
+    """The toast after a reason is saved: whether a reviewer will read it."""
+    return ("Thank you: a reviewer will look at it." if result.review_item_id
+            else "Thank you: your reason is saved.")
+
+
+# --- a refused message -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A message the service refused (too long, empty, bad settings, over quota): it goes back in the box, with
+    why (``why``, shown as an error) and what to do (``hint``)."""
+
+    text: str
+    why: str
+    hint: str
+
+
+def refusal(text: str, refused: Exception) -> Refusal:
+    return Refusal(text, str(refused), refusal_hint(refused))
+
+
+def refusal_lines(why: str | None, hint: str | None) -> tuple[str, str]:
+    """(error, caption) the page shows above the box the refused text is back in."""
+    return why or "The message was refused.", hint or "Your message is back in the box below."
+
+
+# --- a turn that has just been answered -------------------------------------------------------------------------
+
+
+def blocked_notice(turn: ChatTurn) -> str:
+    """What the page says in place of the answer to a blocked prompt (plain text)."""
+    return turn.outcome.notice if turn.outcome and turn.outcome.notice else "Blocked."
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """After a turn: ``rerun`` to draw the stored exchange (with ``notice`` shown above the history), or stay put
+    with ``warning`` under an answer that could not be stored (the screen is its only copy: a rerun would wipe it).
+    Texts are plain."""
+
+    rerun: bool
+    notice: str | None = None
+    warning: str | None = None
+
+
+def turn_end(turn: ChatTurn) -> TurnEnd:
+    outcome = turn.outcome
+    if outcome is not None and not outcome.saved:
+        return TurnEnd(False, warning=None if turn.blocked else (outcome.notice or "This answer was not saved."))
+    return TurnEnd(True, notice=outcome.notice if outcome is not None and outcome.notice else None)
+
+
+# --- what is served --------------------------------------------------------------------------------------------
+
+NO_MODEL = "No model is being served; ask an admin."
+
+
+def waits_for_build(serving: ServingView) -> bool:
+    """Nothing is loaded yet: the version the console is to serve may still be being built (the page looks)."""
+    return serving.model_version is None and serving.state in ("none", "stopped")
+
+
+def serving_notice(serving: ServingView) -> Notice | None:
+    """What the page says about the served model while it cannot chat, or is switching (None when it is ready).
+    For a console waiting on a build (:func:`waits_for_build`) the page shows :func:`build_notice` instead when
+    there is a build."""
+    model = escape_markdown(serving.model_version or "?")
+    if waits_for_build(serving):
+        if serving.state == "none":
+            return Notice("warning", NO_MODEL)
+        return Notice("error", f"{escape_markdown(serving.message)} Chat is paused; ask an admin.")
+    if serving.state == "switching":
+        # The served engine's own words: whether messages wait for the new version (stop-then-load) and why, or
+        # are answered by the old one meanwhile (blue-green).
+        return Notice("info", escape_markdown(serving.message), serving.progress)
+    if serving.state == "loading":
+        return Notice("info", f"The model {model} is loading: {escape_markdown(serving.message)}", serving.progress)
+    if not serving.ready:
+        what = "has stopped" if serving.state == "stopped" else "failed"
+        why = escape_markdown(serving.error or serving.message)
+        return Notice("error", f"The model {model} {what}: {why}. Chat is paused; ask an admin.")
+    return None

@@ -66,6 +66,12 @@ with st.sidebar:
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")
 
 
+def _show(notice: vm.Notice) -> None:
+    getattr(st, notice.level)(notice.text)
+    if notice.progress is not None:
+        st.progress(notice.progress)
+
+
 def _findings(ex: ExchangeView, direction: str) -> None:
     line = vm.findings_line(ex, direction)
     if line is not None:
@@ -88,16 +94,17 @@ def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
     thumbs = st.feedback("thumbs", key=key)
     if thumbs != st.session_state.get(seen):  # the user clicked: store it once (None takes the rating back)
         st.session_state[seen] = thumbs
-        if thumbs is None:
+        rating = vm.rating_of(thumbs)
+        if rating is None:
             stored_now: object = ui.call(feedback_svc.clear_feedback, ctx, principal, ex.id)
         else:
-            stored_now = ui.call(feedback_svc.give_feedback, ctx, principal, ex.id, vm.THUMBS_TO_RATING[thumbs])
+            stored_now = ui.call(feedback_svc.give_feedback, ctx, principal, ex.id, rating)
         if stored_now is not None:
             st.rerun()
     caption = vm.feedback_caption(stored)
     if caption:
         st.caption(escape_markdown(caption))
-    if stored is not None and stored.rating < 0:
+    if vm.asks_reason(stored):
         reason_key, back_key = f"feedback_reason_{ex.id}", f"feedback_back_{ex.id}"
         if back_key in st.session_state:  # refused at the last send: the text goes back in the box, with why
             text, why = st.session_state.pop(back_key)
@@ -108,8 +115,9 @@ def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
                                    help=f"At most {feedback_svc.MAX_REASON_CHARS:,} characters. Personal data is "
                                         "cut before it is stored; a reviewer may read it.")
             if st.form_submit_button("Send reason", key=f"feedback_send_{ex.id}"):
-                if not reason.strip():
-                    st.warning("Type what was wrong in the box first; your thumbs down is saved either way.")
+                problem = vm.reason_problem(reason)
+                if problem is not None:
+                    st.warning(problem)
                     return
                 with ui.shows_errors():
                     try:
@@ -117,8 +125,7 @@ def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
                     except InvalidInput as exc:  # too long: nothing stored, the text comes back
                         st.session_state[back_key] = (reason, str(exc))
                         st.rerun()
-                    page_state.toast = ("Thank you: a reviewer will look at it." if done.review_item_id
-                                        else "Thank you: your reason is saved.")
+                    page_state.toast = vm.reason_thanks(done)
                     del st.session_state[reason_key]  # the box starts empty (the rerun comes before the form's reset)
                     st.rerun()
 
@@ -129,23 +136,19 @@ def _render(ex: ExchangeView, stored: FeedbackView | None) -> None:
         _findings(ex, "prompt")
         _stored_note(ex, "prompt")
     with st.chat_message("assistant"):
-        if ex.status == "blocked":
-            st.warning("This message was blocked by the safety policy and never reached the model.")
-        elif ex.status == "interrupted":
-            st.warning("(no answer: the console stopped while the model was answering)")
-        elif ex.status == "pending":
-            st.info("(no answer stored: the model is still answering, or its answer could not be saved)")
-        elif ex.status == "error":
-            st.error(f"The model failed to answer: {escape_markdown(ex.error or 'unknown error')}")
-        else:
+        notice = vm.answer_notice(ex)
+        if notice is None:
             st.markdown(escape_markdown(ex.response) or "_(no text)_")
+        else:
+            _show(notice)
         st.caption(escape_markdown(vm.status_line(ex)))
         _findings(ex, "output")
-        if ex.status not in ("blocked", "error"):
+        if vm.answer_was_shown(ex):
             _stored_note(ex, "output")
-        if ex.review_status and ex.review_status != "none":
-            st.caption(f":material/flag: review: {escape_markdown(ex.review_status)}")
-        if ex.status == "pending":  # its answer may still come (and judge it): nothing to send yet
+        review = vm.review_status(ex)
+        if review is not None:
+            st.caption(f":material/flag: review: {escape_markdown(review)}")
+        if not vm.can_send_to_review(ex):  # its answer may still come (and be judged): nothing to send yet
             return
         with st.popover("Send to review", icon=":material/flag:"):
             with st.form(f"review_form_{ex.id}", clear_on_submit=True):
@@ -153,7 +156,7 @@ def _render(ex: ExchangeView, stored: FeedbackView | None) -> None:
                 if st.form_submit_button("Send"):
                     if ui.call(chat_svc.send_to_review, ctx, principal, ex.id, note) is not None:
                         # Drawn again at once, so its "review: pending" marker shows now (not at the next click).
-                        page_state.toast = "Sent to review: a reviewer sees your note."
+                        page_state.toast = vm.SENT_TO_REVIEW
                         st.rerun()
         if vm.can_rate(ex):
             _feedback(ex, stored)
@@ -175,34 +178,20 @@ def _show_build(build: demo_builds.DemoBuildView) -> None:
 
 
 def _show_serving(serving: serving_svc.ServingView) -> None:
-    model = escape_markdown(serving.model_version or "?")
-    if serving.model_version is None and serving.state in ("none", "stopped"):  # nothing loaded yet
+    if vm.waits_for_build(serving):  # nothing loaded yet: the version to serve may still be being built
         build = ui.call(demo_builds.served_version_build, ctx, principal)
         if build is not None:
             _show_build(build)
-        elif serving.state == "none":
-            st.warning("No model is being served; ask an admin.")
-        else:
-            st.error(f"{escape_markdown(serving.message)} Chat is paused; ask an admin.")
-        return
-    if serving.state == "switching":
-        # The served engine's own words: whether messages wait for the new version (stop-then-load) and why, or
-        # are answered by the old one meanwhile (blue-green).
-        st.info(escape_markdown(serving.message))
-        st.progress(serving.progress)
-    elif serving.state == "loading":
-        st.info(f"The model {model} is loading: {escape_markdown(serving.message)}")
-        st.progress(serving.progress)
-    elif not serving.ready:
-        what = "has stopped" if serving.state == "stopped" else "failed"
-        why = escape_markdown(serving.error or serving.message)
-        st.error(f"The model {model} {what}: {why}. Chat is paused; ask an admin.")
+            return
+    notice = vm.serving_notice(serving)
+    if notice is not None:
+        _show(notice)
 
 
 serving = serving_svc.serving_status(ctx)
 page_state.engine_was_ready = serving.ready
 if serving.state == "none" and ui.call(demo_builds.served_version_build, ctx, principal) is None:
-    st.warning("No model is being served; ask an admin.")
+    st.warning(vm.NO_MODEL)
 else:  # refreshed every 2 s: loading progress, or the served version's build until the model is up
 
     @st.fragment(run_every=2)
@@ -225,8 +214,9 @@ else:
     st.caption("A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy.")
 
 if page_state.refused_text is not None:  # refused at the last send: the text goes back in the box, with why
-    st.error(escape_markdown(page_state.refused_why or "The message was refused."), icon=":material/block:")
-    st.caption(page_state.refused_hint or "Your message is back in the box below.")
+    why, hint = vm.refusal_lines(page_state.refused_why, page_state.refused_hint)
+    st.error(escape_markdown(why), icon=":material/block:")
+    st.caption(hint)
     st.session_state[PROMPT_KEY] = page_state.refused_text
     page_state.refused_text = page_state.refused_why = page_state.refused_hint = None
 
@@ -246,26 +236,24 @@ if prompt:
                                            max_tokens=int(max_tokens),
                                            system_prompt=system_prompt if page_state.conversation_id is None else None)
             except InvalidInput as exc:  # too long, empty, bad settings: nothing sent (a new conversation not made)
-                page_state.refused_text, page_state.refused_why = prompt, str(exc)
-                page_state.refused_hint = vm.refusal_hint(exc)
+                refused = vm.refusal(prompt, exc)
+                page_state.refused_text, page_state.refused_why = refused.text, refused.why
+                page_state.refused_hint = refused.hint
                 st.rerun()
         if turn:
             _open(turn.conversation_id)
             if turn.blocked:
-                st.warning(escape_markdown(turn.outcome.notice if turn.outcome and turn.outcome.notice
-                                           else "Blocked."))
+                st.warning(escape_markdown(vm.blocked_notice(turn)))
             else:
                 # Any click reruns the script, which closes the stream: the request is aborted and stored.
                 st.button("Stop", key="stop_generation", icon=":material/stop_circle:")
                 with ui.shows_errors():
                     st.write_stream(escape_stream(turn.deltas()))
-            outcome = turn.outcome
-            if outcome is not None and not outcome.saved:
+            end = vm.turn_end(turn)
+            if end.warning is not None:
                 # The database could not take it: the answer on screen is its only copy, so no rerun wipes it.
-                if not turn.blocked:
-                    st.warning(escape_markdown(outcome.notice or "This answer was not saved."),
-                               icon=":material/warning:")
-            else:
-                if outcome is not None and outcome.notice:
-                    page_state.notice = outcome.notice
+                st.warning(escape_markdown(end.warning), icon=":material/warning:")
+            if end.rerun:
+                if end.notice is not None:
+                    page_state.notice = end.notice
                 st.rerun()

@@ -67,3 +67,39 @@ def test_the_build_notice_says_how_far_the_build_is_with_values_escaped(state, l
         build = DemoBuildView("demo_v1", state, 0.45, "step 1 of 2", None, None)
     got_level, text = vm.build_notice(build)
     assert got_level == level and fragment in text and "demo\\_v1" in text
+
+
+def test_an_answer_that_is_not_one_is_replaced_by_a_notice_and_only_a_shown_one_is_sent_to_review_or_noted():
+    assert vm.answer_notice(_ex()) is None and vm.answer_was_shown(_ex()) and vm.can_send_to_review(_ex())
+    error = vm.answer_notice(_ex(status="error", error="out of *memory*"))
+    assert error == vm.Notice("error", "The model failed to answer: out of \\*memory\\*")
+    assert [vm.answer_notice(_ex(status=s)).level for s in ("blocked", "interrupted", "pending")] == \
+        ["warning", "warning", "info"]
+    assert not vm.can_send_to_review(_ex(status="pending"))
+    assert [vm.answer_was_shown(_ex(status=s)) for s in ("blocked", "error", "aborted")] == [False, False, True]
+    assert (vm.review_status(_ex(review_status="none")), vm.review_status(_ex(review_status="pending"))) == \
+        (None, "pending")
+
+
+def test_a_reason_is_sent_only_when_typed_and_the_thanks_say_whether_a_reviewer_reads_it():
+    from console.services.feedback import FeedbackResult
+
+    at = datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    down = FeedbackView(1, -1, None, at)
+    assert vm.asks_reason(down) and not vm.asks_reason(FeedbackView(1, 1, None, at)) and not vm.asks_reason(None)
+    assert vm.reason_problem("  \n") == vm.NO_REASON and vm.reason_problem("wrong order") is None
+    assert vm.reason_thanks(FeedbackResult(down, True, 7)) == "Thank you: a reviewer will look at it."
+    assert vm.reason_thanks(FeedbackResult(down, True)) == "Thank you: your reason is saved."
+    assert (vm.rating_of(0), vm.rating_of(1), vm.rating_of(None)) == (-1, 1, None)
+
+
+def test_the_serving_notice_says_why_chat_is_paused_and_nothing_once_the_model_is_ready():
+    from console.services.serving import ServingView
+
+    assert vm.serving_notice(ServingView("demo-v1", "ready", 1.0, "")) is None
+    none = ServingView(None, "none", 0.0, "")
+    assert vm.waits_for_build(none) and vm.serving_notice(none) == vm.Notice("warning", vm.NO_MODEL)
+    loading = vm.serving_notice(ServingView("demo_v2", "loading", 0.4, "weights"))
+    assert loading == vm.Notice("info", "The model demo\\_v2 is loading: weights", 0.4)
+    failed = vm.serving_notice(ServingView("demo-v1", "failed", 0.0, "", error="CUDA out of memory"))
+    assert failed == vm.Notice("error", "The model demo\\-v1 failed: CUDA out of memory. Chat is paused; ask an admin.")

@@ -110,6 +110,7 @@ def choose_option(page: Any, selectbox: Any, option: str, *, attempts: int = 4) 
     """Open ``selectbox`` (a locator of a Streamlit select box) and pick ``option``. A rerun of the page while its
     list is open (a busy machine finishing the previous one late) closes the list: open it again, a few times."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import expect
 
     for _ in range(attempts):
         selectbox.click()
@@ -119,8 +120,11 @@ def choose_option(page: Any, selectbox: Any, option: str, *, attempts: int = 4) 
         except PlaywrightTimeout:
             page.keyboard.press("Escape")
             continue
-        if selectbox.get_by_text(option, exact=True).count():
-            return
+        try:  # the box's input holds the choice (a combobox: the value is not text of the page)
+            expect(selectbox.get_by_role("combobox")).to_have_value(option, timeout=20_000)
+        except AssertionError:
+            continue
+        return
     raise AssertionError(f"could not choose {option!r} in the select box after {attempts} tries")
 
 

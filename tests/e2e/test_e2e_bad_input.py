@@ -456,7 +456,7 @@ def test_the_audit_search_still_finds_events_after_the_wildcards(admin):
 def _register(page: Any, name: str, source: str, engine_args: str = "") -> None:
     _fresh(page, "Models", "Model versions")
     page.get_by_role("tab", name="Register").click()
-    page.get_by_role("textbox", name="Version name").fill(name)
+    page.get_by_role("textbox", name="Version name", exact=True).fill(name)
     page.get_by_role("textbox", name="Source").fill(source)
     page.get_by_role("textbox", name="vLLM engine arguments (JSON)").fill(engine_args)
     page.get_by_role("button", name="Register", exact=True).click()
@@ -497,7 +497,7 @@ def _register_server(page: Any, name: str, urls: str, model: str) -> None:
     _fresh(page, "Models", "Model versions")
     page.get_by_role("tab", name="Register").click()
     page.get_by_text("vLLM server", exact=True).click()
-    page.get_by_role("textbox", name="Version name").fill(name)
+    page.get_by_role("textbox", name="Version name", exact=True).fill(name)
     page.get_by_role("textbox", name="Server base URLs (one a line)").fill(urls)
     page.get_by_role("textbox", name="Served model name (empty = the version name)").fill(model)
     page.get_by_role("button", name="Register", exact=True).click()

@@ -127,7 +127,7 @@ def test_eval_safety_injection_only_reports_the_shipped_scanner_on_the_vendored_
     assert report["by_source"]["pyrit_templates"]["roc_auc"] >= 0.9
     assert report["support_fpr"] <= 0.01
     assert report["tpr"] >= 0.5
-    assert report["tpr_by_label"]["prompt_injection"] >= 0.5  # 0.41 before issue 26's patterns and retraining
+    assert report["tpr_by_label"]["prompt_injection"] >= 0.5  # 0.41 before issue 25's second round of patterns and retraining
     assert report["support_prompts"] > 1000
 
 

@@ -1,4 +1,4 @@
-"""Automatic audit-chain verification: every verification run is recorded (issue 26).
+"""Automatic audit-chain verification: every verification run is recorded (issue 25, second round).
 
 - ``audit_verifications``: one row per verification of the audit chain against the signed checkpoints: the
   console's own on its schedule (``trigger = 'schedule'``, every ``LLM_CONSOLE_AUDIT_VERIFY_MINUTES``), or asked for

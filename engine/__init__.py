@@ -20,3 +20,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 # vLLM logs to stdout unless told otherwise; a command's stdout is its output (`llm-console bench ... --json`
 # must print JSON only), so its logs go to stderr with every other log.
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+# The environment as this process started (with the two defaults above), before vLLM runs here: an in-process
+# engine adds its own variables to os.environ (LD_PRELOAD, VLLM_DIST_IDENT, a shared-memory buffer name, ...), and
+# a vLLM server started from this process must not inherit them (with them its engine core died at its first
+# request). engine.managed.server_env starts servers from this.
+STARTING_ENV: dict[str, str] = dict(os.environ)

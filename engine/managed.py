@@ -105,12 +105,12 @@ def server_command(spec: ModelSpec, port: int, config: HostConfig, python: str |
 
 
 def server_env(api_key: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a server process: ``base`` (default: this process's) with ``VLLM_API_KEY`` set to
-    ``api_key`` (or removed). The command line sizes the KV cache; an operator's ``VLLM_CPU_KVCACHE_SPACE`` wins,
-    as in-process."""
-    import os
+    """The environment of a server process: ``base`` (default: this process's as it started, before an in-process
+    vLLM engine added its own variables: :data:`engine.STARTING_ENV`) with ``VLLM_API_KEY`` set to ``api_key`` (or
+    removed). The command line sizes the KV cache; an operator's ``VLLM_CPU_KVCACHE_SPACE`` wins, as in-process."""
+    from engine import STARTING_ENV
 
-    env = dict(os.environ if base is None else base)
+    env = dict(STARTING_ENV if base is None else base)
     env.pop("VLLM_API_KEY", None)
     if api_key:
         env["VLLM_API_KEY"] = api_key

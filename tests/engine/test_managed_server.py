@@ -95,6 +95,16 @@ def test_the_key_goes_through_the_environment_and_an_inherited_one_is_dropped() 
     assert server_env(None, {"PATH": "/bin", "VLLM_API_KEY": "old"}) == {"PATH": "/bin"}
 
 
+def test_a_server_does_not_inherit_what_an_in_process_engine_added_to_this_processs_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What vLLM's in-process engine sets in os.environ when it starts (measured: these among others).
+    monkeypatch.setenv("VLLM_DIST_IDENT", "vllm_dist_of_the_in_process_engine")
+    monkeypatch.setenv("LD_PRELOAD", "/somewhere/torch/lib/libgomp.so.1")
+    env = server_env(None)
+    assert "VLLM_DIST_IDENT" not in env and env.get("LD_PRELOAD") != "/somewhere/torch/lib/libgomp.so.1"
+    assert env["PATH"] == os.environ["PATH"]  # the environment the process started with
+
+
 @pytest.mark.parametrize(("tail", "returncode", "oom"), [
     ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 1, True),
     ("RuntimeError: [enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "

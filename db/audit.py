@@ -736,7 +736,7 @@ def _read_key(key_file: Path, text: str | None = None) -> bytes:
         raise ValueError(f"audit key file {key_file} does not hold a hex key") from None
 
 
-def _write_private_text(path: Path, text: str) -> None:
+def write_private_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` owner-only, replacing it in one step (a reader never sees half a key)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -775,8 +775,8 @@ def rotate_key(db: _HasSession, key_file: Path, checkpoint_file: Path | None, *,
                      object_id=new.key_id, details=details)
     key_file.parent.mkdir(parents=True, exist_ok=True)
     if retired:
-        _write_private_text(retired_key_file(key_file), "".join(k.hex() + "\n" for k in retired))
-    _write_private_text(key_file, new.key_hex() + "\n")
+        write_private_text(retired_key_file(key_file), "".join(k.hex() + "\n" for k in retired))
+    write_private_text(key_file, new.key_hex() + "\n")
     new.checkpoint(db, "rotated")
     logger.warning("audit key rotated: %s -> %s (lost: %s)", details["old_key_id"], new.key_id, lost or "none")
     return new, details

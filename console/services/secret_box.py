@@ -74,17 +74,6 @@ def _read_keys(path: Path) -> list[bytes]:
     return keys
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` owner-only, replacing it in one step (a reader never sees half a key)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass(frozen=True)
 class SecretBox:
     """Encrypts with the current key; decrypts with the key a row names (the current one or a retired one)."""
@@ -283,8 +272,8 @@ def rotate_key(ctx: AppContext, actor: Principal, reason: str | None = None) -> 
         old_file = retired_file(path)
         kept = _read_keys(old_file) if old_file.exists() else []
         if old.key not in kept:
-            _write_private(old_file, "".join(k.decode("ascii") + "\n" for k in (*kept, old.key)))
-        _write_private(path, new_key.decode("ascii") + "\n")
+            audit_q.write_private_text(old_file, "".join(k.decode("ascii") + "\n" for k in (*kept, old.key)))
+        audit_q.write_private_text(path, new_key.decode("ascii") + "\n")
         _CACHE.pop(path, None)
     new = box(ctx)
     assert new.key == new_key

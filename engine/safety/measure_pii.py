@@ -488,6 +488,15 @@ _LOOKALIKE_SLOTS = frozenset({"TICKET", "ORDER", "VERSION", "PRICE", "DATE", "TI
                               "PLACE", "COMPANY_LINE"})
 
 
+def _sort_set_built_lists(fake: Faker) -> None:
+    """Faker's it_IT address provider builds its city list from a set, so its order (and with it the city a seed
+    picks) changed with PYTHONHASHSEED from one process to the next; sorted, a seed gives the same texts everywhere."""
+    for provider in fake.get_providers():
+        cities = getattr(provider, "cities", None)
+        if isinstance(cities, list):
+            provider.cities = sorted(cities)
+
+
 class PiiSetGenerator:
     """Generates labelled texts from a template family; the same seed gives the same texts."""
 
@@ -502,6 +511,7 @@ class PiiSetGenerator:
         for locale in sorted(set(COUNTRY_LOCALES.values())):
             fake = Faker(locale)
             fake.seed_instance(self.rng.randint(0, 2**31))
+            _sort_set_built_lists(fake)
             self.fakers[locale] = fake
         self._countries = [c for c, w in COUNTRY_WEIGHTS.items() for _ in range(w)]
 

@@ -108,7 +108,7 @@ _AU_STATES = "NSW|VIC|QLD|WA|SA|TAS|ACT|NT|Vic|Qld|Tas"
 _UK_POSTCODE = r"(?:GIR\s?0AA|[A-Z]{1,2}\d[A-Z\d]?\s?\d[ABD-HJLNP-UW-Z]{2})"
 _CA_POSTCODE = r"(?:[ABCEGHJ-NPRSTVXY]\d[ABCEGHJ-NPRSTV-Z]\s?\d[ABCEGHJ-NPRSTV-Z]\d)"
 _US_ZIP = r"(?:\d{5}(?:-\d{4})?)"
-_CITY_WORD = rf"(?>[{_UP_X}](?:[{_LETTER_X}]+(?:['’][{_LETTER_X}]+){{0,2}}|['’][{_LETTER_X}]+)(?:-[{_UP_X}{_LO_X}][{_LETTER_X}]*(?:['’][{_LETTER_X}]+)?){{0,3}})"  # two letters at least: "T 0812..." is no city
+_CITY_WORD = rf"(?>[{_UP_X}](?:[{_LETTER_X}]+(?:['’][{_LETTER_X}]+){{0,2}}|['’][{_LETTER_X}]+)(?:-[{_UP_X}{_LO_X}][{_LETTER_X}]*(?:['’][{_LETTER_X}]+)?){{0,3}}(?:(?<=[aeiou])['’](?![\w'’]))?)"  # two letters at least: "T 0812..." is no city; "Stra'", "Cantu'": an Italian final accent typed as an apostrophe
 # At most six words: an unbounded lazy run here made every scan of capitalised text quadratic (issue 20).
 _CITY = rf"(?:{_CITY_WORD}(?:[ -](?:{_CITY_WORD}|{_PARTICLE}|(?:upon|on|sur|sous|en|im|in|of|bei)(?![\w'’]))){{0,4}}?(?:[ -]{_CITY_WORD})?(?![\w'’]))"
 _COUNTRIES = (

@@ -357,6 +357,24 @@ def _quota_of(ctx: AppContext, s: Session, user: User, *, requests: int | None =
                      limits[TOKENS_PER_DAY], requests, tokens)
 
 
+@requires("chat.use")
+def my_quota(ctx: AppContext, actor: Principal) -> UserQuota:
+    """The signed-in user's own limits and usage now (the chat page shows them before a refusal, not only in it)."""
+    with ctx.db.session(readonly=True) as s:
+        user = _user(s, actor.user_id)
+        return _quota_of(ctx, s, user)
+
+
+def usage_text(quota: UserQuota) -> str | None:
+    """"Limits: 5 requests per minute (2 sent this minute) · ..." for the limits that apply; None when none does."""
+    parts = []
+    if quota.requests_per_minute.value is not None:
+        parts.append(f"{quota.requests_per_minute.text} ({quota.requests_this_minute:,} sent this minute)")
+    if quota.tokens_per_day.value is not None:
+        parts.append(f"{quota.tokens_per_day.text} ({quota.tokens_today:,} used since 00:00 UTC)")
+    return "Your limits: " + " · ".join(parts) if parts else None
+
+
 @requires("users.manage")
 def quota_overview(ctx: AppContext, actor: Principal) -> list[UserQuota]:
     """Every user's effective limits (and where they come from) and usage now: requests this minute, tokens today."""

@@ -10,6 +10,7 @@ from console.services import chat as chat_svc
 from console.services import chat_view_model as vm
 from console.services import demo_builds
 from console.services import feedback as feedback_svc
+from console.services import quotas as quotas_svc
 from console.services import serving as serving_svc
 from console.services.chat import ExchangeView
 from console.services.errors import InvalidInput
@@ -64,6 +65,10 @@ with st.sidebar:
         temperature = st.slider("Temperature", 0.0, 2.0, 0.3, 0.05, key="temperature")
         top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="top_p")
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")
+    mine = ui.call(quotas_svc.my_quota, ctx, principal)
+    limits = quotas_svc.usage_text(mine) if mine is not None else None
+    if limits is not None:  # set by an admin on Users → Quotas; nothing shows while no limit applies
+        st.caption(f":material/speed: {escape_markdown(limits)}")
 
 
 def _show(notice: vm.Notice) -> None:

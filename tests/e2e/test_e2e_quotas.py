@@ -87,5 +87,9 @@ def test_a_user_limited_to_one_token_a_day_sees_why_their_second_prompt_is_refus
         assert "The quota resets at" in message and "UTC (in " in message
         assert olivia.get_by_text("send it again once the limit resets", exact=False).count() == 1
         assert box.input_value() == "And my refund?"  # the typed message is kept to send again
+        # The sidebar says the limit and the day's use (the first answer's tokens) before any next refusal.
+        limits = olivia.get_by_text("Your limits: 1 token per day (", exact=False)
+        limits.wait_for(timeout=60_000)
+        assert "used since 00:00 UTC)" in limits.inner_text()
         olivia.screenshot(path=str(ARTIFACTS / "quotas-refused.png"), full_page=True)
         assert _exchanges(data) == 1  # the refused prompt was neither stored nor sent

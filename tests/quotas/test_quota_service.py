@@ -270,3 +270,23 @@ def test_limits_at_the_edges_are_accepted(ctx, people) -> None:
     assert row.requests_per_minute.value == 0
     with pytest.raises(quotas.QuotaExceeded, match="0 requests per minute"):
         quotas.enforce(ctx, op)
+
+
+def test_a_user_sees_their_own_limits_and_usage_before_any_refusal(ctx, clock, people, make_user) -> None:
+    admin, op = people
+    assert quotas.usage_text(quotas.my_quota(ctx, op)) is None  # shipped defaults: nothing to show
+    quotas.set_role_limit(ctx, admin, "operator", "requests_per_minute", 5)
+    quotas.enforce(ctx, op)
+    quotas.enforce(ctx, op)
+    _store_tokens(ctx, op.user_id, 1_200, 34)
+    assert quotas.usage_text(quotas.my_quota(ctx, op)) == "Your limits: 5 requests per minute (2 sent this minute)"
+    quotas.set_user_override(ctx, admin, op.user_id, "tokens_per_day", 50_000)
+    mine = quotas.my_quota(ctx, op)
+    assert (mine.username, mine.tokens_today) == ("olivia", 1_234)
+    assert quotas.usage_text(mine) == ("Your limits: 5 requests per minute (2 sent this minute) · "
+                                       "50,000 tokens per day (1,234 used since 00:00 UTC)")
+    clock.advance(minutes=1)  # a new minute: the request count starts again, the day's tokens stay
+    assert quotas.usage_text(quotas.my_quota(ctx, op)).startswith("Your limits: 5 requests per minute (0 sent")
+    analyst = make_user("ann", "analyst")  # no chat.use: not even their own quota through this service
+    with pytest.raises(AccessDenied):
+        quotas.my_quota(ctx, analyst)

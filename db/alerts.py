@@ -9,6 +9,11 @@ Deliveries are sent by a dispatcher (console.services.alerts). Each attempt is f
 conditional UPDATE (:func:`claim_delivery`), so of two console replicas only one sends it; a sender that dies
 after sending and before :func:`record_attempt` leaves a claim that expires, and the delivery is sent again:
 at-least-once delivery (receivers may tell repeats apart by the ``X-Console-Delivery`` header).
+
+When a condition clears, :func:`resolve_alert` queues a ``resolved`` delivery (0030_alert_resolved) for each
+webhook that had the ``firing`` one and still receives the kind. A resolved notice is never sent before its firing
+notice: it is due, and can be claimed, only once that webhook's firing delivery of the alert has been delivered or
+has given up (a firing notice still waiting when the condition clears is sent first, then the resolved one).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.audit import append_event, canonical_json
 from db.tables import Alert, AlertAttempt, AlertDelivery, AppState, Webhook
@@ -76,13 +81,33 @@ def raise_alert(session: Session, kind: str, key: str, title: str, details: dict
 
 
 def resolve_alert(session: Session, kind: str, key: str, *, now: datetime | None = None) -> bool:
-    """Clear the firing condition ``kind``/``key`` (it may be raised again later); True when one was firing."""
+    """Clear the firing condition ``kind``/``key`` (it may be raised again later) and queue its resolved notices;
+    True when one was firing (and this call cleared it).
+
+    A resolved notice goes to each webhook that had a firing delivery of the alert (sent, waiting or given up) and
+    is still there, enabled and receiving the kind. Audited as ``alert.resolved`` with those webhooks.
+    """
+    now = now or utcnow()
     alert = session.scalars(select(Alert).where(Alert.dedup_key == _dedup(kind, str(key)[:MAX_KEY_CHARS]),
                                                 Alert.state == "firing")).one_or_none()
     if alert is None:
         return False
-    alert.state, alert.dedup_key, alert.resolved_at = "resolved", None, now or utcnow()
+    # One conditional UPDATE: of two replicas clearing the condition at once, one queues the notices.
+    cleared = session.execute(update(Alert).where(Alert.id == alert.id, Alert.state == "firing")
+                              .values(state="resolved", dedup_key=None, resolved_at=now))
+    if cleared.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    firing_to = select(AlertDelivery.webhook_id).where(AlertDelivery.alert_id == alert.id,
+                                                         AlertDelivery.event == "firing")
+    told = select(Webhook).where(Webhook.id.in_(firing_to), Webhook.enabled.is_(True)).order_by(Webhook.id)
+    hooks = [h for h in session.scalars(told) if alert.kind in (h.alert_kinds or [])]
+    for hook in hooks:
+        session.add(AlertDelivery(alert_id=alert.id, webhook_id=hook.id, webhook_name=hook.name, status="pending",
+                                  attempts=0, next_attempt_at=now, created_at=now, event="resolved"))
     session.flush()
+    append_event(session, actor=ALERTS_ACTOR, action="alert.resolved", object_type="alert", object_id=alert.id,
+                 details={"kind": alert.kind, "key": alert.key, "title": alert.title,
+                          "webhooks": [h.name for h in hooks]})
     return True
 
 
@@ -161,12 +186,29 @@ def delete_webhook(session: Session, hook: Webhook, *, now: datetime) -> int:
 # --- deliveries -------------------------------------------------------------------------------------------------
 
 
+def _due(delivery: Any, now: datetime) -> ColumnElement[bool]:
+    """``delivery`` (the table or an alias of it) may be attempted now: pending and due, or claimed by a sender whose
+    claim ran out."""
+    return or_(and_(delivery.status == "pending", delivery.next_attempt_at <= now),
+               and_(delivery.status == "sending", delivery.claimed_until <= now))
+
+
+def _after_firing(now: datetime | None) -> ColumnElement[bool]:
+    """A firing notice, or a resolved one whose webhook's firing delivery of the same alert is settled (delivered or
+    failed). With ``now``, a firing delivery due now counts as settled too: it has a lower id, so a round attempts it
+    first, and the claim (without ``now``) then checks again."""
+    firing = aliased(AlertDelivery)
+    unsettled = [firing.alert_id == AlertDelivery.alert_id, firing.webhook_id == AlertDelivery.webhook_id,
+                 firing.event == "firing", firing.status.in_(("pending", "sending"))]
+    if now is not None:
+        unsettled.append(not_(_due(firing, now)))
+    return or_(AlertDelivery.event == "firing", not_(exists().where(*unsettled)))
+
+
 def due_deliveries(session: Session, *, now: datetime, limit: int = 50, alert_id: int | None = None) -> list[int]:
-    """Ids of deliveries to attempt now (of ``alert_id`` only, when given): pending and due, or claimed by a sender
-    whose claim ran out."""
-    stmt = (select(AlertDelivery.id)
-            .where(or_(and_(AlertDelivery.status == "pending", AlertDelivery.next_attempt_at <= now),
-                       and_(AlertDelivery.status == "sending", AlertDelivery.claimed_until <= now)))
+    """Ids of deliveries to attempt now (of ``alert_id`` only, when given), oldest first: pending and due, or claimed
+    by a sender whose claim ran out; a resolved notice only once its firing notice is settled or due with it."""
+    stmt = (select(AlertDelivery.id).where(_due(AlertDelivery, now), _after_firing(now))
             .order_by(AlertDelivery.id).limit(limit))
     if alert_id is not None:
         stmt = stmt.where(AlertDelivery.alert_id == alert_id)
@@ -175,12 +217,11 @@ def due_deliveries(session: Session, *, now: datetime, limit: int = 50, alert_id
 
 def claim_delivery(session: Session, delivery_id: int, *, holder: str, now: datetime, lease_s: float) -> bool:
     """Claim one attempt of delivery ``delivery_id`` for ``holder`` (one conditional UPDATE: of two replicas only
-    one wins); counts the attempt. True when this caller may send it."""
+    one wins); counts the attempt. True when this caller may send it. A resolved notice is not claimed while its
+    webhook's firing notice of the alert is still waiting or being sent."""
     result = session.execute(
         update(AlertDelivery)
-        .where(AlertDelivery.id == delivery_id,
-               or_(and_(AlertDelivery.status == "pending", AlertDelivery.next_attempt_at <= now),
-                   and_(AlertDelivery.status == "sending", AlertDelivery.claimed_until <= now)))
+        .where(AlertDelivery.id == delivery_id, _due(AlertDelivery, now), _after_firing(None))
         .values(status="sending", claimed_by=holder, claimed_until=now + timedelta(seconds=lease_s),
                 attempts=AlertDelivery.attempts + 1)
         .execution_options(synchronize_session=False))

@@ -838,6 +838,7 @@ WEBHOOK_KINDS = ("json", "slack")
 ALERT_STATES = ("firing", "resolved", "event")  # event: a one-off (a rollback), never resolved
 DELIVERY_STATUSES = ("pending", "sending", "delivered", "failed")
 SECRET_FORMATS = ("plain", "fernet")  # 0029_webhook_secrets
+DELIVERY_EVENTS = ("firing", "resolved")  # 0030_alert_resolved: which notice a delivery carries
 
 
 class Webhook(Base):
@@ -891,6 +892,7 @@ class AlertDelivery(Base):
 
     __tablename__ = "alert_deliveries"
     __table_args__ = (CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+                      CheckConstraint(_in("event", DELIVERY_EVENTS), name="event"),
                       Index("ix_alert_deliveries_status_next_attempt_at", "status", "next_attempt_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -906,6 +908,9 @@ class AlertDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # 0030_alert_resolved: "firing" (the alert raised: a condition, or a one-off event) or "resolved" (the condition
+    # cleared; sent only after this webhook's firing notice of the alert was delivered or gave up).
+    event: Mapped[str] = mapped_column(String(20), default="firing", server_default="firing")
 
 
 class AlertAttempt(Base):
@@ -1011,3 +1016,6 @@ class AuditVerification(Base):
 
 # ---- 0029_webhook_secrets ---- (webhook secrets at rest: add its tables under this line)
 # No table: two columns of Webhook above (secret_format, secret_key_id).
+
+# ---- 0030_alert_resolved ---- (resolved notices)
+# No table: one column of AlertDelivery above (event).

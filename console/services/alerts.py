@@ -16,8 +16,13 @@ Conditions (one alert per condition until it clears, :mod:`db.alerts`):
 URLs and secrets are stored encrypted (console.services.secret_box: a Fernet key in a file outside the database)
 and decrypted only here, to send (the dispatcher, the test alert) and to tell whether an edit changed them.
 
-Bodies: ``json`` webhooks get ``{"alert": {...}, "delivery": id, "console": "llm-console"}``; ``slack`` webhooks get
-``{"text": ..., "blocks": [...]}``. With a shared secret the body is signed: ``X-Console-Timestamp: <unix
+Notices: a ``firing`` one when an alert is raised, and a ``resolved`` one when its condition clears, to each webhook
+that had the firing one and still receives the kind (never for one-off events); the resolved one is sent only after
+the firing one was delivered or gave up (db.alerts).
+
+Bodies: ``json`` webhooks get ``{"event": "firing"|"resolved", "alert": {...}, "delivery": id, "console":
+"llm-console"}``; ``slack`` webhooks get ``{"text": ..., "blocks": [...]}``, a resolved notice's text starting
+``Resolved:``. With a shared secret the body is signed: ``X-Console-Timestamp: <unix
 seconds>`` and ``X-Console-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>``.
 """
 
@@ -325,6 +330,7 @@ class DeliveryView:
     alert_kind: str
     alert_title: str
     webhook: str
+    event: str  # the notice it carries: "firing" or "resolved"
     status: str
     attempts: int
     max_attempts: int
@@ -347,7 +353,7 @@ def delivery_log(ctx: AppContext, actor: Principal, limit: int = 100) -> list[De
     """The newest deliveries: status, attempts, the next retry, the last HTTP status and error."""
     attempts = max_attempts(ctx)
     with ctx.db.session(readonly=True) as s:
-        return [DeliveryView(d.id, a.id, a.kind, a.title, d.webhook_name, d.status, d.attempts, attempts,
+        return [DeliveryView(d.id, a.id, a.kind, a.title, d.webhook_name, d.event, d.status, d.attempts, attempts,
                              d.last_status_code, d.last_error, d.next_attempt_at if d.status == "pending" else None,
                              d.created_at, d.finished_at)
                 for d, a in alerts_q.deliveries(s, limit)]
@@ -361,17 +367,43 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def alert_payload(alert: Any, delivery_id: int) -> dict[str, Any]:
-    """The generic JSON body of ``alert`` (a db.tables.Alert)."""
-    return {"console": "llm-console", "delivery": delivery_id,
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def alert_payload(alert: Any, delivery_id: int, event: str = "firing") -> dict[str, Any]:
+    """The generic JSON body of ``alert`` (a db.tables.Alert) for the notice ``event`` ("firing" or "resolved").
+    ``state`` and ``resolved_at`` are the alert's when sent (a firing notice sent after the condition cleared
+    says "resolved" there)."""
+    return {"console": "llm-console", "delivery": delivery_id, "event": event,
             "alert": {"id": alert.id, "kind": alert.kind, "key": alert.key, "title": alert.title,
-                      "state": alert.state, "raised_at": alert.raised_at.isoformat(), "details": alert.details}}
+                      "state": alert.state, "raised_at": alert.raised_at.isoformat(),
+                      "resolved_at": _iso(alert.resolved_at), "details": alert.details}}
 
 
-def slack_payload(alert: Any) -> dict[str, Any]:
-    """A Slack-compatible body (incoming webhooks): ``text`` for notifications, ``blocks`` for the message."""
+def _lasted(alert: Any) -> str:
+    seconds = max(0, int((alert.resolved_at - alert.raised_at).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def slack_payload(alert: Any, event: str = "firing") -> dict[str, Any]:
+    """A Slack-compatible body (incoming webhooks): ``text`` for notifications, ``blocks`` for the message; a
+    resolved notice says "Resolved:" first, and when and after how long."""
     label = KIND_LABELS.get(alert.kind, alert.kind)
     title = _slack_escape(alert.title)
+    if event == "resolved" and alert.resolved_at is not None:
+        resolved = alert.resolved_at.isoformat(timespec="seconds")
+        return {"text": f"Resolved: [{label}] {title}"[:3000], "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": f"Resolved: {label}"[:150]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": title[:2900]}},
+            {"type": "section", "text": {"type": "mrkdwn",
+                                         "text": f"*resolved_at*: {resolved} (fired for {_lasted(alert)})"}},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": f"llm-console · {alert.kind} · resolved · {resolved}"}]}]}
     facts = [f"*{_slack_escape(str(k))}*: {_slack_escape(json.dumps(v, default=str)[:200])}"
              for k, v in list((alert.details or {}).items())[:8]]
     blocks: list[dict[str, Any]] = [
@@ -503,7 +535,8 @@ def _attempt(ctx: AppContext, client: httpx.Client, delivery_id: int, holder: st
                 url, secret = secret_box.open_hook(ctx, hook)
             except secret_box.SecretsKeyError as exc:  # retried on the schedule: restoring the key file fixes it
                 problem, url, secret = str(exc)[:MAX_ERROR_CHARS], "", None
-            payload = slack_payload(alert) if hook.kind == "slack" else alert_payload(alert, delivery_id)
+            payload = (slack_payload(alert, delivery.event) if hook.kind == "slack"
+                       else alert_payload(alert, delivery_id, delivery.event))
             body = json.dumps(payload, default=str, separators=(",", ":")).encode("utf-8")
             headers = {"Content-Type": "application/json", "User-Agent": "llm-console-alerts",
                        DELIVERY_HEADER: str(delivery_id)}
@@ -536,7 +569,8 @@ def _record(ctx: AppContext, delivery_id: int, holder: str, result: SendResult, 
             audit_q.append_event(s, actor=alerts_q.ALERTS_ACTOR, action="alert.delivery_failed",
                                  object_type="alert_delivery", object_id=delivery.id,
                                  details={"webhook": delivery.webhook_name, "alert_id": delivery.alert_id,
-                                          "kind": alert.kind if alert else None, "attempts": delivery.attempts,
+                                          "kind": alert.kind if alert else None, "event": delivery.event,
+                                          "attempts": delivery.attempts,
                                           "last_status_code": result.status_code, "last_error": result.error})
             logger.warning("alert delivery %s to webhook %s failed after %s attempts: %s", delivery.id,
                            delivery.webhook_name, delivery.attempts, result.error)

@@ -1,5 +1,5 @@
 """Admin: webhooks that receive alerts (URLs masked, never shown back), a test alert per webhook, the recent alerts
-and the delivery log (status, attempts, next retry, last error)."""
+and the delivery log (the notice, firing or resolved; status, attempts, next retry, last error)."""
 
 from __future__ import annotations
 
@@ -141,19 +141,22 @@ log = ui.call(alerts_svc.delivery_log, ctx, principal) or []
 if log:
     st.dataframe(pd.DataFrame([{
         "delivery": d.id, "webhook": d.webhook, "alert": f"#{d.alert_id} {alerts_svc.KIND_LABELS.get(d.alert_kind)}",
-        "status": d.status, "attempts": f"{d.attempts} of {d.max_attempts}",
+        "notice": d.event, "status": d.status, "attempts": f"{d.attempts} of {d.max_attempts}",
         "last HTTP status": "–" if d.last_status_code is None else str(d.last_status_code),
         "last error": d.last_error or "–", "next retry (UTC)": _utc(d.next_attempt_at),
         "queued (UTC)": _utc(d.created_at)} for d in log]), hide_index=True, width="stretch", key="deliveries_table")
     newest = log[0]
     st.caption(escape_markdown(
-        f"Newest delivery: #{newest.id} to {newest.webhook}: {newest.status} (attempt {newest.attempts} of "
-        f"{newest.max_attempts}" + (f", HTTP {newest.last_status_code}" if newest.last_status_code else "")
+        f"Newest delivery: #{newest.id} to {newest.webhook}"
+        + (" (resolved notice)" if newest.event == "resolved" else "")
+        + f": {newest.status} (attempt {newest.attempts} of {newest.max_attempts}"
+        + (f", HTTP {newest.last_status_code}" if newest.last_status_code else "")
         + (f", {newest.last_error}" if newest.last_error else "") + ")."))
     retries = ", ".join(f"{m:g} min" for m in ctx.settings.alert_retry_minutes) or "none"
     st.caption(f"Failed attempts are retried after {retries}; a delivery that runs out of attempts fails and is "
                f"audited. Each webhook has {ctx.settings.alert_timeout_seconds:g} s to answer. Deliveries are "
                "at-least-once: a receiver may see a repeat (same X-Console-Delivery header) after a console stops "
-               "mid-send.")
+               "mid-send. When a condition clears, each webhook that had its firing notice gets a resolved one, "
+               "sent after the firing one.")
 else:
     st.caption("No deliveries yet.")

@@ -72,9 +72,10 @@ def test_a_json_webhook_gets_the_alert_signed_with_its_secret(ctx, admin, receiv
     body = got.json()
     assert got.path == f"/services/{URL_TOKEN}"
     assert body["console"] == "llm-console" and body["delivery"] == _deliveries(ctx)[0].id
+    assert body["event"] == "firing"
     assert body["alert"] | {"raised_at": None} == {"id": alert_id, "kind": "review_overdue", "key": "queue",
                                                     "title": "3 review items past their deadline", "state": "firing",
-                                                    "raised_at": None, "details": {"overdue": 3}}
+                                                    "raised_at": None, "resolved_at": None, "details": {"overdue": 3}}
     stamp, signature = got.headers["X-Console-Timestamp"], got.headers["X-Console-Signature"]
     assert signature.startswith("sha256=")
     assert alerts_svc.verify_signature("s3cret-shared-key", stamp, got.body, signature)
@@ -223,7 +224,8 @@ def test_one_alert_per_condition_until_it_clears(ctx, admin, receiver):
     with ctx.db.session(readonly=True) as s:
         raised = audit_q.events_about(s, ["alert.raised"])
     assert len(raised) == 4 and all(e.actor == "alerts" for e in raised)
-    assert len(_deliveries(ctx)) == 4
+    # four firing notices, and the resolved one of the condition that cleared
+    assert sorted(d.event for d in _deliveries(ctx)) == ["firing"] * 4 + ["resolved"]
 
 
 def test_an_unknown_alert_kind_is_refused(ctx):

@@ -1,5 +1,6 @@
 """The Alerts page (AppTest): an admin adds a webhook (the form resets), sends a test alert to the loopback receiver
-and sees it delivered in the log; bad input keeps what was typed; the URL is never shown back; others cannot open it."""
+and sees it delivered in the log, which says which notice (firing or resolved) each delivery carried; bad input keeps
+what was typed; the URL is never shown back; others cannot open it."""
 
 from __future__ import annotations
 
@@ -95,6 +96,25 @@ def test_disabling_and_deleting_from_the_page(page_env, make_user, receiver):
     at.run()
     assert at.success[0].value == md("Webhook ops deleted; its deliveries stay in the log.")
     assert alerts_svc.list_webhooks(page_env, admin) == []
+
+
+def test_the_delivery_log_shows_which_notice_each_delivery_carried(page_env, make_user, receiver):
+    from db import alerts as alerts_q
+
+    admin = make_user("ada", "admin")
+    alerts_svc.create_webhook(page_env, admin, name="ops", kind="json", url=receiver.url,
+                              alert_kinds=["slo_breach"])
+    with page_env.db.session() as s:
+        alerts_q.raise_alert(s, "slo_breach", "ttft_ms/p95", "SLO missed", {"measured": 900}, now=page_env.now())
+    with page_env.db.session() as s:
+        assert alerts_q.resolve_alert(s, "slo_breach", "ttft_ms/p95", now=page_env.now())
+    assert alerts_svc.dispatch(page_env) == {"delivered": 2}
+    at = _page(admin).run()
+    assert not at.exception
+    log = _table(at, "notice")
+    assert list(log["notice"]) == ["resolved", "firing"] and list(log["status"]) == ["delivered", "delivered"]
+    assert list(_table(at, "resolved (UTC)")["state"]) == ["resolved"]
+    assert md("Newest delivery: #2 to ops (resolved notice): delivered (attempt 1 of 4, HTTP 200).") in _everything(at)
 
 
 @pytest.mark.parametrize("role", ["operator", "reviewer", "analyst"])

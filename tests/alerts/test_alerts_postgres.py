@@ -1,5 +1,6 @@
 """Alerts with several console replicas on one PostgreSQL store: a condition raised at the same moment by two of them
-is one alert, and two dispatchers sharing the due deliveries send each one once."""
+is one alert, and two dispatchers sharing the due deliveries send each one once; a condition cleared by two of them
+at once queues one resolved notice."""
 
 from __future__ import annotations
 
@@ -68,3 +69,27 @@ def test_two_dispatchers_send_each_delivery_once(ctx, pg_db, receiver):
     with pg.db.session(readonly=True) as s:
         assert {d.status for d in s.scalars(select(AlertDelivery))} == {"delivered"}
         assert {d.attempts for d in s.scalars(select(AlertDelivery))} == {1}
+
+
+def test_two_replicas_clearing_one_condition_queue_one_resolved_notice_sent_after_the_firing_one(ctx, pg_db,
+                                                                                                receiver):
+    pg = _pg_ctx(ctx, pg_db)
+    with pg.db.session() as s:
+        user = users_q.create_user(s, "ada", "x", ("admin",), actor="system")
+        admin = Principal(user.id, user.username, frozenset(user.roles))
+    alerts_svc.create_webhook(pg, admin, name="ops", kind="json", url=receiver.url,
+                              alert_kinds=list(alerts_svc.SUBSCRIBABLE))
+    with pg.db.session() as s:
+        alerts_q.raise_alert(s, "slo_breach", "ttft_ms/p95", "SLO missed", {"measured": 900}, now=pg.now())
+
+    def clear_it(i: int):
+        with pg.db.session() as s:
+            return alerts_q.resolve_alert(s, "slo_breach", "ttft_ms/p95", now=pg.now())
+
+    assert sorted(_run_together(4, clear_it)) == [False, False, False, True]
+    with pg.db.session(readonly=True) as s:
+        assert sorted(d.event for d in s.scalars(select(AlertDelivery))) == ["firing", "resolved"]
+    counts = _run_together(2, lambda i: alerts_svc.dispatch(pg, holder=f"replica-{i}"))
+    # Whichever replica sends the firing notice may send the resolved one next; the other cannot claim it before.
+    assert sum(c.get("delivered", 0) for c in counts) == 2
+    assert [r.json()["event"] for r in receiver.requests] == ["firing", "resolved"]

@@ -17,7 +17,7 @@ from db import Database, DbConfig
 from db.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAD = "0029_webhook_secrets"
+HEAD = "0030_alert_resolved"
 QUEUE_INDEX = "ix_review_items_queue"
 CORE_TABLES = {
     "users",
@@ -748,3 +748,52 @@ def test_0019_adds_server_backends_to_an_older_database_and_downgrades(empty_db:
 
 def test_0019_server_backends_on_postgresql(pg_db: Database) -> None:
     _server_backends_round_trip(pg_db)
+
+
+# --- 0030_alert_resolved ----------------------------------------------------------------------------------------
+
+BEFORE_0030 = "0029_webhook_secrets"
+
+
+def _alert_resolved_round_trip(database: Database) -> None:
+    from alembic import command
+
+    from db.database import alembic_config
+
+    database.migrate(BEFORE_0030)
+    at = {"at": "2026-12-07 09:00:00"}
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO alerts (id, kind, key, title, details, state, raised_at) "
+                          "VALUES (1, 'slo_breach', 'ttft_ms/p95', 'SLO missed', '{}', 'firing', :at)"), at)
+        conn.execute(text("INSERT INTO alert_deliveries (id, alert_id, webhook_name, status, attempts, created_at) "
+                          "VALUES (1, 1, 'ops', 'delivered', 1, :at)"), at)
+    database.migrate()
+    assert database.current_revision() == HEAD
+    with database.engine.begin() as conn:
+        # A delivery from before 0030 carried the firing notice (the only one there was).
+        assert conn.execute(text("SELECT event FROM alert_deliveries WHERE id = 1")).scalar_one() == "firing"
+        conn.execute(text("INSERT INTO alert_deliveries (id, alert_id, webhook_name, status, attempts, created_at, "
+                          "event) VALUES (2, 1, 'ops', 'pending', 1, :at, 'resolved')"), at)
+        conn.execute(text("INSERT INTO alert_attempts (delivery_id, attempt, at, status_code, duration_ms, ok) "
+                          "VALUES (2, 1, :at, 500, 3.5, false)"), at)
+    with pytest.raises(IntegrityError), database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO alert_deliveries (id, alert_id, webhook_name, status, attempts, created_at, "
+                          "event) VALUES (3, 1, 'ops', 'pending', 0, :at, 'cleared')"), at)
+    with database.engine.connect() as conn:
+        command.downgrade(alembic_config(database.config.url, conn), BEFORE_0030)
+        conn.commit()
+    assert "event" not in {c["name"] for c in inspect(database.engine).get_columns("alert_deliveries")}
+    with database.engine.connect() as conn:
+        # The resolved notice (and its attempt) is gone: the old code would take it for a firing one.
+        assert conn.execute(text("SELECT id, status FROM alert_deliveries")).all() == [(1, "delivered")]
+        assert conn.execute(text("SELECT count(*) FROM alert_attempts")).scalar_one() == 0
+    database.migrate()
+    assert database.current_revision() == HEAD
+
+
+def test_0030_adds_the_delivery_event_to_an_older_database_and_downgrades(empty_db: Database) -> None:
+    _alert_resolved_round_trip(empty_db)
+
+
+def test_0030_alert_resolved_on_postgresql(pg_db: Database) -> None:
+    _alert_resolved_round_trip(pg_db)

@@ -13,9 +13,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from console.services import exports as exports_svc
-from console.services.access import DutyRule, Principal, ensure_separation, register_duty_rule, requires
+from console.services import four_eyes
+from console.services.access import Principal, requires
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, InvalidInput, NotFound
+from console.services.errors import AccessDenied, InvalidInput
 from console.services.text import optional_text, required_text
 from db import audit as audit_q
 from db import export_approvals as approvals_q
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 MIN_REASON_CHARS = 10
 MAX_REASON_CHARS = 2000
 MAX_NOTE_CHARS = 2000
+WHAT = "export request"
 
 
 @dataclass(frozen=True)
@@ -47,16 +49,9 @@ class ExportRequestView:
     used_at: datetime | None
 
 
-
-def _requester_of(session: Session, request_id: str) -> int | None:
-    request = approvals_q.get_export_request(session, int(request_id))
-    return None if request is None else request.requested_by_id
-
-
-DECIDE_RULE = register_duty_rule(
-    DutyRule("audit.export_raw.decide", "nobody approves or rejects their own request for a raw-text export",
-             owner_of=_requester_of)
-)
+DECIDE_RULE = four_eyes.decide_rule("audit.export_raw.decide",
+                                    "nobody approves or rejects their own request for a raw-text export",
+                                    approvals_q.get_export_request)
 
 
 def _view(s: Session, r: ExportRequest) -> ExportRequestView:
@@ -84,29 +79,24 @@ def _deny(ctx: AppContext, actor: Principal, action: str, reason: str, request_i
                    reason)
 
 
-def _ensure_requester(ctx: AppContext, actor: Principal, request_id: int, action: str, message: str) -> None:
-    # A read-only unit of work first: the refusal is audited in its own transaction. The requester never changes.
-    with ctx.db.session(readonly=True) as s:
-        request = approvals_q.get_export_request(s, request_id)
-        if request is None:
-            raise NotFound(f"There is no export request #{request_id}.")
-        requester = request.requested_by_id
-    if requester != actor.user_id:
+def _ensure_requester(ctx: AppContext, actor: Principal, request_id: int, action: str, who: str, to: str) -> None:
+    # A read-only unit of work first: the refusal is audited after it, in its own transaction. The requester never
+    # changes.
+    try:
+        with ctx.db.session(readonly=True) as s:
+            request = four_eyes.ensure_found(approvals_q.get_export_request(s, request_id), request_id, WHAT)
+            four_eyes.ensure_requester(request, actor, who, to, otherwise=None)
+    except AccessDenied:
         _deny(ctx, actor, action, "not the requester", request_id)
-        raise AccessDenied(message)
+        raise
 
 
 def _locked(s: Session, request_id: int) -> ExportRequest:
-    request = approvals_q.lock_export_request(s, request_id)
-    if request is None:
-        raise NotFound(f"There is no export request #{request_id}.")
-    return request
+    return four_eyes.ensure_found(approvals_q.lock_export_request(s, request_id), request_id, WHAT)
 
 
 def _request_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput("Choose an export request.")
-    return value
+    return four_eyes.chosen_id(value, "an export request")
 
 
 @requires("audit.export_raw")
@@ -137,19 +127,15 @@ def decide_raw_export(ctx: AppContext, actor: Principal, request_id: int, approv
     if not isinstance(approve, bool):
         raise InvalidInput("Choose approve or reject.")
     with ctx.db.session(readonly=True) as s:
-        if approvals_q.get_export_request(s, request_id) is None:
-            raise NotFound(f"There is no export request #{request_id}.")
-        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
+        four_eyes.ensure_found(approvals_q.get_export_request(s, request_id), request_id, WHAT)
+    four_eyes.ensure_not_own(ctx, actor, DECIDE_RULE, request_id)
     text = optional_text(note, "the note", MAX_NOTE_CHARS)
     if text is not None:
         text = _redact(ctx, text)
     status = "approved" if approve else "rejected"
     with ctx.db.session() as s:
-        request = _locked(s, request_id)
-        if request.requested_by_id == actor.user_id:  # checked above; the requester never changes
-            raise AccessDenied(f"Separation of duties: {DECIDE_RULE.description}.")
-        if request.status != "pending":
-            raise InvalidInput(f"Export request #{request_id} is already {request.status}.")
+        request = four_eyes.ensure_pending(approvals_q.lock_export_request(s, request_id), request_id, WHAT,
+                                           "Export request")
         request.status = status
         request.decided_by_id = actor.user_id
         request.decision_note = text
@@ -164,12 +150,11 @@ def decide_raw_export(ctx: AppContext, actor: Principal, request_id: int, approv
 def cancel_raw_export(ctx: AppContext, actor: Principal, request_id: int) -> ExportRequestView:
     """Withdraw one's own pending or approved (not yet used) raw-text export request. Audited."""
     request_id = _request_id(request_id)
-    _ensure_requester(ctx, actor, request_id, "audit.export_raw.cancel",
-                      "Only the person who asked for an export can cancel it.")
+    _ensure_requester(ctx, actor, request_id, "audit.export_raw.cancel", "the person who asked for an export",
+                      "cancel it")
     with ctx.db.session() as s:
-        request = _locked(s, request_id)
-        if request.status not in ("pending", "approved"):
-            raise InvalidInput(f"Export request #{request_id} is already {request.status}.")
+        request = four_eyes.ensure_pending(approvals_q.lock_export_request(s, request_id), request_id, WHAT,
+                                           "Export request", still=("pending", "approved"))
         before = request.status
         request.status = "cancelled"
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action="audit.export_raw_cancelled",
@@ -196,8 +181,8 @@ def run_approved_raw_export(ctx: AppContext, actor: Principal, request_id: int,
     The approval is used up when the export starts; if the export fails (nothing is kept), it is approved again.
     """
     request_id = _request_id(request_id)
-    _ensure_requester(ctx, actor, request_id, "audit.export_raw.run",
-                      "Only the person who asked for a raw-text export can run it.")
+    _ensure_requester(ctx, actor, request_id, "audit.export_raw.run", "the person who asked for a raw-text export",
+                      "run it")
     path = exports_svc.check_out_path(out_path)
     with ctx.db.session() as s:
         request = _locked(s, request_id)

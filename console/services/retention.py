@@ -38,16 +38,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from console.services import export_files as export_files_svc
-from console.services.access import (
-    DutyRule,
-    Principal,
-    ensure_separation,
-    register_duty_rule,
-    requires,
-    same_person,
-)
+from console.services import four_eyes
+from console.services.access import Principal, requires, same_person
 from console.services.context import AppContext
-from console.services.errors import AccessDenied, InvalidInput, NotFound
+from console.services.errors import InvalidInput, NotFound
 from console.services.periodic import PeriodicTask
 from console.services.text import optional_text, required_text
 from db import audit as audit_q
@@ -83,6 +77,7 @@ SHELL = "the shell"
 REQUEST_ACTION = "privacy.erase_requested"
 REJECT_ACTION = "privacy.erase_rejected"
 CANCEL_ACTION = "privacy.erase_cancelled"
+WHAT = "erasure request"
 # What an erasure removes and what it keeps: the CLI and the Users page show these words.
 ERASES = ("the prompts and answers of every conversation, their titles and system prompts, the raw "
           "(unredacted) texts kept for review, notes on review items of those conversations and the notes the "
@@ -469,19 +464,12 @@ def _request_view(s: Session, r: ErasureRequest) -> ErasureRequestView:
         None if r.decided_by_id is None else names.get(r.decided_by_id, "?"), r.created_at, r.decided_at, r.result)
 
 
-def _requester_of(session: Session, request_id: str) -> int | None:
-    request = erasure_q.get_erasure_request(session, int(request_id))
-    return None if request is None else request.requested_by_id
-
-
-DECIDE_RULE = register_duty_rule(
-    DutyRule("users.erase.decide", "nobody approves or rejects their own erasure request", owner_of=_requester_of))
+DECIDE_RULE = four_eyes.decide_rule("users.erase.decide", "nobody approves or rejects their own erasure request",
+                                    erasure_q.get_erasure_request)
 
 
 def _request_id(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput("Choose an erasure request.")
-    return value
+    return four_eyes.chosen_id(value, "an erasure request")
 
 
 @requires("users.erase")
@@ -517,9 +505,7 @@ def preview_erasure(ctx: AppContext, actor: Principal, request_id: int) -> Erasu
     """What approving a pending request would erase now (and keep under the floor); changes nothing."""
     request_id = _request_id(request_id)
     with ctx.db.session(readonly=True) as s:
-        request = erasure_q.get_erasure_request(s, request_id)
-        if request is None:
-            raise NotFound(f"There is no erasure request #{request_id}.")
+        request = four_eyes.ensure_found(erasure_q.get_erasure_request(s, request_id), request_id, WHAT)
         user = _target(s, request.user_id)
         result, _ = _erase_in(ctx, s, user, _floor(ctx, request.legal_basis), dry_run=True)
         return replace(result, request_id=request_id)
@@ -537,20 +523,13 @@ def decide_erasure(ctx: AppContext, actor: Principal, request_id: int, approve: 
     if not isinstance(approve, bool):
         raise InvalidInput("Choose approve or reject.")
     with ctx.db.session(readonly=True) as s:
-        request = erasure_q.get_erasure_request(s, request_id)
-        if request is None:
-            raise NotFound(f"There is no erasure request #{request_id}.")
-        ensure_separation(ctx, s, actor, DECIDE_RULE.name, str(request_id))
-        if request.user_id == actor.user_id:
-            raise InvalidInput("You cannot decide on the erasure of your own content; ask another admin.")
+        about = four_eyes.ensure_found(erasure_q.get_erasure_request(s, request_id), request_id, WHAT).user_id
+    four_eyes.ensure_not_own(ctx, actor, DECIDE_RULE, request_id)
+    if about == actor.user_id:  # the person a request is about never changes
+        raise InvalidInput("You cannot decide on the erasure of your own content; ask another admin.")
     with ctx.db.session() as s:
-        request = erasure_q.lock_erasure_request(s, request_id)
-        if request is None:
-            raise NotFound(f"There is no erasure request #{request_id}.")
-        if request.requested_by_id == actor.user_id or request.user_id == actor.user_id:
-            raise AccessDenied(f"Separation of duties: {DECIDE_RULE.description}.")  # checked above
-        if request.status != "pending":
-            raise InvalidInput(f"Erasure request #{request_id} is already {request.status}.")
+        request = four_eyes.ensure_pending(erasure_q.lock_erasure_request(s, request_id), request_id, WHAT,
+                                           "Erasure request")
         request.decided_by_id = actor.user_id
         request.decided_at = ctx.now()
         request.reason = None  # it may name the person; it was needed only for the decision
@@ -590,13 +569,9 @@ def cancel_erasure(ctx: AppContext, actor: Principal, request_id: int) -> Erasur
     """Withdraw one's own pending erasure request. Audited as ``privacy.erase_cancelled``."""
     request_id = _request_id(request_id)
     with ctx.db.session() as s:
-        request = erasure_q.lock_erasure_request(s, request_id)
-        if request is None:
-            raise NotFound(f"There is no erasure request #{request_id}.")
-        if request.requested_by_id != actor.user_id:
-            raise AccessDenied("Only the person who asked for an erasure can cancel it.")
-        if request.status != "pending":
-            raise InvalidInput(f"Erasure request #{request_id} is already {request.status}.")
+        request = four_eyes.ensure_found(erasure_q.lock_erasure_request(s, request_id), request_id, WHAT)
+        four_eyes.ensure_requester(request, actor, "the person who asked for an erasure", otherwise=None)
+        four_eyes.ensure_pending(request, request_id, WHAT, "Erasure request")
         request.status = "cancelled"
         request.reason = None
         audit_q.append_event(s, actor=actor.username, actor_id=actor.user_id, action=CANCEL_ACTION,

@@ -21,7 +21,13 @@ from console.services import audit as audit_svc
 from console.services import export_approvals as approvals_svc
 from console.services import exports as exports_svc
 from console.services.access import Principal, os_user
-from console.services.errors import AccessDenied, InvalidInput, SeparationOfDuties, StorageUnavailable
+from console.services.errors import (
+    AccessDenied,
+    InvalidInput,
+    NotFound,
+    SeparationOfDuties,
+    StorageUnavailable,
+)
 from console.services.exports import ExportFilter, ExportSpec
 from console.textsafe import csv_restore, csv_safe
 from db import audit as audit_q
@@ -779,6 +785,65 @@ def test_rejected_and_cancelled_requests_cannot_run(ctx, people, raw_data, tmp_p
     with pytest.raises(InvalidInput, match="cancelled"):
         approvals_svc.run_approved_raw_export(ctx, ada, cancelled.id, tmp_path / "c.jsonl")
     assert list(tmp_path.glob("*.jsonl")) == []
+
+
+def _denials(ctx, after: int) -> list[tuple[str, str | None, dict[str, Any]]]:
+    with ctx.db.session(readonly=True) as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "access.denied", AuditEvent.seq > after)
+                           .order_by(AuditEvent.seq))
+        return [(e.object_type, e.object_id, e.details) for e in events]
+
+
+def _last_seq(ctx) -> int:
+    with ctx.db.session(readonly=True) as s:
+        return int(s.scalar(select(AuditEvent.seq).order_by(AuditEvent.seq.desc()).limit(1)) or 0)
+
+
+def test_raw_export_refusals_keep_their_words_and_their_audit_events(ctx, people, raw_data, tmp_path):
+    """The four-eyes checks (console.services.four_eyes) say what this module always said, and audit the same."""
+    ada, abe = people["ada"], people["abe"]
+    for bad in (0, "1", True, None):
+        with pytest.raises(InvalidInput) as refused:
+            approvals_svc.decide_raw_export(ctx, abe, bad, True)
+        assert str(refused.value) == "Choose an export request."
+    with pytest.raises(NotFound) as missing:
+        approvals_svc.decide_raw_export(ctx, abe, 999, True, "x" * 2001)  # the request is looked for first
+    assert str(missing.value) == "There is no export request #999."
+    for call in (lambda: approvals_svc.cancel_raw_export(ctx, ada, 999),
+                 lambda: approvals_svc.run_approved_raw_export(ctx, ada, 999, tmp_path / "none.jsonl")):
+        with pytest.raises(NotFound, match=r"^There is no export request #999\.$"):
+            call()
+    request = approvals_svc.request_raw_export(ctx, ada, _raw_spec(), REASON)
+    with pytest.raises(InvalidInput, match=r"^Choose approve or reject\.$"):
+        approvals_svc.decide_raw_export(ctx, abe, request.id, "yes")
+    head = _last_seq(ctx)
+    with pytest.raises(SeparationOfDuties) as own:
+        approvals_svc.decide_raw_export(ctx, ada, request.id, True)
+    assert str(own.value) == ("Separation of duties: nobody approves or rejects their own request for a raw-text "
+                              "export.")
+    with pytest.raises(AccessDenied) as cancel:
+        approvals_svc.cancel_raw_export(ctx, abe, request.id)
+    assert str(cancel.value) == "Only the person who asked for an export can cancel it."
+    approvals_svc.decide_raw_export(ctx, abe, request.id, True)
+    with pytest.raises(AccessDenied) as run:
+        approvals_svc.run_approved_raw_export(ctx, abe, request.id, tmp_path / "abe.jsonl")
+    assert str(run.value) == "Only the person who asked for a raw-text export can run it."
+    rid = str(request.id)
+    assert _denials(ctx, head) == [
+        ("action", rid, {"action": "audit.export_raw.decide", "reason": "separation of duties"}),
+        ("export_request", rid, {"action": "audit.export_raw.cancel", "reason": "not the requester"}),
+        ("export_request", rid, {"action": "audit.export_raw.run", "reason": "not the requester"}),
+    ]
+    with pytest.raises(InvalidInput) as decided:
+        approvals_svc.decide_raw_export(ctx, abe, request.id, False)
+    assert str(decided.value) == f"Export request #{request.id} is already approved."
+    assert approvals_svc.cancel_raw_export(ctx, ada, request.id).status == "cancelled"  # approved, not yet used
+    with pytest.raises(InvalidInput) as again:
+        approvals_svc.cancel_raw_export(ctx, ada, request.id)
+    assert str(again.value) == f"Export request #{request.id} is already cancelled."
+    with pytest.raises(AccessDenied):  # not the requester comes before the status
+        approvals_svc.cancel_raw_export(ctx, abe, request.id)
+    assert audit_q.verify_chain(ctx.db).ok
 
 
 @pytest.mark.parametrize("spec,reason,message", [

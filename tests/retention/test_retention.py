@@ -360,6 +360,42 @@ def test_a_rejected_or_cancelled_request_erases_nothing_and_forgets_its_reason(c
         retention.REJECT_ACTION, retention.CANCEL_ACTION]
 
 
+def test_erasure_request_refusals_keep_their_words_and_their_order(ctx, people):
+    """The four-eyes checks (console.services.four_eyes) say what this module always said, in the same order."""
+    ada, abe = people["ada"], people["abe"]
+    for call in (lambda bad: retention.decide_erasure(ctx, abe, bad, True),
+                 lambda bad: retention.cancel_erasure(ctx, ada, bad),
+                 lambda bad: retention.preview_erasure(ctx, abe, bad)):
+        for bad in (0, "1", True):
+            with pytest.raises(InvalidInput, match=r"^Choose an erasure request\.$"):
+                call(bad)
+        with pytest.raises(NotFound, match=r"^There is no erasure request #999\.$"):
+            call(999)
+    asked = retention.request_erasure(ctx, ada, people["olga"].user_id, REASON)
+    with pytest.raises(InvalidInput, match=r"^Choose approve or reject\.$"):
+        retention.decide_erasure(ctx, abe, asked.id, 1)
+    head = _head(ctx)
+    with pytest.raises(SeparationOfDuties) as own:
+        retention.decide_erasure(ctx, ada, asked.id, False)
+    assert str(own.value) == "Separation of duties: nobody approves or rejects their own erasure request."
+    assert [e.details for e in _events(ctx, "access.denied") if e.seq > head] == [
+        {"action": "users.erase.decide", "reason": "separation of duties"}]
+    with pytest.raises(AccessDenied) as cancel:
+        retention.cancel_erasure(ctx, abe, asked.id)
+    assert str(cancel.value) == "Only the person who asked for an erasure can cancel it."
+    retention.decide_erasure(ctx, abe, asked.id, False)
+    with pytest.raises(InvalidInput) as decided:
+        retention.decide_erasure(ctx, abe, asked.id, True)
+    assert str(decided.value) == f"Erasure request #{asked.id} is already rejected."
+    with pytest.raises(InvalidInput) as cancelled:
+        retention.cancel_erasure(ctx, ada, asked.id)
+    assert str(cancelled.value) == f"Erasure request #{asked.id} is already rejected."
+    with pytest.raises(AccessDenied):  # not the requester comes before the status
+        retention.cancel_erasure(ctx, abe, asked.id)
+    assert retention.preview_erasure(ctx, abe, asked.id).request_id == asked.id  # any status: nothing changes
+    assert audit_q.verify_chain(ctx.db).ok
+
+
 def test_an_admin_cannot_approve_the_erasure_of_their_own_content(ctx, people):
     asked = retention.request_erasure(ctx, people["ada"], people["abe"].user_id, REASON, BASIS)
     with pytest.raises(InvalidInput, match="your own content"):

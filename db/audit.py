@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 import weakref
@@ -736,15 +737,25 @@ def _read_key(key_file: Path, text: str | None = None) -> bytes:
         raise ValueError(f"audit key file {key_file} does not hold a hex key") from None
 
 
+def write_private_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` owner-only (0600), replacing it in one step: a new file beside it, synced, then
+    renamed into place, so a reader sees the old content or all of the new (never half a key or a manifest). If the
+    write fails, the new file goes and ``path`` is as it was."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600, a fresh name
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_private_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` owner-only, replacing it in one step (a reader never sees half a key)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """:func:`write_private_bytes` of ``text`` in UTF-8."""
+    write_private_bytes(path, text.encode("utf-8"))
 
 
 def rotate_key(db: _HasSession, key_file: Path, checkpoint_file: Path | None, *, actor: str, reason: str

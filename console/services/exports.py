@@ -251,20 +251,6 @@ def _take_checkpoint(ctx: AppContext) -> Any:
     return audit_svc.checkpoint(ctx, "export")  # anchor(ctx).checkpoint(ctx.db, "export"), errors translated
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary owner-only file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _user_error(exc: BaseException) -> ConsoleError | None:
     if isinstance(exc, ConsoleError):
         return exc
@@ -351,8 +337,8 @@ def write_export(ctx: AppContext, actor_name: str, actor_id: int | None, spec: E
             manifest["request_id"] = request_id
         expires_at = _expiry(ctx, include_raw, tally.oldest)
         manifest["expires_at"] = expires_at.astimezone(UTC).isoformat()
-        _write_private(manifest_file, (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
-                                       + "\n").encode("utf-8"))
+        audit_q.write_private_text(manifest_file, json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
+                                   + "\n")
         placed.append(manifest_file)
 
         essentials = {k: manifest[k] for k in ("what", "format", "filters", "rows", "file", "sha256", "size",

@@ -310,6 +310,23 @@ def test_a_valid_chain_reports_its_anchoring(db: Database, anchor: AuditAnchor) 
     assert len(lines) == 1 and json.loads(lines[0])["seq"] == 3
 
 
+def test_the_private_writer_replaces_a_file_owner_only_in_one_step(tmp_path: Path) -> None:
+    """``write_private_bytes`` (keys, export manifests): 0600 whatever was there, all or nothing, no leftovers."""
+    target = tmp_path / "manifest.json"
+    target.write_text("old")
+    target.chmod(0o644)
+    audit_q.write_private_bytes(target, "naïve\n".encode())
+    assert target.read_bytes() == "naïve\n".encode() and target.stat().st_mode & 0o777 == 0o600
+    audit_q.write_private_text(target, "ümlaut\n")
+    assert target.read_text(encoding="utf-8") == "ümlaut\n" and target.stat().st_mode & 0o777 == 0o600
+    blocked = tmp_path / "blocked"
+    (blocked / "inside").mkdir(parents=True)  # a non-empty directory cannot be replaced by a file
+    with pytest.raises(OSError):
+        audit_q.write_private_bytes(blocked, b"new")
+    assert (blocked / "inside").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "manifest.json"]  # no temporary file left
+
+
 def test_the_key_file_is_owner_only_and_never_replaced(tmp_path: Path) -> None:
     key_file = tmp_path / "keys" / "audit.key"
     first = AuditAnchor.load(key_file)

@@ -44,6 +44,10 @@ class ReadOnlySessionError(RuntimeError):
     """A session opened with ``readonly=True`` tried to write."""
 
 
+class ForeignKeyCheckError(RuntimeError):
+    """A migration left rows pointing at rows that do not exist (SQLite); that migration was rolled back."""
+
+
 class Database:
     """Owns the process's single SQLAlchemy engine and hands out short units of work.
 
@@ -91,12 +95,20 @@ class Database:
 
         On PostgreSQL it holds an advisory lock meanwhile: console replicas starting together on a new database
         migrate one after the other (the later ones find it done) instead of creating the same tables at once.
+
+        On SQLite the migrations run with foreign keys switched off, as SQLite's own procedure for changing a table
+        asks: a migration that rebuilds a table (copy, drop the old one, rename) would otherwise fail when rows of
+        other tables point at it, the DROP counting each of them as a violation. ``PRAGMA foreign_key_check`` runs
+        after each migration instead (``migrations/env.py``) and rolls back one that leaves a dangling reference.
         """
         with self.engine.connect() as connection:
             postgres = connection.dialect.name == "postgresql"
+            sqlite = connection.dialect.name == "sqlite"
             if postgres:
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 connection.commit()  # the lock is the session's: it outlives this transaction
+            if sqlite:
+                _set_sqlite_foreign_keys(connection, on=False)
             try:
                 cfg = alembic_config(self.config.url, connection)
                 command.upgrade(cfg, revision)
@@ -106,6 +118,9 @@ class Database:
                     connection.rollback()
                     connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                     connection.commit()
+                if sqlite:
+                    connection.rollback()  # nothing after the commit; ends a failed migration's transaction
+                    _set_sqlite_foreign_keys(connection, on=True)
         logger.info("database migrated to %s", self.current_revision())
 
     def current_revision(self) -> str | None:
@@ -137,6 +152,24 @@ def scratch_postgres_database(server_url: str, *, prefix: str = "llm_console_scr
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _set_sqlite_foreign_keys(connection: Connection, *, on: bool) -> None:
+    """Switch foreign key enforcement on or off for this SQLite connection, and check that it took.
+
+    The PRAGMA is silently ignored inside a transaction, so it goes straight to the driver's connection (the
+    engine's ``begin`` listener would open one first). A connection that cannot be switched back on is discarded
+    rather than returned to the pool: no later unit of work may run on it without foreign keys.
+    """
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    if raw.execute("PRAGMA foreign_keys").fetchone()[0] == int(on):
+        return
+    if on:
+        connection.invalidate()
+    raise RuntimeError(f"could not switch SQLite foreign keys {'on' if on else 'off'} around the migrations "
+                       "(is the connection inside a transaction?)")
 
 
 def alembic_config(url: str, connection: Connection | None = None) -> Config:

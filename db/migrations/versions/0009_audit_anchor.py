@@ -140,10 +140,10 @@ def upgrade() -> None:
 
     op.add_column("review_decisions", sa.Column("note_erased_at", sa.DateTime(timezone=True), nullable=True))
 
-    if sqlite:
-        # Rebuilding exchanges (for its status CHECK) drops the old table, which the rows of findings, raw_texts and
-        # review_items point at; deferring foreign keys to the commit lets the renamed copy take its place first.
-        op.execute("PRAGMA defer_foreign_keys=ON")
+    # Rebuilding exchanges on SQLite (for its status CHECK) drops the old table, which the rows of findings,
+    # raw_texts and review_items point at: Database.migrate runs this with foreign keys off and env.py checks them
+    # afterwards. (With them on, deferred or not, the DROP counted each such row as a violation and the commit
+    # failed: an upgrade from a 0008 database holding any finding or review item never went through.)
     with op.batch_alter_table("exchanges", recreate="always" if sqlite else "auto") as batch:
         batch.add_column(sa.Column("text_erased_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("synthetic", sa.Boolean(), nullable=False, server_default=sa.false()))
@@ -206,9 +206,7 @@ def downgrade() -> None:
     op.drop_table("export_requests")
     op.drop_index(op.f("ix_audit_checkpoints_seq"), table_name="audit_checkpoints")
     op.drop_table("audit_checkpoints")
-    if sqlite:
-        op.execute("PRAGMA defer_foreign_keys=ON")
-    with op.batch_alter_table("exchanges", recreate="always" if sqlite else "auto") as batch:
+    with op.batch_alter_table("exchanges", recreate="always" if sqlite else "auto") as batch:  # see upgrade()
         batch.drop_constraint("status", type_="check")
         batch.create_check_constraint("status",
                                       sa.text("status IN (" + ", ".join(f"'{s}'" for s in OLD_STATUSES) + ")"))

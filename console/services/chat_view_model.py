@@ -1,7 +1,8 @@
 """What the chat page says about a stored exchange, worked out without Streamlit (the page only draws it).
 
-Plain text in, plain text out: the page escapes it (``console.textsafe``) where it draws it; only
-:func:`build_notice` and the :class:`Notice` texts are markdown, their values escaped.
+Plain text in, plain text out: the page escapes it (``console.textsafe``) where it draws it; only what is drawn as
+it comes is markdown, its values escaped: :func:`build_notice`, the :class:`Notice` and :class:`Caption` texts, the
+:class:`ConversationButton` labels and :func:`quota_caption`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from console.services import demo_builds
-from console.services.chat import ChatTurn, ExchangeView
-from console.services.feedback import RATEABLE_STATUSES, FeedbackResult, FeedbackView
-from console.services.quotas import QuotaExceeded
+from console.services.chat import MAX_SYSTEM_PROMPT_CHARS, ChatTurn, ConversationView, ExchangeView
+from console.services.feedback import MAX_REASON_CHARS, RATEABLE_STATUSES, FeedbackResult, FeedbackView
+from console.services.quotas import QuotaExceeded, UserQuota, usage_text
 from console.services.serving import ServingView
 from console.textsafe import escape_markdown
 from engine.errors import PromptTooLongError
@@ -63,6 +65,51 @@ def status_line(ex: ExchangeView) -> str:
     return " · ".join(parts)
 
 
+# --- the sidebar -----------------------------------------------------------------------------------------------------
+
+SYSTEM_PROMPT_HELP = (f"At most {MAX_SYSTEM_PROMPT_CHARS:,} characters. Applies to new conversations; a conversation "
+                      "keeps the one it started with.")
+NEW_CONVERSATION = "A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy."
+
+
+@dataclass(frozen=True)
+class ConversationButton:
+    """A conversation's button in the sidebar: ``label`` (markdown, its title escaped), ``help`` and ``type`` (the
+    open conversation stands out)."""
+
+    label: str
+    help: str
+    type: Literal["primary", "tertiary"]
+
+
+def conversation_button(conv: ConversationView, open_id: int | None) -> ConversationButton:
+    at = when(conv.updated_at)
+    return ConversationButton(f"{escape_markdown(conv.title or f'Conversation {conv.id}')} · {at}",
+                              f"Conversation {conv.id}; last message {at}.",
+                              "primary" if conv.id == open_id else "tertiary")
+
+
+def quota_caption(quota: UserQuota | None) -> str | None:
+    """The sidebar's line of the user's own limits and usage (markdown), None while no limit applies (an admin sets
+    them on Users → Quotas)."""
+    text = usage_text(quota) if quota is not None else None
+    return None if text is None else f":material/speed: {escape_markdown(text)}"
+
+
+# --- the lines under a message ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A line the page shows with ``st.caption``: markdown, its values escaped; ``help`` its tooltip."""
+
+    text: str
+    help: str | None = None
+
+
+STORED_NOTE_HELP = "The history shows the stored text. The action is what the policy did to the message itself."
+
+
 @dataclass(frozen=True)
 class FindingsLine:
     labels: str  # "EMAIL_ADDRESS 0.93, toxicity 0.40" or "none"
@@ -105,6 +152,34 @@ def stored_note(ex: ExchangeView, direction: str) -> str | None:
             f"action)" + (f"; {seen}." if seen else "."))
 
 
+def _side_captions(ex: ExchangeView, direction: str, stored: bool = True) -> list[Caption]:
+    """The findings line of one side, then (``stored``) the note on what was stored of it."""
+    out = []
+    line = findings_line(ex, direction)
+    if line is not None:
+        out.append(Caption(f":material/shield: {direction} findings: {escape_markdown(line.labels)} · action: "
+                           f"**{escape_markdown(line.action)}**"))
+    note = stored_note(ex, direction) if stored else None
+    if note is not None:
+        out.append(Caption(escape_markdown(note), STORED_NOTE_HELP))
+    return out
+
+
+def prompt_captions(ex: ExchangeView) -> list[Caption]:
+    """Under the user's message: its findings and what was stored of it."""
+    return _side_captions(ex, "prompt")
+
+
+def answer_captions(ex: ExchangeView) -> list[Caption]:
+    """Under the answer: the status line, its findings, what was stored of it (only of an answer the user saw) and
+    its review state."""
+    out = [Caption(escape_markdown(status_line(ex))), *_side_captions(ex, "output", stored=answer_was_shown(ex))]
+    review = review_status(ex)
+    if review is not None:
+        out.append(Caption(f":material/flag: review: {escape_markdown(review)}"))
+    return out
+
+
 def can_rate(ex: ExchangeView) -> bool:
     """Whether the answer takes a thumbs up or down (it has an answer the user saw)."""
     return ex.status in RATEABLE_STATUSES
@@ -122,6 +197,12 @@ def feedback_caption(feedback: FeedbackView | None) -> str | None:
     said = "You rated this answer " + ("thumbs up" if feedback.rating > 0 else "thumbs down")
     said += f" ({when(feedback.updated_at)})"
     return said + (f"; your reason: {feedback.reason}" if feedback.reason else ".")
+
+
+def feedback_captions(feedback: FeedbackView | None) -> list[Caption]:
+    """:func:`feedback_caption` as the page shows it (escaped), none without a rating."""
+    said = feedback_caption(feedback)
+    return [Caption(escape_markdown(said))] if said else []
 
 
 def build_notice(build: demo_builds.DemoBuildView) -> tuple[str, str]:
@@ -147,8 +228,8 @@ def build_notice(build: demo_builds.DemoBuildView) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Notice:
-    """A message the page shows with ``st.<level>`` (``info``, ``warning`` or ``error``): markdown, its values
-    escaped; ``progress`` (0..1) draws a bar under it."""
+    """A message the page shows with ``st.<level>`` (``markdown``, ``info``, ``warning`` or ``error``): markdown, its
+    values escaped; ``progress`` (0..1) draws a bar under it."""
 
     level: str
     text: str
@@ -167,6 +248,12 @@ def answer_notice(ex: ExchangeView) -> Notice | None:
     if ex.status == "error":
         return Notice("error", f"The model failed to answer: {escape_markdown(ex.error or 'unknown error')}")
     return None
+
+
+def answer(ex: ExchangeView) -> Notice:
+    """What the assistant's message shows: the answer as written (level ``markdown``), or what stands in its place
+    (:func:`answer_notice`)."""
+    return answer_notice(ex) or Notice("markdown", escape_markdown(ex.response) or "_(no text)_")
 
 
 def answer_was_shown(ex: ExchangeView) -> bool:
@@ -191,6 +278,8 @@ SENT_TO_REVIEW = "Sent to review: a reviewer sees your note."
 # --- feedback on one answer ----------------------------------------------------------------------------------------
 
 NO_REASON = "Type what was wrong in the box first; your thumbs down is saved either way."
+REASON_HELP = (f"At most {MAX_REASON_CHARS:,} characters. Personal data is cut before it is stored; a reviewer may "
+               "read it.")
 
 
 def rating_of(thumbs: int | None) -> int | None:
@@ -272,11 +361,19 @@ def waits_for_build(serving: ServingView) -> bool:
     return serving.model_version is None and serving.state in ("none", "stopped")
 
 
-def serving_notice(serving: ServingView) -> Notice | None:
+def build_progress(build: demo_builds.DemoBuildView) -> Notice:
+    """:func:`build_notice` as a :class:`Notice`, with a progress bar while it builds."""
+    level, text = build_notice(build)
+    return Notice(level, text, build.fraction if build.state == "building" else None)
+
+
+def serving_notice(serving: ServingView, build: demo_builds.DemoBuildView | None = None) -> Notice | None:
     """What the page says about the served model while it cannot chat, or is switching (None when it is ready).
-    For a console waiting on a build (:func:`waits_for_build`) the page shows :func:`build_notice` instead when
-    there is a build."""
+    A console waiting on a build (:func:`waits_for_build`: the page looks for one, ``build``) says how the build
+    goes instead."""
     model = escape_markdown(serving.model_version or "?")
+    if waits_for_build(serving) and build is not None:
+        return build_progress(build)
     if waits_for_build(serving):
         if serving.state == "none":
             return Notice("warning", NO_MODEL)

@@ -51,44 +51,31 @@ with st.sidebar:
     if st.button("New conversation", key="new_conversation", icon=":material/add:"):
         _open(None)
     for conv in ui.call(chat_svc.list_conversations, ctx, principal) or []:
-        current = conv.id == page_state.conversation_id
-        if st.button(f"{escape_markdown(conv.title or f'Conversation {conv.id}')} · {vm.when(conv.updated_at)}",
-                     key=f"conversation_{conv.id}", type="primary" if current else "tertiary",
-                     help=f"Conversation {conv.id}; last message {vm.when(conv.updated_at)}."):
+        button = vm.conversation_button(conv, page_state.conversation_id)
+        if st.button(button.label, key=f"conversation_{conv.id}", type=button.type, help=button.help):
             _open(conv.id)
             st.rerun()
     with st.expander("Sampling and system prompt", expanded=False):
         # No max_chars (a browser limit drops a longer paste whole, without a word): the service says the limit.
-        system_prompt = st.text_area("System prompt", key="system_prompt",
-                                     help=f"At most {chat_svc.MAX_SYSTEM_PROMPT_CHARS:,} characters. Applies to new "
-                                          "conversations; a conversation keeps the one it started with.")
+        system_prompt = st.text_area("System prompt", key="system_prompt", help=vm.SYSTEM_PROMPT_HELP)
         temperature = st.slider("Temperature", 0.0, 2.0, 0.3, 0.05, key="temperature")
         top_p = st.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="top_p")
         max_tokens = st.number_input("Max tokens", min_value=1, max_value=4096, value=256, step=16, key="max_tokens")
-    mine = ui.call(quotas_svc.my_quota, ctx, principal)
-    limits = quotas_svc.usage_text(mine) if mine is not None else None
-    if limits is not None:  # set by an admin on Users → Quotas; nothing shows while no limit applies
-        st.caption(f":material/speed: {escape_markdown(limits)}")
+    limits = vm.quota_caption(ui.call(quotas_svc.my_quota, ctx, principal))
+    if limits is not None:
+        st.caption(limits)
 
 
-def _show(notice: vm.Notice) -> None:
-    getattr(st, notice.level)(notice.text)
-    if notice.progress is not None:
-        st.progress(notice.progress)
+def _show(notice: vm.Notice | None) -> None:
+    if notice is not None:
+        getattr(st, notice.level)(notice.text)
+        if notice.progress is not None:
+            st.progress(notice.progress)
 
 
-def _findings(ex: ExchangeView, direction: str) -> None:
-    line = vm.findings_line(ex, direction)
-    if line is not None:
-        st.caption(f":material/shield: {direction} findings: {escape_markdown(line.labels)} · action: "
-                   f"**{escape_markdown(line.action)}**")
-
-
-def _stored_note(ex: ExchangeView, direction: str) -> None:
-    note = vm.stored_note(ex, direction)
-    if note is not None:
-        st.caption(escape_markdown(note),
-                   help="The history shows the stored text. The action is what the policy did to the message itself.")
+def _captions(captions: list[vm.Caption]) -> None:
+    for caption in captions:
+        st.caption(caption.text, help=caption.help)
 
 
 def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
@@ -100,15 +87,11 @@ def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
     if thumbs != st.session_state.get(seen):  # the user clicked: store it once (None takes the rating back)
         st.session_state[seen] = thumbs
         rating = vm.rating_of(thumbs)
-        if rating is None:
-            stored_now: object = ui.call(feedback_svc.clear_feedback, ctx, principal, ex.id)
-        else:
-            stored_now = ui.call(feedback_svc.give_feedback, ctx, principal, ex.id, rating)
+        stored_now = (ui.call(feedback_svc.clear_feedback, ctx, principal, ex.id) if rating is None
+                      else ui.call(feedback_svc.give_feedback, ctx, principal, ex.id, rating))
         if stored_now is not None:
             st.rerun()
-    caption = vm.feedback_caption(stored)
-    if caption:
-        st.caption(escape_markdown(caption))
+    _captions(vm.feedback_captions(stored))
     if vm.asks_reason(stored):
         reason_key, back_key = f"feedback_reason_{ex.id}", f"feedback_back_{ex.id}"
         if back_key in st.session_state:  # refused at the last send: the text goes back in the box, with why
@@ -117,8 +100,7 @@ def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
             st.session_state[reason_key] = text
         with st.form(f"feedback_form_{ex.id}", clear_on_submit=True, border=False):
             reason = st.text_input("What was wrong with this answer? (optional)", key=reason_key,
-                                   help=f"At most {feedback_svc.MAX_REASON_CHARS:,} characters. Personal data is "
-                                        "cut before it is stored; a reviewer may read it.")
+                                   help=vm.REASON_HELP)
             if st.form_submit_button("Send reason", key=f"feedback_send_{ex.id}"):
                 problem = vm.reason_problem(reason)
                 if problem is not None:
@@ -138,21 +120,10 @@ def _feedback(ex: ExchangeView, stored: FeedbackView | None) -> None:
 def _render(ex: ExchangeView, stored: FeedbackView | None) -> None:
     with st.chat_message("user"):
         st.markdown(escape_markdown(ex.prompt))
-        _findings(ex, "prompt")
-        _stored_note(ex, "prompt")
+        _captions(vm.prompt_captions(ex))
     with st.chat_message("assistant"):
-        notice = vm.answer_notice(ex)
-        if notice is None:
-            st.markdown(escape_markdown(ex.response) or "_(no text)_")
-        else:
-            _show(notice)
-        st.caption(escape_markdown(vm.status_line(ex)))
-        _findings(ex, "output")
-        if vm.answer_was_shown(ex):
-            _stored_note(ex, "output")
-        review = vm.review_status(ex)
-        if review is not None:
-            st.caption(f":material/flag: review: {escape_markdown(review)}")
+        _show(vm.answer(ex))
+        _captions(vm.answer_captions(ex))
         if not vm.can_send_to_review(ex):  # its answer may still come (and be judged): nothing to send yet
             return
         with st.popover("Send to review", icon=":material/flag:"):
@@ -171,28 +142,7 @@ if page_state.notice:
     st.info(escape_markdown(page_state.notice))
     page_state.notice = None
 
-# --- what is served ---------------------------------------------------------------------------------------------
-
-
-def _show_build(build: demo_builds.DemoBuildView) -> None:
-    """The version the console is to serve is still being built (``llm-console run`` builds it in the background)."""
-    level, text = vm.build_notice(build)
-    getattr(st, level)(text)
-    if build.state == "building":
-        st.progress(build.fraction)
-
-
-def _show_serving(serving: serving_svc.ServingView) -> None:
-    if vm.waits_for_build(serving):  # nothing loaded yet: the version to serve may still be being built
-        build = ui.call(demo_builds.served_version_build, ctx, principal)
-        if build is not None:
-            _show_build(build)
-            return
-    notice = vm.serving_notice(serving)
-    if notice is not None:
-        _show(notice)
-
-
+# --- what is served (the version to serve may still be being built: ``llm-console run`` builds it in the background)
 serving = serving_svc.serving_status(ctx)
 page_state.engine_was_ready = serving.ready
 if serving.state == "none" and ui.call(demo_builds.served_version_build, ctx, principal) is None:
@@ -205,7 +155,8 @@ else:  # refreshed every 2 s: loading progress, or the served version's build un
         if now.ready != page_state.engine_was_ready:  # the whole page must follow: enable or disable the input
             page_state.engine_was_ready = now.ready
             st.rerun(scope="app")
-        _show_serving(now)
+        waits = vm.waits_for_build(now)  # nothing loaded yet: the version to serve may still be being built
+        _show(vm.serving_notice(now, ui.call(demo_builds.served_version_build, ctx, principal) if waits else None))
 
     _serving_status()
 
@@ -216,7 +167,7 @@ if page_state.conversation_id is not None:
     for exchange in history:
         _render(exchange, ratings.get(exchange.id))
 else:
-    st.caption("A new conversation. Ask about accounts, billing, orders, refunds, cancellations or privacy.")
+    st.caption(vm.NEW_CONVERSATION)
 
 if page_state.refused_text is not None:  # refused at the last send: the text goes back in the box, with why
     why, hint = vm.refusal_lines(page_state.refused_why, page_state.refused_hint)

@@ -5,6 +5,8 @@ page places them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 import streamlit as st
 
@@ -94,7 +96,7 @@ def engine_health(ctx: AppContext, principal: Principal, report: latency_svc.Lat
         st.dataframe(history.errors, hide_index=True, width="stretch", key="engine_errors_table")
 
 
-def _health_charts(charts: list[health_svc.HealthChart] | list[health_svc.ServerChart],
+def _health_charts(charts: Sequence[health_svc.HealthChart | health_svc.ServerChart],
                    report: latency_svc.LatencyOverview) -> None:
     """Engine health line charts, two a row, with the window's switch markers."""
     columns = st.columns(2)

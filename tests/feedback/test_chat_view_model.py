@@ -11,6 +11,7 @@ from console.services.chat import ExchangeView
 from console.services.demo_builds import DemoBuildView
 from console.services.feedback import FeedbackView
 from console.services.moderation import FindingView
+from console.textsafe import escape_markdown as esc
 
 
 def _ex(**changes) -> ExchangeView:
@@ -103,3 +104,70 @@ def test_the_serving_notice_says_why_chat_is_paused_and_nothing_once_the_model_i
     assert loading == vm.Notice("info", "The model demo\\_v2 is loading: weights", 0.4)
     failed = vm.serving_notice(ServingView("demo-v1", "failed", 0.0, "", error="CUDA out of memory"))
     assert failed == vm.Notice("error", "The model demo\\-v1 failed: CUDA out of memory. Chat is paused; ask an admin.")
+
+
+def test_a_conversation_button_escapes_its_title_and_marks_the_open_conversation():
+    from console.services.chat import ConversationView
+
+    at = datetime(2026, 12, 7, 9, 30)  # SQLite gives naive UTC
+    button = vm.conversation_button(ConversationView(7, "*refund* [link](x)", None, at), open_id=7)
+    assert button == vm.ConversationButton(f"{esc('*refund* [link](x)')} · 2026-12-07 09:30 UTC",
+                                           "Conversation 7; last message 2026-12-07 09:30 UTC.", "primary")
+    untitled = vm.conversation_button(ConversationView(8, "", None, None), open_id=7)
+    assert (untitled.label, untitled.type) == ("Conversation 8 · no date", "tertiary")
+
+
+def test_the_quota_line_shows_only_limits_that_apply():
+    from console.services.quotas import EffectiveLimit, UserQuota
+
+    def quota(rpm, tpd):
+        return UserQuota(1, "paula", ("operator",), EffectiveLimit("requests_per_minute", rpm, "override"),
+                         EffectiveLimit("tokens_per_day", tpd, "no role"), 2, 1500)
+
+    assert vm.quota_caption(None) is None and vm.quota_caption(quota(None, None)) is None
+    line = vm.quota_caption(quota(5, None))
+    assert line == ":material/speed: " + esc("Your limits: 5 requests per minute (2 sent this minute)")
+
+
+def test_the_captions_under_a_message_say_findings_what_was_stored_and_the_review_state():
+    prompt = vm.prompt_captions(_ex())
+    assert [c.text for c in prompt] == [
+        f":material/shield: prompt findings: {esc('EMAIL_ADDRESS 0.90, LOCATION 0.60')} · action: **redact**",
+        esc(vm.stored_note(_ex(), "prompt"))]
+    assert prompt[0].help is None and prompt[1].help == vm.STORED_NOTE_HELP
+    answer = vm.answer_captions(_ex(review_status="pending"))
+    assert [c.text for c in answer] == [esc("demo-v1 · first token 1,234 ms · 55.5 tokens/s · 12 tokens"),
+                                        ":material/flag: review: pending"]
+
+
+@pytest.mark.parametrize("status,noted", [("ok", True), ("aborted", True), ("blocked", False), ("error", False)])
+def test_what_was_stored_of_an_answer_is_noted_only_when_the_user_saw_it(status, noted):
+    ex = _ex(status=status, response="call <PHONE_NUMBER>", output_action="allow",
+             findings=(FindingView("output", "presidio", "PHONE_NUMBER", 0.8, 5, 9, "allow"),))
+    texts = [c.text for c in vm.answer_captions(ex)]
+    assert f":material/shield: output findings: {esc('PHONE_NUMBER 0.80')} · action: **allow**" in texts
+    assert (esc(vm.stored_note(ex, "output")) in texts) is noted
+    assert len(texts) == (3 if noted else 2)
+
+
+def test_the_answer_shows_as_written_or_what_stands_in_its_place():
+    assert vm.answer(_ex(response="**bold** <b>")) == vm.Notice("markdown", "\\*\\*bold\\*\\* \\<b\\>")
+    assert vm.answer(_ex(response="")) == vm.Notice("markdown", "_(no text)_")
+    assert vm.answer(_ex(status="blocked")) == vm.answer_notice(_ex(status="blocked"))
+    rated = FeedbackView(1, -1, "it is *wrong*", datetime(2026, 12, 7, 9, 30, tzinfo=UTC))
+    assert [c.text for c in vm.feedback_captions(rated)] == [esc(vm.feedback_caption(rated))]
+    assert "\\*wrong\\*" in vm.feedback_captions(rated)[0].text
+    assert vm.feedback_captions(None) == []
+
+
+def test_a_console_waiting_for_its_build_says_how_the_build_goes_with_a_bar_while_it_builds():
+    from console.services.serving import ServingView
+
+    nothing = ServingView(None, "none", 0.0, "")
+    building = DemoBuildView("demo_v1", "building", 0.45, "step 1 of 2", None, None)
+    failed = DemoBuildView("demo_v1", "failed", 0.45, "disk full", None, None)
+    assert vm.serving_notice(nothing, building) == vm.Notice("info", vm.build_notice(building)[1], 0.45)
+    assert vm.serving_notice(nothing, failed) == vm.Notice("error", vm.build_notice(failed)[1], None)
+    assert vm.serving_notice(nothing, None) == vm.Notice("warning", vm.NO_MODEL)
+    # A model that is up says nothing about a build that may still be on record.
+    assert vm.serving_notice(ServingView("demo-v1", "ready", 1.0, ""), building) is None

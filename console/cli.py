@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from console.cli_support import (
     CliError,
@@ -24,6 +24,9 @@ from console.services.access import ALL_ROLES
 from console.services.registry import DTYPES, ENGINE_ARGS_HELP, SERVER_KEY_HELP
 from console.settings import PROJECT_ROOT, Settings, SettingsError, mask_url
 from engine.types import BACKENDS
+
+if TYPE_CHECKING:
+    from engine.evals.suite import Suite
 
 # Every other command acts as the shell principal (console/cli_support.py: shell_context) and calls the same
 # @requires-guarded services the pages call. These are the exceptions, and why; tests/access/test_shell_principal.py
@@ -365,7 +368,7 @@ def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     from console.services import moderation
 
     ctx, shell = shell_context(args, settings)
-    suite: object = args.suite
+    suite: str | Suite | None = args.suite
     if args.suite_file:
         from pathlib import Path
 
@@ -381,7 +384,7 @@ def cmd_model_eval(args: argparse.Namespace, settings: Settings) -> int:
     if settings.safety_enabled:  # every answer is scanned, as on the page
         stack = moderation.build_safety_stack(settings, ctx.db)
         ctx.safety_factory = lambda: stack
-    report = eval_svc.run_evaluation_blocking(ctx, shell, args.name, suite)  # type: ignore[arg-type]
+    report = eval_svc.run_evaluation_blocking(ctx, shell, args.name, suite)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "answers"}, default=str))
     else:
@@ -636,8 +639,11 @@ def cmd_eval_safety(args: argparse.Namespace, settings: Settings) -> int:
           f"seed {pii['seed']}, policy {pii['policy']['version']} (redact_places={pii['policy']['redact_places']})")
     print(f"versions: {pii['versions']}")
     print(f"{'entity':<15}{'gold':>6}{'recall':>8}{'leak':>8}{'pred':>6}{'precision':>10}")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     for label, row in [*pii["per_entity"].items(), ("overall", pii["overall"])]:
-        fmt = (lambda v: "-" if v is None else f"{v:.3f}")  # noqa: E731
         print(f"{label:<15}{row['gold']:>6}{fmt(row['recall']):>8}{fmt(row['leak_rate']):>8}{row['predicted']:>6}"
               f"{fmt(row['precision']):>10}")
     print(f"look-alikes redacted: {pii['lookalikes']['redacted']}/{pii['lookalikes']['total']}; "

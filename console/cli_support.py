@@ -90,7 +90,7 @@ def command_entry_points() -> list[EntryPoint]:
     return [found[name] for name in sorted(found)]
 
 
-def registered_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> list[str]:
+def registered_commands(subparsers: argparse._SubParsersAction[Parser]) -> list[str]:
     """Add the commands of every installed package's ``llm_console.commands`` entry point; returns their names."""
     names = []
     for entry in command_entry_points():

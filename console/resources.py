@@ -24,6 +24,11 @@ from db.config import DbConfig
 from db.database import Database, make_private_dir
 
 if TYPE_CHECKING:
+    from console.services.compare import CandidatePool
+    from console.services.moderation import SafetyStack
+    from console.services.telemetry import MetricsEndpoint
+    from engine.safety.toxicity import ToxicityScanner
+    from engine.switching import SwitchingEngine
     from engine.types import HostConfig, ServerOptions
 
 logger = logging.getLogger(__name__)
@@ -68,7 +73,7 @@ def server_options(cfg: Settings) -> ServerOptions:
 
 
 @st.cache_resource(show_spinner=False)
-def engine_host():  # noqa: ANN201 - engine.switching.SwitchingEngine | None; vLLM is imported lazily
+def engine_host() -> SwitchingEngine | None:  # vLLM is imported lazily
     """Start serving the desired version in the background on its backend (in-process, a vLLM server, a managed
     server: :class:`engine.switching.SwitchingEngine`), and its reconciler; pages render while it loads.
 
@@ -168,7 +173,7 @@ def _import_vllm_then(then: Callable[[], object]) -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def metrics_endpoint():  # noqa: ANN201 - console.services.telemetry.MetricsEndpoint | None
+def metrics_endpoint() -> MetricsEndpoint | None:
     """The Prometheus /metrics endpoint, once per process; None while LLM_CONSOLE_METRICS_PORT is 0 (off)."""
     from console.services import telemetry
 
@@ -179,7 +184,7 @@ def metrics_endpoint():  # noqa: ANN201 - console.services.telemetry.MetricsEndp
 
 
 @st.cache_resource(show_spinner=False)
-def safety_loader() -> Future | None:
+def safety_loader() -> Future[SafetyStack] | None:
     """Start loading the scanners (spaCy, Detoxify or its fallback: seconds) in the background, once."""
     from console.services import moderation
 
@@ -194,7 +199,7 @@ def safety_loader() -> Future | None:
     return future
 
 
-def _follow_policy(cfg: Settings, db: Database, done: Future) -> None:
+def _follow_policy(cfg: Settings, db: Database, done: Future[SafetyStack]) -> None:
     """Once the scanners are loaded, follow the newest stored policy version (a change approved on any replica)."""
     if done.cancelled() or done.exception() is not None:
         return
@@ -217,15 +222,17 @@ def safety_notice() -> str | None:
     stack = future.result()
     if not stack.notice:
         return None
-    if getattr(_toxicity_scanner(stack), "kind", None) == "offline":
+    scanner = _toxicity_scanner(stack)
+    if scanner is not None and scanner.kind == "offline":
         return "Toxicity: offline model (Detoxify's weights are missing)."
     return "Toxicity: offline fallback (profanity only)."
 
 
-def _toxicity_scanner(stack):  # noqa: ANN001, ANN202 - SafetyStack -> the toxicity scanner (engine.safety.toxicity)
+def _toxicity_scanner(stack: SafetyStack) -> ToxicityScanner | None:
     """The scanner that judges toxicity: Detoxify, the offline model or the profanity fallback (it has a ``kind``)."""
-    return next((s for s in stack.runner.scanners if getattr(s, "kind", None) in ("detoxify", "offline", "fallback")),
-                None)
+    from engine.safety.toxicity import toxicity_scanner_of  # loaded with the stack already
+
+    return toxicity_scanner_of(stack.runner.scanners)
 
 
 def toxicity_judge() -> str | None:
@@ -234,10 +241,11 @@ def toxicity_judge() -> str | None:
     future = safety_loader()
     if future is None or not future.done() or future.exception() is not None:
         return None
-    return getattr(_toxicity_scanner(future.result()), "display_name", None)
+    scanner = _toxicity_scanner(future.result())
+    return None if scanner is None else scanner.display_name
 
 
-def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | None
+def safety_stack() -> SafetyStack | None:
     """The loaded scanners and policy; waits for the background load. Fails closed if it failed."""
     future = safety_loader()
     if future is None:
@@ -250,7 +258,7 @@ def safety_stack():  # noqa: ANN201 - console.services.moderation.SafetyStack | 
 
 
 @st.cache_resource(show_spinner=False)
-def candidate_pool():  # noqa: ANN201 - console.services.compare.CandidatePool
+def candidate_pool() -> CandidatePool:
     """Child-process engines for candidate versions (side-by-side chats); at most one, ended when idle."""
     from console.services.compare import CandidatePool
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import TracebackType
 from typing import Any, TypeVar
 
 import streamlit as st
@@ -369,16 +369,27 @@ def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T | None:
     return result
 
 
-@contextmanager
-def shows_errors() -> Iterator[None]:
-    """``with shows_errors():`` around a block of service calls."""
-    try:
-        yield
-    except SessionEnded as exc:
-        end_session(str(exc))
-        st.rerun()
-    except ConsoleError as exc:  # services raise only these for the user; anything else is a bug and stays loud
-        st.error(escape_markdown(str(exc)))
+class _ShowsErrors:
+    # A class, not @contextmanager: its __exit__ says (-> bool) that it swallows an error, so the type checker
+    # knows the code after the ``with`` block runs after a failed call too.
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if isinstance(exc, SessionEnded):
+            end_session(str(exc))
+            st.rerun()
+        # Services raise only ConsoleErrors for the user; anything else is a bug and stays loud.
+        if isinstance(exc, ConsoleError):
+            st.error(escape_markdown(str(exc)))
+            return True
+        return False
+
+
+def shows_errors() -> _ShowsErrors:
+    """``with shows_errors():`` around a block of service calls: a ConsoleError is shown in place and swallowed."""
+    return _ShowsErrors()
 
 
 def live_model_line(ctx: AppContext, principal: Principal) -> str:

@@ -536,7 +536,10 @@ def _begin_turn(ctx: AppContext, actor: Principal, conversation_id: int | None, 
                 history.append(ChatMessage("assistant", ex.response))
         if system_blocked or prompt_blocked:
             return conv.id, history, system_blocked, None
-        sent_to = canary.candidate if canary_svc.conversation_arm(canary, conv.id, conv.created_at) else served
+        if canary is not None and canary_svc.conversation_arm(canary, conv.id, conv.created_at):
+            sent_to = canary.candidate
+        else:
+            sent_to = served
         # The prompt is on record before the model sees it, in the same transaction as its conversation.
         pending = chat_q.begin_exchange(s, _pending_record(actor, conv.id, request_id, prompt_gate, system_gate,
                                                            sampling, sent_to, synthetic))

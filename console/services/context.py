@@ -11,7 +11,7 @@ from console.settings import Settings
 
 if TYPE_CHECKING:
     from db.database import Database
-    from engine.switching import ServedEngine
+    from engine.client import EngineClient
 
 
 def utcnow() -> datetime:
@@ -28,15 +28,17 @@ class AppContext:
 
     settings: Settings
     db: Database
-    # The served engine (engine.switching.SwitchingEngine in the console; an EngineHost or any ServedEngine in tests).
-    host_factory: Callable[[], ServedEngine | None] = lambda: None
+    # The engine that answers (engine.switching.SwitchingEngine in the console; an EngineHost or any ServedEngine in
+    # tests; a candidate's client in a side-by-side chat's context). Services ask only what an EngineClient offers:
+    # the serving side's Reconciler is handed the ServedEngine itself (console/resources.py).
+    host_factory: Callable[[], EngineClient | None] = lambda: None
     safety_factory: Callable[[], Any] = lambda: None
     clock: Callable[[], datetime] = field(default=utcnow)
     # Child-process engines for candidate versions (side-by-side chats); console.services.compare.CandidatePool.
     candidates_factory: Callable[[], Any] = lambda: None
 
     @property
-    def host(self) -> ServedEngine | None:
+    def host(self) -> EngineClient | None:
         return self.host_factory()
 
     @property

@@ -228,11 +228,11 @@ FRAME_COLUMNS = ["time", "samples", "running", "running_peak", "waiting", "waiti
 
 
 # Per vLLM server over the window (HealthHistory.servers), with units in the names the page shows.
-SERVER_COLUMNS = ["server", "state", "sampled at", "running (avg)", "waiting (avg)", "waiting (peak)",
-                  "KV cache (avg %)", "KV cache (peak %)", "mean queue (ms)", "generated tokens/s (avg)",
-                  "preemptions", "errors", "samples not ready"]
-SERVER_FRAME_COLUMNS = ["time", "server", "running", "waiting", "waiting_peak", "kv_cache_pct", "queue_ms",
-                        "generation_tokens_per_s"]
+SERVER_COLUMNS: list[str] = [
+    "server", "state", "sampled at", "running (avg)", "waiting (avg)", "waiting (peak)", "KV cache (avg %)",
+    "KV cache (peak %)", "mean queue (ms)", "generated tokens/s (avg)", "preemptions", "errors", "samples not ready"]
+SERVER_FRAME_COLUMNS: list[str] = ["time", "server", "running", "waiting", "waiting_peak", "kv_cache_pct",
+                                   "queue_ms", "generation_tokens_per_s"]
 
 
 def _server_tables(buckets: dict[str, list[health_q.HealthBucket]],

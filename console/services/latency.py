@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import pandas as pd  # type: ignore[import-untyped]  # (no pandas-stubs in the venv)
+import pandas as pd
 
 from console.services import slo as slo_svc
 from console.services.access import Principal, requires
@@ -296,8 +296,8 @@ def latency(ctx: AppContext, actor: Principal, window: str = "last 24 hours",
         raise InvalidInput(f"Unknown time window {window!r}; choose one of {', '.join(RANGES)}.")
     report = _overview(ctx, LatencyFilter(range=window, versions=(model_version,) if model_version else ()))
     rows = []
-    totals = report.totals[report.totals["model_version"] != ALL_VERSIONS] if not report.totals.empty else []
-    for row in (totals.to_dict("records") if isinstance(totals, pd.DataFrame) else []):
+    totals = report.totals  # no columns at all without traffic
+    for row in totals[totals["model_version"] != ALL_VERSIONS].to_dict("records") if not totals.empty else []:
         entry: dict[str, Any] = {"model version": row["model_version"], "requests": int(row["requests"])}
         for metric in ("ttft_ms", "itl_ms", "e2e_ms", "queue_ms"):
             for stat in ("p50", "p95"):

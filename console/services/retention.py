@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
@@ -119,7 +119,8 @@ class ErasureResult:
     conversations: int = 0
     review_notes: int = 0
     decision_notes: int = 0
-    audit_seqs: tuple[int, ...] = field(default_factory=tuple)
+    # A preview on PostgreSQL may list None: an event still queued for the chain (no seq yet); its length counts.
+    audit_seqs: tuple[int | None, ...] = field(default_factory=tuple)
     event_seq: int | None = None  # the privacy.erase event
     dry_run: bool = False
     log_truncated: bool | None = None
@@ -175,38 +176,40 @@ def _count(session: Session, stmt: sa.Select[Any]) -> int:
     return int(session.scalar(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery())) or 0)
 
 
+def _changed(session: Session, stmt: sa.Update) -> int:
+    """The rows an UPDATE changed: it gives a CursorResult (with rowcount); Session.execute is typed for any
+    statement."""
+    return cast(sa.CursorResult[Any], session.execute(stmt)).rowcount
+
+
 def _erase_exchanges(session: Session, ids: Sequence[int] | sa.Select[Any], now: datetime) -> tuple[int, int, int]:
     """Blank the exchanges ``ids`` (a list or a query) with text left, their raw texts and their items' notes."""
     if isinstance(ids, Sequence) and not ids:
         return 0, 0, 0
-    exchanges = session.execute(
+    exchanges = _changed(session,
         sa.update(Exchange).where(Exchange.id.in_(ids))
         .where(sa.or_(Exchange.text_erased_at.is_(None), Exchange.prompt != "", Exchange.response != ""))
-        .values(prompt="", response="", text_erased_at=now).execution_options(synchronize_session=False)
-    ).rowcount
+        .values(prompt="", response="", text_erased_at=now).execution_options(synchronize_session=False))
     raw = _erase_raw(session, sa.select(RawText.id).where(RawText.exchange_id.in_(ids)), now)
-    notes = session.execute(
+    notes = _changed(session,
         sa.update(ReviewItem).where(ReviewItem.exchange_id.in_(ids), ReviewItem.note.is_not(None))
-        .values(note=None).execution_options(synchronize_session=False)
-    ).rowcount
+        .values(note=None).execution_options(synchronize_session=False))
     feedback_q.erase_reasons(session, ids)  # a reason given with a thumbs up or down goes with the answer's text
     return exchanges, raw, notes
 
 
 def _erase_raw(session: Session, ids: sa.Select[Any] | Sequence[int], now: datetime) -> int:
-    return session.execute(
+    return _changed(session,
         sa.update(RawText).where(RawText.id.in_(ids))
         .where(sa.or_(RawText.erased_at.is_(None), RawText.text != ""))
-        .values(text="", erased_at=now).execution_options(synchronize_session=False)
-    ).rowcount
+        .values(text="", erased_at=now).execution_options(synchronize_session=False))
 
 
 def _strip_conversations(session: Session, where: sa.ColumnElement[bool]) -> int:
-    return session.execute(
+    return _changed(session,
         sa.update(Conversation).where(where)
         .where(sa.or_(Conversation.title != "", Conversation.system_prompt.is_not(None)))
-        .values(title="", system_prompt=None).execution_options(synchronize_session=False)
-    ).rowcount
+        .values(title="", system_prompt=None).execution_options(synchronize_session=False))
 
 
 def apply_retention(ctx: AppContext, *, now: datetime | None = None, dry_run: bool = False,
@@ -402,13 +405,13 @@ def _erase_in(ctx: AppContext, s: Session, user: Any, floor: datetime | None, *,
     n_ex, n_raw, n_items = _erase_exchanges(s, ex_ids, now)
     n_conv = _strip_conversations(s, conv_where)
     # Notes the person wrote on review items of other exchanges (sending them to review).
-    n_items += s.execute(sa.update(ReviewItem).where(item_where).values(note=None)
-                         .execution_options(synchronize_session=False)).rowcount
+    n_items += _changed(s, sa.update(ReviewItem).where(item_where).values(note=None)
+                        .execution_options(synchronize_session=False))
     # Core UPDATE: the ORM refuses changes to review decisions; the database trigger allows exactly this one.
-    table = ReviewDecision.__table__
-    n_decisions = s.execute(sa.update(table).where(table.c.reviewer_id == uid, table.c.note.is_not(None),
-                                                   *(() if floor is None else (table.c.created_at < floor,)))
-                            .values(note=None, note_erased_at=now)).rowcount
+    table = cast(sa.Table, ReviewDecision.__table__)
+    n_decisions = _changed(s, sa.update(table).where(table.c.reviewer_id == uid, table.c.note.is_not(None),
+                                                     *(() if floor is None else (table.c.created_at < floor,)))
+                           .values(note=None, note_erased_at=now))
     by_action: dict[str, list[AuditEvent]] = defaultdict(list)
     for event in events:
         by_action[event.action].append(event)

@@ -33,7 +33,8 @@ from db.review import quality as quality_q
 from db.review import queue as queue_q
 from db.review import samples as samples_q
 from db.review.items import ReviewStateError
-from db.review.queue import QueueFilter, QueueSummary
+from db.review.queue import QueueFilter as QueueFilter  # re-exported: the Review page builds one
+from db.review.queue import QueueSummary
 from db.tables import AuditEvent, ReviewItem
 
 logger = logging.getLogger(__name__)

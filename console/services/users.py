@@ -43,7 +43,7 @@ class UserView:
     last_login_at: datetime | None
 
 
-def _view(user) -> UserView:  # noqa: ANN001 - a db.tables.User
+def _view(user: User) -> UserView:
     return UserView(user.id, user.username, user.display_name, user.email, tuple(sorted(user.roles)),
                     bool(user.disabled), user.locked_until, user.last_login_at)
 
@@ -162,7 +162,7 @@ def unlock(ctx: AppContext, actor: Principal, user_id: int) -> UserView:
         return _view(user)
 
 
-def _load(s, user_id: int):  # noqa: ANN001, ANN202
+def _load(s: Session, user_id: int) -> User:
     user = users_q.get_user(s, user_id)
     if user is None:
         raise NotFound(f"No user with id {user_id}.")

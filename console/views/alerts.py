@@ -36,6 +36,10 @@ if state.flash:
     state.flash = None
 
 
+def _kind_label(kind: str) -> str:
+    return alerts_svc.KIND_LABELS.get(kind, kind)
+
+
 def _utc(at: datetime | None) -> str:
     if at is None:
         return "–"
@@ -69,7 +73,7 @@ with add_tab:
                         horizontal=True, key="wh_body")
         url = st.text_input("URL", type="password", key="wh_url", help="http:// or https://. Loopback and private "
                             "addresses are allowed (a receiver on this host or your network).")
-        kinds = st.multiselect("Alert kinds", list(alerts_svc.SUBSCRIBABLE), format_func=alerts_svc.KIND_LABELS.get,
+        kinds = st.multiselect("Alert kinds", list(alerts_svc.SUBSCRIBABLE), format_func=_kind_label,
                                key="wh_kinds")
         secret = st.text_input("Signing secret (optional)", type="password", key="wh_secret",
                                help="Signs each body: X-Console-Signature: sha256=HMAC-SHA256(secret, "
@@ -113,7 +117,7 @@ with edit_tab:
                               key=f"wh_e_body_{chosen.id}")
             e_url = st.text_input("URL (enter it again)", type="password", key=f"wh_e_url_{chosen.id}")
             e_kinds = st.multiselect("Alert kinds", list(alerts_svc.SUBSCRIBABLE), default=list(chosen.alert_kinds),
-                                     format_func=alerts_svc.KIND_LABELS.get, key=f"wh_e_kinds_{chosen.id}")
+                                     format_func=_kind_label, key=f"wh_e_kinds_{chosen.id}")
             e_secret = st.text_input("Signing secret (enter it again; empty: unsigned)", type="password",
                                      key=f"wh_e_secret_{chosen.id}")
             e_enabled = st.checkbox("Enabled", value=chosen.enabled, key=f"wh_e_enabled_{chosen.id}")
@@ -130,7 +134,7 @@ st.subheader("Recent alerts")
 recent = ui.call(alerts_svc.recent_alerts, ctx, principal) or []
 if recent:
     st.dataframe(pd.DataFrame([{
-        "raised (UTC)": _utc(a.raised_at), "kind": alerts_svc.KIND_LABELS.get(a.kind, a.kind), "alert": a.title,
+        "raised (UTC)": _utc(a.raised_at), "kind": _kind_label(a.kind), "alert": a.title,
         "state": a.state, "resolved (UTC)": _utc(a.resolved_at)} for a in recent]),
         hide_index=True, width="stretch", key="alerts_table")
 else:
@@ -140,7 +144,7 @@ st.subheader("Delivery log")
 log = ui.call(alerts_svc.delivery_log, ctx, principal) or []
 if log:
     st.dataframe(pd.DataFrame([{
-        "delivery": d.id, "webhook": d.webhook, "alert": f"#{d.alert_id} {alerts_svc.KIND_LABELS.get(d.alert_kind)}",
+        "delivery": d.id, "webhook": d.webhook, "alert": f"#{d.alert_id} {_kind_label(d.alert_kind)}",
         "notice": d.event, "status": d.status, "attempts": f"{d.attempts} of {d.max_attempts}",
         "last HTTP status": "–" if d.last_status_code is None else str(d.last_status_code),
         "last error": d.last_error or "–", "next retry (UTC)": _utc(d.next_attempt_at),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC
+from functools import partial
 
 import streamlit as st
 
@@ -59,8 +60,10 @@ def export_panel(ctx: AppContext, principal: Principal, state: ui.AuditPageState
             st.error(escape_markdown(state.export_error))
             state.export_error = None
         e1, e2 = st.columns(2)
-        what = e1.selectbox("What", list(EXPORT_KINDS), format_func=EXPORT_KINDS.get, key="audit_export_what")
-        fmt = e2.selectbox("Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get, key="audit_export_format")
+        what = e1.selectbox("What", list(EXPORT_KINDS), format_func=EXPORT_KINDS.__getitem__,
+                            key="audit_export_what")
+        fmt = e2.selectbox("Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.__getitem__,
+                           key="audit_export_format")
         left_out = search_svc.not_exported(flt, what)
         st.caption("Uses every filter above." if what == "events" else
                    "Uses the time range, the actor (the exchange's user, or the reviewer) and the model version above."
@@ -84,7 +87,7 @@ def export_panel(ctx: AppContext, principal: Principal, state: ui.AuditPageState
         st.subheader("Raw text export")
         st.caption("Exchanges with their unredacted text. Another admin must approve; only you can run it, once.")
         with st.form(f"audit_raw_request_{state.round}"):
-            raw_fmt = st.selectbox("Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.get,
+            raw_fmt = st.selectbox("Format", list(EXPORT_FORMATS), format_func=EXPORT_FORMATS.__getitem__,
                                    key="audit_raw_format")
             reason = st.text_area("Why you need the raw text (recorded)", key="audit_raw_reason", max_chars=2000)
             if st.form_submit_button("Ask for a raw text export", key="audit_raw_submit"):
@@ -116,8 +119,8 @@ def export_panel(ctx: AppContext, principal: Principal, state: ui.AuditPageState
                 if r.status == "approved":
                     if a.button("Run the export (once)", key=f"audit_raw_run_{r.id}", icon=":material/file_export:"):
                         out = exports_svc.default_export_path(ctx, exports_svc.ExportSpec("exchanges", r.format))
-                        if _run_export(state, lambda rid=r.id, out=out: approvals_svc.run_approved_raw_export(
-                                ctx, principal, rid, out)):
+                        if _run_export(state, partial(approvals_svc.run_approved_raw_export, ctx, principal,
+                                                      r.id, out)):
                             state.flash = "The raw text export is written: download it above (once)."
                             st.rerun()
                 if b.button("Cancel", key=f"audit_raw_cancel_{r.id}"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -30,7 +31,7 @@ def _shown_time(ts: str) -> str:
     return datetime.fromisoformat(ts).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _table(rows: list[dict], marked: int | None = None) -> pd.DataFrame:
+def _table(rows: list[dict[str, Any]], marked: int | None = None) -> pd.DataFrame:
     frame = pd.DataFrame([{
         **({"": "▶" if r["seq"] == marked else ""} if marked is not None else {}),
         "Event": r["seq"], "Time (UTC)": _shown_time(r["ts"]), "Actor": r["actor"], "Action": r["action"],

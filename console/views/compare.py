@@ -56,7 +56,9 @@ if submitted:
         columns = st.columns(2)
         sides = [("live", comparison.live, comparison.live_version), ("candidate", comparison.candidate,
                                                                       comparison.candidate_version)]
-        boxes, buffers, errors, threads = [], [], [], []
+        boxes, threads = [], []
+        buffers: list[list[str]] = []
+        errors: list[list[str]] = []
         for column, (label, turn, version) in zip(columns, sides, strict=True):
             # A short title and the version's full name under it (wrapped, and in the title's help), so a long name
             # is read whole instead of cut at the column's edge.

@@ -36,9 +36,9 @@ with run_tab, st.form(f"eval_form_{state.round}"):
     upload = st.file_uploader("…or your own suite (JSONL or CSV: id, prompt, kind, expected_topic, pair_id, group)",
                               type=["jsonl", "csv"], key=f"eval_upload_{state.round}")
     if st.form_submit_button("Run", type="primary"):
-        suite = suite_name
-        if upload is not None:
-            suite = ui.call(eval_svc.upload_suite, ctx, principal, upload.name, upload.getvalue())
+        # An upload that does not parse is None (its error shown), so nothing starts.
+        suite = (suite_name if upload is None
+                 else ui.call(eval_svc.upload_suite, ctx, principal, upload.name, upload.getvalue()))
         if version is None:
             st.error("Choose a version to evaluate.")
         elif suite is not None:
@@ -135,8 +135,8 @@ with compare_tab:
              if r.status == "done"]
     labels = {r.id: f"{r.id}: {r.version} · {r.suite} · {r.finished_at:%Y-%m-%d %H:%M}" for r in every}
     c1, c2 = st.columns(2)
-    a = c1.selectbox("Report A", list(labels), index=None, format_func=labels.get, key="eval_compare_a")
-    b = c2.selectbox("Report B", list(labels), index=None, format_func=labels.get, key="eval_compare_b")
+    a = c1.selectbox("Report A", list(labels), index=None, format_func=labels.__getitem__, key="eval_compare_a")
+    b = c2.selectbox("Report B", list(labels), index=None, format_func=labels.__getitem__, key="eval_compare_b")
     report_a = ui.call(eval_svc.get_report, ctx, principal, a) if a is not None and b is not None else None
     report_b = ui.call(eval_svc.get_report, ctx, principal, b) if report_a is not None else None
     if report_a is not None and report_b is not None:

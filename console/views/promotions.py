@@ -47,22 +47,22 @@ for move in ui.emergency_warnings(ctx, principal, link=False):
 production = ui.call(watch.production_state, ctx, principal)
 if production is not None:
     st.markdown(f"**Production:** {esc(production.current or 'none')}")
-    watch = production.watch
-    if watch is not None and watch.state == "watching":
-        st.info(f"Watching {esc(watch.to_version)} against {esc(watch.from_version or '-')} until "
-                f"{watch.ends_at:%H:%M} UTC.", icon=":material/visibility:")
+    window = production.watch
+    if window is not None and window.state == "watching":
+        st.info(f"Watching {esc(window.to_version)} against {esc(window.from_version or '-')} until "
+                f"{window.ends_at:%H:%M} UTC.", icon=":material/visibility:")
     if (rb := production.last_rollback) is not None:
         st.warning(f"Rolled back at {rb.at:%Y-%m-%d %H:%M} UTC by {esc(rb.by)}: production returned from "
                    f"{esc(rb.from_version or '-')} to {esc(rb.to_version or '-')} ({esc(rb.reason)}). "
                    f"{esc(rb.from_version or '-')} is no longer watched.", icon=":material/arrow_back:")
-    elif watch is not None and watch.state == "moved" and (m := watch.moved_away) is not None:
-        st.info(f"Production moved from {esc(watch.to_version)} to {esc(m.to_version or 'nothing')} at "
-                f"{m.at:%Y-%m-%d %H:%M} UTC by {esc(m.by)} ({esc(m.reason)}); {esc(watch.to_version)} is no longer "
+    elif window is not None and window.state == "moved" and (m := window.moved_away) is not None:
+        st.info(f"Production moved from {esc(window.to_version)} to {esc(m.to_version or 'nothing')} at "
+                f"{m.at:%Y-%m-%d %H:%M} UTC by {esc(m.by)} ({esc(m.reason)}); {esc(window.to_version)} is no longer "
                 "watched, and the consoles switch within seconds.", icon=":material/arrow_forward:")
-    if watch is not None and watch.finding is not None and watch.finding.tests:
-        st.caption(f"Watch of {esc(watch.to_version)} against {esc(watch.from_version or '-')} "
-                   f"({esc(watch.finding.verdict)}): "
-                   + esc("; ".join(watch.describe_test(t) for t in watch.finding.tests)) + ".")
+    if window is not None and window.finding is not None and window.finding.tests:
+        st.caption(f"Watch of {esc(window.to_version)} against {esc(window.from_version or '-')} "
+                   f"({esc(window.finding.verdict)}): "
+                   + esc("; ".join(watch.describe_test(t) for t in window.finding.tests)) + ".")
     if (f := production.recent_regression) is not None:
         what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
                 "rollback_failed": f"the rollback failed: {f.error}"}.get(f.action, f.action)
@@ -162,10 +162,10 @@ if "Request" in tabs:
 
 if "Emergency rollback" in tabs:
     with tabs["Emergency rollback"]:
-        target = production.previous if production is not None else None
-        if target is None:
+        if production is None or production.previous is None:
             st.info("There is no previous production version to roll back to.")
         else:
+            target = production.previous
             with st.form(f"rollback_form_{state.round}"):
                 st.caption(f"Returns production from {esc(production.current or '-')} to {esc(target)}, the version "
                            "that held it just before (no other), without a second approval; every console switches "
@@ -174,8 +174,8 @@ if "Emergency rollback" in tabs:
                 reason = st.text_input("Reason (required, recorded)", key=f"rollback_reason_{state.round}",
                                        max_chars=1000)
                 if st.form_submit_button("Roll back now"):
-                    if (done := ui.call(promotion_svc.rollback, ctx, principal, reason)) is not None:
-                        _done(f"Rolled back: production returns from {done.from_version} to {done.to_version}. "
+                    if (rolled := ui.call(promotion_svc.rollback, ctx, principal, reason)) is not None:
+                        _done(f"Rolled back: production returns from {rolled.from_version} to {rolled.to_version}. "
                               "Another admin must acknowledge it.")
 
 with tabs["History"]:

@@ -89,10 +89,10 @@ if allowed(principal.roles, "review.spot_check_rules"):
                 for field in ("rule_share", "rule_cap", "rule_version", "rule_family"):
                     st.session_state.pop(field, None)  # the next run shows an empty form
                 st.rerun()
-    if report.rules:
+    scopes = {r.key: r.scope for r in report.rules}
+    if scopes:
         with st.form("remove_form", clear_on_submit=True):
-            key = st.selectbox("Rule", [r.key for r in report.rules], key="remove_key",
-                               format_func=lambda k: next(r.scope for r in report.rules if r.key == k))
+            key = st.selectbox("Rule", list(scopes), key="remove_key", format_func=scopes.__getitem__)
             if st.form_submit_button("Remove rule", key="rule_remove"):
                 removed = ui.call(spot.remove_rule, ctx, principal, key)
                 if removed is not None:

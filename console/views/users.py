@@ -177,13 +177,13 @@ for req in pending:
         held = (f" Kept, being younger than six months: {preview.held_exchanges} exchanges and "
                 f"{preview.held_events} audit events." if preview.floor is not None else "")
         st.caption(escape_markdown(f"Approving erases now: {preview.summary}.{held}"))
-    cols = st.columns(2)
-    if cols[0].button("Approve and erase", key=f"erase_approve_{req.id}", type="primary"):
+    approve_col, reject_col = st.columns(2)
+    if approve_col.button("Approve and erase", key=f"erase_approve_{req.id}", type="primary"):
         done = ui.call(retention_svc.decide_erasure, ctx, principal, req.id, True)
         if done:
             state.flash = f"Erased the content of {done.username}: {done.summary}. The account itself stays."
             st.rerun()
-    if cols[1].button("Reject", key=f"erase_reject_{req.id}"):
+    if reject_col.button("Reject", key=f"erase_reject_{req.id}"):
         if ui.call(retention_svc.decide_erasure, ctx, principal, req.id, False):
             state.flash = f"Rejected erasure request #{req.id}."
             st.rerun()

@@ -3,13 +3,16 @@ after a rollback the banner says so instead of "Watching"."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from console import app_pages
-from console.services import promotion, serving
+from console.services import promotion, serving, watch
 from console.services.access import Principal
+from console.textsafe import escape_markdown
 from console.ui import UiSession
 from db import model_versions as versions_q
 from db.tables import Evaluation
@@ -131,6 +134,25 @@ def test_right_after_a_rollback_the_banner_says_rolled_back_by_whom_not_watching
     (banner,) = [w.value for w in at.warning if "Rolled back at " in w.value]
     assert "by otto: production returned from v2 to v1 (customers complain)" in banner
     assert "v2 is no longer watched" in banner
+
+
+def test_a_concluded_watch_window_shows_each_comparison_in_words(ctx, setup, clock, make_user) -> None:  # noqa: ANN001
+    # Found by mypy: the page named the WatchView `watch`, shadowing the watch module, so listing a finding's tests
+    # (watch.describe_test) raised AttributeError on every Promotions page once a watch window had concluded.
+    promotion.approve(ctx, setup["rita"], setup["request"].id, "numbers hold up")
+    assert serving.Reconciler(ctx, _StubHost("v1")).run_once() is not None  # type: ignore[arg-type]
+    with ctx.db.session() as s:
+        switch = watch.watched_switch(s)
+    assert switch is not None
+    clock.now = switch.ts + timedelta(minutes=ctx.settings.watch_minutes + 1)  # the window ended without traffic
+    finding = watch.Watcher(ctx).run_once()
+    assert finding is not None and finding.verdict == "too_few_samples" and finding.tests
+    at = _open(make_user("otto", "admin"))
+    (caption,) = [c.value for c in at.caption if c.value.startswith("Watch of v2 against v1")]
+    # Each comparison, in the service's words: error rate, flagged answers, time to first token, thumbs down.
+    said = "; ".join(watch.describe_test(t) for t in finding.tests)
+    assert caption == f"Watch of v2 against v1 ({escape_markdown('too_few_samples')}): {escape_markdown(said)}."
+    assert said.count("too few to compare") == 3 and "thumbs down 0/0 → 0/0 rated answers" in said
 
 
 def test_an_emergency_rollback_from_the_page_stays_shown_until_another_admin_acknowledges_it(  # noqa: ANN001

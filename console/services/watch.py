@@ -141,16 +141,23 @@ def describe_test(test: dict[str, Any]) -> str:
     """One comparison of a watch finding (its ``tests``) in words: the metric, both sides with their sample
     sizes, the statistic and the decision."""
     decision = "regression" if test.get("regression") else ("compared" if test.get("enough") else "too few to compare")
+    p_value = "not computed" if test.get("p_value") is None else test.get("p_value")
     if test.get("metric") == "ttft_p95_ms":
-        return (f"p95 time to first token {test.get('before')} → {test.get('after')} ms "
+        before, after = (_ms(test.get(side)) for side in ("before", "after"))
+        return (f"p95 time to first token {before} → {after} "
                 f"({test.get('n_before')} / {test.get('n_after')} answers): {decision}")
     if test.get("metric") == "thumbs_down_rate":
         return (f"thumbs down {test.get('k_before')}/{test.get('n_before')} → {test.get('k_after')}/"
-                f"{test.get('n_after')} rated answers, one-sided Fisher p = {test.get('p_value')}: reported only "
+                f"{test.get('n_after')} rated answers, one-sided Fisher p = {p_value}: reported only "
                 "(feedback never rolls back by itself)")
     what = "error rate" if test.get("metric") == "error_rate" else "flagged answers"
     return (f"{what} {test.get('k_before')}/{test.get('n_before')} → {test.get('k_after')}/{test.get('n_after')}, "
-            f"one-sided Fisher p = {test.get('p_value')}: {decision}")
+            f"one-sided Fisher p = {p_value}: {decision}")
+
+
+def _ms(value: Any) -> str:
+    """A p95 in milliseconds, or "no answers" when the window had none to take it from."""
+    return "no answers" if value is None else f"{value} ms"
 
 
 def regressions(settings: Settings, before: WindowStats, after: WindowStats) -> list[str]:

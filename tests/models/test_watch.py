@@ -207,3 +207,12 @@ def test_a_significant_rise_in_flagged_answers_still_rolls_back_with_its_statist
     words = [watch.describe_test(t) for t in finding.tests]
     assert "flagged answers 0/30 → 12/30, one-sided Fisher p = " in words[1] and words[1].endswith(": regression")
     assert words[0] == "error rate 0/30 → 0/30, one-sided Fisher p = 1.0: compared"
+
+
+def test_a_comparison_without_samples_says_so_instead_of_none():
+    """A window with no answers has no p95 and no p-value: the Promotions page says that, not "None → None ms"."""
+    empty = {"metric": "ttft_p95_ms", "before": None, "after": 41.5, "n_before": 0, "n_after": 3, "enough": False}
+    assert watch.describe_test(empty) == "p95 time to first token no answers → 41.5 ms (0 / 3 answers): too few to compare"
+    rate = {"metric": "error_rate", "k_before": 0, "n_before": 0, "k_after": 0, "n_after": 2, "p_value": None}
+    assert watch.describe_test(rate) == "error rate 0/0 → 0/2, one-sided Fisher p = not computed: too few to compare"
+    assert "None" not in watch.describe_test({**empty, "after": None})

@@ -7,9 +7,10 @@ vLLM 0.32 reads, so it never shows in ``ps``), its output in ``<log_dir>/<versio
 (tests and benchmarks start their servers with it too).
 
 Requests go through :class:`ManagedServerClient`, a :class:`~engine.server_client.ServerEngineClient` of the
-server's loopback URL that owns the process: while the server loads its status is ``loading``; if the process
-ends, ``failed`` with the tail of its log; ``shutdown()`` stops the server. A console that crashed leaves its
-servers running: the next one to start a server in the same ``log_dir`` stops them (:func:`reap_leftovers`).
+server's loopback URL that owns the process: while the server loads, and answers its first request (a long one:
+:data:`PRIME_PROMPT_TOKENS`), its status is ``loading``; if the process ends, ``failed`` with the tail of its log;
+``shutdown()`` stops the server. A console that crashed leaves its servers running: the next one to start a server
+in the same ``log_dir`` stops them (:func:`reap_leftovers`).
 """
 
 from __future__ import annotations
@@ -121,6 +122,12 @@ def server_env(api_key: str | None, base: dict[str, str] | None = None) -> dict[
 
 LOG_TAIL_LINES = 20
 POLL_S = 0.5  # how often a start looks at /health
+# A server's first request, before it is ready: this many prompt tokens (fewer if its context is shorter), one token
+# out. On a CPU with AMX, vLLM's bfloat16 attention runs AMX tile instructions without asking Linux for them
+# (arch_prctl ARCH_REQ_XCOMP_PERM). A first engine step of 5 tokens or more asks for them on the way (likely its
+# matrix multiplications), a shorter one dies with SIGILL, once per process (measured on the tiny model: 1, 2 and 4
+# tokens died, 5 to 128 lived, and every request after, one-token ones included, was answered; docs/models.md).
+PRIME_PROMPT_TOKENS = 64
 PORT_ATTEMPTS = 3  # a port taken between picking it and the server binding it: pick another
 _OOM = re.compile(r"out of memory|outofmemoryerror|cannot allocate memory|\bOOM\b|no available memory for the cache"
                   r"|larger than the available kv cache memory|insufficient (?:kv cache )?memory", re.IGNORECASE)
@@ -336,9 +343,10 @@ class ManagedServer:
             return False
 
     def wait_healthy(self, timeout_s: float) -> None:
-        """Poll ``/health`` until it answers 200. Raises ServerStartError (with the log's last lines;
-        ``out_of_memory`` when they say so) as soon as the process ends, or when it does not answer within
-        ``timeout_s`` (the server is then stopped). A port taken meanwhile by someone else is replaced."""
+        """Poll ``/health`` until it answers 200, then send the server its first request (:data:`PRIME_PROMPT_TOKENS`
+        prompt tokens, one out: see there). Raises ServerStartError (with the log's last lines; ``out_of_memory``
+        when they say so) as soon as the process ends, or when it does not answer ``/health`` or that first request
+        within ``timeout_s`` (the server is then stopped). A port taken meanwhile by someone else is replaced."""
         deadline = time.monotonic() + timeout_s
         attempts = 1
         while True:
@@ -354,6 +362,7 @@ class ManagedServer:
                     continue
                 raise self._start_error(f"its process ended (exit status {self.returncode})", tail)
             if self.check_health():
+                self._prime(deadline)
                 logger.info("vLLM server for %s ready on %s after %.1f s", self.spec.name, self.url,
                             time.monotonic() - self.started_at)
                 return
@@ -374,6 +383,39 @@ class ManagedServer:
             logger.info("vLLM server for %s on port %s stopped", self.spec.name, self.port)
 
     # -- internals --
+
+    def _prime(self, deadline: float) -> None:
+        """The server's first request, a long-enough one (:data:`PRIME_PROMPT_TOKENS`), answered before the server
+        counts as started; a server that does not answer it is stopped and ServerStartError raised."""
+        tokens = min(PRIME_PROMPT_TOKENS, (self.spec.max_model_len or PRIME_PROMPT_TOKENS + 1) - 1)
+        body = {"model": base_model_name(self.spec) if self.spec.lora is not None else self.spec.name,
+                "prompt": [1 + i % 32 for i in range(tokens)], "max_tokens": 1, "temperature": 0.0}
+        try:
+            response = httpx.post(f"{self.url}/v1/completions", json=body,
+                                  headers={"Authorization": f"Bearer {self.api_key}"},
+                                  timeout=max(deadline - time.monotonic(), 30.0))
+            why = None if response.status_code == 200 else (f"it answered its first request with HTTP "
+                                                             f"{response.status_code}: {response.text[:200]}")
+        except httpx.HTTPError as exc:
+            why = f"its first request failed ({type(exc).__name__})"
+        if why is None:
+            return
+        if self._stopped:
+            raise ServerStartError(f"The vLLM server for {self.spec.name} was stopped while it started.")
+        if not self.alive() or self._wait_end(5.0):
+            why += f"; its process ended (exit status {self.returncode})"
+        tail = self.log_tail()
+        self.stop()
+        raise self._start_error(why, tail)
+
+    def _wait_end(self, timeout_s: float) -> bool:
+        """True once the server's process has ended, waiting up to ``timeout_s``."""
+        assert self._process is not None
+        try:
+            self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def _start_error(self, why: str, tail: str) -> ServerStartError:
         oom = is_out_of_memory(tail, self.returncode)

@@ -105,6 +105,22 @@ def engine_args_for(spec: ModelSpec, config: HostConfig, *, on_cpu: bool) -> dic
     return args
 
 
+def allow_amx() -> bool:
+    """Ask Linux for this process's use of AMX tile instructions (``arch_prctl(ARCH_REQ_XCOMP_PERM)``, through
+    ``torch.cpu._init_amx``); True if granted, False on a CPU without AMX. vLLM's bfloat16 attention on a CPU with
+    AMX runs tile instructions without asking, and a process whose first engine step was too short to ask on the way
+    (fewer than 5 tokens: a one-word prompt) died with SIGILL (``Illegal instruction``); asked here, before the
+    engine loads, any first request is answered (docs/models.md)."""
+    import torch
+
+    init_amx = getattr(torch.cpu, "_init_amx", None)
+    try:
+        return bool(init_amx()) if init_amx is not None else False
+    except RuntimeError:
+        logger.warning("could not ask for AMX: a short first request may crash a bfloat16 engine", exc_info=True)
+        return False
+
+
 class Worker:
     """Owns one vLLM engine on its own thread, from creation to shutdown (one worker per engine lifetime)."""
 
@@ -242,7 +258,10 @@ class Worker:
         from vllm.platforms import current_platform
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        args = engine_args_for(self.spec, self.config, on_cpu=current_platform.is_cpu())
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            allow_amx()
+        args = engine_args_for(self.spec, self.config, on_cpu=on_cpu)
         logger.info("creating vLLM engine for %s from %s", self.spec.name, self.spec.source)
         engine = LLMEngine.from_engine_args(EngineArgs(**args))
         # Per-request stats (RequestOutput.metrics) need log_stats on, but vLLM then also feeds its default

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.managed import server_command, server_env
+from engine.managed import PRIME_PROMPT_TOKENS, server_command, server_env
 from engine.types import HostConfig, ModelSpec
 
 START_TIMEOUT_S = 300.0  # ~26 s on a quiet machine; much more while other tests load engines beside it
@@ -65,6 +65,17 @@ class RunningServer:
             return ""
 
 
+def _prime(server: RunningServer) -> None:
+    """The server's first request, long enough (as a managed server's: engine.managed.PRIME_PROMPT_TOKENS) that a
+    bfloat16 engine on a CPU with AMX survives it and whatever short request a test sends first (docs/models.md)."""
+    headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+    body = {"model": server.name, "prompt": [1 + i % 32 for i in range(PRIME_PROMPT_TOKENS)], "max_tokens": 1}
+    response = httpx.post(f"{server.url}/v1/completions", json=body, headers=headers, timeout=START_TIMEOUT_S)
+    if response.status_code != 200:
+        raise RuntimeError(f"the vLLM server for {server.name} failed its first request ({response.status_code}: "
+                           f"{response.text[:200]}):\n{server.log_tail()}")
+
+
 def start_vllm_server(model_dir: Path, name: str, *, port: int | None = None, api_key: str | None = None,
                       log_path: Path, timeout_s: float = START_TIMEOUT_S) -> RunningServer:
     """Start vLLM's OpenAI-compatible server serving ``model_dir`` as ``name`` on loopback and wait for /health.
@@ -86,6 +97,7 @@ def start_vllm_server(model_dir: Path, name: str, *, port: int | None = None, ap
                 raise RuntimeError(f"the vLLM server for {name} exited ({process.returncode}):\n{server.log_tail()}")
             try:
                 if httpx.get(f"{server.url}/health", timeout=2.0).status_code == 200:
+                    _prime(server)
                     return server
             except httpx.HTTPError:
                 pass

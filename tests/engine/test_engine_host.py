@@ -11,6 +11,8 @@ import gc
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -336,3 +338,35 @@ def test_shutdown_is_idempotent_and_refuses_new_requests(engine_host: EngineHost
         engine_host.stream_chat(HELLO, exactly(4))
     with pytest.raises(EngineNotReadyError):
         engine_host.switch(ModelSpec(name="other", source="nowhere"))
+
+
+# A one-word first request in a process of its own: on a CPU with AMX a bfloat16 engine (vLLM's default dtype there)
+# whose first step was that short died with SIGILL, ending its process, until the worker asked for AMX itself
+# (engine.worker.allow_amx). Its own process, as the permission once asked holds for the whole process.
+_SHORT_FIRST_REQUEST = """
+import sys
+from engine.host import EngineHost
+from engine.types import HostConfig, ModelSpec, SamplingSettings
+
+host = EngineHost.start(ModelSpec(name="short-first", source=sys.argv[1]), HostConfig(kv_cache_gib=0.25), wait=True)
+try:
+    stream = host.stream_prompt("Hello", SamplingSettings(temperature=0.0, max_tokens=1))
+    for _ in stream:
+        pass
+    print("answered", stream.result.output_tokens, flush=True)
+finally:
+    host.shutdown()
+"""
+
+
+@pytest.mark.engine
+def test_a_default_dtype_engine_answers_a_one_word_first_request(tiny_model_dir: Path) -> None:
+    from engine import STARTING_ENV
+
+    done = subprocess.run([sys.executable, "-c", _SHORT_FIRST_REQUEST, str(tiny_model_dir)],  # noqa: S603
+                          cwd=Path(__file__).resolve().parents[2], env=dict(STARTING_ENV), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, f"exit status {done.returncode} (-4: SIGILL):\n{done.stderr[-3000:]}"
+    assert "answered 1" in done.stdout.splitlines()
+    amx = " amx_tile" in Path("/proc/cpuinfo").read_text()
+    assert "dtype=torch.bfloat16" in done.stderr or not amx  # what vLLM picks by default on a CPU with AMX

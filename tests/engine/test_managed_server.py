@@ -19,8 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import EngineArgsError, EngineDeadError, ServerStartError, ServerUnavailableError
+from engine.errors import (
+    EngineArgsError,
+    EngineDeadError,
+    EngineNotReadyError,
+    ServerStartError,
+    ServerUnavailableError,
+)
 from engine.managed import (
+    PRIME_PROMPT_TOKENS,
     SERVER_MODULE,
     ManagedServer,
     ManagedServerClient,
@@ -178,6 +185,110 @@ def _group_members(group: int) -> list[int]:
             if int(fields[2]) == group and fields[0] != "Z":
                 members.append(int(entry.name))
     return members
+
+
+# --- the first request, before a server counts as started (a stand-in server: ``ServerOptions.python``) ---------
+
+# A stand-in for vLLM's server: answers /health, writes each POST (path, Authorization, body) as a JSON line to
+# RECORD and answers it; with CRASH, answers 500 as vLLM's server does when its engine core died, logs vLLM's error
+# line and exits.
+_STAND_IN_SERVER = """
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+PORT = int(sys.argv[sys.argv.index("--port") + 1])
+RECORD, CRASH = {record!r}, {crash!r}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def _answer(self, status, payload):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+    def do_GET(self):
+        self._answer(200 if self.path == "/health" else 404, b"{{}}")
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with open(RECORD, "a") as record:
+            record.write(json.dumps({{"path": self.path, "auth": self.headers.get("Authorization"),
+                                     "body": body}}) + "\\n")
+        if CRASH:
+            self._answer(500, b'{{"error": {{"message": "EngineCore encountered an issue."}}}}')
+            print("vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue.", flush=True)
+            os._exit(1)
+        self._answer(200, json.dumps({{"choices": [{{"index": 0, "text": "x", "finish_reason": "length"}}],
+                                      "usage": {{"prompt_tokens": len(body["prompt"]), "completion_tokens": 1}}}}
+                                     ).encode())
+
+
+HTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+"""
+
+
+def _stand_in_python(tmp_path: Path, *, crash: bool) -> tuple[str, Path]:
+    """An interpreter (the ``ServerOptions.python`` seam) that runs the stand-in server whatever module it is
+    asked to run, and the file its requests are written to."""
+    record = tmp_path / "requests.jsonl"
+    script = tmp_path / "stand_in_server.py"
+    script.write_text(_STAND_IN_SERVER.format(record=str(record), crash=crash))
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    python.chmod(0o755)
+    return str(python), record
+
+
+@pytest.mark.parametrize(("max_model_len", "lora", "tokens", "model"), [
+    (None, False, PRIME_PROMPT_TOKENS, "first"),
+    (16, True, 15, "first.base"),  # a short context: one token less than it; a LoRA version: its base
+])
+def test_a_server_answers_a_long_enough_first_request_before_it_counts_as_started(
+        tmp_path: Path, max_model_len: int | None, lora: bool, tokens: int, model: str) -> None:
+    python, record = _stand_in_python(tmp_path, crash=False)
+    spec = ModelSpec(name="first", source=str(tmp_path), max_model_len=max_model_len, backend="managed-server",
+                     lora=LoraAdapter("first", str(tmp_path / "adapter"), rank=8) if lora else None)
+    client = ManagedServerClient.start(spec, CONFIG, ServerOptions(log_dir=str(tmp_path / "servers"), python=python,
+                                                                   start_timeout_s=120))
+    try:
+        assert client.status().state == "ready"
+        # It came in before start() returned: the server's very first request, with its key.
+        (first,) = [json.loads(line) for line in record.read_text().splitlines()]
+        assert first["path"] == "/v1/completions" and first["auth"] == f"Bearer {client.server.api_key}"
+        body = first["body"]
+        assert body["model"] == model and body["max_tokens"] == 1 and len(body["prompt"]) == tokens
+        assert PRIME_PROMPT_TOKENS >= 5  # the shortest first engine step that lived on an AMX CPU (bfloat16)
+        assert all(isinstance(token, int) and 0 < token < 64 for token in body["prompt"])  # in any vocabulary
+    finally:
+        client.shutdown()
+
+
+def test_a_server_that_dies_on_its_first_request_did_not_start_and_is_stopped(tmp_path: Path) -> None:
+    python, record = _stand_in_python(tmp_path, crash=True)
+    spec = ModelSpec(name="dies-first", source=str(tmp_path), backend="managed-server")
+    client = ManagedServerClient.start(spec, CONFIG, ServerOptions(log_dir=str(tmp_path / "servers"), python=python,
+                                                                   start_timeout_s=120), wait=False)
+    try:
+        with pytest.raises(ServerStartError) as failed:
+            client.wait_ready()
+        message = str(failed.value)
+        assert message.startswith("The vLLM server for dies-first did not start: it answered its first request "
+                                  "with HTTP 500")
+        assert "EngineDeadError: EngineCore encountered an issue." in message  # the log's last lines
+        assert not failed.value.out_of_memory and not client.server.alive()
+        assert len(record.read_text().splitlines()) == 1
+        status = client.status()
+        assert status.state == "failed" and status.error == message and client.serving is None
+        with pytest.raises(EngineNotReadyError, match="did not start"):
+            client.stream_prompt("Hello", SamplingSettings(max_tokens=1))
+    finally:
+        client.shutdown()
 
 
 # --- a real managed server ------------------------------------------------------------------------------------

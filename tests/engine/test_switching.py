@@ -41,6 +41,7 @@ from tests.conftest import console_env
 HELLO = [ChatMessage("user", "Where is my order?")]
 GREEDY = SamplingSettings(temperature=0.0, max_tokens=8, ignore_eos=True)
 WAIT_S = 600.0
+AMX_CPU = " amx_tile" in Path("/proc/cpuinfo").read_text()  # a bfloat16 engine's short first step crashed there
 
 SUITE = Suite("tiny-three", (
     SuiteRecord("d1", "How do I get my money back for a broken kettle?", "in_domain", "refunds"),
@@ -135,14 +136,12 @@ def stalled_steps(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 def test_a_round_trip_through_a_managed_server_keeps_the_one_engine_host(tiny_model_dir: Path, tmp_path: Path,
                                                                           stalled_steps: threading.Event) -> None:
     other = Path(shutil.copytree(tiny_model_dir, tmp_path / "tiny-b"))
-    # float32: on a CPU with AMX (this 2-core VM), vLLM's bfloat16 attention runs AMX kernels, and a server's engine
-    # core whose first request was this switch's short warm-up died there with "Illegal instruction" (SIGILL,
-    # reproduced outside the console with `vllm.entrypoints.openai.api_server` and a one-word prompt). What this
-    # test checks, the one engine host across a round trip, does not depend on the number type.
-    local = ModelSpec(name="rt-local", source=str(tiny_model_dir), dtype="float32")
-    managed = ModelSpec(name="rt-managed", source=str(other), max_model_len=512, backend="managed-server",
-                        dtype="float32")
-    local_again = ModelSpec(name="rt-local-2", source=str(tiny_model_dir), dtype="float32")
+    # The default dtype: bfloat16 on a CPU with AMX (this VM), where vLLM's attention runs AMX tile instructions and
+    # an engine whose first step was short (the switch's one-word warm-up) died with SIGILL before the managed
+    # server's long first request (engine.managed.PRIME_PROMPT_TOKENS) and the in-process engine's allow_amx.
+    local = ModelSpec(name="rt-local", source=str(tiny_model_dir))
+    managed = ModelSpec(name="rt-managed", source=str(other), max_model_len=512, backend="managed-server")
+    local_again = ModelSpec(name="rt-local-2", source=str(tiny_model_dir))
     # No drain time: a request still running on the old engine at the swap is cut off with "switch".
     config = HostConfig(kv_cache_gib=0.25, drain_timeout_s=0.0)
     engine = SwitchingEngine.start(local, config, ServerOptions(log_dir=str(tmp_path / "servers")), wait=True)
@@ -159,6 +158,13 @@ def test_a_round_trip_through_a_managed_server_keeps_the_one_engine_host(tiny_mo
         stalled_steps.set()
         server_client = engine.current
         assert server_client is not host and backends.backend_of(server_client) == "managed-server"
+        server_log = server_client.server.log_path.read_text(errors="replace")  # type: ignore[union-attr]
+        assert "dtype=torch.bfloat16" in server_log or not AMX_CPU  # what vLLM picks by default there
+        short = engine.stream_prompt("Hello", SamplingSettings(temperature=0.0, max_tokens=1))  # one token in, one out
+        for _ in short:
+            pass
+        assert short.result.model_version == "rt-managed" and short.result.output_tokens == 1
+        assert server_client.status().state == "ready"
         on_server = answer(engine)
         assert on_server.model_version == "rt-managed" and (on_server.server or "").startswith("http://127.0.0.1:")
         assert engine.wait_retired(timeout=120)

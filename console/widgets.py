@@ -30,6 +30,10 @@ def marked(text: str, spans: Sequence[tuple[int, int]] = ()) -> str:
                    for p in PLACEHOLDER.split(text))
 
 
+ERASED_TEXT = ("The prompt and answer of this exchange were erased (retention limit or a person's erasure request); "
+               "its findings and decisions remain.")
+
+
 def show_item(view: review.ItemView, *, key: str) -> None:
     """One review item: badges, versions and actions, the conversation's system prompt, earlier turns, the flagged
     exchange, the operator's note, the findings and the decisions so far. ``key`` tells apart the places one page
@@ -47,14 +51,21 @@ def show_item(view: review.ItemView, *, key: str) -> None:
     for turn in view.context:
         st.chat_message("user").markdown(escape_markdown(turn.prompt))
         st.chat_message("assistant").markdown(escape_markdown(turn.response))
-    st.chat_message("user", avatar=":material/flag:").markdown(marked(view.prompt))
-    st.chat_message("assistant", avatar=":material/flag:").markdown(marked(view.response))
+    if view.text_erased:  # two empty messages would look like a display fault
+        st.caption(ERASED_TEXT)
+    else:
+        st.chat_message("user", avatar=":material/flag:").markdown(marked(view.prompt))
+        st.chat_message("assistant", avatar=":material/flag:").markdown(marked(view.response))
     if view.operator_note:
         # A thumbs-down sent to review (reason "feedback") carries the user's reason as its note.
         who = "The user's feedback" if view.reason == "feedback" else "Operator's note"
         st.info(f"**{who}:** {escape_markdown(view.operator_note)}", icon=":material/sticky_note_2:")
     if view.findings:
-        st.dataframe(pd.DataFrame([f.__dict__ for f in view.findings]), hide_index=True,
+        # A finding about the whole text (toxicity) has no span: "" rather than an empty cell, which the browser
+        # shows as "None"; the positions are text, so each column has one type.
+        st.dataframe(pd.DataFrame([{**f.__dict__, "start": "" if f.start is None else str(f.start),
+                                    "end": "" if f.end is None else str(f.end)} for f in view.findings]),
+                     hide_index=True,
                      key=f"{key}_findings_{view.item_id}",
                      column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})
     else:

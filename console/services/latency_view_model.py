@@ -255,4 +255,8 @@ def feedback_table(report: latency_svc.LatencyOverview, rates: list[feedback_svc
     chosen), None while no answer of the window is rated."""
     rows = feedback_svc.rate_rows(rates, chosen)
     rated = any(r["Rated"] for r in rows)
-    return feedback_caption(report, rated), pd.DataFrame(rows) if rated else None
+    # A version none of whose answers is rated has no share: "–" as in the table above (a missing cell reads "None");
+    # the shares are text, so the column has one type.
+    shown = [{k: v if not k.endswith("(% of rated)") else "–" if v is None else f"{v:.1f}" for k, v in r.items()}
+             for r in rows]
+    return feedback_caption(report, rated), pd.DataFrame(shown) if rated else None

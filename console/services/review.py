@@ -181,6 +181,7 @@ class ItemView:
     decisions: tuple[DecisionRow, ...]  # empty for a blind second review
     sample_id: int | None = None
     system_prompt: str | None = None  # the conversation's system prompt, as stored (redacted)
+    text_erased: bool = False  # the exchange's text was erased (retention or a person's erasure): nothing to show
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ def _item_view(ctx: AppContext, s: Session, item: ReviewItem, *, blind: bool = F
         output_action=None if masked else exchange.output_action, context=context, findings=findings, raw_kept=raw_kept,
         decisions=decisions, sample_id=sample_id,
         system_prompt=conversation.system_prompt if conversation is not None else None,
+        text_erased=exchange.text_erased_at is not None,
     )
 
 

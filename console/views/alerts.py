@@ -54,7 +54,7 @@ if hooks and (secrets_problem := ui.call(alerts_svc.secrets_problem, ctx, princi
 if hooks:
     st.dataframe(pd.DataFrame([{
         "name": h.name, "body": alerts_svc.WEBHOOK_KINDS[h.kind], "address": h.url_display,
-        "alert kinds": ", ".join(h.alert_kinds), "signed": "yes" if h.signed else "no",
+        "alert kinds": ", ".join(map(_kind_label, h.alert_kinds)), "signed": "yes" if h.signed else "no",
         "status": "enabled" if h.enabled else "disabled", "changed (UTC)": _utc(h.updated_at)} for h in hooks]),
         hide_index=True, width="stretch", key="webhooks_table")
     st.caption("Addresses show scheme and host only: the rest of a webhook URL often holds its token, so it is never "

@@ -113,6 +113,10 @@ def _show_report(summary: report_view.ReportSummary) -> None:
         st.dataframe(pd.DataFrame(list(summary.answers)), hide_index=True, key="eval_answers")
 
 
+def _figure(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{value:g}"  # value != value: NaN
+
+
 with reports_tab:
     shown = st.selectbox("Version", versions, index=None, key="eval_reports_version")
     rows = ui.call(eval_svc.list_evaluations, ctx, principal, shown) or [] if shown else []
@@ -153,5 +157,8 @@ with compare_tab:
                                     "B is": r.marker} for r in cmp.rows]),
                      hide_index=True, width="stretch", height="content", key="eval_compare_table")
         with st.expander("Raw rows: the stored figures"):
-            st.dataframe(pd.DataFrame([{"metric": r.metric, "A": r.a, "B": r.b, "B - A": r.difference}
-                                       for r in cmp.raw]), hide_index=True, key="eval_compare_raw")
+            # A figure one report did not store (an older suite, a part not run) is "–", not an empty cell (which
+            # the browser shows as "None"); the figures are text, so each column has one type.
+            st.dataframe(pd.DataFrame([{"metric": r.metric, "A": _figure(r.a), "B": _figure(r.b),
+                                        "B - A": _figure(r.difference)} for r in cmp.raw]),
+                         hide_index=True, key="eval_compare_raw")

@@ -85,7 +85,7 @@ st.dataframe(
                    "servers": ", ".join(v.server_urls), "served model": v.server_model or "",
                    "revision": v.revision or "", "dtype": v.dtype or ("" if v.backend == "server" else "auto"),
                    "quantization": v.quantization or "",
-                   "max context (tokens)": v.max_model_len,
+                   "max context (tokens)": "" if v.max_model_len is None else f"{v.max_model_len:,}",
                    "engine args": json.dumps(v.engine_args) if v.engine_args else "",
                    "LoRA on": v.base or "", "fingerprint": (v.fingerprint or "")[:12], "registered": v.created_at,
                    "notes": v.description or ""} for v in versions]),

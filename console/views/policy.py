@@ -159,7 +159,7 @@ if view is not None:
         if decided:
             st.dataframe(pd.DataFrame([{
                 "request": f"#{c.id}", "policy": c.file_version, "status": c.status,
-                "stored revision": c.applied_version, "proposed by": c.requested_by, "reason": c.reason,
+                "stored revision": "-" if c.applied_version is None else str(c.applied_version), "proposed by": c.requested_by, "reason": c.reason,
                 "decided by": c.decided_by, "note": c.decision_note or "",
                 "decided at (UTC)": None if c.decided_at is None else f"{c.decided_at:%Y-%m-%d %H:%M}",
                 "review items/day before → after": (f"{c.backtest.get('items_before', 0) / c.days:.1f} → "

@@ -25,6 +25,9 @@ can_decide = allowed(principal.roles, "promotion.approve")
 can_rollback = allowed(principal.roles, "models.emergency_rollback")
 can_acknowledge = allowed(principal.roles, "models.acknowledge_emergency")
 
+# A concluded watch window's verdict (watch.WatchFinding.verdict), in words.
+WATCH_VERDICTS = {"passed": "passed", "regression": "regression", "too_few_samples": "too few samples to judge"}
+
 st.title("Promotions")
 if state.flash:
     st.success(esc(state.flash))
@@ -60,8 +63,9 @@ if production is not None:
                 f"{m.at:%Y-%m-%d %H:%M} UTC by {esc(m.by)} ({esc(m.reason)}); {esc(window.to_version)} is no longer "
                 "watched, and the consoles switch within seconds.", icon=":material/arrow_forward:")
     if window is not None and window.finding is not None and window.finding.tests:
+        verdict = WATCH_VERDICTS.get(window.finding.verdict, window.finding.verdict)
         st.caption(f"Watch of {esc(window.to_version)} against {esc(window.from_version or '-')} "
-                   f"({esc(window.finding.verdict)}): "
+                   f"({esc(verdict)}): "
                    + esc("; ".join(watch.describe_test(t) for t in window.finding.tests)) + ".")
     if (f := production.recent_regression) is not None:
         what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
@@ -79,14 +83,22 @@ tab_names = ["Pending", *(["Request"] if can_request else []), *(["Emergency rol
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
 
 
+def _num(value: float | None) -> str:
+    # A gate without numbers (no evaluation, timed against another version) or a metric a report lacks: "–", not
+    # an empty cell (which the browser shows as "None").
+    return "–" if value is None else f"{value:g}"
+
+
 def _gates(request: promotion_svc.RequestView) -> None:
     st.markdown(" ".join(f":{'green' if g.passed else 'red'}-badge[{esc(g.label)}: {'pass' if g.passed else 'fail'}]"
                          for g in request.gates))
-    st.dataframe(pd.DataFrame([{"gate": g.label, "value": g.value, "must be": g.comparison, "limit": g.limit,
-                                "passed": g.passed, "note": g.note or ""} for g in request.gates]),
+    st.dataframe(pd.DataFrame([{"gate": g.label, "value": _num(g.value), "must be": g.comparison,
+                                "limit": _num(g.limit), "passed": g.passed, "note": g.note or ""}
+                               for g in request.gates]),
                  hide_index=True, key=f"gates_{request.id}")
     with st.expander("Frozen reports: candidate and baseline"):
-        st.dataframe(pd.DataFrame(promotion_svc.compare_reports(request.report, request.baseline_report)),
+        st.dataframe(pd.DataFrame([{**row, "candidate": _num(row["candidate"]), "baseline": _num(row["baseline"])}
+                                   for row in promotion_svc.compare_reports(request.report, request.baseline_report)]),
                      hide_index=True, key=f"reports_{request.id}")
 
 

@@ -162,5 +162,11 @@ def test_the_feedback_table_lists_the_chosen_versions_once_an_answer_is_rated(re
     caption, table = vm.feedback_table(report, rated, ("v1",))
     assert caption.startswith("Answers given between") and table is not None
     assert table.to_dict("records") == [{"Model version": "v1", "Answers": 3, "Rated": 3,
-                                         "Thumbs up (% of rated)": 66.7, "Thumbs down (% of rated)": 33.3}]
+                                         "Thumbs up (% of rated)": "66.7", "Thumbs down (% of rated)": "33.3"}]
     assert list(vm.feedback_table(report, rated, ())[1]["Model version"]) == ["v1", "v3"]
+    # A version with answers but none rated says "–", not a missing cell (which the browser shows as "None").
+    rated.append(VersionFeedback(0, 0, 4, model_version="v4"))
+    table = vm.feedback_table(report, rated, ())[1]
+    assert table is not None and table.to_dict("records")[-1] == {
+        "Model version": "v4", "Answers": 4, "Rated": 0, "Thumbs up (% of rated)": "–",
+        "Thumbs down (% of rated)": "–"}

@@ -151,7 +151,7 @@ def test_a_concluded_watch_window_shows_each_comparison_in_words(ctx, setup, clo
     (caption,) = [c.value for c in at.caption if c.value.startswith("Watch of v2 against v1")]
     # Each comparison, in the service's words: error rate, flagged answers, time to first token, thumbs down.
     said = "; ".join(watch.describe_test(t) for t in finding.tests)
-    assert caption == f"Watch of v2 against v1 ({escape_markdown('too_few_samples')}): {escape_markdown(said)}."
+    assert caption == f"Watch of v2 against v1 (too few samples to judge): {escape_markdown(said)}."
     assert said.count("too few to compare") == 3 and "thumbs down 0/0 → 0/0 rated answers" in said
 
 

@@ -77,7 +77,7 @@ def summary_table(totals: pd.DataFrame) -> pd.DataFrame:
     """The per-version summary: requests, rates, throughput and latency percentiles, formatted with units."""
     return pd.DataFrame({
         "model version": totals["model_version"],
-        "requests": totals["requests"],
+        "requests": totals["requests"].fillna(0).round().astype(int),  # a count: 6, not 6.0
         # Per minute: a few requests an hour read 0.0 per second.
         "requests/min (avg)": (totals["requests_per_s"] * 60).map(format_rate),
         "output tokens/s (avg)": totals["output_tokens_per_s"].map(format_rate),

@@ -276,6 +276,29 @@ def _compliance(ctx: AppContext, p: dict[str, Principal], ids: dict[str, Any]) -
     assert verifier.run_once().ok
 
 
+def _more(ctx: AppContext, p: dict[str, Principal]) -> None:
+    """Targets (one met, one missed), an evaluation running and one failed, a version on vLLM servers someone else
+    runs, and an open session."""
+    from console.services import sessions, slo
+    from db import model_versions as versions_q
+    from db.tables import Evaluation
+
+    slo.set_slo(ctx, p["otto"], "ttft_ms", "p95", 500)
+    slo.set_slo(ctx, p["otto"], "error_rate", "rate", 0.01)
+    with ctx.db.session() as s:
+        for name, status, error in (("v4", "running", None), ("v2", "failed", "the engine ran out of memory")):
+            version = versions_q.get_model_version_by_name(s, name)
+            assert version is not None
+            s.add(Evaluation(version_id=version.id, suite="standard", suite_sha256="1" * 64, n_prompts=140,
+                             status=status, progress=0.4, error=error, started_at=ctx.now(),
+                             finished_at=ctx.now() if status == "failed" else None))
+        versions_q.register_model_version(
+            s, name="remote-v1", source="support-model", actor="test", backend="server",
+            server_urls=["http://vllm-1:8000", "http://vllm-2:8000"], server_model="support-model",
+            server_info={"max_model_len": 4096}, max_model_len=4096)
+    sessions.start(ctx, p["olivia"], client="10.0.0.7", user_agent="Firefox")
+
+
 def _alerts(ctx: AppContext, p: dict[str, Principal], receiver: Any) -> None:
     """Webhooks (one that works, one whose address refuses); alerts firing, resolved and one-off; deliveries
     delivered, failed and pending, and a resolved notice delivered."""
@@ -353,6 +376,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, migrated_db_file: Path) -> I
         _quotas(ctx, people)
         _policy(ctx, people)
         _compliance(ctx, people, ids)
+        _more(ctx, people)
         _alerts_after(ctx, clock)
         from console.services import users as users_svc
 
@@ -521,6 +545,9 @@ def test_models_shows_every_stage_the_adapter_and_the_alias_history(page_env):
     assert versions["v0"]["stage"] == "retired" and versions["v3"]["stage"] == "production"
     assert versions["v2"]["aliases"] == "staging (protected: needs a promotion)"
     assert versions["v1-lora"]["LoRA on"] == "v1"
+    remote = versions["remote-v1"]
+    assert (remote["backend"], remote["servers"], remote["max context (tokens)"]) == (
+        "vLLM server", "http://vllm-1:8000, http://vllm-2:8000", "4,096")
     history = _table(at, "alias", "from", "to")
     assert any(m["by"] == "watch" and (m["from"], m["to"]) == ("v2", "v1") for m in history)
     assert _missing_cells(at) == []
@@ -568,6 +595,10 @@ def test_the_latency_page_shows_each_versions_traffic_and_feedback(page_env):
     rated = {f["Model version"]: f for f in feedback}
     assert rated["v1"]["Rated"] == 2 and rated["v1"]["Thumbs down (% of rated)"] == "50.0"
     assert "–" in {f["Thumbs up (% of rated)"] for f in feedback}
+    summary = {r["model version"]: r for r in _table(at, "requests/min (avg)", "TTFT p95")}
+    assert summary["v2"]["requests"] == 10 and summary["v2"]["errors"] == "30.00 %"  # a count, not 10.0
+    met = {(r["target"], r["model version"]): r["met"] for r in _table(at, "measured over the window", "met")}
+    assert met[("error rate <= 1 %", "v2")] == "NO" and met[("p95 time to first token <= 500 ms", "v3")] == "yes"
     assert _missing_cells(at) == []
 
 
@@ -592,7 +623,12 @@ def test_evaluations_open_a_stored_report_and_compare_two(page_env):
     at.selectbox(key="eval_report_id").select(row["evaluation"])
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "None" not in _texts(at).split()
+    assert any("v3" in h.value for h in at.subheader), [h.value for h in at.subheader]
+    assert "None" not in _texts(at).split() and _missing_cells(at) == []
+    at.selectbox(key="eval_reports_version").select("v2")  # one done, one failed
+    at.run()
+    assert {r["status"] for r in _table(at, "evaluation", "suite")} == {"done", "failed"}
+    assert _missing_cells(at) == []
     first, second = at.selectbox(key="eval_compare_a").options[:2]
     at.selectbox(key="eval_compare_a").select(first)
     at.selectbox(key="eval_compare_b").select(second)
@@ -616,6 +652,7 @@ def test_opening_a_version_history_a_user_and_an_erased_item(page_env):
     at.run()
     assert not at.exception
     assert any(c.value == "oscar has no open session." for c in at.caption)
+    assert any(m.value.startswith("Erases the prompts and answers") for m in at.markdown)
     assert any(c.value.startswith("Approving erases now\\: 0 exchanges") for c in at.caption)
 
     # The erased person's flagged exchange, claimed from the queue: the item says its text was erased.
@@ -629,3 +666,4 @@ def test_opening_a_version_history_a_user_and_an_erased_item(page_env):
     assert any(m.value == f"**Item {ids['erased_item']}** :violet-badge[severity 2] :gray-badge[check]"
                for m in at.markdown)
     assert ERASED_TEXT in [c.value for c in at.caption]
+

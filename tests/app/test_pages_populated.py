@@ -678,3 +678,34 @@ def test_opening_a_version_history_a_user_and_an_erased_item(page_env):
                for m in at.markdown)
     assert ERASED_TEXT in [c.value for c in at.caption]
 
+
+
+def test_an_emergency_rollback_waiting_for_acknowledgement_shows_on_every_page_it_touches(page_env):
+    """One admin rolls production back in an emergency (v3 to v1, with v5's canary running beside v3): every page
+    still renders for an admin, the models and promotions pages say who must acknowledge it, and only another admin
+    gets the form."""
+    from console.settings import Settings
+    from db.config import DbConfig
+    from db.database import Database
+
+    settings = Settings.from_env(console_env(page_env.data_dir))
+    db = Database(DbConfig(url=settings.database_url))
+    try:
+        rolled = promotion.rollback(AppContext(settings, db), page_env.people["otto"], "customers complain")
+    finally:
+        db.dispose()
+    assert (rolled.from_version, rolled.to_version) == ("v3", "v1")
+    for page in app_pages.PAGE_TABLE:
+        at = _open(page, page_env.people["root"])
+        assert _missing_cells(at) == [], page
+    at = _open("promotions", page_env.people["ada"])
+    [move] = [w.value for w in at.warning if "customers complain" in w.value and "acknowledges it" in w.value]
+    assert "You made it" not in move
+    assert [b.label for b in at.button if b.label.startswith("Acknowledge emergency move #")]
+    assert any("**Production:** v1" == m.value for m in at.markdown)
+    at = _open("promotions", page_env.people["otto"])
+    assert any("You made it: another admin must acknowledge it." in w.value for w in at.warning)
+    assert not [b for b in at.button if b.label.startswith("Acknowledge emergency move #")]
+    at = _open("models", page_env.people["ada"])
+    assert any("customers complain" in w.value for w in at.warning)
+

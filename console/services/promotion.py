@@ -465,15 +465,24 @@ def rollback_plan(s: Session, *, expect_current: str | None = None, target: str 
         raise InvalidInput("No version holds production; there is nothing to roll back.")
     if expect_current is not None and current.name != expect_current:
         raise InvalidInput(f"Production moved on to {current.name} meanwhile; nothing was rolled back.")
+    came_by_rollback = False
     if target is None:
         # The version that held production just before the current one (a retried switch moves nothing).
         moves = versions_q.alias_moves(s, alias=PRODUCTION, limit=50)
-        previous_id = next((m.from_version_id for m in moves if m.from_version_id != m.to_version_id), None)
-        previous = None if previous_id is None else versions_q.get_model_version(s, previous_id)
+        last = next((m for m in moves if m.from_version_id != m.to_version_id), None)
+        previous = None if last is None or last.from_version_id is None else \
+            versions_q.get_model_version(s, last.from_version_id)
+        came_by_rollback = last is not None and last.reason.startswith(ROLLBACK_PREFIX)
     else:
         previous = versions_q.get_model_version_by_name(s, target)
     if previous is None or previous.id == current.id:
         raise InvalidInput("There is no previous production version to roll back to.")
+    if came_by_rollback:
+        # Else one admin could undo any rollback (an automatic one too) and put back the version it took away:
+        # a way round the second person every move forward needs.
+        raise InvalidInput(f"{current.name} holds production because of a rollback from {previous.name}; returning "
+                           f"to {previous.name} is a move forward, not a rollback: request a promotion that another "
+                           "admin approves.")
     if previous.retired_at is not None:
         raise InvalidInput(f"The previous production version {previous.name} is retired; serve another one.")
     if check:

@@ -347,6 +347,7 @@ class ProductionView:
     watch: WatchView | None
     recent_regression: WatchFinding | None  # the last regression the watch found in the past day, if any
     last_rollback: ProductionMoveView | None = None  # the latest move of production, if it was a rollback in the past day
+    no_rollback: str | None = None  # why there is no rollback to offer, when there is none
 
 
 def _move_view(s: Session, move: Any) -> ProductionMoveView:
@@ -364,10 +365,11 @@ def production_state(ctx: AppContext, actor: Principal) -> ProductionView:
     """Which version holds production, where a rollback would go, and what the watch window says."""
     with ctx.db.session(readonly=True) as s:
         current = versions_q.version_for_alias(s, PRODUCTION)
+        no_rollback: str | None = None
         try:
             previous: str | None = promotion.rollback_plan(s)[1].name
-        except ConsoleError:
-            previous = None
+        except ConsoleError as exc:
+            previous, no_rollback = None, str(exc)
         switch = watched_switch(s)
         last_move = next(iter(versions_q.alias_moves(s, alias=PRODUCTION, limit=1)), None)
         moved_view = None if last_move is None else _move_view(s, last_move)
@@ -392,6 +394,6 @@ def production_state(ctx: AppContext, actor: Principal) -> ProductionView:
         recent = _finding(last) if last is not None and last.ts >= ctx.now() - RECENT else None
         rollback = moved_view if moved_view is not None and moved_view.rollback \
             and moved_view.at >= ctx.now() - RECENT else None
-    return ProductionView(current.name if current else None, previous, watch, recent, rollback)
+    return ProductionView(current.name if current else None, previous, watch, recent, rollback, no_rollback)
 
 

@@ -175,7 +175,8 @@ if "Request" in tabs:
 if "Emergency rollback" in tabs:
     with tabs["Emergency rollback"]:
         if production is None or production.previous is None:
-            st.info("There is no previous production version to roll back to.")
+            st.info(esc(production.no_rollback if production and production.no_rollback
+                        else "There is no previous production version to roll back to."))
         else:
             target = production.previous
             with st.form(f"rollback_form_{state.round}"):

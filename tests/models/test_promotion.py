@@ -247,6 +247,23 @@ def test_rollback_returns_production_to_the_previous_version(ctx, team) -> None:
         promotion.rollback(ctx, team["rita"], "reviewers cannot switch")
 
 
+def test_a_rollback_cannot_be_rolled_back_to_put_back_the_version_it_took_away(ctx, team) -> None:  # noqa: ANN001
+    """The second emergency rollback would be a move forward to the version just taken away, by one person."""
+    request = promotion.request_promotion(ctx, team["ada"], "v2", "production", "better")
+    promotion.approve(ctx, team["rita"], request.id, "ok")
+    promotion.rollback(ctx, team["otto"], "customers complain")
+    with pytest.raises(InvalidInput, match="v1 holds production because of a rollback from v2; returning to v2 is a "
+                                           "move forward, not a rollback: request a promotion"):
+        promotion.rollback(ctx, team["otto"], "changed my mind")
+    assert production(ctx) == "v1" and len(events(ctx, "model.rollback")) == 1
+    state = watch.production_state(ctx, team["rita"])
+    assert state.previous is None and state.no_rollback is not None and "request a promotion" in state.no_rollback
+    # Moving forward again is a promotion like any other: the second person, and then a rollback is offered again.
+    again = promotion.request_promotion(ctx, team["ada"], "v2", "production", "fixed")
+    promotion.approve(ctx, team["rita"], again.id, "ok")
+    assert production(ctx) == "v2" and watch.production_state(ctx, team["rita"]).previous == "v1"
+
+
 def test_old_reports_without_paired_timings_fail_the_latency_gate_with_their_numbers(ctx, team) -> None:  # noqa: ANN001
     # As in the issue: 185.8 ms against 31.7 ms measured in another process at another time.
     evaluate(ctx, "v1", latency={"ttft_p95_ms": 31.7}, latency_comparison=None)

@@ -42,7 +42,8 @@ def show_item(view: review.ItemView, *, key: str) -> None:
     if view.overdue:
         badges.append(":red-badge[overdue]")
     st.markdown(f"**Item {view.item_id}** " + " ".join(badges))
-    st.caption(f"Model {escape_markdown(view.model_version)} · policy revision {view.policy_version or '?'} · "
+    policy = f"policy revision {view.policy_version}" if view.policy_version else "policy revision not recorded"
+    st.caption(f"Model {escape_markdown(view.model_version)} · {policy} · "
                f"prompt action {escape_markdown(view.prompt_action or '-')} · "
                f"output action {escape_markdown(view.output_action or '-')}")
     if view.system_prompt:

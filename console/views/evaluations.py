@@ -126,7 +126,8 @@ with reports_tab:
                                                                  eval_svc.FEEDBACK_DAYS)))
     st.dataframe(pd.DataFrame([{
         "evaluation": r.id, "suite": r.suite, "status": r.status, "prompts": r.n_prompts, "by": r.created_by or "",
-        "finished": r.finished_at, **report_view.list_row(r.summary)} for r in rows]),
+        "finished": r.finished_at, **report_view.list_row(r.summary),
+        "error": r.error or ""} for r in rows]),
         hide_index=True, width="stretch", key="eval_table")
     done = [r.id for r in rows if r.status == "done"]
     chosen = st.selectbox("Report", done, index=None, key="eval_report_id")

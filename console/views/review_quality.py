@@ -37,7 +37,7 @@ st.markdown(
     "The **95 % interval** (Wilson score) is the range the true rate lies in with 95 % confidence given how few "
     "items it rests on. **Missed per day** is the miss rate times the unflagged exchanges a day. **Precision** is, "
     "of the items the policy flagged for that family and reviewers decided, the share confirmed a violation.")
-st.caption(f"{report.decided} spot checks decided in the last {report.days} days; "
+st.caption(f"{report.decided} spot check{'' if report.decided == 1 else 's'} decided in the last {report.days} days; "
            f"{report.unflagged_per_day:.1f} unflagged exchanges a day on average. A miss rate is shown from "
            f"{report.min_checks} decided spot checks on.")
 rows = []
@@ -57,7 +57,7 @@ for fq in report.families:
     })
 st.dataframe(pd.DataFrame(rows), hide_index=True, key="miss_rate_table")
 if report.other_violations:
-    st.caption(f"{report.other_violations} spot checks were judged a violation outside these families (wrong answer "
+    st.caption(f"{report.other_violations} spot check{' was' if report.other_violations == 1 else 's were'} judged a violation outside these families (wrong answer "
                "or other): no scanner looks for those.")
 
 st.subheader("Sampling rules")

@@ -239,6 +239,12 @@ class RequestView:
     canary_started_at: datetime | None = None
     canary_ends_at: datetime | None = None
     canary_result: dict[str, Any] | None = None  # the canary's latest statistics and decision (canary.py)
+    alias_now: str | None = None  # the version the alias points at now (a pending request is stale if it moved)
+
+    @property
+    def moved_since(self) -> bool:
+        """The alias moved since the request (a rollback, another promotion): it can only be rejected now."""
+        return self.status == "pending" and self.alias_now != self.from_version
 
     @property
     def failed_gates(self) -> tuple[Gate, ...]:
@@ -277,8 +283,13 @@ def _view(s: Session, r: PromotionRequest) -> RequestView:
         four_eyes.username(s, r.decided_by_id), r.decision_note,
         r.override_reason, r.created_at, r.decided_at,
         None if r.canary_plan is None else CanaryPlan.from_dict(r.canary_plan), r.canary_started_at,
-        r.canary_ends_at, r.canary_result,
+        r.canary_ends_at, r.canary_result, _alias_now(s, r.alias),
     )
+
+
+def _alias_now(s: Session, alias: str) -> str | None:
+    holder = versions_q.version_for_alias(s, alias)
+    return None if holder is None else holder.name
 
 
 @requires("promotion.request")

@@ -108,9 +108,13 @@ with tabs["Pending"]:
         st.info("No promotion request is waiting for a decision.")
     for r in pending:
         with st.container(border=True):
-            st.markdown(f"**#{r.id}** · move **{esc(r.alias)}** to **{esc(r.version)}** (now "
-                        f"{esc(r.from_version or 'nobody')}) · asked by {esc(r.requested_by)} "
+            st.markdown(f"**#{r.id}** · move **{esc(r.alias)}** to **{esc(r.version)}** (from "
+                        f"{esc(r.from_version or 'nobody')} when asked) · asked by {esc(r.requested_by)} "
                         f"· {r.created_at:%Y-%m-%d %H:%M}  \n{esc(r.reason)}")
+            if r.moved_since:
+                st.warning(f"{esc(r.alias)} has moved since: it now points at {esc(r.alias_now or 'nothing')}, so "
+                           "this request's gates compared with another version. It can only be rejected; request "
+                           "again.", icon=":material/history:")
             promotions_canary.show_plan(r)
             _gates(r)
             if r.requested_by_id == principal.user_id:

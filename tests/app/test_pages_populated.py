@@ -486,7 +486,7 @@ def test_promotions_shows_the_concluded_watch_the_rollback_both_canaries_and_eve
     assert any(s.value == f"Canary #{ids['canary_running']}: v5 beside v3" for s in at.subheader)
     assert any(e.label.startswith(f"Canary \\#{ids['canary_ended']} of v4\\: rolled back") for e in at.expander), \
         [e.label for e in at.expander]
-    assert any(f"**#{ids['pending']}** · move **production** to **v2** (now v3)" in m.value for m in at.markdown)
+    assert any(f"**#{ids['pending']}** · move **production** to **v2** (from v3 when asked)" in m.value for m in at.markdown)
     decided = {(r["version"], r["status"]) for r in _table(at, "decided by", "canary")}
     assert {("v2", "approved"), ("v4", "rejected"), ("v4", "cancelled"), ("v4", "rolled_back")} <= decided
     # v2 was timed against v1, not v3: its latency gate has no number and fails, saying so (not "None").

@@ -264,6 +264,20 @@ def test_a_rollback_cannot_be_rolled_back_to_put_back_the_version_it_took_away(c
     assert production(ctx) == "v2" and watch.production_state(ctx, team["rita"]).previous == "v1"
 
 
+def test_a_pending_request_says_when_its_alias_moved_since_and_only_a_rejection_is_left(ctx, team) -> None:  # noqa: ANN001
+    first = promotion.request_promotion(ctx, team["ada"], "v2", "production", "better")
+    promotion.approve(ctx, team["rita"], first.id, "ok")
+    waiting = promotion.request_promotion(ctx, team["ada"], "v1", "staging", "try it")  # another alias: unaffected
+    (view,) = [r for r in promotion.list_requests(ctx, team["rita"], "pending") if r.id == waiting.id]
+    assert (view.from_version, view.alias_now, view.moved_since) == (None, None, False)
+    back = promotion.request_promotion(ctx, team["ada"], "v1", "production", "v2 is slow")
+    promotion.rollback(ctx, team["otto"], "customers complain")  # production moves under the pending request
+    (view,) = [r for r in promotion.list_requests(ctx, team["rita"], "pending") if r.id == back.id]
+    assert (view.from_version, view.alias_now, view.moved_since) == ("v2", "v1", True)
+    with pytest.raises(InvalidInput, match="moved since the request"):
+        promotion.approve(ctx, team["rita"], back.id, "ok", override_reason="v1 was fine")
+
+
 def test_old_reports_without_paired_timings_fail_the_latency_gate_with_their_numbers(ctx, team) -> None:  # noqa: ANN001
     # As in the issue: 185.8 ms against 31.7 ms measured in another process at another time.
     evaluate(ctx, "v1", latency={"ttft_p95_ms": 31.7}, latency_comparison=None)

@@ -85,7 +85,8 @@ def slo_tables(report: latency_svc.LatencyOverview) -> None:
         "met": ["no data" if met is None or pd.isna(met) else ("yes" if met else "NO") for met in comp["met"]],
     }), hide_index=True, width="stretch", key="compliance_table")
     breaches = report.breaches
-    st.markdown(f"**Breaches** ({len(breaches):,} {report.bucket_label} buckets in which a version missed a target)")
+    st.markdown(f"**Breaches** ({len(breaches):,} {report.bucket_label} bucket{'' if len(breaches) == 1 else 's'} "
+                "in which a version missed a target)")
     if not breaches.empty:
         newest = breaches.sort_values("bucket_start", ascending=False).head(500)
         st.dataframe(pd.DataFrame({

@@ -79,3 +79,18 @@ def receiver() -> Iterator[Receiver]:
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def admin(make_user: Any) -> Any:
+    return make_user("ada", "admin")
+
+
+def add_webhook(ctx: Any, admin: Any, receiver: Receiver, **changes: Any) -> Any:
+    """A webhook to ``receiver`` through the service: "ops", generic JSON, every alert kind, unsigned, unless
+    ``changes`` say otherwise."""
+    from console.services import alerts as alerts_svc
+
+    args = {"name": "ops", "kind": "json", "url": receiver.url, "alert_kinds": list(alerts_svc.SUBSCRIBABLE),
+            "secret": None} | changes
+    return alerts_svc.create_webhook(ctx, admin, **args)

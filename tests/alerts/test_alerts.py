@@ -24,20 +24,10 @@ from db import latency as latency_q
 from db import model_versions as versions_q
 from db import promotions as promotions_q
 from db.tables import Alert, AlertAttempt, AlertDelivery, AuditEvent, ReviewItem
-from tests.alerts.conftest import URL_TOKEN
+from tests.alerts.conftest import URL_TOKEN, add_webhook
 from tests.review_fixtures import flag
 
 ALL = list(alerts_svc.SUBSCRIBABLE)
-
-
-@pytest.fixture
-def admin(make_user):
-    return make_user("ada", "admin")
-
-
-def _hook(ctx, admin, receiver, **kw):
-    args = {"name": "ops", "kind": "json", "url": receiver.url, "alert_kinds": ALL, "secret": None} | kw
-    return alerts_svc.create_webhook(ctx, admin, **args)
 
 
 def _deliveries(ctx):
@@ -65,7 +55,7 @@ def _raise(ctx, kind="review_overdue", key="k", title="t", details=None):
 
 
 def test_a_json_webhook_gets_the_alert_signed_with_its_secret(ctx, admin, receiver):
-    _hook(ctx, admin, receiver, secret="s3cret-shared-key")
+    add_webhook(ctx, admin, receiver, secret="s3cret-shared-key")
     alert_id = _raise(ctx, "review_overdue", "queue", "3 review items past their deadline", {"overdue": 3})
     assert alerts_svc.dispatch(ctx) == {"delivered": 1}
     (got,) = receiver.requests
@@ -86,7 +76,7 @@ def test_a_json_webhook_gets_the_alert_signed_with_its_secret(ctx, admin, receiv
 
 
 def test_a_slack_webhook_gets_text_and_blocks_unsigned_without_a_secret(ctx, admin, receiver):
-    _hook(ctx, admin, receiver, name="slack", kind="slack")
+    add_webhook(ctx, admin, receiver, name="slack", kind="slack")
     _raise(ctx, "promotion_waiting", "7", "Promotion request #7 waits for approval: <v2> & co to production",
            {"request_id": 7})
     alerts_svc.dispatch(ctx)
@@ -103,7 +93,7 @@ def test_a_slack_webhook_gets_text_and_blocks_unsigned_without_a_secret(ctx, adm
 
 def test_failed_attempts_are_retried_with_backoff_until_one_succeeds(ctx, admin, receiver, clock):
     ctx.settings = dataclasses.replace(ctx.settings, alert_timeout_seconds=0.5)
-    _hook(ctx, admin, receiver)
+    add_webhook(ctx, admin, receiver)
     receiver.answer((500, 0.0), (200, 1.5))  # a server error, then an answer too slow for the timeout
     _raise(ctx)
     assert alerts_svc.dispatch(ctx) == {"pending": 1}
@@ -127,7 +117,7 @@ def test_failed_attempts_are_retried_with_backoff_until_one_succeeds(ctx, admin,
 
 
 def test_a_delivery_gives_up_after_its_attempts_and_the_failure_is_audited(ctx, admin, receiver, clock):
-    _hook(ctx, admin, receiver)
+    add_webhook(ctx, admin, receiver)
     receiver.answer(*[(503, 0.0)] * 4)
     _raise(ctx)
     for wait in (0, 1, 5, 30):
@@ -146,7 +136,7 @@ def test_a_delivery_gives_up_after_its_attempts_and_the_failure_is_audited(ctx, 
 
 def test_an_unreachable_webhook_fails_with_an_error_that_does_not_hold_the_url(ctx, admin, receiver):
     port = receiver.port
-    _hook(ctx, admin, receiver, url=f"http://127.0.0.1:1/hooks/{URL_TOKEN}?token={URL_TOKEN}")
+    add_webhook(ctx, admin, receiver, url=f"http://127.0.0.1:1/hooks/{URL_TOKEN}?token={URL_TOKEN}")
     _raise(ctx)
     alerts_svc.dispatch(ctx)
     (d,) = _deliveries(ctx)
@@ -156,7 +146,7 @@ def test_an_unreachable_webhook_fails_with_an_error_that_does_not_hold_the_url(c
 
 
 def test_a_claimed_attempt_is_not_sent_by_a_second_dispatcher(ctx, admin, receiver):
-    _hook(ctx, admin, receiver)
+    add_webhook(ctx, admin, receiver)
     _raise(ctx)
     (d,) = _deliveries(ctx)
     with ctx.db.session() as s:
@@ -172,7 +162,7 @@ def test_a_claimed_attempt_is_not_sent_by_a_second_dispatcher(ctx, admin, receiv
 
 
 def test_a_disabled_webhook_gets_nothing_and_its_queued_deliveries_fail(ctx, admin, receiver):
-    hook = _hook(ctx, admin, receiver)
+    hook = add_webhook(ctx, admin, receiver)
     _raise(ctx)
     alerts_svc.set_webhook_enabled(ctx, admin, hook.id, False)
     alerts_svc.dispatch(ctx)
@@ -183,7 +173,7 @@ def test_a_disabled_webhook_gets_nothing_and_its_queued_deliveries_fail(ctx, adm
 
 
 def test_webhooks_get_only_the_kinds_they_chose(ctx, admin, receiver):
-    _hook(ctx, admin, receiver, name="slo only", alert_kinds=["slo_breach"])
+    add_webhook(ctx, admin, receiver, name="slo only", alert_kinds=["slo_breach"])
     _raise(ctx, "review_overdue", "queue")
     _raise(ctx, "slo_breach", "ttft_ms/p95")
     assert [d.webhook_name for d in _deliveries(ctx)] == ["slo only"]
@@ -192,8 +182,8 @@ def test_webhooks_get_only_the_kinds_they_chose(ctx, admin, receiver):
 
 
 def test_send_test_alert_goes_to_that_webhook_only(ctx, admin, receiver):
-    a = _hook(ctx, admin, receiver, name="a", alert_kinds=["slo_breach"])
-    _hook(ctx, admin, receiver, name="b")
+    a = add_webhook(ctx, admin, receiver, name="a", alert_kinds=["slo_breach"])
+    add_webhook(ctx, admin, receiver, name="b")
     _raise(ctx, "slo_breach", "ttft_ms/p95")  # due for both, but not sent by the test's dispatch
     test_id = alerts_svc.send_test_alert(ctx, admin, a.id)
     assert alerts_svc.dispatch_now(ctx, admin, test_id) == {"delivered": 1}
@@ -207,7 +197,7 @@ def test_send_test_alert_goes_to_that_webhook_only(ctx, admin, receiver):
 
 
 def test_one_alert_per_condition_until_it_clears(ctx, admin, receiver):
-    _hook(ctx, admin, receiver)
+    add_webhook(ctx, admin, receiver)
     first = _raise(ctx, "slo_breach", "ttft_ms/p95")
     assert first is not None and _raise(ctx, "slo_breach", "ttft_ms/p95") is None
     assert _raise(ctx, "slo_breach", "e2e_ms/p95") is not None  # another condition
@@ -374,7 +364,7 @@ def test_the_evaluator_runs_in_one_replica_per_interval(ctx):
 
 def test_the_url_and_secret_are_never_shown_audited_or_logged(ctx, admin, receiver, caplog):
     caplog.set_level(logging.DEBUG)
-    hook = _hook(ctx, admin, receiver, secret="s3cret-shared-key")
+    hook = add_webhook(ctx, admin, receiver, secret="s3cret-shared-key")
     assert hook.url_display == f"http://127.0.0.1:{receiver.port}/…" and hook.signed
     alerts_svc.update_webhook(ctx, admin, hook.id, name="ops", kind="slack", url=receiver.url + "?x=1",
                               alert_kinds=ALL, secret="another-secret-key")
@@ -396,10 +386,10 @@ def test_the_url_and_secret_are_never_shown_audited_or_logged(ctx, admin, receiv
 
 @pytest.mark.parametrize("role", ["operator", "reviewer", "analyst"])
 def test_only_admins_manage_webhooks(ctx, make_user, admin, receiver, role):
-    hook = _hook(ctx, admin, receiver)
+    hook = add_webhook(ctx, admin, receiver)
     other = make_user("someone", role)
     for call in (lambda: alerts_svc.list_webhooks(ctx, other),
-                 lambda: _hook(ctx, other, receiver, name="mine"),
+                 lambda: add_webhook(ctx, other, receiver, name="mine"),
                  lambda: alerts_svc.update_webhook(ctx, other, hook.id, name="x", kind="json", url=receiver.url,
                                                    alert_kinds=ALL),
                  lambda: alerts_svc.set_webhook_enabled(ctx, other, hook.id, False),
@@ -450,10 +440,10 @@ def test_a_refused_url_is_not_echoed_in_the_message(ctx, admin):
 
 
 def test_names_are_unique_and_edits_need_the_url_again(ctx, admin, receiver):
-    _hook(ctx, admin, receiver)
-    other = _hook(ctx, admin, receiver, name="other")
+    add_webhook(ctx, admin, receiver)
+    other = add_webhook(ctx, admin, receiver, name="other")
     with pytest.raises(InvalidInput, match="Name: a webhook named 'ops' exists already"):
-        _hook(ctx, admin, receiver)
+        add_webhook(ctx, admin, receiver)
     with pytest.raises(InvalidInput, match="Name: a webhook named 'ops' exists already"):
         alerts_svc.update_webhook(ctx, admin, other.id, name="ops", kind="json", url=receiver.url, alert_kinds=ALL)
     with pytest.raises(InvalidInput, match="URL: enter the webhook's address"):
@@ -463,7 +453,7 @@ def test_names_are_unique_and_edits_need_the_url_again(ctx, admin, receiver):
 
 
 def test_deleting_a_webhook_keeps_its_log_and_fails_what_it_had_not_sent(ctx, admin, receiver):
-    hook = _hook(ctx, admin, receiver)
+    hook = add_webhook(ctx, admin, receiver)
     _raise(ctx, key="one")
     alerts_svc.dispatch(ctx)
     _raise(ctx, key="two")

@@ -14,10 +14,19 @@ from console.services.context import AppContext
 from db import alerts as alerts_q
 from db import users as users_q
 from db.tables import Alert, AlertDelivery
+from tests.alerts.conftest import add_webhook
 
 
 def _pg_ctx(ctx, pg_db) -> AppContext:
     return AppContext(ctx.settings, pg_db, clock=ctx.clock)
+
+
+def _admin_with_a_webhook(pg: AppContext, receiver) -> None:
+    """An admin on the PostgreSQL database, who adds the "ops" webhook to the receiver."""
+    with pg.db.session() as s:
+        user = users_q.create_user(s, "ada", "x", ("admin",), actor="system")
+        admin = Principal(user.id, user.username, frozenset(user.roles))
+    add_webhook(pg, admin, receiver)
 
 
 def _run_together(n: int, work) -> list:
@@ -55,11 +64,7 @@ def test_two_replicas_raising_one_condition_make_one_alert(ctx, pg_db):
 
 def test_two_dispatchers_send_each_delivery_once(ctx, pg_db, receiver):
     pg = _pg_ctx(ctx, pg_db)
-    with pg.db.session() as s:
-        user = users_q.create_user(s, "ada", "x", ("admin",), actor="system")
-        admin = Principal(user.id, user.username, frozenset(user.roles))
-    alerts_svc.create_webhook(pg, admin, name="ops", kind="json", url=receiver.url,
-                              alert_kinds=list(alerts_svc.SUBSCRIBABLE))
+    _admin_with_a_webhook(pg, receiver)
     for n in range(6):
         with pg.db.session() as s:
             alerts_q.raise_alert(s, "auto_rollback", f"seq:{n}", f"rollback {n}", {"n": n}, now=pg.now())
@@ -74,11 +79,7 @@ def test_two_dispatchers_send_each_delivery_once(ctx, pg_db, receiver):
 def test_two_replicas_clearing_one_condition_queue_one_resolved_notice_sent_after_the_firing_one(ctx, pg_db,
                                                                                                 receiver):
     pg = _pg_ctx(ctx, pg_db)
-    with pg.db.session() as s:
-        user = users_q.create_user(s, "ada", "x", ("admin",), actor="system")
-        admin = Principal(user.id, user.username, frozenset(user.roles))
-    alerts_svc.create_webhook(pg, admin, name="ops", kind="json", url=receiver.url,
-                              alert_kinds=list(alerts_svc.SUBSCRIBABLE))
+    _admin_with_a_webhook(pg, receiver)
     with pg.db.session() as s:
         alerts_q.raise_alert(s, "slo_breach", "ttft_ms/p95", "SLO missed", {"measured": 900}, now=pg.now())
 

@@ -15,20 +15,15 @@ from console.services import audit as audit_svc
 from db import alerts as alerts_q
 from db import audit as audit_q
 from db.tables import Alert, AlertAttempt, AlertDelivery, ReviewItem
+from tests.alerts.conftest import add_webhook
 from tests.review_fixtures import flag
 
 ALL = list(alerts_svc.SUBSCRIBABLE)
 SECRET = "s3cret-shared-key"
 
 
-@pytest.fixture
-def admin(make_user):
-    return make_user("ada", "admin")
-
-
 def _hook(ctx, admin, receiver, **kw):
-    args = {"name": "ops", "kind": "json", "url": receiver.url, "alert_kinds": ALL, "secret": SECRET} | kw
-    return alerts_svc.create_webhook(ctx, admin, **args)
+    return add_webhook(ctx, admin, receiver, **({"secret": SECRET} | kw))  # signed: resolved notices are too
 
 
 def _deliveries(ctx):

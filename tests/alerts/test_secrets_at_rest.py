@@ -33,11 +33,6 @@ SECRET = "s3cret-shared-key"
 WRONG_KEY = "the secrets key cannot decrypt this webhook: was LLM_CONSOLE_SECRETS_KEY_FILE changed?"
 
 
-@pytest.fixture
-def admin(make_user):
-    return make_user("ada", "admin")
-
-
 def _raw_rows(ctx) -> list[dict]:
     with ctx.db.session(readonly=True) as s:
         return [dict(r._mapping) for r in s.execute(

@@ -239,7 +239,7 @@ class RequestView:
     canary_started_at: datetime | None = None
     canary_ends_at: datetime | None = None
     canary_result: dict[str, Any] | None = None  # the canary's latest statistics and decision (canary.py)
-    alias_now: str | None = None  # the version the alias points at now (a pending request is stale if it moved)
+    alias_now: str | None = None  # a pending request's alias now (stale if it moved); not looked up for others
 
     @property
     def moved_since(self) -> bool:
@@ -283,7 +283,7 @@ def _view(s: Session, r: PromotionRequest) -> RequestView:
         four_eyes.username(s, r.decided_by_id), r.decision_note,
         r.override_reason, r.created_at, r.decided_at,
         None if r.canary_plan is None else CanaryPlan.from_dict(r.canary_plan), r.canary_started_at,
-        r.canary_ends_at, r.canary_result, _alias_now(s, r.alias),
+        r.canary_ends_at, r.canary_result, _alias_now(s, r.alias) if r.status == "pending" else None,
     )
 
 

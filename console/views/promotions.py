@@ -12,6 +12,7 @@ import streamlit as st
 from console import ui
 from console.services import canary as canary_svc
 from console.services import promotion as promotion_svc
+from console.services import promotions_view_model as pvm
 from console.services import registry, timelines, watch
 from console.services.access import allowed
 from console.textsafe import escape_markdown as esc
@@ -24,9 +25,6 @@ can_request = allowed(principal.roles, "promotion.request")
 can_decide = allowed(principal.roles, "promotion.approve")
 can_rollback = allowed(principal.roles, "models.emergency_rollback")
 can_acknowledge = allowed(principal.roles, "models.acknowledge_emergency")
-
-# A concluded watch window's verdict (watch.WatchFinding.verdict), in words.
-WATCH_VERDICTS = {"passed": "passed", "regression": "regression", "too_few_samples": "too few samples to judge"}
 
 st.title("Promotions")
 if state.flash:
@@ -50,28 +48,11 @@ for move in ui.emergency_warnings(ctx, principal, link=False):
 production = ui.call(watch.production_state, ctx, principal)
 if production is not None:
     st.markdown(f"**Production:** {esc(production.current or 'none')}")
-    window = production.watch
-    if window is not None and window.state == "watching":
-        st.info(f"Watching {esc(window.to_version)} against {esc(window.from_version or '-')} until "
-                f"{window.ends_at:%H:%M} UTC.", icon=":material/visibility:")
-    if (rb := production.last_rollback) is not None:
-        st.warning(f"Rolled back at {rb.at:%Y-%m-%d %H:%M} UTC by {esc(rb.by)}: production returned from "
-                   f"{esc(rb.from_version or '-')} to {esc(rb.to_version or '-')} ({esc(rb.reason)}). "
-                   f"{esc(rb.from_version or '-')} is no longer watched.", icon=":material/arrow_back:")
-    elif window is not None and window.state == "moved" and (m := window.moved_away) is not None:
-        st.info(f"Production moved from {esc(window.to_version)} to {esc(m.to_version or 'nothing')} at "
-                f"{m.at:%Y-%m-%d %H:%M} UTC by {esc(m.by)} ({esc(m.reason)}); {esc(window.to_version)} is no longer "
-                "watched, and the consoles switch within seconds.", icon=":material/arrow_forward:")
-    if window is not None and window.finding is not None and window.finding.tests:
-        verdict = WATCH_VERDICTS.get(window.finding.verdict, window.finding.verdict)
-        st.caption(f"Watch of {esc(window.to_version)} against {esc(window.from_version or '-')} "
-                   f"({esc(verdict)}): "
-                   + esc("; ".join(watch.describe_test(t) for t in window.finding.tests)) + ".")
-    if (f := production.recent_regression) is not None:
-        what = {"rolled_back": "production was rolled back by itself", "proposed": "a rollback is proposed",
-                "rollback_failed": f"the rollback failed: {f.error}"}.get(f.action, f.action)
-        st.error(f"{f.at:%Y-%m-%d %H:%M} UTC: the watch window found a regression of {esc(f.to_version)} against "
-                 f"{esc(f.from_version)}: {esc('; '.join(f.reasons))}. {esc(what)}.", icon=":material/warning:")
+    for notice in pvm.production_notices(production):
+        if notice.level == "caption":
+            st.caption(notice.text)
+        else:
+            getattr(st, notice.level)(notice.text, icon=notice.icon)
 
 for running in ui.call(promotion_svc.list_requests, ctx, principal, canary_svc.RUNNING) or []:
     if (stopped := promotions_canary.running_panel(ctx, principal, running, can_stop=can_decide,
@@ -83,23 +64,11 @@ tab_names = ["Pending", *(["Request"] if can_request else []), *(["Emergency rol
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
 
 
-def _num(value: float | None) -> str:
-    # A gate without numbers (no evaluation, timed against another version) or a metric a report lacks: "–", not
-    # an empty cell (which the browser shows as "None").
-    return "–" if value is None else f"{value:g}"
-
-
 def _gates(request: promotion_svc.RequestView) -> None:
-    st.markdown(" ".join(f":{'green' if g.passed else 'red'}-badge[{esc(g.label)}: {'pass' if g.passed else 'fail'}]"
-                         for g in request.gates))
-    st.dataframe(pd.DataFrame([{"gate": g.label, "value": _num(g.value), "must be": g.comparison,
-                                "limit": _num(g.limit), "passed": g.passed, "note": g.note or ""}
-                               for g in request.gates]),
-                 hide_index=True, key=f"gates_{request.id}")
+    st.markdown(pvm.gate_badges(request))
+    st.dataframe(pd.DataFrame(pvm.gate_rows(request)), hide_index=True, key=f"gates_{request.id}")
     with st.expander("Frozen reports: candidate and baseline"):
-        st.dataframe(pd.DataFrame([{**row, "candidate": _num(row["candidate"]), "baseline": _num(row["baseline"])}
-                                   for row in promotion_svc.compare_reports(request.report, request.baseline_report)]),
-                     hide_index=True, key=f"reports_{request.id}")
+        st.dataframe(pd.DataFrame(pvm.report_rows(request)), hide_index=True, key=f"reports_{request.id}")
 
 
 with tabs["Pending"]:
@@ -108,13 +77,9 @@ with tabs["Pending"]:
         st.info("No promotion request is waiting for a decision.")
     for r in pending:
         with st.container(border=True):
-            st.markdown(f"**#{r.id}** · move **{esc(r.alias)}** to **{esc(r.version)}** (from "
-                        f"{esc(r.from_version or 'nobody')} when asked) · asked by {esc(r.requested_by)} "
-                        f"· {r.created_at:%Y-%m-%d %H:%M}  \n{esc(r.reason)}")
-            if r.moved_since:
-                st.warning(f"{esc(r.alias)} has moved since: it now points at {esc(r.alias_now or 'nothing')}, so "
-                           "this request's gates compared with another version. It can only be rejected; request "
-                           "again.", icon=":material/history:")
+            st.markdown(pvm.request_heading(r))
+            if (moved := pvm.moved_warning(r)) is not None:
+                st.warning(moved, icon=":material/history:")
             promotions_canary.show_plan(r)
             _gates(r)
             if r.requested_by_id == principal.user_id:

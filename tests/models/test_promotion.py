@@ -326,3 +326,23 @@ def test_served_timeline_gives_one_interval_per_production_holder(ctx, team, clo
     assert intervals[-1].end == clock.now
     later = timelines.served_timeline(ctx, team["rita"], clock.now)
     assert [(i.version, i.start) for i in later] == [("v1", clock.now)]
+
+
+def test_the_promotions_page_words_a_moved_request_and_a_rollback_in_its_banner(ctx, team) -> None:  # noqa: ANN001
+    from console.services import promotions_view_model as pvm
+
+    first = promotion.request_promotion(ctx, team["ada"], "v2", "production", "better")
+    promotion.approve(ctx, team["rita"], first.id, "ok")
+    back = promotion.request_promotion(ctx, team["ada"], "v1", "production", "v2 is slow")
+    (view,) = promotion.list_requests(ctx, team["rita"], "pending")
+    assert pvm.request_heading(view).startswith(f"**#{back.id}** · move **production** to **v1** (from v2 when asked)")
+    assert pvm.moved_warning(view) is None
+    promotion.rollback(ctx, team["otto"], "customers complain")
+    (view,) = promotion.list_requests(ctx, team["rita"], "pending")
+    assert pvm.moved_warning(view) == ("production has moved since: it now points at v1, so this request's gates "
+                                       "compared with another version. It can only be rejected; request again.")
+    notices = pvm.production_notices(watch.production_state(ctx, team["rita"]))
+    (rolled,) = [n for n in notices if n.level == "warning"]
+    assert "production returned from v2 to v1 (customers complain). v2 is no longer watched." in rolled.text
+    assert rolled.icon == ":material/arrow_back:"
+    assert [g["value"] for g in pvm.gate_rows(view)] and "None" not in str(pvm.gate_rows(view) + pvm.report_rows(view))
